@@ -1,0 +1,5 @@
+import sys
+
+from loratrainer.cli import main
+
+sys.exit(main())

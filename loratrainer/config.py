@@ -1,0 +1,582 @@
+"""The training-config schema: the one place each setting exists.
+
+Every setting has its name, type, default, allowed range and a one-line help text here. The GUI form, the
+CLI, presets, the Kohya import/export and the trainer all read this module. Field names follow the Kohya GUI
+where Kohya has the setting, so that users recognise them (and a field's leaf name is unique across groups, so
+`network_dim=16` and `network.network_dim=16` mean the same thing on the command line).
+
+This module imports nothing else of ours but the leaf modules `files` and `errors` (dependencies point one way).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args, get_origin
+
+from loratrainer.errors import UserError
+from loratrainer.files import atomic_write
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+KNOWN_OPTIMIZERS = (
+    "AdamW",
+    "AdamW8bit",
+    "PagedAdamW8bit",
+    "Lion",
+    "Lion8bit",
+    "PagedLion8bit",
+    "SGD",
+    "SGDNesterov",
+    "SGDNesterov8bit",
+    "Adafactor",
+    "Prodigy",
+    "DAdaptAdam",
+    "DAdaptLion",
+)
+Scheduler = Literal[
+    "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "adafactor"
+]
+Precision = Literal["no", "fp16", "bf16"]
+SavePrecision = Literal["float", "fp16", "bf16"]
+Sampler = Literal[
+    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+]
+
+_RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*$")
+
+
+class _Group(BaseModel):
+    """Base of every settings group: unknown keys are an error, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Group):
+    pretrained_model_name_or_path: str = Field(
+        "runwayml/stable-diffusion-v1-5",
+        description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
+    )
+    vae: str = Field("", description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
+    v_parameterization: bool = Field(False, description="The base model predicts v (v-prediction fine-tunes); off for ordinary SD1.5.")
+    clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's n-th layer from the end (1 = last; 2 is common for anime models).")
+    max_token_length: Literal[75, 150, 225] = Field(75, description="Caption length in tokens the text encoder sees: 75, 150 or 225.")
+
+
+class FolderSettings(_Group):
+    train_data_dir: str = Field("", description="The image folder: the PARENT of concept folders named <repeats>_<name>.")
+    reg_data_dir: str = Field("", description="Optional regularisation images folder, same <repeats>_<name> layout.")
+    output_dir: str = Field("", description="Where LoRA files, sample images and the run's config are written (Kohya's 'model' folder).")
+    logging_dir: str = Field("", description="Where logs and TensorBoard files are written (Kohya's 'log' folder); empty = <output>/log.")
+    output_name: str = Field("last", min_length=1, max_length=200, description="File name of the LoRA, without extension.")
+
+    @field_validator("output_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # The name becomes a file name: path separators or '..' would write outside the output folder.
+        if any(c in v for c in '/\\:*?"<>|\0') or v.strip() in {"", ".", ".."}:
+            raise ValueError('must be a plain file name (no / \\ : * ? " < > |)')
+        return v
+
+
+class DatasetSettings(_Group):
+    caption_extension: str = Field(".txt", description="Caption file extension next to each image (a.png -> a.txt).")
+    shuffle_caption: bool = Field(False, description="Shuffle comma-separated caption tags each step (after the kept tokens).")
+    keep_tokens: int = Field(0, ge=0, le=225, description="Keep the first n comma-separated tags in place when shuffling or dropping.")
+    caption_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, description="Probability of training a sample with an empty caption.")
+    caption_dropout_every_n_epochs: int = Field(0, ge=0, description="Drop all captions every n-th epoch (0 = never).")
+    caption_tag_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, description="Probability of dropping each comma-separated tag.")
+    flip_aug: bool = Field(False, description="Randomly mirror images left-right (doubles variety; avoid for asymmetric subjects or text).")
+    color_aug: bool = Field(False, description="Randomly shift hue; makes latent caching impossible.")
+    random_crop: bool = Field(False, description="Random instead of centre crop into the bucket; makes latent caching impossible.")
+    prior_loss_weight: float = Field(1.0, ge=0.0, le=10.0, description="Loss weight of regularisation images.")
+    undersized_images: Literal["skip", "refuse"] = Field(
+        "skip", description="Images smaller than the bucket step: skip them with a warning, or refuse to train."
+    )
+    alpha_background: str = Field("#ffffff", description="Colour that transparent pixels are composited onto (hex).")
+    max_data_loader_n_workers: int = Field(0, ge=0, le=64, description="Worker processes loading images (0 = in the training process).")
+    persistent_data_loader_workers: bool = Field(False, description="Keep data loader workers alive between epochs.")
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dot_extension(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty (e.g. .txt)")
+        if any(c in v for c in "/\\\0"):
+            raise ValueError("must be a file extension such as .txt")
+        return v if v.startswith(".") else "." + v
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _hex_colour(cls, v: str) -> str:
+        if not re.fullmatch(r"#?[0-9a-fA-F]{6}", v.strip()):
+            raise ValueError("must be a hex colour such as #ffffff")
+        return "#" + v.strip().lstrip("#").lower()
+
+
+class BucketSettings(_Group):
+    max_resolution: str = Field("512,512", description="Training resolution as 'width,height' (or one number for a square).")
+    enable_bucket: bool = Field(True, description="Aspect-ratio buckets: train images of different shapes without squashing them.")
+    min_bucket_reso: int = Field(256, ge=64, le=4096, description="Smallest bucket side in pixels.")
+    max_bucket_reso: int = Field(2048, ge=64, le=8192, description="Largest bucket side in pixels.")
+    bucket_reso_steps: int = Field(64, ge=1, le=512, description="Bucket sides are multiples of this (64 recommended for SD1.5).")
+    bucket_no_upscale: bool = Field(True, description="Never enlarge small images: their bucket is their own size rounded down.")
+
+    @field_validator("max_resolution", mode="before")
+    @classmethod
+    def _resolution(cls, v: Any) -> str:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
+            v = str(int(v))
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            v = f"{v[0]},{v[1]}"
+        m = _RESOLUTION.match(str(v))
+        if not m:
+            raise ValueError("must be 'width,height' such as 512,512")
+        w = int(m.group(1))
+        h = int(m.group(2) or m.group(1))
+        if not (64 <= w <= 8192 and 64 <= h <= 8192):
+            raise ValueError("width and height must be between 64 and 8192")
+        return f"{w},{h}"
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        w, h = self.max_resolution.split(",")
+        return int(w), int(h)
+
+
+class NetworkSettings(_Group):
+    lora_type: Literal["Standard", "LoCon"] = Field(
+        "Standard", description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions."
+    )
+    network_dim: int = Field(8, ge=1, le=1024, description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
+    network_alpha: float = Field(1.0, gt=0, le=1024, description="Scales updates by alpha/rank; equal to the rank is a good start.")
+    conv_dim: int = Field(1, ge=1, le=1024, description="LoCon: rank of the 3x3 convolution adapters.")
+    conv_alpha: float = Field(1.0, gt=0, le=1024, description="LoCon: alpha of the 3x3 convolution adapters.")
+    network_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA's hidden activations.")
+    network_weights: str = Field("", description="Start from this existing LoRA .safetensors file (continues its training).")
+
+
+class OptimizerSettings(_Group):
+    optimizer: str = Field("AdamW8bit", description="AdamW8bit saves memory; AdamW is the safe choice; or any module.Class.")
+    optimizer_args: str = Field("", description="Extra optimizer arguments as key=value pairs separated by spaces (e.g. weight_decay=0.01).")
+    learning_rate: float = Field(1e-4, ge=0.0, le=10.0, description="Base learning rate; used for the UNet and text encoder when their own rate is empty.")
+    unet_lr: float | None = Field(1e-4, ge=0.0, le=10.0, description="UNet learning rate (0 = do not train the UNet; empty = learning rate).")
+    text_encoder_lr: float | None = Field(1e-4, ge=0.0, le=10.0, description="Text encoder learning rate (0 = UNet-only LoRA; empty = learning rate).")
+    lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
+    lr_warmup: float = Field(10.0, ge=0.0, le=100.0, description="Warm-up as a percentage of all steps (ignored when warm-up steps is set).")
+    lr_warmup_steps: int = Field(0, ge=0, description="Warm-up in steps; overrides the percentage when above 0.")
+    lr_scheduler_num_cycles: int = Field(1, ge=1, le=1000, description="Restarts for cosine_with_restarts.")
+    lr_scheduler_power: float = Field(1.0, gt=0.0, le=10.0, description="Power of the polynomial scheduler.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip gradients to this norm (0 = no clipping).")
+    train_batch_size: int = Field(1, ge=1, le=256, description="Images per step; 1-2 for 8 GB of VRAM or less.")
+    epoch: int = Field(1, ge=1, le=100000, description="Passes over the dataset (each image x its repeats).")
+    max_train_steps: int = Field(0, ge=0, description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Add up gradients over n batches before each optimizer step.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed; 0 = pick one and record it with the run.")
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Noise offset: helps very dark or bright images (0.05-0.1).")
+    multires_noise_iterations: int = Field(0, ge=0, le=64, description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
+    multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, description="Discount of each multi-resolution noise level.")
+    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, description="Min-SNR loss weighting gamma (0 = off, 5 recommended).")
+    ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, description="Input-perturbation noise (0 = off, about 0.1).")
+    loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", description="Loss between predicted and true noise.")
+    huber_c: float = Field(0.1, gt=0.0, le=10.0, description="Huber / smooth L1 loss threshold.")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_name(cls, v: str) -> str:
+        v = v.strip()
+        if v in KNOWN_OPTIMIZERS or re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
+            return v
+        raise ValueError(f"unknown optimizer; choose one of {', '.join(KNOWN_OPTIMIZERS)} or a module.Class path")
+
+    @field_validator("optimizer_args")
+    @classmethod
+    def _key_values(cls, v: str) -> str:
+        parse_optimizer_args(v)
+        return v.strip()
+
+
+class PrecisionSettings(_Group):
+    mixed_precision: Precision = Field("fp16", description="Compute precision: bf16 on RTX 30xx and newer, fp16 on older cards, no = fp32.")
+    save_precision: SavePrecision = Field("fp16", description="Precision of the saved LoRA file.")
+    full_fp16: bool = Field(False, description="Keep the LoRA weights themselves in fp16 (less memory, less stable).")
+    full_bf16: bool = Field(False, description="Keep the LoRA weights themselves in bf16 (less memory).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less VRAM, about 20-30 % slower.")
+    attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
+    cache_latents: bool = Field(True, description="Encode every image once with the VAE before training (faster, less VRAM).")
+    cache_latents_to_disk: bool = Field(False, description="Also keep the cached latents on disk next to the images, reused by later runs.")
+
+
+class SamplingSettings(_Group):
+    sample_every_n_steps: int = Field(0, ge=0, description="Render sample images every n steps (0 = off).")
+    sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every n epochs (0 = off; wins over steps).")
+    sample_at_first: bool = Field(False, description="Also render samples before the first step, to compare against.")
+    sample_sampler: Sampler = Field("euler_a", description="Sampler for sample images (a prompt's --ss overrides it).")
+    sample_prompts: str = Field("", description="One prompt per line, Kohya syntax: text --n negative --w 512 --h 512 --s 28 --l 7 --d seed.")
+
+
+class SavingSettings(_Group):
+    save_model_as: Literal["safetensors"] = Field("safetensors", description="File format of the LoRA (safetensors, which every UI loads).")
+    save_every_n_epochs: int = Field(1, ge=0, description="Save a LoRA file every n epochs (0 = only the final file).")
+    save_every_n_steps: int = Field(0, ge=0, description="Also save every n steps (0 = off).")
+    save_last_n_epochs: int = Field(0, ge=0, description="Keep only the newest n per-epoch files (0 = keep all).")
+    save_last_n_steps: int = Field(0, ge=0, description="Keep only the per-step files of the last n steps (0 = keep all).")
+    save_state: bool = Field(False, description="Also save the full training state at each save and at stop, so the run can be resumed.")
+    resume: str = Field("", description="Resume from this saved state folder (continues steps, epochs, schedule and file numbering).")
+    save_diffusers_format: bool = Field(False, description="Also write the final LoRA in diffusers/peft format.")
+    existing_output: Literal["refuse", "rename"] = Field(
+        "refuse", description="When a LoRA file of this name exists: refuse to start, or add a number to the new name."
+    )
+
+
+class LaunchSettings(_Group):
+    num_cpu_threads_per_process: int = Field(2, ge=1, le=256, description="CPU threads per training process.")
+    num_processes: int = Field(1, ge=1, le=64, description="Training processes (one per GPU).")
+    num_machines: int = Field(1, ge=1, le=64, description="Machines taking part (multi-node training).")
+    multi_gpu: bool = Field(False, description="Train on several GPUs of this machine.")
+    gpu_ids: str = Field("", description="Which GPUs to use, e.g. 0,1 (empty = all).")
+    main_process_port: int = Field(0, ge=0, le=65535, description="Port for the processes to talk over (0 = accelerate's default).")
+
+    @field_validator("gpu_ids")
+    @classmethod
+    def _gpu_ids(cls, v: str) -> str:
+        v = v.replace(" ", "")
+        if v and not re.fullmatch(r"\d+(,\d+)*", v):
+            raise ValueError("must be GPU numbers separated by commas, e.g. 0,1")
+        return v
+
+
+class MetadataSettings(_Group):
+    metadata_title: str = Field("", description="Title stored in the LoRA file (shown by A1111 and ComfyUI).")
+    metadata_author: str = Field("", description="Author stored in the LoRA file.")
+    metadata_description: str = Field("", description="Description stored in the LoRA file.")
+    metadata_license: str = Field("", description="License stored in the LoRA file.")
+    metadata_tags: str = Field("", description="Comma-separated tags stored in the LoRA file.")
+    metadata_trigger_phrase: str = Field("", description="The words that call up the LoRA in a prompt.")
+    training_comment: str = Field("", description="Free comment stored in the LoRA file.")
+
+
+GROUPS: dict[str, type[_Group]] = {
+    "model": ModelSettings,
+    "folders": FolderSettings,
+    "dataset": DatasetSettings,
+    "buckets": BucketSettings,
+    "network": NetworkSettings,
+    "optimizer": OptimizerSettings,
+    "precision": PrecisionSettings,
+    "sampling": SamplingSettings,
+    "saving": SavingSettings,
+    "launch": LaunchSettings,
+    "metadata": MetadataSettings,
+}
+
+
+class TrainingConfig(BaseModel):
+    """A whole run's settings. `TrainingConfig()` is the default, valid configuration."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Version of this file's layout (migrated on load).")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    folders: FolderSettings = Field(default_factory=FolderSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    buckets: BucketSettings = Field(default_factory=BucketSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    precision: PrecisionSettings = Field(default_factory=PrecisionSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    saving: SavingSettings = Field(default_factory=SavingSettings)
+    launch: LaunchSettings = Field(default_factory=LaunchSettings)
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "TrainingConfig":
+        for rule in CROSS_FIELD_RULES:
+            message = rule(self)
+            if message:
+                raise ValueError(message)
+        return self
+
+    # -- derived values, computed in one place ----------------------------------------------------------
+
+    @property
+    def effective_unet_lr(self) -> float:
+        o = self.optimizer
+        return o.learning_rate if o.unet_lr is None else o.unet_lr
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        o = self.optimizer
+        return o.learning_rate if o.text_encoder_lr is None else o.text_encoder_lr
+
+    @property
+    def trains_unet(self) -> bool:
+        return self.effective_unet_lr > 0
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.effective_text_encoder_lr > 0
+
+    @property
+    def caches_latents(self) -> bool:
+        return self.precision.cache_latents or self.precision.cache_latents_to_disk
+
+    def warmup_steps(self, total_steps: int) -> int:
+        o = self.optimizer
+        if o.lr_warmup_steps > 0:
+            return o.lr_warmup_steps
+        return int(math.ceil(total_steps * o.lr_warmup / 100.0))
+
+    def summary(self) -> list[str]:
+        """Plain-language notes about what this configuration will do, shown before a run starts."""
+        notes: list[str] = []
+        if not self.trains_text_encoder:
+            notes.append("Text encoder learning rate is 0: this is a UNet-only LoRA (no lora_te_ weights are trained or saved).")
+        if not self.trains_unet:
+            notes.append("UNet learning rate is 0: only the text encoder is trained.")
+        if self.optimizer.lr_scheduler == "constant" and (self.optimizer.lr_warmup > 0 or self.optimizer.lr_warmup_steps > 0):
+            notes.append("The constant scheduler has no warm-up: the warm-up setting is ignored (use constant_with_warmup).")
+        if self.optimizer.max_train_steps > 0:
+            notes.append(f"max_train_steps = {self.optimizer.max_train_steps} overrides the epoch count.")
+        if self.optimizer.optimizer in {"Prodigy", "DAdaptAdam", "DAdaptLion"} and self.optimizer.learning_rate < 0.1:
+            notes.append(f"{self.optimizer.optimizer} adapts the step size itself and expects learning rates near 1.0.")
+        if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
+            notes.append("Trained in fp16 and saved as bf16: fine, but fp16 is the more widely loadable file.")
+        return notes
+
+
+# -- cross-field rules: each returns an error message or None ------------------------------------------------
+
+
+def _rule_augmentation_vs_cache(c: TrainingConfig) -> str | None:
+    augs = [n for n in ("color_aug", "random_crop") if getattr(c.dataset, n)]
+    if augs and c.caches_latents:
+        return (
+            f"dataset.{augs[0]} changes the image every step, so latents cannot be cached: "
+            "turn off precision.cache_latents and precision.cache_latents_to_disk, or the augmentation"
+        )
+    return None
+
+
+def _rule_something_trains(c: TrainingConfig) -> str | None:
+    if not c.trains_unet and not c.trains_text_encoder:
+        return "optimizer.unet_lr and optimizer.text_encoder_lr are both 0: nothing would be trained"
+    return None
+
+
+def _rule_bucket_range(c: TrainingConfig) -> str | None:
+    b = c.buckets
+    if b.min_bucket_reso > b.max_bucket_reso:
+        return f"buckets.min_bucket_reso ({b.min_bucket_reso}) is larger than buckets.max_bucket_reso ({b.max_bucket_reso})"
+    return None
+
+
+def _rule_full_precision(c: TrainingConfig) -> str | None:
+    p = c.precision
+    if p.full_fp16 and p.mixed_precision != "fp16":
+        return "precision.full_fp16 needs precision.mixed_precision = fp16"
+    if p.full_bf16 and p.mixed_precision != "bf16":
+        return "precision.full_bf16 needs precision.mixed_precision = bf16"
+    if p.full_fp16 and p.full_bf16:
+        return "precision.full_fp16 and precision.full_bf16 exclude each other"
+    return None
+
+
+def _rule_multi_gpu(c: TrainingConfig) -> str | None:
+    n = c.launch
+    if n.num_processes > 1 and not n.multi_gpu and n.num_machines == 1 and n.gpu_ids and len(n.gpu_ids.split(",")) < n.num_processes:
+        return f"launch.gpu_ids lists {len(n.gpu_ids.split(','))} GPU(s) for {n.num_processes} processes"
+    return None
+
+
+CROSS_FIELD_RULES: list[Callable[[TrainingConfig], str | None]] = [
+    _rule_augmentation_vs_cache,
+    _rule_something_trains,
+    _rule_bucket_range,
+    _rule_full_precision,
+    _rule_multi_gpu,
+]
+
+
+# -- helpers shared by the trainer and the GUI ---------------------------------------------------------------
+
+
+def parse_optimizer_args(text: str) -> dict[str, Any]:
+    """'weight_decay=0.01 betas=0.9,0.99 decouple=True' -> {'weight_decay': 0.01, 'betas': (0.9, 0.99), ...}."""
+    out: dict[str, Any] = {}
+    for item in text.split():
+        if "=" not in item:
+            raise ValueError(f"optimizer argument {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        if not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise ValueError(f"optimizer argument name {key!r} is not valid")
+        parts = [_literal(p) for p in raw.split(",")] if "," in raw else [_literal(raw)]
+        out[key] = tuple(parts) if len(parts) > 1 else parts[0]
+    return out
+
+
+def _literal(raw: str) -> Any:
+    low = raw.lower()
+    if low in {"true", "false"}:
+        return low == "true"
+    if low in {"none", "null"}:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+# -- field catalogue: what the GUI and CLI render --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    path: str  # "network.network_dim": the GUI component name and the --set key
+    group: str
+    name: str
+    annotation: Any
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    minimum: float | None
+    maximum: float | None
+
+    @property
+    def kind(self) -> str:
+        """'bool', 'int', 'float', 'choice' or 'text': how a form renders it."""
+        if self.choices is not None:
+            return "choice"
+        base = [a for a in get_args(self.annotation) if a is not type(None)] or [self.annotation]
+        t = base[0]
+        return {bool: "bool", int: "int", float: "float"}.get(t, "text")
+
+
+def field_specs() -> list[FieldSpec]:
+    specs: list[FieldSpec] = []
+    for group, cls in GROUPS.items():
+        for name, info in cls.model_fields.items():
+            ann = info.annotation
+            choices = tuple(get_args(ann)) if get_origin(ann) is Literal else None
+            lo = hi = None
+            for m in info.metadata:
+                lo = getattr(m, "ge", getattr(m, "gt", lo)) if lo is None else lo
+                hi = getattr(m, "le", getattr(m, "lt", hi)) if hi is None else hi
+            specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi))
+    return specs
+
+
+_LEAF_TO_PATH = {s.name: s.path for s in field_specs()}
+
+
+def resolve_key(key: str) -> str:
+    """'network_dim' or 'network.network_dim' -> 'network.network_dim'; unknown keys raise KeyError."""
+    if key in _LEAF_TO_PATH.values():
+        return key
+    if key in _LEAF_TO_PATH:
+        return _LEAF_TO_PATH[key]
+    raise KeyError(f"unknown setting {key!r}")
+
+
+def get_value(config: TrainingConfig, path: str) -> Any:
+    group, name = resolve_key(path).split(".")
+    return getattr(getattr(config, group), name)
+
+
+def with_values(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
+    """A new config with `values` ({path or leaf: value}) applied, validated as a whole."""
+    data = config.model_dump()
+    for key, value in values.items():
+        group, name = resolve_key(key).split(".")
+        data[group][name] = value
+    return TrainingConfig.model_validate(data)
+
+
+def apply_overrides(config: TrainingConfig, assignments: list[str]) -> TrainingConfig:
+    """Apply CLI `--set key=value` strings; values are parsed as JSON when they can be, else kept as text."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return with_values(config, values)
+
+
+# -- our JSON files: save, load, migrate -------------------------------------------------------------------------
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+# MIGRATIONS[n] turns a version-n document into version n+1. Add one whenever a field is renamed, moved or
+# changes meaning, so that presets written by older versions keep loading with the same meaning.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+class ConfigError(UserError, ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version < 1:
+        raise ConfigError(f"schema_version {version!r} is not a valid version number")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"this file was written by a newer loratrainer (schema {version}; this one reads up to {SCHEMA_VERSION}): update loratrainer"
+        )
+    while version < SCHEMA_VERSION:
+        data = MIGRATIONS[version](dict(data))
+        version += 1
+        data["schema_version"] = version
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
+    try:
+        return TrainingConfig.model_validate(migrate(dict(data)))
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"{loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""))
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    """Load one of our JSON config/preset files. Malformed JSON or invalid values raise ConfigError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings")
+    return config_from_dict(data, str(path))
+
+
+def config_to_json(config: TrainingConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+
+def save_config(config: TrainingConfig, path: str | Path) -> None:
+    """Write atomically, so that a crash never leaves half a preset."""
+    atomic_write(path, config_to_json(config))

@@ -1,0 +1,61 @@
+"""Writing files so that a crash, a kill or a full disk never leaves half a file (reliability.md).
+
+A leaf module: it imports nothing else of ours, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, overwrite: bool = True) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder: flush, fsync, rename.
+
+    With overwrite=False an existing file raises FileExistsError instead of being replaced.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(payload), overwrite=overwrite)
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[str], object], *, overwrite: bool = True) -> Path:
+    """Let `writer(tmp_path)` produce the file (e.g. safetensors' save_file), then move it into place atomically.
+
+    On any failure (a full disk included) the temporary file is removed and the old file is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists and will not be overwritten")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if not overwrite:
+            # os.link fails if the name appeared meanwhile, so a file created by someone else is never replaced.
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders; the rename is durable enough there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
