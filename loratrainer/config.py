@@ -160,6 +160,7 @@ class NetworkSettings(_Group):
     conv_alpha: float = Field(1.0, gt=0, le=1024, description="LoCon: alpha of the 3x3 convolution adapters.")
     network_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA's hidden activations.")
     network_weights: str = Field("", description="Start from this existing LoRA .safetensors file (continues its training).")
+    scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
 
 
 class OptimizerSettings(_Group):
@@ -186,6 +187,9 @@ class OptimizerSettings(_Group):
     ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, description="Input-perturbation noise (0 = off, about 0.1).")
     loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", description="Loss between predicted and true noise.")
     huber_c: float = Field(0.1, gt=0.0, le=10.0, description="Huber / smooth L1 loss threshold.")
+    huber_schedule: Literal["constant", "exponential", "snr"] = Field(
+        "snr", description="How the Huber threshold varies with the timestep (Kohya's schedules; snr is Kohya's default)."
+    )
 
     @field_validator("optimizer")
     @classmethod
@@ -541,9 +545,17 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+PRESET_HEADER = "preset"  # {"name": ..., "description": ...} in a preset file: not a setting (see presets.py)
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
+    """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config."""
+    data = dict(data)
+    header = data.pop(PRESET_HEADER, None)
+    if header is not None and not isinstance(header, dict):
+        raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
     try:
-        return TrainingConfig.model_validate(migrate(dict(data)))
+        return TrainingConfig.model_validate(migrate(data))
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
 

@@ -1,0 +1,117 @@
+"""`loratrainer preset import-kohya | export-kohya | list | show`: presets and Kohya GUI config files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from loratrainer.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "preset",
+        help="list and show presets; convert Kohya GUI configs to ours and back",
+        description="Presets and Kohya GUI config files. Every command that takes a config file also accepts a Kohya GUI config.",
+    )
+    sub = parser.add_subparsers(dest="preset_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("import-kohya", help="convert a Kohya GUI config JSON to our config JSON")
+    p.add_argument("source", help="the Kohya GUI config (.json)")
+    p.add_argument("-o", "--output", required=True, help="our config file to write")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.set_defaults(run=run_import)
+
+    p = sub.add_parser("export-kohya", help="convert our config (or a Kohya file) to a Kohya GUI config JSON")
+    p.add_argument("source", help="our config or preset (.json); a Kohya GUI config is accepted too")
+    p.add_argument("-o", "--output", required=True, help="the Kohya GUI config file to write")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.set_defaults(run=run_export)
+
+    p = sub.add_parser("list", help="list shipped and user presets")
+    p.set_defaults(run=run_list)
+
+    p = sub.add_parser("show", help="show a preset's description and the settings it changes")
+    p.add_argument("name", help="preset name, file stem or path")
+    p.set_defaults(run=run_show)
+
+
+def _refuse_existing(output: str, force: bool) -> Path:
+    path = Path(output)
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; use --force to replace it")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name")
+    return path
+
+
+def _print_report(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from loratrainer.config import config_to_json
+    from loratrainer.files import atomic_write
+    from loratrainer.presets import load_any_config
+
+    output = _refuse_existing(args.output, args.force)
+    config, report = load_any_config(args.source)  # raises before anything is written
+    _print_report(report.lines())
+    for note in config.summary():
+        print(f"Note: {note}")
+    atomic_write(output, config_to_json(config), overwrite=args.force)
+    print(f"Wrote {output}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from loratrainer.files import atomic_write
+    from loratrainer.kohya import export_kohya, kohya_to_json
+    from loratrainer.presets import load_any_config
+
+    output = _refuse_existing(args.output, args.force)
+    config, report = load_any_config(args.source)
+    _print_report(report.lines())
+    data, export_report = export_kohya(config)
+    for item in export_report.migrated:
+        print(f"Written out: {item}")
+    for item in export_report.unsupported:
+        print(f"NOT EXPORTED: {item}")
+    atomic_write(output, kohya_to_json(data), overwrite=args.force)
+    print(f"Wrote {output} ({len(data)} Kohya keys)")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from loratrainer.presets import list_presets, user_preset_dir
+
+    presets = list_presets()
+    for info in presets:
+        origin = "shipped" if info.shipped else "user"
+        print(f"{info.path.stem:<24} {info.name} [{origin}]")
+        if info.description:
+            print(f"{'':<24} {info.description}")
+    print(f"User presets folder: {user_preset_dir()}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from loratrainer.presets import find_preset, read_json_object
+
+    path = find_preset(args.name)
+    from loratrainer.presets import load_preset
+
+    config = load_preset(path)
+    data = read_json_object(path)
+    header = data.pop("preset", {}) or {}
+    data.pop("schema_version", None)
+    print(f"{header.get('name', path.stem)} ({path})")
+    if header.get("description"):
+        print(header["description"])
+    for group, values in data.items():
+        for key, value in values.items():
+            print(f"  {group}.{key} = {value!r}")
+    for note in config.summary():
+        print(f"Note: {note}")
+    return 0

@@ -1,0 +1,196 @@
+"""Shipped and user presets, and `load_any_config()`, which reads our JSON or a Kohya GUI file.
+
+Preset format. A preset is one of our JSON config files that lists only the settings it changes, grouped as in
+the config, plus a header naming it; every setting it does not list takes its default:
+
+    {
+      "schema_version": 1,
+      "preset": {"name": "SD1.5 style", "description": "One line the GUI shows."},
+      "network": {"network_dim": 32, "network_alpha": 16},
+      "optimizer": {"learning_rate": 0.0001}
+    }
+
+It loads through the same code as a full config (`config.config_from_dict`: migrations by schema_version,
+unknown keys an error, every value validated), so a preset is valid exactly when it loads. Presets never carry the
+user's own paths (folders, base model, VAE, starting LoRA, resume state): `apply_preset()` keeps the user's and
+`save_user_preset()` leaves them out. Writing a preset renders it canonically (groups in schema order, keys in
+field order, indent 2), so load -> save is byte-identical.
+
+Shipped presets live in the top-level `presets/` folder of the source tree and are installed as package data
+under `loratrainer/_presets/` (see `shipped_preset_dir()`); user presets live in $LORATRAINER_PRESET_DIR or
+~/.config/loratrainer/presets ($XDG_CONFIG_HOME respected). A user preset never silently replaces another file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loratrainer.config import (
+    GROUPS,
+    PRESET_HEADER,
+    SCHEMA_VERSION,
+    ConfigError,
+    TrainingConfig,
+    config_from_dict,
+    with_values,
+)
+from loratrainer.files import atomic_write
+from loratrainer.kohya import ImportReport, import_kohya, looks_like_kohya
+
+__all__ = [
+    "ImportReport",
+    "PresetInfo",
+    "USER_FIELDS",
+    "apply_preset",
+    "find_preset",
+    "list_presets",
+    "load_any_config",
+    "load_preset",
+    "preset_to_json",
+    "read_json_object",
+    "save_user_preset",
+    "shipped_preset_dir",
+    "user_preset_dir",
+]
+
+# The user's own paths: a preset neither sets nor replaces them.
+USER_FIELDS = (
+    "folders.train_data_dir",
+    "folders.reg_data_dir",
+    "folders.output_dir",
+    "folders.logging_dir",
+    "folders.output_name",
+    "model.pretrained_model_name_or_path",
+    "model.vae",
+    "network.network_weights",
+    "saving.resume",
+)
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    name: str
+    path: Path
+    description: str
+    shipped: bool
+
+
+def shipped_preset_dir() -> Path:
+    """The installed package data (loratrainer/_presets) or, in a source checkout, the top-level presets/ folder."""
+    installed = Path(__file__).resolve().parent / "_presets"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "presets"
+
+
+def user_preset_dir() -> Path:
+    env = os.environ.get("LORATRAINER_PRESET_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "loratrainer" / "presets"
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file; a missing file, malformed JSON or a non-object raise ConfigError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings")
+    return data
+
+
+def load_any_config(path: str | Path) -> tuple[TrainingConfig, ImportReport]:
+    """Our JSON (a config or a preset) or a Kohya GUI config, told apart by content; the report says which."""
+    data = read_json_object(path)
+    if looks_like_kohya(data):
+        return import_kohya(data, str(path))
+    return config_from_dict(data, str(path)), ImportReport(source=str(path), format="loratrainer")
+
+
+def _preset_info(path: Path, shipped: bool) -> PresetInfo:
+    header = read_json_object(path).get(PRESET_HEADER)
+    if not isinstance(header, dict):
+        header = {}
+    return PresetInfo(str(header.get("name") or path.stem), path, str(header.get("description") or ""), shipped)
+
+
+def list_presets() -> list[PresetInfo]:
+    """Shipped presets first (sorted by file name), then the user's. Unreadable user files are skipped."""
+    found: list[PresetInfo] = []
+    for folder, shipped in ((shipped_preset_dir(), True), (user_preset_dir(), False)):
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                found.append(_preset_info(path, shipped))
+            except ConfigError:
+                if shipped:
+                    raise
+    return found
+
+
+def find_preset(name_or_path: str | Path) -> Path:
+    """A preset file by path, by file stem or by its display name (case-insensitive)."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return path
+    wanted = str(name_or_path).strip().lower()
+    for info in list_presets():
+        if wanted in (info.path.stem.lower(), info.name.lower()):
+            return info.path
+    names = ", ".join(f"{i.path.stem} ({i.name})" for i in list_presets()) or "none"
+    raise ConfigError(f"no preset named {str(name_or_path)!r}; available: {names}")
+
+
+def load_preset(name_or_path: str | Path) -> TrainingConfig:
+    """A preset (shipped or user, by name or path) applied over the defaults."""
+    path = find_preset(name_or_path)
+    return config_from_dict(read_json_object(path), str(path))
+
+
+def apply_preset(config: TrainingConfig, preset: TrainingConfig) -> TrainingConfig:
+    """The preset's settings with the user's paths (USER_FIELDS) kept from `config`."""
+    keep = {path: _get(config, path) for path in USER_FIELDS}
+    return with_values(preset, keep)
+
+
+def preset_to_json(config: TrainingConfig, name: str, description: str = "") -> str:
+    """Canonical preset text: the settings that differ from the defaults, without the user's paths."""
+    defaults = TrainingConfig().model_dump(mode="json")
+    current = config.model_dump(mode="json")
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, PRESET_HEADER: {"name": name, "description": description}}
+    for group in GROUPS:
+        changed = {
+            k: v for k, v in current[group].items() if v != defaults[group][k] and f"{group}.{k}" not in USER_FIELDS
+        }
+        if changed:
+            doc[group] = changed
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def save_user_preset(config: TrainingConfig, name: str, description: str = "", *, overwrite: bool = False) -> Path:
+    """Write `config` as a user preset named `name`; an existing preset is replaced only with overwrite=True."""
+    stem = re.sub(r"[^\w.-]+", "-", name.strip()).strip("-.")
+    if not stem:
+        raise ConfigError(f"preset name {name!r} has no usable characters")
+    if any(info.shipped and stem.lower() == info.path.stem.lower() for info in list_presets()):
+        raise ConfigError(f"{name!r} is the name of a shipped preset; choose another name")
+    path = user_preset_dir() / f"{stem}.json"
+    try:
+        return atomic_write(path, preset_to_json(config, name.strip(), description), overwrite=overwrite)
+    except FileExistsError:
+        raise ConfigError(f"a preset named {name!r} exists ({path}); choose another name or confirm replacing it") from None
+
+
+def _get(config: TrainingConfig, path: str) -> Any:
+    group, name = path.split(".")
+    return getattr(getattr(config, group), name)
