@@ -1,0 +1,13 @@
+"""GIT captions (microsoft/git-large-textcaps by default), the other captioner Kohya offers."""
+
+from __future__ import annotations
+
+from loratrainer.caption.base import GitOptions
+from loratrainer.caption.hf import TransformersCaptioner
+
+
+class GitCaptioner(TransformersCaptioner):
+    def __init__(self, options: GitOptions):
+        from transformers import GitForCausalLM
+
+        super().__init__(GitForCausalLM, options.model, options.device, {"max_length": options.max_length})
