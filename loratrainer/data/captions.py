@@ -1,0 +1,74 @@
+"""Caption files: `<stem><caption_extension>` next to each image, read as Kohya reads them (first line only).
+
+We are more forgiving about encodings than Kohya (a UTF-8 BOM and CRLF line ends are normal on Windows)
+and stricter about emptiness: an empty or whitespace-only file is a missing caption, so the user is told
+that the folder-name fallback will apply instead of training silently on an empty string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loratrainer.errors import UserError
+
+
+class CaptionError(UserError):
+    """A caption file that exists but cannot be read as text; str() is '<path>: <reason>'."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CaptionText:
+    text: str | None  # first line, stripped; None = no usable caption
+    path: Path | None  # the file it came from (None when there is none)
+    extra_lines: bool  # the file has more non-empty lines, which Kohya (and we) ignore
+
+
+def caption_path(image_path: str | Path, extension: str) -> Path:
+    image_path = Path(image_path)
+    return image_path.with_name(image_path.stem + extension)
+
+
+def read_caption(image_path: str | Path, extension: str = ".txt") -> str | None:
+    """The caption of an image (first line, BOM and whitespace stripped), or None when missing or empty."""
+    return read_caption_file(image_path, extension).text
+
+
+def read_caption_file(image_path: str | Path, extension: str = ".txt") -> CaptionText:
+    """Like read_caption, with where it came from; a caption that is not UTF-8 raises CaptionError."""
+    path = _find(caption_path(image_path, extension))
+    if path is None:
+        return CaptionText(None, None, False)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CaptionError(path, f"cannot read the caption file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CaptionError(path, "the caption is not UTF-8 text: open it in an editor and save it as UTF-8") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    first = lines[0].strip()
+    extra = any(line.strip() for line in lines[1:])
+    return CaptionText(first or None, path, extra)
+
+
+def fallback_caption(concept_name: str) -> str:
+    """Kohya's caption for images without a caption file: the concept folder's name part (`10_my dog` -> `my dog`)."""
+    return concept_name
+
+
+def _find(path: Path) -> Path | None:
+    if path.is_file():
+        return path
+    # Case-insensitive match of the extension (a.TXT on a case-sensitive file system), as for images.
+    for ext in {path.suffix.lower(), path.suffix.upper()} - {path.suffix}:
+        alt = path.with_suffix(ext)
+        if alt.is_file():
+            return alt
+    return None

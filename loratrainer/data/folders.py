@@ -1,0 +1,152 @@
+"""The Kohya folder convention: train_data_dir holds concept folders named `<repeats>_<name>`.
+
+kohya-compat.md section 1. We read the same layout as Kohya, and where Kohya silently ignores or guesses
+we say so: folders without a repeats prefix are listed, `0_x` is an error, a concept folder chosen instead
+of its parent is recognised, and junk files (macOS `._*`, `.DS_Store`, `Thumbs.db`, backups) are skipped
+with one line instead of being counted or crashing the loader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratrainer.data.images import is_image_name
+from loratrainer.data.problems import Problem
+
+# Kohya splits at the first "_" and calls int() on the prefix; a name part may contain spaces and "_".
+_CONCEPT = re.compile(r"^(-?\d+)(?:_(.*))?$", re.DOTALL)
+_JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
+# Files that belong in a concept folder besides images and captions: Kohya's latent caches.
+_EXPECTED_SUFFIXES = {".npz"}
+
+
+@dataclass
+class Concept:
+    """One `<repeats>_<name>` folder and what it holds."""
+
+    path: Path
+    repeats: int
+    name: str  # the class tokens; the caption of images without a caption file
+    is_reg: bool
+    images: list[Path] = field(default_factory=list)  # sorted by name
+    other_suffixes: set[str] = field(default_factory=set)  # lower-case suffixes of non-image files (captions...)
+
+
+@dataclass
+class FolderScan:
+    concepts: list[Concept]
+    problems: list[Problem]
+
+
+def parse_concept_name(folder_name: str) -> tuple[int, str] | None:
+    """'10_my dog' -> (10, 'my dog'); None when the name has no integer prefix (Kohya ignores the folder)."""
+    m = _CONCEPT.match(folder_name)
+    if not m:
+        return None
+    return int(m.group(1)), m.group(2) or ""
+
+
+def is_junk_name(name: str) -> bool:
+    return name.startswith(("._", ".")) or name.lower() in _JUNK_NAMES or name.endswith("~")
+
+
+def scan_data_dir(root: str | Path, caption_extension: str, is_reg: bool = False) -> FolderScan:
+    """All concept folders under `root` (immediate subfolders only, as Kohya), with problems found on the way."""
+    root = Path(root)
+    role = "reg_data_dir" if is_reg else "train_data_dir"
+    if not root.exists():
+        return FolderScan([], [Problem.at(root, "error", f"{role} does not exist: check the path")])
+    if not root.is_dir():
+        return FolderScan([], [Problem.at(root, "error", f"{role} is a file, not a folder: choose the folder that holds the concept folders")])
+    concepts: list[Concept] = []
+    problems: list[Problem] = []
+    loose_images = 0
+    for entry in _sorted_entries(root):
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                continue  # .git, .ipynb_checkpoints, ...
+            concept = _concept(Path(entry.path), entry.name, is_reg, problems)
+            if concept is not None:
+                concepts.append(concept)
+        elif is_image_name(entry.name):
+            loose_images += 1
+    problems.extend(_root_problems(root, role, concepts, loose_images, is_reg))
+    for concept in concepts:
+        problems.extend(_list_concept(concept, caption_extension))
+    return FolderScan(concepts, problems)
+
+
+def _concept(path: Path, name: str, is_reg: bool, problems: list[Problem]) -> Concept | None:
+    parsed = parse_concept_name(name)
+    if parsed is None:
+        problems.append(Problem.at(path, "warning", f"ignored: no `<repeats>_` prefix; rename it to e.g. `10_{name}` to train on it"))
+        return None
+    repeats, concept_name = parsed
+    if repeats < 1:
+        problems.append(Problem.at(
+            path, "error", f"repeats is {repeats}: a folder needs at least 1 repeat (rename it to e.g. `1_{concept_name}`, or move it out)"
+        ))
+        return None
+    return Concept(path, repeats, concept_name, is_reg)
+
+
+def _root_problems(root: Path, role: str, concepts: list[Concept], loose_images: int, is_reg: bool) -> list[Problem]:
+    if loose_images and not concepts:
+        if parse_concept_name(root.name) is not None:
+            return [Problem.at(root, "error", (
+                f"this folder holds images itself: it is a concept folder; choose its parent ({root.parent}) as {role}"
+            ))]
+        return [Problem.at(root, "error", (
+            f"this folder holds images itself; {role} must be the parent of concept folders named <repeats>_<name>: "
+            f"move the images into e.g. {root / ('10_' + root.name)} (or use `loratrainer prepare`)"
+        ))]
+    problems = []
+    if loose_images:
+        problems.append(Problem.at(root, "warning", (
+            f"{loose_images} image(s) directly in this folder are not trained: only concept folders (<repeats>_<name>) count; move them into one"
+        )))
+    if not concepts:
+        what = "regularisation" if is_reg else "training"
+        problems.append(Problem.at(root, "error", (
+            f"no concept folders: {role} must hold folders named <repeats>_<name> (e.g. 10_mydog) with the {what} images"
+        )))
+    return problems
+
+
+def _list_concept(concept: Concept, caption_extension: str) -> list[Problem]:
+    ignored: list[str] = []
+    subfolders = 0
+    cap = caption_extension.lower()
+    for entry in _sorted_entries(concept.path):
+        name = entry.name
+        if entry.is_dir():
+            subfolders += 1
+        elif is_junk_name(name):
+            ignored.append(name)
+        elif is_image_name(name):
+            concept.images.append(Path(entry.path))
+        else:
+            suffix = os.path.splitext(name)[1].lower()
+            concept.other_suffixes.add(suffix)
+            if suffix != cap and suffix not in _EXPECTED_SUFFIXES and suffix not in {".txt", ".caption"}:
+                ignored.append(name)
+    problems: list[Problem] = []
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        problems.append(Problem.at(concept.path, "info", f"ignored {len(ignored)} file(s) that are not training images: {shown}"))
+    if subfolders:
+        problems.append(Problem.at(concept.path, "info", f"{subfolders} subfolder(s) are not searched: only images directly in a concept folder count"))
+    if not concept.images:
+        problems.append(Problem.at(concept.path, "warning", "no images (png, jpg, jpeg, webp, bmp) in this concept folder"))
+    return problems
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
