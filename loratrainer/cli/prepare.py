@@ -1,0 +1,45 @@
+"""`loratrainer prepare SRC DEST --name NAME`: make a Kohya-style project from a folder of images (copies)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="copy a folder of images (and captions) into a new project: image/<repeats>_<name>/, log/, model/",
+        description="Create DEST/image/<repeats>_<name>/ (and DEST/reg/<reg-repeats>_<name>/ with --reg), DEST/log/ and "
+        "DEST/model/, COPYING the images and their caption files. Nothing is moved or overwritten: an existing "
+        "concept folder is refused, and so are SRC == DEST and one inside the other.",
+    )
+    p.add_argument("src", metavar="SRC", help="folder with the training images (and optional caption files)")
+    p.add_argument("dest", metavar="DEST", help="the project folder to create or add to")
+    p.add_argument("--name", required=True, help="the concept name: the folder's name part and the caption of uncaptioned images")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="repeats per image per epoch (default: suggested from the image count: 150 for 10 or fewer, "
+                   "100 for 20 or more, in between linearly)")
+    p.add_argument("--reg", metavar="REG_DIR", help="folder with regularisation images")
+    p.add_argument("--reg-repeats", type=int, default=1, metavar="N", help="repeats of the regularisation images (default 1)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loratrainer.data.prepare import prepare_project
+
+    r = prepare_project(args.src, args.dest, args.name, args.repeats, args.reg, args.reg_repeats)
+    for folder in [r.train] + ([r.reg] if r.reg else []):
+        print(f"created {folder.path}  ({folder.images} images, {folder.captions} captions copied, {folder.repeats} repeats)")
+    for sub in ("log", "model"):
+        print(f"{'created' if r.project / sub in r.created else 'kept   '} {r.project / sub}")
+    if r.repeats_suggested:
+        print(f"repeats {r.train.repeats} suggested for {r.train.images} images (pass --repeats to choose; see docs/dataset.md)")
+    if r.train.captions < r.train.images:
+        print(f"{r.train.images - r.train.captions} image(s) have no caption: caption them with "
+              f"`loratrainer caption {shlex.quote(str(r.train.path))}` or they train with the caption {r.train.path.name.split('_', 1)[1]!r}")
+    check = f"loratrainer check {shlex.quote(str(r.project / 'image'))}"
+    if r.reg:
+        check += f" --reg {shlex.quote(str(r.project / 'reg'))}"
+    print(f"next: {check}")
+    return 0

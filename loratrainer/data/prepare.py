@@ -1,0 +1,162 @@
+"""Build a Kohya-style project from a folder of images: `image/<repeats>_<name>/`, `log/`, `model/`.
+
+Like Kohya's "Dataset preparation" tool, but safe: images and captions are copied (never moved) into a
+staging folder that is renamed into place only when everything has been copied, source and destination may
+not be the same or nested, and an existing concept folder is never written into.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratrainer.data.folders import is_junk_name, parse_concept_name
+from loratrainer.data.images import is_image_name
+from loratrainer.errors import UserError
+
+_FORBIDDEN_NAME_CHARS = '/\\:*?"<>|\0'
+_CAPTION_SUFFIXES = {".txt", ".caption"}
+
+
+@dataclass
+class PreparedFolder:
+    """One concept folder that prepare created."""
+
+    path: Path
+    repeats: int
+    images: int
+    captions: int
+
+
+@dataclass
+class PrepareResult:
+    project: Path
+    train: PreparedFolder
+    reg: PreparedFolder | None
+    created: list[Path] = field(default_factory=list)  # every folder created, in creation order
+    repeats_suggested: bool = False
+
+
+def suggest_repeats(num_images: int) -> int:
+    """The seed tutorial's rule: about 150 repeats for ~10 images, 100 for 20 or more; linear in between.
+
+    Fewer than 10 images keep 150 (more repeats would only overfit the few images faster). The result is a
+    multiple of 10 so it reads as the round number the tutorial gives.
+    """
+    if num_images <= 10:
+        return 150
+    if num_images >= 20:
+        return 100
+    return int(round((150 - 5 * (num_images - 10)) / 10.0)) * 10
+
+
+def check_name(name: str) -> str:
+    """A concept name becomes a folder name: no separators, no '..', not empty (spaces and any script are fine)."""
+    stripped = name.strip()
+    if not stripped or stripped in {".", ".."} or any(c in stripped for c in _FORBIDDEN_NAME_CHARS):
+        raise UserError(f'--name {name!r}: use a plain name without / \\ : * ? " < > | (e.g. "mydog" or "zoë dog")')
+    if stripped.startswith("."):
+        raise UserError(f"--name {name!r}: must not start with '.' (such folders are hidden and skipped)")
+    return stripped
+
+
+def prepare_project(
+    src: str | Path,
+    dest: str | Path,
+    name: str,
+    repeats: int | None = None,
+    reg_src: str | Path | None = None,
+    reg_repeats: int = 1,
+) -> PrepareResult:
+    name = check_name(name)
+    src_dir, dest_dir = _existing_dir(src, "SRC"), Path(dest).expanduser().resolve()
+    _refuse_overlap(src_dir, dest_dir, "SRC")
+    reg_dir = _existing_dir(reg_src, "--reg") if reg_src else None
+    if reg_dir is not None:
+        _refuse_overlap(reg_dir, dest_dir, "--reg")
+    train_files = _dataset_files(src_dir)
+    reg_files = _dataset_files(reg_dir) if reg_dir is not None else None
+    suggested = repeats is None
+    repeats = suggest_repeats(len(train_files[0])) if repeats is None else repeats
+    if repeats < 1 or reg_repeats < 1:
+        raise UserError("--repeats and --reg-repeats must be at least 1")
+    targets = [(dest_dir / "image" / f"{repeats}_{name}", train_files)]
+    if reg_files is not None:
+        targets.append((dest_dir / "reg" / f"{reg_repeats}_{name}", reg_files))
+    for target, _ in targets:
+        _refuse_existing(target, name)
+    created = [d for d in (dest_dir, dest_dir / "log", dest_dir / "model") if not d.exists()]
+    for folder in (dest_dir / "log", dest_dir / "model"):
+        folder.mkdir(parents=True, exist_ok=True)
+    prepared = _copy_all(targets)
+    created += [p.path for p in prepared]
+    return PrepareResult(dest_dir, prepared[0], prepared[1] if len(prepared) > 1 else None, created, suggested)
+
+
+def _existing_dir(path: str | Path, label: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{label} {p}: not an existing folder")
+    return p.resolve()
+
+
+def _refuse_overlap(src: Path, dest: Path, label: str) -> None:
+    if src == dest:
+        raise UserError(f"{label} and DEST are the same folder ({src}): choose a new, separate project folder")
+    if dest.is_relative_to(src):
+        raise UserError(f"DEST {dest} is inside {label} {src}: choose a project folder outside the image folder")
+    if src.is_relative_to(dest):
+        raise UserError(f"{label} {src} is inside DEST {dest}: choose a project folder that does not contain the images")
+
+
+def _refuse_existing(target: Path, name: str) -> None:
+    if target.exists():
+        raise UserError(f"{target} already exists: nothing was changed (choose another --name, or remove that folder yourself)")
+    if target.parent.is_dir():
+        for entry in target.parent.iterdir():
+            parsed = parse_concept_name(entry.name)
+            if entry.is_dir() and parsed and parsed[1] == name:
+                raise UserError(f"{entry} already holds the concept {name!r}: nothing was changed (choose another --name)")
+
+
+def _dataset_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(images, their caption files) directly in `folder`, junk left out."""
+    entries = sorted(p for p in folder.iterdir() if p.is_file() and not is_junk_name(p.name))
+    images = [p for p in entries if is_image_name(p.name)]
+    if not images:
+        raise UserError(f"{folder}: no images (png, jpg, jpeg, webp, bmp) directly in this folder")
+    stems = {p.stem for p in images}
+    captions = [p for p in entries if p.suffix.lower() in _CAPTION_SUFFIXES and p.stem in stems]
+    return images, captions
+
+
+def _copy_all(targets: list[tuple[Path, tuple[list[Path], list[Path]]]]) -> list[PreparedFolder]:
+    """Copy each set into a staging folder beside its target, then rename them all into place."""
+    staged: list[tuple[Path, Path]] = []
+    done: list[Path] = []
+    try:
+        for target, (images, captions) in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # mkdir (not mkdtemp) so the folder gets the user's usual permissions, not 0700
+            staging = target.parent / f".staging-{target.name}-{secrets.token_hex(4)}"
+            staging.mkdir()
+            staged.append((staging, target))
+            for f in images + captions:
+                shutil.copy2(f, staging / f.name)
+        for staging, target in staged:
+            if target.exists():  # appeared meanwhile: never merge into it
+                raise UserError(f"{target} appeared while copying: nothing was changed")
+            os.rename(staging, target)
+            done.append(target)
+    except BaseException as exc:
+        for target in done:  # only folders we renamed into place a moment ago, holding copies
+            shutil.rmtree(target, ignore_errors=True)
+        for staging, _ in staged:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"copying failed ({exc}); nothing was created") from exc
+        raise
+    return [PreparedFolder(t, int(t.name.split("_", 1)[0]), len(i), len(c)) for t, (i, c) in targets]
