@@ -67,6 +67,14 @@ class ModelSettings(_Group):
     clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's n-th layer from the end (1 = last; 2 is common for anime models).")
     max_token_length: Literal[75, 150, 225] = Field(75, description="Caption length in tokens the text encoder sees: 75, 150 or 225.")
 
+    @field_validator("max_token_length", mode="before")
+    @classmethod
+    def _token_length_number(cls, v: Any) -> Any:
+        # Literal choices do not take the numeric strings older files hold ("150"); ints and other values pass on.
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v.strip())
+        return v
+
 
 class FolderSettings(_Group):
     train_data_dir: str = Field("", description="The image folder: the PARENT of concept folders named <repeats>_<name>.")

@@ -122,7 +122,10 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     raw = dict(data)
     values: dict[str, Any] = {}  # leaf -> raw value, before coercion
     origin: dict[str, str] = {}  # leaf -> the Kohya key it came from, for error messages
-    _migrate(raw, values, origin, report)
+    try:
+        _migrate(raw, values, origin, report)
+    except ValueError as exc:  # a migrated key's value cannot be used
+        raise ConfigError(f"{source}: {exc}") from None
 
     errors: list[str] = []
     for key, value in raw.items():
@@ -251,7 +254,7 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
         try:
             epochs_n = coerce(epochs, _SPECS["epoch"]) if epochs not in (None, "") else 0
         except ValueError as exc:
-            raise ConfigError(f"max_train_epochs: {exc} (got {epochs!r})") from None
+            raise ValueError(f"max_train_epochs: {exc} (got {epochs!r})") from None
         if epochs_n > 0:
             raw["epoch"] = epochs_n
             report.migrated.append(ReportItem("max_train_epochs", f"{epochs!r} -> epoch {epochs_n} (it overrides epoch in Kohya)"))
@@ -275,7 +278,7 @@ def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
     elif isinstance(xformers, str) and xformers.strip().lower() in {"xformers", "sdpa", "none"}:
         result = xformers.strip().lower()
     elif xformers not in (None, ""):
-        raise ConfigError(f"xformers: expected 'xformers', 'sdpa', 'none' or true/false (got {xformers!r})")
+        raise ValueError(f"xformers: expected 'xformers', 'sdpa', 'none' or true/false (got {xformers!r})")
     if _truthy(mem_eff):
         # sd-scripts gives mem_eff_attn precedence over xformers; PyTorch's sdpa is the memory-efficient kernel now.
         result = "sdpa"

@@ -1,0 +1,160 @@
+"""The settings schema: defaults, catalogue, cross-field rules, our JSON (round trip, migrations, old files)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from loratrainer import config as cfg
+from loratrainer.config import (
+    ConfigError,
+    TrainingConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_json,
+    field_specs,
+    load_config,
+    save_config,
+)
+
+
+def test_defaults_are_valid_and_follow_kohya_where_the_issue_says() -> None:
+    c = TrainingConfig()
+    assert c.optimizer.max_train_steps == 0  # = use epochs (Kohya's 1600 silently overrode them)
+    assert c.dataset.caption_extension == ".txt"
+    kohya_defaults = {
+        "network_dim": 8, "network_alpha": 1, "optimizer": "AdamW8bit", "learning_rate": 1e-4, "unet_lr": 1e-4,
+        "text_encoder_lr": 1e-4, "lr_scheduler": "cosine", "lr_warmup": 10, "train_batch_size": 1, "epoch": 1,
+        "max_resolution": "512,512", "enable_bucket": True, "min_bucket_reso": 256, "max_bucket_reso": 2048,
+        "bucket_reso_steps": 64, "bucket_no_upscale": True, "mixed_precision": "fp16", "save_precision": "fp16",
+        "cache_latents": True, "clip_skip": 1, "max_token_length": 75, "save_every_n_epochs": 1, "seed": 0,
+        "multires_noise_discount": 0.3, "num_cpu_threads_per_process": 2, "output_name": "last", "lora_type": "Standard",
+    }
+    assert {k: cfg.get_value(c, k) for k in kohya_defaults} == kohya_defaults
+
+
+def test_leaf_names_are_unique_across_groups() -> None:
+    counts = Counter(s.name for s in field_specs())
+    assert [n for n, k in counts.items() if k > 1] == []
+
+
+@pytest.mark.parametrize("spec", field_specs(), ids=lambda s: s.path)
+def test_every_field_has_help_and_a_default_inside_its_range(spec: cfg.FieldSpec) -> None:
+    assert spec.help.strip() and len(spec.help.splitlines()) == 1
+    if spec.default is not None and spec.kind in ("int", "float"):
+        assert spec.minimum is None or spec.default >= spec.minimum
+        assert spec.maximum is None or spec.default <= spec.maximum
+    if spec.choices is not None:
+        assert spec.default in spec.choices
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"dataset": {"color_aug": True}}, "latents cannot be cached"),
+        ({"dataset": {"random_crop": True}, "precision": {"cache_latents": False, "cache_latents_to_disk": True}}, "latents cannot be cached"),
+        ({"optimizer": {"unet_lr": 0, "text_encoder_lr": 0}}, "nothing would be trained"),
+        ({"buckets": {"min_bucket_reso": 1024, "max_bucket_reso": 512}}, "min_bucket_reso"),
+        ({"precision": {"full_fp16": True, "mixed_precision": "bf16"}}, "full_fp16 needs"),
+        ({"precision": {"full_bf16": True, "mixed_precision": "fp16"}}, "full_bf16 needs"),
+        ({"launch": {"num_processes": 2, "gpu_ids": "0"}}, "gpu_ids"),
+    ],
+)
+def test_cross_field_rules_reject_impossible_combinations(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"dataset": {"color_aug": True}, "precision": {"cache_latents": False}},
+        {"dataset": {"random_crop": True}, "precision": {"cache_latents": False}},
+        {"optimizer": {"text_encoder_lr": 0}},
+    ],
+)
+def test_allowed_combinations_load(values: dict) -> None:
+    config_from_dict(values)
+
+
+def test_text_encoder_lr_zero_is_a_unet_only_lora_and_the_summary_says_so() -> None:
+    c = config_from_dict({"optimizer": {"text_encoder_lr": 0}})
+    assert not c.trains_text_encoder and c.trains_unet
+    assert any("UNet-only" in note for note in c.summary())
+    assert not any("UNet-only" in note for note in TrainingConfig().summary())
+
+
+def test_empty_per_module_rate_falls_back_to_the_learning_rate() -> None:
+    c = config_from_dict({"optimizer": {"learning_rate": 3e-4, "unet_lr": None}})
+    assert c.effective_unet_lr == 3e-4
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TrainingConfig(), config_from_dict({"network": {"network_dim": 32, "lora_type": "LoCon"}, "sampling": {"sample_prompts": "a cat --w 512\nä dog"}})],
+    ids=["defaults", "changed"],
+)
+def test_our_json_round_trips_byte_identical(tmp_path, config: TrainingConfig) -> None:
+    first = tmp_path / "a.json"
+    second = tmp_path / "b.json"
+    save_config(config, first)
+    save_config(load_config(first), second)
+    assert first.read_bytes() == second.read_bytes()
+    assert load_config(second) == config
+
+
+def test_older_file_numeric_strings_coerced_and_missing_keys_default(tmp_path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema_version": 1, "optimizer": {"learning_rate": "1e-4", "epoch": "3"}, "model": {"max_token_length": "150"}}))
+    c = load_config(path)
+    assert (c.optimizer.learning_rate, c.optimizer.epoch, c.model.max_token_length) == (1e-4, 3, 150)
+    assert c.network == TrainingConfig().network
+
+
+@pytest.mark.parametrize(
+    "document, named",
+    [
+        ({"optimizer": {"epoch": -1}}, "optimizer.epoch"),
+        ({"optimizer": {"learning_rate": "abc"}}, "optimizer.learning_rate"),
+        ({"optimizer": {"lr": "abc"}}, "optimizer.lr: unknown setting"),
+        ({"network": {"network_dim": 1.5}}, "network.network_dim"),
+        ({"nonsense": {}}, "nonsense: unknown setting"),
+    ],
+)
+def test_bad_values_and_unknown_keys_in_our_json_are_rejected_naming_the_key(document: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        config_from_dict(document, "old.json")
+
+
+def test_malformed_json_is_an_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"optimizer": {"epoch": 3,,}}')
+    with pytest.raises(ConfigError, match="broken.json: not valid JSON"):
+        load_config(path)
+
+
+def test_migrations_run_in_order_and_newer_files_are_refused(monkeypatch) -> None:
+    monkeypatch.setattr(cfg, "SCHEMA_VERSION", 2)
+
+    def rename_dim(doc: dict) -> dict:
+        doc["network"] = {"network_dim": doc.pop("network", {}).pop("rank")}
+        return doc
+
+    monkeypatch.setattr(cfg, "MIGRATIONS", {1: rename_dim})
+    migrated = cfg.migrate({"schema_version": 1, "network": {"rank": 16}})
+    assert migrated == {"schema_version": 2, "network": {"network_dim": 16}}
+    with pytest.raises(ConfigError, match="newer loratrainer"):
+        cfg.migrate({"schema_version": 3})
+
+
+def test_set_overrides_accept_leaf_or_path() -> None:
+    c = apply_overrides(TrainingConfig(), ["network_dim=32", "optimizer.learning_rate=5e-5", "output_name=my lora"])
+    assert (c.network.network_dim, c.optimizer.learning_rate, c.folders.output_name) == (32, 5e-5, "my lora")
+
+
+def test_config_to_json_is_grouped_and_versioned() -> None:
+    doc = json.loads(config_to_json(TrainingConfig()))
+    assert doc["schema_version"] == cfg.SCHEMA_VERSION
+    assert set(doc) == {"schema_version", *cfg.GROUPS}
