@@ -162,6 +162,8 @@ def tiny_ldm_state_dict(components: TinySD) -> dict[str, torch.Tensor]:
         # transformers >= 5.6 flattened CLIPTextModel; the original checkpoints keep the text_model. level
         key = key if key.startswith("text_model.") else "text_model." + key
         state["cond_stage_model.transformer." + key] = value
+    # real SD1.5 files carry this buffer (transformers no longer saves it); loaders must cope with it
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     return state
 
 
