@@ -407,12 +407,21 @@ def _rule_multi_gpu(c: TrainingConfig) -> str | None:
     return None
 
 
+def _rule_adafactor_scheduler(c: TrainingConfig) -> str | None:
+    # The adafactor schedule reads the step size from the Adafactor optimizer itself (transformers' AdafactorSchedule).
+    o = c.optimizer
+    if o.lr_scheduler == "adafactor" and o.optimizer != "Adafactor":
+        return f"optimizer.lr_scheduler 'adafactor' works only with optimizer Adafactor (not {o.optimizer})"
+    return None
+
+
 CROSS_FIELD_RULES: list[Callable[[TrainingConfig], str | None]] = [
     _rule_augmentation_vs_cache,
     _rule_something_trains,
     _rule_bucket_range,
     _rule_full_precision,
     _rule_multi_gpu,
+    _rule_adafactor_scheduler,
 ]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from loratrainer.config import (
+    GROUPS,
     ConfigError,
     FieldSpec,
     TrainingConfig,
@@ -263,6 +264,13 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
 
     _noise_offset_type(raw, report)
 
+    fmt = raw.get("save_model_as")
+    if fmt not in (None, "", "safetensors"):
+        raw.pop("save_model_as")
+        report.unsupported.append(ReportItem("save_model_as", f"{fmt!r} is not supported; the LoRA is saved as safetensors"))
+    if raw.get("caption_extension") == ".none-use-foldername":
+        report.migrated.append(ReportItem("caption_extension", "'.none-use-foldername' kept: no caption files, so each image's caption is its folder name (as in Kohya)"))
+
     if _truthy(raw.get("use_wandb")) or raw.get("log_with") in ("wandb", "all"):
         key = "use_wandb" if _truthy(raw.get("use_wandb")) else "log_with"
         report.unsupported.append(ReportItem(key, f"{raw.pop(key)!r}: Weights & Biases logging is not supported; runs log to TensorBoard"))
@@ -340,6 +348,7 @@ def _number(value: Any) -> bool:
 # -- export -----------------------------------------------------------------------------------------------------
 
 _KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon"}
+_KOHYA_INTS = frozenset({"lr_warmup"})  # a float for us, an integer percentage slider in the Kohya GUI
 
 
 def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
@@ -353,7 +362,7 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         if value is None:  # an empty per-module rate means "the learning rate", which Kohya writes out explicitly
             value = config.optimizer.learning_rate
             report.migrated.append(ReportItem(name, f"empty -> {value!r} (the learning rate)"))
-        out[name] = value
+        out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
     for name in sorted(OURS_ONLY):
         if get_value(config, name) != get_value(defaults, name):
             report.unsupported.append(ReportItem(name, f"{get_value(config, name)!r}: Kohya has no such setting; not exported"))
@@ -367,8 +376,6 @@ def kohya_to_json(data: dict[str, Any]) -> str:
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
     """Our JSON has a schema_version, a preset header or group objects; a Kohya file is flat."""
-    from loratrainer.config import GROUPS
-
     if "schema_version" in data or "preset" in data or any(isinstance(data.get(g), dict) for g in GROUPS):
         return False
     return bool(data)

@@ -60,6 +60,7 @@ def test_every_field_has_help_and_a_default_inside_its_range(spec: cfg.FieldSpec
         ({"precision": {"full_fp16": True, "mixed_precision": "bf16"}}, "full_fp16 needs"),
         ({"precision": {"full_bf16": True, "mixed_precision": "fp16"}}, "full_bf16 needs"),
         ({"launch": {"num_processes": 2, "gpu_ids": "0"}}, "gpu_ids"),
+        ({"optimizer": {"lr_scheduler": "adafactor"}}, "works only with optimizer Adafactor"),
     ],
 )
 def test_cross_field_rules_reject_impossible_combinations(values: dict, message: str) -> None:
@@ -73,6 +74,7 @@ def test_cross_field_rules_reject_impossible_combinations(values: dict, message:
         {"dataset": {"color_aug": True}, "precision": {"cache_latents": False}},
         {"dataset": {"random_crop": True}, "precision": {"cache_latents": False}},
         {"optimizer": {"text_encoder_lr": 0}},
+        {"optimizer": {"lr_scheduler": "adafactor", "optimizer": "Adafactor"}},
     ],
 )
 def test_allowed_combinations_load(values: dict) -> None:

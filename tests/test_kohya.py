@@ -47,8 +47,10 @@ def test_fixtures_are_present() -> None:
 def test_every_fixture_imports_with_each_value_as_written_or_reported(path: Path) -> None:
     data = _load(path)
     config, report = import_kohya(data, path.name)
+    compared = 0
     for key, value in data.items():
         if key in DIRECT_KEYS and value not in ("", None) and not report.mentions(key):
+            compared += 1
             default = get_value(DEFAULTS, key)
             if key == "max_resolution":
                 assert get_value(config, key) == str(value).replace(" ", "")
@@ -59,6 +61,7 @@ def test_every_fixture_imports_with_each_value_as_written_or_reported(path: Path
         else:
             # A key that was not taken over as written is named in the report: never silently dropped.
             assert report.mentions(key) or (key in DIRECT_KEYS and value in ("", None) and get_value(DEFAULTS, key) in ("", None)), key
+    assert compared >= 10  # the comparison is not vacuous
     assert any(line.startswith("Read ") for line in report.lines())
 
 
@@ -215,11 +218,17 @@ def test_reliability_row_15_older_preset() -> None:
         ("rank_dropout", 0.1, "unsupported"),
         ("rank_dropout", 0, "ignored"),
         ("save_model_as_typo", "x", "unsupported"),
+        ("save_model_as", "ckpt", "unsupported"),
     ],
 )
 def test_keys_we_do_not_use_are_classified(key: str, value: Any, kind: str) -> None:
     _, report = import_kohya({key: value})
     assert key in report.keys(kind)
+
+
+def test_folder_name_captions_are_kept_and_explained() -> None:
+    config, report = import_kohya({"caption_extension": ".none-use-foldername"})
+    assert config.dataset.caption_extension == ".none-use-foldername" and "caption_extension" in report.keys("migrated")
 
 
 def test_secrets_never_appear_in_the_report() -> None:

@@ -97,14 +97,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from loratrainer.presets import find_preset, read_json_object
+    from loratrainer.config import PRESET_HEADER
+    from loratrainer.presets import find_preset, load_preset, read_json_object
 
     path = find_preset(args.name)
-    from loratrainer.presets import load_preset
-
     config = load_preset(path)
     data = read_json_object(path)
-    header = data.pop("preset", {}) or {}
+    header = data.pop(PRESET_HEADER, {}) or {}
     data.pop("schema_version", None)
     print(f"{header.get('name', path.stem)} ({path})")
     if header.get("description"):
