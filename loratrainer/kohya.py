@@ -128,39 +128,42 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     except ValueError as exc:  # a migrated key's value cannot be used
         raise ConfigError(f"{source}: {exc}") from None
 
-    errors: list[str] = []
     for key, value in raw.items():
         if key in DIRECT_KEYS:
             values[key], origin[key] = value, key
         else:
             _classify_unused(key, value, report)
-
-    resolved: dict[str, Any] = {}
-    for leaf, value in values.items():
-        key, spec = origin[leaf], _SPECS[leaf]
-        if value is None or (isinstance(value, str) and value.strip() == "" and spec.kind != "text"):
-            if spec.default not in ("", None):
-                report.defaulted.append(ReportItem(key, f"{value!r} -> {spec.default!r}"))
-            continue
-        if value == "" and spec.default not in ("", None):
-            report.defaulted.append(ReportItem(key, f"'' -> {spec.default!r}"))
-            continue
-        try:
-            coerced = coerce(value, spec)
-        except ValueError as exc:
-            errors.append(f"{key}: {exc} (got {value!r})")
-            continue
-        if type(coerced) is not type(value) and not (isinstance(value, int) and isinstance(coerced, float) and not isinstance(value, bool)):
-            report.coerced.append(ReportItem(key, f"{value!r} -> {coerced!r}"))
-        resolved[spec.path] = coerced
-    if errors:
-        raise ConfigError(f"{source}: " + "; ".join(errors))
+    resolved = _coerce_all(values, origin, report, source)
 
     kohya_names = (_RENAMED.get(n, n) for n in sorted(_SPECS) if n not in values and n not in OURS_ONLY)
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
     return _validate(resolved, origin, source), report
+
+
+def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportReport, source: str) -> dict[str, Any]:
+    """{leaf: loose value} -> {path: typed value}; "" and null drop out (= our default); all bad values at once."""
+    resolved: dict[str, Any] = {}
+    errors: list[str] = []
+    for leaf, value in values.items():
+        key, spec = origin[leaf], _SPECS[leaf]
+        if value is None or (isinstance(value, str) and not value.strip() and (spec.kind != "text" or spec.default)):
+            if spec.default not in ("", None):
+                report.defaulted.append(ReportItem(key, f"{value!r} -> {spec.default!r}"))
+            continue
+        try:
+            coerced = coerce(value, spec)
+        except ValueError as exc:
+            errors.append(f"{key}: {exc} (got {value!r})")
+            continue
+        widened = isinstance(value, int) and not isinstance(value, bool) and isinstance(coerced, float)  # 1 -> 1.0: not news
+        if type(coerced) is not type(value) and not widened:
+            report.coerced.append(ReportItem(key, f"{value!r} -> {coerced!r}"))
+        resolved[spec.path] = coerced
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(errors))
+    return resolved
 
 
 def coerce(value: Any, spec: FieldSpec) -> Any:
@@ -216,6 +219,16 @@ def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> 
 
 def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
     """Kohya keys whose name or meaning differs from ours; consumed keys are removed from `raw`."""
+    _lora_type(raw, values, origin, report)
+    attention = _attention(raw, report)
+    if attention is not None:
+        values["attention"], origin["attention"] = attention, "xformers"
+    _old_names(raw, values, origin, report)
+    _noise_offset_type(raw, report)
+    _values_we_replace(raw, report)
+
+
+def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
     if "LoRA_type" in raw:
         kind = raw.pop("LoRA_type")
         if kind in (None, ""):
@@ -228,10 +241,9 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
         else:
             report.unsupported.append(ReportItem("LoRA_type", f"{kind!r} is not supported; imported as Standard LoRA"))
 
-    attention = _attention(raw, report)
-    if attention is not None:
-        values["attention"], origin["attention"] = attention, "xformers"
 
+def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
+    """use_8bit_adam, lora_network_weights and max_train_epochs: older or overlapping ways to say our settings."""
     if "use_8bit_adam" in raw:
         flag = raw.pop("use_8bit_adam")
         if raw.get("optimizer") in (None, ""):
@@ -262,8 +274,9 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
         else:
             report.ignored.append(ReportItem("max_train_epochs", f"{epochs!r}: not set, epoch is used"))
 
-    _noise_offset_type(raw, report)
 
+def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
+    """Values of known keys that we honour differently (or not at all), said out loud."""
     fmt = raw.get("save_model_as")
     if fmt not in (None, "", "safetensors"):
         raw.pop("save_model_as")
