@@ -176,3 +176,19 @@ def make_exif_rotated_jpeg(path: str | Path, stored: Size = (60, 40), orientatio
     exif[ORIENTATION_TAG] = orientation
     img.save(path, "JPEG", quality=100, exif=exif.tobytes())
     return path
+
+
+def make_bomb_png(path: str | Path, size: Size = (30000, 30000)) -> Path:
+    """A PNG whose header claims `size` (900 Mpx by default) but that holds no pixel data: a decompression bomb."""
+    import struct
+    import zlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", size[0], size[1], 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
