@@ -1,0 +1,35 @@
+"""`loratrainer gui`: the web interface on http://127.0.0.1:7860 (gradio is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gui",
+        help="start the web interface (http://127.0.0.1:7860) and open the browser",
+        description="Start the web interface. It listens on 127.0.0.1 only, unless --listen is given "
+        "(which then requires --username and --password). There is never a public share link.",
+    )
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    p.add_argument("--listen", metavar="ADDR", default="127.0.0.1", help="address to listen on; anything but loopback needs --username and --password")
+    p.add_argument("--username", help="user name required to open the page")
+    p.add_argument("--password", help="password required to open the page")
+    p.add_argument("--language", choices=["en", "ko"], help="force the page language (default: follow the browser)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loratrainer.gui.server import ServeOptions, serve
+
+    options = ServeOptions(
+        host=args.listen,
+        port=args.port,
+        open_browser=not args.no_browser,
+        username=args.username,
+        password=args.password,
+        language=args.language,
+    )
+    return serve(options)

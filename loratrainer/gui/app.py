@@ -1,0 +1,111 @@
+"""The GUI application: one Gradio Blocks per language, mounted in a FastAPI app that checks the Host header.
+
+Tabs follow the order of the work (Dataset, Training, Results, Utilities), one module each. This module only
+assembles them; it starts processes through jobs.py and never trains.
+
+Languages: with `--language` one Blocks in that language is served at `/`. Otherwise both are built, served at
+`/en/` and `/ko/`, and `/` redirects by the browser's Accept-Language (the browser derives it from
+navigator.language), so every label, help text and message of a page is in one language, server-side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loratrainer.gui.i18n import LANGUAGES, Translator, pick_language
+from loratrainer.gui.server import ServeOptions, allowed_hosts
+
+CSS = """
+.lt-status {font-weight: 600;}
+.lt-progress {width: 100%; height: 14px; border-radius: 7px; background: var(--block-border-color); overflow: hidden;}
+.lt-progress > div {height: 100%; background: var(--color-accent);}
+.lt-ok {color: var(--color-green-600, #16a34a);} .lt-bad {color: var(--color-red-600, #dc2626);}
+.lt-log textarea {font-family: var(--font-mono); font-size: 12px;}
+"""
+
+
+def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None):
+    """The whole page in one language. `jobs` and `display` are shared by every session (and both languages)."""
+    import gradio as gr
+
+    from loratrainer.gui import tab_dataset, tab_results, tab_training, tab_utilities
+    from loratrainer.gui.context import UiContext
+
+    t = Translator(lang)
+    ui = UiContext(t=t, jobs=jobs, display=display)
+    with gr.Blocks(title="loratrainer", analytics_enabled=False) as blocks:
+        with gr.Row():
+            gr.Markdown(f"## loratrainer · {t('app.subtitle')}")
+            if other_language_url:
+                gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
+        with gr.Tabs():
+            with gr.Tab(t("tab.dataset"), id="dataset", elem_id="tab-dataset"):
+                tab_dataset.build(ui)
+            with gr.Tab(t("tab.training"), id="training", elem_id="tab-training"):
+                tab_training.build(ui)
+            with gr.Tab(t("tab.results"), id="results", elem_id="tab-results"):
+                tab_results.build(ui)
+            with gr.Tab(t("tab.utilities"), id="utilities", elem_id="tab-utilities"):
+                tab_utilities.build(ui)
+        ui.finish(blocks)
+    return blocks
+
+
+def create_app(options: ServeOptions, *, temp_dir: Path):
+    """The FastAPI app serving the GUI. Call server.neutralise_gradio_env() before this (it imports gradio)."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.responses import RedirectResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from loratrainer.gui.display import Display
+    from loratrainer.gui.jobs import Jobs
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
+    display = Display(temp_dir / "display")
+    languages = [options.language] if options.language else list(LANGUAGES)
+    for lang in languages:
+        other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
+        blocks = build_blocks(lang, jobs, display, other_language_url=other)
+        gr.mount_gradio_app(
+            app,
+            blocks,
+            path="/" if options.language else f"/{lang}",
+            server_name=options.host,
+            server_port=options.port,
+            auth=options.auth,
+            footer_links=["api"],
+            run_history=False,
+            allowed_paths=[],  # the file route serves only Gradio's own files and what the app made for display
+            ssr_mode=False,
+            mcp_server=False,
+            pwa=False,
+            css=CSS,
+        )
+    if not options.language:
+
+        async def redirect(request):
+            lang = pick_language(request.headers.get("accept-language"))
+            return RedirectResponse(f"/{lang}/", status_code=307)
+
+        app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_middleware(FileRouteGuard)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(options))
+    return app
+
+
+class FileRouteGuard:
+    """Refuse `/gradio_api/file=<http(s) URL>`: Gradio would fetch it server-side; we serve only files we made."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if "/file=" in path and path.split("/file=", 1)[1].lower().startswith(("http:", "https:", "//")):
+                await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]})
+                await send({"type": "http.response.body", "body": b"File not allowed."})
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,60 @@
+"""The app's folder of files made for display: thumbnails of dataset images and copies of sample images.
+
+Gradio's file route serves its own temporary folder (a private one per server, see server.py) and nothing
+else we did not put there; this class is how images reach the page. The user's files are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+
+
+class Display:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _target(self, source: Path, tag: str, suffix: str) -> Path:
+        st = source.stat()
+        key = hashlib.sha1(f"{source.resolve()}|{st.st_mtime_ns}|{st.st_size}|{tag}".encode()).hexdigest()[:20]
+        return self.root / f"{key}{suffix}"
+
+    def thumbnail(self, source: str | Path, max_side: int = 256) -> str | None:
+        """A small RGB JPEG of an image, or None when it cannot be read (the dataset check says why)."""
+        source = Path(source)
+        try:
+            target = self._target(source, f"thumb{max_side}", ".jpg")
+            if target.exists():
+                return str(target)
+            from PIL import Image, ImageOps
+
+            with Image.open(source) as im:
+                im = ImageOps.exif_transpose(im)
+                im.thumbnail((max_side, max_side))
+                if im.mode != "RGB":
+                    background = Image.new("RGB", im.size, (255, 255, 255))
+                    rgba = im.convert("RGBA")
+                    background.paste(rgba, mask=rgba.getchannel("A"))
+                    im = background
+                tmp = target.with_suffix(".tmp.jpg")
+                im.save(tmp, "JPEG", quality=85)
+                tmp.replace(target)
+            return str(target)
+        except Exception:
+            return None
+
+    def copy(self, source: str | Path) -> str | None:
+        """A copy of a file made by a run (a sample image), or None when it is gone."""
+        source = Path(source)
+        try:
+            target = self._target(source, "copy", source.suffix.lower())
+            if not target.exists():
+                with self._lock:
+                    shutil.copyfile(source, target)
+            return str(target)
+        except OSError:
+            return None

@@ -1,0 +1,93 @@
+"""Schema-driven form fields: one Gradio component per TrainingConfig field, named by the field's path.
+
+Values travel between the page and the config by name only: handlers receive `{component: value}` (Gradio's
+set-of-inputs form), which `values_to_config` turns into `{path: value}` through the registry, and return
+`{component: value}` built by `config_to_updates`. Nothing depends on the order of components.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loratrainer.config import KNOWN_OPTIMIZERS, FieldSpec, TrainingConfig, describe_validation_error, field_specs, get_value, with_values
+from loratrainer.errors import UserError
+from loratrainer.gui.i18n import Translator
+
+# Fields shown as multi-line text boxes.
+_MULTILINE = {"sampling.sample_prompts": 4, "metadata.metadata_description": 3, "metadata.training_comment": 2}
+# Text fields that are folder or file paths: validated as you type, with the file browser beside them.
+PATH_FIELDS = {
+    "model.pretrained_model_name_or_path": "model",
+    "model.vae": "file",
+    "folders.train_data_dir": "dir",
+    "folders.reg_data_dir": "dir",
+    "folders.output_dir": "dir",
+    "folders.logging_dir": "dir",
+    "network.network_weights": "file",
+    "saving.resume": "dir",
+}
+
+
+def elem_id(path: str) -> str:
+    """The DOM id of a field's component: `field-network-network_dim` for `network.network_dim`."""
+    return "field-" + path.replace(".", "-")
+
+
+def make_field(spec: FieldSpec, t: Translator, **extra: Any):
+    """The component for one schema field, labelled and explained in the page's language."""
+    import gradio as gr
+
+    common = dict(label=t.label(spec.path), info=t.help(spec.path), elem_id=elem_id(spec.path), elem_classes=["lt-field"], **extra)
+    kind = spec.kind
+    if spec.path == "optimizer.optimizer":
+        return gr.Dropdown(choices=list(KNOWN_OPTIMIZERS), value=spec.default, allow_custom_value=True, **common)
+    if kind == "bool":
+        return gr.Checkbox(value=spec.default, **common)
+    if kind == "choice":
+        return gr.Dropdown(choices=list(spec.choices or ()), value=spec.default, **common)
+    if kind in ("int", "float"):
+        return gr.Number(
+            value=spec.default,
+            precision=0 if kind == "int" else None,
+            minimum=spec.minimum,
+            maximum=spec.maximum,
+            **common,
+        )
+    lines = _MULTILINE.get(spec.path, 1)
+    return gr.Textbox(value=spec.default, lines=lines, max_lines=max(lines, 20) if lines > 1 else 1, **common)
+
+
+def specs_by_path() -> dict[str, FieldSpec]:
+    return {s.path: s for s in field_specs()}
+
+
+def coerce(spec: FieldSpec, value: Any) -> Any:
+    """A component's value as the schema expects it (Number gives floats, cleared boxes give None)."""
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.kind == "text" and value is None:
+        return ""
+    if spec.kind == "choice" and spec.choices and value not in spec.choices:
+        for choice in spec.choices:  # Dropdowns hand back strings; Literal[75, 150, 225] wants the int
+            if str(choice) == str(value):
+                return choice
+    return value
+
+
+def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None) -> TrainingConfig:
+    """{path: value} from the page -> a validated config; a UserError names every bad field."""
+    specs = specs_by_path()
+    data = {path: coerce(specs[path], v) for path, v in values.items() if path in specs}
+    try:
+        return with_values(base or TrainingConfig(), data)
+    except Exception as exc:  # pydantic.ValidationError: shown as one line per field
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            raise UserError(describe_validation_error(exc)) from None
+        raise UserError(str(exc)) from None
+
+
+def config_values(config: TrainingConfig) -> dict[str, Any]:
+    """{path: value} for every field, as the components show them."""
+    return {path: get_value(config, path) for path in specs_by_path()}

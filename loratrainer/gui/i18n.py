@@ -1,0 +1,114 @@
+"""Every user-facing string of the GUI, in English and Korean (loratrainer/i18n/<lang>.json).
+
+One flat table per language: `field.<path>.label` and `field.<path>.help` for every schema field (the path is
+the component's name), `group.<group>` for the Advanced accordions, and named UI strings and messages.
+Messages may hold `{name}` placeholders filled by `Translator.__call__(key, name=...)`.
+
+The language follows the browser (Accept-Language, which Chromium and Firefox derive from navigator.language);
+`loratrainer gui --language ko|en` forces it. A missing key falls back to English, then to the key itself, so
+a half-translated table never breaks the page; tests/test_gui_i18n.py keeps both tables complete.
+
+`python -m loratrainer.gui.i18n` copies new or changed schema help texts into en.json and lists the Korean
+keys that need a (new) translation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+LANGUAGES = ("en", "ko")
+DEFAULT_LANGUAGE = "en"
+
+
+@lru_cache(maxsize=None)
+def table(lang: str) -> dict[str, str]:
+    text = resources.files("loratrainer").joinpath("i18n", f"{lang}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+class Translator:
+    """`t("msg.key", n=3)` -> the string in this translator's language."""
+
+    def __init__(self, lang: str):
+        if lang not in LANGUAGES:
+            raise ValueError(f"unknown language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+        self.lang = lang
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = table(self.lang).get(key) or table(DEFAULT_LANGUAGE).get(key) or key
+        return text.format(**values) if values else text
+
+    def label(self, path: str) -> str:
+        return self(f"field.{path}.label")
+
+    def help(self, path: str) -> str:
+        return self(f"field.{path}.help")
+
+
+def pick_language(accept_language: str | None, forced: str | None = None) -> str:
+    """The first supported language in an Accept-Language header ("ko-KR,ko;q=0.9,en;q=0.8" -> "ko")."""
+    if forced:
+        return forced
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate((accept_language or "").split(",")):
+        pieces = part.strip().split(";")
+        tag = pieces[0].strip().lower()
+        q = 1.0
+        for p in pieces[1:]:
+            p = p.strip()
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        if tag:
+            ranked.append((-q, i, tag.split("-")[0]))
+    for _, _, lang in sorted(ranked):
+        if lang in LANGUAGES:
+            return lang
+    return DEFAULT_LANGUAGE
+
+
+def missing_keys() -> dict[str, list[str]]:
+    """Keys each language lacks: every schema field's label and help, and every key of the other table."""
+    from loratrainer.config import GROUPS, field_specs
+
+    required = set()
+    for spec in field_specs():
+        required |= {f"field.{spec.path}.label", f"field.{spec.path}.help"}
+    required |= {f"group.{g}" for g in GROUPS}
+    for lang in LANGUAGES:
+        required |= set(table(lang))
+    return {lang: sorted(k for k in required if not str(table(lang).get(k, "")).strip()) for lang in LANGUAGES}
+
+
+def _sync_english(path: Path) -> list[str]:
+    """Write schema help texts into en.json; returns the field keys whose English text is new or changed."""
+    from loratrainer.config import field_specs
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    changed = []
+    for spec in field_specs():
+        key = f"field.{spec.path}.help"
+        if data.get(key) != spec.help:
+            data[key] = spec.help
+            changed.append(key)
+        label_key = f"field.{spec.path}.label"
+        if label_key not in data:
+            data[label_key] = spec.name.replace("_", " ").capitalize()
+            changed.append(label_key)
+    path.write_text(json.dumps(dict(sorted(data.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":
+    en_path = Path(__file__).resolve().parent.parent / "i18n" / "en.json"
+    changed = _sync_english(en_path)
+    table.cache_clear()
+    print("updated in en.json:", *changed, sep="\n  ")
+    print("Korean keys to (re)translate:", *sorted(set(changed) | set(missing_keys()["ko"])), sep="\n  ")
+    sys.exit(0)

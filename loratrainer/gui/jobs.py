@@ -1,0 +1,194 @@
+"""The GUI's handle on training processes: start, follow, stop, and find again after a page reload.
+
+The GUI never trains: `start` goes through train.launch.start_run like the CLI, and everything shown comes
+from the run folder (events.jsonl, train.log, console.log). Run folders started from the GUI are remembered
+in `<state_dir>/gui-runs.json`, so a reloaded page (or a restarted GUI) re-attaches to the newest run whose
+process is alive, or shows how the last one ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loratrainer import events
+from loratrainer.files import atomic_write
+
+REGISTRY_FILE = "gui-runs.json"
+KEEP_RUNS = 50
+LOG_TAIL_LINES = 40
+
+
+@dataclass
+class JobView:
+    """What the page shows about one run."""
+
+    run_dir: Path
+    state: events.RunState
+    alive: bool
+    outcome: str  # "running", an ended status, or "killed (signal 9)" / "error (exit code 3)"
+    log_tail: str
+    samples: list[dict[str, Any]] = field(default_factory=list)  # sample events, oldest first
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return not self.alive
+
+
+@dataclass
+class _Followed:
+    offset: int = 0
+    state: events.RunState = field(default_factory=events.RunState)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+
+
+class Jobs:
+    """Shared by every browser session of one GUI process; all methods are thread-safe."""
+
+    def __init__(self, state_dir: str | Path):
+        self.state_dir = Path(state_dir)
+        self._lock = threading.RLock()
+        self._processes: dict[Path, Any] = {}  # run_dir -> launch.RunProcess started by this GUI process
+        self._followed: dict[Path, _Followed] = {}
+
+    # -- starting and stopping -------------------------------------------------------------------------
+
+    def start(self, config) -> Path:
+        """Check and start a run; raises LaunchRefused (a UserError) with the report when it must not start."""
+        from loratrainer.train.launch import start_run
+
+        with self._lock:
+            running = self.active()
+            if running is not None:
+                from loratrainer.errors import UserError
+
+                raise UserError(f"a run is still going: {running}. Stop it first.")
+            process = start_run(config)
+            self._processes[process.run_dir] = process
+            self._remember(process.run_dir)
+            return process.run_dir
+
+    def stop(self, run_dir: str | Path) -> None:
+        """Ask the trainer to save `<name>-interrupted` and stop (the STOP file)."""
+        run_dir = Path(run_dir)
+        process = self._processes.get(run_dir)
+        if process is not None:
+            process.request_stop()
+        else:
+            atomic_write(run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+
+    def kill(self, run_dir: str | Path) -> None:
+        process = self._processes.get(Path(run_dir))
+        if process is not None:
+            process.kill()
+            return
+        pid = self._follow(Path(run_dir)).pid
+        if pid and _alive(pid):
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+
+    # -- finding runs ----------------------------------------------------------------------------------------
+
+    def runs(self) -> list[Path]:
+        """Remembered run folders that still exist, newest first."""
+        try:
+            names = json.loads((self.state_dir / REGISTRY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            names = []
+        return [Path(p) for p in names if isinstance(p, str) and Path(p).is_dir()]
+
+    def active(self) -> Path | None:
+        """The newest run whose process is alive."""
+        for run_dir in self.runs():
+            if self.view(run_dir).alive:
+                return run_dir
+        return None
+
+    def current(self) -> Path | None:
+        """What a freshly loaded page shows: the running job, else the newest run."""
+        active = self.active()
+        if active is not None:
+            return active
+        runs = self.runs()
+        return runs[0] if runs else None
+
+    def _remember(self, run_dir: Path) -> None:
+        runs = [str(run_dir)] + [str(p) for p in self.runs() if p != run_dir]
+        atomic_write(self.state_dir / REGISTRY_FILE, json.dumps(runs[:KEEP_RUNS], indent=1) + "\n")
+
+    # -- following a run -----------------------------------------------------------------------------------
+
+    def _follow(self, run_dir: Path) -> _Followed:
+        with self._lock:
+            f = self._followed.setdefault(run_dir, _Followed())
+            new, f.offset = events.read_events(run_dir / events.EVENTS_FILE, f.offset)
+            for e in new:
+                kind = e.get("event")
+                if kind == "started" and e.get("pid"):
+                    f.pid = int(e["pid"])
+                elif kind == "sample":
+                    f.samples.append(e)
+                elif kind == "checkpoint":
+                    f.checkpoints.append(e)
+            events.summarize(new, f.state)
+            return f
+
+    def view(self, run_dir: str | Path) -> JobView:
+        run_dir = Path(run_dir)
+        f = self._follow(run_dir)
+        state = f.state
+        process = self._processes.get(run_dir)
+        if process is not None:
+            returncode = process.popen.poll()
+            alive = returncode is None
+        else:
+            returncode = None
+            alive = not state.done and f.pid is not None and _alive(f.pid)
+        if alive:
+            outcome = "running"
+        elif state.done:
+            outcome = state.status
+        elif returncode is not None:
+            f = self._follow(run_dir)  # the last events may have landed after the poll above
+            outcome = f.state.status if f.state.done else events.describe_exit(returncode)
+        else:
+            outcome = "killed" if f.pid is not None else "error"
+        return JobView(run_dir, f.state, alive, outcome, log_tail(run_dir), list(f.samples), list(f.checkpoints))
+
+
+def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of train.log, or of console.log (accelerate's output) when the trainer wrote none."""
+    from loratrainer.train.launch import CONSOLE_FILE
+
+    texts = []
+    for name in (events.LOG_FILE, CONSOLE_FILE):
+        path = run_dir / name
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                fh.seek(max(0, size - 64 * 1024))
+                texts.append(fh.read().decode("utf-8", errors="replace"))
+        except OSError:
+            continue
+    combined = "\n".join(t for t in texts if t.strip())
+    return "\n".join(combined.splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,94 @@
+"""A run as the page shows it: the status line in words, the progress bar, the loss chart data, the samples.
+
+Pure functions of a JobView and a translator, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from loratrainer.gui.i18n import Translator
+from loratrainer.gui.jobs import JobView
+
+FAILED = ("nan", "oom", "disk_full", "error")
+
+
+def status_line(view: JobView | None, t: Translator) -> str:
+    """One sentence: what the run is doing, or how it ended and what to do about it."""
+    if view is None:
+        return t("status.idle")
+    s = view.state
+    if view.alive:
+        if s.status == "starting" or not s.total_steps:
+            return t("status.starting")
+        return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
+    outcome = view.outcome
+    reason = s.reason or ""
+    if outcome == "finished":
+        return t("status.finished")
+    if outcome == "stopped":
+        return t("status.stopped", step=s.step, reason=reason)
+    if outcome in FAILED:
+        return t(f"status.{outcome}", reason=reason)
+    if outcome.startswith("killed"):
+        return t("status.killed", detail=outcome)
+    return t("status.error", reason=outcome)
+
+
+def status_kind(view: JobView | None) -> str:
+    if view is None:
+        return "idle"
+    if view.alive:
+        return "running"
+    return view.outcome.split(" ")[0]
+
+
+def progress_html(view: JobView | None, t: Translator) -> str:
+    if view is None:
+        return ""
+    s = view.state
+    percent = 100.0 * s.fraction
+    parts = [t("progress.step", step=s.step, total=s.total_steps or "?"), t("progress.epoch", epoch=s.epoch, epochs=s.epochs or "?")]
+    if s.it_per_s:
+        parts.append(t("progress.speed", speed=f"{s.it_per_s:.2f}"))
+    if s.eta_s is not None and view.alive:
+        parts.append(t("progress.eta", eta=format_duration(s.eta_s)))
+    if s.loss is not None:
+        parts.append(t("progress.loss", loss=f"{(s.avg_loss if s.avg_loss is not None else s.loss):.4f}"))
+    text = " · ".join(parts)
+    return (
+        f'<div id="lt-progress-text" data-status="{html.escape(status_kind(view))}" data-step="{s.step}">{html.escape(text)}</div>'
+        f'<div class="lt-progress"><div style="width:{percent:.1f}%"></div></div>'
+    )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def loss_frame(view: JobView | None):
+    import pandas as pd
+
+    points = view.state.loss_history if view else []
+    return pd.DataFrame({"step": [p[0] for p in points], "loss": [p[1] for p in points]})
+
+
+def sample_gallery(view: JobView | None, display, t: Translator) -> list[tuple[str, str]]:
+    """(display copy, caption) for each sample image, newest first."""
+    if view is None:
+        return []
+    out = []
+    for e in reversed(view.samples):
+        path = display.copy(e.get("path", ""))
+        if path:
+            caption = t("samples.caption", epoch=e.get("epoch", "?"), step=e.get("step", "?"), prompt=str(e.get("prompt", ""))[:80])
+            out.append((path, caption))
+    return out
+
+
+def sample_name(path: str) -> str:
+    return Path(path).name

@@ -1,0 +1,138 @@
+"""Serving the GUI: 127.0.0.1:7860 by default, never a share link, only the served host names.
+
+The Blocks are mounted into our own FastAPI app (app.py) and served by uvicorn directly, so Gradio's
+`launch()` (which reads GRADIO_SHARE, GRADIO_SERVER_NAME, ... and may open a share tunnel) never runs; the
+GRADIO_* environment variables are removed as well, before gradio is imported, so that none of them can
+change what is served or where (reliability.md, "The web interface").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+import threading
+import time
+import webbrowser
+from dataclasses import dataclass
+from pathlib import Path
+
+from loratrainer.errors import UserError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# Gradio settings we set ourselves; every other GRADIO_* variable is dropped.
+_GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "False", "GRADIO_MCP_SERVER": "False"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    open_browser: bool = True
+    username: str | None = None
+    password: str | None = None
+    language: str | None = None  # None = follow the browser
+    state_dir: Path | None = None  # where the GUI remembers its runs; None = ~/.cache/loratrainer
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return (self.username, self.password) if self.username and self.password else None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(options: ServeOptions) -> None:
+    """Anything but loopback is reachable by others: it needs a user name and password."""
+    if not is_loopback(options.host) and not options.auth:
+        raise UserError(
+            f"--listen {options.host} makes the GUI reachable from other machines: "
+            "give --username and --password as well (or leave out --listen to stay on 127.0.0.1)"
+        )
+    if (options.username is None) != (options.password is None):
+        raise UserError("give both --username and --password, or neither")
+    if not 0 < options.port < 65536:
+        raise UserError(f"--port {options.port}: choose a port between 1 and 65535")
+
+
+def allowed_hosts(options: ServeOptions) -> list[str]:
+    """Host header values the app answers to: the served address (and loopback names when on loopback).
+
+    Anything else (a DNS-rebinding page's `Host: evil.example`) gets 400 from TrustedHostMiddleware.
+    """
+    hosts = {options.host}
+    if is_loopback(options.host) or options.host in ("0.0.0.0", "::"):
+        hosts |= {"127.0.0.1", "localhost", "[::1]"}
+    if options.host in ("0.0.0.0", "::"):  # every address of this machine
+        name = socket.gethostname()
+        hosts |= {name, socket.getfqdn()}
+        try:
+            hosts |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    return sorted(h for h in hosts if h)
+
+
+def neutralise_gradio_env(environ: dict | None = None) -> Path:
+    """Drop every GRADIO_* variable (GRADIO_SHARE, GRADIO_SERVER_NAME, GRADIO_ALLOWED_PATHS, ...), set ours,
+    and give Gradio a private temporary folder: the only place its file route serves from besides its own assets."""
+    env = os.environ if environ is None else environ
+    for key in [k for k in env if k.startswith("GRADIO_")]:
+        del env[key]
+    env.update(_GRADIO_ENV)
+    temp = Path(tempfile.mkdtemp(prefix="loratrainer-gui-"))
+    env["GRADIO_TEMP_DIR"] = str(temp)
+    return temp
+
+
+def serve(options: ServeOptions) -> int:
+    validate(options)
+    temp = neutralise_gradio_env()
+    import uvicorn
+
+    from loratrainer.gui.app import create_app
+
+    app = create_app(options, temp_dir=temp)
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    try:
+        sock = _bind(options)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {options.host}:{options.port} ({exc.strerror}): is another GUI running? Try --port {options.port + 1}") from None
+    print(f"loratrainer GUI: {options.url}  (Ctrl+C to quit)", flush=True)
+    if options.open_browser:
+        threading.Thread(target=_open_when_ready, args=(server, options.url), daemon=True).start()
+    server.run(sockets=[sock])
+    return 0
+
+
+def _bind(options: ServeOptions) -> socket.socket:
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "posix":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((options.host, options.port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _open_when_ready(server, url: str) -> None:
+    for _ in range(600):
+        if server.started:
+            webbrowser.open(url)
+            return
+        time.sleep(0.05)

@@ -1,0 +1,262 @@
+"""Training tab: every schema setting (Basic, then one Advanced accordion per group), presets and config files,
+Start / Stop / Show command, and the live view of the run (status, progress, loss chart, samples, log).
+
+Settings are bound by name: handlers take the set of field components and read `{component: value}` through
+UiContext; the folder fields live on the Dataset tab and are part of the same set.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from loratrainer.config import GROUPS, save_config
+from loratrainer.errors import UserError
+from loratrainer.gui import progress
+from loratrainer.gui.context import UiContext
+from loratrainer.gui.form import specs_by_path
+
+# The settings the Korean tutorial walks through, in its order; everything else is in Advanced.
+BASIC = (
+    "model.pretrained_model_name_or_path",
+    "folders.output_name",
+    "optimizer.train_batch_size",
+    "optimizer.epoch",
+    "saving.save_every_n_epochs",
+    "precision.mixed_precision",
+    "precision.save_precision",
+    "network.network_dim",
+    "network.network_alpha",
+    "optimizer.optimizer",
+    "optimizer.learning_rate",
+    "optimizer.unet_lr",
+    "optimizer.text_encoder_lr",
+    "optimizer.lr_scheduler",
+    "buckets.max_resolution",
+    "buckets.enable_bucket",
+    "launch.num_cpu_threads_per_process",
+    "sampling.sample_every_n_epochs",
+    "sampling.sample_every_n_steps",
+    "sampling.sample_prompts",
+)
+
+
+class TrainingHandlers:
+    """The tab's event handlers; plain methods so tests call them directly with {component: value} dicts."""
+
+    def __init__(self, ui: UiContext):
+        self.ui = ui
+        self.t = ui.t
+
+    # -- presets and config files --------------------------------------------------------------------------
+
+    def preset_choices(self) -> list[tuple[str, str]]:
+        from loratrainer.presets import list_presets
+
+        try:
+            presets = list_presets()
+        except UserError:
+            return []
+        tag = {True: self.t("presets.shipped"), False: self.t("presets.user")}
+        return [(f"{p.name} ({tag[p.shipped]})", str(p.path)) for p in presets]
+
+    def load_preset(self, data: dict) -> dict:
+        from loratrainer.presets import apply_preset, load_preset
+
+        chosen = data[self.ui.named["preset"]]
+        message = self.ui.named["config_message"]
+        if not chosen:
+            return {message: self.t("presets.choose_first")}
+        try:
+            config = apply_preset(self.ui.read_config(data), load_preset(chosen))
+        except UserError as exc:
+            return {message: self.t("error.generic", error=str(exc))}
+        return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
+
+    def save_preset(self, data: dict) -> dict:
+        from loratrainer.presets import save_user_preset
+
+        name = (data[self.ui.named["preset_name"]] or "").strip()
+        message = self.ui.named["config_message"]
+        if not name:
+            return {message: self.t("presets.name_missing")}
+        try:
+            path = save_user_preset(self.ui.read_config(data), name)
+        except (UserError, OSError, FileExistsError) as exc:
+            return {message: self.t("error.generic", error=str(exc))}
+        import gradio as gr
+
+        return {message: self.t("presets.saved", path=str(path)), self.ui.named["preset"]: gr.update(choices=self.preset_choices(), value=str(path))}
+
+    def load_file(self, data: dict) -> dict:
+        """Our JSON or a Kohya GUI config: shows what was coerced, migrated or ignored."""
+        from loratrainer.presets import load_any_config
+
+        upload = data.get(self.ui.named["config_upload"])
+        path = upload or (data[self.ui.named["config_path"]] or "").strip()
+        message = self.ui.named["config_message"]
+        if not path:
+            return {message: self.t("config.path_missing")}
+        try:
+            config, report = load_any_config(path)
+        except UserError as exc:
+            return {message: self.t("error.generic", error=str(exc))}
+        lines = report.lines()
+        text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
+        if len(lines) > 1:
+            text += "\n\n```\n" + "\n".join(lines) + "\n```"
+        return {**self.ui.show_config(config), message: text}
+
+    def save_file(self, data: dict) -> dict:
+        """Save our JSON; an existing file is backed up as <name>.bak first (a user's files are sacred)."""
+        path = (data[self.ui.named["config_path"]] or "").strip()
+        message = self.ui.named["config_message"]
+        if not path:
+            return {message: self.t("config.path_missing")}
+        try:
+            config = self.ui.read_config(data)
+            target = Path(path).expanduser()
+            if target.suffix.lower() != ".json":
+                target = target.with_suffix(target.suffix + ".json") if target.suffix else target.with_suffix(".json")
+            backup = ""
+            if target.exists():
+                shutil.copy2(target, target.with_name(target.name + ".bak"))
+                backup = self.t("config.backup", path=target.name + ".bak")
+            save_config(config, target)
+        except (UserError, OSError) as exc:
+            return {message: self.t("error.generic", error=str(exc))}
+        return {message: self.t("config.saved", path=str(target)) + (" " + backup if backup else "")}
+
+    # -- the run -------------------------------------------------------------------------------------------
+
+    def show_command(self, data: dict) -> dict:
+        from loratrainer.train.launch import build_command, format_command, logging_root
+
+        box = self.ui.named["command"]
+        try:
+            config = self.ui.read_config(data)
+        except UserError as exc:
+            return {box: self.t("error.generic", error=str(exc))}
+        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        return {box: format_command(build_command(config, run_dir))}
+
+    def start(self, data: dict) -> dict:
+        import gradio as gr
+
+        status = self.ui.named["status"]
+        try:
+            run_dir = self.ui.jobs.start(self.ui.read_config(data))
+        except UserError as exc:
+            return {status: self.t("start.refused", error=str(exc)), self.ui.named["timer"]: gr.Timer(active=False)}
+        return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
+
+    def stop(self, run_dir: str | None) -> str:
+        if not run_dir or not self.ui.jobs.view(run_dir).alive:
+            return self.t("stop.nothing")
+        self.ui.jobs.stop(run_dir)
+        return self.t("stop.requested")
+
+    def attach(self) -> dict:
+        """On page load: the running job (or the newest run) comes back, with the timer on when it runs."""
+        run_dir = self.ui.jobs.current()
+        return self.refresh(str(run_dir) if run_dir else None, -1)
+
+    def refresh(self, run_dir: str | None, samples_seen: int) -> dict:
+        import gradio as gr
+
+        n = self.ui.named
+        view = self.ui.jobs.view(run_dir) if run_dir else None
+        out = {
+            n["run_dir"]: run_dir,
+            n["status"]: progress.status_line(view, self.t),
+            n["progress"]: progress.progress_html(view, self.t),
+            n["loss_plot"]: progress.loss_frame(view),
+            n["log"]: view.log_tail if view else "",
+            n["timer"]: gr.Timer(active=bool(view and view.alive)),
+            n["samples_seen"]: len(view.samples) if view else 0,
+        }
+        if view is None or len(view.samples) != samples_seen:
+            out[n["gallery"]] = progress.sample_gallery(view, self.ui.display, self.t)
+        else:
+            out[n["gallery"]] = gr.skip()
+        return out
+
+    def folders_summary(self, data: dict) -> str:
+        values = self.ui.paths_of(data)
+        rows = [f"- **{self.t.label(p)}**: `{values.get(p) or '—'}`" for p in ("folders.train_data_dir", "folders.output_dir")]
+        return self.t("training.folders_from_dataset") + "\n" + "\n".join(rows)
+
+
+def build(ui: UiContext) -> TrainingHandlers:
+    import gradio as gr
+
+    t = ui.t
+    h = TrainingHandlers(ui)
+    n = ui.named
+    with gr.Row():
+        n["preset"] = gr.Dropdown(choices=h.preset_choices(), label=t("presets.label"), info=t("presets.help"), elem_id="preset-choice", scale=3)
+        load_preset = gr.Button(t("presets.load"), elem_id="preset-load", scale=1)
+        n["preset_name"] = gr.Textbox(label=t("presets.name"), scale=2, elem_id="preset-name")
+        save_preset = gr.Button(t("presets.save"), scale=1, elem_id="preset-save")
+    with gr.Accordion(t("config.section"), open=False, elem_id="config-files"):
+        with gr.Row():
+            n["config_path"] = gr.Textbox(label=t("config.path"), info=t("config.path_help"), scale=3, elem_id="config-path")
+            n["config_upload"] = gr.File(label=t("config.upload"), file_types=[".json"], type="filepath", scale=2, elem_id="config-upload")
+        with gr.Row():
+            load_file = gr.Button(t("config.load"), elem_id="config-load")
+            save_file = gr.Button(t("config.save"), elem_id="config-save")
+    n["config_message"] = gr.Markdown(elem_id="config-message")
+
+    with gr.Accordion(t("training.basic"), open=True, elem_id="section-basic"):
+        folders_md = gr.Markdown(h.folders_summary({}), elem_id="training-folders")
+        with gr.Row(equal_height=False):
+            for path in BASIC[:2]:
+                ui.field(path)
+        for i in range(2, len(BASIC) - 1, 3):
+            with gr.Row(equal_height=False):
+                for path in BASIC[i : min(i + 3, len(BASIC) - 1)]:
+                    ui.field(path)
+        ui.field(BASIC[-1])
+    specs = specs_by_path()
+    for group in GROUPS:
+        rest = [p for p, s in specs.items() if s.group == group and p not in ui.fields and p not in BASIC]
+        if not rest:
+            continue
+        with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}"):
+            for i in range(0, len(rest), 3):
+                with gr.Row(equal_height=False):
+                    for path in rest[i : i + 3]:
+                        ui.field(path)
+
+    with gr.Row():
+        start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
+        stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
+        show_cmd = gr.Button(t("run.show_command"), elem_id="run-show-command")
+    n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
+    n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
+    n["progress"] = gr.HTML(elem_id="run-progress")
+    with gr.Row():
+        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
+        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, elem_id="run-samples")
+    n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=10, interactive=False, autoscroll=True, elem_id="run-log", elem_classes=["lt-log"])
+    n["run_dir"] = gr.State(None)
+    n["samples_seen"] = gr.State(-1)
+    n["timer"] = gr.Timer(1.0, active=False)
+
+    cfg = ui.config_inputs
+    config_outputs = lambda: list(ui.fields.values()) + [n["config_message"]]  # noqa: E731
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery")]
+    load_preset.click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs(), api_name="load_preset")
+    save_preset.click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
+    load_file.click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs(), api_name="load_config")
+    n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs(), api_visibility="private")
+    save_file.click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
+    show_cmd.click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
+    start.click(h.start, inputs=cfg(), outputs=live, api_name="start")
+    stop.click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
+    n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
+    ui.on_load(h.attach, outputs=live)
+    folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
+    if folder_fields:
+        gr.on([c.change for c in folder_fields], h.folders_summary, inputs=set(folder_fields), outputs=[folders_md], api_visibility="private", show_progress="hidden")
+    return h

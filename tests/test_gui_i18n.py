@@ -1,0 +1,103 @@
+"""Both languages are complete: every schema field has a label and help text in English and Korean, every UI
+string exists in both tables with the same placeholders, and the Korean page shows no English label."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+
+from loratrainer.config import field_specs
+from loratrainer.gui.i18n import LANGUAGES, Translator, missing_keys, pick_language, table
+
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+# Korean strings that are rightly the same as in English: names, units, symbols.
+SAME_IN_KOREAN = {"field.model.vae.label", "field.optimizer.huber_c.label", "progress.speed", "error.generic"}
+
+
+def test_no_language_misses_a_key():
+    assert missing_keys() == {lang: [] for lang in LANGUAGES}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_schema_field_has_label_and_help(lang):
+    t = table(lang)
+    for spec in field_specs():
+        assert t.get(f"field.{spec.path}.label", "").strip(), f"{lang}: no label for {spec.path}"
+        assert t.get(f"field.{spec.path}.help", "").strip(), f"{lang}: no help for {spec.path}"
+
+
+def test_english_help_is_the_schema_help():
+    """The schema is where help texts are written; en.json follows it (python -m loratrainer.gui.i18n syncs)."""
+    en = table("en")
+    stale = [s.path for s in field_specs() if en[f"field.{s.path}.help"] != s.help]
+    assert not stale, f"run `python -m loratrainer.gui.i18n` and update ko.json for: {stale}"
+
+
+def test_korean_table_is_korean():
+    ko = table("ko")
+    english_only = [k for k, v in ko.items() if k not in SAME_IN_KOREAN and not HANGUL.search(v) and not k.startswith("app.other_language")]
+    assert not english_only
+
+
+def _fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_placeholders_match():
+    en, ko = table("en"), table("ko")
+    assert [k for k in en if _fields(en[k]) != _fields(ko.get(k, ""))] == []
+
+
+def test_translator_formats_and_falls_back():
+    t = Translator("ko")
+    assert HANGUL.search(t("status.running", step=1, total=2, epoch=1, epochs=1))
+    assert t("no.such.key") == "no.such.key"
+    assert Translator("en").label("network.network_dim") == "Network rank (dimension)"
+
+
+@pytest.mark.parametrize(
+    "header,forced,expected",
+    [
+        ("ko-KR,ko;q=0.9,en-US;q=0.8", None, "ko"),
+        ("en-US,en;q=0.9,ko;q=0.8", None, "en"),
+        ("de-DE,ko;q=0.5", None, "ko"),
+        ("en;q=0.1,ko;q=0.9", None, "ko"),
+        ("", None, "en"),
+        (None, None, "en"),
+        ("ko-KR", "en", "en"),
+    ],
+)
+def test_language_follows_the_browser(header, forced, expected):
+    assert pick_language(header, forced) == expected
+
+
+def _texts(config: dict) -> list[tuple[str, str]]:
+    """(prop, text) of every label, help text, button and markdown value on the page."""
+    out = []
+    for comp in config["components"]:
+        props = comp.get("props", {})
+        for prop in ("label", "info", "value", "placeholder"):
+            v = props.get(prop)
+            if isinstance(v, str) and v.strip() and (prop != "value" or comp.get("type") in ("button", "markdown")):
+                out.append((f"{comp.get('type')}.{prop}", v))
+    return out
+
+
+def test_korean_page_has_no_english_text(tmp_path):
+    from loratrainer.gui.server import neutralise_gradio_env
+
+    neutralise_gradio_env()
+    from loratrainer.gui.app import build_blocks
+    from loratrainer.gui.display import Display
+    from loratrainer.gui.jobs import Jobs
+
+    blocks = build_blocks("ko", Jobs(tmp_path / "state"), Display(tmp_path / "display"))
+    texts = _texts(blocks.get_config_file())
+    assert len(texts) > 150
+    ko_values = set(table("ko").values())
+    english = [(p, v) for p, v in texts if not HANGUL.search(v) and v not in ko_values and not v.startswith("## loratrainer")]
+    assert english == []
+    en_values = {v for k, v in table("en").items() if k not in SAME_IN_KOREAN and HANGUL.search(table("ko")[k])}
+    assert not [v for _, v in texts if v in en_values]

@@ -1,0 +1,195 @@
+"""The web interface's security promises (reliability.md, "The web interface"): loopback by default, no share
+link whatever the environment says, Host header checked (DNS rebinding), file routes limited to what the app
+made for display."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from loratrainer.errors import UserError
+from loratrainer.gui.server import ServeOptions, allowed_hosts, neutralise_gradio_env, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The real app (both languages) in-process, with its own state folder and Gradio temp folder."""
+    temp = neutralise_gradio_env()
+    state = tmp_path_factory.mktemp("gui-state")
+    from starlette.testclient import TestClient
+
+    from loratrainer.gui.app import create_app
+
+    app = create_app(ServeOptions(open_browser=False, state_dir=state), temp_dir=temp)
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        yield client, state, temp
+
+
+def test_foreign_host_header_gets_400_and_starts_nothing(served, tmp_path):
+    client, state, _ = served
+    assert client.get("/en/").status_code == 200
+    for path in ("/", "/en/", "/ko/", "/en/config", "/en/gradio_api/info"):
+        r = client.get(path, headers={"host": "evil.example"}, follow_redirects=False)
+        assert r.status_code == 400, path
+    # The start endpoint, as a DNS-rebinding page would call it.
+    r = client.post("/en/gradio_api/call/start", json={"data": []}, headers={"host": "evil.example:7860"})
+    assert r.status_code == 400
+    r = client.post("/en/gradio_api/queue/join", json={"data": [], "fn_index": 0, "session_hash": "x"}, headers={"host": "evil.example"})
+    assert r.status_code == 400
+    assert not (state / "gui-runs.json").exists()  # no run was started or remembered
+
+
+def test_loopback_names_are_served(served):
+    client, _, _ = served
+    for host in ("127.0.0.1:7860", "localhost:7860"):
+        assert client.get("/en/", headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/en/gradio_api/file=/etc/passwd",
+        "/ko/gradio_api/file=/etc/passwd",
+        "/gradio_api/file=/etc/passwd",
+        "/en/gradio_api/file=../../../../../../etc/passwd",
+        "/en/gradio_api/file=%2Fetc%2Fpasswd",
+        "/en/gradio_api/file=http://169.254.169.254/latest/meta-data/",
+        "/en/gradio_api/file=" + str(ROOT / "pyproject.toml"),  # the working directory is not served either
+    ],
+)
+def test_file_route_refuses_what_the_app_did_not_make(served, path):
+    client, _, _ = served
+    r = client.get(path)
+    assert r.status_code in (403, 404), (path, r.status_code)
+    assert "root:" not in r.text
+
+
+def test_file_route_serves_display_files(served, tmp_path):
+    from PIL import Image
+
+    client, _, temp = served
+    from loratrainer.gui.display import Display
+
+    source = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(source)
+    thumb = Display(temp / "display").thumbnail(source)
+    assert thumb and Path(thumb).is_relative_to(temp)
+    r = client.get(f"/en/gradio_api/file={thumb}")
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    # ...but never the user's original next to it.
+    assert client.get(f"/en/gradio_api/file={source}").status_code in (403, 404)
+
+
+def test_listen_beyond_loopback_requires_credentials():
+    validate(ServeOptions())
+    validate(ServeOptions(host="127.0.0.2"))
+    with pytest.raises(UserError, match="--username and --password"):
+        validate(ServeOptions(host="0.0.0.0"))
+    with pytest.raises(UserError):
+        validate(ServeOptions(host="192.168.1.5", username="a"))
+    validate(ServeOptions(host="0.0.0.0", username="a", password="b"))
+
+
+def test_allowed_hosts_are_the_served_address():
+    assert "evil.example" not in allowed_hosts(ServeOptions())
+    assert set(allowed_hosts(ServeOptions())) >= {"127.0.0.1", "localhost"}
+    assert allowed_hosts(ServeOptions(host="192.168.1.5", username="a", password="b")) == ["192.168.1.5"]
+
+
+def test_gradio_environment_is_neutralised():
+    env = {"GRADIO_SHARE": "True", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_ALLOWED_PATHS": "/", "PATH": "/bin"}
+    temp = neutralise_gradio_env(env)
+    assert "GRADIO_SHARE" not in env and "GRADIO_SERVER_NAME" not in env and "GRADIO_ALLOWED_PATHS" not in env
+    assert env["PATH"] == "/bin" and env["GRADIO_TEMP_DIR"] == str(temp) and temp.is_dir()
+
+
+def test_cli_refuses_listen_without_credentials_before_importing_gradio():
+    code = (
+        "import sys; from loratrainer.cli import main; rc = main(['gui', '--listen', '0.0.0.0', '--no-browser']);"
+        "print('GRADIO', 'gradio' in sys.modules); sys.exit(rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2
+    assert "--username and --password" in r.stderr
+    assert "GRADIO False" in r.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_ignores_share_env_and_stays_on_loopback(tmp_path):
+    """`loratrainer gui` with GRADIO_SHARE=True and GRADIO_SERVER_NAME=0.0.0.0 in the environment: still only
+    127.0.0.1, no share tunnel, Host checked."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SHARE": "True", "GRADIO_SERVER_NAME": "0.0.0.0", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port), "--language", "en"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("the GUI did not answer: " + (proc.stdout.read() if proc.poll() is not None else ""))
+                time.sleep(0.2)
+        listening = [c for c in _listening_sockets(proc.pid)]
+        assert listening and all(addr.startswith("127.0.0.1") for addr in listening), listening
+        req = urllib.request.Request(url, headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=5)
+        assert err.value.code == 400
+        with urllib.request.urlopen(url + "config", timeout=5) as r:
+            config = json.loads(r.read())
+        assert not config.get("share_url")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "gradio.live" not in (proc.stdout.read() or "")
+
+
+def _listening_sockets(pid: int) -> list[str]:
+    """Local addresses of the process's listening TCP sockets (Linux /proc), e.g. ['127.0.0.1:7860']."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc")
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                hex_ip, hex_port = cols[1].split(":")
+                if len(hex_ip) == 8:
+                    ip = socket.inet_ntoa(bytes.fromhex(hex_ip)[::-1])
+                else:
+                    ip = "ipv6:" + hex_ip
+                out.append(f"{ip}:{int(hex_port, 16)}")
+    return out
