@@ -45,7 +45,17 @@ OURS_ONLY = frozenset(
 DIRECT_KEYS = frozenset(set(_SPECS) - set(_RENAMED))
 
 _LORA_TYPES = {"Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon"}
-_OTHER_FAMILY_PREFIXES = ("sdxl", "flux", "t5xxl", "sd3", "clip_l", "clip_g", "ae", "apply_t5", "guidance", "split_mode", "blocks_to_swap")
+_OTHER_FAMILY_PREFIXES = ("sdxl", "flux", "t5xxl", "sd3", "clip_l", "clip_g", "apply_t5", "guidance", "split_mode", "blocks_to_swap")
+# FLUX.1 / SD3 options a recent Kohya GUI saves in every file, whatever the model; their defaults are not inert.
+_OTHER_FAMILY_KEYS = frozenset(
+    {
+        "ae", "discrete_flow_shift", "model_prediction_type", "timestep_sampling", "weighting_scheme", "logit_mean",
+        "logit_std", "mode_scale", "train_blocks", "train_double_block_indices", "train_single_block_indices",
+        "single_dim", "double_dim", "single_mod_dim", "double_mod_dim", "img_attn_dim", "img_mlp_dim", "img_mod_dim",
+        "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim", "in_dims", "split_qkv", "train_t5xxl", "enable_all_linear",
+        "cpu_offload_checkpointing", "mem_eff_save", "single_blocks_to_swap", "double_blocks_to_swap",
+    }
+)
 # Kohya keys whose Kohya default is not false/""/0 but which have no effect at that value.
 _INERT_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "dynamo_backend": ("no",),
@@ -330,7 +340,7 @@ def _classify_unused(key: str, value: Any, report: ImportReport) -> None:
     shown = "(hidden)" if key in _SECRET_KEYS else repr(value)
     if key in ("v2", "sdxl") and _truthy(value):
         report.unsupported.append(ReportItem(key, f"{shown}: only Stable Diffusion 1.5 is supported; imported as SD1.5"))
-    elif key.startswith(_OTHER_FAMILY_PREFIXES) or key in ("v2", "sdxl"):
+    elif key.startswith(_OTHER_FAMILY_PREFIXES) or key in _OTHER_FAMILY_KEYS or key in ("v2", "sdxl"):
         report.ignored.append(ReportItem(key, f"{shown}: for another model family"))
     elif _inert(key, value):
         report.ignored.append(ReportItem(key, f"{shown}: no effect at this value"))

@@ -210,6 +210,8 @@ def test_reliability_row_15_older_preset() -> None:
         ("flux1_checkbox", True, "ignored"),
         ("sd3_text_encoder_batch_size", 1, "ignored"),
         ("sdxl", False, "ignored"),
+        ("discrete_flow_shift", 3.0, "ignored"),
+        ("train_blocks", "all", "ignored"),
         ("sdxl", True, "unsupported"),
         ("v2", True, "unsupported"),
         ("use_wandb", True, "unsupported"),
