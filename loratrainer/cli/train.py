@@ -1,0 +1,48 @@
+"""`loratrainer train --config FILE [--set key=value ...] [--print-command]`: check, launch, follow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loratrainer.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a LoRA from a config file (ours or a Kohya GUI one)")
+    p.add_argument("--config", required=True, help="our JSON config/preset or a Kohya GUI config file")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set network_dim=16 (repeatable)")
+    p.add_argument("--print-command", action="store_true", help="print the accelerate command and exit without training")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loratrainer.config import apply_overrides
+    from loratrainer.train.follow import follow
+    from loratrainer.train.launch import build_command, format_command, preflight, start_run
+
+    config = _load(args.config)
+    try:
+        config = apply_overrides(config, args.assignments)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"--set: {exc}") from None
+    for note in config.summary():
+        print(f"note: {note}", file=sys.stderr)
+    if args.print_command:
+        print(format_command(build_command(config, "<run folder>")))
+        return 0
+    config = preflight(config)
+    process = start_run(config, check=False)
+    print(f"run folder: {process.run_dir}", file=sys.stderr)
+    return follow(process)
+
+
+def _load(path: str):
+    from loratrainer.presets import load_any_config
+
+    config, report = load_any_config(path)
+    if report.format != "loratrainer":  # a foreign file: say what was converted, coerced or left out
+        for line in report.lines():
+            print(f"import: {line}", file=sys.stderr)
+    return config

@@ -1,0 +1,185 @@
+"""The trainer -> GUI/CLI event stream (JSON lines) and the run folder layout (docs/architecture.md).
+
+The trainer's main process appends one JSON object a line to `<run_dir>/events.jsonl`; the GUI and the CLI
+read it incrementally with `read_events` and fold it into a `RunState` with `summarize`. Programs read
+events, people read train.log: nobody scrapes a progress bar.
+
+A leaf module: it imports only the standard library, so the GUI can use it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+# -- the run folder -----------------------------------------------------------------------------------------
+
+CONFIG_FILE = "config.json"  # the resolved config; the trainer reads only this
+COMMAND_FILE = "command.json"  # the argv that was started
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "train.log"
+VERSIONS_FILE = "versions.json"
+TENSORBOARD_DIR = "tensorboard"
+STOP_FILE = "STOP"  # its appearance asks the trainer to save <name>-interrupted and stop
+
+# -- statuses and exit codes ------------------------------------------------------------------------------------
+
+EXIT_CODES: dict[str, int] = {"finished": 0, "stopped": 10, "nan": 11, "oom": 12, "disk_full": 13, "error": 1}
+STATUS_OF_EXIT_CODE: dict[int, str] = {code: status for status, code in EXIT_CODES.items()}
+EVENT_KINDS = ("started", "progress", "checkpoint", "sample", "state_saved", "ended")
+CHECKPOINT_KINDS = ("epoch", "step", "final", "interrupted")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class EventWriter:
+    """Appends events to events.jsonl, one flushed line each. Use it in the main process only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        if event not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {event!r}")
+        record = {"event": event, "time": now_iso(), **fields}
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._fh.flush()  # a reader polling the file sees whole lines as soon as they happen
+        return record
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events after byte `offset`, and the offset to continue from.
+
+    A partial last line (the writer is mid-write) is left for the next call; a line that is not valid JSON
+    is skipped. A missing file yields no events and the same offset.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    events = []
+    for line in data[: end + 1].splitlines():
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict) and "event" in record:
+            events.append(record)
+    return events, offset + end + 1
+
+
+@dataclass
+class RunState:
+    """What a run is doing, folded from its events. `status` is "starting" until the first event,
+    "running" until `ended`, then the ended status (or "killed" when the launcher says so)."""
+
+    status: str = "starting"
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    avg_loss: float | None = None
+    lr: float | None = None
+    it_per_s: float | None = None
+    eta_s: float | None = None
+    seed: int | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    last_files: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    reason: str = ""
+    exit_code: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ("starting", "running")
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+def summarize(events: list[dict[str, Any]], state: RunState | None = None) -> RunState:
+    """Fold events into a RunState; pass the previous state to continue incrementally."""
+    state = state or RunState()
+    for e in events:
+        _APPLY.get(e.get("event", ""), _ignore)(state, e)
+    return state
+
+
+def _started(s: RunState, e: dict[str, Any]) -> None:
+    s.status = "running"
+    s.total_steps = int(e.get("total_steps", 0))
+    s.epochs = int(e.get("epochs", 0))
+    s.seed = e.get("seed")
+
+
+def _progress(s: RunState, e: dict[str, Any]) -> None:
+    s.status = "running" if s.status == "starting" else s.status
+    for name in ("step", "epoch", "total_steps", "epochs"):
+        if name in e:
+            setattr(s, name, int(e[name]))
+    for name in ("loss", "avg_loss", "lr", "it_per_s", "eta_s"):
+        if name in e:
+            setattr(s, name, e[name])
+    if e.get("loss") is not None:
+        s.loss_history.append((int(e.get("step", 0)), float(e["loss"])))
+
+
+def _checkpoint(s: RunState, e: dict[str, Any]) -> None:
+    s.last_files.append(str(e.get("path", "")))
+
+
+def _sample(s: RunState, e: dict[str, Any]) -> None:
+    s.samples.append(str(e.get("path", "")))
+
+
+def _ended(s: RunState, e: dict[str, Any]) -> None:
+    s.status = str(e.get("status", "error"))
+    s.reason = str(e.get("reason", ""))
+    s.step = int(e.get("step", s.step))
+    s.epoch = int(e.get("epoch", s.epoch))
+    s.exit_code = e.get("exit_code", EXIT_CODES.get(s.status))
+
+
+def _ignore(s: RunState, e: dict[str, Any]) -> None:
+    pass
+
+
+_APPLY = {"started": _started, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample, "ended": _ended}
+
+
+def describe_exit(returncode: int) -> str:
+    """'finished', 'stopped', ... or 'killed (signal 9)' for a process's return code (negative = signal)."""
+    if returncode < 0:
+        return f"killed (signal {-returncode})"
+    if returncode > 128 and returncode - 128 < 65:  # a shell or launcher reporting a signal death
+        return f"killed (signal {returncode - 128})"
+    return STATUS_OF_EXIT_CODE.get(returncode, f"error (exit code {returncode})")
+
+
+def stop_requested(run_dir: str | Path) -> bool:
+    return os.path.exists(Path(run_dir) / STOP_FILE)

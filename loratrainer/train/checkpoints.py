@@ -1,0 +1,83 @@
+"""When and under which name LoRA files are saved, and which older ones of this run are removed.
+
+Names follow Kohya: `<name>-000001.safetensors` per epoch, `<name>-step00000500.safetensors` per step,
+`<name>.safetensors` at the end, and `<name>-interrupted.safetensors` on stop. Only files this run wrote are
+ever removed (save_last_n_*); a file that exists is never overwritten (the launcher resolved the name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from loratrainer.config import SavingSettings
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # optimizer steps done
+    epoch: int  # 1-based epoch being trained (or just finished)
+    total_steps: int
+    epochs: int
+    epoch_done: bool = False
+
+
+@dataclass(frozen=True)
+class SavePolicy:
+    every_n_epochs: int = 1
+    every_n_steps: int = 0
+    last_n_epochs: int = 0
+    last_n_steps: int = 0
+
+    @classmethod
+    def from_settings(cls, s: SavingSettings) -> "SavePolicy":
+        return cls(s.save_every_n_epochs, s.save_every_n_steps, s.save_last_n_epochs, s.save_last_n_steps)
+
+    def needs_save(self, p: Progress) -> str | None:
+        """'epoch', 'step' or None. The last epoch and the last step get the final file instead (as Kohya)."""
+        if p.step >= p.total_steps:
+            return None
+        if p.epoch_done:
+            return "epoch" if self.every_n_epochs and p.epoch % self.every_n_epochs == 0 and p.epoch < p.epochs else None
+        return "step" if self.every_n_steps and p.step % self.every_n_steps == 0 else None
+
+
+def checkpoint_name(output_name: str, kind: str, p: Progress) -> str:
+    if kind == "epoch":
+        return f"{output_name}-{p.epoch:06d}.safetensors"
+    if kind == "step":
+        return f"{output_name}-step{p.step:08d}.safetensors"
+    if kind == "interrupted":
+        return f"{output_name}-interrupted.safetensors"
+    return f"{output_name}.safetensors"
+
+
+@dataclass
+class CheckpointKeeper:
+    """Saves through `write(path, progress)` and removes this run's files beyond save_last_n_*."""
+
+    output_dir: Path
+    output_name: str
+    policy: SavePolicy
+    write: Callable[[Path, Progress], None]
+    written: dict[str, list[tuple[int, Path]]] = field(default_factory=lambda: {"epoch": [], "step": []})
+
+    def save(self, kind: str, p: Progress) -> Path:
+        path = self.output_dir / checkpoint_name(self.output_name, kind, p)
+        self.write(path, p)
+        if kind in self.written:
+            self.written[kind].append((p.epoch if kind == "epoch" else p.step, path))
+            self._rotate(kind, p)
+        return path
+
+    def _rotate(self, kind: str, p: Progress) -> None:
+        if kind == "epoch" and self.policy.last_n_epochs:
+            stale = self.written["epoch"][: -self.policy.last_n_epochs]
+        elif kind == "step" and self.policy.last_n_steps:
+            stale = [(s, f) for s, f in self.written["step"] if s <= p.step - self.policy.last_n_steps]
+        else:
+            return
+        for entry in stale:
+            entry[1].unlink(missing_ok=True)
+            self.written[kind].remove(entry)

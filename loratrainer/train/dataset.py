@@ -1,0 +1,130 @@
+"""Training batches: the data layer's epoch_batches, split between processes, loaded by a torch DataLoader.
+
+Every process builds the same batch list from the same seed and takes batch i when i % processes == its
+rank; the list is padded from its start so every process gets ceil(batches / processes) (accelerate's
+even_batches), which is what loratrainer.data.steps counts. Per-item randomness (flip, crop, caption
+shuffle, colour) comes from an rng seeded by (seed, epoch, batch, slot), so workers and resumes agree.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from loratrainer.config import TrainingConfig
+from loratrainer.data.buckets import fit_to_bucket
+from loratrainer.data.images import load_image
+from loratrainer.data.samples import TrainSample
+from loratrainer.data.steps import epoch_batches
+from loratrainer.train.captions import CaptionRules, process_caption
+
+Key = tuple[int, int, int, int]  # (sample index, epoch, batch index, slot in batch)
+
+
+def process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of an epoch, as sample indices."""
+    index = {id(s): i for i, s in enumerate(samples)}
+    batches = [[index[id(s)] for s in b] for b in epoch_batches(samples, batch_size, seed, epoch)]
+    per_process = -(-len(batches) // world)
+    padded = batches + batches[: per_process * world - len(batches)]
+    return padded[rank::world]
+
+
+class EpochBatchSampler(Sampler[list[Key]]):
+    def __init__(self, samples: Sequence[TrainSample], batch_size: int, seed: int, rank: int, world: int):
+        self.samples, self.batch_size, self.seed, self.rank, self.world = samples, batch_size, seed, rank, world
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for b, batch in enumerate(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)):
+            yield [(i, self.epoch, b, slot) for slot, i in enumerate(batch)]
+
+    def __len__(self) -> int:
+        return len(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world))
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: bool = False
+    color: bool = False
+    random_crop: bool = False
+
+
+class TrainDataset(Dataset):
+    """Items are dicts: `latents` (from the cache) or `pixels` in [-1, 1], `caption`, `is_reg`."""
+
+    def __init__(self, samples: Sequence[TrainSample], config: TrainingConfig, seed: int, latents: dict | None = None):
+        self.samples = list(samples)
+        self.rules = CaptionRules.from_settings(config.dataset)
+        d = config.dataset
+        self.augment = Augment(d.flip_aug, d.color_aug, d.random_crop)
+        self.background = d.alpha_background
+        self.seed = seed
+        self.latents = latents  # sample index -> (latents, flipped latents or None)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> dict:
+        index, epoch, batch, slot = key
+        sample = self.samples[index]
+        rng = random.Random(f"{self.seed}:{epoch}:{batch}:{slot}")
+        flip = self.augment.flip and rng.random() < 0.5
+        item = {"caption": process_caption(sample.caption, self.rules, epoch, rng), "is_reg": sample.is_reg}
+        if self.latents is not None:
+            plain, flipped = self.latents[index]
+            item["latents"] = flipped if flip else plain
+        else:
+            item["pixels"] = image_tensor(load_training_image(sample, self.background, self.augment, rng, flip))
+        return item
+
+
+def load_training_image(sample: TrainSample, background: str, augment: Augment, rng: random.Random, flip: bool) -> Image.Image:
+    image = load_image(sample.image_path, background)
+    image, _ = fit_to_bucket(image, sample.bucket, augment.random_crop, rng, resized=sample.resized)
+    if augment.color:
+        image = shift_hue(image, rng.uniform(-8 / 180, 8 / 180))  # sd-scripts: HueSaturationValue(hue_shift_limit=8)
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
+
+
+def shift_hue(image: Image.Image, amount: float) -> Image.Image:
+    hsv = np.asarray(image.convert("HSV"), dtype=np.int16)
+    hsv[..., 0] = (hsv[..., 0] + int(round(amount * 255))) % 256
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float in [-1, 1], as the VAE expects."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def collate(items: list[dict]) -> dict:
+    data = "latents" if "latents" in items[0] else "pixels"
+    return {
+        data: torch.stack([it[data] for it in items]),
+        "captions": [it["caption"] for it in items],
+        "is_reg": torch.tensor([it["is_reg"] for it in items], dtype=torch.bool),
+    }
+
+
+def build_loader(dataset: TrainDataset, sampler: EpochBatchSampler, config: TrainingConfig) -> DataLoader:
+    workers = config.dataset.max_data_loader_n_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0 and config.dataset.persistent_data_loader_workers,
+    )
+
+

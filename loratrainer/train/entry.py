@@ -1,0 +1,181 @@
+"""The training process: `accelerate launch -m loratrainer.train.entry --run-dir DIR`.
+
+It reads DIR/config.json, trains, and reports through DIR/events.jsonl, DIR/train.log, DIR/tensorboard and
+DIR/versions.json. Every way a run can end maps to one status and exit code (loratrainer.events.EXIT_CODES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from loratrainer import events
+from loratrainer.config import TrainingConfig, load_config
+from loratrainer.errors import UserError
+from loratrainer.train.runtime import hide_broken_torchvision, library_versions, random_seed
+
+log = logging.getLogger("loratrainer.train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loratrainer.train.entry")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    run_dir = parser.parse_args(argv).run_dir
+    config = load_config(run_dir / events.CONFIG_FILE)
+    hide_broken_torchvision()
+    accelerator = make_accelerator(config)
+    writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
+    setup_logging(run_dir, accelerator.is_main_process)
+    status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
+    code = events.EXIT_CODES[status]
+    if writer is not None:
+        writer.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code)
+        writer.close()
+    log.info("ended: %s%s", status, f" ({reason})" if reason else "")
+    accelerator.end_training()
+    return code
+
+
+def make_accelerator(config: TrainingConfig):
+    import torch
+    from accelerate import Accelerator
+
+    torch.set_num_threads(config.launch.num_cpu_threads_per_process)
+    precision = config.precision.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        precision = "no"  # fp16 autocast needs a GPU; noted in train.log below
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    if precision != config.precision.mixed_precision:
+        logging.getLogger("loratrainer.train").warning("no CUDA GPU: mixed precision fp16 is off, training in fp32")
+    return accelerator
+
+
+def setup_logging(run_dir: Path, main_process: bool) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    stream.setLevel(logging.INFO if main_process else logging.WARNING)
+    root.addHandler(stream)
+    if main_process:
+        file = logging.FileHandler(run_dir / events.LOG_FILE, encoding="utf-8")
+        file.setFormatter(fmt)
+        root.addHandler(file)
+
+
+def run_and_classify(config: TrainingConfig, run_dir: Path, accelerator, writer) -> tuple[str, str, int, int]:
+    """Train and map the outcome to (status, reason, step, epoch)."""
+    import torch
+
+    from loratrainer.train.loop import NonFiniteLoss
+
+    state = {"step": 0, "epoch": 0}
+    try:
+        outcome = run(config, run_dir, accelerator, writer, state)
+        return outcome.status, "", outcome.step, outcome.epoch
+    except NonFiniteLoss as exc:
+        last = state.get("last_file")
+        reason = str(exc) + (f"; the last good file is {last}" if last else "; no file was saved")
+        return "nan", reason, exc.step, exc.epoch
+    except torch.OutOfMemoryError:
+        log.error("out of memory:\n%s", traceback.format_exc())
+        return "oom", oom_advice(config, state), state["step"], state["epoch"]
+    except UserError as exc:
+        log.error("%s", exc)
+        return "error", str(exc), state["step"], state["epoch"]
+    except OSError as exc:
+        log.error("%s", traceback.format_exc())
+        if exc.errno == errno.ENOSPC:
+            return "disk_full", f"disk full: {exc.filename or config.folders.output_dir}", state["step"], state["epoch"]
+        return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
+    except Exception as exc:  # the log keeps the traceback; the event carries one line
+        log.error("%s", traceback.format_exc())
+        return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
+
+
+def oom_advice(config: TrainingConfig, state: dict) -> str:
+    o, p = config.optimizer, config.precision
+    tips = ["lower train_batch_size"] if o.train_batch_size > 1 else []
+    tips += [] if p.gradient_checkpointing else ["turn on gradient_checkpointing"]
+    tips += [] if config.caches_latents else ["turn on cache_latents"]
+    tips += ["lower max_resolution", "use AdamW8bit" if o.optimizer == "AdamW" else "lower network_dim"]
+    return (f"out of GPU memory during {state.get('phase', 'training')} at batch size {o.train_batch_size}, "
+            f"resolution {config.buckets.max_resolution}: " + ", ".join(tips))
+
+
+def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict):
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from loratrainer.train.loop import train
+    from loratrainer.train.progress import ProgressReporter
+    from loratrainer.train.saving import make_saver
+    from loratrainer.train.setup import build_trainer, new_keeper
+
+    seed = broadcast_object_list([config.optimizer.seed or random_seed()])[0]
+    set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
+    if accelerator.is_main_process:
+        (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
+    state["phase"] = "setup"
+    t = build_trainer(config, run_dir, accelerator, seed)
+    t.keeper = new_keeper(t, make_saver(t, state))
+    tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
+    s = t.report.steps
+    if writer is not None:
+        writer.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
+                    num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
+                    seed=seed, pid=os.getpid())
+    log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
+    state["phase"] = "training"
+    reporter = ProgressReporter(writer, tensorboard, s.total_steps, s.epochs)
+    try:
+        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state))
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+
+
+def open_tensorboard(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / events.TENSORBOARD_DIR))
+
+
+class _Tracked:
+    """Keeps `state` (step, epoch) current for the error report while forwarding to the reporter."""
+
+    def __init__(self, reporter, t, state: dict):
+        self.reporter, self.t, self.state = reporter, t, state
+
+    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        self.state.update(step=step, epoch=epoch)
+        self.reporter.step(step, epoch, loss, lr)
+
+    def epoch_end(self, epoch: int, step: int) -> None:
+        self.reporter.epoch_end(epoch, step)
+
+
+def _saving(t, writer, state: dict):
+    def save(kind: str, progress) -> None:
+        state["phase"] = f"saving ({kind})"
+        t.accelerator.wait_for_everyone()
+        if t.accelerator.is_main_process:
+            path = t.keeper.save(kind, progress)
+            state["last_file"] = str(path)
+            log.info("saved %s", path)
+            if writer is not None:
+                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step)
+        t.accelerator.wait_for_everyone()
+        state["phase"] = "training"
+
+    return save
+
+
+if __name__ == "__main__":
+    sys.exit(main())

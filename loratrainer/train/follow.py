@@ -1,0 +1,104 @@
+"""Following a run from a terminal: a tqdm bar on a TTY, plain lines otherwise; the trainer's exit code."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from loratrainer import events
+from loratrainer.train.launch import CONSOLE_FILE, RunProcess
+
+
+def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
+    """Show progress until the process ends; returns the trainer's exit code (EXIT_CODES) or the raw one."""
+    view = _Bar(stream) if stream.isatty() else _Lines(stream)
+    state, offset = events.RunState(), 0
+    try:
+        while True:
+            done = run.popen.poll() is not None
+            new, offset = events.read_events(run.events_path, offset)
+            state = events.summarize(new, state)
+            view.update(state, new)
+            if done:
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
+        run.request_stop()
+        try:
+            run.popen.wait()
+        except KeyboardInterrupt:
+            run.kill()
+        new, offset = events.read_events(run.events_path, offset)
+        state = events.summarize(new, state)
+    view.close()
+    code = run.exit_code(run.popen.returncode)
+    _report_end(run, state, code, stream)
+    return code
+
+
+def _report_end(run: RunProcess, state: events.RunState, code: int, stream: TextIO) -> None:
+    if state.done:
+        stream.write(f"{state.status}{': ' + state.reason if state.reason else ''}\n")
+    else:
+        stream.write(f"the training process ended without a result: {events.describe_exit(code)}\n")
+        code = code or events.EXIT_CODES["error"]
+    for path in state.last_files[-3:]:
+        stream.write(f"  saved {path}\n")
+    if code != 0:
+        tail = _tail(run.run_dir / events.LOG_FILE) or _tail(run.run_dir / CONSOLE_FILE)
+        if tail:
+            stream.write("last lines of the log:\n" + tail)
+    stream.write(f"run folder: {run.run_dir}\n")
+
+
+def _tail(path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "".join(f"  {line}\n" for line in text)
+
+
+class _Bar:
+    def __init__(self, stream: TextIO):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.stream = stream
+        self.bar = None
+
+    def update(self, state: events.RunState, new: list[dict]) -> None:
+        if state.total_steps and self.bar is None:
+            self.bar = self._tqdm(total=state.total_steps, unit="step", file=self.stream, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.n = state.step
+            if state.loss is not None:
+                self.bar.set_postfix(epoch=f"{state.epoch}/{state.epochs}", loss=f"{state.avg_loss:.4f}", lr=f"{state.lr:.2e}", refresh=False)
+            self.bar.refresh()
+        for e in new:
+            if e["event"] == "checkpoint":
+                (self.bar.write if self.bar else self.stream.write)(f"saved {e['path']}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Lines:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def update(self, state: events.RunState, new: list[dict]) -> None:
+        for e in new:
+            if e["event"] == "started":
+                self.stream.write(f"started: {e.get('total_steps')} steps, {e.get('epochs')} epochs, seed {e.get('seed')}\n")
+            elif e["event"] == "progress":
+                self.stream.write(f"step {e['step']}/{e['total_steps']} epoch {e['epoch']}/{e['epochs']} loss {e['loss']:.4f} lr {e['lr']:.3g}\n")
+            elif e["event"] == "checkpoint":
+                self.stream.write(f"saved {e['path']}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass

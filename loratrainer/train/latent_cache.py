@@ -1,0 +1,111 @@
+"""Encoding every training image once with the VAE, in memory and optionally on disk as Kohya names it.
+
+Disk files are `<stem>_<WWWW>x<HHHH>_sd.npz` next to the image with Kohya's keys (latents, latents_flipped,
+original_size, crop_ltrb) plus `loratrainer_fingerprint`: a hash of the image bytes, the bucket, the resize,
+the background colour and the VAE. A file whose fingerprint differs is one of ours and is rewritten; a file
+without one (written by Kohya or someone else) is never touched: we use fresh latents in memory instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loratrainer.data.samples import TrainSample
+from loratrainer.files import atomic_write_with
+from loratrainer.train.dataset import Augment, image_tensor, load_training_image
+
+log = logging.getLogger("loratrainer.train")
+FINGERPRINT_KEY = "loratrainer_fingerprint"
+Latents = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def npz_path(sample: TrainSample) -> Path:
+    w, h = sample.bucket
+    return sample.image_path.with_name(f"{sample.image_path.stem}_{w:04d}x{h:04d}_sd.npz")
+
+
+def fingerprint(sample: TrainSample, background: str, vae_id: str) -> str:
+    digest = hashlib.sha256(Path(sample.image_path).read_bytes())
+    digest.update(f"|{sample.bucket}|{sample.resized}|{background}|{vae_id}".encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, dtype) -> torch.Tensor:
+    """Unscaled latents (C, h, w) as Kohya stores them; the trainer multiplies by the VAE's scaling factor."""
+    image = load_training_image(sample, background, Augment(), random.Random(0), flip)
+    pixels = image_tensor(image)[None].to(device, dtype)
+    return vae.encode(pixels).latent_dist.sample()[0].float().cpu()
+
+
+def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, write: bool, background: str, vae_id: str, device, dtype) -> dict[int, Latents]:
+    """Latents for every sample (index -> (latents, flipped latents or None)). Only `write=True` writes files."""
+    out: dict[int, Latents] = {}
+    reused = 0
+    for i, sample in enumerate(samples):
+        fp = fingerprint(sample, background, vae_id) if to_disk else ""
+        cached = _read(npz_path(sample), fp, flip) if to_disk else None
+        if cached is not None:
+            out[i] = cached
+            reused += 1
+            continue
+        plain = encode_image(vae, sample, background, False, device, dtype)
+        flipped = encode_image(vae, sample, background, True, device, dtype) if flip else None
+        out[i] = (plain, flipped)
+        if to_disk and write:
+            _write(npz_path(sample), sample, plain, flipped, fp)
+    log.info("latents cached for %d images (%d reused from disk)", len(samples), reused)
+    return out
+
+
+def _read(path: Path, fp: str, flip: bool) -> Latents | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            if FINGERPRINT_KEY not in npz or str(npz[FINGERPRINT_KEY]) != fp or (flip and "latents_flipped" not in npz):
+                return None
+            flipped = torch.from_numpy(npz["latents_flipped"]) if flip else None
+            return torch.from_numpy(npz["latents"]), flipped
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write(path: Path, sample: TrainSample, plain: torch.Tensor, flipped: torch.Tensor | None, fp: str) -> None:
+    if path.exists() and not _is_ours(path):
+        log.warning("%s was not written by loratrainer: left untouched, latents kept in memory", path)
+        return
+    w, h = sample.bucket
+    rw, rh = sample.resized
+    left, top = (rw - w) // 2, (rh - h) // 2
+    arrays = {
+        "latents": plain.numpy(),
+        "original_size": np.array(sample.size),
+        "crop_ltrb": np.array([left, top, left + w, top + h]),
+        FINGERPRINT_KEY: np.array(fp),
+    }
+    if flipped is not None:
+        arrays["latents_flipped"] = flipped.numpy()
+
+    def writer(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    try:
+        atomic_write_with(path, writer)
+    except OSError as exc:  # a read-only image folder: the run goes on with the latents in memory
+        log.warning("could not write the latent cache %s: %s", path, exc)
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        with np.load(path) as npz:
+            return FINGERPRINT_KEY in npz
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,236 @@
+"""Starting a run: the run folder, checks before launch, the `accelerate launch` argv, the process handle.
+
+The GUI and the CLI both go through `start_run(config)`. No shell is involved anywhere: the command is an
+argument list, so a name such as `$(touch /tmp/x)` stays a literal argument. This module imports no torch,
+so the GUI stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from loratrainer import events
+from loratrainer.config import TrainingConfig, save_config, with_values
+from loratrainer.errors import UserError
+from loratrainer.files import atomic_write
+
+ENTRY_MODULE = "loratrainer.train.entry"
+CONSOLE_FILE = "console.log"  # stdout/stderr of accelerate and the trainer (what train.log cannot catch)
+_MB = 1024 * 1024
+
+
+class LaunchRefused(UserError):
+    """A run that must not start; the message is the whole report."""
+
+
+# -- the run folder -------------------------------------------------------------------------------------------
+
+
+def logging_root(config: TrainingConfig) -> Path:
+    f = config.folders
+    return Path(f.logging_dir) if f.logging_dir else Path(f.output_dir or ".") / "log"
+
+
+def create_run(config: TrainingConfig) -> Path:
+    """Make `<logging_dir or output_dir/log>/<output_name>_<YYYYmmdd-HHMMSS>/` holding the resolved config.json."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = logging_root(config) / f"{config.folders.output_name}_{stamp}"
+    run_dir, n = base, 1
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            break
+        except FileExistsError:  # two runs started within the same second
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+    save_config(config, run_dir / events.CONFIG_FILE)
+    return run_dir
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def build_command(config: TrainingConfig, run_dir: str | Path) -> list[str]:
+    """`python -m accelerate.commands.launch <flags> -m loratrainer.train.entry --run-dir DIR` as a list.
+
+    Several processes on one machine use accelerate's torch.distributed launcher (its `--multi_gpu` flag);
+    on a machine without CUDA those processes train on the CPU over gloo.
+    """
+    la = config.launch
+    argv = [sys.executable, "-m", "accelerate.commands.launch"]
+    argv += ["--mixed_precision", config.precision.mixed_precision]
+    argv += ["--num_processes", str(la.num_processes), "--num_machines", str(la.num_machines)]
+    argv += ["--num_cpu_threads_per_process", str(la.num_cpu_threads_per_process)]
+    argv += ["--dynamo_backend", "no"]
+    if la.multi_gpu or la.num_processes > 1:
+        argv.append("--multi_gpu")
+    if la.gpu_ids:
+        argv += ["--gpu_ids", la.gpu_ids]
+    if la.main_process_port:
+        argv += ["--main_process_port", str(la.main_process_port)]
+    argv += ["-m", ENTRY_MODULE, "--run-dir", str(run_dir)]
+    return argv
+
+
+# -- checks before launch ----------------------------------------------------------------------------------
+
+
+def resolve_output_name(config: TrainingConfig) -> TrainingConfig:
+    """Apply saving.existing_output: refuse when `<output_name>.safetensors` exists, or pick `<name>_2`, `_3`, ..."""
+    out = Path(config.folders.output_dir)
+    name = config.folders.output_name
+    if not _name_taken(out, name):
+        return config
+    if config.saving.existing_output == "refuse":
+        raise LaunchRefused(
+            f"{out / (name + '.safetensors')} (or one of its epoch files) already exists and will not be overwritten: "
+            "choose another output_name, move the file, or set saving.existing_output = rename"
+        )
+    n = 2
+    while _name_taken(out, f"{name}_{n}"):
+        n += 1
+    return with_values(config, {"folders.output_name": f"{name}_{n}"})
+
+
+def _name_taken(folder: Path, name: str) -> bool:
+    return (folder / f"{name}.safetensors").exists() or any(folder.glob(f"{_glob_escape(name)}-*.safetensors"))
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int) -> int:
+    """A generous estimate of what the run writes: LoRA files (about 1.2 MB per rank at 16 bit) and states."""
+    bytes_per_value = 4 if config.precision.save_precision == "float" else 2
+    per_file = int(1.2 * _MB * config.network.network_dim * bytes_per_value / 2)
+    if config.network.lora_type == "LoCon":
+        per_file += int(3 * _MB * config.network.conv_dim * bytes_per_value / 2)
+    s = config.saving
+    files = 2  # final + interrupted
+    if s.save_every_n_epochs:
+        files += s.save_last_n_epochs or epochs // s.save_every_n_epochs
+    if s.save_every_n_steps:
+        files += min(total_steps // s.save_every_n_steps, s.save_last_n_steps // s.save_every_n_steps + 1 if s.save_last_n_steps else total_steps)
+    total = files * per_file * (4 if s.save_state else 1)  # a state holds weights and two optimizer moments
+    return total + 100 * _MB
+
+
+def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
+    out = Path(config.folders.output_dir)
+    if not config.folders.output_dir:
+        raise LaunchRefused("folders.output_dir is empty: choose where the LoRA files are written")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".loratrainer-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LaunchRefused(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(out).free
+    if free < needed_bytes:
+        raise LaunchRefused(
+            f"not enough free disk space in {out}: {free // _MB} MB free, about {needed_bytes // _MB} MB needed"
+        )
+
+
+def preflight(config: TrainingConfig) -> TrainingConfig:
+    """Everything that can be found before training: dataset, output folder, space, file names.
+
+    Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report.
+    """
+    from loratrainer.data.check import check_dataset
+
+    report = check_dataset(config, num_processes=config.launch.num_processes)
+    if not report.ok:
+        raise LaunchRefused("the dataset check failed:\n" + report.format_text())
+    needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
+    check_output_dir(config, needed)
+    return resolve_output_name(config)
+
+
+# -- the process -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunProcess:
+    """A started run. The trainer runs in its own session (process group), so `kill` reaches all of it."""
+
+    run_dir: Path
+    popen: subprocess.Popen
+    argv: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / events.EVENTS_FILE
+
+    def poll(self) -> int | None:
+        """None while running; then the trainer's exit code (EXIT_CODES) when it wrote `ended`, else the raw one."""
+        raw = self.popen.poll()
+        return None if raw is None else self.exit_code(raw)
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.exit_code(self.popen.wait(timeout))
+
+    def exit_code(self, raw: int) -> int:
+        # accelerate launch turns any failing child into exit code 1, so the trainer's own code comes from events.
+        ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
+        return int(ended[-1].get("exit_code", raw)) if ended else raw
+
+    def request_stop(self) -> None:
+        """Ask the trainer to save `<name>-interrupted` and stop (it checks for the STOP file every step)."""
+        atomic_write(self.run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+
+    def kill(self) -> None:
+        """Kill the whole process group (accelerate, its workers, their data loaders)."""
+        if self.popen.poll() is not None:
+            return
+        try:
+            if os.name == "posix":
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            else:
+                self.popen.kill()
+        except ProcessLookupError:
+            pass
+
+
+def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
+    """Check, create the run folder, write command.json and start `accelerate launch` in its own session."""
+    if check:
+        config = preflight(config)
+    run_dir = create_run(config)
+    argv = build_command(config, run_dir)
+    atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    console = open(run_dir / CONSOLE_FILE, "ab")
+    try:
+        popen = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **_new_session())
+    finally:
+        console.close()  # the child holds its own descriptor
+    return RunProcess(run_dir=run_dir, popen=popen, argv=argv)
+
+
+def _new_session() -> dict:
+    if os.name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+
+
+def format_command(argv: list[str]) -> str:
+    """The argv as one line a user can paste into a shell (quoted for display only; never executed that way)."""
+    import shlex
+
+    return shlex.join(argv) if os.name == "posix" else subprocess.list2cmdline(argv)
+

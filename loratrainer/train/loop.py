@@ -1,0 +1,154 @@
+"""The training loop. It reads like the recipe: for each step, predict the noise, learn from the error,
+report, save when the policy says so, stop when asked."""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from loratrainer.events import stop_requested
+from loratrainer.train.checkpoints import Progress
+from loratrainer.train.faults import inject_fault
+from loratrainer.train.loss import diffusion_loss, sample_weights, training_target
+from loratrainer.train.noise import noisy_latents, sample_noise, sample_timesteps
+from loratrainer.train.schedulers import current_lr
+from loratrainer.train.setup import Trainer
+from loratrainer.train.text import encode, tokenize
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, epoch: int, lr: float):
+        super().__init__(f"the loss became NaN or infinite at step {step} (epoch {epoch}, learning rate {lr:.3g}); "
+                         "lower the learning rate, or use bf16 or no mixed precision instead of fp16")
+        self.step, self.epoch, self.lr = step, epoch, lr
+
+
+@dataclass
+class Outcome:
+    status: str  # "finished" or "stopped"
+    step: int
+    epoch: int
+
+
+def train(t: Trainer, reporter, save) -> Outcome:
+    """`save(kind, progress)` writes a LoRA file; `reporter.step(...)` reports each optimizer step."""
+    for epoch in range(1, t.epochs + 1):
+        t.epoch = epoch
+        t.sampler.set_epoch(epoch)
+        for group in step_groups(t.loader, t.config.optimizer.gradient_accumulation_steps):
+            loss, stop = training_step(t, group)
+            reporter.step(t.step, epoch, loss, current_lr(t.lr_scheduler))
+            if stop:
+                save("interrupted", progress(t))
+                return Outcome("stopped", t.step, epoch)
+            if t.step >= t.total_steps:
+                break
+            if t.keeper.policy.needs_save(progress(t)):
+                save("step", progress(t))
+        reporter.epoch_end(epoch, t.step)
+        if t.step >= t.total_steps:
+            break
+        if t.keeper.policy.needs_save(progress(t, epoch_done=True)):
+            save("epoch", progress(t, epoch_done=True))
+    assert t.step == t.total_steps, f"ran {t.step} steps, the plan was {t.total_steps}"
+    save("final", progress(t))
+    return Outcome("finished", t.step, t.epoch)
+
+
+def progress(t: Trainer, epoch_done: bool = False) -> Progress:
+    return Progress(t.step, t.epoch, t.total_steps, t.epochs, epoch_done)
+
+
+def step_groups(loader, accumulation: int):
+    """Micro-batches per optimizer step; the epoch's last group may be shorter (as data.steps counts)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accumulation:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
+    """One optimizer step over the group's micro-batches; returns (mean loss across processes, stop asked)."""
+    losses = []
+    for i, batch in enumerate(group):
+        with ExitStack() as stack:
+            if i < len(group) - 1:  # synchronise gradients between processes only on the last micro-batch
+                for model in trained_models(t):
+                    stack.enter_context(t.accelerator.no_sync(model))
+            loss = compute_loss(t, batch)
+            t.accelerator.backward(loss / len(group))
+        losses.append(loss.detach())
+    t.step += 1
+    loss, stop = agree_across_processes(t, inject_fault("nan", t.step, torch.stack(losses).mean()))
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(t.step, t.epoch, current_lr(t.lr_scheduler))
+    apply_gradients(t)
+    return loss, stop
+
+
+def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
+    scheduler = t.components.noise_scheduler
+    with t.accelerator.autocast():
+        latents = batch_latents(t, batch)
+        hidden = text_states(t, batch["captions"])
+        noise = sample_noise(latents, t.noise)
+        timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device)
+        noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise)
+        pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype)).sample
+    target = training_target(scheduler, latents, noise, timesteps)
+    weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
+    return diffusion_loss(pred, target, weights, t.loss)
+
+
+def batch_latents(t: Trainer, batch: dict) -> torch.Tensor:
+    vae = t.components.vae
+    if "latents" in batch:
+        latents = batch["latents"].to(t.accelerator.device)
+    else:
+        with torch.no_grad():
+            latents = vae.encode(batch["pixels"].to(t.accelerator.device, t.weight_dtype)).latent_dist.sample()
+    return latents.float() * vae.config.scaling_factor
+
+
+def text_states(t: Trainer, captions: list[str]) -> torch.Tensor:
+    m = t.config.model
+    te = t.text_encoder
+    norm = getattr(t.accelerator.unwrap_model(te), "text_model", t.accelerator.unwrap_model(te)).final_layer_norm
+
+    def run(texts: list[str]) -> torch.Tensor:
+        return encode(te, norm, tokenize(t.components.tokenizer, texts, m.max_token_length), m.clip_skip, t.accelerator.device)
+
+    if t.config.trains_text_encoder:
+        return run(captions)
+    with torch.no_grad():
+        return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
+
+
+def trained_models(t: Trainer) -> list[torch.nn.Module]:
+    return [m for m, on in ((t.unet, t.config.trains_unet), (t.text_encoder, t.config.trains_text_encoder)) if on]
+
+
+def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]:
+    """One collective per step: the mean loss (for the NaN guard and the log) and whether any process saw STOP."""
+    stop = 1.0 if t.accelerator.is_main_process and stop_requested(t.run_dir) else 0.0
+    flags = torch.stack([loss.float(), torch.tensor(stop, device=loss.device)])
+    if t.accelerator.num_processes > 1:
+        flags = t.accelerator.gather(flags[None]).reshape(-1, 2)
+        return float(flags[:, 0].mean()), bool(flags[:, 1].max() > 0)
+    return float(flags[0]), bool(flags[1] > 0)
+
+
+def apply_gradients(t: Trainer) -> None:
+    max_norm = t.config.optimizer.max_grad_norm
+    if max_norm and t.accelerator.sync_gradients:
+        t.accelerator.clip_grad_norm_(t.params, max_norm)
+    t.optimizer.step()
+    t.lr_scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,59 @@
+"""The training loss: target by prediction type, l2/huber/smooth-L1, min-SNR and prior-loss weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+from loratrainer.config import TrainingConfig
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    loss_type: str = "l2"
+    huber_c: float = 0.1
+    min_snr_gamma: float = 0.0
+    prior_loss_weight: float = 1.0
+
+    @classmethod
+    def from_config(cls, c: TrainingConfig) -> "LossSettings":
+        o = c.optimizer
+        return cls(o.loss_type, o.huber_c, o.min_snr_gamma, c.dataset.prior_loss_weight)
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings) -> torch.Tensor:
+    pred, target = pred.float(), target.float()
+    if s.loss_type == "l2":
+        return F.mse_loss(pred, target, reduction="none")
+    # Pseudo-Huber as in sd-scripts (constant huber_c; Kohya can also vary it with the timestep).
+    c = s.huber_c
+    scale = 2 * c if s.loss_type == "huber" else 2.0
+    return scale * (torch.sqrt((pred - target) ** 2 + c**2) - c)
+
+
+def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: LossSettings) -> torch.Tensor:
+    """Per-sample weights: prior_loss_weight for regularisation images, min-SNR (https://arxiv.org/abs/2303.09556)."""
+    weights = torch.ones(timesteps.shape[0], device=timesteps.device)
+    weights[is_reg.to(timesteps.device)] = s.prior_loss_weight
+    if s.min_snr_gamma:
+        snr = compute_snr(scheduler, timesteps)
+        clipped = torch.clamp(snr, max=s.min_snr_gamma)
+        if scheduler.config.prediction_type == "v_prediction":
+            weights = weights * clipped / (snr + 1)
+        else:
+            weights = weights * clipped / snr
+    return weights
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossSettings) -> torch.Tensor:
+    per_sample = elementwise_loss(pred, target, s).mean(dim=(1, 2, 3))
+    return (per_sample * weights.to(per_sample.device)).mean()

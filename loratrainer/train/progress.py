@@ -1,0 +1,56 @@
+"""Reporting progress: events (throttled), TensorBoard scalars, train.log lines. Main process only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from loratrainer.events import EventWriter
+
+log = logging.getLogger("loratrainer.train")
+
+
+@dataclass
+class ProgressReporter:
+    events: EventWriter | None
+    tensorboard: object | None  # torch.utils.tensorboard.SummaryWriter
+    total_steps: int
+    epochs: int
+    min_interval_s: float = 0.5  # an event at most twice a second, plus the first and the last step
+    log_every_s: float = 30.0
+    _window: deque = field(default_factory=lambda: deque(maxlen=50))
+    _times: deque = field(default_factory=lambda: deque(maxlen=20))
+    _last_event: float = 0.0
+    _last_log: float = 0.0
+
+    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        now = time.monotonic()
+        self._window.append(loss)
+        self._times.append(now)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss/step", loss, step)
+            self.tensorboard.add_scalar("lr/unet", lr, step)
+        last = step >= self.total_steps
+        if self.events is not None and (last or step == 1 or now - self._last_event >= self.min_interval_s):
+            self._last_event = now
+            self.events.emit("progress", **self.snapshot(step, epoch, loss, lr))
+        if last or now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            s = self.snapshot(step, epoch, loss, lr)
+            log.info("step %d/%d epoch %d/%d loss %.4f avg %.4f lr %.3g %.2f it/s", step, self.total_steps, epoch, self.epochs, loss, s["avg_loss"], lr, s["it_per_s"] or 0)
+
+    def snapshot(self, step: int, epoch: int, loss: float, lr: float) -> dict:
+        rate = (len(self._times) - 1) / (self._times[-1] - self._times[0]) if len(self._times) > 1 and self._times[-1] > self._times[0] else None
+        eta = (self.total_steps - step) / rate if rate else None
+        return {
+            "step": step, "total_steps": self.total_steps, "epoch": epoch, "epochs": self.epochs, "loss": loss,
+            "avg_loss": sum(self._window) / len(self._window), "lr": lr,
+            "it_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
+        }
+
+    def epoch_end(self, epoch: int, step: int) -> None:
+        if self.tensorboard is not None and self._window:
+            self.tensorboard.add_scalar("loss/epoch_avg", sum(self._window) / len(self._window), epoch)
+        log.info("epoch %d/%d done at step %d", epoch, self.epochs, step)

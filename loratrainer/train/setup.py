@@ -1,0 +1,179 @@
+"""Building everything a run needs, one named function per piece, into a `Trainer` that the loop drives."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import cast_training_params
+
+from loratrainer.config import TrainingConfig
+from loratrainer.data.check import check_dataset
+from loratrainer.data.report import DatasetReport
+from loratrainer.errors import UserError
+from loratrainer.train import model_api
+from loratrainer.train.captions import CaptionRules
+from loratrainer.train.checkpoints import CheckpointKeeper, SavePolicy
+from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
+from loratrainer.train.latent_cache import cache_latents
+from loratrainer.train.loss import LossSettings
+from loratrainer.train.noise import NoiseSettings
+from loratrainer.train.optimizers import build_optimizer
+from loratrainer.train.schedulers import build_lr_scheduler
+from loratrainer.train.text import TextCache
+
+log = logging.getLogger("loratrainer.train")
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Trainer:
+    """The state of one run. Built by `build_trainer`, driven by loop.train."""
+
+    config: TrainingConfig
+    run_dir: Path
+    accelerator: Accelerator
+    report: DatasetReport
+    seed: int
+    components: Any  # SD15Components: tokenizer, text_encoder, vae, unet, noise_scheduler, model_name, model_hash
+    handle: Any  # LoraHandle
+    unet: torch.nn.Module  # prepared (DDP-wrapped with several processes)
+    text_encoder: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    loader: Any
+    sampler: EpochBatchSampler
+    weight_dtype: torch.dtype
+    noise: NoiseSettings
+    loss: LossSettings
+    text_cache: TextCache | None
+    keeper: CheckpointKeeper | None = None
+    step: int = 0
+    epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.report.steps.total_steps
+
+    @property
+    def epochs(self) -> int:
+        return self.report.steps.epochs
+
+
+def plan_dataset(config: TrainingConfig, num_processes: int) -> DatasetReport:
+    report = check_dataset(config, num_processes=num_processes)
+    if not report.ok:
+        raise UserError("the dataset check failed:\n" + report.format_text())
+    return report
+
+
+def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
+    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    components = model_api.load_models(config, dtype=weight_dtype)
+    if config.model.v_parameterization:
+        components.noise_scheduler.register_to_config(prediction_type="v_prediction")
+    handle = model_api.add_lora(components, config)
+    if config.network.network_weights:
+        model_api.load_network_weights(handle, config.network.network_weights)
+    set_attention(components.unet, config.precision.attention)
+    if config.precision.gradient_checkpointing:
+        enable_gradient_checkpointing(components, config)
+    p = config.precision
+    lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
+    cast_training_params([components.unet, components.text_encoder], dtype=lora_dtype)
+    for module in (components.unet, components.text_encoder, components.vae):
+        module.to(accelerator.device)
+    components.vae.eval()
+    return components, handle, weight_dtype
+
+
+def set_attention(unet, attention: str) -> None:
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attention == "xformers":
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # not installed, or no CUDA
+            raise UserError(f"xformers attention is not available here ({exc}): choose precision.attention = sdpa") from None
+    else:
+        unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+
+def enable_gradient_checkpointing(components, config: TrainingConfig) -> None:
+    components.unet.enable_gradient_checkpointing()
+    if config.trains_text_encoder:
+        components.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def param_groups(handle, config: TrainingConfig) -> list[dict]:
+    groups = []
+    if config.trains_unet:
+        groups.append({"params": list(handle.unet_parameters()), "lr": config.effective_unet_lr})
+    if config.trains_text_encoder:
+        groups.append({"params": list(handle.text_encoder_parameters()), "lr": config.effective_text_encoder_lr})
+    return [g for g in groups if g["params"]]
+
+
+def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype):
+    latents = None
+    if config.caches_latents:
+        with accelerator.main_process_first():  # the main process writes the disk cache, the others read it
+            latents = cache_latents(
+                report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
+                write=accelerator.is_main_process, background=config.dataset.alpha_background,
+                vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}", device=accelerator.device, dtype=weight_dtype,
+            )
+    dataset = TrainDataset(report.samples, config, seed, latents)
+    sampler = EpochBatchSampler(report.samples, config.optimizer.train_batch_size, seed, accelerator.process_index, accelerator.num_processes)
+    return build_loader(dataset, sampler, config), sampler
+
+
+def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int) -> Trainer:
+    model_api_check_optimizer(config)
+    report = plan_dataset(config, accelerator.num_processes)
+    components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
+    groups = param_groups(handle, config)
+    optimizer = build_optimizer(config, groups)
+    lr_scheduler = build_lr_scheduler(config, optimizer, report.steps.total_steps)
+    unet, text_encoder, optimizer = prepare_models(accelerator, components, config, optimizer)
+    loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype)
+    static_text = not config.trains_text_encoder and CaptionRules.from_settings(config.dataset).is_static
+    return Trainer(
+        config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
+        handle=handle, unet=unet, text_encoder=text_encoder, params=[p for g in groups for p in g["params"]],
+        optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
+        noise=NoiseSettings.from_settings(config.optimizer), loss=LossSettings.from_config(config),
+        text_cache=TextCache() if static_text else None,
+    )
+
+
+def model_api_check_optimizer(config: TrainingConfig) -> None:
+    """Fail before loading any model when the optimizer cannot be built (e.g. 8-bit on a CPU)."""
+    from loratrainer.train.optimizers import optimizer_spec
+
+    optimizer_spec(config.optimizer.optimizer)
+
+
+def prepare_models(accelerator: Accelerator, components, config: TrainingConfig, optimizer):
+    """Wrap what trains (DDP with several processes); the scheduler is stepped by us, once per step."""
+    unet, text_encoder = components.unet, components.text_encoder
+    if config.trains_unet and config.trains_text_encoder:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    elif config.trains_unet:
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+    else:
+        text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+    unet.train() if config.trains_unet else unet.eval()
+    text_encoder.train() if config.trains_text_encoder else text_encoder.eval()
+    return unet, text_encoder, optimizer
+
+
+def new_keeper(t: Trainer, write) -> CheckpointKeeper:
+    f = t.config.folders
+    return CheckpointKeeper(Path(f.output_dir), f.output_name, SavePolicy.from_settings(t.config.saving), write)
