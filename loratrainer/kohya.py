@@ -145,7 +145,7 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
             _classify_unused(key, value, report)
     resolved = _coerce_all(values, origin, report, source)
 
-    kohya_names = (_RENAMED.get(n, n) for n in sorted(_SPECS) if n not in values and n not in OURS_ONLY)
+    kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY)
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
