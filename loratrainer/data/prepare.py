@@ -43,14 +43,14 @@ class PrepareResult:
 def suggest_repeats(num_images: int) -> int:
     """The seed tutorial's rule: about 150 repeats for ~10 images, 100 for 20 or more; linear in between.
 
-    Fewer than 10 images keep 150 (more repeats would only overfit the few images faster). The result is a
-    multiple of 10 so it reads as the round number the tutorial gives.
+    Fewer than 10 images keep 150 (more repeats would only overfit the few images faster). In between, 5 fewer
+    repeats per extra image (12 -> 140, 15 -> 125), so samples per epoch stay near the tutorial's 1500-2000.
     """
     if num_images <= 10:
         return 150
     if num_images >= 20:
         return 100
-    return int(round((150 - 5 * (num_images - 10)) / 10.0)) * 10
+    return 150 - 5 * (num_images - 10)
 
 
 def check_name(name: str) -> str:
