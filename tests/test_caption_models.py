@@ -1,0 +1,215 @@
+"""BLIP, GIT and a WD14-style tagger end to end, with tiny random models the tests build and save themselves.
+
+Random weights generate gibberish: the tests check structure (files written, prefix and postfix, counts,
+skips, backups), and for the tagger, whose tiny ONNX model is built by hand, the exact tags.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loratrainer.caption import BlipOptions, CaptionRunOptions, GitOptions, TaggerOptions, caption_folder
+from loratrainer.cli import main
+from loratrainer.errors import UserError
+from tests.datasets import RED, make_caption, make_image, make_truncated_jpeg
+
+
+def _hide_broken_torchvision() -> None:
+    # PyPI's torchvision cannot load beside the CPU build of torch ("operator torchvision::nms does not exist");
+    # transformers then fails to import any vision model. Without torchvision it uses its PIL image processors.
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None  # find_spec() then reports it missing
+
+
+_hide_broken_torchvision()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)]
+TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+TINY_VISION = dict(TINY, image_size=32, patch_size=8)
+
+
+def _tokenizer(folder: Path):
+    from transformers import BertTokenizer
+
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"))
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-blip")
+    text = dict(TINY, vocab_size=len(VOCAB), max_position_embeddings=64, bos_token_id=2, sep_token_id=3,
+                pad_token_id=0, eos_token_id=3)
+    config = BlipConfig(text_config=text, vision_config=TINY_VISION, projection_dim=32, image_text_hidden_size=32)
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), _tokenizer(folder)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def git_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-git")
+    config = GitConfig(vision_config=TINY_VISION, vocab_size=len(VOCAB), max_position_embeddings=64, bos_token_id=2,
+                       eos_token_id=3, pad_token_id=0, **TINY)
+    torch.manual_seed(0)
+    GitForCausalLM(config).save_pretrained(folder)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    GitProcessor(images, _tokenizer(folder)).save_pretrained(folder)
+    return folder
+
+
+# The tiny tagger: tag probabilities from the mean of each input channel, so the expected tags are known.
+# Columns of the MatMul read the channels in BGR order, as the real taggers do: (B, G, R) weights, bias.
+TAGS = [  # name, category, (wB, wG, wR), bias
+    ("general", 9, (0, 0, 0), 2.0),
+    ("sensitive", 9, (0, 0, 0), 0.0),
+    ("questionable", 9, (0, 0, 0), -1.0),
+    ("explicit", 9, (0, 0, 0), -2.0),
+    ("red_hair", 0, (0, 0, 0.1), -12.8),  # on when red is high
+    ("blue_sky", 0, (0.1, 0, 0), -12.8),  # on when blue is high: a tagger fed RGB would say this for red
+    ("^_^", 0, (0, 0, 0), 5.0),  # always on; a kaomoji keeps its underscore
+    ("solo", 0, (0, 0, 0), -0.6),  # p = 0.354: just over the 0.35 default threshold
+    ("hatsune_miku", 4, (0, 0, 0.1), -12.8),  # a character, on with red
+    ("weak_tag", 0, (0, 0, 0), -1.5),  # p = 0.18
+]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tagger_dir(tmp_path_factory) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path_factory.mktemp("tiny-wd14")
+    weights = np.array([t[2] for t in TAGS], dtype=np.float32).T  # (3, n_tags)
+    bias = np.array([t[3] for t in TAGS], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input_1:0"], ["means"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["means", "w"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "b"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["predictions_sigmoid"]),
+        ],
+        "tiny_tagger",
+        [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, ["batch", len(TAGS)])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, folder / "model.onnx")
+    with open(folder / "selected_tags.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        writer.writerows([i, name, cat, 100] for i, (name, cat, _, _) in enumerate(TAGS))
+    return folder
+
+
+def _folder(root: Path) -> Path:
+    make_image(root / "a.png", (40, 30))
+    make_image(root / "b.jpg", (30, 40), RED)
+    make_image(root / "c.webp", (32, 32))
+    make_caption(make_image(root / "kept.png"), "hand written")
+    make_truncated_jpeg(root / "broken.jpg")
+    return root
+
+
+def test_blip_cli_writes_captions_with_prefix_and_postfix(blip_dir, tmp_path, capsys):
+    folder = _folder(tmp_path)
+    argv = ["caption", str(folder), "--model", str(blip_dir), "--prefix", "sks", "--postfix", "style",
+            "--batch-size", "2", "--num-beams", "2", "--min-length", "2", "--max-length", "8"]
+    assert main(argv) == 0
+    for stem in "abc":
+        text = (folder / f"{stem}.txt").read_text(encoding="utf-8")
+        assert text.startswith("sks w") and text.endswith(" style\n") and text.count("\n") == 1
+    assert (folder / "kept.txt").read_text() == "hand written"
+    out = capsys.readouterr().out
+    assert "3 captions written" in out and "1 skipped: caption exists" in out and "broken.jpg" in out
+
+
+def test_blip_sampling_and_overwrite_with_backup(blip_dir, tmp_path):
+    folder = _folder(tmp_path)
+    options = BlipOptions(model=str(blip_dir), beam_search=False, top_p=0.5, min_length=1, max_length=6)
+    report = caption_folder(CaptionRunOptions(folder, overwrite=True, batch_size=3), options)
+    assert len(report.written) == 4 and report.skipped_existing == []
+    assert (report.backup_dir / "kept.txt").read_text() == "hand written"
+    assert (folder / "kept.txt").read_text() != "hand written"
+
+
+def test_git_cli(git_dir, tmp_path, capsys):
+    folder = _folder(tmp_path)
+    assert main(["caption", str(folder), "--captioner", "git", "--model", str(git_dir), "--max-length", "6",
+                 "--prefix", "sks"]) == 0
+    assert all((folder / f"{s}.txt").read_text().startswith("sks w") for s in "abc")
+    assert "3 captions written" in capsys.readouterr().out
+
+
+def test_tagger_tags_follow_the_bgr_convention_thresholds_and_order(tagger_dir, tmp_path):
+    make_image(tmp_path / "red.png", (40, 40), RED)
+    make_image(tmp_path / "wide_red.png", (64, 16), RED)  # padded with white to a square, resized to 32
+    make_image(tmp_path / "green.png", (40, 40))
+    report = caption_folder(CaptionRunOptions(tmp_path, prefix="sks"), TaggerOptions(model=str(tagger_dir)))
+    assert len(report.written) == 3
+    assert (tmp_path / "red.txt").read_text() == "sks, hatsune miku, red hair, ^_^, solo\n"
+    assert (tmp_path / "green.txt").read_text() == "sks, ^_^, solo\n"
+    # white padding: 3/4 of the square is white, so red is high (R) but so are B and G: blue sky appears too
+    assert "red hair" in (tmp_path / "wide_red.txt").read_text()
+
+
+def test_tagger_options(tagger_dir, tmp_path):
+    make_image(tmp_path / "red.png", (40, 40), RED)
+    options = TaggerOptions(model=str(tagger_dir), general_threshold=0.1, character_threshold=1.0,
+                            undesired_tags=("red_hair",), tag_separator=" | ", include_rating=True,
+                            replace_underscores=False)
+    caption_folder(CaptionRunOptions(tmp_path), options)
+    assert (tmp_path / "red.txt").read_text() == "general | ^_^ | solo | weak_tag\n"
+
+
+def test_tagger_cli_thresholds_and_bad_folder(tagger_dir, tmp_path, capsys):
+    make_image(tmp_path / "img" / "red.png", (40, 40), RED)
+    argv = ["caption", str(tmp_path / "img"), "--captioner", "wd14", "--model", str(tagger_dir)]
+    assert main([*argv, "--thresholds", "0.5", "0.5", "--undesired-tags", "^_^, red hair"]) == 0
+    assert (tmp_path / "img" / "red.txt").read_text() == "hatsune miku\n"
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    assert main(["caption", str(tmp_path / "img"), "--captioner", "wd14", "--model", str(empty), "--overwrite"]) == 2
+    assert "lacks model.onnx and selected_tags.csv" in capsys.readouterr().err
+
+
+def test_tagger_without_onnxruntime_says_what_to_install(tagger_dir, tmp_path, monkeypatch):
+    make_image(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match="pip install onnxruntime"):
+        caption_folder(CaptionRunOptions(tmp_path), TaggerOptions(model=str(tagger_dir)))
+
+
+@pytest.mark.parametrize("captioner", ["blip", "git", "wd14"])
+def test_offline_hub_id_gives_one_clear_message(tmp_path, capsys, monkeypatch, captioner):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_image(tmp_path / "a.png")
+    rc = main(["caption", str(tmp_path), "--captioner", captioner, "--model", "no-such-user/made-up-captioner-7"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "no-such-user/made-up-captioner-7" in err and "Download it once" in err and "local folder" in err
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_missing_local_model_folder(tmp_path, capsys):
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--model", str(tmp_path / "models" / "blip")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""caption_folder's rules, with a recording captioner: no model, so every rule is checked in milliseconds."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from loratrainer.caption import (
+    CaptionRunOptions,
+    DuplicateStemsError,
+    FixedTextOptions,
+    caption_folder,
+    plan_captions,
+)
+from loratrainer.caption.writer import BACKUP_DIR_NAME
+from loratrainer.errors import UserError
+from tests.datasets import make_caption, make_image, make_junk, make_rgba_transparent_red, make_truncated_jpeg
+
+
+class Recorder:
+    """A captioner that says which image it saw (by size) and remembers the batches it got."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Image.Image]] = []
+
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        self.batches.append(images)
+        return [f"  a  {im.width}x{im.height}\nphoto " for im in images]
+
+
+def run(folder: Path, captioner=None, **kw):
+    return caption_folder(CaptionRunOptions(folder, **kw), FixedTextOptions("x"), captioner=captioner or Recorder())
+
+
+def test_captions_written_with_prefix_and_postfix_joined_by_single_spaces(tmp_path):
+    make_image(tmp_path / "a.png", (40, 30))
+    make_image(tmp_path / "b.JPG", (20, 10))
+    report = run(tmp_path, prefix=" sks ", postfix="style ")
+    assert (tmp_path / "a.txt").read_bytes() == b"sks a 40x30 photo style\n"  # UTF-8, no BOM, "\n"
+    assert (tmp_path / "b.txt").read_text() == "sks a 20x10 photo style\n"
+    assert sorted(p.name for p in report.written) == ["a.txt", "b.txt"]
+    assert report.summary()[0] == "2 captions written"
+
+
+def test_existing_caption_byte_identical_and_reported_skipped(tmp_path):
+    make_image(tmp_path / "x.png")
+    make_image(tmp_path / "y.png")
+    original = make_caption(tmp_path / "x.png", "my hand-written caption\r\n", bom=True).read_bytes()
+    report = run(tmp_path)
+    assert (tmp_path / "x.txt").read_bytes() == original
+    assert report.skipped_existing == [tmp_path / "x.png"]
+    assert "1 skipped: caption exists" in "\n".join(report.summary())
+    assert [p.name for p in report.written] == ["y.txt"]
+    assert not (tmp_path / BACKUP_DIR_NAME).exists()
+
+
+def test_empty_caption_counts_as_missing_and_is_filled(tmp_path):
+    make_image(tmp_path / "x.png")
+    make_caption(tmp_path / "x.png", "  \n")
+    report = run(tmp_path)
+    assert report.skipped_existing == []
+    assert (tmp_path / "x.txt").read_text().startswith("a 64x64")
+
+
+def test_overwrite_backs_up_old_captions_first(tmp_path):
+    make_image(tmp_path / "x.png")
+    make_caption(tmp_path / "x.png", "old words")
+    report = run(tmp_path, overwrite=True)
+    assert (tmp_path / "x.txt").read_text() == "a 64x64 photo\n"
+    assert report.backup_dir is not None and report.backup_dir.parent == tmp_path / BACKUP_DIR_NAME
+    assert (report.backup_dir / "x.txt").read_text() == "old words"
+    # a second overwrite gets its own backup folder: the first backup is never replaced
+    second = run(tmp_path, overwrite=True)
+    assert second.backup_dir != report.backup_dir
+    assert (report.backup_dir / "x.txt").read_text() == "old words"
+
+
+def test_duplicate_stems_refused_before_anything_is_written(tmp_path):
+    make_image(tmp_path / "a.jpg")
+    make_image(tmp_path / "a.png")
+    make_image(tmp_path / "b.png")
+    with pytest.raises(DuplicateStemsError) as err:
+        run(tmp_path)
+    assert str(tmp_path / "a.jpg") in str(err.value) and str(tmp_path / "a.png") in str(err.value)
+    assert isinstance(err.value, UserError)
+    assert not list(tmp_path.glob("*.txt"))
+    assert plan_captions(CaptionRunOptions(tmp_path)).duplicates == [[tmp_path / "a.jpg", tmp_path / "a.png"]]
+
+
+def test_unreadable_images_skipped_and_listed_the_rest_captioned(tmp_path):
+    make_image(tmp_path / "good.png")
+    make_truncated_jpeg(tmp_path / "broken.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    make_junk(tmp_path)
+    report = run(tmp_path, batch_size=4)
+    assert [p.name for p in report.written] == ["good.txt"]
+    assert sorted(s.path.name for s in report.failed) == ["broken.jpg", "empty.png"]
+    assert "2 skipped: not captioned" in report.summary()
+    assert not (tmp_path / "broken.txt").exists()
+
+
+def test_captioner_sees_transparency_on_white_background(tmp_path):
+    make_rgba_transparent_red(tmp_path / "t.png")
+    rec = Recorder()
+    run(tmp_path, captioner=rec)
+    assert rec.batches[0][0].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_batches_progress_and_cancel(tmp_path):
+    for i in range(5):
+        make_image(tmp_path / f"{i}.png")
+    rec, seen, stop = Recorder(), [], threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done >= 2:
+            stop.set()
+
+    report = caption_folder(CaptionRunOptions(tmp_path, batch_size=2), FixedTextOptions(), captioner=rec,
+                            progress=progress, cancel=stop.is_set)
+    assert [len(b) for b in rec.batches] == [2]
+    assert seen == [(2, 5)] and report.cancelled and len(report.written) == 2
+    assert "cancelled" in report.summary()[-1]
+
+
+def test_recursive_reaches_subfolders_but_not_backups(tmp_path):
+    make_image(tmp_path / "top.png")
+    make_image(tmp_path / "sub" / "deep.png")
+    make_image(tmp_path / BACKUP_DIR_NAME / "old" / "hidden.png")
+    assert [p.name for p in run(tmp_path).written] == ["top.txt"]
+    assert [p.name for p in run(tmp_path, recursive=True).written] == ["deep.txt"]
+
+
+def test_fixed_text_captioner_goes_through_the_same_rules(tmp_path):
+    make_image(tmp_path / "a.png")
+    make_image(tmp_path / "b.png")
+    make_caption(tmp_path / "b.png", "keep me")
+    report = caption_folder(CaptionRunOptions(tmp_path, prefix="sks"), FixedTextOptions("a photo of a dog"))
+    assert (tmp_path / "a.txt").read_text() == "sks a photo of a dog\n"
+    assert (tmp_path / "b.txt").read_text() == "keep me" and len(report.skipped_existing) == 1
+
+
+@pytest.mark.parametrize("ext, ok", [("txt", ".txt"), (".caption", ".caption"), ("../x", None), (".t/x", None), ("", None)])
+def test_caption_extension_checked(tmp_path, ext, ok):
+    if ok:
+        assert CaptionRunOptions(tmp_path, caption_extension=ext).caption_extension == ok
+    else:
+        with pytest.raises(UserError):
+            CaptionRunOptions(tmp_path, caption_extension=ext)
+
+
+def test_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run(tmp_path / "nope")
