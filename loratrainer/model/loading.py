@@ -121,8 +121,7 @@ def legacy_file_hash(path: Path) -> str:
 def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path):
     state = read_checkpoint(path)
     check_sd15(state, path)
-    # torch_dtype=None for float32: diffusers warns about casting otherwise, though nothing is cast
-    kwargs = dict(config=str(config_dir), local_files_only=True, torch_dtype=None if dtype == torch.float32 else dtype)
+    kwargs = dict(config=str(config_dir), local_files_only=True, torch_dtype=dtype)
     try:
         unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_single_file(state, subfolder="vae", **kwargs)
@@ -130,7 +129,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path):
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes that do not fit SD1.5's configuration
         raise NotSD15Checkpoint(f"{path} does not fit the SD1.5 architecture ({str(exc)[:300]}).") from exc
     tokenizer = CLIPTokenizer.from_pretrained(config_dir / "tokenizer")
-    return tokenizer, text_encoder, vae, unet
+    # checkpoints are often fp16; the caller's dtype wins whatever the file holds
+    return tokenizer, text_encoder.to(dtype), vae.to(dtype), unet.to(dtype)
 
 
 def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):

@@ -1,0 +1,113 @@
+"""Kohya's LoRA tensor layout (kohya-compat.md section 4): our peft adapters <-> lora_down/lora_up/alpha keys.
+
+Per adapted module `<name>` (lora_unet_... / lora_te_...): `<name>.lora_down.weight` = peft's lora_A,
+`<name>.lora_up.weight` = peft's lora_B, `<name>.alpha` = a scalar tensor. peft's conv LoRA already has Kohya's
+shapes (down [r, in, k, k], up [out, r, 1, 1]), so the tensors are copied as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loratrainer.model.checkpoint import read_checkpoint
+from loratrainer.model.errors import NetworkWeightsMismatch
+from loratrainer.model.lora import ADAPTER, LoraHandle, LoraModule
+
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+def lora_state_dict(handle: LoraHandle, save_dtype: torch.dtype | str = torch.float16) -> dict[str, torch.Tensor]:
+    """The adapters as Kohya-named CPU tensors in `save_dtype` (a dtype or save_precision: float/fp16/bf16)."""
+    dtype = SAVE_DTYPES[save_dtype] if isinstance(save_dtype, str) else save_dtype
+    out: dict[str, torch.Tensor] = {}
+    for name, info in handle.modules.items():
+        down, up = _lora_layers(handle, info)
+        out[name + DOWN] = _to_cpu(down.weight, dtype)
+        out[name + UP] = _to_cpu(up.weight, dtype)
+        out[name + ALPHA] = torch.tensor(float(info.alpha), dtype=dtype)
+    return out
+
+
+def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
+    """Copy a Kohya-format LoRA file into the injected adapters (continue training it).
+
+    Every module in the file must be one we adapt, with the same rank, alpha and shapes; otherwise nothing is
+    loaded and NetworkWeightsMismatch says what differs. Returns the adapted modules the file does not cover
+    (they keep their fresh initialisation, e.g. LoCon's convolutions when the file is a Standard LoRA).
+    """
+    path = Path(path)
+    state = read_checkpoint(path, what="LoRA (network_weights)")
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        for suffix in (DOWN, UP, ALPHA):
+            if key.endswith(suffix):
+                by_module.setdefault(key[: -len(suffix)], {})[suffix] = value
+                break
+        else:
+            raise NetworkWeightsMismatch(
+                f"{path} is not a Kohya-format LoRA (unexpected key {key}); only lora_down/lora_up/alpha files "
+                "(Kohya's Standard or LoCon LoRA) can be continued."
+            )
+    pending = []
+    for name, tensors in by_module.items():
+        info = handle.modules.get(name)
+        if info is None:
+            raise NetworkWeightsMismatch(f"{path}: {_why_unknown(handle, name)}")
+        if DOWN not in tensors or UP not in tensors:
+            raise NetworkWeightsMismatch(f"{path}: module {name} lacks its lora_down or lora_up weight.")
+        down, up = _lora_layers(handle, info)
+        for suffix, layer in ((DOWN, down), (UP, up)):
+            if tuple(tensors[suffix].shape) != tuple(layer.weight.shape):
+                raise NetworkWeightsMismatch(
+                    f"{path}: {name}{suffix} has shape {list(tensors[suffix].shape)} but the LoRA being trained "
+                    f"needs {list(layer.weight.shape)} (rank {info.rank}). Set the rank "
+                    f"({'conv_dim' if _is_conv3x3(layer) else 'network_dim'}) to the file's, "
+                    f"{_file_rank(tensors[DOWN])}."
+                )
+        if ALPHA in tensors and abs(float(tensors[ALPHA]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
+            raise NetworkWeightsMismatch(
+                f"{path}: {name} was trained with alpha {float(tensors[ALPHA]):g} but alpha is set to {info.alpha:g}; "
+                "set it to the file's value so the weights keep their strength."
+            )
+        pending.append((down, up, tensors[DOWN], tensors[UP]))
+    with torch.no_grad():  # only after every module was checked: all or nothing
+        for down, up, down_w, up_w in pending:
+            down.weight.copy_(down_w.to(down.weight.dtype))
+            up.weight.copy_(up_w.to(up.weight.dtype))
+    return sorted(set(handle.modules) - set(by_module))
+
+
+def _to_cpu(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = weight.detach().to(dtype=dtype)
+    # a model built on the meta device (names and shapes only) stays there
+    return t if t.device.type == "meta" else t.to("cpu").contiguous()
+
+
+def _lora_layers(handle: LoraHandle, info: LoraModule) -> tuple[nn.Module, nn.Module]:
+    module = handle.model(info.part).get_submodule(info.path)
+    return module.lora_A[ADAPTER], module.lora_B[ADAPTER]
+
+
+def _why_unknown(handle: LoraHandle, name: str) -> str:
+    if name.startswith("lora_te_") and not handle.train_text_encoder:
+        return (f"the file adapts the text encoder ({name}) but the text encoder is not trained (its learning "
+                "rate is 0); set text_encoder_lr above 0, or its part of the file would be lost.")
+    if name.startswith("lora_unet_") and not handle.train_unet:
+        return f"the file adapts the UNet ({name}) but the UNet is not trained (unet_lr is 0)."
+    if name.startswith(("lora_te1_", "lora_te2_")):
+        return "this is an SDXL LoRA (lora_te1_/lora_te2_ keys); it cannot continue on SD1.5."
+    if handle.network.lora_type == "Standard" and name.startswith("lora_unet_") and ("resnets" in name or "samplers" in name):
+        return f"the file is a LoCon LoRA ({name}); set the LoRA type to LoCon."
+    return f"module {name} is not part of this LoRA (an SD1.5 Kohya LoRA has lora_unet_/lora_te_ modules)."
+
+
+def _is_conv3x3(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3)
+
+
+def _file_rank(down: torch.Tensor) -> int:
+    return int(down.shape[0])

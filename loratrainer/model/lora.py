@@ -1,0 +1,146 @@
+"""LoRA injection with peft into the SD1.5 UNet and text encoder, on exactly Kohya's module set.
+
+Kohya's networks/lora.py adapts every Linear/Conv2d inside the UNet's Transformer2DModel blocks and inside the
+text encoder's CLIPAttention/CLIPMLP; LoCon adds the 3x3 convolutions of ResnetBlock2D/Downsample2D/Upsample2D.
+We compute those module names from the model tree and hand them to peft as exact targets, so nothing else
+(resnet 1x1 shortcuts, time embeddings) is touched. peft's default init is Kohya's: down (lora_A)
+kaiming-uniform(a=sqrt(5)), up (lora_B) zeros; scale = alpha / rank, as in Kohya.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP
+
+from loratrainer.config import NetworkSettings
+from loratrainer.errors import UserError
+
+ADAPTER = "default"  # peft's adapter name; one adapter per model
+Part = Literal["unet", "text_encoder"]
+KOHYA_PREFIX: dict[Part, str] = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    part: Part
+    path: str  # module path in our model (peft's key)
+    kohya_name: str  # lora_unet_... / lora_te_...
+    rank: int
+    alpha: float
+
+
+@dataclass
+class LoraHandle:
+    """The injected adapters: which parts carry them and one entry per adapted module (by Kohya name)."""
+
+    unet: nn.Module
+    text_encoder: nn.Module
+    train_unet: bool
+    train_text_encoder: bool
+    network: NetworkSettings
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+    configs: dict[str, LoraConfig] = field(default_factory=dict)  # part -> the peft config injected
+
+    def model(self, part: Part) -> nn.Module:
+        return self.unet if part == "unet" else self.text_encoder
+
+    def parts(self) -> list[Part]:
+        return [p for p, on in (("unet", self.train_unet), ("text_encoder", self.train_text_encoder)) if on]
+
+    def unet_parameters(self) -> list[nn.Parameter]:
+        return _lora_parameters(self.unet) if self.train_unet else []
+
+    def text_encoder_parameters(self) -> list[nn.Parameter]:
+        return _lora_parameters(self.text_encoder) if self.train_text_encoder else []
+
+
+def inject_lora(
+    components,
+    network: NetworkSettings,
+    *,
+    train_unet: bool,
+    train_text_encoder: bool,
+    lora_dtype: torch.dtype | None = torch.float32,
+) -> LoraHandle:
+    """Add LoRA adapters to the parts that are trained (a part with learning rate 0 gets none and is not saved).
+
+    `components` is anything with .unet and .text_encoder (SD15Components). The LoRA weights are kept in
+    `lora_dtype` (float32 as Kohya does unless full_fp16/full_bf16; None = the base model's dtype).
+    """
+    if not (train_unet or train_text_encoder):
+        raise UserError("Both the UNet and the text encoder learning rates are 0: there is nothing to train.")
+    handle = LoraHandle(components.unet, components.text_encoder, train_unet, train_text_encoder, network)
+    for part in handle.parts():
+        model = handle.model(part)
+        linear = target_modules(model, part, conv=False)
+        conv = target_modules(model, part, conv=True) if network.lora_type == "LoCon" and part == "unet" else []
+        model.requires_grad_(False)
+        config = LoraConfig(
+                r=network.network_dim,
+                lora_alpha=network.network_alpha,
+                lora_dropout=network.network_dropout,
+                init_lora_weights=True,  # kaiming-uniform down, zero up: Kohya's init
+                target_modules=linear + conv,
+                # the 3x3 convolutions get their own rank and alpha (LoCon's conv_dim/conv_alpha)
+                rank_pattern={re.escape(p): network.conv_dim for p in conv},
+                alpha_pattern={re.escape(p): network.conv_alpha for p in conv},
+        )
+        # peft directly, not the models' add_adapter: transformers 5.x's wrapper demands a peft release that
+        # does not exist yet (>= 0.22), and the plain peft call is the same injection for both models
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        handle.configs[part] = config
+        for path in linear:
+            handle.modules[kohya_name(part, path)] = LoraModule(
+                part, path, kohya_name(part, path), network.network_dim, network.network_alpha
+            )
+        for path in conv:
+            handle.modules[kohya_name(part, path)] = LoraModule(
+                part, path, kohya_name(part, path), network.conv_dim, network.conv_alpha
+            )
+        for p in _lora_parameters(model):
+            p.requires_grad_(True)
+        if lora_dtype is not None:
+            cast_training_params(model, dtype=lora_dtype)
+    return handle
+
+
+def target_modules(model: nn.Module, part: Part, *, conv: bool) -> list[str]:
+    """Exact module paths Kohya adapts: conv=False the Standard set, conv=True LoCon's extra 3x3 convolutions."""
+    if part == "text_encoder":
+        containers: tuple[type, ...] = (CLIPAttention, CLIPMLP)
+    elif conv:
+        containers = (ResnetBlock2D, Downsample2D, Upsample2D)
+    else:
+        containers = (Transformer2DModel,)
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, containers):
+            continue
+        for child_name, child in module.named_modules():
+            if conv:
+                keep = isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3)
+            else:
+                keep = isinstance(child, (nn.Linear, nn.Conv2d))
+            if keep and child_name:
+                found.append(f"{name}.{child_name}")
+    return found
+
+
+def kohya_name(part: Part, path: str) -> str:
+    if part == "text_encoder" and not path.startswith("text_model."):
+        # transformers >= 5.6 flattened CLIPTextModel; Kohya's names keep the text_model level
+        path = "text_model." + path
+    return KOHYA_PREFIX[part] + path.replace(".", "_")
+
+
+def _lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]

@@ -1,0 +1,201 @@
+"""The metadata stored in a LoRA file: Kohya's ss_* keys, SAI ModelSpec keys and the sshs_* hashes.
+
+A1111's and ComfyUI's LoRA browsers read these (tag frequency especially); names and value formats follow
+Kohya's train_network.py (every value a string: str() of Python values, JSON for nested ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from loratrainer.config import TrainingConfig
+
+MODELSPEC_VERSION = "1.0.1"
+
+
+@dataclass(frozen=True)
+class DirInfo:
+    n_repeats: int
+    img_count: int
+
+
+@dataclass
+class DatasetInfo:
+    """What the data layer knows about the dataset, in Kohya's shapes."""
+
+    num_train_images: int  # images x repeats, as Kohya counts them
+    dataset_dirs: dict[str, DirInfo]  # concept folder name ("10_name") -> repeats and image count
+    tag_frequency: dict[str, dict[str, int]]  # concept folder name -> caption tag -> count
+    bucket_info: dict | None = None  # {"buckets": {"0": {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}
+    num_reg_images: int = 0
+    reg_dataset_dirs: dict[str, DirInfo] = field(default_factory=dict)
+    num_batches_per_epoch: int = 0
+
+
+@dataclass
+class TrainingProgress:
+    epoch: int  # epochs completed when saving (Kohya's ss_epoch)
+    step: int  # optimizer steps done (ss_steps)
+    num_epochs: int
+    max_train_steps: int  # the total the run computed
+    seed: int  # the seed actually used (a config seed of 0 means "pick one")
+    started_at: float  # unix time
+    finished_at: float | None = None  # unix time of this save; None = now
+    num_processes: int = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # ss_sd_model_name: the base model's file or folder name, or hub id
+    hash: str = ""  # ss_sd_model_hash: A1111's legacy hash of the file (SD15Components.model_hash)
+    new_hash: str = ""  # ss_new_sd_model_hash: sha256 of the whole file, when someone computed it
+    vae_name: str = ""
+
+
+def build_metadata(
+    config: TrainingConfig,
+    progress: TrainingProgress,
+    dataset: DatasetInfo,
+    model: ModelInfo,
+    *,
+    optimizer_name: str | None = None,
+    session_id: int | None = None,
+) -> dict[str, str]:
+    """All metadata of one saved file (the sshs_* hashes are added by saving.save_lora)."""
+    return {**_kohya_keys(config, progress, dataset, model, optimizer_name, session_id), **_modelspec(config, progress)}
+
+
+def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) -> dict[str, str]:
+    net, opt, prec, ds, bk = config.network, config.optimizer, config.precision, config.dataset, config.buckets
+    total_steps = progress.max_train_steps
+    warmup = opt.lr_warmup_steps or round(opt.lr_warmup * total_steps / 100)  # Kohya GUI: percentage of all steps
+    optimizer = optimizer_name or opt.optimizer
+    meta = {
+        "ss_session_id": session_id if session_id is not None else uuid.uuid4().int % 2**31,
+        "ss_training_started_at": progress.started_at,
+        "ss_training_finished_at": progress.finished_at if progress.finished_at is not None else _now(),
+        "ss_output_name": config.folders.output_name,
+        "ss_learning_rate": opt.learning_rate,
+        "ss_text_encoder_lr": _lr(opt.text_encoder_lr, opt.learning_rate),
+        "ss_unet_lr": _lr(opt.unet_lr, opt.learning_rate),
+        "ss_num_train_images": dataset.num_train_images,
+        "ss_num_reg_images": dataset.num_reg_images,
+        "ss_num_batches_per_epoch": dataset.num_batches_per_epoch,
+        "ss_num_epochs": progress.num_epochs,
+        "ss_epoch": progress.epoch,
+        "ss_steps": progress.step,
+        "ss_max_train_steps": total_steps,
+        "ss_gradient_checkpointing": prec.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": opt.gradient_accumulation_steps,
+        "ss_lr_warmup_steps": warmup,
+        "ss_lr_scheduler": opt.lr_scheduler,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": net.network_dim,
+        "ss_network_alpha": net.network_alpha,
+        "ss_network_dropout": net.network_dropout,
+        "ss_mixed_precision": prec.mixed_precision,
+        "ss_full_fp16": prec.full_fp16,
+        "ss_full_bf16": prec.full_bf16,
+        "ss_v2": False,
+        "ss_base_model_version": "sd_v1",
+        "ss_v_parameterization": config.model.v_parameterization,
+        "ss_clip_skip": config.model.clip_skip,
+        "ss_max_token_length": config.model.max_token_length,
+        "ss_cache_latents": prec.cache_latents,
+        "ss_seed": progress.seed,
+        "ss_noise_offset": opt.noise_offset,
+        "ss_multires_noise_iterations": opt.multires_noise_iterations,
+        "ss_multires_noise_discount": opt.multires_noise_discount,
+        "ss_min_snr_gamma": opt.min_snr_gamma,
+        "ss_ip_noise_gamma": opt.ip_noise_gamma,
+        "ss_loss_type": opt.loss_type,
+        "ss_huber_c": opt.huber_c,
+        "ss_training_comment": config.metadata.training_comment,
+        "ss_optimizer": optimizer + (f"({opt.optimizer_args})" if opt.optimizer_args else ""),
+        "ss_max_grad_norm": opt.max_grad_norm,
+        "ss_caption_dropout_rate": ds.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": ds.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": ds.caption_tag_dropout_rate,
+        "ss_prior_loss_weight": ds.prior_loss_weight,
+        "ss_batch_size_per_device": opt.train_batch_size,
+        "ss_total_batch_size": opt.train_batch_size * progress.num_processes * opt.gradient_accumulation_steps,
+        "ss_resolution": str(tuple(bk.resolution)),  # Kohya writes the tuple: "(512, 512)"
+        "ss_color_aug": ds.color_aug,
+        "ss_flip_aug": ds.flip_aug,
+        "ss_random_crop": ds.random_crop,
+        "ss_shuffle_caption": ds.shuffle_caption,
+        "ss_keep_tokens": ds.keep_tokens,
+        "ss_enable_bucket": bk.enable_bucket,
+        "ss_bucket_no_upscale": bk.bucket_no_upscale,
+        "ss_min_bucket_reso": bk.min_bucket_reso,
+        "ss_max_bucket_reso": bk.max_bucket_reso,
+        "ss_dataset_dirs": json.dumps({k: vars(v) for k, v in dataset.dataset_dirs.items()}),
+        "ss_reg_dataset_dirs": json.dumps({k: vars(v) for k, v in dataset.reg_dataset_dirs.items()}),
+        "ss_tag_frequency": json.dumps(dataset.tag_frequency),
+        "ss_bucket_info": json.dumps(dataset.bucket_info),
+        "ss_sd_model_name": model.name,
+    }
+    if net.lora_type == "LoCon":  # Kohya passes conv settings as network_args, values as strings
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)})
+    if model.hash:
+        meta["ss_sd_model_hash"] = model.hash
+    if model.new_hash:
+        meta["ss_new_sd_model_hash"] = model.new_hash
+    if model.vae_name:
+        meta["ss_vae_name"] = model.vae_name
+    return {k: str(v) for k, v in meta.items()}
+
+
+def _modelspec(config: TrainingConfig, progress: TrainingProgress) -> dict[str, str]:
+    """SAI ModelSpec (github.com/Stability-AI/ModelSpec) as Kohya writes it for an SD1 LoRA."""
+    md = config.metadata
+    w, h = config.buckets.resolution
+    spec = {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": md.metadata_title or config.folders.output_name,
+        "modelspec.resolution": f"{w}x{h}",
+        "modelspec.date": datetime.fromtimestamp(progress.started_at, timezone.utc).isoformat(timespec="seconds"),
+        "modelspec.prediction_type": "v" if config.model.v_parameterization else "epsilon",
+    }
+    optional = {
+        "modelspec.author": md.metadata_author,
+        "modelspec.description": md.metadata_description,
+        "modelspec.license": md.metadata_license,
+        "modelspec.tags": md.metadata_tags,
+        "modelspec.trigger_phrase": md.metadata_trigger_phrase,
+    }
+    spec.update({k: v for k, v in optional.items() if v})
+    return spec
+
+
+def with_safetensors_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """Add sshs_model_hash / sshs_legacy_hash as Kohya's train_util.precalculate_safetensors_hashes does.
+
+    Both are taken over the file as it would be written with only the ss_* keys (user-editable keys must not
+    change the hash): sshs_model_hash = sha256 of the tensor payload after the header (sd-webui-additional-networks'
+    "addnet" hash, A1111 shows it), sshs_legacy_hash = first 8 hex of sha256 of the 64 KiB at offset 1 MiB.
+    """
+    data = safetensors_bytes(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header_len = int.from_bytes(data[:8], "little")
+    return {
+        **metadata,
+        "sshs_model_hash": hashlib.sha256(data[8 + header_len :]).hexdigest(),
+        "sshs_legacy_hash": hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8],
+    }
+
+
+def _lr(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _now() -> float:
+    return datetime.now(timezone.utc).timestamp()

@@ -1,0 +1,76 @@
+"""Writing a LoRA file: Kohya's .safetensors (atomically, never half a file) and optionally diffusers' format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from loratrainer.files import atomic_write_with
+from loratrainer.model.errors import NonFiniteLoraError, OutputExists
+from loratrainer.model.metadata import with_safetensors_hashes
+
+
+def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str], *,
+              overwrite: bool = False) -> Path:
+    """Write `state_dict` (Kohya keys) with `metadata` (plus sshs_* hashes) to `path` via temp file + fsync + rename.
+
+    Refuses NaN/inf tensors (NonFiniteLoraError names the module) and an existing file unless `overwrite`.
+    """
+    path = Path(path)
+    check_finite(state_dict)
+    if not overwrite and path.exists():
+        raise OutputExists(f"{path} exists; not overwriting it (choose another output name or allow overwriting).")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    meta = with_safetensors_hashes(tensors, {k: str(v) for k, v in metadata.items()})
+    try:
+        return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
+    except FileExistsError as exc:  # appeared between the check and the rename
+        raise OutputExists(f"{path} exists; not overwriting it.") from exc
+
+
+def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    bad = sorted({key.rsplit(".lora_", 1)[0].removesuffix(".alpha") for key, t in state_dict.items()
+                  if t.is_floating_point() and not torch.isfinite(t).all()})
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteLoraError(
+            f"The LoRA holds NaN or infinite values in {bad[0]}{more}; the file was not written. Training diverged: "
+            "lower the learning rate, or use bf16 / no mixed precision instead of fp16."
+        )
+
+
+def save_diffusers_lora(folder: str | Path, handle, *, save_dtype: torch.dtype = torch.float32) -> Path:
+    """The same adapters in diffusers/peft format (folder/pytorch_lora_weights.safetensors, with the LoRA config
+    as adapter metadata so ranks and alphas survive), for pipe.load_lora_weights(folder)."""
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = {}
+    for part in handle.parts():
+        state = _peft_state(handle, part)
+        check_finite(state)
+        kwargs[f"{part}_lora_layers"] = {k: v.to(save_dtype) for k, v in state.items()}
+        kwargs[f"{part}_lora_adapter_metadata"] = handle.configs[part].to_dict()
+    folder = Path(folder)
+    StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
+    return folder
+
+
+def _peft_state(handle, part) -> dict[str, torch.Tensor]:
+    # peft-style keys (<module>.lora_A.weight) from our module list; text-encoder keys keep the text_model.
+    # level that diffusers' loader expects
+    from loratrainer.model.lora import ADAPTER
+
+    model = handle.model(part)
+    out = {}
+    for info in handle.modules.values():
+        if info.part != part:
+            continue
+        module = model.get_submodule(info.path)
+        path = info.path
+        if part == "text_encoder" and not path.startswith("text_model."):
+            path = "text_model." + path
+        out[f"{path}.lora_A.weight"] = module.lora_A[ADAPTER].weight.detach().cpu()
+        out[f"{path}.lora_B.weight"] = module.lora_B[ADAPTER].weight.detach().cpu()
+    return out
