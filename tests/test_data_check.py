@@ -177,3 +177,19 @@ def test_missing_folder_and_empty_setting(tmp_path):
     report = _check(tmp_path / "nope")
     assert not report.ok and "does not exist" in report.problems[0].message
     assert not _check("").ok
+
+
+def test_samples_load_into_their_buckets(tmp_path):
+    """The trainer's path: load_image + fit_to_bucket(sample.resized) gives exactly the bucket the check counted."""
+    from loratrainer.data.buckets import fit_to_bucket
+
+    sizes = [(640, 384), (300, 200), (70, 70), (1024, 768), (2000, 900)]
+    ds.make_dataset(tmp_path / "img", {"2_mix": sizes})
+    ds.make_exif_rotated_jpeg(tmp_path / "img" / "2_mix" / "phone.jpg", stored=(900, 600))
+    for no_upscale in (True, False):
+        report = _check(tmp_path / "img", bucket_no_upscale=no_upscale)
+        assert report.images == 6
+        for s in report.samples:
+            image = load_image(s.image_path)
+            assert image.size == s.size
+            assert fit_to_bucket(image, s.bucket, resized=s.resized)[0].size == s.bucket

@@ -155,3 +155,15 @@ def test_prepare_failed_copy_leaves_no_staging(tmp_path, monkeypatch):
         prep.prepare_project(src, tmp_path / "proj", "dog", 10)
     assert list((tmp_path / "proj" / "image").iterdir()) == []
     assert sorted(os.listdir(src)) == before  # the source is untouched
+
+
+def test_check_accepts_kohya_gui_config(tmp_path, capsys):
+    pytest.importorskip("loratrainer.presets")
+    found = [p for d in (Path("/work/shared/fixtures/kohya-presets"), REPO / "tests" / "fixtures" / "kohya-presets")
+             for p in sorted(d.glob("*.json"))]
+    kohya = found[0] if found else None
+    if kohya is None:
+        pytest.skip("no Kohya preset fixtures here")
+    ds.make_dataset(tmp_path / "img", {"10_dog": 2})
+    assert _run(["check", str(tmp_path / "img"), "--config", str(kohya), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2

@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:  # the schema is only a type here; this module stays importable without pydantic
+    from loratrainer.config import BucketSettings
 
 Size = tuple[int, int]
 
@@ -51,7 +55,7 @@ class BucketPlan:
     steps: int = 64
 
     @classmethod
-    def from_settings(cls, buckets) -> "BucketPlan":  # buckets: loratrainer.config.BucketSettings
+    def from_settings(cls, buckets: "BucketSettings") -> "BucketPlan":
         return cls(buckets.resolution, buckets.enable_bucket, buckets.bucket_no_upscale,
                    buckets.min_bucket_reso, buckets.max_bucket_reso, buckets.bucket_reso_steps)
 

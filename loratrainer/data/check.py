@@ -40,7 +40,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     report = DatasetReport(problems, [], count_steps([], 1), {})
     for concept in concepts:
         _check_concept(concept, config, plan, report)
-    if concepts and not any(not s.is_reg for s in report.samples) and folders.train_data_dir.strip():
+    if any(not c.is_reg for c in concepts) and report.images == 0:
         problems.append(Problem.at(folders.train_data_dir, "error", "no usable training images: fix or add images (see the lines above)"))
     o = config.optimizer
     report.steps = count_steps(
