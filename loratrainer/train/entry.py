@@ -74,16 +74,17 @@ def run_and_classify(config: TrainingConfig, run_dir: Path, accelerator, writer)
     """Train and map the outcome to (status, reason, step, epoch)."""
     import torch
 
+    from loratrainer.model.errors import NonFiniteLoraError
     from loratrainer.train.loop import NonFiniteLoss
 
     state = {"step": 0, "epoch": 0}
     try:
         outcome = run(config, run_dir, accelerator, writer, state)
         return outcome.status, "", outcome.step, outcome.epoch
-    except NonFiniteLoss as exc:
+    except (NonFiniteLoss, NonFiniteLoraError) as exc:
         last = state.get("last_file")
-        reason = str(exc) + (f"; the last good file is {last}" if last else "; no file was saved")
-        return "nan", reason, exc.step, exc.epoch
+        reason = str(exc) + (f" The last good file is {last}." if last else " No file was saved.")
+        return "nan", reason, getattr(exc, "step", state["step"]), getattr(exc, "epoch", state["epoch"])
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
         return "oom", oom_advice(config, state), state["step"], state["epoch"]
@@ -124,7 +125,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     state["phase"] = "setup"
     t = build_trainer(config, run_dir, accelerator, seed)
-    t.keeper = new_keeper(t, make_saver(t, state))
+    t.keeper = new_keeper(t, make_saver(t))
     tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
     s = t.report.steps
     if writer is not None:

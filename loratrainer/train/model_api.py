@@ -1,164 +1,73 @@
-"""The trainer's view of loratrainer.model: load, add LoRA, Kohya-format state dict, save with metadata.
-
-Everything goes through the model layer's public functions. While a model module does not exist yet,
-minimal private stand-ins here (diffusers folders only, peft LoRA on the Kohya target modules, Kohya key
-names) let the trainer run; they are used only when that module is missing.
-"""
+"""The trainer's view of loratrainer.model: load, add LoRA, Kohya-format tensors, metadata, save."""
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
-import re
-from dataclasses import dataclass
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from loratrainer.config import NetworkSettings, TrainingConfig
+from loratrainer.config import TrainingConfig
+from loratrainer.data.report import DatasetReport
+from loratrainer.model.kohya_format import load_network_weights, lora_state_dict
+from loratrainer.model.loading import load_sd15
+from loratrainer.model.lora import inject_lora
+from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
+from loratrainer.model.saving import save_diffusers_lora, save_lora
 
-log = logging.getLogger("loratrainer.train")
+__all__ = ["load_models", "add_lora", "load_network_weights", "lora_state", "save_lora", "save_diffusers_lora", "file_metadata"]
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Test hook: the diffusers-layout config folder for single-file checkpoints that are not real SD1.5 (tiny models).
+# Test hook: a diffusers-layout config folder for single-file checkpoints that are not real SD1.5 (tiny models).
 CONFIG_DIR_ENV = "LORATRAINER_SD15_CONFIG_DIR"
 
 
-def _layer(module: str):
-    """loratrainer.model.<module>, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(f"loratrainer.model.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"loratrainer.model.{module}":
-            raise
-        return None
-
-
 def load_models(config: TrainingConfig, dtype: torch.dtype):
-    loading = _layer("loading")
-    if loading is None:
-        return _Fallback.load(config, dtype)
-    config_dir = os.environ.get(CONFIG_DIR_ENV) or None
-    return loading.load_sd15(config.model, dtype=dtype, config_dir=config_dir)
+    return load_sd15(config.model, dtype=dtype, config_dir=os.environ.get(CONFIG_DIR_ENV) or None)
 
 
 def add_lora(components, config: TrainingConfig):
-    lora = _layer("lora")
-    if lora is None:
-        return _Fallback.inject(components, config.network, config.trains_unet, config.trains_text_encoder)
-    return lora.inject_lora(components, config.network, train_unet=config.trains_unet, train_text_encoder=config.trains_text_encoder)
-
-
-def load_network_weights(handle, path: str) -> None:
-    kohya = _layer("kohya_format")
-    if kohya is None:
-        raise NotImplementedError("network_weights needs loratrainer.model.kohya_format")
-    kohya.load_network_weights(handle, path)
+    p = config.precision
+    lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
+    return inject_lora(components, config.network, train_unet=config.trains_unet,
+                       train_text_encoder=config.trains_text_encoder, lora_dtype=lora_dtype)
 
 
 def lora_state(handle, save_precision: str) -> dict[str, torch.Tensor]:
-    kohya = _layer("kohya_format")
-    dtype = SAVE_DTYPES[save_precision]
-    return _Fallback.state_dict(handle, dtype) if kohya is None else kohya.lora_state_dict(handle, dtype)
+    return lora_state_dict(handle, SAVE_DTYPES[save_precision])
 
 
-def save_file(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    saving = _layer("saving")
-    if saving is not None:
-        saving.save_lora(path, state, metadata, overwrite=False)
-        return
-    from safetensors.torch import save_file as st_save
-
-    from loratrainer.files import atomic_write_with
-
-    atomic_write_with(path, lambda tmp: st_save({k: v.contiguous() for k, v in state.items()}, tmp, metadata), overwrite=False)
-
-
-def metadata(**kwargs: Any) -> dict[str, str]:
-    meta = _layer("metadata")
-    if meta is None:
-        return {"ss_output_name": str(kwargs.get("output_name", "")), "ss_steps": str(kwargs.get("step", 0))}
-    return meta.build_metadata(**kwargs)
-
-
-# -- transitional stand-ins --------------------------------------------------------------------------------------
-
-UNET_TARGETS = ["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
-TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-
-
-@dataclass
-class _Components:
-    tokenizer: Any
-    text_encoder: Any
-    vae: Any
-    unet: Any
-    noise_scheduler: Any
-    model_name: str
-    model_hash: str
+def dataset_info(report: DatasetReport) -> DatasetInfo:
+    """Kohya's ss_dataset_dirs / ss_tag_frequency / ss_bucket_info from the dataset check."""
+    dirs: dict[str, dict[str, DirInfo]] = {"train": {}, "reg": {}}
+    tags: dict[str, Counter] = {}
+    counts: Counter = Counter()
+    for s in report.samples:
+        name = s.concept_dir.name
+        group = dirs["reg" if s.is_reg else "train"]
+        old = group.get(name, DirInfo(s.repeats, 0))
+        group[name] = DirInfo(s.repeats, old.img_count + 1)
+        if not s.is_reg:
+            tags.setdefault(name, Counter()).update(t.strip() for t in s.caption.split(",") if t.strip())
+    for bucket, n in report.buckets.items():
+        counts[bucket] += n
+    buckets = {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(counts.items()))}
+    return DatasetInfo(
+        num_train_images=report.steps.train_samples_per_epoch,
+        dataset_dirs=dirs["train"],
+        tag_frequency={k: dict(v) for k, v in tags.items()},
+        bucket_info={"buckets": buckets, "mean_img_ar_error": 0.0},
+        num_reg_images=report.steps.reg_samples_per_epoch,
+        reg_dataset_dirs=dirs["reg"],
+        num_batches_per_epoch=report.steps.batches_per_epoch,
+    )
 
 
-@dataclass
-class _Handle:  # the fields of loratrainer.model.lora.LoraHandle that the stand-ins use
-    unet: Any
-    text_encoder: Any
-    train_unet: bool
-    train_text_encoder: bool
-    network: NetworkSettings
-
-    def unet_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.unet.named_parameters() if "lora_" in n] if self.train_unet else []
-
-    def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.text_encoder.named_parameters() if "lora_" in n] if self.train_text_encoder else []
-
-
-class _Fallback:
-    @staticmethod
-    def load(config: TrainingConfig, dtype: torch.dtype) -> _Components:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        log.warning("loratrainer.model is not available: using the trainer's minimal diffusers-folder loader")
-        root = config.model.pretrained_model_name_or_path
-        return _Components(
-            tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-            text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype),
-            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype),
-            unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype),
-            noise_scheduler=DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
-            model_name=Path(root).name,
-            model_hash="",
-        )
-
-    @staticmethod
-    def inject(c: _Components, network: NetworkSettings, train_unet: bool, train_te: bool) -> _Handle:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        for module in (c.unet, c.text_encoder, c.vae):
-            module.requires_grad_(False)
-        if train_unet:
-            c.unet.add_adapter(LoraConfig(r=network.network_dim, lora_alpha=network.network_alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS, lora_dropout=network.network_dropout))
-        if train_te:
-            inject_adapter_in_model(LoraConfig(r=network.network_dim, lora_alpha=network.network_alpha, target_modules=TE_TARGETS, lora_dropout=network.network_dropout), c.text_encoder)
-        return _Handle(c.unet, c.text_encoder, train_unet, train_te, network)
-
-    @staticmethod
-    def state_dict(h: _Handle, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for prefix, model, on in (("lora_unet_", h.unet, h.train_unet), ("lora_te_", h.text_encoder, h.train_text_encoder)):
-            if not on:
-                continue
-            for name, tensor in model.state_dict().items():
-                m = re.match(r"(.*)\.lora_([AB])\.default\.weight$", name)
-                if not m:
-                    continue
-                module = m.group(1).replace("text_model.", "")
-                key = prefix + (("text_model_" if prefix == "lora_te_" else "") + module).replace(".", "_")
-                out[f"{key}.lora_{'down' if m.group(2) == 'A' else 'up'}.weight"] = tensor.detach().to("cpu", dtype)
-                out[f"{key}.alpha"] = torch.tensor(float(h.network.network_alpha), dtype=dtype)
-        return out
-
-
+def file_metadata(config: TrainingConfig, info: DatasetInfo, components, *, epoch: int, step: int, total_steps: int,
+                  epochs: int, seed: int, started_at: float, num_processes: int) -> dict[str, str]:
+    progress = TrainingProgress(epoch=epoch, step=step, num_epochs=epochs, max_train_steps=total_steps, seed=seed,
+                                started_at=started_at, finished_at=time.time(), num_processes=num_processes)
+    model = ModelInfo(name=components.model_name, hash=components.model_hash, vae_name=Path(config.model.vae).name if config.model.vae else "")
+    return build_metadata(config, progress, info, model)

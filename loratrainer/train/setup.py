@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import cast_training_params
 
 from loratrainer.config import TrainingConfig
 from loratrainer.data.check import check_dataset
@@ -84,9 +83,6 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     set_attention(components.unet, config.precision.attention)
     if config.precision.gradient_checkpointing:
         enable_gradient_checkpointing(components, config)
-    p = config.precision
-    lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
-    cast_training_params([components.unet, components.text_encoder], dtype=lora_dtype)
     for module in (components.unet, components.text_encoder, components.vae):
         module.to(accelerator.device)
     components.vae.eval()

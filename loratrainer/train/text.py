@@ -27,7 +27,7 @@ def encode(text_encoder, final_layer_norm, ids: torch.Tensor, clip_skip: int, de
     b, n, length = ids.shape
     out = text_encoder(ids.reshape(b * n, length).to(device), output_hidden_states=clip_skip > 1)
     if clip_skip > 1:
-        hidden = final_layer_norm(out.hidden_states[-clip_skip])
+        hidden = final_layer_norm(out.hidden_states[-clip_skip].to(final_layer_norm.weight.dtype))
     else:
         hidden = out.last_hidden_state
     hidden = hidden.reshape(b, n * length, -1)
