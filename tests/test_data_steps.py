@@ -139,3 +139,10 @@ def test_accelerate_shards_batches_as_counted():
         sampler = torch_data.BatchSampler(range(n), batch_size=1, drop_last=False)
         lengths = {len(list(BatchSamplerShard(sampler, procs, i, even_batches=True))) for i in range(procs)}
         assert lengths == {math.ceil(n / procs)}
+
+
+def test_batches_hold_the_given_sample_objects():
+    # The trainer maps batch members back to sample indices by identity; repeats must not copy samples.
+    samples = _samples([(3, False, (64, 64)), (2, True, (64, 64))])
+    ids = {id(s) for s in samples}
+    assert all(id(s) in ids for b in epoch_batches(samples, 2, seed=0, epoch=3) for s in b)

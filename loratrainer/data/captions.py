@@ -16,7 +16,9 @@ from loratrainer.errors import UserError
 class CaptionError(UserError):
     """A caption file that exists but cannot be read as text; str() is '<path>: <reason>'."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None:  # a ready-made "<path>: <reason>" message (as other modules raise it)
+            path, _, reason = str(path).partition(": ")
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason
