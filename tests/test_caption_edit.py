@@ -59,7 +59,8 @@ def test_editor_pages_list_images_with_captions(folder):
     assert [(i.image.name, i.caption) for i in first.items] == [
         ("a.png", "1girl, red hair, smile"), ("b.png", "1girl, blue hair"), ("c.png", "dog, smile")]
     last = editor.list_page(folder, page=99, page_size=3)
-    assert last.page == 2 and [(i.image.name, i.caption, i.caption_file.name) for i in last.items] == [("d.png", "", "d.txt")]
+    assert last.page == 2
+    assert [(i.image.name, i.caption, i.caption_file.name) for i in last.items] == [("d.png", "", "d.txt")]
     found = editor.list_page(folder, query="SMILE")
     assert [i.image.name for i in found.items] == ["a.png", "c.png"]
 

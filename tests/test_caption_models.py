@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loratrainer.caption import BlipOptions, CaptionRunOptions, GitOptions, TaggerOptions, caption_folder
+from loratrainer.caption import BlipOptions, CaptionRunOptions, TaggerOptions, caption_folder
 from loratrainer.cli import main
 from loratrainer.errors import UserError
 from tests.datasets import RED, make_caption, make_image, make_truncated_jpeg

@@ -122,7 +122,7 @@ def test_batches_progress_and_cancel(tmp_path):
     report = caption_folder(CaptionRunOptions(tmp_path, batch_size=2), FixedTextOptions(), captioner=rec,
                             progress=progress, cancel=stop.is_set)
     assert [len(b) for b in rec.batches] == [2]
-    assert seen == [(2, 5)] and report.cancelled and len(report.written) == 2
+    assert seen == [(0, 5), (2, 5)] and report.cancelled and len(report.written) == 2
     assert "cancelled" in report.summary()[-1]
 
 
@@ -143,7 +143,9 @@ def test_fixed_text_captioner_goes_through_the_same_rules(tmp_path):
     assert (tmp_path / "b.txt").read_text() == "keep me" and len(report.skipped_existing) == 1
 
 
-@pytest.mark.parametrize("ext, ok", [("txt", ".txt"), (".caption", ".caption"), ("../x", None), (".t/x", None), ("", None)])
+@pytest.mark.parametrize(
+    "ext, ok", [("txt", ".txt"), (".caption", ".caption"), ("../x", None), (".t/x", None), ("", None)]
+)
 def test_caption_extension_checked(tmp_path, ext, ok):
     if ok:
         assert CaptionRunOptions(tmp_path, caption_extension=ext).caption_extension == ok

@@ -20,7 +20,14 @@ from loratrainer.caption.base import (
     make_captioner,
 )
 from loratrainer.caption.folder import DuplicateStemsError
-from loratrainer.caption.run import CaptionPlan, CaptionReport, CaptionRunOptions, Skipped, caption_folder, plan_captions
+from loratrainer.caption.run import (
+    CaptionPlan,
+    CaptionReport,
+    CaptionRunOptions,
+    Skipped,
+    caption_folder,
+    plan_captions,
+)
 
 __all__ = [
     "BlipOptions",

@@ -20,8 +20,8 @@ class TransformersCaptioner:
         # Half precision halves GPU memory and time for these captioning models; the CPU has no fast fp16.
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.processor = hub.load(model, AutoProcessor.from_pretrained)
-        net = hub.load(model, lambda name: model_class.from_pretrained(name, dtype=self.dtype))
-        self.model = net.to(self.device).eval()
+        # Cast after loading: the from_pretrained dtype keyword changed name across transformers versions.
+        self.model = hub.load(model, model_class.from_pretrained).to(self.device, self.dtype).eval()
         self.generate_kwargs = generate_kwargs
 
     def caption(self, images: list[Image.Image]) -> list[str]:

@@ -109,10 +109,13 @@ def caption_folder(
     if not plan.images:
         return report
     if options.overwrite:
-        report.backup_dir = writer.back_up(options.folder, [plan.existing[i] for i in plan.images if i in plan.existing])
+        replaced = [plan.existing[i] for i in plan.images if i in plan.existing]
+        report.backup_dir = writer.back_up(options.folder, replaced)
     captioner = captioner or make_captioner(captioner_options)
     separator = captioner_options.tag_separator if isinstance(captioner_options, TaggerOptions) else " "
     total, done = len(plan.images), 0
+    if progress is not None:
+        progress(0, total)  # the model is loaded: the bar can start
     for start in range(0, total, options.batch_size):
         if cancel is not None and cancel():
             report.cancelled = True
@@ -142,7 +145,7 @@ def _caption_batch(
     if not loaded:
         return
     texts = captioner.caption([image for _, image in loaded])
-    for (path, _), text in zip(loaded, texts):
+    for (path, _), text in zip(loaded, texts, strict=True):  # one caption per image
         caption = writer.compose(options.prefix, text, options.postfix, separator)
         if not caption:
             report.failed.append(Skipped(path, "the captioner produced no text (e.g. no tag over the threshold)"))

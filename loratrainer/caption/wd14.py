@@ -61,12 +61,12 @@ def select_tags(probs: np.ndarray, tags: list[Tag], options: TaggerOptions) -> l
     undesired = {_normal(t) for t in options.undesired_tags}
 
     def over(category: int, threshold: float) -> list[str]:
-        hits = [(p, t.name) for p, t in zip(probs, tags) if t.category == category and p >= threshold]
+        hits = [(p, t.name) for p, t in zip(probs, tags, strict=True) if t.category == category and p >= threshold]
         return [name for _, name in sorted(hits, key=lambda h: -h[0]) if _normal(name) not in undesired]
 
     general, character = over(GENERAL, options.general_threshold), over(CHARACTER, options.character_threshold)
     chosen = character + general if options.character_first else general + character
-    ratings = [(p, t.name) for p, t in zip(probs, tags) if t.category == RATING]
+    ratings = [(p, t.name) for p, t in zip(probs, tags, strict=True) if t.category == RATING]
     if options.include_rating and ratings:
         chosen.insert(0, max(ratings)[1])
     return chosen

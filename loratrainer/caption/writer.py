@@ -38,7 +38,7 @@ def read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CaptionError(f"{path}: the caption is not UTF-8 text: open it in an editor and save it as UTF-8") from None
+        raise CaptionError(f"{path}: the caption is not UTF-8 text: save it as UTF-8 in an editor") from None
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
