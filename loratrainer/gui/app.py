@@ -26,6 +26,11 @@ CSS = """
 
 def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None):
     """The whole page in one language. `jobs` and `display` are shared by every session (and both languages)."""
+    return build_page(lang, jobs, display, other_language_url=other_language_url)[0]
+
+
+def build_page(lang: str, jobs, display, *, other_language_url: str | None = None):
+    """(blocks, ui): the page and its UiContext, whose `handlers` hold each tab's handler object for tests."""
     import gradio as gr
 
     from loratrainer.gui import tab_dataset, tab_results, tab_training, tab_utilities
@@ -39,16 +44,11 @@ def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = N
             if other_language_url:
                 gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
         with gr.Tabs():
-            with gr.Tab(t("tab.dataset"), id="dataset", elem_id="tab-dataset"):
-                tab_dataset.build(ui)
-            with gr.Tab(t("tab.training"), id="training", elem_id="tab-training"):
-                tab_training.build(ui)
-            with gr.Tab(t("tab.results"), id="results", elem_id="tab-results"):
-                tab_results.build(ui)
-            with gr.Tab(t("tab.utilities"), id="utilities", elem_id="tab-utilities"):
-                tab_utilities.build(ui)
+            for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("utilities", tab_utilities)):
+                with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}"):
+                    ui.handlers[name] = module.build(ui)
         ui.finish(blocks)
-    return blocks
+    return blocks, ui
 
 
 def create_app(options: ServeOptions, *, temp_dir: Path):

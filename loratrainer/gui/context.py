@@ -21,7 +21,9 @@ class UiContext:
     display: Any  # display.Display
     fields: dict[str, Any] = field(default_factory=dict)  # field path -> component
     named: dict[str, Any] = field(default_factory=dict)  # cross-tab components, e.g. "run_dir"
+    handlers: dict[str, Any] = field(default_factory=dict)  # tab name -> its handler object (tests call these)
     _loads: list[tuple[Callable, Any, Any]] = field(default_factory=list)
+    _after: list[Callable[[], None]] = field(default_factory=list)
 
     def field(self, path: str, **extra: Any):
         """Create and register the component of a schema field (each field exactly once)."""
@@ -51,6 +53,12 @@ class UiContext:
     def on_load(self, fn: Callable, inputs: Any = None, outputs: Any = None) -> None:
         self._loads.append((fn, inputs, outputs))
 
+    def after_build(self, wire: Callable[[], None]) -> None:
+        """Wire events that need components of later tabs (the Dataset tab's step calculator reads epochs)."""
+        self._after.append(wire)
+
     def finish(self, blocks) -> None:
+        for wire in self._after:
+            wire()
         for fn, inputs, outputs in self._loads:
             blocks.load(fn, inputs=inputs, outputs=outputs, api_visibility="undocumented")

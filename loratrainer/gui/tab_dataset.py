@@ -1,10 +1,262 @@
-"""Dataset tab (being built)."""
+"""Dataset tab: choose the folders (checked as you type, with an in-page browser), make a project with the
+prepare tool, run the dataset check (problems with thumbnails), edit repeats per concept folder (renames
+`N_name` after confirmation), and see the step calculator and the bucket preview from the real bucket
+assignment (loratrainer.data.check, the same code the trainer uses)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from loratrainer.data.folders import parse_concept_name
+from loratrainer.errors import UserError
+from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 
+FOLDERS = {"folders.train_data_dir": "train", "folders.reg_data_dir": "reg", "folders.output_dir": "output", "folders.logging_dir": "log"}
+STEP_FIELDS = ("optimizer.train_batch_size", "optimizer.epoch", "optimizer.gradient_accumulation_steps", "optimizer.max_train_steps", "launch.num_processes")
+MAX_PROBLEM_THUMBS = 24
 
-def build(ui: UiContext):
-    for path in ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir"):
-        ui.field(path)
+
+class DatasetHandlers:
+    def __init__(self, ui: UiContext):
+        self.ui = ui
+        self.t = ui.t
+
+    def check_folder(self, path: str, role: str) -> str:
+        return filebrowser.check_path(path, role, self.t)
+
+    # -- prepare ---------------------------------------------------------------------------------------------
+
+    def prepare(self, data: dict) -> dict:
+        """Copy a folder of images into DEST/image/<repeats>_<name>/ with log/ and model/ beside it."""
+        from loratrainer.data.prepare import prepare_project
+
+        n = self.ui.named
+        src, dest, name = ((data[n[k]] or "").strip() for k in ("prep_src", "prep_dest", "prep_name"))
+        repeats = int(data[n["prep_repeats"]]) if data[n["prep_repeats"]] else None
+        reg = (data[n["prep_reg"]] or "").strip() or None
+        if not (src and dest and name):
+            return {n["prep_message"]: self.t("prepare.missing")}
+        try:
+            r = prepare_project(src, dest, name, repeats, reg)
+        except (UserError, OSError) as exc:
+            return {n["prep_message"]: self.t("error.generic", error=str(exc))}
+        f = self.ui.fields
+        out = {
+            f["folders.train_data_dir"]: str(r.project / "image"),
+            f["folders.output_dir"]: str(r.project / "model"),
+            f["folders.logging_dir"]: str(r.project / "log"),
+            n["prep_message"]: self.t("prepare.done", folder=str(r.train.path), images=r.train.images, captions=r.train.captions, repeats=r.train.repeats),
+        }
+        if r.reg:
+            out[f["folders.reg_data_dir"]] = str(r.project / "reg")
+        return out
+
+    # -- the check -------------------------------------------------------------------------------------------
+
+    def check(self, data: dict) -> dict:
+        from loratrainer.data.check import check_dataset
+
+        n = self.ui.named
+        try:
+            config = self.ui.read_config(data)
+            report = check_dataset(config)
+        except (UserError, OSError) as exc:
+            return {n["check_summary"]: self.t("error.generic", error=str(exc)), n["report"]: None}
+        return {
+            n["report"]: report,
+            n["check_summary"]: self.summary(report),
+            n["problems"]: [[p.severity, p.path, p.message] for p in report.sorted_problems()],
+            n["problem_images"]: self.problem_thumbnails(report),
+            n["concepts"]: concept_rows(report),
+            n["steps"]: self.steps_text(report, report.steps),
+            n["buckets"]: [[f"{w}x{h}", f"{w / h:.2f}", count] for (w, h), count in report.buckets.items()],
+            n["rename_panel"]: _hidden(),
+        }
+
+    def summary(self, report) -> str:
+        errors = sum(1 for p in report.problems if p.severity == "error")
+        warnings = sum(1 for p in report.problems if p.severity == "warning")
+        head = self.t("check.ready") if report.ok else self.t("check.refused", errors=errors)
+        return head + "\n\n" + self.t(
+            "check.counts", images=report.images, reg=report.reg_images, skipped=len(report.skipped), uncaptioned=len(report.uncaptioned), warnings=warnings
+        )
+
+    def problem_thumbnails(self, report) -> list[tuple[str, str]]:
+        out = []
+        for p in report.sorted_problems():
+            if p.severity == "info" or not Path(p.path).is_file():
+                continue
+            thumb = self.ui.display.thumbnail(p.path)
+            if thumb:
+                out.append((thumb, f"{Path(p.path).name}: {p.message}"))
+            if len(out) >= MAX_PROBLEM_THUMBS:
+                break
+        return out
+
+    def steps_text(self, report, steps) -> str:
+        """images x repeats x epochs / batch = steps, spelled out per concept folder."""
+        if report is None:
+            return self.t("steps.no_check")
+        lines = [self.t("steps.concept", folder=row[0], images=row[2], repeats=row[1], samples=row[3]) for row in concept_rows(report)]
+        s = steps
+        lines.append(self.t("steps.per_epoch", samples=s.samples_per_epoch, batch=s.batch_size, batches=s.batches_per_epoch, steps=s.steps_per_epoch))
+        if s.reg_samples_per_epoch:
+            lines.append(self.t("steps.reg", reg=s.reg_samples_per_epoch))
+        lines.append(self.t("steps.total", steps_per_epoch=s.steps_per_epoch, epochs=s.epochs, total=s.total_steps))
+        return "\n".join(f"- {line}" for line in lines[:-1]) + "\n\n" + lines[-1]
+
+    def live_steps(self, data: dict) -> str:
+        """Recount steps from the last check's samples when batch size, epochs, ... change (no disk access)."""
+        from loratrainer.data.steps import count_steps
+
+        report = data.get(self.ui.named["report"])
+        if report is None:
+            return self.t("steps.no_check")
+        values = self.ui.paths_of(data)
+        try:
+            nums = {p: int(values[p]) for p in STEP_FIELDS}
+            steps = count_steps(report.samples, nums["optimizer.train_batch_size"], nums["optimizer.gradient_accumulation_steps"],
+                                nums["launch.num_processes"], nums["optimizer.epoch"], nums["optimizer.max_train_steps"])
+        except (TypeError, ValueError, ZeroDivisionError):
+            return self.t("steps.invalid")
+        return self.steps_text(report, steps)
+
+    # -- repeats --------------------------------------------------------------------------------------------
+
+    def propose_renames(self, rows, train_dir: str) -> dict:
+        n = self.ui.named
+        try:
+            plan = rename_plan(rows, train_dir)
+        except UserError as exc:
+            return {n["rename_text"]: self.t("error.generic", error=str(exc)), n["rename_panel"]: _shown(), n["pending"]: []}
+        if not plan:
+            return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["pending"]: []}
+        listing = "\n".join(f"- `{Path(a).name}` → `{Path(b).name}`" for a, b in plan)
+        return {n["rename_text"]: self.t("repeats.confirm", listing=listing), n["rename_panel"]: _shown(), n["pending"]: plan}
+
+    def apply_renames(self, data: dict) -> dict:
+        n = self.ui.named
+        plan = data.get(n["pending"]) or []
+        done = []
+        for old, new in plan:
+            if Path(new).exists():
+                return {n["rename_text"]: self.t("repeats.exists", folder=new), n["pending"]: []}
+            Path(old).rename(new)
+            done.append(new)
+        result = self.check(data)
+        result[n["rename_text"]] = self.t("repeats.done", count=len(done))
+        result[n["pending"]] = []
+        result[n["rename_panel"]] = _shown()
+        return result
+
+
+def concept_rows(report) -> list[list]:
+    """[folder name, repeats, images, samples per epoch] per training and reg concept folder."""
+    rows: dict[Path, list] = {}
+    for s in report.samples:
+        row = rows.setdefault(s.concept_dir, [s.concept_dir.name, s.repeats, 0, 0])
+        row[2] += 1
+        row[3] += s.repeats
+    return list(rows.values())
+
+
+def rename_plan(rows, train_dir: str) -> list[tuple[str, str]]:
+    """[(old folder, new folder)] for concept folders whose repeats were edited; names keep their `_name` part."""
+    plan = []
+    root = Path(train_dir)
+    for row in rows or []:
+        name, repeats = str(row[0]), row[1]
+        parsed = parse_concept_name(name)
+        if parsed is None or not (root / name).is_dir():
+            continue  # a regularisation folder or a row the user typed: only existing training folders are renamed
+        try:
+            new_repeats = int(float(repeats))
+        except (TypeError, ValueError):
+            raise UserError(f"{name}: repeats must be a whole number") from None
+        if new_repeats < 1:
+            raise UserError(f"{name}: repeats must be at least 1")
+        if new_repeats != parsed[0]:
+            plan.append((str(root / name), str(root / f"{new_repeats}_{parsed[1]}")))
+    return plan
+
+
+def _shown():
+    import gradio as gr
+
+    return gr.update(visible=True)
+
+
+def _hidden():
+    import gradio as gr
+
+    return gr.update(visible=False)
+
+
+def build(ui: UiContext) -> DatasetHandlers:
+    import gradio as gr
+
+    t, n, h = ui.t, ui.named, DatasetHandlers(ui)
+    gr.Markdown(t("dataset.intro"))
+    with gr.Accordion(t("prepare.section"), open=False, elem_id="prepare"):
+        gr.Markdown(t("prepare.intro"))
+        with gr.Row():
+            n["prep_src"] = gr.Textbox(label=t("prepare.src"), info=t("prepare.src_help"), elem_id="prep-src")
+            n["prep_dest"] = gr.Textbox(label=t("prepare.dest"), info=t("prepare.dest_help"), elem_id="prep-dest")
+        with gr.Row():
+            n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
+            n["prep_repeats"] = gr.Number(label=t("prepare.repeats"), info=t("prepare.repeats_help"), precision=0, minimum=1, elem_id="prep-repeats")
+            n["prep_reg"] = gr.Textbox(label=t("prepare.reg"), info=t("prepare.reg_help"), elem_id="prep-reg")
+        prepare = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
+        n["prep_message"] = gr.Markdown(elem_id="prep-message")
+    for path, role in FOLDERS.items():
+        box = ui.field(path)
+        note = gr.Markdown(elem_id=f"check-{role}", elem_classes=["lt-path-check"])
+        box.change(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note], trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        ui.on_load(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note])
+        filebrowser.build(ui, box, key=role)
+    check = gr.Button(t("check.button"), variant="primary", elem_id="check-button")
+    n["check_summary"] = gr.Markdown(elem_id="check-summary")
+    n["report"] = gr.State(None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            n["problems"] = gr.Dataframe(headers=[t("check.col_severity"), t("check.col_path"), t("check.col_message")], datatype=["str", "str", "str"],
+                                         interactive=False, wrap=True, max_height=320, label=t("check.problems"), elem_id="check-problems")
+        with gr.Column(scale=2):
+            n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=320, elem_id="check-problem-images")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
+                                         datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
+                                         label=t("repeats.label"), elem_id="concepts")
+            apply_repeats = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
+            with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
+                n["rename_text"] = gr.Markdown()
+                with gr.Row():
+                    confirm = gr.Button(t("repeats.confirm_button"), variant="stop", elem_id="repeats-confirm")
+                    cancel = gr.Button(t("repeats.cancel"), elem_id="repeats-cancel")
+            n["pending"] = gr.State([])
+        with gr.Column(scale=2):
+            n["steps"] = gr.Markdown(t("steps.no_check"), label=t("steps.label"), elem_id="steps")
+            n["buckets"] = gr.Dataframe(headers=[t("buckets.col_bucket"), t("buckets.col_ratio"), t("buckets.col_samples")], datatype=["str", "str", "number"],
+                                        interactive=False, label=t("buckets.label"), elem_id="buckets")
+
+    check_outputs = [n[k] for k in ("report", "check_summary", "problems", "problem_images", "concepts", "steps", "buckets", "rename_panel")]
+    prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg")}
+    folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"]]
+
+    def wire() -> None:
+        cfg = ui.config_inputs()
+        prepare.click(h.prepare, inputs=prep_inputs, outputs=folder_outputs, api_name="prepare_folders").then(
+            h.check, inputs=cfg, outputs=check_outputs, api_visibility="private")
+        check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
+        live = [ui.fields[p] for p in STEP_FIELDS]
+        gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
+              show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+        apply_repeats.click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
+                            outputs=[n["rename_text"], n["rename_panel"], n["pending"]], api_visibility="private")
+        confirm.click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"]], api_visibility="private")
+        cancel.click(lambda: ([], _hidden()), outputs=[n["pending"], n["rename_panel"]], api_visibility="private")
+
+    ui.after_build(wire)
+    return h

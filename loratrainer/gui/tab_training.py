@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
 from loratrainer.errors import UserError
-from loratrainer.gui import progress
+from loratrainer.gui import filebrowser, progress
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import specs_by_path
 
@@ -209,10 +209,12 @@ def build(ui: UiContext) -> TrainingHandlers:
 
     with gr.Accordion(t("training.basic"), open=True, elem_id="section-basic"):
         folders_md = gr.Markdown(h.folders_summary({}), elem_id="training-folders")
-        with gr.Row(equal_height=False):
-            for path in BASIC[:2]:
-                ui.field(path)
-        for i in range(2, len(BASIC) - 1, 3):
+        model = ui.field(BASIC[0])
+        model_note = gr.Markdown(elem_id="check-model")
+        model.change(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note], trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        ui.on_load(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note])
+        filebrowser.build(ui, model, files=True, key="model")
+        for i in range(1, len(BASIC) - 1, 3):
             with gr.Row(equal_height=False):
                 for path in BASIC[i : min(i + 3, len(BASIC) - 1)]:
                     ui.field(path)

@@ -1,0 +1,227 @@
+"""Every handler of the Dataset and Training tabs, called the way Gradio calls them: with {component: value}
+for the set of inputs, returning {component: value}. Components are found by name (field path), never by
+position."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loratrainer.config import TrainingConfig, load_config
+from tests.datasets import make_concept, make_dataset, make_image, make_zero_byte
+
+KOHYA_FIXTURES = Path("/work/shared/fixtures/kohya-presets")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from loratrainer.gui.server import neutralise_gradio_env
+
+    temp = neutralise_gradio_env()
+    from loratrainer.gui.app import build_page
+    from loratrainer.gui.display import Display
+    from loratrainer.gui.jobs import Jobs
+
+    state = tmp_path_factory.mktemp("state")
+    blocks, ui = build_page("en", Jobs(state), Display(temp / "display"))
+    return ui
+
+
+def form(ui, config: TrainingConfig | None = None, **named) -> dict:
+    """The page's input values: every field of `config`, plus named components (by their UiContext name)."""
+    data = ui.show_config(config or TrainingConfig())
+    for name, value in named.items():
+        data[ui.named[name]] = value
+    return data
+
+
+def by_path(ui, out: dict) -> dict:
+    return ui.paths_of(out)
+
+
+def test_every_schema_field_is_on_the_page_once(page):
+    from loratrainer.config import field_specs
+    from loratrainer.gui.form import elem_id
+
+    assert set(page.fields) == {s.path for s in field_specs()}
+    assert len({id(c) for c in page.fields.values()}) == len(page.fields)
+    assert all(c.elem_id == elem_id(p) for p, c in page.fields.items())
+
+
+def test_values_round_trip_by_name(page):
+    config = TrainingConfig().model_copy(deep=True)
+    from loratrainer.config import with_values
+
+    config = with_values(config, {"network.network_dim": 32, "optimizer.unet_lr": None, "model.max_token_length": 150})
+    data = page.show_config(config)
+    # Gradio hands numbers back as floats and dropdown values as strings: the form coerces them by schema.
+    data[page.fields["network.network_dim"]] = 32.0
+    data[page.fields["model.max_token_length"]] = "150"
+    assert page.read_config(data) == config
+
+
+def test_bad_value_names_the_field(page):
+    from loratrainer.errors import UserError
+
+    data = form(page)
+    data[page.fields["network.network_dim"]] = 0
+    with pytest.raises(UserError, match="network.network_dim"):
+        page.read_config(data)
+
+
+def test_prepare_check_steps_and_repeats(page, tmp_path):
+    h = page.handlers["dataset"]
+    src = tmp_path / "photos"
+    for i in range(4):
+        make_image(src / f"p{i}.png", (96, 64) if i % 2 else (64, 96))
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="my style", prep_repeats=10, prep_reg=""))
+    values = by_path(page, out)
+    assert values["folders.train_data_dir"] == str(tmp_path / "project" / "image")
+    assert (tmp_path / "project" / "image" / "10_my style").is_dir() and (tmp_path / "project" / "model").is_dir()
+    assert "4 image" in out[page.named["prep_message"]]
+
+    config = TrainingConfig().model_copy(update={})
+    data = form(page, config)
+    for path in ("folders.train_data_dir", "folders.output_dir", "folders.logging_dir"):
+        data[page.fields[path]] = values[path]
+    data[page.fields["optimizer.epoch"]] = 3
+    checked = h.check(data)
+    report = checked[page.named["report"]]
+    assert report.ok
+    assert "Ready to train" in checked[page.named["check_summary"]]
+    assert checked[page.named["concepts"]] == [["10_my style", 10, 4, 40]]
+    steps = checked[page.named["steps"]]
+    assert f"= {report.steps.total_steps} steps in total" in steps and report.steps.total_steps == 3 * report.steps.steps_per_epoch
+    assert sum(row[2] for row in checked[page.named["buckets"]]) == 40
+
+    # Live step calculator: batch size 2 recounts from the real buckets without touching the disk.
+    data[page.named["report"]] = report
+    data[page.fields["optimizer.train_batch_size"]] = 2
+    live = h.live_steps(data)
+    assert "batches of up to 2" in live and f"{report.steps.total_steps} steps in total" not in live
+
+    # Repeats: edit 10 -> 20, confirm, the folder is renamed and the check re-runs.
+    proposal = h.propose_renames([["10_my style", 20, 4, 40]], values["folders.train_data_dir"])
+    assert proposal[page.named["pending"]] == [(str(tmp_path / "project/image/10_my style"), str(tmp_path / "project/image/20_my style"))]
+    assert (tmp_path / "project/image/10_my style").is_dir()  # nothing renamed before confirmation
+    data[page.named["pending"]] = proposal[page.named["pending"]]
+    done = h.apply_renames(data)
+    assert (tmp_path / "project/image/20_my style").is_dir() and not (tmp_path / "project/image/10_my style").exists()
+    assert done[page.named["concepts"]] == [["20_my style", 20, 4, 80]]
+
+
+def test_prepare_refusal_is_a_message(page, tmp_path):
+    h = page.handlers["dataset"]
+    out = h.prepare(form(page, prep_src=str(tmp_path / "missing"), prep_dest=str(tmp_path / "p"), prep_name="x", prep_repeats=None, prep_reg=""))
+    assert out[page.named["prep_message"]].startswith("**Error:**")
+    assert not (tmp_path / "p").exists()
+
+
+def test_check_lists_problem_images_with_thumbnails(page, tmp_path):
+    h = page.handlers["dataset"]
+    root = make_dataset(tmp_path / "image", {"5_cat": 2})
+    make_image(root / "5_cat" / "tiny.png", (40, 40))
+    make_zero_byte(root / "5_cat" / "empty.png")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    out = h.check(data)
+    problems = out[page.named["problems"]]
+    assert any("empty.png" in row[1] for row in problems) and any("tiny.png" in row[1] for row in problems)
+    thumbs = out[page.named["problem_images"]]
+    assert any("tiny.png" in caption for _, caption in thumbs)
+    assert all(Path(p).is_relative_to(page.display.root) for p, _ in thumbs)
+
+
+def test_path_checks_as_you_type(page, tmp_path):
+    h = page.handlers["dataset"]
+    root = make_dataset(tmp_path / "image", {"10_dog": 2, "cat": 1})
+    assert h.check_folder(str(root), "train").startswith("✓ 1 concept folder(s), 2 image(s)")
+    assert "cat" in h.check_folder(str(root), "train")
+    assert "choose its parent" in h.check_folder(str(root / "10_dog"), "train")
+    assert h.check_folder(str(tmp_path / "nope"), "train").startswith("✗")
+    assert h.check_folder(str(tmp_path / "new"), "output") == "The folder will be created."
+
+
+def test_file_browser_lists_folders_first_without_hidden(page, tmp_path):
+    from loratrainer.gui.filebrowser import list_folder, start_folder
+
+    (tmp_path / "b_dir").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    listing = list_folder(tmp_path, files=True, t=page.t)
+    labels = [label for label, _ in listing.choices]
+    assert labels[0].endswith("..") and labels[1] == "📁 b_dir" and "a.safetensors" in labels
+    assert not any("hidden" in label for label in labels)
+    assert [label for label, _ in list_folder(tmp_path, files=False, t=page.t).choices] == labels[:2]
+    assert start_folder(str(tmp_path / "not" / "yet")) == tmp_path
+
+
+def test_presets_load_keeping_folders_and_save(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATRAINER_PRESET_DIR", str(tmp_path / "presets"))
+    h = page.handlers["training"]
+    choices = h.preset_choices()
+    assert choices, "the shipped presets are listed"
+    label, path = choices[0]
+    data = form(page, preset=path)
+    data[page.fields["folders.train_data_dir"]] = "/data/image"
+    data[page.fields["folders.output_name"]] = "mine"
+    out = h.load_preset(data)
+    values = by_path(page, out)
+    assert values["folders.train_data_dir"] == "/data/image" and values["folders.output_name"] == "mine"
+    from loratrainer.presets import apply_preset, load_preset
+
+    expected = apply_preset(page.read_config(data), load_preset(path))
+    assert values["network.network_dim"] == expected.network.network_dim
+    assert "loaded" in out[page.named["config_message"]]
+
+    saved = h.save_preset(form(page, preset_name="my preset"))
+    assert "Preset saved" in saved[page.named["config_message"]]
+    assert any("my preset" in lab for lab, _ in h.preset_choices())
+
+
+@pytest.mark.skipif(not KOHYA_FIXTURES.is_dir(), reason="shared Kohya fixtures not present")
+def test_import_kohya_config_reports_what_was_ignored(page):
+    h = page.handlers["training"]
+    fixture = next(iter(sorted(KOHYA_FIXTURES.glob("*.json"))))
+    out = h.load_file(form(page, config_path=str(fixture), config_upload=None))
+    message = out[page.named["config_message"]]
+    assert "Kohya config" in message and "```" in message
+    assert len(by_path(page, out)) == len(page.fields)
+
+
+def test_save_and_load_our_json_with_backup(page, tmp_path):
+    h = page.handlers["training"]
+    target = tmp_path / "cfg.json"
+    config = TrainingConfig()
+    data = form(page, config, config_path=str(target), config_upload=None)
+    data[page.fields["network.network_dim"]] = 16
+    assert "Config saved" in h.save_file(data)[page.named["config_message"]]
+    assert load_config(target).network.network_dim == 16
+    data[page.fields["network.network_dim"]] = 24
+    message = h.save_file(data)[page.named["config_message"]]
+    assert "cfg.json.bak" in message and load_config(tmp_path / "cfg.json.bak").network.network_dim == 16
+    loaded = h.load_file(form(page, config_path=str(target), config_upload=None))
+    assert by_path(page, loaded)["network.network_dim"] == 24
+
+
+def test_show_command_is_the_accelerate_argv(page, tmp_path):
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["folders.output_name"]] = "my $(touch x) lora; rm -rf ~"
+    command = h.show_command(data)[page.named["command"]]
+    assert "accelerate.commands.launch" in command and "loratrainer.train.entry" in command
+    assert "'" in command  # the odd name is quoted for display; the real start uses an argv list
+
+
+def test_start_refused_starts_nothing(page, tmp_path):
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(tmp_path / "missing")
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    out = h.start(data)
+    assert out[page.named["status"]].startswith("**Not started.**")
+    assert page.jobs.runs() == []
