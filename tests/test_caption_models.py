@@ -204,7 +204,8 @@ def test_offline_hub_id_gives_one_clear_message(tmp_path, capsys, monkeypatch, c
     make_image(tmp_path / "a.png")
     rc = main(["caption", str(tmp_path), "--captioner", captioner, "--model", "no-such-user/made-up-captioner-7"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "no-such-user/made-up-captioner-7" in err and "Download it once" in err and "local folder" in err
     assert not (tmp_path / "a.txt").exists()
 
