@@ -81,3 +81,9 @@ def test_basic_runs_do_not_import_torch(tmp_path):
             "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[-3:] == ["0", "False", "False"]
+
+
+def test_basic_without_text_is_refused(tmp_path, capsys):
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--basic", " "]) == 2
+    assert "--basic needs" in capsys.readouterr().err

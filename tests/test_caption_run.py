@@ -157,3 +157,20 @@ def test_caption_extension_checked(tmp_path, ext, ok):
 def test_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         run(tmp_path / "nope")
+
+
+def test_out_of_gpu_memory_becomes_advice_and_keeps_what_was_written(tmp_path):
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, as the run recognises it
+        pass
+
+    class FailsSecond(Recorder):
+        def caption(self, images):
+            if self.batches:
+                raise OutOfMemoryError("CUDA out of memory")
+            return super().caption(images)
+
+    for i in range(4):
+        make_image(tmp_path / f"{i}.png")
+    with pytest.raises(UserError, match="lower the batch size"):
+        run(tmp_path, captioner=FailsSecond(), batch_size=2)
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["0.txt", "1.txt"]

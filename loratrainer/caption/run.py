@@ -144,7 +144,15 @@ def _caption_batch(
             report.failed.append(Skipped(path, exc.reason))
     if not loaded:
         return
-    texts = captioner.caption([image for _, image in loaded])
+    try:
+        texts = captioner.caption([image for _, image in loaded])
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            raise
+        raise UserError(
+            f"out of GPU memory captioning {len(batch)} images at once: lower the batch size and run again "
+            f"({len(report.written)} captions written so far are kept and will be skipped)"
+        ) from exc
     for (path, _), text in zip(loaded, texts, strict=True):  # one caption per image
         caption = writer.compose(options.prefix, text, options.postfix, separator)
         if not caption:

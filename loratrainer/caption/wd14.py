@@ -105,7 +105,8 @@ class TaggerCaptioner:
         self.session = ort.InferenceSession(str(model_path), providers=_providers(ort, options.device))
         model_input = self.session.get_inputs()[0]
         batch, height, _, _ = model_input.shape
-        self.input_name, self.size = model_input.name, int(height)
+        # The reference taggers are 448 x 448; a dynamic size (a name, not a number) gets that too.
+        self.input_name, self.size = model_input.name, height if isinstance(height, int) and height > 0 else 448
         # Some exported taggers have a fixed batch of 1; those get one image a call.
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
         n_out = self.session.get_outputs()[0].shape[-1]
