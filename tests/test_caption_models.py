@@ -202,12 +202,14 @@ def test_tagger_without_onnxruntime_says_what_to_install(tagger_dir, tmp_path, m
 def test_offline_hub_id_gives_one_clear_message(tmp_path, capsys, monkeypatch, captioner):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     make_image(tmp_path / "a.png")
-    rc = main(["caption", str(tmp_path), "--captioner", captioner, "--model", "no-such-user/made-up-captioner-7"])
+    make_caption(tmp_path / "a.png", "old")
+    argv = ["caption", str(tmp_path), "--captioner", captioner, "--model", "no-such-user/made-up-captioner-7"]
+    rc = main([*argv, "--overwrite"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "no-such-user/made-up-captioner-7" in err and "Download it once" in err and "local folder" in err
-    assert not (tmp_path / "a.txt").exists()
+    assert (tmp_path / "a.txt").read_text() == "old" and not (tmp_path / ".caption-backups").exists()
 
 
 def test_missing_local_model_folder(tmp_path, capsys):

@@ -108,10 +108,11 @@ def caption_folder(
     report.skipped_existing = [] if options.overwrite else sorted(plan.existing)
     if not plan.images:
         return report
+    # Loaded before the backup, so a model that cannot be loaded leaves the folder exactly as it was.
+    captioner = captioner or make_captioner(captioner_options)
     if options.overwrite:
         replaced = [plan.existing[i] for i in plan.images if i in plan.existing]
         report.backup_dir = writer.back_up(options.folder, replaced)
-    captioner = captioner or make_captioner(captioner_options)
     separator = captioner_options.tag_separator if isinstance(captioner_options, TaggerOptions) else " "
     total, done = len(plan.images), 0
     if progress is not None:
