@@ -1,0 +1,167 @@
+"""Following runs from the GUI: status in words for every way a run ends, progress, samples, Stop, re-attach
+after a page reload, the Results tab, and the Utilities tab's captioning and caption editor handlers.
+
+Runs are simulated by writing the run folder exactly as the trainer does (events.EventWriter); the real
+trainer is driven by the browser test (tests/browser)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loratrainer import events
+from loratrainer.config import TrainingConfig, save_config, with_values
+from tests.datasets import make_caption, make_concept, make_image
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from loratrainer.gui.server import neutralise_gradio_env
+
+    temp = neutralise_gradio_env()
+    from loratrainer.gui.app import build_page
+    from loratrainer.gui.display import Display
+    from loratrainer.gui.jobs import Jobs
+
+    state = tmp_path_factory.mktemp("state")
+    return build_page("en", Jobs(state), Display(temp / "display"))[1]
+
+
+def write_lora(path: Path, metadata: dict[str, str]) -> Path:
+    header = json.dumps({"__metadata__": metadata, "w": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    return path
+
+
+def fake_run(page, tmp_path: Path, name: str, *, ended: dict | None, pid: int | None = None, samples: int = 1) -> Path:
+    out = tmp_path / "model"
+    config = with_values(TrainingConfig(), {"folders.output_dir": str(out), "folders.output_name": name})
+    run_dir = tmp_path / "log" / f"{name}_20260101-000000"
+    run_dir.mkdir(parents=True)
+    save_config(config, run_dir / events.CONFIG_FILE)
+    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=pid or 999999)
+        for step in (1, 2, 3):
+            w.emit("progress", step=step, total_steps=8, epoch=1, epochs=2, loss=0.5 / step, avg_loss=0.4, lr=1e-4, it_per_s=2.5, eta_s=3.0)
+        for i in range(samples):
+            sample = make_image(out / "sample" / f"{name}_e000001_{i:02d}.png", (32, 32))
+            w.emit("sample", path=str(sample), step=3, epoch=1, index=i, prompt="a house")
+        lora = write_lora(out / f"{name}-000001.safetensors", {"ss_epoch": "1", "ss_steps": "4", "ss_network_dim": "8"})
+        w.emit("checkpoint", path=str(lora), kind="epoch", epoch=1, step=4)
+        if ended:
+            w.emit("ended", **ended)
+    (run_dir / events.LOG_FILE).write_text("line 1\nTraceback: boom\n")
+    page.jobs._remember(run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "ended,expected",
+    [
+        ({"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0}, "Finished"),
+        ({"status": "stopped", "reason": "", "step": 3, "epoch": 1, "exit_code": 10}, "Stopped at step 3"),
+        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1, lr 1e-4.", "step": 3, "epoch": 1, "exit_code": 11}, "NaN"),
+        ({"status": "oom", "reason": "CUDA out of memory (batch 4, 768x768).", "step": 3, "epoch": 1, "exit_code": 12}, "Lower the batch size"),
+        ({"status": "disk_full", "reason": "disk full: /x/a.safetensors", "step": 3, "epoch": 1, "exit_code": 13}, "disk is full"),
+        ({"status": "error", "reason": "ValueError: bad", "step": 3, "epoch": 1, "exit_code": 1}, "failed: ValueError: bad"),
+        (None, "killed"),
+    ],
+)
+def test_how_a_run_ended_is_said_in_words(page, tmp_path, ended, expected):
+    h = page.handlers["training"]
+    run_dir = fake_run(page, tmp_path, "lora", ended=ended)
+    out = h.refresh(str(run_dir), -1)
+    n = page.named
+    assert expected in out[n["status"]]
+    if ended and ended["reason"]:
+        assert ended["reason"] in out[n["status"]]
+    assert "Traceback: boom" in out[n["log"]]
+    assert out[n["timer"]].active is False
+    assert f'data-step="{ended["step"] if ended else 3}"' in out[n["progress"]]
+    assert list(out[n["loss_plot"]]["step"]) == [1, 2, 3]
+
+
+def test_running_run_progress_samples_stop_and_reattach(page, tmp_path):
+    h = page.handlers["training"]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = fake_run(page, tmp_path, "live", ended=None, pid=sleeper.pid, samples=2)
+        # A reloaded page: the handler finds the alive run by itself and turns the timer on.
+        out = h.attach()
+        n = page.named
+        assert out[n["run_dir"]] == str(run_dir)
+        assert out[n["timer"]].active is True
+        assert "step 3 of 8" in out[n["status"]]
+        html = out[n["progress"]]
+        assert "step 3/8" in html and "epoch 1/2" in html and "2.50 it/s" in html and "0:03 left" in html
+        gallery = out[n["gallery"]]
+        assert len(gallery) == 2 and all(Path(p).is_relative_to(page.display.root) for p, _ in gallery)
+        # The next tick with the same samples does not resend the gallery.
+        again = h.refresh(str(run_dir), 2)
+        assert again[n["gallery"]] == {"__type__": "update"} or again[n["gallery"]].get("__type__") == "update"
+        assert "Stopping" in h.stop(str(run_dir))
+        assert (run_dir / events.STOP_FILE).exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert h.stop(str(run_dir)) == "No run is going."
+
+
+def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):
+    run_dir = fake_run(page, tmp_path, "house", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
+    write_lora(tmp_path / "model" / "house.safetensors", {"ss_epoch": "2", "ss_steps": "8"})
+    write_lora(tmp_path / "model" / "house-interrupted.safetensors", {})
+    write_lora(tmp_path / "model" / "other.safetensors", {})
+    r = page.handlers["results"]
+    out = r.refresh_runs(None)
+    n = page.named
+    assert out[n["results_run"]]["value"] == str(run_dir)
+    rows = out[n["results_files"]]
+    assert [row[0] for row in rows] == ["house-000001.safetensors", "house-interrupted.safetensors", "house.safetensors"]
+    assert rows[0][1] == "1" and "network_dim=8" in rows[0][4] and float(rows[0][2]) >= 0
+    assert out[n["results_paths"]].splitlines()[-1] == str(tmp_path / "model" / "house.safetensors")
+    assert len(out[n["results_samples"]]) == 1 and "epoch 1" in out[n["results_samples"]][0][1]
+    assert "finished" in out[n["results_summary"]]
+
+
+def _caption_form(page, **values) -> dict:
+    defaults = {"cap_method": "fixed", "cap_folder": "", "cap_extension": ".txt", "cap_prefix": "", "cap_postfix": "", "cap_batch": 1,
+                "cap_overwrite": False, "cap_recursive": False, "blip_model": "", "blip_beam": True, "blip_beams": 1, "blip_top_p": 0.9,
+                "blip_min": 5, "blip_max": 75, "git_model": "", "git_max": 50, "wd_model": "", "wd_general": 0.35, "wd_character": 0.85,
+                "wd_undesired": "", "fixed_text": "a house"}
+    defaults.update(values)
+    return {page.named[k]: v for k, v in defaults.items()}
+
+
+def test_captioning_keeps_existing_captions(page, tmp_path):
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 3, captions=False)
+    make_caption(folder / "img_000.png", "hand written")
+    plan = u.plan(_caption_form(page, cap_folder=str(folder)))
+    assert "2 image(s) will be captioned; 1 already have a caption" in plan
+    messages = list(u.caption(_caption_form(page, cap_folder=str(folder), cap_prefix="mystyle")))
+    assert "2 caption(s) written, 1 kept" in messages[-1]
+    assert (folder / "img_000.txt").read_text() == "hand written"
+    assert (folder / "img_001.txt").read_text().strip() == "mystyle a house"
+    assert u.cancel() == "No captioning is running."
+
+
+def test_caption_editor(page, tmp_path):
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 3, captions="house, red roof")
+    n = page.named
+    out = u.editor_page(str(folder), "", 1, ".txt")
+    assert len(out[n["ed_items"]]) == 3 and len(out[n["ed_gallery"]]) == 3 and "Page 1 of 1" in out[n["ed_message"]]
+    chosen = u.editor_select(out[n["ed_items"]], 1)
+    assert chosen[n["ed_caption"]] == "house, red roof"
+    assert "Saved" in u.editor_save(str(folder), chosen[n["ed_image"]], "house, blue roof", ".txt")
+    assert (folder / "img_001.txt").read_text().strip() == "house, blue roof"
+    assert "2 caption(s) changed" in u.editor_replace(str(folder), "red roof", "flat roof", ".txt")
+    assert u.editor_tags(str(folder), ".txt")[0] == ["house", 3]
+    assert u.editor_save(str(folder), "/etc/passwd", "x", ".txt").startswith("**Error:**")
