@@ -16,21 +16,10 @@ import pytest
 from loratrainer.caption import BlipOptions, CaptionRunOptions, TaggerOptions, caption_folder
 from loratrainer.cli import main
 from loratrainer.errors import UserError
+from loratrainer.train.runtime import hide_broken_torchvision
 from tests.datasets import RED, make_caption, make_image, make_truncated_jpeg
 
-
-def _hide_broken_torchvision() -> None:
-    # PyPI's torchvision cannot load beside the CPU build of torch ("operator torchvision::nms does not exist");
-    # transformers then fails to import any vision model. Without torchvision it uses its PIL image processors.
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision"] = None  # find_spec() then reports it missing
-
-
-_hide_broken_torchvision()
+hide_broken_torchvision()  # the tests import transformers themselves, before any captioner does
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)]
 TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
 TINY_VISION = dict(TINY, image_size=32, patch_size=8)

@@ -18,6 +18,4 @@ def generate_kwargs(options: BlipOptions) -> dict[str, Any]:
 
 class BlipCaptioner(TransformersCaptioner):
     def __init__(self, options: BlipOptions):
-        from transformers import BlipForConditionalGeneration
-
-        super().__init__(BlipForConditionalGeneration, options.model, options.device, generate_kwargs(options))
+        super().__init__("BlipForConditionalGeneration", options.model, options.device, generate_kwargs(options))

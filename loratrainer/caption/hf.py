@@ -12,16 +12,21 @@ from loratrainer.caption import hub
 class TransformersCaptioner:
     """An image-to-text model from transformers: a processor, a model with generate(), fixed generation settings."""
 
-    def __init__(self, model_class: Any, model: str, device: str | None, generate_kwargs: dict[str, Any]):
+    def __init__(self, model_class: str, model: str, device: str | None, generate_kwargs: dict[str, Any]):
         import torch
-        from transformers import AutoProcessor
+
+        from loratrainer.train.runtime import hide_broken_torchvision
+
+        hide_broken_torchvision()  # a torchvision that does not match torch would break every transformers model
+        import transformers
 
         self.device = hub.pick_device(device)
         # Half precision halves GPU memory and time for these captioning models; the CPU has no fast fp16.
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.processor = hub.load(model, AutoProcessor.from_pretrained)
+        self.processor = hub.load(model, transformers.AutoProcessor.from_pretrained)
         # Cast after loading: the from_pretrained dtype keyword changed name across transformers versions.
-        self.model = hub.load(model, model_class.from_pretrained).to(self.device, self.dtype).eval()
+        loaded = hub.load(model, getattr(transformers, model_class).from_pretrained)
+        self.model = loaded.to(self.device, self.dtype).eval()
         self.generate_kwargs = generate_kwargs
 
     def caption(self, images: list[Image.Image]) -> list[str]:
