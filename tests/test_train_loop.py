@@ -1,0 +1,73 @@
+"""The loop in-process on the tiny model: it learns, a zero learning rate changes nothing, the step count."""
+
+from __future__ import annotations
+
+from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+
+import torch
+from accelerate import Accelerator
+
+from loratrainer.train.loop import compute_loss, train
+from loratrainer.train.setup import build_trainer
+
+
+class _Quiet:
+    def __init__(self):
+        self.losses = []
+
+    def step(self, step, epoch, loss, lr):
+        self.losses.append(loss)
+
+    def epoch_end(self, epoch, step):
+        pass
+
+
+def _trainer(tmp_path, model, **values):
+    config = small_config(tmp_path, model, **values)
+    t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
+    saved = []
+    from loratrainer.train.setup import new_keeper
+
+    t.keeper = new_keeper(t, lambda path, p: saved.append(path.name))
+    return t, saved
+
+
+def _fixed_eval_loss(t, batch, n=16) -> float:
+    """The loss over fixed noise and timesteps, so that before/after differ only by the weights."""
+    with torch.no_grad():
+        state = torch.random.get_rng_state()
+        torch.manual_seed(1234)
+        losses = [compute_loss(t, batch).item() for _ in range(n)]
+        torch.random.set_rng_state(state)
+    return sum(losses) / len(losses)
+
+
+def test_training_lowers_the_loss_on_a_fixed_evaluation(tmp_path, tiny_model):
+    t, saved = _trainer(tmp_path, tiny_model, images=1, repeats=160, epoch=1, train_batch_size=4,
+                        learning_rate=1e-2, unet_lr=1e-2, text_encoder_lr=1e-2, network_dim=8, network_alpha=8)
+    batch = next(iter(t.loader))
+    before = _fixed_eval_loss(t, batch)
+    outcome = train(t, _Quiet(), lambda kind, p: saved.append(kind))
+    after = _fixed_eval_loss(t, batch)
+    assert outcome.status == "finished" and outcome.step == t.total_steps == 40
+    print("fixed-evaluation loss before/after", before, after)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_zero_learning_rate_leaves_lora_up_zero(tmp_path, tiny_model):
+    t, _ = _trainer(tmp_path, tiny_model, epoch=1)
+    for group in t.optimizer.param_groups:
+        group["lr"] = 0.0
+    t.lr_scheduler.base_lrs = [0.0] * len(t.lr_scheduler.base_lrs)
+    train(t, _Quiet(), lambda kind, p: None)
+    ups = [p for n, p in t.handle.unet.named_parameters() if ".lora_B." in n]
+    ups += [p for n, p in t.handle.text_encoder.named_parameters() if ".lora_B." in n]
+    assert ups and all(torch.count_nonzero(p) == 0 for p in ups)
+
+
+def test_the_loop_runs_the_planned_steps_with_accumulation_and_saves_by_policy(tmp_path, tiny_model):
+    # 3 images x 2 repeats at batch 2 = 3 batches; accumulation 2 -> 2 steps per epoch (the last one short)
+    t, saved = _trainer(tmp_path, tiny_model, epoch=3, gradient_accumulation_steps=2, save_every_n_steps=3)
+    outcome = train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
+    assert t.report.steps.steps_per_epoch == 2 and outcome.step == 6
+    assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("final", 6, 3)]

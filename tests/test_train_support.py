@@ -1,0 +1,31 @@
+"""Shared helpers of the trainer tests (no tests here): a tiny model folder, a small dataset, a run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loratrainer.config import TrainingConfig, with_values
+from loratrainer.train.runtime import hide_broken_torchvision
+
+hide_broken_torchvision()
+
+from tests.datasets import make_dataset  # noqa: E402
+from tests.tiny_sd import save_tiny_diffusers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_diffusers(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
+def small_config(root: Path, model: Path, images: int = 3, repeats: int = 2, **values) -> TrainingConfig:
+    """A 64x64 dataset of `images` images x `repeats`, batch 2, 2 epochs, fp32, AdamW, tiny model."""
+    data = make_dataset(root / "image", {f"{repeats}_thing": images})
+    base = {
+        "pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(root / "out"),
+        "max_resolution": "64,64", "min_bucket_reso": 64, "train_batch_size": 2, "epoch": 2, "optimizer": "AdamW",
+        "mixed_precision": "no", "num_cpu_threads_per_process": 1, "seed": 42, "lr_scheduler": "constant",
+    }
+    return with_values(TrainingConfig(), {**base, **values})
