@@ -86,4 +86,4 @@ def test_basic_runs_do_not_import_torch(tmp_path):
 def test_basic_without_text_is_refused(tmp_path, capsys):
     make_image(tmp_path / "a.png")
     assert main(["caption", str(tmp_path), "--basic", " "]) == 2
-    assert "--basic needs" in capsys.readouterr().err
+    assert "the fixed text is empty" in capsys.readouterr().err

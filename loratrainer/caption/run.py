@@ -15,7 +15,7 @@ from PIL import Image
 
 from loratrainer.caption import folder as folders
 from loratrainer.caption import writer
-from loratrainer.caption.base import Captioner, CaptionerOptions, TaggerOptions, make_captioner
+from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions, make_captioner
 from loratrainer.data.images import ImageError, load_image
 from loratrainer.errors import UserError
 
@@ -101,6 +101,9 @@ def caption_folder(
     captioner: Captioner | None = None,
 ) -> CaptionReport:
     """Caption every image of the folder that needs it; `captioner` reuses an already loaded model."""
+    fixed = isinstance(captioner_options, FixedTextOptions) and captioner is None
+    if fixed and not writer.compose(options.prefix, captioner_options.text, options.postfix):
+        raise UserError("the fixed text is empty: type the caption to write")
     plan = plan_captions(options)
     if plan.duplicates:
         raise folders.DuplicateStemsError(plan.duplicates)

@@ -92,8 +92,6 @@ def _caption(args: argparse.Namespace) -> int:
     options = CaptionRunOptions(args.folder, args.caption_extension, args.prefix, args.postfix, args.overwrite,
                                 args.recursive, args.batch_size)
     chosen = captioner_options(args)
-    if isinstance(chosen, FixedTextOptions) and not (chosen.text.strip() or args.prefix or args.postfix):
-        raise UserError("--basic needs the text to write")
     if not isinstance(chosen, FixedTextOptions) and plan_captions(options).images:
         # Loading a large model takes a while (and a download on first use): say so before the bar appears.
         print(f"loading {chosen.model} ...", file=sys.stderr)
