@@ -1,0 +1,124 @@
+"""Real runs through `accelerate launch` on the tiny model: files, events, logs, single file, 2 processes, stop, NaN."""
+
+from __future__ import annotations
+
+from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from loratrainer import events
+from loratrainer.config import save_config
+from loratrainer.data.check import check_dataset
+from loratrainer.train.launch import start_run
+from tests.tiny_sd import save_tiny_single_file, tiny_config_dir
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return events.read_events(run_dir / events.EVENTS_FILE)[0]
+
+
+def _run_dir(out: Path) -> Path:
+    (run_dir,) = (out / "log").iterdir()
+    return run_dir
+
+
+def test_cli_train_two_epochs_writes_files_events_logs_and_config(tmp_path, tiny_model):
+    config = small_config(tmp_path, tiny_model, metadata_title="tiny test")
+    save_config(config, tmp_path / "config.json")
+    proc = subprocess.run([sys.executable, "-m", "loratrainer", "train", "--config", str(tmp_path / "config.json"), "--set", "network_dim=4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["last-000001.safetensors", "last.safetensors"]
+    run_dir = _run_dir(out)
+    evs = _events(run_dir)
+    kinds = [e["event"] for e in evs]
+    assert kinds[0] == "started" and kinds[-1] == "ended" and "progress" in kinds
+    planned = check_dataset(config).steps.total_steps
+    assert evs[0]["total_steps"] == planned == 6 and evs[0]["seed"] == 42
+    assert evs[-1] == {**evs[-1], "status": "finished", "step": planned, "epoch": 2, "exit_code": 0}
+    assert [(e["kind"], e["step"]) for e in evs if e["event"] == "checkpoint"] == [("epoch", 3), ("final", 6)]
+    state = events.summarize(evs)
+    assert state.status == "finished" and state.last_files[-1].endswith("last.safetensors") and state.loss_history
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["network"]["network_dim"] == 4  # the --set value is in the resolved config
+    assert json.loads((run_dir / "command.json").read_text())["argv"][1:3] == ["-m", "accelerate.commands.launch"]
+    assert json.loads((run_dir / "versions.json").read_text())["seed"] == 42
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "ended: finished" in (run_dir / "train.log").read_text()
+    with safe_open(str(out / "last.safetensors"), "pt") as f:
+        meta = f.metadata()
+        assert any(k.startswith("lora_te_") for k in f.keys()) and any(k.startswith("lora_unet_") for k in f.keys())
+    assert meta["ss_steps"] == "6" and meta["ss_seed"] == "42" and meta["ss_network_dim"] == "4"
+    assert "finished" in proc.stderr
+
+
+def test_single_file_checkpoint_offline(tmp_path, tiny_model):
+    ckpt = save_tiny_single_file(tmp_path / "tiny.safetensors")
+    configs = tiny_config_dir(tmp_path / "tiny-configs")
+    config = small_config(tmp_path, ckpt, epoch=1, text_encoder_lr=0)
+    env = {"HF_HUB_OFFLINE": "1", "LORATRAINER_SD15_CONFIG_DIR": str(configs)}
+    code = _start(config, env).wait(timeout=300)
+    assert code == 0, _log(config)
+    with safe_open(str(tmp_path / "out" / "last.safetensors"), "pt") as f:
+        assert not any(k.startswith("lora_te_") for k in f.keys())  # a UNet-only LoRA
+
+
+def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path, tiny_model):
+    config = small_config(tmp_path, tiny_model, images=4, repeats=2, num_processes=2, main_process_port=29731)
+    code = _start(config).wait(timeout=300)
+    assert code == 0, _log(config)
+    planned = check_dataset(config, num_processes=2).steps
+    assert planned.total_steps == 4 and check_dataset(config, num_processes=1).steps.total_steps == 8  # halved
+    evs = _events(_run_dir(tmp_path / "out"))
+    assert [e["event"] for e in evs].count("started") == 1 and evs[0]["num_processes"] == 2
+    assert evs[-1]["status"] == "finished" and evs[-1]["step"] == planned.total_steps
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last-000001.safetensors", "last.safetensors", "log"]
+
+
+def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
+    config = small_config(tmp_path, tiny_model, epoch=200)
+    run = _start(config)
+    run.request_stop()  # before the first step: the trainer must stop at its first check
+    assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
+    assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
+    ended = _events(run.run_dir)[-1]
+    assert ended["status"] == "stopped" and ended["step"] == 1
+
+
+def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model):
+    config = small_config(tmp_path, tiny_model, epoch=3)
+    run = _start(config, {"LORATRAINER_FAULT": "nan@5"})
+    assert run.wait(timeout=300) == events.EXIT_CODES["nan"]
+    ended = _events(run.run_dir)[-1]
+    assert ended["status"] == "nan" and ended["step"] == 5 and ended["epoch"] == 2
+    assert "step 5" in ended["reason"] and "epoch 2" in ended["reason"] and "learning rate" in ended["reason"]
+    assert "last-000001.safetensors" in ended["reason"]  # the last good file is named
+    assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-000001.safetensors"]
+
+
+def _start(config, env: dict | None = None):
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return start_run(config)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _log(config) -> str:
+    logs = list(Path(config.folders.output_dir, "log").glob("*/*.log"))
+    return "\n".join(p.read_text()[-3000:] for p in logs)
+
+
