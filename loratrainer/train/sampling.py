@@ -1,0 +1,202 @@
+"""Sample images during training, as Kohya does (kohya-compat.md section 5), without disturbing the run.
+
+The loop calls `maybe_sample(t, first=True)` once before the first step, `maybe_sample(t)` after every
+optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch; this module decides whether a
+sample is due. The first call also reads and checks the prompts, so a bad prompt stops the run before any
+training. Images are rendered on the main process with the LoRA as trained so far, through a diffusers
+StableDiffusionPipeline assembled from the trainer's own models; the other processes wait.
+
+Sampling must not change training: the RNG states (torch, CUDA, numpy, python), the models' train/eval
+modes and requires_grad flags are restored afterwards, and the images come from a generator of their own,
+seeded from the prompt, so that a run with samples trains exactly like one without.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from loratrainer import events
+from loratrainer.config import SamplingSettings
+from loratrainer.files import atomic_write_with
+from loratrainer.train.sample_prompts import SamplePrompt, load_prompts
+from loratrainer.train.samplers import build_scheduler, canonical_sampler
+from loratrainer.train.setup import Trainer
+from loratrainer.train.text import encode, tokenize
+
+log = logging.getLogger("loratrainer.train")
+STATE_KEY = "sampling"  # the per-run state in Trainer.extra
+SAMPLE_DIR = "sample"
+
+
+@dataclass(frozen=True)
+class SampleSchedule:
+    every_n_steps: int = 0
+    every_n_epochs: int = 0
+    at_first: bool = False
+
+    @classmethod
+    def from_settings(cls, s: SamplingSettings) -> "SampleSchedule":
+        return cls(s.sample_every_n_steps, s.sample_every_n_epochs, s.sample_at_first)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_n_steps or self.every_n_epochs or self.at_first)
+
+    def due(self, step: int, epoch: int, *, epoch_end: bool = False, first: bool = False) -> bool:
+        """sd-scripts' sample_images_common: the epoch setting wins over the step setting; step 0 is the
+        sample before training, which a resumed run (already past step 0) does not repeat."""
+        if first:
+            return self.at_first and step == 0
+        if self.every_n_epochs:
+            return epoch_end and epoch % self.every_n_epochs == 0
+        return not epoch_end and self.every_n_steps > 0 and step % self.every_n_steps == 0
+
+
+@dataclass
+class SampleRun:
+    """What one run samples: the prompts (random seeds drawn once, so every round shows the same noise)."""
+
+    schedule: SampleSchedule
+    prompts: list[SamplePrompt]
+    sampler: str  # the run's default, canonical
+    sinks: dict[str, Any] = field(default_factory=dict)  # our own event/TensorBoard writers, opened on demand
+
+
+def maybe_sample(t: Trainer, *, epoch_end: bool = False, first: bool = False) -> list[Path]:
+    """Render the sample images when they are due (call it on every process); returns the files written."""
+    run = sample_run(t)
+    if run is None or not run.schedule.due(t.step, t.epoch, epoch_end=epoch_end, first=first):
+        return []
+    t.accelerator.wait_for_everyone()
+    paths: list[Path] = []
+    if t.accelerator.is_main_process:
+        with untouched_training_state(t):
+            paths = render_round(t, run, by_epoch=epoch_end)
+    t.accelerator.wait_for_everyone()
+    return paths
+
+
+def sample_run(t: Trainer) -> SampleRun | None:
+    """The run's sampling plan, read and checked on the first call (None = no sampling)."""
+    if STATE_KEY not in t.extra:
+        t.extra[STATE_KEY] = plan(t.config.sampling, t.components.noise_scheduler.config)
+    return t.extra[STATE_KEY]
+
+
+def plan(s: SamplingSettings, scheduler_config: Any) -> SampleRun | None:
+    schedule = SampleSchedule.from_settings(s)
+    if not schedule.enabled:
+        return None
+    prompts = load_prompts(s.sample_prompts)
+    if not prompts:
+        log.warning("sample images are switched on but sample_prompts holds no prompt: no samples will be made")
+        return None
+    default = canonical_sampler(s.sample_sampler)
+    for name in {p.sampler or default for p in prompts}:  # e.g. lms without scipy: say so now, not at step 500
+        build_scheduler(name, scheduler_config)
+    entropy = random.SystemRandom()  # the OS's randomness: leaves the training RNGs alone
+    prompts = [p if p.seed is not None else replace(p, seed=entropy.randint(1, 2**32 - 1)) for p in prompts]
+    return SampleRun(schedule, prompts, default)
+
+
+def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
+    stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+    folder = Path(t.config.folders.output_dir) / SAMPLE_DIR
+    paths = []
+    for index, prompt in enumerate(run.prompts):
+        image = render(t, prompt, run.sampler)
+        path = folder / sample_name(t.config.folders.output_name, t.step, t.epoch, index, stamp, prompt.seed, by_epoch)
+        atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"))
+        announce(t, run, path, index, prompt, image)
+        paths.append(path)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the pipeline's activations back to training
+    return paths
+
+
+def sample_name(output_name: str, step: int, epoch: int, index: int, stamp: str, seed: int, by_epoch: bool) -> str:
+    """Kohya's `<output_name>_<e000001 | 000500>_<index:02d>_<YYYYmmddHHMMSS>_<seed>.png`."""
+    number = f"e{epoch:06d}" if by_epoch else f"{step:06d}"
+    return f"{output_name}_{number}_{index:02d}_{stamp}_{seed}.png"
+
+
+def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
+    """One PIL image of `prompt` with the LoRA as trained so far."""
+    from diffusers import StableDiffusionPipeline
+
+    c = t.components
+    unet, text_encoder = (t.accelerator.unwrap_model(m) for m in (t.unet, t.text_encoder))
+    pipe = StableDiffusionPipeline(
+        vae=c.vae, text_encoder=text_encoder, tokenizer=c.tokenizer, unet=unet,
+        scheduler=build_scheduler(prompt.sampler or default_sampler, c.noise_scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(prompt.seed)  # on the CPU: the same image on any device
+    with torch.no_grad(), t.accelerator.autocast():
+        positive, negative = (prompt_embeds(t, text_encoder, text) for text in (prompt.prompt, prompt.negative_prompt))
+        return pipe(
+            prompt_embeds=positive, negative_prompt_embeds=negative, width=prompt.width, height=prompt.height,
+            num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, generator=generator,
+        ).images[0]
+
+
+def prompt_embeds(t: Trainer, text_encoder, text: str) -> torch.Tensor:
+    """The prompt as training sees captions: the same clip skip and 75-token chunks (max_token_length)."""
+    m = t.config.model
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    ids = tokenize(t.components.tokenizer, [text], m.max_token_length)
+    return encode(text_encoder, norm, ids, m.clip_skip, t.accelerator.device)
+
+
+def announce(t: Trainer, run: SampleRun, path: Path, index: int, prompt: SamplePrompt, image) -> None:
+    log.info("sample %s (step %d, epoch %d, seed %d): %s", path, t.step, t.epoch, prompt.seed, prompt.prompt)
+    writer = t.extra.get("events") or run.sinks.get("events")
+    if writer is None:
+        writer = run.sinks["events"] = events.EventWriter(Path(t.run_dir) / events.EVENTS_FILE)
+    writer.emit("sample", path=str(path), step=t.step, epoch=t.epoch, index=index, prompt=prompt.prompt, seed=prompt.seed)
+    board = t.extra.get("tensorboard") or run.sinks.get("tensorboard") or open_tensorboard(t, run)
+    if board is not None:
+        board.add_image(f"sample/{index:02d}", np.asarray(image.convert("RGB")), t.step, dataformats="HWC")
+        board.flush()
+
+
+def open_tensorboard(t: Trainer, run: SampleRun):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: the images are on disk and in the events either way
+        return None
+    board = run.sinks["tensorboard"] = SummaryWriter(str(Path(t.run_dir) / events.TENSORBOARD_DIR))
+    return board
+
+
+@contextmanager
+def untouched_training_state(t: Trainer) -> Iterator[None]:
+    """Run the body in eval mode and give training back its RNG states, modes and requires_grad flags."""
+    models = [t.accelerator.unwrap_model(m) for m in (t.unet, t.text_encoder)] + [t.components.vae]
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    grads = [(p, p.requires_grad) for model in models for p in model.parameters()]
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    device = t.accelerator.device
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            for model in models:
+                model.eval()  # no LoRA dropout in the samples
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
