@@ -165,8 +165,9 @@ def _from_hub(load, source: str):
     except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or "offline" in str(exc).lower():
             raise ModelNotAvailableOffline(
-                f"{source!r} is a hub id, but the hub cannot be reached and it is not in the local cache. "
-                "Download the model's .safetensors file and choose it instead (local files need no network)."
+                f"{source!r} is not a local file or folder, and as a hub id it cannot be loaded: the hub cannot be "
+                "reached and it is not in the local cache. Check the path, or download the model's .safetensors "
+                "file and choose it (local files need no network)."
             ) from exc
         raise UserError(f"Could not load {source!r} from the hub: {str(exc)[:300]}") from exc
 
