@@ -1,0 +1,121 @@
+"""Launching: the accelerate argv (no shell), the run folder, checks before launch, the process handle."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from loratrainer import events
+from loratrainer.config import TrainingConfig, load_config, with_values
+from loratrainer.train import launch
+from tests.datasets import make_dataset
+
+
+def _config(tmp_path: Path, **values) -> TrainingConfig:
+    data = make_dataset(tmp_path / "image", {"2_thing": 2})
+    base = {"train_data_dir": str(data), "output_dir": str(tmp_path / "out"), "max_resolution": "64,64", "min_bucket_reso": 64}
+    return with_values(TrainingConfig(), {**base, **values})
+
+
+def test_build_command_single_process(tmp_path):
+    argv = launch.build_command(_config(tmp_path, mixed_precision="bf16", num_cpu_threads_per_process=4), tmp_path / "run")
+    assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert argv[3:13] == ["--mixed_precision", "bf16", "--num_processes", "1", "--num_machines", "1",
+                          "--num_cpu_threads_per_process", "4", "--dynamo_backend", "no"]
+    assert "--multi_gpu" not in argv and "--gpu_ids" not in argv and "--main_process_port" not in argv
+    assert argv[-4:] == ["-m", "loratrainer.train.entry", "--run-dir", str(tmp_path / "run")]
+
+
+def test_build_command_multi_gpu_flags(tmp_path):
+    config = _config(tmp_path, num_processes=2, multi_gpu=True, gpu_ids="0, 1", main_process_port=29555, num_machines=1)
+    argv = launch.build_command(config, "/r")
+    assert "--multi_gpu" in argv
+    assert argv[argv.index("--gpu_ids") + 1] == "0,1" and argv[argv.index("--main_process_port") + 1] == "29555"
+    assert argv[argv.index("--num_processes") + 1] == "2"
+
+
+def test_a_hostile_name_stays_one_literal_argument(tmp_path):
+    config = _config(tmp_path, output_name="$(touch x); rm -rf ~")
+    run_dir = launch.create_run(config)
+    argv = launch.build_command(config, run_dir)
+    assert str(run_dir) in argv and run_dir.name.startswith("$(touch x); rm -rf ~_")
+    assert all(isinstance(a, str) for a in argv)
+
+
+def test_create_run_writes_the_resolved_config(tmp_path):
+    config = _config(tmp_path, network_dim=16)
+    run_dir = launch.create_run(config)
+    assert run_dir.parent == tmp_path / "out" / "log" and run_dir.name.startswith("last_")
+    assert load_config(run_dir / events.CONFIG_FILE) == config
+    second = launch.create_run(config)  # same second: a distinct folder
+    assert second != run_dir
+    logged = launch.create_run(with_values(config, {"logging_dir": str(tmp_path / "logs")}))
+    assert logged.parent == tmp_path / "logs"
+
+
+def test_existing_output_is_refused_or_renamed(tmp_path):
+    config = _config(tmp_path)
+    (tmp_path / "out").mkdir()
+    assert launch.resolve_output_name(config) is config
+    (tmp_path / "out" / "last-000001.safetensors").write_bytes(b"x")
+    with pytest.raises(launch.LaunchRefused, match="will not be overwritten"):
+        launch.resolve_output_name(config)
+    renamed = launch.resolve_output_name(with_values(config, {"existing_output": "rename"}))
+    assert renamed.folders.output_name == "last_2"
+
+
+def test_output_folder_problems_are_refused(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(launch.LaunchRefused, match="cannot write"):
+        launch.check_output_dir(_config(tmp_path, output_dir=str(blocker / "sub")), 0)
+    monkeypatch.setattr(launch.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 * 1024 * 1024})())
+    with pytest.raises(launch.LaunchRefused, match="not enough free disk space"):
+        launch.check_output_dir(_config(tmp_path), 200 * 1024 * 1024)
+
+
+def test_preflight_refuses_a_bad_dataset_with_the_report(tmp_path):
+    config = with_values(_config(tmp_path), {"train_data_dir": str(tmp_path / "missing")})
+    with pytest.raises(launch.LaunchRefused, match="dataset check failed"):
+        launch.preflight(config)
+
+
+def test_run_process_stop_file_and_group_kill(tmp_path, monkeypatch):
+    script = "import os, time; open('child.pid', 'w').write(str(os.getpid())); time.sleep(60)"
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script])
+    monkeypatch.chdir(tmp_path)
+    run = launch.start_run(_config(tmp_path), check=False)
+    assert run.poll() is None and json.loads((run.run_dir / events.COMMAND_FILE).read_text())["argv"][1] == "-c"
+    run.request_stop()
+    assert (run.run_dir / events.STOP_FILE).exists() and events.stop_requested(run.run_dir)
+    if os.name == "posix":
+        assert os.getpgid(run.pid) == run.pid  # its own process group
+    run.kill()
+    assert run.wait(timeout=10) < 0
+    assert events.describe_exit(run.wait()) == "killed (signal 9)"
+
+
+def test_exit_code_comes_from_the_ended_event(tmp_path, monkeypatch):
+    # accelerate launch exits 1 for any failing child: the trainer's own code is read from events.jsonl
+    script = ("import json, sys; run = sys.argv[1]; "
+              "open(run + '/events.jsonl', 'w').write(json.dumps({'event': 'ended', 'status': 'nan', 'exit_code': 11}) + '\\n'); sys.exit(1)")
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
+    run = launch.start_run(_config(tmp_path), check=False)
+    assert run.wait(timeout=30) == 11 and run.poll() == 11
+
+
+def test_print_command_starts_nothing(tmp_path, capsys):
+    from loratrainer.cli import main
+    from loratrainer.config import save_config
+
+    save_config(_config(tmp_path), tmp_path / "c.json")
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--set", "num_processes=2", "--print-command"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "accelerate.commands.launch" in line and "--multi_gpu" in line and "loratrainer.train.entry" in line
+    assert not (tmp_path / "out").exists()
+
+
