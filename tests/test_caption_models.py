@@ -16,7 +16,7 @@ import pytest
 from loratrainer.caption import BlipOptions, CaptionRunOptions, TaggerOptions, caption_folder
 from loratrainer.cli import main
 from loratrainer.errors import UserError
-from loratrainer.train.runtime import hide_broken_torchvision
+from loratrainer.compat import hide_broken_torchvision
 from tests.datasets import RED, make_caption, make_image, make_truncated_jpeg
 
 hide_broken_torchvision()  # the tests import transformers themselves, before any captioner does

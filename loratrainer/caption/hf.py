@@ -15,7 +15,7 @@ class TransformersCaptioner:
     def __init__(self, model_class: str, model: str, device: str | None, generate_kwargs: dict[str, Any]):
         import torch
 
-        from loratrainer.train.runtime import hide_broken_torchvision
+        from loratrainer.compat import hide_broken_torchvision
 
         hide_broken_torchvision()  # a torchvision that does not match torch would break every transformers model
         import transformers
