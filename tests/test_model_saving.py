@@ -175,6 +175,7 @@ def test_metadata_keys_values_and_json(tmp_path):
     assert meta["modelspec.title"] == "My cat" and meta["modelspec.trigger_phrase"] == "mycat"
     assert meta["modelspec.date"].startswith("2023-11-14")
     assert "modelspec.author" not in meta  # empty fields are left out
+    assert meta["ss_session_id"] == metadata(config)["ss_session_id"]  # the same for every file of a run
 
 
 def test_sshs_hashes_are_computed_as_kohya_does(tmp_path):

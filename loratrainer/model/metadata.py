@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -78,7 +77,8 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
     warmup = opt.lr_warmup_steps or round(opt.lr_warmup * total_steps / 100)  # Kohya GUI: percentage of all steps
     optimizer = optimizer_name or opt.optimizer
     meta = {
-        "ss_session_id": session_id if session_id is not None else uuid.uuid4().int % 2**31,
+        # one id per run (Kohya: "which group of epochs the model came from"), so derived from the start time
+        "ss_session_id": session_id if session_id is not None else int(progress.started_at * 1000) % 2**31,
         "ss_training_started_at": progress.started_at,
         "ss_training_finished_at": progress.finished_at if progress.finished_at is not None else _now(),
         "ss_output_name": config.folders.output_name,
