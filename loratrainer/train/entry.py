@@ -127,6 +127,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     t = build_trainer(config, run_dir, accelerator, seed)
     t.keeper = new_keeper(t, make_saver(t))
     tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
+    t.extra.update(events=writer, tensorboard=tensorboard)  # shared with sampling
     s = t.report.steps
     if writer is not None:
         writer.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,

@@ -12,8 +12,10 @@ import torch
 from loratrainer.events import stop_requested
 from loratrainer.train.checkpoints import Progress
 from loratrainer.train.faults import inject_fault
-from loratrainer.train.loss import diffusion_loss, sample_weights, training_target
+from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
+from loratrainer.train.max_norm import apply_max_norm
 from loratrainer.train.noise import noisy_latents, sample_noise, sample_timesteps
+from loratrainer.train.sampling import maybe_sample
 from loratrainer.train.schedulers import current_lr
 from loratrainer.train.setup import Trainer
 from loratrainer.train.text import encode, tokenize
@@ -35,6 +37,7 @@ class Outcome:
 
 def train(t: Trainer, reporter, save) -> Outcome:
     """`save(kind, progress)` writes a LoRA file; `reporter.step(...)` reports each optimizer step."""
+    maybe_sample(t, first=True)
     for epoch in range(1, t.epochs + 1):
         t.epoch = epoch
         t.sampler.set_epoch(epoch)
@@ -48,13 +51,17 @@ def train(t: Trainer, reporter, save) -> Outcome:
                 break
             if t.keeper.policy.needs_save(progress(t)):
                 save("step", progress(t))
+            maybe_sample(t)
         reporter.epoch_end(epoch, t.step)
         if t.step >= t.total_steps:
             break
         if t.keeper.policy.needs_save(progress(t, epoch_done=True)):
             save("epoch", progress(t, epoch_done=True))
+        maybe_sample(t, epoch_end=True)
     assert t.step == t.total_steps, f"ran {t.step} steps, the plan was {t.total_steps}"
     save("final", progress(t))
+    maybe_sample(t)  # the last step's or the last epoch's samples, whichever the schedule asks for
+    maybe_sample(t, epoch_end=True)
     return Outcome("finished", t.step, t.epoch)
 
 
@@ -104,7 +111,8 @@ def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
         pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype)).sample
     target = training_target(scheduler, latents, noise, timesteps)
     weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
-    return diffusion_loss(pred, target, weights, t.loss)
+    huber_c = huber_threshold(scheduler, timesteps, t.loss) if t.loss.loss_type != "l2" else None
+    return diffusion_loss(pred, target, weights, t.loss, huber_c)
 
 
 def batch_latents(t: Trainer, batch: dict) -> torch.Tensor:
@@ -152,3 +160,5 @@ def apply_gradients(t: Trainer) -> None:
     t.optimizer.step()
     t.lr_scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
+    if t.config.network.scale_weight_norms:
+        apply_max_norm(t.handle, t.config.network.scale_weight_norms)

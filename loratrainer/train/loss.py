@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +16,14 @@ from loratrainer.config import TrainingConfig
 class LossSettings:
     loss_type: str = "l2"
     huber_c: float = 0.1
+    huber_schedule: str = "snr"
     min_snr_gamma: float = 0.0
     prior_loss_weight: float = 1.0
 
     @classmethod
     def from_config(cls, c: TrainingConfig) -> "LossSettings":
         o = c.optimizer
-        return cls(o.loss_type, o.huber_c, o.min_snr_gamma, c.dataset.prior_loss_weight)
+        return cls(o.loss_type, o.huber_c, o.huber_schedule, o.min_snr_gamma, c.dataset.prior_loss_weight)
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -30,12 +32,24 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
     return noise
 
 
-def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings) -> torch.Tensor:
+def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossSettings) -> torch.Tensor:
+    """Per-sample Huber c, shaped (batch, 1, 1, 1), by sd-scripts' schedules (constant, exponential, snr)."""
+    c = torch.full(timesteps.shape, s.huber_c, dtype=torch.float32, device=timesteps.device)
+    if s.huber_schedule == "exponential":
+        alpha = -math.log(s.huber_c) / scheduler.config.num_train_timesteps
+        c = torch.exp(-alpha * timesteps.float())
+    elif s.huber_schedule == "snr":
+        alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        c = (1 - s.huber_c) / (1 + sigmas) ** 2 + s.huber_c
+    return c[:, None, None, None]
+
+
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None) -> torch.Tensor:
     pred, target = pred.float(), target.float()
     if s.loss_type == "l2":
         return F.mse_loss(pred, target, reduction="none")
-    # Pseudo-Huber as in sd-scripts (constant huber_c; Kohya can also vary it with the timestep).
-    c = s.huber_c
+    c = huber_c if huber_c is not None else torch.tensor(s.huber_c, device=pred.device)
     scale = 2 * c if s.loss_type == "huber" else 2.0
     return scale * (torch.sqrt((pred - target) ** 2 + c**2) - c)
 
@@ -54,6 +68,6 @@ def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: 
     return weights
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossSettings) -> torch.Tensor:
-    per_sample = elementwise_loss(pred, target, s).mean(dim=(1, 2, 3))
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None) -> torch.Tensor:
+    per_sample = elementwise_loss(pred, target, s, huber_c).mean(dim=(1, 2, 3))
     return (per_sample * weights.to(per_sample.device)).mean()
