@@ -191,3 +191,18 @@ def test_pickle_with_python_objects_is_refused_with_advice(tmp_path):
     torch.save({"state_dict": {"a": torch.zeros(1)}, "callbacks": _NotATensor()}, path)
     with pytest.raises(CorruptModelFile, match="safetensors"):
         load(path)
+
+
+def test_shipped_configs_build_sd15_exactly():
+    """The shipped configs give SD1.5's parameter counts (runwayml/stable-diffusion-v1-5), built on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG_DIR, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15_CONFIG_DIR, subfolder="vae"))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15_CONFIG_DIR / "text_encoder"))
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, te)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8  # latents are 1/8 of the image

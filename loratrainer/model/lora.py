@@ -95,6 +95,8 @@ def inject_lora(
         config = LoraConfig(
                 r=network.network_dim,
                 lora_alpha=network.network_alpha,
+                # peft drops the adapter's input; Kohya's network_dropout drops the hidden (after down).
+                # Both regularise the same path; the rate means the same thing to the user.
                 lora_dropout=network.network_dropout,
                 init_lora_weights=True,  # kaiming-uniform down, zero up: Kohya's init
                 target_modules=linear + conv,
