@@ -167,3 +167,19 @@ def test_check_accepts_kohya_gui_config(tmp_path, capsys):
     ds.make_dataset(tmp_path / "img", {"10_dog": 2})
     assert _run(["check", str(tmp_path / "img"), "--config", str(kohya), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
+
+
+@pytest.mark.parametrize("in_the_way", ["", "image", "log", "reg"])
+def test_prepare_refuses_a_file_where_a_folder_must_go(tmp_path, capsys, in_the_way):
+    """DEST (or DEST/image, log, reg) being a file is a one-line error, never a traceback, and creates nothing."""
+    src = _source(tmp_path, 2)
+    reg = ds.make_concept(tmp_path, "regs", 1, captions=False)
+    dest = tmp_path / "project"
+    blocker = dest / in_the_way if in_the_way else dest
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a user's file")
+    before = sorted(tmp_path.rglob("*"))
+    assert _run(["prepare", str(src), str(dest), "--name", "dog", "--repeats", "5", "--reg", str(reg)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "a user's file"
+    assert sorted(tmp_path.rglob("*")) == before  # nothing was created

@@ -88,9 +88,14 @@ def prepare_project(
         targets.append((dest_dir / "reg" / f"{reg_repeats}_{name}", reg_files))
     for target, _ in targets:
         _refuse_existing(target, name)
-    created = [d for d in (dest_dir, dest_dir / "log", dest_dir / "model") if not d.exists()]
-    for folder in (dest_dir / "log", dest_dir / "model"):
-        folder.mkdir(parents=True, exist_ok=True)
+    folders = [dest_dir, dest_dir / "log", dest_dir / "model"] + [t.parent for t, _ in targets]
+    _refuse_files_in_the_way(folders)
+    created = [d for d in folders[:3] if not d.exists()]
+    try:
+        for folder in folders[1:3]:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {exc.filename}: {exc.strerror}") from None
     prepared = _copy_all(targets)
     created += [p.path for p in prepared]
     return PrepareResult(dest_dir, prepared[0], prepared[1] if len(prepared) > 1 else None, created, suggested)
@@ -120,6 +125,14 @@ def _refuse_existing(target: Path, name: str) -> None:
             parsed = parse_concept_name(entry.name)
             if entry.is_dir() and parsed and parsed[1] == name:
                 raise UserError(f"{entry} already holds the concept {name!r}: nothing was changed (choose another --name)")
+
+
+def _refuse_files_in_the_way(folders: list[Path]) -> None:
+    """Before anything is created: each folder we need must be a folder or not exist yet (nor any parent be a file)."""
+    for folder in folders:
+        for p in [folder, *folder.parents]:
+            if p.exists() and not p.is_dir():
+                raise UserError(f"{p} is a file, but the project needs a folder there: nothing was changed (choose another DEST)")
 
 
 def _dataset_files(folder: Path) -> tuple[list[Path], list[Path]]:
