@@ -221,3 +221,16 @@ def test_pyproject_installs_presets_and_lists_every_package() -> None:
     assert "*.json" in setuptools_cfg["package-data"]["loratrainer._presets"]
     on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "loratrainer").rglob("__init__.py")}
     assert on_disk <= set(packages), "add new package folders to [tool.setuptools] packages in pyproject.toml"
+
+
+@pytest.mark.parametrize("command", ["import-kohya", "export-kohya"])
+def test_cli_unwritable_output_is_one_error_line(tmp_path, capsys, command) -> None:
+    """An output path under a file (or any OS refusal) is an error naming the path, never a traceback."""
+    source = tmp_path / "ours.json"
+    save_config(TrainingConfig(), source)
+    (tmp_path / "afile").write_text("keep")
+    out = tmp_path / "afile" / "x.json"
+    assert main(["preset", command, str(source), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and str(out) in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "keep"

@@ -45,6 +45,20 @@ def _refuse_existing(output: str, force: bool) -> Path:
     return path
 
 
+def _write(output: Path, text: str, force: bool) -> None:
+    from loratrainer.files import atomic_write
+
+    try:
+        atomic_write(output, text, overwrite=force)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and output.is_file():
+            raise UserError(f"{output} appeared meanwhile and was kept; use --force to replace it") from None
+        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
+        raise UserError(f"cannot write {output}: {reason}") from None
+    print(f"Wrote {output}", end="")
+
+
 def _print_report(lines: list[str]) -> None:
     for line in lines:
         print(line)
@@ -52,7 +66,6 @@ def _print_report(lines: list[str]) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from loratrainer.config import config_to_json
-    from loratrainer.files import atomic_write
     from loratrainer.presets import load_any_config
 
     output = _refuse_existing(args.output, args.force)
@@ -60,13 +73,12 @@ def run_import(args: argparse.Namespace) -> int:
     _print_report(report.lines())
     for note in config.summary():
         print(f"Note: {note}")
-    atomic_write(output, config_to_json(config), overwrite=args.force)
-    print(f"Wrote {output}")
+    _write(output, config_to_json(config), args.force)
+    print()
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from loratrainer.files import atomic_write
     from loratrainer.kohya import export_kohya, kohya_to_json
     from loratrainer.presets import load_any_config
 
@@ -78,8 +90,8 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"Written out: {item}")
     for item in export_report.unsupported:
         print(f"NOT EXPORTED: {item}")
-    atomic_write(output, kohya_to_json(data), overwrite=args.force)
-    print(f"Wrote {output} ({len(data)} Kohya keys)")
+    _write(output, kohya_to_json(data), args.force)
+    print(f" ({len(data)} Kohya keys)")
     return 0
 
 
