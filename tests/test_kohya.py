@@ -11,9 +11,8 @@ import pytest
 from loratrainer.config import ConfigError, TrainingConfig, get_value, resolve_key
 from loratrainer.kohya import DIRECT_KEYS, OURS_ONLY, export_kohya, import_kohya, kohya_to_json
 
-FIXTURES = sorted(Path("/work/shared/fixtures/kohya-presets").glob("*.json")) or sorted(
-    (Path(__file__).parent / "fixtures" / "kohya-presets").glob("*.json")
-)
+# Real Kohya GUI files (copies of the shared reference fixtures, so a fresh clone anywhere tests them).
+FIXTURES = sorted((Path(__file__).parent / "fixtures" / "kohya-presets").glob("*.json"))
 DEFAULTS = TrainingConfig()
 KOHYA_NAMES = {"LoRA_type": "lora_type", "xformers": "attention"}  # Kohya keys we spell differently
 
@@ -47,9 +46,11 @@ def test_fixtures_are_present() -> None:
 def test_every_fixture_imports_with_each_value_as_written_or_reported(path: Path) -> None:
     data = _load(path)
     config, report = import_kohya(data, path.name)
+    # Coerced values ("0.0001" -> 0.0001) are compared too: coercion must keep what the file says.
+    changed = {k for kind in ("migrated", "defaulted", "unsupported", "ignored") for k in report.keys(kind)}
     compared = 0
     for key, value in data.items():
-        if key in DIRECT_KEYS and value not in ("", None) and not report.mentions(key):
+        if key in DIRECT_KEYS and value not in ("", None) and key not in changed:
             compared += 1
             default = get_value(DEFAULTS, key)
             if key == "max_resolution":
@@ -62,6 +63,7 @@ def test_every_fixture_imports_with_each_value_as_written_or_reported(path: Path
             # A key that was not taken over as written is named in the report: never silently dropped.
             assert report.mentions(key) or (key in DIRECT_KEYS and value in ("", None) and get_value(DEFAULTS, key) in ("", None)), key
     assert compared >= 10  # the comparison is not vacuous
+    assert set(report.keys("coerced")) - {"xformers"} <= set(data), "coerced keys come from the file"
     assert any(line.startswith("Read ") for line in report.lines())
 
 

@@ -21,7 +21,7 @@ from loratrainer.presets import (
     shipped_preset_dir,
 )
 
-KOHYA_FIXTURES = sorted(Path("/work/shared/fixtures/kohya-presets").glob("*.json"))
+KOHYA_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "kohya-presets").glob("*.json"))
 SHIPPED = sorted(shipped_preset_dir().glob("*.json"))
 
 
