@@ -389,7 +389,19 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
     for name in sorted(OURS_ONLY):
         if get_value(config, name) != get_value(defaults, name):
             report.unsupported.append(ReportItem(name, f"{get_value(config, name)!r}: Kohya has no such setting; not exported"))
+    _export_noise_type(config, out, report)
     return out, report
+
+
+def _export_noise_type(config: TrainingConfig, out: dict[str, Any], report: ImportReport) -> None:
+    """Kohya passes noise_offset only with noise_offset_type Original (its default), multires noise only with Multires."""
+    o = config.optimizer
+    out["noise_offset_type"] = "Multires" if o.multires_noise_iterations > 0 else "Original"
+    if o.multires_noise_iterations > 0 and o.noise_offset > 0:
+        report.unsupported.append(ReportItem(
+            "noise_offset", f"{o.noise_offset!r}: Kohya uses either the noise offset or multires noise; exported as Multires, "
+            "so Kohya will not apply the noise offset"
+        ))
 
 
 def kohya_to_json(data: dict[str, Any]) -> str:

@@ -286,3 +286,18 @@ def test_kohya_to_ours_to_kohya_keeps_supported_values(path: Path) -> None:
 def test_every_direct_key_is_a_real_setting() -> None:
     for key in DIRECT_KEYS:
         resolve_key(key)
+
+
+@pytest.mark.parametrize(
+    "offset, iterations, kohya_type, loud",
+    [(0.0, 0, "Original", False), (0.05, 0, "Original", False), (0.0, 6, "Multires", False), (0.05, 6, "Multires", True)],
+)
+def test_export_sets_noise_offset_type_so_kohya_uses_the_noise_settings(offset, iterations, kohya_type, loud) -> None:
+    """Kohya's GUI passes multires noise only when noise_offset_type is Multires (its default is Original)."""
+    config = TrainingConfig.model_validate({"optimizer": {"noise_offset": offset, "multires_noise_iterations": iterations}})
+    data, report = export_kohya(config)
+    assert data["noise_offset_type"] == kohya_type
+    assert ("noise_offset" in report.keys("unsupported")) == loud
+    again, _ = import_kohya(json.loads(kohya_to_json(data)))
+    assert again.optimizer.multires_noise_iterations == iterations
+    assert again.optimizer.noise_offset == (0.0 if loud else offset)  # what Kohya itself would train with
