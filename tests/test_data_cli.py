@@ -182,3 +182,31 @@ def test_prepare_refuses_a_file_where_a_folder_must_go(tmp_path, capsys, in_the_
     assert "is a file" in capsys.readouterr().err
     assert blocker.read_text() == "a user's file"
     assert sorted(tmp_path.rglob("*")) == before  # nothing was created
+
+
+def test_prepare_with_class_names_folders_as_kohyas_tool(tmp_path, capsys):
+    """Kohya's folder tool: image/<repeats>_<instance> <class>/ and reg/<repeats>_<class>/, so uncaptioned reg
+    images train as the class ("dog"), never as the trigger name."""
+    src = _source(tmp_path, 3)
+    reg = ds.make_concept(tmp_path, "regs", 2, captions=False)
+    dest = tmp_path / "project"
+    assert _run(["prepare", str(src), str(dest), "--name", "zoë", "--class", "dog", "--repeats", "20", "--reg", str(reg)]) == 0
+    assert "give --class" not in capsys.readouterr().out
+    assert sorted(p.name for p in (dest / "image").iterdir()) == ["20_zoë dog"]
+    assert sorted(p.name for p in (dest / "reg").iterdir()) == ["1_dog"]
+    assert _run(["check", str(dest / "image"), "--reg", str(dest / "reg"), "--json"]) == 0
+    capsys.readouterr()
+    from loratrainer.data.check import check_dataset
+
+    config = TrainingConfig()
+    config.folders.train_data_dir, config.folders.reg_data_dir = str(dest / "image"), str(dest / "reg")
+    assert {s.caption for s in check_dataset(config).samples if s.is_reg} == {"dog"}
+    assert _run(["prepare", str(src), str(tmp_path / "p2"), "--name", "x", "--class", "a/b"]) == 2
+    assert "--class" in capsys.readouterr().err and not (tmp_path / "p2").exists()
+
+
+def test_prepare_reg_without_class_says_what_the_reg_captions_are(tmp_path, capsys):
+    src = _source(tmp_path, 3)
+    reg = ds.make_concept(tmp_path, "regs", 2, captions=False)
+    assert _run(["prepare", str(src), str(tmp_path / "project"), "--name", "zoë", "--reg", str(reg)]) == 0
+    assert "give --class" in capsys.readouterr().out

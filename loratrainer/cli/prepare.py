@@ -20,7 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, metavar="N",
                    help="repeats per image per epoch (default: suggested from the image count: 150 for 10 or fewer, "
                    "100 for 20 or more, in between linearly)")
-    p.add_argument("--reg", metavar="REG_DIR", help="folder with regularisation images")
+    p.add_argument("--class", dest="class_name", metavar="CLASS",
+                   help="the class the concept belongs to (e.g. dog): the training folder becomes <repeats>_<name> <class> "
+                   "and the regularisation folder <reg-repeats>_<class>, as Kohya's folder tool makes them")
+    p.add_argument("--reg", metavar="REG_DIR", help="folder with regularisation images (give --class too)")
     p.add_argument("--reg-repeats", type=int, default=1, metavar="N", help="repeats of the regularisation images (default 1)")
     p.set_defaults(run=run)
 
@@ -28,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loratrainer.data.prepare import prepare_project
 
-    r = prepare_project(args.src, args.dest, args.name, args.repeats, args.reg, args.reg_repeats)
+    r = prepare_project(args.src, args.dest, args.name, args.repeats, args.reg, args.reg_repeats, class_name=args.class_name)
     for folder in [r.train] + ([r.reg] if r.reg else []):
         print(f"created {folder.path}  ({folder.images} images, {folder.captions} captions copied, {folder.repeats} repeats)")
     for sub in ("log", "model"):
@@ -38,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if r.train.captions < r.train.images:
         print(f"{r.train.images - r.train.captions} image(s) have no caption: caption them with "
               f"`loratrainer caption {shlex.quote(str(r.train.path))}` or they train with the caption {r.train.path.name.split('_', 1)[1]!r}")
+    if r.reg and not args.class_name:
+        print(f"note: uncaptioned regularisation images train with the caption {args.name.strip()!r}; give --class "
+              "(e.g. --class dog) so they train as the class instead of your concept")
     check = f"loratrainer check {shlex.quote(str(r.project / 'image'))}"
     if r.reg:
         check += f" --reg {shlex.quote(str(r.project / 'reg'))}"

@@ -53,13 +53,13 @@ def suggest_repeats(num_images: int) -> int:
     return 150 - 5 * (num_images - 10)
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, option: str = "--name") -> str:
     """A concept name becomes a folder name: no separators, no '..', not empty (spaces and any script are fine)."""
     stripped = name.strip()
     if not stripped or stripped in {".", ".."} or any(c in stripped for c in _FORBIDDEN_NAME_CHARS):
-        raise UserError(f'--name {name!r}: use a plain name without / \\ : * ? " < > | (e.g. "mydog" or "zoë dog")')
+        raise UserError(f'{option} {name!r}: use a plain name without / \\ : * ? " < > | (e.g. "mydog" or "zoë dog")')
     if stripped.startswith("."):
-        raise UserError(f"--name {name!r}: must not start with '.' (such folders are hidden and skipped)")
+        raise UserError(f"{option} {name!r}: must not start with '.' (such folders are hidden and skipped)")
     return stripped
 
 
@@ -70,8 +70,16 @@ def prepare_project(
     repeats: int | None = None,
     reg_src: str | Path | None = None,
     reg_repeats: int = 1,
+    *,
+    class_name: str | None = None,
 ) -> PrepareResult:
+    """Kohya's folder tool: image/<repeats>_<name> <class>/ and reg/<reg_repeats>_<class>/ (class optional).
+
+    The reg folder is named after the class, so uncaptioned reg images train as "dog", not as the trigger
+    name: reg images under the trigger name would teach it to mean any dog.
+    """
     name = check_name(name)
+    class_name = check_name(class_name, "--class") if class_name else None
     src_dir, dest_dir = _existing_dir(src, "SRC"), Path(dest).expanduser().resolve()
     _refuse_overlap(src_dir, dest_dir, "SRC")
     reg_dir = _existing_dir(reg_src, "--reg") if reg_src else None
@@ -83,11 +91,12 @@ def prepare_project(
     repeats = suggest_repeats(len(train_files[0])) if repeats is None else repeats
     if repeats < 1 or reg_repeats < 1:
         raise UserError("--repeats and --reg-repeats must be at least 1")
-    targets = [(dest_dir / "image" / f"{repeats}_{name}", train_files)]
+    concept = f"{name} {class_name}" if class_name else name
+    targets = [(dest_dir / "image" / f"{repeats}_{concept}", train_files)]
     if reg_files is not None:
-        targets.append((dest_dir / "reg" / f"{reg_repeats}_{name}", reg_files))
+        targets.append((dest_dir / "reg" / f"{reg_repeats}_{class_name or name}", reg_files))
     for target, _ in targets:
-        _refuse_existing(target, name)
+        _refuse_existing(target, target.name.split("_", 1)[1])
     folders = [dest_dir, dest_dir / "log", dest_dir / "model"] + [t.parent for t, _ in targets]
     _refuse_files_in_the_way(folders)
     created = [d for d in folders[:3] if not d.exists()]
