@@ -45,19 +45,6 @@ def trained_handle(config=None, seed=1, **parts):
     return handle
 
 
-@pytest.fixture
-def transformers_peft_gate(monkeypatch):
-    """diffusers loads text-encoder LoRAs through transformers' load_adapter, which (transformers 5.x) demands
-    a peft newer than any release (0.22 vs 0.21.2). It is a version gate only; lift it so the test judges our
-    file rather than the environment's pins."""
-    import peft
-    import transformers.integrations.peft as tp
-    from packaging.version import Version
-
-    if Version(peft.__version__) < Version(tp.MIN_PEFT_VERSION):
-        monkeypatch.setattr(tp, "check_peft_version", lambda min_version: None)
-
-
 def render(pipe):
     return pipe("a photo of a cat", num_inference_steps=2, height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images
@@ -92,7 +79,7 @@ class _Collect:
 
 
 @pytest.mark.parametrize("lora_type", ["Standard", "LoCon"])
-def test_diffusers_loads_the_kohya_file_fully_and_unloads(tmp_path, transformers_peft_gate, lora_type):
+def test_diffusers_loads_the_kohya_file_fully_and_unloads(tmp_path, lora_type):
     config = TrainingConfig()
     config.network.lora_type = lora_type
     config.network.network_dim, config.network.network_alpha = 4, 2
@@ -121,7 +108,7 @@ def test_diffusers_loads_the_kohya_file_fully_and_unloads(tmp_path, transformers
     np.testing.assert_allclose(render(pipe), base, atol=1e-6)
 
 
-def test_unet_only_file_loads_in_diffusers(tmp_path, transformers_peft_gate):
+def test_unet_only_file_loads_in_diffusers(tmp_path):
     handle = trained_handle(train_text_encoder=False)
     path = save_lora(tmp_path / "u.safetensors", lora_state_dict(handle), metadata())
     with safe_open(path, "pt") as f:
@@ -134,7 +121,7 @@ def test_unet_only_file_loads_in_diffusers(tmp_path, transformers_peft_gate):
     assert np.abs(render(pipe) - base).max() > 1e-3
 
 
-def test_diffusers_format_export_gives_the_same_result(tmp_path, transformers_peft_gate):
+def test_diffusers_format_export_gives_the_same_result(tmp_path):
     config = TrainingConfig()
     config.network.network_dim, config.network.network_alpha = 4, 1
     handle = trained_handle(config)
