@@ -23,7 +23,7 @@ from loratrainer.model.loading import noise_scheduler
 from loratrainer.train.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
 from loratrainer.train.samplers import SAMPLER_NAMES, build_scheduler
 from loratrainer.train.sampling import SampleSchedule, maybe_sample, sample_name
-from loratrainer.train.setup import build_trainer
+from loratrainer.train.setup import build_trainer, new_keeper
 
 # -- prompt parsing --------------------------------------------------------------------------------------------
 
@@ -178,14 +178,16 @@ class _Quiet:
         pass
 
 
-PROMPTS = "# samples\nred square --w 64 --h 64 --s 2 --d 5\n\nblue circle --n green --w 64 --h 48 --s 2 --l 3 --ss ddim\n"
+PROMPTS = "# samples\nred square --w 64 --h 64 --s 2 --d 5\n\nblue circle --n green --w 128 --h 64 --s 2 --l 3 --ss ddim\n"
 NAME = re.compile(r"^lora_(e\d{6}|\d{6})_(\d{2})_(\d{14})_(\d+)\.png$")
 
 
 def _trainer(root, model, **values):
     set_seed(7)  # the LoRA's initial weights come from the global RNG
     config = small_config(root, model, output_name="lora", sample_prompts=PROMPTS, **values)
-    return build_trainer(config, root, Accelerator(cpu=True), seed=7)
+    t = build_trainer(config, root, Accelerator(cpu=True), seed=7)
+    t.keeper = new_keeper(t, lambda path, p: None)
+    return t
 
 
 def _train(t):
@@ -202,9 +204,9 @@ def _samples(root):
 
 
 def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tmp_path, tiny_model):
-    plain = _train(_trainer(tmp_path / "plain", tiny_model))
+    plain = _train(_trainer(tmp_path / "plain", tiny_model, network_dropout=0.1))  # dropout: modes and RNG matter
 
-    t = _trainer(tmp_path / "steps", tiny_model, sample_every_n_steps=2, sample_at_first=True)
+    t = _trainer(tmp_path / "steps", tiny_model, sample_every_n_steps=2, sample_at_first=True, network_dropout=0.1)
     t.extra["tensorboard"] = board = _Board()
     sampled = _train(t)
     assert t.total_steps == 6
@@ -215,18 +217,18 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     seeds = {m.group(2): m.group(4) for m in names}
     assert seeds["00"] == "5" and len({m.group(4) for m in names if m.group(2) == "01"}) == 1  # a random seed, kept
     for f, m in zip(files, names):
-        assert Image.open(f).size == ((64, 64) if m.group(2) == "00" else (64, 48))
+        assert Image.open(f).size == ((64, 64) if m.group(2) == "00" else (128, 64))
     events = [json.loads(line) for line in (tmp_path / "steps" / "events.jsonl").read_text().splitlines()]
     assert sorted(e["path"] for e in events) == [str(f) for f in files]
     assert {(e["step"], e["index"], e["prompt"]) for e in events} == {
         (s, i, p) for s in (0, 2, 4, 6) for i, p in enumerate(["red square", "blue circle"])}
     assert all(e["event"] == "sample" and "epoch" in e and "time" in e for e in events)
-    assert len(board.images) == 8 and board.images[1] == ("sample/01", (48, 64, 3), 0, "HWC")
+    assert len(board.images) == 8 and board.images[1] == ("sample/01", (64, 128, 3), 0, "HWC")
 
     assert plain.keys() == sampled.keys() and plain
     assert all(torch.equal(plain[k], sampled[k]) for k in plain), "sampling changed the training"
 
-    t = _trainer(tmp_path / "epochs", tiny_model, sample_every_n_steps=1, sample_every_n_epochs=1)
+    t = _trainer(tmp_path / "epochs", tiny_model, sample_every_n_steps=1, sample_every_n_epochs=1, network_dropout=0.1)
     assert all(torch.equal(plain[k], v) for k, v in _train(t).items())
     assert sorted(NAME.match(f.name).group(1) for f in _samples(tmp_path / "epochs")) == ["e000001"] * 2 + ["e000002"] * 2
 
