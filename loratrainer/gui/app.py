@@ -82,6 +82,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             mcp_server=False,
             pwa=False,
             css=CSS,
+            theme=_theme(),
         )
     if not options.language:
 
@@ -93,6 +94,16 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     app.add_middleware(FileRouteGuard)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(options))
     return app
+
+
+def _theme():
+    """Gradio's default look with local fonts: the page makes no request outside this machine."""
+    import gradio as gr
+
+    return gr.themes.Default(
+        font=["system-ui", "Segoe UI", "Noto Sans KR", "Malgun Gothic", "sans-serif"],
+        font_mono=["ui-monospace", "Consolas", "monospace"],
+    )
 
 
 class FileRouteGuard:

@@ -49,6 +49,11 @@ class Translator:
         return self(f"field.{path}.help")
 
 
+def md(text: str) -> str:
+    """Text from elsewhere (an error, a path) made safe inside Markdown: `<name>` must not vanish as a tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def pick_language(accept_language: str | None, forced: str | None = None) -> str:
     """The first supported language in an Accept-Language header ("ko-KR,ko;q=0.9,en;q=0.8" -> "ko")."""
     if forced:

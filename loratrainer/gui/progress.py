@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from loratrainer.gui.i18n import Translator
+from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
 
 FAILED = ("nan", "oom", "disk_full", "error")
@@ -24,16 +24,30 @@ def status_line(view: JobView | None, t: Translator) -> str:
             return t("status.starting")
         return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
     outcome = view.outcome
-    reason = s.reason or ""
+    reason = md(s.reason or "")
     if outcome == "finished":
         return t("status.finished")
     if outcome == "stopped":
-        return t("status.stopped", step=s.step, reason=reason)
+        return t("status.stopped", step=s.step, reason=reason, file=interrupted_file(view))
     if outcome in FAILED:
         return t(f"status.{outcome}", reason=reason)
     if outcome.startswith("killed"):
         return t("status.killed", detail=outcome)
-    return t("status.error", reason=outcome)
+    return t("status.error", reason=md(outcome))
+
+
+def interrupted_file(view: JobView) -> str:
+    """The name of the file Stop saves: from the checkpoint event, else from the run's output name."""
+    for e in reversed(view.checkpoints):
+        if e.get("kind") == "interrupted":
+            return Path(str(e.get("path", ""))).name
+    try:
+        from loratrainer.config import load_config
+        from loratrainer.events import CONFIG_FILE
+
+        return f"{load_config(view.run_dir / CONFIG_FILE).folders.output_name}-interrupted.safetensors"
+    except Exception:
+        return "-interrupted.safetensors"
 
 
 def status_kind(view: JobView | None) -> str:

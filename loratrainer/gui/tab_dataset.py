@@ -11,6 +11,7 @@ from loratrainer.data.folders import parse_concept_name
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
+from loratrainer.gui.i18n import md
 
 FOLDERS = {"folders.train_data_dir": "train", "folders.reg_data_dir": "reg", "folders.output_dir": "output", "folders.logging_dir": "log"}
 STEP_FIELDS = ("optimizer.train_batch_size", "optimizer.epoch", "optimizer.gradient_accumulation_steps", "optimizer.max_train_steps", "launch.num_processes")
@@ -40,7 +41,7 @@ class DatasetHandlers:
         try:
             r = prepare_project(src, dest, name, repeats, reg)
         except (UserError, OSError) as exc:
-            return {n["prep_message"]: self.t("error.generic", error=str(exc))}
+            return {n["prep_message"]: self.t("error.generic", error=md(str(exc)))}
         f = self.ui.fields
         out = {
             f["folders.train_data_dir"]: str(r.project / "image"),
@@ -62,7 +63,7 @@ class DatasetHandlers:
             config = self.ui.read_config(data)
             report = check_dataset(config)
         except (UserError, OSError) as exc:
-            return {n["check_summary"]: self.t("error.generic", error=str(exc)), n["report"]: None}
+            return {n["check_summary"]: self.t("error.generic", error=md(str(exc))), n["report"]: None}
         return {
             n["report"]: report,
             n["check_summary"]: self.summary(report),
@@ -129,7 +130,7 @@ class DatasetHandlers:
         try:
             plan = rename_plan(rows, train_dir)
         except UserError as exc:
-            return {n["rename_text"]: self.t("error.generic", error=str(exc)), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t("error.generic", error=md(str(exc))), n["rename_panel"]: _shown(), n["pending"]: []}
         if not plan:
             return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["pending"]: []}
         listing = "\n".join(f"- `{Path(a).name}` → `{Path(b).name}`" for a, b in plan)
@@ -209,12 +210,17 @@ def build(ui: UiContext) -> DatasetHandlers:
             n["prep_reg"] = gr.Textbox(label=t("prepare.reg"), info=t("prepare.reg_help"), elem_id="prep-reg")
         prepare = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
         n["prep_message"] = gr.Markdown(elem_id="prep-message")
-    for path, role in FOLDERS.items():
-        box = ui.field(path)
-        note = gr.Markdown(elem_id=f"check-{role}", elem_classes=["lt-path-check"])
-        box.change(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note], trigger_mode="always_last", show_progress="hidden", api_visibility="private")
-        ui.on_load(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note])
-        filebrowser.build(ui, box, key=role)
+    pairs = list(FOLDERS.items())
+    for i in range(0, len(pairs), 2):
+        with gr.Row(equal_height=False):
+            for path, role in pairs[i : i + 2]:
+                with gr.Column():
+                    box = ui.field(path)
+                    note = gr.Markdown(elem_id=f"check-{role}", elem_classes=["lt-path-check"])
+                    box.change(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note], trigger_mode="always_last",
+                               show_progress="hidden", api_visibility="private")
+                    ui.on_load(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note])
+                    filebrowser.build(ui, box, key=role)
     check = gr.Button(t("check.button"), variant="primary", elem_id="check-button")
     n["check_summary"] = gr.Markdown(elem_id="check-summary")
     n["report"] = gr.State(None)

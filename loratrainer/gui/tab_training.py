@@ -14,6 +14,7 @@ from loratrainer.config import GROUPS, save_config
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser, progress
 from loratrainer.gui.context import UiContext
+from loratrainer.gui.i18n import md
 from loratrainer.gui.form import specs_by_path
 
 # The settings the Korean tutorial walks through, in its order; everything else is in Advanced.
@@ -70,7 +71,7 @@ class TrainingHandlers:
         try:
             config = apply_preset(self.ui.read_config(data), load_preset(chosen))
         except UserError as exc:
-            return {message: self.t("error.generic", error=str(exc))}
+            return {message: self.t("error.generic", error=md(str(exc)))}
         return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
 
     def save_preset(self, data: dict) -> dict:
@@ -83,7 +84,7 @@ class TrainingHandlers:
         try:
             path = save_user_preset(self.ui.read_config(data), name)
         except (UserError, OSError, FileExistsError) as exc:
-            return {message: self.t("error.generic", error=str(exc))}
+            return {message: self.t("error.generic", error=md(str(exc)))}
         import gradio as gr
 
         return {message: self.t("presets.saved", path=str(path)), self.ui.named["preset"]: gr.update(choices=self.preset_choices(), value=str(path))}
@@ -100,7 +101,7 @@ class TrainingHandlers:
         try:
             config, report = load_any_config(path)
         except UserError as exc:
-            return {message: self.t("error.generic", error=str(exc))}
+            return {message: self.t("error.generic", error=md(str(exc)))}
         lines = report.lines()
         text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
         if len(lines) > 1:
@@ -124,7 +125,7 @@ class TrainingHandlers:
                 backup = self.t("config.backup", path=target.name + ".bak")
             save_config(config, target)
         except (UserError, OSError) as exc:
-            return {message: self.t("error.generic", error=str(exc))}
+            return {message: self.t("error.generic", error=md(str(exc)))}
         return {message: self.t("config.saved", path=str(target)) + (" " + backup if backup else "")}
 
     # -- the run -------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class TrainingHandlers:
         try:
             config = self.ui.read_config(data)
         except UserError as exc:
-            return {box: self.t("error.generic", error=str(exc))}
+            return {box: self.t("error.generic", error=md(str(exc)))}
         run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
         return {box: format_command(build_command(config, run_dir))}
 
@@ -147,19 +148,29 @@ class TrainingHandlers:
         try:
             run_dir = self.ui.jobs.start(self.ui.read_config(data))
         except UserError as exc:
-            return {status: self.t("start.refused", error=str(exc)), self.ui.named["timer"]: gr.Timer(active=False)}
+            return {status: self.t("start.refused", error=md(str(exc))), self.ui.named["timer"]: gr.Timer(active=False)}
         return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
 
     def stop(self, run_dir: str | None) -> str:
         if not run_dir or not self.ui.jobs.view(run_dir).alive:
             return self.t("stop.nothing")
         self.ui.jobs.stop(run_dir)
-        return self.t("stop.requested")
+        return self.t("stop.requested", file=progress.interrupted_file(self.ui.jobs.view(run_dir)))
 
     def attach(self) -> dict:
-        """On page load: the running job (or the newest run) comes back, with the timer on when it runs."""
+        """On page load: the running job (or the newest run) comes back, with the timer on when it runs; a
+        running job also brings back its settings, so the form shows what is training."""
+        from loratrainer.config import ConfigError, load_config
+        from loratrainer.events import CONFIG_FILE
+
         run_dir = self.ui.jobs.current()
-        return self.refresh(str(run_dir) if run_dir else None, -1)
+        out = self.refresh(str(run_dir) if run_dir else None, -1)
+        if run_dir is not None and self.ui.jobs.view(run_dir).alive:
+            try:
+                out.update(self.ui.show_config(load_config(run_dir / CONFIG_FILE)))
+            except ConfigError:
+                pass
+        return out
 
     def refresh(self, run_dir: str | None, samples_seen: int) -> dict:
         import gradio as gr
@@ -194,7 +205,7 @@ def build(ui: UiContext) -> TrainingHandlers:
     h = TrainingHandlers(ui)
     n = ui.named
     with gr.Row():
-        n["preset"] = gr.Dropdown(choices=h.preset_choices(), label=t("presets.label"), info=t("presets.help"), elem_id="preset-choice", scale=3)
+        n["preset"] = gr.Dropdown(choices=h.preset_choices(), value=None, label=t("presets.label"), info=t("presets.help"), elem_id="preset-choice", scale=3)
         load_preset = gr.Button(t("presets.load"), elem_id="preset-load", scale=1)
         n["preset_name"] = gr.Textbox(label=t("presets.name"), scale=2, elem_id="preset-name")
         save_preset = gr.Button(t("presets.save"), scale=1, elem_id="preset-save")
@@ -257,7 +268,7 @@ def build(ui: UiContext) -> TrainingHandlers:
     start.click(h.start, inputs=cfg(), outputs=live, api_name="start")
     stop.click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
-    ui.on_load(h.attach, outputs=live)
+    ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
     folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
     if folder_fields:
         gr.on([c.change for c in folder_fields], h.folders_summary, inputs=set(folder_fields), outputs=[folders_md], api_visibility="private", show_progress="hidden")

@@ -11,6 +11,7 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
+from loratrainer.gui.i18n import md
 
 METHODS = ("blip", "git", "wd14", "fixed")
 PAGE_SIZE = 12
@@ -61,7 +62,7 @@ class UtilitiesHandlers:
                 return self.t("check.not_found")
             plan = plan_captions(run)
         except UserError as exc:
-            return self.t("error.generic", error=str(exc))
+            return self.t("error.generic", error=md(str(exc)))
         text = self.t("caption.plan", todo=len(plan.images), existing=len(plan.existing))
         if not run.overwrite and plan.existing:
             text += " " + self.t("caption.plan_kept")
@@ -81,7 +82,7 @@ class UtilitiesHandlers:
         try:
             run, model = self._options(v)
         except (UserError, ValueError, TypeError) as exc:
-            yield self.t("error.generic", error=str(exc))
+            yield self.t("error.generic", error=md(str(exc)))
             return
         session = getattr(request, "session_hash", None) or "direct"
         cancel = self._cancel[session] = threading.Event()
@@ -106,7 +107,7 @@ class UtilitiesHandlers:
                 cancel.set()
             self._cancel.pop(session, None)
         if state["error"]:
-            yield self.t("error.generic", error=state["error"])
+            yield self.t("error.generic", error=md(state["error"]))
             return
         report = state["report"]
         lines = [self.t("caption.done", written=len(report.written), kept=len(report.skipped_existing), failed=len(report.failed))]
@@ -133,7 +134,7 @@ class UtilitiesHandlers:
         try:
             result = editor.list_page(Path(folder.strip()), int(page or 1), PAGE_SIZE, caption_extension=extension or ".txt", query=query or "")
         except (UserError, OSError, ValueError) as exc:
-            return {n["ed_message"]: self.t("error.generic", error=str(exc)), n["ed_items"]: [], n["ed_gallery"]: []}
+            return {n["ed_message"]: self.t("error.generic", error=md(str(exc))), n["ed_items"]: [], n["ed_gallery"]: []}
         items = [(str(i.image), i.caption) for i in result.items]
         gallery = [(self.ui.display.thumbnail(i.image) or "", i.caption[:60] or self.t("editor.no_caption")) for i in result.items]
         return {
@@ -158,7 +159,7 @@ class UtilitiesHandlers:
         try:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t("error.generic", error=str(exc))
+            return self.t("error.generic", error=md(str(exc)))
         return self.t("editor.saved", path=path.name)
 
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
@@ -167,7 +168,7 @@ class UtilitiesHandlers:
         try:
             report = editor.search_replace(Path(folder.strip()), find or "", replace or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t("error.generic", error=str(exc))
+            return self.t("error.generic", error=md(str(exc)))
         text = self.t("editor.replaced", changed=len(report.changed), unchanged=report.unchanged)
         if report.backup_dir:
             text += " " + self.t("caption.backup", folder=str(report.backup_dir))

@@ -1,0 +1,265 @@
+"""The real GUI in headless Chromium, driving the real trainer (reliability.md, "Tests that prove it").
+
+Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
+training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
+"stopped" and the -interrupted LoRA on the Results tab. Then the Korean page. Screenshots of every tab go to
+test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide).
+
+Needs Debian's chromium (/usr/bin/chromium, `apt-get install chromium fonts-noto-cjk`); Playwright's own
+browser download is not used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("LORATRAINER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
+DOCS_IMG = ROOT / "docs" / "img"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: CI must `apt-get install -y chromium fonts-noto-cjk`")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    from loratrainer.train.runtime import hide_broken_torchvision
+
+    hide_broken_torchvision()
+    from tests.datasets import make_caption, make_image
+    from tests.tiny_sd import save_tiny_diffusers
+
+    root = tmp_path_factory.mktemp("gui-e2e")
+    save_tiny_diffusers(root / "tiny-sd")
+    for i, size in enumerate([(64, 64), (96, 64), (64, 96), (64, 64)]):
+        image = make_image(root / "photos" / f"house {i}.png", size, color=(40 * i, 120, 200 - 40 * i))
+        make_caption(image, f"a small house, view {i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    """`loratrainer gui` as users start it, with its own HOME (run registry) and preset folder."""
+    port = _free_port()
+    home = workspace / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "LORATRAINER_PRESET_DIR": str(workspace / "user-presets"), "PYTHONUNBUFFERED": "1"}
+    log = open(workspace / "gui.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("GUI did not start:\n" + (workspace / "gui.log").read_text())
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("LORATRAINER_DOCS_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / f"{name}.png")
+
+
+# -- small helpers that find components by their schema path or elem_id, never by position -------------------
+
+
+def box(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def field(page, path: str):
+    return box(page, "field-" + path.replace(".", "-"))
+
+
+def set_value(locator, value) -> None:
+    locator.fill(str(value))
+    locator.press("Tab")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
+def open_accordion(page, elem_id: str) -> None:
+    button = page.locator(f"#{elem_id} > button.label-wrap, #{elem_id} button.label-wrap").first
+    content = page.locator(f"#{elem_id} [data-testid=accordion-content]").first
+    if not content.is_visible():
+        button.click()
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def progress_step(page) -> int:
+    el = page.locator("#lt-progress-text")
+    return int(el.get_attribute("data-step") or 0) if el.count() else 0
+
+
+def test_prepare_preset_train_sample_stop(server, browser, workspace):
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    assert page.url.endswith("/en/")
+
+    # 1. Dataset: prepare a project from a plain folder of images; the folders fill in and the check runs.
+    open_accordion(page, "prepare")
+    set_value(box(page, "prep-src"), workspace / "photos")
+    set_value(box(page, "prep-dest"), workspace / "project")
+    set_value(box(page, "prep-name"), "small house")
+    set_value(box(page, "prep-repeats"), 10)
+    page.locator("#prep-button").click()
+    page.locator("#prep-message").get_by_text("Created").wait_for()
+    assert field(page, "folders.train_data_dir").input_value() == str(workspace / "project" / "image")
+    page.locator("#check-summary").get_by_text("Ready to train").wait_for(timeout=60_000)
+    page.locator("#steps").get_by_text("steps in total").wait_for()
+    shot(page, "dataset")
+
+    # 2. Training: a shipped preset, then the tiny model and CPU-sized settings, all by field path.
+    tab(page, "2. Training")
+    choose(page, "preset-choice", "SD1.5 style (default) (built-in)")
+    page.locator("#preset-load").click()
+    page.locator("#config-message").get_by_text("loaded").wait_for()
+    assert field(page, "network.network_dim").input_value() == "64"
+    assert field(page, "folders.output_name").input_value() == "last"  # the preset kept the user's fields
+    set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "tiny-sd")
+    page.locator("#check-model").get_by_text("diffusers model folder").wait_for()
+    set_value(field(page, "folders.output_name"), "house")
+    set_value(field(page, "network.network_dim"), 4)
+    set_value(field(page, "network.network_alpha"), 4)
+    set_value(field(page, "optimizer.epoch"), 1000)  # far longer than the test: it stops the run
+    set_value(field(page, "saving.save_every_n_epochs"), 5)
+    choose(page, "field-optimizer-optimizer", "AdamW")
+    choose(page, "field-precision-mixed_precision", "no")
+    set_value(field(page, "buckets.max_resolution"), "64,64")
+    set_value(field(page, "launch.num_cpu_threads_per_process"), 1)
+    set_value(field(page, "sampling.sample_every_n_steps"), 20)
+    set_value(field(page, "sampling.sample_prompts"), "a small house --w 64 --h 64 --s 2 --d 1")
+    open_accordion(page, "advanced-buckets")
+    set_value(field(page, "buckets.min_bucket_reso"), 64)
+    open_accordion(page, "advanced-dataset")
+    page.locator("#field-dataset-flip_aug input[type=checkbox]").uncheck()
+    page.locator("#run-show-command").click()
+    expect_text(page, "#run-command", "loratrainer.train.entry")
+
+    page.locator("#run-start").click()
+    wait_until(lambda: progress_step(page) > 0, 180, "training progress", page)
+    assert page.locator("#lt-progress-text").get_attribute("data-status") == "running"
+    assert re.search(r"step \d+/\d+ · epoch \d+/1000", page.locator("#lt-progress-text").inner_text())
+
+    # A page reload re-attaches to the running job, settings included.
+    page.reload(wait_until="domcontentloaded")
+    tab(page, "2. Training")
+    wait_until(lambda: progress_step(page) > 0, 30, "re-attached progress", page)
+    assert field(page, "folders.output_name").input_value() == "house"
+    before = progress_step(page)
+    wait_until(lambda: progress_step(page) > before, 60, "progress continuing after reload", page)
+
+    # A sample image appears in the gallery (the trainer renders one every 20 steps).
+    failed = []
+    try:
+        page.locator("#run-samples img").first.wait_for(timeout=60_000)
+    except Exception as exc:  # keep going so Stop is still checked; fail at the end
+        failed.append(f"no sample image appeared: {exc}")
+    page.locator("#run-loss").scroll_into_view_if_needed()
+    shot(page, "training")
+
+    page.locator("#run-stop").click()
+    page.locator("#run-status").get_by_text("Stopped", exact=False).wait_for(timeout=120_000)
+    assert page.locator("#lt-progress-text").get_attribute("data-status") == "stopped"
+    shot(page, "training-stopped")
+
+    # 3. Results: the interrupted LoRA and the paths to copy.
+    tab(page, "3. Results")
+    page.locator("#results-refresh").click()
+    page.locator("#results-files").get_by_text("house-interrupted.safetensors").first.wait_for(timeout=30_000)
+    assert (workspace / "project" / "model" / "house-interrupted.safetensors").exists()
+    shot(page, "results")
+
+    # Utilities: where the Kohya tutorial sends people for captioning.
+    tab(page, "Utilities")
+    page.get_by_role("tab", name="Captioning").wait_for()
+    page.locator("#cap-run").wait_for()
+    shot(page, "utilities")
+    context.close()
+    assert not failed, failed
+
+
+def test_korean_page(server, browser):
+    context = browser.new_context(locale="ko-KR", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(server, wait_until="domcontentloaded")
+    assert page.url.endswith("/ko/")
+    page.get_by_role("tab", name="2. 학습").click()
+    page.locator("#run-start").get_by_text("학습 시작").wait_for(timeout=30_000)
+    assert "기본 설정" in page.locator("#section-basic").inner_text()
+    shot(page, "ko-training")
+    context.close()
+
+
+def expect_text(page, selector: str, text: str, timeout: float = 30) -> None:
+    wait_until(lambda: text in (page.locator(f"{selector} textarea").first.input_value() if page.locator(f"{selector} textarea").count()
+                                else page.locator(selector).inner_text()), timeout, f"{text!r} in {selector}", page)
+
+
+def wait_until(condition, timeout: float, what: str, page) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        page.wait_for_timeout(500)
+    shot(page, "failure")
+    status = page.locator("#run-status").inner_text() if page.locator("#run-status").count() else ""
+    log = page.locator("#run-log textarea").input_value() if page.locator("#run-log textarea").count() else ""
+    pytest.fail(f"timed out waiting for {what}\nstatus: {status}\nlog:\n{log}")
