@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from loratrainer import events
-from loratrainer.config import save_config
+from loratrainer.config import save_config, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.train.launch import start_run
 from tests.tiny_sd import save_tiny_single_file, tiny_config_dir
@@ -122,3 +123,30 @@ def _log(config) -> str:
     return "\n".join(p.read_text()[-3000:] for p in logs)
 
 
+
+
+def test_resume_from_a_saved_state_matches_the_uninterrupted_run(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    config = small_config(tmp_path, tiny_model, save_state=True, lr_scheduler="cosine", save_precision="float")
+    assert _start(config).wait(timeout=300) == 0, _log(config)
+    out = tmp_path / "out"
+    state = out / "last-000001-state"
+    assert (state / "train_state.json").exists() and (out / "last-state" / "train_state.json").exists()
+    resumed = with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "out2"), "seed": 0})
+    run = _start(resumed)
+    assert run.wait(timeout=300) == 0, _log(resumed)
+    evs = _events(run.run_dir)
+    progress = [e for e in evs if e["event"] == "progress"]
+    assert progress[0]["step"] == 4 and evs[-1]["step"] == 6 and evs[-1]["epoch"] == 2  # steps continue
+    straight, again = load_file(str(out / "last.safetensors")), load_file(str(tmp_path / "out2" / "last.safetensors"))
+    assert straight.keys() == again.keys()
+    assert all(torch.allclose(straight[k], again[k], atol=1e-6) for k in straight)
+
+
+def test_resume_from_a_missing_state_is_refused(tmp_path, tiny_model):
+    from loratrainer.train.launch import LaunchRefused
+
+    config = small_config(tmp_path, tiny_model, resume=str(tmp_path / "nope"))
+    with pytest.raises(LaunchRefused, match="not a saved training state"):
+        start_run(config)

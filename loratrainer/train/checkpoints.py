@@ -7,6 +7,7 @@ ever removed (save_last_n_*); a file that exists is never overwritten (the launc
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,10 @@ class CheckpointKeeper:
 
     def save(self, kind: str, p: Progress) -> Path:
         path = self.output_dir / checkpoint_name(self.output_name, kind, p)
+        n = 2
+        while kind == "interrupted" and path.exists():  # stopped again after a resume
+            path = self.output_dir / f"{self.output_name}-interrupted-{n}.safetensors"
+            n += 1
         self.write(path, p)
         if kind in self.written:
             self.written[kind].append((p.epoch if kind == "epoch" else p.step, path))
@@ -80,4 +85,7 @@ class CheckpointKeeper:
             return
         for entry in stale:
             entry[1].unlink(missing_ok=True)
+            state = entry[1].with_name(entry[1].stem + "-state")  # its saved training state, if any
+            if (state / "train_state.json").exists():
+                shutil.rmtree(state, ignore_errors=True)
             self.written[kind].remove(entry)

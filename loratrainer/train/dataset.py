@@ -39,17 +39,20 @@ def process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, 
 class EpochBatchSampler(Sampler[list[Key]]):
     def __init__(self, samples: Sequence[TrainSample], batch_size: int, seed: int, rank: int, world: int):
         self.samples, self.batch_size, self.seed, self.rank, self.world = samples, batch_size, seed, rank, world
-        self.epoch = 1
+        self.epoch, self.skip = 1, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The epoch to yield; a resumed run skips the batches it trained before it stopped."""
+        self.epoch, self.skip = epoch, skip_batches
 
     def __iter__(self) -> Iterator[list[Key]]:
-        for b, batch in enumerate(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)):
-            yield [(i, self.epoch, b, slot) for slot, i in enumerate(batch)]
+        batches = process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)
+        for b, batch in enumerate(batches):
+            if b >= self.skip:
+                yield [(i, self.epoch, b, slot) for slot, i in enumerate(batch)]
 
     def __len__(self) -> int:
-        return len(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world))
+        return len(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)) - self.skip
 
 
 @dataclass(frozen=True)

@@ -118,14 +118,19 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     from loratrainer.train.progress import ProgressReporter
     from loratrainer.train.saving import make_saver
     from loratrainer.train.setup import build_trainer, new_keeper
+    from loratrainer.train.state import load_state, read_state_info
 
-    seed = broadcast_object_list([config.optimizer.seed or random_seed()])[0]
+    resume = read_state_info(config.saving.resume) if config.saving.resume else None
+    seed = resume.seed if resume else broadcast_object_list([config.optimizer.seed or random_seed()])[0]
     set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
     if accelerator.is_main_process:
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     state["phase"] = "setup"
     t = build_trainer(config, run_dir, accelerator, seed)
     t.keeper = new_keeper(t, make_saver(t))
+    if resume:
+        load_state(t, config.saving.resume)
+        log.info("resumed from %s at step %d (epoch %d)", config.saving.resume, t.step, t.epoch)
     tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
     t.extra.update(events=writer, tensorboard=tensorboard)  # shared with sampling
     s = t.report.steps
@@ -163,6 +168,19 @@ class _Tracked:
         self.reporter.epoch_end(epoch, step)
 
 
+def save_training_state(t, writer, state: dict) -> None:
+    from accelerate.utils import broadcast_object_list
+
+    from loratrainer.train.state import save_state, state_folder_name
+
+    path = broadcast_object_list([state.get("last_path")])[0]  # the name the main process chose
+    folder = state_folder_name(Path(path))
+    t.accelerator.wait_for_everyone()
+    save_state(t, folder)
+    if writer is not None:
+        writer.emit("state_saved", path=str(folder), step=t.step, epoch=t.epoch)
+
+
 def _saving(t, writer, state: dict):
     def save(kind: str, progress) -> None:
         state["phase"] = f"saving ({kind})"
@@ -173,6 +191,9 @@ def _saving(t, writer, state: dict):
             log.info("saved %s", path)
             if writer is not None:
                 writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step)
+            state["last_path"] = path
+        if t.config.saving.save_state:
+            save_training_state(t, writer, state)
         t.accelerator.wait_for_everyone()
         state["phase"] = "training"
 

@@ -87,8 +87,8 @@ def resolve_output_name(config: TrainingConfig) -> TrainingConfig:
     """Apply saving.existing_output: refuse when `<output_name>.safetensors` exists, or pick `<name>_2`, `_3`, ..."""
     out = Path(config.folders.output_dir)
     name = config.folders.output_name
-    if not _name_taken(out, name):
-        return config
+    if not _name_taken(out, name) or config.saving.resume:
+        return config  # a resumed run continues the file numbering; save_lora still never overwrites
     if config.saving.existing_output == "refuse":
         raise LaunchRefused(
             f"{out / (name + '.safetensors')} (or one of its epoch files) already exists and will not be overwritten: "
@@ -142,6 +142,12 @@ def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
         )
 
 
+def check_resume(config: TrainingConfig) -> None:
+    resume = config.saving.resume
+    if resume and not (Path(resume) / "train_state.json").is_file():
+        raise LaunchRefused(f"saving.resume: {resume} is not a saved training state (no train_state.json): choose a '-state' folder")
+
+
 def preflight(config: TrainingConfig) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
@@ -152,6 +158,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
         raise LaunchRefused("the dataset check failed:\n" + report.format_text())
+    check_resume(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
     return resolve_output_name(config)

@@ -38,9 +38,11 @@ class Outcome:
 def train(t: Trainer, reporter, save) -> Outcome:
     """`save(kind, progress)` writes a LoRA file; `reporter.step(...)` reports each optimizer step."""
     maybe_sample(t, first=True)
-    for epoch in range(1, t.epochs + 1):
+    first_epoch, done_in_epoch = divmod(t.step, t.report.steps.steps_per_epoch)  # > 0 after a resume
+    for epoch in range(first_epoch + 1, t.epochs + 1):
         t.epoch = epoch
-        t.sampler.set_epoch(epoch)
+        t.sampler.set_epoch(epoch, skip_batches=done_in_epoch * t.config.optimizer.gradient_accumulation_steps)
+        done_in_epoch = 0
         for group in step_groups(t.loader, t.config.optimizer.gradient_accumulation_steps):
             loss, stop = training_step(t, group)
             reporter.step(t.step, epoch, loss, current_lr(t.lr_scheduler))

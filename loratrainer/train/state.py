@@ -1,0 +1,117 @@
+"""Saved training states (saving.save_state) and resuming from one (saving.resume).
+
+A state folder holds what continuing needs and nothing of the frozen base model: the LoRA weights as
+trained (peft names, full precision), the optimizer and scheduler states, the step, epoch and seed, and
+each process's random-number states. Resuming restores them all, skips the batches already trained in the
+interrupted epoch (the batch order is a function of seed and epoch), and continues step numbers, the
+learning-rate schedule and file names. A missing or broken folder is an error, never a silent fresh start.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loratrainer.errors import UserError
+from loratrainer.files import atomic_write
+
+STATE_FILE = "train_state.json"
+WEIGHTS_FILE = "lora_weights.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    step: int
+    epoch: int
+    seed: int
+    total_steps: int
+    steps_per_epoch: int
+    output_name: str
+
+
+class BrokenState(UserError):
+    pass
+
+
+def state_folder_name(lora_file: Path) -> Path:
+    """Kohya's naming: `<file stem>-state` beside the LoRA file."""
+    return lora_file.with_name(lora_file.stem + "-state")
+
+
+def _lora_state(t) -> dict[str, torch.Tensor]:
+    out = {}
+    for prefix, model in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder)):
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                out[prefix + name] = p.detach().cpu().clone()
+    return out
+
+
+def save_state(t, folder: Path) -> None:
+    """Main process: weights, optimizer, schedule, counters. Every process: its own RNG states."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = t.accelerator.process_index
+    torch.save(_rng_states(), folder / f"rng_{rank}.pt")
+    if not t.accelerator.is_main_process:
+        return
+    torch.save(_lora_state(t), folder / WEIGHTS_FILE)
+    torch.save({"optimizer": t.optimizer.state_dict(), "scheduler": t.lr_scheduler.state_dict()}, folder / OPTIMIZER_FILE)
+    info = StateInfo(t.step, t.epoch, t.seed, t.total_steps, t.report.steps.steps_per_epoch, t.config.folders.output_name)
+    atomic_write(folder / STATE_FILE, json.dumps(asdict(info), indent=2) + "\n")  # written last: marks the folder complete
+
+
+def read_state_info(folder: str | Path) -> StateInfo:
+    folder = Path(folder)
+    try:
+        return StateInfo(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise BrokenState(f"saving.resume: {folder} is not a saved training state (no {STATE_FILE}); choose a '-state' folder") from None
+    except (ValueError, TypeError) as exc:
+        raise BrokenState(f"saving.resume: {folder / STATE_FILE} is damaged ({exc})") from None
+
+
+def load_state(t, folder: str | Path) -> StateInfo:
+    """Restore a state into the freshly built trainer; returns what was restored."""
+    folder = Path(folder)
+    info = read_state_info(folder)
+    if info.steps_per_epoch != t.report.steps.steps_per_epoch:
+        raise BrokenState(f"saving.resume: the state was saved with {info.steps_per_epoch} steps per epoch, this run has "
+                          f"{t.report.steps.steps_per_epoch}: the dataset, batch size or processes changed")
+    try:
+        weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu")
+        opt = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+        rng_file = folder / f"rng_{t.accelerator.process_index}.pt"
+        rng = torch.load(rng_file if rng_file.exists() else folder / "rng_0.pt", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise BrokenState(f"saving.resume: {folder} is incomplete or damaged ({exc})") from None
+    params = {prefix + n: p for prefix, m in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder))
+              for n, p in m.named_parameters() if p.requires_grad}
+    if set(params) != set(weights):
+        raise BrokenState("saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    t.optimizer.load_state_dict(opt["optimizer"])
+    t.lr_scheduler.load_state_dict(opt["scheduler"])
+    _set_rng_states(rng)
+    t.step, t.epoch = info.step, info.epoch
+    return info
+
+
+def _rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.random.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
