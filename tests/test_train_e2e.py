@@ -67,7 +67,7 @@ def test_cli_train_two_epochs_writes_files_events_logs_and_config(tmp_path, tiny
 def test_single_file_checkpoint_offline(tmp_path, tiny_model):
     ckpt = save_tiny_single_file(tmp_path / "tiny.safetensors")
     configs = tiny_config_dir(tmp_path / "tiny-configs")
-    config = small_config(tmp_path, ckpt, epoch=1, text_encoder_lr=0)
+    config = small_config(tmp_path, ckpt, epoch=1, text_encoder_lr=0, max_data_loader_n_workers=1, persistent_data_loader_workers=True)
     env = {"HF_HUB_OFFLINE": "1", "LORATRAINER_SD15_CONFIG_DIR": str(configs)}
     code = _start(config, env).wait(timeout=300)
     assert code == 0, _log(config)
@@ -150,3 +150,24 @@ def test_resume_from_a_missing_state_is_refused(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, resume=str(tmp_path / "nope"))
     with pytest.raises(LaunchRefused, match="not a saved training state"):
         start_run(config)
+
+
+def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    config = small_config(tmp_path, tiny_model, epoch=3)
+    run = _start(config, {"LORATRAINER_FAULT": "disk_full@save2"})
+    assert run.wait(timeout=300) == events.EXIT_CODES["disk_full"]
+    ended = _events(run.run_dir)[-1]
+    assert ended["status"] == "disk_full" and ended["reason"] == f"disk full: {tmp_path / 'out' / 'last-000002.safetensors'}"
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["last-000001.safetensors"]  # no partial file
+    assert load_file(str(out / "last-000001.safetensors"))
+
+
+def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
+    config = small_config(tmp_path, tiny_model)
+    run = _start(config, {"LORATRAINER_FAULT": "oom@2"})
+    assert run.wait(timeout=300) == events.EXIT_CODES["oom"]
+    ended = _events(run.run_dir)[-1]
+    assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]

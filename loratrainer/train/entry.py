@@ -45,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 def make_accelerator(config: TrainingConfig):
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     torch.set_num_threads(config.launch.num_cpu_threads_per_process)
     precision = config.precision.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "no"  # fp16 autocast needs a GPU; noted in train.log below
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
+    unused = config.trains_text_encoder and config.model.clip_skip > 1
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     if precision != config.precision.mixed_precision:
         logging.getLogger("loratrainer.train").warning("no CUDA GPU: mixed precision fp16 is off, training in fp32")
     return accelerator

@@ -11,7 +11,7 @@ import torch
 
 from loratrainer.events import stop_requested
 from loratrainer.train.checkpoints import Progress
-from loratrainer.train.faults import inject_fault
+from loratrainer.train.faults import fail_step, inject_fault
 from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.max_norm import apply_max_norm
 from loratrainer.train.noise import noisy_latents, sample_noise, sample_timesteps
@@ -86,6 +86,7 @@ def step_groups(loader, accumulation: int):
 def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
     """One optimizer step over the group's micro-batches; returns (mean loss across processes, stop asked)."""
     losses = []
+    fail_step(t.step + 1)
     for i, batch in enumerate(group):
         with ExitStack() as stack:
             if i < len(group) - 1:  # synchronise gradients between processes only on the last micro-batch

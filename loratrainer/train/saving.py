@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loratrainer.train import model_api
 from loratrainer.train.checkpoints import Progress
+from loratrainer.train.faults import fail_save
 
 log = logging.getLogger("loratrainer.train")
 
@@ -20,8 +21,11 @@ def make_saver(t):
     """`write(path, progress)` for the CheckpointKeeper; the final file also goes out in diffusers format when asked."""
     started = time.time()
     info = model_api.dataset_info(t.report)
+    saves = [0]
 
     def write(path: Path, p: Progress) -> None:
+        saves[0] += 1
+        fail_save(saves[0], path)
         tensors = model_api.lora_state(t.handle, t.config.precision.save_precision)
         meta = model_api.file_metadata(
             t.config, info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,

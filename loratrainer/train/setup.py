@@ -165,9 +165,22 @@ def prepare_models(accelerator: Accelerator, components, config: TrainingConfig,
         unet, optimizer = accelerator.prepare(unet, optimizer)
     else:
         text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+    if config.precision.full_fp16 and accelerator.scaler is not None:
+        allow_fp16_gradients(accelerator)
     unet.train() if config.trains_unet else unet.eval()
     text_encoder.train() if config.trains_text_encoder else text_encoder.eval()
     return unet, text_encoder, optimizer
+
+
+def allow_fp16_gradients(accelerator: Accelerator) -> None:
+    """full_fp16 keeps the LoRA weights in fp16, whose gradients GradScaler refuses to unscale; sd-scripts
+    lets it (train_util.patch_accelerator_for_fp16_training), and so do we."""
+    unscale = accelerator.scaler._unscale_grads_
+
+    def unscale_fp16_too(optimizer, inv_scale, found_inf, allow_fp16):
+        return unscale(optimizer, inv_scale, found_inf, True)
+
+    accelerator.scaler._unscale_grads_ = unscale_fp16_too
 
 
 def new_keeper(t: Trainer, write) -> CheckpointKeeper:
