@@ -107,7 +107,8 @@ def serve(options: ServeOptions) -> int:
     from loratrainer.gui.app import create_app
 
     app = create_app(options, temp_dir=temp)
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="on")
+    # A browser tab or a gradio_client keeps a stream open: without a limit, Ctrl+C would wait for it forever.
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     try:
         sock = _bind(options)

@@ -107,7 +107,7 @@ def build(ui: UiContext) -> ResultsHandlers:
         headers=[t("results.col_file"), t("results.col_epoch"), t("results.col_size"), t("results.col_time"), t("results.col_metadata")],
         datatype=["str", "str", "str", "str", "str"], interactive=False, wrap=True, label=t("results.files"), elem_id="results-files",
     )
-    n["results_samples"] = gr.Gallery(label=t("results.samples"), columns=4, height=360, elem_id="results-samples")
+    n["results_samples"] = gr.Gallery(label=t("results.samples"), columns=6, height=300, object_fit="contain", elem_id="results-samples")
     n["results_paths"] = gr.Textbox(label=t("results.paths"), info=t("results.paths_help"), lines=3, interactive=False, buttons=["copy"], elem_id="results-paths")
     outputs = [n[k] for k in ("results_run", "results_files", "results_samples", "results_paths", "results_summary")]
     refresh.click(h.refresh_runs, inputs=[n["results_run"]], outputs=outputs, api_name="results")

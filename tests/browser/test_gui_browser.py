@@ -223,7 +223,7 @@ def test_prepare_preset_train_sample_stop(server, browser, workspace):
     # 3. Results: the interrupted LoRA and the paths to copy.
     tab(page, "3. Results")
     page.locator("#results-refresh").click()
-    page.locator("#results-files").get_by_text("house-interrupted.safetensors").first.wait_for(timeout=30_000)
+    wait_until(lambda: "house-interrupted.safetensors" in page.locator("#results-files").inner_text(), 30, "the interrupted LoRA in Results", page)
     assert (workspace / "project" / "model" / "house-interrupted.safetensors").exists()
     shot(page, "results")
 

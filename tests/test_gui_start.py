@@ -1,0 +1,94 @@
+"""Starting the GUI: light imports (torch and diffusers load only in the training process), `--language`
+serving one language at `/`, and the app's API answering a gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_building_the_app_imports_no_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from loratrainer.gui.server import ServeOptions, neutralise_gradio_env\n"
+        "temp = neutralise_gradio_env()\n"
+        "from loratrainer.gui.app import create_app\n"
+        f"create_app(ServeOptions(open_browser=False, state_dir={str(tmp_path)!r}), temp_dir=temp)\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_forced_language_is_served_at_root(tmp_path):
+    from starlette.testclient import TestClient
+
+    from loratrainer.gui.app import create_app
+    from loratrainer.gui.server import ServeOptions, neutralise_gradio_env
+
+    temp = neutralise_gradio_env()
+    app = create_app(ServeOptions(open_browser=False, language="ko", state_dir=tmp_path), temp_dir=temp)
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        r = client.get("/", follow_redirects=False)
+        assert r.status_code == 200
+        config = client.get("/config").json()
+        labels = [c.get("props", {}).get("label") for c in config["components"]]
+        assert "배치 크기" in labels and "Train batch size" not in labels
+        assert client.get("/en/", follow_redirects=False).status_code in (404, 405) or "배치 크기" in client.get("/en/config").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradio_client_calls_the_api(tmp_path):
+    from gradio_client import Client
+
+    from tests.datasets import make_dataset
+
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port), "--language", "en"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "the GUI did not start"
+                time.sleep(0.2)
+        client = Client(url, verbose=False)
+        api = client.view_api(return_format="dict", print_info=False)
+        names = set(api["named_endpoints"])
+        assert {"/start", "/stop", "/check_dataset", "/prepare_folders", "/load_preset", "/show_command", "/results", "/caption_folder", "/caption_page"} <= names
+        # The Results endpoint with no run yet.
+        run, files, samples, paths, summary = client.predict(None, api_name="/results")
+        assert "No run yet" in summary
+        # The caption editor's tag count over a generated folder.
+        folder = make_dataset(tmp_path / "image", {"10_house": 2}, captions="house, roof") / "10_house"
+        tags = client.predict(str(folder), ".txt", api_name="/caption_tags")
+        rows = tags["data"] if isinstance(tags, dict) else tags
+        assert ["house", 2] in [list(r) for r in rows]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)  # also proves Ctrl+C is not held up by a connected client
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the GUI did not stop within 20 s of SIGTERM")
