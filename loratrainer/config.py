@@ -5,21 +5,36 @@ CLI, presets, the Kohya import/export and the trainer all read this module. Fiel
 where Kohya has the setting, so that users recognise them (and a field's leaf name is unique across groups, so
 `network_dim=16` and `network.network_dim=16` mean the same thing on the command line).
 
-This module imports nothing else of ours but the leaf modules `files` and `errors` (dependencies point one way).
+Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
+(`field_specs`, `resolve_key`, `with_values`, ...) is in `config_fields`, our JSON files (`load_config`,
+`save_config`, migrations) in `config_files`; both are re-exported from here. Nothing else of ours is imported
+but the leaf modules `files` and `errors` (through those two), so dependencies point one way.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal, get_args, get_origin
+from typing import Any, Callable, Literal
 
-from loratrainer.errors import UserError
-from loratrainer.files import atomic_write
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The field catalogue and our JSON files live in two sibling modules; their names are part of this module's
+# interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
+from loratrainer.config_fields import FieldSpec, apply_overrides, field_specs, get_value, resolve_key, with_values  # noqa: F401
+from loratrainer.config_files import (  # noqa: F401
+    MIGRATIONS,
+    PRESET_HEADER,
+    ConfigError,
+    Migration,
+    config_from_dict,
+    config_to_json,
+    describe_validation_error,
+    load_config,
+    migrate,
+    save_config,
+)
+
 
 SCHEMA_VERSION = 1
 
@@ -454,158 +469,3 @@ def _literal(raw: str) -> Any:
         except ValueError:
             pass
     return raw
-
-
-# -- field catalogue: what the GUI and CLI render --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    path: str  # "network.network_dim": the GUI component name and the --set key
-    group: str
-    name: str
-    annotation: Any
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None
-    minimum: float | None
-    maximum: float | None
-
-    @property
-    def kind(self) -> str:
-        """'bool', 'int', 'float', 'choice' or 'text': how a form renders it."""
-        if self.choices is not None:
-            return "choice"
-        base = [a for a in get_args(self.annotation) if a is not type(None)] or [self.annotation]
-        t = base[0]
-        return {bool: "bool", int: "int", float: "float"}.get(t, "text")
-
-
-def field_specs() -> list[FieldSpec]:
-    specs: list[FieldSpec] = []
-    for group, cls in GROUPS.items():
-        for name, info in cls.model_fields.items():
-            ann = info.annotation
-            choices = tuple(get_args(ann)) if get_origin(ann) is Literal else None
-            lo = hi = None
-            for m in info.metadata:
-                lo = getattr(m, "ge", getattr(m, "gt", lo)) if lo is None else lo
-                hi = getattr(m, "le", getattr(m, "lt", hi)) if hi is None else hi
-            specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi))
-    return specs
-
-
-_LEAF_TO_PATH = {s.name: s.path for s in field_specs()}
-
-
-def resolve_key(key: str) -> str:
-    """'network_dim' or 'network.network_dim' -> 'network.network_dim'; unknown keys raise KeyError."""
-    if key in _LEAF_TO_PATH.values():
-        return key
-    if key in _LEAF_TO_PATH:
-        return _LEAF_TO_PATH[key]
-    raise KeyError(f"unknown setting {key!r}")
-
-
-def get_value(config: TrainingConfig, path: str) -> Any:
-    group, name = resolve_key(path).split(".")
-    return getattr(getattr(config, group), name)
-
-
-def with_values(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
-    """A new config with `values` ({path or leaf: value}) applied, validated as a whole."""
-    data = config.model_dump()
-    for key, value in values.items():
-        group, name = resolve_key(key).split(".")
-        data[group][name] = value
-    return TrainingConfig.model_validate(data)
-
-
-def apply_overrides(config: TrainingConfig, assignments: list[str]) -> TrainingConfig:
-    """Apply CLI `--set key=value` strings; values are parsed as JSON when they can be, else kept as text."""
-    values: dict[str, Any] = {}
-    for item in assignments:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            values[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip()] = raw
-    return with_values(config, values)
-
-
-# -- our JSON files: save, load, migrate -------------------------------------------------------------------------
-
-Migration = Callable[[dict[str, Any]], dict[str, Any]]
-# MIGRATIONS[n] turns a version-n document into version n+1. Add one whenever a field is renamed, moved or
-# changes meaning, so that presets written by older versions keep loading with the same meaning.
-MIGRATIONS: dict[int, Migration] = {}
-
-
-class ConfigError(UserError, ValueError):
-    """A config file that cannot be used; the message names the file and the key."""
-
-
-def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    version = data.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, int) or version < 1:
-        raise ConfigError(f"schema_version {version!r} is not a valid version number")
-    if version > SCHEMA_VERSION:
-        raise ConfigError(
-            f"this file was written by a newer loratrainer (schema {version}; this one reads up to {SCHEMA_VERSION}): update loratrainer"
-        )
-    while version < SCHEMA_VERSION:
-        data = MIGRATIONS[version](dict(data))
-        version += 1
-        data["schema_version"] = version
-    return data
-
-
-PRESET_HEADER = "preset"  # {"name": ..., "description": ...} in a preset file: not a setting (see presets.py)
-
-
-def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
-    """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config."""
-    data = dict(data)
-    header = data.pop(PRESET_HEADER, None)
-    if header is not None and not isinstance(header, dict):
-        raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
-    try:
-        return TrainingConfig.model_validate(migrate(data))
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        lines.append(f"{loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""))
-    return "; ".join(lines)
-
-
-def load_config(path: str | Path) -> TrainingConfig:
-    """Load one of our JSON config/preset files. Malformed JSON or invalid values raise ConfigError."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of settings")
-    return config_from_dict(data, str(path))
-
-
-def config_to_json(config: TrainingConfig) -> str:
-    return json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
-
-
-def save_config(config: TrainingConfig, path: str | Path) -> None:
-    """Write atomically, so that a crash never leaves half a preset."""
-    atomic_write(path, config_to_json(config))

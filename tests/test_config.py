@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from loratrainer import config as cfg
+from loratrainer import config_files
 from loratrainer.config import (
     ConfigError,
     TrainingConfig,
@@ -144,7 +145,7 @@ def test_migrations_run_in_order_and_newer_files_are_refused(monkeypatch) -> Non
         doc["network"] = {"network_dim": doc.pop("network", {}).pop("rank")}
         return doc
 
-    monkeypatch.setattr(cfg, "MIGRATIONS", {1: rename_dim})
+    monkeypatch.setattr(config_files, "MIGRATIONS", {1: rename_dim})
     migrated = cfg.migrate({"schema_version": 1, "network": {"rank": 16}})
     assert migrated == {"schema_version": 2, "network": {"network_dim": 16}}
     with pytest.raises(ConfigError, match="newer loratrainer"):
@@ -160,3 +161,14 @@ def test_config_to_json_is_grouped_and_versioned() -> None:
     doc = json.loads(config_to_json(TrainingConfig()))
     assert doc["schema_version"] == cfg.SCHEMA_VERSION
     assert set(doc) == {"schema_version", *cfg.GROUPS}
+
+
+def test_sibling_modules_import_in_any_order_and_config_re_exports_them() -> None:
+    """config_fields / config_files are imported lazily by the schema: any import order works in a fresh process."""
+    import subprocess
+    import sys
+
+    for first in ("loratrainer.config_files", "loratrainer.config_fields", "loratrainer.config"):
+        code = f"import {first}; from loratrainer.config import load_config, field_specs, TrainingConfig, ConfigError; field_specs()"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert cfg.load_config is config_files.load_config and cfg.ConfigError is config_files.ConfigError

@@ -1,0 +1,100 @@
+"""The field catalogue of the config schema: every setting with its path, type, default, help, choices and range.
+
+The GUI builds its form from `field_specs()`, the CLI resolves `--set key=value` with `resolve_key()`, and the
+Kohya import reads the types from it. Re-exported by `loratrainer.config`: import these names from there.
+
+The schema is imported inside the functions, so this module and `config` can be imported in either order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+
+if TYPE_CHECKING:
+    from loratrainer.config import TrainingConfig
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    path: str  # "network.network_dim": the GUI component name and the --set key
+    group: str
+    name: str
+    annotation: Any
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    minimum: float | None
+    maximum: float | None
+
+    @property
+    def kind(self) -> str:
+        """'bool', 'int', 'float', 'choice' or 'text': how a form renders it."""
+        if self.choices is not None:
+            return "choice"
+        base = [a for a in get_args(self.annotation) if a is not type(None)] or [self.annotation]
+        t = base[0]
+        return {bool: "bool", int: "int", float: "float"}.get(t, "text")
+
+
+def field_specs() -> list[FieldSpec]:
+    from loratrainer.config import GROUPS
+
+    specs: list[FieldSpec] = []
+    for group, cls in GROUPS.items():
+        for name, info in cls.model_fields.items():
+            ann = info.annotation
+            choices = tuple(get_args(ann)) if get_origin(ann) is Literal else None
+            lo = hi = None
+            for m in info.metadata:
+                lo = getattr(m, "ge", getattr(m, "gt", lo)) if lo is None else lo
+                hi = getattr(m, "le", getattr(m, "lt", hi)) if hi is None else hi
+            specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi))
+    return specs
+
+
+@cache
+def _leaf_to_path() -> dict[str, str]:
+    return {s.name: s.path for s in field_specs()}
+
+
+def resolve_key(key: str) -> str:
+    """'network_dim' or 'network.network_dim' -> 'network.network_dim'; unknown keys raise KeyError."""
+    paths = _leaf_to_path()
+    if key in paths.values():
+        return key
+    if key in paths:
+        return paths[key]
+    raise KeyError(f"unknown setting {key!r}")
+
+
+def get_value(config: TrainingConfig, path: str) -> Any:
+    group, name = resolve_key(path).split(".")
+    return getattr(getattr(config, group), name)
+
+
+def with_values(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
+    """A new config with `values` ({path or leaf: value}) applied, validated as a whole."""
+    from loratrainer.config import TrainingConfig
+
+    data = config.model_dump()
+    for key, value in values.items():
+        group, name = resolve_key(key).split(".")
+        data[group][name] = value
+    return TrainingConfig.model_validate(data)
+
+
+def apply_overrides(config: TrainingConfig, assignments: list[str]) -> TrainingConfig:
+    """Apply CLI `--set key=value` strings; values are parsed as JSON when they can be, else kept as text."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return with_values(config, values)
