@@ -234,3 +234,18 @@ def test_cli_unwritable_output_is_one_error_line(tmp_path, capsys, command) -> N
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write") and str(out) in err and "Traceback" not in err
     assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_cli_show_reads_kohya_files_and_full_configs(tmp_path, capsys) -> None:
+    """show takes any config file (it says every command does): a Kohya file is imported and reported, and a full
+    config lists only what differs from the defaults."""
+    kohya = Path(__file__).parent / "fixtures" / "kohya-presets" / "iA3-Prodigy-sd15.json"
+    assert main(["preset", "show", str(kohya)]) == 0
+    shown = capsys.readouterr().out
+    assert "as a Kohya GUI config" in shown and "NOT SUPPORTED" in shown
+    assert "optimizer.optimizer = 'Prodigy'" in shown and "optimizer.epoch = 300" in shown
+    full = tmp_path / "full.json"
+    save_config(with_values(TrainingConfig(), {"network_dim": 12}), full)
+    assert main(["preset", "show", str(full)]) == 0
+    shown = capsys.readouterr().out
+    assert "network.network_dim = 12" in shown and "metadata_license" not in shown

@@ -31,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list shipped and user presets")
     p.set_defaults(run=run_list)
 
-    p = sub.add_parser("show", help="show a preset's description and the settings it changes")
-    p.add_argument("name", help="preset name, file stem or path")
+    p = sub.add_parser("show", help="show a preset's (or any config file's, Kohya GUI files too) settings that differ from the defaults")
+    p.add_argument("name", help="preset name, file stem, or the path of a preset, config or Kohya GUI config file")
     p.set_defaults(run=run_show)
 
 
@@ -109,20 +109,24 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from loratrainer.config import PRESET_HEADER
-    from loratrainer.presets import find_preset, load_preset, read_json_object
+    from loratrainer.config import PRESET_HEADER, TrainingConfig, field_specs, get_value
+    from loratrainer.presets import find_preset, load_any_config, read_json_object
 
     path = find_preset(args.name)
-    config = load_preset(path)
-    data = read_json_object(path)
-    header = data.pop(PRESET_HEADER, {}) or {}
-    data.pop("schema_version", None)
-    print(f"{header.get('name', path.stem)} ({path})")
+    config, report = load_any_config(path)  # a preset, a full config of ours or a Kohya GUI file
+    header = read_json_object(path).get(PRESET_HEADER) if report.format == "loratrainer" else None
+    header = header if isinstance(header, dict) else {}
+    print(f"{header.get('name') or path.stem} ({path})")
     if header.get("description"):
         print(header["description"])
-    for group, values in data.items():
-        for key, value in values.items():
-            print(f"  {group}.{key} = {value!r}")
+    if report.format == "kohya":
+        _print_report(report.lines())
+    defaults = TrainingConfig()
+    print("Settings that differ from the defaults:")
+    for spec in field_specs():
+        value = get_value(config, spec.path)
+        if value != get_value(defaults, spec.path):
+            print(f"  {spec.path} = {value!r}")
     for note in config.summary():
         print(f"Note: {note}")
     return 0
