@@ -76,12 +76,9 @@ def _config(args: argparse.Namespace):
 
 
 def _load(path: str, quiet: bool):
-    try:  # presets.py also reads Kohya GUI files; fall back to our own JSON where it is missing
-        from loratrainer.presets import load_any_config
-    except ImportError:
-        from loratrainer.config import load_config
+    """Our config or preset, or a Kohya GUI file; for the latter the import report goes to stderr."""
+    from loratrainer.presets import load_any_config
 
-        return load_config(path)
     config, imported = load_any_config(path)
     if imported.format == "kohya" and not quiet:
         print("\n".join(imported.lines()), file=sys.stderr)
