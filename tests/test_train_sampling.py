@@ -184,7 +184,7 @@ NAME = re.compile(r"^lora_(e\d{6}|\d{6})_(\d{2})_(\d{14})_(\d+)\.png$")
 
 def _trainer(root, model, **values):
     set_seed(7)  # the LoRA's initial weights come from the global RNG
-    config = small_config(root, model, output_name="lora", sample_prompts=PROMPTS, **values)
+    config = small_config(root, model, images=2, output_name="lora", sample_prompts=PROMPTS, **values)  # 2 x 2 steps
     t = build_trainer(config, root, Accelerator(cpu=True), seed=7)
     t.keeper = new_keeper(t, lambda path, p: None)
     return t
@@ -209,11 +209,11 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     t = _trainer(tmp_path / "steps", tiny_model, sample_every_n_steps=2, sample_at_first=True, network_dropout=0.1)
     t.extra["tensorboard"] = board = _Board()
     sampled = _train(t)
-    assert t.total_steps == 6
+    assert t.total_steps == 4
     files = _samples(tmp_path / "steps")
     names = [NAME.match(f.name) for f in files]
-    assert all(names) and len(files) == 8  # before step 1, after steps 2, 4, 6; two prompts each
-    assert sorted((m.group(1), m.group(2)) for m in names) == [(f"{s:06d}", f"{i:02d}") for s in (0, 2, 4, 6) for i in (0, 1)]
+    assert all(names) and len(files) == 6  # before step 1, after steps 2 and 4; two prompts each
+    assert sorted((m.group(1), m.group(2)) for m in names) == [(f"{s:06d}", f"{i:02d}") for s in (0, 2, 4) for i in (0, 1)]
     seeds = {m.group(2): m.group(4) for m in names}
     assert seeds["00"] == "5" and len({m.group(4) for m in names if m.group(2) == "01"}) == 1  # a random seed, kept
     for f, m in zip(files, names):
@@ -221,9 +221,9 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     events = [json.loads(line) for line in (tmp_path / "steps" / "events.jsonl").read_text().splitlines()]
     assert sorted(e["path"] for e in events) == [str(f) for f in files]
     assert {(e["step"], e["index"], e["prompt"]) for e in events} == {
-        (s, i, p) for s in (0, 2, 4, 6) for i, p in enumerate(["red square", "blue circle"])}
+        (s, i, p) for s in (0, 2, 4) for i, p in enumerate(["red square", "blue circle"])}
     assert all(e["event"] == "sample" and "epoch" in e and "time" in e for e in events)
-    assert len(board.images) == 8 and board.images[1] == ("sample/01", (64, 128, 3), 0, "HWC")
+    assert len(board.images) == 6 and board.images[1] == ("sample/01", (64, 128, 3), 0, "HWC")
 
     assert plain.keys() == sampled.keys() and plain
     assert all(torch.equal(plain[k], sampled[k]) for k in plain), "sampling changed the training"
@@ -234,7 +234,8 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
 
 
 def test_a_sample_restores_rng_modes_and_grad_flags(tmp_path, tiny_model):
-    t = _trainer(tmp_path, tiny_model, sample_at_first=True, network_dropout=0.5)
+    # clip skip 2 and 150-token prompts: samples see text as training does (two 75-token chunks, penultimate layer)
+    t = _trainer(tmp_path, tiny_model, sample_at_first=True, network_dropout=0.5, clip_skip=2, max_token_length=150)
     unet = t.accelerator.unwrap_model(t.unet)
     unet.train()
     unet.conv_in.eval()  # a mixed state, restored module by module
@@ -265,3 +266,21 @@ def test_bad_prompts_stop_the_run_before_training_and_no_prompts_means_no_sample
     t.config.sampling.sample_prompts = "# nothing\n"
     t.step = 1
     assert maybe_sample(t) == [] and "no prompt" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_processes_through_accelerate_launch_sample_once_on_the_main_process(tmp_path, tiny_model):
+    from loratrainer import events
+    from loratrainer.train.launch import start_run
+
+    config = small_config(tmp_path, tiny_model, images=4, repeats=2, num_processes=2, main_process_port=29747, epoch=1,
+                          output_name="lora", sample_prompts="red square --w 64 --h 64 --s 2", sample_every_n_steps=2,
+                          sample_at_first=True)
+    run = start_run(config)
+    assert run.wait(timeout=300) == 0, "\n".join(p.read_text()[-3000:] for p in run.run_dir.glob("*.log"))
+    evs = events.read_events(run.run_dir / events.EVENTS_FILE)[0]
+    samples = [e for e in evs if e["event"] == "sample"]
+    assert evs[0]["event"] == "started" and evs[-1]["event"] == "ended" and evs[-1]["step"] == 2
+    assert [(e["step"], e["index"]) for e in samples] == [(0, 0), (2, 0)]  # each round once, not once per process
+    assert sorted(NAME.match(f.name).group(1) for f in _samples(tmp_path)) == ["000000", "000002"]
+    assert list((run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
