@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ __all__ = [
     "PresetInfo",
     "USER_FIELDS",
     "apply_preset",
+    "backup_file",
     "find_preset",
     "list_presets",
     "load_any_config",
@@ -185,10 +188,26 @@ def save_user_preset(config: TrainingConfig, name: str, description: str = "", *
     if any(info.shipped and stem.lower() == info.path.stem.lower() for info in list_presets()):
         raise ConfigError(f"{name!r} is the name of a shipped preset; choose another name")
     path = user_preset_dir() / f"{stem}.json"
+    if overwrite:
+        backup_file(path)
     try:
         return atomic_write(path, preset_to_json(config, name.strip(), description), overwrite=overwrite)
     except FileExistsError:
         raise ConfigError(f"a preset named {name!r} exists ({path}); choose another name or confirm replacing it") from None
+
+
+def backup_file(path: str | Path) -> Path | None:
+    """Copy an existing file to `<name>.<YYYYmmdd-HHMMSS>.bak` beside it before it is replaced (reliability.md:
+    what a user asks to overwrite is backed up). The suffix keeps backups out of the *.json preset list."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup, n = path.with_name(f"{path.name}.{stamp}.bak"), 1
+    while backup.exists():
+        backup, n = path.with_name(f"{path.name}.{stamp}-{n}.bak"), n + 1
+    shutil.copy2(path, backup)
+    return backup
 
 
 def _get(config: TrainingConfig, path: str) -> Any:

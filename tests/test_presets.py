@@ -249,3 +249,19 @@ def test_cli_show_reads_kohya_files_and_full_configs(tmp_path, capsys) -> None:
     assert main(["preset", "show", str(full)]) == 0
     shown = capsys.readouterr().out
     assert "network.network_dim = 12" in shown and "metadata_license" not in shown
+
+
+def test_overwriting_keeps_a_backup_of_the_old_file(tmp_path, user_presets: Path, capsys) -> None:
+    """reliability.md: what the user asks to overwrite is backed up (presets and --force outputs alike)."""
+    old = save_user_preset(with_values(TrainingConfig(), {"network_dim": 24}), "faces")
+    old_bytes = old.read_bytes()
+    save_user_preset(with_values(TrainingConfig(), {"network_dim": 4}), "faces", overwrite=True)
+    (backup,) = user_presets.glob("faces.json.*.bak")
+    assert backup.read_bytes() == old_bytes and load_preset("faces").network.network_dim == 4
+    assert [i.name for i in list_presets() if not i.shipped] == ["faces"]  # backups are not listed as presets
+    out = tmp_path / "ours.json"
+    out.write_text("my hand-edited file")
+    source = Path(__file__).parent / "fixtures" / "kohya-presets" / "loha-sd15.json"
+    assert main(["preset", "import-kohya", str(source), "-o", str(out), "--force"]) == 0
+    (kept,) = tmp_path.glob("ours.json.*.bak")
+    assert kept.read_text() == "my hand-edited file" and f"as {kept}" in capsys.readouterr().out

@@ -19,13 +19,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-kohya", help="convert a Kohya GUI config JSON to our config JSON")
     p.add_argument("source", help="the Kohya GUI config (.json)")
     p.add_argument("-o", "--output", required=True, help="our config file to write")
-    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists (the old one is kept as .bak)")
     p.set_defaults(run=run_import)
 
     p = sub.add_parser("export-kohya", help="convert our config (or a Kohya file) to a Kohya GUI config JSON")
     p.add_argument("source", help="our config or preset (.json); a Kohya GUI config is accepted too")
     p.add_argument("-o", "--output", required=True, help="the Kohya GUI config file to write")
-    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists (the old one is kept as .bak)")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("list", help="list shipped and user presets")
@@ -47,8 +47,10 @@ def _refuse_existing(output: str, force: bool) -> Path:
 
 def _write(output: Path, text: str, force: bool) -> None:
     from loratrainer.files import atomic_write
+    from loratrainer.presets import backup_file
 
     try:
+        backup = backup_file(output) if force else None
         atomic_write(output, text, overwrite=force)
     except OSError as exc:
         if isinstance(exc, FileExistsError) and output.is_file():
@@ -56,6 +58,8 @@ def _write(output: Path, text: str, force: bool) -> None:
         blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
         raise UserError(f"cannot write {output}: {reason}") from None
+    if backup:
+        print(f"Kept the old {output} as {backup}")
     print(f"Wrote {output}", end="")
 
 
