@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -158,6 +158,11 @@ def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportRe
     errors: list[str] = []
     for leaf, value in values.items():
         key, spec = origin[leaf], _SPECS[leaf]
+        if isinstance(value, str) and not value.strip() and type(None) in get_args(spec.annotation):
+            # unet_lr / text_encoder_lr "": Kohya passes no flag, so sd-scripts uses learning_rate; ours says so by None.
+            report.defaulted.append(ReportItem(key, "'' -> empty: the learning rate is used, as in Kohya"))
+            resolved[spec.path] = None
+            continue
         if value is None or (isinstance(value, str) and not value.strip() and (spec.kind != "text" or spec.default)):
             if spec.default not in ("", None):
                 report.defaulted.append(ReportItem(key, f"{value!r} -> {spec.default!r}"))

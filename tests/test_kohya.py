@@ -301,3 +301,13 @@ def test_export_sets_noise_offset_type_so_kohya_uses_the_noise_settings(offset, 
     again, _ = import_kohya(json.loads(kohya_to_json(data)))
     assert again.optimizer.multires_noise_iterations == iterations
     assert again.optimizer.noise_offset == (0.0 if loud else offset)  # what Kohya itself would train with
+
+
+@pytest.mark.parametrize("key", ["unet_lr", "text_encoder_lr"])
+def test_empty_per_module_rate_means_the_learning_rate_as_in_kohya(key: str) -> None:
+    """Kohya passes no --unet_lr/--text_encoder_lr for "", so sd-scripts trains that part at learning_rate."""
+    config, report = import_kohya({"learning_rate": 5e-4, key: ""})
+    assert getattr(config, f"effective_{key}") == 5e-4
+    assert key in report.keys("defaulted")
+    config, _ = import_kohya({"learning_rate": 5e-4, key: None})  # null: the GUI keeps its on-screen default
+    assert getattr(config.optimizer, key) == get_value(DEFAULTS, key)
