@@ -13,7 +13,6 @@ but the leaf modules `files` and `errors` (through those two), so dependencies p
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Callable, Literal
 
@@ -358,7 +357,9 @@ class TrainingConfig(BaseModel):
         o = self.optimizer
         if o.lr_warmup_steps > 0:
             return o.lr_warmup_steps
-        return int(math.ceil(total_steps * o.lr_warmup / 100.0))
+        # As the Kohya GUI computes it (round(lr_warmup * max_train_steps / 100), Python's half-to-even round),
+        # so an imported config warms up for the same number of steps.
+        return round(total_steps * o.lr_warmup / 100.0)
 
     def summary(self) -> list[str]:
         """Plain-language notes about what this configuration will do, shown before a run starts."""

@@ -172,3 +172,11 @@ def test_sibling_modules_import_in_any_order_and_config_re_exports_them() -> Non
         code = f"import {first}; from loratrainer.config import load_config, field_specs, TrainingConfig, ConfigError; field_specs()"
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert cfg.load_config is config_files.load_config and cfg.ConfigError is config_files.ConfigError
+
+
+@pytest.mark.parametrize("total, percent, expected", [(2400, 10, 240), (25, 10, 2), (15, 10, 2), (4, 10, 0), (7, 10, 1), (100, 0, 0)])
+def test_warmup_percentage_gives_the_kohya_guis_step_count(total: int, percent: int, expected: int) -> None:
+    """Kohya GUI: lr_warmup_steps = round(lr_warmup * max_train_steps / 100) (Python round: 2.5 -> 2, 1.5 -> 2)."""
+    c = config_from_dict({"optimizer": {"lr_warmup": percent}})
+    assert c.warmup_steps(total) == expected
+    assert config_from_dict({"optimizer": {"lr_warmup": percent, "lr_warmup_steps": 5}}).warmup_steps(total) == 5
