@@ -1,8 +1,8 @@
 """Sample images during training, as Kohya does (kohya-compat.md section 5), without disturbing the run.
 
 The loop calls `maybe_sample(t, first=True)` once before the first step, `maybe_sample(t)` after every
-optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch; this module decides whether a
-sample is due. The first call also reads and checks the prompts, so a bad prompt stops the run before any
+optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch (each after that point's save; for
+the last step and epoch, after the final file); this module decides whether a sample is due. The first call also reads and checks the prompts, so a bad prompt stops the run before any
 training. Images are rendered on the main process with the LoRA as trained so far, through a diffusers
 StableDiffusionPipeline assembled from the trainer's own models; the other processes wait.
 
