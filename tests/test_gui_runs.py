@@ -165,3 +165,13 @@ def test_caption_editor(page, tmp_path):
     assert "2 caption(s) changed" in u.editor_replace(str(folder), "red roof", "flat roof", ".txt")
     assert u.editor_tags(str(folder), ".txt")[0] == ["house", 3]
     assert u.editor_save(str(folder), "/etc/passwd", "x", ".txt").startswith("**Error:**")
+
+
+def test_loss_chart_stays_small_on_long_runs(page, tmp_path):
+    from loratrainer.gui import progress
+    from loratrainer.gui.jobs import JobView
+
+    state = events.RunState(loss_history=[(i, 1.0 / i) for i in range(1, 20001)])
+    frame = progress.loss_frame(JobView(tmp_path, state, True, "running", ""))
+    assert len(frame) <= progress.MAX_CHART_POINTS + 1
+    assert frame["step"].iloc[0] == 1 and frame["step"].iloc[-1] == 20000

@@ -12,6 +12,7 @@ from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
 
 FAILED = ("nan", "oom", "disk_full", "error")
+MAX_CHART_POINTS = 500
 
 
 def status_line(view: JobView | None, t: Translator) -> str:
@@ -88,6 +89,9 @@ def loss_frame(view: JobView | None):
     import pandas as pd
 
     points = view.state.loss_history if view else []
+    if len(points) > MAX_CHART_POINTS:  # a long run: every k-th point keeps the chart light to resend each second
+        k = -(-len(points) // MAX_CHART_POINTS)
+        points = points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
     return pd.DataFrame({"step": [p[0] for p in points], "loss": [p[1] for p in points]})
 
 

@@ -199,6 +199,35 @@ def build(ui: UiContext) -> DatasetHandlers:
 
     t, n, h = ui.t, ui.named, DatasetHandlers(ui)
     gr.Markdown(t("dataset.intro"))
+    prepare = _prepare_panel(ui, gr)
+    _folders(ui, h, gr)
+    check = gr.Button(t("check.button"), variant="primary", elem_id="check-button")
+    buttons = _report_panel(ui, gr)
+
+    check_outputs = [n[k] for k in ("report", "check_summary", "problems", "problem_images", "concepts", "steps", "buckets", "rename_panel")]
+    prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg")}
+    folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"]]
+
+    def wire() -> None:  # after every tab is built: the check reads all settings, the steps follow the Training tab
+        cfg = ui.config_inputs()
+        prepare.click(h.prepare, inputs=prep_inputs, outputs=folder_outputs, api_name="prepare_folders").then(
+            h.check, inputs=cfg, outputs=check_outputs, api_visibility="private")
+        check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
+        live = [ui.fields[p] for p in STEP_FIELDS]
+        gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
+              show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+        buttons["apply"].click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
+                               outputs=[n["rename_text"], n["rename_panel"], n["pending"]], api_visibility="private")
+        buttons["confirm"].click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"]],
+                                 api_visibility="private")
+        buttons["cancel"].click(lambda: ([], _hidden()), outputs=[n["pending"], n["rename_panel"]], api_visibility="private")
+
+    ui.after_build(wire)
+    return h
+
+
+def _prepare_panel(ui: UiContext, gr):
+    t, n = ui.t, ui.named
     with gr.Accordion(t("prepare.section"), open=False, elem_id="prepare"):
         gr.Markdown(t("prepare.intro"))
         with gr.Row():
@@ -208,8 +237,13 @@ def build(ui: UiContext) -> DatasetHandlers:
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
             n["prep_repeats"] = gr.Number(label=t("prepare.repeats"), info=t("prepare.repeats_help"), precision=0, minimum=1, elem_id="prep-repeats")
             n["prep_reg"] = gr.Textbox(label=t("prepare.reg"), info=t("prepare.reg_help"), elem_id="prep-reg")
-        prepare = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
+        button = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
         n["prep_message"] = gr.Markdown(elem_id="prep-message")
+    return button
+
+
+def _folders(ui: UiContext, h: DatasetHandlers, gr) -> None:
+    """The four folder fields, two per row, each with its as-you-type check and a Browse… panel."""
     pairs = list(FOLDERS.items())
     for i in range(0, len(pairs), 2):
         with gr.Row(equal_height=False):
@@ -221,7 +255,10 @@ def build(ui: UiContext) -> DatasetHandlers:
                                show_progress="hidden", api_visibility="private")
                     ui.on_load(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note])
                     filebrowser.build(ui, box, key=role)
-    check = gr.Button(t("check.button"), variant="primary", elem_id="check-button")
+
+
+def _report_panel(ui: UiContext, gr) -> dict:
+    t, n = ui.t, ui.named
     n["check_summary"] = gr.Markdown(elem_id="check-summary")
     n["report"] = gr.State(None)
     with gr.Row(equal_height=False):
@@ -229,13 +266,13 @@ def build(ui: UiContext) -> DatasetHandlers:
             n["problems"] = gr.Dataframe(headers=[t("check.col_severity"), t("check.col_path"), t("check.col_message")], datatype=["str", "str", "str"],
                                          interactive=False, wrap=True, max_height=320, label=t("check.problems"), elem_id="check-problems")
         with gr.Column(scale=2):
-            n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=320, elem_id="check-problem-images")
+            n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=240, object_fit="contain", elem_id="check-problem-images")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
                                          datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
                                          label=t("repeats.label"), elem_id="concepts")
-            apply_repeats = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
+            apply = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
             with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
                 n["rename_text"] = gr.Markdown()
                 with gr.Row():
@@ -246,23 +283,4 @@ def build(ui: UiContext) -> DatasetHandlers:
             n["steps"] = gr.Markdown(t("steps.no_check"), label=t("steps.label"), elem_id="steps")
             n["buckets"] = gr.Dataframe(headers=[t("buckets.col_bucket"), t("buckets.col_ratio"), t("buckets.col_samples")], datatype=["str", "str", "number"],
                                         interactive=False, label=t("buckets.label"), elem_id="buckets")
-
-    check_outputs = [n[k] for k in ("report", "check_summary", "problems", "problem_images", "concepts", "steps", "buckets", "rename_panel")]
-    prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg")}
-    folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"]]
-
-    def wire() -> None:
-        cfg = ui.config_inputs()
-        prepare.click(h.prepare, inputs=prep_inputs, outputs=folder_outputs, api_name="prepare_folders").then(
-            h.check, inputs=cfg, outputs=check_outputs, api_visibility="private")
-        check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
-        live = [ui.fields[p] for p in STEP_FIELDS]
-        gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
-              show_progress="hidden", trigger_mode="always_last", api_visibility="private")
-        apply_repeats.click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
-                            outputs=[n["rename_text"], n["rename_panel"], n["pending"]], api_visibility="private")
-        confirm.click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"]], api_visibility="private")
-        cancel.click(lambda: ([], _hidden()), outputs=[n["pending"], n["rename_panel"]], api_visibility="private")
-
-    ui.after_build(wire)
-    return h
+    return {"apply": apply, "confirm": confirm, "cancel": cancel}

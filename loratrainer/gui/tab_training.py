@@ -201,9 +201,32 @@ class TrainingHandlers:
 def build(ui: UiContext) -> TrainingHandlers:
     import gradio as gr
 
-    t = ui.t
-    h = TrainingHandlers(ui)
-    n = ui.named
+    h, n = TrainingHandlers(ui), ui.named
+    buttons = _presets_panel(ui, h, gr)
+    folders_md = _settings(ui, gr)
+    buttons.update(_run_panel(ui, gr))
+
+    cfg = ui.config_inputs
+    config_outputs = list(ui.fields.values()) + [n["config_message"]]
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery")]
+    buttons["load_preset"].click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs, api_name="load_preset")
+    buttons["save_preset"].click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
+    buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
+    n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_visibility="private")
+    buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
+    buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
+    buttons["start"].click(h.start, inputs=cfg(), outputs=live, api_name="start")
+    buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
+    n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
+    ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
+    folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
+    if folder_fields:
+        gr.on([c.change for c in folder_fields], h.folders_summary, inputs=set(folder_fields), outputs=[folders_md], api_visibility="private", show_progress="hidden")
+    return h
+
+
+def _presets_panel(ui: UiContext, h: TrainingHandlers, gr) -> dict:
+    t, n = ui.t, ui.named
     with gr.Row():
         n["preset"] = gr.Dropdown(choices=h.preset_choices(), value=None, label=t("presets.label"), info=t("presets.help"), elem_id="preset-choice", scale=3)
         load_preset = gr.Button(t("presets.load"), elem_id="preset-load", scale=1)
@@ -217,59 +240,52 @@ def build(ui: UiContext) -> TrainingHandlers:
             load_file = gr.Button(t("config.load"), elem_id="config-load")
             save_file = gr.Button(t("config.save"), elem_id="config-save")
     n["config_message"] = gr.Markdown(elem_id="config-message")
+    return {"load_preset": load_preset, "save_preset": save_preset, "load_file": load_file, "save_file": save_file}
 
+
+def _settings(ui: UiContext, gr):
+    """Basic settings (the tutorial's), then one Advanced accordion per schema group for everything else."""
+    t = ui.t
     with gr.Accordion(t("training.basic"), open=True, elem_id="section-basic"):
-        folders_md = gr.Markdown(h.folders_summary({}), elem_id="training-folders")
+        folders_md = gr.Markdown(TrainingHandlers(ui).folders_summary({}), elem_id="training-folders")
         model = ui.field(BASIC[0])
         model_note = gr.Markdown(elem_id="check-model")
-        model.change(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note], trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        model.change(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note], trigger_mode="always_last",
+                     show_progress="hidden", api_visibility="private")
         ui.on_load(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note])
         filebrowser.build(ui, model, files=True, key="model")
-        for i in range(1, len(BASIC) - 1, 3):
-            with gr.Row(equal_height=False):
-                for path in BASIC[i : min(i + 3, len(BASIC) - 1)]:
-                    ui.field(path)
+        _rows(ui, gr, list(BASIC[1:-1]))
         ui.field(BASIC[-1])
     specs = specs_by_path()
     for group in GROUPS:
         rest = [p for p, s in specs.items() if s.group == group and p not in ui.fields and p not in BASIC]
-        if not rest:
-            continue
-        with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}"):
-            for i in range(0, len(rest), 3):
-                with gr.Row(equal_height=False):
-                    for path in rest[i : i + 3]:
-                        ui.field(path)
+        if rest:
+            with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}"):
+                _rows(ui, gr, rest)
+    return folders_md
 
+
+def _rows(ui: UiContext, gr, paths: list[str], per_row: int = 3) -> None:
+    for i in range(0, len(paths), per_row):
+        with gr.Row(equal_height=False):
+            for path in paths[i : i + per_row]:
+                ui.field(path)
+
+
+def _run_panel(ui: UiContext, gr) -> dict:
+    t, n = ui.t, ui.named
     with gr.Row():
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
         stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
-        show_cmd = gr.Button(t("run.show_command"), elem_id="run-show-command")
+        show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
     n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
     n["progress"] = gr.HTML(elem_id="run-progress")
     with gr.Row():
         n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
-        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, elem_id="run-samples")
+        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
     n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=10, interactive=False, autoscroll=True, elem_id="run-log", elem_classes=["lt-log"])
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)
-
-    cfg = ui.config_inputs
-    config_outputs = lambda: list(ui.fields.values()) + [n["config_message"]]  # noqa: E731
-    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery")]
-    load_preset.click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs(), api_name="load_preset")
-    save_preset.click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
-    load_file.click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs(), api_name="load_config")
-    n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs(), api_visibility="private")
-    save_file.click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
-    show_cmd.click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
-    start.click(h.start, inputs=cfg(), outputs=live, api_name="start")
-    stop.click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
-    n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
-    ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
-    folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
-    if folder_fields:
-        gr.on([c.change for c in folder_fields], h.folders_summary, inputs=set(folder_fields), outputs=[folders_md], api_visibility="private", show_progress="hidden")
-    return h
+    return {"start": start, "stop": stop, "show_command": show_command}

@@ -209,6 +209,32 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["cap_batch"] = gr.Number(1, label=t("caption.batch"), precision=0, minimum=1)
         n["cap_overwrite"] = gr.Checkbox(False, label=t("caption.overwrite"), info=t("caption.overwrite_help"))
         n["cap_recursive"] = gr.Checkbox(False, label=t("caption.recursive"))
+    panels = _captioner_options(ui, gr)
+    with gr.Row():
+        preview = gr.Button(t("caption.preview"), elem_id="cap-preview")
+        run = gr.Button(t("caption.run"), variant="primary", elem_id="cap-run")
+        cancel = gr.Button(t("caption.cancel"), variant="stop", elem_id="cap-cancel")
+    n["cap_message"] = gr.Markdown(elem_id="cap-message")
+
+    n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
+    keys = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive", "blip_model", "blip_beam",
+            "blip_beams", "blip_top_p", "blip_min", "blip_max", "git_model", "git_max", "wd_model", "wd_general", "wd_character", "wd_undesired", "fixed_text")
+    inputs = {n[k] for k in keys}
+
+    def caption(data: dict, request: gr.Request):
+        yield from h.caption(data, request)
+
+    preview.click(h.plan, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_plan")
+    run.click(caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder")
+    def cancel_run(request: gr.Request) -> str:
+        return h.cancel(request)
+
+    cancel.click(cancel_run, inputs=None, outputs=[n["cap_message"]], api_visibility="private")
+
+
+def _captioner_options(ui: UiContext, gr) -> dict:
+    """One panel of settings per captioner; only the chosen one is shown."""
+    t, n = ui.t, ui.named
     with gr.Accordion(t("caption.method.blip"), open=True) as blip:
         with gr.Row():
             n["blip_model"] = gr.Textbox("Salesforce/blip-image-captioning-large", label=t("caption.model"), info=t("caption.model_help"))
@@ -230,27 +256,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["wd_undesired"] = gr.Textbox(label=t("caption.undesired"))
     with gr.Accordion(t("caption.method.fixed"), open=True, visible=False) as fixed:
         n["fixed_text"] = gr.Textbox(label=t("caption.fixed_text"), elem_id="cap-fixed-text")
-    with gr.Row():
-        preview = gr.Button(t("caption.preview"), elem_id="cap-preview")
-        run = gr.Button(t("caption.run"), variant="primary", elem_id="cap-run")
-        cancel = gr.Button(t("caption.cancel"), variant="stop", elem_id="cap-cancel")
-    n["cap_message"] = gr.Markdown(elem_id="cap-message")
-
-    panels = {"blip": blip, "git": git, "wd14": wd14, "fixed": fixed}
-    n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
-    keys = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive", "blip_model", "blip_beam",
-            "blip_beams", "blip_top_p", "blip_min", "blip_max", "git_model", "git_max", "wd_model", "wd_general", "wd_character", "wd_undesired", "fixed_text")
-    inputs = {n[k] for k in keys}
-
-    def caption(data: dict, request: gr.Request):
-        yield from h.caption(data, request)
-
-    preview.click(h.plan, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_plan")
-    run.click(caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder")
-    def cancel_run(request: gr.Request) -> str:
-        return h.cancel(request)
-
-    cancel.click(cancel_run, inputs=None, outputs=[n["cap_message"]], api_visibility="private")
+    return {"blip": blip, "git": git, "wd14": wd14, "fixed": fixed}
 
 
 def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
