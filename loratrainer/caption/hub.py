@@ -29,9 +29,17 @@ def local_folder(model: str) -> Path | None:
     return None
 
 
-def offline_message(model: str, exc: BaseException) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why = "offline mode is on (HF_HUB_OFFLINE)" if offline else f"{type(exc).__name__}: {_first_line(exc)}"
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def offline_message(model: str, exc: BaseException | None) -> str:
+    if _offline_mode():
+        why = "offline mode is on (HF_HUB_OFFLINE)"
+    elif exc is None:
+        why = "the Hugging Face hub cannot be reached"
+    else:
+        why = f"{type(exc).__name__}: {_first_line(exc)}"
     return (
         f"cannot load the model {model!r}: it is not a local folder and is not in the Hugging Face cache, and it "
         f"could not be downloaded ({why}). Download it once with network access (it is then cached), or point "
@@ -39,8 +47,25 @@ def offline_message(model: str, exc: BaseException) -> str:
     )
 
 
-def load(model: str, loader: Callable[[str], T]) -> T:
-    """Call `loader(name_or_folder)` (e.g. a from_pretrained), turning 'cannot fetch it' into one UserError."""
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """One quick request to the hub. Without it, an offline machine sits through huggingface_hub's retries
+    (minutes, dozens of "Retrying in 8s" lines per file) before the message this module exists to give."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # any transport failure (DNS, refused, timeout, proxy): not reachable
+        return False
+    return True  # any HTTP answer, even an error status, means the network works
+
+
+def load(model: str, loader: Callable[..., T]) -> T:
+    """Call `loader(name_or_folder)` (a from_pretrained, or an hf_hub_download that accepts local_files_only),
+    turning 'cannot fetch it' into one UserError.
+
+    A hub id is tried from the cache first (no network at all), then downloaded only when the hub answers.
+    """
     folder = local_folder(model)
     if folder is not None:
         try:
@@ -48,8 +73,14 @@ def load(model: str, loader: Callable[[str], T]) -> T:
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load the model in {folder}: {_first_line(exc)}") from exc
     try:
+        return loader(model, local_files_only=True)
+    except OSError:  # not (completely) in the cache: transformers and huggingface_hub say so with an OSError
+        pass
+    if _offline_mode() or not hub_reachable():
+        raise UserError(offline_message(model, None))
+    try:
         return loader(model)
-    except OSError as exc:  # transformers and huggingface_hub report "not found" and "no network" as OSError
+    except OSError as exc:  # "no such repository", or the network went away meanwhile
         raise UserError(offline_message(model, exc)) from exc
 
 

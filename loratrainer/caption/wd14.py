@@ -82,8 +82,12 @@ def model_files(model: str) -> tuple[Path, Path]:
     if folder is None:
         from huggingface_hub import hf_hub_download
 
-        folder = hub.load(model, lambda repo: Path(hf_hub_download(repo, MODEL_FILE)).parent)
-        hub.load(model, lambda repo: hf_hub_download(repo, TAGS_FILE))
+        # Each file from where the hub cache puts it (a snapshot folder per revision), not assumed side by side.
+        model_path, tags_path = (
+            hub.load(model, lambda repo, name=name, **kw: Path(hf_hub_download(repo, name, **kw)))
+            for name in (MODEL_FILE, TAGS_FILE)
+        )
+        return model_path, tags_path
     files = folder / MODEL_FILE, folder / TAGS_FILE
     missing = [f.name for f in files if not f.is_file()]
     if missing:
