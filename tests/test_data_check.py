@@ -193,3 +193,29 @@ def test_samples_load_into_their_buckets(tmp_path):
             image = load_image(s.image_path)
             assert image.size == s.size
             assert fit_to_bucket(image, s.bucket, resized=s.resized)[0].size == s.bucket
+
+
+def test_bucket_settings_kohya_refuses_are_errors_naming_the_setting(tmp_path):
+    """sd-scripts (train_network) asserts bucket_reso_steps % 64 == 0 for SD1.5, and min <= resolution <= max."""
+    ds.make_dataset(tmp_path / "img", {"2_a": [(640, 384)]})
+    cases = [
+        (dict(bucket_reso_steps=1), "buckets.bucket_reso_steps"),  # the loha-sd15.json fixture's value
+        (dict(bucket_reso_steps=32), "buckets.bucket_reso_steps"),
+        (dict(bucket_no_upscale=False, min_bucket_reso=640), "buckets.min_bucket_reso"),
+        (dict(bucket_no_upscale=False, max_bucket_reso=448), "buckets.max_bucket_reso"),
+    ]
+    for settings, path in cases:
+        report = _check(tmp_path / "img", **settings)
+        assert not report.ok and [p.path for p in report.problems if p.severity == "error"] == [path], settings
+    assert _check(tmp_path / "img", bucket_reso_steps=128, max_resolution="512,512").ok
+    assert _check(tmp_path / "img", enable_bucket=False, bucket_reso_steps=8).ok  # unused without buckets
+
+
+def test_min_and_max_bucket_reso_are_rounded_to_the_step_as_in_kohya():
+    """sd-scripts' adjust_min_max_bucket_reso_by_steps: min 300 -> 256, max 1000 -> 1024 (step 64)."""
+    from loratrainer.config import BucketSettings
+    from loratrainer.data.buckets import BucketPlan
+
+    plan = BucketPlan.from_settings(BucketSettings(min_bucket_reso=300, max_bucket_reso=1000, bucket_no_upscale=False))
+    assert (plan.min_size, plan.max_size) == (256, 1024)
+    assert all(w % 64 == 0 and h % 64 == 0 for w, h in plan.predefined())

@@ -56,8 +56,11 @@ class BucketPlan:
 
     @classmethod
     def from_settings(cls, buckets: "BucketSettings") -> "BucketPlan":
-        return cls(buckets.resolution, buckets.enable_bucket, buckets.bucket_no_upscale,
-                   buckets.min_bucket_reso, buckets.max_bucket_reso, buckets.bucket_reso_steps)
+        # sd-scripts' adjust_min_max_bucket_reso_by_steps: min rounded down, max up, to multiples of the step.
+        step = buckets.bucket_reso_steps
+        lo = buckets.min_bucket_reso - buckets.min_bucket_reso % step
+        hi = buckets.max_bucket_reso + (-buckets.max_bucket_reso) % step
+        return cls(buckets.resolution, buckets.enable_bucket, buckets.bucket_no_upscale, lo, hi, step)
 
     @property
     def max_area(self) -> int:

@@ -56,12 +56,23 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
 
 
 def _settings_problems(config: TrainingConfig) -> list[Problem]:
+    """sd-scripts' bucket asserts for SD1.5 (train_network's verify_bucket_reso_steps(64), and the min/max checks),
+    as errors naming the setting; min/max only matter without bucket_no_upscale, where buckets are predefined."""
     b = config.buckets
     w, h = b.resolution
+    plan = BucketPlan.from_settings(b)
     problems = []
-    if b.enable_bucket and not b.bucket_no_upscale and b.max_bucket_reso < max(w, h):
+    if b.enable_bucket and b.bucket_reso_steps % 64:
+        problems.append(Problem.at("buckets.bucket_reso_steps", "error", (
+            f"bucket_reso_steps is {b.bucket_reso_steps}: SD1.5 needs a multiple of 64 (Kohya's trainer refuses it too); set it to 64"
+        )))
+    if b.enable_bucket and not b.bucket_no_upscale and plan.max_size < max(w, h):
         problems.append(Problem.at("buckets.max_bucket_reso", "error", (
             f"max_bucket_reso ({b.max_bucket_reso}) is smaller than the resolution {w}x{h}: raise it to at least {max(w, h)}"
+        )))
+    if b.enable_bucket and not b.bucket_no_upscale and plan.min_size > min(w, h):
+        problems.append(Problem.at("buckets.min_bucket_reso", "error", (
+            f"min_bucket_reso ({b.min_bucket_reso}) is larger than the resolution {w}x{h}: lower it to at most {min(w, h)}"
         )))
     if w % b.bucket_reso_steps or h % b.bucket_reso_steps:
         problems.append(Problem.at("buckets.max_resolution", "warning", (
