@@ -231,3 +231,35 @@ class _CountingVae:
         return self.vae.encode(pixels)
 
 
+
+
+def test_adafactor_schedule_and_relative_step():
+    params = [{"params": [torch.nn.Parameter(torch.ones(4, 4))], "lr": 1e-4}]
+    config = _opt_config(optimizer="Adafactor", lr_scheduler="adafactor")
+    opt = optimizers.build_optimizer(config, params)
+    sched = build_lr_scheduler(config, opt, total_steps=10)
+    opt.param_groups[0]["params"][0].grad = torch.ones(4, 4)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["relative_step"] and sched.get_last_lr()[0] > 0
+
+
+def test_random_crop_and_colour_augmentation(tmp_path):
+    from loratrainer.data.samples import TrainSample
+    from loratrainer.train.dataset import Augment, load_training_image
+
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    ramp = Image.new("RGB", (96, 64))  # a horizontal ramp shows where the crop was taken
+    ramp.putdata([(x * 2, 40, 40) for y in range(64) for x in range(96)])
+    ramp.save(path)
+    sample = TrainSample(path, "c", False, tmp_path, 1, False, (96, 64), (64, 64), (96, 64))
+    crops = {load_training_image(sample, "#ffffff", Augment(random_crop=True), random.Random(i), False).getpixel((0, 0))[0]
+             for i in range(12)}
+    assert len(crops) > 3  # different offsets
+    centre = load_training_image(sample, "#ffffff", Augment(), random.Random(0), False).getpixel((0, 0))[0]
+    assert centre == 32  # (96 - 64) / 2 = 16 px in, ramp value 2 x 16
+    shifted = {load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False).getpixel((10, 10))
+               for i in range(8)}
+    assert len(shifted) > 1

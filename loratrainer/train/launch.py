@@ -111,17 +111,19 @@ def _glob_escape(name: str) -> str:
 def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int) -> int:
     """A generous estimate of what the run writes: LoRA files (about 1.2 MB per rank at 16 bit) and states."""
     bytes_per_value = 4 if config.precision.save_precision == "float" else 2
-    per_file = int(1.2 * _MB * config.network.network_dim * bytes_per_value / 2)
+    per_file = 1.2 * _MB * config.network.network_dim * bytes_per_value / 2
     if config.network.lora_type == "LoCon":
-        per_file += int(3 * _MB * config.network.conv_dim * bytes_per_value / 2)
+        per_file += 3 * _MB * config.network.conv_dim * bytes_per_value / 2
     s = config.saving
-    files = 2  # final + interrupted
+    files = 2  # the final file and a possible interrupted one
     if s.save_every_n_epochs:
-        files += s.save_last_n_epochs or epochs // s.save_every_n_epochs
+        files += min(s.save_last_n_epochs or epochs, epochs // s.save_every_n_epochs)
     if s.save_every_n_steps:
-        files += min(total_steps // s.save_every_n_steps, s.save_last_n_steps // s.save_every_n_steps + 1 if s.save_last_n_steps else total_steps)
-    total = files * per_file * (4 if s.save_state else 1)  # a state holds weights and two optimizer moments
-    return total + 100 * _MB
+        kept = s.save_last_n_steps // s.save_every_n_steps + 1 if s.save_last_n_steps else total_steps
+        files += min(total_steps // s.save_every_n_steps, kept)
+    if s.save_state:  # a state holds float32 weights and two optimizer moments beside each file
+        per_file *= 1 + 6 * 2 / bytes_per_value
+    return int(files * per_file) + 100 * _MB
 
 
 def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
