@@ -65,6 +65,15 @@ def test_empty_caption_counts_as_missing_and_is_filled(tmp_path):
     assert (tmp_path / "x.txt").read_text().startswith("a 64x64")
 
 
+def test_caption_with_text_only_after_an_empty_first_line_is_kept(tmp_path):
+    make_image(tmp_path / "x.png")
+    original = make_caption(tmp_path / "x.png", "\nnotes on the second line\n").read_bytes()
+    report = run(tmp_path)
+    assert (tmp_path / "x.txt").read_bytes() == original and report.skipped_existing == [tmp_path / "x.png"]
+    report = run(tmp_path, overwrite=True)
+    assert (report.backup_dir / "x.txt").read_bytes() == original
+
+
 def test_overwrite_backs_up_old_captions_first(tmp_path):
     make_image(tmp_path / "x.png")
     make_caption(tmp_path / "x.png", "old words")

@@ -45,13 +45,14 @@ def read_text(path: Path) -> str:
 def existing_caption(image: Path, extension: str) -> Path | None:
     """The file that holds this image's caption, None when there is none or it is empty or whitespace.
 
-    Empty files count as missing (reliability.md row 10), so captioning fills them; nothing is lost.
+    Empty and whitespace-only files count as missing (reliability.md row 10), so captioning fills them; a file
+    with text on any line is somebody's caption, even when training would read only its empty first line.
     """
     try:
         found = read_caption_file(image, extension)
     except CaptionError:  # not UTF-8, but still somebody's text: it exists and is kept
         return caption_path(image, extension)
-    return found.path if found.text is not None else None
+    return found.path if found.text is not None or found.extra_lines else None
 
 
 def one_line(text: str) -> str:
