@@ -141,7 +141,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     if writer is not None:
         writer.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
                     num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-                    seed=seed, pid=os.getpid())
+                    seed=seed, pid=os.getpid(), pgid=os.getpgid(0) if os.name == "posix" else None)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
     state["phase"] = "training"
     reporter = ProgressReporter(writer, tensorboard, s.total_steps, s.epochs)
