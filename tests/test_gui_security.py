@@ -103,7 +103,9 @@ def test_listen_beyond_loopback_requires_credentials():
 def test_allowed_hosts_are_the_served_address():
     assert "evil.example" not in allowed_hosts(ServeOptions())
     assert set(allowed_hosts(ServeOptions())) >= {"127.0.0.1", "localhost"}
-    assert allowed_hosts(ServeOptions(host="192.168.1.5", username="a", password="b")) == ["192.168.1.5"]
+    lan = allowed_hosts(ServeOptions(host="192.168.1.5", username="a", password="b"))
+    assert "192.168.1.5" in lan and "127.0.0.1" not in lan and "evil.example" not in lan
+    assert "127.0.0.1" in allowed_hosts(ServeOptions(host="0.0.0.0", username="a", password="b"))
 
 
 def test_gradio_environment_is_neutralised():
@@ -193,3 +195,20 @@ def _listening_sockets(pid: int) -> list[str]:
                     ip = "ipv6:" + hex_ip
                 out.append(f"{ip}:{int(hex_port, 16)}")
     return out
+
+
+def test_listen_with_credentials_requires_login(tmp_path):
+    from starlette.testclient import TestClient
+
+    from loratrainer.gui.app import create_app
+
+    temp = neutralise_gradio_env()
+    options = ServeOptions(host="0.0.0.0", username="ann", password="s3cret", language="en", open_browser=False, state_dir=tmp_path)
+    with TestClient(create_app(options, temp_dir=temp), base_url="http://127.0.0.1:7860") as client:
+        assert client.get("/config").status_code == 401
+        r = client.post("/login", data={"username": "ann", "password": "wrong"})
+        assert r.status_code == 400
+        r = client.post("/login", data={"username": "ann", "password": "s3cret"})
+        assert r.status_code == 200
+        assert client.get("/config").status_code == 200
+        assert client.get("/config", headers={"host": "evil.example"}).status_code == 400

@@ -77,14 +77,29 @@ def allowed_hosts(options: ServeOptions) -> list[str]:
     hosts = {options.host}
     if is_loopback(options.host) or options.host in ("0.0.0.0", "::"):
         hosts |= {"127.0.0.1", "localhost", "[::1]"}
-    if options.host in ("0.0.0.0", "::"):  # every address of this machine
+    if not is_loopback(options.host):  # the names other machines use for this one
         name = socket.gethostname()
         hosts |= {name, socket.getfqdn()}
+    if options.host in ("0.0.0.0", "::"):  # every address of this machine
         try:
-            hosts |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+            hosts |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
         except OSError:
             pass
+        hosts |= _primary_addresses()
     return sorted(h for h in hosts if h)
+
+
+def _primary_addresses() -> set[str]:
+    """The address this machine uses on its network (a UDP 'connect' sends nothing; it only picks a route)."""
+    found = set()
+    for family, probe in ((socket.AF_INET, ("10.254.254.254", 1)), (socket.AF_INET6, ("fd00::1", 1))):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(probe)
+                found.add(s.getsockname()[0])
+        except OSError:
+            continue
+    return found
 
 
 def neutralise_gradio_env(environ: dict | None = None) -> Path:
