@@ -223,5 +223,7 @@ def test_start_refused_starts_nothing(page, tmp_path):
     data[page.fields["folders.train_data_dir"]] = str(tmp_path / "missing")
     data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
     out = h.start(data)
-    assert out[page.named["status"]].startswith("**Not started.**")
+    status = out[page.named["status"]]
+    assert status.startswith("**Not started.**")
+    assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
     assert page.jobs.runs() == []

@@ -45,7 +45,7 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
                 gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
         with gr.Tabs():
             for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("utilities", tab_utilities)):
-                with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}"):
+                with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}") as ui.named[f"tab_{name}"]:
                     ui.handlers[name] = module.build(ui)
         ui.finish(blocks)
     return blocks, ui

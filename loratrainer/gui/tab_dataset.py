@@ -139,6 +139,8 @@ class DatasetHandlers:
     def apply_renames(self, data: dict) -> dict:
         n = self.ui.named
         plan = data.get(n["pending"]) or []
+        if plan and self.ui.jobs.active() is not None:  # the running trainer reads these folders
+            return {n["rename_text"]: self.t("repeats.running"), n["pending"]: []}
         done = []
         for old, new in plan:
             if Path(new).exists():

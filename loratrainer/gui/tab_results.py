@@ -113,4 +113,5 @@ def build(ui: UiContext) -> ResultsHandlers:
     refresh.click(h.refresh_runs, inputs=[n["results_run"]], outputs=outputs, api_name="results")
     n["results_run"].input(h.show_run, inputs=[n["results_run"]], outputs=outputs[1:], api_visibility="private")
     ui.on_load(h.refresh_runs, inputs=[n["results_run"]], outputs=outputs)
+    ui.after_build(lambda: n["tab_results"].select(h.refresh_runs, inputs=[n["results_run"]], outputs=outputs, api_visibility="private"))
     return h

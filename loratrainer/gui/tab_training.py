@@ -148,8 +148,14 @@ class TrainingHandlers:
         try:
             run_dir = self.ui.jobs.start(self.ui.read_config(data))
         except UserError as exc:
-            return {status: self.t("start.refused", error=md(str(exc))), self.ui.named["timer"]: gr.Timer(active=False)}
+            return {status: self.refusal(str(exc)), self.ui.named["timer"]: gr.Timer(active=False)}
         return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
+
+    def refusal(self, text: str) -> str:
+        """Why Start refused; the dataset check's report keeps its lines in a code block."""
+        head, _, rest = text.partition("\n")
+        message = self.t("start.refused", error=md(head))
+        return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 
     def stop(self, run_dir: str | None) -> str:
         if not run_dir or not self.ui.jobs.view(run_dir).alive:
