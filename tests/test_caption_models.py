@@ -205,3 +205,13 @@ def test_missing_local_model_folder(tmp_path, capsys):
     make_image(tmp_path / "a.png")
     assert main(["caption", str(tmp_path), "--model", str(tmp_path / "models" / "blip")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_model_for_another_captioner_is_refused_not_loaded_with_random_weights(git_dir, blip_dir, tmp_path, capsys):
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--model", str(git_dir)]) == 2  # BLIP (the default) given a GIT folder
+    assert "is a 'git' model, not a 'blip' model: choose the git captioner" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path), "--captioner", "git", "--model", str(blip_dir)]) == 2
+    assert "choose the blip captioner" in capsys.readouterr().err
+    assert not (tmp_path / "a.txt").exists()
+

@@ -18,4 +18,5 @@ def generate_kwargs(options: BlipOptions) -> dict[str, Any]:
 
 class BlipCaptioner(TransformersCaptioner):
     def __init__(self, options: BlipOptions):
-        super().__init__("BlipForConditionalGeneration", options.model, options.device, generate_kwargs(options))
+        kwargs = generate_kwargs(options)
+        super().__init__("BlipForConditionalGeneration", "blip", options.model, options.device, kwargs)

@@ -8,4 +8,4 @@ from loratrainer.caption.hf import TransformersCaptioner
 
 class GitCaptioner(TransformersCaptioner):
     def __init__(self, options: GitOptions):
-        super().__init__("GitForCausalLM", options.model, options.device, {"max_length": options.max_length})
+        super().__init__("GitForCausalLM", "git", options.model, options.device, {"max_length": options.max_length})
