@@ -215,3 +215,33 @@ def test_a_model_for_another_captioner_is_refused_not_loaded_with_random_weights
     assert "choose the blip captioner" in capsys.readouterr().err
     assert not (tmp_path / "a.txt").exists()
 
+
+def _damage_safetensors(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _damage_onnx(folder: Path) -> None:
+    (folder / "model.onnx").write_bytes(b"not a model")
+
+
+def _damage_tags(folder: Path) -> None:
+    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n0,general,rating,1\n")
+
+
+@pytest.mark.parametrize("captioner, damage, says", [
+    ("blip", _damage_safetensors, "cannot load the model in"),
+    ("wd14", _damage_onnx, "cannot load the tagger model"),
+    ("wd14", _damage_tags, "is not a tagger tag list"),
+])
+def test_a_damaged_model_folder_is_one_line_not_a_traceback(request, tmp_path, capsys, captioner, damage, says):
+    import shutil
+
+    model = shutil.copytree(request.getfixturevalue("blip_dir" if captioner == "blip" else "tagger_dir"),
+                            tmp_path / "model")
+    damage(model)
+    make_caption(make_image(tmp_path / "img" / "a.png"), "old")
+    assert main(["caption", str(tmp_path / "img"), "--captioner", captioner, "--model", str(model), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("error")]) == 1
+    assert (tmp_path / "img" / "a.txt").read_text() == "old" and not (tmp_path / "img" / ".caption-backups").exists()

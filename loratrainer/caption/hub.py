@@ -39,7 +39,7 @@ def offline_message(model: str, exc: BaseException | None) -> str:
     elif exc is None:
         why = "the Hugging Face hub cannot be reached"
     else:
-        why = f"{type(exc).__name__}: {_first_line(exc)}"
+        why = f"{type(exc).__name__}: {first_line(exc)}"
     return (
         f"cannot load the model {model!r}: it is not a local folder and is not in the Hugging Face cache, and it "
         f"could not be downloaded ({why}). Download it once with network access (it is then cached), or point "
@@ -70,8 +70,8 @@ def load(model: str, loader: Callable[..., T]) -> T:
     if folder is not None:
         try:
             return loader(str(folder))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the model in {folder}: {_first_line(exc)}") from exc
+        except Exception as exc:  # a folder the user chose: whatever breaks (a damaged file, bad JSON) is theirs to fix
+            raise UserError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
     try:
         return loader(model, local_files_only=True)
     except OSError:  # not (completely) in the cache: transformers and huggingface_hub say so with an OSError
@@ -93,6 +93,6 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -35,11 +35,17 @@ class Tag:
 
 
 def read_tags(path: Path, replace_underscores: bool) -> list[Tag]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"name", "category"} <= set(rows[0]):
-        raise UserError(f"{path} is not a tagger tag list: it needs the columns name and category")
-    return [Tag(_display_name(r["name"], replace_underscores), int(r["category"])) for r in rows]
+    """selected_tags.csv: columns tag_id, name, category, count; one row per model output, in output order."""
+    not_a_list = f"{path} is not a tagger tag list (selected_tags.csv with the columns name and category)"
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        tags = [Tag(_display_name(r["name"], replace_underscores), int(r["category"])) for r in rows]
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise UserError(f"{not_a_list}: {hub.first_line(exc)}") from exc
+    if not tags:
+        raise UserError(f"{not_a_list}: it lists no tags")
+    return tags
 
 
 def _display_name(name: str, replace_underscores: bool) -> str:
@@ -106,7 +112,10 @@ class TaggerCaptioner:
         model_path, tags_path = model_files(options.model)
         self.options = options
         self.tags = read_tags(tags_path, options.replace_underscores)
-        self.session = ort.InferenceSession(str(model_path), providers=_providers(ort, options.device))
+        try:
+            self.session = ort.InferenceSession(str(model_path), providers=_providers(ort, options.device))
+        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): a damaged or foreign file
+            raise UserError(f"cannot load the tagger model {model_path}: {hub.first_line(exc)}") from exc
         model_input = self.session.get_inputs()[0]
         batch, height, _, _ = model_input.shape
         # The reference taggers are 448 x 448; a dynamic size (a name, not a number) gets that too.
