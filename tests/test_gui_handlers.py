@@ -129,7 +129,7 @@ def test_check_lists_problem_images_with_thumbnails(page, tmp_path):
     data[page.fields["folders.train_data_dir"]] = str(root)
     out = h.check(data)
     problems = out[page.named["problems"]]
-    assert any("empty.png" in row[1] for row in problems) and any("tiny.png" in row[1] for row in problems)
+    assert any("empty.png" in row[1] and row[0] in ("error", "warning") for row in problems) and any("tiny.png" in row[1] for row in problems)
     thumbs = out[page.named["problem_images"]]
     assert any("tiny.png" in caption for _, caption in thumbs)
     assert all(Path(p).is_relative_to(page.display.root) for p, _ in thumbs)

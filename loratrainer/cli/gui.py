@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +17,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--listen", metavar="ADDR", default="127.0.0.1", help="address to listen on; anything but loopback needs --username and --password")
     p.add_argument("--username", help="user name required to open the page")
-    p.add_argument("--password", help="password required to open the page")
+    p.add_argument("--password", help="password required to open the page (or set LORATRAINER_GUI_PASSWORD, which `ps` does not show)")
     p.add_argument("--language", choices=["en", "ko"], help="force the page language (default: follow the browser)")
     p.set_defaults(run=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         open_browser=not args.no_browser,
         username=args.username,
-        password=args.password,
+        password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
     )
     return serve(options)
