@@ -87,3 +87,34 @@ def test_basic_without_text_is_refused(tmp_path, capsys):
     make_image(tmp_path / "a.png")
     assert main(["caption", str(tmp_path), "--basic", " "]) == 2
     assert "the fixed text is empty" in capsys.readouterr().err
+
+
+def test_full_disk_while_writing_is_one_line_and_keeps_the_old_caption(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from loratrainer.caption import writer
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    make_caption(make_image(tmp_path / "a.png"), "old")
+    monkeypatch.setattr(writer, "atomic_write", full)
+    assert main(["caption", str(tmp_path), "--basic", "new", "--overwrite"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot write the caption") and "No space left" in errors[0]
+    assert (tmp_path / "a.txt").read_text() == "old"
+
+
+def test_backup_that_cannot_be_made_replaces_nothing(tmp_path, capsys, monkeypatch):
+    from loratrainer.caption import writer
+
+    def denied(src, dest):
+        raise PermissionError(13, "Permission denied")
+
+    make_caption(make_image(tmp_path / "a.png"), "old")
+    monkeypatch.setattr(writer.shutil, "copy2", denied)
+    for argv in (["--basic", "new", "--overwrite"], ["--find", "old", "--replace", "new"]):
+        assert main(["caption", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot back up") and "none was replaced" in err and err.count("\n") == 1
+        assert (tmp_path / "a.txt").read_text() == "old"

@@ -70,7 +70,11 @@ def compose(prefix: str, caption: str, postfix: str, separator: str = " ") -> st
 
 def write_caption(path: Path, text: str) -> Path:
     """Atomically write one caption: UTF-8 without BOM, one trailing "\\n"."""
-    return atomic_write(path, text.rstrip("\n") + "\n")
+    try:
+        return atomic_write(path, text.rstrip("\n") + "\n")
+    except OSError as exc:  # a full disk, a read-only folder: the old file is intact (atomic_write)
+        raise UserError(f"cannot write the caption {path} ({exc.strerror or exc}): free some space or make the "
+                        f"folder writable, then run again; captions written before this one are kept") from exc
 
 
 def new_backup_dir(root: Path) -> Path:
@@ -93,9 +97,13 @@ def back_up(root: Path, files: list[Path]) -> Path | None:
     existing = [f for f in files if f.exists()]
     if not existing:
         return None
-    target = new_backup_dir(root)
-    for src in existing:
-        dest = target / src.relative_to(root)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest)
+    try:
+        target = new_backup_dir(root)
+        for src in existing:
+            dest = target / src.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    except OSError as exc:
+        raise UserError(f"cannot back up the old captions to {root / BACKUP_DIR_NAME} ({exc.strerror or exc}), so "
+                        f"none was replaced: free some space or make the folder writable") from exc
     return target
