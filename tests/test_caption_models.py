@@ -245,3 +245,34 @@ def test_a_damaged_model_folder_is_one_line_not_a_traceback(request, tmp_path, c
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("error")]) == 1
     assert (tmp_path / "img" / "a.txt").read_text() == "old" and not (tmp_path / "img" / ".caption-backups").exists()
+
+
+@pytest.mark.parametrize("captioner", ["blip", "git", "wd14"])
+def test_acceptance_every_captioner_keeps_backs_up_refuses_and_skips(request, tmp_path, capsys, captioner):
+    """Issue 6's acceptance lines, the same for each model path: prefix and postfix, existing captions
+    byte-identical after a default run, backups on overwrite, a truncated image listed, duplicate stems refused."""
+    model = request.getfixturevalue({"blip": "blip_dir", "git": "git_dir", "wd14": "tagger_dir"}[captioner])
+    folder = _folder(tmp_path / "img")
+    kept = make_caption(folder / "kept.png", "hand written\r\n", bom=True).read_bytes()
+    argv = ["caption", str(folder), "--captioner", captioner, "--model", str(model), "--prefix", "sks",
+            "--postfix", "style", *(["--max-length", "6"] if captioner != "wd14" else [])]
+    sep = ", " if captioner == "wd14" else " "
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 captions written" in out and "1 skipped: caption exists" in out and "broken.jpg" in out
+    assert (folder / "kept.txt").read_bytes() == kept and not (folder / "broken.txt").exists()
+    first = {s: (folder / f"{s}.txt").read_bytes() for s in "abc"}
+    for text in first.values():
+        assert text.startswith(f"sks{sep}".encode()) and text.endswith(f"{sep}style\n".encode())
+
+    assert main([*argv, "--overwrite"]) == 0
+    backup = next((folder / ".caption-backups").iterdir())
+    assert (backup / "kept.txt").read_bytes() == kept
+    assert {s: (backup / f"{s}.txt").read_bytes() for s in "abc"} == first
+    assert (folder / "kept.txt").read_bytes().startswith(f"sks{sep}".encode())
+
+    make_image(folder / "a.jpg")
+    before = {p: p.read_bytes() for p in folder.glob("*.txt")}
+    assert main([*argv, "--overwrite"]) == 2
+    assert "a.jpg" in capsys.readouterr().err and {p: p.read_bytes() for p in folder.glob("*.txt")} == before
