@@ -118,3 +118,10 @@ def test_backup_that_cannot_be_made_replaces_nothing(tmp_path, capsys, monkeypat
         err = capsys.readouterr().err
         assert err.startswith("error: cannot back up") and "none was replaced" in err and err.count("\n") == 1
         assert (tmp_path / "a.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("captioner", ["blip", "git"])
+def test_max_length_0_is_refused_not_replaced_by_the_default(tmp_path, capsys, captioner):
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--captioner", captioner, "--max-length", "0"]) == 2
+    assert "max length must be at least 1" in capsys.readouterr().err

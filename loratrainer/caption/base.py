@@ -36,8 +36,8 @@ class BlipOptions:
     def __post_init__(self) -> None:
         _check(self.num_beams >= 1, "number of beams must be at least 1")
         _check(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
-        _check(0 <= self.min_length <= self.max_length, "min length must be between 0 and max length")
         _check(self.max_length >= 1, "max length must be at least 1")
+        _check(0 <= self.min_length <= self.max_length, "min length must be between 0 and max length")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def captioner_options(args: argparse.Namespace):
     if args.basic is not None:
         return FixedTextOptions(args.basic)
     if args.captioner == "git":
-        return GitOptions(**model, **device, **({"max_length": args.max_length} if args.max_length else {}))
+        return GitOptions(**model, **device, **({} if args.max_length is None else {"max_length": args.max_length}))
     if args.captioner == "wd14":
         general, character = args.thresholds or (args.general_threshold, args.character_threshold)
         undesired = tuple(t.strip() for t in args.undesired_tags.split(",") if t.strip())
@@ -80,7 +80,7 @@ def captioner_options(args: argparse.Namespace):
                              undesired_tags=undesired, tag_separator=args.tag_separator,
                              include_rating=args.include_rating, replace_underscores=not args.keep_underscores)
     return BlipOptions(**model, **device, beam_search=args.beam_search, num_beams=args.num_beams, top_p=args.top_p,
-                       min_length=args.min_length, max_length=args.max_length or 75)
+                       min_length=args.min_length, max_length=75 if args.max_length is None else args.max_length)
 
 
 def _caption(args: argparse.Namespace) -> int:
