@@ -276,3 +276,28 @@ def test_acceptance_every_captioner_keeps_backs_up_refuses_and_skips(request, tm
     before = {p: p.read_bytes() for p in folder.glob("*.txt")}
     assert main([*argv, "--overwrite"]) == 2
     assert "a.jpg" in capsys.readouterr().err and {p: p.read_bytes() for p in folder.glob("*.txt")} == before
+
+
+@pytest.mark.parametrize("options, sent", [
+    (dict(num_beams=3, top_p=0.5, min_length=2, max_length=7),  # beam search: top_p is not used
+     dict(do_sample=False, num_beams=3, min_length=2, max_length=7)),
+    (dict(beam_search=False, num_beams=3, top_p=0.5, min_length=2, max_length=7),  # sampling: one beam, top_p
+     dict(do_sample=True, num_beams=1, top_p=0.5, min_length=2, max_length=7)),
+])
+def test_blip_generation_settings_reach_the_model_as_kohya_uses_them(blip_dir, options, sent):
+    from PIL import Image
+
+    from loratrainer.caption import make_captioner
+
+    captioner = make_captioner(BlipOptions(model=str(blip_dir), **options))
+    seen, generate = [], captioner.model.generate
+
+    def spy(**kwargs):
+        ids = generate(**kwargs)
+        seen.append((kwargs, ids.shape[-1]))
+        return ids
+
+    captioner.model.generate = spy
+    assert len(captioner.caption([Image.new("RGB", (40, 30), "red")] * 2)) == 2
+    (kwargs, length), = seen
+    assert {k: v for k, v in kwargs.items() if k != "pixel_values"} == sent and 2 <= length <= 7
