@@ -89,30 +89,30 @@ def test_basic_without_text_is_refused(tmp_path, capsys):
     assert "the fixed text is empty" in capsys.readouterr().err
 
 
-def test_full_disk_while_writing_is_one_line_and_keeps_the_old_caption(tmp_path, capsys, monkeypatch):
+def test_full_disk_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
     from loratrainer.caption import writer
 
-    def full(path, data):
+    def full(path, data, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    make_caption(make_image(tmp_path / "a.png"), "old")
+    make_image(tmp_path / "a.png")
     monkeypatch.setattr(writer, "atomic_write", full)
-    assert main(["caption", str(tmp_path), "--basic", "new", "--overwrite"]) == 2
+    assert main(["caption", str(tmp_path), "--basic", "new"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: cannot write the caption") and "No space left" in errors[0]
-    assert (tmp_path / "a.txt").read_text() == "old"
+    assert not (tmp_path / "a.txt").exists()
 
 
 def test_backup_that_cannot_be_made_replaces_nothing(tmp_path, capsys, monkeypatch):
     from loratrainer.caption import writer
 
-    def denied(src, dest):
+    def denied(root):
         raise PermissionError(13, "Permission denied")
 
     make_caption(make_image(tmp_path / "a.png"), "old")
-    monkeypatch.setattr(writer.shutil, "copy2", denied)
+    monkeypatch.setattr(writer, "new_backup_dir", denied)
     for argv in (["--basic", "new", "--overwrite"], ["--find", "old", "--replace", "new"]):
         assert main(["caption", str(tmp_path), *argv]) == 2
         err = capsys.readouterr().err

@@ -87,6 +87,18 @@ def test_overwrite_backs_up_old_captions_first(tmp_path):
     assert (report.backup_dir / "x.txt").read_text() == "old words"
 
 
+def test_backup_is_written_durably_before_the_caption_is_replaced(tmp_path, monkeypatch):
+    from loratrainer.caption import writer
+
+    writes, real = [], writer.atomic_write
+    monkeypatch.setattr(writer, "atomic_write", lambda path, data, **kw: writes.append(path) or real(path, data, **kw))
+    make_image(tmp_path / "x.png")
+    make_caption(tmp_path / "x.png", "old words")
+    report = run(tmp_path, overwrite=True)
+    assert writes == [report.backup_dir / "x.txt", tmp_path / "x.txt"]
+    assert (report.backup_dir / "x.txt").read_text() == "old words"
+
+
 def test_duplicate_stems_refused_before_anything_is_written(tmp_path):
     make_image(tmp_path / "a.jpg")
     make_image(tmp_path / "a.png")

@@ -92,7 +92,8 @@ def new_backup_dir(root: Path) -> Path:
 def back_up(root: Path, files: list[Path]) -> Path | None:
     """Copy `files` (all under `root`) into a new backup folder, keeping their relative paths.
 
-    Called before the first overwrite, so a crash midway still leaves every old caption in the backup.
+    Called before the first overwrite, so a crash midway still leaves every old caption in the backup; each copy
+    is written atomically and fsynced, like the captions themselves.
     """
     existing = [f for f in files if f.exists()]
     if not existing:
@@ -101,8 +102,9 @@ def back_up(root: Path, files: list[Path]) -> Path | None:
         target = new_backup_dir(root)
         for src in existing:
             dest = target / src.relative_to(root)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest)
+            # Through the fsyncing writer: after a crash right after the caption is replaced, the backup is on disk.
+            atomic_write(dest, src.read_bytes(), overwrite=False)
+            shutil.copystat(src, dest)
     except OSError as exc:
         raise UserError(f"cannot back up the old captions to {root / BACKUP_DIR_NAME} ({exc.strerror or exc}), so "
                         f"none was replaced: free some space or make the folder writable") from exc
