@@ -301,3 +301,20 @@ def test_blip_generation_settings_reach_the_model_as_kohya_uses_them(blip_dir, o
     assert len(captioner.caption([Image.new("RGB", (40, 30), "red")] * 2)) == 2
     (kwargs, length), = seen
     assert {k: v for k, v in kwargs.items() if k != "pixel_values"} == sent and 2 <= length <= 7
+
+
+@pytest.mark.parametrize("captioner", ["blip", "wd14"])
+def test_a_local_model_folder_works_without_network_and_never_asks_the_hub(request, tmp_path, captioner):
+    """No HF_HUB_OFFLINE here (conftest sets it): a hub name that does not resolve would show as retries."""
+    import os
+    import subprocess
+
+    model = request.getfixturevalue("blip_dir" if captioner == "blip" else "tagger_dir")
+    make_image(tmp_path / "img" / "a.png", (40, 30), RED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE"))}
+    env.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf-home"))
+    done = subprocess.run([sys.executable, "-m", "loratrainer", "caption", str(tmp_path / "img"), "--captioner",
+                           captioner, "--model", str(model), "--max-length", "6"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and "1 captions written" in done.stdout, done.stderr
+    assert "hub.invalid" not in done.stderr and "Retrying" not in done.stderr, done.stderr
