@@ -195,3 +195,23 @@ def test_out_of_gpu_memory_becomes_advice_and_keeps_what_was_written(tmp_path):
     with pytest.raises(UserError, match="lower the batch size"):
         run(tmp_path, captioner=FailsSecond(), batch_size=2)
     assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["0.txt", "1.txt"]
+
+
+def test_captioner_sees_what_training_sees_and_a_bomb_is_skipped(tmp_path):
+    """reliability.md rows 3, 5 and 6 for captioning: upright, RGB colours, 8 bit; a decompression bomb is listed."""
+    import numpy as np
+
+    from tests.datasets import make_16bit_ramp, make_bomb_png, make_cmyk_jpeg, make_exif_rotated_jpeg
+
+    make_exif_rotated_jpeg(tmp_path / "a_rotated.jpg", stored=(60, 40), orientation=6)
+    make_16bit_ramp(tmp_path / "b_ramp.png")
+    make_cmyk_jpeg(tmp_path / "c_cmyk.jpg")
+    make_bomb_png(tmp_path / "d_bomb.png")
+    rec = Recorder()
+    report = run(tmp_path, captioner=rec, batch_size=4)
+    rotated, ramp, cmyk = rec.batches[0]
+    assert rotated.size == (40, 60)
+    assert ramp.mode == "RGB" and len(np.unique(np.asarray(ramp)[..., 0])) > 200
+    r, g, b = cmyk.getpixel((16, 16))
+    assert r > 200 and g < 60 and b < 60
+    assert [s.path.name for s in report.failed] == ["d_bomb.png"] and len(report.written) == 3
