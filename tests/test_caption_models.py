@@ -318,3 +318,11 @@ def test_a_local_model_folder_works_without_network_and_never_asks_the_hub(reque
                           env=env, timeout=300)
     assert done.returncode == 0 and "1 captions written" in done.stdout, done.stderr
     assert "hub.invalid" not in done.stderr and "Retrying" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("device, says", [("gpu", "is not a device"), ("cuda:99", "CUDA GPU")])
+def test_a_device_that_cannot_be_used_is_one_line(blip_dir, tmp_path, capsys, device, says):
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--model", str(blip_dir), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and not (tmp_path / "a.txt").exists()

@@ -85,12 +85,24 @@ def load(model: str, loader: Callable[..., T]) -> T:
 
 
 def pick_device(device: str | None) -> str:
-    """The GPU when there is one (issue 6), else the CPU; an explicit choice is kept."""
-    if device:
-        return device
+    """The GPU when there is one (issue 6), else the CPU; an explicit choice is checked, so that a typo or a
+    machine without CUDA is one message rather than torch's assertion from deep inside the model's .to()."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device {device!r} is not a device: use cuda, cuda:1 or cpu") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {device!r}: no CUDA GPU can be used here (torch {torch.__version__}); "
+                            f"use cpu, or leave the device out to use the GPU when there is one")
+        if chosen.index is not None and chosen.index >= count:
+            raise UserError(f"device {device!r}: there are only {count} CUDA GPU(s), numbered from 0")
+    return device
 
 
 def first_line(exc: BaseException) -> str:
