@@ -227,3 +227,18 @@ def test_start_refused_starts_nothing(page, tmp_path):
     assert status.startswith("**Not started.**")
     assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
     assert page.jobs.runs() == []
+
+
+def test_save_as_kohya_config_round_trips(page, tmp_path):
+    from loratrainer.presets import load_any_config
+
+    h = page.handlers["training"]
+    target = tmp_path / "kohya.json"
+    data = form(page, config_path=str(target), config_upload=None)
+    data[page.fields["network.network_dim"]] = 32
+    message = h.save_kohya(data)[page.named["config_message"]]
+    assert "Kohya GUI config saved" in message
+    raw = json.loads(target.read_text())
+    assert raw["network_dim"] == 32 and "schema_version" not in raw  # flat, Kohya's layout
+    config, report = load_any_config(target)
+    assert report.format == "kohya" and config.network.network_dim == 32

@@ -215,6 +215,10 @@ def build(ui: UiContext) -> DatasetHandlers:
         prepare.click(h.prepare, inputs=prep_inputs, outputs=folder_outputs, api_name="prepare_folders").then(
             h.check, inputs=cfg, outputs=check_outputs, api_visibility="private")
         check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
+        # Choosing (or typing) an image folder runs the check by itself: the step calculator needs it.
+        image_folders = [ui.fields["folders.train_data_dir"], ui.fields["folders.reg_data_dir"]]
+        gr.on([c.change for c in image_folders], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
+              show_progress="hidden", api_visibility="private")
         live = [ui.fields[p] for p in STEP_FIELDS]
         gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private")

@@ -108,25 +108,39 @@ class TrainingHandlers:
             text += "\n\n```\n" + "\n".join(lines) + "\n```"
         return {**self.ui.show_config(config), message: text}
 
-    def save_file(self, data: dict) -> dict:
-        """Save our JSON; an existing file is backed up as <name>.bak first (a user's files are sacred)."""
+    def save_file(self, data: dict, kohya: bool = False) -> dict:
+        """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up as <name>.bak
+        first (a user's files are sacred)."""
+        from loratrainer.files import atomic_write
+        from loratrainer.kohya import export_kohya, kohya_to_json
+
         path = (data[self.ui.named["config_path"]] or "").strip()
         message = self.ui.named["config_message"]
         if not path:
             return {message: self.t("config.path_missing")}
+        notes = []
         try:
             config = self.ui.read_config(data)
             target = Path(path).expanduser()
             if target.suffix.lower() != ".json":
-                target = target.with_suffix(target.suffix + ".json") if target.suffix else target.with_suffix(".json")
+                target = target.with_name(target.name + ".json")
             backup = ""
             if target.exists():
                 shutil.copy2(target, target.with_name(target.name + ".bak"))
                 backup = self.t("config.backup", path=target.name + ".bak")
-            save_config(config, target)
+            if kohya:
+                exported, report = export_kohya(config)
+                atomic_write(target, kohya_to_json(exported))
+                notes = report.lines()
+            else:
+                save_config(config, target)
         except (UserError, OSError) as exc:
             return {message: self.t("error.generic", error=md(str(exc)))}
-        return {message: self.t("config.saved", path=str(target)) + (" " + backup if backup else "")}
+        text = self.t("config.saved_kohya" if kohya else "config.saved", path=str(target)) + (" " + backup if backup else "")
+        return {message: text + ("\n\n```\n" + "\n".join(notes) + "\n```" if notes else "")}
+
+    def save_kohya(self, data: dict) -> dict:
+        return self.save_file(data, kohya=True)
 
     # -- the run -------------------------------------------------------------------------------------------
 
@@ -220,6 +234,7 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
     n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_visibility="private")
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
+    buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
     buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
     buttons["start"].click(h.start, inputs=cfg(), outputs=live, api_name="start")
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
@@ -245,8 +260,9 @@ def _presets_panel(ui: UiContext, h: TrainingHandlers, gr) -> dict:
         with gr.Row():
             load_file = gr.Button(t("config.load"), elem_id="config-load")
             save_file = gr.Button(t("config.save"), elem_id="config-save")
+            save_kohya = gr.Button(t("config.save_kohya_button"), elem_id="config-save-kohya")
     n["config_message"] = gr.Markdown(elem_id="config-message")
-    return {"load_preset": load_preset, "save_preset": save_preset, "load_file": load_file, "save_file": save_file}
+    return {"load_preset": load_preset, "save_preset": save_preset, "load_file": load_file, "save_file": save_file, "save_kohya": save_kohya}
 
 
 def _settings(ui: UiContext, gr):
