@@ -90,3 +90,12 @@ def test_cli_without_network_stops_quickly_with_one_line(tmp_path, captioner):
     assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] != []
     assert "Download it once" in done.stderr and took < 60
     assert not (tmp_path / "img" / "a.txt").exists()
+
+
+def test_a_damaged_model_in_the_cache_is_one_message(monkeypatch):
+    def damaged(name, local_files_only=False):
+        raise ValueError("Error while deserializing header: invalid header length")
+
+    monkeypatch.setattr(hub, "hub_reachable", _no_network)
+    with pytest.raises(UserError, match="from the Hugging Face cache .*deserializing.*download it again"):
+        hub.load(MODEL, damaged)

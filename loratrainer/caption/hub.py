@@ -76,12 +76,21 @@ def load(model: str, loader: Callable[..., T]) -> T:
         return loader(model, local_files_only=True)
     except OSError:  # not (completely) in the cache: transformers and huggingface_hub say so with an OSError
         pass
+    except Exception as exc:  # in the cache but unreadable (e.g. a damaged weights file)
+        raise UserError(damaged_cache_message(model, exc)) from exc
     if _offline_mode() or not hub_reachable():
         raise UserError(offline_message(model, None))
     try:
         return loader(model)
     except OSError as exc:  # "no such repository", or the network went away meanwhile
         raise UserError(offline_message(model, exc)) from exc
+    except Exception as exc:
+        raise UserError(damaged_cache_message(model, exc)) from exc
+
+
+def damaged_cache_message(model: str, exc: BaseException) -> str:
+    return (f"cannot load the model {model!r} from the Hugging Face cache ({first_line(exc)}): delete it from the "
+            f"cache (`hf cache rm model/{model}`) and download it again, or point --model at a local folder")
 
 
 def pick_device(device: str | None) -> str:
