@@ -38,33 +38,50 @@ class Outcome:
 def train(t: Trainer, reporter, save) -> Outcome:
     """`save(kind, progress)` writes a LoRA file; `reporter.step(...)` reports each optimizer step."""
     maybe_sample(t, first=True)
-    first_epoch, done_in_epoch = divmod(t.step, t.report.steps.steps_per_epoch)  # > 0 after a resume
-    for epoch in range(first_epoch + 1, t.epochs + 1):
-        t.epoch = epoch
-        t.sampler.set_epoch(epoch, skip_batches=done_in_epoch * t.config.optimizer.gradient_accumulation_steps)
-        done_in_epoch = 0
-        for group in step_groups(t.loader, t.config.optimizer.gradient_accumulation_steps):
-            loss, stop = training_step(t, group)
-            reporter.step(t.step, epoch, loss, current_lr(t.lr_scheduler))
-            if stop:
-                save("interrupted", progress(t))
-                return Outcome("stopped", t.step, epoch)
-            if t.step >= t.total_steps:
-                break
-            if t.keeper.policy.needs_save(progress(t)):
-                save("step", progress(t))
-            maybe_sample(t)
+    for epoch in range(t.step // t.report.steps.steps_per_epoch + 1, t.epochs + 1):  # after a resume: from its epoch
+        if not train_epoch(t, epoch, reporter, save):
+            save("interrupted", progress(t))
+            return Outcome("stopped", t.step, epoch)
         reporter.epoch_end(epoch, t.step)
         if t.step >= t.total_steps:
             break
-        if t.keeper.policy.needs_save(progress(t, epoch_done=True)):
-            save("epoch", progress(t, epoch_done=True))
+        save_if_due(t, save, epoch_done=True)
         maybe_sample(t, epoch_end=True)
     assert t.step == t.total_steps, f"ran {t.step} steps, the plan was {t.total_steps}"
     save("final", progress(t))
     maybe_sample(t)  # the last step's or the last epoch's samples, whichever the schedule asks for
     maybe_sample(t, epoch_end=True)
     return Outcome("finished", t.step, t.epoch)
+
+
+def train_epoch(t: Trainer, epoch: int, reporter, save) -> bool:
+    """One epoch, or what is left of it; False when a stop was asked."""
+    for group in epoch_step_groups(t, epoch):
+        loss, stop = training_step(t, group)
+        reporter.step(t.step, epoch, loss, current_lr(t.lr_scheduler))
+        if stop:
+            return False
+        if t.step >= t.total_steps:
+            return True
+        save_if_due(t, save)
+        maybe_sample(t)
+    return True
+
+
+def epoch_step_groups(t: Trainer, epoch: int):
+    """The epoch's micro-batch groups, skipping those a resumed run trained before it stopped."""
+    accumulation = t.config.optimizer.gradient_accumulation_steps
+    done = t.step - (epoch - 1) * t.report.steps.steps_per_epoch
+    t.epoch = epoch
+    t.sampler.set_epoch(epoch, skip_batches=max(done, 0) * accumulation)
+    return step_groups(t.loader, accumulation)
+
+
+def save_if_due(t: Trainer, save, epoch_done: bool = False) -> None:
+    p = progress(t, epoch_done)
+    kind = t.keeper.policy.needs_save(p)
+    if kind:
+        save(kind, p)
 
 
 def progress(t: Trainer, epoch_done: bool = False) -> Progress:
