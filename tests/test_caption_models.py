@@ -326,3 +326,14 @@ def test_a_device_that_cannot_be_used_is_one_line(blip_dir, tmp_path, capsys, de
     assert main(["caption", str(tmp_path), "--model", str(blip_dir), "--device", device]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and not (tmp_path / "a.txt").exists()
+
+
+@pytest.mark.parametrize("device, says", [("gpu", "is not a device"), ("cuda", "pip install onnxruntime-gpu")])
+def test_tagger_device_that_cannot_be_used_is_one_line(tagger_dir, tmp_path, capsys, device, says):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and device == "cuda":
+        pytest.skip("this onnxruntime can use the GPU")
+    make_image(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path), "--captioner", "wd14", "--model", str(tagger_dir), "--device", device]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "a.txt").exists()

@@ -136,8 +136,17 @@ class TaggerCaptioner:
         return texts
 
 
-def _providers(ort, device: str | None) -> list[str]:
-    available = ort.get_available_providers()
-    if device != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def _providers(ort, device: str | None) -> list:
+    """CUDA when there is one (or when asked for, then required), else the CPU; cuda:N picks GPU N."""
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device in (None, ""):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise UserError(f"device {device!r} is not a device: use cuda, cuda:1 or cpu")
+    if not cuda:
+        raise UserError(f"device {device!r}: this onnxruntime cannot use a GPU: pip install onnxruntime-gpu "
+                        f"(an NVIDIA GPU is needed), or use cpu")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
