@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON_BIN="${PYTHON:-$(command -v python3 || command -v python)}"
 "$PYTHON_BIN" scripts/bootstrap.py --extra test
-if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "Installing Debian's chromium for the browser tests..."
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian's chromium drives the browser tests; the CJK fonts make Korean readable in their screenshots.
+if { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "noto sans cjk"; } \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian's chromium and CJK fonts for the browser tests..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null
 fi
 exec .venv/bin/python -m pytest "$@"
