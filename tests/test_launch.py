@@ -119,3 +119,30 @@ def test_print_command_starts_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+
+
+def test_a_trainer_that_cannot_start_still_ends_the_stream(tmp_path):
+    import subprocess
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / events.CONFIG_FILE).write_text('{"optimizer": {"epoch": -1}}')
+    proc = subprocess.run([sys.executable, "-m", "loratrainer.train.entry", "--run-dir", str(run_dir)], capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    ended = events.read_events(run_dir / events.EVENTS_FILE)[0][-1]
+    assert ended["event"] == "ended" and ended["status"] == "error" and "epoch" in ended["reason"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sigterm_becomes_a_stop_request(tmp_path):
+    import signal
+
+    from loratrainer.train.entry import stop_on_sigterm
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm(tmp_path)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert events.stop_requested(tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loratrainer.train.entry")
     parser.add_argument("--run-dir", required=True, type=Path)
     run_dir = parser.parse_args(argv).run_dir
-    config = load_config(run_dir / events.CONFIG_FILE)
-    hide_broken_torchvision()
-    accelerator = make_accelerator(config)
+    try:
+        config = load_config(run_dir / events.CONFIG_FILE)
+        hide_broken_torchvision()
+        accelerator = make_accelerator(config)
+    except Exception as exc:  # before training could start: still end the stream with a reason
+        traceback.print_exc()
+        return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
+    stop_on_sigterm(run_dir)
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     setup_logging(run_dir, accelerator.is_main_process)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
@@ -40,6 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     log.info("ended: %s%s", status, f" ({reason})" if reason else "")
     accelerator.end_training()
     return code
+
+
+def _ended_early(run_dir: Path, reason: str) -> int:
+    if os.environ.get("RANK", "0") == "0":
+        with events.EventWriter(run_dir / events.EVENTS_FILE) as writer:
+            writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
+    return events.EXIT_CODES["error"]
+
+
+def stop_on_sigterm(run_dir: Path) -> None:
+    """SIGTERM (a service manager, `kill PID`) asks for a stop like the STOP file: the LoRA is saved first."""
+    import signal
+
+    def request_stop(signum, frame) -> None:
+        (run_dir / events.STOP_FILE).write_text("SIGTERM\n")
+
+    if os.name == "posix":
+        signal.signal(signal.SIGTERM, request_stop)
 
 
 def make_accelerator(config: TrainingConfig):
