@@ -171,3 +171,14 @@ def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
     assert run.wait(timeout=300) == events.EXIT_CODES["oom"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]
+
+
+def test_two_processes_stop_together(tmp_path, tiny_model):
+    # the STOP check is agreed between processes in the step's one collective: neither may hang waiting
+    config = small_config(tmp_path, tiny_model, images=4, num_processes=2, main_process_port=29733, epoch=100,
+                          gradient_accumulation_steps=2)
+    run = _start(config)
+    run.request_stop()
+    assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
+    assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
+    assert _events(run.run_dir)[-1]["step"] == 1
