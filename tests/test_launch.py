@@ -146,3 +146,30 @@ def test_sigterm_becomes_a_stop_request(tmp_path):
         assert events.stop_requested(tmp_path)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_follow_shows_progress_and_returns_the_trainers_code(tmp_path, monkeypatch, tty):
+    import io
+
+    from loratrainer.train.follow import follow
+
+    script = ("import json, sys, time; p = sys.argv[1] + '/events.jsonl'\n"
+              "def emit(**e):\n    open(p, 'a').write(json.dumps(e) + '\\n')\n"
+              "emit(event='started', total_steps=2, epochs=1, seed=5)\n"
+              "emit(event='progress', step=1, total_steps=2, epoch=1, epochs=1, loss=0.5, avg_loss=0.5, lr=1e-4)\n"
+              "emit(event='checkpoint', path='/o/x.safetensors', kind='final', epoch=1, step=2)\n"
+              "emit(event='ended', status='finished', reason='', step=2, epoch=1, exit_code=0)\n")
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
+    run = launch.start_run(_config(tmp_path), check=False)
+
+    class Stream(io.StringIO):
+        def isatty(self):
+            return tty
+
+    out = Stream()
+    assert follow(run, out, poll_s=0.05) == 0
+    text = out.getvalue()
+    assert "finished" in text and "saved /o/x.safetensors" in text and str(run.run_dir) in text
+    if not tty:
+        assert "step 1/2 epoch 1/1 loss 0.5000" in text

@@ -31,7 +31,7 @@ class ProgressReporter:
         self._times.append(now)
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("loss/step", loss, step)
-            self.tensorboard.add_scalar("lr/unet", lr, step)
+            self.tensorboard.add_scalar("lr", lr, step)
         last = step >= self.total_steps
         if self.events is not None and (last or step == 1 or now - self._last_event >= self.min_interval_s):
             self._last_event = now

@@ -131,7 +131,7 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
 
 
 def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int) -> Trainer:
-    model_api_check_optimizer(config)
+    check_optimizer_available(config)
     report = plan_dataset(config, accelerator.num_processes)
     components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
     groups = param_groups(handle, config)
@@ -149,7 +149,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
     )
 
 
-def model_api_check_optimizer(config: TrainingConfig) -> None:
+def check_optimizer_available(config: TrainingConfig) -> None:
     """Fail before loading any model when the optimizer cannot be built (e.g. 8-bit on a CPU)."""
     from loratrainer.train.optimizers import optimizer_spec
 
