@@ -71,3 +71,38 @@ def test_the_loop_runs_the_planned_steps_with_accumulation_and_saves_by_policy(t
     outcome = train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
     assert t.report.steps.steps_per_epoch == 2 and outcome.step == 6
     assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("final", 6, 3)]
+
+
+def test_regularisation_images_double_the_steps_and_carry_the_prior_weight(tmp_path, tiny_model):
+    from tests.datasets import make_dataset
+
+    reg = make_dataset(tmp_path / "reg", {"1_person": 6})
+    t, saved = _trainer(tmp_path, tiny_model, epoch=1, reg_data_dir=str(reg), prior_loss_weight=0.5)
+    assert t.report.steps.reg_samples_per_epoch == 6 and t.total_steps == 6  # 6 train + 6 reg samples, batch 2
+    seen = []
+    t.loader.collate_fn = _recording(t.loader.collate_fn, seen)
+    assert train(t, _Quiet(), lambda kind, p: None).step == 6
+    assert sum(seen) == 6  # every reg sample went through the loss once
+
+
+def _recording(collate, seen):
+    def wrapped(items):
+        batch = collate(items)
+        seen.append(int(batch["is_reg"].sum()))
+        return batch
+
+    return wrapped
+
+
+def test_locon_network_weights_continue_from_a_saved_file(tmp_path, tiny_model):
+    from loratrainer.train import model_api
+
+    first, _ = _trainer(tmp_path / "a", tiny_model, epoch=1, lora_type="LoCon", conv_dim=2, conv_alpha=1, learning_rate=1e-2, unet_lr=1e-2)
+    train(first, _Quiet(), lambda kind, p: None)
+    state = model_api.lora_state(first.handle, "float")
+    assert any("resnets" in k for k in state)  # LoCon adapted the 3x3 convolutions
+    model_api.save_lora(tmp_path / "start.safetensors", state, {})
+    second, _ = _trainer(tmp_path / "b", tiny_model, epoch=1, lora_type="LoCon", conv_dim=2, conv_alpha=1,
+                         network_weights=str(tmp_path / "start.safetensors"))
+    again = model_api.lora_state(second.handle, "float")
+    assert all(torch.allclose(state[k], again[k]) for k in state)

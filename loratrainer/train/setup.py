@@ -79,7 +79,8 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
         components.noise_scheduler.register_to_config(prediction_type="v_prediction")
     handle = model_api.add_lora(components, config)
     if config.network.network_weights:
-        model_api.load_network_weights(handle, config.network.network_weights)
+        fresh = model_api.load_network_weights(handle, config.network.network_weights)
+        log.info("started from %s%s", config.network.network_weights, f" ({len(fresh)} modules it lacks start fresh)" if fresh else "")
     set_attention(components.unet, config.precision.attention)
     if config.precision.gradient_checkpointing:
         enable_gradient_checkpointing(components, config)
