@@ -40,7 +40,7 @@ def test_cli_train_two_epochs_writes_files_events_logs_and_config(tmp_path, tiny
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.glob("*.safetensors")) == ["last-000001.safetensors", "last.safetensors"]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["last-000001.safetensors", "last-000002.safetensors", "last.safetensors"]
     run_dir = _run_dir(out)
     evs = _events(run_dir)
     kinds = [e["event"] for e in evs]
@@ -48,7 +48,7 @@ def test_cli_train_two_epochs_writes_files_events_logs_and_config(tmp_path, tiny
     planned = check_dataset(config).steps.total_steps
     assert evs[0]["total_steps"] == planned == 6 and evs[0]["seed"] == 42
     assert evs[-1] == {**evs[-1], "status": "finished", "step": planned, "epoch": 2, "exit_code": 0}
-    assert [(e["kind"], e["step"]) for e in evs if e["event"] == "checkpoint"] == [("epoch", 3), ("final", 6)]
+    assert [(e["kind"], e["step"]) for e in evs if e["event"] == "checkpoint"] == [("epoch", 3), ("epoch", 6), ("final", 6)]
     state = events.summarize(evs)
     assert state.status == "finished" and state.last_files[-1].endswith("last.safetensors") and state.loss_history
     resolved = json.loads((run_dir / "config.json").read_text())
@@ -84,7 +84,7 @@ def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path,
     evs = _events(_run_dir(tmp_path / "out"))
     assert [e["event"] for e in evs].count("started") == 1 and evs[0]["num_processes"] == 2
     assert evs[-1]["status"] == "finished" and evs[-1]["step"] == planned.total_steps
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last-000001.safetensors", "last.safetensors", "log"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last-000001.safetensors", "last-000002.safetensors", "last.safetensors", "log"]
 
 
 def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):

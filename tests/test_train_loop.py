@@ -70,7 +70,13 @@ def test_the_loop_runs_the_planned_steps_with_accumulation_and_saves_by_policy(t
     t, saved = _trainer(tmp_path, tiny_model, epoch=3, gradient_accumulation_steps=2, save_every_n_steps=3)
     outcome = train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
     assert t.report.steps.steps_per_epoch == 2 and outcome.step == 6
-    assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("final", 6, 3)]
+    assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("epoch", 6, 3), ("final", 6, 3)]
+
+
+def test_an_epoch_cut_short_by_max_train_steps_gets_no_epoch_file(tmp_path, tiny_model):
+    t, saved = _trainer(tmp_path, tiny_model, max_train_steps=5)  # 3 steps per epoch: the second epoch stops at 5
+    train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
+    assert saved == [("epoch", 3, 1), ("final", 5, 2)]
 
 
 def test_regularisation_images_double_the_steps_and_carry_the_prior_weight(tmp_path, tiny_model):

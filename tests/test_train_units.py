@@ -114,7 +114,8 @@ def test_needs_save_follows_kohya():
     assert policy.needs_save(Progress(10, 3, 100, 10, epoch_done=True)) is None
     assert policy.needs_save(Progress(15, 2, 100, 10)) == "step"
     assert policy.needs_save(Progress(16, 2, 100, 10)) is None
-    assert policy.needs_save(Progress(100, 10, 100, 10, epoch_done=True)) is None  # the final file instead
+    assert policy.needs_save(Progress(100, 10, 100, 10, epoch_done=True)) == "epoch"  # the last epoch too, then the final file
+    assert policy.needs_save(Progress(100, 9, 100, 10)) is None  # the last step: only the final file
     p = Progress(500, 3, 1000, 10)
     assert checkpoint_name("x", "epoch", p) == "x-000003.safetensors"
     assert checkpoint_name("x", "step", p) == "x-step00000500.safetensors"

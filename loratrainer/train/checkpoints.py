@@ -21,7 +21,7 @@ class Progress:
     epoch: int  # 1-based epoch being trained (or just finished)
     total_steps: int
     epochs: int
-    epoch_done: bool = False
+    epoch_done: bool = False  # the epoch ran to its end (not cut short by max_train_steps)
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,12 @@ class SavePolicy:
         return cls(s.save_every_n_epochs, s.save_every_n_steps, s.save_last_n_epochs, s.save_last_n_steps)
 
     def needs_save(self, p: Progress) -> str | None:
-        """'epoch', 'step' or None. The last epoch and the last step get the final file instead (as Kohya)."""
+        """'epoch', 'step' or None. Every selected epoch gets its numbered file, the last one too (Kohya skips
+        it, so a 2-epoch run had no `-000002` to compare with); the last step gets only the final file."""
+        if p.epoch_done:
+            return "epoch" if self.every_n_epochs and p.epoch % self.every_n_epochs == 0 else None
         if p.step >= p.total_steps:
             return None
-        if p.epoch_done:
-            return "epoch" if self.every_n_epochs and p.epoch % self.every_n_epochs == 0 and p.epoch < p.epochs else None
         return "step" if self.every_n_steps and p.step % self.every_n_steps == 0 else None
 
 

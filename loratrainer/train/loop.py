@@ -43,9 +43,9 @@ def train(t: Trainer, reporter, save) -> Outcome:
             save("interrupted", progress(t))
             return Outcome("stopped", t.step, epoch)
         reporter.epoch_end(epoch, t.step)
+        save_if_due(t, save, epoch_done=t.step == epoch * t.report.steps.steps_per_epoch)
         if t.step >= t.total_steps:
             break
-        save_if_due(t, save, epoch_done=True)
         maybe_sample(t, epoch_end=True)
     assert t.step == t.total_steps, f"ran {t.step} steps, the plan was {t.total_steps}"
     save("final", progress(t))
