@@ -11,17 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
 
 
 class CaptionError(UserError):
     """A caption file that exists but cannot be read as text; str() is '<path>: <reason>'."""
 
-    def __init__(self, path: str | Path, reason: str | None = None):
+    def __init__(self, path: str | Path, reason: str | Msg | None = None):
         if reason is None:  # a ready-made "<path>: <reason>" message (as other modules raise it)
             path, _, reason = str(path).partition(": ")
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
-        self.reason = reason
+        self.reason = str(reason)
+        self.msg = reason if isinstance(reason, Msg) else None
+
+
+define({
+    "caption.unreadable": "cannot read the caption file ({detail})",
+    "caption.not_utf8": "the caption is not UTF-8 text: open it in an editor and save it as UTF-8",
+})
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,11 @@ def read_caption_file(image_path: str | Path, extension: str = ".txt") -> Captio
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise CaptionError(path, f"cannot read the caption file ({exc.strerror})") from None
+        raise CaptionError(path, Msg.of("caption.unreadable", detail=exc.strerror)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CaptionError(path, "the caption is not UTF-8 text: open it in an editor and save it as UTF-8") from None
+        raise CaptionError(path, Msg.of("caption.not_utf8")) from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     first = lines[0].strip()
     extra = any(line.strip() for line in lines[1:])

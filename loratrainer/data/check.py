@@ -13,12 +13,35 @@ from pathlib import Path
 from loratrainer.config import TrainingConfig
 from loratrainer.data.buckets import BucketPlan
 from loratrainer.data.captions import CaptionError, CaptionText, fallback_caption, read_caption_file
-from loratrainer.data.folders import Concept, scan_data_dir
+from loratrainer.data.folders import Concept, scan_data_dir, shown_names
 from loratrainer.data.images import ImageError, probe_image
 from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import bucket_sizes, count_steps
+from loratrainer.messages import Msg, define
+
+define({
+    "check.no_folder": "no image folder chosen: set it to the parent of your <repeats>_<name> folders",
+    "check.no_usable_images": "no usable training images: fix or add images (see the lines above)",
+    "check.reso_steps": "bucket_reso_steps is {steps}: SD1.5 needs a multiple of 64 (Kohya's trainer refuses it too); set it to 64",
+    "check.max_bucket": "max_bucket_reso ({value}) is smaller than the resolution {w}x{h}: raise it to at least {need}",
+    "check.min_bucket": "min_bucket_reso ({value}) is larger than the resolution {w}x{h}: lower it to at most {need}",
+    "check.not_multiple": "{w}x{h} is not a multiple of bucket_reso_steps ({steps}): images will be cropped to the nearest bucket",
+    "check.multiline": "{n} caption file(s) have more than one line; only the first line is used: {names}",
+    "check.skipped": "skipped: {reason}",
+    "check.high_bit": "{mode} (more than 8 bits per channel) image: scaled to 8 bits for training",
+    "check.too_small_refused": "refused: {w}x{h} is too small for a {step} px bucket step at {rw}x{rh}; use a larger image or delete it",
+    "check.too_small_skipped": (
+        "skipped: {w}x{h} is too small for a {step} px bucket step at {rw}x{rh}; use a larger image or delete it"
+        " (dataset.undersized_images = refuse makes this an error)"
+    ),
+    "check.duplicate_stem": "{names} share the name `{stem}` and so one caption file: rename or delete one of them",
+    "check.uncaptioned": "{n} image(s) have no caption ({ext} file missing or empty) and train with {uses}: {names}{hint}",
+    "check.uses_folder_name": 'the folder name "{caption}" as caption',
+    "check.uses_empty": "an EMPTY caption (the folder has no name part)",
+    "check.other_captions": "; this folder has {suffix} files: set dataset.caption_extension to {suffix} if those are the captions",
+})
 
 
 def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> DatasetReport:
@@ -27,7 +50,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     concepts: list[Concept] = []
     folders = config.folders
     if not folders.train_data_dir.strip():
-        problems.append(Problem.at("folders.train_data_dir", "error", "no image folder chosen: set it to the parent of your <repeats>_<name> folders"))
+        problems.append(Problem.at("folders.train_data_dir", "error", Msg.of("check.no_folder")))
     else:
         scan = scan_data_dir(folders.train_data_dir, config.dataset.caption_extension)
         concepts += scan.concepts
@@ -41,7 +64,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     for concept in concepts:
         _check_concept(concept, config, plan, report)
     if any(not c.is_reg for c in concepts) and report.images == 0:
-        problems.append(Problem.at(folders.train_data_dir, "error", "no usable training images: fix or add images (see the lines above)"))
+        problems.append(Problem.at(folders.train_data_dir, "error", Msg.of("check.no_usable_images")))
     o = config.optimizer
     report.steps = count_steps(
         report.samples,
@@ -63,21 +86,13 @@ def _settings_problems(config: TrainingConfig) -> list[Problem]:
     plan = BucketPlan.from_settings(b)
     problems = []
     if b.enable_bucket and b.bucket_reso_steps % 64:
-        problems.append(Problem.at("buckets.bucket_reso_steps", "error", (
-            f"bucket_reso_steps is {b.bucket_reso_steps}: SD1.5 needs a multiple of 64 (Kohya's trainer refuses it too); set it to 64"
-        )))
+        problems.append(Problem.at("buckets.bucket_reso_steps", "error", Msg.of("check.reso_steps", steps=b.bucket_reso_steps)))
     if b.enable_bucket and not b.bucket_no_upscale and plan.max_size < max(w, h):
-        problems.append(Problem.at("buckets.max_bucket_reso", "error", (
-            f"max_bucket_reso ({b.max_bucket_reso}) is smaller than the resolution {w}x{h}: raise it to at least {max(w, h)}"
-        )))
+        problems.append(Problem.at("buckets.max_bucket_reso", "error", Msg.of("check.max_bucket", value=b.max_bucket_reso, w=w, h=h, need=max(w, h))))
     if b.enable_bucket and not b.bucket_no_upscale and plan.min_size > min(w, h):
-        problems.append(Problem.at("buckets.min_bucket_reso", "error", (
-            f"min_bucket_reso ({b.min_bucket_reso}) is larger than the resolution {w}x{h}: lower it to at most {min(w, h)}"
-        )))
+        problems.append(Problem.at("buckets.min_bucket_reso", "error", Msg.of("check.min_bucket", value=b.min_bucket_reso, w=w, h=h, need=min(w, h))))
     if w % b.bucket_reso_steps or h % b.bucket_reso_steps:
-        problems.append(Problem.at("buckets.max_resolution", "warning", (
-            f"{w}x{h} is not a multiple of bucket_reso_steps ({b.bucket_reso_steps}): images will be cropped to the nearest bucket"
-        )))
+        problems.append(Problem.at("buckets.max_resolution", "warning", Msg.of("check.not_multiple", w=w, h=h, steps=b.bucket_reso_steps)))
     return problems
 
 
@@ -101,9 +116,7 @@ def _check_concept(concept: Concept, config: TrainingConfig, plan: BucketPlan, r
     if uncaptioned:
         report.problems.append(_uncaptioned_problem(concept, uncaptioned, ext))
     if multiline:
-        report.problems.append(Problem.at(concept.path, "info", (
-            f"{len(multiline)} caption file(s) have more than one line; only the first line is used: {_names(multiline)}"
-        )))
+        report.problems.append(Problem.at(concept.path, "info", Msg.of("check.multiline", n=len(multiline), names=_names(multiline))))
 
 
 def _check_image(
@@ -113,25 +126,24 @@ def _check_image(
     try:
         info = probe_image(image)
     except ImageError as exc:
-        problems.append(Problem.at(image, "warning", f"skipped: {exc.reason}"))
+        problems.append(Problem.at(image, "warning", Msg.of("check.skipped", reason=exc.msg or exc.reason)))
         return None
     if info.high_bit_depth:
-        problems.append(Problem.at(image, "warning", f"{info.mode} (more than 8 bits per channel) image: scaled to 8 bits for training"))
+        problems.append(Problem.at(image, "warning", Msg.of("check.high_bit", mode=info.mode)))
     w, h = info.size
     step = config.buckets.bucket_reso_steps
     choice = plan.select(w, h) if min(w, h) >= step else None
     if choice is None:
         refuse = config.dataset.undersized_images == "refuse"
-        problems.append(Problem.at(image, "error" if refuse else "warning", (
-            f"{'refused' if refuse else 'skipped'}: {w}x{h} is too small for a {step} px bucket step at {plan.resolution[0]}x{plan.resolution[1]}; "
-            "use a larger image or delete it" + ("" if refuse else " (dataset.undersized_images = refuse makes this an error)")
-        )))
+        code = "check.too_small_refused" if refuse else "check.too_small_skipped"
+        rw, rh = plan.resolution
+        problems.append(Problem.at(image, "error" if refuse else "warning", Msg.of(code, w=w, h=h, step=step, rw=rw, rh=rh)))
         return None
     ext = config.dataset.caption_extension
     try:
         text = read_caption_file(image, ext)
     except CaptionError as exc:
-        problems.append(Problem.at(exc.path, "error", exc.reason))
+        problems.append(Problem.at(exc.path, "error", exc.msg or exc.reason))
         text = CaptionText(None, None, False)
     caption = text.text
     sample = TrainSample(
@@ -153,9 +165,7 @@ def _duplicate_stems(concept: Concept) -> list[Problem]:
     for image in concept.images:
         by_stem[image.stem].append(image)
     return [
-        Problem.at(paths[0], "warning", (
-            f"{' and '.join(p.name for p in paths)} share the name `{stem}` and so one caption file: rename or delete one of them"
-        ))
+        Problem.at(paths[0], "warning", Msg.of("check.duplicate_stem", names=", ".join(p.name for p in paths), stem=stem))
         for stem, paths in by_stem.items()
         if len(paths) > 1
     ]
@@ -163,16 +173,13 @@ def _duplicate_stems(concept: Concept) -> list[Problem]:
 
 def _uncaptioned_problem(concept: Concept, images: list[Path], ext: str) -> Problem:
     fallback = fallback_caption(concept.name)
-    uses = f'the folder name "{fallback}" as caption' if fallback else "an EMPTY caption (the folder has no name part)"
-    hint = ""
+    uses = Msg.of("check.uses_folder_name", caption=fallback) if fallback else Msg.of("check.uses_empty")
+    hint: str | Msg = ""
     others = sorted(s for s in concept.other_suffixes & {".txt", ".caption"} if s != ext.lower())
     if others:
-        hint = f"; this folder has {others[0]} files: set dataset.caption_extension to {others[0]} if those are the captions"
-    return Problem.at(concept.path, "warning", (
-        f"{len(images)} image(s) have no caption ({ext} file missing or empty) and train with {uses}: {_names(images)}{hint}"
-    ))
+        hint = Msg.of("check.other_captions", suffix=others[0])
+    return Problem.at(concept.path, "warning", Msg.of("check.uncaptioned", n=len(images), ext=ext, uses=uses, names=_names(images), hint=hint))
 
 
-def _names(paths: list[Path], limit: int = 10) -> str:
-    shown = ", ".join(p.name for p in paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+def _names(paths: list[Path], limit: int = 10) -> str | Msg:
+    return shown_names([p.name for p in paths], limit)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from loratrainer.data.images import is_image_name
 from loratrainer.data.problems import Problem
+from loratrainer.messages import Msg, define
 
 # Kohya splits at the first "_" and calls int() on the prefix; a name part may contain spaces and "_".
 _CONCEPT = re.compile(r"^(-?\d+)(?:_(.*))?$", re.DOTALL)
@@ -53,14 +54,44 @@ def is_junk_name(name: str) -> bool:
     return name.startswith(("._", ".")) or name.lower() in _JUNK_NAMES or name.endswith("~")
 
 
+define({
+    "folder.missing": "{role} does not exist: check the path",
+    "folder.is_file": "{role} is a file, not a folder: choose the folder that holds the concept folders",
+    "folder.no_prefix": "ignored: no `<repeats>_` prefix; rename it to e.g. `10_{name}` to train on it",
+    "folder.zero_repeats": "repeats is {repeats}: a folder needs at least 1 repeat (rename it to e.g. `1_{name}`, or move it out)",
+    "folder.is_concept": "this folder holds images itself: it is a concept folder; choose its parent ({parent}) as {role}",
+    "folder.loose_only": (
+        "this folder holds images itself; {role} must be the parent of concept folders named <repeats>_<name>: "
+        "move the images into e.g. {target} (or use `loratrainer prepare`)"
+    ),
+    "folder.loose_images": (
+        "{n} image(s) directly in this folder are not trained: only concept folders (<repeats>_<name>) count; move them into one"
+    ),
+    "folder.no_concepts": "no concept folders: {role} must hold folders named <repeats>_<name> (e.g. 10_mydog) with the training images",
+    "folder.no_concepts_reg": (
+        "no concept folders: {role} must hold folders named <repeats>_<name> (e.g. 10_mydog) with the regularisation images"
+    ),
+    "folder.ignored_files": "ignored {n} file(s) that are not training images: {names}",
+    "folder.subfolders": "{n} subfolder(s) are not searched: only images directly in a concept folder count",
+    "folder.no_images": "no images (png, jpg, jpeg, webp, bmp) in this concept folder",
+    "list.more": "{names} and {more} more",
+})
+
+
+def shown_names(names: list[str], limit: int) -> "str | Msg":
+    """`a, b, c` or `a, b and 3 more` (the `and 3 more` translated in the GUI)."""
+    shown = ", ".join(names[:limit])
+    return Msg.of("list.more", names=shown, more=len(names) - limit) if len(names) > limit else shown
+
+
 def scan_data_dir(root: str | Path, caption_extension: str, is_reg: bool = False) -> FolderScan:
     """All concept folders under `root` (immediate subfolders only, as Kohya), with problems found on the way."""
     root = Path(root)
     role = "reg_data_dir" if is_reg else "train_data_dir"
     if not root.exists():
-        return FolderScan([], [Problem.at(root, "error", f"{role} does not exist: check the path")])
+        return FolderScan([], [Problem.at(root, "error", Msg.of("folder.missing", role=role))])
     if not root.is_dir():
-        return FolderScan([], [Problem.at(root, "error", f"{role} is a file, not a folder: choose the folder that holds the concept folders")])
+        return FolderScan([], [Problem.at(root, "error", Msg.of("folder.is_file", role=role))])
     concepts: list[Concept] = []
     problems: list[Problem] = []
     loose_images = 0
@@ -82,13 +113,11 @@ def scan_data_dir(root: str | Path, caption_extension: str, is_reg: bool = False
 def _concept(path: Path, name: str, is_reg: bool, problems: list[Problem]) -> Concept | None:
     parsed = parse_concept_name(name)
     if parsed is None:
-        problems.append(Problem.at(path, "warning", f"ignored: no `<repeats>_` prefix; rename it to e.g. `10_{name}` to train on it"))
+        problems.append(Problem.at(path, "warning", Msg.of("folder.no_prefix", name=name)))
         return None
     repeats, concept_name = parsed
     if repeats < 1:
-        problems.append(Problem.at(
-            path, "error", f"repeats is {repeats}: a folder needs at least 1 repeat (rename it to e.g. `1_{concept_name}`, or move it out)"
-        ))
+        problems.append(Problem.at(path, "error", Msg.of("folder.zero_repeats", repeats=repeats, name=concept_name)))
         return None
     return Concept(path, repeats, concept_name, is_reg)
 
@@ -96,23 +125,13 @@ def _concept(path: Path, name: str, is_reg: bool, problems: list[Problem]) -> Co
 def _root_problems(root: Path, role: str, concepts: list[Concept], loose_images: int, is_reg: bool) -> list[Problem]:
     if loose_images and not concepts:
         if parse_concept_name(root.name) is not None:
-            return [Problem.at(root, "error", (
-                f"this folder holds images itself: it is a concept folder; choose its parent ({root.parent}) as {role}"
-            ))]
-        return [Problem.at(root, "error", (
-            f"this folder holds images itself; {role} must be the parent of concept folders named <repeats>_<name>: "
-            f"move the images into e.g. {root / ('10_' + root.name)} (or use `loratrainer prepare`)"
-        ))]
+            return [Problem.at(root, "error", Msg.of("folder.is_concept", parent=str(root.parent), role=role))]
+        return [Problem.at(root, "error", Msg.of("folder.loose_only", role=role, target=str(root / ("10_" + root.name))))]
     problems = []
     if loose_images:
-        problems.append(Problem.at(root, "warning", (
-            f"{loose_images} image(s) directly in this folder are not trained: only concept folders (<repeats>_<name>) count; move them into one"
-        )))
+        problems.append(Problem.at(root, "warning", Msg.of("folder.loose_images", n=loose_images)))
     if not concepts:
-        what = "regularisation" if is_reg else "training"
-        problems.append(Problem.at(root, "error", (
-            f"no concept folders: {role} must hold folders named <repeats>_<name> (e.g. 10_mydog) with the {what} images"
-        )))
+        problems.append(Problem.at(root, "error", Msg.of("folder.no_concepts_reg" if is_reg else "folder.no_concepts", role=role)))
     return problems
 
 
@@ -135,12 +154,11 @@ def _list_concept(concept: Concept, caption_extension: str) -> list[Problem]:
                 ignored.append(name)
     problems: list[Problem] = []
     if ignored:
-        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-        problems.append(Problem.at(concept.path, "info", f"ignored {len(ignored)} file(s) that are not training images: {shown}"))
+        problems.append(Problem.at(concept.path, "info", Msg.of("folder.ignored_files", n=len(ignored), names=shown_names(ignored, 5))))
     if subfolders:
-        problems.append(Problem.at(concept.path, "info", f"{subfolders} subfolder(s) are not searched: only images directly in a concept folder count"))
+        problems.append(Problem.at(concept.path, "info", Msg.of("folder.subfolders", n=subfolders)))
     if not concept.images:
-        problems.append(Problem.at(concept.path, "warning", "no images (png, jpg, jpeg, webp, bmp) in this concept folder"))
+        problems.append(Problem.at(concept.path, "warning", Msg.of("folder.no_images")))
     return problems
 
 

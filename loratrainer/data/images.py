@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
 from PIL import Image
 
 # Kohya's extensions (kohya-compat.md section 1); we match them case-insensitively.
@@ -39,10 +40,23 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 class ImageError(UserError):
     """An image that cannot be used; str() is '<path>: <reason>'."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str | Msg):
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
-        self.reason = reason
+        self.reason = str(reason)
+        self.msg = reason if isinstance(reason, Msg) else None
+
+
+define({
+    "image.empty": "the file is empty (0 bytes): delete it or copy it again",
+    "image.truncated": "the file is truncated or damaged ({detail}): re-export or delete it",
+    "image.missing": "the file does not exist",
+    "image.unreadable": "cannot read the file ({detail})",
+    "image.too_large": "the image is larger than {max_pixels:,} pixels (a decompression bomb?): refused",
+    "image.permission": "permission denied",
+    "image.not_image": "not a readable image (unknown format or damaged header)",
+    "image.no_pixels": "the image has no pixels (0 width or height)",
+})
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ def probe_image(path: str | Path, check_end: bool = True) -> ImageInfo:
     path = Path(path)
     size_on_disk = _file_size(path)
     if size_on_disk == 0:
-        raise ImageError(path, "the file is empty (0 bytes): delete it or copy it again")
+        raise ImageError(path, Msg.of("image.empty"))
     with _open(path) as im:
         orientation = _orientation(im)
         w, h = im.size
@@ -88,13 +102,13 @@ def load_image(path: str | Path, background: str | tuple[int, int, int] = "#ffff
     """The image as upright 8-bit RGB, transparent pixels composited onto `background`."""
     path = Path(path)
     if _file_size(path) == 0:
-        raise ImageError(path, "the file is empty (0 bytes): delete it or copy it again")
+        raise ImageError(path, Msg.of("image.empty"))
     with _open(path) as im:
         orientation = _orientation(im)  # decided before load, exactly as read_image_size does
         try:
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(path, f"the file is truncated or damaged ({exc}): re-export or delete it") from None
+            raise ImageError(path, Msg.of("image.truncated", detail=str(exc))) from None
         rgb = to_rgb(im, background)
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
@@ -155,9 +169,9 @@ def _file_size(path: Path) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
-        raise ImageError(path, "the file does not exist") from None
+        raise ImageError(path, Msg.of("image.missing")) from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read the file ({exc.strerror})") from None
+        raise ImageError(path, Msg.of("image.unreadable", detail=exc.strerror)) from None
 
 
 def _open(path: Path) -> Image.Image:
@@ -166,17 +180,17 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError:
-        raise ImageError(path, f"the image is larger than {MAX_PIXELS:,} pixels (a decompression bomb?): refused") from None
+        raise ImageError(path, Msg.of("image.too_large", max_pixels=MAX_PIXELS)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, PermissionError):
-            raise ImageError(path, "permission denied") from None
-        raise ImageError(path, "not a readable image (unknown format or damaged header)") from None
+            raise ImageError(path, Msg.of("image.permission")) from None
+        raise ImageError(path, Msg.of("image.not_image")) from None
     if im.size[0] * im.size[1] > MAX_PIXELS:
         im.close()
-        raise ImageError(path, f"the image is larger than {MAX_PIXELS:,} pixels (a decompression bomb?): refused")
+        raise ImageError(path, Msg.of("image.too_large", max_pixels=MAX_PIXELS))
     if im.size[0] < 1 or im.size[1] < 1:
         im.close()
-        raise ImageError(path, "the image has no pixels (0 width or height)")
+        raise ImageError(path, Msg.of("image.no_pixels"))
     return im
 
 

@@ -42,6 +42,19 @@ class Translator:
         text = table(self.lang).get(key) or table(DEFAULT_LANGUAGE).get(key) or key
         return text.format(**values) if values else text
 
+    def message(self, message: object) -> str:
+        """A coded message (loratrainer/messages.py) in this language: `msg.<code>`, else its English text."""
+        from loratrainer.messages import Msg
+
+        if not isinstance(message, Msg):
+            return str(message)
+        own = table(self.lang) if self.lang != DEFAULT_LANGUAGE else {}
+        return message.render(lambda code: own.get(f"msg.{code}"))
+
+    def problem(self, problem) -> str:
+        """A dataset Problem's line in this language (its English message when it has no code)."""
+        return self.message(problem.msg) if problem.msg is not None else problem.message
+
     def label(self, path: str) -> str:
         return self(f"field.{path}.label")
 
@@ -78,8 +91,31 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
     return DEFAULT_LANGUAGE
 
 
+MESSAGE_MODULES = (
+    "loratrainer.data.check",
+    "loratrainer.data.folders",
+    "loratrainer.data.images",
+    "loratrainer.data.captions",
+    "loratrainer.kohya",
+    "loratrainer.train.launch",
+    "loratrainer.gui.jobs",
+)
+
+
+def message_templates() -> dict[str, str]:
+    """Every coded message's English template (importing the modules that define them)."""
+    import importlib
+
+    from loratrainer.messages import ENGLISH
+
+    for name in MESSAGE_MODULES:
+        importlib.import_module(name)
+    return dict(ENGLISH)
+
+
 def missing_keys() -> dict[str, list[str]]:
-    """Keys each language lacks: every schema field's label and help, and every key of the other table."""
+    """Keys each language lacks: every schema field's label and help, every key of the other table, and
+    (for languages other than English, whose texts live beside the code) `msg.<code>` for every coded message."""
     from loratrainer.config import GROUPS, field_specs
 
     required = set()
@@ -88,7 +124,12 @@ def missing_keys() -> dict[str, list[str]]:
     required |= {f"group.{g}" for g in GROUPS}
     for lang in LANGUAGES:
         required |= set(table(lang))
-    return {lang: sorted(k for k in required if not str(table(lang).get(k, "")).strip()) for lang in LANGUAGES}
+    messages = {f"msg.{code}" for code in message_templates()}
+    out = {}
+    for lang in LANGUAGES:
+        keys = required | messages if lang != DEFAULT_LANGUAGE else {k for k in required if not k.startswith("msg.")}
+        out[lang] = sorted(k for k in keys if not str(table(lang).get(k, "")).strip())
+    return out
 
 
 def _sync_english(path: Path) -> list[str]:

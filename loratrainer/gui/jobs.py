@@ -17,6 +17,9 @@ from typing import Any
 
 from loratrainer import events
 from loratrainer.files import atomic_write
+from loratrainer.messages import Msg, define
+
+define({"gui.run_busy": "a run is still going: {run}. Stop it first."})
 
 REGISTRY_FILE = "gui-runs.json"
 KEEP_RUNS = 50
@@ -67,9 +70,9 @@ class Jobs:
         with self._lock:
             running = self.active()
             if running is not None:
-                from loratrainer.errors import UserError
+                from loratrainer.train.launch import LaunchRefused
 
-                raise UserError(f"a run is still going: {running}. Stop it first.")
+                raise LaunchRefused(Msg.of("gui.run_busy", run=str(running)))
             process = start_run(config)
             self._processes[process.run_dir] = process
             self._remember(process.run_dir)
@@ -147,7 +150,7 @@ class Jobs:
         state = f.state
         process = self._processes.get(run_dir)
         if process is not None:
-            returncode = process.popen.poll()
+            returncode = process.poll()  # the whole run, and "killed (signal N)" when accelerate outlived its child
             alive = returncode is None
         else:
             returncode = None

@@ -6,6 +6,7 @@ Pure functions of a JobView and a translator, so they are tested without a brows
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from loratrainer.gui.i18n import Translator, md
@@ -25,7 +26,7 @@ def status_line(view: JobView | None, t: Translator) -> str:
             return t("status.starting")
         return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
     outcome = view.outcome
-    reason = md(s.reason or "")
+    reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
     if outcome == "finished":
         return t("status.finished")
     if outcome == "stopped":
@@ -35,6 +36,22 @@ def status_line(view: JobView | None, t: Translator) -> str:
     if outcome.startswith("killed"):
         return t("status.killed", detail=outcome)
     return t("status.error", reason=md(outcome))
+
+
+def translated_reason(outcome: str, reason: str, step: int, t: Translator) -> str:
+    """The trainer writes its `ended` reason in English (the CLI and train.log show it as is). On a page in another
+    language the facts are taken out of it and said in that language; the status template already gives the advice.
+    A failure's own error text (an exception, a library message) is quoted as a detail, not translated."""
+    if outcome == "nan":
+        last = re.search(r"The last good file is (.+?)\.?$", reason)
+        return t("reason.nan_last_file", step=step, file=md(last.group(1))) if last else t("reason.nan_no_file", step=step)
+    if outcome == "oom":
+        return t("reason.at_step", step=step)
+    if outcome == "disk_full":
+        return t("reason.disk_full", path=md(reason.removeprefix("disk full: ")))
+    if not reason:
+        return ""
+    return t("reason.detail", detail=md(reason).replace("`", "'"))
 
 
 def interrupted_file(view: JobView) -> str:

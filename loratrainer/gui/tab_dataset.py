@@ -67,7 +67,7 @@ class DatasetHandlers:
         return {
             n["report"]: report,
             n["check_summary"]: self.summary(report),
-            n["problems"]: [[self.t(f"check.severity.{p.severity}"), p.path, p.message] for p in report.sorted_problems()],
+            n["problems"]: [[self.t(f"check.severity.{p.severity}"), p.path, self.t.problem(p)] for p in report.sorted_problems()],
             n["problem_images"]: self.problem_thumbnails(report),
             n["concepts"]: concept_rows(report),
             n["steps"]: self.steps_text(report, report.steps),
@@ -90,7 +90,7 @@ class DatasetHandlers:
                 continue
             thumb = self.ui.display.thumbnail(p.path)
             if thumb:
-                out.append((thumb, f"{Path(p.path).name}: {p.message}"))
+                out.append((thumb, f"{Path(p.path).name}: {self.t.problem(p)}"))
             if len(out) >= MAX_PROBLEM_THUMBS:
                 break
         return out

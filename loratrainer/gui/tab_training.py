@@ -162,12 +162,22 @@ class TrainingHandlers:
         try:
             run_dir = self.ui.jobs.start(self.ui.read_config(data))
         except UserError as exc:
-            return {status: self.refusal(str(exc)), self.ui.named["timer"]: gr.Timer(active=False)}
+            return {status: self.refusal(exc), self.ui.named["timer"]: gr.Timer(active=False)}
         return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
 
-    def refusal(self, text: str) -> str:
-        """Why Start refused; the dataset check's report keeps its lines in a code block."""
-        head, _, rest = text.partition("\n")
+    def refusal(self, exc: Exception) -> str:
+        """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
+        report, msg = getattr(exc, "report", None), getattr(exc, "msg", None)
+        if report is not None:
+            from loratrainer.messages import Msg
+
+            head = self.t.message(Msg.of("launch.dataset_failed"))
+            labels = {s: self.t(f"check.severity.{s}") for s in ("error", "warning", "info")}
+            rest = "\n".join(f"{labels[p.severity]}: {p.path}: {self.t.problem(p)}" for p in report.sorted_problems())
+        elif msg is not None:
+            head, rest = self.t.message(msg), ""
+        else:
+            head, _, rest = str(exc).partition("\n")
         message = self.t("start.refused", error=md(head))
         return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 

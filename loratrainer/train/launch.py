@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ from loratrainer import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
+from loratrainer.messages import Msg, define
 
 ENTRY_MODULE = "loratrainer.train.entry"
 CONSOLE_FILE = "console.log"  # stdout/stderr of accelerate and the trainer (what train.log cannot catch)
@@ -28,7 +31,26 @@ _MB = 1024 * 1024
 
 
 class LaunchRefused(UserError):
-    """A run that must not start; the message is the whole report."""
+    """A run that must not start; the message is the whole report (English). `msg` (a coded message) and
+    `report` (the failed dataset check) let the GUI say it in the page's language."""
+
+    def __init__(self, message: str | Msg, report=None):
+        super().__init__(str(message))
+        self.msg = message if isinstance(message, Msg) else None
+        self.report = report
+
+
+define({
+    "launch.output_exists": (
+        "{file} (or one of its epoch files) already exists and will not be overwritten: "
+        "choose another output_name, move the file, or set saving.existing_output = rename"
+    ),
+    "launch.no_output_dir": "folders.output_dir is empty: choose where the LoRA files are written",
+    "launch.output_not_writable": "cannot write to the output folder {folder}: {detail}",
+    "launch.no_space": "not enough free disk space in {folder}: {free} MB free, about {needed} MB needed",
+    "launch.not_a_state": "saving.resume: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
+    "launch.dataset_failed": "the dataset check failed:",
+})
 
 
 # -- the run folder -------------------------------------------------------------------------------------------
@@ -90,10 +112,7 @@ def resolve_output_name(config: TrainingConfig) -> TrainingConfig:
     if not _name_taken(out, name) or config.saving.resume:
         return config  # a resumed run continues the file numbering; save_lora still never overwrites
     if config.saving.existing_output == "refuse":
-        raise LaunchRefused(
-            f"{out / (name + '.safetensors')} (or one of its epoch files) already exists and will not be overwritten: "
-            "choose another output_name, move the file, or set saving.existing_output = rename"
-        )
+        raise LaunchRefused(Msg.of("launch.output_exists", file=str(out / (name + ".safetensors"))))
     n = 2
     while _name_taken(out, f"{name}_{n}"):
         n += 1
@@ -129,25 +148,33 @@ def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int
 def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
     out = Path(config.folders.output_dir)
     if not config.folders.output_dir:
-        raise LaunchRefused("folders.output_dir is empty: choose where the LoRA files are written")
+        raise LaunchRefused(Msg.of("launch.no_output_dir"))
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".loratrainer-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise LaunchRefused(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+        raise LaunchRefused(Msg.of("launch.output_not_writable", folder=str(out), detail=exc.strerror or str(exc))) from None
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
-        raise LaunchRefused(
-            f"not enough free disk space in {out}: {free // _MB} MB free, about {needed_bytes // _MB} MB needed"
-        )
+        raise LaunchRefused(Msg.of("launch.no_space", folder=str(out), free=free // _MB, needed=needed_bytes // _MB))
 
 
 def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
     if resume and not (Path(resume) / "train_state.json").is_file():
-        raise LaunchRefused(f"saving.resume: {resume} is not a saved training state (no train_state.json): choose a '-state' folder")
+        raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
+
+
+def check_optimizer(config: TrainingConfig) -> None:
+    """An 8-bit optimizer on a machine without CUDA (the Kohya default AdamW8bit) is refused here, not after the
+    model has loaded. Imports torch only when an 8-bit optimizer is chosen."""
+    from loratrainer.train.eight_bit import refusal
+
+    reason = refusal(config.optimizer.optimizer)
+    if reason:
+        raise LaunchRefused(reason)
 
 
 def preflight(config: TrainingConfig) -> TrainingConfig:
@@ -159,8 +186,10 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
 
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
-        raise LaunchRefused("the dataset check failed:\n" + report.format_text())
+        raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
+    pass
+    check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
     return resolve_output_name(config)
@@ -186,33 +215,94 @@ class RunProcess:
         return self.run_dir / events.EVENTS_FILE
 
     def poll(self) -> int | None:
-        """None while running; then the trainer's exit code (EXIT_CODES) when it wrote `ended`, else the raw one."""
+        """None while any process of the run lives; then the trainer's exit code (EXIT_CODES) when it wrote
+        `ended`, else the raw one (128 + N when the trainer was killed by signal N)."""
         raw = self.popen.poll()
-        return None if raw is None else self.exit_code(raw)
+        if raw is None or self.group_alive():
+            return None
+        return self.exit_code(raw)
 
     def wait(self, timeout: float | None = None) -> int:
-        return self.exit_code(self.popen.wait(timeout))
+        """Wait for the whole run: on SIGINT or SIGTERM to the group, accelerate launch can exit (it gives its
+        child 0.25 s) while the trainer still saves `<name>-interrupted`."""
+        raw = self.popen.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.group_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.argv, timeout)
+            time.sleep(0.1)
+        return self.exit_code(raw)
+
+    def group_alive(self) -> bool:
+        """Whether a process of the run's process group (accelerate's children included) still runs."""
+        if os.name != "posix" or self.popen.poll() is None:
+            return self.popen.poll() is None
+        return bool(group_members(self.popen.pid))
 
     def exit_code(self, raw: int) -> int:
         # accelerate launch turns any failing child into exit code 1, so the trainer's own code comes from events.
         ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
-        return int(ended[-1].get("exit_code", raw)) if ended else raw
+        if ended:
+            return int(ended[-1].get("exit_code", raw))
+        signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None
+        return 128 + signum if signum else raw
 
     def request_stop(self) -> None:
         """Ask the trainer to save `<name>-interrupted` and stop (it checks for the STOP file every step)."""
         atomic_write(self.run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
 
     def kill(self) -> None:
-        """Kill the whole process group (accelerate, its workers, their data loaders)."""
-        if self.popen.poll() is not None:
-            return
+        """Kill the whole process group (accelerate, its workers, their data loaders), also a trainer that
+        outlived accelerate launch."""
         try:
             if os.name == "posix":
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            else:
+            elif self.popen.poll() is None:
                 self.popen.kill()
         except ProcessLookupError:
             pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group; from /proc where there is one (an orphan's zombie may
+    never be reaped in a container), else whether `killpg(pgid, 0)` finds any."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+# accelerate's simple launcher: `CalledProcessError: Command '[...]' died with <Signals.SIGKILL: 9>.`;
+# torchrun: `exitcode  : -9 (pid: ...)`
+_CHILD_SIGNAL = re.compile(r"died with <Signals\.SIG\w+: (\d+)>|exitcode\s*:\s*-(\d+)")
+
+
+def child_signal(console: Path) -> int | None:
+    """The signal that killed the trainer under accelerate launch (which itself exits 1), from console.log."""
+    try:
+        with open(console, "rb") as fh:
+            fh.seek(max(0, console.stat().st_size - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    found = _CHILD_SIGNAL.findall(text)
+    return int(found[-1][0] or found[-1][1]) if found else None
 
 
 def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:

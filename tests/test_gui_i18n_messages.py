@@ -1,0 +1,178 @@
+"""Messages that come from the rest of the program (dataset problems, start refusals, how a run ended) are said
+in the page's language: every coded message has a Korean template, and a Korean page shows a broken dataset,
+a refused start and a failed run without one English sentence (file names, setting names and quoted errors
+aside). The CLI keeps its English lines, which are the same messages rendered in English."""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from loratrainer.gui.i18n import Translator, message_templates, table
+from tests.datasets import make_caption, make_concept, make_image, make_junk, make_truncated_jpeg, make_zero_byte
+
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+# Two English words in a row, once file names, paths, `code`, setting names and severity columns are taken out.
+ENGLISH_PHRASE = re.compile(r"\b[A-Za-z]{2,}[,:;]?\s+[A-Za-z]{2,}\b")
+
+
+def english_phrases(text: str) -> list[str]:
+    text = re.sub(r"`[^`]*`|'[^']*'", " ", text)  # quoted names and error details (' inside code blocks)
+    text = re.sub(r"\S*[/\\]\S*", " ", text)  # paths
+    text = re.sub(r"\S+\.[A-Za-z0-9]{2,}\b", " ", text)  # file names, dotted setting names
+    text = re.sub(r"\S*_\S*", " ", text)  # setting and folder names (bucket_reso_steps, 10_dog)
+    text = re.sub(r"\b(SD1\.5|MB|px|UTF-8|png|jpg|jpeg|webp|bmp|LoRA|NaN|bf16|GPU)\b", " ", text)
+    return ENGLISH_PHRASE.findall(text)
+
+
+def _fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_every_coded_message_has_a_korean_template_with_the_same_placeholders():
+    templates = message_templates()
+    ko = table("ko")
+    assert len(templates) > 40
+    missing = [code for code in templates if not ko.get(f"msg.{code}", "").strip()]
+    assert missing == []
+    differ = [code for code, text in templates.items() if _fields(text) != _fields(ko[f"msg.{code}"])]
+    assert differ == []
+    assert not [code for code in templates if not HANGUL.search(ko[f"msg.{code}"])]
+    # English lives beside the code, not in en.json (one source, no drift).
+    assert not [k for k in table("en") if k.startswith("msg.")]
+
+
+def broken_dataset(root: Path) -> Path:
+    """One of (almost) every dataset problem the check can find."""
+    concept = make_concept(root, "10_dog", 3, captions=False)
+    make_zero_byte(concept / "empty.png")
+    make_truncated_jpeg(concept / "broken.jpg")
+    (concept / "notanimage.png").write_bytes(b"this is text")
+    make_image(concept / "tiny.png", (16, 16))
+    make_image(concept / "twin.png")
+    make_image(concept / "twin.jpg")
+    make_caption(concept / "latin1.png", "x")
+    make_image(concept / "latin1.png")
+    (concept / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    make_image(concept / "multi.png")
+    (concept / "multi.txt").write_text("first line\nsecond line\n")
+    (concept / "a.caption").write_text("other captions")
+    (concept / "notes.doc").write_text("x")
+    (concept / "sub").mkdir()
+    make_junk(concept, ["Thumbs.db", ".DS_Store"])
+    make_concept(root, "dog_no_repeats", 1)
+    make_concept(root, "0_zero", 1)
+    (root / "5_empty").mkdir()
+    make_image(root / "loose.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    from loratrainer.gui.server import neutralise_gradio_env
+
+    temp = neutralise_gradio_env()
+    from loratrainer.gui.app import build_page
+    from loratrainer.gui.display import Display
+    from loratrainer.gui.jobs import Jobs
+
+    out = {}
+    for lang in ("en", "ko"):
+        state = tmp_path_factory.mktemp(f"state-{lang}")
+        out[lang] = build_page(lang, Jobs(state), Display(temp / f"display-{lang}"))[1]
+    return out
+
+
+def _form(ui, **fields) -> dict:
+    from loratrainer.config import TrainingConfig
+
+    data = ui.show_config(TrainingConfig())
+    for path, value in fields.items():
+        data[ui.fields[path]] = value
+    return data
+
+
+def test_korean_dataset_check_of_a_broken_dataset_has_no_english_sentence(pages, tmp_path):
+    root = broken_dataset(tmp_path / "img")
+    fields = {"folders.train_data_dir": str(root), "buckets.bucket_reso_steps": 48}
+    out = {}
+    for lang, ui in pages.items():
+        result = ui.handlers["dataset"].check(_form(ui, **fields))
+        out[lang] = (result[ui.named["problems"]], result[ui.named["problem_images"]], result[ui.named["check_summary"]])
+    en_rows, _, _ = out["en"]
+    ko_rows, ko_thumbs, ko_summary = out["ko"]
+    codes = {p.code for p in result[pages["ko"].named["report"]].problems}
+    assert {"check.skipped", "check.uncaptioned", "check.duplicate_stem", "folder.no_prefix", "folder.zero_repeats", "folder.no_images",
+            "folder.loose_images", "folder.ignored_files", "folder.subfolders", "check.reso_steps", "check.multiline",
+            "caption.not_utf8", "check.too_small_skipped"} <= codes
+    assert len(ko_rows) == len(en_rows) >= 12
+    # the English page shows English sentences (so the check below is not vacuous) ...
+    assert all(english_phrases(row[2]) for row in en_rows)
+    # ... and the Korean page shows none: every line is Korean.
+    leftovers = [(row[2], english_phrases(row[2])) for row in ko_rows if english_phrases(row[2]) or not HANGUL.search(row[2])]
+    assert leftovers == []
+    assert not [c for _, c in ko_thumbs if english_phrases(c)]
+    assert HANGUL.search(ko_summary)
+
+
+def test_english_page_and_cli_say_the_same_line(pages, tmp_path):
+    """The English page renders the coded message; it must equal the English line the CLI prints."""
+    from loratrainer.config import TrainingConfig, with_values
+    from loratrainer.data.check import check_dataset
+
+    root = broken_dataset(tmp_path / "img")
+    report = check_dataset(with_values(TrainingConfig(), {"folders.train_data_dir": str(root)}))
+    en = Translator("en")
+    assert [en.problem(p) for p in report.problems] == [p.message for p in report.problems]
+    assert all(p.code for p in report.problems)
+    assert "ERROR" in report.format_text() and "skipped: the file is empty" in report.format_text()
+
+
+def test_korean_start_refusals_are_korean(pages, tmp_path):
+    ui = pages["ko"]
+    h = ui.handlers["training"]
+    root = broken_dataset(tmp_path / "img")
+    status = h.start(_form(ui, **{"folders.train_data_dir": str(root), "folders.output_dir": str(tmp_path / "model")}))[ui.named["status"]]
+    assert status.startswith("**시작하지 않았습니다.**") and "데이터셋 확인" in status
+    body = status.split("```")[1]
+    assert len(body.strip().splitlines()) >= 10
+    assert [line for line in body.splitlines() if english_phrases(line.split(": ", 2)[-1])] == []
+    # not the dataset: the output file exists and existing_output is refuse
+    make_concept(tmp_path / "ok", "10_dog", 2)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "last.safetensors").write_bytes(b"x")
+    status = h.start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "ok"), "folders.output_dir": str(tmp_path / "model"),
+                                  "folders.output_name": "last", "saving.existing_output": "refuse"}))[ui.named["status"]]
+    assert "덮어쓰지 않습니다" in status and not english_phrases(status), status
+    assert ui.jobs.runs() == []
+
+
+@pytest.mark.parametrize(
+    "ended,expected",
+    [
+        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. The last good file is /m/lora-000001.safetensors.", "step": 3}, "lora-000001"),
+        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. No file was saved.", "step": 3}, "저장된 파일이 없습니다"),
+        ({"status": "oom", "reason": "out of GPU memory during training at batch size 4, resolution 512,512: lower train_batch_size", "step": 3}, "3 스텝"),
+        ({"status": "disk_full", "reason": "disk full: /x/a.safetensors", "step": 3}, "/x/a.safetensors"),
+        ({"status": "error", "reason": "ValueError: bad thing happened", "step": 3}, "`ValueError: bad thing happened`"),
+    ],
+)
+def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
+    from loratrainer import events
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.progress import status_line
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
+        w.emit("ended", epoch=1, exit_code=1, **ended)
+    view = Jobs(tmp_path / "state").view(run_dir)
+    ko = status_line(view, Translator("ko"))
+    assert expected in ko and HANGUL.search(ko)
+    assert english_phrases(ko) == [], ko
+    en = status_line(view, Translator("en"))
+    assert ended["reason"].split(" at ")[0] in en  # the English page keeps the trainer's own words
