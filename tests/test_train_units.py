@@ -147,6 +147,31 @@ def test_8bit_optimizers_without_cuda_say_what_to_use(name, instead):
         optimizers.optimizer_spec(name)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_the_default_adamw8bit_is_refused_before_launch_without_cuda(tmp_path):
+    from loratrainer.train.launch import LaunchRefused, start_run
+
+    config = small_config(tmp_path, tmp_path / "model", optimizer="AdamW8bit")
+    with pytest.raises(LaunchRefused, match="^AdamW8bit needs bitsandbytes with a CUDA GPU; use AdamW$"):
+        start_run(config)
+    assert not (tmp_path / "out" / "log").exists()  # no run folder, nothing started
+
+
+@pytest.mark.parametrize("optimizer, loaded", [("AdamW", False), ("AdamW8bit", True)])
+def test_bitsandbytes_is_imported_only_for_an_8bit_optimizer(optimizer, loaded):
+    # its import prints "Failed to load CPU gemm_4bit_forward" on every CPU run (peft imports it unconditionally)
+    import subprocess
+    import sys
+
+    code = ("import sys; from loratrainer.train.eight_bit import keep_unloaded_unless_needed as k; "
+            f"k({optimizer!r}); import peft, loratrainer.train.setup; print('bnb', 'bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"bnb {loaded}" in proc.stdout
+    if not loaded:
+        assert "gemm_4bit" not in proc.stderr
+
+
 def test_optimizers_build_with_their_defaults_and_args():
     params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.5}]
     sgd = optimizers.build_optimizer(_opt_config(optimizer="SGDNesterov"), params)

@@ -141,6 +141,9 @@ def oom_advice(config: TrainingConfig, state: dict) -> str:
 def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict):
     from accelerate.utils import broadcast_object_list, set_seed
 
+    from loratrainer.train.eight_bit import keep_unloaded_unless_needed
+
+    keep_unloaded_unless_needed(config.optimizer.optimizer)  # before peft is imported
     from loratrainer.train.loop import train
     from loratrainer.train.progress import ProgressReporter
     from loratrainer.train.saving import make_saver

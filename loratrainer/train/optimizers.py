@@ -13,6 +13,7 @@ import torch
 
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
+from loratrainer.train.eight_bit import refusal, unavailable_hint
 
 OptimizerSpec = tuple[type, dict[str, Any]]
 
@@ -30,10 +31,10 @@ def _import(module: str, attr: str, hint: str) -> type:
 
 def _bnb(attr: str, name: str, **defaults: Any) -> Callable[[], OptimizerSpec]:
     def spec() -> OptimizerSpec:
-        hint = f"{name} needs bitsandbytes with a CUDA GPU; use {name.replace('8bit', '').replace('Paged', '') or 'AdamW'}"
-        if not torch.cuda.is_available():
-            raise OptimizerUnavailable(hint)
-        return _import("bitsandbytes.optim", attr, hint), defaults
+        reason = refusal(name)
+        if reason:
+            raise OptimizerUnavailable(reason)
+        return _import("bitsandbytes.optim", attr, unavailable_hint(name)), defaults
 
     return spec
 
