@@ -165,6 +165,21 @@ def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
     if resume and not (Path(resume) / "train_state.json").is_file():
         raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
+    missing = [name for name in ("lora_weights.pt", "optimizer.pt", "rng_0.pt") if resume and not (Path(resume) / name).is_file()]
+    if missing:
+        raise LaunchRefused(f"saving.resume: {resume} is incomplete (no {', '.join(missing)}): choose another '-state' folder")
+
+
+def check_sample_prompts(config: TrainingConfig) -> None:
+    """A bad sample prompt is refused now, naming its line, not after the trainer has loaded the model."""
+    from loratrainer.train.sample_prompts import load_prompts
+
+    s = config.sampling
+    if s.sample_every_n_steps or s.sample_every_n_epochs or s.sample_at_first:
+        try:
+            load_prompts(s.sample_prompts)
+        except (UserError, OSError, UnicodeDecodeError) as exc:
+            raise LaunchRefused(str(exc)) from None
 
 
 def check_optimizer(config: TrainingConfig) -> None:
@@ -188,7 +203,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     if not report.ok:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
-    pass
+    check_optimizer(config)
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
