@@ -264,10 +264,20 @@ class SavingSettings(_Group):
 class LaunchSettings(_Group):
     num_cpu_threads_per_process: int = Field(2, ge=1, le=256, description="CPU threads per training process.")
     num_processes: int = Field(1, ge=1, le=64, description="Training processes (one per GPU).")
-    num_machines: int = Field(1, ge=1, le=64, description="Machines taking part (multi-node training).")
+    num_machines: int = Field(
+        1, ge=1, le=64, description="Machines taking part. Only 1: training across several machines is not supported (use num_processes for several GPUs)."
+    )
     multi_gpu: bool = Field(False, description="Train on several GPUs of this machine.")
     gpu_ids: str = Field("", description="Which GPUs to use, e.g. 0,1 (empty = all).")
     main_process_port: int = Field(0, ge=0, le=65535, description="Port for the processes to talk over (0 = accelerate's default).")
+
+    @field_validator("num_machines")
+    @classmethod
+    def _one_machine(cls, v: int) -> int:
+        # accelerate would also need main_process_ip and machine_rank, and every machine the same dataset paths
+        if v > 1:
+            raise ValueError("training across several machines is not supported: set 1 (several GPUs of this machine: num_processes and multi_gpu)")
+        return v
 
     @field_validator("gpu_ids")
     @classmethod

@@ -172,6 +172,13 @@ def test_bitsandbytes_is_imported_only_for_an_8bit_optimizer(optimizer, loaded):
         assert "gemm_4bit" not in proc.stderr
 
 
+def test_several_machines_are_refused_with_what_to_do_instead():
+    # without main_process_ip and machine_rank accelerate would wait forever for the other machines
+    with pytest.raises(ValueError, match="several machines is not supported: set 1 .*num_processes"):
+        _opt_config(num_machines=2)
+    assert _opt_config(num_machines=1).launch.num_machines == 1
+
+
 def test_optimizers_build_with_their_defaults_and_args():
     params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.5}]
     sgd = optimizers.build_optimizer(_opt_config(optimizer="SGDNesterov"), params)
