@@ -175,3 +175,46 @@ def test_loss_chart_stays_small_on_long_runs(page, tmp_path):
     frame = progress.loss_frame(JobView(tmp_path, state, True, "running", ""))
     assert len(frame) <= progress.MAX_CHART_POINTS + 1
     assert frame["step"].iloc[0] == 1 and frame["step"].iloc[-1] == 20000
+
+
+def test_reload_after_a_finished_run_shows_its_settings(page, tmp_path):
+    """No job running: a reloaded page shows the newest run's settings (its config.json), not the defaults."""
+    ended = {"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0}
+    run_dir = fake_run(page, tmp_path, "finished_one", ended=ended)
+    out = page.handlers["training"].attach()
+    values = page.paths_of(out)
+    assert out[page.named["run_dir"]] == str(run_dir)
+    assert values["folders.output_name"] == "finished_one"
+    assert values["folders.output_dir"] == str(tmp_path / "model")
+    assert out[page.named["timer"]].active is False
+
+
+def test_log_tail_is_our_log_not_library_noise(tmp_path):
+    """console.log repeats train.log and adds library progress bars; the tail shows train.log, plus a traceback
+    that only reached the console; with no train.log at all the console is shown without progress bars."""
+    from loratrainer.gui.jobs import log_tail
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading the model\n2026-01-01 00:00:01,000 INFO epoch 1\n")
+    (run_dir / "console.log").write_text(
+        "2026-01-01 00:00:00,000 INFO loading the model\n"
+        "Loading weights:   0%|          | 0/196 [00:00<?, ?it/s]\rLoading weights: 100%|##########| 196/196 [00:01<00:00, 150it/s]\n"
+        "Loading weights: 100%|##########| 196/196 [00:01<00:00, 150it/s]\n"
+        " 50%|#####     | 1/2 [00:00<00:00,  2.00it/s]\n"
+        "Traceback (most recent call last):\n"
+        '  File "worker.py", line 3, in <module>\n'
+        "    boom()\n"
+        "RuntimeError: a worker died\n"
+    )
+    tail = log_tail(run_dir)
+    assert "Loading weights" not in tail and "it/s" not in tail
+    assert tail.count("loading the model") == 1 and "epoch 1" in tail
+    assert "Traceback (most recent call last):" in tail and tail.rstrip().endswith("RuntimeError: a worker died")
+    # a traceback the trainer logged itself is not repeated
+    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 ERROR Traceback (most recent call last):\n  x\nRuntimeError: a worker died\n")
+    assert log_tail(run_dir).count("RuntimeError: a worker died") == 1
+    # the trainer never got to write train.log: the console, minus the progress bars
+    (run_dir / events.LOG_FILE).unlink()
+    tail = log_tail(run_dir)
+    assert "Loading weights" not in tail and "RuntimeError: a worker died" in tail and "loading the model" in tail

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,21 +169,57 @@ class Jobs:
 
 
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of train.log, or of console.log (accelerate's output) when the trainer wrote none."""
+    """The last lines of the trainer's own log (train.log), plus any traceback that only reached console.log
+    (a crash before or outside the trainer's logging, in accelerate or a worker process).
+
+    console.log also holds a copy of every train.log line and the libraries' noise (progress bars such as
+    transformers' "Loading weights", warnings), so it is shown whole only when there is no train.log at all,
+    and then without progress bars."""
     from loratrainer.train.launch import CONSOLE_FILE
 
-    texts = []
-    for name in (events.LOG_FILE, CONSOLE_FILE):
-        path = run_dir / name
-        try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                fh.seek(max(0, size - 64 * 1024))
-                texts.append(fh.read().decode("utf-8", errors="replace"))
-        except OSError:
-            continue
-    combined = "\n".join(t for t in texts if t.strip())
-    return "\n".join(combined.splitlines()[-lines:])
+    ours = _read_tail(run_dir / events.LOG_FILE)
+    console = _read_tail(run_dir / CONSOLE_FILE)
+    if not ours.strip():
+        kept = [line for line in console.splitlines() if not _is_progress_bar(line)]
+        return "\n".join(kept[-lines:])
+    out = ours.rstrip("\n").splitlines()
+    for block in _tracebacks(console):
+        if block[-1] not in ours:  # the trainer logged this one itself
+            out += [""] + block
+    return "\n".join(out[-lines:])
+
+
+def _read_tail(path: Path, limit: int = 64 * 1024) -> str:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+    except OSError:
+        return ""
+
+
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[")
+
+
+def _is_progress_bar(line: str) -> bool:
+    """tqdm lines ("Loading weights:  50%|#####     | 98/196 [00:01<00:01, 90it/s]"), also \\r-joined ones."""
+    return "\r" in line or bool(_PROGRESS_BAR.search(line))
+
+
+def _tracebacks(text: str) -> list[list[str]]:
+    """Each `Traceback (most recent call last):` block: its indented frames and the exception line(s) after."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            current = [line]
+            blocks.append(current)
+        elif current is not None:
+            current.append(line)
+            if line.strip() and not line.startswith((" ", "\t")):
+                current = None  # the exception line ends the block
+    return blocks
 
 
 def _alive(pid: int) -> bool:

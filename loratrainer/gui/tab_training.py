@@ -188,18 +188,19 @@ class TrainingHandlers:
         return self.t("stop.requested", file=progress.interrupted_file(self.ui.jobs.view(run_dir)))
 
     def attach(self) -> dict:
-        """On page load: the running job (or the newest run) comes back, with the timer on when it runs; a
-        running job also brings back its settings, so the form shows what is training."""
+        """On page load: the running job (or the newest run) comes back, with the timer on when it runs, and
+        with its settings (the run folder's config.json): the form shows what is training, or, after a run
+        ended, what was run last, so a reload does not fall back to the defaults."""
         from loratrainer.config import ConfigError, load_config
         from loratrainer.events import CONFIG_FILE
 
         run_dir = self.ui.jobs.current()
         out = self.refresh(str(run_dir) if run_dir else None, -1)
-        if run_dir is not None and self.ui.jobs.view(run_dir).alive:
+        if run_dir is not None:
             try:
                 out.update(self.ui.show_config(load_config(run_dir / CONFIG_FILE)))
-            except ConfigError:
-                pass
+            except (ConfigError, OSError):
+                pass  # a run folder removed or damaged by hand: the form keeps its defaults
         return out
 
     def refresh(self, run_dir: str | None, samples_seen: int) -> dict:
