@@ -158,16 +158,19 @@ def test_the_default_adamw8bit_is_refused_before_launch_without_cuda(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer, loaded", [("AdamW", False), ("AdamW8bit", True)])
-def test_bitsandbytes_is_imported_only_for_an_8bit_optimizer(optimizer, loaded):
+def test_the_trainer_imports_bitsandbytes_only_for_an_8bit_optimizer(tmp_path, optimizer, loaded):
     # its import prints "Failed to load CPU gemm_4bit_forward" on every CPU run (peft imports it unconditionally)
     import subprocess
     import sys
 
-    code = ("import sys; from loratrainer.train.eight_bit import keep_unloaded_unless_needed as k; "
-            f"k({optimizer!r}); import peft, loratrainer.train.setup; print('bnb', 'bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)")
+    from loratrainer.config import save_config
+
+    save_config(_opt_config(optimizer=optimizer, mixed_precision="no"), tmp_path / "config.json")
+    code = ("import sys, loratrainer.train.entry as e; e.run = lambda *a: sys.exit(0); "  # everything up to training
+            f"e.main(['--run-dir', {str(tmp_path)!r}])")
+    code = f"import atexit, sys; atexit.register(lambda: print('bnb', sys.modules.get('bitsandbytes') is not None)); {code}"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"bnb {loaded}" in proc.stdout
+    assert f"bnb {loaded}" in proc.stdout, proc.stderr[-2000:]
     if not loaded:
         assert "gemm_4bit" not in proc.stderr
 
@@ -234,7 +237,7 @@ def test_disk_latent_cache_names_reuse_invalidation_and_foreign_files(tmp_path, 
     samples = check_dataset(config).samples
     calls = []
     vae = _CountingVae(tiny.vae, calls)
-    kwargs = dict(flip=True, to_disk=True, write=True, background="#ffffff", vae_id="tiny", device="cpu", dtype=torch.float32)
+    kwargs = dict(flip=True, to_disk=True, background="#ffffff", vae_id="tiny", device="cpu", dtype=torch.float32)
     first = latent_cache.cache_latents(samples, vae, **kwargs)
     paths = [latent_cache.npz_path(s) for s in samples]
     assert [p.name for p in paths] == ["img_000_0064x0064_sd.npz", "img_001_0064x0064_sd.npz"]
@@ -253,6 +256,16 @@ def test_disk_latent_cache_names_reuse_invalidation_and_foreign_files(tmp_path, 
     foreign = paths[1].read_bytes()
     latent_cache.cache_latents(samples, vae, **kwargs)
     assert paths[1].read_bytes() == foreign  # never touched
+
+
+def test_processes_encode_disjoint_shares_of_the_latent_cache(tmp_path, tiny_model, tiny):
+    config = small_config(tmp_path, tiny_model, images=3, repeats=1)
+    samples = check_dataset(config).samples
+    calls = []
+    kwargs = dict(flip=False, to_disk=True, background="#ffffff", vae_id="tiny", device="cpu", dtype=torch.float32, world=2)
+    shares = [latent_cache.cache_latents(samples, _CountingVae(tiny.vae, calls), rank=r, **kwargs) for r in (0, 1)]
+    assert sorted(shares[0]) == [0, 2] and sorted(shares[1]) == [1] and len(calls) == 3  # each image encoded once
+    assert all(latent_cache.npz_path(s).exists() for s in samples)  # each process wrote its own share
 
 
 class _CountingVae:

@@ -18,6 +18,7 @@ from pathlib import Path
 from loratrainer import events
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
+from loratrainer.train.eight_bit import keep_unloaded_unless_needed
 from loratrainer.train.runtime import hide_broken_torchvision, library_versions, random_seed
 
 log = logging.getLogger("loratrainer.train")
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = parser.parse_args(argv).run_dir
     try:
         config = load_config(run_dir / events.CONFIG_FILE)
+        keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
         hide_broken_torchvision()
         accelerator = make_accelerator(config)
     except Exception as exc:  # before training could start: still end the stream with a reason
@@ -141,9 +143,6 @@ def oom_advice(config: TrainingConfig, state: dict) -> str:
 def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict):
     from accelerate.utils import broadcast_object_list, set_seed
 
-    from loratrainer.train.eight_bit import keep_unloaded_unless_needed
-
-    keep_unloaded_unless_needed(config.optimizer.optimizer)  # before peft is imported
     from loratrainer.train.loop import train
     from loratrainer.train.progress import ProgressReporter
     from loratrainer.train.saving import make_saver
