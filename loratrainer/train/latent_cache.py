@@ -44,11 +44,15 @@ def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, 
     return vae.encode(pixels).latent_dist.sample()[0].float().cpu()
 
 
-def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, write: bool, background: str, vae_id: str, device, dtype) -> dict[int, Latents]:
-    """Latents for every sample (index -> (latents, flipped latents or None)). Only `write=True` writes files."""
+def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
+                  rank: int = 0, world: int = 1) -> dict[int, Latents]:
+    """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
+    from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins."""
     out: dict[int, Latents] = {}
     reused = 0
     for i, sample in enumerate(samples):
+        if i % world != rank:
+            continue
         fp = fingerprint(sample, background, vae_id) if to_disk else ""
         cached = _read(npz_path(sample), fp, flip) if to_disk else None
         if cached is not None:
@@ -58,10 +62,22 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
         plain = encode_image(vae, sample, background, False, device, dtype)
         flipped = encode_image(vae, sample, background, True, device, dtype) if flip else None
         out[i] = (plain, flipped)
-        if to_disk and write:
+        if to_disk:
             _write(npz_path(sample), sample, plain, flipped, fp)
-    log.info("latents cached for %d images (%d reused from disk)", len(samples), reused)
+    log.info("latents cached for %d images (%d reused from disk)", len(out), reused)
     return out
+
+
+def join_shares(share: dict[int, Latents], accelerator) -> dict[int, Latents]:
+    """Every process's share, on every process (one all-gather of CPU tensors)."""
+    if accelerator.num_processes == 1:
+        return share
+    from accelerate.utils import gather_object
+
+    joined: dict[int, Latents] = {}
+    for part in gather_object([share]):
+        joined.update(part)
+    return joined
 
 
 def _read(path: Path, fp: str, flip: bool) -> Latents | None:

@@ -18,7 +18,7 @@ from loratrainer.train import model_api
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.checkpoints import CheckpointKeeper, SavePolicy
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
-from loratrainer.train.latent_cache import cache_latents
+from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossSettings
 from loratrainer.train.noise import NoiseSettings
 from loratrainer.train.optimizers import build_optimizer
@@ -120,12 +120,12 @@ def param_groups(handle, config: TrainingConfig) -> list[dict]:
 def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype):
     latents = None
     if config.caches_latents:
-        with accelerator.main_process_first():  # the main process writes the disk cache, the others read it
-            latents = cache_latents(
-                report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
-                write=accelerator.is_main_process, background=config.dataset.alpha_background,
-                vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}", device=accelerator.device, dtype=weight_dtype,
-            )
+        share = cache_latents(
+            report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
+            background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
+            device=accelerator.device, dtype=weight_dtype, rank=accelerator.process_index, world=accelerator.num_processes,
+        )
+        latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents)
     sampler = EpochBatchSampler(report.samples, config.optimizer.train_batch_size, seed, accelerator.process_index, accelerator.num_processes)
     return build_loader(dataset, sampler, config), sampler
