@@ -91,6 +91,17 @@ def test_noise_offset_and_pyramid_noise():
     assert abs(float(pyramid.std()) - 1.0) < 1e-4
 
 
+def test_pyramid_noise_levels_start_at_full_resolution_as_kohya():
+    # sd-scripts' pyramid_noise_like loops i in range(iterations): level 0 is full-resolution noise of weight 1
+    noise = torch.randn(2, 4, 16, 16)
+    random.seed(0), torch.manual_seed(0)
+    one_level = pyramid_noise_like(noise.clone(), iterations=1, discount=0.3)
+    random.seed(0), torch.manual_seed(0)
+    random.random()
+    expected = noise + torch.randn(2, 4, 16, 16)
+    assert torch.allclose(one_level, expected / expected.std(), atol=1e-6)
+
+
 def test_loss_types_weights_and_v_prediction():
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pred, target = torch.zeros(2, 4, 2, 2), torch.full((2, 4, 2, 2), 3.0)

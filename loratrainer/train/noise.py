@@ -35,9 +35,10 @@ def sample_noise(latents: torch.Tensor, s: NoiseSettings) -> torch.Tensor:
 
 
 def pyramid_noise_like(noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
-    """Multi-resolution noise, https://wandb.ai/johnowhitaker/multires_noise (as sd-scripts implements it)."""
+    """Multi-resolution noise, https://wandb.ai/johnowhitaker/multires_noise (as sd-scripts implements it: the
+    first level, i = 0, is another full-resolution noise; each later one is coarser by a random factor 2-4)."""
     b, c, h, w = noise.shape
-    for i in range(1, iterations + 1):
+    for i in range(iterations):
         r = random.random() * 2 + 2
         hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
         low = torch.randn(b, c, hn, wn, device=noise.device, dtype=noise.dtype)
