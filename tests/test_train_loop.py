@@ -112,3 +112,10 @@ def test_locon_network_weights_continue_from_a_saved_file(tmp_path, tiny_model):
                          network_weights=str(tmp_path / "start.safetensors"))
     again = model_api.lora_state(second.handle, "float")
     assert all(torch.allclose(state[k], again[k]) for k in state)
+
+
+def test_gradient_checkpointing_is_on_in_both_trained_models_and_training_still_runs(tmp_path, tiny_model):
+    t, _ = _trainer(tmp_path, tiny_model, epoch=1, gradient_checkpointing=True)
+    assert t.components.unet.is_gradient_checkpointing and t.components.text_encoder.is_gradient_checkpointing
+    assert t.components.unet.training and t.components.text_encoder.training  # checkpointing acts only in train mode
+    assert train(t, _Quiet(), lambda kind, p: None).status == "finished"
