@@ -172,6 +172,17 @@ def _ignore(s: RunState, e: dict[str, Any]) -> None:
 _APPLY = {"started": _started, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample, "ended": _ended}
 
 
+_HEADLINES = {"nan": "NaN at step {step}", "oom": "out of memory", "disk_full": "disk full"}
+
+
+def headline(state: RunState, returncode: int | None = None) -> str:
+    """How a run ended in a few words: "finished", "stopped", "NaN at step 37", "out of memory", "disk full",
+    "error", or (no `ended` event) what the exit code says, e.g. "killed (signal 9)"."""
+    if not state.done:
+        return describe_exit(returncode) if returncode is not None else state.status
+    return _HEADLINES.get(state.status, state.status).format(step=state.step)
+
+
 def describe_exit(returncode: int) -> str:
     """'finished', 'stopped', ... or 'killed (signal 9)' for a process's return code (negative = signal)."""
     if returncode < 0:

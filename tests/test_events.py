@@ -60,3 +60,14 @@ def test_writer_refuses_unknown_kinds_and_writes_one_line_each(tmp_path):
     w.close()
     lines = (tmp_path / "e.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["prompt"] == "a ü"
+
+
+def test_headline_says_how_a_run_ended_in_a_few_words():
+    def ended(status: str, step: int = 37) -> events.RunState:
+        return events.summarize([{"event": "ended", "status": status, "reason": "long text", "step": step, "epoch": 2}])
+
+    assert [events.headline(ended(s)) for s in ("finished", "stopped", "nan", "oom", "disk_full", "error")] == [
+        "finished", "stopped", "NaN at step 37", "out of memory", "disk full", "error"]
+    assert events.headline(events.RunState(status="running"), 137) == "killed (signal 9)"
+    assert events.headline(events.RunState(status="running"), -9) == "killed (signal 9)"
+    assert events.headline(events.RunState(status="running")) == "running"

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # before training could start: still end the stream with a reason
         traceback.print_exc()
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
-    stop_on_sigterm(run_dir)
+    stop_on_signals(run_dir)
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     setup_logging(run_dir, accelerator.is_main_process)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
@@ -56,15 +56,24 @@ def _ended_early(run_dir: Path, reason: str) -> int:
     return events.EXIT_CODES["error"]
 
 
-def stop_on_sigterm(run_dir: Path) -> None:
-    """SIGTERM (a service manager, `kill PID`) asks for a stop like the STOP file: the LoRA is saved first."""
+def stop_on_signals(run_dir: Path) -> None:
+    """SIGTERM (a service manager, `kill PID`) and SIGINT (Ctrl-C reaching the run's process group) ask for a stop
+    like the STOP file: the LoRA is saved first. Without this, SIGINT raised KeyboardInterrupt mid-step and the
+    run died without its interrupted file or its `ended` line."""
     import signal
 
     def request_stop(signum, frame) -> None:
-        (run_dir / events.STOP_FILE).write_text("SIGTERM\n")
+        try:
+            (run_dir / events.STOP_FILE).write_text(f"{signal.Signals(signum).name}\n")
+        except OSError:
+            pass
 
     if os.name == "posix":
-        signal.signal(signal.SIGTERM, request_stop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, request_stop)
+
+
+stop_on_sigterm = stop_on_signals  # the name an earlier test imports
 
 
 def make_accelerator(config: TrainingConfig):
@@ -154,14 +163,14 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
     if accelerator.is_main_process:
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
-    state["phase"] = "setup"
+    state["phase"] = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed)
     t.keeper = new_keeper(t, make_saver(t))
     if resume:
         load_state(t, config.saving.resume)
         log.info("resumed from %s at step %d (epoch %d)", config.saving.resume, t.step, t.epoch)
     tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
-    t.extra.update(events=writer, tensorboard=tensorboard)  # shared with sampling
+    t.extra.update(events=writer, tensorboard=tensorboard, run_state=state)  # shared with sampling
     s = t.report.steps
     if writer is not None:
         writer.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
@@ -170,6 +179,9 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
     state["phase"] = "training"
     reporter = ProgressReporter(writer, tensorboard, s.total_steps, s.epochs)
+    # LORATRAINER_PROGRESS_INTERVAL_S=0: an event for every step (tests compare whole step/lr sequences)
+    reporter.min_interval_s = float(os.environ.get("LORATRAINER_PROGRESS_INTERVAL_S", reporter.min_interval_s))
+    injected_stop(t, t.step)
     try:
         return train(t, _Tracked(reporter, t, state), _saving(t, writer, state))
     finally:
@@ -192,9 +204,18 @@ class _Tracked:
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self.state.update(step=step, epoch=epoch)
         self.reporter.step(step, epoch, loss, lr)
+        injected_stop(self.t, step)
 
     def epoch_end(self, epoch: int, step: int) -> None:
         self.reporter.epoch_end(epoch, step)
+
+
+def injected_stop(t, step: int) -> None:
+    """LORATRAINER_FAULT=stop@N: the STOP file after step N-1 (or at the start), so step N is the last."""
+    from loratrainer.train.faults import stop_after
+
+    if stop_after(step) and t.accelerator.is_main_process:
+        (Path(t.run_dir) / events.STOP_FILE).write_text("LORATRAINER_FAULT\n")
 
 
 def save_training_state(t, writer, state: dict) -> None:

@@ -2,45 +2,74 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
-from typing import TextIO
+from contextlib import contextmanager
+from typing import Iterator, TextIO
 
 from loratrainer import events
 from loratrainer.train.launch import CONSOLE_FILE, RunProcess
 
 
 def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
-    """Show progress until the process ends; returns the trainer's exit code (EXIT_CODES) or the raw one."""
+    """Show progress until the run ends; returns the trainer's exit code (EXIT_CODES) or the raw one.
+
+    Ctrl-C, SIGTERM and SIGHUP (the terminal closed) ask the trainer to save `<name>-interrupted` and stop,
+    and we wait for it; a second one kills the run. The trainer runs in its own session, so without this a
+    killed `loratrainer train` left it training on, unseen.
+    """
     view = _Bar(stream) if stream.isatty() else _Lines(stream)
     state, offset = events.RunState(), 0
-    try:
-        while True:
-            done = run.popen.poll() is not None
+    with _signals_as_keyboard_interrupt():
+        try:
+            while True:
+                done = run.poll() is not None
+                new, offset = events.read_events(run.events_path, offset)
+                state = events.summarize(new, state)
+                view.update(state, new)
+                if done:
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
+            stream.flush()
+            run.request_stop()
+            try:
+                run.wait()
+            except KeyboardInterrupt:
+                run.kill()
+                run.wait()
             new, offset = events.read_events(run.events_path, offset)
             state = events.summarize(new, state)
-            view.update(state, new)
-            if done:
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
-        run.request_stop()
-        try:
-            run.popen.wait()
-        except KeyboardInterrupt:
-            run.kill()
-        new, offset = events.read_events(run.events_path, offset)
-        state = events.summarize(new, state)
     view.close()
     code = run.exit_code(run.popen.returncode)
     _report_end(run, state, code, stream)
     return code
 
 
+@contextmanager
+def _signals_as_keyboard_interrupt() -> Iterator[None]:
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    old = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
 def _report_end(run: RunProcess, state: events.RunState, code: int, stream: TextIO) -> None:
     if state.done:
-        stream.write(f"{state.status}{': ' + state.reason if state.reason else ''}\n")
+        stream.write(f"{events.headline(state)}{': ' + state.reason if state.reason else ''}\n")
     else:
         stream.write(f"the training process ended without a result: {events.describe_exit(code)}\n")
         code = code or events.EXIT_CODES["error"]
