@@ -1,22 +1,28 @@
 """Test-only fault injection (reliability.md), e.g. LORATRAINER_FAULT="nan@3,disk_full@save2":
-nan@N makes the loss of step N NaN; oom@N raises out-of-memory at step N; disk_full@saveN fails the N-th save
-with ENOSPC, as a full disk would."""
+nan@N makes the loss of step N NaN; oom@N raises out-of-memory at step N (oom@sample: while rendering the
+first sample image); disk_full@saveN fails the N-th LoRA save with ENOSPC inside its atomic write, as a full
+disk would; kill@saveN (kill@save = the first) SIGKILLs the trainer inside the N-th save, after the data was
+written to the temporary file and before it is in place; stop@N asks for a stop so that step N is the last."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
 
-def _fault(kind: str) -> int | None:
+def _fault(kind: str) -> int | str | None:
     spec = os.environ.get("LORATRAINER_FAULT", "")
     for item in spec.split(","):
-        name, _, at = item.partition("@")
-        at = at.removeprefix("save")
-        if name == kind and at.isdigit():
-            return int(at)
+        name, _, raw = item.strip().partition("@")
+        if name != kind:
+            continue
+        at = raw.removeprefix("save") or ("1" if raw == "save" else "")
+        return int(at) if at.isdigit() else at or None
     return None
 
 
@@ -29,6 +35,34 @@ def fail_step(step: int) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (injected by LORATRAINER_FAULT)")
 
 
-def fail_save(save_number: int, path) -> None:
-    if _fault("disk_full") == save_number:
+def fail_sampling() -> None:
+    if _fault("oom") == "sample":
+        raise torch.OutOfMemoryError("CUDA out of memory (injected by LORATRAINER_FAULT while sampling)")
+
+
+def stop_after(step: int) -> bool:
+    """stop@N: True after step N-1, so the STOP request is seen at step N (the step that checks it still trains)."""
+    at = _fault("stop")
+    return isinstance(at, int) and step == at - 1
+
+
+@contextmanager
+def during_save(save_number: int, path) -> Iterator[None]:
+    """Around the N-th LoRA save: fail or kill at the fsync of its temporary file (the data is written, the
+    file not yet in place), where a real full disk or a kill would hurt most."""
+    disk_full, kill = _fault("disk_full") == save_number, _fault("kill") == save_number
+    if not (disk_full or kill):
+        yield
+        return
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(errno.ENOSPC, "No space left on device (injected by LORATRAINER_FAULT)", str(path))
+
+    os.fsync = fsync
+    try:
+        yield
+    finally:
+        os.fsync = real_fsync

@@ -27,6 +27,7 @@ import torch
 from loratrainer import events
 from loratrainer.config import SamplingSettings
 from loratrainer.files import atomic_write_with
+from loratrainer.train.faults import fail_sampling
 from loratrainer.train.sample_prompts import SamplePrompt, load_prompts
 from loratrainer.train.samplers import build_scheduler, canonical_sampler
 from loratrainer.train.setup import Trainer
@@ -79,10 +80,23 @@ def maybe_sample(t: Trainer, *, epoch_end: bool = False, first: bool = False) ->
     t.accelerator.wait_for_everyone()
     paths: list[Path] = []
     if t.accelerator.is_main_process:
-        with untouched_training_state(t):
+        with in_phase(t, "sampling"), untouched_training_state(t):
             paths = render_round(t, run, by_epoch=epoch_end)
     t.accelerator.wait_for_everyone()
     return paths
+
+
+@contextmanager
+def in_phase(t: Trainer, phase: str) -> Iterator[None]:
+    """Name the phase for an out-of-memory message (entry.oom_advice); restored unless the body fails."""
+    run_state = t.extra.get("run_state")
+    if run_state is None:
+        yield
+        return
+    before = run_state.get("phase")
+    run_state["phase"] = phase
+    yield
+    run_state["phase"] = before
 
 
 def sample_run(t: Trainer) -> SampleRun | None:
@@ -113,6 +127,7 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
     folder = Path(t.config.folders.output_dir) / SAMPLE_DIR
     paths = []
     for index, prompt in enumerate(run.prompts):
+        fail_sampling()  # LORATRAINER_FAULT=oom@sample
         image = render(t, prompt, run.sampler)
         path = folder / sample_name(t.config.folders.output_name, t.step, t.epoch, index, stamp, prompt.seed, by_epoch)
         atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"))

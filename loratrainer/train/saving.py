@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loratrainer.train import model_api
 from loratrainer.train.checkpoints import Progress
-from loratrainer.train.faults import fail_save
+from loratrainer.train.faults import during_save
 
 log = logging.getLogger("loratrainer.train")
 
@@ -25,13 +25,13 @@ def make_saver(t):
 
     def write(path: Path, p: Progress) -> None:
         saves[0] += 1
-        fail_save(saves[0], path)
         tensors = model_api.lora_state(t.handle, t.config.precision.save_precision)
         meta = model_api.file_metadata(
             t.config, info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
             seed=t.seed, started_at=started, num_processes=t.accelerator.num_processes,
         )
-        model_api.save_lora(path, tensors, meta, overwrite=False)
+        with during_save(saves[0], path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
+            model_api.save_lora(path, tensors, meta, overwrite=False)
         if t.config.saving.save_diffusers_format and path.stem == t.config.folders.output_name:
             folder = path.with_name(path.stem + "_diffusers")
             if folder.exists():
