@@ -128,6 +128,10 @@ def build_loader(dataset: TrainDataset, sampler: EpochBatchSampler, config: Trai
         collate_fn=collate,
         num_workers=workers,
         persistent_workers=workers > 0 and config.dataset.persistent_data_loader_workers,
+        # Each epoch's iterator draws a worker base seed; from the global torch RNG that would shift the noise of
+        # the steps after it, so a run resumed mid-epoch (its iterator made again) would train on other noise.
+        # Per-item randomness is seeded by (seed, epoch, batch, slot) above and does not use this seed.
+        generator=torch.Generator().manual_seed(0),
     )
 
 
