@@ -173,3 +173,84 @@ def test_follow_shows_progress_and_returns_the_trainers_code(tmp_path, monkeypat
     assert "finished" in text and "saved /o/x.safetensors" in text and str(run.run_dir) in text
     if not tty:
         assert "step 1/2 epoch 1/1 loss 0.5000" in text
+
+
+def test_bad_sample_prompts_are_refused_before_launch(tmp_path):
+    config = _config(tmp_path, optimizer="AdamW", sample_every_n_steps=10, sample_prompts="a house --w 512\n# fine\na cat --q 3")
+    with pytest.raises(launch.LaunchRefused, match="line 3: unknown option --q"):
+        launch.preflight(config)
+    launch.preflight(with_values(config, {"sample_every_n_steps": 0}))  # no sampling: the prompts are not read
+
+
+def test_an_incomplete_state_folder_is_refused_before_launch(tmp_path):
+    state = tmp_path / "last-state"
+    state.mkdir()
+    (state / "train_state.json").write_text("{}")
+    (state / "lora_weights.pt").write_bytes(b"x")
+    with pytest.raises(launch.LaunchRefused, match=r"incomplete \(no optimizer.pt, rng_0.pt\)"):
+        launch.check_resume(_config(tmp_path, resume=str(state)))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into a read-only (mode 555) folder anyway")
+def test_a_read_only_output_folder_is_refused_naming_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(launch.LaunchRefused, match=f"cannot write to the output folder {out}"):
+            launch.check_output_dir(_config(tmp_path), 0)
+    finally:
+        out.chmod(0o755)
+
+
+def test_a_write_refused_by_the_file_system_is_refused_naming_the_folder(tmp_path, monkeypatch):
+    # what a read-only mount or a folder of another user does, also for root (where chmod 555 stops nothing)
+    import errno
+
+    def refuse(self, data):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(self))
+
+    config = _config(tmp_path)
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(launch.LaunchRefused, match=f"cannot write to the output folder {tmp_path / 'out'}: Read-only file system"):
+        launch.check_output_dir(config, 0)
+
+
+def test_too_little_disk_names_the_folder_and_the_space_needed(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch.shutil, "disk_usage", lambda p: type("U", (), {"free": 50 * 1024 * 1024})())
+    with pytest.raises(launch.LaunchRefused) as refused:
+        launch.preflight(_config(tmp_path, optimizer="AdamW"))
+    assert str(tmp_path / "out") in str(refused.value) and "50 MB free, about 1" in str(refused.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_the_run_lasts_until_its_last_process_ends(tmp_path, monkeypatch):
+    # SIGINT to the group: accelerate launch exits at once, the trainer still saves; the run is not over yet
+    script = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+              "'import time, sys; time.sleep(1.5); open(sys.argv[1] + \"/late\", \"w\")', sys.argv[1]]); sys.exit(1)")
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
+    run = launch.start_run(_config(tmp_path), check=False)
+    run.popen.wait(timeout=30)
+    assert run.poll() is None and launch.group_members(run.pid)
+    assert run.wait(timeout=30) == 1 and (run.run_dir / "late").exists() and run.poll() == 1
+    assert launch.group_members(run.pid) == []
+
+
+def test_a_trainer_killed_under_accelerate_reads_killed_signal_9(tmp_path, monkeypatch):
+    # accelerate launch exits 1 when its child dies of a signal; console.log says which
+    script = ("import sys; print(\"subprocess.CalledProcessError: Command '[python]' died with <Signals.SIGKILL: 9>.\"); "
+              "sys.exit(1)")
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script])
+    run = launch.start_run(_config(tmp_path), check=False)
+    assert events.describe_exit(run.wait(timeout=30)) == "killed (signal 9)"
+    torchrun = tmp_path / "console.log"
+    torchrun.write_text("  exitcode  : -15 (pid: 123)\n")
+    assert launch.child_signal(torchrun) == 15 and launch.child_signal(tmp_path / "none.log") is None
+
+
+def test_fault_specs(monkeypatch):
+    from loratrainer.train import faults
+
+    monkeypatch.setenv("LORATRAINER_FAULT", "nan@3, disk_full@save2,kill@save,oom@sample,stop@4")
+    assert [faults._fault(k) for k in ("nan", "disk_full", "kill", "oom", "stop", "other")] == [3, 2, 1, "sample", 4, None]
+    assert faults.stop_after(3) and not faults.stop_after(4)
