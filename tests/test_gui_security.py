@@ -212,3 +212,121 @@ def test_listen_with_credentials_requires_login(tmp_path):
         assert r.status_code == 200
         assert client.get("/config").status_code == 200
         assert client.get("/config", headers={"host": "evil.example"}).status_code == 400
+
+
+# -- Gradio's own routes, checked against the installed gradio (6.x) ---------------------------------------------
+
+EVERY_KIND_OF_ROUTE = [
+    ("GET", "/en/gradio_api/queue/data?session_hash=x"),  # the SSE stream gradio 6 answers events on
+    ("POST", "/en/gradio_api/queue/join"),
+    ("POST", "/en/gradio_api/upload"),
+    ("GET", "/en/gradio_api/heartbeat/x"),
+    ("GET", "/en/gradio_api/file=/etc/passwd"),
+    ("GET", "/en/gradio_api/file/etc/passwd"),
+    ("GET", "/en/gradio_api/proxy=https://example.com/x"),
+    ("GET", "/en/static/img/logo.svg"),
+    ("GET", "/en/assets/index.js"),
+    ("GET", "/en/theme.css"),
+    ("GET", "/en/favicon.ico"),
+    ("GET", "/en/gradio_api/startup-events"),
+    ("POST", "/en/login"),
+    ("GET", "/ko/gradio_api/queue/data?session_hash=x"),
+    ("GET", "/file=/etc/passwd"),
+]
+
+
+@pytest.mark.parametrize("method,path", EVERY_KIND_OF_ROUTE)
+def test_foreign_host_gets_400_on_every_route(served, method, path):
+    client, state, _ = served
+    r = client.request(method, path, headers={"host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 400, (path, r.status_code)
+    assert not (state / "gui-runs.json").exists()
+
+
+def test_foreign_host_websocket_is_refused(served):
+    from starlette.websockets import WebSocketDisconnect
+
+    client, _, _ = served
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/en/gradio_api/queue/data", headers={"host": "evil.example"}) as ws:
+            ws.receive_text()
+
+
+def test_symlink_in_the_served_folder_pointing_outside_is_refused(served, tmp_path):
+    client, _, temp = served
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG secret")
+    link = temp / "display" / "link.png"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(secret)
+    dir_link = temp / "display" / "outside"
+    dir_link.symlink_to(tmp_path, target_is_directory=True)
+    for path in (link, dir_link / "secret.png", "/etc/passwd"):
+        r = client.get(f"/en/gradio_api/file={path}")
+        assert r.status_code in (403, 404), (path, r.status_code)
+        assert b"PNG secret" not in r.content
+
+
+def test_upload_is_served_back_but_cannot_escape(served):
+    """Gradio's upload route writes into the app's private temp folder (a Kohya config the user uploads); the
+    file route serves that copy, and a crafted file name stays inside the folder."""
+    client, _, temp = served
+    r = client.post("/en/gradio_api/upload", files=[("files", ("../../../../evil.json", b'{"a": 1}', "application/json"))])
+    assert r.status_code == 200, r.text
+    (saved,) = r.json()
+    assert Path(saved).resolve().is_relative_to(temp.resolve()) and Path(saved).name == "evil.json"
+    got = client.get(f"/en/gradio_api/file={saved}")
+    assert got.status_code == 200 and got.content == b'{"a": 1}'
+    assert client.get("/en/gradio_api/file=" + str(Path(saved).parent / ".." / ".." / ".." / "etc" / "passwd")).status_code in (403, 404)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/en/gradio_api/file/https://example.com/a.png",  # the legacy route, like file=, fetches URLs server-side
+        "/en/gradio_api/file/http://169.254.169.254/latest/meta-data/",
+        "/ko/gradio_api/file/HTTP://example.com/a.png",
+        "/en/gradio_api/file=https://example.com/a.png",
+        "/en/gradio_api/file=HTTPS://example.com/a.png",
+        "/en/gradio_api/file=//example.com/a.png",
+    ],
+)
+def test_no_file_route_fetches_a_url(served, path):
+    """Answered by our guard, before Gradio would fetch the URL (offline, Gradio's fetch fails with 403 too,
+    so the body tells them apart)."""
+    client, _, _ = served
+    r = client.get(path, follow_redirects=False)
+    assert (r.status_code, r.content) == (403, b"File not allowed."), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/en/gradio_api/file/etc/passwd",
+        "/en/gradio_api/file/" + str(ROOT / "pyproject.toml"),
+        "/file=/etc/passwd",  # the gradio 3 route does not exist
+        "/en/file=/etc/passwd",
+        "/en/static/../../../../etc/passwd",
+        "/en/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/en/assets/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/en/gradio_api/proxy=https://example.com/x",
+    ],
+)
+def test_legacy_static_and_url_routes_serve_nothing_of_ours(served, path):
+    client, _, _ = served
+    r = client.get(path, follow_redirects=False)
+    assert r.status_code in (400, 403, 404), (path, r.status_code)
+    assert "root:" not in r.text and "[project]" not in r.text
+
+
+def test_gradio_examples_cache_in_the_working_directory_is_not_served(served, tmp_path, monkeypatch):
+    """Gradio serves its examples cache (default `.gradio/cached_examples`, relative to the working directory):
+    a user who starts the GUI in a folder where another Gradio app (the Kohya GUI) cached files must not have
+    them served. The cache is pointed into the app's private temp folder."""
+    client, _, _ = served
+    cached = tmp_path / ".gradio" / "cached_examples" / "note.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("private")
+    monkeypatch.chdir(tmp_path)
+    r = client.get(f"/en/gradio_api/file={cached}")
+    assert r.status_code in (403, 404) and "private" not in r.text

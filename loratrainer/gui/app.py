@@ -107,7 +107,8 @@ def _theme():
 
 
 class FileRouteGuard:
-    """Refuse `/gradio_api/file=<http(s) URL>`: Gradio would fetch it server-side; we serve only files we made."""
+    """Refuse `/gradio_api/file=<http(s) URL>` and its legacy twin `/gradio_api/file/<URL>`: Gradio would fetch the
+    URL server-side; we serve only files we made."""
 
     def __init__(self, app):
         self.app = app
@@ -115,7 +116,11 @@ class FileRouteGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             path = scope.get("path", "")
-            if "/file=" in path and path.split("/file=", 1)[1].lower().startswith(("http:", "https:", "//")):
+            target = None
+            for marker in ("/file=", "/gradio_api/file/"):
+                if marker in path:
+                    target = path.split(marker, 1)[1].lower()
+            if target is not None and target.startswith(("http:", "https:", "//")):
                 await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]})
                 await send({"type": "http.response.body", "body": b"File not allowed."})
                 return

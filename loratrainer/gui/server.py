@@ -111,6 +111,9 @@ def neutralise_gradio_env(environ: dict | None = None) -> Path:
     env.update(_GRADIO_ENV)
     temp = Path(tempfile.mkdtemp(prefix="loratrainer-gui-"))
     env["GRADIO_TEMP_DIR"] = str(temp)
+    # Gradio's file route also serves its examples cache, by default `.gradio/cached_examples` in the working
+    # directory (where another Gradio app, such as the Kohya GUI, may have cached files): keep it in our folder.
+    env["GRADIO_EXAMPLES_CACHE"] = str(temp / "examples-cache")
     return temp
 
 
