@@ -270,7 +270,8 @@ def _report_panel(ui: UiContext, gr) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             n["problems"] = gr.Dataframe(headers=[t("check.col_severity"), t("check.col_path"), t("check.col_message")], datatype=["str", "str", "str"],
-                                         interactive=False, wrap=True, max_height=320, label=t("check.problems"), elem_id="check-problems")
+                                         interactive=False, wrap=True, max_height=320, label=t("check.problems"), elem_id="check-problems",
+                                         column_widths=["12%", "33%", "55%"])  # "what to do" is the column to read
         with gr.Column(scale=2):
             n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=240, object_fit="contain", elem_id="check-problem-images")
     with gr.Row(equal_height=False):

@@ -270,7 +270,7 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["ed_query"] = gr.Textbox(label=t("editor.search"), scale=3)
         n["ed_page"] = gr.Number(1, label=t("editor.page_number"), precision=0, minimum=1, scale=1)
         load = gr.Button(t("editor.load"), scale=1, elem_id="ed-load")
-    n["ed_message"] = gr.Markdown()
+    n["ed_message"] = gr.Markdown(elem_id="ed-message")
     n["ed_items"] = gr.State([])
     with gr.Row(equal_height=False):
         n["ed_gallery"] = gr.Gallery(label=t("editor.images"), columns=4, height=420, allow_preview=False, elem_id="ed-gallery", scale=3)
@@ -279,7 +279,7 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
             n["ed_image"] = gr.Textbox(label=t("editor.image"), interactive=False)
             n["ed_caption"] = gr.Textbox(label=t("editor.caption"), lines=3, elem_id="ed-caption")
             save = gr.Button(t("editor.save"), variant="primary", elem_id="ed-save")
-            n["ed_saved"] = gr.Markdown()
+            n["ed_saved"] = gr.Markdown(elem_id="ed-saved")
     with gr.Accordion(t("editor.replace_section"), open=False):
         with gr.Row():
             find = gr.Textbox(label=t("editor.find"))

@@ -2,8 +2,11 @@
 
 Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
 training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
-"stopped" and the -interrupted LoRA on the Results tab. Then the Korean page. Screenshots of every tab go to
-test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide).
+"stopped" and the -interrupted LoRA on the Results tab. Captions a folder on Utilities > Captioning (the
+fixed-text captioner: no model), edits one caption in the caption editor and finds it saved on disk. Then the
+Korean page, with a broken dataset's problems in Korean. Screenshots of every tab go to
+test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide), each
+taken once Gradio shows no pending overlay (a half-loaded page looks greyed out).
 
 Needs Debian's chromium (/usr/bin/chromium, `apt-get install chromium fonts-noto-cjk`); Playwright's own
 browser download is not used.
@@ -57,6 +60,11 @@ def workspace(tmp_path_factory) -> Path:
     for i, size in enumerate([(64, 64), (96, 64), (64, 96), (64, 64)]):
         image = make_image(root / "photos" / f"house {i}.png", size, color=(40 * i, 120, 200 - 40 * i))
         make_caption(image, f"a small house, view {i}")
+    for i in range(3):  # no captions yet: Utilities > Captioning writes them
+        make_image(root / "to-caption" / f"cat {i}.png", (64, 64), color=(200, 60 * i, 40))
+    make_image(root / "broken" / "10_dog" / "dog.png", (64, 64))
+    (root / "broken" / "10_dog" / "empty.png").write_bytes(b"")
+    (root / "broken" / "no_prefix").mkdir()
     return root
 
 
@@ -100,7 +108,34 @@ def browser():
         b.close()
 
 
+# Gradio's status tracker: a `div.wrap` with the variant class (default/center); `hide` while nothing is pending.
+PENDING = """() => [...document.querySelectorAll('div.wrap.default, div.wrap.center')]
+    .filter(e => !e.classList.contains('hide') && !e.classList.contains('hidden') && e.offsetParent !== null).length"""
+
+
+def wait_idle(page, timeout: float = 30) -> None:
+    """Until no component shows Gradio's pending overlay (twice in a row, 300 ms apart: events chain)."""
+    deadline = time.time() + timeout
+    calm = 0
+    while time.time() < deadline:
+        calm = calm + 1 if page.evaluate(PENDING) == 0 else 0
+        if calm >= 2:
+            return
+        page.wait_for_timeout(300)
+    pytest.fail(f"the page still shows pending components after {timeout} s")
+
+
 def shot(page, name: str) -> None:
+    wait_idle(page)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring in the docs
+    # Galleries load their images lazily: scroll through the page and give every image time to arrive (best
+    # effort: while a run renders samples, the gallery keeps changing).
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    try:
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=5_000)
+    except Exception:
+        pass
+    page.evaluate("() => window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -227,24 +262,54 @@ def test_prepare_preset_train_sample_stop(server, browser, workspace):
     assert (workspace / "project" / "model" / "house-interrupted.safetensors").exists()
     shot(page, "results")
 
-    # Utilities: where the Kohya tutorial sends people for captioning.
+    # Utilities > Captioning, where the Kohya tutorial sends people: caption a folder (same text for each image).
+    folder = workspace / "to-caption"
     tab(page, "Utilities")
     page.get_by_role("tab", name="Captioning").wait_for()
-    page.locator("#cap-run").wait_for()
+    page.locator("#cap-method").get_by_text("Same text for every image").click()
+    set_value(box(page, "cap-folder"), folder)
+    set_value(box(page, "cap-fixed-text"), "a red cat")
+    page.locator("#cap-run").click()
+    page.locator("#cap-message").get_by_text("3 caption(s) written").wait_for(timeout=60_000)
+    assert [(folder / f"cat {i}.txt").read_text(encoding="utf-8").strip() for i in range(3)] == ["a red cat"] * 3
     shot(page, "utilities")
+
+    # The caption editor: show the folder, click an image, change its caption, save, and find it on disk.
+    page.get_by_role("tab", name="Caption editor").click()
+    set_value(box(page, "ed-folder"), folder)
+    page.locator("#ed-load").click()
+    page.locator("#ed-gallery img").nth(2).wait_for()
+    page.locator("#ed-gallery img").first.click()
+    caption = box(page, "ed-caption")
+    wait_until(lambda: caption.input_value() == "a red cat", 30, "the clicked image's caption in the editor", page)
+    caption.fill("a red cat sitting on a wall")
+    page.locator("#ed-save").click()
+    page.locator("#ed-saved").get_by_text("Saved").wait_for()
+    assert (folder / "cat 0.txt").read_text(encoding="utf-8").strip() == "a red cat sitting on a wall"
+    shot(page, "caption-editor")
     context.close()
     assert not failed, failed
 
 
-def test_korean_page(server, browser):
+def test_korean_page(server, browser, workspace):
     context = browser.new_context(locale="ko-KR", viewport={"width": 1400, "height": 1000})
     page = context.new_page()
+    page.set_default_timeout(30_000)
     page.goto(server, wait_until="domcontentloaded")
     assert page.url.endswith("/ko/")
     page.get_by_role("tab", name="2. 학습").click()
     page.locator("#run-start").get_by_text("학습 시작").wait_for(timeout=30_000)
     assert "기본 설정" in page.locator("#section-basic").inner_text()
     shot(page, "ko-training")
+
+    # A broken dataset: the check's problems are Korean sentences (file and setting names aside).
+    page.get_by_role("tab", name="1. 데이터셋").click()
+    set_value(field(page, "folders.train_data_dir"), workspace / "broken")
+    expect_text(page, "#check-problems", "파일이 비어 있습니다")
+    problems = page.locator("#check-problems").inner_text()
+    assert "파일이 비어 있습니다" in problems and "접두사가 없습니다" in problems, problems
+    assert "the file is empty" not in problems and "no `<repeats>_` prefix" not in problems
+    shot(page, "ko-dataset")
     context.close()
 
 
