@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from loratrainer.config import (
     field_specs,
     get_value,
 )
+from loratrainer.messages import Msg, define
 
 _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 
@@ -73,15 +74,63 @@ _INERT_DEFAULTS: dict[str, tuple[Any, ...]] = {
 }
 # Keys that could carry secrets: never echoed into a report.
 _SECRET_KEYS = frozenset({"huggingface_token", "wandb_api_key"})
+_MAX_STEPS_NOTE = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
+
+
+define({
+    "kohya.read_as_kohya": "Read {source} as a Kohya GUI config.",
+    "kohya.read_as_ours": "Read {source} as a loratrainer config.",
+    "kohya.section.unsupported": "NOT SUPPORTED (imported differently or left out; check these)",
+    "kohya.section.migrated": "Migrated",
+    "kohya.section.coerced": "Coerced",
+    "kohya.section.defaulted": "Empty or null, our default used",
+    "kohya.section.ignored": "Ignored (no effect)",
+    "kohya.missing": "Not in the file, our defaults used: {keys}",
+    "kohya.max_steps_default": _MAX_STEPS_NOTE,
+    "kohya.hidden": "(hidden)",
+    "kohya.empty_rate": "'' -> empty: the learning rate is used, as in Kohya",
+    "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
+    "kohya.lora_type_unsupported": "{kind} is not supported; imported as Standard LoRA",
+    "kohya.adam8bit_ignored": "{flag} ignored: optimizer {optimizer} is set",
+    "kohya.old_weights_name": "old name of network_weights; empty or superseded",
+    "kohya.max_epochs": "{value} -> epoch {epochs} (it overrides epoch in Kohya)",
+    "kohya.max_epochs_unset": "{value}: not set, epoch is used",
+    "kohya.model_format": "{value} is not supported; the LoRA is saved as safetensors",
+    "kohya.folder_name_captions": "'.none-use-foldername' kept: no caption files, so each image's caption is its folder name (as in Kohya)",
+    "kohya.wandb": "{value}: Weights & Biases logging is not supported; runs log to TensorBoard",
+    "kohya.mem_eff_attn": "true -> attention 'sdpa' (memory-efficient attention)",
+    "kohya.noise_offset_unused": "{value} -> 0: noise_offset_type is Multires, so Kohya does not use it",
+    "kohya.multires_unused": "{value} -> 0: noise_offset_type is Original, so Kohya does not use it",
+    "kohya.noise_type_unknown": "{value} is unknown; noise settings imported as written",
+    "kohya.noise_type_applied": "{value} (applied to the noise settings)",
+    "kohya.sd15_only": "{value}: only Stable Diffusion 1.5 is supported; imported as SD1.5",
+    "kohya.other_family": "{value}: for another model family",
+    "kohya.no_effect": "{value}: no effect at this value",
+    "kohya.left_out": "{value} is not supported and was left out",
+    "kohya.export_rate": "empty -> {value} (the learning rate)",
+    "kohya.not_exported": "{value}: Kohya has no such setting; not exported",
+    "kohya.export_noise": (
+        "{value}: Kohya uses either the noise offset or multires noise; exported as Multires, so Kohya will not apply the noise offset"
+    ),
+})
 
 
 @dataclass(frozen=True)
 class ReportItem:
     key: str
-    message: str
+    message: str  # English
+    msg: Msg | None = field(default=None, compare=False, hash=False)  # the same, coded, for the GUI's languages
+
+    @classmethod
+    def of(cls, key: str, code: str, **params: Any) -> "ReportItem":
+        msg = Msg.of(code, **params)
+        return cls(key, str(msg), msg)
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}"
+
+    def render(self, say: Callable[[Msg], str] = str) -> str:
+        return f"{self.key}: {say(self.msg) if self.msg is not None else self.message}"
 
 
 @dataclass
@@ -103,22 +152,19 @@ class ImportReport:
     def mentions(self, key: str) -> bool:
         return any(item.key == key for kind in ("coerced", "migrated", "defaulted", "unsupported", "ignored") for item in getattr(self, kind))
 
-    def lines(self) -> list[str]:
-        """Human-readable report, loud items first."""
-        out = [f"Read {self.source} as a {'Kohya GUI' if self.format == 'kohya' else 'loratrainer'} config."] if self.source else []
-        sections = [
-            ("NOT SUPPORTED (imported differently or left out; check these)", self.unsupported),
-            ("Migrated", self.migrated),
-            ("Coerced", self.coerced),
-            ("Empty or null, our default used", self.defaulted),
-            ("Ignored (no effect)", self.ignored),
-        ]
-        for title, items in sections:
+    def lines(self, say: Callable[[Msg], str] = str) -> list[str]:
+        """Human-readable report, loud items first; `say` renders each coded message (the GUI: in its language)."""
+        out = []
+        if self.source:
+            out.append(say(Msg.of("kohya.read_as_kohya" if self.format == "kohya" else "kohya.read_as_ours", source=self.source)))
+        for kind in ("unsupported", "migrated", "coerced", "defaulted", "ignored"):
+            items = getattr(self, kind)
             if items:
-                out.append(f"{title}:")
-                out.extend(f"  {item}" for item in items)
+                out.append(say(Msg.of(f"kohya.section.{kind}")) + ":")
+                out.extend(f"  {item.render(say)}" for item in items)
         if self.missing:
-            out.append(f"Not in the file, our defaults used: {', '.join(self.missing)}")
+            keys = [say(Msg.of("kohya.max_steps_default")) if k == _MAX_STEPS_NOTE else k for k in self.missing]
+            out.append(say(Msg.of("kohya.missing", keys=", ".join(keys))))
         return out
 
 
@@ -148,7 +194,7 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY)
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
-        report.missing[report.missing.index("max_train_steps")] = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
+        report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE
     return _validate(resolved, origin, source), report
 
 
@@ -160,7 +206,7 @@ def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportRe
         key, spec = origin[leaf], _SPECS[leaf]
         if isinstance(value, str) and not value.strip() and type(None) in get_args(spec.annotation):
             # unet_lr / text_encoder_lr "": Kohya passes no flag, so sd-scripts uses learning_rate; ours says so by None.
-            report.defaulted.append(ReportItem(key, "'' -> empty: the learning rate is used, as in Kohya"))
+            report.defaulted.append(ReportItem.of(key, "kohya.empty_rate"))
             resolved[spec.path] = None
             continue
         if value is None or (isinstance(value, str) and not value.strip() and (spec.kind != "text" or spec.default)):
@@ -251,10 +297,12 @@ def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
         elif kind in _LORA_TYPES:
             values["lora_type"], origin["lora_type"] = _LORA_TYPES[kind], "LoRA_type"
             if kind not in ("Standard", "LoCon"):
-                note = " (LyCORIS-specific options are not used)" if kind.startswith("LyCORIS") else ""
-                report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type 'LoCon'{note}"))
+                if kind.startswith("LyCORIS"):
+                    report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
+                else:
+                    report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type 'LoCon'"))
         else:
-            report.unsupported.append(ReportItem("LoRA_type", f"{kind!r} is not supported; imported as Standard LoRA"))
+            report.unsupported.append(ReportItem.of("LoRA_type", "kohya.lora_type_unsupported", kind=repr(kind)))
 
 
 def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -267,7 +315,7 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
             values["optimizer"], origin["optimizer"] = optimizer, "use_8bit_adam"
             report.migrated.append(ReportItem("use_8bit_adam", f"{flag!r} -> optimizer {optimizer!r}"))
         else:
-            report.migrated.append(ReportItem("use_8bit_adam", f"{flag!r} ignored: optimizer {raw['optimizer']!r} is set"))
+            report.migrated.append(ReportItem.of("use_8bit_adam", "kohya.adam8bit_ignored", flag=repr(flag), optimizer=repr(raw["optimizer"])))
 
     if "lora_network_weights" in raw:
         old = raw.pop("lora_network_weights")
@@ -275,7 +323,7 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
             raw["network_weights"] = old
             report.migrated.append(ReportItem("lora_network_weights", f"-> network_weights {old!r}"))
         else:
-            report.ignored.append(ReportItem("lora_network_weights", "old name of network_weights; empty or superseded"))
+            report.ignored.append(ReportItem.of("lora_network_weights", "kohya.old_weights_name"))
 
     if "max_train_epochs" in raw:
         epochs = raw.pop("max_train_epochs")
@@ -285,9 +333,9 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
             raise ValueError(f"max_train_epochs: {exc} (got {epochs!r})") from None
         if epochs_n > 0:
             raw["epoch"] = epochs_n
-            report.migrated.append(ReportItem("max_train_epochs", f"{epochs!r} -> epoch {epochs_n} (it overrides epoch in Kohya)"))
+            report.migrated.append(ReportItem.of("max_train_epochs", "kohya.max_epochs", value=repr(epochs), epochs=epochs_n))
         else:
-            report.ignored.append(ReportItem("max_train_epochs", f"{epochs!r}: not set, epoch is used"))
+            report.ignored.append(ReportItem.of("max_train_epochs", "kohya.max_epochs_unset", value=repr(epochs)))
 
 
 def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
@@ -295,13 +343,13 @@ def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
     fmt = raw.get("save_model_as")
     if fmt not in (None, "", "safetensors"):
         raw.pop("save_model_as")
-        report.unsupported.append(ReportItem("save_model_as", f"{fmt!r} is not supported; the LoRA is saved as safetensors"))
+        report.unsupported.append(ReportItem.of("save_model_as", "kohya.model_format", value=repr(fmt)))
     if raw.get("caption_extension") == ".none-use-foldername":
-        report.migrated.append(ReportItem("caption_extension", "'.none-use-foldername' kept: no caption files, so each image's caption is its folder name (as in Kohya)"))
+        report.migrated.append(ReportItem.of("caption_extension", "kohya.folder_name_captions"))
 
     if _truthy(raw.get("use_wandb")) or raw.get("log_with") in ("wandb", "all"):
         key = "use_wandb" if _truthy(raw.get("use_wandb")) else "log_with"
-        report.unsupported.append(ReportItem(key, f"{raw.pop(key)!r}: Weights & Biases logging is not supported; runs log to TensorBoard"))
+        report.unsupported.append(ReportItem.of(key, "kohya.wandb", value=repr(raw.pop(key))))
 
 
 def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
@@ -318,7 +366,7 @@ def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
     if _truthy(mem_eff):
         # sd-scripts gives mem_eff_attn precedence over xformers; PyTorch's sdpa is the memory-efficient kernel now.
         result = "sdpa"
-        report.migrated.append(ReportItem("mem_eff_attn", "true -> attention 'sdpa' (memory-efficient attention)"))
+        report.migrated.append(ReportItem.of("mem_eff_attn", "kohya.mem_eff_attn"))
     elif mem_eff is not None:
         report.ignored.append(ReportItem("mem_eff_attn", f"{mem_eff!r}"))
     return result
@@ -330,27 +378,27 @@ def _noise_offset_type(raw: dict[str, Any], report: ImportReport) -> None:
     if kind is None:
         return
     if kind == "Multires" and _number(raw.get("noise_offset")):
-        report.migrated.append(ReportItem("noise_offset", f"{raw['noise_offset']!r} -> 0: noise_offset_type is Multires, so Kohya does not use it"))
+        report.migrated.append(ReportItem.of("noise_offset", "kohya.noise_offset_unused", value=repr(raw["noise_offset"])))
         raw["noise_offset"] = 0
     elif kind in ("Original", "") and _number(raw.get("multires_noise_iterations")):
-        report.migrated.append(ReportItem("multires_noise_iterations", f"{raw['multires_noise_iterations']!r} -> 0: noise_offset_type is Original, so Kohya does not use it"))
+        report.migrated.append(ReportItem.of("multires_noise_iterations", "kohya.multires_unused", value=repr(raw["multires_noise_iterations"])))
         raw["multires_noise_iterations"] = 0
     elif kind not in ("Original", "Multires", ""):
-        report.unsupported.append(ReportItem("noise_offset_type", f"{kind!r} is unknown; noise settings imported as written"))
+        report.unsupported.append(ReportItem.of("noise_offset_type", "kohya.noise_type_unknown", value=repr(kind)))
         return
-    report.ignored.append(ReportItem("noise_offset_type", f"{kind!r} (applied to the noise settings)"))
+    report.ignored.append(ReportItem.of("noise_offset_type", "kohya.noise_type_applied", value=repr(kind)))
 
 
 def _classify_unused(key: str, value: Any, report: ImportReport) -> None:
-    shown = "(hidden)" if key in _SECRET_KEYS else repr(value)
+    shown = Msg.of("kohya.hidden") if key in _SECRET_KEYS else repr(value)
     if key in ("v2", "sdxl") and _truthy(value):
-        report.unsupported.append(ReportItem(key, f"{shown}: only Stable Diffusion 1.5 is supported; imported as SD1.5"))
+        report.unsupported.append(ReportItem.of(key, "kohya.sd15_only", value=shown))
     elif key.startswith(_OTHER_FAMILY_PREFIXES) or key in _OTHER_FAMILY_KEYS or key in ("v2", "sdxl"):
-        report.ignored.append(ReportItem(key, f"{shown}: for another model family"))
+        report.ignored.append(ReportItem.of(key, "kohya.other_family", value=shown))
     elif _inert(key, value):
-        report.ignored.append(ReportItem(key, f"{shown}: no effect at this value"))
+        report.ignored.append(ReportItem.of(key, "kohya.no_effect", value=shown))
     else:
-        report.unsupported.append(ReportItem(key, f"{shown} is not supported and was left out"))
+        report.unsupported.append(ReportItem.of(key, "kohya.left_out", value=shown))
 
 
 def _inert(key: str, value: Any) -> bool:
@@ -389,11 +437,11 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         value = get_value(config, name)
         if value is None:  # an empty per-module rate means "the learning rate", which Kohya writes out explicitly
             value = config.optimizer.learning_rate
-            report.migrated.append(ReportItem(name, f"empty -> {value!r} (the learning rate)"))
+            report.migrated.append(ReportItem.of(name, "kohya.export_rate", value=repr(value)))
         out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
     for name in sorted(OURS_ONLY):
         if get_value(config, name) != get_value(defaults, name):
-            report.unsupported.append(ReportItem(name, f"{get_value(config, name)!r}: Kohya has no such setting; not exported"))
+            report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(get_value(config, name))))
     _export_noise_type(config, out, report)
     return out, report
 
@@ -403,10 +451,7 @@ def _export_noise_type(config: TrainingConfig, out: dict[str, Any], report: Impo
     o = config.optimizer
     out["noise_offset_type"] = "Multires" if o.multires_noise_iterations > 0 else "Original"
     if o.multires_noise_iterations > 0 and o.noise_offset > 0:
-        report.unsupported.append(ReportItem(
-            "noise_offset", f"{o.noise_offset!r}: Kohya uses either the noise offset or multires noise; exported as Multires, "
-            "so Kohya will not apply the noise offset"
-        ))
+        report.unsupported.append(ReportItem.of("noise_offset", "kohya.export_noise", value=repr(o.noise_offset)))
 
 
 def kohya_to_json(data: dict[str, Any]) -> str:

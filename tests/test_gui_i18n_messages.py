@@ -20,11 +20,14 @@ ENGLISH_PHRASE = re.compile(r"\b[A-Za-z]{2,}[,:;]?\s+[A-Za-z]{2,}\b")
 
 
 def english_phrases(text: str) -> list[str]:
-    text = re.sub(r"`[^`]*`|'[^']*'", " ", text)  # quoted names and error details (' inside code blocks)
-    text = re.sub(r"\S*[/\\]\S*", " ", text)  # paths
-    text = re.sub(r"\S+\.[A-Za-z0-9]{2,}\b", " ", text)  # file names, dotted setting names
-    text = re.sub(r"\S*_\S*", " ", text)  # setting and folder names (bucket_reso_steps, 10_dog)
-    text = re.sub(r"\b(SD1\.5|MB|px|UTF-8|png|jpg|jpeg|webp|bmp|LoRA|NaN|bf16|GPU)\b", " ", text)
+    """Runs of two English words; what is taken out first (names, paths, quoted text) leaves a mark that breaks
+    a run, so a list of setting names is not a sentence."""
+    cut = " \u00a7 "
+    text = re.sub(r"`[^`]*`|'[^']*'", cut, text)  # quoted names and error details (' inside code blocks)
+    text = re.sub(r"\S*[/\\]\S*", cut, text)  # paths
+    text = re.sub(r"\S+\.[A-Za-z0-9]{2,}\b", cut, text)  # file names, dotted setting names
+    text = re.sub(r"\S*_\S*", cut, text)  # setting and folder names (bucket_reso_steps, 10_dog)
+    text = re.sub(r"\b(SD1\.5|MB|px|UTF-8|png|jpg|jpeg|webp|bmp|LoRA|NaN|bf16|GPU|Stable Diffusion|Kohya GUI|Weights & Biases)\b", cut, text)
     return ENGLISH_PHRASE.findall(text)
 
 
@@ -145,7 +148,7 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "last.safetensors").write_bytes(b"x")
     status = h.start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "ok"), "folders.output_dir": str(tmp_path / "model"),
-                                  "folders.output_name": "last", "saving.existing_output": "refuse"}))[ui.named["status"]]
+                                  "folders.output_name": "last", "saving.existing_output": "refuse", "optimizer.optimizer": "AdamW"}))[ui.named["status"]]
     assert "덮어쓰지 않습니다" in status and not english_phrases(status), status
     assert ui.jobs.runs() == []
 
@@ -176,3 +179,58 @@ def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
     assert english_phrases(ko) == [], ko
     en = status_line(view, Translator("en"))
     assert ended["reason"].split(" at ")[0] in en  # the English page keeps the trainer's own words
+
+
+def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):
+    """The report of what a Kohya config import changed or ignored, and of a Kohya export, on the Korean page."""
+    import json
+
+    ui = pages["ko"]
+    h = ui.handlers["training"]
+    kohya = {
+        "LoRA_type": "LyCORIS/LoHa", "use_8bit_adam": True, "optimizer": "AdamW", "lora_network_weights": "",
+        "max_train_epochs": "", "save_model_as": "ckpt", "wandb_api_key": "secret", "mem_eff_attn": True,
+        "noise_offset_type": "Multires", "noise_offset": 0.1, "multires_noise_iterations": 6, "v2": True,
+        "learning_rate": 0.0001, "unet_lr": "", "network_dim": "8", "epoch": 2,
+    }
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(kohya))
+    data = _form(ui)
+    data[ui.named["config_path"]], data[ui.named["config_upload"]] = str(path), None
+    message = h.load_file(data)[ui.named["config_message"]]
+    body = message.split("```")[1]
+    lines = [line for line in body.strip().splitlines() if line.strip()]
+    assert len(lines) >= 12, body
+    leftovers = [line for line in lines if english_phrases(line)]
+    assert leftovers == [], leftovers
+    assert sum(1 for line in lines if HANGUL.search(line)) >= 10
+    assert "secret" not in message and "(숨김)" in message
+    # the English page (and the CLI) keep the English lines
+    en = pages["en"]
+    data = _form(en)
+    data[en.named["config_path"]], data[en.named["config_upload"]] = str(path), None
+    assert "only Stable Diffusion 1.5 is supported" in en.handlers["training"].load_file(data)[en.named["config_message"]]
+    # export: settings Kohya cannot express
+    data = _form(ui, **{"dataset.undersized_images": "refuse", "optimizer.multires_noise_iterations": 6, "optimizer.noise_offset": 0.1})
+    data[ui.named["config_path"]] = str(tmp_path / "out.json")
+    message = h.save_kohya(data)[ui.named["config_message"]]
+    body = message.split("```")[1]
+    lines = [line for line in body.strip().splitlines() if line.strip()]
+    assert lines and [line for line in lines if english_phrases(line)] == []
+
+
+def test_every_launch_refusal_is_a_coded_message():
+    """Start refusals reach the page: each `raise LaunchRefused(...)` gives a Msg (translated by code), or the
+    dataset report. A plain English string would stay English on the Korean page."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "loratrainer"
+    plain = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "LaunchRefused":
+                arg = node.args[0] if node.args else None
+                coded = isinstance(arg, ast.Call) and ast.unparse(arg.func) == "Msg.of"
+                if not coded and not any(k.arg == "report" for k in node.keywords):
+                    plain.append(f"{path.relative_to(root.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert plain == [], "give these refusals a code (loratrainer/messages.py) and a Korean template:\n" + "\n".join(plain)

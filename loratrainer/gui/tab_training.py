@@ -102,7 +102,7 @@ class TrainingHandlers:
             config, report = load_any_config(path)
         except UserError as exc:
             return {message: self.t("error.generic", error=md(str(exc)))}
-        lines = report.lines()
+        lines = report.lines(self.t.message)
         text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
         if len(lines) > 1:
             text += "\n\n```\n" + "\n".join(lines) + "\n```"
@@ -131,7 +131,7 @@ class TrainingHandlers:
             if kohya:
                 exported, report = export_kohya(config)
                 atomic_write(target, kohya_to_json(exported))
-                notes = report.lines()
+                notes = report.lines(self.t.message)
             else:
                 save_config(config, target)
         except (UserError, OSError) as exc:
