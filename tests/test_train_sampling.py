@@ -8,6 +8,7 @@ from tests.test_train_support import small_config, tiny_model  # noqa: F401  (fi
 import json
 import random
 import re
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -255,6 +256,8 @@ def test_a_sample_restores_rng_modes_and_grad_flags(tmp_path, tiny_model):
     assert torch.equal(torch.random.get_rng_state(), before[2])
     again = maybe_sample(t, first=True)
     assert [np.asarray(Image.open(p)).tobytes() for p in paths] == [np.asarray(Image.open(p)).tobytes() for p in again]
+    (Path(t.run_dir) / "STOP").write_text("")  # a stop asked during a round skips the rest of it
+    assert maybe_sample(t, first=True) == []
 
 
 def test_bad_prompts_stop_the_run_before_training_and_no_prompts_means_no_samples(tmp_path, tiny_model, caplog):

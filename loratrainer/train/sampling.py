@@ -127,6 +127,9 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
     folder = Path(t.config.folders.output_dir) / SAMPLE_DIR
     paths = []
     for index, prompt in enumerate(run.prompts):
+        if events.stop_requested(t.run_dir):  # a stop comes within seconds, not after the whole round
+            log.info("stop requested: the remaining sample images of this round are skipped")
+            break
         fail_sampling()  # LORATRAINER_FAULT=oom@sample
         image = render(t, prompt, run.sampler)
         path = folder / sample_name(t.config.folders.output_name, t.step, t.epoch, index, stamp, prompt.seed, by_epoch)
