@@ -89,6 +89,8 @@ def test_a_prompt_file_path_is_read_and_named_in_errors(tmp_path):
     with pytest.raises(SamplePromptError, match=re.escape(f"{file}, line 1: --w")):
         load_prompts(str(file))
     assert load_prompts("just text") == [P("just text", line=1)]  # not a file: the prompt itself
+    with pytest.raises(SamplePromptError, match="prompt file .*gone.txt does not exist"):
+        load_prompts(str(tmp_path / "gone.txt"))  # a Kohya config's path missing here: not a prompt "…/gone.txt"
 
 
 # -- samplers ----------------------------------------------------------------------------------------------------

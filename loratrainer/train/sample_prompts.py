@@ -134,4 +134,6 @@ def load_prompts(setting: str) -> list[SamplePrompt]:
         path = Path(value).expanduser()
         if path.suffix.lower() == ".txt" and path.is_file():
             return parse_prompts(path.read_text(encoding="utf-8-sig"), source=str(path))
+        if path.suffix.lower() == ".txt":  # a Kohya config's prompt file missing here: never sample its path as a prompt
+            raise SamplePromptError(1, f"the prompt file {path} does not exist (write the prompts here, or fix the path)")
     return parse_prompts(setting)
