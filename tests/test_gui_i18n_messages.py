@@ -234,3 +234,25 @@ def test_every_launch_refusal_is_a_coded_message():
                 if not coded and not any(k.arg == "report" for k in node.keywords):
                     plain.append(f"{path.relative_to(root.parent)}:{node.lineno}: {ast.unparse(node)}")
     assert plain == [], "give these refusals a code (loratrainer/messages.py) and a Korean template:\n" + "\n".join(plain)
+
+
+def test_korean_captioning_and_editor_errors_are_korean(pages, tmp_path):
+    """What the user can get wrong on Utilities (a missing folder, an empty fixed text, images sharing a name,
+    an empty find text) is said in Korean."""
+    from tests.test_gui_runs import _caption_form
+
+    ui = pages["ko"]
+    u = ui.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 2, captions=False)
+    make_image(folder / "img_000.jpg")  # img_000.png and img_000.jpg would share one caption file
+    said = [
+        list(u.caption(_caption_form(ui, cap_folder=str(tmp_path / "missing"))))[-1],
+        list(u.caption(_caption_form(ui, cap_folder=str(folder), fixed_text="  ")))[-1],
+        list(u.caption(_caption_form(ui, cap_folder=str(folder))))[-1],
+        u.editor_page(str(tmp_path / "missing"), "", 1, ".txt")[ui.named["ed_message"]],
+        u.editor_replace(str(folder), "", "x", ".txt"),
+    ]
+    assert all(HANGUL.search(s) for s in said), said
+    assert [s for s in said if english_phrases(s)] == [], said
+    assert "img_000.png + img_000.jpg" in said[2] or "img_000.jpg + img_000.png" in said[2]
+    assert not list(folder.glob("*.txt"))  # nothing was captioned

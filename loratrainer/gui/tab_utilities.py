@@ -84,6 +84,13 @@ class UtilitiesHandlers:
         except (UserError, ValueError, TypeError) as exc:
             yield self.t("error.generic", error=md(str(exc)))
             return
+        # What the GUI can see before the captioner runs, said in the page's language.
+        if not run.folder.is_dir():
+            yield self.t("check.not_found")
+            return
+        if v["cap_method"] == "fixed" and not (v["fixed_text"] or "").strip():
+            yield self.t("caption.fixed_empty")
+            return
         session = getattr(request, "session_hash", None) or "direct"
         cancel = self._cancel[session] = threading.Event()
         state = {"done": 0, "total": None, "report": None, "error": None}
@@ -92,7 +99,7 @@ class UtilitiesHandlers:
             try:
                 state["report"] = caption_folder(run, model, progress=lambda d, n: state.update(done=d, total=n), cancel=cancel.is_set)
             except Exception as exc:  # UserError (offline model, duplicates) or anything else: shown, not raised
-                state["error"] = str(exc)
+                state["error"] = self.caption_error(exc)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
@@ -107,7 +114,7 @@ class UtilitiesHandlers:
                 cancel.set()
             self._cancel.pop(session, None)
         if state["error"]:
-            yield self.t("error.generic", error=md(state["error"]))
+            yield state["error"]
             return
         report = state["report"]
         lines = [self.t("caption.done", written=len(report.written), kept=len(report.skipped_existing), failed=len(report.failed))]
@@ -117,6 +124,13 @@ class UtilitiesHandlers:
             lines.append(self.t("caption.cancelled"))
         lines += [f"- `{s.path.name}`: {s.reason}" for s in report.failed[:20]]
         yield "\n\n".join(lines)
+
+    def caption_error(self, exc: Exception) -> str:
+        from loratrainer.caption.folder import DuplicateStemsError
+
+        if isinstance(exc, DuplicateStemsError):
+            return self.t("caption.duplicates", pairs="; ".join(" + ".join(p.name for p in group) for group in exc.groups[:5]))
+        return self.t("error.generic", error=md(str(exc)))
 
     def cancel(self, request=None) -> str:
         event = self._cancel.get(getattr(request, "session_hash", None) or "direct")
@@ -131,6 +145,8 @@ class UtilitiesHandlers:
         from loratrainer.caption import editor
 
         n = self.ui.named
+        if not (folder or "").strip() or not Path(folder.strip()).is_dir():
+            return {n["ed_message"]: self.t("check.not_found"), n["ed_items"]: [], n["ed_gallery"]: []}
         try:
             result = editor.list_page(Path(folder.strip()), int(page or 1), PAGE_SIZE, caption_extension=extension or ".txt", query=query or "")
         except (UserError, OSError, ValueError) as exc:
@@ -165,6 +181,10 @@ class UtilitiesHandlers:
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
         from loratrainer.caption import editor
 
+        if not (folder or "").strip() or not Path(folder.strip()).is_dir():
+            return self.t("check.not_found")
+        if not find:
+            return self.t("editor.find_empty")
         try:
             report = editor.search_replace(Path(folder.strip()), find or "", replace or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
