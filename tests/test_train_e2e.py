@@ -106,6 +106,8 @@ def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model)
     assert "step 5" in ended["reason"] and "epoch 2" in ended["reason"] and "learning rate" in ended["reason"]
     assert "last-000001.safetensors" in ended["reason"]  # the last good file is named
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-000001.safetensors"]
+    with safe_open(str(tmp_path / "out" / "last-000001.safetensors"), "pt") as f:  # the last good file: intact, finite
+        assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys())
 
 
 def _start(config, env: dict | None = None):
@@ -171,6 +173,7 @@ def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
     assert run.wait(timeout=300) == events.EXIT_CODES["oom"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]
+    assert "during training" in ended["reason"] and "resolution 64" in ended["reason"] and "\n" not in ended["reason"]
 
 
 def test_two_processes_stop_together(tmp_path, tiny_model):
