@@ -216,6 +216,14 @@ def test_a_write_refused_by_the_file_system_is_refused_naming_the_folder(tmp_pat
         launch.check_output_dir(config, 0)
 
 
+def test_an_unwritable_logging_folder_is_refused_before_launch(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = _config(tmp_path, optimizer="AdamW", logging_dir=str(blocker / "logs"))
+    with pytest.raises(launch.LaunchRefused, match=f"cannot write to the logging folder {blocker / 'logs'}"):
+        launch.preflight(config)
+
+
 def test_too_little_disk_names_the_folder_and_the_space_needed(tmp_path, monkeypatch):
     monkeypatch.setattr(launch.shutil, "disk_usage", lambda p: type("U", (), {"free": 50 * 1024 * 1024})())
     with pytest.raises(launch.LaunchRefused) as refused:

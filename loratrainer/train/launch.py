@@ -161,6 +161,18 @@ def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
         raise LaunchRefused(Msg.of("launch.no_space", folder=str(out), free=free // _MB, needed=needed_bytes // _MB))
 
 
+def check_logging_dir(config: TrainingConfig) -> None:
+    """The run folder goes to logging_dir (or output_dir/log): refused now rather than a traceback at start."""
+    root = logging_root(config)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".loratrainer-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LaunchRefused(f"cannot write to the logging folder {root}: {exc.strerror or exc}") from None
+
+
 def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
     if resume and not (Path(resume) / "train_state.json").is_file():
@@ -207,6 +219,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
+    check_logging_dir(config)
     return resolve_output_name(config)
 
 
