@@ -262,3 +262,23 @@ def test_fault_specs(monkeypatch):
     monkeypatch.setenv("LORATRAINER_FAULT", "nan@3, disk_full@save2,kill@save,oom@sample,stop@4")
     assert [faults._fault(k) for k in ("nan", "disk_full", "kill", "oom", "stop", "other")] == [3, 2, 1, "sample", 4, None]
     assert faults.stop_after(3) and not faults.stop_after(4)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_while_the_trainer_starts_is_a_stop_request_not_a_traceback(tmp_path, monkeypatch):
+    import signal
+
+    from loratrainer.train import entry
+
+    def interrupted_load(path):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaching the run's group while torch still loads
+        raise ValueError("config unreadable")
+
+    monkeypatch.setattr(entry, "load_config", interrupted_load)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert entry.main(["--run-dir", str(tmp_path)]) == events.EXIT_CODES["error"]
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    assert events.stop_requested(tmp_path) and events.read_events(tmp_path / events.EVENTS_FILE)[0][-1]["event"] == "ended"

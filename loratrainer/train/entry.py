@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loratrainer.train.entry")
     parser.add_argument("--run-dir", required=True, type=Path)
     run_dir = parser.parse_args(argv).run_dir
+    stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
     try:
         config = load_config(run_dir / events.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -36,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # before training could start: still end the stream with a reason
         traceback.print_exc()
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
-    stop_on_signals(run_dir)
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     setup_logging(run_dir, accelerator.is_main_process)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
