@@ -256,3 +256,22 @@ def test_korean_captioning_and_editor_errors_are_korean(pages, tmp_path):
     assert [s for s in said if english_phrases(s)] == [], said
     assert "img_000.png + img_000.jpg" in said[2] or "img_000.jpg + img_000.png" in said[2]
     assert not list(folder.glob("*.txt"))  # nothing was captioned
+
+
+def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
+    """A bad value on the form (rank 0, a rate that is not a number) is said per field, by its Korean label."""
+    ui = pages["ko"]
+    data = _form(ui)
+    data[ui.fields["network.network_dim"]] = 0
+    data[ui.fields["optimizer.learning_rate"]] = "fast"
+    data[ui.fields["folders.output_dir"]] = str(tmp_path / "model")
+    for text in (ui.handlers["training"].show_command(data)[ui.named["command"]], ui.handlers["training"].start(data)[ui.named["status"]]):
+        assert Translator("ko").label("network.network_dim") in text, text
+        assert "이상이어야 합니다" in text and "숫자여야 합니다" in text, text
+        assert english_phrases(text) == [], text
+    assert ui.jobs.runs() == []
+    en = pages["en"]
+    data = _form(en)
+    data[en.fields["network.network_dim"]] = 0
+    text = en.handlers["training"].show_command(data)[en.named["command"]]
+    assert "must be at least 1" in text and "Network rank" in text, text

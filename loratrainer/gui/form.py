@@ -74,6 +74,14 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+class FormError(UserError):
+    """Bad values on the form: str() is the English line per field; `fields` lets the page say it in its language."""
+
+    def __init__(self, text: str, fields: list[dict[str, Any]]):
+        super().__init__(text)
+        self.fields = fields
+
+
 def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None) -> TrainingConfig:
     """{path: value} from the page -> a validated config; a UserError names every bad field."""
     specs = specs_by_path()
@@ -84,7 +92,12 @@ def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None)
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            raise UserError(describe_validation_error(exc)) from None
+            fields = [
+                {"path": ".".join(str(p) for p in e["loc"]), "type": e["type"], "ctx": dict(e.get("ctx") or {}),
+                 "input": e.get("input"), "msg": e["msg"].removeprefix("Value error, ")}
+                for e in exc.errors()
+            ]
+            raise FormError(describe_validation_error(exc), fields) from None
         raise UserError(str(exc)) from None
 
 

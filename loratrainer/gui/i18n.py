@@ -51,6 +51,33 @@ class Translator:
         own = table(self.lang) if self.lang != DEFAULT_LANGUAGE else {}
         return message.render(lambda code: own.get(f"msg.{code}"))
 
+    def error(self, exc: BaseException) -> str:
+        """An error as the page shows it ("**Error:** ...")."""
+        return self("error.generic", error=md(self.error_text(exc)))
+
+    def error_text(self, exc: BaseException) -> str:
+        """The error in this language where it says what it is: bad form values by pydantic's error type, coded
+        messages by code; other errors keep their own text."""
+        fields = getattr(exc, "fields", None)
+        if fields:
+            return "; ".join(self._field_error(f) for f in fields)
+        if getattr(exc, "msg", None) is not None and not hasattr(exc, "path"):
+            return self.message(exc.msg)
+        return str(exc)
+
+    _FIELD_ERRORS = {"int_type": "int_parsing", "int_from_float": "int_parsing", "float_type": "float_parsing"}
+
+    def _field_error(self, f: dict) -> str:
+        path = f["path"]
+        label = self.label(path) if f"field.{path}.label" in table(DEFAULT_LANGUAGE) else path
+        key = "form." + self._FIELD_ERRORS.get(f["type"], f["type"])
+        if key in table(DEFAULT_LANGUAGE):
+            try:
+                return self(key, label=label, got=repr(f["input"]), **{k: v for k, v in f["ctx"].items() if k in ("ge", "le", "gt", "lt", "expected")})
+            except (KeyError, IndexError):
+                pass
+        return f"{label}: {f['msg']}"
+
     def problem(self, problem) -> str:
         """A dataset Problem's line in this language (its English message when it has no code)."""
         return self.message(problem.msg) if problem.msg is not None else problem.message

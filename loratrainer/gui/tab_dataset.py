@@ -11,7 +11,6 @@ from loratrainer.data.folders import parse_concept_name
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
 
 FOLDERS = {"folders.train_data_dir": "train", "folders.reg_data_dir": "reg", "folders.output_dir": "output", "folders.logging_dir": "log"}
 STEP_FIELDS = ("optimizer.train_batch_size", "optimizer.epoch", "optimizer.gradient_accumulation_steps", "optimizer.max_train_steps", "launch.num_processes")
@@ -41,7 +40,7 @@ class DatasetHandlers:
         try:
             r = prepare_project(src, dest, name, repeats, reg)
         except (UserError, OSError) as exc:
-            return {n["prep_message"]: self.t("error.generic", error=md(str(exc)))}
+            return {n["prep_message"]: self.t.error(exc)}
         f = self.ui.fields
         out = {
             f["folders.train_data_dir"]: str(r.project / "image"),
@@ -63,7 +62,7 @@ class DatasetHandlers:
             config = self.ui.read_config(data)
             report = check_dataset(config)
         except (UserError, OSError) as exc:
-            return {n["check_summary"]: self.t("error.generic", error=md(str(exc))), n["report"]: None}
+            return {n["check_summary"]: self.t.error(exc), n["report"]: None}
         return {
             n["report"]: report,
             n["check_summary"]: self.summary(report),
@@ -130,7 +129,7 @@ class DatasetHandlers:
         try:
             plan = rename_plan(rows, train_dir)
         except UserError as exc:
-            return {n["rename_text"]: self.t("error.generic", error=md(str(exc))), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t.error(exc), n["rename_panel"]: _shown(), n["pending"]: []}
         if not plan:
             return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["pending"]: []}
         listing = "\n".join(f"- `{Path(a).name}` → `{Path(b).name}`" for a, b in plan)

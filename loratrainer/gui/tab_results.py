@@ -13,7 +13,6 @@ from pathlib import Path
 from loratrainer import events
 from loratrainer.config import ConfigError, load_config
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
 
 SUMMARY_KEYS = ("ss_epoch", "ss_steps", "ss_network_dim", "ss_network_alpha", "ss_learning_rate", "ss_resolution", "ss_num_train_images")
 _EPOCH = re.compile(r"-(\d{6})$")
@@ -76,7 +75,7 @@ class ResultsHandlers:
         try:
             config = load_config(run / events.CONFIG_FILE)
         except ConfigError as exc:
-            return {**empty, n["results_summary"]: self.t("error.generic", error=md(str(exc)))}
+            return {**empty, n["results_summary"]: self.t.error(exc)}
         out_dir, name = Path(config.folders.output_dir), config.folders.output_name
         files = lora_files(out_dir, name)
         rows = [self.file_row(p) for p in files]

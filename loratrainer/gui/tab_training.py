@@ -71,7 +71,7 @@ class TrainingHandlers:
         try:
             config = apply_preset(self.ui.read_config(data), load_preset(chosen))
         except UserError as exc:
-            return {message: self.t("error.generic", error=md(str(exc)))}
+            return {message: self.t.error(exc)}
         return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
 
     def save_preset(self, data: dict) -> dict:
@@ -84,7 +84,7 @@ class TrainingHandlers:
         try:
             path = save_user_preset(self.ui.read_config(data), name)
         except (UserError, OSError, FileExistsError) as exc:
-            return {message: self.t("error.generic", error=md(str(exc)))}
+            return {message: self.t.error(exc)}
         import gradio as gr
 
         return {message: self.t("presets.saved", path=str(path)), self.ui.named["preset"]: gr.update(choices=self.preset_choices(), value=str(path))}
@@ -101,7 +101,7 @@ class TrainingHandlers:
         try:
             config, report = load_any_config(path)
         except UserError as exc:
-            return {message: self.t("error.generic", error=md(str(exc)))}
+            return {message: self.t.error(exc)}
         lines = report.lines(self.t.message)
         text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
         if len(lines) > 1:
@@ -135,7 +135,7 @@ class TrainingHandlers:
             else:
                 save_config(config, target)
         except (UserError, OSError) as exc:
-            return {message: self.t("error.generic", error=md(str(exc)))}
+            return {message: self.t.error(exc)}
         text = self.t("config.saved_kohya" if kohya else "config.saved", path=str(target)) + (" " + backup if backup else "")
         return {message: text + ("\n\n```\n" + "\n".join(notes) + "\n```" if notes else "")}
 
@@ -151,7 +151,7 @@ class TrainingHandlers:
         try:
             config = self.ui.read_config(data)
         except UserError as exc:
-            return {box: self.t("error.generic", error=md(str(exc)))}
+            return {box: self.t.error(exc)}
         run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
         return {box: format_command(build_command(config, run_dir))}
 
@@ -176,6 +176,8 @@ class TrainingHandlers:
             rest = "\n".join(f"{labels[p.severity]}: {p.path}: {self.t.problem(p)}" for p in report.sorted_problems())
         elif msg is not None:
             head, rest = self.t.message(msg), ""
+        elif getattr(exc, "fields", None):
+            head, rest = self.t.error_text(exc), ""
         else:
             head, _, rest = str(exc).partition("\n")
         message = self.t("start.refused", error=md(head))

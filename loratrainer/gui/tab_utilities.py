@@ -11,7 +11,6 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
 
 METHODS = ("blip", "git", "wd14", "fixed")
 PAGE_SIZE = 12
@@ -62,7 +61,7 @@ class UtilitiesHandlers:
                 return self.t("check.not_found")
             plan = plan_captions(run)
         except UserError as exc:
-            return self.t("error.generic", error=md(str(exc)))
+            return self.t.error(exc)
         text = self.t("caption.plan", todo=len(plan.images), existing=len(plan.existing))
         if not run.overwrite and plan.existing:
             text += " " + self.t("caption.plan_kept")
@@ -82,7 +81,7 @@ class UtilitiesHandlers:
         try:
             run, model = self._options(v)
         except (UserError, ValueError, TypeError) as exc:
-            yield self.t("error.generic", error=md(str(exc)))
+            yield self.t.error(exc)
             return
         # What the GUI can see before the captioner runs, said in the page's language.
         if not run.folder.is_dir():
@@ -130,7 +129,7 @@ class UtilitiesHandlers:
 
         if isinstance(exc, DuplicateStemsError):
             return self.t("caption.duplicates", pairs="; ".join(" + ".join(p.name for p in group) for group in exc.groups[:5]))
-        return self.t("error.generic", error=md(str(exc)))
+        return self.t.error(exc)
 
     def cancel(self, request=None) -> str:
         event = self._cancel.get(getattr(request, "session_hash", None) or "direct")
@@ -150,7 +149,7 @@ class UtilitiesHandlers:
         try:
             result = editor.list_page(Path(folder.strip()), int(page or 1), PAGE_SIZE, caption_extension=extension or ".txt", query=query or "")
         except (UserError, OSError, ValueError) as exc:
-            return {n["ed_message"]: self.t("error.generic", error=md(str(exc))), n["ed_items"]: [], n["ed_gallery"]: []}
+            return {n["ed_message"]: self.t.error(exc), n["ed_items"]: [], n["ed_gallery"]: []}
         items = [(str(i.image), i.caption) for i in result.items]
         gallery = [(self.ui.display.thumbnail(i.image) or "", i.caption[:60] or self.t("editor.no_caption")) for i in result.items]
         return {
@@ -175,7 +174,7 @@ class UtilitiesHandlers:
         try:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t("error.generic", error=md(str(exc)))
+            return self.t.error(exc)
         return self.t("editor.saved", path=path.name)
 
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
@@ -188,7 +187,7 @@ class UtilitiesHandlers:
         try:
             report = editor.search_replace(Path(folder.strip()), find or "", replace or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t("error.generic", error=md(str(exc)))
+            return self.t.error(exc)
         text = self.t("editor.replaced", changed=len(report.changed), unchanged=report.unchanged)
         if report.backup_dir:
             text += " " + self.t("caption.backup", folder=str(report.backup_dir))
