@@ -167,6 +167,22 @@ def test_caption_editor(page, tmp_path):
     assert u.editor_save(str(folder), "/etc/passwd", "x", ".txt").startswith("**Error:**")
 
 
+def test_caption_editor_saves_as_you_go(page, tmp_path):
+    """Leaving the caption box saves a changed caption (no Save click); an unchanged one writes nothing."""
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 2, captions="house")
+    items = u.editor_page(str(folder), "", 1, ".txt")[page.named["ed_items"]]
+    image = items[0][0]
+    before = (folder / "img_000.txt").stat().st_mtime_ns
+    assert u.editor_autosave(str(folder), image, "house", ".txt", items) == (None, None)
+    assert (folder / "img_000.txt").stat().st_mtime_ns == before
+    message, items = u.editor_autosave(str(folder), image, "house, at night", ".txt", items)
+    assert "Saved" in message and (folder / "img_000.txt").read_text().strip() == "house, at night"
+    assert dict(items)[image] == "house, at night"  # the next blur without changes saves nothing
+    assert u.editor_autosave(str(folder), image, "house, at night", ".txt", items) == (None, None)
+    assert u.editor_autosave(str(folder), "/etc/passwd", "x", ".txt", items) == (None, None)  # only listed images
+
+
 def test_loss_chart_stays_small_on_long_runs(page, tmp_path):
     from loratrainer.gui import progress
     from loratrainer.gui.jobs import JobView

@@ -177,6 +177,15 @@ class UtilitiesHandlers:
             return self.t.error(exc)
         return self.t("editor.saved", path=path.name)
 
+    def editor_autosave(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
+        """Saved as you go: when the caption box loses focus (another image clicked, Tab), a changed caption is
+        saved. Returns (message, items with the new caption); (None, None) when nothing changed."""
+        known = dict((str(i), c) for i, c in (items or []))
+        if not image or image not in known or (caption or "").strip() == (known[image] or "").strip():
+            return None, None
+        message = self.editor_save(folder, image, caption, extension)
+        return message, [(i, caption if i == image else c) for i, c in items]
+
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
         from loratrainer.caption import editor
 
@@ -318,5 +327,12 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
 
     n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
     save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"]], outputs=[n["ed_saved"]], api_name="caption_save")
+
+    def autosave(folder: str, image: str, caption: str, extension: str, items: list):
+        message, new_items = h.editor_autosave(folder, image, caption, extension, items)
+        return (gr.skip(), gr.skip()) if message is None else (message, new_items)
+
+    n["ed_caption"].blur(autosave, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
+                         outputs=[n["ed_saved"], n["ed_items"]], show_progress="hidden", api_visibility="private")
     do_replace.click(h.editor_replace, inputs=[n["ed_folder"], find, replace, n["ed_extension"]], outputs=[replaced], api_name="caption_replace")
     tags_button.click(h.editor_tags, inputs=[n["ed_folder"], n["ed_extension"]], outputs=[tags], api_name="caption_tags")

@@ -283,9 +283,16 @@ def test_prepare_preset_train_sample_stop(server, browser, workspace):
     caption = box(page, "ed-caption")
     wait_until(lambda: caption.input_value() == "a red cat", 30, "the clicked image's caption in the editor", page)
     caption.fill("a red cat sitting on a wall")
-    page.locator("#ed-save").click()
-    page.locator("#ed-saved").get_by_text("Saved").wait_for()
-    assert (folder / "cat 0.txt").read_text(encoding="utf-8").strip() == "a red cat sitting on a wall"
+    # Saved as you go: clicking the next image leaves the caption box, which saves the changed caption.
+    page.locator("#ed-gallery img").nth(1).click()
+    wait_until(lambda: (folder / "cat 0.txt").read_text(encoding="utf-8").strip() == "a red cat sitting on a wall", 30,
+               "the edited caption saved when the next image was clicked", page)
+    page.locator("#ed-saved").get_by_text("cat 0.txt").wait_for()
+    wait_until(lambda: caption.input_value() == "a red cat", 30, "the second image's caption in the editor", page)
+    caption.fill("a red cat asleep")
+    page.locator("#ed-save").click()  # and the Save button
+    page.locator("#ed-saved").get_by_text("cat 1.txt").wait_for()
+    assert (folder / "cat 1.txt").read_text(encoding="utf-8").strip() == "a red cat asleep"
     shot(page, "caption-editor")
     context.close()
     assert not failed, failed
