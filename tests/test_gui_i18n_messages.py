@@ -275,3 +275,16 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     data[en.fields["network.network_dim"]] = 0
     text = en.handlers["training"].show_command(data)[en.named["command"]]
     assert "must be at least 1" in text and "Network rank" in text, text
+
+
+def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
+    from loratrainer.train.eight_bit import refusal
+
+    if refusal("AdamW8bit") is None:
+        pytest.skip("this machine can run AdamW8bit")
+    ui = pages["ko"]
+    make_concept(tmp_path / "img", "10_dog", 2)
+    status = ui.handlers["training"].start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "img"), "folders.output_dir": str(tmp_path / "model"),
+                                                         "optimizer.optimizer": "AdamW8bit"}))[ui.named["status"]]
+    assert "옵티마이저를 쓸 수 없습니다" in status and english_phrases(status) == [], status
+    assert ui.jobs.runs() == []

@@ -50,6 +50,10 @@ define({
     "launch.no_space": "not enough free disk space in {folder}: {free} MB free, about {needed} MB needed",
     "launch.not_a_state": "saving.resume: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
     "launch.dataset_failed": "the dataset check failed:",
+    "launch.logging_not_writable": "cannot write to the logging folder {folder}: {detail}",
+    "launch.state_incomplete": "saving.resume: {folder} is incomplete (no {files}): choose another '-state' folder",
+    "launch.bad_sample_prompts": "{detail}",  # the prompt parser's own line (names the line); the GUI frames it
+    "launch.optimizer_unavailable": "{detail}",  # eight_bit.refusal's advice; the GUI frames it
 })
 
 
@@ -170,7 +174,7 @@ def check_logging_dir(config: TrainingConfig) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise LaunchRefused(f"cannot write to the logging folder {root}: {exc.strerror or exc}") from None
+        raise LaunchRefused(Msg.of("launch.logging_not_writable", folder=str(root), detail=exc.strerror or str(exc))) from None
 
 
 def check_resume(config: TrainingConfig) -> None:
@@ -179,7 +183,7 @@ def check_resume(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
     missing = [name for name in ("lora_weights.pt", "optimizer.pt", "rng_0.pt") if resume and not (Path(resume) / name).is_file()]
     if missing:
-        raise LaunchRefused(f"saving.resume: {resume} is incomplete (no {', '.join(missing)}): choose another '-state' folder")
+        raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing)))
 
 
 def check_sample_prompts(config: TrainingConfig) -> None:
@@ -191,7 +195,7 @@ def check_sample_prompts(config: TrainingConfig) -> None:
         try:
             load_prompts(s.sample_prompts)
         except (UserError, OSError, UnicodeDecodeError) as exc:
-            raise LaunchRefused(str(exc)) from None
+            raise LaunchRefused(Msg.of("launch.bad_sample_prompts", detail=str(exc))) from None
 
 
 def check_optimizer(config: TrainingConfig) -> None:
@@ -201,7 +205,7 @@ def check_optimizer(config: TrainingConfig) -> None:
 
     reason = refusal(config.optimizer.optimizer)
     if reason:
-        raise LaunchRefused(reason)
+        raise LaunchRefused(Msg.of("launch.optimizer_unavailable", detail=reason))
 
 
 def preflight(config: TrainingConfig) -> TrainingConfig:
