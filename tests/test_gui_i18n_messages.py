@@ -288,3 +288,17 @@ def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
                                                          "optimizer.optimizer": "AdamW8bit"}))[ui.named["status"]]
     assert "옵티마이저를 쓸 수 없습니다" in status and english_phrases(status) == [], status
     assert ui.jobs.runs() == []
+
+
+@pytest.mark.parametrize("outcome,expected", [("killed (signal 9)", "시그널 9"), ("error (exit code 3)", "종료 코드 3")])
+def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
+    from loratrainer.gui.jobs import JobView
+    from loratrainer.gui.progress import status_line
+
+    class State:
+        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+
+    view = JobView(tmp_path, State(), False, outcome, "", [], [])
+    ko = status_line(view, Translator("ko"))
+    assert expected in ko and english_phrases(ko) == [] and "signal" not in ko and "exit code" not in ko, ko
+    assert outcome in status_line(view, Translator("en"))

@@ -33,8 +33,12 @@ def status_line(view: JobView | None, t: Translator) -> str:
         return t("status.stopped", step=s.step, reason=reason, file=interrupted_file(view))
     if outcome in FAILED:
         return t(f"status.{outcome}", reason=reason)
+    signal = re.search(r"signal (\d+)", outcome)
     if outcome.startswith("killed"):
-        return t("status.killed", detail=outcome)
+        return t("status.killed", detail=outcome if t.lang == "en" or not signal else t("reason.signal", n=signal.group(1)))
+    code = re.search(r"exit code (-?\d+)", outcome)
+    if t.lang != "en" and code:
+        return t("status.error", reason=t("reason.exit_code", code=code.group(1)))
     return t("status.error", reason=md(outcome))
 
 
