@@ -234,3 +234,10 @@ def test_log_tail_is_our_log_not_library_noise(tmp_path):
     (run_dir / events.LOG_FILE).unlink()
     tail = log_tail(run_dir)
     assert "Loading weights" not in tail and "RuntimeError: a worker died" in tail and "loading the model" in tail
+
+
+def test_log_box_shows_the_whole_tail(page):
+    """The newest log line must be visible without scrolling (a 10-line box showed the oldest lines first)."""
+    from loratrainer.gui.jobs import LOG_TAIL_LINES
+
+    assert page.named["log"].max_lines >= LOG_TAIL_LINES

@@ -319,7 +319,11 @@ def _run_panel(ui: UiContext, gr) -> dict:
     with gr.Row():
         n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
-    n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=10, interactive=False, autoscroll=True, elem_id="run-log", elem_classes=["lt-log"])
+    # The box grows to the whole tail (room for wrapped lines): a scrolled box showed the oldest lines first.
+    from loratrainer.gui.jobs import LOG_TAIL_LINES
+
+    n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=2 * LOG_TAIL_LINES, interactive=False, autoscroll=True, elem_id="run-log",
+                          elem_classes=["lt-log"])
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)
