@@ -222,8 +222,12 @@ def test_log_tail_is_our_log_not_library_noise(tmp_path):
         '  File "worker.py", line 3, in <module>\n'
         "    boom()\n"
         "RuntimeError: a worker died\n"
+        "Traceback (most recent call last):\n"
+        '  File "accelerate/commands/launch.py", line 999, in simple_launcher\n'
+        "subprocess.CalledProcessError: Command '['python', '-m', 'loratrainer.train.entry']' returned non-zero exit status 10.\n"
     )
     tail = log_tail(run_dir)
+    assert "CalledProcessError" not in tail and "simple_launcher" not in tail  # accelerate on a stopped run
     assert "Loading weights" not in tail and "it/s" not in tail
     assert tail.count("loading the model") == 1 and "epoch 1" in tail
     assert "Traceback (most recent call last):" in tail and tail.rstrip().endswith("RuntimeError: a worker died")

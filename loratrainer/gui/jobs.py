@@ -184,6 +184,8 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(kept[-lines:])
     out = ours.rstrip("\n").splitlines()
     for block in _tracebacks(console):
+        if block[-1].startswith("subprocess.CalledProcessError"):
+            continue  # accelerate launch reporting the trainer's exit code (also 10 for a stopped run): not news
         if block[-1] not in ours:  # the trainer logged this one itself
             out += [""] + block
     return "\n".join(out[-lines:])
