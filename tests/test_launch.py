@@ -282,3 +282,42 @@ def test_ctrl_c_while_the_trainer_starts_is_a_stop_request_not_a_traceback(tmp_p
         for s, handler in old.items():
             signal.signal(s, handler)
     assert events.stop_requested(tmp_path) and events.read_events(tmp_path / events.EVENTS_FILE)[0][-1]["event"] == "ended"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sighup_to_the_cli_stops_the_run_even_when_the_terminal_is_gone(tmp_path, monkeypatch):
+    # closing the terminal: SIGHUP, and writing to it fails; the stop must still be asked for and waited on
+    import io
+    import signal
+    import threading
+
+    from loratrainer.train.follow import follow
+
+    script = "import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/STOP'):\n    time.sleep(0.05)\n"
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
+    run = launch.start_run(_config(tmp_path), check=False)
+
+    class GoneTerminal(io.StringIO):
+        hung_up = False
+
+        def write(self, text):
+            if self.hung_up:
+                raise OSError(5, "Input/output error")
+            return super().write(text)
+
+    out = GoneTerminal()
+
+    def hang_up():
+        out.hung_up = True
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    timer = threading.Timer(0.5, hang_up)
+    timer.start()
+    try:
+        with pytest.raises(OSError):  # the last report cannot be printed either; the run has ended by then
+            follow(run, out, poll_s=0.05)
+    finally:
+        timer.cancel()
+        stopped = events.stop_requested(run.run_dir)
+        run.kill()
+    assert stopped and run.wait(timeout=10) == 0 and launch.group_members(run.pid) == []

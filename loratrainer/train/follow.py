@@ -34,9 +34,12 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
                     break
                 time.sleep(poll_s)
         except KeyboardInterrupt:
-            stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
-            stream.flush()
-            run.request_stop()
+            run.request_stop()  # first: after SIGHUP (the terminal closed) the line below may fail to print
+            try:
+                stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
+                stream.flush()
+            except OSError:
+                pass
             try:
                 run.wait()
             except KeyboardInterrupt:
