@@ -72,18 +72,25 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path) -> TrainingConfig:
-    """Load one of our JSON config/preset files. Malformed JSON or invalid values raise ConfigError."""
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file; a missing file, malformed JSON or a non-object raise ConfigError."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings")
-    return config_from_dict(data, str(path))
+    return data
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    """Load one of our JSON config/preset files. Malformed JSON or invalid values raise ConfigError."""
+    return config_from_dict(read_json_object(path), str(path))
 
 
 def config_to_json(config: TrainingConfig) -> str:

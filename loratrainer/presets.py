@@ -41,6 +41,7 @@ from loratrainer.config import (
     config_from_dict,
     with_values,
 )
+from loratrainer.config_files import read_json_object
 from loratrainer.files import atomic_write
 from loratrainer.kohya import ImportReport, import_kohya, looks_like_kohya
 
@@ -95,22 +96,6 @@ def user_preset_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base) / "loratrainer" / "presets"
-
-
-def read_json_object(path: str | Path) -> dict[str, Any]:
-    """A JSON object from a file; a missing file, malformed JSON or a non-object raise ConfigError."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of settings")
-    return data
 
 
 def load_any_config(path: str | Path) -> tuple[TrainingConfig, ImportReport]:
