@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+from tests.test_train_support import small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import json
 import os
@@ -69,7 +69,7 @@ def test_single_file_checkpoint_offline(tmp_path, tiny_model):
     configs = tiny_config_dir(tmp_path / "tiny-configs")
     config = small_config(tmp_path, ckpt, epoch=1, text_encoder_lr=0, max_data_loader_n_workers=1, persistent_data_loader_workers=True)
     env = {"HF_HUB_OFFLINE": "1", "LORATRAINER_SD15_CONFIG_DIR": str(configs)}
-    code = _start(config, env).wait(timeout=300)
+    code = start_with_env(config, env).wait(timeout=300)
     assert code == 0, _log(config)
     with safe_open(str(tmp_path / "out" / "last.safetensors"), "pt") as f:
         assert not any(k.startswith("lora_te_") for k in f.keys())  # a UNet-only LoRA
@@ -77,7 +77,7 @@ def test_single_file_checkpoint_offline(tmp_path, tiny_model):
 
 def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, images=4, repeats=2, num_processes=2, main_process_port=29731)
-    code = _start(config).wait(timeout=300)
+    code = start_with_env(config).wait(timeout=300)
     assert code == 0, _log(config)
     planned = check_dataset(config, num_processes=2).steps
     assert planned.total_steps == 4 and check_dataset(config, num_processes=1).steps.total_steps == 8  # halved
@@ -89,7 +89,7 @@ def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path,
 
 def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, epoch=200)
-    run = _start(config)
+    run = start_with_env(config)
     run.request_stop()  # before the first step: the trainer must stop at its first check
     assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
@@ -99,7 +99,7 @@ def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
 
 def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, epoch=3)
-    run = _start(config, {"LORATRAINER_FAULT": "nan@5"})
+    run = start_with_env(config, {"LORATRAINER_FAULT": "nan@5"})
     assert run.wait(timeout=300) == events.EXIT_CODES["nan"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "nan" and ended["step"] == 5 and ended["epoch"] == 2
@@ -108,16 +108,6 @@ def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-000001.safetensors"]
     with safe_open(str(tmp_path / "out" / "last-000001.safetensors"), "pt") as f:  # the last good file: intact, finite
         assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys())
-
-
-def _start(config, env: dict | None = None):
-    old = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        return start_run(config)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
 
 
 def _log(config) -> str:
@@ -131,12 +121,12 @@ def test_resume_from_a_saved_state_matches_the_uninterrupted_run(tmp_path, tiny_
     from safetensors.torch import load_file
 
     config = small_config(tmp_path, tiny_model, save_state=True, lr_scheduler="cosine", save_precision="float")
-    assert _start(config).wait(timeout=300) == 0, _log(config)
+    assert start_with_env(config).wait(timeout=300) == 0, _log(config)
     out = tmp_path / "out"
     state = out / "last-000001-state"
     assert (state / "train_state.json").exists() and (out / "last-state" / "train_state.json").exists()
     resumed = with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "out2"), "seed": 0})
-    run = _start(resumed)
+    run = start_with_env(resumed)
     assert run.wait(timeout=300) == 0, _log(resumed)
     evs = _events(run.run_dir)
     progress = [e for e in evs if e["event"] == "progress"]
@@ -158,7 +148,7 @@ def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_pa
     from safetensors.torch import load_file
 
     config = small_config(tmp_path, tiny_model, epoch=3)
-    run = _start(config, {"LORATRAINER_FAULT": "disk_full@save2"})
+    run = start_with_env(config, {"LORATRAINER_FAULT": "disk_full@save2"})
     assert run.wait(timeout=300) == events.EXIT_CODES["disk_full"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "disk_full" and ended["reason"] == f"disk full: {tmp_path / 'out' / 'last-000002.safetensors'}"
@@ -169,7 +159,7 @@ def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_pa
 
 def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model)
-    run = _start(config, {"LORATRAINER_FAULT": "oom@2"})
+    run = start_with_env(config, {"LORATRAINER_FAULT": "oom@2"})
     assert run.wait(timeout=300) == events.EXIT_CODES["oom"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]
@@ -180,7 +170,7 @@ def test_two_processes_stop_together(tmp_path, tiny_model):
     # the STOP check is agreed between processes in the step's one collective: neither may hang waiting
     config = small_config(tmp_path, tiny_model, images=4, num_processes=2, main_process_port=29733, epoch=100,
                           gradient_accumulation_steps=2)
-    run = _start(config)
+    run = start_with_env(config)
     run.request_stop()
     assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]

@@ -3,7 +3,7 @@ resume equivalence with one and two resumes, and the injected faults a user must
 
 from __future__ import annotations
 
-from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+from tests.test_train_support import small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import os
 import signal
@@ -18,20 +18,10 @@ from safetensors.torch import load_file
 
 from loratrainer import events
 from loratrainer.config import save_config, with_values
-from loratrainer.train.launch import group_members, start_run
+from loratrainer.train.launch import group_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="POSIX signals and process groups")]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _start(config, env: dict | None = None):
-    old = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        return start_run(config)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -106,7 +96,7 @@ def test_sigint_to_the_runs_own_process_group_stops_it_and_loads_in_diffusers(tm
     from diffusers import StableDiffusionPipeline
 
     config = small_config(tmp_path, tiny_model, epoch=200)
-    run = _start(config)
+    run = start_with_env(config)
     run_dir = _wait_for_step(tmp_path / "out")
     os.killpg(run.pid, signal.SIGINT)
     assert run.wait(timeout=120) == events.EXIT_CODES["stopped"], _log(run_dir)
@@ -130,7 +120,7 @@ def _checkpoints(run_dir: Path) -> list[tuple[str, int, str]]:
 
 
 def _run(config, fault: str = "") -> Path:
-    run = _start(config, {**EVERY_STEP, "LORATRAINER_FAULT": fault})
+    run = start_with_env(config, {**EVERY_STEP, "LORATRAINER_FAULT": fault})
     code = run.wait(timeout=300)
     assert code == (events.EXIT_CODES["stopped"] if fault else 0), _log(run.run_dir)
     return run.run_dir
@@ -168,13 +158,13 @@ def test_resume_once_and_twice_matches_the_straight_run(tmp_path, tiny_model):
     _assert_same_lora(straight.parent.parent / "last.safetensors", out / "last.safetensors")
 
 
-def test_a_state_with_a_truncated_optimizer_file_is_an_error_not_a_fresh_start(tmp_path, tiny_model):
+def test_a_state_with_a_truncated_optimizer_file_is_an_error_not_a_freshstart_with_env(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, images=2, epoch=1, save_state=True)
     _run(config)
     state = tmp_path / "out" / "last-state"
     optimizer = state / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    run = _start(with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "again")}))
+    run = start_with_env(with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "again")}))
     assert run.wait(timeout=300) == events.EXIT_CODES["error"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "error" and "damaged" in ended["reason"] and str(state) in ended["reason"]
@@ -187,7 +177,7 @@ def test_a_state_with_a_truncated_optimizer_file_is_an_error_not_a_fresh_start(t
 
 def test_a_kill_during_a_save_leaves_no_truncated_file_and_reads_killed_signal_9(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, epoch=3)
-    run = _start(config, {"LORATRAINER_FAULT": "kill@save2"})
+    run = start_with_env(config, {"LORATRAINER_FAULT": "kill@save2"})
     code = run.wait(timeout=300)
     assert events.describe_exit(code) == "killed (signal 9)", _log(run.run_dir)
     out = tmp_path / "out"
@@ -201,7 +191,7 @@ def test_out_of_memory_while_sampling_names_the_phase_and_hangs_no_process(tmp_p
     # two processes: the main one fails while rendering, the other must not wait for it forever
     config = small_config(tmp_path, tiny_model, images=4, num_processes=2, main_process_port=29741,
                           sample_every_n_steps=1, sample_prompts="a thing --w 64 --h 64 --s 1 --d 1")
-    run = _start(config, {"LORATRAINER_FAULT": "oom@sample"})
+    run = start_with_env(config, {"LORATRAINER_FAULT": "oom@sample"})
     assert run.wait(timeout=180) == events.EXIT_CODES["oom"], _log(run.run_dir)
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "oom" and "during sampling" in ended["reason"] and "batch size 2" in ended["reason"]

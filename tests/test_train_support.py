@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,16 @@ def small_config(root: Path, model: Path, images: int = 3, repeats: int = 2, **v
         "mixed_precision": "no", "num_cpu_threads_per_process": 1, "seed": 42, "lr_scheduler": "constant",
     }
     return with_values(TrainingConfig(), {**base, **values})
+
+
+def start_with_env(config, env: dict | None = None):
+    """start_run with extra environment variables (e.g. LORATRAINER_FAULT) for the trainer it starts."""
+    from loratrainer.train.launch import start_run
+
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return start_run(config)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)

@@ -214,7 +214,7 @@ class UtilitiesHandlers:
 def build(ui: UiContext) -> UtilitiesHandlers:
     import gradio as gr
 
-    t, n, h = ui.t, ui.named, UtilitiesHandlers(ui)
+    t, h = ui.t, UtilitiesHandlers(ui)
     with gr.Tabs():
         with gr.Tab(t("utilities.captioning"), id="captioning", elem_id="tab-captioning"):
             _captioning(ui, h, gr)

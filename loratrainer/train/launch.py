@@ -153,13 +153,7 @@ def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
     out = Path(config.folders.output_dir)
     if not config.folders.output_dir:
         raise LaunchRefused(Msg.of("launch.no_output_dir"))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".loratrainer-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LaunchRefused(Msg.of("launch.output_not_writable", folder=str(out), detail=exc.strerror or str(exc))) from None
+    _require_writable(out, "launch.output_not_writable")
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
         raise LaunchRefused(Msg.of("launch.no_space", folder=str(out), free=free // _MB, needed=needed_bytes // _MB))
@@ -167,14 +161,18 @@ def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
 
 def check_logging_dir(config: TrainingConfig) -> None:
     """The run folder goes to logging_dir (or output_dir/log): refused now rather than a traceback at start."""
-    root = logging_root(config)
+    _require_writable(logging_root(config), "launch.logging_not_writable")
+
+
+def _require_writable(folder: Path, code: str) -> None:
+    """Create the folder and write a probe file: permission bits say nothing when running as root."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".loratrainer-write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".loratrainer-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise LaunchRefused(Msg.of("launch.logging_not_writable", folder=str(root), detail=exc.strerror or str(exc))) from None
+        raise LaunchRefused(Msg.of(code, folder=str(folder), detail=exc.strerror or str(exc))) from None
 
 
 def check_resume(config: TrainingConfig) -> None:
