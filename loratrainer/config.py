@@ -8,7 +8,8 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
 (`field_specs`, `resolve_key`, `with_values`, ...) is in `config_fields`, our JSON files (`load_config`,
 `save_config`, migrations) in `config_files`; both are re-exported from here. Nothing else of ours is imported
-but the leaf modules `files` and `errors` (through those two), so dependencies point one way.
+but the leaf modules `messages` (the validators' coded messages), `files` and `errors` (through those two), so
+dependencies point one way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loratrainer.messages import Label, Msg, MsgError, define
 
 # The field catalogue and our JSON files live in two sibling modules; their names are part of this module's
 # interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
@@ -62,6 +65,28 @@ Sampler = Literal[
     "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
 ]
 
+# What the validators and cross-field rules say: English here (the CLI's text), Korean in i18n/ko.json.
+define({
+    "config.plain_file_name": 'must be a plain file name (no / \\ : * ? " < > |)',
+    "config.extension_empty": "must not be empty (e.g. .txt)",
+    "config.extension_bad": "must be a file extension such as .txt",
+    "config.hex_colour": "must be a hex colour such as #ffffff",
+    "config.resolution_format": "must be 'width,height' such as 512,512",
+    "config.resolution_range": "width and height must be between 64 and 8192",
+    "config.unknown_optimizer": "unknown optimizer; choose one of {choices} or a module.Class path",
+    "config.optimizer_arg_not_kv": "optimizer argument {item!r} is not key=value",
+    "config.optimizer_arg_name": "optimizer argument name {key!r} is not valid",
+    "config.one_machine": "training across several machines is not supported: set 1 (several GPUs of this machine: num_processes and multi_gpu)",
+    "config.gpu_ids": "must be GPU numbers separated by commas, e.g. 0,1",
+    "config.augmentation_vs_cache": "{aug} changes the image every step, so latents cannot be cached: turn off {cache} and {cache_disk}, or the augmentation",
+    "config.nothing_trains": "{unet_lr} and {text_encoder_lr} are both 0: nothing would be trained",
+    "config.bucket_range": "{min_reso} ({min_value}) is larger than {max_reso} ({max_value})",
+    "config.full_needs_mixed": "{full} needs {mixed} = {precision}",
+    "config.full_both": "{full_fp16} and {full_bf16} exclude each other",
+    "config.gpu_ids_count": "{gpu_ids} lists {count} GPU(s) for {processes} processes",
+    "config.adafactor_scheduler": "{scheduler} 'adafactor' works only with optimizer Adafactor (not {optimizer})",
+})
+
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*$")
 
 
@@ -102,7 +127,7 @@ class FolderSettings(_Group):
     def _safe_name(cls, v: str) -> str:
         # The name becomes a file name: path separators or '..' would write outside the output folder.
         if any(c in v for c in '/\\:*?"<>|\0') or v.strip() in {"", ".", ".."}:
-            raise ValueError('must be a plain file name (no / \\ : * ? " < > |)')
+            raise MsgError(Msg.of("config.plain_file_name"))
         return v
 
 
@@ -129,16 +154,16 @@ class DatasetSettings(_Group):
     def _dot_extension(cls, v: str) -> str:
         v = v.strip()
         if not v:
-            raise ValueError("must not be empty (e.g. .txt)")
+            raise MsgError(Msg.of("config.extension_empty"))
         if any(c in v for c in "/\\\0"):
-            raise ValueError("must be a file extension such as .txt")
+            raise MsgError(Msg.of("config.extension_bad"))
         return v if v.startswith(".") else "." + v
 
     @field_validator("alpha_background")
     @classmethod
     def _hex_colour(cls, v: str) -> str:
         if not re.fullmatch(r"#?[0-9a-fA-F]{6}", v.strip()):
-            raise ValueError("must be a hex colour such as #ffffff")
+            raise MsgError(Msg.of("config.hex_colour"))
         return "#" + v.strip().lstrip("#").lower()
 
 
@@ -159,11 +184,11 @@ class BucketSettings(_Group):
             v = f"{v[0]},{v[1]}"
         m = _RESOLUTION.match(str(v))
         if not m:
-            raise ValueError("must be 'width,height' such as 512,512")
+            raise MsgError(Msg.of("config.resolution_format"))
         w = int(m.group(1))
         h = int(m.group(2) or m.group(1))
         if not (64 <= w <= 8192 and 64 <= h <= 8192):
-            raise ValueError("width and height must be between 64 and 8192")
+            raise MsgError(Msg.of("config.resolution_range"))
         return f"{w},{h}"
 
     @property
@@ -219,7 +244,7 @@ class OptimizerSettings(_Group):
         v = v.strip()
         if v in KNOWN_OPTIMIZERS or re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v):
             return v
-        raise ValueError(f"unknown optimizer; choose one of {', '.join(KNOWN_OPTIMIZERS)} or a module.Class path")
+        raise MsgError(Msg.of("config.unknown_optimizer", choices=", ".join(KNOWN_OPTIMIZERS)))
 
     @field_validator("optimizer_args")
     @classmethod
@@ -276,7 +301,7 @@ class LaunchSettings(_Group):
     def _one_machine(cls, v: int) -> int:
         # accelerate would also need main_process_ip and machine_rank, and every machine the same dataset paths
         if v > 1:
-            raise ValueError("training across several machines is not supported: set 1 (several GPUs of this machine: num_processes and multi_gpu)")
+            raise MsgError(Msg.of("config.one_machine"))
         return v
 
     @field_validator("gpu_ids")
@@ -284,7 +309,7 @@ class LaunchSettings(_Group):
     def _gpu_ids(cls, v: str) -> str:
         v = v.replace(" ", "")
         if v and not re.fullmatch(r"\d+(,\d+)*", v):
-            raise ValueError("must be GPU numbers separated by commas, e.g. 0,1")
+            raise MsgError(Msg.of("config.gpu_ids"))
         return v
 
 
@@ -336,7 +361,7 @@ class TrainingConfig(BaseModel):
         for rule in CROSS_FIELD_RULES:
             message = rule(self)
             if message:
-                raise ValueError(message)
+                raise MsgError(message)
         return self
 
     # -- derived values, computed in one place ----------------------------------------------------------
@@ -389,59 +414,59 @@ class TrainingConfig(BaseModel):
         return notes
 
 
-# -- cross-field rules: each returns an error message or None ------------------------------------------------
+# -- cross-field rules: each returns an error message (coded, naming the settings by Label) or None -----------
 
 
-def _rule_augmentation_vs_cache(c: TrainingConfig) -> str | None:
+def _rule_augmentation_vs_cache(c: TrainingConfig) -> Msg | None:
     augs = [n for n in ("color_aug", "random_crop") if getattr(c.dataset, n)]
     if augs and c.caches_latents:
-        return (
-            f"dataset.{augs[0]} changes the image every step, so latents cannot be cached: "
-            "turn off precision.cache_latents and precision.cache_latents_to_disk, or the augmentation"
-        )
+        return Msg.of("config.augmentation_vs_cache", aug=Label(f"dataset.{augs[0]}"), cache=Label("precision.cache_latents"),
+                      cache_disk=Label("precision.cache_latents_to_disk"))
     return None
 
 
-def _rule_something_trains(c: TrainingConfig) -> str | None:
+def _rule_something_trains(c: TrainingConfig) -> Msg | None:
     if not c.trains_unet and not c.trains_text_encoder:
-        return "optimizer.unet_lr and optimizer.text_encoder_lr are both 0: nothing would be trained"
+        return Msg.of("config.nothing_trains", unet_lr=Label("optimizer.unet_lr"), text_encoder_lr=Label("optimizer.text_encoder_lr"))
     return None
 
 
-def _rule_bucket_range(c: TrainingConfig) -> str | None:
+def _rule_bucket_range(c: TrainingConfig) -> Msg | None:
     b = c.buckets
     if b.min_bucket_reso > b.max_bucket_reso:
-        return f"buckets.min_bucket_reso ({b.min_bucket_reso}) is larger than buckets.max_bucket_reso ({b.max_bucket_reso})"
+        return Msg.of("config.bucket_range", min_reso=Label("buckets.min_bucket_reso"), min_value=b.min_bucket_reso,
+                      max_reso=Label("buckets.max_bucket_reso"), max_value=b.max_bucket_reso)
     return None
 
 
-def _rule_full_precision(c: TrainingConfig) -> str | None:
+def _rule_full_precision(c: TrainingConfig) -> Msg | None:
     p = c.precision
+    mixed = Label("precision.mixed_precision")
     if p.full_fp16 and p.mixed_precision != "fp16":
-        return "precision.full_fp16 needs precision.mixed_precision = fp16"
+        return Msg.of("config.full_needs_mixed", full=Label("precision.full_fp16"), mixed=mixed, precision="fp16")
     if p.full_bf16 and p.mixed_precision != "bf16":
-        return "precision.full_bf16 needs precision.mixed_precision = bf16"
+        return Msg.of("config.full_needs_mixed", full=Label("precision.full_bf16"), mixed=mixed, precision="bf16")
     if p.full_fp16 and p.full_bf16:
-        return "precision.full_fp16 and precision.full_bf16 exclude each other"
+        return Msg.of("config.full_both", full_fp16=Label("precision.full_fp16"), full_bf16=Label("precision.full_bf16"))
     return None
 
 
-def _rule_multi_gpu(c: TrainingConfig) -> str | None:
+def _rule_multi_gpu(c: TrainingConfig) -> Msg | None:
     n = c.launch
     if n.num_processes > 1 and not n.multi_gpu and n.num_machines == 1 and n.gpu_ids and len(n.gpu_ids.split(",")) < n.num_processes:
-        return f"launch.gpu_ids lists {len(n.gpu_ids.split(','))} GPU(s) for {n.num_processes} processes"
+        return Msg.of("config.gpu_ids_count", gpu_ids=Label("launch.gpu_ids"), count=len(n.gpu_ids.split(",")), processes=n.num_processes)
     return None
 
 
-def _rule_adafactor_scheduler(c: TrainingConfig) -> str | None:
+def _rule_adafactor_scheduler(c: TrainingConfig) -> Msg | None:
     # The adafactor schedule reads the step size from the Adafactor optimizer itself (transformers' AdafactorSchedule).
     o = c.optimizer
     if o.lr_scheduler == "adafactor" and o.optimizer != "Adafactor":
-        return f"optimizer.lr_scheduler 'adafactor' works only with optimizer Adafactor (not {o.optimizer})"
+        return Msg.of("config.adafactor_scheduler", scheduler=Label("optimizer.lr_scheduler"), optimizer=o.optimizer)
     return None
 
 
-CROSS_FIELD_RULES: list[Callable[[TrainingConfig], str | None]] = [
+CROSS_FIELD_RULES: list[Callable[[TrainingConfig], Msg | None]] = [
     _rule_augmentation_vs_cache,
     _rule_something_trains,
     _rule_bucket_range,
@@ -459,10 +484,10 @@ def parse_optimizer_args(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in text.split():
         if "=" not in item:
-            raise ValueError(f"optimizer argument {item!r} is not key=value")
+            raise MsgError(Msg.of("config.optimizer_arg_not_kv", item=item))
         key, raw = item.split("=", 1)
         if not re.fullmatch(r"[A-Za-z_]\w*", key):
-            raise ValueError(f"optimizer argument name {key!r} is not valid")
+            raise MsgError(Msg.of("config.optimizer_arg_name", key=key))
         parts = [_literal(p) for p in raw.split(",")] if "," in raw else [_literal(raw)]
         out[key] = tuple(parts) if len(parts) > 1 else parts[0]
     return out

@@ -37,10 +37,33 @@ class Msg:
             raise KeyError(f"undefined message code {code!r}")
         return cls(code, params)
 
-    def render(self, template_for: Callable[[str], str | None]) -> str:
-        """The text with `template_for(code)` (None: the English template), parameters rendered alike."""
-        values = {k: (v.render(template_for) if isinstance(v, Msg) else v) for k, v in self.params.items()}
+    def render(self, template_for: Callable[[str], str | None], label_for: Callable[[str], str] | None = None) -> str:
+        """The text with `template_for(code)` (None: the English template), parameters rendered alike; a Label
+        parameter is `label_for(path)` (None: the setting's path, as the CLI names it)."""
+        values = {k: (v.render(template_for, label_for) if isinstance(v, (Msg, Label)) else v) for k, v in self.params.items()}
         return (template_for(self.code) or ENGLISH[self.code]).format(**values)
 
     def __str__(self) -> str:
         return self.render(lambda code: None)
+
+
+@dataclass(frozen=True)
+class Label:
+    """A setting named inside a message: its path in English (`dataset.color_aug`), its label on a page."""
+
+    path: str
+
+    def render(self, template_for: Callable[[str], str | None], label_for: Callable[[str], str] | None = None) -> str:
+        return label_for(self.path) if label_for else self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class MsgError(ValueError):
+    """A ValueError carrying a coded message (a schema validator's complaint): str() is the English text, so
+    pydantic's message and the CLI stay as they were; the GUI says `.msg` in its language."""
+
+    def __init__(self, msg: Msg):
+        super().__init__(str(msg))
+        self.msg = msg

@@ -302,3 +302,54 @@ def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
     ko = status_line(view, Translator("ko"))
     assert expected in ko and english_phrases(ko) == [] and "signal" not in ko and "exit code" not in ko, ko
     assert outcome in status_line(view, Translator("en"))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"network.network_dim": 0},
+        {"optimizer.epoch": -1},
+        {"buckets.max_resolution": "abc"},
+        {"buckets.max_resolution": "32,32"},
+        {"dataset.color_aug": True},
+        {"optimizer.optimizer": "NoSuchOptimizer"},
+        {"optimizer.optimizer_args": "decay"},
+        {"optimizer.lr_scheduler": "bogus"},
+        {"folders.output_name": ""},
+        {"folders.output_name": "a/b"},
+        {"dataset.alpha_background": "white"},
+        {"launch.gpu_ids": "one"},
+        {"optimizer.unet_lr": 0, "optimizer.text_encoder_lr": 0},
+        {"buckets.min_bucket_reso": 1024, "buckets.max_bucket_reso": 512},
+        {"precision.full_fp16": True, "precision.mixed_precision": "bf16"},
+        {"optimizer.lr_scheduler": "adafactor", "optimizer.optimizer": "AdamW"},
+    ],
+)
+def test_korean_schema_validator_messages_are_korean(pages, values):
+    """Our validators' and cross-field rules' complaints name the settings by their Korean label; the CLI's
+    English line (the FormError's text) is pydantic's, as before."""
+    from loratrainer.gui.form import FormError, values_to_config
+
+    ui = pages["ko"]
+    data = _form(ui)
+    for path, value in values.items():
+        data[ui.fields[path]] = value
+    text = ui.handlers["training"].show_command(data)[ui.named["command"]]
+    assert HANGUL.search(text) and english_phrases(text) == [], text
+    ko = Translator("ko")
+    assert any(ko.label(path) in text for path in values), text
+    with pytest.raises(FormError) as err:
+        values_to_config(values)
+    assert not HANGUL.search(str(err.value)), str(err.value)  # the CLI's line stays English
+
+
+def test_cli_schema_messages_are_unchanged():
+    from loratrainer.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"dataset": {"color_aug": True}, "buckets": {"max_resolution": "abc"}}, "x.json")
+    assert "must be 'width,height' such as 512,512 (got 'abc')" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"dataset": {"color_aug": True}}, "x.json")
+    assert ("dataset.color_aug changes the image every step, so latents cannot be cached: turn off precision.cache_latents "
+            "and precision.cache_latents_to_disk, or the augmentation") in str(err.value)

@@ -48,8 +48,10 @@ class Translator:
 
         if not isinstance(message, Msg):
             return str(message)
-        own = table(self.lang) if self.lang != DEFAULT_LANGUAGE else {}
-        return message.render(lambda code: own.get(f"msg.{code}"))
+        if self.lang == DEFAULT_LANGUAGE:  # the English page says what the CLI says, settings by their path
+            return str(message)
+        own = table(self.lang)
+        return message.render(lambda code: own.get(f"msg.{code}"), self.label_or_path)
 
     def error(self, exc: BaseException) -> str:
         """An error as the page shows it ("**Error:** ...")."""
@@ -69,14 +71,25 @@ class Translator:
 
     def _field_error(self, f: dict) -> str:
         path = f["path"]
-        label = self.label(path) if f"field.{path}.label" in table(DEFAULT_LANGUAGE) else path
+        label = self.label_or_path(path)
+        coded = getattr(f["ctx"].get("error"), "msg", None)  # our validators' MsgError (a cross-field rule: no path)
+        if f["type"] == "value_error" and coded is not None:
+            text = self.message(coded)
+            return f"{label}: {text}" if path else text
         key = "form." + self._FIELD_ERRORS.get(f["type"], f["type"])
         if key in table(DEFAULT_LANGUAGE):
+            ctx = {k: v for k, v in f["ctx"].items() if k in ("ge", "le", "gt", "lt", "expected", "min_length", "max_length")}
+            if self.lang != DEFAULT_LANGUAGE and isinstance(ctx.get("expected"), str):
+                ctx["expected"] = ctx["expected"].replace(" or ", ", ")  # pydantic's "'a', 'b' or 'c'"
             try:
-                return self(key, label=label, got=repr(f["input"]), **{k: v for k, v in f["ctx"].items() if k in ("ge", "le", "gt", "lt", "expected")})
+                return self(key, label=label, got=repr(f["input"]), **ctx)
             except (KeyError, IndexError):
                 pass
         return f"{label}: {f['msg']}"
+
+    def label_or_path(self, path: str) -> str:
+        """A setting's label on this page; the path itself where the schema has no such field."""
+        return self.label(path) if f"field.{path}.label" in table(DEFAULT_LANGUAGE) else path
 
     def problem(self, problem) -> str:
         """A dataset Problem's line in this language (its English message when it has no code)."""
@@ -119,6 +132,7 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
 
 
 MESSAGE_MODULES = (
+    "loratrainer.config",
     "loratrainer.data.check",
     "loratrainer.data.folders",
     "loratrainer.data.images",
