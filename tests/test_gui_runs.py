@@ -183,6 +183,28 @@ def test_caption_editor_saves_as_you_go(page, tmp_path):
     assert u.editor_autosave(str(folder), "/etc/passwd", "x", ".txt", items) == (None, None)  # only listed images
 
 
+def test_caption_editor_gallery_shows_the_saved_caption(page, tmp_path):
+    """Save (button or leaving the box) refreshes the items and the gallery: the text under the thumbnail is the
+    saved caption at once, not the old one until the page is loaded again."""
+    u = page.handlers["utilities"]
+    n = page.named
+    folder = make_concept(tmp_path, "10_house", 3, captions="house, red roof")
+    out = u.editor_page(str(folder), "", 1, ".txt")
+    items = out[n["ed_items"]]
+    assert [c for _, c in out[n["ed_gallery"]]] == ["house, red roof"] * 3
+    image = items[1][0]
+    message, items, gallery = u.editor_save_and_refresh(str(folder), image, "  house, blue roof\r\n", ".txt", items)
+    assert "Saved" in message and dict(items)[image] == "house, blue roof"
+    assert [c for _, c in gallery] == ["house, red roof", "house, blue roof", "house, red roof"]
+    assert [c for _, c in gallery] == [c for _, c in u.editor_page(str(folder), "", 1, ".txt")[n["ed_gallery"]]]
+    # a refused save changes neither
+    message, same, gallery = u.editor_save_and_refresh(str(folder), "/etc/passwd", "x", ".txt", items)
+    assert message.startswith("**Error:**") and same == items and [c for _, c in gallery][1] == "house, blue roof"
+    # saved as you go: the new items give the gallery
+    message, items = u.editor_autosave(str(folder), items[0][0], "house, at night", ".txt", items)
+    assert [c for _, c in u.editor_gallery(items)][0] == "house, at night"
+
+
 def test_loss_chart_stays_small_on_long_runs(page, tmp_path):
     from loratrainer.gui import progress
     from loratrainer.gui.jobs import JobView

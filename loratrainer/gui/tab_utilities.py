@@ -151,13 +151,17 @@ class UtilitiesHandlers:
         except (UserError, OSError, ValueError) as exc:
             return {n["ed_message"]: self.t.error(exc), n["ed_items"]: [], n["ed_gallery"]: []}
         items = [(str(i.image), i.caption) for i in result.items]
-        gallery = [(self.ui.display.thumbnail(i.image) or "", i.caption[:60] or self.t("editor.no_caption")) for i in result.items]
         return {
             n["ed_items"]: items,
-            n["ed_gallery"]: [g for g in gallery if g[0]],
+            n["ed_gallery"]: self.editor_gallery(items),
             n["ed_page"]: result.page,
             n["ed_message"]: self.t("editor.page", page=result.page, pages=result.pages, total=result.total),
         }
+
+    def editor_gallery(self, items: list) -> list:
+        """The gallery of a page's (image, caption) items: a thumbnail with the caption's start under it."""
+        gallery = [(self.ui.display.thumbnail(Path(image)) or "", (caption or "")[:60] or self.t("editor.no_caption")) for image, caption in items or []]
+        return [g for g in gallery if g[0]]
 
     def editor_select(self, items: list, index: int) -> dict:
         n = self.ui.named
@@ -167,15 +171,27 @@ class UtilitiesHandlers:
         return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: self.ui.display.thumbnail(image, 512)}
 
     def editor_save(self, folder: str, image: str, caption: str, extension: str) -> str:
+        return self._save(folder, image, caption, extension)[0]
+
+    def _save(self, folder: str, image: str, caption: str, extension: str) -> tuple[str, str | None]:
+        """(message, the caption as saved); None when nothing was saved."""
         from loratrainer.caption import editor
 
         if not image:
-            return self.t("editor.choose_image")
+            return self.t("editor.choose_image"), None
         try:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t.error(exc)
-        return self.t("editor.saved", path=path.name)
+            return self.t.error(exc), None
+        return self.t("editor.saved", path=path.name), (caption or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+
+    def editor_save_and_refresh(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
+        """The Save button: (message, items, gallery), the page's items and gallery showing the saved caption."""
+        message, saved = self._save(folder, image, caption, extension)
+        if saved is None:
+            return message, items, self.editor_gallery(items)
+        items = [(i, saved if i == image else c) for i, c in items or []]
+        return message, items, self.editor_gallery(items)
 
     def editor_autosave(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
         """Saved as you go: when the caption box loses focus (another image clicked, Tab), a changed caption is
@@ -326,13 +342,15 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         return h.editor_select(items, evt.index)
 
     n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
-    save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"]], outputs=[n["ed_saved"]], api_name="caption_save")
+    # Saving refreshes the page's items and gallery, so the caption under the thumbnail is the saved one.
+    save.click(h.editor_save_and_refresh, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
+               outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], api_name="caption_save")
 
     def autosave(folder: str, image: str, caption: str, extension: str, items: list):
         message, new_items = h.editor_autosave(folder, image, caption, extension, items)
-        return (gr.skip(), gr.skip()) if message is None else (message, new_items)
+        return (gr.skip(), gr.skip(), gr.skip()) if message is None else (message, new_items, h.editor_gallery(new_items))
 
     n["ed_caption"].blur(autosave, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
-                         outputs=[n["ed_saved"], n["ed_items"]], show_progress="hidden", api_visibility="private")
+                         outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], show_progress="hidden", api_visibility="private")
     do_replace.click(h.editor_replace, inputs=[n["ed_folder"], find, replace, n["ed_extension"]], outputs=[replaced], api_name="caption_replace")
     tags_button.click(h.editor_tags, inputs=[n["ed_folder"], n["ed_extension"]], outputs=[tags], api_name="caption_tags")
