@@ -27,7 +27,7 @@ def english_phrases(text: str) -> list[str]:
     text = re.sub(r"\S*[/\\]\S*", cut, text)  # paths
     text = re.sub(r"\S+\.[A-Za-z0-9]{2,}\b", cut, text)  # file names, dotted setting names
     text = re.sub(r"\S*_\S*", cut, text)  # setting and folder names (bucket_reso_steps, 10_dog)
-    text = re.sub(r"\b(SD1\.5|MB|px|UTF-8|png|jpg|jpeg|webp|bmp|LoRA|NaN|bf16|GPU|Stable Diffusion|Kohya GUI|Weights & Biases)\b", cut, text)
+    text = re.sub(r"\b(SD1\.5|MB|px|UTF-8|png|jpg|jpeg|webp|bmp|LoRA|NaN|bf16|GPU|Stable Diffusion|Kohya GUI|Weights & Biases|Hugging Face)\b", cut, text)
     return ENGLISH_PHRASE.findall(text)
 
 
@@ -353,3 +353,68 @@ def test_cli_schema_messages_are_unchanged():
         config_from_dict({"dataset": {"color_aug": True}}, "x.json")
     assert ("dataset.color_aug changes the image every step, so latents cannot be cached: turn off precision.cache_latents "
             "and precision.cache_latents_to_disk, or the augmentation") in str(err.value)
+
+
+def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, monkeypatch):
+    """Model loading (a missing folder, offline, a damaged cache, a foreign folder), bad captioner settings,
+    images skipped as unreadable and editor mistakes are said in Korean on the Utilities tab."""
+    from loratrainer.caption import hub, run
+    from tests.test_gui_runs import _caption_form
+
+    ui = pages["ko"]
+    u = ui.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 2, captions=False)
+
+    def last(**values) -> str:
+        return list(u.caption(_caption_form(ui, cap_folder=str(folder), **values)))[-1]
+
+    def loading(loader):
+        def make(options):
+            return hub.load("someone/some-captioner", loader)
+        return make
+
+    def not_cached(name, local_files_only=False):
+        raise OSError("not in the cache")
+
+    def damaged(name, local_files_only=False):
+        raise ValueError("Error while deserializing header")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
+    said = [last(cap_method="wd14", wd_model=str(tmp_path / "no-such-model"))]  # a model folder that does not exist
+    (tmp_path / "tagger").mkdir()
+    said.append(last(cap_method="wd14", wd_model=str(tmp_path / "tagger")))  # a folder without the tagger's files
+    said.append(last(cap_method="blip", blip_top_p=2))  # a captioner setting out of range
+    said.append(last(cap_extension="a/b"))
+    monkeypatch.setattr(run, "make_captioner", loading(not_cached))
+    said.append(last(cap_method="blip"))  # not cached, hub unreachable
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    said.append(last(cap_method="blip"))  # offline mode
+    monkeypatch.setattr(run, "make_captioner", loading(damaged))
+    said.append(last(cap_method="blip"))  # damaged in the cache
+    # editor mistakes
+    said.append(u.editor_save(str(folder), "/etc/passwd", "x", ".txt"))
+    said.append(u.editor_save_and_refresh(str(folder), str(tmp_path / "elsewhere.png"), "x", ".txt", [])[0])
+    assert all(s.startswith("**오류:**") for s in said[:7]), said
+    assert all(HANGUL.search(s) for s in said), said
+    assert [(s, english_phrases(s)) for s in said if english_phrases(s)] == []
+    assert "HF_HUB_OFFLINE" in said[5] and "deserializing" in said[6]
+    assert not list(folder.glob("*.txt"))
+
+    # unreadable images are skipped, each with its reason in Korean; the good ones are captioned
+    make_zero_byte(folder / "empty.png")
+    make_truncated_jpeg(folder / "broken.jpg")
+    (folder / "notanimage.png").write_bytes(b"this is text")
+    monkeypatch.undo()
+    done = last(fixed_text="a house")
+    lines = done.split("\n\n")
+    assert "캡션 2개 작성" in lines[0] and "3개 실패" in lines[0], done
+    failed = [line for line in lines if line.startswith("- ")]
+    assert len(failed) == 3 and all(HANGUL.search(line) for line in failed), failed
+    assert [line for line in failed if english_phrases(line)] == [], failed
+    # the English page keeps the English reasons (as the CLI prints them)
+    en = pages["en"].handlers["utilities"]
+    (folder / "img_000.txt").unlink()
+    (folder / "img_001.txt").unlink()
+    done = list(en.caption(_caption_form(pages["en"], cap_folder=str(folder), fixed_text="a house")))[-1]
+    assert "the file is empty (0 bytes)" in done, done

@@ -12,6 +12,16 @@ from typing import Protocol, Union, runtime_checkable
 from PIL import Image
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioner.num_beams": "number of beams must be at least 1",
+    "captioner.top_p": "top_p must be in (0, 1]",
+    "captioner.max_length": "max length must be at least 1",
+    "captioner.min_length": "min length must be between 0 and max length",
+    "captioner.general_threshold": "general threshold must be between 0 and 1",
+    "captioner.character_threshold": "character threshold must be between 0 and 1",
+})
 
 
 @runtime_checkable
@@ -34,10 +44,10 @@ class BlipOptions:
     device: str | None = None  # None: "cuda" when there is one, else "cpu"
 
     def __post_init__(self) -> None:
-        _check(self.num_beams >= 1, "number of beams must be at least 1")
-        _check(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
-        _check(self.max_length >= 1, "max length must be at least 1")
-        _check(0 <= self.min_length <= self.max_length, "min length must be between 0 and max length")
+        _check(self.num_beams >= 1, "captioner.num_beams")
+        _check(0.0 < self.top_p <= 1.0, "captioner.top_p")
+        _check(self.max_length >= 1, "captioner.max_length")
+        _check(0 <= self.min_length <= self.max_length, "captioner.min_length")
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class GitOptions:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.max_length >= 1, "max length must be at least 1")
+        _check(self.max_length >= 1, "captioner.max_length")
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,8 @@ class TaggerOptions:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.general_threshold <= 1.0, "general threshold must be between 0 and 1")
-        _check(0.0 <= self.character_threshold <= 1.0, "character threshold must be between 0 and 1")
+        _check(0.0 <= self.general_threshold <= 1.0, "captioner.general_threshold")
+        _check(0.0 <= self.character_threshold <= 1.0, "captioner.character_threshold")
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,9 @@ def make_captioner(options: CaptionerOptions) -> Captioner:
     raise TypeError(f"unknown captioner options {type(options).__name__}")
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, code: str) -> None:
     if not ok:
-        raise UserError(message)
+        raise UserError(Msg.of(code))
 
 
 __all__ = [

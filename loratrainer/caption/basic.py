@@ -17,6 +17,12 @@ from loratrainer.caption import writer
 from loratrainer.caption.run import Skipped
 from loratrainer.data.captions import CaptionError
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.find_empty": "find text is empty: type the text to replace",
+    "captioning.bad_pattern": "find pattern {find!r} is not a valid regular expression: {error}",
+})
 
 
 @dataclass
@@ -50,7 +56,7 @@ def edit_captions(root: Path, edit: Callable[[str], str], *, caption_extension: 
         try:
             old = writer.read_text(path)
         except CaptionError as exc:
-            report.failed.append(Skipped(path, str(exc).split(": ", 1)[-1]))
+            report.failed.append(Skipped(path, str(exc).split(": ", 1)[-1], exc.msg))
             continue
         new = edit(old)
         if new == old:
@@ -64,11 +70,11 @@ def edit_captions(root: Path, edit: Callable[[str], str], *, caption_extension: 
 
 def replacer(find: str, replace: str, *, regex: bool = False, ignore_case: bool = False) -> Callable[[str], str]:
     if not find:
-        raise UserError("find text is empty: type the text to replace")
+        raise UserError(Msg.of("captioning.find_empty"))
     try:
         pattern = re.compile(find if regex else re.escape(find), re.IGNORECASE if ignore_case else 0)
     except re.error as exc:
-        raise UserError(f"find pattern {find!r} is not a valid regular expression: {exc}") from None
+        raise UserError(Msg.of("captioning.bad_pattern", find=find, error=str(exc))) from None
     # A literal replacement must not interpret backslashes as group references.
     return lambda text: pattern.sub(replace if regex else (lambda _: replace), text)
 

@@ -16,6 +16,12 @@ from loratrainer.caption import folder as folders
 from loratrainer.data.captions import CaptionError
 from loratrainer.data.images import is_image_name
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.page_size": "page size must be at least 1",
+    "captioning.not_inside": "{image} is not an image inside {root}: caption not saved",
+})
 
 search_replace = basic.find_replace  # the same edit, with backups, as the CLI's --find/--replace
 
@@ -40,7 +46,7 @@ def list_page(root: Path, page: int = 1, page_size: int = 24, *, caption_extensi
               recursive: bool = False, query: str = "") -> CaptionPage:
     """One page of images with their captions; `query` keeps images whose caption or file name contains it."""
     if page_size < 1:
-        raise UserError("page size must be at least 1")
+        raise UserError(Msg.of("captioning.page_size"))
     ext = writer.normalize_extension(caption_extension)
     items = [_item(image, ext) for image in folders.find_images(Path(root), recursive)]
     needle = query.strip().lower()
@@ -56,7 +62,7 @@ def save_caption(root: Path, image: Path, text: str, *, caption_extension: str =
     root, image = Path(root).resolve(), Path(image)
     resolved = (root / image).resolve() if not image.is_absolute() else image.resolve()
     if not resolved.is_relative_to(root) or not is_image_name(resolved.name) or not resolved.is_file():
-        raise UserError(f"{image} is not an image inside {root}: caption not saved")
+        raise UserError(Msg.of("captioning.not_inside", image=str(image), root=str(root)))
     target = writer.caption_path(resolved, writer.normalize_extension(caption_extension))
     return writer.write_caption(target, text.replace("\r\n", "\n").replace("\r", "\n").strip())
 

@@ -8,12 +8,21 @@ from pathlib import Path
 
 from loratrainer.data.images import is_image_name
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.no_folder": "image folder {folder} does not exist (or is not a folder)",
+    "captioning.duplicate_stems": (
+        "{count} image name(s) are used by more than one image, so they would share one caption "
+        "file: {listed}. Rename or remove one image of each pair, then caption again."
+    ),
+})
 
 
 def find_images(root: Path, recursive: bool) -> list[Path]:
     """Images under `root` (sorted), junk such as ._a.jpg ignored; hidden folders (our backups) never entered."""
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist (or is not a folder)")
+        raise UserError(Msg.of("captioning.no_folder", folder=str(root)))
     if not recursive:
         return sorted(p for p in root.iterdir() if p.is_file() and is_image_name(p.name))
     found: list[Path] = []
@@ -40,7 +49,4 @@ class DuplicateStemsError(UserError):
     def __init__(self, groups: list[list[Path]]):
         self.groups = groups
         listed = "; ".join(" + ".join(str(p) for p in g) for g in groups)
-        super().__init__(
-            f"{len(groups)} image name(s) are used by more than one image, so they would share one caption "
-            f"file: {listed}. Rename or remove one image of each pair, then caption again."
-        )
+        super().__init__(Msg.of("captioning.duplicate_stems", count=len(groups), listed=listed))

@@ -8,6 +8,13 @@ from PIL import Image
 
 from loratrainer.caption import hub
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.model_type": "{model} is a {found!r} model, not a {wanted!r} model: {advice}",
+    "captioning.model_type_fits": "choose the {fits} captioner for it",
+    "captioning.model_type_other": "choose a {wanted} model",
+})
 
 # The captioner (CLI --captioner, GUI method) that runs each model type we support.
 CAPTIONER_OF = {"blip": "blip", "git": "git"}
@@ -50,5 +57,5 @@ def check_model_type(model: str, found: str, wanted: str) -> None:
     if found == wanted:
         return
     fits = CAPTIONER_OF.get(found)
-    advice = f"choose the {fits} captioner for it" if fits else f"choose a {wanted} model"
-    raise UserError(f"{model} is a {found!r} model, not a {wanted!r} model: {advice}")
+    advice = Msg.of("captioning.model_type_fits", fits=fits) if fits else Msg.of("captioning.model_type_other", wanted=wanted)
+    raise UserError(Msg.of("captioning.model_type", model=model, found=found, wanted=wanted, advice=advice))

@@ -12,8 +12,30 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
 
 T = TypeVar("T")
+
+define({
+    "hub.no_folder": "model folder {model} does not exist (or is not a folder)",
+    "hub.why_offline_mode": "offline mode is on (HF_HUB_OFFLINE)",
+    "hub.why_unreachable": "the Hugging Face hub cannot be reached",
+    "hub.why_error": "{error}",
+    "hub.offline": (
+        "cannot load the model {model!r}: it is not a local folder and is not in the Hugging Face cache, and it "
+        "could not be downloaded ({why}). Download it once with network access (it is then cached), or point "
+        "--model / the model field at a local folder holding the model."
+    ),
+    "hub.folder_unloadable": "cannot load the model in {folder}: {error}",
+    "hub.damaged_cache": (
+        "cannot load the model {model!r} from the Hugging Face cache ({error}): delete it from the "
+        "cache (`hf cache rm model/{model}`) and download it again, or point --model at a local folder"
+    ),
+    "hub.bad_device": "device {device!r} is not a device: use cuda, cuda:1 or cpu",
+    "hub.no_cuda": ("device {device!r}: no CUDA GPU can be used here (torch {torch}); "
+                    "use cpu, or leave the device out to use the GPU when there is one"),
+    "hub.gpu_index": "device {device!r}: there are only {count} CUDA GPU(s), numbered from 0",
+})
 
 # "name" or "owner/name", as the hub spells repository ids; anything else is meant as a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -25,7 +47,7 @@ def local_folder(model: str) -> Path | None:
     if path.is_dir():
         return path
     if path.exists() or not _HUB_ID.match(model):
-        raise UserError(f"model folder {model} does not exist (or is not a folder)")
+        raise UserError(Msg.of("hub.no_folder", model=model))
     return None
 
 
@@ -33,18 +55,14 @@ def _offline_mode() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def offline_message(model: str, exc: BaseException | None) -> str:
+def offline_message(model: str, exc: BaseException | None) -> Msg:
     if _offline_mode():
-        why = "offline mode is on (HF_HUB_OFFLINE)"
+        why = Msg.of("hub.why_offline_mode")
     elif exc is None:
-        why = "the Hugging Face hub cannot be reached"
+        why = Msg.of("hub.why_unreachable")
     else:
-        why = f"{type(exc).__name__}: {first_line(exc)}"
-    return (
-        f"cannot load the model {model!r}: it is not a local folder and is not in the Hugging Face cache, and it "
-        f"could not be downloaded ({why}). Download it once with network access (it is then cached), or point "
-        f"--model / the model field at a local folder holding the model."
-    )
+        why = Msg.of("hub.why_error", error=f"{type(exc).__name__}: {first_line(exc)}")
+    return Msg.of("hub.offline", model=model, why=why)
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
@@ -71,7 +89,7 @@ def load(model: str, loader: Callable[..., T]) -> T:
         try:
             return loader(str(folder))
         except Exception as exc:  # a folder the user chose: whatever breaks (a damaged file, bad JSON) is theirs to fix
-            raise UserError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
+            raise UserError(Msg.of("hub.folder_unloadable", folder=str(folder), error=first_line(exc))) from exc
     try:
         return loader(model, local_files_only=True)
     except OSError:  # not (completely) in the cache: transformers and huggingface_hub say so with an OSError
@@ -88,9 +106,8 @@ def load(model: str, loader: Callable[..., T]) -> T:
         raise UserError(damaged_cache_message(model, exc)) from exc
 
 
-def damaged_cache_message(model: str, exc: BaseException) -> str:
-    return (f"cannot load the model {model!r} from the Hugging Face cache ({first_line(exc)}): delete it from the "
-            f"cache (`hf cache rm model/{model}`) and download it again, or point --model at a local folder")
+def damaged_cache_message(model: str, exc: BaseException) -> Msg:
+    return Msg.of("hub.damaged_cache", model=model, error=first_line(exc))
 
 
 def pick_device(device: str | None) -> str:
@@ -103,14 +120,13 @@ def pick_device(device: str | None) -> str:
     try:
         chosen = torch.device(device)
     except (RuntimeError, ValueError):
-        raise UserError(f"device {device!r} is not a device: use cuda, cuda:1 or cpu") from None
+        raise UserError(Msg.of("hub.bad_device", device=device)) from None
     if chosen.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UserError(f"device {device!r}: no CUDA GPU can be used here (torch {torch.__version__}); "
-                            f"use cpu, or leave the device out to use the GPU when there is one")
+            raise UserError(Msg.of("hub.no_cuda", device=device, torch=torch.__version__))
         if chosen.index is not None and chosen.index >= count:
-            raise UserError(f"device {device!r}: there are only {count} CUDA GPU(s), numbered from 0")
+            raise UserError(Msg.of("hub.gpu_index", device=device, count=count))
     return device
 
 

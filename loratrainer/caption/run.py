@@ -18,6 +18,17 @@ from loratrainer.caption import writer
 from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions, make_captioner
 from loratrainer.data.images import ImageError, load_image
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.batch_size": "batch size must be at least 1",
+    "captioning.fixed_empty": "the fixed text is empty: type the caption to write",
+    "captioning.out_of_memory": (
+        "out of GPU memory captioning {count} images at once: lower the batch size and run again "
+        "({written} captions written so far are kept and will be skipped)"
+    ),
+    "captioning.no_text": "the captioner produced no text (e.g. no tag over the threshold)",
+})
 
 ProgressFn = Callable[[int, int], None]  # (images done, images to caption)
 CancelFn = Callable[[], bool]  # True: stop after the current batch (e.g. threading.Event().is_set)
@@ -40,7 +51,7 @@ class CaptionRunOptions:
         object.__setattr__(self, "folder", Path(self.folder).expanduser())
         object.__setattr__(self, "caption_extension", writer.normalize_extension(self.caption_extension))
         if self.batch_size < 1:
-            raise UserError("batch size must be at least 1")
+            raise UserError(Msg.of("captioning.batch_size"))
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,8 @@ class CaptionPlan:
 @dataclass(frozen=True)
 class Skipped:
     path: Path
-    reason: str
+    reason: str  # English, as the CLI prints it
+    msg: Msg | None = None  # the same reason coded, for the GUI
 
 
 @dataclass
@@ -103,7 +115,7 @@ def caption_folder(
     """Caption every image of the folder that needs it; `captioner` reuses an already loaded model."""
     fixed = isinstance(captioner_options, FixedTextOptions) and captioner is None
     if fixed and not writer.compose(options.prefix, captioner_options.text, options.postfix):
-        raise UserError("the fixed text is empty: type the caption to write")
+        raise UserError(Msg.of("captioning.fixed_empty"))
     plan = plan_captions(options)
     if plan.duplicates:
         raise folders.DuplicateStemsError(plan.duplicates)
@@ -145,7 +157,7 @@ def _caption_batch(
         try:
             loaded.append((path, load_image(path, background=options.background)))
         except ImageError as exc:
-            report.failed.append(Skipped(path, exc.reason))
+            report.failed.append(Skipped(path, exc.reason, exc.msg))
     if not loaded:
         return
     try:
@@ -153,14 +165,12 @@ def _caption_batch(
     except Exception as exc:
         if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
             raise
-        raise UserError(
-            f"out of GPU memory captioning {len(batch)} images at once: lower the batch size and run again "
-            f"({len(report.written)} captions written so far are kept and will be skipped)"
-        ) from exc
+        raise UserError(Msg.of("captioning.out_of_memory", count=len(batch), written=len(report.written))) from exc
     for (path, _), text in zip(loaded, texts, strict=True):  # one caption per image
         caption = writer.compose(options.prefix, text, options.postfix, separator)
         if not caption:
-            report.failed.append(Skipped(path, "the captioner produced no text (e.g. no tag over the threshold)"))
+            no_text = Msg.of("captioning.no_text")
+            report.failed.append(Skipped(path, str(no_text), no_text))
             continue
         target = plan.existing.get(path) or writer.caption_path(path, options.caption_extension)
         report.written.append(writer.write_caption(target, caption))

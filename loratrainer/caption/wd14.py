@@ -18,6 +18,18 @@ from PIL import Image
 from loratrainer.caption import hub
 from loratrainer.caption.base import TaggerOptions
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "tagger.not_a_list": "{path} is not a tagger tag list (selected_tags.csv with the columns name and category): {error}",
+    "tagger.no_tags": "{path} is not a tagger tag list (selected_tags.csv with the columns name and category): it lists no tags",
+    "tagger.missing_files": "tagger folder {folder} lacks {missing} (a WD14 tagger has both)",
+    "tagger.both_files": "{first} and {second}",
+    "tagger.no_onnxruntime": "the WD14 tagger needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for an NVIDIA GPU)",
+    "tagger.unloadable": "cannot load the tagger model {path}: {error}",
+    "tagger.tag_count": "{path} lists {tags} tags but the model outputs {outputs}",
+    "tagger.no_gpu": "device {device!r}: this onnxruntime cannot use a GPU: pip install onnxruntime-gpu (an NVIDIA GPU is needed), or use cpu",
+})
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -36,15 +48,14 @@ class Tag:
 
 def read_tags(path: Path, replace_underscores: bool) -> list[Tag]:
     """selected_tags.csv: columns tag_id, name, category, count; one row per model output, in output order."""
-    not_a_list = f"{path} is not a tagger tag list (selected_tags.csv with the columns name and category)"
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         tags = [Tag(_display_name(r["name"], replace_underscores), int(r["category"])) for r in rows]
     except (UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as exc:
-        raise UserError(f"{not_a_list}: {hub.first_line(exc)}") from exc
+        raise UserError(Msg.of("tagger.not_a_list", path=str(path), error=hub.first_line(exc))) from exc
     if not tags:
-        raise UserError(f"{not_a_list}: it lists no tags")
+        raise UserError(Msg.of("tagger.no_tags", path=str(path)))
     return tags
 
 
@@ -97,7 +108,7 @@ def model_files(model: str) -> tuple[Path, Path]:
     files = folder / MODEL_FILE, folder / TAGS_FILE
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"tagger folder {folder} lacks {' and '.join(missing)} (a WD14 tagger has both)")
+        raise UserError(Msg.of("tagger.missing_files", folder=str(folder), missing=Msg.of("tagger.both_files", first=missing[0], second=missing[1]) if len(missing) == 2 else missing[0]))
     return files
 
 
@@ -106,16 +117,14 @@ class TaggerCaptioner:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise UserError(
-                "the WD14 tagger needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for an NVIDIA GPU)"
-            ) from exc
+            raise UserError(Msg.of("tagger.no_onnxruntime")) from exc
         model_path, tags_path = model_files(options.model)
         self.options = options
         self.tags = read_tags(tags_path, options.replace_underscores)
         try:
             self.session = ort.InferenceSession(str(model_path), providers=_providers(ort, options.device))
         except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): a damaged or foreign file
-            raise UserError(f"cannot load the tagger model {model_path}: {hub.first_line(exc)}") from exc
+            raise UserError(Msg.of("tagger.unloadable", path=str(model_path), error=hub.first_line(exc))) from exc
         model_input = self.session.get_inputs()[0]
         batch, height, _, _ = model_input.shape
         # The reference taggers are 448 x 448; a dynamic size (a name, not a number) gets that too.
@@ -124,7 +133,7 @@ class TaggerCaptioner:
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
         n_out = self.session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.tags):
-            raise UserError(f"{tags_path} lists {len(self.tags)} tags but the model outputs {n_out}")
+            raise UserError(Msg.of("tagger.tag_count", path=str(tags_path), tags=len(self.tags), outputs=n_out))
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         step = self.max_batch or len(images)
@@ -145,8 +154,7 @@ def _providers(ort, device: str | None) -> list:
         return ["CPUExecutionProvider"]
     kind, _, index = device.partition(":")
     if kind != "cuda" or not (index == "" or index.isdigit()):
-        raise UserError(f"device {device!r} is not a device: use cuda, cuda:1 or cpu")
+        raise UserError(Msg.of("hub.bad_device", device=device))
     if not cuda:
-        raise UserError(f"device {device!r}: this onnxruntime cannot use a GPU: pip install onnxruntime-gpu "
-                        f"(an NVIDIA GPU is needed), or use cpu")
+        raise UserError(Msg.of("tagger.no_gpu", device=device))
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]

@@ -15,6 +15,16 @@ from pathlib import Path
 from loratrainer.data.captions import CaptionError, caption_path, read_caption_file
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
+from loratrainer.messages import Msg, define
+
+define({
+    "captioning.bad_extension": "caption extension {extension!r} is not valid: use something like .txt or .caption",
+    "captioning.not_utf8": "the caption is not UTF-8 text: save it as UTF-8 in an editor",
+    "captioning.write_failed": ("cannot write the caption {path} ({error}): free some space or make the "
+                                "folder writable, then run again; captions written before this one are kept"),
+    "captioning.backup_failed": ("cannot back up the old captions to {folder} ({error}), so "
+                                 "none was replaced: free some space or make the folder writable"),
+})
 
 # Inside the chosen image folder, so nothing outside the folder the user picked is written (reliability.md row 24).
 # A dot folder: image discovery and training skip it.
@@ -29,7 +39,7 @@ def normalize_extension(extension: str) -> str:
     if ext and not ext.startswith("."):
         ext = "." + ext
     if not _EXTENSION.match(ext):
-        raise UserError(f"caption extension {extension!r} is not valid: use something like .txt or .caption")
+        raise UserError(Msg.of("captioning.bad_extension", extension=extension))
     return ext
 
 
@@ -38,7 +48,7 @@ def read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CaptionError(f"{path}: the caption is not UTF-8 text: save it as UTF-8 in an editor") from None
+        raise CaptionError(path, Msg.of("captioning.not_utf8")) from None
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
@@ -73,8 +83,7 @@ def write_caption(path: Path, text: str) -> Path:
     try:
         return atomic_write(path, text.rstrip("\n") + "\n")
     except OSError as exc:  # a full disk, a read-only folder: the old file is intact (atomic_write)
-        raise UserError(f"cannot write the caption {path} ({exc.strerror or exc}): free some space or make the "
-                        f"folder writable, then run again; captions written before this one are kept") from exc
+        raise UserError(Msg.of("captioning.write_failed", path=str(path), error=str(exc.strerror or exc))) from exc
 
 
 def new_backup_dir(root: Path) -> Path:
@@ -106,6 +115,5 @@ def back_up(root: Path, files: list[Path]) -> Path | None:
             atomic_write(dest, src.read_bytes(), overwrite=False)
             shutil.copystat(src, dest)
     except OSError as exc:
-        raise UserError(f"cannot back up the old captions to {root / BACKUP_DIR_NAME} ({exc.strerror or exc}), so "
-                        f"none was replaced: free some space or make the folder writable") from exc
+        raise UserError(Msg.of("captioning.backup_failed", folder=str(root / BACKUP_DIR_NAME), error=str(exc.strerror or exc))) from exc
     return target

@@ -140,6 +140,15 @@ MESSAGE_MODULES = (
     "loratrainer.kohya",
     "loratrainer.train.launch",
     "loratrainer.gui.jobs",
+    "loratrainer.caption.base",
+    "loratrainer.caption.basic",
+    "loratrainer.caption.editor",
+    "loratrainer.caption.folder",
+    "loratrainer.caption.hf",
+    "loratrainer.caption.hub",
+    "loratrainer.caption.run",
+    "loratrainer.caption.wd14",
+    "loratrainer.caption.writer",
 )
 
 
