@@ -56,7 +56,7 @@ def edit_captions(root: Path, edit: Callable[[str], str], *, caption_extension: 
         try:
             old = writer.read_text(path)
         except CaptionError as exc:
-            report.failed.append(Skipped(path, str(exc).split(": ", 1)[-1], exc.msg))
+            report.failed.append(Skipped(path, exc.reason, exc.msg))
             continue
         new = edit(old)
         if new == old:

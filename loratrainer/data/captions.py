@@ -17,9 +17,7 @@ from loratrainer.messages import Msg, define
 class CaptionError(UserError):
     """A caption file that exists but cannot be read as text; str() is '<path>: <reason>'."""
 
-    def __init__(self, path: str | Path, reason: str | Msg | None = None):
-        if reason is None:  # a ready-made "<path>: <reason>" message (as other modules raise it)
-            path, _, reason = str(path).partition(": ")
+    def __init__(self, path: str | Path, reason: str | Msg):
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = str(reason)
