@@ -64,7 +64,7 @@ def save_caption(root: Path, image: Path, text: str, *, caption_extension: str =
     if not resolved.is_relative_to(root) or not is_image_name(resolved.name) or not resolved.is_file():
         raise UserError(Msg.of("captioning.not_inside", image=str(image), root=str(root)))
     target = writer.caption_path(resolved, writer.normalize_extension(caption_extension))
-    return writer.write_caption(target, text.replace("\r\n", "\n").replace("\r", "\n").strip())
+    return writer.write_caption(target, writer.clean_text(text))
 
 
 def tag_frequency(root: Path, *, separator: str = ",", caption_extension: str = ".txt",

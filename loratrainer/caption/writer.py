@@ -49,6 +49,11 @@ def read_text(path: Path) -> str:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CaptionError(path, Msg.of("captioning.not_utf8")) from None
+    return clean_text(text)
+
+
+def clean_text(text: str) -> str:
+    """CRLF and CR as "\\n", surrounding whitespace stripped: a caption as it is read for editing and saved."""
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 

@@ -176,7 +176,7 @@ class UtilitiesHandlers:
 
     def _save(self, folder: str, image: str, caption: str, extension: str) -> tuple[str, str | None]:
         """(message, the caption as saved); None when nothing was saved."""
-        from loratrainer.caption import editor
+        from loratrainer.caption import editor, writer
 
         if not image:
             return self.t("editor.choose_image"), None
@@ -184,7 +184,7 @@ class UtilitiesHandlers:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
             return self.t.error(exc), None
-        return self.t("editor.saved", path=path.name), (caption or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+        return self.t("editor.saved", path=path.name), writer.clean_text(caption or "")
 
     def editor_save_and_refresh(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
         """The Save button: (message, items, gallery), the page's items and gallery showing the saved caption."""
