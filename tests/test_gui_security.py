@@ -9,11 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.gui_server import start_gui, stop_gui
 
 from loratrainer.errors import UserError
 from loratrainer.gui.server import ServeOptions, allowed_hosts, neutralise_gradio_env, validate
@@ -126,33 +127,12 @@ def test_cli_refuses_listen_without_credentials_before_importing_gradio():
     assert "GRADIO False" in r.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_ignores_share_env_and_stays_on_loopback(tmp_path):
     """`loratrainer gui` with GRADIO_SHARE=True and GRADIO_SERVER_NAME=0.0.0.0 in the environment: still only
     127.0.0.1, no share tunnel, Host checked."""
-    port = _free_port()
     env = {**os.environ, "GRADIO_SHARE": "True", "GRADIO_SERVER_NAME": "0.0.0.0", "HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port), "--language", "en"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc, url = start_gui("--language", "en", env=env, log=tmp_path / "gui.log", timeout=60)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail("the GUI did not answer: " + (proc.stdout.read() if proc.poll() is not None else ""))
-                time.sleep(0.2)
         listening = [c for c in _listening_sockets(proc.pid)]
         assert listening and all(addr.startswith("127.0.0.1") for addr in listening), listening
         req = urllib.request.Request(url, headers={"Host": "evil.example"})
@@ -163,12 +143,8 @@ def test_real_server_ignores_share_env_and_stays_on_loopback(tmp_path):
             config = json.loads(r.read())
         assert not config.get("share_url")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    assert "gradio.live" not in (proc.stdout.read() or "")
+        stop_gui(proc, timeout=15)
+    assert "gradio.live" not in (tmp_path / "gui.log").read_text()
 
 
 def _listening_sockets(pid: int) -> list[str]:

@@ -3,16 +3,13 @@ serving one language at `/`, and the app's API answering a gradio_client."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
+
+from tests.gui_server import start_gui, stop_gui
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,31 +45,14 @@ def test_forced_language_is_served_at_root(tmp_path):
         assert client.get("/en/", follow_redirects=False).status_code in (404, 405) or "배치 크기" in client.get("/en/config").text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gradio_client_calls_the_api(tmp_path):
     from gradio_client import Client
 
     from tests.datasets import make_dataset
 
-    port = _free_port()
     env = {**os.environ, "HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port), "--language", "en"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = start_gui("--language", "en", env=env, log=tmp_path / "gui.log", timeout=60)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "the GUI did not start"
-                time.sleep(0.2)
         client = Client(url, verbose=False)
         api = client.view_api(return_format="dict", print_info=False)
         names = set(api["named_endpoints"])
@@ -86,9 +66,5 @@ def test_gradio_client_calls_the_api(tmp_path):
         rows = tags["data"] if isinstance(tags, dict) else tags
         assert ["house", 2] in [list(r) for r in rows]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)  # also proves Ctrl+C is not held up by a connected client
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("the GUI did not stop within 20 s of SIGTERM")
+        stopped = stop_gui(proc)
+    assert stopped, "the GUI did not stop within 20 s of SIGTERM"  # also proves Ctrl+C is not held up by a connected client

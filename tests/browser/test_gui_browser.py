@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.gui_server import start_gui, stop_gui
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("LORATRAINER_CHROMIUM", "/usr/bin/chromium")
@@ -39,12 +37,6 @@ if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
         raise RuntimeError(f"{CHROMIUM} is missing: CI must `apt-get install -y chromium fonts-noto-cjk`")
     pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,31 +63,12 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(workspace):
     """`loratrainer gui` as users start it, with its own HOME (run registry) and preset folder."""
-    port = _free_port()
     home = workspace / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "LORATRAINER_PRESET_DIR": str(workspace / "user-presets"), "PYTHONUNBUFFERED": "1"}
-    log = open(workspace / "gui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail("GUI did not start:\n" + (workspace / "gui.log").read_text())
-            time.sleep(0.3)
+    proc, url = start_gui(env=env, log=workspace / "gui.log")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_gui(proc)
 
 
 @pytest.fixture(scope="module")
