@@ -66,8 +66,7 @@ class CaptionPlan:
 @dataclass(frozen=True)
 class Skipped:
     path: Path
-    reason: str  # English, as the CLI prints it
-    msg: Msg | None = None  # the same reason coded, for the GUI
+    reason: str | Msg  # str() is the English the CLI prints; the GUI says a Msg in its language
 
 
 @dataclass
@@ -157,7 +156,7 @@ def _caption_batch(
         try:
             loaded.append((path, load_image(path, background=options.background)))
         except ImageError as exc:
-            report.failed.append(Skipped(path, exc.reason, exc.msg))
+            report.failed.append(Skipped(path, exc.msg or exc.reason))
     if not loaded:
         return
     try:
@@ -169,8 +168,7 @@ def _caption_batch(
     for (path, _), text in zip(loaded, texts, strict=True):  # one caption per image
         caption = writer.compose(options.prefix, text, options.postfix, separator)
         if not caption:
-            no_text = Msg.of("captioning.no_text")
-            report.failed.append(Skipped(path, str(no_text), no_text))
+            report.failed.append(Skipped(path, Msg.of("captioning.no_text")))
             continue
         target = plan.existing.get(path) or writer.caption_path(path, options.caption_extension)
         report.written.append(writer.write_caption(target, caption))

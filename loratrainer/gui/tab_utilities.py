@@ -122,7 +122,7 @@ class UtilitiesHandlers:
             lines.append(self.t("caption.backup", folder=str(report.backup_dir)))
         if report.cancelled:
             lines.append(self.t("caption.cancelled"))
-        lines += [f"- `{s.path.name}`: {md(self.t.message(s.msg) if s.msg is not None else s.reason)}" for s in report.failed[:20]]
+        lines += [f"- `{s.path.name}`: {md(self.t.message(s.reason))}" for s in report.failed[:20]]
         yield "\n\n".join(lines)
 
     def caption_error(self, exc: Exception) -> str:
