@@ -32,14 +32,12 @@ class Display:
                 return str(target)
             from PIL import Image, ImageOps
 
+            from loratrainer.data.images import to_rgb
+
             with Image.open(source) as im:
                 im = ImageOps.exif_transpose(im)
                 im.thumbnail((max_side, max_side))
-                if im.mode != "RGB":
-                    background = Image.new("RGB", im.size, (255, 255, 255))
-                    rgba = im.convert("RGBA")
-                    background.paste(rgba, mask=rgba.getchannel("A"))
-                    im = background
+                im = to_rgb(im)  # as training sees it: alpha on white, 16-bit scaled (not clipped to white)
                 tmp = target.with_suffix(".tmp.jpg")
                 im.save(tmp, "JPEG", quality=85)
                 tmp.replace(target)
