@@ -11,7 +11,7 @@ import torch
 
 from loratrainer.config import TrainingConfig
 from loratrainer.data.report import DatasetReport
-from loratrainer.model.kohya_format import load_network_weights, lora_state_dict
+from loratrainer.model.kohya_format import SAVE_DTYPES, load_network_weights, lora_state_dict
 from loratrainer.model.loading import load_sd15
 from loratrainer.model.lora import inject_lora
 from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
@@ -19,7 +19,6 @@ from loratrainer.model.saving import save_diffusers_lora, save_lora
 
 __all__ = ["load_models", "add_lora", "load_network_weights", "lora_state", "save_lora", "save_diffusers_lora", "file_metadata"]
 
-SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Test hook: a diffusers-layout config folder for single-file checkpoints that are not real SD1.5 (tiny models).
 CONFIG_DIR_ENV = "LORATRAINER_SD15_CONFIG_DIR"
 
@@ -43,7 +42,6 @@ def dataset_info(report: DatasetReport) -> DatasetInfo:
     """Kohya's ss_dataset_dirs / ss_tag_frequency / ss_bucket_info from the dataset check."""
     dirs: dict[str, dict[str, DirInfo]] = {"train": {}, "reg": {}}
     tags: dict[str, Counter] = {}
-    counts: Counter = Counter()
     for s in report.samples:
         name = s.concept_dir.name
         group = dirs["reg" if s.is_reg else "train"]
@@ -51,9 +49,7 @@ def dataset_info(report: DatasetReport) -> DatasetInfo:
         group[name] = DirInfo(s.repeats, old.img_count + 1)
         if not s.is_reg:
             tags.setdefault(name, Counter()).update(t.strip() for t in s.caption.split(",") if t.strip())
-    for bucket, n in report.buckets.items():
-        counts[bucket] += n
-    buckets = {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(counts.items()))}
+    buckets = {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(report.buckets.items()))}
     return DatasetInfo(
         num_train_images=report.steps.train_samples_per_epoch,
         dataset_dirs=dirs["train"],
