@@ -14,6 +14,21 @@ from typing import Callable
 
 from loratrainer.config import SavingSettings
 
+# A saved training state (train.state) is a folder beside its LoRA file; these names are here, in a module
+# without torch, so that the launcher's resume check and the rotation below use the same ones.
+STATE_FILE = "train_state.json"  # written last: marks the folder complete
+WEIGHTS_FILE = "lora_weights.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def state_folder_name(lora_file: Path) -> Path:
+    """Kohya's naming: `<file stem>-state` beside the LoRA file."""
+    return lora_file.with_name(lora_file.stem + "-state")
+
+
+def rng_file_name(rank: int) -> str:
+    return f"rng_{rank}.pt"
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -86,7 +101,7 @@ class CheckpointKeeper:
             return
         for entry in stale:
             entry[1].unlink(missing_ok=True)
-            state = entry[1].with_name(entry[1].stem + "-state")  # its saved training state, if any
-            if (state / "train_state.json").exists():
+            state = state_folder_name(entry[1])  # its saved training state, if any
+            if (state / STATE_FILE).exists():
                 shutil.rmtree(state, ignore_errors=True)
             self.written[kind].remove(entry)

@@ -221,9 +221,10 @@ def injected_stop(t, step: int) -> None:
 def save_training_state(t, writer, state: dict) -> None:
     from accelerate.utils import broadcast_object_list
 
-    from loratrainer.train.state import save_state, state_folder_name
+    from loratrainer.train.checkpoints import state_folder_name
+    from loratrainer.train.state import save_state
 
-    path = broadcast_object_list([state.get("last_path")])[0]  # the name the main process chose
+    path = broadcast_object_list([state.get("last_file")])[0]  # the name the main process chose
     folder = state_folder_name(Path(path))
     t.accelerator.wait_for_everyone()
     save_state(t, folder)
@@ -241,7 +242,6 @@ def _saving(t, writer, state: dict):
             log.info("saved %s", path)
             if writer is not None:
                 writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step)
-            state["last_path"] = path
         if t.config.saving.save_state:
             save_training_state(t, writer, state)
         t.accelerator.wait_for_everyone()

@@ -24,6 +24,7 @@ from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Msg, define
+from loratrainer.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
 ENTRY_MODULE = "loratrainer.train.entry"
 CONSOLE_FILE = "console.log"  # stdout/stderr of accelerate and the trainer (what train.log cannot catch)
@@ -177,9 +178,9 @@ def _require_writable(folder: Path, code: str) -> None:
 
 def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
-    if resume and not (Path(resume) / "train_state.json").is_file():
+    if resume and not (Path(resume) / STATE_FILE).is_file():
         raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
-    missing = [name for name in ("lora_weights.pt", "optimizer.pt", "rng_0.pt") if resume and not (Path(resume) / name).is_file()]
+    missing = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, rng_file_name(0)) if resume and not (Path(resume) / name).is_file()]
     if missing:
         raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing)))
 

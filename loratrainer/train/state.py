@@ -19,10 +19,7 @@ import torch
 
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
-
-STATE_FILE = "train_state.json"
-WEIGHTS_FILE = "lora_weights.pt"
-OPTIMIZER_FILE = "optimizer.pt"
+from loratrainer.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
 
 @dataclass(frozen=True)
@@ -39,11 +36,6 @@ class BrokenState(UserError):
     pass
 
 
-def state_folder_name(lora_file: Path) -> Path:
-    """Kohya's naming: `<file stem>-state` beside the LoRA file."""
-    return lora_file.with_name(lora_file.stem + "-state")
-
-
 def _lora_state(t) -> dict[str, torch.Tensor]:
     out = {}
     for prefix, model in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder)):
@@ -57,7 +49,7 @@ def save_state(t, folder: Path) -> None:
     """Main process: weights, optimizer, schedule, counters. Every process: its own RNG states."""
     folder.mkdir(parents=True, exist_ok=True)
     rank = t.accelerator.process_index
-    torch.save(_rng_states(), folder / f"rng_{rank}.pt")
+    torch.save(_rng_states(), folder / rng_file_name(rank))
     if not t.accelerator.is_main_process:
         return
     torch.save(_lora_state(t), folder / WEIGHTS_FILE)
@@ -86,8 +78,8 @@ def load_state(t, folder: str | Path) -> StateInfo:
     try:
         weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu")
         opt = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
-        rng_file = folder / f"rng_{t.accelerator.process_index}.pt"
-        rng = torch.load(rng_file if rng_file.exists() else folder / "rng_0.pt", weights_only=False)
+        rng_file = folder / rng_file_name(t.accelerator.process_index)
+        rng = torch.load(rng_file if rng_file.exists() else folder / rng_file_name(0), weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
         raise BrokenState(f"saving.resume: {folder} is incomplete or damaged ({exc})") from None
     params = {prefix + n: p for prefix, m in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder))
