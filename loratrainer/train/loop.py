@@ -18,7 +18,7 @@ from loratrainer.train.noise import noisy_latents, sample_noise, sample_timestep
 from loratrainer.train.sampling import maybe_sample
 from loratrainer.train.schedulers import current_lr
 from loratrainer.train.setup import Trainer
-from loratrainer.train.text import encode, tokenize
+from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 
 class NonFiniteLoss(RuntimeError):
@@ -148,7 +148,7 @@ def batch_latents(t: Trainer, batch: dict) -> torch.Tensor:
 def text_states(t: Trainer, captions: list[str]) -> torch.Tensor:
     m = t.config.model
     te = t.text_encoder
-    norm = getattr(t.accelerator.unwrap_model(te), "text_model", t.accelerator.unwrap_model(te)).final_layer_norm
+    norm = final_layer_norm(t.accelerator.unwrap_model(te))
 
     def run(texts: list[str]) -> torch.Tensor:
         return encode(te, norm, tokenize(t.components.tokenizer, texts, m.max_token_length), m.clip_skip, t.accelerator.device)

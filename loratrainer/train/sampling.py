@@ -31,7 +31,7 @@ from loratrainer.train.faults import fail_sampling
 from loratrainer.train.sample_prompts import SamplePrompt, load_prompts
 from loratrainer.train.samplers import build_scheduler, canonical_sampler
 from loratrainer.train.setup import Trainer
-from loratrainer.train.text import encode, tokenize
+from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 log = logging.getLogger("loratrainer.train")
 STATE_KEY = "sampling"  # the per-run state in Trainer.extra
@@ -171,7 +171,7 @@ def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
 def prompt_embeds(t: Trainer, text_encoder, text: str) -> torch.Tensor:
     """The prompt as training sees captions: the same clip skip and 75-token chunks (max_token_length)."""
     m = t.config.model
-    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    norm = final_layer_norm(text_encoder)
     ids = tokenize(t.components.tokenizer, [text], m.max_token_length)
     return encode(text_encoder, norm, ids, m.clip_skip, t.accelerator.device)
 

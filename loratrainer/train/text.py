@@ -22,6 +22,11 @@ def tokenize(tokenizer, captions: list[str], max_token_length: int) -> torch.Ten
     return torch.stack(chunks, dim=1)
 
 
+def final_layer_norm(text_encoder):
+    """CLIPTextModel's final layer norm (a bare CLIPTextTransformer's too), which clip skip applies to its layer."""
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+
 def encode(text_encoder, final_layer_norm, ids: torch.Tensor, clip_skip: int, device: torch.device) -> torch.Tensor:
     """Hidden states (batch, 2 + 75 x chunks, width); clip_skip n uses the n-th layer from the end, normed."""
     b, n, length = ids.shape
