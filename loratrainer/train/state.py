@@ -36,13 +36,14 @@ class BrokenState(UserError):
     pass
 
 
+def _trained_params(t) -> dict[str, torch.nn.Parameter]:
+    """The LoRA weights being trained, by the names a state file keeps them under."""
+    return {prefix + name: p for prefix, model in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder))
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
 def _lora_state(t) -> dict[str, torch.Tensor]:
-    out = {}
-    for prefix, model in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder)):
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                out[prefix + name] = p.detach().cpu().clone()
-    return out
+    return {name: p.detach().cpu().clone() for name, p in _trained_params(t).items()}
 
 
 def save_state(t, folder: Path) -> None:
@@ -82,8 +83,7 @@ def load_state(t, folder: str | Path) -> StateInfo:
         rng = torch.load(rng_file if rng_file.exists() else folder / rng_file_name(0), weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
         raise BrokenState(f"saving.resume: {folder} is incomplete or damaged ({exc})") from None
-    params = {prefix + n: p for prefix, m in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder))
-              for n, p in m.named_parameters() if p.requires_grad}
+    params = _trained_params(t)
     if set(params) != set(weights):
         raise BrokenState("saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)")
     with torch.no_grad():
