@@ -83,8 +83,8 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_training_finished_at": progress.finished_at if progress.finished_at is not None else _now(),
         "ss_output_name": config.folders.output_name,
         "ss_learning_rate": opt.learning_rate,
-        "ss_text_encoder_lr": _lr(opt.text_encoder_lr, opt.learning_rate),
-        "ss_unet_lr": _lr(opt.unet_lr, opt.learning_rate),
+        "ss_text_encoder_lr": config.effective_text_encoder_lr,
+        "ss_unet_lr": config.effective_unet_lr,
         "ss_num_train_images": dataset.num_train_images,
         "ss_num_reg_images": dataset.num_reg_images,
         "ss_num_batches_per_epoch": dataset.num_batches_per_epoch,
@@ -191,10 +191,6 @@ def with_safetensors_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str
         "sshs_model_hash": hashlib.sha256(data[8 + header_len :]).hexdigest(),
         "sshs_legacy_hash": hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8],
     }
-
-
-def _lr(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def _now() -> float:
