@@ -33,10 +33,12 @@ class DatasetHandlers:
 
         n = self.ui.named
         src, dest, name = ((data[n[k]] or "").strip() for k in ("prep_src", "prep_dest", "prep_name"))
-        repeats = int(data[n["prep_repeats"]]) if data[n["prep_repeats"]] else None
         reg = (data[n["prep_reg"]] or "").strip() or None
         if not (src and dest and name):
             return {n["prep_message"]: self.t("prepare.missing")}
+        repeats = parse_repeats(data[n["prep_repeats"]])
+        if repeats == 0:
+            return {n["prep_message"]: self.t("prepare.bad_repeats", label=self.t("prepare.repeats"))}
         try:
             r = prepare_project(src, dest, name, repeats, reg)
         except (UserError, OSError) as exc:
@@ -153,6 +155,20 @@ class DatasetHandlers:
         return result
 
 
+def parse_repeats(value) -> int | None:
+    """The Repeats box: empty means "suggested" (None); a whole number of at least 1; anything else 0 (refused).
+    A text box, not a Number: Gradio's Number shows 0 when empty and refuses it against its minimum with a
+    bare "Error" badge on every output."""
+    text = str(value if value is not None else "").strip()
+    if not text:
+        return None
+    try:
+        number = float(text.replace(",", "."))
+    except ValueError:
+        return 0
+    return int(number) if number.is_integer() and number >= 1 else 0
+
+
 def concept_rows(report) -> list[list]:
     """[folder name, repeats, images, samples per epoch] per training and reg concept folder."""
     rows: dict[Path, list] = {}
@@ -240,7 +256,8 @@ def _prepare_panel(ui: UiContext, gr):
             n["prep_dest"] = gr.Textbox(label=t("prepare.dest"), info=t("prepare.dest_help"), elem_id="prep-dest")
         with gr.Row():
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
-            n["prep_repeats"] = gr.Number(label=t("prepare.repeats"), info=t("prepare.repeats_help"), precision=0, minimum=1, elem_id="prep-repeats")
+            n["prep_repeats"] = gr.Textbox(value="", label=t("prepare.repeats"), info=t("prepare.repeats_help"), placeholder=t("prepare.repeats_placeholder"),
+                                           elem_id="prep-repeats")
             n["prep_reg"] = gr.Textbox(label=t("prepare.reg"), info=t("prepare.reg_help"), elem_id="prep-reg")
         button = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
         n["prep_message"] = gr.Markdown(elem_id="prep-message")
