@@ -105,12 +105,34 @@ def test_running_run_progress_samples_stop_and_reattach(page, tmp_path):
         # The next tick with the same samples does not resend the gallery.
         again = h.refresh(str(run_dir), 2)
         assert again[n["gallery"]] == {"__type__": "update"} or again[n["gallery"]].get("__type__") == "update"
-        assert "Stopping" in h.stop(str(run_dir))
+        assert out[n["stop_button"]]["interactive"] is True and out[n["stop_button"]]["variant"] == "stop"
+        stopped = h.stop(str(run_dir))
         assert (run_dir / events.STOP_FILE).exists()
+        assert stopped[n["run_message"]] == "" and stopped[n["status"]].startswith("Stopping")
+        # every later tick keeps saying so until the trainer has ended (a stop can take many seconds)
+        for _ in range(3):
+            assert h.refresh(str(run_dir), 2)[n["status"]].startswith("Stopping")
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert h.stop(str(run_dir)) == "No run is going."
+    assert h.stop(str(run_dir)) == {n["run_message"]: "No run is going."}
+    ended = h.refresh(str(run_dir), 2)
+    assert not ended[n["status"]].startswith("Stopping") and ended[n["stop_button"]]["interactive"] is False
+
+
+def test_start_during_a_run_leaves_its_status_alone(page, tmp_path):
+    """A second Start while a run goes answers under the buttons; the live status, progress and timer stay."""
+    h, n = page.handlers["training"], page.named
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = fake_run(page, tmp_path, "busy", ended=None, pid=sleeper.pid)
+        out = h.start(page.show_config(TrainingConfig()))
+        assert set(out) == {n["run_message"]}  # nothing else on the page changes
+        assert "still going" in out[n["run_message"]] and str(run_dir) in out[n["run_message"]]
+        assert "step 3 of 8" in h.refresh(str(run_dir), -1)[n["status"]]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):

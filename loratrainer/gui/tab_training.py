@@ -156,14 +156,20 @@ class TrainingHandlers:
         return {box: format_command(build_command(config, run_dir))}
 
     def start(self, data: dict) -> dict:
+        """Start a run. The answer goes to the message under the buttons, never over the run's status: Start
+        pressed during a run leaves that run's live view alone; a refused first start clears the previous run's
+        progress, chart and samples, so they do not sit under the refusal as if they belonged to it."""
         import gradio as gr
 
-        status = self.ui.named["status"]
+        n = self.ui.named
         try:
             run_dir = self.ui.jobs.start(self.ui.read_config(data))
         except UserError as exc:
-            return {status: self.refusal(exc), self.ui.named["timer"]: gr.Timer(active=False)}
-        return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
+            message = {n["run_message"]: self.refusal(exc)}
+            if self.ui.jobs.active() is not None:
+                return message
+            return {**self.refresh(None, -1), **message}
+        return {**self.refresh(str(run_dir), -1), n["run_message"]: ""}
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
@@ -180,14 +186,18 @@ class TrainingHandlers:
             head, rest = self.t.error_text(exc), ""
         else:
             head, _, rest = str(exc).partition("\n")
+        head = head[:1].upper() + head[1:]  # a sentence after "Not started." (messages are written to follow "error: ")
         message = self.t("start.refused", error=md(head))
         return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 
-    def stop(self, run_dir: str | None) -> str:
+    def stop(self, run_dir: str | None) -> dict:
+        """Ask the run to stop. The status line itself says "Stopping…" until the trainer has saved and ended
+        (status_line reads the STOP file), so no later tick puts the old status back."""
+        n = self.ui.named
         if not run_dir or not self.ui.jobs.view(run_dir).alive:
-            return self.t("stop.nothing")
+            return {n["run_message"]: self.t("stop.nothing")}
         self.ui.jobs.stop(run_dir)
-        return self.t("stop.requested", file=progress.interrupted_file(self.ui.jobs.view(run_dir)))
+        return {n["run_message"]: "", n["status"]: progress.status_line(self.ui.jobs.view(run_dir), self.t)}
 
     def attach(self) -> dict:
         """On page load: the running job (or the newest run) comes back, with the timer on when it runs, and
@@ -218,6 +228,8 @@ class TrainingHandlers:
             n["log"]: view.log_tail if view else "",
             n["timer"]: gr.Timer(active=bool(view and view.alive)),
             n["samples_seen"]: len(view.samples) if view else 0,
+            # Stop is red and pressable only while a run goes
+            n["stop_button"]: gr.update(interactive=bool(view and view.alive), variant="stop" if view and view.alive else "secondary"),
         }
         if view is None or len(view.samples) != samples_seen:
             out[n["gallery"]] = progress.sample_gallery(view, self.ui.display, self.t)
@@ -241,7 +253,7 @@ def build(ui: UiContext) -> TrainingHandlers:
 
     cfg = ui.config_inputs
     config_outputs = list(ui.fields.values()) + [n["config_message"]]
-    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery")]
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button")]
     buttons["load_preset"].click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs, api_name="load_preset")
     buttons["save_preset"].click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
     buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
@@ -249,8 +261,8 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
     buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
     buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
-    buttons["start"].click(h.start, inputs=cfg(), outputs=live, api_name="start")
-    buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
+    buttons["start"].click(h.start, inputs=cfg(), outputs=live + [n["run_message"]], api_name="start")
+    buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
     folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
@@ -310,9 +322,12 @@ def _rows(ui: UiContext, gr, paths: list[str], per_row: int = 3) -> None:
 def _run_panel(ui: UiContext, gr) -> dict:
     t, n = ui.t, ui.named
     with gr.Row():
+        # Other buttons that start runs (a queue) go in this row; their answers go to run_message too.
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
-        stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
+        stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
+    # What a button answered (a refusal, "no run is going"): apart from the run's own status below.
+    n["run_message"] = gr.Markdown(elem_id="run-message")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
     n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
     n["progress"] = gr.HTML(elem_id="run-progress")
