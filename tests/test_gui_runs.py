@@ -127,7 +127,7 @@ def test_start_during_a_run_leaves_its_status_alone(page, tmp_path):
     try:
         run_dir = fake_run(page, tmp_path, "busy", ended=None, pid=sleeper.pid)
         out = h.start(page.show_config(TrainingConfig()))
-        assert set(out) == {n["run_message"]}  # nothing else on the page changes
+        assert set(out) == {n["run_message"], n["confirm_panel"]}  # nothing else on the page changes
         assert "still going" in out[n["run_message"]] and str(run_dir) in out[n["run_message"]]
         assert "step 3 of 8" in h.refresh(str(run_dir), -1)[n["status"]]
     finally:

@@ -145,31 +145,82 @@ class TrainingHandlers:
     # -- the run -------------------------------------------------------------------------------------------
 
     def show_command(self, data: dict) -> dict:
+        """What can be run: the page's settings written to a config file, `loratrainer train --config FILE`, and
+        the accelerate command that becomes (its run folder is named when the run starts)."""
+        import re
+        from datetime import datetime
+
         from loratrainer.train.launch import build_command, format_command, logging_root
 
         box = self.ui.named["command"]
         try:
             config = self.ui.read_config(data)
         except UserError as exc:
-            return {box: self.t.error(exc)}
+            return {box: self.t.error_text(exc)}
+        name = re.sub(r"[^\w.-]+", "_", config.folders.output_name) or "config"
+        target = Path(self.ui.jobs.state_dir) / "configs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
+        try:
+            save_config(config, target)
+        except OSError as exc:
+            return {box: self.t.error_text(exc)}
         run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
-        return {box: format_command(build_command(config, run_dir))}
+        lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
+                 self.t("command.becomes"), format_command(build_command(config, run_dir))]
+        return {box: "\n".join(lines)}
 
-    def start(self, data: dict) -> dict:
+    def start(self, data: dict, confirmed: bool = False) -> dict:
         """Start a run. The answer goes to the message under the buttons, never over the run's status: Start
         pressed during a run leaves that run's live view alone; a refused first start clears the previous run's
-        progress, chart and samples, so they do not sit under the refusal as if they belonged to it."""
-        import gradio as gr
-
+        progress, chart and samples, so they do not sit under the refusal as if they belonged to it. Images that
+        would be skipped or an absurd learning rate are asked about first (Start anyway / Cancel)."""
         n = self.ui.named
+        hide = {n["confirm_panel"]: _visible(False)}
         try:
-            run_dir = self.ui.jobs.start(self.ui.read_config(data))
+            config = self.ui.read_config(data)
+            if not confirmed and self.ui.jobs.active() is None:
+                questions = self.questions(config)
+                if questions:
+                    listing = "\n".join(f"- {q}" for q in questions)
+                    return {n["confirm_text"]: self.t("start_check.ask", listing=listing), n["confirm_panel"]: _visible(True), n["run_message"]: ""}
+            run_dir = self.ui.jobs.start(config)
         except UserError as exc:
-            message = {n["run_message"]: self.refusal(exc)}
+            message = {n["run_message"]: self.refusal(exc), **hide}
             if self.ui.jobs.active() is not None:
                 return message
             return {**self.refresh(None, -1), **message}
-        return {**self.refresh(str(run_dir), -1), n["run_message"]: ""}
+        return {**self.refresh(str(run_dir), -1), n["run_message"]: "", **hide}
+
+    def start_anyway(self, data: dict) -> dict:
+        return self.start(data, confirmed=True)
+
+    def questions(self, config) -> list[str]:
+        from loratrainer.data.check import check_dataset
+        from loratrainer.gui.start_checks import start_warnings
+
+        try:
+            report = check_dataset(config, num_processes=config.launch.num_processes)
+        except (UserError, OSError):
+            report = None  # Start's own check says what is wrong
+        return start_warnings(config, report if report is not None and report.ok else None, self.t)
+
+    def run_summary(self, data: dict) -> str:
+        """ "N images, M skipped, S steps" from the Dataset tab's last check, recounted as the settings change."""
+        from loratrainer.data.steps import count_steps
+        from loratrainer.gui.tab_dataset import STEP_FIELDS
+
+        report = data.get(self.ui.named.get("report"))
+        if report is None:
+            return self.t("training.summary_unchecked")
+        values = self.ui.paths_of(data)
+        try:
+            nums = {p: int(values[p]) for p in STEP_FIELDS}
+            s = count_steps(report.samples, nums["optimizer.train_batch_size"], nums["optimizer.gradient_accumulation_steps"],
+                            nums["launch.num_processes"], nums["optimizer.epoch"], nums["optimizer.max_train_steps"])
+        except (TypeError, ValueError, ZeroDivisionError, KeyError):
+            return self.t("steps.invalid")
+        text = self.t("training.summary", images=report.images, skipped=len(report.skipped), steps=s.total_steps, epochs=s.epochs,
+                      per_epoch=s.steps_per_epoch)
+        return ("⚠ " if report.skipped else "") + text
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
@@ -226,6 +277,7 @@ class TrainingHandlers:
             n["progress"]: progress.progress_html(view, self.t),
             n["loss_plot"]: progress.loss_frame(view),
             n["log"]: view.log_tail if view else "",
+            n["run_notes"]: run_notes(view, self.t) if view else "",
             n["timer"]: gr.Timer(active=bool(view and view.alive)),
             n["samples_seen"]: len(view.samples) if view else 0,
             # Stop is red and pressable only while a run goes
@@ -253,7 +305,7 @@ def build(ui: UiContext) -> TrainingHandlers:
 
     cfg = ui.config_inputs
     config_outputs = list(ui.fields.values()) + [n["config_message"]]
-    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button")]
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button", "run_notes")]
     buttons["load_preset"].click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs, api_name="load_preset")
     buttons["save_preset"].click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
     buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
@@ -261,7 +313,19 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
     buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
     buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
-    buttons["start"].click(h.start, inputs=cfg(), outputs=live + [n["run_message"]], api_name="start")
+    start_outputs = live + [n["run_message"], n["confirm_panel"], n["confirm_text"]]
+    buttons["start"].click(h.start, inputs=cfg(), outputs=start_outputs, api_name="start")
+    buttons["start_anyway"].click(h.start_anyway, inputs=cfg(), outputs=start_outputs, api_visibility="private")
+    buttons["cancel_start"].click(lambda: _visible(False), outputs=[n["confirm_panel"]], api_visibility="private")
+
+    def wire_summary() -> None:  # the Dataset tab's check result is known after every tab is built
+        from loratrainer.gui.tab_dataset import STEP_FIELDS
+
+        inputs = {ui.fields[p] for p in STEP_FIELDS} | {n["report"]}
+        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_FIELDS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
+              trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+
+    ui.after_build(wire_summary)
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
@@ -326,11 +390,18 @@ def _run_panel(ui: UiContext, gr) -> dict:
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
         stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
+    n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
+    with gr.Group(visible=False, elem_id="confirm-start") as n["confirm_panel"]:
+        n["confirm_text"] = gr.Markdown(elem_id="confirm-text")
+        with gr.Row():
+            start_anyway = gr.Button(t("start_check.start_anyway"), variant="primary", elem_id="run-start-anyway")
+            cancel_start = gr.Button(t("start_check.cancel"), elem_id="run-start-cancel")
     # What a button answered (a refusal, "no run is going"): apart from the run's own status below.
     n["run_message"] = gr.Markdown(elem_id="run-message")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
     n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
     n["progress"] = gr.HTML(elem_id="run-progress")
+    n["run_notes"] = gr.Markdown(elem_id="run-notes")
     with gr.Row():
         n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
@@ -342,4 +413,47 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)
-    return {"start": start, "stop": stop, "show_command": show_command}
+    return {"start": start, "stop": stop, "show_command": show_command, "start_anyway": start_anyway, "cancel_start": cancel_start}
+
+
+def _visible(shown: bool):
+    import gradio as gr
+
+    return gr.update(visible=shown)
+
+
+def loratrainer_command() -> list[str]:
+    """How this machine runs `loratrainer`: the installed script, else this Python with -m."""
+    import sys
+
+    script = shutil.which("loratrainer")
+    return [script] if script else [sys.executable, "-m", "loratrainer"]
+
+
+def run_notes(view, t) -> str:
+    """The trainer's warnings (train.log, or console.log before train.log existed), e.g. "no CUDA GPU: mixed
+    precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
+    import re
+
+    from loratrainer import events
+    from loratrainer.train.launch import CONSOLE_FILE
+
+    notes: list[str] = []
+    for name in (events.LOG_FILE, CONSOLE_FILE):
+        try:
+            with open(view.run_dir / name, "rb") as fh:
+                head = fh.read(64 * 1024).decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        for m in re.finditer(r"^\S+ \S+ WARNING (.+)$", head, re.MULTILINE):
+            if m.group(1).strip() not in notes:
+                notes.append(m.group(1).strip())
+    try:
+        from loratrainer.config import load_config
+
+        notes += [n for n in load_config(view.run_dir / events.CONFIG_FILE).summary() if n not in notes]
+    except Exception:  # a damaged config.json: the status says what matters
+        pass
+    if not notes:
+        return ""
+    return t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
