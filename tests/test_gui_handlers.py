@@ -244,3 +244,69 @@ def test_save_as_kohya_config_round_trips(page, tmp_path):
     assert raw["network_dim"] == 32 and "schema_version" not in raw  # flat, Kohya's layout
     config, report = load_any_config(target)
     assert report.format == "kohya" and config.network.network_dim == 32
+
+
+def test_show_command_can_be_run(page, tmp_path):
+    """Show command writes the page's settings to a config file and shows `loratrainer train --config FILE`
+    (runnable as shown), then the accelerate command it becomes."""
+    import shlex
+
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["folders.output_name"]] = "house"
+    data[page.fields["network.network_dim"]] = 12
+    text = h.show_command(data)[page.named["command"]]
+    lines = text.splitlines()
+    train = next(line for line in lines if " train --config " in line)
+    argv = shlex.split(train)
+    config_file = Path(argv[argv.index("--config") + 1])
+    assert config_file.is_file() and load_config(config_file).network.network_dim == 12
+    assert argv[argv.index("train") - 1].endswith("loratrainer")
+    assert any("accelerate.commands.launch" in line and "loratrainer.train.entry" in line for line in lines)
+    # a bad value: the message names the field by its label, no "**Error:**" markdown in a text box
+    data[page.fields["network.network_dim"]] = 0
+    assert "Network rank (dimension)" in h.show_command(data)[page.named["command"]]
+
+
+def test_training_tab_counts_images_and_steps_live(page, tmp_path):
+    h, d, n = page.handlers["training"], page.handlers["dataset"], page.named
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    assert "Dataset" in h.run_summary(data)  # not checked yet: says where
+    report = d.check(data)[n["report"]]
+    data[n["report"]] = report
+    data[page.fields["optimizer.epoch"]] = 2
+    data[page.fields["optimizer.train_batch_size"]] = 2
+    text = h.run_summary(data)
+    assert "4 images, 1 skipped, 20 steps" in text, text  # 4 x 5 repeats / batch 2 = 10 a epoch
+    data[page.fields["optimizer.epoch"]] = 3
+    assert "30 steps" in h.run_summary(data)
+
+
+def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, tmp_path, monkeypatch):
+    h, n = page.handlers["training"], page.named
+    started = []
+    monkeypatch.setattr(page.jobs, "start", lambda config: started.append(config) or tmp_path / "run")
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW"
+    data[page.fields["optimizer.learning_rate"]] = 1.0  # "0,0001" as a browser with a decimal comma sent it
+    out = h.start(data)
+    assert out[n["confirm_panel"]]["visible"] is True and started == []
+    question = out[n["confirm_text"]]
+    assert "1 image(s) would be skipped" in question
+    assert "Learning rate is 1" in question and "AdamW" in question
+    # Prodigy wants about 1.0: 1e-4 is the suspicious one there
+    data[page.fields["optimizer.optimizer"]] = "Prodigy"
+    data[page.fields["optimizer.learning_rate"]] = 1e-4
+    assert "expects about 1.0" in h.start(data)[n["confirm_text"]] and started == []
+    # Start anyway: started as it is, and the question goes away
+    out = h.start_anyway(data)
+    assert len(started) == 1 and started[0].optimizer.optimizer == "Prodigy" and out[n["confirm_panel"]]["visible"] is False
