@@ -5,6 +5,7 @@ position."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -310,3 +311,30 @@ def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, t
     # Start anyway: started as it is, and the question goes away
     out = h.start_anyway(data)
     assert len(started) == 1 and started[0].optimizer.optimizer == "Prodigy" and out[n["confirm_panel"]]["visible"] is False
+
+
+def test_errors_name_the_labels_on_screen_as_sentences(page, tmp_path):
+    """Refusals and form errors name settings as the page labels them, never by config key, and read as sentences."""
+    h, n = page.handlers["training"], page.named
+    root = make_dataset(tmp_path / "img", {"5_house": 2})
+    write = tmp_path / "model"
+    write.mkdir()
+    (write / "house.safetensors").write_bytes(b"x")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(write)
+    data[page.fields["folders.output_name"]] = "house"
+    data[page.fields["optimizer.optimizer"]] = "AdamW"
+    message = h.start(data)[n["run_message"]]
+    assert "Output name" in message and "If the output file exists" in message, message
+    assert "output_name" not in message and "saving.existing_output" not in message
+    # an emptied number box
+    data[page.fields["network.network_alpha"]] = None
+    message = h.start(data)[n["run_message"]]
+    assert "Network alpha" in message and "enter a number" in message and "None" not in message, message
+    # a dataset problem names the folder setting by its label
+    data = form(page)
+    data[page.fields["folders.output_dir"]] = str(write)
+    message = h.start(data)[n["run_message"]]
+    assert "Image folder" in message and "folders.train_data_dir" not in message, message
+    assert re.search(r"\*\*Not started\.\*\* [A-Z]", message), message

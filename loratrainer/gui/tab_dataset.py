@@ -68,7 +68,8 @@ class DatasetHandlers:
         return {
             n["report"]: report,
             n["check_summary"]: self.summary(report),
-            n["problems"]: [[self.t(f"check.severity.{p.severity}"), p.path, self.t.problem(p)] for p in report.sorted_problems()],
+            n["problems"]: [[self.t(f"check.severity.{p.severity}"), self.t.label_or_path(str(p.path)), self.t.problem(p)]
+                            for p in report.sorted_problems()],
             n["problem_images"]: self.problem_thumbnails(report),
             n["concepts"]: concept_rows(report),
             n["steps"]: self.steps_text(report, report.steps),

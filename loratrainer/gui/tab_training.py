@@ -230,7 +230,7 @@ class TrainingHandlers:
 
             head = self.t.message(Msg.of("launch.dataset_failed"))
             labels = {s: self.t(f"check.severity.{s}") for s in ("error", "warning", "info")}
-            rest = "\n".join(f"{labels[p.severity]}: {p.path}: {self.t.problem(p)}" for p in report.sorted_problems())
+            rest = "\n".join(f"{labels[p.severity]}: {self.t.label_or_path(str(p.path))}: {self.t.problem(p)}" for p in report.sorted_problems())
         elif msg is not None:
             head, rest = self.t.message(msg), ""
         elif getattr(exc, "fields", None):

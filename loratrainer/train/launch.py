@@ -23,7 +23,7 @@ from loratrainer import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Label, Msg, define
 from loratrainer.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
 ENTRY_MODULE = "loratrainer.train.entry"
@@ -44,15 +44,15 @@ class LaunchRefused(UserError):
 define({
     "launch.output_exists": (
         "{file} (or one of its epoch files) already exists and will not be overwritten: "
-        "choose another output_name, move the file, or set saving.existing_output = rename"
+        "choose another {name}, move the file, or set {existing} = rename"
     ),
-    "launch.no_output_dir": "folders.output_dir is empty: choose where the LoRA files are written",
+    "launch.no_output_dir": "{folder} is empty: choose where the LoRA files are written",
     "launch.output_not_writable": "cannot write to the output folder {folder}: {detail}",
     "launch.no_space": "not enough free disk space in {folder}: {free} MB free, about {needed} MB needed",
-    "launch.not_a_state": "saving.resume: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
+    "launch.not_a_state": "{setting}: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
     "launch.dataset_failed": "the dataset check failed:",
     "launch.logging_not_writable": "cannot write to the logging folder {folder}: {detail}",
-    "launch.state_incomplete": "saving.resume: {folder} is incomplete (no {files}): choose another '-state' folder",
+    "launch.state_incomplete": "{setting}: {folder} is incomplete (no {files}): choose another '-state' folder",
     "launch.bad_sample_prompts": "{detail}",  # the prompt parser's own line (names the line); the GUI frames it
     "launch.optimizer_unavailable": "{detail}",  # eight_bit.refusal's advice; the GUI frames it
 })
@@ -117,7 +117,8 @@ def resolve_output_name(config: TrainingConfig) -> TrainingConfig:
     if not _name_taken(out, name) or config.saving.resume:
         return config  # a resumed run continues the file numbering; save_lora still never overwrites
     if config.saving.existing_output == "refuse":
-        raise LaunchRefused(Msg.of("launch.output_exists", file=str(out / (name + ".safetensors"))))
+        raise LaunchRefused(Msg.of("launch.output_exists", file=str(out / (name + ".safetensors")), name=Label("folders.output_name"),
+                                      existing=Label("saving.existing_output")))
     n = 2
     while _name_taken(out, f"{name}_{n}"):
         n += 1
@@ -153,7 +154,7 @@ def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int
 def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
     out = Path(config.folders.output_dir)
     if not config.folders.output_dir:
-        raise LaunchRefused(Msg.of("launch.no_output_dir"))
+        raise LaunchRefused(Msg.of("launch.no_output_dir", folder=Label("folders.output_dir")))
     _require_writable(out, "launch.output_not_writable")
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
@@ -179,10 +180,10 @@ def _require_writable(folder: Path, code: str) -> None:
 def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
     if resume and not (Path(resume) / STATE_FILE).is_file():
-        raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
+        raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume, setting=Label("saving.resume")))
     missing = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, rng_file_name(0)) if resume and not (Path(resume) / name).is_file()]
     if missing:
-        raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing)))
+        raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing), setting=Label("saving.resume")))
 
 
 def check_sample_prompts(config: TrainingConfig) -> None:
