@@ -156,3 +156,29 @@ def test_sample_grid_rows_are_prompts_and_columns_are_epochs(tmp_path):
         for c, epoch in enumerate((1, 2)):
             assert tuple(image[r][c][24, 20]) == pytest.approx(colors[(epoch, index)], abs=3)
     assert sample_grid(read_run(write_run(tmp_path / "other", "x", "m", []))) is None
+
+
+def test_a_grid_render_runs_apart_and_cancels(tiny_run, tmp_path):
+    """The GUI's render: its own process (and session) writing progress; Cancel ends it and saves nothing."""
+    import time
+
+    from loratrainer.compare.process import Renders
+
+    root, model, files = tiny_run
+    renders = Renders()
+    target = tmp_path / "grids" / "w.png"
+    render = renders.start([str(f) for f in files] + ["--model", str(model), "--prompt", "x", "--steps", "50", "--width", "64", "--height", "64"],
+                           target)
+    deadline = time.time() + 120
+    while not render.last() and time.time() < deadline:
+        time.sleep(0.2)
+    assert render.last().get("phase") in ("loading", "rendering")
+    assert render.running
+    try:
+        renders.start(["x"], tmp_path / "other.png")
+        raise AssertionError("a second render started while one runs")
+    except RuntimeError:
+        pass
+    assert renders.cancel() is True
+    assert not render.running and render.cancelled and not target.exists()
+    assert renders.cancel() is False

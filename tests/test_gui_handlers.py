@@ -112,6 +112,25 @@ def test_prepare_check_steps_and_repeats(page, tmp_path):
     done = h.apply_renames(data)
     assert (tmp_path / "project/image/20_my style").is_dir() and not (tmp_path / "project/image/10_my style").exists()
     assert done[page.named["concepts"]] == [["20_my style", 20, 4, 80]]
+    assert proposal[page.named["rename_buttons"]]["visible"] is True
+    assert done[page.named["rename_buttons"]]["visible"] is False  # no Rename/Cancel left once it is done
+
+
+def test_prepare_repeats_empty_is_suggested_and_bad_ones_are_a_sentence(page, tmp_path):
+    """The Repeats box starts empty; empty means the suggested number; 0 or text is one sentence, not an Error badge."""
+    h, n = page.handlers["dataset"], page.named
+    assert n["prep_repeats"].value == ""
+    src = tmp_path / "photos"
+    for i in range(4):
+        make_image(src / f"p{i}.png")
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="cat", prep_repeats="", prep_reg=""))
+    assert "150 repeats" in out[n["prep_message"]] and (tmp_path / "project" / "image" / "150_cat").is_dir()
+    for bad in ("0", "-3", "two", "1.5"):
+        out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "p2"), prep_name="cat", prep_repeats=bad, prep_reg=""))
+        assert set(out) == {n["prep_message"]} and "Repeats must be a whole number of at least 1" in out[n["prep_message"]]
+    assert not (tmp_path / "p2").exists()
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "p3"), prep_name="cat", prep_repeats="12", prep_reg=""))
+    assert (tmp_path / "p3" / "image" / "12_cat").is_dir()
 
 
 def test_prepare_refusal_is_a_message(page, tmp_path):

@@ -335,3 +335,25 @@ def test_log_box_shows_the_whole_tail(page):
     from loratrainer.gui.jobs import LOG_TAIL_LINES
 
     assert page.named["log"].max_lines >= LOG_TAIL_LINES
+
+
+def test_tensorboard_and_output_folder_buttons(page, tmp_path, monkeypatch):
+    import urllib.request
+
+    run_dir = fake_run(page, tmp_path, "tb", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
+    r = page.handlers["results"]
+    assert "no TensorBoard logs" in r.tensorboard(str(run_dir))
+    (run_dir / events.TENSORBOARD_DIR).mkdir()
+    try:
+        message = r.tensorboard(str(run_dir))
+        url = message.split("](")[1].split(")")[0]
+        assert url.startswith("http://127.0.0.1:")  # loopback only
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.status == 200
+        assert r.tensorboard(str(run_dir)) == message  # the same one again, not a second server
+    finally:
+        r.tensorboards.close()
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert str(tmp_path / "model") in r.open_output(str(run_dir)) and "No file manager" in r.open_output(str(run_dir))
+    assert r.open_output(None) == "Choose a run first."

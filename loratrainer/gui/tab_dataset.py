@@ -132,27 +132,29 @@ class DatasetHandlers:
         try:
             plan = rename_plan(rows, train_dir)
         except UserError as exc:
-            return {n["rename_text"]: self.t.error(exc), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t.error(exc), n["rename_panel"]: _shown(), n["rename_buttons"]: _hidden(), n["pending"]: []}
         if not plan:
-            return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["rename_buttons"]: _hidden(), n["pending"]: []}
         listing = "\n".join(f"- `{Path(a).name}` → `{Path(b).name}`" for a, b in plan)
-        return {n["rename_text"]: self.t("repeats.confirm", listing=listing), n["rename_panel"]: _shown(), n["pending"]: plan}
+        return {n["rename_text"]: self.t("repeats.confirm", listing=listing), n["rename_panel"]: _shown(), n["rename_buttons"]: _shown(),
+                n["pending"]: plan}
 
     def apply_renames(self, data: dict) -> dict:
         n = self.ui.named
         plan = data.get(n["pending"]) or []
         if plan and self.ui.jobs.active() is not None:  # the running trainer reads these folders
-            return {n["rename_text"]: self.t("repeats.running"), n["pending"]: []}
+            return {n["rename_text"]: self.t("repeats.running"), n["pending"]: [], n["rename_buttons"]: _hidden()}
         done = []
         for old, new in plan:
             if Path(new).exists():
-                return {n["rename_text"]: self.t("repeats.exists", folder=new), n["pending"]: []}
+                return {n["rename_text"]: self.t("repeats.exists", folder=new), n["pending"]: [], n["rename_buttons"]: _hidden()}
             Path(old).rename(new)
             done.append(new)
         result = self.check(data)
         result[n["rename_text"]] = self.t("repeats.done", count=len(done))
         result[n["pending"]] = []
         result[n["rename_panel"]] = _shown()
+        result[n["rename_buttons"]] = _hidden()  # done: nothing left to confirm or cancel
         return result
 
 
@@ -239,8 +241,8 @@ def build(ui: UiContext) -> DatasetHandlers:
         gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         buttons["apply"].click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
-                               outputs=[n["rename_text"], n["rename_panel"], n["pending"]], api_visibility="private")
-        buttons["confirm"].click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"]],
+                               outputs=[n["rename_text"], n["rename_panel"], n["rename_buttons"], n["pending"]], api_visibility="private")
+        buttons["confirm"].click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"], n["rename_buttons"]],
                                  api_visibility="private")
         buttons["cancel"].click(lambda: ([], _hidden()), outputs=[n["pending"], n["rename_panel"]], api_visibility="private")
 
@@ -299,7 +301,7 @@ def _report_panel(ui: UiContext, gr) -> dict:
             apply = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
             with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
                 n["rename_text"] = gr.Markdown()
-                with gr.Row():
+                with gr.Row() as n["rename_buttons"]:
                     confirm = gr.Button(t("repeats.confirm_button"), variant="stop", elem_id="repeats-confirm")
                     cancel = gr.Button(t("repeats.cancel"), elem_id="repeats-cancel")
             n["pending"] = gr.State([])

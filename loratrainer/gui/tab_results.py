@@ -55,9 +55,15 @@ class ResultsHandlers:
     def __init__(self, ui: UiContext):
         from loratrainer.compare.process import Renders
 
+        import atexit
+
+        from loratrainer.gui.tools import TensorBoards
+
         self.ui = ui
         self.t = ui.t
         self.renders = Renders()
+        self.tensorboards = TensorBoards()
+        atexit.register(self.tensorboards.close)
 
     def outcome(self, view) -> str:
         return self.t("results.outcome." + ("running" if view.alive else view.outcome.split(" ")[0]))
@@ -148,6 +154,39 @@ class ResultsHandlers:
         path = records[row]
         meta = read_metadata(path)
         return {n["results_meta"]: readable_metadata(meta) if meta else {"": self.t("results.no_metadata")}, n["results_file_path"]: path}
+
+    # -- doors out ----------------------------------------------------------------------------------------
+
+    def open_output(self, run_dir: str | None) -> str:
+        from loratrainer.gui.i18n import md
+        from loratrainer.gui.tools import open_folder
+
+        if not run_dir:
+            return self.t("results.choose_run")
+        try:
+            folder = Path(load_config(Path(run_dir) / events.CONFIG_FILE).folders.output_dir)
+        except ConfigError as exc:
+            return self.t.error(exc)
+        if open_folder(folder):
+            return self.t("results.folder_opened", folder=md(str(folder)))
+        return self.t("results.folder_no_desktop", folder=md(str(folder)))
+
+    def tensorboard(self, run_dir: str | None) -> str:
+        from loratrainer.gui.i18n import md
+
+        if not run_dir:
+            return self.t("results.choose_run")
+        logdir = Path(run_dir) / events.TENSORBOARD_DIR
+        command = f"tensorboard --logdir \"{logdir}\" --host 127.0.0.1"
+        if not logdir.is_dir():
+            return self.t("results.tensorboard_no_logs", folder=md(str(logdir)))
+        if not self.tensorboards.available():
+            return self.t("results.tensorboard_missing", command=md(command))
+        try:
+            url = self.tensorboards.url_for(logdir)
+        except RuntimeError as exc:
+            return self.t("results.tensorboard_failed", detail=md(str(exc)), command=md(command))
+        return self.t("results.tensorboard_running", url=url)
 
     # -- the grids ---------------------------------------------------------------------------------------------
 
@@ -262,6 +301,10 @@ def build(ui: UiContext) -> ResultsHandlers:
         n["results_meta"] = gr.JSON(label=t("results.metadata"), elem_id="results-meta", open=False, scale=3)
     n["results_paths"] = gr.Textbox(label=t("results.paths"), info=t("results.paths_help"), lines=3, interactive=False, buttons=["copy"],
                                     elem_id="results-paths")
+    with gr.Row():
+        open_output = gr.Button(t("results.open_folder"), elem_id="results-open-folder")
+        tensorboard = gr.Button(t("results.tensorboard"), elem_id="results-tensorboard")
+    n["results_tools_message"] = gr.Markdown(elem_id="results-tools-message")
     n["results_samples"] = gr.Gallery(label=t("results.samples"), columns=6, height=300, object_fit="contain", elem_id="results-samples")
     with gr.Accordion(t("results.sample_grid_section"), open=True, elem_id="sample-grid-section"):
         gr.Markdown(t("results.sample_grid_intro"))
@@ -293,6 +336,8 @@ def build(ui: UiContext) -> ResultsHandlers:
     on_select.__annotations__ = {"evt": gr.SelectData}  # a real class: Gradio finds the event data by annotation
     n["results_files"].select(on_select, inputs=[n["results_records"]], outputs=[n["results_meta"], n["results_file_path"]],
                               api_visibility="private")
+    open_output.click(h.open_output, inputs=[n["results_run"]], outputs=[n["results_tools_message"]], api_visibility="private")
+    tensorboard.click(h.tensorboard, inputs=[n["results_run"]], outputs=[n["results_tools_message"]], api_visibility="private")
     sample_button.click(h.make_sample_grid, inputs=[n["results_run"]], outputs=[n["sample_grid_message"], n["sample_grid"]], api_visibility="private")
     grid_inputs = [n[k] for k in ("results_run", "grid_files", "grid_weights", "grid_prompts", "grid_seed", "grid_steps", "grid_width", "grid_height")]
     grid_status = [n["grid_message"], n["grid_timer"], n["grid_cancel"], n["weight_grid"]]

@@ -403,7 +403,8 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["progress"] = gr.HTML(elem_id="run-progress")
     n["run_notes"] = gr.Markdown(elem_id="run-notes")
     with gr.Row():
-        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
+        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), x_title=t("run.chart_step"),
+                                   y_title=t("run.chart_loss"), height=260, elem_id="run-loss")
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
     # The box grows to the whole tail (room for wrapped lines): a scrolled box showed the oldest lines first.
     from loratrainer.gui.jobs import LOG_TAIL_LINES
