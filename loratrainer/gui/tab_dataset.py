@@ -235,7 +235,12 @@ def build(ui: UiContext) -> DatasetHandlers:
         check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
         # Choosing (or typing) an image folder runs the check by itself: the step calculator needs it.
         image_folders = [ui.fields["folders.train_data_dir"], ui.fields["folders.reg_data_dir"]]
-        gr.on([c.change for c in image_folders], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
+        # The bucket settings decide which images are too small and how the steps come out: the check follows them,
+        # so the counts on both tabs are never stale.
+        from loratrainer.gui.form import specs_by_path
+
+        bucket_fields = [ui.fields[p] for p, spec in specs_by_path().items() if spec.group == "buckets"]
+        gr.on([c.change for c in image_folders + bucket_fields], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
               show_progress="hidden", api_visibility="private")
         live = [ui.fields[p] for p in STEP_FIELDS]
         gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],

@@ -230,10 +230,17 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     assert field(page, "folders.output_name").input_value() == "last"  # the preset kept the user's fields
     assert page.locator("#run-stop button, button#run-stop").first.is_disabled()  # nothing runs: Stop is off
     set_training(page, workspace, "house", max_steps=12, every=4)
+    # The Training tab counts images and steps live: 64 px buckets leave out the two non-square photos.
+    expect_text(page, "#run-summary", "2 images, 2 skipped, 12 steps")
     page.locator("#run-show-command").click()
     expect_text(page, "#run-command", "loratrainer.train.entry")
     page.locator("#run-start").click()
+    # Two photos are smaller than the 64 px buckets: the page asks before starting, and nothing runs until then.
+    page.locator("#confirm-text").get_by_text("2 image(s) would be skipped").wait_for()
+    assert not list((workspace / "project" / "log").glob("house_*"))
+    page.locator("#run-start-anyway").click()
     page.locator("#run-status").get_by_text("Finished", exact=False).wait_for(timeout=300_000)
+    assert not page.locator("#confirm-start").is_visible()
 
     # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
     set_value(field(page, "folders.output_name"), "house-long")
@@ -242,6 +249,7 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     set_value(field(page, "sampling.sample_every_n_steps"), 20)
     set_value(field(page, "saving.save_every_n_steps"), 20)
     page.locator("#run-start").click()
+    page.locator("#run-start-anyway").click()
     wait_until(lambda: progress_status(page) == "running" and progress_step(page) > 0, 180, "training progress", page)
     assert re.search(r"step \d+/\d+ · epoch \d+/1000", page.locator("#lt-progress-text").inner_text())
 
