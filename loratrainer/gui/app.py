@@ -21,6 +21,8 @@ CSS = """
 .lt-progress > div {height: 100%; background: var(--color-accent);}
 .lt-ok {color: var(--color-green-600, #16a34a);} .lt-bad {color: var(--color-red-600, #dc2626);}
 .lt-log textarea {font-family: var(--font-mono); font-size: 12px;}
+/* the live view is refreshed every second: Gradio's "pending" dimming and flashing would make it flicker */
+.lt-live .pending, .lt-live.pending {opacity: 1 !important; animation: none !important;}
 """
 
 

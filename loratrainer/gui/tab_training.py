@@ -399,18 +399,19 @@ def _run_panel(ui: UiContext, gr) -> dict:
     # What a button answered (a refusal, "no run is going"): apart from the run's own status below.
     n["run_message"] = gr.Markdown(elem_id="run-message")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
-    n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
-    n["progress"] = gr.HTML(elem_id="run-progress")
-    n["run_notes"] = gr.Markdown(elem_id="run-notes")
+    n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status", "lt-live"])
+    n["progress"] = gr.HTML(elem_id="run-progress", elem_classes=["lt-live"])
+    n["run_notes"] = gr.Markdown(elem_id="run-notes", elem_classes=["lt-live"])
     with gr.Row():
         n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), x_title=t("run.chart_step"),
-                                   y_title=t("run.chart_loss"), height=260, elem_id="run-loss")
-        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
+                                   y_title=t("run.chart_loss"), height=260, elem_id="run-loss",
+                                   elem_classes=["lt-live"])
+        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples", elem_classes=["lt-live"])
     # The box grows to the whole tail (room for wrapped lines): a scrolled box showed the oldest lines first.
     from loratrainer.gui.jobs import LOG_TAIL_LINES
 
     n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=2 * LOG_TAIL_LINES, interactive=False, autoscroll=True, elem_id="run-log",
-                          elem_classes=["lt-log"])
+                          elem_classes=["lt-log", "lt-live"])
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)

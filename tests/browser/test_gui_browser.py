@@ -163,6 +163,12 @@ ERROR_BADGE = """() => [...document.querySelectorAll('span, div')].filter(e => e
     && e.offsetParent !== null).length"""
 
 
+DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples'].flatMap(sel =>
+    [document.querySelector(sel), ...document.querySelectorAll(sel + ' *')]).filter(e => e && e.offsetParent !== null)
+    .map(e => getComputedStyle(e)).filter(c => parseFloat(c.opacity) < 0.99 || (c.animationName && c.animationName !== 'none'))
+    .map(c => c.opacity + ' ' + c.animationName)"""
+
+
 def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int = 0, every: int = 4) -> None:
     """The tiny model and CPU-sized settings, all by field path: a file and a sample every `every` steps."""
     set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "tiny-sd")
@@ -252,6 +258,11 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#run-start-anyway").click()
     wait_until(lambda: progress_status(page) == "running" and progress_step(page) > 0, 180, "training progress", page)
     assert re.search(r"step \d+/\d+ · epoch \d+/1000", page.locator("#lt-progress-text").inner_text())
+
+    # The live view is refreshed every second without dimming or flashing.
+    for _ in range(8):
+        assert page.evaluate(DIMMED) == [], "the live view dims while it refreshes"
+        page.wait_for_timeout(150)
 
     # Start again while it runs: the answer comes under the buttons, the live status stays.
     page.locator("#run-start").click()
