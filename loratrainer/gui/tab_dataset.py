@@ -23,7 +23,8 @@ class DatasetHandlers:
         self.t = ui.t
 
     def check_folder(self, path: str, role: str) -> str:
-        return filebrowser.check_path(path, role, self.t)
+        # never empty: an empty note takes no height and the Browse… beside it would sit higher than this one
+        return filebrowser.check_path(path, role, self.t) or self.t("check.log.empty" if role == "log" else "check.optional_empty")
 
     # -- prepare ---------------------------------------------------------------------------------------------
 
