@@ -40,11 +40,12 @@ def write_run(tmp_path: Path, name: str, model: str, files: list[Path], *, sampl
         for epoch, path in enumerate(files, 1):
             for step in range(4 * epoch - 3, 4 * epoch + 1):
                 w.emit("progress", step=step, total_steps=4 * len(files), epoch=epoch, epochs=len(files), loss=0.1 * step, avg_loss=0.1,
-                       lr=1e-4, epoch_loss=0.1 * (4 * epoch - 1.5) if step == 4 * epoch else None)
+                       lr=1e-4)
             for s_step, s_epoch, index, prompt, sample in samples:
                 if s_epoch == epoch:
                     w.emit("sample", path=str(sample), step=s_step, epoch=s_epoch, index=index, prompt=prompt, seed=5)
-            w.emit("checkpoint", path=str(path), kind="epoch" if epoch < len(files) else "final", epoch=epoch, step=4 * epoch)
+            w.emit("checkpoint", path=str(path), kind="epoch" if epoch < len(files) else "final", epoch=epoch, step=4 * epoch,
+                   epoch_loss=0.1 * (4 * epoch - 1.5) + (0.5 if epoch == 2 else 0))
         w.emit("ended", status="finished", reason="", step=4 * len(files), epoch=len(files), exit_code=0)
     return run_dir
 
@@ -130,7 +131,8 @@ def test_a_run_lists_exactly_the_files_it_wrote(tmp_path):
     assert read_run(failed).files == []
     first = read_run(a).files[0]
     assert (first.epoch, first.step, first.kind) == (1, 4, "epoch")
-    assert first.epoch_loss == pytest.approx(0.25)  # the trainer's exact epoch mean, not the throttled events' mean
+    assert first.epoch_loss == pytest.approx(0.25)  # the mean of steps 1-4
+    assert read_run(a).files[1].epoch_loss == pytest.approx(1.15)  # the trainer's exact value wins over the events' mean
 
 
 def test_sample_grid_rows_are_prompts_and_columns_are_epochs(tmp_path):

@@ -139,8 +139,7 @@ def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):
     run_dir = fake_run(page, tmp_path, "house", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
     final = write_lora(tmp_path / "model" / "house.safetensors", {"ss_epoch": "2", "ss_steps": "8", "ss_tag_frequency": '{"10_house": {"a": 2}}'})
     with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
-        w.emit("progress", step=8, total_steps=8, epoch=2, epochs=2, epoch_loss=0.125)
-        w.emit("checkpoint", path=str(final), kind="final", epoch=2, step=8)
+        w.emit("checkpoint", path=str(final), kind="final", epoch=2, step=8, epoch_loss=0.125)
     write_lora(tmp_path / "model" / "house-interrupted.safetensors", {})  # on disk, but this run never wrote it
     write_lora(tmp_path / "model" / "other.safetensors", {})
     r = page.handlers["results"]

@@ -74,8 +74,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
             progress.append(e)
         elif kind == "checkpoint":
             step, epoch = int(e.get("step", 0)), int(e.get("epoch", 0))
+            loss = e.get("epoch_loss")
             record.files.append(SavedFile(Path(str(e.get("path", ""))), str(e.get("kind", "")), epoch, step, str(e.get("time", "")),
-                                          epoch_loss(progress, epoch, step)))
+                                          float(loss) if loss is not None else epoch_loss(progress, epoch, step)))
         elif kind == "sample":
             record.samples.append(Sample(Path(str(e.get("path", ""))), int(e.get("step", 0)), int(e.get("epoch", 0)), int(e.get("index", 0)),
                                          str(e.get("prompt", "")), e.get("seed")))
@@ -85,12 +86,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 
 def epoch_loss(progress: list[dict[str, Any]], epoch: int, step: int) -> float | None:
-    """The trainer's exact `epoch_loss` of the last progress event of `epoch` at or before `step`; for event
-    streams without it, the mean of the (throttled) step losses reported in that epoch."""
+    """For checkpoint events without the trainer's exact `epoch_loss` (runs of older versions): the mean of the
+    step losses the (throttled) progress events reported in that epoch up to `step`."""
     same = [e for e in progress if int(e.get("epoch", -1)) == epoch and int(e.get("step", 0)) <= step]
-    for e in reversed(same):
-        if e.get("epoch_loss") is not None:
-            return float(e["epoch_loss"])
     losses = [float(e["loss"]) for e in same if e.get("loss") is not None]
     return sum(losses) / len(losses) if losses else None
 

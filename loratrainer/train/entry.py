@@ -183,7 +183,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     reporter.min_interval_s = float(os.environ.get("LORATRAINER_PROGRESS_INTERVAL_S", reporter.min_interval_s))
     injected_stop(t, t.step)
     try:
-        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state))
+        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state, reporter))
     finally:
         if tensorboard is not None:
             tensorboard.close()
@@ -232,7 +232,7 @@ def save_training_state(t, writer, state: dict) -> None:
         writer.emit("state_saved", path=str(folder), step=t.step, epoch=t.epoch)
 
 
-def _saving(t, writer, state: dict):
+def _saving(t, writer, state: dict, reporter=None):
     def save(kind: str, progress) -> None:
         state["phase"] = f"saving ({kind})"
         t.accelerator.wait_for_everyone()
@@ -241,7 +241,9 @@ def _saving(t, writer, state: dict):
             state["last_file"] = str(path)
             log.info("saved %s", path)
             if writer is not None:
-                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step)
+                # epoch_loss: the mean loss of the epoch up to this file (Results lists it per file)
+                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step,
+                            epoch_loss=reporter.epoch_loss() if reporter is not None else None)
         if t.config.saving.save_state:
             save_training_state(t, writer, state)
         t.accelerator.wait_for_everyone()

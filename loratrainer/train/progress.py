@@ -24,7 +24,8 @@ class ProgressReporter:
     _times: deque = field(default_factory=lambda: deque(maxlen=20))
     _last_event: float = 0.0
     _last_log: float = 0.0
-    # The mean loss of the epoch so far (every step, not the throttled events): Results shows it per saved file.
+    # The mean loss of the epoch so far, over every step (not the throttled events): each checkpoint event
+    # carries it, and Results shows it beside the file.
     _epoch: int = 0
     _epoch_sum: float = 0.0
     _epoch_count: int = 0
@@ -54,7 +55,7 @@ class ProgressReporter:
         eta = (self.total_steps - step) / rate if rate else None
         return {
             "step": step, "total_steps": self.total_steps, "epoch": epoch, "epochs": self.epochs, "loss": loss,
-            "avg_loss": sum(self._window) / len(self._window), "lr": lr, "epoch_loss": self.epoch_loss(),
+            "avg_loss": sum(self._window) / len(self._window), "lr": lr,
             "it_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
         }
 
@@ -62,11 +63,6 @@ class ProgressReporter:
         return self._epoch_sum / self._epoch_count if self._epoch_count else None
 
     def epoch_end(self, epoch: int, step: int) -> None:
-        if self.events is not None and self._epoch == epoch and self._epoch_count:
-            # always sent (the throttle may have skipped the epoch's last step): the epoch's exact mean loss,
-            # just before the epoch's file is saved. No `loss`: it adds no point to the chart.
-            self.events.emit("progress", step=step, total_steps=self.total_steps, epoch=epoch, epochs=self.epochs,
-                             epoch_loss=self.epoch_loss())
         if self.tensorboard is not None and self._window:
             self.tensorboard.add_scalar("loss/epoch_avg", sum(self._window) / len(self._window), epoch)
         log.info("epoch %d/%d done at step %d", epoch, self.epochs, step)

@@ -318,6 +318,8 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     house_files = results_files(page)
     assert house_files and not any(name.startswith("house-long") for name in house_files), house_files
     assert "house.safetensors" in house_files
+    first_row = page.locator("#results-files tbody tr").first.inner_text()
+    assert re.search(r"\b\d+\.\d{4}\b", first_row), f"no average loss in {first_row!r}"  # the epoch's mean loss, from the trainer
     # a click on a row: the metadata and the path to copy
     page.locator("#results-files tbody tr").first.click()
     wait_until(lambda: box(page, "results-file-path").input_value().endswith(".safetensors"), 30, "the clicked file's path", page)
