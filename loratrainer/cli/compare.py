@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def build_request(args: argparse.Namespace):
-    from loratrainer.compare.inputs import parse_weights, resolve
+    from loratrainer.compare.inputs import first_sample_prompt, parse_weights, resolve
     from loratrainer.compare.weight_grid import GridRequest
     from loratrainer.train.samplers import canonical_sampler
 
@@ -46,7 +46,7 @@ def build_request(args: argparse.Namespace):
     model = args.model or (config.model.pretrained_model_name_or_path if config else "")
     if not model:
         raise UserError("no base model: give --model (the files' run folder was not found)")
-    prompts = [p for p in args.prompt if p.strip()] or _first_sample_prompt(config)
+    prompts = [p for p in args.prompt if p.strip()] or first_sample_prompt(config)
     if not prompts:
         raise UserError("give a prompt with --prompt TEXT")
     for name, value in (("--steps", args.steps), ("--width", args.width), ("--height", args.height)):
@@ -65,18 +65,6 @@ def build_request(args: argparse.Namespace):
         negative_prompt=args.negative, vae=config.model.vae if config and not args.model else "",
         clip_skip=config.model.clip_skip if config else 1, v_parameterization=bool(config and config.model.v_parameterization),
     )
-
-
-def _first_sample_prompt(config) -> list[str]:
-    if config is None or not config.sampling.sample_prompts.strip():
-        return []
-    from loratrainer.train.sample_prompts import load_prompts
-
-    try:
-        prompts = load_prompts(config.sampling.sample_prompts)
-    except (UserError, OSError, UnicodeDecodeError):
-        return []
-    return [prompts[0].prompt] if prompts else []
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,3 +76,16 @@ def parse_weights(text: str) -> list[float]:
     if not weights:
         raise UserError("--weights: give at least one weight, e.g. 0,0.5,1")
     return weights
+
+
+def first_sample_prompt(config) -> list[str]:
+    """The text of the run's first sample prompt (none when it has none or they do not parse)."""
+    if config is None or not config.sampling.sample_prompts.strip():
+        return []
+    from loratrainer.train.sample_prompts import load_prompts
+
+    try:
+        prompts = load_prompts(config.sampling.sample_prompts)
+    except (UserError, OSError, UnicodeDecodeError):
+        return []
+    return [prompts[0].prompt] if prompts else []

@@ -51,6 +51,13 @@ def readable_metadata(meta: dict[str, str]) -> dict:
     return out
 
 
+def first_prompt(config) -> list[str]:
+    """The run's first sample prompt (its text only), for a run that rendered no samples."""
+    from loratrainer.compare.inputs import first_sample_prompt
+
+    return first_sample_prompt(config)
+
+
 class ResultsHandlers:
     def __init__(self, ui: UiContext):
         from loratrainer.compare.process import Renders
@@ -122,7 +129,7 @@ class ResultsHandlers:
                 n["results_summary"]: summary,
                 n["results_records"]: [str(f.path) for f in record.files],
                 n["grid_files"]: gr.update(choices=choices, value=[v for _, v in choices]),
-                n["grid_prompts"]: "\n".join(sorted({s.prompt for s in record.samples}, key=lambda p: [s.prompt for s in record.samples].index(p))[:2]),
+                n["grid_prompts"]: "\n".join(list(dict.fromkeys(s.prompt for s in record.samples))[:2] or first_prompt(config)),
                 n["sample_grid"]: self.ui.display.copy(sample_grid) if sample_grid.is_file() else None,
                 n["weight_grid"]: self.latest_weight_grid(run)}
 

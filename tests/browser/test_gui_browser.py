@@ -163,8 +163,9 @@ ERROR_BADGE = """() => [...document.querySelectorAll('span, div')].filter(e => e
     && e.offsetParent !== null).length"""
 
 
-DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples'].flatMap(sel =>
-    [document.querySelector(sel), ...document.querySelectorAll(sel + ' *')]).filter(e => e && e.offsetParent !== null)
+# Gradio marks an output whose event is pending with a `pending` class (dimmed to opacity .2, or flashing).
+DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples', '#run-log'].flatMap(sel =>
+    [...document.querySelectorAll(sel + '.pending, ' + sel + ' .pending')]).filter(e => e.offsetParent !== null)
     .map(e => getComputedStyle(e)).filter(c => parseFloat(c.opacity) < 0.99 || (c.animationName && c.animationName !== 'none'))
     .map(c => c.opacity + ' ' + c.animationName)"""
 
