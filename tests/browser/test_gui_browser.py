@@ -297,8 +297,8 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     deadline = time.time() + 120
     while time.time() < deadline:
         text = page.locator("#run-status").inner_text()
-        seen.append(text.split(":")[0])
-        if text.startswith("Stopped"):
+        seen.append("Stopped" if "Stopped at step" in text else "Stopping" if "Stopping" in text else text)
+        if seen[-1] == "Stopped":
             break
         page.wait_for_timeout(250)
     assert seen[-1] == "Stopped", seen
