@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg", type=float, default=7.0, help="guidance scale (default 7)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's sample sampler, else euler_a)")
     p.add_argument("--model", default=None, help="base model (default: the run's)")
+    p.add_argument("--run", dest="run_dir", default=None, metavar="RUN_DIR",
+                   help="take the base model, VAE, clip skip and sampler from this run folder (default: the run that wrote the files)")
     p.add_argument("-o", "--output", required=True, help="the PNG to write (the sidecar is the same name with .json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--progress", default=None, help=argparse.SUPPRESS)  # JSON lines for the GUI
@@ -43,6 +45,12 @@ def build_request(args: argparse.Namespace):
 
     inputs = resolve(args.inputs)
     config = inputs.config
+    if args.run_dir:
+        from loratrainer.compare.inputs import is_run_dir, run_config
+
+        if not is_run_dir(Path(args.run_dir)):
+            raise UserError(f"--run: {args.run_dir} is not a run folder")
+        config = run_config(Path(args.run_dir))
     model = args.model or (config.model.pretrained_model_name_or_path if config else "")
     if not model:
         raise UserError("no base model: give --model (the files' run folder was not found)")

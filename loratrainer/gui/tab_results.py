@@ -239,10 +239,10 @@ class ResultsHandlers:
             if value is None or value < (0 if key == "grid_seed" else 1) or (key in ("grid_width", "grid_height") and int(value) % 8):
                 return {n["grid_message"]: t("results.grid_bad_number", label=t(f"results.{key}")), **timer_off}
             numbers[key] = str(int(value))
-        model = load_config(Path(run_dir) / events.CONFIG_FILE).model.pretrained_model_name_or_path
         target = Path(run_dir) / "grids" / f"weights-{datetime.now():%Y%m%d-%H%M%S}.png"
+        # the run's base model, VAE, clip skip and sampler: `--run`
         args = [*files, "--weights", weights, "--seed", numbers["grid_seed"], "--steps", numbers["grid_steps"], "--width", numbers["grid_width"],
-                "--height", numbers["grid_height"], "--model", model]
+                "--height", numbers["grid_height"], "--run", str(run_dir)]
         for line in lines:
             args += ["--prompt", line]
         try:

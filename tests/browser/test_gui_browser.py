@@ -202,7 +202,9 @@ def choose_run(page, name: str) -> None:
 
 
 def results_files(page) -> list[str]:
-    return [line.split("\t")[0].strip() for line in page.locator("#results-files tbody").inner_text().splitlines() if ".safetensors" in line]
+    """The File column of the Results table."""
+    cells = page.locator("#results-files tbody tr").evaluate_all("rows => rows.map(r => (r.querySelector('td') || {}).innerText || '')")
+    return [c.strip() for c in cells if ".safetensors" in c]
 
 
 def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspace):
