@@ -366,3 +366,13 @@ def test_an_idle_page_does_not_spin(page):
     blocks, ui = build_page("en", page.jobs, page.display)
     assert blocks._queue.sleep_when_free >= IDLE_POLL_S >= 0.05
     assert ui.handlers["training"].refresh(None, -1)[ui.named["timer"]].active is False
+
+
+def test_trainer_notes_are_shown_in_the_page(page, tmp_path):
+    run_dir = fake_run(page, tmp_path, "notes", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
+    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
+                                           "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n")
+    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "optimizer.max_train_steps": 8}),
+                run_dir / events.CONFIG_FILE)
+    notes = page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]
+    assert "mixed precision fp16 is off" in notes and "max_train_steps = 8 overrides the epoch count" in notes

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     setup_logging(run_dir, accelerator.is_main_process)
+    if accelerator.mixed_precision != config.precision.mixed_precision:
+        # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
+        log.warning("no CUDA GPU: mixed precision %s is off, training in fp32", config.precision.mixed_precision)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
     code = events.EXIT_CODES[status]
     if writer is not None:
@@ -84,13 +87,11 @@ def make_accelerator(config: TrainingConfig):
     torch.set_num_threads(config.launch.num_cpu_threads_per_process)
     precision = config.precision.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
-        precision = "no"  # fp16 autocast needs a GPU; noted in train.log below
+        precision = "no"  # fp16 autocast needs a GPU; noted in train.log by main()
     # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
     unused = config.trains_text_encoder and config.model.clip_skip > 1
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
-    if precision != config.precision.mixed_precision:
-        logging.getLogger("loratrainer.train").warning("no CUDA GPU: mixed precision fp16 is off, training in fp32")
     return accelerator
 
 

@@ -178,8 +178,7 @@ def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int 
     set_value(field(page, "network.network_dim"), 4)
     set_value(field(page, "network.network_alpha"), 4)
     set_value(field(page, "optimizer.epoch"), epochs)
-    choose(page, "field-optimizer-optimizer", "AdamW")
-    choose(page, "field-precision-mixed_precision", "no")
+    choose(page, "field-optimizer-optimizer", "AdamW")  # mixed precision stays fp16: the trainer notes it is off on a CPU
     set_value(field(page, "buckets.max_resolution"), "64,64")
     set_value(field(page, "launch.num_cpu_threads_per_process"), 1)
     set_value(field(page, "saving.save_every_n_epochs"), 0)
@@ -250,6 +249,9 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#run-start-anyway").click()
     page.locator("#run-status").get_by_text("Finished", exact=False).wait_for(timeout=300_000)
     assert not page.locator("#confirm-start").is_visible()
+    # the trainer's notes are in the page, not only in a log file
+    expect_text(page, "#run-notes", "mixed precision fp16 is off")
+    expect_text(page, "#run-notes", "overrides the epoch count")
 
     # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
     set_value(field(page, "folders.output_name"), "house-long")
