@@ -202,7 +202,8 @@ def choose_run(page, name: str) -> None:
 
 def results_files(page) -> list[str]:
     """The File column of the Results table."""
-    cells = page.locator("#results-files tbody tr").evaluate_all("rows => rows.map(r => (r.querySelector('td') || {}).innerText || '')")
+    # Gradio's Dataframe draws its rows as div[role=row] (a virtual list), one span.text per cell
+    cells = page.locator("#results-files").evaluate("e => [...e.querySelectorAll('div[role=row]')].map(r => (r.querySelector('.text') || {}).textContent || '')")
     return [c.strip() for c in cells if ".safetensors" in c]
 
 
@@ -323,10 +324,10 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     house_files = results_files(page)
     assert house_files and not any(name.startswith("house-long") for name in house_files), house_files
     assert "house.safetensors" in house_files
-    first_row = page.locator("#results-files tbody tr").first.inner_text()
+    first_row = page.locator("#results-files div[role=row]").first.inner_text()
     assert re.search(r"\b\d+\.\d{4}\b", first_row), f"no average loss in {first_row!r}"  # the epoch's mean loss, from the trainer
     # a click on a row: the metadata and the path to copy
-    page.locator("#results-files tbody tr").first.click()
+    page.locator("#results-files div[role=row]").first.locator(".text").first.click()
     wait_until(lambda: box(page, "results-file-path").input_value().endswith(".safetensors"), 30, "the clicked file's path", page)
     page.locator("#results-meta").get_by_text("ss_network_dim").wait_for()
 
