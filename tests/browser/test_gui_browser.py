@@ -197,7 +197,7 @@ def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int 
 def choose_run(page, name: str) -> None:
     """Pick the run called `<name>_<date>` in the Results run list (not `<name>-long_<date>`)."""
     page.locator("#results-run input").first.click()
-    page.get_by_role("option").filter(has_text=re.compile(rf"^{re.escape(name)}_\d{{8}}-\d{{6}}")).first.click()
+    page.get_by_role("option").filter(has_text=re.compile(rf"(?<![\w-]){re.escape(name)}_\d{{8}}-\d{{6}}")).first.click()
 
 
 def results_files(page) -> list[str]:
