@@ -184,3 +184,18 @@ def test_a_grid_render_runs_apart_and_cancels(tiny_run, tmp_path):
     assert renders.cancel() is True
     assert not render.running and render.cancelled and not target.exists()
     assert renders.cancel() is False
+
+
+def test_files_are_labelled_by_the_run_that_wrote_them(tmp_path):
+    from loratrainer.compare.inputs import resolve
+
+    out = tmp_path / "model"
+    files = [touch(out / f"house-{e:06d}.safetensors") for e in (1, 2)]
+    run_dir = write_run(tmp_path, "house", "/models/base", files)  # the run folder under <output>/log: found by itself
+    found = resolve([str(f) for f in files])
+    assert found.labels == ["epoch 1", "final (step 8)"] and found.config.model.pretrained_model_name_or_path == "/models/base"
+    elsewhere = tmp_path / "logs" / run_dir.name  # a logging folder of its own: --run names the run
+    elsewhere.parent.mkdir()
+    run_dir.rename(elsewhere)
+    assert resolve([str(f) for f in files]).labels == ["house-000001", "house-000002"]
+    assert resolve([str(f) for f in files], elsewhere).labels == ["epoch 1", "final (step 8)"]

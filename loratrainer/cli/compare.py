@@ -43,14 +43,18 @@ def build_request(args: argparse.Namespace):
     from loratrainer.compare.weight_grid import GridRequest
     from loratrainer.train.samplers import canonical_sampler
 
-    inputs = resolve(args.inputs)
-    config = inputs.config
-    if args.run_dir:
-        from loratrainer.compare.inputs import is_run_dir, run_config
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None:
+        from loratrainer.compare.inputs import is_run_dir
 
-        if not is_run_dir(Path(args.run_dir)):
-            raise UserError(f"--run: {args.run_dir} is not a run folder")
-        config = run_config(Path(args.run_dir))
+        if not is_run_dir(run_dir):
+            raise UserError(f"--run: {run_dir} is not a run folder")
+    inputs = resolve(args.inputs, run_dir)
+    config = inputs.config
+    if run_dir is not None:
+        from loratrainer.compare.inputs import run_config
+
+        config = run_config(run_dir)
     model = args.model or (config.model.pretrained_model_name_or_path if config else "")
     if not model:
         raise UserError("no base model: give --model (the files' run folder was not found)")

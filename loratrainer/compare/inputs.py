@@ -31,10 +31,12 @@ def run_config(run_dir: Path):
         return None
 
 
-def find_writer(file: Path) -> tuple[Path, SavedFile] | None:
-    """The run folder whose events say it wrote `file` (under the file's folder's log/ or its logging folder)."""
+def find_writer(file: Path, run_dir: Path | None = None) -> tuple[Path, SavedFile] | None:
+    """The run folder whose events say it wrote `file`: `run_dir` when given, else one under the file's folder
+    (`<output>/log/<run>/`, Kohya's default logging folder)."""
     file = file.resolve()
-    for events_file in sorted(file.parent.glob(f"*/*/{events.EVENTS_FILE}"), reverse=True):
+    candidates = [Path(run_dir) / events.EVENTS_FILE] if run_dir else sorted(file.parent.glob(f"*/*/{events.EVENTS_FILE}"), reverse=True)
+    for events_file in candidates:
         record = read_run(events_file.parent)
         for saved in record.files:
             if saved.path.resolve() == file:
@@ -42,7 +44,7 @@ def find_writer(file: Path) -> tuple[Path, SavedFile] | None:
     return None
 
 
-def resolve(paths: list[str]) -> Inputs:
+def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
     out = Inputs()
     for text in paths:
         path = Path(text).expanduser()
@@ -58,9 +60,9 @@ def resolve(paths: list[str]) -> Inputs:
         elif path.is_file():
             if path.suffix.lower() != ".safetensors":
                 raise UserError(f"{path} is not a .safetensors LoRA file")
-            found = find_writer(path)
+            found = find_writer(path, run_dir)
             out.files.append(path)
-            out.labels.append(f"{path.stem} ({epoch_label(found[1])})" if found and len(paths) > 1 else (epoch_label(found[1]) if found else path.stem))
+            out.labels.append(epoch_label(found[1]) if found else path.stem)
             if found and out.config is None:
                 out.config = run_config(found[0])
         else:
