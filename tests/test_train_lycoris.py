@@ -1,0 +1,108 @@
+"""LoHa and LoKr in real (tiny, in-process) runs: the sample image with the saved file applied the way A1111 and
+ComfyUI apply it equals the one rendered with peft's adapter active; network_weights and resume continue them."""
+
+from __future__ import annotations
+
+from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from loratrainer.config import with_values
+from loratrainer.train import model_api
+from loratrainer.train.loop import train
+from loratrainer.train.sample_prompts import SamplePrompt
+from loratrainer.train.sampling import render, untouched_training_state
+from loratrainer.train.setup import build_trainer
+from loratrainer.train.state import BrokenState, load_state, save_state
+from tests.test_model_lycoris import loader_delta
+from tests.test_train_loop import _Quiet
+
+NETWORKS = {
+    "LoHa": dict(lora_type="LoHa", network_dim=4, network_alpha=4, conv_dim=2, conv_alpha=2),
+    # factor 4 on the tiny model: low-rank w2 in some modules, full factors (scale 1) in others
+    "LoKr": dict(lora_type="LoKr", network_dim=4, network_alpha=2, conv_dim=2, conv_alpha=2, factor=4),
+}
+RATES = dict(learning_rate=5e-2, unet_lr=5e-2, text_encoder_lr=5e-2)
+
+
+def _trainer(root, model, **values):
+    from loratrainer.train.setup import new_keeper
+
+    t = build_trainer(small_config(root, model, **values), root, Accelerator(cpu=True), seed=7)
+    t.keeper = new_keeper(t, lambda path, p: None)  # the loop asks it what to save; files are written by the tests
+    return t
+
+
+def _image(t, prompt) -> np.ndarray:
+    with untouched_training_state(t):
+        return np.asarray(render(t, prompt, "euler_a")).astype(np.int16)
+
+
+def _adapters(t, on: bool):
+    for info in t.handle.modules.values():
+        t.handle.model(info.part).get_submodule(info.path).enable_adapters(on)
+
+
+@pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
+def test_the_sample_with_the_file_applied_as_the_loaders_do_equals_peft_s(tmp_path, tiny_model, lora_type):
+    t = _trainer(tmp_path, tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
+    train(t, _Quiet(), lambda kind, p: None)
+    path = model_api.save_lora(tmp_path / "run.safetensors", model_api.lora_state(t.handle, "float"), {})
+    prompt = SamplePrompt("a photo of a thing", width=64, height=64, steps=4, seed=1234)
+
+    with_peft = _image(t, prompt)
+    _adapters(t, False)
+    base = _image(t, prompt)
+    file = load_file(str(path))
+    with torch.no_grad():  # merge the file into the base weights with the loaders' arithmetic (strength 1)
+        for name, info in t.handle.modules.items():
+            weight = t.handle.model(info.part).get_submodule(info.path).get_base_layer().weight
+            weight += loader_delta(file, name, weight.shape).to(weight.dtype)
+    merged = _image(t, prompt)
+
+    changed = np.abs(with_peft - base).max()
+    print(f"{lora_type}: the LoRA moves pixels by up to {changed}; file-merged vs peft: {np.abs(merged - with_peft).max()}")
+    assert changed >= 20  # the trained adapter visibly changes the sample
+    assert np.abs(merged - with_peft).max() <= 1  # and the file, applied as A1111/ComfyUI do, gives the same image
+
+
+@pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
+def test_network_weights_and_resume_continue_a_lycoris_run(tmp_path, tiny_model, lora_type):
+    first = _trainer(tmp_path / "a", tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
+    train(first, _Quiet(), lambda kind, p: None)
+    trained = model_api.lora_state(first.handle, "float")
+    model_api.save_lora(tmp_path / "start.safetensors", trained, {})
+    save_state(first, tmp_path / "state")
+
+    again = _trainer(tmp_path / "b", tiny_model, epoch=1, network_weights=str(tmp_path / "start.safetensors"),
+                     **NETWORKS[lora_type], **RATES)
+    loaded = model_api.lora_state(again.handle, "float")
+    assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+    if lora_type == "LoHa":  # a state of another rank is refused by name, not with a tensor-size error
+        other = _trainer(tmp_path / "d", tiny_model, epoch=2, **{**NETWORKS[lora_type], "network_dim": 2}, **RATES)
+        with pytest.raises(BrokenState, match="does not match this network"):
+            load_state(other, tmp_path / "state")
+    resumed = _trainer(tmp_path / "c", tiny_model, epoch=2, **NETWORKS[lora_type], **RATES)
+    info = load_state(resumed, tmp_path / "state")  # the same network continues from the saved step
+    assert info.step == first.step and resumed.step == first.step
+    restored = model_api.lora_state(resumed.handle, "float")
+    assert all(torch.equal(restored[k], trained[k]) for k in trained)
+    assert resumed.optimizer.state_dict()["state"]  # the optimizer moments came back too
+    train(resumed, _Quiet(), lambda kind, p: None)
+    assert resumed.step == 2 * first.step
+    after = model_api.lora_state(resumed.handle, "float")
+    assert any(not torch.equal(after[k], trained[k]) for k in trained)  # and it trains on
+
+
+def test_kohya_settings_reach_peft(tmp_path, tiny_model):
+    config = with_values(small_config(tmp_path, tiny_model), {**NETWORKS["LoKr"], "decompose_both": True,
+                                                                "rank_dropout": 0.5, "module_dropout": 0.25})
+    t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
+    peft = t.handle.configs["unet"]
+    assert type(peft).__name__ == "LoKrConfig" and peft.decompose_factor == 4 and peft.decompose_both
+    assert peft.rank_dropout == 0.5 and peft.module_dropout == 0.25
