@@ -503,11 +503,9 @@ def _rule_lycoris_settings(c: TrainingConfig) -> Msg | None:
     """Settings only one family understands: refused by name rather than silently ignored."""
     n = c.network
     if n.lora_type in LYCORIS_TYPES:
-        # peft's LoHa/LoKr have no hidden-activation dropout (LyCORIS warns it is not implemented either), and the
-        # max-norm regularisation works on lora_down/lora_up pairs
-        for name, default in (("network_dropout", 0), ("scale_weight_norms", 0)):
-            if getattr(n, name) != default:
-                return Msg.of("config.not_for_lycoris", setting=Label(f"network.{name}"), kind=n.lora_type, default=default)
+        # peft's LoHa/LoKr have no hidden-activation dropout (LyCORIS warns it is not implemented either)
+        if n.network_dropout:
+            return Msg.of("config.not_for_lycoris", setting=Label("network.network_dropout"), kind=n.lora_type, default=0)
         if n.lora_type == "LoKr" and n.use_tucker:
             # ComfyUI's lokr.py calls torch.kron on the einsum result, which torch refuses (non-contiguous); its
             # loader logs an error and leaves the module out

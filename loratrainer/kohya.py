@@ -45,7 +45,14 @@ OURS_ONLY = frozenset(
 # Leaf names that are read straight from a Kohya key of the same name.
 DIRECT_KEYS = frozenset(set(_SPECS) - set(_RENAMED))
 
-_LORA_TYPES = {"Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon"}
+_LORA_TYPES = {
+    "Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon",
+    "LyCORIS/LoHa": "LoHa", "LyCORIS/LoKr": "LoKr",  # trained with peft's LoHa/LoKr, saved as lycoris.kohya saves them
+}
+# Our LoHa/LoKr settings: Kohya GUI keys of the same name, used only with a LyCORIS/LoHa or LyCORIS/LoKr type
+_LYCORIS_KEYS = ("factor", "decompose_both", "use_tucker", "rank_dropout", "module_dropout")
+# LyCORIS options peft's LoHa/LoKr do not have (lycoris/kohya.py reads them from network_args)
+_LYCORIS_REFUSED = ("use_scalar", "train_norm", "dora_wd", "bypass_mode", "rank_dropout_scale")
 _OTHER_FAMILY_PREFIXES = ("sdxl", "flux", "t5xxl", "sd3", "clip_l", "clip_g", "apply_t5", "guidance", "split_mode", "blocks_to_swap")
 # FLUX.1 / SD3 options a recent Kohya GUI saves in every file, whatever the model; their defaults are not inert.
 _OTHER_FAMILY_KEYS = frozenset(
@@ -90,6 +97,10 @@ define({
     "kohya.hidden": "(hidden)",
     "kohya.empty_rate": "'' -> empty: the learning rate is used, as in Kohya",
     "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
+    "kohya.lycoris_refused": "{value}: peft's LoHa/LoKr have no {option} option; trained without it",
+    "kohya.lokr_tucker": "{value}: LoKr's Tucker form (lokr_t2) is not supported (ComfyUI cannot apply it); trained without it",
+    "kohya.lycoris_dropout": "{value} -> 0: LyCORIS does not use network_dropout for LoHa/LoKr (rank_dropout and module_dropout apply)",
+    "kohya.lycoris_preset": "{value}: trained on LoCon's module set (attention/MLP layers and 3x3 convolutions), as LyCORIS's attn-mlp preset plus the 3x3 convolutions",
     "kohya.lora_type_unsupported": "{kind} is not supported; imported as Standard LoRA",
     "kohya.adam8bit_ignored": "{flag} ignored: optimizer {optimizer} is set",
     "kohya.old_weights_name": "old name of network_weights; empty or superseded",
@@ -290,19 +301,52 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
 
 
 def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
+    kind = raw.get("LoRA_type")
+    _lycoris_options(raw, report, _LORA_TYPES.get(kind) if isinstance(kind, str) else None)
     if "LoRA_type" in raw:
         kind = raw.pop("LoRA_type")
         if kind in (None, ""):
             report.defaulted.append(ReportItem("LoRA_type", f"{kind!r} -> 'Standard'"))
         elif kind in _LORA_TYPES:
             values["lora_type"], origin["lora_type"] = _LORA_TYPES[kind], "LoRA_type"
-            if kind not in ("Standard", "LoCon"):
+            if kind not in ("Standard", "LoCon") and _LORA_TYPES[kind] == "LoCon":
                 if kind.startswith("LyCORIS"):
                     report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
                 else:
                     report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type 'LoCon'"))
+            elif kind != _LORA_TYPES[kind]:  # LyCORIS/LoHa -> LoHa: the same network under our name
+                report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type {_LORA_TYPES[kind]!r}"))
         else:
             report.unsupported.append(ReportItem.of("LoRA_type", "kohya.lora_type_unsupported", kind=repr(kind)))
+
+
+def _lycoris_options(raw: dict[str, Any], report: ImportReport, ours: str | None) -> None:
+    """LyCORIS network_args keys: ours for LoHa/LoKr (use_cp is the older name of use_tucker), said out loud where
+    peft has no such option; for every other type they are not our settings and are classified as before."""
+    if ours not in ("LoHa", "LoKr"):
+        for key in _LYCORIS_KEYS:
+            if key in raw:
+                _classify_unused(key, raw.pop(key), report)
+        return
+    if "use_cp" in raw:
+        use_cp = raw.pop("use_cp")
+        if _truthy(use_cp) and ours == "LoKr":
+            report.unsupported.append(ReportItem.of("use_cp", "kohya.lokr_tucker", value=repr(use_cp)))
+        elif _truthy(use_cp) and not _truthy(raw.get("use_tucker")):
+            raw["use_tucker"] = True
+            report.migrated.append(ReportItem("use_cp", f"{use_cp!r} -> use_tucker True"))
+        else:
+            report.ignored.append(ReportItem.of("use_cp", "kohya.no_effect", value=repr(use_cp)))
+    if ours == "LoKr" and _truthy(raw.get("use_tucker")):
+        report.unsupported.append(ReportItem.of("use_tucker", "kohya.lokr_tucker", value=repr(raw.pop("use_tucker"))))
+    for key in _LYCORIS_REFUSED:
+        if key in raw and _truthy(raw[key]):
+            report.unsupported.append(ReportItem.of(key, "kohya.lycoris_refused", value=repr(raw.pop(key)), option=key))
+    if _number(raw.get("network_dropout")):
+        report.migrated.append(ReportItem.of("network_dropout", "kohya.lycoris_dropout", value=repr(raw["network_dropout"])))
+        raw["network_dropout"] = 0
+    if raw.get("LyCORIS_preset") not in (None, ""):
+        report.migrated.append(ReportItem.of("LyCORIS_preset", "kohya.lycoris_preset", value=repr(raw.pop("LyCORIS_preset"))))
 
 
 def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -423,7 +467,7 @@ def _number(value: Any) -> bool:
 
 # -- export -----------------------------------------------------------------------------------------------------
 
-_KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon"}
+_KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa", "LoKr": "LyCORIS/LoKr"}
 _KOHYA_INTS = frozenset({"lr_warmup"})  # a float for us, an integer percentage slider in the Kohya GUI
 
 

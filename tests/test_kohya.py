@@ -69,7 +69,7 @@ def test_every_fixture_imports_with_each_value_as_written_or_reported(path: Path
 
 EXPECTED_LOUD = {
     "iA3-Prodigy-sd15.json": ["LoRA_type", "adaptive_noise_scale"],
-    "loha-sd15.json": ["LoRA_type", "use_cp"],
+    "loha-sd15.json": [],  # LoHa is trained (peft), use_cp is use_tucker
     "saved-locon-AdamW8bit.json": ["debiased_estimation_loss", "rank_dropout", "module_dropout"],
     "sd15-EDG_LoraOptiSettings.json": [],
 }
@@ -91,7 +91,8 @@ def test_fixture_values_we_cannot_honour_are_reported_loudly(path: Path) -> None
         ("LoCon", "LoCon", False),
         ("Kohya LoCon", "LoCon", False),
         ("LyCORIS/LoCon", "LoCon", False),
-        ("LyCORIS/LoHa", "Standard", True),
+        ("LyCORIS/LoHa", "LoHa", False),
+        ("LyCORIS/LoKr", "LoKr", False),
         ("LyCORIS/iA3", "Standard", True),
         ("Kohya DyLoRA", "Standard", True),
     ],

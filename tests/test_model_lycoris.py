@@ -229,3 +229,23 @@ def test_full_sd15_module_count_and_file_size_at_dim_8_conv_4(lora_type, capsys)
 
 # (tensors, parameters, bytes of an fp16 file without metadata), measured with this test
 SD15_SIZES = {"LoHa": (1570, 13_789_184, 27_773_407), "LoKr": (1256, 454_392, 1_061_054)}
+
+
+@pytest.mark.parametrize("case", ["loha", "lokr-mixed", "lokr-both"])
+def test_max_norm_scales_each_too_large_module_update_to_the_limit(case):
+    from loratrainer.train.max_norm import apply_max_norm
+
+    handle = inject_lora(build_tiny_components(), NetworkSettings(**CASES[case]), train_unet=True, train_text_encoder=True)
+    _randomise(handle, std=0.5)
+
+    def norms():
+        return {n: float(handle.model(i.part).get_submodule(i.path).get_delta_weight("default").norm())
+                for n, i in handle.modules.items()}
+
+    before = norms()
+    limit = sorted(before.values())[len(before) // 2]  # half the modules are above it
+    scaled, largest = apply_max_norm(handle, limit)
+    after = norms()
+    assert scaled == sum(v > limit for v in before.values()) > 0 and largest == pytest.approx(max(before.values()))
+    for name, norm in before.items():
+        assert after[name] == pytest.approx(min(norm, limit), rel=1e-4), name
