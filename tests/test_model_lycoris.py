@@ -238,6 +238,7 @@ def test_max_norm_scales_each_too_large_module_update_to_the_limit(case):
     handle = inject_lora(build_tiny_components(), NetworkSettings(**CASES[case]), train_unet=True, train_text_encoder=True)
     _randomise(handle, std=0.5)
 
+    @torch.no_grad()
     def norms():
         return {n: float(handle.model(i.part).get_submodule(i.path).get_delta_weight("default").norm())
                 for n, i in handle.modules.items()}
