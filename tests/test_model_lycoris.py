@@ -112,16 +112,24 @@ def test_every_saved_module_gives_the_loaders_the_delta_peft_trained(tmp_path, c
     assert kinds == {("Linear", ()), ("Conv2d", (1, 1)), ("Conv2d", (3, 3))}  # linear, 1x1 and 3x3 modules checked
 
 
-def test_lokr_full_matrices_use_scale_one_as_lycoris_does():
+def test_lokr_full_matrices_use_scale_one_as_lycoris_does(tmp_path):
     """A huge LoKr rank (the Kohya GUI presets' 100000) means full matrices; LyCORIS and the loaders scale them by 1."""
     net = NetworkSettings(lora_type="LoKr", network_dim=100000, network_alpha=1, conv_dim=100000, conv_alpha=1, factor=6)
     handle = inject_lora(build_tiny_components(), net, train_unet=True, train_text_encoder=True)
-    sd = lora_state_dict(handle, "float")
+    _randomise(handle)
+    save_lora(tmp_path / "fp16.safetensors", lora_state_dict(handle, "fp16"), {})  # alpha 100000 > fp16's 65504
+    sd = load_file(str(tmp_path / "fp16.safetensors"))
+    assert {v.dtype for k, v in sd.items() if not k.endswith(".alpha")} == {torch.float16}
     assert not any(k.endswith(("_a", "_b")) for k in sd)  # no low-rank factors anywhere
     for info in handle.modules.values():
         layer = handle.model(info.part).get_submodule(info.path)
         assert layer.scaling["default"] == 1.0 and info.alpha == info.rank == 100000
     assert {float(v) for k, v in sd.items() if k.endswith(".alpha")} == {100000.0}
+    # a file written by sd-scripts in fp16 has alpha inf there (it ignores the overflow): it continues all the same
+    save_file({k: (torch.tensor(float("inf"), dtype=torch.float16) if k.endswith(".alpha") else v) for k, v in sd.items()},
+              tmp_path / "sd-scripts.safetensors")
+    again = inject_lora(build_tiny_components(), net, train_unet=True, train_text_encoder=True)
+    assert load_network_weights(again, tmp_path / "sd-scripts.safetensors") == []
 
 
 @pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])

@@ -106,3 +106,22 @@ def test_kohya_settings_reach_peft(tmp_path, tiny_model):
     peft = t.handle.configs["unet"]
     assert type(peft).__name__ == "LoKrConfig" and peft.decompose_factor == 4 and peft.decompose_both
     assert peft.rank_dropout == 0.5 and peft.module_dropout == 0.25
+
+
+def test_a_launched_lokr_run_writes_the_lycoris_file_with_its_metadata(tmp_path, tiny_model):
+    """The whole path a user takes (accelerate launch, trainer process, saver): a full-matrix LoKr as the Kohya
+    GUI presets ask for it (rank 100000, factor 6 -> full factors on the tiny model)."""
+    from safetensors import safe_open
+
+    from tests.test_train_reliability import _run
+
+    config = small_config(tmp_path, tiny_model, images=2, epoch=1, lora_type="LoKr", network_dim=100000, network_alpha=1,
+                          conv_dim=100000, conv_alpha=1, factor=6, save_precision="fp16")
+    _run(config)
+    path = tmp_path / "out" / "last.safetensors"
+    with safe_open(path, "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["ss_network_module"] == "lycoris.kohya" and '"algo": "lokr"' in meta["ss_network_args"]
+    assert keys and all(k.rsplit(".", 1)[1] in ("lokr_w1", "lokr_w2", "alpha") for k in keys)
+    sd = load_file(str(path))
+    assert any(k.endswith(".lokr_w2") and sd[k].abs().max() > 0 for k in sd)  # it trained (w2 starts at zero)

@@ -35,7 +35,12 @@ def lora_state_dict(handle: LoraHandle, save_dtype: torch.dtype | str = torch.fl
             layer = handle.model(info.part).get_submodule(info.path)
             for key, tensor in lycoris.module_tensors(layer, lora_type).items():
                 out[f"{name}.{key}"] = _to_cpu(tensor, dtype)
-            out[name + ALPHA] = torch.tensor(float(info.alpha), dtype=dtype)
+            alpha = torch.tensor(float(info.alpha), dtype=dtype)
+            if not torch.isfinite(alpha):
+                # fp16 tops out at 65504: a full-matrix LoKr's alpha = rank (the presets' 100000) stays float32 (the
+                # loaders read it with .item() and ignore it for full factors; sd-scripts would write inf)
+                alpha = torch.tensor(float(info.alpha))
+            out[name + ALPHA] = alpha
             continue
         down, up = _lora_layers(handle, info)
         out[name + DOWN] = _to_cpu(down.weight, dtype)
@@ -128,7 +133,9 @@ def _load_lycoris(handle: LoraHandle, path: Path, state: dict[str, torch.Tensor]
                 f"{path}: {name} holds {shapes} but the {kind} being trained has {wanted}; set the rank ({setting}"
                 f"{extra}, use_tucker) to the file's."
             )
-        if "alpha" in tensors and abs(float(tensors["alpha"]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
+        full_factors = kind == "LoKr" and set(ours) == {"lokr_w1", "lokr_w2"}  # scale 1 whatever the alpha (inf in
+        # an fp16 file of sd-scripts/LyCORIS, whose alpha = rank 100000 overflows)
+        if "alpha" in tensors and not full_factors and abs(float(tensors["alpha"]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
             raise NetworkWeightsMismatch(
                 f"{path}: {name} was trained with alpha {float(tensors['alpha']):g} but alpha is set to {info.alpha:g}; "
                 "set it to the file's value so the weights keep their strength."
