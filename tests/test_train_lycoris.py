@@ -48,47 +48,34 @@ def _adapters(t, on: bool):
 
 
 @pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
-def test_the_sample_with_the_file_applied_as_the_loaders_do_equals_peft_s(tmp_path, tiny_model, lora_type):
-    t = _trainer(tmp_path, tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
-    train(t, _Quiet(), lambda kind, p: None)
-    path = model_api.save_lora(tmp_path / "run.safetensors", model_api.lora_state(t.handle, "float"), {})
-    prompt = SamplePrompt("a photo of a thing", width=64, height=64, steps=4, seed=1234)
+def test_a_tiny_run_s_file_gives_peft_s_sample_and_continues_and_resumes(tmp_path, tiny_model, lora_type):
+    first = _trainer(tmp_path / "a", tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
+    train(first, _Quiet(), lambda kind, p: None)
+    trained = model_api.lora_state(first.handle, "float")
+    path = model_api.save_lora(tmp_path / "run.safetensors", trained, {})
+    save_state(first, tmp_path / "state")
 
-    with_peft = _image(t, prompt)
-    _adapters(t, False)
-    base = _image(t, prompt)
+    # 1. the fixed-seed sample with peft's adapter active = the base model with the file merged the loaders' way
+    prompt = SamplePrompt("a photo of a thing", width=64, height=64, steps=4, seed=1234)
+    with_peft = _image(first, prompt)
+    _adapters(first, False)
+    base = _image(first, prompt)
     file = load_file(str(path))
     with torch.no_grad():  # merge the file into the base weights with the loaders' arithmetic (strength 1)
-        for name, info in t.handle.modules.items():
-            weight = t.handle.model(info.part).get_submodule(info.path).get_base_layer().weight
+        for name, info in first.handle.modules.items():
+            weight = first.handle.model(info.part).get_submodule(info.path).get_base_layer().weight
             weight += loader_delta(file, name, weight.shape).to(weight.dtype)
-    merged = _image(t, prompt)
-
+    merged = _image(first, prompt)
     changed = np.abs(with_peft - base).max()
     print(f"{lora_type}: the LoRA moves pixels by up to {changed}; file-merged vs peft: {np.abs(merged - with_peft).max()}")
     assert changed >= 20  # the trained adapter visibly changes the sample
     assert np.abs(merged - with_peft).max() <= 1  # and the file, applied as A1111/ComfyUI do, gives the same image
 
-
-@pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
-def test_network_weights_and_resume_continue_a_lycoris_run(tmp_path, tiny_model, lora_type):
-    first = _trainer(tmp_path / "a", tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
-    train(first, _Quiet(), lambda kind, p: None)
-    trained = model_api.lora_state(first.handle, "float")
-    model_api.save_lora(tmp_path / "start.safetensors", trained, {})
-    save_state(first, tmp_path / "state")
-
-    again = _trainer(tmp_path / "b", tiny_model, epoch=1, network_weights=str(tmp_path / "start.safetensors"),
-                     **NETWORKS[lora_type], **RATES)
-    loaded = model_api.lora_state(again.handle, "float")
+    # 2. network_weights starts from the file; 3. resume continues the state (step, weights, optimizer)
+    resumed = _trainer(tmp_path / "c", tiny_model, epoch=2, network_weights=str(path), **NETWORKS[lora_type], **RATES)
+    loaded = model_api.lora_state(resumed.handle, "float")
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
-
-    if lora_type == "LoHa":  # a state of another rank is refused by name, not with a tensor-size error
-        other = _trainer(tmp_path / "d", tiny_model, epoch=2, **{**NETWORKS[lora_type], "network_dim": 2}, **RATES)
-        with pytest.raises(BrokenState, match="does not match this network"):
-            load_state(other, tmp_path / "state")
-    resumed = _trainer(tmp_path / "c", tiny_model, epoch=2, **NETWORKS[lora_type], **RATES)
-    info = load_state(resumed, tmp_path / "state")  # the same network continues from the saved step
+    info = load_state(resumed, tmp_path / "state")
     assert info.step == first.step and resumed.step == first.step
     restored = model_api.lora_state(resumed.handle, "float")
     assert all(torch.equal(restored[k], trained[k]) for k in trained)
@@ -98,12 +85,18 @@ def test_network_weights_and_resume_continue_a_lycoris_run(tmp_path, tiny_model,
     after = model_api.lora_state(resumed.handle, "float")
     assert any(not torch.equal(after[k], trained[k]) for k in trained)  # and it trains on
 
+    if lora_type == "LoHa":  # a state of another rank is refused by name, not with a tensor-size error
+        other = _trainer(tmp_path / "d", tiny_model, epoch=2, **{**NETWORKS[lora_type], "network_dim": 2}, **RATES)
+        with pytest.raises(BrokenState, match="does not match this network"):
+            load_state(other, tmp_path / "state")
+
 
 def test_kohya_settings_reach_peft(tmp_path, tiny_model):
+    from tests.tiny_sd import build_tiny_components
+
     config = with_values(small_config(tmp_path, tiny_model), {**NETWORKS["LoKr"], "decompose_both": True,
                                                                 "rank_dropout": 0.5, "module_dropout": 0.25})
-    t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
-    peft = t.handle.configs["unet"]
+    peft = model_api.add_lora(build_tiny_components(), config).configs["unet"]
     assert type(peft).__name__ == "LoKrConfig" and peft.decompose_factor == 4 and peft.decompose_both
     assert peft.rank_dropout == 0.5 and peft.module_dropout == 0.25
 
