@@ -124,6 +124,7 @@ _INERT_DEFAULTS: dict[str, tuple[Any, ...] | None] = {
     # the Kohya GUI ignores it ("not yet supported. Ignoring" in train_model), whatever its value
     "stop_text_encoder_training": None,
     "extra_accelerate_launch_args": ("",),
+    "show_timesteps_resolution": None,  # train_model passes it only with show_timesteps on a FLUX/SD3/Anima/Lumina run
     "use_scalar": None, "use_tucker": None, "use_cp": None, "rescaled": None, "constrain": None, "bypass_mode": None,
     "dora_wd": None, "train_norm": None, "decompose_both": None, "rank_dropout_scale": None,  # LyCORIS-only options
 }
@@ -454,7 +455,8 @@ def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str
         unet, te = 0.0, (None if te == 0 else te)
     elif unet == 0 and te == 0:
         unet = te = None
-        report.migrated.append(ReportItem.of("text_encoder_lr", "kohya.rates_both_zero", value=repr(lr)))
+        for key in ("unet_lr", "text_encoder_lr"):
+            report.migrated.append(ReportItem.of(key, "kohya.rates_both_zero", value=repr(lr)))
     elif te == 0:
         report.migrated.append(ReportItem.of("text_encoder_lr", "kohya.rate_unet_only", value=repr(data.get("text_encoder_lr"))))
     elif unet == 0:
@@ -820,7 +822,7 @@ def _number(value: Any) -> bool:
 _KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon"}
 _KOHYA_INTS = frozenset({"lr_warmup"})  # a float for us, an integer percentage slider in the Kohya GUI
 # Kohya keys whose on-screen default would change the run: the value that makes them inert.
-_EXPORT_NEUTRAL = {"model_list": "custom", "training_preset": "none", "max_train_epochs": 0, "stop_text_encoder_training": 0, "mem_eff_attn": False}
+_EXPORT_NEUTRAL = {"model_list": "custom", "max_train_epochs": 0, "stop_text_encoder_training": 0, "mem_eff_attn": False}
 
 
 def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
