@@ -269,7 +269,7 @@ define({
     "kohya.optimizer_missing": "not in the file -> {value} (the Kohya GUI's choice for a file without an optimizer)",
     "kohya.args_split": "{value} -> {result} (split as the Kohya GUI splits it; quotes and stray commas removed)",
     "kohya.scheduler_args": "{value}: scheduler arguments are not supported; the {scheduler} schedule runs with its standard parameters",
-    "kohya.flag_mapped": "{flag} -> {key} = {value}",
+    "kohya.flag_mapped": "{flag} -> {setting} = {value}",
     "kohya.flag_unet_only": "{flag} -> text_encoder_lr = 0 (UNet-only LoRA)",
     "kohya.flag_te_only": "{flag} -> unet_lr = 0 (text-encoder-only LoRA)",
     "kohya.flag_left_out": "{flag} is not supported and was left out",
@@ -731,14 +731,14 @@ def _additional_parameters(raw: dict[str, Any], values: dict[str, Any], origin: 
             report.migrated.append(ReportItem.of("additional_parameters", code, flag=shown))
         elif name in _ATTENTION_FLAGS and not args:
             values["attention"], origin["attention"] = _ATTENTION_FLAGS[name], "additional_parameters"
-            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, key="attention", value=repr(_ATTENTION_FLAGS[name])))
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting="attention", value=repr(_ATTENTION_FLAGS[name])))
         elif name == "optimizer_args" and args:
             values["optimizer_args"], origin["optimizer_args"] = " ".join(kohya_split_args(" ".join(args))), "additional_parameters"
-            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, key="optimizer_args", value=repr(values["optimizer_args"])))
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting="optimizer_args", value=repr(values["optimizer_args"])))
         elif leaf in DIRECT_KEYS and leaf not in OURS_ONLY and (len(args) == 1 or (not args and _SPECS[leaf].kind == "bool")):
             value = args[0] if args else True
             values[leaf], origin[leaf] = value, "additional_parameters"
-            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, key=leaf, value=repr(value)))
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting=leaf, value=repr(value)))
         elif name in _NEUTRAL_FLAGS and args and args[0] in _NEUTRAL_FLAGS[name]:
             report.ignored.append(ReportItem.of("additional_parameters", "kohya.flag_no_effect", flag=shown))
         else:
