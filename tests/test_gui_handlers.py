@@ -238,6 +238,19 @@ def test_start_refused_starts_nothing(page, tmp_path):
     assert page.jobs.runs() == []
 
 
+def test_start_refuses_a_windows_path_naming_the_setting_and_creates_nothing(page, tmp_path, monkeypatch):
+    h = page.handlers["training"]
+    monkeypatch.chdir(tmp_path)
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
+    data[page.fields["folders.output_dir"]] = "C:\\Users\\me\\lora\\model"
+    status = h.start(data)[page.named["status"]]
+    assert status.startswith("**Not started.**") and "Windows path" in status and "C:" in status
+    assert "folders.output_dir is a Windows path" in status  # the English page names settings by their path, as the CLI
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img"]  # no ./C:\Users... folder
+    assert page.jobs.runs() == []
+
+
 def test_save_as_kohya_config_round_trips(page, tmp_path):
     from loratrainer.presets import load_any_config
 
