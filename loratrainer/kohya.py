@@ -219,7 +219,7 @@ define({
     "kohya.section.unsupported": "NOT SUPPORTED (imported differently or left out; check these)",
     "kohya.section.migrated": "Migrated",
     "kohya.section.coerced": "Coerced",
-    "kohya.section.defaulted": "Empty or null, replaced",
+    "kohya.section.defaulted": "Empty, null or not set: replaced",
     "kohya.section.ignored": "Ignored (no effect)",
     "kohya.missing": "Not in the file, our defaults used: {keys}",
     "kohya.max_steps_default": _MAX_STEPS_NOTE,
@@ -370,7 +370,8 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     resolved = _coerce_all(values, origin, report, source)
     resolved.update(rates)
 
-    kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY and n not in _RATE_KEYS)
+    # the per-part rates are reported by _learning_rates (missing = learning_rate), not as "our default"
+    kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY and n not in ("unet_lr", "text_encoder_lr"))
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE
