@@ -530,6 +530,8 @@ def coerce(value: Any, spec: FieldSpec) -> Any:
             raise ValueError("expected a finite number")
         if kind == "float":
             return float(number) if isinstance(value, str) else value
+        if isinstance(number, int):  # exact, however large (the range check names it)
+            return number
         if float(number) != int(number):
             raise ValueError("expected a whole number")
         return int(number)

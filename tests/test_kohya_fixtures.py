@@ -197,6 +197,10 @@ MALFORMED = {
     "weird-args.json": '{"LoRA_type": "Standard", "optimizer_args": "=== ,, \\"\\" \'", "additional_parameters": "-- --=x ---y"}',
     "bom.json": '\ufeff{"LoRA_type": "Standard"}',
     "duplicate.json": '{"LoRA_type": "Standard", "LoRA_type": "LyCORIS/LoKr"}',
+    "deep.json": "[" * 100000 + "]" * 100000,  # json.loads: RecursionError
+    "deep-object.json": '{"a":' * 100000 + "1" + "}" * 100000,
+    "huge-int.json": '{"LoRA_type": "Standard", "network_dim": ' + "9" * 5000 + "}",  # json.loads: ValueError (digit limit)
+    "huge-numbers.json": '{"LoRA_type": "Standard", "network_dim": 1e308, "epoch": 99999999999999999999999}',
 }
 
 
