@@ -371,7 +371,10 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     resolved.update(rates)
 
     # the per-part rates are reported by _learning_rates (missing = learning_rate), not as "our default"
-    kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY and n not in ("unet_lr", "text_encoder_lr"))
+    kohya_names = sorted(
+        _RENAMED.get(n, n) for n in _SPECS
+        if n not in values and _SPECS[n].path not in resolved and n not in OURS_ONLY and n not in ("unet_lr", "text_encoder_lr")
+    )
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE

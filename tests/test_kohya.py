@@ -309,3 +309,11 @@ def test_export_sets_noise_offset_type_so_kohya_uses_the_noise_settings(offset, 
     assert again.optimizer.noise_offset == (0.0 if loud else offset)  # what Kohya itself would train with
 
 
+
+
+def test_the_missing_list_names_exactly_the_settings_the_file_lacks() -> None:
+    _, report = import_kohya({"LoRA_type": "Standard", "learning_rate": 5e-4, "epoch": 3})
+    assert "learning_rate" not in report.missing and "epoch" not in report.missing and "network_dim" in report.missing
+    _, report = import_kohya({"LoRA_type": "Standard", "epoch": 3})
+    assert "learning_rate" in report.missing
+    assert "unet_lr" not in report.missing and "unet_lr" in report.keys("defaulted")  # said louder: it means learning_rate
