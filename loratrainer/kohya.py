@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 from pydantic import ValidationError
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from loratrainer.cli import main
-from loratrainer.config import ConfigError, TrainingConfig
+from loratrainer.config import TrainingConfig
 from loratrainer.kohya import KohyaRefused, export_kohya, import_kohya, kohya_to_json
 from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
 

@@ -4,7 +4,6 @@ does with a file is what we do, or we refuse in one sentence naming the key."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
