@@ -108,7 +108,7 @@ def sd_scripts_env(venvs: Path, checkout: Path, torch_spec: list[str]) -> Path:
 
 
 def ours_env(venvs: Path, torch_spec: list[str]) -> Path:
-    return ensure_venv(venvs / "loratrainer", [torch_spec, [str(ROOT)]])
+    return ensure_venv(venvs / "loratrainer", [torch_spec, ["-e", str(ROOT)]])  # editable: always this checkout
 
 
 def torch_version(python: Path) -> str:
