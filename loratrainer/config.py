@@ -262,6 +262,15 @@ class PrecisionSettings(_Group):
     attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
     cache_latents: bool = Field(True, description="Encode every image once with the VAE before training (faster, less VRAM).")
     cache_latents_to_disk: bool = Field(False, description="Also keep the cached latents on disk next to the images, reused by later runs.")
+    channels_last: bool = Field(
+        False, description="Keep the UNet in channels-last memory layout: faster convolutions on recent GPUs with fp16/bf16; same results."
+    )
+    torch_compile: bool = Field(
+        False, description="Compile the UNet with torch.compile (sd-scripts' --torch_compile): the first steps are slow, later ones faster; same results."
+    )
+    dynamo_backend: Literal["inductor", "aot_eager", "eager", "cudagraphs"] = Field(
+        "inductor", description="torch.compile backend when compiling is on (sd-scripts' --dynamo_backend); inductor needs a C++ compiler on the CPU."
+    )
 
 
 class SamplingSettings(_Group):
