@@ -265,11 +265,8 @@ class PrecisionSettings(_Group):
     channels_last: bool = Field(
         False, description="Keep the UNet in channels-last memory layout: faster convolutions on recent GPUs with fp16/bf16; same results."
     )
-    torch_compile: bool = Field(
-        False, description="Compile the UNet with torch.compile (sd-scripts' --torch_compile): the first steps are slow, later ones faster; same results."
-    )
-    dynamo_backend: Literal["inductor", "aot_eager", "eager", "cudagraphs"] = Field(
-        "inductor", description="torch.compile backend when compiling is on (sd-scripts' --dynamo_backend); inductor needs a C++ compiler on the CPU."
+    dynamo_backend: Literal["no", "eager", "aot_eager", "inductor", "cudagraphs"] = Field(
+        "no", description="Compile the UNet with torch.compile and this backend (no = off; the Kohya GUI's Dynamo backend, sd-scripts' --torch_compile --dynamo_backend): the first steps are slow, later ones faster, same results; inductor needs a C++ compiler on the CPU."
     )
 
 

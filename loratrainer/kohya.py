@@ -43,7 +43,8 @@ _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 # Our settings Kohya spells differently (handled by migrations) or does not have at all.
 _RENAMED = {"lora_type": "LoRA_type", "attention": "xformers"}
 OURS_ONLY = frozenset(
-    {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase"}
+    {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase",
+     "channels_last"}
 )
 # Leaf names that are read straight from a Kohya key of the same name.
 DIRECT_KEYS = frozenset(set(_SPECS) - set(_RENAMED))
@@ -106,7 +107,6 @@ _OTHER_FAMILY_KEYS = frozenset(
 )
 # Kohya keys whose Kohya default is not false/""/0 but which have no effect at that value.
 _INERT_DEFAULTS: dict[str, tuple[Any, ...] | None] = {
-    "dynamo_backend": ("no",),
     "dynamo_mode": ("default",),
     "max_timestep": (1000,),
     "factor": (-1,),
@@ -138,6 +138,8 @@ _REFUSE = object()
 # 1.0); train_model drops every other "" from the TOML it hands sd-scripts, so sd-scripts' own default applies
 # (library/train_util.py, networks/lora.py). _REFUSE: the Kohya GUI fails or trains something else than meant.
 EMPTY_VALUES: dict[str, Any] = {
+    # kohya_gui/class_accelerate_launch.py passes --dynamo_backend only when set: empty is accelerate's "no"
+    "dynamo_backend": "no",
     # update_my_data: int("") fails -> 0
     "clip_skip": 1,  # -> 0, which train_model passes as no --clip_skip: the last layer, our 1
     "epoch": _REFUSE,  # -> 0: no steps are counted, so sd-scripts falls back to its 1600 steps

@@ -103,7 +103,7 @@ def test_gradient_checkpointing_trains_the_same(tmp_path, tiny_model, baseline):
 def test_torch_compile_compiles_the_unet_in_place_and_trains_the_same(tmp_path, tiny_model, baseline):
     """aot_eager traces the UNet with dynamo and AOT autograd as inductor does, without a C++ build of kernels
     (minutes on this machine); the wiring is the same for every backend."""
-    result = _run(tmp_path, tiny_model, torch_compile=True, dynamo_backend="aot_eager")
+    result = _run(tmp_path, tiny_model, dynamo_backend="aot_eager")
     unet = result[0].components.unet
     assert unet._compiled_call_impl is not None  # compiled in place: class, config and state_dict keys unchanged
     assert type(unet).__name__ == "UNet2DConditionModel"

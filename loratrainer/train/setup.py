@@ -98,7 +98,7 @@ def speed_up_unet(unet, config: TrainingConfig) -> None:
     its config and its state_dict keys, which saving and sampling use, stay as they are."""
     if config.precision.channels_last:
         unet.to(memory_format=torch.channels_last)
-    if config.precision.torch_compile:
+    if config.precision.dynamo_backend != "no":
         unet.compile(backend=config.precision.dynamo_backend)
 
 
