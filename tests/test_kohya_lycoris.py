@@ -13,7 +13,9 @@ from loratrainer.gui.i18n import Translator
 from loratrainer.kohya import export_kohya, import_kohya
 from tests.test_kohya import test_every_fixture_imports_with_each_value_as_written_or_reported as imports_every_key
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lycoris"  # real Kohya GUI files, sources in SOURCES.md
+FIXTURES = Path(__file__).parent / "fixtures" / "kohya_ss"  # real Kohya GUI files (README there: source, commits)
+SD15_LYCORIS = ["presets/lora/loha-sd15.json", "presets/lora/sd15 - EDG_LoHaOptiSettings.json", "presets/lora/lokr-sd15.json",
+                "presets/lora/sd15 - LoKr v1.1.json", "presets/lora/sd15 - LoKr v2.0.json", "test/config/LoKR-AdamW8bit-toml.json"]
 
 
 LYCORIS_KEYS = {"LoRA_type", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "factor", "decompose_both",
@@ -22,34 +24,31 @@ LYCORIS_KEYS = {"LoRA_type", "network_dim", "network_alpha", "conv_dim", "conv_a
 
 
 def _load(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8-sig"))
 
 
-# sd15-LoKr-v1.1.json quotes its optimizer_args ('"weight_decay=0.1" "betas=0.9,0.99"'), which the optimizer_args
-# parser refuses (a Kohya-import matter, not a LyCORIS one): the tests below use it without that key
-@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json") if p.name != "sd15-LoKr-v1.1.json"))
+@pytest.mark.parametrize("name", SD15_LYCORIS)
 def test_every_key_of_the_real_files_is_imported_or_reported(name):
     imports_every_key(FIXTURES / name)
 
 
-def test_loha_file_imports_as_loha_with_its_ranks():
-    config, report = import_kohya(_load("loha-Prodigy.json"))
+def test_loha_file_imports_as_loha_with_its_ranks_and_tucker():
+    config, report = import_kohya(_load("presets/lora/loha-sd15.json"))
     n = config.network
-    assert (n.lora_type, n.network_dim, n.network_alpha, n.conv_dim, n.conv_alpha) == ("LoHa", 8, 8.0, 4, 4.0)
-    assert not n.use_tucker and not set(report.keys("unsupported")) & LYCORIS_KEYS  # (its SDXL keys are reported)
+    assert (n.lora_type, n.network_dim, n.network_alpha, n.conv_dim, n.conv_alpha) == ("LoHa", 32, 16.0, 8, 4.0)
+    assert n.use_tucker and "use_cp" in report.keys("migrated")  # the file's use_cp: LyCORIS's older name
+    assert not set(report.keys("unsupported")) & LYCORIS_KEYS
 
 
 def test_lokr_file_imports_as_lokr_with_factor_and_decompose_both():
-    config, report = import_kohya(_load("lokr-sd15.json"))
+    config, report = import_kohya(_load("presets/lora/lokr-sd15.json"))
     n = config.network
     assert (n.lora_type, n.network_dim, n.conv_dim, n.factor, n.decompose_both) == ("LoKr", 64, 64, -1, False)
     assert not set(report.keys("unsupported")) & LYCORIS_KEYS
 
 
 def test_full_matrix_lokr_preset_keeps_its_huge_rank_and_refuses_what_peft_lacks():
-    data = _load("sd15-LoKr-v1.1.json")
-    del data["optimizer_args"]  # see above
-    config, report = import_kohya(data)
+    config, report = import_kohya(_load("presets/lora/sd15 - LoKr v1.1.json"))
     n = config.network
     assert (n.lora_type, n.network_dim, n.conv_dim, n.factor, n.decompose_both) == ("LoKr", 100000, 100000, 6, True)
     assert n.scale_weight_norms == 1.0  # LyCORIS's max-norm: supported
