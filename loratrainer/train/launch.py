@@ -55,6 +55,7 @@ define({
     "launch.state_incomplete": "saving.resume: {folder} is incomplete (no {files}): choose another '-state' folder",
     "launch.bad_sample_prompts": "{detail}",  # the prompt parser's own line (names the line); the GUI frames it
     "launch.optimizer_unavailable": "{detail}",  # eight_bit.refusal's advice; the GUI frames it
+    "launch.inputs_refused": "{problem}",  # a coded message of train.input_checks, in the page's language
 })
 
 
@@ -207,6 +208,16 @@ def check_optimizer(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.optimizer_unavailable", detail=reason))
 
 
+def check_run_inputs(config: TrainingConfig) -> None:
+    """Model files (existence and kind), the file names the run will write, the optimizer's package
+    (train.input_checks)."""
+    from loratrainer.train.input_checks import check_inputs
+
+    problem = check_inputs(config)
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
+
+
 def preflight(config: TrainingConfig) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
@@ -219,6 +230,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
     check_optimizer(config)
+    check_run_inputs(config)
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
@@ -340,6 +352,9 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     """Check, create the run folder, write command.json and start `accelerate launch` in its own session."""
     if check:
         config = preflight(config)
+    from loratrainer.train.input_checks import remove_stale_partials
+
+    remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
     run_dir = create_run(config)
     argv = build_command(config, run_dir)
     atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
