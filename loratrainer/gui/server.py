@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -121,11 +122,19 @@ def neutralise_gradio_env(environ: dict | None = None) -> Path:
 def serve(options: ServeOptions) -> int:
     validate(options)
     temp = neutralise_gradio_env()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the SIGTERM it shut down for once it is done; by default that would end the process
+        # before the finally below removes the temporary folder
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return _serve(options, temp)
     finally:
         # uploads and display copies live here: nothing of a session outlives the GUI (also after a failed start)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _serve(options: ServeOptions, temp: Path) -> int:
