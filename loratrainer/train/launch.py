@@ -287,6 +287,8 @@ class RunProcess:
         ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
         if ended:
             return int(ended[-1].get("exit_code", raw))
+        if raw < 0:  # accelerate launch itself was killed (the whole group): report it as a shell does, 128 + N,
+            return 128 - raw  # not as the negative number that became 247 as a process exit status
         signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None
         return 128 + signum if signum else raw
 
