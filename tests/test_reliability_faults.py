@@ -6,7 +6,6 @@ from tests.test_train_support import small_config, start_with_env, tiny_model  #
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from loratrainer import events
-from loratrainer.config import TrainingConfig, save_config, with_values
+from loratrainer.config import TrainingConfig, with_values
 from loratrainer.train.entry import disk_full
 from loratrainer.train.input_checks import PARTIAL_GRACE_S, remove_stale_partials
 from loratrainer.train.launch import RunProcess

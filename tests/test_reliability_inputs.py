@@ -17,7 +17,6 @@ from loratrainer.data.check import check_dataset
 from loratrainer.gui.i18n import Translator
 from tests import datasets as ds
 
-HANGUL = "가"  # any syllable: the Korean page said it in Korean
 
 
 def korean(exc: BaseException) -> str:

@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import socket
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from tests.gui_server import free_port, start_gui, stop_gui
+from tests.gui_server import start_gui, stop_gui
 
 EVIL = "http://evil.example"
 
