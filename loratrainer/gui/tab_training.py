@@ -427,6 +427,7 @@ def _visible(shown: bool):
 
 def loratrainer_command() -> list[str]:
     """How this machine runs `loratrainer`: the installed script, else this Python with -m."""
+    import shutil
     import sys
 
     script = shutil.which("loratrainer")
