@@ -165,7 +165,8 @@ def trained_models(t: Trainer) -> list[torch.nn.Module]:
 
 def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]:
     """One collective per step: the mean loss (for the NaN guard and the log) and whether any process saw STOP."""
-    stop = 1.0 if t.accelerator.is_main_process and stop_requested(t.run_dir) else 0.0
+    # each machine's first process reads its own run folder's STOP: a stop asked on any machine stops them all
+    stop = 1.0 if t.accelerator.is_local_main_process and stop_requested(t.run_dir) else 0.0
     flags = torch.stack([loss.float(), torch.tensor(stop, device=loss.device)])
     if t.accelerator.num_processes > 1:
         flags = t.accelerator.gather(flags[None]).reshape(-1, 2)
