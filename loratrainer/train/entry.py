@@ -189,6 +189,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     state["phase"] = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed)
+    trace_batches(t)
     t.keeper = new_keeper(t, make_saver(t))
     if resume:
         load_state(t, config.saving.resume)
@@ -211,6 +212,24 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     finally:
         if tensorboard is not None:
             tensorboard.close()
+
+
+def trace_batches(t) -> None:
+    """LORATRAINER_TRACE_BATCHES=1: each process appends the images of every batch it yields to
+    `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
+    if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
+        return
+    sampler_class = type(t.sampler)
+    path = Path(t.run_dir) / f"batches-rank-{t.accelerator.process_index}.jsonl"
+
+    class Traced(sampler_class):
+        def __iter__(self):
+            for batch in super().__iter__():
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"epoch": batch[0][1], "images": [str(self.samples[key[0]].image_path) for key in batch]}) + "\n")
+                yield batch
+
+    t.sampler.__class__ = Traced
 
 
 def open_tensorboard(run_dir: Path):
