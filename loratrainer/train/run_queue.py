@@ -112,8 +112,8 @@ class RunQueue:
         """The queue in order, with items of a runner that is gone settled first."""
         with self._locked() as items:
             for item in items:
-                if item.status == RUNNING and not runner_alive(item.runner):
-                    settle_orphan(item)
+                if item.status == RUNNING and not runner_alive(item.runner) and not (item.run_dir and _run_alive(item.run_dir)):
+                    settle_orphan(item)  # (a run still going stays "running": the next runner waits for it)
             return [QueueItem(**asdict(i)) for i in items]
 
     def remove(self, item_id: str) -> QueueItem:
