@@ -140,6 +140,8 @@ MESSAGE_MODULES = (
     "loratrainer.kohya",
     "loratrainer.train.launch",
     "loratrainer.gui.jobs",
+    "loratrainer.train.run_queue",
+    "loratrainer.train.queue_runner",
     "loratrainer.caption.base",
     "loratrainer.caption.basic",
     "loratrainer.caption.editor",

@@ -311,6 +311,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     t, n = ui.t, ui.named
     with gr.Row():
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
+        n["add_to_queue"] = gr.Button(t("queue.add"), elem_id="run-add-to-queue")  # wired by tab_queue
         stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
