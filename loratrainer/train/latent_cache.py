@@ -41,7 +41,10 @@ def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, 
     """Unscaled latents (C, h, w) as Kohya stores them; the trainer multiplies by the VAE's scaling factor."""
     image = load_training_image(sample, background, Augment(), random.Random(0), flip)
     pixels = image_tensor(image)[None].to(device, dtype)
-    return vae.encode(pixels).latent_dist.sample()[0].float().cpu()
+    # seeded by the image, not by the process that encodes it: the cache is the same however it is shared out
+    seed = int.from_bytes(hashlib.blake2b(f"{sample.image_path}|{sample.bucket}|{flip}".encode(), digest_size=8).digest(), "little") >> 1
+    generator = torch.Generator(device=pixels.device).manual_seed(seed)
+    return vae.encode(pixels).latent_dist.sample(generator=generator)[0].float().cpu()
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
