@@ -163,8 +163,10 @@ def signal_all(run_dir: str | Path, signum: int) -> list[int]:
     our own group. Returns the pids that were alive."""
     live = live_processes(run_dir)
     own = os.getpgid(0) if os.name == "posix" else None
+    # only groups led by a process of the run or recorded as the run's: never a shell's group a process joined
+    ours = set(live) | {r.pgid for r in read_records(run_dir) if r.host == socket.gethostname()}
     for pgid in set(live.values()):
-        if pgid != own and pgid > 1:
+        if pgid != own and pgid > 1 and pgid in ours:
             try:
                 os.killpg(pgid, signum)
             except (ProcessLookupError, PermissionError):
