@@ -122,7 +122,8 @@ def test_queued_runs_go_in_order_and_a_failing_one_does_not_stop_the_next(tmp_pa
     run = _cli("run", config_dir=home, timeout=600, check=False)
     assert run.returncode == 1, run.stderr[-3000:]  # one failed
     items = RunQueue(home).items()
-    assert [i.status for i in items] == ["finished", "error", "finished"], [(i.status, i.reason) for i in items]
+    assert [i.status for i in items] == ["finished", "failed", "finished"], [(i.status, i.reason) for i in items]
+    assert items[1].failed and "no-model does not exist" in items[1].reason  # refused by the checks before the start
     assert items[0].ended <= items[1].started and items[1].ended <= items[2].started  # one after another, in order
     assert (tmp_path / "a" / "out" / "last.safetensors").is_file() and (tmp_path / "c" / "out" / "third.safetensors").is_file()
     assert items[1].reason and not list((tmp_path / "b" / "out").glob("*.safetensors"))
