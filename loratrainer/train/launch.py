@@ -66,6 +66,7 @@ define({
         "{setting} = {processes} ({per_machine} on this machine) but there is no CUDA GPU and only {cpus} CPU core(s): "
         "at most one process per core"
     ),
+    "launch.inputs_refused": "{problem}",  # a coded message of train.input_checks, in the page's language
 })
 
 
@@ -150,9 +151,17 @@ def _glob_escape(name: str) -> str:
 def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int) -> int:
     """A generous estimate of what the run writes: LoRA files (about 1.2 MB per rank at 16 bit) and states."""
     bytes_per_value = 4 if config.precision.save_precision == "float" else 2
-    per_file = 1.2 * _MB * config.network.network_dim * bytes_per_value / 2
-    if config.network.lora_type == "LoCon":
-        per_file += 3 * _MB * config.network.conv_dim * bytes_per_value / 2
+    n = config.network
+    per_file = 1.2 * _MB * n.network_dim * bytes_per_value / 2
+    if n.lora_type != "Standard":
+        per_file += 3 * _MB * n.conv_dim * bytes_per_value / 2
+    if n.lora_type == "LoHa":  # two low-rank products per module
+        per_file *= 2
+    elif n.lora_type == "LoKr":
+        # never more than full Kronecker factors: the adapted SD1.5 weights (893M values) over about (factor/2)^2
+        # (measured: factor 6 -> 69 MB, 8 -> 28 MB, -1 -> 2.5 MB at fp16); -1 splits near the square root
+        factor = n.factor if n.factor > 0 else 16
+        per_file = min(per_file, 893e6 * bytes_per_value / max(factor / 2, 1) ** 2)
     s = config.saving
     files = 2  # the final file and a possible interrupted one
     if s.save_every_n_epochs:
@@ -271,6 +280,16 @@ def check_not_running(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.still_running", folder=folder, run=str(busy[0])))
 
 
+def check_run_inputs(config: TrainingConfig) -> None:
+    """Model files (existence and kind), the file names the run will write, the optimizer's package
+    (train.input_checks)."""
+    from loratrainer.train.input_checks import check_inputs
+
+    problem = check_inputs(config)
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
+
+
 def preflight(config: TrainingConfig) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
@@ -286,6 +305,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
     check_optimizer(config)
+    check_run_inputs(config)
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
@@ -350,6 +370,8 @@ class RunProcess:
         ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
         if ended:
             return int(ended[-1].get("exit_code", raw))
+        if raw < 0:  # accelerate launch itself was killed (the whole group): report it as a shell does, 128 + N,
+            return 128 - raw  # not as the negative number that became 247 as a process exit status
         signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None
         return 128 + signum if signum else raw
 
@@ -430,7 +452,10 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     """Check, create the run folder, write command.json and start `accelerate launch` in its own session."""
     if check:
         config = preflight(config)
-    check_not_running(config)
+    check_not_running(config)  # first: a live run's partial files are not stale
+    from loratrainer.train.input_checks import remove_stale_partials
+
+    remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
     run_dir = create_run(config).absolute()  # absolute: the processes are found by the run folder on their command line
     argv = build_command(config, run_dir)
     atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
