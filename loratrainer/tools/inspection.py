@@ -109,8 +109,10 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     progress.step(total, total, "")
     family = _family(f)
     if f.format == "unknown":
-        problems.append(Problem("unknown_format", "No LoRA layout recognised (no lora_down/lora_up, lora_A/lora_B, "
-                                "hada_*/lokr_* keys): this is not a LoRA file, or a kind this program does not know."))
+        checkpoint = any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in f.keys())
+        problems.append(Problem("unknown_format", "This is a model checkpoint, not a LoRA." if checkpoint else
+                                "No LoRA layout recognised (no lora_down/lora_up, lora_A/lora_B, hada_*/lokr_* keys): "
+                                "this is not a LoRA file, or a kind this program does not know."))
     if non_finite:
         problems.append(Problem("non_finite", f"{len(non_finite)} modules hold NaN or infinite values (e.g. "
                                 f"{non_finite[0]}): the LoRA renders black or noise; it came from a diverged training."))
@@ -120,7 +122,7 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     if lacking:
         problems.append(Problem("missing_factor", f"{len(lacking)} modules lack one of their weights ({lacking[0]}): "
                                 "loaders skip them or fail."))
-    if f.unrecognised:
+    if f.unrecognised and f.format != "unknown":
         problems.append(Problem("unrecognised_keys", f"{len(f.unrecognised)} keys fit no LoRA layout and are ignored "
                                 f"by A1111 and ComfyUI (e.g. {f.unrecognised[0]})."))
     problems += _name_problems(f, family)
@@ -237,7 +239,7 @@ def _tags(raw: str | None) -> dict:
             counts = {str(t).strip(): int(n) for t, n in tags.items() if isinstance(n, (int, float))}
             total.update(counts)
             per_folder[folder] = len(counts)
-    return {"distinct": len(total), "folders": per_folder, "top": total.most_common(30)}
+    return {"distinct": len(total), "folders": per_folder, "top": [[t, n] for t, n in total.most_common(30)]}
 
 
 def _single(values: dict):
