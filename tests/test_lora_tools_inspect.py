@@ -126,7 +126,9 @@ def test_problems_are_flagged(kohya_and_diffusers, tmp_path):
 def test_not_a_lora(tmp_path):
     save_file({"model.diffusion_model.x.weight": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
     r = inspect_lora(tmp_path / "m.safetensors")
-    assert r.format == "unknown" and [p.code for p in r.problems] == ["unknown_format"]
+    assert r.format == "unknown" and [p.code for p in r.problems] == ["model_checkpoint"]
+    save_file({"embedding": torch.zeros(2)}, str(tmp_path / "e.safetensors"))
+    assert [p.code for p in inspect_lora(tmp_path / "e.safetensors").problems] == ["unknown_format"]
 
 
 # -- the CLI --------------------------------------------------------------------------------------------------

@@ -26,11 +26,13 @@ FAMILY_FROM_METADATA = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"
 
 @dataclass
 class Problem:
-    code: str  # non_finite, rank_mismatch, missing_factor, unrecognised_keys, unknown_modules, te_ignored_name, unknown_format
-    message: str
+    code: str  # model_checkpoint, non_finite, rank_mismatch, missing_factor, unrecognised_keys, unknown_modules, te_ignored_name, unknown_format
+    message: str  # English, what the CLI prints; the GUI says it in its language from code, count and example
+    count: int = 1
+    example: str = ""
 
     def to_json(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        return {"code": self.code, "message": self.message, "count": self.count, "example": self.example}
 
 
 @dataclass
@@ -110,21 +112,21 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     family = _family(f)
     if f.format == "unknown":
         checkpoint = any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in f.keys())
-        problems.append(Problem("unknown_format", "This is a model checkpoint, not a LoRA." if checkpoint else
+        problems.append(Problem("model_checkpoint", "This is a model checkpoint, not a LoRA.") if checkpoint else Problem("unknown_format",
                                 "No LoRA layout recognised (no lora_down/lora_up, lora_A/lora_B, hada_*/lokr_* keys): "
                                 "this is not a LoRA file, or a kind this program does not know."))
     if non_finite:
         problems.append(Problem("non_finite", f"{len(non_finite)} modules hold NaN or infinite values (e.g. "
-                                f"{non_finite[0]}): the LoRA renders black or noise; it came from a diverged training."))
+                                f"{non_finite[0]}): the LoRA renders black or noise; it came from a diverged training.", len(non_finite), non_finite[0]))
     if mismatched:
         problems.append(Problem("rank_mismatch", f"{len(mismatched)} modules have a different rank in their down and up "
-                                f"weights ({mismatched[0]}): the file is damaged and will not load."))
+                                f"weights ({mismatched[0]}): the file is damaged and will not load.", len(mismatched), mismatched[0]))
     if lacking:
         problems.append(Problem("missing_factor", f"{len(lacking)} modules lack one of their weights ({lacking[0]}): "
-                                "loaders skip them or fail."))
+                                "loaders skip them or fail.", len(lacking), lacking[0]))
     if f.unrecognised and f.format != "unknown":
         problems.append(Problem("unrecognised_keys", f"{len(f.unrecognised)} keys fit no LoRA layout and are ignored "
-                                f"by A1111 and ComfyUI (e.g. {f.unrecognised[0]})."))
+                                f"by A1111 and ComfyUI (e.g. {f.unrecognised[0]}).", len(f.unrecognised), f.unrecognised[0]))
     problems += _name_problems(f, family)
     return InspectReport(
         path=f.path, size_bytes=f.path.stat().st_size, format=f.format, family=family, modules=dict(modules),
@@ -190,17 +192,18 @@ def _name_problems(f: LoraFile, family: str) -> list[Problem]:
     if te_flat:
         out.append(Problem("te_ignored_name", f"{len(te_flat)} text encoder modules are named without the text_model "
                            f"level ({te_flat[0]}); A1111 and ComfyUI ignore them, so the text encoder part has no "
-                           "effect. Rename lora_te_<x> to lora_te_text_model_<x>."))
-    if family in ("sd1", "unknown") and any(n.startswith(("lora_te1_", "lora_te2_")) for n in f.modules):
+                           "effect. Rename lora_te_<x> to lora_te_text_model_<x>.", len(te_flat), te_flat[0]))
+    sdxl_te = [n for n in f.modules if n.startswith(("lora_te1_", "lora_te2_"))]
+    if family in ("sd1", "unknown") and sdxl_te:
         out.append(Problem("te_ignored_name", "Text encoder modules are named lora_te1_/lora_te2_ (SDXL's names); "
-                           "SD1.5 loaders ignore them."))
+                           "SD1.5 loaders ignore them.", len(sdxl_te), sdxl_te[0]))
     if family in ("sd1", "unknown") and f.format in ("kohya", "lycoris", "diffusers-peft"):
         known = sd15_module_names()
         unknown = [n for n in f.modules if n.startswith(("lora_unet_", "lora_te_")) and n not in known
                    and n not in te_flat]
         if unknown:
             out.append(Problem("unknown_modules", f"{len(unknown)} modules name no layer of SD1.5 (e.g. {unknown[0]}); "
-                               "A1111 and ComfyUI skip them."))
+                               "A1111 and ComfyUI skip them.", len(unknown), unknown[0]))
     return out
 
 
