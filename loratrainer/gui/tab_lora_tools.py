@@ -136,7 +136,7 @@ class LoraToolsHandlers:
             tuned = self._existing(v.get("lt_tuned"), "lora.tuned", folder_ok=True)
             rank = self._rank(v.get("lt_rank"), "lora.rank")
             output = free_name(tuned.parent, f"{tuned.stem}-extracted-rank{rank}")
-            min_diff = self._number(v.get("lt_min_diff"), "lora.min_diff", minimum=0.0)
+            min_diff = self._number(v.get("lt_min_diff"), "lora.min_diff", zero_ok=True)
             return (["extract", str(base), str(tuned), "--rank", str(rank), "--min-diff", repr(min_diff)] + self._conv(v)
                     + ["-o", str(output)]), output
         raise UserError(self.t("lora.choose_tool"))
@@ -179,13 +179,13 @@ class LoraToolsHandlers:
         rank = self._rank(v.get("lt_conv_rank"), "lora.conv_rank", optional=True)
         return ["--conv-rank", str(rank)] if rank else []
 
-    def _number(self, value, label_key: str, *, minimum: float = 0.0) -> float:
+    def _number(self, value, label_key: str, *, zero_ok: bool = False) -> float:
         try:
             x = float(value)
         except (TypeError, ValueError):
             x = float("nan")
-        if not x >= minimum or (minimum == 0.0 and label_key == "lora.param" and x <= 0):
-            raise UserError(self.t("lora.bad_number", setting=self.t(label_key)))
+        if not (x >= 0 if zero_ok else x > 0):  # NaN fails both
+            raise UserError(self.t("lora.bad_number_zero" if zero_ok else "lora.bad_number", setting=self.t(label_key)))
         return x
 
     # -- running ------------------------------------------------------------------------------------------------

@@ -33,15 +33,18 @@ def write_lora(path: str | Path, modules: Iterator[tuple[str, torch.Tensor, torc
 
 def write_lora_then_meta(path: str | Path, modules: Iterator[tuple[str, torch.Tensor, torch.Tensor, float]],
                          total: int, metadata: Callable[[], dict[str, str]], dtype: torch.dtype,
-                         progress: Progress) -> Path:
-    """write_lora with the metadata asked for after the last module (ranks chosen on the way go into it)."""
+                         progress: Progress, *, count_steps: bool = True) -> Path:
+    """write_lora with the metadata asked for after the last module (ranks chosen on the way go into it).
+    `count_steps=False`: the module iterator reports progress itself (extract, which skips modules)."""
     with StreamingSafetensorsWriter(path) as writer:
-        progress.step(0, total, "")
+        if count_steps:
+            progress.step(0, total, "")
         for i, (name, down, up, alpha) in enumerate(modules, 1):
             writer.add(name + DOWN, down.to(dtype))
             writer.add(name + UP, up.to(dtype))
             writer.add(name + ALPHA, torch.tensor(float(alpha), dtype=dtype))
-            progress.step(i, total, name)
+            if count_steps:
+                progress.step(i, total, name)
         return writer.finish(metadata(), kohya_hashes=True)
 
 

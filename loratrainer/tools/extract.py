@@ -92,7 +92,9 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
                              comment=f"extracted by loratrainer from {Path(base).name} and {Path(tuned).name}",
                              extra={"ss_sd_model_name": Path(base).name})
 
-    write_lora_then_meta(output, modules(), len(jobs), metadata, save_dtype(precision, torch.float32), progress)
+    write_lora_then_meta(output, modules(), len(jobs), metadata, save_dtype(precision, torch.float32), progress,
+                         count_steps=False)
+    progress.step(len(jobs), len(jobs), "")
     report.overall_fro_retained = (kept_sq / total_sq) ** 0.5 if total_sq > 0 else 1.0
     if not report.extracted:
         output.unlink()
