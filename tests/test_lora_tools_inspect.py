@@ -178,7 +178,7 @@ def test_cli_merge_resize_extract(tmp_path, capsys):
         assert any(k.startswith("model.diffusion_model.") for k in f.keys())
 
 
-def _big_lora(path, modules=300, width=4096, rank=32):
+def _big_lora(path, modules=300, width=2048, rank=32):
     torch.manual_seed(0)
     state = {}
     for i in range(modules):
