@@ -8,6 +8,7 @@ sd-scripts networks/merge_lora.py merge_to_sd_model does the same sum on a loade
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from loratrainer.errors import UserError
 from loratrainer.model.assets import SD15_CONFIG_DIR
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15, read_checkpoint
 from loratrainer.tools.ldm_names import kohya_to_ldm
-from loratrainer.tools.lorafile import LoraFile
+from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.outputs import refuse_existing
 from loratrainer.tools.progress import NO_PROGRESS, Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
@@ -154,11 +155,15 @@ def _open_loras(loras: list[tuple[Path, float]]) -> list[tuple[LoraFile, float]]
 
 
 def _with_deltas(weight: torch.Tensor, deltas: list[tuple[LoraFile, str, float]]) -> torch.Tensor:
-    out = weight.to(torch.float64)
+    # float32 and in place: the largest SD1.5 weight (10240 x 1280) then costs two float32 copies, not a chain of
+    # float64 temporaries; diffusers' fuse_lora adds in float32 as well
+    out = weight.to(torch.float32, copy=True)
     for f, name, w in deltas:
-        matrix, shape = f.delta_matrix(name)
-        if matrix.numel() != out.numel():
-            raise UserError(f"{f.path.name}: {name} has shape {list(shape)} but the model's weight is "
+        down, up, scale = f.factors(name)
+        if up.shape[0] * math.prod(down.shape[1:]) != out.numel():
+            raise UserError(f"{f.path.name}: {name} has shape {list(weight_shape(down, up))} but the model's weight is "
                             f"{list(weight.shape)}: the LoRA was made for another model.")
-        out = out + w * matrix.reshape(out.shape)
+        matrix = (up.reshape(up.shape[0], -1) * (w * scale)).float() @ down.reshape(down.shape[0], -1).float()
+        out.add_(matrix.reshape(out.shape))
+        del matrix
     return out.to(weight.dtype)

@@ -133,12 +133,6 @@ class LoraFile:
             return self._peft_alphas(m, rank)
         return float(rank)  # no alpha: Kohya and diffusers both use scale 1
 
-    def delta_matrix(self, name: str) -> tuple[torch.Tensor, torch.Size]:
-        """The module's full weight change as a 2-D float64 matrix [out, in*k*k] and the weight's shape."""
-        down, up, scale = self.factors(name)
-        matrix = scale * (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1))
-        return matrix, weight_shape(down, up)
-
     # -- grouping keys into modules ------------------------------------------------------------------------
 
     def _group(self) -> str:
