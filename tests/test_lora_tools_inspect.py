@@ -205,3 +205,20 @@ def test_sigterm_cancels_and_leaves_no_file(tmp_path):
     assert proc.wait(60) == 10, rest
     assert "Cancelled" in rest and "Traceback" not in rest
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("lora_type,kind", [("LoHa", "loha"), ("LoKr", "lokr")])
+def test_our_own_loha_and_lokr_files_are_recognised_and_refused_by_merge(lora_type, kind, tmp_path):
+    from loratrainer.errors import UserError
+    from loratrainer.tools.merge import merge_loras
+
+    config = with_values(TrainingConfig(), {"lora_type": lora_type, "network_dim": 4, "network_alpha": 2})
+    handle = inject_lora(build_tiny_components(), config.network, train_unet=True, train_text_encoder=True)
+    path = tmp_path / f"{kind}.safetensors"
+    save_file(lora_state_dict(handle, torch.float32), str(path))
+    r = inspect_lora(path)
+    assert r.format == "lycoris" and set(r.kinds) == {kind} and r.problems == []
+    assert sum(r.modules.values()) == len(handle.modules)
+    with pytest.raises(UserError, match="LyCORIS"):
+        merge_loras([(path, 1.0)], tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
