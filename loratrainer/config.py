@@ -103,7 +103,8 @@ class _Group(BaseModel):
 
 class ModelSettings(_Group):
     pretrained_model_name_or_path: str = Field(
-        "runwayml/stable-diffusion-v1-5",
+        # runwayml/stable-diffusion-v1-5 was removed from the hub in 2024; this is its maintained copy
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
     )
     vae: str = Field("", description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")

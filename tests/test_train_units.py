@@ -203,7 +203,9 @@ def test_optimizers_build_with_their_defaults_and_args():
     adamw = optimizers.build_optimizer(_opt_config(optimizer="AdamW", optimizer_args="weight_decay=0.05 betas=0.9,0.98"), params)
     assert adamw.defaults["betas"] == (0.9, 0.98)
     with pytest.raises(optimizers.OptimizerUnavailable, match="could not be imported"):
-        optimizers.optimizer_spec("nosuch.Optim")
+        optimizers.optimizer_spec("torch.optim.NoSuchOptim")
+    with pytest.raises(optimizers.OptimizerUnavailable, match="not from a known optimizer package"):
+        optimizers.optimizer_spec("nosuch.Optim")  # only the optimizer packages are imported from
 
 
 def test_lion_fallback_moves_by_the_sign():

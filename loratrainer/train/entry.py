@@ -126,17 +126,37 @@ def run_and_classify(config: TrainingConfig, run_dir: Path, accelerator, writer)
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
         return "oom", oom_advice(config, state), state["step"], state["epoch"]
-    except UserError as exc:
-        log.error("%s", exc)
-        return "error", str(exc), state["step"], state["epoch"]
-    except OSError as exc:
-        log.error("%s", traceback.format_exc())
-        if exc.errno == errno.ENOSPC:
-            return "disk_full", f"disk full: {exc.filename or config.folders.output_dir}", state["step"], state["epoch"]
-        return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
     except Exception as exc:  # the log keeps the traceback; the event carries one line
-        log.error("%s", traceback.format_exc())
+        log.error("%s", str(exc) if isinstance(exc, UserError) else traceback.format_exc())
+        full = disk_full(exc)
+        if full is not None:
+            where = full or config.folders.output_dir
+            return "disk_full", f"disk full: {where}", state["step"], state["epoch"]
+        if isinstance(exc, UserError):
+            return "error", str(exc), state["step"], state["epoch"]
         return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# How libraries that do not raise OSError report a full disk: the C library's text (also inside a RuntimeError of
+# torch.save), and Rust's io::Error in safetensors' SafetensorError ("... kind: StorageFull ..." / QuotaExceeded).
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "storagefull", "quotaexceeded", "os error 28", "os error 122")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """None unless `exc` or anything in its chain (cause, context) says the disk or quota is full; then the file
+    name it names, or "". A real full disk arrives as safetensors' SafetensorError or torch's RuntimeError as
+    often as an OSError (docs/reliability.md, "Faults")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return str(exc.filename or "")
+        text = str(exc).lower()
+        if any(marker in text for marker in _FULL_TEXTS):
+            return ""
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def oom_advice(config: TrainingConfig, state: dict) -> str:

@@ -55,6 +55,7 @@ define({
     "launch.state_incomplete": "saving.resume: {folder} is incomplete (no {files}): choose another '-state' folder",
     "launch.bad_sample_prompts": "{detail}",  # the prompt parser's own line (names the line); the GUI frames it
     "launch.optimizer_unavailable": "{detail}",  # eight_bit.refusal's advice; the GUI frames it
+    "launch.inputs_refused": "{problem}",  # a coded message of train.input_checks, in the page's language
 })
 
 
@@ -215,6 +216,16 @@ def check_optimizer(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.optimizer_unavailable", detail=reason))
 
 
+def check_run_inputs(config: TrainingConfig) -> None:
+    """Model files (existence and kind), the file names the run will write, the optimizer's package
+    (train.input_checks)."""
+    from loratrainer.train.input_checks import check_inputs
+
+    problem = check_inputs(config)
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
+
+
 def preflight(config: TrainingConfig) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
@@ -229,6 +240,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
     check_optimizer(config)
+    check_run_inputs(config)
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
@@ -285,6 +297,8 @@ class RunProcess:
         ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
         if ended:
             return int(ended[-1].get("exit_code", raw))
+        if raw < 0:  # accelerate launch itself was killed (the whole group): report it as a shell does, 128 + N,
+            return 128 - raw  # not as the negative number that became 247 as a process exit status
         signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None
         return 128 + signum if signum else raw
 
@@ -350,6 +364,9 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     """Check, create the run folder, write command.json and start `accelerate launch` in its own session."""
     if check:
         config = preflight(config)
+    from loratrainer.train.input_checks import remove_stale_partials
+
+    remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
     run_dir = create_run(config)
     argv = build_command(config, run_dir)
     atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
