@@ -83,3 +83,9 @@ def test_cancel_stops_the_tool_and_leaves_no_file(pages, tmp_path):
     assert messages[-1] == "Cancelled: no file was written."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
     assert h.cancel() == "No LoRA tool is running."
+
+
+def test_a_path_the_file_system_refuses_is_a_sentence_not_a_traceback(pages):
+    h = pages["en"].handlers["lora_tools"]
+    out = list(h.run(_form(pages["en"], lt_tool="merge", lt_files="x" * 5000 + ".safetensors")))
+    assert len(out) == 1 and out[0].startswith("**Error:**") and "Traceback" not in out[0]

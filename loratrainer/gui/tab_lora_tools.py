@@ -195,7 +195,7 @@ class LoraToolsHandlers:
         v = self.values(data)
         try:
             args, output = self.arguments(v)
-        except UserError as exc:
+        except (UserError, OSError, ValueError) as exc:  # OSError: a path the file system refuses (name too long)
             yield self.t.error(exc)
             return
         session = getattr(request, "session_hash", None) or "direct"
