@@ -35,7 +35,7 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
     """(blocks, ui): the page and its UiContext, whose `handlers` hold each tab's handler object for tests."""
     import gradio as gr
 
-    from loratrainer.gui import tab_dataset, tab_results, tab_training, tab_utilities
+    from loratrainer.gui import tab_dataset, tab_queue, tab_results, tab_training, tab_utilities
     from loratrainer.gui.context import UiContext
 
     t = Translator(lang)
@@ -46,7 +46,8 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
             if other_language_url:
                 gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
         with gr.Tabs():
-            for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("utilities", tab_utilities)):
+            for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("queue", tab_queue),
+                                 ("utilities", tab_utilities)):
                 with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}") as ui.named[f"tab_{name}"]:
                     ui.handlers[name] = module.build(ui)
         ui.finish(blocks)

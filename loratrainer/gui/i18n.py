@@ -148,6 +148,8 @@ MESSAGE_MODULES = (
     "loratrainer.train.launch",
     "loratrainer.train.path_checks",
     "loratrainer.gui.jobs",
+    "loratrainer.train.run_queue",
+    "loratrainer.train.queue_runner",
     "loratrainer.caption.base",
     "loratrainer.caption.basic",
     "loratrainer.caption.editor",

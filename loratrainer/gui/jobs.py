@@ -100,11 +100,14 @@ class Jobs:
         if process is not None:
             process.kill()
             return
+        from loratrainer.train.processes import kill_all
+
         pid = self._follow(Path(run_dir)).pid
         if pid and _alive(pid):
             import signal
 
             os.kill(pid, signal.SIGKILL)
+        kill_all(run_dir)  # a run this GUI did not start (page reloaded after a restart): every worker of it
 
     # -- finding runs ----------------------------------------------------------------------------------------
 

@@ -389,6 +389,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     with gr.Row():
         # Other buttons that start runs (a queue) go in this row; their answers go to run_message too.
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
+        n["add_to_queue"] = gr.Button(t("queue.add"), elem_id="run-add-to-queue")  # wired by tab_queue
         stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")

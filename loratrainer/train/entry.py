@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     run_dir = parser.parse_args(argv).run_dir
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
+    record_process(run_dir)
     try:
         config = load_config(run_dir / events.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.mixed_precision != config.precision.mixed_precision:
         # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
         log.warning("no CUDA GPU: mixed precision %s is off, training in fp32", config.precision.mixed_precision)
+    if not accelerator.is_main_process:
+        say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
     code = events.EXIT_CODES[status]
     if writer is not None:
@@ -57,6 +60,27 @@ def _ended_early(run_dir: Path, reason: str) -> int:
         with events.EventWriter(run_dir / events.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
     return events.EXIT_CODES["error"]
+
+
+def record_process(run_dir: Path) -> None:
+    """processes/rank-N.json: this worker's pid and process group, so a stop finds it even when accelerate launch
+    (which torchrun runs it under, in a session of its own) is gone."""
+    from loratrainer.train.processes import record_this_worker
+
+    try:
+        record_this_worker(run_dir)
+    except OSError as exc:  # the run folder is gone or full: training may still work; the launcher scans /proc
+        print(f"could not record this process in {run_dir}: {exc}", file=sys.stderr)
+
+
+def say_which_rank(config: TrainingConfig, accelerator) -> None:
+    """Ranks other than 0 write nothing; their console says so, once."""
+    la = config.launch
+    where = f" on machine {la.machine_rank} of {la.num_machines}" if la.num_machines > 1 else ""
+    main = f" (at {la.main_process_ip})" if la.num_machines > 1 and la.machine_rank != 0 else ""
+    print(f"loratrainer: process rank {accelerator.process_index} of {accelerator.num_processes}{where}: "
+          f"rank 0{main} writes the LoRA files, samples, events and state; this process ends when it ends",
+          file=sys.stderr, flush=True)
 
 
 def stop_on_signals(run_dir: Path) -> None:
@@ -186,6 +210,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     state["phase"] = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed)
+    trace_batches(t)
     t.keeper = new_keeper(t, make_saver(t))
     if resume:
         load_state(t, config.saving.resume)
@@ -208,6 +233,24 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     finally:
         if tensorboard is not None:
             tensorboard.close()
+
+
+def trace_batches(t) -> None:
+    """LORATRAINER_TRACE_BATCHES=1: each process appends the images of every batch it yields to
+    `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
+    if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
+        return
+    sampler_class = type(t.sampler)
+    path = Path(t.run_dir) / f"batches-rank-{t.accelerator.process_index}.jsonl"
+
+    class Traced(sampler_class):
+        def __iter__(self):
+            for batch in super().__iter__():
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"epoch": batch[0][1], "images": [str(self.samples[key[0]].image_path) for key in batch]}) + "\n")
+                yield batch
+
+    t.sampler.__class__ = Traced
 
 
 def open_tensorboard(run_dir: Path):
