@@ -51,7 +51,7 @@ def test_queue_panel_orders_moves_removes_and_clears(page, queue_home):
     out = h.remove(ids[0])
     assert [row[2] for row in out[n["queue_table"]]] == ["c", "b"] and "Removed a" in out[n["queue_message"]]
     out = h.remove("gone")
-    assert "no queued run with id gone" in out[n["queue_message"]]
+    assert "No queued run with id gone" in out[n["queue_message"]]  # a sentence (issue 11)
     assert "Choose a queued run first" in h.up(None)[n["queue_message"]]
     out = h.clear()
     assert out[n["queue_table"]] == [] and "Removed 2 run(s)" in out[n["queue_message"]]
