@@ -1,7 +1,7 @@
 """Kohya GUI config JSON <-> our schema.
 
 A Kohya GUI config ("Load/Save config" in kohya_ss) is a flat JSON object of GUI fields; presets list only the
-keys they change. Values arrive with loose types, so the import (kohya-compat.md section 3):
+keys they change. Values arrive with loose types, so the import (docs/kohya-compat.md section 3):
 
 - coerces numeric strings ("0.0001", "1234"), integral floats for ints (64.0), "true"/"false" for booleans;
 - treats "" and null as "use our default";

@@ -198,7 +198,7 @@ def test_out_of_gpu_memory_becomes_advice_and_keeps_what_was_written(tmp_path):
 
 
 def test_captioner_sees_what_training_sees_and_a_bomb_is_skipped(tmp_path):
-    """reliability.md rows 3, 5 and 6 for captioning: upright, RGB colours, 8 bit; a decompression bomb is listed."""
+    """docs/reliability.md rows 3, 5 and 6 for captioning: upright, RGB colours, 8 bit; a decompression bomb is listed."""
     import numpy as np
 
     from tests.datasets import make_16bit_ramp, make_bomb_png, make_cmyk_jpeg, make_exif_rotated_jpeg

@@ -1,4 +1,4 @@
-"""Failed runs as the GUI shows them, with the real trainer (reliability.md rows 18-20 and 23): the status
+"""Failed runs as the GUI shows them, with the real trainer (docs/reliability.md rows 18-20 and 23): the status
 line says NaN / out of memory with the advice / disk full / killed in words, next to the log tail, and the
 next Start works. Faults are injected with the trainer's LORATRAINER_FAULT."""
 

@@ -13,7 +13,7 @@ import pytest
 from loratrainer.config import TrainingConfig, load_config
 from tests.datasets import make_concept, make_dataset, make_image, make_zero_byte
 
-KOHYA_FIXTURES = Path("/work/shared/fixtures/kohya-presets")
+KOHYA_FIXTURES = Path(__file__).parent / "fixtures" / "kohya-presets"
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,6 @@ def test_presets_load_keeping_folders_and_save(page, tmp_path, monkeypatch):
     assert any("my preset" in lab for lab, _ in h.preset_choices())
 
 
-@pytest.mark.skipif(not KOHYA_FIXTURES.is_dir(), reason="shared Kohya fixtures not present")
 def test_import_kohya_config_reports_what_was_ignored(page):
     h = page.handlers["training"]
     fixture = next(iter(sorted(KOHYA_FIXTURES.glob("*.json"))))

@@ -63,7 +63,7 @@ def test_full_sd15_architecture_has_264_modules_and_792_tensors_named_as_kohya()
     assert len(handle.modules) == 264 and len(sd) == 792
     assert sum(k.startswith("lora_te_") for k in sd) == 72 * 3 and sum(k.startswith("lora_unet_") for k in sd) == 192 * 3
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
-    # the examples of kohya-compat.md section 4
+    # the examples of docs/kohya-compat.md section 4
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"].shape == (4, 768)
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"].shape == (768, 4)
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"].ndim == 0

@@ -33,7 +33,7 @@ class Captioner(Protocol):
 
 @dataclass(frozen=True)
 class BlipOptions:
-    """Kohya's "Utilities > Captioning > BLIP" settings and defaults (kohya-compat.md section 7)."""
+    """Kohya's "Utilities > Captioning > BLIP" settings and defaults (docs/kohya-compat.md section 7)."""
 
     model: str = "Salesforce/blip-image-captioning-large"  # hub id or local folder
     beam_search: bool = True  # off: nucleus sampling with top_p

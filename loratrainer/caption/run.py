@@ -45,7 +45,7 @@ class CaptionRunOptions:
     overwrite: bool = False  # replace existing captions, after copying them to <folder>/.caption-backups/<time>/
     recursive: bool = False
     batch_size: int = 1
-    background: str = "#ffffff"  # transparent pixels are composited onto this (reliability.md row 4)
+    background: str = "#ffffff"  # transparent pixels are composited onto this (docs/reliability.md row 4)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder).expanduser())

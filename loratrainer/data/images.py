@@ -19,7 +19,7 @@ from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 from PIL import Image
 
-# Kohya's extensions (kohya-compat.md section 1); we match them case-insensitively.
+# Kohya's extensions (docs/kohya-compat.md section 1); we match them case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Pillow warns above this many pixels and raises above twice as many; we refuse above it (a 9459 x 9459 image).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485

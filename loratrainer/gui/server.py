@@ -3,7 +3,7 @@
 The Blocks are mounted into our own FastAPI app (app.py) and served by uvicorn directly, so Gradio's
 `launch()` (which reads GRADIO_SHARE, GRADIO_SERVER_NAME, ... and may open a share tunnel) never runs; the
 GRADIO_* environment variables are removed as well, before gradio is imported, so that none of them can
-change what is served or where (reliability.md, "The web interface").
+change what is served or where (docs/reliability.md, "The web interface").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sample images during training, as Kohya does (kohya-compat.md section 5), without disturbing the run.
+"""Sample images during training, as Kohya does (docs/kohya-compat.md section 5), without disturbing the run.
 
 The loop calls `maybe_sample(t, first=True)` once before the first step, `maybe_sample(t)` after every
 optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch (each after that point's save; for

@@ -1,4 +1,4 @@
-"""The real GUI in headless Chromium, driving the real trainer (reliability.md, "Tests that prove it").
+"""The real GUI in headless Chromium, driving the real trainer (docs/reliability.md, "Tests that prove it").
 
 Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
 training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
