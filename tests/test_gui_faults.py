@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from tests.tiny_sd import save_tiny_diffusers

@@ -393,8 +393,8 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
     monkeypatch.setattr(run, "make_captioner", loading(damaged))
     said.append(last(cap_method="blip"))  # damaged in the cache
     # editor mistakes
-    said.append(u.editor_save(str(folder), "/etc/passwd", "x", ".txt"))
-    said.append(u.editor_save_and_refresh(str(folder), str(tmp_path / "elsewhere.png"), "x", ".txt", [])[0])
+    said.append(u.editor_save(str(folder), "/etc/passwd", "x", ".txt")[0])
+    said.append(u.editor_save(str(folder), str(tmp_path / "elsewhere.png"), "x", ".txt", [])[0])
     assert all(s.startswith("**오류:**") for s in said[:7]), said
     assert all(HANGUL.search(s) for s in said), said
     assert [(s, english_phrases(s)) for s in said if english_phrases(s)] == []

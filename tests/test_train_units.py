@@ -241,6 +241,19 @@ def test_processes_split_the_batches_evenly_and_cover_them(tmp_path, tiny_model)
     assert process_batches(samples, 1, 42, 2, 0, 1) != one  # another epoch, another order
 
 
+@pytest.mark.parametrize("batch_size, world, skip", [(1, 1, 0), (2, 1, 1), (1, 2, 0), (2, 3, 0), (1, 2, 2)])
+def test_sampler_length_is_what_it_yields(tmp_path, tiny_model, batch_size, world, skip):
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    config = small_config(tmp_path, tiny_model, images=5, repeats=1, train_batch_size=1)
+    samples = check_dataset(config).samples
+    for rank in range(world):
+        sampler = EpochBatchSampler(samples, batch_size, 42, rank, world)
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch, skip_batches=skip)
+            assert len(sampler) == len(list(sampler)) == len(process_batches(samples, batch_size, 42, epoch, rank, world)) - skip
+
+
 # -- latent cache ----------------------------------------------------------------------------------------------------------
 
 def test_disk_latent_cache_names_reuse_invalidation_and_foreign_files(tmp_path, tiny_model, tiny):

@@ -19,7 +19,6 @@ from loratrainer.messages import Msg, define
 
 define({
     "captioning.bad_extension": "caption extension {extension!r} is not valid: use something like .txt or .caption",
-    "captioning.not_utf8": "the caption is not UTF-8 text: save it as UTF-8 in an editor",
     "captioning.write_failed": ("cannot write the caption {path} ({error}): free some space or make the "
                                 "folder writable, then run again; captions written before this one are kept"),
     "captioning.backup_failed": ("cannot back up the old captions to {folder} ({error}), so "
@@ -48,7 +47,7 @@ def read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CaptionError(path, Msg.of("captioning.not_utf8")) from None
+        raise CaptionError(path, Msg.of("caption.not_utf8")) from None
     return clean_text(text)
 
 

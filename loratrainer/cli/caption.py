@@ -87,15 +87,17 @@ def _caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from loratrainer.caption.base import FixedTextOptions
-    from loratrainer.caption.run import CaptionRunOptions, caption_folder, plan_captions
+    from loratrainer.caption.run import CaptionRunOptions, caption_folder
 
     options = CaptionRunOptions(args.folder, args.caption_extension, args.prefix, args.postfix, args.overwrite,
                                 args.recursive, args.batch_size)
     chosen = captioner_options(args)
-    if not isinstance(chosen, FixedTextOptions) and plan_captions(options).images:
-        # Loading a large model takes a while (and a download on first use): say so before the bar appears.
-        print(f"loading {chosen.model} ...", file=sys.stderr)
     bar: list[tqdm] = []
+
+    def loading(model) -> None:
+        # Loading a large model takes a while (and a download on first use): say so before the bar appears.
+        if not isinstance(model, FixedTextOptions):
+            print(f"loading {model.model} ...", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if not bar:
@@ -103,7 +105,7 @@ def _caption(args: argparse.Namespace) -> int:
         bar[0].update(done - bar[0].n)
 
     try:
-        report = caption_folder(options, chosen, progress=progress)
+        report = caption_folder(options, chosen, progress=progress, loading=loading)
     finally:
         if bar:
             bar[0].close()

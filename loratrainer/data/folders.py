@@ -51,7 +51,7 @@ def parse_concept_name(folder_name: str) -> tuple[int, str] | None:
 
 
 def is_junk_name(name: str) -> bool:
-    return name.startswith(("._", ".")) or name.lower() in _JUNK_NAMES or name.endswith("~")
+    return name.startswith(".") or name.lower() in _JUNK_NAMES or name.endswith("~")
 
 
 define({

@@ -69,7 +69,9 @@ class ImageInfo:
 
 
 def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
+    """An image by its name. Hidden files (macOS `._a.jpg` resource forks, any `.name`) never are: the one rule
+    for training, captioning, the editor and the file browser."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

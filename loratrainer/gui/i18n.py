@@ -131,25 +131,18 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
     return DEFAULT_LANGUAGE
 
 
-MESSAGE_MODULES = (
-    "loratrainer.config",
-    "loratrainer.data.check",
-    "loratrainer.data.folders",
-    "loratrainer.data.images",
-    "loratrainer.data.captions",
-    "loratrainer.kohya",
-    "loratrainer.train.launch",
-    "loratrainer.gui.jobs",
-    "loratrainer.caption.base",
-    "loratrainer.caption.basic",
-    "loratrainer.caption.editor",
-    "loratrainer.caption.folder",
-    "loratrainer.caption.hf",
-    "loratrainer.caption.hub",
-    "loratrainer.caption.run",
-    "loratrainer.caption.wd14",
-    "loratrainer.caption.writer",
-)
+def message_modules() -> list[str]:
+    """The modules that define coded messages: every module of the package with a top-level `define({...})`
+    (found by reading the sources, so a new module's messages are checked without a list to keep)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    defines = re.compile(r"^define\(", re.MULTILINE)
+    return sorted(
+        ".".join(("loratrainer", *path.relative_to(root).with_suffix("").parts))
+        for path in root.rglob("*.py")
+        if defines.search(path.read_text(encoding="utf-8"))
+    )
 
 
 def message_templates() -> dict[str, str]:
@@ -158,7 +151,7 @@ def message_templates() -> dict[str, str]:
 
     from loratrainer.messages import ENGLISH
 
-    for name in MESSAGE_MODULES:
+    for name in message_modules():
         importlib.import_module(name)
     return dict(ENGLISH)
 

@@ -29,7 +29,7 @@ class UtilitiesHandlers:
         from loratrainer.caption import BlipOptions, CaptionRunOptions, FixedTextOptions, GitOptions, TaggerOptions
 
         run = CaptionRunOptions(
-            folder=Path((v["cap_folder"] or "").strip()), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
+            folder=(v["cap_folder"] or "").strip(), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
             postfix=v["cap_postfix"] or "", overwrite=bool(v["cap_overwrite"]), recursive=bool(v["cap_recursive"]), batch_size=int(v["cap_batch"] or 1),
         )
         method = v["cap_method"]
@@ -54,12 +54,8 @@ class UtilitiesHandlers:
         from loratrainer.caption import plan_captions
 
         v = self.values(data)
-        if not (v["cap_folder"] or "").strip():
-            return self.t("caption.folder_missing")
         try:
             run, _ = self._options(v)
-            if not run.folder.is_dir():
-                return self.t("check.not_found")
             plan = plan_captions(run)
         except UserError as exc:
             return self.t.error(exc)
@@ -75,22 +71,13 @@ class UtilitiesHandlers:
         """A generator: progress lines while the captioner runs in a thread, then the report."""
         from loratrainer.caption import caption_folder
 
-        v = self.values(data)
-        if not (v["cap_folder"] or "").strip():
-            yield self.t("caption.folder_missing")
-            return
         try:
-            run, model = self._options(v)
+            run, model = self._options(self.values(data))
         except (UserError, ValueError, TypeError) as exc:
             yield self.t.error(exc)
             return
-        # What the GUI can see before the captioner runs, said in the page's language.
-        if not run.folder.is_dir():
-            yield self.t("check.not_found")
-            return
-        if v["cap_method"] == "fixed" and not (v["fixed_text"] or "").strip():
-            yield self.t("caption.fixed_empty")
-            return
+        # The library's refusals (no folder, an empty fixed text, images sharing a caption file) come from the
+        # thread below before anything is loaded or written, in the page's language.
         session = getattr(request, "session_hash", None) or "direct"
         cancel = self._cancel[session] = threading.Event()
         state = {"done": 0, "total": None, "report": None, "error": None}
@@ -171,37 +158,29 @@ class UtilitiesHandlers:
         image, caption = items[index]
         return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: self.ui.display.thumbnail(image, 512)}
 
-    def editor_save(self, folder: str, image: str, caption: str, extension: str) -> str:
-        return self._save(folder, image, caption, extension)[0]
+    def editor_save(self, folder: str, image: str, caption: str, extension: str, items: list | None = None,
+                    *, only_if_changed: bool = False) -> tuple:
+        """Save one caption: (message, the page's items, their gallery), both showing the caption as saved.
 
-    def _save(self, folder: str, image: str, caption: str, extension: str) -> tuple[str, str | None]:
-        """(message, the caption as saved); None when nothing was saved."""
+        The Save button saves whatever is in the box; leaving the box (another image clicked, Tab) saves with
+        `only_if_changed`, which writes nothing and returns (None, items, None) unless the image is on the page
+        and its caption was changed."""
         from loratrainer.caption import editor, writer
 
+        items = list(items or [])
+        if only_if_changed:
+            known = dict((str(i), c) for i, c in items)
+            if not image or image not in known or (caption or "").strip() == (known[image] or "").strip():
+                return None, items, None
         if not image:
-            return self.t("editor.choose_image"), None
+            return self.t("editor.choose_image"), items, self.editor_gallery(items)
         try:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t.error(exc), None
-        return self.t("editor.saved", path=path.name), writer.clean_text(caption or "")
-
-    def editor_save_and_refresh(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
-        """The Save button: (message, items, gallery), the page's items and gallery showing the saved caption."""
-        message, saved = self._save(folder, image, caption, extension)
-        if saved is None:
-            return message, items, self.editor_gallery(items)
-        items = [(i, saved if i == image else c) for i, c in items or []]
-        return message, items, self.editor_gallery(items)
-
-    def editor_autosave(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
-        """Saved as you go: when the caption box loses focus (another image clicked, Tab), a changed caption is
-        saved. Returns (message, items with the new caption); (None, None) when nothing changed."""
-        known = dict((str(i), c) for i, c in (items or []))
-        if not image or image not in known or (caption or "").strip() == (known[image] or "").strip():
-            return None, None
-        message = self.editor_save(folder, image, caption, extension)
-        return message, [(i, caption if i == image else c) for i, c in items]
+            return self.t.error(exc), items, self.editor_gallery(items)
+        saved = writer.clean_text(caption or "")
+        items = [(i, saved if i == image else c) for i, c in items]
+        return self.t("editor.saved", path=path.name), items, self.editor_gallery(items)
 
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
         from loratrainer.caption import editor
@@ -344,12 +323,12 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
 
     n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
     # Saving refreshes the page's items and gallery, so the caption under the thumbnail is the saved one.
-    save.click(h.editor_save_and_refresh, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
+    save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], api_name="caption_save")
 
     def autosave(folder: str, image: str, caption: str, extension: str, items: list):
-        message, new_items = h.editor_autosave(folder, image, caption, extension, items)
-        return (gr.skip(), gr.skip(), gr.skip()) if message is None else (message, new_items, h.editor_gallery(new_items))
+        out = h.editor_save(folder, image, caption, extension, items, only_if_changed=True)
+        return (gr.skip(), gr.skip(), gr.skip()) if out[0] is None else out
 
     n["ed_caption"].blur(autosave, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                          outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], show_progress="hidden", api_visibility="private")

@@ -16,10 +16,11 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
+from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
 from loratrainer.train.eight_bit import keep_unloaded_unless_needed
-from loratrainer.train.runtime import hide_broken_torchvision, library_versions, random_seed
+from loratrainer.train.runtime import library_versions, random_seed
 
 log = logging.getLogger("loratrainer.train")
 
@@ -72,8 +73,6 @@ def stop_on_signals(run_dir: Path) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, request_stop)
 
-
-stop_on_sigterm = stop_on_signals  # the name an earlier test imports
 
 
 def make_accelerator(config: TrainingConfig):

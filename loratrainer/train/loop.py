@@ -175,7 +175,7 @@ def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]
 
 def apply_gradients(t: Trainer) -> None:
     max_norm = t.config.optimizer.max_grad_norm
-    if max_norm and t.accelerator.sync_gradients:
+    if max_norm:  # accumulation is ours (no_sync on all but the last micro-batch): every call here is a sync step
         t.accelerator.clip_grad_norm_(t.params, max_norm)
     t.optimizer.step()
     t.lr_scheduler.step()

@@ -41,7 +41,7 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from tests.datasets import make_caption, make_image
