@@ -8,7 +8,8 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
 (`field_specs`, `resolve_key`, `with_values`, ...) is in `config_fields`, our JSON files (`load_config`,
 `save_config`, migrations) in `config_files`; both are re-exported from here. Nothing else of ours is imported
-but the leaf modules `messages` (the validators' coded messages), `files` and `errors` (through those two), so
+but the leaf modules `messages` (the validators' coded messages), `optimizer_table`, `files` and `errors` (through
+those), so
 dependencies point one way.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loratrainer.messages import Label, Msg, MsgError, define
+from loratrainer.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
 
 # The field catalogue and our JSON files live in two sibling modules; their names are part of this module's
 # interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
@@ -40,21 +42,6 @@ from loratrainer.config_files import (  # noqa: F401
 
 SCHEMA_VERSION = 1
 
-KNOWN_OPTIMIZERS = (
-    "AdamW",
-    "AdamW8bit",
-    "PagedAdamW8bit",
-    "Lion",
-    "Lion8bit",
-    "PagedLion8bit",
-    "SGD",
-    "SGDNesterov",
-    "SGDNesterov8bit",
-    "Adafactor",
-    "Prodigy",
-    "DAdaptAdam",
-    "DAdaptLion",
-)
 Scheduler = Literal[
     "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "adafactor"
 ]
@@ -407,7 +394,7 @@ class TrainingConfig(BaseModel):
             notes.append("The constant scheduler has no warm-up: the warm-up setting is ignored (use constant_with_warmup).")
         if self.optimizer.max_train_steps > 0:
             notes.append(f"max_train_steps = {self.optimizer.max_train_steps} overrides the epoch count.")
-        if self.optimizer.optimizer in {"Prodigy", "DAdaptAdam", "DAdaptLion"} and self.optimizer.learning_rate < 0.1:
+        if self.optimizer.optimizer in ADAPTIVE and self.optimizer.learning_rate < 0.1:
             notes.append(f"{self.optimizer.optimizer} adapts the step size itself and expects learning rates near 1.0.")
         if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
             notes.append("Trained in fp16 and saved as bf16: fine, but fp16 is the more widely loadable file.")

@@ -205,6 +205,29 @@ def test_optimizers_build_with_their_defaults_and_args():
         optimizers.optimizer_spec("nosuch.Optim")
 
 
+@pytest.mark.parametrize("name", sorted(__import__("loratrainer.optimizer_table").optimizer_table.KNOWN_OPTIMIZERS))
+def test_every_listed_optimizer_builds_or_says_what_to_do(name):
+    """The schema's choices and the trainer's builder are one table: each name builds here (the SGD family with
+    its listed defaults) or is refused with what to install or use instead."""
+    from loratrainer.optimizer_table import OPTIMIZERS
+
+    params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 1e-3}]
+    try:
+        opt = optimizers.build_optimizer(_opt_config(optimizer=name), params)
+    except optimizers.OptimizerUnavailable as exc:
+        assert str(exc).startswith(OPTIMIZERS[name].unavailable_hint(name)), exc
+        return
+    assert all(opt.defaults[k] == v for k, v in OPTIMIZERS[name].defaults.items())
+
+
+def test_the_optimizer_table_and_the_schema_load_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, loratrainer.config, loratrainer.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).returncode == 0
+
+
 def test_lion_fallback_moves_by_the_sign():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = optimizers.Lion([p], lr=0.1)
