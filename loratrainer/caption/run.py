@@ -166,7 +166,7 @@ def _caption_batch(
         try:
             loaded.append((path, load_image(path, background=options.background)))
         except ImageError as exc:
-            report.failed.append(Skipped(path, exc.msg or exc.reason))
+            report.failed.append(Skipped(path, exc.reason))
     if not loaded:
         return
     try:

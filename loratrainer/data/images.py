@@ -41,10 +41,7 @@ class ImageError(UserError):
     """An image that cannot be used; str() is '<path>: <reason>'."""
 
     def __init__(self, path: str | Path, reason: str | Msg):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = str(reason)
-        self.msg = reason if isinstance(reason, Msg) else None
+        super().__init__(reason, path=path)
 
 
 define({

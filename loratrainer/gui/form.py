@@ -78,8 +78,7 @@ class FormError(UserError):
     """Bad values on the form: str() is the English line per field; `fields` lets the page say it in its language."""
 
     def __init__(self, text: str, fields: list[dict[str, Any]]):
-        super().__init__(text)
-        self.fields = fields
+        super().__init__(text, fields=fields)
 
 
 def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None) -> TrainingConfig:

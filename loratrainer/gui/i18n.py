@@ -20,6 +20,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from loratrainer.errors import UserError
+
 LANGUAGES = ("en", "ko")
 DEFAULT_LANGUAGE = "en"
 
@@ -60,12 +62,14 @@ class Translator:
     def error_text(self, exc: BaseException) -> str:
         """The error in this language where it says what it is: bad form values by pydantic's error type, coded
         messages by code; other errors keep their own text."""
-        fields = getattr(exc, "fields", None)
-        if fields:
-            return "; ".join(self._field_error(f) for f in fields)
-        if getattr(exc, "msg", None) is not None and not hasattr(exc, "path"):
-            return self.message(exc.msg)
-        return str(exc)
+        if not isinstance(exc, UserError):
+            return str(exc)
+        if exc.fields:
+            return "; ".join(self._field_error(f) for f in exc.fields)
+        if exc.msg is None:
+            return str(exc)
+        text = self.message(exc.msg)
+        return f"{exc.path}: {text}" if exc.path is not None else text
 
     _FIELD_ERRORS = {"int_type": "int_parsing", "int_from_float": "int_parsing", "float_type": "float_parsing"}
 

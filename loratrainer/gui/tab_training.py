@@ -167,16 +167,16 @@ class TrainingHandlers:
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
-        report, msg = getattr(exc, "report", None), getattr(exc, "msg", None)
+        from loratrainer.train.launch import LaunchRefused
+
+        report = exc.report if isinstance(exc, LaunchRefused) else None
         if report is not None:
             from loratrainer.messages import Msg
 
             head = self.t.message(Msg.of("launch.dataset_failed"))
             labels = {s: self.t(f"check.severity.{s}") for s in ("error", "warning", "info")}
             rest = "\n".join(f"{labels[p.severity]}: {p.path}: {self.t.problem(p)}" for p in report.sorted_problems())
-        elif msg is not None:
-            head, rest = self.t.message(msg), ""
-        elif getattr(exc, "fields", None):
+        elif isinstance(exc, UserError) and (exc.msg is not None or exc.fields):
             head, rest = self.t.error_text(exc), ""
         else:
             head, _, rest = str(exc).partition("\n")
