@@ -381,9 +381,9 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
-    said = [last(cap_method="wd14", wd_model=str(tmp_path / "no-such-model"))]  # a model folder that does not exist
+    said = [last(cap_method="wd14", wd14_model=str(tmp_path / "no-such-model"))]  # a model folder that does not exist
     (tmp_path / "tagger").mkdir()
-    said.append(last(cap_method="wd14", wd_model=str(tmp_path / "tagger")))  # a folder without the tagger's files
+    said.append(last(cap_method="wd14", wd14_model=str(tmp_path / "tagger")))  # a folder without the tagger's files
     said.append(last(cap_method="blip", blip_top_p=2))  # a captioner setting out of range
     said.append(last(cap_extension="a/b"))
     monkeypatch.setattr(run, "make_captioner", loading(not_cached))

@@ -133,9 +133,9 @@ def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):
 
 def _caption_form(page, **values) -> dict:
     defaults = {"cap_method": "fixed", "cap_folder": "", "cap_extension": ".txt", "cap_prefix": "", "cap_postfix": "", "cap_batch": 1,
-                "cap_overwrite": False, "cap_recursive": False, "blip_model": "", "blip_beam": True, "blip_beams": 1, "blip_top_p": 0.9,
-                "blip_min": 5, "blip_max": 75, "git_model": "", "git_max": 50, "wd_model": "", "wd_general": 0.35, "wd_character": 0.85,
-                "wd_undesired": "", "fixed_text": "a house"}
+                "cap_overwrite": False, "cap_recursive": False, "blip_model": "", "blip_beam_search": True, "blip_num_beams": 1,
+                "blip_top_p": 0.9, "blip_min_length": 5, "blip_max_length": 75, "git_model": "", "git_max_length": 50, "wd14_model": "",
+                "wd14_general_threshold": 0.35, "wd14_character_threshold": 0.85, "wd14_undesired_tags": "", "fixed_text": "a house"}
     defaults.update(values)
     return {page.named[k]: v for k, v in defaults.items()}
 

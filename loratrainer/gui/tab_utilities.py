@@ -13,8 +13,20 @@ from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 
-METHODS = ("blip", "git", "wd14", "fixed")
 PAGE_SIZE = 12
+RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive")
+
+
+def option_key(method: str, name: str) -> str:
+    """The UiContext name of a captioner option's component: `blip_top_p`, `wd14_model`, `fixed_text`."""
+    return f"{method}_{name}"
+
+
+def option_keys() -> list[str]:
+    """Every captioner option on the page (the declared options with a label, caption/base.py)."""
+    from loratrainer.caption.base import METHODS, option_specs
+
+    return [option_key(m, s.name) for m, cls in METHODS.items() for s in option_specs(cls) if s.label]
 
 
 class UtilitiesHandlers:
@@ -26,25 +38,17 @@ class UtilitiesHandlers:
     # -- captioning -----------------------------------------------------------------------------------------
 
     def _options(self, v: dict):
-        from loratrainer.caption import BlipOptions, CaptionRunOptions, FixedTextOptions, GitOptions, TaggerOptions
+        from loratrainer.caption import CaptionRunOptions
+        from loratrainer.caption.base import METHODS, option_specs, options_from_values
 
         run = CaptionRunOptions(
             folder=(v["cap_folder"] or "").strip(), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
             postfix=v["cap_postfix"] or "", overwrite=bool(v["cap_overwrite"]), recursive=bool(v["cap_recursive"]), batch_size=int(v["cap_batch"] or 1),
         )
         method = v["cap_method"]
-        if method == "blip":
-            model = BlipOptions(model=v["blip_model"] or BlipOptions.model, beam_search=bool(v["blip_beam"]), num_beams=int(v["blip_beams"] or 1),
-                                top_p=float(v["blip_top_p"]), min_length=int(v["blip_min"]), max_length=int(v["blip_max"]))
-        elif method == "git":
-            model = GitOptions(model=v["git_model"] or GitOptions.model, max_length=int(v["git_max"]))
-        elif method == "wd14":
-            undesired = tuple(x.strip() for x in (v["wd_undesired"] or "").split(",") if x.strip())
-            model = TaggerOptions(model=v["wd_model"] or TaggerOptions.model, general_threshold=float(v["wd_general"]),
-                                  character_threshold=float(v["wd_character"]), undesired_tags=undesired)
-        else:
-            model = FixedTextOptions(text=v["fixed_text"] or "")
-        return run, model
+        cls = METHODS[method]
+        shown = {s.name: v.get(option_key(method, s.name)) for s in option_specs(cls) if s.label}
+        return run, options_from_values(cls, shown)
 
     def values(self, data: dict) -> dict:
         by_id = {id(c): k for k, c in self.ui.named.items()}
@@ -220,6 +224,8 @@ def build(ui: UiContext) -> UtilitiesHandlers:
 
 
 def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
+    from loratrainer.caption.base import METHODS
+
     t, n = ui.t, ui.named
     gr.Markdown(t("caption.intro"))
     n["cap_method"] = gr.Radio([(t(f"caption.method.{m}"), m) for m in METHODS], value="blip", label=t("caption.method"), elem_id="cap-method")
@@ -241,9 +247,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     n["cap_message"] = gr.Markdown(elem_id="cap-message")
 
     n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
-    keys = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive", "blip_model", "blip_beam",
-            "blip_beams", "blip_top_p", "blip_min", "blip_max", "git_model", "git_max", "wd_model", "wd_general", "wd_character", "wd_undesired", "fixed_text")
-    inputs = {n[k] for k in keys}
+    inputs = {n[k] for k in (*RUN_KEYS, *option_keys())}
 
     def caption(data: dict, request: gr.Request):
         yield from h.caption(data, request)
@@ -257,30 +261,32 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
 
 
 def _captioner_options(ui: UiContext, gr) -> dict:
-    """One panel of settings per captioner; only the chosen one is shown."""
+    """One panel of settings per captioner, generated from its declared options; only the chosen one is shown."""
+    from loratrainer.caption.base import METHODS, option_specs
+
     t, n = ui.t, ui.named
-    with gr.Accordion(t("caption.method.blip"), open=True) as blip:
-        with gr.Row():
-            n["blip_model"] = gr.Textbox("Salesforce/blip-image-captioning-large", label=t("caption.model"), info=t("caption.model_help"))
-            n["blip_beam"] = gr.Checkbox(True, label=t("caption.beam_search"))
-            n["blip_beams"] = gr.Number(1, label=t("caption.num_beams"), precision=0, minimum=1)
-        with gr.Row():
-            n["blip_top_p"] = gr.Number(0.9, label=t("caption.top_p"), minimum=0, maximum=1)
-            n["blip_min"] = gr.Number(5, label=t("caption.min_length"), precision=0, minimum=0)
-            n["blip_max"] = gr.Number(75, label=t("caption.max_length"), precision=0, minimum=1)
-    with gr.Accordion(t("caption.method.git"), open=True, visible=False) as git:
-        with gr.Row():
-            n["git_model"] = gr.Textbox("microsoft/git-large-textcaps", label=t("caption.model"), info=t("caption.model_help"))
-            n["git_max"] = gr.Number(50, label=t("caption.max_length"), precision=0, minimum=1)
-    with gr.Accordion(t("caption.method.wd14"), open=True, visible=False) as wd14:
-        with gr.Row():
-            n["wd_model"] = gr.Textbox("SmilingWolf/wd-v1-4-convnext-tagger-v2", label=t("caption.model"), info=t("caption.model_help"))
-            n["wd_general"] = gr.Number(0.35, label=t("caption.general_threshold"), minimum=0, maximum=1)
-            n["wd_character"] = gr.Number(0.85, label=t("caption.character_threshold"), minimum=0, maximum=1)
-        n["wd_undesired"] = gr.Textbox(label=t("caption.undesired"))
-    with gr.Accordion(t("caption.method.fixed"), open=True, visible=False) as fixed:
-        n["fixed_text"] = gr.Textbox(label=t("caption.fixed_text"), elem_id="cap-fixed-text")
-    return {"blip": blip, "git": git, "wd14": wd14, "fixed": fixed}
+    panels = {}
+    for method, cls in METHODS.items():
+        shown = [s for s in option_specs(cls) if s.label]
+        with gr.Accordion(t(f"caption.method.{method}"), open=True, visible=method == "blip") as panels[method]:
+            for i in range(0, len(shown), 3):
+                with gr.Row():
+                    for spec in shown[i : i + 3]:
+                        n[option_key(method, spec.name)] = _option_component(gr, t, method, spec)
+    return panels
+
+
+def _option_component(gr, t, method: str, spec):
+    common = dict(label=t(spec.label), elem_id=f"cap-{method}-{spec.name.replace('_', '-')}")
+    if spec.info:
+        common["info"] = t(spec.info)
+    if spec.kind == "bool":
+        return gr.Checkbox(spec.default, **common)
+    if spec.kind in ("int", "float"):
+        return gr.Number(spec.default, precision=0 if spec.kind == "int" else None, minimum=spec.minimum, maximum=spec.maximum, **common)
+    if spec.kind == "tags":
+        return gr.Textbox(", ".join(spec.default), **common)
+    return gr.Textbox(spec.default, **common)
 
 
 def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
