@@ -1,7 +1,8 @@
 """The one small interface every captioner implements, and the typed options that choose one.
 
 A captioner turns a batch of upright RGB images into one text each. Everything else (which files, skipping,
-backups, prefix/postfix, writing) is the same for all of them and lives in run.py.
+backups, prefix/postfix, writing) is the same for all of them and lives in run.py; captioners.py loads the one
+the options describe (the captioner modules import this one, never the other way).
 
 Each option is declared once, with `option(...)`: its default, range, the key of its label on the Utilities
 tab and its `loratrainer caption` flag and help. The CLI flags (cli/caption.py) and the tab's components
@@ -118,14 +119,6 @@ MODEL_METHODS = ("blip", "git", "wd14")
 
 
 @dataclass(frozen=True)
-class FixedTextCaptioner:
-    text: str
-
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        return [self.text] * len(images)
-
-
-@dataclass(frozen=True)
 class OptionSpec:
     """One declared option as the front ends read it."""
 
@@ -173,25 +166,6 @@ def options_from_values(cls: type, values: dict[str, Any]) -> CaptionerOptions:
     return cls(**kwargs)
 
 
-def make_captioner(options: CaptionerOptions) -> Captioner:
-    """Load the captioner the options describe; heavy libraries are imported only here."""
-    if isinstance(options, FixedTextOptions):
-        return FixedTextCaptioner(options.text)
-    if isinstance(options, BlipOptions):
-        from loratrainer.caption.blip import BlipCaptioner
-
-        return BlipCaptioner(options)
-    if isinstance(options, GitOptions):
-        from loratrainer.caption.git import GitCaptioner
-
-        return GitCaptioner(options)
-    if isinstance(options, TaggerOptions):
-        from loratrainer.caption.wd14 import TaggerCaptioner
-
-        return TaggerCaptioner(options)
-    raise TypeError(f"unknown captioner options {type(options).__name__}")
-
-
 def _check(ok: bool, code: str) -> None:
     if not ok:
         raise UserError(Msg.of(code))
@@ -206,9 +180,7 @@ __all__ = [
     "BlipOptions",
     "Captioner",
     "CaptionerOptions",
-    "FixedTextCaptioner",
     "FixedTextOptions",
     "GitOptions",
     "TaggerOptions",
-    "make_captioner",
 ]

@@ -15,7 +15,8 @@ from PIL import Image
 
 from loratrainer.caption import folder as folders
 from loratrainer.caption import writer
-from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions, make_captioner
+from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions
+from loratrainer.caption.captioners import make_captioner
 from loratrainer.data.images import ImageError, load_image
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define

@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from loratrainer.gui.app import create_app
     from loratrainer.gui.server import ServeOptions, serve
 
     options = ServeOptions(
@@ -33,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
         password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
     )
-    return serve(options)
+    return serve(options, create_app)

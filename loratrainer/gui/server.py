@@ -17,6 +17,7 @@ import time
 import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from loratrainer.errors import UserError
 
@@ -117,12 +118,12 @@ def neutralise_gradio_env(environ: dict | None = None) -> Path:
     return temp
 
 
-def serve(options: ServeOptions) -> int:
+def serve(options: ServeOptions, create_app: Callable[..., Any]) -> int:
+    """Serve `create_app(options, temp_dir=...)` (gui.app.create_app, handed in by the CLI so that this module,
+    which the app imports, does not import the app back)."""
     validate(options)
     temp = neutralise_gradio_env()
     import uvicorn
-
-    from loratrainer.gui.app import create_app
 
     app = create_app(options, temp_dir=temp)
     # A browser tab or a gradio_client keeps a stream open: without a limit, Ctrl+C would wait for it forever.
