@@ -177,7 +177,7 @@ def test_the_trainer_imports_bitsandbytes_only_for_an_8bit_optimizer(tmp_path, o
     from loratrainer.config import save_config
 
     save_config(_opt_config(optimizer=optimizer, mixed_precision="no"), tmp_path / "config.json")
-    code = ("import sys, loratrainer.train.entry as e; e.run = lambda *a: sys.exit(0); "  # everything up to training
+    code = ("import sys, loratrainer.train.entry as e; e.train_run = lambda *a: sys.exit(0); "  # everything up to training
             f"e.main(['--run-dir', {str(tmp_path)!r}])")
     code = f"import atexit, sys; atexit.register(lambda: print('bnb', sys.modules.get('bitsandbytes') is not None)); {code}"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
