@@ -11,21 +11,21 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "loratrainer"
 
 # A part is a folder (gui, train, ...) or a top-level module (config, events, ...).
-LEAVES = {"messages", "files", "compat", "optimizer_table", "__main__"}
-SETTINGS = {"config", "config_fields", "config_files", "kohya", "presets"}
+SETTINGS = {"config", "config_fields", "config_files", "kohya", "kohya_gui_keys", "presets"}
 ALLOWED: dict[str, set[str]] = {
     "messages": set(),
     "files": set(),
     "compat": set(),
     "optimizer_table": set(),
+    "foreign_paths": set(),
     "errors": {"messages"},
     "events": set(),
     # the settings modules import each other (config re-exports config_fields and config_files lazily)
-    **{name: SETTINGS | {"messages", "errors", "files", "optimizer_table"} for name in SETTINGS},
+    **{name: SETTINGS | {"messages", "errors", "files", "optimizer_table", "foreign_paths"} for name in SETTINGS},
     "data": {"config", "errors", "messages"},
     "model": {"config", "errors", "files", "messages"},
     "caption": {"data", "errors", "files", "messages", "compat"},
-    "train": {"config", "data", "model", "events", "errors", "files", "messages", "compat", "optimizer_table"},
+    "train": {"config", "data", "model", "events", "errors", "files", "messages", "compat", "optimizer_table", "foreign_paths"},
     "gui": {"config", "kohya", "presets", "data", "caption", "events", "train", "errors", "files", "messages"},
     "cli": {"config", "kohya", "presets", "data", "caption", "events", "train", "gui", "errors", "files", "messages"},
     "__main__": {"cli"},
@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "assets": set(),
 }
 # What of train/ the GUI and the CLI may use: starting a run and following it (no torch at import).
-LAUNCHER_SIDE = {"launch", "follow", "checkpoints", "eight_bit", "sample_prompts", "samplers"}
+LAUNCHER_SIDE = {"launch", "follow", "checkpoints", "eight_bit", "sample_prompts", "samplers", "path_checks"}
 
 
 def modules() -> dict[str, Path]:

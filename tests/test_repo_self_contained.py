@@ -12,9 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Built from parts so that this file does not match its own patterns.
 OUTSIDE = re.compile("|".join([r"/wo" + r"rk/", r"\.\./sha" + r"red\b", r"/sha" + r"red/(?:reference|fixtures)"]))
-CITED_DOC = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w-]+\.md)\b")
+# A document named in text; a quoted name is a path part in code (Path(...) / "docs" / "x.md"), checked by its use.
+CITED_DOC = re.compile(r"(?<![\w./\"'-])((?:[\w.-]+/)*[\w-]+\.md)\b")
 # Written on other branches at the time of this test; remove a name once its file is on main.
-PENDING = {"docs/kohya-compat.md", "docs/reliability.md"}
+PENDING = {"docs/reliability.md"}
 
 
 def repo_files() -> list[Path]:
