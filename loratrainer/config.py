@@ -28,6 +28,7 @@ from loratrainer.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401
 # interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
 from loratrainer.config_fields import FieldSpec, apply_overrides, field_specs, get_value, resolve_key, with_values  # noqa: F401
 from loratrainer.config_files import (  # noqa: F401
+    MAX_CONFIG_BYTES,
     MIGRATIONS,
     PRESET_HEADER,
     ConfigError,
@@ -64,7 +65,10 @@ define({
     "config.unknown_optimizer": "unknown optimizer; choose one of {choices} or a module.Class path",
     "config.optimizer_arg_not_kv": "optimizer argument {item!r} is not key=value",
     "config.optimizer_arg_name": "optimizer argument name {key!r} is not valid",
-    "config.one_machine": "training across several machines is not supported: set 1 (several GPUs of this machine: num_processes and multi_gpu)",
+    "config.main_process_ip": "must be an IP address or host name such as 192.168.1.10",
+    "config.machines_need_ip": "{machines} is {count}: set {ip} (the address of the machine of rank 0)",
+    "config.machine_rank_range": "{rank} ({value}) must be below {machines} ({count})",
+    "config.processes_per_machine": "{processes} ({value}) is the total over all machines: it must be a multiple of {machines} ({count})",
     "config.gpu_ids": "must be GPU numbers separated by commas, e.g. 0,1",
     "config.augmentation_vs_cache": "{aug} changes the image every step, so latents cannot be cached: turn off {cache} and {cache_disk}, or the augmentation",
     "config.nothing_trains": "{unet_lr} and {text_encoder_lr} are both 0: nothing would be trained",
@@ -73,6 +77,11 @@ define({
     "config.full_both": "{full_fp16} and {full_bf16} exclude each other",
     "config.gpu_ids_count": "{gpu_ids} lists {count} GPU(s) for {processes} processes",
     "config.adafactor_scheduler": "{scheduler} 'adafactor' works only with optimizer Adafactor (not {optimizer})",
+    "config.lokr_factor": "must be -1 (near the square root) or a positive number",
+    "config.rank_over_1024": "{setting} above 1024 is only allowed when {lora_type} is LoKr (where it means full matrices); set 1024 or less",
+    "config.lycoris_only": "{setting} works only when {lora_type} is LoHa or LoKr; set it back to its default for {kind}",
+    "config.lokr_tucker": "{setting} is not available for LoKr: ComfyUI cannot apply LoKr's Tucker tensors (lokr_t2) and would skip those modules; turn it off",
+    "config.not_for_lycoris": "{setting} is not available for {kind} (peft's LoHa/LoKr have no such option); set it to {default}",
 })
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*$")
@@ -96,7 +105,8 @@ class _Group(BaseModel):
 
 class ModelSettings(_Group):
     pretrained_model_name_or_path: str = Field(
-        "runwayml/stable-diffusion-v1-5",
+        # runwayml/stable-diffusion-v1-5 was removed from the hub in 2024; this is its maintained copy
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
         title="Pretrained model", json_schema_extra=ui(basic=1, browse="model", check="model"), description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
     )
     vae: str = Field("", title="VAE", json_schema_extra=ui(browse="file"), description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
@@ -196,16 +206,36 @@ class BucketSettings(_Group):
 
 
 class NetworkSettings(_Group):
-    lora_type: Literal["Standard", "LoCon"] = Field(
-        "Standard", title="LoRA type", description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions."
+    lora_type: Literal["Standard", "LoCon", "LoHa", "LoKr"] = Field(
+        "Standard",
+        title="LoRA type",
+        description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions; LoHa and LoKr "
+        "(LyCORIS) adapt the same layers with Hadamard / Kronecker products.",
     )
-    network_dim: int = Field(8, ge=1, le=1024, title="Network rank (dimension)", json_schema_extra=ui(basic=8), description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
-    network_alpha: float = Field(1.0, gt=0, le=1024, title="Network alpha", json_schema_extra=ui(basic=9), description="Scales updates by alpha/rank; equal to the rank is a good start.")
-    conv_dim: int = Field(1, ge=1, le=1024, title="Convolution rank", description="LoCon: rank of the 3x3 convolution adapters.")
-    conv_alpha: float = Field(1.0, gt=0, le=1024, title="Convolution alpha", description="LoCon: alpha of the 3x3 convolution adapters.")
+    # le=100000: LyCORIS LoKr presets ask for full matrices with a huge rank (the Kohya GUI's 100000); the other
+    # types are held to 1024 by a cross-field rule
+    network_dim: int = Field(8, ge=1, le=100000, title="Network rank (dimension)", json_schema_extra=ui(basic=8), description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
+    network_alpha: float = Field(1.0, gt=0, le=100000, title="Network alpha", json_schema_extra=ui(basic=9), description="Scales updates by alpha/rank; equal to the rank is a good start.")
+    conv_dim: int = Field(1, ge=1, le=100000, title="Convolution rank", description="LoCon, LoHa, LoKr: rank of the 3x3 convolution adapters.")
+    conv_alpha: float = Field(1.0, gt=0, le=100000, title="Convolution alpha", description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters.")
     network_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Network dropout", description="Dropout on the LoRA's hidden activations.")
+    factor: int = Field(-1, ge=-1, le=8192, title="LoKr factor", description="LoKr: split each weight's sides near this number for the Kronecker product (-1 = near the square root).")
+    decompose_both: bool = Field(False, title="LoKr: decompose both", description="LoKr: also make the smaller Kronecker factor low-rank.")
+    use_tucker: bool = Field(False, title="Use Tucker decomposition", description="LoHa: Tucker (CP) decomposition of the 3x3 convolution adapters (fewer parameters).")
+    rank_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Rank dropout", description="LoHa, LoKr: probability of dropping each output row of the update during training.")
+    module_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Module dropout", description="LoHa, LoKr: probability of skipping a whole module's update for a step.")
     network_weights: str = Field("", title="Start from LoRA weights", json_schema_extra=ui(browse="file"), description="Start from this existing LoRA .safetensors file (continues its training).")
     scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, title="Scale weight norms", description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: int) -> int:
+        if v == 0:
+            raise MsgError(Msg.of("config.lokr_factor"))
+        return v
+
+
+LYCORIS_TYPES = ("LoHa", "LoKr")
 
 
 class OptimizerSettings(_Group):
@@ -291,21 +321,30 @@ class SavingSettings(_Group):
 
 
 class LaunchSettings(_Group):
+    # Names and meanings are accelerate launch's (and the Kohya GUI's "Accelerate launch" panel's, kohya_ss
+    # kohya_gui/class_accelerate_launch.py): num_processes is the total over all machines.
     num_cpu_threads_per_process: int = Field(2, ge=1, le=256, title="CPU threads per core", json_schema_extra=ui(basic=17), description="CPU threads per training process.")
-    num_processes: int = Field(1, ge=1, le=64, title="Number of processes", description="Training processes (one per GPU).")
+    num_processes: int = Field(1, ge=1, le=64, title="Number of processes", description="Training processes in total, over all machines (one per GPU).")
     num_machines: int = Field(
-        1, ge=1, le=64, title="Number of machines", description="Machines taking part. Only 1: training across several machines is not supported (use num_processes for several GPUs)."
+        1, ge=1, le=64, title="Number of machines", description="Machines taking part. Each one runs the same config with its own machine rank."
     )
     multi_gpu: bool = Field(False, title="Multi GPU", description="Train on several GPUs of this machine.")
     gpu_ids: str = Field("", title="GPU IDs", description="Which GPUs to use, e.g. 0,1 (empty = all).")
+    machine_rank: int = Field(
+        0, ge=0, le=63, title="Machine rank", description="This machine's number, 0 to number of machines - 1. Machine 0 writes the LoRA files, samples and progress."
+    )
+    main_process_ip: str = Field("", title="Main process IP", description="IP address of the machine of rank 0 (needed with several machines).")
     main_process_port: int = Field(0, ge=0, le=65535, title="Main process port", description="Port for the processes to talk over (0 = accelerate's default).")
+    rdzv_backend: Literal["static", "c10d"] = Field(
+        "static", title="Rendezvous backend", description="How the machines find each other (accelerate's rendezvous backend): static or c10d."
+    )
 
-    @field_validator("num_machines")
+    @field_validator("main_process_ip")
     @classmethod
-    def _one_machine(cls, v: int) -> int:
-        # accelerate would also need main_process_ip and machine_rank, and every machine the same dataset paths
-        if v > 1:
-            raise MsgError(Msg.of("config.one_machine"))
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v):
+            raise MsgError(Msg.of("config.main_process_ip"))
         return v
 
     @field_validator("gpu_ids")
@@ -464,11 +503,53 @@ def _rule_multi_gpu(c: TrainingConfig) -> Msg | None:
     return None
 
 
+def _rule_machines(c: TrainingConfig) -> Msg | None:
+    n = c.launch
+    machines = dict(machines=Label("launch.num_machines"), count=n.num_machines)
+    if n.machine_rank >= n.num_machines:
+        return Msg.of("config.machine_rank_range", rank=Label("launch.machine_rank"), value=n.machine_rank, **machines)
+    if n.num_machines > 1 and not n.main_process_ip:
+        return Msg.of("config.machines_need_ip", ip=Label("launch.main_process_ip"), **machines)
+    if n.num_processes % n.num_machines:
+        return Msg.of("config.processes_per_machine", processes=Label("launch.num_processes"), value=n.num_processes, **machines)
+    return None
+
+
 def _rule_adafactor_scheduler(c: TrainingConfig) -> Msg | None:
     # The adafactor schedule reads the step size from the Adafactor optimizer itself (transformers' AdafactorSchedule).
     o = c.optimizer
     if o.lr_scheduler == "adafactor" and o.optimizer != "Adafactor":
         return Msg.of("config.adafactor_scheduler", scheduler=Label("optimizer.lr_scheduler"), optimizer=o.optimizer)
+    return None
+
+
+def _rule_rank_range(c: TrainingConfig) -> Msg | None:
+    n = c.network
+    if n.lora_type != "LoKr":
+        for name in ("network_dim", "conv_dim"):
+            if getattr(n, name) > 1024:
+                return Msg.of("config.rank_over_1024", setting=Label(f"network.{name}"), lora_type=Label("network.lora_type"))
+    return None
+
+
+def _rule_lycoris_settings(c: TrainingConfig) -> Msg | None:
+    """Settings only one family understands: refused by name rather than silently ignored."""
+    n = c.network
+    if n.lora_type in LYCORIS_TYPES:
+        # peft's LoHa/LoKr have no hidden-activation dropout (LyCORIS warns it is not implemented either)
+        if n.network_dropout:
+            return Msg.of("config.not_for_lycoris", setting=Label("network.network_dropout"), kind=n.lora_type, default=0)
+        if n.lora_type == "LoKr" and n.use_tucker:
+            # ComfyUI's lokr.py calls torch.kron on the einsum result, which torch refuses (non-contiguous); its
+            # loader logs an error and leaves the module out
+            return Msg.of("config.lokr_tucker", setting=Label("network.use_tucker"))
+        if c.saving.save_diffusers_format:  # diffusers' loader reads LoRA, not LoHa/LoKr
+            return Msg.of("config.not_for_lycoris", setting=Label("saving.save_diffusers_format"), kind=n.lora_type, default="off")
+        return None
+    defaults = NetworkSettings()
+    for name in ("factor", "decompose_both", "use_tucker", "rank_dropout", "module_dropout"):
+        if getattr(n, name) != getattr(defaults, name):
+            return Msg.of("config.lycoris_only", setting=Label(f"network.{name}"), lora_type=Label("network.lora_type"), kind=n.lora_type)
     return None
 
 
@@ -478,7 +559,10 @@ CROSS_FIELD_RULES: list[Callable[[TrainingConfig], Msg | None]] = [
     _rule_bucket_range,
     _rule_full_precision,
     _rule_multi_gpu,
+    _rule_machines,
     _rule_adafactor_scheduler,
+    _rule_rank_range,
+    _rule_lycoris_settings,
 ]
 
 

@@ -211,7 +211,8 @@ def test_save_and_load_our_json_with_backup(page, tmp_path):
     assert load_config(target).network.network_dim == 16
     data[page.fields["network.network_dim"]] = 24
     message = h.save_file(data)[page.named["config_message"]]
-    assert "cfg.json.bak" in message and load_config(tmp_path / "cfg.json.bak").network.network_dim == 16
+    backups = list(tmp_path.glob("cfg.json.*.bak"))  # timestamped, as presets keep them (issue 10)
+    assert len(backups) == 1 and backups[0].name in message and load_config(backups[0]).network.network_dim == 16
     loaded = h.load_file(form(page, config_path=str(target), config_upload=None))
     assert by_path(page, loaded)["network.network_dim"] == 24
 

@@ -7,7 +7,6 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
@@ -84,8 +83,8 @@ class TrainingHandlers:
         return {**self.ui.show_config(config), message: text}
 
     def save_file(self, data: dict, kohya: bool = False) -> dict:
-        """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up as <name>.bak
-        first (a user's files are sacred)."""
+        """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
+        <name>.<YYYYmmdd-HHMMSS>.bak (a user's files are sacred)."""
         from loratrainer.files import atomic_write
         from loratrainer.kohya import export_kohya, kohya_to_json
 
@@ -100,9 +99,11 @@ class TrainingHandlers:
             if target.suffix.lower() != ".json":
                 target = target.with_name(target.name + ".json")
             backup = ""
-            if target.exists():
-                shutil.copy2(target, target.with_name(target.name + ".bak"))
-                backup = self.t("config.backup", path=target.name + ".bak")
+            if target.exists():  # a timestamped copy as presets make: a second save keeps the first original
+                from loratrainer.presets import backup_file
+
+                kept = backup_file(target)
+                backup = self.t("config.backup", path=kept.name if kept else target.name)
             if kohya:
                 exported, report = export_kohya(config)
                 atomic_write(target, kohya_to_json(exported))
@@ -286,6 +287,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     t, n = ui.t, ui.named
     with gr.Row():
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
+        n["add_to_queue"] = gr.Button(t("queue.add"), elem_id="run-add-to-queue")  # wired by tab_queue
         stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     run_dir = parser.parse_args(argv).run_dir
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
+    record_process(run_dir)
     try:
         config = load_config(run_dir / events.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     run = RunContext(run_dir, events=writer)
     setup_logging(run_dir, accelerator.is_main_process)
+    if not accelerator.is_main_process:
+        say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run, accelerator)
     code = events.EXIT_CODES[status]
     run.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code)
@@ -57,6 +60,27 @@ def _ended_early(run_dir: Path, reason: str) -> int:
         with events.EventWriter(run_dir / events.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
     return events.EXIT_CODES["error"]
+
+
+def record_process(run_dir: Path) -> None:
+    """processes/rank-N.json: this worker's pid and process group, so a stop finds it even when accelerate launch
+    (which torchrun runs it under, in a session of its own) is gone."""
+    from loratrainer.train.processes import record_this_worker
+
+    try:
+        record_this_worker(run_dir)
+    except OSError as exc:  # the run folder is gone or full: training may still work; the launcher scans /proc
+        print(f"could not record this process in {run_dir}: {exc}", file=sys.stderr)
+
+
+def say_which_rank(config: TrainingConfig, accelerator) -> None:
+    """Ranks other than 0 write nothing; their console says so, once."""
+    la = config.launch
+    where = f" on machine {la.machine_rank} of {la.num_machines}" if la.num_machines > 1 else ""
+    main = f" (at {la.main_process_ip})" if la.num_machines > 1 and la.machine_rank != 0 else ""
+    print(f"loratrainer: process rank {accelerator.process_index} of {accelerator.num_processes}{where}: "
+          f"rank 0{main} writes the LoRA files, samples, events and state; this process ends when it ends",
+          file=sys.stderr, flush=True)
 
 
 def stop_on_signals(run_dir: Path) -> None:
@@ -126,22 +150,42 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
         return "oom", oom_advice(config, run.phase), run.step, run.epoch
-    except UserError as exc:
-        log.error("%s", exc)
-        return "error", str(exc), run.step, run.epoch
-    except OSError as exc:
-        log.error("%s", traceback.format_exc())
-        if exc.errno == errno.ENOSPC:
-            return "disk_full", f"disk full: {exc.filename or config.folders.output_dir}", run.step, run.epoch
-        return "error", f"{type(exc).__name__}: {exc}", run.step, run.epoch
     except Exception as exc:  # the log keeps the traceback; the event carries one line
-        log.error("%s", traceback.format_exc())
+        log.error("%s", str(exc) if isinstance(exc, UserError) else traceback.format_exc())
+        full = disk_full(exc)
+        if full is not None:
+            where = full or config.folders.output_dir
+            return "disk_full", f"disk full: {where}", run.step, run.epoch
+        if isinstance(exc, UserError):
+            return "error", str(exc), run.step, run.epoch
         return "error", f"{type(exc).__name__}: {exc}", run.step, run.epoch
 
 
 def nan_reason(exc: Exception, run: RunContext) -> str:
     last = run.last_file
     return str(exc) + (f" The last good file is {last}." if last else " No file was saved.")
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# How libraries that do not raise OSError report a full disk: the C library's text (also inside a RuntimeError of
+# torch.save), and Rust's io::Error in safetensors' SafetensorError ("... kind: StorageFull ..." / QuotaExceeded).
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "storagefull", "quotaexceeded", "os error 28", "os error 122")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """None unless `exc` or anything in its chain (cause, context) says the disk or quota is full; then the file
+    name it names, or "". A real full disk arrives as safetensors' SafetensorError or torch's RuntimeError as
+    often as an OSError (docs/reliability.md, "Faults")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return str(exc.filename or "")
+        text = str(exc).lower()
+        if any(marker in text for marker in _FULL_TEXTS):
+            return ""
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def oom_advice(config: TrainingConfig, phase: str) -> str:
@@ -171,6 +215,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     run.phase = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed, run=run)
+    trace_batches(t)
     t.saver = Saver(t)
     if resume:
         load_state(t, config.saving.resume)
@@ -191,6 +236,24 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
+
+
+def trace_batches(t) -> None:
+    """LORATRAINER_TRACE_BATCHES=1: each process appends the images of every batch it yields to
+    `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
+    if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
+        return
+    sampler_class = type(t.sampler)
+    path = Path(t.run_dir) / f"batches-rank-{t.accelerator.process_index}.jsonl"
+
+    class Traced(sampler_class):
+        def __iter__(self):
+            for batch in super().__iter__():
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"epoch": batch[0][1], "images": [str(self.samples[key[0]].image_path) for key in batch]}) + "\n")
+                yield batch
+
+    t.sampler.__class__ = Traced
 
 
 def open_tensorboard(run_dir: Path):
