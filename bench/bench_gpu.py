@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loratrainer.train.runtime import hide_broken_torchvision  # noqa: E402
+from loratrainer.compat import hide_broken_torchvision  # noqa: E402
 
 hide_broken_torchvision()
 

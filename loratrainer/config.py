@@ -1,6 +1,7 @@
 """The training-config schema: the one place each setting exists.
 
-Every setting has its name, type, default, allowed range and a one-line help text here. The GUI form, the
+Every setting has its name, type, default, allowed range, its English label (`title`), a one-line help text
+(`description`) and how a form shows it (`ui(...)`) here; the Korean label and help are in i18n/ko.json. The GUI form, the
 CLI, presets, the Kohya import/export and the trainer all read this module. Field names follow the Kohya GUI
 where Kohya has the setting, so that users recognise them (and a field's leaf name is unique across groups, so
 `network_dim=16` and `network.network_dim=16` mean the same thing on the command line).
@@ -8,7 +9,8 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
 (`field_specs`, `resolve_key`, `with_values`, ...) is in `config_fields`, our JSON files (`load_config`,
 `save_config`, migrations) in `config_files`; both are re-exported from here. Nothing else of ours is imported
-but the leaf modules `messages` (the validators' coded messages), `files` and `errors` (through those two), so
+but the leaf modules `messages` (the validators' coded messages), `optimizer_table`, `files` and `errors` (through
+those), so
 dependencies point one way.
 """
 
@@ -20,11 +22,13 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loratrainer.messages import Label, Msg, MsgError, define
+from loratrainer.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
 
 # The field catalogue and our JSON files live in two sibling modules; their names are part of this module's
 # interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
 from loratrainer.config_fields import FieldSpec, apply_overrides, field_specs, get_value, resolve_key, with_values  # noqa: F401
 from loratrainer.config_files import (  # noqa: F401
+    MAX_CONFIG_BYTES,
     MIGRATIONS,
     PRESET_HEADER,
     ConfigError,
@@ -40,21 +44,6 @@ from loratrainer.config_files import (  # noqa: F401
 
 SCHEMA_VERSION = 1
 
-KNOWN_OPTIMIZERS = (
-    "AdamW",
-    "AdamW8bit",
-    "PagedAdamW8bit",
-    "Lion",
-    "Lion8bit",
-    "PagedLion8bit",
-    "SGD",
-    "SGDNesterov",
-    "SGDNesterov8bit",
-    "Adafactor",
-    "Prodigy",
-    "DAdaptAdam",
-    "DAdaptLion",
-)
 Scheduler = Literal[
     "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "adafactor"
 ]
@@ -98,6 +87,16 @@ define({
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*$")
 
 
+def ui(*, basic: int | None = None, lines: int | None = None, browse: Literal["model", "file", "dir"] | None = None,
+       check: Literal["model", "train", "reg", "output", "log"] | None = None) -> dict[str, Any]:
+    """How a form shows a setting, kept on the field (`json_schema_extra=ui(...)`) beside its label and help:
+    `basic`: its place among the Basic settings (the Korean tutorial's, in its order; the rest are Advanced);
+    `lines`: a multi-line text box of that height; `browse`: a file browser beside it ("model": files and
+    folders, "file", "dir"); `check`: the as-you-type path check it gets (loratrainer.gui.filebrowser.check_path)."""
+    hints = {"basic": basic, "lines": lines, "browse": browse, "check": check}
+    return {"ui": {k: v for k, v in hints.items() if v is not None}}
+
+
 class _Group(BaseModel):
     """Base of every settings group: unknown keys are an error, assignments are validated."""
 
@@ -108,12 +107,12 @@ class ModelSettings(_Group):
     pretrained_model_name_or_path: str = Field(
         # runwayml/stable-diffusion-v1-5 was removed from the hub in 2024; this is its maintained copy
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
+        title="Pretrained model", json_schema_extra=ui(basic=1, browse="model", check="model"), description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
     )
-    vae: str = Field("", description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
-    v_parameterization: bool = Field(False, description="The base model predicts v (v-prediction fine-tunes); off for ordinary SD1.5.")
-    clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's n-th layer from the end (1 = last; 2 is common for anime models).")
-    max_token_length: Literal[75, 150, 225] = Field(75, description="Caption length in tokens the text encoder sees: 75, 150 or 225.")
+    vae: str = Field("", title="VAE", json_schema_extra=ui(browse="file"), description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
+    v_parameterization: bool = Field(False, title="V-parameterization", description="The base model predicts v (v-prediction fine-tunes); off for ordinary SD1.5.")
+    clip_skip: int = Field(1, ge=1, le=12, title="Clip skip", description="Use the text encoder's n-th layer from the end (1 = last; 2 is common for anime models).")
+    max_token_length: Literal[75, 150, 225] = Field(75, title="Max token length", description="Caption length in tokens the text encoder sees: 75, 150 or 225.")
 
     @field_validator("max_token_length", mode="before")
     @classmethod
@@ -125,11 +124,11 @@ class ModelSettings(_Group):
 
 
 class FolderSettings(_Group):
-    train_data_dir: str = Field("", description="The image folder: the PARENT of concept folders named <repeats>_<name>.")
-    reg_data_dir: str = Field("", description="Optional regularisation images folder, same <repeats>_<name> layout.")
-    output_dir: str = Field("", description="Where LoRA files, sample images and the run's config are written (Kohya's 'model' folder).")
-    logging_dir: str = Field("", description="Where logs and TensorBoard files are written (Kohya's 'log' folder); empty = <output>/log.")
-    output_name: str = Field("last", min_length=1, max_length=200, description="File name of the LoRA, without extension.")
+    train_data_dir: str = Field("", title="Image folder", json_schema_extra=ui(browse="dir", check="train"), description="The image folder: the PARENT of concept folders named <repeats>_<name>.")
+    reg_data_dir: str = Field("", title="Regularisation folder", json_schema_extra=ui(browse="dir", check="reg"), description="Optional regularisation images folder, same <repeats>_<name> layout.")
+    output_dir: str = Field("", title="Output folder (model)", json_schema_extra=ui(browse="dir", check="output"), description="Where LoRA files, sample images and the run's config are written (Kohya's 'model' folder).")
+    logging_dir: str = Field("", title="Logging folder (log)", json_schema_extra=ui(browse="dir", check="log"), description="Where logs and TensorBoard files are written (Kohya's 'log' folder); empty = <output>/log.")
+    output_name: str = Field("last", min_length=1, max_length=200, title="Output name", json_schema_extra=ui(basic=2), description="File name of the LoRA, without extension.")
 
     @field_validator("output_name")
     @classmethod
@@ -141,22 +140,22 @@ class FolderSettings(_Group):
 
 
 class DatasetSettings(_Group):
-    caption_extension: str = Field(".txt", description="Caption file extension next to each image (a.png -> a.txt).")
-    shuffle_caption: bool = Field(False, description="Shuffle comma-separated caption tags each step (after the kept tokens).")
-    keep_tokens: int = Field(0, ge=0, le=225, description="Keep the first n comma-separated tags in place when shuffling or dropping.")
-    caption_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, description="Probability of training a sample with an empty caption.")
-    caption_dropout_every_n_epochs: int = Field(0, ge=0, description="Drop all captions every n-th epoch (0 = never).")
-    caption_tag_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, description="Probability of dropping each comma-separated tag.")
-    flip_aug: bool = Field(False, description="Randomly mirror images left-right (doubles variety; avoid for asymmetric subjects or text).")
-    color_aug: bool = Field(False, description="Randomly shift hue; makes latent caching impossible.")
-    random_crop: bool = Field(False, description="Random instead of centre crop into the bucket; makes latent caching impossible.")
-    prior_loss_weight: float = Field(1.0, ge=0.0, le=10.0, description="Loss weight of regularisation images.")
+    caption_extension: str = Field(".txt", title="Caption extension", description="Caption file extension next to each image (a.png -> a.txt).")
+    shuffle_caption: bool = Field(False, title="Shuffle caption", description="Shuffle comma-separated caption tags each step (after the kept tokens).")
+    keep_tokens: int = Field(0, ge=0, le=225, title="Keep n tokens", description="Keep the first n comma-separated tags in place when shuffling or dropping.")
+    caption_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, title="Caption dropout rate", description="Probability of training a sample with an empty caption.")
+    caption_dropout_every_n_epochs: int = Field(0, ge=0, title="Caption dropout every n epochs", description="Drop all captions every n-th epoch (0 = never).")
+    caption_tag_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, title="Tag dropout rate", description="Probability of dropping each comma-separated tag.")
+    flip_aug: bool = Field(False, title="Flip augmentation", description="Randomly mirror images left-right (doubles variety; avoid for asymmetric subjects or text).")
+    color_aug: bool = Field(False, title="Colour augmentation", description="Randomly shift hue; makes latent caching impossible.")
+    random_crop: bool = Field(False, title="Random crop", description="Random instead of centre crop into the bucket; makes latent caching impossible.")
+    prior_loss_weight: float = Field(1.0, ge=0.0, le=10.0, title="Prior loss weight", description="Loss weight of regularisation images.")
     undersized_images: Literal["skip", "refuse"] = Field(
-        "skip", description="Images smaller than the bucket step: skip them with a warning, or refuse to train."
+        "skip", title="Undersized images", description="Images smaller than the bucket step: skip them with a warning, or refuse to train."
     )
-    alpha_background: str = Field("#ffffff", description="Colour that transparent pixels are composited onto (hex).")
-    max_data_loader_n_workers: int = Field(0, ge=0, le=64, description="Worker processes loading images (0 = in the training process).")
-    persistent_data_loader_workers: bool = Field(False, description="Keep data loader workers alive between epochs.")
+    alpha_background: str = Field("#ffffff", title="Transparent background colour", description="Colour that transparent pixels are composited onto (hex).")
+    max_data_loader_n_workers: int = Field(0, ge=0, le=64, title="Data loader workers", description="Worker processes loading images (0 = in the training process).")
+    persistent_data_loader_workers: bool = Field(False, title="Persistent data loader workers", description="Keep data loader workers alive between epochs.")
 
     @field_validator("caption_extension")
     @classmethod
@@ -177,12 +176,12 @@ class DatasetSettings(_Group):
 
 
 class BucketSettings(_Group):
-    max_resolution: str = Field("512,512", description="Training resolution as 'width,height' (or one number for a square).")
-    enable_bucket: bool = Field(True, description="Aspect-ratio buckets: train images of different shapes without squashing them.")
-    min_bucket_reso: int = Field(256, ge=64, le=4096, description="Smallest bucket side in pixels.")
-    max_bucket_reso: int = Field(2048, ge=64, le=8192, description="Largest bucket side in pixels.")
-    bucket_reso_steps: int = Field(64, ge=1, le=512, description="Bucket sides are multiples of this (64 recommended for SD1.5).")
-    bucket_no_upscale: bool = Field(True, description="Never enlarge small images: their bucket is their own size rounded down.")
+    max_resolution: str = Field("512,512", title="Max resolution", json_schema_extra=ui(basic=15), description="Training resolution as 'width,height' (or one number for a square).")
+    enable_bucket: bool = Field(True, title="Enable buckets", json_schema_extra=ui(basic=16), description="Aspect-ratio buckets: train images of different shapes without squashing them.")
+    min_bucket_reso: int = Field(256, ge=64, le=4096, title="Minimum bucket resolution", description="Smallest bucket side in pixels.")
+    max_bucket_reso: int = Field(2048, ge=64, le=8192, title="Maximum bucket resolution", description="Largest bucket side in pixels.")
+    bucket_reso_steps: int = Field(64, ge=1, le=512, title="Bucket resolution steps", description="Bucket sides are multiples of this (64 recommended for SD1.5).")
+    bucket_no_upscale: bool = Field(True, title="Don't upscale bucket resolution", description="Never enlarge small images: their bucket is their own size rounded down.")
 
     @field_validator("max_resolution", mode="before")
     @classmethod
@@ -209,23 +208,24 @@ class BucketSettings(_Group):
 class NetworkSettings(_Group):
     lora_type: Literal["Standard", "LoCon", "LoHa", "LoKr"] = Field(
         "Standard",
+        title="LoRA type",
         description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions; LoHa and LoKr "
         "(LyCORIS) adapt the same layers with Hadamard / Kronecker products.",
     )
     # le=100000: LyCORIS LoKr presets ask for full matrices with a huge rank (the Kohya GUI's 100000); the other
     # types are held to 1024 by a cross-field rule
-    network_dim: int = Field(8, ge=1, le=100000, description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
-    network_alpha: float = Field(1.0, gt=0, le=100000, description="Scales updates by alpha/rank; equal to the rank is a good start.")
-    conv_dim: int = Field(1, ge=1, le=100000, description="LoCon, LoHa, LoKr: rank of the 3x3 convolution adapters.")
-    conv_alpha: float = Field(1.0, gt=0, le=100000, description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters.")
-    network_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA's hidden activations.")
-    factor: int = Field(-1, ge=-1, le=8192, description="LoKr: split each weight's sides near this number for the Kronecker product (-1 = near the square root).")
-    decompose_both: bool = Field(False, description="LoKr: also make the smaller Kronecker factor low-rank.")
-    use_tucker: bool = Field(False, description="LoHa: Tucker (CP) decomposition of the 3x3 convolution adapters (fewer parameters).")
-    rank_dropout: float = Field(0.0, ge=0.0, le=1.0, description="LoHa, LoKr: probability of dropping each output row of the update during training.")
-    module_dropout: float = Field(0.0, ge=0.0, le=1.0, description="LoHa, LoKr: probability of skipping a whole module's update for a step.")
-    network_weights: str = Field("", description="Start from this existing LoRA .safetensors file (continues its training).")
-    scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
+    network_dim: int = Field(8, ge=1, le=100000, title="Network rank (dimension)", json_schema_extra=ui(basic=8), description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
+    network_alpha: float = Field(1.0, gt=0, le=100000, title="Network alpha", json_schema_extra=ui(basic=9), description="Scales updates by alpha/rank; equal to the rank is a good start.")
+    conv_dim: int = Field(1, ge=1, le=100000, title="Convolution rank", description="LoCon, LoHa, LoKr: rank of the 3x3 convolution adapters.")
+    conv_alpha: float = Field(1.0, gt=0, le=100000, title="Convolution alpha", description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters.")
+    network_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Network dropout", description="Dropout on the LoRA's hidden activations.")
+    factor: int = Field(-1, ge=-1, le=8192, title="LoKr factor", description="LoKr: split each weight's sides near this number for the Kronecker product (-1 = near the square root).")
+    decompose_both: bool = Field(False, title="LoKr: decompose both", description="LoKr: also make the smaller Kronecker factor low-rank.")
+    use_tucker: bool = Field(False, title="Use Tucker decomposition", description="LoHa: Tucker (CP) decomposition of the 3x3 convolution adapters (fewer parameters).")
+    rank_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Rank dropout", description="LoHa, LoKr: probability of dropping each output row of the update during training.")
+    module_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Module dropout", description="LoHa, LoKr: probability of skipping a whole module's update for a step.")
+    network_weights: str = Field("", title="Start from LoRA weights", json_schema_extra=ui(browse="file"), description="Start from this existing LoRA .safetensors file (continues its training).")
+    scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, title="Scale weight norms", description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
 
     @field_validator("factor")
     @classmethod
@@ -239,31 +239,31 @@ LYCORIS_TYPES = ("LoHa", "LoKr")
 
 
 class OptimizerSettings(_Group):
-    optimizer: str = Field("AdamW8bit", description="AdamW8bit saves memory; AdamW is the safe choice; or any module.Class.")
-    optimizer_args: str = Field("", description="Extra optimizer arguments as key=value pairs separated by spaces (e.g. weight_decay=0.01).")
-    learning_rate: float = Field(1e-4, ge=0.0, le=10.0, description="Base learning rate; used for the UNet and text encoder when their own rate is empty.")
-    unet_lr: float | None = Field(1e-4, ge=0.0, le=10.0, description="UNet learning rate (0 = do not train the UNet; empty = learning rate).")
-    text_encoder_lr: float | None = Field(1e-4, ge=0.0, le=10.0, description="Text encoder learning rate (0 = UNet-only LoRA; empty = learning rate).")
-    lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
-    lr_warmup: float = Field(10.0, ge=0.0, le=100.0, description="Warm-up as a percentage of all steps (ignored when warm-up steps is set).")
-    lr_warmup_steps: int = Field(0, ge=0, description="Warm-up in steps; overrides the percentage when above 0.")
-    lr_scheduler_num_cycles: int = Field(1, ge=1, le=1000, description="Restarts for cosine_with_restarts.")
-    lr_scheduler_power: float = Field(1.0, gt=0.0, le=10.0, description="Power of the polynomial scheduler.")
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip gradients to this norm (0 = no clipping).")
-    train_batch_size: int = Field(1, ge=1, le=256, description="Images per step; 1-2 for 8 GB of VRAM or less.")
-    epoch: int = Field(1, ge=1, le=100000, description="Passes over the dataset (each image x its repeats).")
-    max_train_steps: int = Field(0, ge=0, description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Add up gradients over n batches before each optimizer step.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed; 0 = pick one and record it with the run.")
-    noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Noise offset: helps very dark or bright images (0.05-0.1).")
-    multires_noise_iterations: int = Field(0, ge=0, le=64, description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
-    multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, description="Discount of each multi-resolution noise level.")
-    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, description="Min-SNR loss weighting gamma (0 = off, 5 recommended).")
-    ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, description="Input-perturbation noise (0 = off, about 0.1).")
-    loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", description="Loss between predicted and true noise.")
-    huber_c: float = Field(0.1, gt=0.0, le=10.0, description="Huber / smooth L1 loss threshold.")
+    optimizer: str = Field("AdamW8bit", title="Optimizer", json_schema_extra=ui(basic=10), description="AdamW8bit saves memory; AdamW is the safe choice; or any module.Class.")
+    optimizer_args: str = Field("", title="Optimizer extra arguments", description="Extra optimizer arguments as key=value pairs separated by spaces (e.g. weight_decay=0.01).")
+    learning_rate: float = Field(1e-4, ge=0.0, le=10.0, title="Learning rate", json_schema_extra=ui(basic=11), description="Base learning rate; used for the UNet and text encoder when their own rate is empty.")
+    unet_lr: float | None = Field(1e-4, ge=0.0, le=10.0, title="UNet learning rate", json_schema_extra=ui(basic=12), description="UNet learning rate (0 = do not train the UNet; empty = learning rate).")
+    text_encoder_lr: float | None = Field(1e-4, ge=0.0, le=10.0, title="Text encoder learning rate", json_schema_extra=ui(basic=13), description="Text encoder learning rate (0 = UNet-only LoRA; empty = learning rate).")
+    lr_scheduler: Scheduler = Field("cosine", title="LR scheduler", json_schema_extra=ui(basic=14), description="How the learning rate changes over the run.")
+    lr_warmup: float = Field(10.0, ge=0.0, le=100.0, title="LR warm-up (% of steps)", description="Warm-up as a percentage of all steps (ignored when warm-up steps is set).")
+    lr_warmup_steps: int = Field(0, ge=0, title="LR warm-up steps", description="Warm-up in steps; overrides the percentage when above 0.")
+    lr_scheduler_num_cycles: int = Field(1, ge=1, le=1000, title="LR number of cycles", description="Restarts for cosine_with_restarts.")
+    lr_scheduler_power: float = Field(1.0, gt=0.0, le=10.0, title="LR power", description="Power of the polynomial scheduler.")
+    max_grad_norm: float = Field(1.0, ge=0.0, title="Max gradient norm", description="Clip gradients to this norm (0 = no clipping).")
+    train_batch_size: int = Field(1, ge=1, le=256, title="Train batch size", json_schema_extra=ui(basic=3), description="Images per step; 1-2 for 8 GB of VRAM or less.")
+    epoch: int = Field(1, ge=1, le=100000, title="Epochs", json_schema_extra=ui(basic=4), description="Passes over the dataset (each image x its repeats).")
+    max_train_steps: int = Field(0, ge=0, title="Max train steps", description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, title="Gradient accumulation steps", description="Add up gradients over n batches before each optimizer step.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, title="Seed", description="Random seed; 0 = pick one and record it with the run.")
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0, title="Noise offset", description="Noise offset: helps very dark or bright images (0.05-0.1).")
+    multires_noise_iterations: int = Field(0, ge=0, le=64, title="Multires noise iterations", description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
+    multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, title="Multires noise discount", description="Discount of each multi-resolution noise level.")
+    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, title="Min SNR gamma", description="Min-SNR loss weighting gamma (0 = off, 5 recommended).")
+    ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, title="IP noise gamma", description="Input-perturbation noise (0 = off, about 0.1).")
+    loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", title="Loss type", description="Loss between predicted and true noise.")
+    huber_c: float = Field(0.1, gt=0.0, le=10.0, title="Huber C", description="Huber / smooth L1 loss threshold.")
     huber_schedule: Literal["constant", "exponential", "snr"] = Field(
-        "snr", description="How the Huber threshold varies with the timestep (Kohya's schedules; snr is Kohya's default)."
+        "snr", title="Huber schedule", description="How the Huber threshold varies with the timestep (Kohya's schedules; snr is Kohya's default)."
     )
 
     @field_validator("optimizer")
@@ -282,61 +282,61 @@ class OptimizerSettings(_Group):
 
 
 class PrecisionSettings(_Group):
-    mixed_precision: Precision = Field("fp16", description="Compute precision: bf16 on RTX 30xx and newer, fp16 on older cards, no = fp32.")
-    save_precision: SavePrecision = Field("fp16", description="Precision of the saved LoRA file.")
-    full_fp16: bool = Field(False, description="Keep the LoRA weights themselves in fp16 (less memory, less stable).")
-    full_bf16: bool = Field(False, description="Keep the LoRA weights themselves in bf16 (less memory).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less VRAM, about 20-30 % slower.")
-    attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
-    cache_latents: bool = Field(True, description="Encode every image once with the VAE before training (faster, less VRAM).")
-    cache_latents_to_disk: bool = Field(False, description="Also keep the cached latents on disk next to the images, reused by later runs.")
+    mixed_precision: Precision = Field("fp16", title="Mixed precision", json_schema_extra=ui(basic=6), description="Compute precision: bf16 on RTX 30xx and newer, fp16 on older cards, no = fp32.")
+    save_precision: SavePrecision = Field("fp16", title="Save precision", json_schema_extra=ui(basic=7), description="Precision of the saved LoRA file.")
+    full_fp16: bool = Field(False, title="Full fp16 training", description="Keep the LoRA weights themselves in fp16 (less memory, less stable).")
+    full_bf16: bool = Field(False, title="Full bf16 training", description="Keep the LoRA weights themselves in bf16 (less memory).")
+    gradient_checkpointing: bool = Field(False, title="Gradient checkpointing", description="Recompute activations in the backward pass: much less VRAM, about 20-30 % slower.")
+    attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", title="Attention", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
+    cache_latents: bool = Field(True, title="Cache latents", description="Encode every image once with the VAE before training (faster, less VRAM).")
+    cache_latents_to_disk: bool = Field(False, title="Cache latents to disk", description="Also keep the cached latents on disk next to the images, reused by later runs.")
     channels_last: bool = Field(
-        False, description="Keep the UNet in channels-last memory layout: faster convolutions on recent GPUs with fp16/bf16; same results."
+        False, title="Channels-last memory layout", description="Keep the UNet in channels-last memory layout: faster convolutions on recent GPUs with fp16/bf16; same results."
     )
     dynamo_backend: Literal["no", "eager", "aot_eager", "inductor", "cudagraphs"] = Field(
-        "no", description="Compile the UNet with torch.compile and this backend (no = off; the Kohya GUI's Dynamo backend, sd-scripts' --torch_compile --dynamo_backend): the first steps are slow, later ones faster, same results; inductor needs a C++ compiler on the CPU."
+        "no", title="Compile the UNet (torch.compile backend)", description="Compile the UNet with torch.compile and this backend (no = off; the Kohya GUI's Dynamo backend, sd-scripts' --torch_compile --dynamo_backend): the first steps are slow, later ones faster, same results; inductor needs a C++ compiler on the CPU."
     )
 
 
 class SamplingSettings(_Group):
-    sample_every_n_steps: int = Field(0, ge=0, description="Render sample images every n steps (0 = off).")
-    sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every n epochs (0 = off; wins over steps).")
-    sample_at_first: bool = Field(False, description="Also render samples before the first step, to compare against.")
-    sample_sampler: Sampler = Field("euler_a", description="Sampler for sample images (a prompt's --ss overrides it).")
-    sample_prompts: str = Field("", description="One prompt per line, Kohya syntax: text --n negative --w 512 --h 512 --s 28 --l 7 --d seed.")
+    sample_every_n_steps: int = Field(0, ge=0, title="Sample every n steps", json_schema_extra=ui(basic=19), description="Render sample images every n steps (0 = off).")
+    sample_every_n_epochs: int = Field(0, ge=0, title="Sample every n epochs", json_schema_extra=ui(basic=18), description="Render sample images every n epochs (0 = off; wins over steps).")
+    sample_at_first: bool = Field(False, title="Sample before training", description="Also render samples before the first step, to compare against.")
+    sample_sampler: Sampler = Field("euler_a", title="Sample sampler", description="Sampler for sample images (a prompt's --ss overrides it).")
+    sample_prompts: str = Field("", title="Sample prompts", json_schema_extra=ui(basic=20, lines=4), description="One prompt per line, Kohya syntax: text --n negative --w 512 --h 512 --s 28 --l 7 --d seed.")
 
 
 class SavingSettings(_Group):
-    save_model_as: Literal["safetensors"] = Field("safetensors", description="File format of the LoRA (safetensors, which every UI loads).")
-    save_every_n_epochs: int = Field(1, ge=0, description="Save a LoRA file every n epochs (0 = only the final file).")
-    save_every_n_steps: int = Field(0, ge=0, description="Also save every n steps (0 = off).")
-    save_last_n_epochs: int = Field(0, ge=0, description="Keep only the newest n per-epoch files (0 = keep all).")
-    save_last_n_steps: int = Field(0, ge=0, description="Keep only the per-step files of the last n steps (0 = keep all).")
-    save_state: bool = Field(False, description="Also save the full training state at each save and at stop, so the run can be resumed.")
-    resume: str = Field("", description="Resume from this saved state folder (continues steps, epochs, schedule and file numbering).")
-    save_diffusers_format: bool = Field(False, description="Also write the final LoRA in diffusers/peft format.")
+    save_model_as: Literal["safetensors"] = Field("safetensors", title="Save model as", description="File format of the LoRA (safetensors, which every UI loads).")
+    save_every_n_epochs: int = Field(1, ge=0, title="Save every n epochs", json_schema_extra=ui(basic=5), description="Save a LoRA file every n epochs (0 = only the final file).")
+    save_every_n_steps: int = Field(0, ge=0, title="Save every n steps", description="Also save every n steps (0 = off).")
+    save_last_n_epochs: int = Field(0, ge=0, title="Keep last n epoch files", description="Keep only the newest n per-epoch files (0 = keep all).")
+    save_last_n_steps: int = Field(0, ge=0, title="Keep last n steps of files", description="Keep only the per-step files of the last n steps (0 = keep all).")
+    save_state: bool = Field(False, title="Save training state", description="Also save the full training state at each save and at stop, so the run can be resumed.")
+    resume: str = Field("", title="Resume from saved state", json_schema_extra=ui(browse="dir"), description="Resume from this saved state folder (continues steps, epochs, schedule and file numbering).")
+    save_diffusers_format: bool = Field(False, title="Also save in diffusers format", description="Also write the final LoRA in diffusers/peft format.")
     existing_output: Literal["refuse", "rename"] = Field(
-        "refuse", description="When a LoRA file of this name exists: refuse to start, or add a number to the new name."
+        "refuse", title="If the output file exists", description="When a LoRA file of this name exists: refuse to start, or add a number to the new name."
     )
 
 
 class LaunchSettings(_Group):
     # Names and meanings are accelerate launch's (and the Kohya GUI's "Accelerate launch" panel's, kohya_ss
     # kohya_gui/class_accelerate_launch.py): num_processes is the total over all machines.
-    num_cpu_threads_per_process: int = Field(2, ge=1, le=256, description="CPU threads per training process.")
-    num_processes: int = Field(1, ge=1, le=64, description="Training processes in total, over all machines (one per GPU).")
+    num_cpu_threads_per_process: int = Field(2, ge=1, le=256, title="CPU threads per core", json_schema_extra=ui(basic=17), description="CPU threads per training process.")
+    num_processes: int = Field(1, ge=1, le=64, title="Number of processes", description="Training processes in total, over all machines (one per GPU).")
     num_machines: int = Field(
-        1, ge=1, le=64, description="Machines taking part. Each one runs the same config with its own machine rank."
+        1, ge=1, le=64, title="Number of machines", description="Machines taking part. Each one runs the same config with its own machine rank."
     )
-    multi_gpu: bool = Field(False, description="Train on several GPUs of this machine.")
-    gpu_ids: str = Field("", description="Which GPUs to use, e.g. 0,1 (empty = all).")
+    multi_gpu: bool = Field(False, title="Multi GPU", description="Train on several GPUs of this machine.")
+    gpu_ids: str = Field("", title="GPU IDs", description="Which GPUs to use, e.g. 0,1 (empty = all).")
     machine_rank: int = Field(
-        0, ge=0, le=63, description="This machine's number, 0 to number of machines - 1. Machine 0 writes the LoRA files, samples and progress."
+        0, ge=0, le=63, title="Machine rank", description="This machine's number, 0 to number of machines - 1. Machine 0 writes the LoRA files, samples and progress."
     )
-    main_process_ip: str = Field("", description="IP address of the machine of rank 0 (needed with several machines).")
-    main_process_port: int = Field(0, ge=0, le=65535, description="Port for the processes to talk over (0 = accelerate's default).")
+    main_process_ip: str = Field("", title="Main process IP", description="IP address of the machine of rank 0 (needed with several machines).")
+    main_process_port: int = Field(0, ge=0, le=65535, title="Main process port", description="Port for the processes to talk over (0 = accelerate's default).")
     rdzv_backend: Literal["static", "c10d"] = Field(
-        "static", description="How the machines find each other (accelerate's rendezvous backend): static or c10d."
+        "static", title="Rendezvous backend", description="How the machines find each other (accelerate's rendezvous backend): static or c10d."
     )
 
     @field_validator("main_process_ip")
@@ -357,13 +357,13 @@ class LaunchSettings(_Group):
 
 
 class MetadataSettings(_Group):
-    metadata_title: str = Field("", description="Title stored in the LoRA file (shown by A1111 and ComfyUI).")
-    metadata_author: str = Field("", description="Author stored in the LoRA file.")
-    metadata_description: str = Field("", description="Description stored in the LoRA file.")
-    metadata_license: str = Field("", description="License stored in the LoRA file.")
-    metadata_tags: str = Field("", description="Comma-separated tags stored in the LoRA file.")
-    metadata_trigger_phrase: str = Field("", description="The words that call up the LoRA in a prompt.")
-    training_comment: str = Field("", description="Free comment stored in the LoRA file.")
+    metadata_title: str = Field("", title="Title", description="Title stored in the LoRA file (shown by A1111 and ComfyUI).")
+    metadata_author: str = Field("", title="Author", description="Author stored in the LoRA file.")
+    metadata_description: str = Field("", title="Description", json_schema_extra=ui(lines=3), description="Description stored in the LoRA file.")
+    metadata_license: str = Field("", title="License", description="License stored in the LoRA file.")
+    metadata_tags: str = Field("", title="Tags", description="Comma-separated tags stored in the LoRA file.")
+    metadata_trigger_phrase: str = Field("", title="Trigger phrase", description="The words that call up the LoRA in a prompt.")
+    training_comment: str = Field("", title="Training comment", json_schema_extra=ui(lines=2), description="Free comment stored in the LoRA file.")
 
 
 GROUPS: dict[str, type[_Group]] = {
@@ -452,7 +452,7 @@ class TrainingConfig(BaseModel):
             notes.append(f"max_train_steps = {self.optimizer.max_train_steps} overrides the epoch count.")
         # judged on the rates that will be used (a part's own rate, else learning_rate), not on learning_rate alone
         used = [r for r, on in ((self.effective_unet_lr, self.trains_unet), (self.effective_text_encoder_lr, self.trains_text_encoder)) if on]
-        if self.optimizer.optimizer in {"Prodigy", "DAdaptAdam", "DAdaptLion"} and used and min(used) < 0.1:
+        if self.optimizer.optimizer in ADAPTIVE and used and min(used) < 0.1:
             notes.append(f"{self.optimizer.optimizer} adapts the step size itself and expects learning rates near 1.0.")
         if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
             notes.append("Trained in fp16 and saved as bf16: fine, but fp16 is the more widely loadable file.")

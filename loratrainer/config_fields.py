@@ -1,4 +1,5 @@
-"""The field catalogue of the config schema: every setting with its path, type, default, help, choices and range.
+"""The field catalogue of the config schema: every setting with its path, type, default, label, help, choices,
+range and form hints (Basic or Advanced, multi-line, file browser, path check).
 
 The GUI builds its form from `field_specs()`, the CLI resolves `--set key=value` with `resolve_key()`, and the
 Kohya import reads the types from it. Re-exported by `loratrainer.config`: import these names from there.
@@ -28,6 +29,11 @@ class FieldSpec:
     choices: tuple[Any, ...] | None
     minimum: float | None
     maximum: float | None
+    label: str = ""  # the English label (the schema's title)
+    basic: int | None = None  # place among the Basic settings; None = Advanced
+    lines: int = 1  # > 1: a multi-line text box
+    browse: str | None = None  # "model", "file" or "dir": a file browser beside the box
+    check: str | None = None  # the as-you-type path check's role ("model", "train", "reg", "output", "log")
 
     @property
     def kind(self) -> str:
@@ -51,7 +57,10 @@ def field_specs() -> list[FieldSpec]:
             for m in info.metadata:
                 lo = getattr(m, "ge", getattr(m, "gt", lo)) if lo is None else lo
                 hi = getattr(m, "le", getattr(m, "lt", hi)) if hi is None else hi
-            specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi))
+            hints = (info.json_schema_extra or {}).get("ui", {}) if isinstance(info.json_schema_extra, dict) else {}
+            specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi,
+                                   label=info.title or name.replace("_", " ").capitalize(), basic=hints.get("basic"),
+                                   lines=hints.get("lines", 1), browse=hints.get("browse"), check=hints.get("check")))
     return specs
 
 

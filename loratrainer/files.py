@@ -1,4 +1,4 @@
-"""Writing files so that a crash, a kill or a full disk never leaves half a file (reliability.md).
+"""Writing files so that a crash, a kill or a full disk never leaves half a file (docs/reliability.md).
 
 A leaf module: it imports nothing else of ours, so every layer may use it.
 """

@@ -182,7 +182,7 @@ def save_user_preset(config: TrainingConfig, name: str, description: str = "", *
 
 
 def backup_file(path: str | Path) -> Path | None:
-    """Copy an existing file to `<name>.<YYYYmmdd-HHMMSS>.bak` beside it before it is replaced (reliability.md:
+    """Copy an existing file to `<name>.<YYYYmmdd-HHMMSS>.bak` beside it before it is replaced (docs/reliability.md:
     what a user asks to overwrite is backed up). The suffix keeps backups out of the *.json preset list."""
     path = Path(path)
     if not path.is_file():

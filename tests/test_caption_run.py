@@ -178,6 +178,28 @@ def test_caption_extension_checked(tmp_path, ext, ok):
 def test_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         run(tmp_path / "nope")
+    with pytest.raises(UserError, match="choose the image folder"):  # an empty box is not the current folder
+        CaptionRunOptions("  ")
+
+
+def test_hidden_files_are_not_images_for_captioning_as_for_training(tmp_path):
+    from loratrainer.data.folders import scan_data_dir
+
+    folder = tmp_path / "10_cat"
+    for name in ("a.png", ".b.png", "._c.png"):
+        make_image(folder / name)
+    assert [p.name for p in run(folder).written] == ["a.txt"]
+    assert [p.name for p in scan_data_dir(tmp_path, ".txt").concepts[0].images] == ["a.png"]
+
+
+def test_the_model_is_announced_once_and_only_when_there_is_work(tmp_path):
+    announced = []
+    make_image(tmp_path / "a.png")
+    make_caption(tmp_path / "a.png", "kept")
+    caption_folder(CaptionRunOptions(tmp_path), FixedTextOptions("x"), loading=announced.append)
+    assert announced == []  # nothing to caption: nothing is loaded
+    caption_folder(CaptionRunOptions(tmp_path, overwrite=True), FixedTextOptions("x"), loading=announced.append)
+    assert announced == [FixedTextOptions("x")]
 
 
 def test_out_of_gpu_memory_becomes_advice_and_keeps_what_was_written(tmp_path):
@@ -198,7 +220,7 @@ def test_out_of_gpu_memory_becomes_advice_and_keeps_what_was_written(tmp_path):
 
 
 def test_captioner_sees_what_training_sees_and_a_bomb_is_skipped(tmp_path):
-    """reliability.md rows 3, 5 and 6 for captioning: upright, RGB colours, 8 bit; a decompression bomb is listed."""
+    """docs/reliability.md rows 3, 5 and 6 for captioning: upright, RGB colours, 8 bit; a decompression bomb is listed."""
     import numpy as np
 
     from tests.datasets import make_16bit_ramp, make_bomb_png, make_cmyk_jpeg, make_exif_rotated_jpeg

@@ -89,6 +89,18 @@ def test_text_encoder_lr_zero_is_a_unet_only_lora_and_the_summary_says_so() -> N
     assert not any("UNet-only" in note for note in TrainingConfig().summary())
 
 
+@pytest.mark.parametrize(
+    "rates, expected",
+    [((1e-4, 1e-4, 1e-4), (True, True)), ((1e-4, 1e-4, 0.0), (True, False)), ((1e-4, 0.0, 5e-5), (False, True)),
+     ((1e-4, None, None), (True, True)), ((0.0, None, 1e-4), (False, True))],
+)
+def test_parts_trained_follow_the_learning_rates(rates, expected) -> None:
+    """A part whose learning rate resolves to 0 is not trained (nor saved); an empty per-part rate is the base."""
+    lr, unet_lr, te_lr = rates
+    c = TrainingConfig(optimizer=cfg.OptimizerSettings(learning_rate=lr, unet_lr=unet_lr, text_encoder_lr=te_lr))
+    assert (c.trains_unet, c.trains_text_encoder) == expected
+
+
 def test_empty_per_module_rate_falls_back_to_the_learning_rate() -> None:
     c = config_from_dict({"optimizer": {"learning_rate": 3e-4, "unet_lr": None}})
     assert c.effective_unet_lr == 3e-4

@@ -1,4 +1,4 @@
-"""Buckets equal Kohya's (kohya-compat.md section 6). Expected values are derived by hand below, not printed by us."""
+"""Buckets equal Kohya's (docs/kohya-compat.md section 6). Expected values are derived by hand below, not printed by us."""
 
 from __future__ import annotations
 

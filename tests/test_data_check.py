@@ -1,4 +1,4 @@
-"""The dataset check on generated folders: reliability.md rows 1, 2, 7, 8, 10-14 and the report's numbers."""
+"""The dataset check on generated folders: docs/reliability.md rows 1, 2, 7, 8, 10-14 and the report's numbers."""
 
 from __future__ import annotations
 

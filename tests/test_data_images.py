@@ -1,4 +1,4 @@
-"""The shared image loader (reliability.md rows 1, 3-7): every awkward file becomes correct RGB or a named error."""
+"""The shared image loader (docs/reliability.md rows 1, 3-7): every awkward file becomes correct RGB or a named error."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The step count equals a brute-force count of the batches a run really makes (kohya-compat.md section 2)."""
+"""The step count equals a brute-force count of the batches a run really makes (docs/kohya-compat.md section 2)."""
 
 from __future__ import annotations
 

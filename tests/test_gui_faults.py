@@ -1,4 +1,4 @@
-"""Failed runs as the GUI shows them, with the real trainer (reliability.md rows 18-20 and 23): the status
+"""Failed runs as the GUI shows them, with the real trainer (docs/reliability.md rows 18-20 and 23): the status
 line says NaN / out of memory with the advice / disk full / killed in words, next to the log tail, and the
 next Start works. Faults are injected with the trainer's LORATRAINER_FAULT."""
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from tests.tiny_sd import save_tiny_diffusers

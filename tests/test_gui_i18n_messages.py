@@ -391,9 +391,9 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
-    said = [last(cap_method="wd14", wd_model=str(tmp_path / "no-such-model"))]  # a model folder that does not exist
+    said = [last(cap_method="wd14", wd14_model=str(tmp_path / "no-such-model"))]  # a model folder that does not exist
     (tmp_path / "tagger").mkdir()
-    said.append(last(cap_method="wd14", wd_model=str(tmp_path / "tagger")))  # a folder without the tagger's files
+    said.append(last(cap_method="wd14", wd14_model=str(tmp_path / "tagger")))  # a folder without the tagger's files
     said.append(last(cap_method="blip", blip_top_p=2))  # a captioner setting out of range
     said.append(last(cap_extension="a/b"))
     monkeypatch.setattr(run, "make_captioner", loading(not_cached))
@@ -403,8 +403,8 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
     monkeypatch.setattr(run, "make_captioner", loading(damaged))
     said.append(last(cap_method="blip"))  # damaged in the cache
     # editor mistakes
-    said.append(u.editor_save(str(folder), "/etc/passwd", "x", ".txt"))
-    said.append(u.editor_save_and_refresh(str(folder), str(tmp_path / "elsewhere.png"), "x", ".txt", [])[0])
+    said.append(u.editor_save(str(folder), "/etc/passwd", "x", ".txt")[0])
+    said.append(u.editor_save(str(folder), str(tmp_path / "elsewhere.png"), "x", ".txt", [])[0])
     assert all(s.startswith("**오류:**") for s in said[:7]), said
     assert all(HANGUL.search(s) for s in said), said
     assert [(s, english_phrases(s)) for s in said if english_phrases(s)] == []

@@ -6,6 +6,7 @@ trainer is driven by the browser test (tests/browser)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import subprocess
@@ -199,9 +200,9 @@ def test_sample_grid_from_the_results_tab(page, tmp_path):
 
 def _caption_form(page, **values) -> dict:
     defaults = {"cap_method": "fixed", "cap_folder": "", "cap_extension": ".txt", "cap_prefix": "", "cap_postfix": "", "cap_batch": 1,
-                "cap_overwrite": False, "cap_recursive": False, "blip_model": "", "blip_beam": True, "blip_beams": 1, "blip_top_p": 0.9,
-                "blip_min": 5, "blip_max": 75, "git_model": "", "git_max": 50, "wd_model": "", "wd_general": 0.35, "wd_character": 0.85,
-                "wd_undesired": "", "fixed_text": "a house"}
+                "cap_overwrite": False, "cap_recursive": False, "blip_model": "", "blip_beam_search": True, "blip_num_beams": 1,
+                "blip_top_p": 0.9, "blip_min_length": 5, "blip_max_length": 75, "git_model": "", "git_max_length": 50, "wd14_model": "",
+                "wd14_general_threshold": 0.35, "wd14_character_threshold": 0.85, "wd14_undesired_tags": "", "fixed_text": "a house"}
     defaults.update(values)
     return {page.named[k]: v for k, v in defaults.items()}
 
@@ -227,11 +228,11 @@ def test_caption_editor(page, tmp_path):
     assert len(out[n["ed_items"]]) == 3 and len(out[n["ed_gallery"]]) == 3 and "Page 1 of 1" in out[n["ed_message"]]
     chosen = u.editor_select(out[n["ed_items"]], 1)
     assert chosen[n["ed_caption"]] == "house, red roof"
-    assert "Saved" in u.editor_save(str(folder), chosen[n["ed_image"]], "house, blue roof", ".txt")
+    assert "Saved" in u.editor_save(str(folder), chosen[n["ed_image"]], "house, blue roof", ".txt")[0]
     assert (folder / "img_001.txt").read_text().strip() == "house, blue roof"
     assert "2 caption(s) changed" in u.editor_replace(str(folder), "red roof", "flat roof", ".txt")
     assert u.editor_tags(str(folder), ".txt")[0] == ["house", 3]
-    assert u.editor_save(str(folder), "/etc/passwd", "x", ".txt").startswith("**Error:**")
+    assert u.editor_save(str(folder), "/etc/passwd", "x", ".txt")[0].startswith("**Error:**")
 
 
 def test_caption_editor_saves_as_you_go(page, tmp_path):
@@ -241,13 +242,14 @@ def test_caption_editor_saves_as_you_go(page, tmp_path):
     items = u.editor_page(str(folder), "", 1, ".txt")[page.named["ed_items"]]
     image = items[0][0]
     before = (folder / "img_000.txt").stat().st_mtime_ns
-    assert u.editor_autosave(str(folder), image, "house", ".txt", items) == (None, None)
+    autosave = functools.partial(u.editor_save, only_if_changed=True)
+    assert autosave(str(folder), image, "house", ".txt", items)[0] is None
     assert (folder / "img_000.txt").stat().st_mtime_ns == before
-    message, items = u.editor_autosave(str(folder), image, "house, at night", ".txt", items)
+    message, items, _ = autosave(str(folder), image, "house, at night", ".txt", items)
     assert "Saved" in message and (folder / "img_000.txt").read_text().strip() == "house, at night"
     assert dict(items)[image] == "house, at night"  # the next blur without changes saves nothing
-    assert u.editor_autosave(str(folder), image, "house, at night", ".txt", items) == (None, None)
-    assert u.editor_autosave(str(folder), "/etc/passwd", "x", ".txt", items) == (None, None)  # only listed images
+    assert autosave(str(folder), image, "house, at night", ".txt", items)[0] is None
+    assert autosave(str(folder), "/etc/passwd", "x", ".txt", items)[0] is None  # only listed images
 
 
 def test_caption_editor_gallery_shows_the_saved_caption(page, tmp_path):
@@ -260,16 +262,16 @@ def test_caption_editor_gallery_shows_the_saved_caption(page, tmp_path):
     items = out[n["ed_items"]]
     assert [c for _, c in out[n["ed_gallery"]]] == ["house, red roof"] * 3
     image = items[1][0]
-    message, items, gallery = u.editor_save_and_refresh(str(folder), image, "  house, blue roof\r\n", ".txt", items)
+    message, items, gallery = u.editor_save(str(folder), image, "  house, blue roof\r\n", ".txt", items)
     assert "Saved" in message and dict(items)[image] == "house, blue roof"
     assert [c for _, c in gallery] == ["house, red roof", "house, blue roof", "house, red roof"]
     assert [c for _, c in gallery] == [c for _, c in u.editor_page(str(folder), "", 1, ".txt")[n["ed_gallery"]]]
     # a refused save changes neither
-    message, same, gallery = u.editor_save_and_refresh(str(folder), "/etc/passwd", "x", ".txt", items)
+    message, same, gallery = u.editor_save(str(folder), "/etc/passwd", "x", ".txt", items)
     assert message.startswith("**Error:**") and same == items and [c for _, c in gallery][1] == "house, blue roof"
     # saved as you go: the new items give the gallery
-    message, items = u.editor_autosave(str(folder), items[0][0], "house, at night", ".txt", items)
-    assert [c for _, c in u.editor_gallery(items)][0] == "house, at night"
+    message, items, gallery = u.editor_save(str(folder), items[0][0], "house, at night", ".txt", items, only_if_changed=True)
+    assert [c for _, c in gallery][0] == "house, at night" and gallery == u.editor_gallery(items)
 
 
 def test_loss_chart_stays_small_on_long_runs(page, tmp_path):

@@ -1,4 +1,4 @@
-"""The web interface's security promises (reliability.md, "The web interface"): loopback by default, no share
+"""The web interface's security promises (docs/reliability.md, "The web interface"): loopback by default, no share
 link whatever the environment says, Host header checked (DNS rebinding), file routes limited to what the app
 made for display."""
 

@@ -139,11 +139,11 @@ def test_a_trainer_that_cannot_start_still_ends_the_stream(tmp_path):
 def test_sigterm_becomes_a_stop_request(tmp_path):
     import signal
 
-    from loratrainer.train.entry import stop_on_sigterm
+    from loratrainer.train.entry import stop_on_signals
 
     old = signal.getsignal(signal.SIGTERM)
     try:
-        stop_on_sigterm(tmp_path)
+        stop_on_signals(tmp_path)
         os.kill(os.getpid(), signal.SIGTERM)
         assert events.stop_requested(tmp_path)
     finally:

@@ -21,7 +21,8 @@ from loratrainer.model.metadata import with_safetensors_hashes
 from loratrainer.tools.bake import bake_into_checkpoint, bake_into_diffusers
 from loratrainer.tools.extract import extract_lora
 from loratrainer.tools.lorafile import LoraFile
-from loratrainer.tools.merge import merge_loras, parse_weighted
+from loratrainer.tools.merge import merge_loras
+from loratrainer.tools.weighted import parse_weighted
 from loratrainer.tools.progress import Cancelled, Progress
 from loratrainer.tools.resize import resize_lora
 from loratrainer.tools.writer import StreamingSafetensorsWriter

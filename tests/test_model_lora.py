@@ -63,7 +63,7 @@ def test_full_sd15_architecture_has_264_modules_and_792_tensors_named_as_kohya()
     assert len(handle.modules) == 264 and len(sd) == 792
     assert sum(k.startswith("lora_te_") for k in sd) == 72 * 3 and sum(k.startswith("lora_unet_") for k in sd) == 192 * 3
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
-    # the examples of kohya-compat.md section 4
+    # the examples of docs/kohya-compat.md section 4
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"].shape == (4, 768)
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"].shape == (768, 4)
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"].ndim == 0
@@ -218,16 +218,3 @@ def test_network_weights_foreign_format(tmp_path):
     handle = inject_lora(build_tiny_components(), NetworkSettings(network_dim=4), train_unet=True, train_text_encoder=True)
     with pytest.raises(NetworkWeightsMismatch, match="not a Kohya-format"):
         load_network_weights(handle, tmp_path / "d.safetensors")
-
-
-@pytest.mark.parametrize(
-    "rates, expected",
-    [((1e-4, 1e-4, 1e-4), (True, True)), ((1e-4, 1e-4, 0.0), (True, False)), ((1e-4, 0.0, 5e-5), (False, True)),
-     ((1e-4, None, None), (True, True)), ((0.0, None, 1e-4), (False, True))],
-)
-def test_parts_to_train_follow_the_learning_rates(rates, expected):
-    from loratrainer.config import OptimizerSettings
-    from loratrainer.model.lora import parts_to_train
-
-    lr, unet_lr, te_lr = rates
-    assert parts_to_train(OptimizerSettings(learning_rate=lr, unet_lr=unet_lr, text_encoder_lr=te_lr)) == expected

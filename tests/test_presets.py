@@ -254,7 +254,7 @@ def test_cli_show_reads_kohya_files_and_full_configs(tmp_path, capsys) -> None:
 
 
 def test_overwriting_keeps_a_backup_of_the_old_file(tmp_path, user_presets: Path, capsys) -> None:
-    """reliability.md: what the user asks to overwrite is backed up (presets and --force outputs alike)."""
+    """docs/reliability.md: what the user asks to overwrite is backed up (presets and --force outputs alike)."""
     old = save_user_preset(with_values(TrainingConfig(), {"network_dim": 24}), "faces")
     old_bytes = old.read_bytes()
     save_user_preset(with_values(TrainingConfig(), {"network_dim": 4}), "faces", overwrite=True)

@@ -168,13 +168,14 @@ def test_stop_pressed_while_a_sample_renders_is_seen_between_denoising_steps(tmp
     from accelerate.utils import set_seed
 
     from loratrainer.train.sampling import maybe_sample
-    from loratrainer.train.setup import build_trainer, new_keeper
+    from loratrainer.train.saving import Saver
+    from loratrainer.train.setup import build_trainer
 
     set_seed(7)
     config = small_config(tmp_path, tiny_model, images=2, sample_at_first=True,
                           sample_prompts="a long render --w 64 --h 64 --s 200\nanother --w 64 --h 64 --s 200")
     t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
-    t.keeper = new_keeper(t, lambda path, p: None)
+    t.saver = Saver(t, write=lambda path, p: None)
     unet = t.accelerator.unwrap_model(t.unet)
     calls = []
 

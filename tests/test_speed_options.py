@@ -17,7 +17,8 @@ from accelerate.utils import set_seed
 
 from loratrainer.train import model_api
 from loratrainer.train.loop import train
-from loratrainer.train.setup import build_trainer, new_keeper
+from loratrainer.train.saving import Saver
+from loratrainer.train.setup import build_trainer
 
 STEPS_CONFIG = dict(images=2, repeats=3, epoch=1, train_batch_size=1, learning_rate=1e-3, unet_lr=1e-3,
                     text_encoder_lr=1e-3, network_dim=4, network_alpha=4, seed=42)
@@ -39,12 +40,12 @@ def _run(tmp_path, model, prepare=None, seed=42, **values):
     config = small_config(tmp_path, model, **{**STEPS_CONFIG, **values})
     set_seed(seed)
     t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=seed)
-    t.keeper = new_keeper(t, lambda path, p: None)
+    t.saver = Saver(t, write=lambda path, p: None)
     if prepare:
         prepare(t)
     set_seed(seed)
     reporter = _Losses()
-    assert train(t, reporter, lambda kind, p: None).status == "finished"
+    assert train(t, reporter).status == "finished"
     return t, reporter.losses, model_api.lora_state(t.handle, "float")
 
 

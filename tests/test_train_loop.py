@@ -25,10 +25,18 @@ class _Quiet:
 def _trainer(tmp_path, model, **values):
     config = small_config(tmp_path, model, **values)
     t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
-    saved = []
-    from loratrainer.train.setup import new_keeper
+    saved = []  # (kind, step, epoch) of every file the loop saved
+    from loratrainer.train.saving import Saver
 
-    t.keeper = new_keeper(t, lambda path, p: saved.append(path.name))
+    t.saver = saver = Saver(t, write=lambda path, p: None)
+    save = saver.save
+
+    def recording(kind, p=None):
+        p = p or saver.progress()
+        saved.append((kind, p.step, p.epoch))
+        save(kind, p)
+
+    saver.save = recording
     return t, saved
 
 
@@ -47,7 +55,7 @@ def test_training_lowers_the_loss_on_a_fixed_evaluation(tmp_path, tiny_model):
                         learning_rate=1e-2, unet_lr=1e-2, text_encoder_lr=0, network_dim=8, network_alpha=8)
     batch = next(iter(t.loader))
     before = _fixed_eval_loss(t, batch)
-    outcome = train(t, _Quiet(), lambda kind, p: saved.append(kind))
+    outcome = train(t, _Quiet())
     after = _fixed_eval_loss(t, batch)
     assert outcome.status == "finished" and outcome.step == t.total_steps == 16
     print("fixed-evaluation loss before/after", before, after)
@@ -59,7 +67,7 @@ def test_zero_learning_rate_leaves_lora_up_zero(tmp_path, tiny_model):
     for group in t.optimizer.param_groups:
         group["lr"] = 0.0
     t.lr_scheduler.base_lrs = [0.0] * len(t.lr_scheduler.base_lrs)
-    train(t, _Quiet(), lambda kind, p: None)
+    train(t, _Quiet())
     ups = [p for n, p in t.handle.unet.named_parameters() if ".lora_B." in n]
     ups += [p for n, p in t.handle.text_encoder.named_parameters() if ".lora_B." in n]
     assert ups and all(torch.count_nonzero(p) == 0 for p in ups)
@@ -68,14 +76,14 @@ def test_zero_learning_rate_leaves_lora_up_zero(tmp_path, tiny_model):
 def test_the_loop_runs_the_planned_steps_with_accumulation_and_saves_by_policy(tmp_path, tiny_model):
     # 3 images x 2 repeats at batch 2 = 3 batches; accumulation 2 -> 2 steps per epoch (the last one short)
     t, saved = _trainer(tmp_path, tiny_model, epoch=3, gradient_accumulation_steps=2, save_every_n_steps=3)
-    outcome = train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
+    outcome = train(t, _Quiet())
     assert t.report.steps.steps_per_epoch == 2 and outcome.step == 6
     assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("epoch", 6, 3), ("final", 6, 3)]
 
 
 def test_an_epoch_cut_short_by_max_train_steps_gets_no_epoch_file(tmp_path, tiny_model):
     t, saved = _trainer(tmp_path, tiny_model, max_train_steps=5)  # 3 steps per epoch: the second epoch stops at 5
-    train(t, _Quiet(), lambda kind, p: saved.append((kind, p.step, p.epoch)))
+    train(t, _Quiet())
     assert saved == [("epoch", 3, 1), ("final", 5, 2)]
 
 
@@ -87,7 +95,7 @@ def test_regularisation_images_double_the_steps_and_carry_the_prior_weight(tmp_p
     assert t.report.steps.reg_samples_per_epoch == 6 and t.total_steps == 6  # 6 train + 6 reg samples, batch 2
     seen = []
     t.loader.collate_fn = _recording(t.loader.collate_fn, seen)
-    assert train(t, _Quiet(), lambda kind, p: None).step == 6
+    assert train(t, _Quiet()).step == 6
     assert sum(seen) == 6  # every reg sample went through the loss once
 
 
@@ -104,7 +112,7 @@ def test_locon_network_weights_continue_from_a_saved_file(tmp_path, tiny_model):
     from loratrainer.train import model_api
 
     first, _ = _trainer(tmp_path / "a", tiny_model, epoch=1, lora_type="LoCon", conv_dim=2, conv_alpha=1, learning_rate=1e-2, unet_lr=1e-2)
-    train(first, _Quiet(), lambda kind, p: None)
+    train(first, _Quiet())
     state = model_api.lora_state(first.handle, "float")
     assert any("resnets" in k for k in state)  # LoCon adapted the 3x3 convolutions
     model_api.save_lora(tmp_path / "start.safetensors", state, {})
@@ -118,4 +126,4 @@ def test_gradient_checkpointing_is_on_in_both_trained_models_and_training_still_
     t, _ = _trainer(tmp_path, tiny_model, epoch=1, gradient_checkpointing=True)
     assert t.components.unet.is_gradient_checkpointing and t.components.text_encoder.is_gradient_checkpointing
     assert t.components.unet.training and t.components.text_encoder.training  # checkpointing acts only in train mode
-    assert train(t, _Quiet(), lambda kind, p: None).status == "finished"
+    assert train(t, _Quiet()).status == "finished"

@@ -30,10 +30,10 @@ RATES = dict(learning_rate=5e-2, unet_lr=5e-2, text_encoder_lr=5e-2)
 
 
 def _trainer(root, model, **values):
-    from loratrainer.train.setup import new_keeper
+    from loratrainer.train.saving import Saver
 
     t = build_trainer(small_config(root, model, **values), root, Accelerator(cpu=True), seed=7)
-    t.keeper = new_keeper(t, lambda path, p: None)  # the loop asks it what to save; files are written by the tests
+    t.saver = Saver(t, write=lambda path, p: None)  # the loop asks it what to save; files are written by the tests
     return t
 
 
@@ -50,7 +50,7 @@ def _adapters(t, on: bool):
 @pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
 def test_a_tiny_run_s_file_gives_peft_s_sample_and_continues_and_resumes(tmp_path, tiny_model, lora_type):
     first = _trainer(tmp_path / "a", tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
-    train(first, _Quiet(), lambda kind, p: None)
+    train(first, _Quiet())
     trained = model_api.lora_state(first.handle, "float")
     path = model_api.save_lora(tmp_path / "run.safetensors", trained, {})
     save_state(first, tmp_path / "state")
@@ -80,7 +80,7 @@ def test_a_tiny_run_s_file_gives_peft_s_sample_and_continues_and_resumes(tmp_pat
     restored = model_api.lora_state(resumed.handle, "float")
     assert all(torch.equal(restored[k], trained[k]) for k in trained)
     assert resumed.optimizer.state_dict()["state"]  # the optimizer moments came back too
-    train(resumed, _Quiet(), lambda kind, p: None)
+    train(resumed, _Quiet())
     assert resumed.step == 2 * first.step
     after = model_api.lora_state(resumed.handle, "float")
     assert any(not torch.equal(after[k], trained[k]) for k in trained)  # and it trains on

@@ -20,11 +20,13 @@ from PIL import Image
 
 from loratrainer.config import Sampler
 from loratrainer.errors import UserError
+from loratrainer.events import EVENTS_FILE, EventWriter
 from loratrainer.model.loading import noise_scheduler
 from loratrainer.train.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
 from loratrainer.train.samplers import SAMPLER_NAMES, build_scheduler
 from loratrainer.train.sampling import SampleSchedule, maybe_sample, sample_name
-from loratrainer.train.setup import build_trainer, new_keeper
+from loratrainer.train.saving import Saver
+from loratrainer.train.setup import build_trainer
 
 # -- prompt parsing --------------------------------------------------------------------------------------------
 
@@ -189,7 +191,8 @@ def _trainer(root, model, **values):
     set_seed(7)  # the LoRA's initial weights come from the global RNG
     config = small_config(root, model, images=2, output_name="lora", sample_prompts=PROMPTS, **values)  # 2 x 2 steps
     t = build_trainer(config, root, Accelerator(cpu=True), seed=7)
-    t.keeper = new_keeper(t, lambda path, p: None)
+    t.saver = Saver(t, write=lambda path, p: None)
+    t.run.events = EventWriter(root / EVENTS_FILE)  # what the entry point gives a run: samples are announced there
     return t
 
 
@@ -197,7 +200,7 @@ def _train(t):
     from loratrainer.train.loop import train
 
     set_seed(7)
-    outcome = train(t, _Quiet(), lambda kind, p: None)
+    outcome = train(t, _Quiet())
     assert outcome.status == "finished"
     return {n: p.detach().clone() for m in (t.handle.unet, t.handle.text_encoder) for n, p in m.named_parameters() if "lora_" in n}
 
@@ -210,7 +213,7 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     plain = _train(_trainer(tmp_path / "plain", tiny_model, network_dropout=0.1))  # dropout: modes and RNG matter
 
     t = _trainer(tmp_path / "steps", tiny_model, sample_every_n_steps=2, sample_at_first=True, network_dropout=0.1)
-    t.extra["tensorboard"] = board = _Board()
+    t.run.tensorboard = board = _Board()
     sampled = _train(t)
     assert t.total_steps == 4
     files = _samples(tmp_path / "steps")
@@ -221,7 +224,9 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     assert seeds["00"] == "5" and len({m.group(4) for m in names if m.group(2) == "01"}) == 1  # a random seed, kept
     for f, m in zip(files, names):
         assert Image.open(f).size == ((64, 64) if m.group(2) == "00" else (128, 64))
-    events = [json.loads(line) for line in (tmp_path / "steps" / "events.jsonl").read_text().splitlines()]
+    stream = [json.loads(line) for line in (tmp_path / "steps" / "events.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in stream} == {"sample", "checkpoint"}  # the run's one stream: the saver's files too
+    events = [e for e in stream if e["event"] == "sample"]
     assert sorted(e["path"] for e in events) == [str(f) for f in files]
     assert {(e["step"], e["index"], e["prompt"]) for e in events} == {
         (s, i, p) for s in (0, 2, 4) for i, p in enumerate(["red square", "blue circle"])}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loratrainer.config import TrainingConfig, with_values
-from loratrainer.train.runtime import hide_broken_torchvision
+from loratrainer.compat import hide_broken_torchvision
 
 hide_broken_torchvision()
 

@@ -178,7 +178,7 @@ def test_the_trainer_imports_bitsandbytes_only_for_an_8bit_optimizer(tmp_path, o
     from loratrainer.config import save_config
 
     save_config(_opt_config(optimizer=optimizer, mixed_precision="no"), tmp_path / "config.json")
-    code = ("import sys, loratrainer.train.entry as e; e.run = lambda *a: sys.exit(0); "  # everything up to training
+    code = ("import sys, loratrainer.train.entry as e; e.train_run = lambda *a: sys.exit(0); "  # everything up to training
             f"e.main(['--run-dir', {str(tmp_path)!r}])")
     code = f"import atexit, sys; atexit.register(lambda: print('bnb', sys.modules.get('bitsandbytes') is not None)); {code}"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -215,6 +215,29 @@ def test_optimizers_build_with_their_defaults_and_args():
         optimizers.optimizer_spec("nosuch.Optim")  # only the optimizer packages are imported from
 
 
+@pytest.mark.parametrize("name", sorted(__import__("loratrainer.optimizer_table").optimizer_table.KNOWN_OPTIMIZERS))
+def test_every_listed_optimizer_builds_or_says_what_to_do(name):
+    """The schema's choices and the trainer's builder are one table: each name builds here (the SGD family with
+    its listed defaults) or is refused with what to install or use instead."""
+    from loratrainer.optimizer_table import OPTIMIZERS
+
+    params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 1e-3}]
+    try:
+        opt = optimizers.build_optimizer(_opt_config(optimizer=name), params)
+    except optimizers.OptimizerUnavailable as exc:
+        assert str(exc).startswith(OPTIMIZERS[name].unavailable_hint(name)), exc
+        return
+    assert all(opt.defaults[k] == v for k, v in OPTIMIZERS[name].defaults.items())
+
+
+def test_the_optimizer_table_and_the_schema_load_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, loratrainer.config, loratrainer.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).returncode == 0
+
+
 def test_lion_fallback_moves_by_the_sign():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = optimizers.Lion([p], lr=0.1)
@@ -249,6 +272,19 @@ def test_processes_split_the_batches_evenly_and_cover_them(tmp_path, tiny_model)
     assert len(r0) == len(r1) == 3  # ceil(5 / 2): the shorter one is padded, as data.steps counts
     assert sorted(b[0] for b in r0 + r1[:2]) == sorted(b[0] for b in one)
     assert process_batches(samples, 1, 42, 2, 0, 1) != one  # another epoch, another order
+
+
+@pytest.mark.parametrize("batch_size, world, skip", [(1, 1, 0), (2, 1, 1), (1, 2, 0), (2, 3, 0), (1, 2, 2)])
+def test_sampler_length_is_what_it_yields(tmp_path, tiny_model, batch_size, world, skip):
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    config = small_config(tmp_path, tiny_model, images=5, repeats=1, train_batch_size=1)
+    samples = check_dataset(config).samples
+    for rank in range(world):
+        sampler = EpochBatchSampler(samples, batch_size, 42, rank, world)
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch, skip_batches=skip)
+            assert len(sampler) == len(list(sampler)) == len(process_batches(samples, batch_size, 42, epoch, rank, world)) - skip
 
 
 # -- latent cache ----------------------------------------------------------------------------------------------------------

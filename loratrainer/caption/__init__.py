@@ -17,8 +17,8 @@ from loratrainer.caption.base import (
     FixedTextOptions,
     GitOptions,
     TaggerOptions,
-    make_captioner,
 )
+from loratrainer.caption.captioners import make_captioner
 from loratrainer.caption.folder import DuplicateStemsError
 from loratrainer.caption.run import (
     CaptionPlan,

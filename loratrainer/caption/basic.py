@@ -56,7 +56,7 @@ def edit_captions(root: Path, edit: Callable[[str], str], *, caption_extension: 
         try:
             old = writer.read_text(path)
         except CaptionError as exc:
-            report.failed.append(Skipped(path, exc.msg or exc.reason))
+            report.failed.append(Skipped(path, exc.reason))
             continue
         new = edit(old)
         if new == old:

@@ -44,7 +44,7 @@ def duplicate_stems(images: list[Path]) -> list[list[Path]]:
 
 
 class DuplicateStemsError(UserError):
-    """Captioning refuses a folder where two images would share one caption file (reliability.md row 8)."""
+    """Captioning refuses a folder where two images would share one caption file (docs/reliability.md row 8)."""
 
     def __init__(self, groups: list[list[Path]]):
         self.groups = groups

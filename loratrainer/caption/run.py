@@ -15,12 +15,14 @@ from PIL import Image
 
 from loratrainer.caption import folder as folders
 from loratrainer.caption import writer
-from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions, make_captioner
+from loratrainer.caption.base import Captioner, CaptionerOptions, FixedTextOptions, TaggerOptions
+from loratrainer.caption.captioners import make_captioner
 from loratrainer.data.images import ImageError, load_image
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 
 define({
+    "captioning.folder_missing": "choose the image folder first",
     "captioning.batch_size": "batch size must be at least 1",
     "captioning.fixed_empty": "the fixed text is empty: type the caption to write",
     "captioning.out_of_memory": (
@@ -45,9 +47,11 @@ class CaptionRunOptions:
     overwrite: bool = False  # replace existing captions, after copying them to <folder>/.caption-backups/<time>/
     recursive: bool = False
     batch_size: int = 1
-    background: str = "#ffffff"  # transparent pixels are composited onto this (reliability.md row 4)
+    background: str = "#ffffff"  # transparent pixels are composited onto this (docs/reliability.md row 4)
 
     def __post_init__(self) -> None:
+        if not str(self.folder).strip():  # an empty box, not "." (Path("") would silently mean the current folder)
+            raise UserError(Msg.of("captioning.folder_missing"))
         object.__setattr__(self, "folder", Path(self.folder).expanduser())
         object.__setattr__(self, "caption_extension", writer.normalize_extension(self.caption_extension))
         if self.batch_size < 1:
@@ -110,8 +114,12 @@ def caption_folder(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     captioner: Captioner | None = None,
+    loading: Callable[[CaptionerOptions], None] | None = None,
 ) -> CaptionReport:
-    """Caption every image of the folder that needs it; `captioner` reuses an already loaded model."""
+    """Caption every image of the folder that needs it; `captioner` reuses an already loaded model.
+
+    `loading(options)` is called just before a model is loaded (not when there is nothing to caption), so a
+    caller can say that this may take a while."""
     fixed = isinstance(captioner_options, FixedTextOptions) and captioner is None
     if fixed and not writer.compose(options.prefix, captioner_options.text, options.postfix):
         raise UserError(Msg.of("captioning.fixed_empty"))
@@ -123,7 +131,10 @@ def caption_folder(
     if not plan.images:
         return report
     # Loaded before the backup, so a model that cannot be loaded leaves the folder exactly as it was.
-    captioner = captioner or make_captioner(captioner_options)
+    if captioner is None:
+        if loading is not None:
+            loading(captioner_options)
+        captioner = make_captioner(captioner_options)
     if options.overwrite:
         replaced = [plan.existing[i] for i in plan.images if i in plan.existing]
         report.backup_dir = writer.back_up(options.folder, replaced)
@@ -156,7 +167,7 @@ def _caption_batch(
         try:
             loaded.append((path, load_image(path, background=options.background)))
         except ImageError as exc:
-            report.failed.append(Skipped(path, exc.msg or exc.reason))
+            report.failed.append(Skipped(path, exc.reason))
     if not loaded:
         return
     try:

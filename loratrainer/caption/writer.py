@@ -1,6 +1,6 @@
 """Caption files on disk: where they live, how they are read and written, and backups before any overwrite.
 
-A user's captions are sacred (reliability.md rows 9 and 10): we read UTF-8 with or without a BOM and any line
+A user's captions are sacred (docs/reliability.md rows 9 and 10): we read UTF-8 with or without a BOM and any line
 ending, write UTF-8 without a BOM with "\\n", always atomically, and copy a file into a backup folder before we
 replace its content.
 """
@@ -19,14 +19,13 @@ from loratrainer.messages import Msg, define
 
 define({
     "captioning.bad_extension": "caption extension {extension!r} is not valid: use something like .txt or .caption",
-    "captioning.not_utf8": "the caption is not UTF-8 text: save it as UTF-8 in an editor",
     "captioning.write_failed": ("cannot write the caption {path} ({error}): free some space or make the "
                                 "folder writable, then run again; captions written before this one are kept"),
     "captioning.backup_failed": ("cannot back up the old captions to {folder} ({error}), so "
                                  "none was replaced: free some space or make the folder writable"),
 })
 
-# Inside the chosen image folder, so nothing outside the folder the user picked is written (reliability.md row 24).
+# Inside the chosen image folder, so nothing outside the folder the user picked is written (docs/reliability.md row 24).
 # A dot folder: image discovery and training skip it.
 BACKUP_DIR_NAME = ".caption-backups"
 
@@ -48,7 +47,7 @@ def read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CaptionError(path, Msg.of("captioning.not_utf8")) from None
+        raise CaptionError(path, Msg.of("caption.not_utf8")) from None
     return clean_text(text)
 
 
@@ -60,7 +59,7 @@ def clean_text(text: str) -> str:
 def existing_caption(image: Path, extension: str) -> Path | None:
     """The file that holds this image's caption, None when there is none or it is empty or whitespace.
 
-    Empty and whitespace-only files count as missing (reliability.md row 10), so captioning fills them; a file
+    Empty and whitespace-only files count as missing (docs/reliability.md row 10), so captioning fills them; a file
     with text on any line is somebody's caption, even when training would read only its empty first line.
     """
     try:
@@ -76,7 +75,7 @@ def one_line(text: str) -> str:
 
 
 def compose(prefix: str, caption: str, postfix: str, separator: str = " ") -> str:
-    """Prefix, caption and postfix joined with single spaces, empty parts left out (kohya-compat.md section 7).
+    """Prefix, caption and postfix joined with single spaces, empty parts left out (docs/kohya-compat.md section 7).
 
     Tag captions pass their tag separator instead, so a prefix becomes the first tag.
     """

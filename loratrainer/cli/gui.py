@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from loratrainer.gui.app import create_app
     from loratrainer.gui.server import ServeOptions, serve
 
     options = ServeOptions(
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         language=args.language,
     )
     try:
-        return serve(options)
+        return serve(options, create_app)
     except KeyboardInterrupt:
         # Ctrl+C: the server has shut down and removed its temporary folder. The interpreter's own teardown of
         # gradio's objects would add 1-2 s of garbage collection with nothing left to save, so leave now.

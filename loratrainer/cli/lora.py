@@ -125,7 +125,7 @@ def run_inspect(args) -> int:
 
 
 def _weighted(specs: list[str]):
-    from loratrainer.tools.merge import parse_weighted
+    from loratrainer.tools.weighted import parse_weighted
 
     return [parse_weighted(s) for s in specs]
 

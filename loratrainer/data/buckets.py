@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets as Kohya makes them (kohya-compat.md section 6), and the image -> bucket transform.
+"""Aspect-ratio buckets as Kohya makes them (docs/kohya-compat.md section 6), and the image -> bucket transform.
 
 `make_bucket_resolutions` and `BucketPlan.select` follow sd-scripts' `model_util.make_bucket_resolutions`
 and `BucketManager.select_bucket` line by line, so a dataset lands in the same buckets (and therefore makes

@@ -18,10 +18,7 @@ class CaptionError(UserError):
     """A caption file that exists but cannot be read as text; str() is '<path>: <reason>'."""
 
     def __init__(self, path: str | Path, reason: str | Msg):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = str(reason)
-        self.msg = reason if isinstance(reason, Msg) else None
+        super().__init__(reason, path=path)
 
 
 # CLIP reads at most 225 tokens (max_token_length), a few KB of text: a caption file far beyond that is a mistake

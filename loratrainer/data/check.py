@@ -140,7 +140,7 @@ def _check_image(
     try:
         info = probe_image(image)
     except ImageError as exc:
-        problems.append(Problem.at(image, "warning", Msg.of("check.skipped", reason=exc.msg or exc.reason)))
+        problems.append(Problem.at(image, "warning", Msg.of("check.skipped", reason=exc.reason)))
         return None
     if info.high_bit_depth:
         problems.append(Problem.at(image, "warning", Msg.of("check.high_bit", mode=info.mode)))
@@ -163,7 +163,7 @@ def _check_image(
     try:
         text = read_caption_file(image, ext)
     except CaptionError as exc:
-        problems.append(Problem.at(exc.path, "error", exc.msg or exc.reason))
+        problems.append(Problem.at(exc.path, "error", exc.reason))
         text = CaptionText(None, None, False)
     caption = text.text
     sample = TrainSample(

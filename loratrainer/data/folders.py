@@ -1,6 +1,6 @@
 """The Kohya folder convention: train_data_dir holds concept folders named `<repeats>_<name>`.
 
-kohya-compat.md section 1. We read the same layout as Kohya, and where Kohya silently ignores or guesses
+docs/kohya-compat.md section 1. We read the same layout as Kohya, and where Kohya silently ignores or guesses
 we say so: folders without a repeats prefix are listed, `0_x` is an error, a concept folder chosen instead
 of its parent is recognised, and junk files (macOS `._*`, `.DS_Store`, `Thumbs.db`, backups) are skipped
 with one line instead of being counted or crashing the loader.
@@ -51,7 +51,7 @@ def parse_concept_name(folder_name: str) -> tuple[int, str] | None:
 
 
 def is_junk_name(name: str) -> bool:
-    return name.startswith(("._", ".")) or name.lower() in _JUNK_NAMES or name.endswith("~")
+    return name.startswith(".") or name.lower() in _JUNK_NAMES or name.endswith("~")
 
 
 define({

@@ -19,7 +19,7 @@ from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 from PIL import Image
 
-# Kohya's extensions (kohya-compat.md section 1); we match them case-insensitively.
+# Kohya's extensions (docs/kohya-compat.md section 1); we match them case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Pillow warns above this many pixels and raises above twice as many; we refuse above it (a 9459 x 9459 image).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -41,10 +41,7 @@ class ImageError(UserError):
     """An image that cannot be used; str() is '<path>: <reason>'."""
 
     def __init__(self, path: str | Path, reason: str | Msg):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = str(reason)
-        self.msg = reason if isinstance(reason, Msg) else None
+        super().__init__(reason, path=path)
 
 
 define({
@@ -69,7 +66,9 @@ class ImageInfo:
 
 
 def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
+    """An image by its name. Hidden files (macOS `._a.jpg` resource forks, any `.name`) never are: the one rule
+    for training, captioning, the editor and the file browser."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

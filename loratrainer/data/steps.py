@@ -1,6 +1,6 @@
 """Step arithmetic and the batches of an epoch, in one place for the check, the GUI and the trainer.
 
-How Kohya's DreamBoothDataset forms an epoch (kohya-compat.md section 2), which we reproduce:
+How Kohya's DreamBoothDataset forms an epoch (docs/kohya-compat.md section 2), which we reproduce:
 1. every training image appears `repeats` times;
 2. regularisation images are registered with their repeats until there are at least as many reg samples as
    training samples; further passes add one repeat per image (so steps roughly double);

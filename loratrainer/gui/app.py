@@ -111,7 +111,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from fastapi.responses import RedirectResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    from loratrainer.config_files import MAX_CONFIG_BYTES
+    from loratrainer.config import MAX_CONFIG_BYTES
     from loratrainer.gui.display import Display
     from loratrainer.gui.jobs import Jobs
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit

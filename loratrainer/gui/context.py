@@ -27,10 +27,21 @@ class UiContext:
     _after: list[Callable[[], None]] = field(default_factory=list)
 
     def field(self, path: str, **extra: Any):
-        """Create and register the component of a schema field (each field exactly once)."""
+        """Create and register the component of a schema field (each field exactly once); a path field (the
+        schema's `ui(browse=...)`) gets its Browse… panel under it."""
         if path in self.fields:
             raise ValueError(f"field {path} is already on the page")
-        component = make_field(specs_by_path()[path], self.t, **extra)
+        spec = specs_by_path()[path]
+        if spec.browse is None:
+            component = make_field(spec, self.t, **extra)
+        else:
+            import gradio as gr
+
+            from loratrainer.gui import filebrowser
+
+            with gr.Column():
+                component = make_field(spec, self.t, **extra)
+                filebrowser.build(self, component, files=spec.browse in ("model", "file"), key=spec.check or spec.name)
         self.fields[path] = component
         return component
 

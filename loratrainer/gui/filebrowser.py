@@ -1,5 +1,5 @@
 """The in-page file browser and the path check "as you type": folder choosing that works on a headless or
-remote machine (no server-side tkinter dialog, kohya-compat.md section 8 item 10).
+remote machine (no server-side tkinter dialog, docs/kohya-compat.md section 8 item 10).
 
 The listing happens on the server (it is the server's disk the trainer reads); the page shows it in a
 dropdown. Choosing a folder entry opens it, "Use this folder" copies the current folder into the target box,

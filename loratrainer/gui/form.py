@@ -13,19 +13,15 @@ from loratrainer.config import KNOWN_OPTIMIZERS, FieldSpec, TrainingConfig, desc
 from loratrainer.errors import UserError
 from loratrainer.gui.i18n import Translator
 
-# Fields shown as multi-line text boxes.
-_MULTILINE = {"sampling.sample_prompts": 4, "metadata.metadata_description": 3, "metadata.training_comment": 2}
-# Text fields that are folder or file paths: validated as you type, with the file browser beside them.
-PATH_FIELDS = {
-    "model.pretrained_model_name_or_path": "model",
-    "model.vae": "file",
-    "folders.train_data_dir": "dir",
-    "folders.reg_data_dir": "dir",
-    "folders.output_dir": "dir",
-    "folders.logging_dir": "dir",
-    "network.network_weights": "file",
-    "saving.resume": "dir",
-}
+
+def basic_paths() -> list[str]:
+    """The Basic settings (the schema's `ui(basic=n)`), in their order; everything else is Advanced."""
+    return [s.path for s in sorted((s for s in field_specs() if s.basic is not None), key=lambda s: s.basic)]
+
+
+def path_checks(group: str) -> dict[str, str]:
+    """{path: check role} of a group's fields that get the as-you-type path check (the schema's `ui(check=...)`)."""
+    return {s.path: s.check for s in field_specs() if s.group == group and s.check}
 
 
 def elem_id(path: str) -> str:
@@ -53,7 +49,7 @@ def make_field(spec: FieldSpec, t: Translator, **extra: Any):
             maximum=spec.maximum,
             **common,
         )
-    lines = _MULTILINE.get(spec.path, 1)
+    lines = spec.lines
     return gr.Textbox(value=spec.default, lines=lines, max_lines=max(lines, 20) if lines > 1 else 1, **common)
 
 
@@ -78,8 +74,7 @@ class FormError(UserError):
     """Bad values on the form: str() is the English line per field; `fields` lets the page say it in its language."""
 
     def __init__(self, text: str, fields: list[dict[str, Any]]):
-        super().__init__(text)
-        self.fields = fields
+        super().__init__(text, fields=fields)
 
 
 def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None) -> TrainingConfig:

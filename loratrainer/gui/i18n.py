@@ -1,15 +1,15 @@
 """Every user-facing string of the GUI, in English and Korean (loratrainer/i18n/<lang>.json).
 
-One flat table per language: `field.<path>.label` and `field.<path>.help` for every schema field (the path is
-the component's name), `group.<group>` for the Advanced accordions, and named UI strings and messages.
-Messages may hold `{name}` placeholders filled by `Translator.__call__(key, name=...)`.
+One flat table per language: named UI strings, `group.<group>` for the Advanced accordions and `msg.<code>` for
+coded messages. A setting's English label and help are the schema's (its field's title and description, in
+loratrainer/config.py); other languages translate them as `field.<path>.label` and `field.<path>.help` (the path
+is the component's name). Messages may hold `{name}` placeholders filled by `Translator.__call__(key, name=...)`.
 
 The language follows the browser (Accept-Language, which Chromium and Firefox derive from navigator.language);
 `loratrainer gui --language ko|en` forces it. A missing key falls back to English, then to the key itself, so
 a half-translated table never breaks the page; tests/test_gui_i18n.py keeps both tables complete.
 
-`python -m loratrainer.gui.i18n` copies new or changed schema help texts into en.json and lists the Korean
-keys that need a (new) translation.
+`python -m loratrainer.gui.i18n` lists the keys a language still lacks (e.g. a new setting's Korean label).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import sys
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from loratrainer.errors import UserError
 
 LANGUAGES = ("en", "ko")
 DEFAULT_LANGUAGE = "en"
@@ -60,12 +62,14 @@ class Translator:
     def error_text(self, exc: BaseException) -> str:
         """The error in this language where it says what it is: bad form values by pydantic's error type, coded
         messages by code; other errors keep their own text."""
-        fields = getattr(exc, "fields", None)
-        if fields:
-            return "; ".join(self._field_error(f) for f in fields)
-        if getattr(exc, "msg", None) is not None and not hasattr(exc, "path"):
-            return self.message(exc.msg)
-        return str(exc)
+        if not isinstance(exc, UserError):
+            return str(exc)
+        if exc.fields:
+            return "; ".join(self._field_error(f) for f in exc.fields)
+        if exc.msg is None:
+            return str(exc)
+        text = self.message(exc.msg)
+        return f"{exc.path}: {text}" if exc.path is not None else text
 
     _FIELD_ERRORS = {"int_type": "int_parsing", "int_from_float": "int_parsing", "float_type": "float_parsing"}
 
@@ -91,17 +95,31 @@ class Translator:
 
     def label_or_path(self, path: str) -> str:
         """A setting's label on this page; the path itself where the schema has no such field."""
-        return self.label(path) if f"field.{path}.label" in table(DEFAULT_LANGUAGE) else path
+        return self.label(path) if path in _specs() else path
 
     def problem(self, problem) -> str:
         """A dataset Problem's line in this language (its English message when it has no code)."""
         return self.message(problem.msg) if problem.msg is not None else problem.message
 
     def label(self, path: str) -> str:
-        return self(f"field.{path}.label")
+        return self._field_text(path, "label")
 
     def help(self, path: str) -> str:
-        return self(f"field.{path}.help")
+        return self._field_text(path, "help")
+
+    def _field_text(self, path: str, what: str) -> str:
+        """This language's `field.<path>.<what>`, else the schema's English (title or description)."""
+        key = f"field.{path}.{what}"
+        own = table(self.lang).get(key) if self.lang != DEFAULT_LANGUAGE else None
+        spec = _specs().get(path)
+        return own or (getattr(spec, what) if spec is not None else key)
+
+
+@lru_cache(maxsize=1)
+def _specs() -> dict:
+    from loratrainer.config import field_specs
+
+    return {s.path: s for s in field_specs()}
 
 
 def sentence(text: str) -> str:
@@ -138,28 +156,18 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
     return DEFAULT_LANGUAGE
 
 
-MESSAGE_MODULES = (
-    "loratrainer.config",
-    "loratrainer.data.check",
-    "loratrainer.data.folders",
-    "loratrainer.data.images",
-    "loratrainer.data.captions",
-    "loratrainer.kohya",
-    "loratrainer.train.launch",
-    "loratrainer.train.path_checks",
-    "loratrainer.gui.jobs",
-    "loratrainer.train.run_queue",
-    "loratrainer.train.queue_runner",
-    "loratrainer.caption.base",
-    "loratrainer.caption.basic",
-    "loratrainer.caption.editor",
-    "loratrainer.caption.folder",
-    "loratrainer.caption.hf",
-    "loratrainer.caption.hub",
-    "loratrainer.caption.run",
-    "loratrainer.caption.wd14",
-    "loratrainer.caption.writer",
-)
+def message_modules() -> list[str]:
+    """The modules that define coded messages: every module of the package with a top-level `define({...})`
+    (found by reading the sources, so a new module's messages are checked without a list to keep)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    defines = re.compile(r"^define\(", re.MULTILINE)
+    return sorted(
+        ".".join(("loratrainer", *path.relative_to(root).with_suffix("").parts))
+        for path in root.rglob("*.py")
+        if defines.search(path.read_text(encoding="utf-8"))
+    )
 
 
 def message_templates() -> dict[str, str]:
@@ -168,53 +176,30 @@ def message_templates() -> dict[str, str]:
 
     from loratrainer.messages import ENGLISH
 
-    for name in MESSAGE_MODULES:
+    for name in message_modules():
         importlib.import_module(name)
     return dict(ENGLISH)
 
 
 def missing_keys() -> dict[str, list[str]]:
-    """Keys each language lacks: every schema field's label and help, every key of the other table, and
-    (for languages other than English, whose texts live beside the code) `msg.<code>` for every coded message."""
+    """Keys each language lacks: every UI string of any table; for languages other than English (whose setting
+    texts are the schema's and whose messages live beside the code) also every schema field's label and help,
+    every group name and `msg.<code>` for every coded message."""
     from loratrainer.config import GROUPS, field_specs
 
-    required = set()
-    for spec in field_specs():
-        required |= {f"field.{spec.path}.label", f"field.{spec.path}.help"}
-    required |= {f"group.{g}" for g in GROUPS}
+    translated = {f"field.{s.path}.{what}" for s in field_specs() for what in ("label", "help")}
+    translated |= {f"msg.{code}" for code in message_templates()}
+    shared = {f"group.{g}" for g in GROUPS}
     for lang in LANGUAGES:
-        required |= set(table(lang))
-    messages = {f"msg.{code}" for code in message_templates()}
+        shared |= {k for k in table(lang) if not k.startswith(("field.", "msg."))}
     out = {}
     for lang in LANGUAGES:
-        keys = required | messages if lang != DEFAULT_LANGUAGE else {k for k in required if not k.startswith("msg.")}
+        keys = shared | translated if lang != DEFAULT_LANGUAGE else shared
         out[lang] = sorted(k for k in keys if not str(table(lang).get(k, "")).strip())
     return out
 
 
-def _sync_english(path: Path) -> list[str]:
-    """Write schema help texts into en.json; returns the field keys whose English text is new or changed."""
-    from loratrainer.config import field_specs
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    changed = []
-    for spec in field_specs():
-        key = f"field.{spec.path}.help"
-        if data.get(key) != spec.help:
-            data[key] = spec.help
-            changed.append(key)
-        label_key = f"field.{spec.path}.label"
-        if label_key not in data:
-            data[label_key] = spec.name.replace("_", " ").capitalize()
-            changed.append(label_key)
-    path.write_text(json.dumps(dict(sorted(data.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return changed
-
-
 if __name__ == "__main__":
-    en_path = Path(__file__).resolve().parent.parent / "i18n" / "en.json"
-    changed = _sync_english(en_path)
-    table.cache_clear()
-    print("updated in en.json:", *changed, sep="\n  ")
-    print("Korean keys to (re)translate:", *sorted(set(changed) | set(missing_keys()["ko"])), sep="\n  ")
+    for lang, keys in missing_keys().items():
+        print(f"{lang}: {len(keys)} key(s) missing", *keys, sep="\n  ")
     sys.exit(0)

@@ -3,7 +3,7 @@
 The Blocks are mounted into our own FastAPI app (app.py) and served by uvicorn directly, so Gradio's
 `launch()` (which reads GRADIO_SHARE, GRADIO_SERVER_NAME, ... and may open a share tunnel) never runs; the
 GRADIO_* environment variables are removed as well, before gradio is imported, so that none of them can
-change what is served or where (reliability.md, "The web interface").
+change what is served or where (docs/reliability.md, "The web interface").
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from loratrainer.errors import UserError
 
@@ -119,7 +120,9 @@ def neutralise_gradio_env(environ: dict | None = None) -> Path:
     return temp
 
 
-def serve(options: ServeOptions) -> int:
+def serve(options: ServeOptions, create_app: Callable[..., Any]) -> int:
+    """Serve `create_app(options, temp_dir=...)` (gui.app.create_app, handed in by the CLI so that this module,
+    which the app imports, does not import the app back)."""
     validate(options)
     temp = neutralise_gradio_env()
     if threading.current_thread() is threading.main_thread():
@@ -127,7 +130,7 @@ def serve(options: ServeOptions) -> int:
         # before the finally below removes the temporary folder
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        return _serve(options, temp)
+        return _serve(options, temp, create_app)
     finally:
         # uploads and display copies live here: nothing of a session outlives the GUI (also after a failed start)
         shutil.rmtree(temp, ignore_errors=True)
@@ -137,10 +140,8 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _serve(options: ServeOptions, temp: Path) -> int:
+def _serve(options: ServeOptions, temp: Path, create_app: Callable[..., Any]) -> int:
     import uvicorn
-
-    from loratrainer.gui.app import create_app
 
     stopping = _Stopping(create_app(options, temp_dir=temp))
     # A browser tab or a gradio_client keeps a stream open: _Stopping ends those at Ctrl+C, the timeout is the backstop.

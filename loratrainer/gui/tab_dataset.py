@@ -11,8 +11,9 @@ from loratrainer.data.folders import parse_concept_name
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
+from loratrainer.gui.form import path_checks
 
-FOLDERS = {"folders.train_data_dir": "train", "folders.reg_data_dir": "reg", "folders.output_dir": "output", "folders.logging_dir": "log"}
+FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
 STEP_FIELDS = ("optimizer.train_batch_size", "optimizer.epoch", "optimizer.gradient_accumulation_steps", "optimizer.max_train_steps", "launch.num_processes")
 MAX_PROBLEM_THUMBS = 24
 
@@ -285,7 +286,6 @@ def _folders(ui: UiContext, h: DatasetHandlers, gr) -> None:
                     box.change(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note], trigger_mode="always_last",
                                show_progress="hidden", api_visibility="private")
                     ui.on_load(lambda p, r=role: h.check_folder(p, r), inputs=[box], outputs=[note])
-                    filebrowser.build(ui, box, key=role)
 
 
 def _report_panel(ui: UiContext, gr) -> dict:

@@ -151,7 +151,7 @@ class LoraToolsHandlers:
         return path
 
     def _weighted_files(self, text) -> list[tuple[str, float]]:
-        from loratrainer.tools.merge import parse_weighted
+        from loratrainer.tools.weighted import parse_weighted
 
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
         if not lines:

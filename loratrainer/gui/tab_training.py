@@ -14,32 +14,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser, progress
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
-from loratrainer.gui.form import specs_by_path
-
-# The settings the Korean tutorial walks through, in its order; everything else is in Advanced.
-BASIC = (
-    "model.pretrained_model_name_or_path",
-    "folders.output_name",
-    "optimizer.train_batch_size",
-    "optimizer.epoch",
-    "saving.save_every_n_epochs",
-    "precision.mixed_precision",
-    "precision.save_precision",
-    "network.network_dim",
-    "network.network_alpha",
-    "optimizer.optimizer",
-    "optimizer.learning_rate",
-    "optimizer.unet_lr",
-    "optimizer.text_encoder_lr",
-    "optimizer.lr_scheduler",
-    "buckets.max_resolution",
-    "buckets.enable_bucket",
-    "launch.num_cpu_threads_per_process",
-    "sampling.sample_every_n_epochs",
-    "sampling.sample_every_n_steps",
-    "sampling.sample_prompts",
-)
-
+from loratrainer.gui.form import basic_paths, specs_by_path
 
 class TrainingHandlers:
     """The tab's event handlers; plain methods so tests call them directly with {component: value} dicts."""
@@ -225,16 +200,16 @@ class TrainingHandlers:
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
-        report, msg = getattr(exc, "report", None), getattr(exc, "msg", None)
+        from loratrainer.train.launch import LaunchRefused
+
+        report = exc.report if isinstance(exc, LaunchRefused) else None
         if report is not None:
             from loratrainer.messages import Msg
 
             head = self.t.message(Msg.of("launch.dataset_failed"))
             labels = {s: self.t(f"check.severity.{s}") for s in ("error", "warning", "info")}
             rest = "\n".join(f"{labels[p.severity]}: {self.t.label_or_path(str(p.path))}: {self.t.problem(p)}" for p in report.sorted_problems())
-        elif msg is not None:
-            head, rest = self.t.message(msg), ""
-        elif getattr(exc, "fields", None):
+        elif isinstance(exc, UserError) and (exc.msg is not None or exc.fields):
             head, rest = self.t.error_text(exc), ""
         else:
             head, _, rest = str(exc).partition("\n")
@@ -360,17 +335,17 @@ def _settings(ui: UiContext, gr):
     t = ui.t
     with gr.Accordion(t("training.basic"), open=True, elem_id="section-basic"):
         folders_md = gr.Markdown(TrainingHandlers(ui).folders_summary({}), elem_id="training-folders")
-        model = ui.field(BASIC[0])
+        basic = basic_paths()
+        model = ui.field(basic[0])
         model_note = gr.Markdown(elem_id="check-model")
         model.change(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note], trigger_mode="always_last",
                      show_progress="hidden", api_visibility="private")
         ui.on_load(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note])
-        filebrowser.build(ui, model, files=True, key="model")
-        _rows(ui, gr, list(BASIC[1:-1]))
-        ui.field(BASIC[-1])
+        _rows(ui, gr, basic[1:-1])
+        ui.field(basic[-1])
     specs = specs_by_path()
     for group in GROUPS:
-        rest = [p for p, s in specs.items() if s.group == group and p not in ui.fields and p not in BASIC]
+        rest = [p for p, s in specs.items() if s.group == group and p not in ui.fields and p not in basic]
         if rest:
             with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}"):
                 _rows(ui, gr, rest)

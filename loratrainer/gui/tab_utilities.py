@@ -13,8 +13,20 @@ from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 
-METHODS = ("blip", "git", "wd14", "fixed")
 PAGE_SIZE = 12
+RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive")
+
+
+def option_key(method: str, name: str) -> str:
+    """The UiContext name of a captioner option's component: `blip_top_p`, `wd14_model`, `fixed_text`."""
+    return f"{method}_{name}"
+
+
+def option_keys() -> list[str]:
+    """Every captioner option on the page (the declared options with a label, caption/base.py)."""
+    from loratrainer.caption.base import METHODS, option_specs
+
+    return [option_key(m, s.name) for m, cls in METHODS.items() for s in option_specs(cls) if s.label]
 
 
 class UtilitiesHandlers:
@@ -26,25 +38,17 @@ class UtilitiesHandlers:
     # -- captioning -----------------------------------------------------------------------------------------
 
     def _options(self, v: dict):
-        from loratrainer.caption import BlipOptions, CaptionRunOptions, FixedTextOptions, GitOptions, TaggerOptions
+        from loratrainer.caption import CaptionRunOptions
+        from loratrainer.caption.base import METHODS, option_specs, options_from_values
 
         run = CaptionRunOptions(
-            folder=Path((v["cap_folder"] or "").strip()), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
+            folder=(v["cap_folder"] or "").strip(), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
             postfix=v["cap_postfix"] or "", overwrite=bool(v["cap_overwrite"]), recursive=bool(v["cap_recursive"]), batch_size=int(v["cap_batch"] or 1),
         )
         method = v["cap_method"]
-        if method == "blip":
-            model = BlipOptions(model=v["blip_model"] or BlipOptions.model, beam_search=bool(v["blip_beam"]), num_beams=int(v["blip_beams"] or 1),
-                                top_p=float(v["blip_top_p"]), min_length=int(v["blip_min"]), max_length=int(v["blip_max"]))
-        elif method == "git":
-            model = GitOptions(model=v["git_model"] or GitOptions.model, max_length=int(v["git_max"]))
-        elif method == "wd14":
-            undesired = tuple(x.strip() for x in (v["wd_undesired"] or "").split(",") if x.strip())
-            model = TaggerOptions(model=v["wd_model"] or TaggerOptions.model, general_threshold=float(v["wd_general"]),
-                                  character_threshold=float(v["wd_character"]), undesired_tags=undesired)
-        else:
-            model = FixedTextOptions(text=v["fixed_text"] or "")
-        return run, model
+        cls = METHODS[method]
+        shown = {s.name: v.get(option_key(method, s.name)) for s in option_specs(cls) if s.label}
+        return run, options_from_values(cls, shown)
 
     def values(self, data: dict) -> dict:
         by_id = {id(c): k for k, c in self.ui.named.items()}
@@ -54,12 +58,8 @@ class UtilitiesHandlers:
         from loratrainer.caption import plan_captions
 
         v = self.values(data)
-        if not (v["cap_folder"] or "").strip():
-            return self.t("caption.folder_missing")
         try:
             run, _ = self._options(v)
-            if not run.folder.is_dir():
-                return self.t("check.not_found")
             plan = plan_captions(run)
         except UserError as exc:
             return self.t.error(exc)
@@ -75,22 +75,13 @@ class UtilitiesHandlers:
         """A generator: progress lines while the captioner runs in a thread, then the report."""
         from loratrainer.caption import caption_folder
 
-        v = self.values(data)
-        if not (v["cap_folder"] or "").strip():
-            yield self.t("caption.folder_missing")
-            return
         try:
-            run, model = self._options(v)
+            run, model = self._options(self.values(data))
         except (UserError, ValueError, TypeError) as exc:
             yield self.t.error(exc)
             return
-        # What the GUI can see before the captioner runs, said in the page's language.
-        if not run.folder.is_dir():
-            yield self.t("check.not_found")
-            return
-        if v["cap_method"] == "fixed" and not (v["fixed_text"] or "").strip():
-            yield self.t("caption.fixed_empty")
-            return
+        # The library's refusals (no folder, an empty fixed text, images sharing a caption file) come from the
+        # thread below before anything is loaded or written, in the page's language.
         session = getattr(request, "session_hash", None) or "direct"
         cancel = self._cancel[session] = threading.Event()
         state = {"done": 0, "total": None, "report": None, "error": None}
@@ -171,37 +162,29 @@ class UtilitiesHandlers:
         image, caption = items[index]
         return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: self.ui.display.thumbnail(image, 512)}
 
-    def editor_save(self, folder: str, image: str, caption: str, extension: str) -> str:
-        return self._save(folder, image, caption, extension)[0]
+    def editor_save(self, folder: str, image: str, caption: str, extension: str, items: list | None = None,
+                    *, only_if_changed: bool = False) -> tuple:
+        """Save one caption: (message, the page's items, their gallery), both showing the caption as saved.
 
-    def _save(self, folder: str, image: str, caption: str, extension: str) -> tuple[str, str | None]:
-        """(message, the caption as saved); None when nothing was saved."""
+        The Save button saves whatever is in the box; leaving the box (another image clicked, Tab) saves with
+        `only_if_changed`, which writes nothing and returns (None, items, None) unless the image is on the page
+        and its caption was changed."""
         from loratrainer.caption import editor, writer
 
+        items = list(items or [])
+        if only_if_changed:
+            known = dict((str(i), c) for i, c in items)
+            if not image or image not in known or (caption or "").strip() == (known[image] or "").strip():
+                return None, items, None
         if not image:
-            return self.t("editor.choose_image"), None
+            return self.t("editor.choose_image"), items, self.editor_gallery(items)
         try:
             path = editor.save_caption(Path(folder.strip()), Path(image), caption or "", caption_extension=extension or ".txt")
         except (UserError, OSError) as exc:
-            return self.t.error(exc), None
-        return self.t("editor.saved", path=path.name), writer.clean_text(caption or "")
-
-    def editor_save_and_refresh(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
-        """The Save button: (message, items, gallery), the page's items and gallery showing the saved caption."""
-        message, saved = self._save(folder, image, caption, extension)
-        if saved is None:
-            return message, items, self.editor_gallery(items)
-        items = [(i, saved if i == image else c) for i, c in items or []]
-        return message, items, self.editor_gallery(items)
-
-    def editor_autosave(self, folder: str, image: str, caption: str, extension: str, items: list) -> tuple:
-        """Saved as you go: when the caption box loses focus (another image clicked, Tab), a changed caption is
-        saved. Returns (message, items with the new caption); (None, None) when nothing changed."""
-        known = dict((str(i), c) for i, c in (items or []))
-        if not image or image not in known or (caption or "").strip() == (known[image] or "").strip():
-            return None, None
-        message = self.editor_save(folder, image, caption, extension)
-        return message, [(i, caption if i == image else c) for i, c in items]
+            return self.t.error(exc), items, self.editor_gallery(items)
+        saved = writer.clean_text(caption or "")
+        items = [(i, saved if i == image else c) for i, c in items]
+        return self.t("editor.saved", path=path.name), items, self.editor_gallery(items)
 
     def editor_replace(self, folder: str, find: str, replace: str, extension: str) -> str:
         from loratrainer.caption import editor
@@ -245,6 +228,8 @@ def build(ui: UiContext) -> UtilitiesHandlers:
 
 
 def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
+    from loratrainer.caption.base import METHODS
+
     t, n = ui.t, ui.named
     gr.Markdown(t("caption.intro"))
     n["cap_method"] = gr.Radio([(t(f"caption.method.{m}"), m) for m in METHODS], value="blip", label=t("caption.method"), elem_id="cap-method")
@@ -266,9 +251,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     n["cap_message"] = gr.Markdown(elem_id="cap-message")
 
     n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
-    keys = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive", "blip_model", "blip_beam",
-            "blip_beams", "blip_top_p", "blip_min", "blip_max", "git_model", "git_max", "wd_model", "wd_general", "wd_character", "wd_undesired", "fixed_text")
-    inputs = {n[k] for k in keys}
+    inputs = {n[k] for k in (*RUN_KEYS, *option_keys())}
 
     def caption(data: dict, request: gr.Request):
         yield from h.caption(data, request)
@@ -282,30 +265,32 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
 
 
 def _captioner_options(ui: UiContext, gr) -> dict:
-    """One panel of settings per captioner; only the chosen one is shown."""
+    """One panel of settings per captioner, generated from its declared options; only the chosen one is shown."""
+    from loratrainer.caption.base import METHODS, option_specs
+
     t, n = ui.t, ui.named
-    with gr.Accordion(t("caption.method.blip"), open=True) as blip:
-        with gr.Row():
-            n["blip_model"] = gr.Textbox("Salesforce/blip-image-captioning-large", label=t("caption.model"), info=t("caption.model_help"))
-            n["blip_beam"] = gr.Checkbox(True, label=t("caption.beam_search"))
-            n["blip_beams"] = gr.Number(1, label=t("caption.num_beams"), precision=0, minimum=1)
-        with gr.Row():
-            n["blip_top_p"] = gr.Number(0.9, label=t("caption.top_p"), minimum=0, maximum=1)
-            n["blip_min"] = gr.Number(5, label=t("caption.min_length"), precision=0, minimum=0)
-            n["blip_max"] = gr.Number(75, label=t("caption.max_length"), precision=0, minimum=1)
-    with gr.Accordion(t("caption.method.git"), open=True, visible=False) as git:
-        with gr.Row():
-            n["git_model"] = gr.Textbox("microsoft/git-large-textcaps", label=t("caption.model"), info=t("caption.model_help"))
-            n["git_max"] = gr.Number(50, label=t("caption.max_length"), precision=0, minimum=1)
-    with gr.Accordion(t("caption.method.wd14"), open=True, visible=False) as wd14:
-        with gr.Row():
-            n["wd_model"] = gr.Textbox("SmilingWolf/wd-v1-4-convnext-tagger-v2", label=t("caption.model"), info=t("caption.model_help"))
-            n["wd_general"] = gr.Number(0.35, label=t("caption.general_threshold"), minimum=0, maximum=1)
-            n["wd_character"] = gr.Number(0.85, label=t("caption.character_threshold"), minimum=0, maximum=1)
-        n["wd_undesired"] = gr.Textbox(label=t("caption.undesired"))
-    with gr.Accordion(t("caption.method.fixed"), open=True, visible=False) as fixed:
-        n["fixed_text"] = gr.Textbox(label=t("caption.fixed_text"), elem_id="cap-fixed-text")
-    return {"blip": blip, "git": git, "wd14": wd14, "fixed": fixed}
+    panels = {}
+    for method, cls in METHODS.items():
+        shown = [s for s in option_specs(cls) if s.label]
+        with gr.Accordion(t(f"caption.method.{method}"), open=True, visible=method == "blip") as panels[method]:
+            for i in range(0, len(shown), 3):
+                with gr.Row():
+                    for spec in shown[i : i + 3]:
+                        n[option_key(method, spec.name)] = _option_component(gr, t, method, spec)
+    return panels
+
+
+def _option_component(gr, t, method: str, spec):
+    common = dict(label=t(spec.label), elem_id=f"cap-{method}-{spec.name.replace('_', '-')}")
+    if spec.info:
+        common["info"] = t(spec.info)
+    if spec.kind == "bool":
+        return gr.Checkbox(spec.default, **common)
+    if spec.kind in ("int", "float"):
+        return gr.Number(spec.default, precision=0 if spec.kind == "int" else None, minimum=spec.minimum, maximum=spec.maximum, **common)
+    if spec.kind == "tags":
+        return gr.Textbox(", ".join(spec.default), **common)
+    return gr.Textbox(spec.default, **common)
 
 
 def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
@@ -348,12 +333,12 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
 
     n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
     # Saving refreshes the page's items and gallery, so the caption under the thumbnail is the saved one.
-    save.click(h.editor_save_and_refresh, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
+    save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], api_name="caption_save")
 
     def autosave(folder: str, image: str, caption: str, extension: str, items: list):
-        message, new_items = h.editor_autosave(folder, image, caption, extension, items)
-        return (gr.skip(), gr.skip(), gr.skip()) if message is None else (message, new_items, h.editor_gallery(new_items))
+        out = h.editor_save(folder, image, caption, extension, items, only_if_changed=True)
+        return (gr.skip(), gr.skip(), gr.skip()) if out[0] is None else out
 
     n["ed_caption"].blur(autosave, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                          outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], show_progress="hidden", api_visibility="private")

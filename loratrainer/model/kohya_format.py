@@ -1,4 +1,4 @@
-"""Kohya's LoRA tensor layout (kohya-compat.md section 4): our peft adapters <-> lora_down/lora_up/alpha keys.
+"""Kohya's LoRA tensor layout (docs/kohya-compat.md section 4): our peft adapters <-> lora_down/lora_up/alpha keys.
 
 Per adapted module `<name>` (lora_unet_... / lora_te_...): `<name>.lora_down.weight` = peft's lora_A,
 `<name>.lora_up.weight` = peft's lora_B, `<name>.alpha` = a scalar tensor. peft's conv LoRA already has Kohya's

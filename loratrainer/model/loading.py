@@ -2,7 +2,7 @@
 
 Local models never touch the network: a single file is converted by diffusers with our shipped SD1.5 configs and
 CLIP tokenizer (loratrainer/assets/sd15) passed as `config=`, so diffusers has no reason to ask the hub (Kohya
-fetches openai/clip-vit-large-patch14 on every run and fails offline; kohya-compat.md section 8 item 2).
+fetches openai/clip-vit-large-patch14 on every run and fails offline; docs/kohya-compat.md section 8 item 2).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP
 
-from loratrainer.config import LYCORIS_TYPES, NetworkSettings, OptimizerSettings
+from loratrainer.config import LYCORIS_TYPES, NetworkSettings
 from loratrainer.errors import UserError
 from loratrainer.model import lycoris
 
@@ -65,14 +65,6 @@ class LoraHandle:
 
     def text_encoder_parameters(self) -> list[nn.Parameter]:
         return _lora_parameters(self.text_encoder) if self.train_text_encoder else []
-
-
-def parts_to_train(optimizer: OptimizerSettings) -> tuple[bool, bool]:
-    """(train_unet, train_text_encoder): a part whose learning rate resolves to 0 is not trained (nor saved)."""
-    base = optimizer.learning_rate
-    unet = base if optimizer.unet_lr is None else optimizer.unet_lr
-    te = base if optimizer.text_encoder_lr is None else optimizer.text_encoder_lr
-    return unet > 0, te > 0
 
 
 def inject_lora(

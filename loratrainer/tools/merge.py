@@ -37,17 +37,6 @@ class MergeReport:
                 "fro_retained": self.fro_retained, "overall_fro_retained": self.overall_fro_retained}
 
 
-def parse_weighted(spec: str) -> tuple[Path, float]:
-    """`FILE[:WEIGHT]`: the weight after the last colon when it is a number (a Windows drive letter is not)."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and not (len(head) == 1 and head.isalpha()):
-        try:
-            return Path(head), float(tail)
-        except ValueError:
-            pass
-    return Path(spec), 1.0
-
-
 def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: int | None = None,
                 conv_rank: int | None = None, precision: str = "auto", progress: Progress = NO_PROGRESS) -> MergeReport:
     if not inputs:

@@ -24,7 +24,7 @@ from loratrainer.config import TrainingConfig
 from loratrainer.data.buckets import fit_to_bucket
 from loratrainer.data.images import load_image
 from loratrainer.data.samples import TrainSample
-from loratrainer.data.steps import epoch_batches
+from loratrainer.data.steps import count_steps, epoch_batches
 from loratrainer.train.captions import CaptionRules, process_caption
 
 Key = tuple[int, int, int, int, int]  # (sample index, epoch, batch index, slot in batch, k-th use of the image this epoch)
@@ -64,6 +64,8 @@ class EpochBatchSampler(Sampler[list[Key]]):
     def __init__(self, samples: Sequence[TrainSample], batch_size: int, seed: int, rank: int, world: int):
         self.samples, self.batch_size, self.seed, self.rank, self.world = samples, batch_size, seed, rank, world
         self.epoch, self.skip = 1, 0
+        # Every epoch has as many batches (only their order changes): counted once, not rebuilt for len().
+        self.per_process = -(-count_steps(samples, batch_size).batches_per_epoch // world)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """The epoch to yield; a resumed run skips the batches it trained before it stopped."""
@@ -76,7 +78,7 @@ class EpochBatchSampler(Sampler[list[Key]]):
                 yield [(i, self.epoch, b, slot, use) for slot, (i, use) in enumerate(batch)]
 
     def __len__(self) -> int:
-        return len(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)) - self.skip
+        return self.per_process - self.skip
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-# 8-bit optimizer -> what to use instead without a CUDA GPU
-EIGHT_BIT = {
-    "AdamW8bit": "AdamW",
-    "PagedAdamW8bit": "AdamW",
-    "Lion8bit": "Lion",
-    "PagedLion8bit": "Lion",
-    "SGDNesterov8bit": "SGDNesterov",
-}
+from loratrainer.optimizer_table import EIGHT_BIT, OPTIMIZERS
 
 
 def needs_bitsandbytes(optimizer: str) -> bool:
@@ -25,7 +18,9 @@ def needs_bitsandbytes(optimizer: str) -> bool:
 
 
 def unavailable_hint(optimizer: str) -> str:
-    return f"{optimizer} needs bitsandbytes with a CUDA GPU; use {EIGHT_BIT.get(optimizer, 'AdamW')}"
+    if optimizer in EIGHT_BIT:
+        return OPTIMIZERS[optimizer].unavailable_hint(optimizer)
+    return f"{optimizer} needs bitsandbytes with a CUDA GPU; use AdamW"  # a bitsandbytes.optim.X path
 
 
 def refusal(optimizer: str) -> str | None:

@@ -16,10 +16,12 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
+from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
 from loratrainer.train.eight_bit import keep_unloaded_unless_needed
-from loratrainer.train.runtime import hide_broken_torchvision, library_versions, random_seed
+from loratrainer.train.run_context import RunContext
+from loratrainer.train.runtime import library_versions, random_seed
 
 log = logging.getLogger("loratrainer.train")
 
@@ -39,16 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
+    run = RunContext(run_dir, events=writer)
     setup_logging(run_dir, accelerator.is_main_process)
     if accelerator.mixed_precision != config.precision.mixed_precision:
         # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
         log.warning("no CUDA GPU: mixed precision %s is off, training in fp32", config.precision.mixed_precision)
     if not accelerator.is_main_process:
         say_which_rank(config, accelerator)
-    status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
+    status, reason, step, epoch = run_and_classify(config, run, accelerator)
     code = events.EXIT_CODES[status]
+    run.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code)
     if writer is not None:
-        writer.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code)
         writer.close()
     log.info("ended: %s%s", status, f" ({reason})" if reason else "")
     accelerator.end_training()
@@ -100,8 +103,6 @@ def stop_on_signals(run_dir: Path) -> None:
             signal.signal(signum, request_stop)
 
 
-stop_on_sigterm = stop_on_signals  # the name an earlier test imports
-
 
 def make_accelerator(config: TrainingConfig):
     import torch
@@ -133,33 +134,37 @@ def setup_logging(run_dir: Path, main_process: bool) -> None:
         root.addHandler(file)
 
 
-def run_and_classify(config: TrainingConfig, run_dir: Path, accelerator, writer) -> tuple[str, str, int, int]:
+def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tuple[str, str, int, int]:
     """Train and map the outcome to (status, reason, step, epoch)."""
     import torch
 
     from loratrainer.model.errors import NonFiniteLoraError
     from loratrainer.train.loop import NonFiniteLoss
 
-    state = {"step": 0, "epoch": 0}
     try:
-        outcome = run(config, run_dir, accelerator, writer, state)
+        outcome = train_run(config, run, accelerator)
         return outcome.status, "", outcome.step, outcome.epoch
-    except (NonFiniteLoss, NonFiniteLoraError) as exc:
-        last = state.get("last_file")
-        reason = str(exc) + (f" The last good file is {last}." if last else " No file was saved.")
-        return "nan", reason, getattr(exc, "step", state["step"]), getattr(exc, "epoch", state["epoch"])
+    except NonFiniteLoss as exc:
+        return "nan", nan_reason(exc, run), exc.step, exc.epoch
+    except NonFiniteLoraError as exc:
+        return "nan", nan_reason(exc, run), run.step, run.epoch
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
-        return "oom", oom_advice(config, state), state["step"], state["epoch"]
+        return "oom", oom_advice(config, run.phase), run.step, run.epoch
     except Exception as exc:  # the log keeps the traceback; the event carries one line
         log.error("%s", str(exc) if isinstance(exc, UserError) else traceback.format_exc())
         full = disk_full(exc)
         if full is not None:
             where = full or config.folders.output_dir
-            return "disk_full", f"disk full: {where}", state["step"], state["epoch"]
+            return "disk_full", f"disk full: {where}", run.step, run.epoch
         if isinstance(exc, UserError):
-            return "error", str(exc), state["step"], state["epoch"]
-        return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
+            return "error", str(exc), run.step, run.epoch
+        return "error", f"{type(exc).__name__}: {exc}", run.step, run.epoch
+
+
+def nan_reason(exc: Exception, run: RunContext) -> str:
+    last = run.last_file
+    return str(exc) + (f" The last good file is {last}." if last else " No file was saved.")
 
 
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -184,55 +189,55 @@ def disk_full(exc: BaseException) -> str | None:
     return None
 
 
-def oom_advice(config: TrainingConfig, state: dict) -> str:
+def oom_advice(config: TrainingConfig, phase: str) -> str:
     o, p = config.optimizer, config.precision
     tips = ["lower train_batch_size"] if o.train_batch_size > 1 else []
     tips += [] if p.gradient_checkpointing else ["turn on gradient_checkpointing"]
     tips += [] if config.caches_latents else ["turn on cache_latents"]
     tips += ["lower max_resolution", "use AdamW8bit" if o.optimizer == "AdamW" else "lower network_dim"]
-    return (f"out of GPU memory during {state.get('phase', 'training')} at batch size {o.train_batch_size}, "
+    return (f"out of GPU memory during {phase} at batch size {o.train_batch_size}, "
             f"resolution {config.buckets.max_resolution}: " + ", ".join(tips))
 
 
-def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict):
+def train_run(config: TrainingConfig, run: RunContext, accelerator):
     from accelerate.utils import broadcast_object_list, set_seed
 
     from loratrainer.train.loop import train
     from loratrainer.train.progress import ProgressReporter
-    from loratrainer.train.saving import make_saver
-    from loratrainer.train.setup import build_trainer, new_keeper
+    from loratrainer.train.saving import Saver
+    from loratrainer.train.setup import build_trainer
     from loratrainer.train.state import load_state, read_state_info
 
+    run_dir = run.run_dir
     resume = read_state_info(config.saving.resume) if config.saving.resume else None
     seed = resume.seed if resume else broadcast_object_list([config.optimizer.seed or random_seed()])[0]
     set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
     if accelerator.is_main_process:
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
-    state["phase"] = "loading the model and caching latents"
-    t = build_trainer(config, run_dir, accelerator, seed)
+    run.phase = "loading the model and caching latents"
+    t = build_trainer(config, run_dir, accelerator, seed, run=run)
     trace_batches(t)
-    t.keeper = new_keeper(t, make_saver(t))
+    t.saver = Saver(t)
     if resume:
         load_state(t, config.saving.resume)
         log.info("resumed from %s at step %d (epoch %d)", config.saving.resume, t.step, t.epoch)
-    tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
-    t.extra.update(events=writer, tensorboard=tensorboard, run_state=state)  # shared with sampling
+    run.tensorboard = open_tensorboard(run_dir) if accelerator.is_main_process else None
     s = t.report.steps
-    if writer is not None:
-        writer.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
-                    num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-                    seed=seed, pid=os.getpid(), pgid=os.getpgid(0) if os.name == "posix" else None)
+    run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
+             num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
+             seed=seed, pid=os.getpid(), pgid=os.getpgid(0) if os.name == "posix" else None)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
-    state["phase"] = "training"
-    reporter = ProgressReporter(writer, tensorboard, s.total_steps, s.epochs)
+    run.phase = "training"
+    reporter = ProgressReporter(run.events, run.tensorboard, s.total_steps, s.epochs)
     # LORATRAINER_PROGRESS_INTERVAL_S=0: an event for every step (tests compare whole step/lr sequences)
     reporter.min_interval_s = float(os.environ.get("LORATRAINER_PROGRESS_INTERVAL_S", reporter.min_interval_s))
+    run.reporter = reporter  # the Saver's checkpoint events carry the epoch's mean loss from it
     injected_stop(t, t.step)
     try:
-        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state, reporter))
+        return train(t, _StopInjected(reporter, t))
     finally:
-        if tensorboard is not None:
-            tensorboard.close()
+        if run.tensorboard is not None:
+            run.tensorboard.close()
 
 
 def trace_batches(t) -> None:
@@ -259,14 +264,13 @@ def open_tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / events.TENSORBOARD_DIR))
 
 
-class _Tracked:
-    """Keeps `state` (step, epoch) current for the error report while forwarding to the reporter."""
+class _StopInjected:
+    """The reporter, and LORATRAINER_FAULT's stop@N after each step (test-only; see faults.py)."""
 
-    def __init__(self, reporter, t, state: dict):
-        self.reporter, self.t, self.state = reporter, t, state
+    def __init__(self, reporter, t):
+        self.reporter, self.t = reporter, t
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self.state.update(step=step, epoch=epoch)
         self.reporter.step(step, epoch, loss, lr)
         injected_stop(self.t, step)
 
@@ -280,40 +284,6 @@ def injected_stop(t, step: int) -> None:
 
     if stop_after(step) and t.accelerator.is_main_process:
         (Path(t.run_dir) / events.STOP_FILE).write_text("LORATRAINER_FAULT\n")
-
-
-def save_training_state(t, writer, state: dict) -> None:
-    from accelerate.utils import broadcast_object_list
-
-    from loratrainer.train.checkpoints import state_folder_name
-    from loratrainer.train.state import save_state
-
-    path = broadcast_object_list([state.get("last_file")])[0]  # the name the main process chose
-    folder = state_folder_name(Path(path))
-    t.accelerator.wait_for_everyone()
-    save_state(t, folder)
-    if writer is not None:
-        writer.emit("state_saved", path=str(folder), step=t.step, epoch=t.epoch)
-
-
-def _saving(t, writer, state: dict, reporter=None):
-    def save(kind: str, progress) -> None:
-        state["phase"] = f"saving ({kind})"
-        t.accelerator.wait_for_everyone()
-        if t.accelerator.is_main_process:
-            path = t.keeper.save(kind, progress)
-            state["last_file"] = str(path)
-            log.info("saved %s", path)
-            if writer is not None:
-                # epoch_loss: the mean loss of the epoch up to this file (Results lists it per file)
-                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step,
-                            epoch_loss=reporter.epoch_loss() if reporter is not None else None)
-        if t.config.saving.save_state:
-            save_training_state(t, writer, state)
-        t.accelerator.wait_for_everyone()
-        state["phase"] = "training"
-
-    return save
 
 
 if __name__ == "__main__":

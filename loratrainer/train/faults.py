@@ -1,4 +1,4 @@
-"""Test-only fault injection (reliability.md), e.g. LORATRAINER_FAULT="nan@3,disk_full@save2":
+"""Test-only fault injection (docs/reliability.md), e.g. LORATRAINER_FAULT="nan@3,disk_full@save2":
 nan@N makes the loss of step N NaN; oom@N raises out-of-memory at step N (oom@sample: while rendering the
 first sample image); disk_full@saveN fails the N-th LoRA save with ENOSPC inside its atomic write, as a full
 disk would; kill@saveN (kill@save = the first) SIGKILLs the trainer inside the N-th save, after the data was

@@ -36,8 +36,7 @@ class LaunchRefused(UserError):
     `report` (the failed dataset check) let the GUI say it in the page's language."""
 
     def __init__(self, message: str | Msg, report=None):
-        super().__init__(str(message))
-        self.msg = message if isinstance(message, Msg) else None
+        super().__init__(message)
         self.report = report
 
 

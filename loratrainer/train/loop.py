@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from loratrainer.events import stop_requested
-from loratrainer.train.checkpoints import Progress
 from loratrainer.train.faults import fail_step, inject_fault
 from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.max_norm import apply_max_norm
@@ -35,26 +34,26 @@ class Outcome:
     epoch: int
 
 
-def train(t: Trainer, reporter, save) -> Outcome:
-    """`save(kind, progress)` writes a LoRA file; `reporter.step(...)` reports each optimizer step."""
+def train(t: Trainer, reporter) -> Outcome:
+    """`t.saver` writes the LoRA files; `reporter.step(...)` reports each optimizer step."""
     maybe_sample(t, first=True)
     for epoch in range(t.step // t.report.steps.steps_per_epoch + 1, t.epochs + 1):  # after a resume: from its epoch
-        if not train_epoch(t, epoch, reporter, save):
-            save("interrupted", progress(t))
+        if not train_epoch(t, epoch, reporter):
+            t.saver.save("interrupted")
             return Outcome("stopped", t.step, epoch)
         reporter.epoch_end(epoch, t.step)
-        save_if_due(t, save, epoch_done=t.step == epoch * t.report.steps.steps_per_epoch)
+        t.saver.maybe_save(epoch_done=t.step == epoch * t.report.steps.steps_per_epoch)
         if t.step >= t.total_steps:
             break
         maybe_sample(t, epoch_end=True)
     assert t.step == t.total_steps, f"ran {t.step} steps, the plan was {t.total_steps}"
-    save("final", progress(t))
+    t.saver.save("final")
     maybe_sample(t)  # the last step's or the last epoch's samples, whichever the schedule asks for
     maybe_sample(t, epoch_end=True)
     return Outcome("finished", t.step, t.epoch)
 
 
-def train_epoch(t: Trainer, epoch: int, reporter, save) -> bool:
+def train_epoch(t: Trainer, epoch: int, reporter) -> bool:
     """One epoch, or what is left of it; False when a stop was asked."""
     for group in epoch_step_groups(t, epoch):
         loss, stop = training_step(t, group)
@@ -63,7 +62,7 @@ def train_epoch(t: Trainer, epoch: int, reporter, save) -> bool:
             return False
         if t.step >= t.total_steps:
             return True
-        save_if_due(t, save)
+        t.saver.maybe_save()
         maybe_sample(t)
     return True
 
@@ -75,17 +74,6 @@ def epoch_step_groups(t: Trainer, epoch: int):
     t.epoch = epoch
     t.sampler.set_epoch(epoch, skip_batches=max(done, 0) * accumulation)
     return step_groups(t.loader, accumulation)
-
-
-def save_if_due(t: Trainer, save, epoch_done: bool = False) -> None:
-    p = progress(t, epoch_done)
-    kind = t.keeper.policy.needs_save(p)
-    if kind:
-        save(kind, p)
-
-
-def progress(t: Trainer, epoch_done: bool = False) -> Progress:
-    return Progress(t.step, t.epoch, t.total_steps, t.epochs, epoch_done)
 
 
 def step_groups(loader, accumulation: int):
@@ -183,7 +171,7 @@ def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]
 
 def apply_gradients(t: Trainer) -> None:
     max_norm = t.config.optimizer.max_grad_norm
-    if max_norm and t.accelerator.sync_gradients:
+    if max_norm:  # accumulation is ours (no_sync on all but the last micro-batch): every call here is a sync step
         t.accelerator.clip_grad_norm_(t.params, max_norm)
     t.optimizer.step()
     t.lr_scheduler.step()

@@ -1,19 +1,19 @@
-"""The optimizer named in the config: a table of builders, not a 960-line match.
-
-Each entry returns (class, default keyword arguments); `optimizer_args` from the config override the defaults.
+"""The optimizer named in the config, built from loratrainer.optimizer_table (where the names, classes and
+defaults are listed once) or a `module.Class` path; `optimizer_args` from the config override the defaults.
 Missing optional packages raise a UserError that says what to install or what to pick instead.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
-from loratrainer.train.eight_bit import refusal, unavailable_hint
+from loratrainer.optimizer_table import OPTIMIZERS
+from loratrainer.train.eight_bit import refusal
 
 OptimizerSpec = tuple[type, dict[str, Any]]
 
@@ -29,54 +29,24 @@ def _import(module: str, attr: str, hint: str) -> type:
         raise OptimizerUnavailable(f"{hint} ({type(exc).__name__}: {exc})") from None
 
 
-def _bnb(attr: str, name: str, **defaults: Any) -> Callable[[], OptimizerSpec]:
-    def spec() -> OptimizerSpec:
+def _from_table(name: str) -> OptimizerSpec:
+    entry = OPTIMIZERS[name]
+    if entry.instead:  # 8-bit: refused before the import when there is no CUDA GPU or no bitsandbytes
         reason = refusal(name)
         if reason:
             raise OptimizerUnavailable(reason)
-        return _import("bitsandbytes.optim", attr, unavailable_hint(name)), defaults
-
-    return spec
-
-
-def _lion() -> OptimizerSpec:
     try:
-        return importlib.import_module("lion_pytorch").Lion, {}
-    except ImportError:
-        return Lion, {}
-
-
-def _adafactor() -> OptimizerSpec:
-    cls = _import("transformers.optimization", "Adafactor", "Adafactor needs transformers")
-    # With an explicit learning rate (Kohya's default use): no relative step, no parameter scaling.
-    return cls, {"scale_parameter": False, "relative_step": False, "warmup_init": False}
-
-
-def _plain(module: str, attr: str, hint: str, **defaults: Any) -> Callable[[], OptimizerSpec]:
-    return lambda: (_import(module, attr, hint), defaults)
-
-
-OPTIMIZERS: dict[str, Callable[[], OptimizerSpec]] = {
-    "AdamW": lambda: (torch.optim.AdamW, {}),
-    "AdamW8bit": _bnb("AdamW8bit", "AdamW8bit"),
-    "PagedAdamW8bit": _bnb("PagedAdamW8bit", "PagedAdamW8bit"),
-    "Lion8bit": _bnb("Lion8bit", "Lion8bit"),
-    "PagedLion8bit": _bnb("PagedLion8bit", "PagedLion8bit"),
-    "SGDNesterov8bit": _bnb("SGD8bit", "SGDNesterov8bit", momentum=0.9, nesterov=True),
-    "Lion": _lion,
-    "SGD": lambda: (torch.optim.SGD, {}),
-    "SGDNesterov": lambda: (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
-    "Adafactor": _adafactor,
-    "Prodigy": _plain("prodigyopt", "Prodigy", "Prodigy needs the prodigyopt package: pip install prodigyopt; or use AdamW"),
-    "DAdaptAdam": _plain("dadaptation", "DAdaptAdam", "DAdaptAdam needs the dadaptation package: pip install dadaptation; or use AdamW"),
-    "DAdaptLion": _plain("dadaptation", "DAdaptLion", "DAdaptLion needs the dadaptation package: pip install dadaptation; or use AdamW"),
-}
+        return _import(entry.module, entry.attr, entry.unavailable_hint(name)), dict(entry.defaults)
+    except OptimizerUnavailable:
+        if name in BUILT_IN:  # lion-pytorch is optional: the same rule is written below
+            return BUILT_IN[name], dict(entry.defaults)
+        raise
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
     """The class and defaults for a known name or a `module.Class` path; raises OptimizerUnavailable."""
     if name in OPTIMIZERS:
-        return OPTIMIZERS[name]()
+        return _from_table(name)
     from loratrainer.train.input_checks import optimizer_refusal
 
     refused = optimizer_refusal(name)  # the launcher refuses it first; a hand-made run folder ends here
@@ -118,3 +88,6 @@ class Lion(torch.optim.Optimizer):
                 p.add_(update, alpha=-group["lr"])
                 avg.mul_(beta2).add_(p.grad, alpha=1 - beta2)
         return loss
+
+
+BUILT_IN: dict[str, type] = {"Lion": Lion}

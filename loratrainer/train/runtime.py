@@ -1,12 +1,10 @@
-"""Process-level setup of the training process: library guards, versions, the seed, threads."""
+"""Process-level facts of the training process: library versions and the seed."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
-
-from loratrainer.compat import hide_broken_torchvision  # noqa: F401  (re-exported: tests and the GUI import it from here)
 
 
 def library_versions() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Kohya's sample-prompt syntax (kohya-compat.md section 5): one prompt per line, options after ` --`.
+"""Kohya's sample-prompt syntax (docs/kohya-compat.md section 5): one prompt per line, options after ` --`.
 
     modern concrete house, dusk --n blurry, lowres --w 512 --h 768 --s 28 --l 7 --d 42 --ss euler_a
 

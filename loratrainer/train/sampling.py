@@ -1,4 +1,4 @@
-"""Sample images during training, as Kohya does (kohya-compat.md section 5), without disturbing the run.
+"""Sample images during training, as Kohya does (docs/kohya-compat.md section 5), without disturbing the run.
 
 The loop calls `maybe_sample(t, first=True)` once before the first step, `maybe_sample(t)` after every
 optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch (each after that point's save; for
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,7 +34,6 @@ from loratrainer.train.setup import Trainer
 from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 log = logging.getLogger("loratrainer.train")
-STATE_KEY = "sampling"  # the per-run state in Trainer.extra
 SAMPLE_DIR = "sample"
 
 
@@ -69,7 +68,6 @@ class SampleRun:
     schedule: SampleSchedule
     prompts: list[SamplePrompt]
     sampler: str  # the run's default, canonical
-    sinks: dict[str, Any] = field(default_factory=dict)  # our own event/TensorBoard writers, opened on demand
 
 
 def maybe_sample(t: Trainer, *, epoch_end: bool = False, first: bool = False) -> list[Path]:
@@ -80,30 +78,17 @@ def maybe_sample(t: Trainer, *, epoch_end: bool = False, first: bool = False) ->
     t.accelerator.wait_for_everyone()
     paths: list[Path] = []
     if t.accelerator.is_main_process:
-        with in_phase(t, "sampling"), untouched_training_state(t):
+        with t.run.in_phase("sampling"), untouched_training_state(t):
             paths = render_round(t, run, by_epoch=epoch_end)
     t.accelerator.wait_for_everyone()
     return paths
 
 
-@contextmanager
-def in_phase(t: Trainer, phase: str) -> Iterator[None]:
-    """Name the phase for an out-of-memory message (entry.oom_advice); restored unless the body fails."""
-    run_state = t.extra.get("run_state")
-    if run_state is None:
-        yield
-        return
-    before = run_state.get("phase")
-    run_state["phase"] = phase
-    yield
-    run_state["phase"] = before
-
-
 def sample_run(t: Trainer) -> SampleRun | None:
     """The run's sampling plan, read and checked on the first call (None = no sampling)."""
-    if STATE_KEY not in t.extra:
-        t.extra[STATE_KEY] = plan(t.config.sampling, t.components.noise_scheduler.config)
-    return t.extra[STATE_KEY]
+    if t.sampling == "unplanned":
+        t.sampling = plan(t.config.sampling, t.components.noise_scheduler.config)
+    return t.sampling
 
 
 def plan(s: SamplingSettings, scheduler_config: Any) -> SampleRun | None:
@@ -192,23 +177,11 @@ def prompt_embeds(t: Trainer, text_encoder, text: str) -> torch.Tensor:
 
 def announce(t: Trainer, run: SampleRun, path: Path, index: int, prompt: SamplePrompt, image) -> None:
     log.info("sample %s (step %d, epoch %d, seed %d): %s", path, t.step, t.epoch, prompt.seed, prompt.prompt)
-    writer = t.extra.get("events") or run.sinks.get("events")
-    if writer is None:
-        writer = run.sinks["events"] = events.EventWriter(Path(t.run_dir) / events.EVENTS_FILE)
-    writer.emit("sample", path=str(path), step=t.step, epoch=t.epoch, index=index, prompt=prompt.prompt, seed=prompt.seed)
-    board = t.extra.get("tensorboard") or run.sinks.get("tensorboard") or open_tensorboard(t, run)
+    t.run.emit("sample", path=str(path), step=t.step, epoch=t.epoch, index=index, prompt=prompt.prompt, seed=prompt.seed)
+    board = t.run.tensorboard
     if board is not None:
         board.add_image(f"sample/{index:02d}", np.asarray(image.convert("RGB")), t.step, dataformats="HWC")
         board.flush()
-
-
-def open_tensorboard(t: Trainer, run: SampleRun):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: the images are on disk and in the events either way
-        return None
-    board = run.sinks["tensorboard"] = SummaryWriter(str(Path(t.run_dir) / events.TENSORBOARD_DIR))
-    return board
 
 
 @contextmanager

@@ -1,7 +1,11 @@
-"""Writing one LoRA file: Kohya-format tensors in the save precision, with Kohya/ModelSpec metadata.
+"""Saving the run's LoRA files: `t.saver.maybe_save()` after a step or an epoch, `t.saver.save(kind)` for the
+final and the interrupted file.
 
-The model layer refuses non-finite tensors (NonFiniteLoraError) and existing files (OutputExists), so a
-diverged run writes nothing and an earlier file is never replaced.
+One Saver per run writes each file (Kohya-format tensors in the save precision, with Kohya/ModelSpec metadata),
+names and rotates them (CheckpointKeeper), reports them (`checkpoint` events, the run's last good file) and
+saves the training state beside them when save_state is on. The model layer refuses non-finite tensors
+(NonFiniteLoraError) and existing files (OutputExists), so a diverged run writes nothing and an earlier file is
+never replaced.
 """
 
 from __future__ import annotations
@@ -9,28 +13,81 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from loratrainer.train import model_api
-from loratrainer.train.checkpoints import Progress
+from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
 from loratrainer.train.faults import during_save
 
 log = logging.getLogger("loratrainer.train")
 
 
-def make_saver(t):
-    """`write(path, progress)` for the CheckpointKeeper; the final file also goes out in diffusers format when asked."""
-    started = time.time()
-    info = model_api.dataset_info(t.report)
-    saves = [0]
+class Saver:
+    def __init__(self, t, write: Callable[[Path, Progress], None] | None = None):
+        """`write(path, progress)` writes one file; by default the LoRA with its metadata (tests pass their own)."""
+        self.t = t
+        f = t.config.folders
+        self.keeper = CheckpointKeeper(Path(f.output_dir), f.output_name, SavePolicy.from_settings(t.config.saving), write or self.write_lora)
+        self._started = time.time()
+        self._info = None  # the dataset's metadata, built on the first save
+        self._saves = 0
 
-    def write(path: Path, p: Progress) -> None:
-        saves[0] += 1
+    def progress(self, epoch_done: bool = False) -> Progress:
+        t = self.t
+        return Progress(t.step, t.epoch, t.total_steps, t.epochs, epoch_done)
+
+    def maybe_save(self, epoch_done: bool = False) -> None:
+        """Save when save_every_n_epochs / save_every_n_steps say so."""
+        p = self.progress(epoch_done)
+        kind = self.keeper.policy.needs_save(p)
+        if kind:
+            self.save(kind, p)
+
+    def save(self, kind: str, p: Progress | None = None) -> None:
+        """Write a file of `kind` ("epoch", "step", "final", "interrupted") on the main process, all processes
+        waiting for it, then the training state when save_state is on."""
+        t, run = self.t, self.t.run
+        p = p or self.progress()
+        run.phase = f"saving ({kind})"
+        t.accelerator.wait_for_everyone()
+        if t.accelerator.is_main_process:
+            path = self.keeper.save(kind, p)
+            run.last_file = path
+            log.info("saved %s", path)
+            # epoch_loss: the mean loss of the epoch up to this file (Results lists it per file)
+            run.emit("checkpoint", path=str(path), kind=kind, epoch=p.epoch, step=p.step,
+                     epoch_loss=run.reporter.epoch_loss() if run.reporter is not None else None)
+        if t.config.saving.save_state:
+            self.save_training_state()
+        t.accelerator.wait_for_everyone()
+        run.phase = "training"
+
+    def save_training_state(self) -> None:
+        from accelerate.utils import broadcast_object_list
+
+        from loratrainer.train.checkpoints import state_folder_name
+        from loratrainer.train.state import save_state
+
+        t = self.t
+        last = t.run.last_file
+        path = broadcast_object_list([str(last) if last else None])[0]  # the name the main process chose
+        folder = state_folder_name(Path(path))
+        t.accelerator.wait_for_everyone()
+        save_state(t, folder)
+        t.run.emit("state_saved", path=str(folder), step=t.step, epoch=t.epoch)
+
+    def write_lora(self, path: Path, p: Progress) -> None:
+        """One LoRA file; the final file also goes out in diffusers format when asked."""
+        t = self.t
+        self._saves += 1
+        if self._info is None:
+            self._info = model_api.dataset_info(t.report)
         tensors = model_api.lora_state(t.handle, t.config.precision.save_precision)
         meta = model_api.file_metadata(
-            t.config, info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
-            seed=t.seed, started_at=started, num_processes=t.accelerator.num_processes,
+            t.config, self._info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
+            seed=t.seed, started_at=self._started, num_processes=t.accelerator.num_processes,
         )
-        with during_save(saves[0], path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
+        with during_save(self._saves, path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
             model_api.save_lora(path, tensors, meta, overwrite=False)
         if t.config.saving.save_diffusers_format and path.stem == t.config.folders.output_name:
             folder = path.with_name(path.stem + "_diffusers")
@@ -39,5 +96,3 @@ def make_saver(t):
             else:
                 model_api.save_diffusers_lora(folder, t.handle, save_dtype=model_api.SAVE_DTYPES[t.config.precision.save_precision])
                 log.info("saved diffusers-format LoRA to %s", folder)
-
-    return write

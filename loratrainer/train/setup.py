@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,12 @@ from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
 from loratrainer.train import model_api
 from loratrainer.train.captions import CaptionRules
-from loratrainer.train.checkpoints import CheckpointKeeper, SavePolicy
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossSettings
 from loratrainer.train.noise import NoiseSettings
 from loratrainer.train.optimizers import build_optimizer
+from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache
 
@@ -51,10 +51,16 @@ class Trainer:
     noise: NoiseSettings
     loss: LossSettings
     text_cache: TextCache | None
-    keeper: CheckpointKeeper | None = None
+    run: RunContext | None = None  # where the run reports; a bare one (no event stream) when not given
+    saver: Any = None  # saving.Saver, set by the entry point (or a test) before training
+    sampling: Any = "unplanned"  # sampling.SampleRun, or None for no sampling, once the first round asks
     step: int = 0
     epoch: int = 0
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            self.run = RunContext(Path(self.run_dir))
+        self.run.trainer = self
 
     @property
     def total_steps(self) -> int:
@@ -144,7 +150,7 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
     return build_loader(dataset, sampler, config), sampler
 
 
-def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int) -> Trainer:
+def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int, run: RunContext | None = None) -> Trainer:
     check_optimizer_available(config)
     report = plan_dataset(config, accelerator.num_processes)
     components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
@@ -159,7 +165,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         handle=handle, unet=unet, text_encoder=text_encoder, params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
         noise=NoiseSettings.from_settings(config.optimizer), loss=LossSettings.from_config(config),
-        text_cache=TextCache() if static_text else None,
+        text_cache=TextCache() if static_text else None, run=run,
     )
 
 
@@ -195,8 +201,3 @@ def allow_fp16_gradients(accelerator: Accelerator) -> None:
         return unscale(optimizer, inv_scale, found_inf, True)
 
     accelerator.scaler._unscale_grads_ = unscale_fp16_too
-
-
-def new_keeper(t: Trainer, write) -> CheckpointKeeper:
-    f = t.config.folders
-    return CheckpointKeeper(Path(f.output_dir), f.output_name, SavePolicy.from_settings(t.config.saving), write)

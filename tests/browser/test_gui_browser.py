@@ -1,4 +1,4 @@
-"""The real GUI in headless Chromium, driving the real trainer (reliability.md, "Tests that prove it").
+"""The real GUI in headless Chromium, driving the real trainer (docs/reliability.md, "Tests that prove it").
 
 Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
 training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
@@ -41,7 +41,7 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from tests.datasets import make_caption, make_image

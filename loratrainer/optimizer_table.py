@@ -1,0 +1,58 @@
+"""The optimizers we know by name, in one table without torch: the schema's choices, the notes before a run,
+the 8-bit refusal before launch and the trainer's builder all read it.
+
+An entry says where the class lives and its default keyword arguments (`optimizer_args` override them), whether
+it finds its own step size (then a learning rate near 1.0 is expected), and for the bitsandbytes 8-bit ones what
+to use instead without a CUDA GPU. Names are the Kohya GUI's (kohya_ss kohya_gui/class_basic_training.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    module: str
+    attr: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    adaptive: bool = False  # Prodigy, D-Adaptation: the learning rate is a multiplier, about 1.0
+    instead: str | None = None  # an 8-bit bitsandbytes optimizer: what to use without a CUDA GPU
+    package: str | None = None  # the pip package to install when the import fails
+
+    def unavailable_hint(self, name: str) -> str:
+        """What to do when the class cannot be imported (or, for 8-bit, cannot run here)."""
+        if self.instead:
+            return f"{name} needs bitsandbytes with a CUDA GPU; use {self.instead}"
+        if self.package:
+            return f"{name} needs the {self.package} package: pip install {self.package}; or use AdamW"
+        return f"{name} needs {self.module.split('.')[0]}"
+
+
+def _eight_bit(attr: str, instead: str, **defaults: Any) -> OptimizerEntry:
+    return OptimizerEntry("bitsandbytes.optim", attr, defaults, instead=instead)
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "AdamW": OptimizerEntry("torch.optim", "AdamW"),
+    "AdamW8bit": _eight_bit("AdamW8bit", "AdamW"),
+    "PagedAdamW8bit": _eight_bit("PagedAdamW8bit", "AdamW"),
+    "Lion": OptimizerEntry("lion_pytorch", "Lion"),  # the trainer has the same update rule built in
+    "Lion8bit": _eight_bit("Lion8bit", "Lion"),
+    "PagedLion8bit": _eight_bit("PagedLion8bit", "Lion"),
+    "SGD": OptimizerEntry("torch.optim", "SGD"),
+    "SGDNesterov": OptimizerEntry("torch.optim", "SGD", {"momentum": 0.9, "nesterov": True}),
+    "SGDNesterov8bit": _eight_bit("SGD8bit", "SGDNesterov", momentum=0.9, nesterov=True),
+    # With an explicit learning rate (Kohya's default use): no relative step, no parameter scaling.
+    "Adafactor": OptimizerEntry("transformers.optimization", "Adafactor",
+                                {"scale_parameter": False, "relative_step": False, "warmup_init": False}),
+    "Prodigy": OptimizerEntry("prodigyopt", "Prodigy", adaptive=True, package="prodigyopt"),
+    "DAdaptAdam": OptimizerEntry("dadaptation", "DAdaptAdam", adaptive=True, package="dadaptation"),
+    "DAdaptLion": OptimizerEntry("dadaptation", "DAdaptLion", adaptive=True, package="dadaptation"),
+}
+
+KNOWN_OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZERS)
+ADAPTIVE: frozenset[str] = frozenset(n for n, e in OPTIMIZERS.items() if e.adaptive)
+# 8-bit optimizer -> what to use instead without a CUDA GPU
+EIGHT_BIT: dict[str, str] = {n: e.instead for n, e in OPTIMIZERS.items() if e.instead}
