@@ -546,7 +546,8 @@ def _loss(config: TrainingConfig, error: float, timestep: int = 500) -> float:
     sched = noise_scheduler()
     t = torch.tensor([timestep])
     c = huber_threshold(sched, t, s) if s.loss_type != "l2" else None
-    return float(elementwise_loss(torch.full((1, 1, 1, 1), error), torch.zeros(1, 1, 1, 1), s, c))
+    target = torch.full((1, 1, 1, 1), -1.5)  # not zero: pred - target and pred + target must differ
+    return float(elementwise_loss(target + error, target, s, c))
 
 
 @row("optimizer.loss_type")
@@ -576,6 +577,60 @@ def _huber_schedule(tmp_path):
     snr = huber_threshold(sched, t, s()).flatten()  # Kohya's default: (1 - c) / (1 + sigma)^2 + c
     sigma = (1 / _snr(steps)) ** 0.5
     assert torch.allclose(snr, 0.9 / (1 + sigma) ** 2 + 0.1, rtol=1e-4)
+
+
+def test_the_settings_objects_default_to_the_schema_defaults():
+    """LossSettings(), NoiseSettings(), CaptionRules() and Augment() mean the same as a default config."""
+    from loratrainer.train.captions import CaptionRules
+    from loratrainer.train.dataset import Augment
+
+    c = TrainingConfig()
+    assert LossSettings() == LossSettings.from_config(c)
+    assert NoiseSettings() == NoiseSettings.from_settings(c.optimizer)
+    assert CaptionRules() == CaptionRules.from_settings(c.dataset)
+    assert Augment() == TrainDataset([], c, seed=0).augment
+
+
+def test_the_training_target_is_the_noise_or_the_velocity():
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 700])
+    assert torch.equal(training_target(noise_scheduler(), latents, noise, t), noise)  # epsilon prediction
+    a = noise_scheduler().alphas_cumprod[t].reshape(2, 1, 1, 1)
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * latents
+    assert torch.allclose(training_target(noise_scheduler(v_prediction=True), latents, noise, t), velocity, atol=1e-6)
+
+
+def _kohya_pyramid_noise_like(noise, iterations, discount):
+    """sd-scripts' pyramid_noise_like (kohya-ss sd-scripts library/custom_train_functions.py), restated as reference."""
+    b, c, h, w = noise.shape
+    for i in range(iterations):
+        r = random.random() * 2 + 2
+        hn, wn = max(1, int(h / (r**i))), max(1, int(w / (r**i)))
+        noise += torch.nn.functional.interpolate(torch.randn(b, c, hn, wn), size=(h, w), mode="bilinear") * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return noise / noise.std()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_multires_noise_equals_kohyas_draw_for_draw(seed):
+    latents = torch.zeros(2, 4, 24, 40)  # not square, small enough that the levels reach one row or column
+    torch.manual_seed(seed)
+    random.seed(seed)
+    ours = sample_noise(latents, NoiseSettings.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).optimizer))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    reference = _kohya_pyramid_noise_like(torch.randn_like(latents), 10, 0.5)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_timesteps_cover_zero_to_the_last():
+    from loratrainer.train.noise import sample_timesteps
+
+    torch.manual_seed(0)
+    t = sample_timesteps(20000, 1000, torch.device("cpu"))
+    assert t.dtype == torch.int64 and int(t.min()) == 0 and int(t.max()) == 999  # sd-scripts: randint(0, T)
 
 
 # -- optimizer and schedule -----------------------------------------------------------------------------------
