@@ -262,6 +262,12 @@ class PrecisionSettings(_Group):
     attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
     cache_latents: bool = Field(True, description="Encode every image once with the VAE before training (faster, less VRAM).")
     cache_latents_to_disk: bool = Field(False, description="Also keep the cached latents on disk next to the images, reused by later runs.")
+    channels_last: bool = Field(
+        False, description="Keep the UNet in channels-last memory layout: faster convolutions on recent GPUs with fp16/bf16; same results."
+    )
+    dynamo_backend: Literal["no", "eager", "aot_eager", "inductor", "cudagraphs"] = Field(
+        "no", description="Compile the UNet with torch.compile and this backend (no = off; the Kohya GUI's Dynamo backend, sd-scripts' --torch_compile --dynamo_backend): the first steps are slow, later ones faster, same results; inductor needs a C++ compiler on the CPU."
+    )
 
 
 class SamplingSettings(_Group):
@@ -407,7 +413,9 @@ class TrainingConfig(BaseModel):
             notes.append("The constant scheduler has no warm-up: the warm-up setting is ignored (use constant_with_warmup).")
         if self.optimizer.max_train_steps > 0:
             notes.append(f"max_train_steps = {self.optimizer.max_train_steps} overrides the epoch count.")
-        if self.optimizer.optimizer in {"Prodigy", "DAdaptAdam", "DAdaptLion"} and self.optimizer.learning_rate < 0.1:
+        # judged on the rates that will be used (a part's own rate, else learning_rate), not on learning_rate alone
+        used = [r for r, on in ((self.effective_unet_lr, self.trains_unet), (self.effective_text_encoder_lr, self.trains_text_encoder)) if on]
+        if self.optimizer.optimizer in {"Prodigy", "DAdaptAdam", "DAdaptLion"} and used and min(used) < 0.1:
             notes.append(f"{self.optimizer.optimizer} adapts the step size itself and expects learning rates near 1.0.")
         if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
             notes.append("Trained in fp16 and saved as bf16: fine, but fp16 is the more widely loadable file.")

@@ -83,6 +83,9 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (RecursionError, ValueError) as exc:  # nested thousands deep, or an integer of thousands of digits
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise ConfigError(f"{path}: not a usable JSON file ({reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings")
     return data

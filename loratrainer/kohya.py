@@ -1,19 +1,20 @@
-"""Kohya GUI config JSON <-> our schema.
+"""Kohya GUI config JSON <-> our schema, read as the Kohya GUI at its current HEAD reads it.
 
 A Kohya GUI config ("Load/Save config" in kohya_ss) is a flat JSON object of GUI fields; presets list only the
-keys they change. Values arrive with loose types, so the import (kohya-compat.md section 3):
+keys they change. docs/kohya-compat.md section 3 says what the Kohya GUI (kohya_ss kohya_gui/lora_gui.py,
+kohya_gui/common_gui.py) and sd-scripts (train_network.py, library/train_util.py) do with each key; this module
+does the same, or refuses the file in one sentence:
 
-- coerces numeric strings ("0.0001", "1234"), integral floats for ints (64.0), "true"/"false" for booleans;
-- treats "" and null as "use our default";
-- migrates old keys (use_8bit_adam, lora_network_weights, LoRA_type "LoCon", xformers true/false, mem_eff_attn,
-  max_train_epochs, noise_offset_type) and says so;
-- rejects what cannot be parsed or is out of range, naming the Kohya key (never a silent 0);
-- lists every key it did not use: `unsupported` when the file asks for something we cannot honour (LoHa, wandb,
-  raw additional_parameters, ...), `ignored` when the key has no effect at its value (GUI-only fields, disabled
-  features, other model families such as sdxl_*, flux, t5xxl_*, sd3_*).
+- refused first, naming the key that says so: another model family (sdxl, *_checkbox, v2, a Flux/Lumina/Anima/
+  HunyuanImage LoRA_type), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
+  LoRA_type we do not train (table LORA_TYPES: LyCORIS and other network kinds; LoCon stays);
+- learning rates by the Kohya GUI's rules (`_learning_rates`), argument strings split as the Kohya GUI splits
+  them, additional_parameters mapped flag by flag, empty values as the Kohya GUI reads them (table EMPTY_VALUES);
+- loose types coerced ("0.0001", 64.0, "true"), old keys migrated, every key either imported or named in the
+  report; paths written for another OS and a bucket step sd-scripts refuses are listed as problems.
 
-Every key of the file ends up either imported (possibly coerced) or named in the report. The export writes the
-Kohya conventions back: flat, keys sorted, indent 2, numbers as numbers, LoRA_type and xformers as Kohya names.
+The export writes every key of the current Kohya GUI LoRA tab (kohya_gui_keys.KOHYA_LORA_TAB) with values that
+make the Kohya GUI train what we would.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -33,6 +34,8 @@ from loratrainer.config import (
     field_specs,
     get_value,
 )
+from loratrainer.foreign_paths import foreign_paths
+from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
 from loratrainer.messages import Msg, define
 
 _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
@@ -40,13 +43,57 @@ _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 # Our settings Kohya spells differently (handled by migrations) or does not have at all.
 _RENAMED = {"lora_type": "LoRA_type", "attention": "xformers"}
 OURS_ONLY = frozenset(
-    {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase"}
+    {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase",
+     "channels_last"}
 )
 # Leaf names that are read straight from a Kohya key of the same name.
 DIRECT_KEYS = frozenset(set(_SPECS) - set(_RENAMED))
+_RATE_KEYS = ("learning_rate", "unet_lr", "text_encoder_lr")
 
-_LORA_TYPES = {"Standard": "Standard", "LoCon": "LoCon", "Kohya LoCon": "LoCon", "LyCORIS/LoCon": "LoCon"}
-_OTHER_FAMILY_PREFIXES = ("sdxl", "flux", "t5xxl", "sd3", "clip_l", "clip_g", "apply_t5", "guidance", "split_mode", "blocks_to_swap")
+# Kohya LoRA_type -> our lora_type, or None: a network kind we do not train (refused, named). One table, so a
+# kind that becomes trainable is one changed row. Values from the LoRA_type dropdown of kohya_gui/lora_gui.py.
+LORA_TYPES: dict[str, str | None] = {
+    "Standard": "Standard",
+    "Kohya LoCon": "LoCon",
+    "LoCon": "LoCon",  # old name; the Kohya GUI's update_my_data turns it into LyCORIS/LoCon
+    "LyCORIS/LoCon": "LoCon",
+    "LyCORIS/LoHa": None,
+    "LyCORIS/LoKr": None,
+    "Kohya LoHa": None,
+    "Kohya LoKr": None,
+    "LyCORIS/iA3": None,
+    "LyCORIS/DyLoRA": None,
+    "Kohya DyLoRA": None,
+    "LyCORIS/GLoRA": None,
+    "LyCORIS/Diag-OFT": None,
+    "LyCORIS/BOFT": None,
+    "LyCORIS/Native Fine-Tuning": None,
+    "LoRA-FA": None,
+}
+# LoRA_types that exist only for another model family (kohya_gui/lora_gui.py train_model).
+_FAMILY_LORA_TYPES = {"Flux1": "FLUX.1", "Flux1 OFT": "FLUX.1", "Anima": "Anima", "Lumina": "Lumina Image 2.0", "HunyuanImage-2.1": "HunyuanImage-2.1"}
+# Keys that switch the Kohya GUI to another trainer script (train_model: sdxl_train_network.py, flux_..., ...).
+_FAMILY_FLAGS = (
+    ("sdxl", "Stable Diffusion XL"),
+    ("sdxl_checkbox", "Stable Diffusion XL"),  # the fine-tune tab's name for it
+    ("sd3_checkbox", "Stable Diffusion 3"),
+    ("flux1_checkbox", "FLUX.1"),
+    ("hunyuan_image_checkbox", "HunyuanImage-2.1"),
+    ("anima_checkbox", "Anima"),
+    ("lumina_checkbox", "Lumina Image 2.0"),
+    ("v2", "Stable Diffusion 2"),
+)
+# Keys only other Kohya GUI tabs save (dreambooth_gui.py, finetune_gui.py, textual_inversion_gui.py).
+_OTHER_TABS = (
+    ("textual inversion", ("num_vectors_per_token", "token_string", "init_word")),
+    ("fine-tune", ("train_text_encoder", "use_latent_files", "image_folder", "train_dir", "caption_metadata_filename", "latent_metadata_filename")),
+    ("DreamBooth", ("no_token_padding", "learning_rate_te", "learning_rate_te1", "learning_rate_te2")),
+)
+_LORA_MARKERS = ("LoRA_type", "network_dim", "network_alpha", "unet_lr", "text_encoder_lr", "network_weights", "lora_network_weights", "conv_dim")
+# Keys older Kohya GUI versions saved, beside the current LoRA tab's (a file of only these is still a Kohya file).
+_OLD_KEYS = frozenset({"use_8bit_adam", "lora_network_weights", "use_wandb", "network_args", "caption_tag_dropout_rate", "no_token_padding"})
+
+_OTHER_FAMILY_PREFIXES = ("sdxl", "flux", "t5xxl", "sd3", "clip_l", "clip_g", "apply_t5", "guidance", "split_mode", "blocks_to_swap", "anima_", "lumina_", "hunyuan_")
 # FLUX.1 / SD3 options a recent Kohya GUI saves in every file, whatever the model; their defaults are not inert.
 _OTHER_FAMILY_KEYS = frozenset(
     {
@@ -54,12 +101,12 @@ _OTHER_FAMILY_KEYS = frozenset(
         "logit_std", "mode_scale", "train_blocks", "train_double_block_indices", "train_single_block_indices",
         "single_dim", "double_dim", "single_mod_dim", "double_mod_dim", "img_attn_dim", "img_mlp_dim", "img_mod_dim",
         "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim", "in_dims", "split_qkv", "train_t5xxl", "enable_all_linear",
-        "cpu_offload_checkpointing", "mem_eff_save", "single_blocks_to_swap", "double_blocks_to_swap",
+        "cpu_offload_checkpointing", "mem_eff_save", "single_blocks_to_swap", "double_blocks_to_swap", "model_type",
+        "t5xxl_lr", "fp8_base", "fp8_base_unet", "sdxl_no_half_vae", "ggpo_beta", "ggpo_sigma", "train_lora_ggpo",
     }
 )
 # Kohya keys whose Kohya default is not false/""/0 but which have no effect at that value.
-_INERT_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "dynamo_backend": ("no",),
+_INERT_DEFAULTS: dict[str, tuple[Any, ...] | None] = {
     "dynamo_mode": ("default",),
     "max_timestep": (1000,),
     "factor": (-1,),
@@ -67,30 +114,119 @@ _INERT_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "LyCORIS_preset": ("full", "attn-mlp"),
     "train_on_input": (True,),
     "log_with": ("tensorboard",),
+    "huber_scale": (1, 1.0),
     "model_list": None,  # any value: the GUI's model dropdown, the path itself is pretrained_model_name_or_path
     "save_as_bool": None,
+    "training_preset": None,
     "huggingface_repo_visibility": None,
-    "stop_text_encoder_training": (0,),
+    "huggingface_repo_type": None,
+    "save_state_to_huggingface": None,
+    # the Kohya GUI ignores it ("not yet supported. Ignoring" in train_model), whatever its value
+    "stop_text_encoder_training": None,
+    "extra_accelerate_launch_args": ("",),
+    "show_timesteps_resolution": None,  # train_model passes it only with show_timesteps on a FLUX/SD3/Anima/Lumina run
+    "use_scalar": None, "use_tucker": None, "use_cp": None, "rescaled": None, "constrain": None, "bypass_mode": None,
+    "dora_wd": None, "train_norm": None, "decompose_both": None, "rank_dropout_scale": None,  # LyCORIS-only options
 }
 # Keys that could carry secrets: never echoed into a report.
 _SECRET_KEYS = frozenset({"huggingface_token", "wandb_api_key"})
 _MAX_STEPS_NOTE = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
 
+_REFUSE = object()
+# What an empty string ("") means per key, as the Kohya GUI at HEAD turns it into a run (docs/kohya-compat.md
+# section 3, "Empty values"): update_my_data (kohya_gui/common_gui.py) makes "" of some numbers 0 (or 1, 75,
+# 1.0); train_model drops every other "" from the TOML it hands sd-scripts, so sd-scripts' own default applies
+# (library/train_util.py, networks/lora.py). _REFUSE: the Kohya GUI fails or trains something else than meant.
+EMPTY_VALUES: dict[str, Any] = {
+    # kohya_gui/class_accelerate_launch.py passes --dynamo_backend only when set: empty is accelerate's "no"
+    "dynamo_backend": "no",
+    # update_my_data: int("") fails -> 0
+    "clip_skip": 1,  # -> 0, which train_model passes as no --clip_skip: the last layer, our 1
+    "epoch": _REFUSE,  # -> 0: no steps are counted, so sd-scripts falls back to its 1600 steps
+    "gradient_accumulation_steps": _REFUSE,  # -> 0: train_model divides by it
+    "keep_tokens": 0,
+    "lr_warmup": 0.0,
+    "max_data_loader_n_workers": 0,
+    "save_every_n_epochs": 0,  # -> 0: dropped from the TOML, no per-epoch files
+    "seed": 0,  # -> 0: a random seed
+    "lr_scheduler_num_cycles": 1,  # update_my_data: int("") fails -> 1
+    "max_train_steps": 0,
+    "caption_dropout_every_n_epochs": 0,
+    "max_token_length": 75,
+    "noise_offset": 0.0,
+    "lr_scheduler_power": 1.0,
+    # "" dropped from the TOML: sd-scripts' default
+    "caption_extension": ".caption",
+    "optimizer": "AdamW",
+    "lr_scheduler": "constant",
+    "sample_sampler": "ddim",
+    "mixed_precision": "no",
+    "save_precision": "float",
+    "loss_type": "l2",
+    "huber_schedule": "snr",
+    "huber_c": 0.1,
+    "network_dim": 4,  # networks/lora.py create_network: network_dim None -> 4
+    "network_alpha": 1.0,
+    "max_bucket_reso": 1024,
+    "prior_loss_weight": 1.0,
+    "max_grad_norm": 1.0,
+    "multires_noise_discount": 0.3,
+    "network_dropout": 0.0,
+    "scale_weight_norms": 0.0,
+    "min_snr_gamma": 0.0,
+    "ip_noise_gamma": 0.0,
+    "multires_noise_iterations": 0,
+    "caption_dropout_rate": 0.0,
+    "caption_tag_dropout_rate": 0.0,
+    "sample_every_n_steps": 0,
+    "sample_every_n_epochs": 0,
+    "save_every_n_steps": 0,
+    "save_last_n_epochs": 0,
+    "save_last_n_steps": 0,
+    "lr_warmup_steps": 0,
+    "conv_dim": 1,  # unused by Standard; LoCon: see _empty_conv
+    "conv_alpha": 1.0,
+    "output_name": "last",  # sd-scripts' DEFAULT_LAST_OUTPUT_NAME
+    "save_model_as": "safetensors",
+    "num_cpu_threads_per_process": 2,  # class_accelerate_launch.py passes no flag: accelerate's default
+    "num_processes": 1,
+    "num_machines": 1,
+    "main_process_port": 0,
+    # bools: "" is falsy, so the flag is not passed
+    **{name: False for name, spec in _SPECS.items() if spec.kind == "bool"},
+    "persistent_data_loader_workers": _REFUSE,  # train_model: int("") fails
+    # the Kohya GUI fails on these: int("") in train_model, no resolution, no model
+    "train_batch_size": _REFUSE,
+    "min_bucket_reso": _REFUSE,
+    "bucket_reso_steps": _REFUSE,
+    "max_resolution": _REFUSE,
+    "pretrained_model_name_or_path": _REFUSE,
+    # text that may be empty: empty here too
+    **{name: "" for name in (
+        "vae", "train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "network_weights", "resume", "gpu_ids",
+        "sample_prompts", "optimizer_args", "metadata_title", "metadata_author", "metadata_description",
+        "metadata_license", "metadata_tags", "training_comment",
+    )},
+    # learning rates: update_my_data float("") fails -> 0.0, then the rate rules (_learning_rates)
+    "learning_rate": 0.0,
+    "unet_lr": 0.0,
+    "text_encoder_lr": 0.0,
+}
+
 
 define({
     "kohya.read_as_kohya": "Read {source} as a Kohya GUI config.",
     "kohya.read_as_ours": "Read {source} as a loratrainer config.",
+    "kohya.section.problems": "MUST BE CHANGED BEFORE TRAINING (Start refuses these)",
     "kohya.section.unsupported": "NOT SUPPORTED (imported differently or left out; check these)",
     "kohya.section.migrated": "Migrated",
     "kohya.section.coerced": "Coerced",
-    "kohya.section.defaulted": "Empty or null, our default used",
+    "kohya.section.defaulted": "Empty, null or not set: replaced",
     "kohya.section.ignored": "Ignored (no effect)",
     "kohya.missing": "Not in the file, our defaults used: {keys}",
     "kohya.max_steps_default": _MAX_STEPS_NOTE,
     "kohya.hidden": "(hidden)",
-    "kohya.empty_rate": "'' -> empty: the learning rate is used, as in Kohya",
     "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
-    "kohya.lora_type_unsupported": "{kind} is not supported; imported as Standard LoRA",
     "kohya.adam8bit_ignored": "{flag} ignored: optimizer {optimizer} is set",
     "kohya.old_weights_name": "old name of network_weights; empty or superseded",
     "kohya.max_epochs": "{value} -> epoch {epochs} (it overrides epoch in Kohya)",
@@ -103,7 +239,6 @@ define({
     "kohya.multires_unused": "{value} -> 0: noise_offset_type is Original, so Kohya does not use it",
     "kohya.noise_type_unknown": "{value} is unknown; noise settings imported as written",
     "kohya.noise_type_applied": "{value} (applied to the noise settings)",
-    "kohya.sd15_only": "{value}: only Stable Diffusion 1.5 is supported; imported as SD1.5",
     "kohya.other_family": "{value}: for another model family",
     "kohya.no_effect": "{value}: no effect at this value",
     "kohya.left_out": "{value} is not supported and was left out",
@@ -112,6 +247,40 @@ define({
     "kohya.export_noise": (
         "{value}: Kohya uses either the noise offset or multires noise; exported as Multires, so Kohya will not apply the noise offset"
     ),
+    # refusals: the first line of the CLI's error and the GUI's load message
+    "kohya.refused.family": "{source} is a {family} config ({key} = {value}): loratrainer trains Stable Diffusion 1.5 LoRAs only",
+    "kohya.refused.other_tab": "{source} is a Kohya GUI {kind} config ({key} is set), not a LoRA config: loratrainer trains LoRAs only",
+    "kohya.refused.empty": "{source} holds no settings at all (an empty JSON object), so it is not a Kohya GUI LoRA config",
+    "kohya.refused.nested": "{source} is not a Kohya GUI config: {key} holds an object, and a Kohya GUI config is a flat list of settings ({looks_like})",
+    "kohya.refused.caption_metadata": "this looks like a caption metadata file",
+    "kohya.refused.other_json": "this looks like some other JSON file",
+    "kohya.refused.no_known_key": "{source} is not a Kohya GUI config: none of its {count} keys is a Kohya GUI setting (first: {first})",
+    "kohya.refused.network": "{source}: LoRA_type {value} ({name}) is not trained by loratrainer, which trains Standard LoRA and LoCon only",
+    "kohya.refused.lora_type_unknown": "{source}: LoRA_type {value} is not a LoRA type the Kohya GUI knows",
+    "kohya.refused.empty_value": "{source}: {key} is empty, and the Kohya GUI cannot train with it empty as meant: set a value",
+    "kohya.refused.no_rate": "{source}: learning_rate is {value} and {part} falls back to it, so nothing sensible would be trained: set learning_rate",
+    # learning rates
+    "kohya.rate_missing": "not set in the file -> the learning rate ({value}), as sd-scripts uses it",
+    "kohya.rate_empty": "{value} -> 0 (the Kohya GUI reads an empty rate as 0)",
+    "kohya.rates_both_zero": "unet_lr and text_encoder_lr are both 0: both train at the learning rate ({value}), as in the Kohya GUI",
+    "kohya.rate_unet_only": "{value}: the text encoder is not trained (UNet-only LoRA), as in the Kohya GUI",
+    "kohya.rate_te_only": "{value}: the UNet is not trained (text-encoder-only LoRA), as in the Kohya GUI",
+    # empty values, argument strings, flags
+    "kohya.empty_as_kohya": "'' -> {value} (what the Kohya GUI makes of an empty value)",
+    "kohya.null_default": "null -> {value} (not set; the Kohya GUI would keep its on-screen value)",
+    "kohya.optimizer_missing": "not in the file -> {value} (the Kohya GUI's choice for a file without an optimizer)",
+    "kohya.args_split": "{value} -> {result} (split as the Kohya GUI splits it; quotes and stray commas removed)",
+    "kohya.scheduler_args": "{value}: scheduler arguments are not supported; the {scheduler} schedule runs with its standard parameters",
+    "kohya.flag_mapped": "{flag} -> {setting} = {value}",
+    "kohya.flag_unet_only": "{flag} -> text_encoder_lr = 0 (UNet-only LoRA)",
+    "kohya.flag_te_only": "{flag} -> unet_lr = 0 (text-encoder-only LoRA)",
+    "kohya.flag_left_out": "{flag} is not supported and was left out",
+    "kohya.flag_no_effect": "{flag}: no effect at this value",
+    "kohya.network_args_mapped": "{value}: conv_dim/conv_alpha taken over; the rest is listed separately",
+    "kohya.dataset_config": "{value}: a dataset TOML is not read; the folders and settings of this file are used",
+    # problems: imported, but Start refuses them
+    "kohya.foreign_path": "{value} is a {kind} path, written on another computer: training will not start until it is changed",
+    "kohya.reso_steps": "{value} with buckets on: sd-scripts refuses it for SD1.5 (it must be a multiple of 64), and so does Start",
 })
 
 
@@ -133,12 +302,16 @@ class ReportItem:
         return f"{self.key}: {say(self.msg) if self.msg is not None else self.message}"
 
 
+SECTIONS = ("problems", "unsupported", "migrated", "coerced", "defaulted", "ignored")
+
+
 @dataclass
 class ImportReport:
     """What a conversion did with each key that was not taken over unchanged."""
 
     source: str = ""
     format: str = "loratrainer"  # "loratrainer" | "kohya"
+    problems: list[ReportItem] = field(default_factory=list)  # imported, but Start refuses them until changed
     coerced: list[ReportItem] = field(default_factory=list)
     migrated: list[ReportItem] = field(default_factory=list)
     defaulted: list[ReportItem] = field(default_factory=list)
@@ -150,14 +323,14 @@ class ImportReport:
         return [item.key for item in getattr(self, kind)]
 
     def mentions(self, key: str) -> bool:
-        return any(item.key == key for kind in ("coerced", "migrated", "defaulted", "unsupported", "ignored") for item in getattr(self, kind))
+        return any(item.key == key for kind in SECTIONS for item in getattr(self, kind))
 
     def lines(self, say: Callable[[Msg], str] = str) -> list[str]:
         """Human-readable report, loud items first; `say` renders each coded message (the GUI: in its language)."""
         out = []
         if self.source:
             out.append(say(Msg.of("kohya.read_as_kohya" if self.format == "kohya" else "kohya.read_as_ours", source=self.source)))
-        for kind in ("unsupported", "migrated", "coerced", "defaulted", "ignored"):
+        for kind in SECTIONS:
             items = getattr(self, kind)
             if items:
                 out.append(say(Msg.of(f"kohya.section.{kind}")) + ":")
@@ -168,50 +341,160 @@ class ImportReport:
         return out
 
 
+class KohyaRefused(ConfigError):
+    """A Kohya file we must not import: the message is one sentence naming the file and the key that says why."""
+
+
 # -- import -----------------------------------------------------------------------------------------------------
 
 
 def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[TrainingConfig, ImportReport]:
-    """A Kohya GUI config dict -> our config and a report. Unusable values raise ConfigError naming the keys."""
+    """A Kohya GUI config dict -> our config and a report. Unusable files or values raise ConfigError naming the keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object of settings")
+    refuse_unless_sd15_lora(data, source)
     report = ImportReport(source=source, format="kohya")
     raw = dict(data)
     values: dict[str, Any] = {}  # leaf -> raw value, before coercion
     origin: dict[str, str] = {}  # leaf -> the Kohya key it came from, for error messages
     try:
-        _migrate(raw, values, origin, report)
+        flags = _migrate(raw, values, origin, report)
     except ValueError as exc:  # a migrated key's value cannot be used
         raise ConfigError(f"{source}: {exc}") from None
 
     for key, value in raw.items():
         if key in DIRECT_KEYS:
-            values[key], origin[key] = value, key
+            values.setdefault(key, value)  # a value from additional_parameters (already in) wins, as on sd-scripts' command line
+            origin.setdefault(key, key)
         else:
             _classify_unused(key, value, report)
+    rates = _learning_rates(data, values, flags, report, source)
     resolved = _coerce_all(values, origin, report, source)
+    resolved.update(rates)
 
-    kohya_names = sorted(_RENAMED.get(n, n) for n in _SPECS if n not in values and n not in OURS_ONLY)
+    # the per-part rates are reported by _learning_rates (missing = learning_rate), not as "our default"
+    kohya_names = sorted(
+        _RENAMED.get(n, n) for n in _SPECS
+        if n not in values and _SPECS[n].path not in resolved and n not in OURS_ONLY and n not in ("unet_lr", "text_encoder_lr")
+    )
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE
-    return _validate(resolved, origin, source), report
+    config = _validate(resolved, origin, source)
+    _problems(config, origin, report)
+    return config, report
+
+
+def refuse_unless_sd15_lora(data: dict[str, Any], source: str) -> None:
+    """Raise KohyaRefused when the file is no config, is for another model family, another Kohya GUI tab, or a
+    LoRA_type we do not train. Checked in that order, so the sentence names the most basic reason."""
+    if not data:
+        raise KohyaRefused(Msg.of("kohya.refused.empty", source=source))
+    nested = next((k for k, v in data.items() if isinstance(v, (dict, list))), None)
+    if nested is not None:
+        value = data[nested]
+        caption_like = isinstance(value, dict) and bool({"caption", "tags", "train_resolution"} & set(value))
+        looks = Msg.of("kohya.refused.caption_metadata" if caption_like else "kohya.refused.other_json")
+        raise KohyaRefused(Msg.of("kohya.refused.nested", source=source, key=repr(nested), looks_like=looks))
+    known = set(KOHYA_LORA_TAB) | DIRECT_KEYS | _OLD_KEYS | {k for _, keys in _OTHER_TABS for k in keys}
+    if not set(data) & known:
+        raise KohyaRefused(Msg.of("kohya.refused.no_known_key", source=source, count=len(data), first=repr(next(iter(data)))))
+    for key, family in _FAMILY_FLAGS:
+        if _truthy(data.get(key)):
+            raise KohyaRefused(Msg.of("kohya.refused.family", source=source, family=family, key=key, value=json.dumps(data[key])))
+    kind = data.get("LoRA_type")
+    if kind in _FAMILY_LORA_TYPES:
+        raise KohyaRefused(Msg.of("kohya.refused.family", source=source, family=_FAMILY_LORA_TYPES[kind], key="LoRA_type", value=json.dumps(kind)))
+    has_lora_marker = any(k in data for k in _LORA_MARKERS)
+    for tab, keys in _OTHER_TABS:
+        marker = next((k for k in keys if k in data), None)
+        if marker and (tab == "textual inversion" or not has_lora_marker):
+            raise KohyaRefused(Msg.of("kohya.refused.other_tab", source=source, kind=tab, key=marker))
+    if kind not in (None, "") and kind not in LORA_TYPES:
+        raise KohyaRefused(Msg.of("kohya.refused.lora_type_unknown", source=source, value=json.dumps(kind)))
+    if kind in LORA_TYPES and LORA_TYPES[kind] is None:
+        name = kind.split("/")[-1].removeprefix("Kohya ")
+        raise KohyaRefused(Msg.of("kohya.refused.network", source=source, value=json.dumps(kind), name=name))
+
+
+def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str], report: ImportReport, source: str) -> dict[str, Any]:
+    """learning_rate, unet_lr, text_encoder_lr by the Kohya GUI's rules (kohya_ss kohya_gui/lora_gui.py train_model,
+    resolve_network_train_flags; sd-scripts train_network.py):
+
+    - "" is 0 (update_my_data's float("") fallback); a key that is missing or null leaves that part at
+      learning_rate (sd-scripts without --unet_lr/--text_encoder_lr);
+    - text_encoder_lr 0 with unet_lr set: UNet-only; unet_lr 0 with text_encoder_lr set: text-encoder-only;
+    - both 0: both train at learning_rate (neither flag is passed);
+    - a part that falls back to a learning_rate of 0 is refused (the Kohya GUI drops a 0 from its TOML, so
+      sd-scripts would use its own 2e-6; with all three 0 the Kohya GUI refuses to start).
+    Our schema says "learning_rate" by None, "not trained" by 0.
+    """
+    rates: dict[str, float | None] = {}
+    errors = []
+    found = {key: values.pop(key) for key in _RATE_KEYS if key in values}  # file or additional_parameters
+    for key in _RATE_KEYS:
+        value = found.get(key)
+        if value is None:  # missing or null: learning_rate keeps our default (the Kohya GUI's too), a part uses it
+            continue
+        if isinstance(value, str) and not value.strip():
+            rates[key] = 0.0  # update_my_data: float("") fails -> 0.0
+            report.defaulted.append(ReportItem.of(key, "kohya.rate_empty", value="''"))
+            continue
+        try:
+            rates[key] = coerce(value, _SPECS[key])
+        except ValueError as exc:
+            errors.append(f"{key}: {exc} (got {value!r})")
+            continue
+        if isinstance(value, str):
+            report.coerced.append(ReportItem(key, f"{value!r} -> {rates[key]!r}"))
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(errors))
+    lr = rates.get("learning_rate", _SPECS["learning_rate"].default)
+    for key in ("unet_lr", "text_encoder_lr"):
+        if key not in rates:
+            rates[key] = None
+            report.defaulted.append(ReportItem.of(key, "kohya.rate_missing", value=repr(lr)))
+    unet, te = rates.get("unet_lr"), rates.get("text_encoder_lr")
+    if "network_train_unet_only" in flags:
+        te, unet = 0.0, (None if unet == 0 else unet)
+    elif "network_train_text_encoder_only" in flags:
+        unet, te = 0.0, (None if te == 0 else te)
+    elif unet == 0 and te == 0:
+        unet = te = None
+        for key in ("unet_lr", "text_encoder_lr"):
+            report.migrated.append(ReportItem.of(key, "kohya.rates_both_zero", value=repr(lr)))
+    elif te == 0:
+        report.migrated.append(ReportItem.of("text_encoder_lr", "kohya.rate_unet_only", value=repr(data.get("text_encoder_lr"))))
+    elif unet == 0:
+        report.migrated.append(ReportItem.of("unet_lr", "kohya.rate_te_only", value=repr(data.get("unet_lr"))))
+    for part, rate in (("unet_lr", unet), ("text_encoder_lr", te)):
+        if rate is None and not lr:
+            raise KohyaRefused(Msg.of("kohya.refused.no_rate", source=source, value=repr(data.get("learning_rate", lr)), part=part))
+    out = {"optimizer.unet_lr": unet, "optimizer.text_encoder_lr": te}
+    if "learning_rate" in rates:
+        out["optimizer.learning_rate"] = rates["learning_rate"]
+    return out
 
 
 def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportReport, source: str) -> dict[str, Any]:
-    """{leaf: loose value} -> {path: typed value}; "" and null drop out (= our default); all bad values at once."""
+    """{leaf: loose value} -> {path: typed value}; "" as the Kohya GUI reads it, null = not set; all bad values at once."""
     resolved: dict[str, Any] = {}
     errors: list[str] = []
+    locon = values.get("lora_type") == "LoCon"
     for leaf, value in values.items():
         key, spec = origin[leaf], _SPECS[leaf]
-        if isinstance(value, str) and not value.strip() and type(None) in get_args(spec.annotation):
-            # unet_lr / text_encoder_lr "": Kohya passes no flag, so sd-scripts uses learning_rate; ours says so by None.
-            report.defaulted.append(ReportItem.of(key, "kohya.empty_rate"))
-            resolved[spec.path] = None
-            continue
-        if value is None or (isinstance(value, str) and not value.strip() and (spec.kind != "text" or spec.default)):
+        if value is None:
             if spec.default not in ("", None):
-                report.defaulted.append(ReportItem(key, f"{value!r} -> {spec.default!r}"))
+                report.defaulted.append(ReportItem.of(key, "kohya.null_default", value=repr(spec.default)))
+            continue
+        if isinstance(value, str) and not value.strip() and spec.kind != "text" or value == "":
+            replacement = EMPTY_VALUES.get(leaf, spec.default)
+            if replacement is _REFUSE or (locon and leaf in ("conv_dim", "conv_alpha")):
+                # Kohya LoCon passes conv_dim="" to networks/lora.py, whose int("") fails
+                raise KohyaRefused(Msg.of("kohya.refused.empty_value", source=source, key=key))
+            if replacement != "":
+                report.defaulted.append(ReportItem.of(key, "kohya.empty_as_kohya", value=repr(replacement)))
+            resolved[spec.path] = replacement
             continue
         try:
             coerced = coerce(value, spec)
@@ -252,6 +535,8 @@ def coerce(value: Any, spec: FieldSpec) -> Any:
             raise ValueError("expected a finite number")
         if kind == "float":
             return float(number) if isinstance(value, str) else value
+        if isinstance(number, int):  # exact, however large (the range check names it)
+            return number
         if float(number) != int(number):
             raise ValueError("expected a whole number")
         return int(number)
@@ -271,15 +556,27 @@ def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> 
         messages = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
-            key = origin.get(loc[-1], ".".join(loc)) if len(loc) == 2 else "config"
+            key = origin.get(loc[-1], loc[-1] if loc[-1] in _RATE_KEYS else ".".join(loc)) if len(loc) == 2 else "config"
             msg = err["msg"].removeprefix("Value error, ")
             got = f" (got {err['input']!r})" if len(loc) == 2 else ""
             messages.append(f"{key}: {msg}{got}")
         raise ConfigError(f"{source}: " + "; ".join(messages)) from None
 
 
-def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
-    """Kohya keys whose name or meaning differs from ours; consumed keys are removed from `raw`."""
+def _problems(config: TrainingConfig, origin: dict[str, str], report: ImportReport) -> None:
+    """What imports but cannot train here: Start refuses it (train.path_checks, data.check), the report says so now."""
+    paths = {spec.path: get_value(config, spec.path) for spec in field_specs() if spec.kind == "text"}
+    for path, kind in foreign_paths(paths).items():
+        leaf = path.split(".")[1]
+        report.problems.append(ReportItem.of(origin.get(leaf, leaf), "kohya.foreign_path", value=repr(paths[path]), kind=kind))
+    b = config.buckets
+    if b.enable_bucket and b.bucket_reso_steps % 64:  # train_network.py: verify_bucket_reso_steps(64)
+        report.problems.append(ReportItem.of("bucket_reso_steps", "kohya.reso_steps", value=b.bucket_reso_steps))
+
+
+def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> set[str]:
+    """Kohya keys whose name or meaning differs from ours; consumed keys are removed from `raw`. Returns the
+    train-mode flags found in additional_parameters."""
     _lora_type(raw, values, origin, report)
     attention = _attention(raw, report)
     if attention is not None:
@@ -287,6 +584,8 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
     _old_names(raw, values, origin, report)
     _noise_offset_type(raw, report)
     _values_we_replace(raw, report)
+    _argument_strings(raw, report)
+    return _additional_parameters(raw, values, origin, report)
 
 
 def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -294,15 +593,12 @@ def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
         kind = raw.pop("LoRA_type")
         if kind in (None, ""):
             report.defaulted.append(ReportItem("LoRA_type", f"{kind!r} -> 'Standard'"))
-        elif kind in _LORA_TYPES:
-            values["lora_type"], origin["lora_type"] = _LORA_TYPES[kind], "LoRA_type"
-            if kind not in ("Standard", "LoCon"):
-                if kind.startswith("LyCORIS"):
-                    report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
-                else:
-                    report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type 'LoCon'"))
-        else:
-            report.unsupported.append(ReportItem.of("LoRA_type", "kohya.lora_type_unsupported", kind=repr(kind)))
+        elif LORA_TYPES.get(kind):  # refused kinds never get here (refuse_unless_sd15_lora)
+            values["lora_type"], origin["lora_type"] = LORA_TYPES[kind], "LoRA_type"
+            if kind.startswith("LyCORIS"):
+                report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
+            elif kind != LORA_TYPES[kind]:
+                report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type {LORA_TYPES[kind]!r}"))
 
 
 def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -316,6 +612,10 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
             report.migrated.append(ReportItem("use_8bit_adam", f"{flag!r} -> optimizer {optimizer!r}"))
         else:
             report.migrated.append(ReportItem.of("use_8bit_adam", "kohya.adam8bit_ignored", flag=repr(flag), optimizer=repr(raw["optimizer"])))
+    elif "optimizer" not in raw:
+        # kohya_gui/common_gui.py update_my_data: my_data.setdefault("optimizer", "AdamW8bit" if use_8bit_adam else "AdamW")
+        values["optimizer"], origin["optimizer"] = "AdamW", "optimizer"
+        report.migrated.append(ReportItem.of("optimizer", "kohya.optimizer_missing", value="'AdamW'"))
 
     if "lora_network_weights" in raw:
         old = raw.pop("lora_network_weights")
@@ -350,6 +650,108 @@ def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
     if _truthy(raw.get("use_wandb")) or raw.get("log_with") in ("wandb", "all"):
         key = "use_wandb" if _truthy(raw.get("use_wandb")) else "log_with"
         report.unsupported.append(ReportItem.of(key, "kohya.wandb", value=repr(raw.pop(key))))
+    config_file = raw.get("dataset_config")
+    if isinstance(config_file, str) and config_file.strip():
+        raw.pop("dataset_config")
+        report.unsupported.append(ReportItem.of("dataset_config", "kohya.dataset_config", value=repr(config_file)))
+
+
+def kohya_split_args(text: str) -> list[str]:
+    """An argument string as the Kohya GUI splits it (train_model: str(x).replace('"', "").split()), then cleaned
+    where sd-scripts would misread it: single quotes around an item, a stray comma between items (sd-scripts'
+    ast.literal_eval("0.01,") is the tuple (0.01,)), brackets around a tuple value."""
+    items = []
+    for item in text.replace('"', "").split():
+        item = item.strip("'").strip(",")
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        value = value.strip("'")
+        if len(value) > 1 and value[0] + value[-1] in ("()", "[]"):
+            value = value[1:-1]
+        items.append(f"{key}{eq}{value.strip(',')}" if eq else key)
+    return items
+
+
+def _argument_strings(raw: dict[str, Any], report: ImportReport) -> None:
+    """optimizer_args (ours, as a space-separated string), lr_scheduler_args and network_args (no setting of ours)."""
+    text = raw.get("optimizer_args")
+    if isinstance(text, str) and text.strip():
+        joined = " ".join(kohya_split_args(text))
+        if joined != text.strip():
+            raw["optimizer_args"] = joined
+            report.coerced.append(ReportItem.of("optimizer_args", "kohya.args_split", value=repr(text), result=repr(joined)))
+    text = raw.get("lr_scheduler_args")
+    if isinstance(text, str) and kohya_split_args(text):
+        raw.pop("lr_scheduler_args")
+        scheduler = raw.get("lr_scheduler") or _SPECS["lr_scheduler"].default
+        report.unsupported.append(ReportItem.of("lr_scheduler_args", "kohya.scheduler_args", value=repr(" ".join(kohya_split_args(text))), scheduler=scheduler))
+    text = raw.get("network_args")
+    if isinstance(text, str) and kohya_split_args(text):
+        raw.pop("network_args")
+        rest = []
+        for item in kohya_split_args(text):
+            key, _, value = item.partition("=")
+            if key in ("conv_dim", "conv_alpha") and raw.get(key) in (None, ""):
+                raw[key] = value
+            elif key not in ("conv_dim", "conv_alpha"):
+                rest.append(item)
+        report.migrated.append(ReportItem.of("network_args", "kohya.network_args_mapped", value=repr(text)))
+        for item in rest:
+            report.unsupported.append(ReportItem.of(f"network_args {item.partition('=')[0]}", "kohya.left_out", value=repr(item)))
+
+
+# sd-scripts flags named differently from our settings (library/train_util.py argument names).
+_FLAG_NAMES = {"resolution": "max_resolution", "optimizer_type": "optimizer"}
+_ATTENTION_FLAGS = {"xformers": "xformers", "sdpa": "sdpa", "mem_eff_attn": "sdpa"}
+_TRAIN_MODE_FLAGS = ("network_train_unet_only", "network_train_text_encoder_only")
+# Flags whose value has no effect at sd-scripts' default.
+_NEUTRAL_FLAGS = {"min_timestep": ("0",), "max_timestep": ("1000",)}
+
+
+def _additional_parameters(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> set[str]:
+    """The Kohya GUI appends additional_parameters to the trainer's command line (common_gui.py
+    run_cmd_advanced_training: quotes removed, split at spaces), where they override the TOML. Flags that are our
+    settings are taken over; the rest are named."""
+    text = raw.pop("additional_parameters", None)
+    if text is None or not isinstance(text, str) or not text.strip():
+        if text not in (None, ""):
+            report.unsupported.append(ReportItem.of("additional_parameters", "kohya.left_out", value=repr(text)))
+        elif text == "":
+            report.ignored.append(ReportItem.of("additional_parameters", "kohya.no_effect", value="''"))
+        return set()
+    parsed: list[tuple[str, list[str]]] = []
+    for token in text.replace('"', "").split():
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            parsed.append((name, [value] if eq else []))
+        elif parsed:
+            parsed[-1][1].append(token)
+        else:
+            parsed.append((token, []))  # a stray word before any flag: sd-scripts would reject it
+    flags: set[str] = set()
+    for name, args in parsed:
+        shown = "--" + name + ("=" + " ".join(args) if args else "")
+        leaf = _FLAG_NAMES.get(name, name)
+        if name in _TRAIN_MODE_FLAGS and not args:
+            flags.add(name)
+            code = "kohya.flag_unet_only" if name == "network_train_unet_only" else "kohya.flag_te_only"
+            report.migrated.append(ReportItem.of("additional_parameters", code, flag=shown))
+        elif name in _ATTENTION_FLAGS and not args:
+            values["attention"], origin["attention"] = _ATTENTION_FLAGS[name], "additional_parameters"
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting="attention", value=repr(_ATTENTION_FLAGS[name])))
+        elif name == "optimizer_args" and args:
+            values["optimizer_args"], origin["optimizer_args"] = " ".join(kohya_split_args(" ".join(args))), "additional_parameters"
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting="optimizer_args", value=repr(values["optimizer_args"])))
+        elif leaf in DIRECT_KEYS and leaf not in OURS_ONLY and (len(args) == 1 or (not args and _SPECS[leaf].kind == "bool")):
+            value = args[0] if args else True
+            values[leaf], origin[leaf] = value, "additional_parameters"
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting=leaf, value=repr(value)))
+        elif name in _NEUTRAL_FLAGS and args and args[0] in _NEUTRAL_FLAGS[name]:
+            report.ignored.append(ReportItem.of("additional_parameters", "kohya.flag_no_effect", flag=shown))
+        else:
+            report.unsupported.append(ReportItem.of("additional_parameters", "kohya.flag_left_out", flag=shown))
+    return flags
 
 
 def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
@@ -361,7 +763,11 @@ def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
         report.migrated.append(ReportItem("xformers", f"{xformers!r} -> attention {result!r}"))
     elif isinstance(xformers, str) and xformers.strip().lower() in {"xformers", "sdpa", "none"}:
         result = xformers.strip().lower()
-    elif xformers not in (None, ""):
+    elif xformers == "":
+        # train_model passes --xformers only for "xformers" and --sdpa only for "sdpa": plain attention
+        result = "none"
+        report.defaulted.append(ReportItem.of("xformers", "kohya.empty_as_kohya", value="attention 'none'"))
+    elif xformers is not None:
         raise ValueError(f"xformers: expected 'xformers', 'sdpa', 'none' or true/false (got {xformers!r})")
     if _truthy(mem_eff):
         # sd-scripts gives mem_eff_attn precedence over xformers; PyTorch's sdpa is the memory-efficient kernel now.
@@ -391,10 +797,8 @@ def _noise_offset_type(raw: dict[str, Any], report: ImportReport) -> None:
 
 def _classify_unused(key: str, value: Any, report: ImportReport) -> None:
     shown = Msg.of("kohya.hidden") if key in _SECRET_KEYS else repr(value)
-    if key in ("v2", "sdxl") and _truthy(value):
-        report.unsupported.append(ReportItem.of(key, "kohya.sd15_only", value=shown))
-    elif key.startswith(_OTHER_FAMILY_PREFIXES) or key in _OTHER_FAMILY_KEYS or key in ("v2", "sdxl"):
-        report.ignored.append(ReportItem.of(key, "kohya.other_family", value=shown))
+    if key.startswith(_OTHER_FAMILY_PREFIXES) or key in _OTHER_FAMILY_KEYS or key.endswith("_checkbox") or key in ("v2", "sdxl"):
+        report.ignored.append(ReportItem.of(key, "kohya.other_family", value=shown))  # switched off: refused otherwise
     elif _inert(key, value):
         report.ignored.append(ReportItem.of(key, "kohya.no_effect", value=shown))
     else:
@@ -425,19 +829,28 @@ def _number(value: Any) -> bool:
 
 _KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon"}
 _KOHYA_INTS = frozenset({"lr_warmup"})  # a float for us, an integer percentage slider in the Kohya GUI
+# Kohya keys whose on-screen default would change the run: the value that makes them inert.
+_EXPORT_NEUTRAL = {"model_list": "custom", "max_train_epochs": 0, "stop_text_encoder_training": 0, "mem_eff_attn": False}
 
 
 def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
-    """Our config -> a flat Kohya GUI dict (Kohya value conventions) and a report of what Kohya cannot express."""
+    """Our config -> a flat Kohya GUI dict with every key of the current LoRA tab (KOHYA_LORA_TAB), so loading
+    it leaves no stale on-screen value behind, and a report of what Kohya cannot express."""
     report = ImportReport(format="kohya")
     defaults = TrainingConfig()
-    out: dict[str, Any] = {"v2": False, "sdxl": False, "LoRA_type": _KOHYA_LORA_TYPE[config.network.lora_type]}
+    out: dict[str, Any] = {k: v for k, v in KOHYA_LORA_TAB.items()}
+    out.update(_EXPORT_NEUTRAL)
+    out.update({"v2": False, "sdxl": False, "LoRA_type": _KOHYA_LORA_TYPE[config.network.lora_type]})
     out["xformers"] = config.precision.attention
     for name in sorted(DIRECT_KEYS - OURS_ONLY):
         value = get_value(config, name)
         if value is None:  # an empty per-module rate means "the learning rate", which Kohya writes out explicitly
             value = config.optimizer.learning_rate
             report.migrated.append(ReportItem.of(name, "kohya.export_rate", value=repr(value)))
+        if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
+            if value != get_value(defaults, name):
+                report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
+            continue
         out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
     for name in sorted(OURS_ONLY):
         if get_value(config, name) != get_value(defaults, name):
@@ -460,7 +873,6 @@ def kohya_to_json(data: dict[str, Any]) -> str:
 
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
-    """Our JSON has a schema_version, a preset header or group objects; a Kohya file is flat."""
-    if "schema_version" in data or "preset" in data or any(isinstance(data.get(g), dict) for g in GROUPS):
-        return False
-    return bool(data)
+    """Our JSON has a schema_version, a preset header or group objects; a Kohya file is flat. An empty object is
+    nobody's config: it goes to the Kohya reader, which refuses it by name."""
+    return not ("schema_version" in data or "preset" in data or any(isinstance(data.get(g), dict) for g in GROUPS))

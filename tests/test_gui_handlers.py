@@ -13,7 +13,6 @@ import pytest
 from loratrainer.config import TrainingConfig, load_config
 from tests.datasets import make_concept, make_dataset, make_image, make_zero_byte
 
-KOHYA_FIXTURES = Path("/work/shared/fixtures/kohya-presets")
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +183,24 @@ def test_presets_load_keeping_folders_and_save(page, tmp_path, monkeypatch):
     assert any("my preset" in lab for lab, _ in h.preset_choices())
 
 
-@pytest.mark.skipif(not KOHYA_FIXTURES.is_dir(), reason="shared Kohya fixtures not present")
 def test_import_kohya_config_reports_what_was_ignored(page):
     h = page.handlers["training"]
-    fixture = next(iter(sorted(KOHYA_FIXTURES.glob("*.json"))))
+    fixture = Path(__file__).parent / "fixtures" / "kohya_ss" / "test" / "config" / "locon-Prodigy.json"
     out = h.load_file(form(page, config_path=str(fixture), config_upload=None))
     message = out[page.named["config_message"]]
     assert "Kohya config" in message and "```" in message
+    assert "MUST BE CHANGED BEFORE TRAINING" in message and "bucket_reso_steps" in message
     assert len(by_path(page, out)) == len(page.fields)
+
+
+def test_load_dialog_refuses_another_model_family_naming_family_and_key(page):
+    h = page.handlers["training"]
+    fixture = Path(__file__).parent / "fixtures" / "kohya_ss" / "presets" / "lora" / "SDXL - LoRA AI_Now ADamW v1.0.json"
+    before = form(page, config_path=str(fixture), config_upload=None)
+    out = h.load_file(before)
+    message = out[page.named["config_message"]]
+    assert "Stable Diffusion XL" in message and "sdxl = true" in message
+    assert set(out) == {page.named["config_message"]}  # the form keeps what it had
 
 
 def test_save_and_load_our_json_with_backup(page, tmp_path):
@@ -228,6 +237,19 @@ def test_start_refused_starts_nothing(page, tmp_path):
     status = out[page.named["status"]]
     assert status.startswith("**Not started.**")
     assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
+    assert page.jobs.runs() == []
+
+
+def test_start_refuses_a_windows_path_naming_the_setting_and_creates_nothing(page, tmp_path, monkeypatch):
+    h = page.handlers["training"]
+    monkeypatch.chdir(tmp_path)
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
+    data[page.fields["folders.output_dir"]] = "C:\\Users\\me\\lora\\model"
+    status = h.start(data)[page.named["status"]]
+    assert status.startswith("**Not started.**") and "Windows path" in status and "C:" in status
+    assert "folders.output_dir is a Windows path" in status  # the English page names settings by their path, as the CLI
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img"]  # no ./C:\Users... folder
     assert page.jobs.runs() == []
 
 

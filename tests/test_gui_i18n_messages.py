@@ -188,10 +188,12 @@ def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):
     ui = pages["ko"]
     h = ui.handlers["training"]
     kohya = {
-        "LoRA_type": "LyCORIS/LoHa", "use_8bit_adam": True, "optimizer": "AdamW", "lora_network_weights": "",
+        "LoRA_type": "LyCORIS/LoCon", "use_8bit_adam": True, "optimizer": "AdamW", "lora_network_weights": "",
         "max_train_epochs": "", "save_model_as": "ckpt", "wandb_api_key": "secret", "mem_eff_attn": True,
-        "noise_offset_type": "Multires", "noise_offset": 0.1, "multires_noise_iterations": 6, "v2": True,
-        "learning_rate": 0.0001, "unet_lr": "", "network_dim": "8", "epoch": 2,
+        "noise_offset_type": "Multires", "noise_offset": 0.1, "multires_noise_iterations": 6, "v2": False,
+        "learning_rate": 0.0001, "unet_lr": "", "network_dim": "8", "epoch": 2, "caption_extension": "",
+        "bucket_reso_steps": 32, "output_dir": "C:\\Users\\me\\model", "optimizer_args": '"weight_decay=0.01," "betas=0.9,0.99"',
+        "additional_parameters": "--max_grad_norm=0 --lr_scheduler_type CosineAnnealingLR",
     }
     path = tmp_path / "kohya.json"
     path.write_text(json.dumps(kohya))
@@ -209,7 +211,15 @@ def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):
     en = pages["en"]
     data = _form(en)
     data[en.named["config_path"]], data[en.named["config_upload"]] = str(path), None
-    assert "only Stable Diffusion 1.5 is supported" in en.handlers["training"].load_file(data)[en.named["config_message"]]
+    assert "MUST BE CHANGED BEFORE TRAINING" in en.handlers["training"].load_file(data)[en.named["config_message"]]
+    # a file for another model family is refused, in the page's language
+    path.write_text(json.dumps({**kohya, "v2": True}))
+    assert "Stable Diffusion 2 config (v2 = true)" in en.handlers["training"].load_file(data)[en.named["config_message"]]
+    data = _form(ui)
+    data[ui.named["config_path"]], data[ui.named["config_upload"]] = str(path), None
+    refused = h.load_file(data)[ui.named["config_message"]]
+    assert "Stable Diffusion 2" in refused and "(v2 = true)" in refused and HANGUL.search(refused)
+    assert english_phrases(refused.replace("Stable Diffusion 2", "")) == [], refused
     # export: settings Kohya cannot express
     data = _form(ui, **{"dataset.undersized_images": "refuse", "optimizer.multires_noise_iterations": 6, "optimizer.noise_offset": 0.1})
     data[ui.named["config_path"]] = str(tmp_path / "out.json")

@@ -112,11 +112,13 @@ def test_print_command_starts_nothing(tmp_path, capsys):
     from loratrainer.cli import main
     from loratrainer.config import save_config
 
-    save_config(_config(tmp_path), tmp_path / "c.json")
+    save_config(_config(tmp_path, optimizer="AdamW"), tmp_path / "c.json")
     assert main(["train", "--config", str(tmp_path / "c.json"), "--set", "num_processes=2", "--print-command"]) == 0
     line = capsys.readouterr().out.strip()
     assert "accelerate.commands.launch" in line and "--multi_gpu" in line and "loratrainer.train.entry" in line
-    assert not (tmp_path / "out").exists()
+    # the preflight ran (it checks the output folder as Start does), but no run folder was made and nothing started
+    assert str(tmp_path / "out" / "log" / "last_<YYYYmmdd-HHMMSS>") in line
+    assert not list((tmp_path / "out").glob("log/last_*"))
 
 
 

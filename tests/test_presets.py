@@ -21,7 +21,8 @@ from loratrainer.presets import (
     shipped_preset_dir,
 )
 
-KOHYA_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "kohya-presets").glob("*.json"))
+# Kohya GUI files that import (iA3-Prodigy-sd15.json and loha-sd15.json beside them are refused: test_kohya_rules.py)
+KOHYA_FIXTURES = [Path(__file__).parent / "fixtures" / "kohya-presets" / n for n in ("saved-locon-AdamW8bit.json", "sd15-EDG_LoraOptiSettings.json")]
 SHIPPED = sorted(shipped_preset_dir().glob("*.json"))
 
 
@@ -239,11 +240,11 @@ def test_cli_unwritable_output_is_one_error_line(tmp_path, capsys, command) -> N
 def test_cli_show_reads_kohya_files_and_full_configs(tmp_path, capsys) -> None:
     """show takes any config file (it says every command does): a Kohya file is imported and reported, and a full
     config lists only what differs from the defaults."""
-    kohya = Path(__file__).parent / "fixtures" / "kohya-presets" / "iA3-Prodigy-sd15.json"
+    kohya = Path(__file__).parent / "fixtures" / "kohya_ss" / "test" / "config" / "locon-Prodigy.json"
     assert main(["preset", "show", str(kohya)]) == 0
     shown = capsys.readouterr().out
-    assert "as a Kohya GUI config" in shown and "NOT SUPPORTED" in shown
-    assert "optimizer.optimizer = 'Prodigy'" in shown and "optimizer.epoch = 300" in shown
+    assert "as a Kohya GUI config" in shown and "NOT SUPPORTED" in shown and "MUST BE CHANGED" in shown
+    assert "optimizer.optimizer = 'Prodigy'" in shown and "network.lora_type = 'LoCon'" in shown
     full = tmp_path / "full.json"
     save_config(with_values(TrainingConfig(), {"network_dim": 12}), full)
     assert main(["preset", "show", str(full)]) == 0
@@ -261,7 +262,7 @@ def test_overwriting_keeps_a_backup_of_the_old_file(tmp_path, user_presets: Path
     assert [i.name for i in list_presets() if not i.shipped] == ["faces"]  # backups are not listed as presets
     out = tmp_path / "ours.json"
     out.write_text("my hand-edited file")
-    source = Path(__file__).parent / "fixtures" / "kohya-presets" / "loha-sd15.json"
+    source = Path(__file__).parent / "fixtures" / "kohya-presets" / "saved-locon-AdamW8bit.json"
     assert main(["preset", "import-kohya", str(source), "-o", str(out), "--force"]) == 0
     (kept,) = tmp_path.glob("ours.json.*.bak")
     assert kept.read_text() == "my hand-edited file" and f"as {kept}" in capsys.readouterr().out

@@ -162,6 +162,7 @@ def test_8bit_optimizers_without_cuda_say_what_to_use(name, instead):
 def test_the_default_adamw8bit_is_refused_before_launch_without_cuda(tmp_path):
     from loratrainer.train.launch import LaunchRefused, start_run
 
+    (tmp_path / "model").mkdir()  # the base model is checked before the optimizer (train.path_checks)
     config = small_config(tmp_path, tmp_path / "model", optimizer="AdamW8bit")
     with pytest.raises(LaunchRefused, match="^AdamW8bit needs bitsandbytes with a CUDA GPU; use AdamW$"):
         start_run(config)

@@ -13,14 +13,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", required=True, help="our JSON config/preset or a Kohya GUI config file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set network_dim=16 (repeatable)")
-    p.add_argument("--print-command", action="store_true", help="print the accelerate command and exit without training")
+    p.add_argument("--print-command", action="store_true", help="run the checks Start runs, then print the accelerate command that would run, and exit without training")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from loratrainer.config import apply_overrides
     from loratrainer.train.follow import follow
-    from loratrainer.train.launch import build_command, format_command, preflight, start_run
+    from loratrainer.train.launch import build_command, format_command, logging_root, preflight, start_run
 
     config = _load(args.config)
     try:
@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--set: {exc}") from None
     for note in config.summary():
         print(f"note: {note}", file=sys.stderr)
+    config = preflight(config)  # --print-command too: the same checks as a real start, so it shows a command that would run
     if args.print_command:
-        print(format_command(build_command(config, "<run folder>")))
+        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        print(format_command(build_command(config, run_dir)))
         return 0
-    config = preflight(config)
     process = start_run(config, check=False)
     print(f"run folder: {process.run_dir}", file=sys.stderr)
     return follow(process)

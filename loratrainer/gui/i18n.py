@@ -139,6 +139,7 @@ MESSAGE_MODULES = (
     "loratrainer.data.captions",
     "loratrainer.kohya",
     "loratrainer.train.launch",
+    "loratrainer.train.path_checks",
     "loratrainer.gui.jobs",
     "loratrainer.caption.base",
     "loratrainer.caption.basic",

@@ -213,7 +213,9 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report.
     """
     from loratrainer.data.check import check_dataset
+    from loratrainer.train.path_checks import check_paths
 
+    check_paths(config)  # first: a path from another computer must not become a folder here
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)

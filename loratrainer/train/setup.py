@@ -87,7 +87,19 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     for module in (components.unet, components.text_encoder, components.vae):
         module.to(accelerator.device)
     components.vae.eval()
+    speed_up_unet(components.unet, config)
     return components, handle, weight_dtype
+
+
+def speed_up_unet(unet, config: TrainingConfig) -> None:
+    """Options that change speed and memory, never the result (tests/test_speed_options.py checks the loss curve).
+
+    The UNet is compiled in place (nn.Module.compile) rather than wrapped by torch.compile(), so that its class,
+    its config and its state_dict keys, which saving and sampling use, stay as they are."""
+    if config.precision.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if config.precision.dynamo_backend != "no":
+        unet.compile(backend=config.precision.dynamo_backend)
 
 
 def set_attention(unet, attention: str) -> None:
