@@ -951,6 +951,23 @@ def _checkpointing(tmp_path, tiny_model):
     assert c.unet.is_gradient_checkpointing and c.text_encoder.is_gradient_checkpointing
 
 
+@row("precision.channels_last")
+def _channels_last(tmp_path, tiny_model):
+    c, _, _ = _models(tiny_model)
+    assert c.unet.conv_in.weight.is_contiguous()
+    c, _, _ = _models(tiny_model, channels_last=True)
+    conv = c.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+@row("precision.dynamo_backend")
+def _dynamo(tmp_path, tiny_model):
+    c, _, _ = _models(tiny_model)
+    assert c.unet._compiled_call_impl is None
+    c, _, _ = _models(tiny_model, dynamo_backend="eager")  # compiled in place; the first call would compile
+    assert c.unet._compiled_call_impl is not None
+
+
 @row("network.network_weights")
 def _network_weights(tmp_path, tiny_model):
     _, handle, _ = _models(tiny_model)
