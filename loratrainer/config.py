@@ -85,6 +85,11 @@ define({
     "config.full_both": "{full_fp16} and {full_bf16} exclude each other",
     "config.gpu_ids_count": "{gpu_ids} lists {count} GPU(s) for {processes} processes",
     "config.adafactor_scheduler": "{scheduler} 'adafactor' works only with optimizer Adafactor (not {optimizer})",
+    "config.lokr_factor": "must be -1 (near the square root) or a positive number",
+    "config.rank_over_1024": "{setting} above 1024 is only allowed when {lora_type} is LoKr (where it means full matrices); set 1024 or less",
+    "config.lycoris_only": "{setting} works only when {lora_type} is LoHa or LoKr; set it back to its default for {kind}",
+    "config.lokr_tucker": "{setting} is not available for LoKr: ComfyUI cannot apply LoKr's Tucker tensors (lokr_t2) and would skip those modules; turn it off",
+    "config.not_for_lycoris": "{setting} is not available for {kind} (peft's LoHa/LoKr have no such option); set it to {default}",
 })
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*$")
@@ -198,16 +203,35 @@ class BucketSettings(_Group):
 
 
 class NetworkSettings(_Group):
-    lora_type: Literal["Standard", "LoCon"] = Field(
-        "Standard", description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions."
+    lora_type: Literal["Standard", "LoCon", "LoHa", "LoKr"] = Field(
+        "Standard",
+        description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions; LoHa and LoKr "
+        "(LyCORIS) adapt the same layers with Hadamard / Kronecker products.",
     )
-    network_dim: int = Field(8, ge=1, le=1024, description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
-    network_alpha: float = Field(1.0, gt=0, le=1024, description="Scales updates by alpha/rank; equal to the rank is a good start.")
-    conv_dim: int = Field(1, ge=1, le=1024, description="LoCon: rank of the 3x3 convolution adapters.")
-    conv_alpha: float = Field(1.0, gt=0, le=1024, description="LoCon: alpha of the 3x3 convolution adapters.")
+    # le=100000: LyCORIS LoKr presets ask for full matrices with a huge rank (the Kohya GUI's 100000); the other
+    # types are held to 1024 by a cross-field rule
+    network_dim: int = Field(8, ge=1, le=100000, description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
+    network_alpha: float = Field(1.0, gt=0, le=100000, description="Scales updates by alpha/rank; equal to the rank is a good start.")
+    conv_dim: int = Field(1, ge=1, le=100000, description="LoCon, LoHa, LoKr: rank of the 3x3 convolution adapters.")
+    conv_alpha: float = Field(1.0, gt=0, le=100000, description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters.")
     network_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA's hidden activations.")
+    factor: int = Field(-1, ge=-1, le=8192, description="LoKr: split each weight's sides near this number for the Kronecker product (-1 = near the square root).")
+    decompose_both: bool = Field(False, description="LoKr: also make the smaller Kronecker factor low-rank.")
+    use_tucker: bool = Field(False, description="LoHa: Tucker (CP) decomposition of the 3x3 convolution adapters (fewer parameters).")
+    rank_dropout: float = Field(0.0, ge=0.0, le=1.0, description="LoHa, LoKr: probability of dropping each output row of the update during training.")
+    module_dropout: float = Field(0.0, ge=0.0, le=1.0, description="LoHa, LoKr: probability of skipping a whole module's update for a step.")
     network_weights: str = Field("", description="Start from this existing LoRA .safetensors file (continues its training).")
     scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: int) -> int:
+        if v == 0:
+            raise MsgError(Msg.of("config.lokr_factor"))
+        return v
+
+
+LYCORIS_TYPES = ("LoHa", "LoKr")
 
 
 class OptimizerSettings(_Group):
@@ -474,6 +498,36 @@ def _rule_adafactor_scheduler(c: TrainingConfig) -> Msg | None:
     return None
 
 
+def _rule_rank_range(c: TrainingConfig) -> Msg | None:
+    n = c.network
+    if n.lora_type != "LoKr":
+        for name in ("network_dim", "conv_dim"):
+            if getattr(n, name) > 1024:
+                return Msg.of("config.rank_over_1024", setting=Label(f"network.{name}"), lora_type=Label("network.lora_type"))
+    return None
+
+
+def _rule_lycoris_settings(c: TrainingConfig) -> Msg | None:
+    """Settings only one family understands: refused by name rather than silently ignored."""
+    n = c.network
+    if n.lora_type in LYCORIS_TYPES:
+        # peft's LoHa/LoKr have no hidden-activation dropout (LyCORIS warns it is not implemented either)
+        if n.network_dropout:
+            return Msg.of("config.not_for_lycoris", setting=Label("network.network_dropout"), kind=n.lora_type, default=0)
+        if n.lora_type == "LoKr" and n.use_tucker:
+            # ComfyUI's lokr.py calls torch.kron on the einsum result, which torch refuses (non-contiguous); its
+            # loader logs an error and leaves the module out
+            return Msg.of("config.lokr_tucker", setting=Label("network.use_tucker"))
+        if c.saving.save_diffusers_format:  # diffusers' loader reads LoRA, not LoHa/LoKr
+            return Msg.of("config.not_for_lycoris", setting=Label("saving.save_diffusers_format"), kind=n.lora_type, default="off")
+        return None
+    defaults = NetworkSettings()
+    for name in ("factor", "decompose_both", "use_tucker", "rank_dropout", "module_dropout"):
+        if getattr(n, name) != getattr(defaults, name):
+            return Msg.of("config.lycoris_only", setting=Label(f"network.{name}"), lora_type=Label("network.lora_type"), kind=n.lora_type)
+    return None
+
+
 CROSS_FIELD_RULES: list[Callable[[TrainingConfig], Msg | None]] = [
     _rule_augmentation_vs_cache,
     _rule_something_trains,
@@ -481,6 +535,8 @@ CROSS_FIELD_RULES: list[Callable[[TrainingConfig], Msg | None]] = [
     _rule_full_precision,
     _rule_multi_gpu,
     _rule_adafactor_scheduler,
+    _rule_rank_range,
+    _rule_lycoris_settings,
 ]
 
 

@@ -7,7 +7,7 @@ does the same, or refuses the file in one sentence:
 
 - refused first, naming the key that says so: another model family (sdxl, *_checkbox, v2, a Flux/Lumina/Anima/
   HunyuanImage LoRA_type), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
-  LoRA_type we do not train (table LORA_TYPES: LyCORIS and other network kinds; LoCon stays);
+  LoRA_type we do not train (table LORA_TYPES: LyCORIS and other network kinds; LoCon, LoHa and LoKr are trained);
 - learning rates by the Kohya GUI's rules (`_learning_rates`), argument strings split as the Kohya GUI splits
   them, additional_parameters mapped flag by flag, empty values as the Kohya GUI reads them (table EMPTY_VALUES);
 - loose types coerced ("0.0001", 64.0, "true"), old keys migrated, every key either imported or named in the
@@ -57,8 +57,8 @@ LORA_TYPES: dict[str, str | None] = {
     "Kohya LoCon": "LoCon",
     "LoCon": "LoCon",  # old name; the Kohya GUI's update_my_data turns it into LyCORIS/LoCon
     "LyCORIS/LoCon": "LoCon",
-    "LyCORIS/LoHa": None,
-    "LyCORIS/LoKr": None,
+    "LyCORIS/LoHa": "LoHa",  # trained with peft's LoHa/LoKr, saved as lycoris.kohya saves them (docs/lycoris.md)
+    "LyCORIS/LoKr": "LoKr",
     "Kohya LoHa": None,
     "Kohya LoKr": None,
     "LyCORIS/iA3": None,
@@ -70,6 +70,10 @@ LORA_TYPES: dict[str, str | None] = {
     "LyCORIS/Native Fine-Tuning": None,
     "LoRA-FA": None,
 }
+# Our LoHa/LoKr settings: Kohya GUI keys of the same name, used only with a LyCORIS/LoHa or LyCORIS/LoKr type
+_LYCORIS_KEYS = ("factor", "decompose_both", "use_tucker", "rank_dropout", "module_dropout")
+# LyCORIS options peft's LoHa/LoKr do not have (lycoris/kohya.py reads them from network_args)
+_LYCORIS_REFUSED = ("use_scalar", "train_norm", "dora_wd", "bypass_mode", "rank_dropout_scale")
 # LoRA_types that exist only for another model family (kohya_gui/lora_gui.py train_model).
 _FAMILY_LORA_TYPES = {"Flux1": "FLUX.1", "Flux1 OFT": "FLUX.1", "Anima": "Anima", "Lumina": "Lumina Image 2.0", "HunyuanImage-2.1": "HunyuanImage-2.1"}
 # Keys that switch the Kohya GUI to another trainer script (train_model: sdxl_train_network.py, flux_..., ...).
@@ -186,6 +190,10 @@ EMPTY_VALUES: dict[str, Any] = {
     "lr_warmup_steps": 0,
     "conv_dim": 1,  # unused by Standard; LoCon: see _empty_conv
     "conv_alpha": 1.0,
+    # LyCORIS network_args (lycoris/kohya.py): float(kwargs.get(...) or 0.0) for the dropouts; factor's default -1
+    "rank_dropout": 0.0,
+    "module_dropout": 0.0,
+    "factor": -1,
     "output_name": "last",  # sd-scripts' DEFAULT_LAST_OUTPUT_NAME
     "save_model_as": "safetensors",
     "num_cpu_threads_per_process": 2,  # class_accelerate_launch.py passes no flag: accelerate's default
@@ -227,6 +235,10 @@ define({
     "kohya.max_steps_default": _MAX_STEPS_NOTE,
     "kohya.hidden": "(hidden)",
     "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
+    "kohya.lycoris_refused": "{value}: peft's LoHa/LoKr have no {option} option; trained without it",
+    "kohya.lokr_tucker": "{value}: LoKr's Tucker form (lokr_t2) is not supported (ComfyUI cannot apply it); trained without it",
+    "kohya.lycoris_dropout": "{value} -> 0: LyCORIS does not use network_dropout for LoHa/LoKr (rank_dropout and module_dropout apply)",
+    "kohya.lycoris_preset": "{value}: trained on LoCon's module set (attention/MLP layers and 3x3 convolutions), as LyCORIS's attn-mlp preset plus the 3x3 convolutions",
     "kohya.adam8bit_ignored": "{flag} ignored: optimizer {optimizer} is set",
     "kohya.old_weights_name": "old name of network_weights; empty or superseded",
     "kohya.max_epochs": "{value} -> epoch {epochs} (it overrides epoch in Kohya)",
@@ -589,16 +601,47 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
 
 
 def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
+    kind = raw.get("LoRA_type")
+    _lycoris_options(raw, report, LORA_TYPES.get(kind) if isinstance(kind, str) else None)
     if "LoRA_type" in raw:
         kind = raw.pop("LoRA_type")
         if kind in (None, ""):
             report.defaulted.append(ReportItem("LoRA_type", f"{kind!r} -> 'Standard'"))
         elif LORA_TYPES.get(kind):  # refused kinds never get here (refuse_unless_sd15_lora)
             values["lora_type"], origin["lora_type"] = LORA_TYPES[kind], "LoRA_type"
-            if kind.startswith("LyCORIS"):
+            if kind.startswith("LyCORIS") and LORA_TYPES[kind] == "LoCon":
                 report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
             elif kind != LORA_TYPES[kind]:
                 report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type {LORA_TYPES[kind]!r}"))
+
+
+def _lycoris_options(raw: dict[str, Any], report: ImportReport, ours: str | None) -> None:
+    """LyCORIS network_args keys: ours for LoHa/LoKr (use_cp is the older name of use_tucker), said out loud where
+    peft has no such option; for every other type they are not our settings and are classified as before."""
+    if ours not in ("LoHa", "LoKr"):
+        for key in _LYCORIS_KEYS:
+            if key in raw:
+                _classify_unused(key, raw.pop(key), report)
+        return
+    if "use_cp" in raw:
+        use_cp = raw.pop("use_cp")
+        if _truthy(use_cp) and ours == "LoKr":
+            report.unsupported.append(ReportItem.of("use_cp", "kohya.lokr_tucker", value=repr(use_cp)))
+        elif _truthy(use_cp) and not _truthy(raw.get("use_tucker")):
+            raw["use_tucker"] = True
+            report.migrated.append(ReportItem("use_cp", f"{use_cp!r} -> use_tucker True"))
+        else:
+            report.ignored.append(ReportItem.of("use_cp", "kohya.no_effect", value=repr(use_cp)))
+    if ours == "LoKr" and _truthy(raw.get("use_tucker")):
+        report.unsupported.append(ReportItem.of("use_tucker", "kohya.lokr_tucker", value=repr(raw.pop("use_tucker"))))
+    for key in _LYCORIS_REFUSED:
+        if key in raw and _truthy(raw[key]):
+            report.unsupported.append(ReportItem.of(key, "kohya.lycoris_refused", value=repr(raw.pop(key)), option=key))
+    if _number(raw.get("network_dropout")):
+        report.migrated.append(ReportItem.of("network_dropout", "kohya.lycoris_dropout", value=repr(raw["network_dropout"])))
+        raw["network_dropout"] = 0
+    if raw.get("LyCORIS_preset") not in (None, ""):
+        report.migrated.append(ReportItem.of("LyCORIS_preset", "kohya.lycoris_preset", value=repr(raw.pop("LyCORIS_preset"))))
 
 
 def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -827,7 +870,7 @@ def _number(value: Any) -> bool:
 
 # -- export -----------------------------------------------------------------------------------------------------
 
-_KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon"}
+_KOHYA_LORA_TYPE = {"Standard": "Standard", "LoCon": "Kohya LoCon", "LoHa": "LyCORIS/LoHa", "LoKr": "LyCORIS/LoKr"}
 _KOHYA_INTS = frozenset({"lr_warmup"})  # a float for us, an integer percentage slider in the Kohya GUI
 # Kohya keys whose on-screen default would change the run: the value that makes them inert.
 _EXPORT_NEUTRAL = {"model_list": "custom", "max_train_epochs": 0, "stop_text_encoder_training": 0, "mem_eff_attn": False}

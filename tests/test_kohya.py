@@ -94,7 +94,8 @@ def test_fixture_values_we_cannot_honour_are_reported_loudly(path: Path) -> None
 
 @pytest.mark.parametrize(
     "kohya, ours",
-    [("Standard", "Standard"), ("LoCon", "LoCon"), ("Kohya LoCon", "LoCon"), ("LyCORIS/LoCon", "LoCon")],
+    [("Standard", "Standard"), ("LoCon", "LoCon"), ("Kohya LoCon", "LoCon"), ("LyCORIS/LoCon", "LoCon"),
+     ("LyCORIS/LoHa", "LoHa"), ("LyCORIS/LoKr", "LoKr")],
 )
 def test_lora_types_we_train(kohya: str, ours: str) -> None:
     config, report = import_kohya({"LoRA_type": kohya})

@@ -100,16 +100,19 @@ def test_network_kinds_we_do_not_train_are_refused_by_name(kind: str) -> None:
 
 def test_the_refused_kinds_are_the_ones_the_issue_lists() -> None:
     refused = {k for k, ours in LORA_TYPES.items() if ours is None}
-    for name in ("LoHa", "LoKr", "iA3", "DyLoRA", "GLoRA", "Diag-OFT", "BOFT", "Native Fine-Tuning", "LoRA-FA"):
+    for name in ("iA3", "DyLoRA", "GLoRA", "Diag-OFT", "BOFT", "Native Fine-Tuning", "LoRA-FA"):
         assert any(name in k for k in refused), name
+    # sd-scripts' own networks.loha/lokr (SDXL/Anima only in the Kohya GUI) stay refused
     assert {"Kohya LoHa", "Kohya LoKr", "Kohya DyLoRA"} <= refused
     assert LORA_TYPES["LyCORIS/LoCon"] == LORA_TYPES["Kohya LoCon"] == "LoCon"
+    # LyCORIS LoHa and LoKr are trained (issue 17, docs/lycoris.md)
+    assert (LORA_TYPES["LyCORIS/LoHa"], LORA_TYPES["LyCORIS/LoKr"]) == ("LoHa", "LoKr")
 
 
-def test_lokr_with_a_huge_dim_is_refused_for_being_lokr() -> None:
+def test_lokr_with_a_huge_dim_imports_as_full_matrix_lokr() -> None:
     # kohya_ss test/config/LoKR-AdamW8bit-toml.json: network_dim 100000 (LoKr's "full rank" marker)
-    message = refusal({"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "conv_dim": 100000})
-    assert "LoKr" in message and "network_dim" not in message
+    config, _ = import_kohya({"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "conv_dim": 100000})
+    assert (config.network.lora_type, config.network.network_dim, config.network.conv_dim) == ("LoKr", 100000, 100000)
 
 
 def test_an_unknown_lora_type_is_refused() -> None:

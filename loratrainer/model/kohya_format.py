@@ -3,6 +3,9 @@
 Per adapted module `<name>` (lora_unet_... / lora_te_...): `<name>.lora_down.weight` = peft's lora_A,
 `<name>.lora_up.weight` = peft's lora_B, `<name>.alpha` = a scalar tensor. peft's conv LoRA already has Kohya's
 shapes (down [r, in, k, k], up [out, r, 1, 1]), so the tensors are copied as they are.
+
+LoHa / LoKr modules are saved in LyCORIS's layout instead (model.lycoris): `<name>.hada_w1_a` ... or
+`<name>.lokr_w1` ..., plus the same `<name>.alpha`; peft's parameters already have LyCORIS's names and shapes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loratrainer.config import LYCORIS_TYPES
+from loratrainer.model import lycoris
 from loratrainer.model.checkpoint import read_checkpoint
 from loratrainer.model.errors import NetworkWeightsMismatch
 from loratrainer.model.lora import ADAPTER, LoraHandle, LoraModule
@@ -24,7 +29,19 @@ def lora_state_dict(handle: LoraHandle, save_dtype: torch.dtype | str = torch.fl
     """The adapters as Kohya-named CPU tensors in `save_dtype` (a dtype or save_precision: float/fp16/bf16)."""
     dtype = SAVE_DTYPES[save_dtype] if isinstance(save_dtype, str) else save_dtype
     out: dict[str, torch.Tensor] = {}
+    lora_type = handle.network.lora_type
     for name, info in handle.modules.items():
+        if lora_type in LYCORIS_TYPES:
+            layer = handle.model(info.part).get_submodule(info.path)
+            for key, tensor in lycoris.module_tensors(layer, lora_type).items():
+                out[f"{name}.{key}"] = _to_cpu(tensor, dtype)
+            alpha = torch.tensor(float(info.alpha), dtype=dtype)
+            if not torch.isfinite(alpha):
+                # fp16 tops out at 65504: a full-matrix LoKr's alpha = rank (the presets' 100000) stays float32 (the
+                # loaders read it with .item() and ignore it for full factors; sd-scripts would write inf)
+                alpha = torch.tensor(float(info.alpha))
+            out[name + ALPHA] = alpha
+            continue
         down, up = _lora_layers(handle, info)
         out[name + DOWN] = _to_cpu(down.weight, dtype)
         out[name + UP] = _to_cpu(up.weight, dtype)
@@ -41,6 +58,9 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
     """
     path = Path(path)
     state = read_checkpoint(path, what="LoRA (network_weights)")
+    kind = lycoris.file_type(state)
+    if kind or handle.network.lora_type in LYCORIS_TYPES:
+        return _load_lycoris(handle, path, state, kind)
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         for suffix in (DOWN, UP, ALPHA):
@@ -78,6 +98,52 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
         for down, up, down_w, up_w in pending:
             down.weight.copy_(down_w.to(down.weight.dtype))
             up.weight.copy_(up_w.to(up.weight.dtype))
+    return sorted(set(handle.modules) - set(by_module))
+
+
+def _load_lycoris(handle: LoraHandle, path: Path, state: dict[str, torch.Tensor], kind: str | None) -> list[str]:
+    """network_weights for LoHa / LoKr: the file must be the same algorithm with the same tensors and shapes."""
+    lora_type = handle.network.lora_type
+    if kind != lora_type:
+        what = f"a LyCORIS {kind} file" if kind else "a LoRA file (lora_down/lora_up)"
+        raise NetworkWeightsMismatch(
+            f"{path} is {what} but the LoRA type is {lora_type}; set the LoRA type to {kind or 'Standard or LoCon'} "
+            "to continue it."
+        )
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        module, _, suffix = key.rpartition(".")
+        if suffix not in lycoris.KEYS[kind] and suffix != "alpha":
+            raise NetworkWeightsMismatch(f"{path}: unexpected key {key} in a {kind} file.")
+        by_module.setdefault(module, {})[suffix] = value
+    pending = []
+    for name, tensors in by_module.items():
+        info = handle.modules.get(name)
+        if info is None:
+            raise NetworkWeightsMismatch(f"{path}: {_why_unknown(handle, name)}")
+        layer = handle.model(info.part).get_submodule(info.path)
+        ours = lycoris.module_tensors(layer, kind)
+        theirs = {k: v for k, v in tensors.items() if k != "alpha"}
+        shapes = {k: list(v.shape) for k, v in theirs.items()}
+        wanted = {k: list(v.shape) for k, v in ours.items()}
+        if shapes != wanted:
+            setting = "conv_dim" if _is_conv3x3(getattr(layer, "base_layer", layer)) else "network_dim"
+            extra = ", factor, decompose_both" if kind == "LoKr" else ""
+            raise NetworkWeightsMismatch(
+                f"{path}: {name} holds {shapes} but the {kind} being trained has {wanted}; set the rank ({setting}"
+                f"{extra}, use_tucker) to the file's."
+            )
+        full_factors = kind == "LoKr" and set(ours) == {"lokr_w1", "lokr_w2"}  # scale 1 whatever the alpha (inf in
+        # an fp16 file of sd-scripts/LyCORIS, whose alpha = rank 100000 overflows)
+        if "alpha" in tensors and not full_factors and abs(float(tensors["alpha"]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
+            raise NetworkWeightsMismatch(
+                f"{path}: {name} was trained with alpha {float(tensors['alpha']):g} but alpha is set to {info.alpha:g}; "
+                "set it to the file's value so the weights keep their strength."
+            )
+        pending.extend((ours[k], theirs[k]) for k in ours)
+    with torch.no_grad():  # all or nothing, as for LoRA files
+        for param, value in pending:
+            param.copy_(value.to(param.dtype))
     return sorted(set(handle.modules) - set(by_module))
 
 

@@ -5,13 +5,16 @@ text encoder's CLIPAttention/CLIPMLP; LoCon adds the 3x3 convolutions of ResnetB
 We compute those module names from the model tree and hand them to peft as exact targets, so nothing else
 (resnet 1x1 shortcuts, time embeddings) is touched. peft's default init is Kohya's: down (lora_A)
 kaiming-uniform(a=sqrt(5)), up (lora_B) zeros; scale = alpha / rank, as in Kohya.
+
+LoHa and LoKr (LyCORIS) go through peft's LoHaConfig / LoKrConfig on the same module set: the linears, and the 3x3
+convolutions with conv_dim / conv_alpha (model.lycoris builds those configs).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
@@ -21,8 +24,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP
 
-from loratrainer.config import NetworkSettings, OptimizerSettings
+from loratrainer.config import LYCORIS_TYPES, NetworkSettings, OptimizerSettings
 from loratrainer.errors import UserError
+from loratrainer.model import lycoris
 
 ADAPTER = "default"  # peft's adapter name; one adapter per model
 Part = Literal["unet", "text_encoder"]
@@ -48,7 +52,7 @@ class LoraHandle:
     train_text_encoder: bool
     network: NetworkSettings
     modules: dict[str, LoraModule] = field(default_factory=dict)
-    configs: dict[str, LoraConfig] = field(default_factory=dict)  # part -> the peft config injected
+    configs: dict[str, Any] = field(default_factory=dict)  # part -> the peft config injected (LoraConfig, LoHaConfig, ...)
 
     def model(self, part: Part) -> nn.Module:
         return self.unet if part == "unet" else self.text_encoder
@@ -90,9 +94,13 @@ def inject_lora(
     for part in handle.parts():
         model = handle.model(part)
         linear = target_modules(model, part, conv=False)
-        conv = target_modules(model, part, conv=True) if network.lora_type == "LoCon" and part == "unet" else []
+        with_conv = network.lora_type != "Standard" and part == "unet"
+        conv = target_modules(model, part, conv=True) if with_conv else []
         model.requires_grad_(False)
-        config = LoraConfig(
+        if network.lora_type in LYCORIS_TYPES:
+            config = lycoris.peft_config(network, model, linear, conv)
+        else:
+            config = LoraConfig(
                 r=network.network_dim,
                 lora_alpha=network.network_alpha,
                 # peft drops the adapter's input; Kohya's network_dropout drops the hidden (after down).
@@ -103,19 +111,21 @@ def inject_lora(
                 # the 3x3 convolutions get their own rank and alpha (LoCon's conv_dim/conv_alpha)
                 rank_pattern={re.escape(p): network.conv_dim for p in conv},
                 alpha_pattern={re.escape(p): network.conv_alpha for p in conv},
-        )
+            )
         # peft directly, not the models' add_adapter: transformers 5.x's wrapper demands a peft release that
         # does not exist yet (>= 0.22), and the plain peft call is the same injection for both models
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
         handle.configs[part] = config
-        for path in linear:
-            handle.modules[kohya_name(part, path)] = LoraModule(
-                part, path, kohya_name(part, path), network.network_dim, network.network_alpha
-            )
-        for path in conv:
-            handle.modules[kohya_name(part, path)] = LoraModule(
-                part, path, kohya_name(part, path), network.conv_dim, network.conv_alpha
-            )
+        for path in linear + conv:
+            name = kohya_name(part, path)
+            if network.lora_type in LYCORIS_TYPES:  # peft's own rank and alpha (LoKr full matrices: alpha = rank)
+                layer = model.get_submodule(path)
+                rank, alpha = lycoris.module_rank(layer), lycoris.module_alpha(layer)
+            elif path in conv:
+                rank, alpha = network.conv_dim, network.conv_alpha
+            else:
+                rank, alpha = network.network_dim, network.network_alpha
+            handle.modules[name] = LoraModule(part, path, name, rank, alpha)
         for p in _lora_parameters(model):
             p.requires_grad_(True)
         if lora_dtype is not None:
@@ -152,5 +162,8 @@ def kohya_name(part: Part, path: str) -> str:
     return KOHYA_PREFIX[part] + path.replace(".", "_")
 
 
+_ADAPTER_PARAM = re.compile(r"\.(lora_A|lora_B|hada_\w+|lokr_\w+)\.")  # peft's LoRA, LoHa and LoKr parameter names
+
+
 def _lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    return [p for n, p in model.named_parameters() if _ADAPTER_PARAM.search(n)]

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from loratrainer.config import TrainingConfig
+from loratrainer.config import LYCORIS_TYPES, TrainingConfig
+from loratrainer.model.lycoris import network_args
 
 MODELSPEC_VERSION = "1.0.1"
 
@@ -96,7 +97,7 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_gradient_accumulation_steps": opt.gradient_accumulation_steps,
         "ss_lr_warmup_steps": warmup,
         "ss_lr_scheduler": opt.lr_scheduler,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if net.lora_type in LYCORIS_TYPES else "networks.lora",
         "ss_network_dim": net.network_dim,
         "ss_network_alpha": net.network_alpha,
         "ss_network_dropout": net.network_dropout,
@@ -144,6 +145,8 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
     }
     if net.lora_type == "LoCon":  # Kohya passes conv settings as network_args, values as strings
         meta["ss_network_args"] = json.dumps({"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)})
+    elif net.lora_type in LYCORIS_TYPES:  # what sd-scripts records for --network_module lycoris.kohya
+        meta["ss_network_args"] = json.dumps(network_args(net))
     if model.hash:
         meta["ss_sd_model_hash"] = model.hash
     if model.new_hash:

@@ -31,14 +31,21 @@ def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: d
 
 
 def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
-    bad = sorted({key.rsplit(".lora_", 1)[0].removesuffix(".alpha") for key, t in state_dict.items()
-                  if t.is_floating_point() and not torch.isfinite(t).all()})
+    bad = sorted({_module_name(key) for key, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()})
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise NonFiniteLoraError(
             f"The LoRA holds NaN or infinite values in {bad[0]}{more}; the file was not written. Training diverged: "
             "lower the learning rate, or use bf16 / no mixed precision instead of fp16."
         )
+
+
+def _module_name(key: str) -> str:
+    # Kohya keys (lora_unet_x.lora_down.weight, lora_unet_x.hada_w1_a, lora_unet_x.alpha) -> lora_unet_x;
+    # peft keys (down_blocks.0...to_q.lora_A.weight) -> the module path
+    if key.startswith(("lora_unet_", "lora_te_")):
+        return key.split(".", 1)[0]
+    return key.rsplit(".lora_", 1)[0]
 
 
 def save_diffusers_lora(folder: str | Path, handle, *, save_dtype: torch.dtype = torch.float32) -> Path:

@@ -84,7 +84,8 @@ def load_state(t, folder: str | Path) -> StateInfo:
     except (OSError, RuntimeError, EOFError) as exc:
         raise BrokenState(f"saving.resume: {folder} is incomplete or damaged ({exc})") from None
     params = _trained_params(t)
-    if set(params) != set(weights):
+    # same names and shapes (a changed rank, LoKr factor or Tucker setting keeps LyCORIS's names, not the shapes)
+    if set(params) != set(weights) or any(p.shape != weights[n].shape for n, p in params.items()):
         raise BrokenState("saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)")
     with torch.no_grad():
         for name, p in params.items():
