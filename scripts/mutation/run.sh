@@ -34,6 +34,8 @@ for m in ${MODULES[@]}; do
   timeout "${BUDGET[$m]}" nice -n 15 "$MUTMUT" run --paths-to-mutate "loratrainer/train/$m.py" \
     --runner "python3 $ROOT/scripts/mutation/client.py $SOCK ${TESTS[$m]}" --tests-dir tests --test-time-base 120 \
     --no-progress --simple-output --disable-mutation-types string,fstring,decorator,annassign > "$WORK/mutmut-$m.log" 2>&1
+  # a run stopped by its budget can leave the mutant it was testing in the file: put the original back
+  cp "$ROOT/loratrainer/train/$m.py" "loratrainer/train/$m.py"
 done
 "$PY" - "$WORK/.mutmut-cache" <<'PY'
 import sqlite3, sys
