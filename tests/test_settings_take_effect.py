@@ -815,6 +815,8 @@ def _lora_type(tmp_path):
     assert not any("resnets" in i.path for i in standard.modules.values())
     locon, _ = _inject(lora_type="LoCon")
     assert any("resnets" in i.path and "conv" in i.path for i in locon.modules.values())
+    assert "default" in _lycoris_layer(lora_type="LoHa").hada_w1_a  # Hadamard product of two low-rank pairs
+    assert "default" in _lycoris_layer(lora_type="LoKr").lokr_w1  # Kronecker product
 
 
 @row("network.conv_dim")
@@ -838,6 +840,45 @@ def _net_dropout(tmp_path):
     assert isinstance(layer.lora_dropout["default"], torch.nn.Identity)
     layer, _ = _first(_inject(network_dropout=0.3)[0], "unet")
     assert isinstance(layer.lora_dropout["default"], torch.nn.Dropout) and layer.lora_dropout["default"].p == 0.3
+
+
+def _lycoris_layer(conv: bool = False, **values):
+    handle, _ = _inject(**values)
+    return _first(handle, "unet", conv=conv)[0]
+
+
+@row("network.factor")
+def _lokr_factor(tmp_path):
+    # a 32-wide linear of the tiny UNet: LoKr splits each side into a Kronecker pair; factor 2 gives (2, 16)
+    assert tuple(_lycoris_layer(lora_type="LoKr", factor=2).lokr_w1["default"].shape) == (2, 2)
+    assert tuple(_lycoris_layer(lora_type="LoKr").lokr_w1["default"].shape) != (2, 2)  # -1: near the square root
+
+
+@row("network.decompose_both")
+def _lokr_decompose_both(tmp_path):
+    plain = _lycoris_layer(lora_type="LoKr", network_dim=1, network_alpha=1)
+    assert "default" in plain.lokr_w1 and "default" not in plain.lokr_w1_a
+    both = _lycoris_layer(lora_type="LoKr", network_dim=1, network_alpha=1, decompose_both=True)
+    assert "default" not in both.lokr_w1 and "default" in both.lokr_w1_a and "default" in both.lokr_w1_b  # low-rank
+
+
+@row("network.use_tucker")
+def _loha_tucker(tmp_path):
+    assert "default" not in _lycoris_layer(conv=True, lora_type="LoHa").hada_t1
+    assert "default" in _lycoris_layer(conv=True, lora_type="LoHa", use_tucker=True).hada_t1  # the Tucker core
+
+
+@row("network.rank_dropout")
+def _rank_dropout(tmp_path):
+    assert _lycoris_layer(lora_type="LoHa").rank_dropout["default"] == 0.0
+    assert _lycoris_layer(lora_type="LoHa", rank_dropout=0.25).rank_dropout["default"] == 0.25
+    assert _lycoris_layer(lora_type="LoKr", rank_dropout=0.25).rank_dropout["default"] == 0.25
+
+
+@row("network.module_dropout")
+def _module_dropout(tmp_path):
+    assert _lycoris_layer(lora_type="LoHa").module_dropout["default"] == 0.0
+    assert _lycoris_layer(lora_type="LoHa", module_dropout=0.25).module_dropout["default"] == 0.25
 
 
 @row("precision.full_fp16")
