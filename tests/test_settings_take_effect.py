@@ -614,8 +614,9 @@ def _kohya_pyramid_noise_like(noise, iterations, discount):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_multires_noise_equals_kohyas_draw_for_draw(seed):
-    latents = torch.zeros(2, 4, 24, 40)  # not square, small enough that the levels reach one row or column
+@pytest.mark.parametrize("size", [(24, 40), (32, 32)])
+def test_multires_noise_equals_kohyas_draw_for_draw(seed, size):
+    latents = torch.zeros(2, 4, *size)  # non-square and square, small enough that the levels reach one row or column
     torch.manual_seed(seed)
     random.seed(seed)
     ours = sample_noise(latents, NoiseSettings.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).optimizer))
