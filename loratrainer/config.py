@@ -76,7 +76,10 @@ define({
     "config.unknown_optimizer": "unknown optimizer; choose one of {choices} or a module.Class path",
     "config.optimizer_arg_not_kv": "optimizer argument {item!r} is not key=value",
     "config.optimizer_arg_name": "optimizer argument name {key!r} is not valid",
-    "config.one_machine": "training across several machines is not supported: set 1 (several GPUs of this machine: num_processes and multi_gpu)",
+    "config.main_process_ip": "must be an IP address or host name such as 192.168.1.10",
+    "config.machines_need_ip": "{machines} is {count}: set {ip} (the address of the machine of rank 0)",
+    "config.machine_rank_range": "{rank} ({value}) must be below {machines} ({count})",
+    "config.processes_per_machine": "{processes} ({value}) is the total over all machines: it must be a multiple of {machines} ({count})",
     "config.gpu_ids": "must be GPU numbers separated by commas, e.g. 0,1",
     "config.augmentation_vs_cache": "{aug} changes the image every step, so latents cannot be cached: turn off {cache} and {cache_disk}, or the augmentation",
     "config.nothing_trains": "{unet_lr} and {text_encoder_lr} are both 0: nothing would be trained",
@@ -103,7 +106,8 @@ class _Group(BaseModel):
 
 class ModelSettings(_Group):
     pretrained_model_name_or_path: str = Field(
-        "runwayml/stable-diffusion-v1-5",
+        # runwayml/stable-diffusion-v1-5 was removed from the hub in 2024; this is its maintained copy
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
     )
     vae: str = Field("", description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
@@ -317,21 +321,30 @@ class SavingSettings(_Group):
 
 
 class LaunchSettings(_Group):
+    # Names and meanings are accelerate launch's (and the Kohya GUI's "Accelerate launch" panel's, kohya_ss
+    # kohya_gui/class_accelerate_launch.py): num_processes is the total over all machines.
     num_cpu_threads_per_process: int = Field(2, ge=1, le=256, description="CPU threads per training process.")
-    num_processes: int = Field(1, ge=1, le=64, description="Training processes (one per GPU).")
+    num_processes: int = Field(1, ge=1, le=64, description="Training processes in total, over all machines (one per GPU).")
     num_machines: int = Field(
-        1, ge=1, le=64, description="Machines taking part. Only 1: training across several machines is not supported (use num_processes for several GPUs)."
+        1, ge=1, le=64, description="Machines taking part. Each one runs the same config with its own machine rank."
     )
     multi_gpu: bool = Field(False, description="Train on several GPUs of this machine.")
     gpu_ids: str = Field("", description="Which GPUs to use, e.g. 0,1 (empty = all).")
+    machine_rank: int = Field(
+        0, ge=0, le=63, description="This machine's number, 0 to number of machines - 1. Machine 0 writes the LoRA files, samples and progress."
+    )
+    main_process_ip: str = Field("", description="IP address of the machine of rank 0 (needed with several machines).")
     main_process_port: int = Field(0, ge=0, le=65535, description="Port for the processes to talk over (0 = accelerate's default).")
+    rdzv_backend: Literal["static", "c10d"] = Field(
+        "static", description="How the machines find each other (accelerate's rendezvous backend): static or c10d."
+    )
 
-    @field_validator("num_machines")
+    @field_validator("main_process_ip")
     @classmethod
-    def _one_machine(cls, v: int) -> int:
-        # accelerate would also need main_process_ip and machine_rank, and every machine the same dataset paths
-        if v > 1:
-            raise MsgError(Msg.of("config.one_machine"))
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v):
+            raise MsgError(Msg.of("config.main_process_ip"))
         return v
 
     @field_validator("gpu_ids")
@@ -490,6 +503,18 @@ def _rule_multi_gpu(c: TrainingConfig) -> Msg | None:
     return None
 
 
+def _rule_machines(c: TrainingConfig) -> Msg | None:
+    n = c.launch
+    machines = dict(machines=Label("launch.num_machines"), count=n.num_machines)
+    if n.machine_rank >= n.num_machines:
+        return Msg.of("config.machine_rank_range", rank=Label("launch.machine_rank"), value=n.machine_rank, **machines)
+    if n.num_machines > 1 and not n.main_process_ip:
+        return Msg.of("config.machines_need_ip", ip=Label("launch.main_process_ip"), **machines)
+    if n.num_processes % n.num_machines:
+        return Msg.of("config.processes_per_machine", processes=Label("launch.num_processes"), value=n.num_processes, **machines)
+    return None
+
+
 def _rule_adafactor_scheduler(c: TrainingConfig) -> Msg | None:
     # The adafactor schedule reads the step size from the Adafactor optimizer itself (transformers' AdafactorSchedule).
     o = c.optimizer
@@ -534,6 +559,7 @@ CROSS_FIELD_RULES: list[Callable[[TrainingConfig], Msg | None]] = [
     _rule_bucket_range,
     _rule_full_precision,
     _rule_multi_gpu,
+    _rule_machines,
     _rule_adafactor_scheduler,
     _rule_rank_range,
     _rule_lycoris_settings,

@@ -8,11 +8,14 @@ module and `config` can be imported in either order.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
+from loratrainer.messages import Label, Msg, define
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -23,6 +26,16 @@ Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: dict[int, Migration] = {}
 
 PRESET_HEADER = "preset"  # {"name": ..., "description": ...} in a preset file: not a setting (see presets.py)
+# A config is a few KB (a Kohya GUI file with long sample prompts some tens): anything far larger is not one, and
+# reading /dev/zero or a huge file must not grow without bound (docs/reliability.md, "Input files").
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+
+define({
+    "config_file.not_regular": "{path} is not a regular file (a folder, device or pipe): choose a .json config file",
+    "config_file.too_large": "{path} is larger than {limit} MB, so it is not a config file: choose a .json config file",
+    "config_file.not_valid": "{path} is not a valid config file ({detail}): choose a .json config file",
+    "config_file.not_a_number": "{setting}: expected a number, not true/false (got {value})",
+})
 
 
 class ConfigError(UserError, ValueError):
@@ -52,6 +65,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingCo
     from loratrainer.config import TrainingConfig
 
     data = dict(data)
+    _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)
     if header is not None and not isinstance(header, dict):
         raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
@@ -72,20 +86,55 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def read_json_object(path: str | Path) -> dict[str, Any]:
-    """A JSON object from a file; a missing file, malformed JSON or a non-object raise ConfigError."""
-    path = Path(path)
+def _refuse_booleans_as_numbers(data: dict[str, Any], model: type, source: str) -> None:
+    """`"epoch": true` would validate as 1 (pydantic's lax mode): a boolean where a number belongs is an error."""
+    for section, values in data.items():
+        group = getattr(model.model_fields.get(section), "annotation", None)
+        if not isinstance(values, dict) or not hasattr(group, "model_fields"):
+            continue
+        for name, value in values.items():
+            field = group.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and field.annotation in (int, float, int | None, float | None):
+                msg = Msg.of("config_file.not_a_number", setting=Label(f"{section}.{name}"), value=json.dumps(value))
+                raise ConfigError(Msg.of("config_file.not_valid", path=source, detail=msg))
+
+
+def _read_limited(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CONFIG_BYTES. O_NONBLOCK: opening a FIFO must not wait for a
+    writer (that would hang the GUI endpoint for every user); fstat then refuses it and any device."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (FileNotFoundError, IsADirectoryError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(Msg.of("config_file.not_regular", path=str(path))) from None
+    except OSError as exc:
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail=exc.strerror or type(exc).__name__)) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(Msg.of("config_file.not_regular", path=str(path)))
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(Msg.of("config_file.too_large", path=str(path), limit=MAX_CONFIG_BYTES // (1024 * 1024)))
+    return data
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a regular file of at most MAX_CONFIG_BYTES; anything else raises ConfigError."""
+    path = Path(path)
+    if "\0" in str(path) or len(os.fsencode(path)) > 4096:
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path)[:200], detail="not a valid path"))
+    raw = _read_limited(path)
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (RecursionError, ValueError) as exc:  # nested thousands deep, or an integer of thousands of digits
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
-        raise ConfigError(f"{path}: not a usable JSON file ({reason})") from None
+    except RecursionError:  # a 100,000-deep nest of [ or {
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail="nested too deeply")) from None
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-from-text limit)
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail=str(exc)[:100])) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings")
     return data

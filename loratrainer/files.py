@@ -33,6 +33,9 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], object], *, over
     os.close(fd)
     try:
         writer(tmp)
+        # mkstemp makes the file 0600 (and a writer may replace it with another 0600 file, as safetensors does); the
+        # finished file gets the mode any program's new file gets (0644 under the usual umask 022)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if not overwrite:
@@ -46,6 +49,21 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], object], *, over
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it, which another thread of
+    the GUI could observe in between)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -40,8 +40,12 @@ from loratrainer.messages import Msg, define
 
 _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 
+# accelerate launch flags the Kohya GUI has no field for: its "Extra accelerate launch arguments" box carries them
+# (kohya_ss kohya_gui/class_accelerate_launch.py, placeholder "--same_network --machine_rank 4").
+EXTRA_LAUNCH_FLAGS = {"machine_rank": "--machine_rank", "main_process_ip": "--main_process_ip", "rdzv_backend": "--rdzv_backend"}
+_EXTRA_ARGS_KEY = "extra_accelerate_launch_args"
 # Our settings Kohya spells differently (handled by migrations) or does not have at all.
-_RENAMED = {"lora_type": "LoRA_type", "attention": "xformers"}
+_RENAMED = {"lora_type": "LoRA_type", "attention": "xformers", **{name: _EXTRA_ARGS_KEY for name in EXTRA_LAUNCH_FLAGS}}
 OURS_ONLY = frozenset(
     {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase",
      "channels_last"}
@@ -255,6 +259,7 @@ define({
     "kohya.no_effect": "{value}: no effect at this value",
     "kohya.left_out": "{value} is not supported and was left out",
     "kohya.export_rate": "empty -> {value} (the learning rate)",
+    "kohya.launch_flag": "{flag} {value} -> {setting}",
     "kohya.not_exported": "{value}: Kohya has no such setting; not exported",
     "kohya.export_noise": (
         "{value}: Kohya uses either the noise offset or multires noise; exported as Multires, so Kohya will not apply the noise offset"
@@ -385,10 +390,10 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     resolved.update(rates)
 
     # the per-part rates are reported by _learning_rates (missing = learning_rate), not as "our default"
-    kohya_names = sorted(
+    kohya_names = sorted({
         _RENAMED.get(n, n) for n in _SPECS
         if n not in values and _SPECS[n].path not in resolved and n not in OURS_ONLY and n not in ("unet_lr", "text_encoder_lr")
-    )
+    })  # a set: three settings come from the one extra_accelerate_launch_args key
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE
@@ -596,8 +601,37 @@ def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str]
     _old_names(raw, values, origin, report)
     _noise_offset_type(raw, report)
     _values_we_replace(raw, report)
+    _extra_launch_args(raw, values, origin, report)
     _argument_strings(raw, report)
     return _additional_parameters(raw, values, origin, report)
+
+
+def _extra_launch_args(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
+    """`--machine_rank 1 --main_process_ip 10.0.0.1` in the extra accelerate arguments -> our settings; any other
+    flag there is named as left out (we never pass free text to accelerate)."""
+    text = raw.get(_EXTRA_ARGS_KEY)
+    if not isinstance(text, str) or not text.strip():
+        return  # "" / null: classified with the other unused keys (no effect)
+    raw.pop(_EXTRA_ARGS_KEY)
+    # split as the Kohya GUI splits it (class_accelerate_launch.py: quotes removed, split at spaces); never run
+    tokens = text.replace('"', "").split()
+    by_flag = {flag: name for name, flag in EXTRA_LAUNCH_FLAGS.items()}
+    left: list[str] = []
+    i = 0
+    while i < len(tokens):
+        flag, _, value = tokens[i].partition("=")
+        if flag in by_flag and (value or i + 1 < len(tokens)):
+            if not value:
+                i += 1
+                value = tokens[i]
+            name = by_flag[flag]
+            values[name], origin[name] = value, _EXTRA_ARGS_KEY
+            report.migrated.append(ReportItem.of(_EXTRA_ARGS_KEY, "kohya.launch_flag", flag=flag, value=value, setting=name))
+        else:
+            left.append(tokens[i])
+        i += 1
+    if left:
+        report.unsupported.append(ReportItem.of(_EXTRA_ARGS_KEY, "kohya.left_out", value=repr(" ".join(left))))
 
 
 def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
@@ -899,7 +933,18 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         if get_value(config, name) != get_value(defaults, name):
             report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(get_value(config, name))))
     _export_noise_type(config, out, report)
+    out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
     return out, report
+
+
+def _export_launch_flags(config: TrainingConfig) -> str:
+    defaults = TrainingConfig().launch
+    parts = []
+    for name, flag in EXTRA_LAUNCH_FLAGS.items():
+        value = getattr(config.launch, name)
+        if value != getattr(defaults, name):
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _export_noise_type(config: TrainingConfig, out: dict[str, Any], report: ImportReport) -> None:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gui(*args: str, env: dict[str, str], log: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    """Start the GUI with `args`, its output going to `log`; return (process, url) once the page answers 200.
+def start_gui(*args: str, env: dict[str, str], log: Path, timeout: float = 90, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    """Start the GUI with `args`, its output going to `log`; return (process, url) once the page at `host` answers
+    200 (401 counts when the GUI asks for a login).
 
     A GUI that exits or does not answer within `timeout` fails the test with its log.
     """
@@ -30,13 +32,16 @@ def start_gui(*args: str, env: dict[str, str], log: Path, timeout: float = 90) -
     with open(log, "w") as out:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "gui", "--no-browser", "--port", str(port), *args],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     deadline = time.time() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return proc, url
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return proc, url
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:

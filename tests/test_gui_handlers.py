@@ -5,6 +5,7 @@ position."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,25 @@ def test_prepare_check_steps_and_repeats(page, tmp_path):
     done = h.apply_renames(data)
     assert (tmp_path / "project/image/20_my style").is_dir() and not (tmp_path / "project/image/10_my style").exists()
     assert done[page.named["concepts"]] == [["20_my style", 20, 4, 80]]
+    assert proposal[page.named["rename_buttons"]]["visible"] is True
+    assert done[page.named["rename_buttons"]]["visible"] is False  # no Rename/Cancel left once it is done
+
+
+def test_prepare_repeats_empty_is_suggested_and_bad_ones_are_a_sentence(page, tmp_path):
+    """The Repeats box starts empty; empty means the suggested number; 0 or text is one sentence, not an Error badge."""
+    h, n = page.handlers["dataset"], page.named
+    assert n["prep_repeats"].value == ""
+    src = tmp_path / "photos"
+    for i in range(4):
+        make_image(src / f"p{i}.png")
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="cat", prep_repeats="", prep_reg=""))
+    assert "150 repeats" in out[n["prep_message"]] and (tmp_path / "project" / "image" / "150_cat").is_dir()
+    for bad in ("0", "-3", "two", "1.5"):
+        out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "p2"), prep_name="cat", prep_repeats=bad, prep_reg=""))
+        assert set(out) == {n["prep_message"]} and "Repeats must be a whole number of at least 1" in out[n["prep_message"]]
+    assert not (tmp_path / "p2").exists()
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "p3"), prep_name="cat", prep_repeats="12", prep_reg=""))
+    assert (tmp_path / "p3" / "image" / "12_cat").is_dir()
 
 
 def test_prepare_refusal_is_a_message(page, tmp_path):
@@ -213,7 +233,8 @@ def test_save_and_load_our_json_with_backup(page, tmp_path):
     assert load_config(target).network.network_dim == 16
     data[page.fields["network.network_dim"]] = 24
     message = h.save_file(data)[page.named["config_message"]]
-    assert "cfg.json.bak" in message and load_config(tmp_path / "cfg.json.bak").network.network_dim == 16
+    backups = list(tmp_path.glob("cfg.json.*.bak"))  # timestamped, as presets keep them (issue 10)
+    assert len(backups) == 1 and backups[0].name in message and load_config(backups[0]).network.network_dim == 16
     loaded = h.load_file(form(page, config_path=str(target), config_upload=None))
     assert by_path(page, loaded)["network.network_dim"] == 24
 
@@ -234,8 +255,10 @@ def test_start_refused_starts_nothing(page, tmp_path):
     data[page.fields["folders.train_data_dir"]] = str(tmp_path / "missing")
     data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
     out = h.start(data)
-    status = out[page.named["status"]]
+    status = out[page.named["run_message"]]  # the button's answer, apart from the run status
     assert status.startswith("**Not started.**")
+    assert out[page.named["status"]] == "No run yet. Check the dataset, then press Start training."
+    assert out[page.named["progress"]] == "" and out[page.named["gallery"]] == [] and out[page.named["run_dir"]] is None
     assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
     assert page.jobs.runs() == []
 
@@ -246,9 +269,9 @@ def test_start_refuses_a_windows_path_naming_the_setting_and_creates_nothing(pag
     data = form(page)
     data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
     data[page.fields["folders.output_dir"]] = "C:\\Users\\me\\lora\\model"
-    status = h.start(data)[page.named["status"]]
+    status = h.start(data)[page.named["run_message"]]  # the button's answer, apart from the run status
     assert status.startswith("**Not started.**") and "Windows path" in status and "C:" in status
-    assert "folders.output_dir is a Windows path" in status  # the English page names settings by their path, as the CLI
+    assert "Output folder (model) is a Windows path" in status  # named as the page labels it (issue 11), the CLI says the path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img"]  # no ./C:\Users... folder
     assert page.jobs.runs() == []
 
@@ -266,3 +289,96 @@ def test_save_as_kohya_config_round_trips(page, tmp_path):
     assert raw["network_dim"] == 32 and "schema_version" not in raw  # flat, Kohya's layout
     config, report = load_any_config(target)
     assert report.format == "kohya" and config.network.network_dim == 32
+
+
+def test_show_command_can_be_run(page, tmp_path):
+    """Show command writes the page's settings to a config file and shows `loratrainer train --config FILE`
+    (runnable as shown), then the accelerate command it becomes."""
+    import shlex
+
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["folders.output_name"]] = "house"
+    data[page.fields["network.network_dim"]] = 12
+    text = h.show_command(data)[page.named["command"]]
+    lines = text.splitlines()
+    train = next(line for line in lines if " train --config " in line)
+    argv = shlex.split(train)
+    config_file = Path(argv[argv.index("--config") + 1])
+    assert config_file.is_file() and load_config(config_file).network.network_dim == 12
+    assert argv[argv.index("train") - 1].endswith("loratrainer")
+    assert any("accelerate.commands.launch" in line and "loratrainer.train.entry" in line for line in lines)
+    # a bad value: the message names the field by its label, no "**Error:**" markdown in a text box
+    data[page.fields["network.network_dim"]] = 0
+    assert "Network rank (dimension)" in h.show_command(data)[page.named["command"]]
+
+
+def test_training_tab_counts_images_and_steps_live(page, tmp_path):
+    h, d, n = page.handlers["training"], page.handlers["dataset"], page.named
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    assert "Dataset" in h.run_summary(data)  # not checked yet: says where
+    report = d.check(data)[n["report"]]
+    data[n["report"]] = report
+    data[page.fields["optimizer.epoch"]] = 2
+    data[page.fields["optimizer.train_batch_size"]] = 2
+    text = h.run_summary(data)
+    assert "4 images, 1 skipped, 20 steps" in text, text  # 4 x 5 repeats / batch 2 = 10 a epoch
+    data[page.fields["optimizer.epoch"]] = 3
+    assert "30 steps" in h.run_summary(data)
+
+
+def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, tmp_path, monkeypatch):
+    h, n = page.handlers["training"], page.named
+    started = []
+    monkeypatch.setattr(page.jobs, "start", lambda config: started.append(config) or tmp_path / "run")
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW"
+    data[page.fields["optimizer.learning_rate"]] = 1.0  # "0,0001" as a browser with a decimal comma sent it
+    out = h.start(data)
+    assert out[n["confirm_panel"]]["visible"] is True and started == []
+    question = out[n["confirm_text"]]
+    assert "1 image(s) would be skipped" in question
+    assert "Learning rate is 1" in question and "AdamW" in question
+    # Prodigy wants about 1.0: 1e-4 is the suspicious one there
+    data[page.fields["optimizer.optimizer"]] = "Prodigy"
+    data[page.fields["optimizer.learning_rate"]] = 1e-4
+    assert "expects about 1.0" in h.start(data)[n["confirm_text"]] and started == []
+    # Start anyway: started as it is, and the question goes away
+    out = h.start_anyway(data)
+    assert len(started) == 1 and started[0].optimizer.optimizer == "Prodigy" and out[n["confirm_panel"]]["visible"] is False
+
+
+def test_errors_name_the_labels_on_screen_as_sentences(page, tmp_path):
+    """Refusals and form errors name settings as the page labels them, never by config key, and read as sentences."""
+    h, n = page.handlers["training"], page.named
+    root = make_dataset(tmp_path / "img", {"5_house": 2})
+    write = tmp_path / "model"
+    write.mkdir()
+    (write / "house.safetensors").write_bytes(b"x")
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(write)
+    data[page.fields["folders.output_name"]] = "house"
+    data[page.fields["optimizer.optimizer"]] = "AdamW"
+    message = h.start(data)[n["run_message"]]
+    assert "Output name" in message and "If the output file exists" in message, message
+    assert "output_name" not in message and "saving.existing_output" not in message
+    # an emptied number box
+    data[page.fields["network.network_alpha"]] = None
+    message = h.start(data)[n["run_message"]]
+    assert "Network alpha" in message and "enter a number" in message and "None" not in message, message
+    # a dataset problem names the folder setting by its label
+    data = form(page)
+    data[page.fields["folders.output_dir"]] = str(write)
+    message = h.start(data)[n["run_message"]]
+    assert "Image folder" in message and "folders.train_data_dir" not in message, message
+    assert re.search(r"\*\*Not started\.\*\* [A-Z]", message), message

@@ -138,7 +138,7 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     ui = pages["ko"]
     h = ui.handlers["training"]
     root = broken_dataset(tmp_path / "img")
-    status = h.start(_form(ui, **{"folders.train_data_dir": str(root), "folders.output_dir": str(tmp_path / "model")}))[ui.named["status"]]
+    status = h.start(_form(ui, **{"folders.train_data_dir": str(root), "folders.output_dir": str(tmp_path / "model")}))[ui.named["run_message"]]
     assert status.startswith("**시작하지 않았습니다.**") and "데이터셋 확인" in status
     body = status.split("```")[1]
     assert len(body.strip().splitlines()) >= 10
@@ -148,7 +148,7 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "last.safetensors").write_bytes(b"x")
     status = h.start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "ok"), "folders.output_dir": str(tmp_path / "model"),
-                                  "folders.output_name": "last", "saving.existing_output": "refuse", "optimizer.optimizer": "AdamW"}))[ui.named["status"]]
+                                  "folders.output_name": "last", "saving.existing_output": "refuse", "optimizer.optimizer": "AdamW"}))[ui.named["run_message"]]
     assert "덮어쓰지 않습니다" in status and not english_phrases(status), status
     assert ui.jobs.runs() == []
 
@@ -275,7 +275,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     data[ui.fields["network.network_dim"]] = 0
     data[ui.fields["optimizer.learning_rate"]] = "fast"
     data[ui.fields["folders.output_dir"]] = str(tmp_path / "model")
-    for text in (ui.handlers["training"].show_command(data)[ui.named["command"]], ui.handlers["training"].start(data)[ui.named["status"]]):
+    for text in (ui.handlers["training"].show_command(data)[ui.named["command"]], ui.handlers["training"].start(data)[ui.named["run_message"]]):
         assert Translator("ko").label("network.network_dim") in text, text
         assert "이상이어야 합니다" in text and "숫자여야 합니다" in text, text
         assert english_phrases(text) == [], text
@@ -295,7 +295,7 @@ def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
     ui = pages["ko"]
     make_concept(tmp_path / "img", "10_dog", 2)
     status = ui.handlers["training"].start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "img"), "folders.output_dir": str(tmp_path / "model"),
-                                                         "optimizer.optimizer": "AdamW8bit"}))[ui.named["status"]]
+                                                         "optimizer.optimizer": "AdamW8bit"}))[ui.named["run_message"]]
     assert "옵티마이저를 쓸 수 없습니다" in status and english_phrases(status) == [], status
     assert ui.jobs.runs() == []
 

@@ -58,7 +58,7 @@ def test_gradio_client_calls_the_api(tmp_path):
         names = set(api["named_endpoints"])
         assert {"/start", "/stop", "/check_dataset", "/prepare_folders", "/load_preset", "/show_command", "/results", "/caption_folder", "/caption_page"} <= names
         # The Results endpoint with no run yet.
-        run, files, samples, paths, summary = client.predict(None, api_name="/results")
+        run, files, samples, paths, summary, *grids = client.predict(None, api_name="/results")
         assert "No run yet" in summary
         # The caption editor's tag count over a generated folder.
         folder = make_dataset(tmp_path / "image", {"10_house": 2}, captions="house, roof") / "10_house"

@@ -318,3 +318,24 @@ def test_the_missing_list_names_exactly_the_settings_the_file_lacks() -> None:
     _, report = import_kohya({"LoRA_type": "Standard", "epoch": 3})
     assert "learning_rate" in report.missing
     assert "unet_lr" not in report.missing and "unet_lr" in report.keys("defaulted")  # said louder: it means learning_rate
+
+
+def test_multi_machine_settings_travel_in_kohyas_extra_accelerate_arguments() -> None:
+    # the Kohya GUI has fields for num_processes/num_machines/multi_gpu/gpu_ids/main_process_port only; machine
+    # rank, main process IP and rendezvous backend go in "Extra accelerate launch arguments" (kohya_gui/class_accelerate_launch.py)
+    data = {"num_processes": 4, "num_machines": 2, "multi_gpu": True, "gpu_ids": "0,1", "main_process_port": 29600,
+            "extra_accelerate_launch_args": "--machine_rank 1 --main_process_ip=192.168.1.10 --rdzv_backend c10d --same_network"}
+    config, report = import_kohya(data)
+    la = config.launch
+    assert (la.num_processes, la.num_machines, la.multi_gpu, la.gpu_ids, la.main_process_port) == (4, 2, True, "0,1", 29600)
+    assert (la.machine_rank, la.main_process_ip, la.rdzv_backend) == (1, "192.168.1.10", "c10d")
+    assert any("--machine_rank 1 -> machine_rank" in str(i) for i in report.migrated)
+    assert report.keys("unsupported") == ["extra_accelerate_launch_args"] and "--same_network" in str(report.unsupported[0])
+    out, _ = export_kohya(config)
+    assert out["extra_accelerate_launch_args"] == "--machine_rank 1 --main_process_ip 192.168.1.10 --rdzv_backend c10d"
+    assert (out["num_processes"], out["num_machines"], out["multi_gpu"], out["gpu_ids"], out["main_process_port"]) == (4, 2, True, "0,1", 29600)
+    assert not {"machine_rank", "main_process_ip", "rdzv_backend"} & set(out)  # not Kohya keys
+    again, _ = import_kohya(out)
+    assert again.launch == config.launch
+    single, _ = export_kohya(import_kohya({"num_processes": 1})[0])
+    assert single["extra_accelerate_launch_args"] == ""

@@ -187,11 +187,18 @@ def test_the_trainer_imports_bitsandbytes_only_for_an_8bit_optimizer(tmp_path, o
         assert "gemm_4bit" not in proc.stderr
 
 
-def test_several_machines_are_refused_with_what_to_do_instead():
-    # without main_process_ip and machine_rank accelerate would wait forever for the other machines
-    with pytest.raises(ValueError, match="several machines is not supported: set 1 .*num_processes"):
-        _opt_config(num_machines=2)
-    assert _opt_config(num_machines=1).launch.num_machines == 1
+def test_several_machines_need_the_main_address_a_rank_below_the_count_and_a_multiple_of_processes():
+    # without main_process_ip accelerate would wait forever for the other machines
+    with pytest.raises(ValueError, match="launch.num_machines is 2: set launch.main_process_ip"):
+        _opt_config(num_machines=2, num_processes=2)
+    with pytest.raises(ValueError, match=r"launch.machine_rank \(2\) must be below launch.num_machines \(2\)"):
+        _opt_config(num_machines=2, num_processes=2, main_process_ip="10.0.0.1", machine_rank=2)
+    with pytest.raises(ValueError, match=r"launch.num_processes \(3\) is the total over all machines: it must be a multiple"):
+        _opt_config(num_machines=2, num_processes=3, main_process_ip="10.0.0.1")
+    with pytest.raises(ValueError, match="IP address or host name"):
+        _opt_config(main_process_ip="10.0.0.1; rm -rf /")
+    ok = _opt_config(num_machines=2, num_processes=4, main_process_ip="10.0.0.1", machine_rank=1).launch
+    assert (ok.num_machines, ok.machine_rank, ok.rdzv_backend) == (2, 1, "static")
 
 
 def test_optimizers_build_with_their_defaults_and_args():
@@ -203,7 +210,9 @@ def test_optimizers_build_with_their_defaults_and_args():
     adamw = optimizers.build_optimizer(_opt_config(optimizer="AdamW", optimizer_args="weight_decay=0.05 betas=0.9,0.98"), params)
     assert adamw.defaults["betas"] == (0.9, 0.98)
     with pytest.raises(optimizers.OptimizerUnavailable, match="could not be imported"):
-        optimizers.optimizer_spec("nosuch.Optim")
+        optimizers.optimizer_spec("torch.optim.NoSuchOptim")
+    with pytest.raises(optimizers.OptimizerUnavailable, match="not from a known optimizer package"):
+        optimizers.optimizer_spec("nosuch.Optim")  # only the optimizer packages are imported from
 
 
 def test_lion_fallback_moves_by_the_sign():

@@ -14,7 +14,7 @@ import sys
 from loratrainer.errors import UserError
 
 # The order in which commands are listed by --help: the order of the work.
-ORDER = ["gui", "prepare", "check", "caption", "train", "preset"]
+ORDER = ["gui", "prepare", "check", "caption", "train", "compare", "preset"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -33,4 +34,11 @@ def run(args: argparse.Namespace) -> int:
         password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
     )
-    return serve(options)
+    try:
+        return serve(options)
+    except KeyboardInterrupt:
+        # Ctrl+C: the server has shut down and removed its temporary folder. The interpreter's own teardown of
+        # gradio's objects would add 1-2 s of garbage collection with nothing left to save, so leave now.
+        print("stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)

@@ -24,7 +24,12 @@ class CaptionError(UserError):
         self.msg = reason if isinstance(reason, Msg) else None
 
 
+# CLIP reads at most 225 tokens (max_token_length), a few KB of text: a caption file far beyond that is a mistake
+# (a log or a dump under a caption's name) that would otherwise be read whole for every step (docs/reliability.md).
+MAX_CAPTION_BYTES = 64 * 1024
+
 define({
+    "caption.too_large": "the caption file is {size} KB; a caption is read by CLIP up to a few hundred tokens (at most {limit} KB): shorten it or move the file away",
     "caption.unreadable": "cannot read the caption file ({detail})",
     "caption.not_utf8": "the caption is not UTF-8 text: open it in an editor and save it as UTF-8",
 })
@@ -53,9 +58,15 @@ def read_caption_file(image_path: str | Path, extension: str = ".txt") -> Captio
     if path is None:
         return CaptionText(None, None, False)
     try:
-        raw = path.read_bytes()
+        size = path.stat().st_size
+        if size > MAX_CAPTION_BYTES:
+            raise CaptionError(path, Msg.of("caption.too_large", size=size // 1024, limit=MAX_CAPTION_BYTES // 1024))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CAPTION_BYTES + 1)  # the file may grow between stat and read
     except OSError as exc:
         raise CaptionError(path, Msg.of("caption.unreadable", detail=exc.strerror)) from None
+    if len(raw) > MAX_CAPTION_BYTES:
+        raise CaptionError(path, Msg.of("caption.too_large", size=len(raw) // 1024, limit=MAX_CAPTION_BYTES // 1024))
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -19,7 +19,7 @@ from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import bucket_sizes, count_steps
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Label, Msg, define
 
 define({
     "check.no_folder": "no image folder chosen: set it to the parent of your <repeats>_<name> folders",
@@ -27,6 +27,14 @@ define({
     "check.reso_steps": "bucket_reso_steps is {steps}: SD1.5 needs a multiple of 64 (Kohya's trainer refuses it too); set it to 64",
     "check.max_bucket": "max_bucket_reso ({value}) is smaller than the resolution {w}x{h}: raise it to at least {need}",
     "check.min_bucket": "min_bucket_reso ({value}) is larger than the resolution {w}x{h}: lower it to at most {need}",
+    "check.resolution_below_min": (
+        "{resolution} {w}x{h} is below {min_reso} ({value}), so images would be dropped: raise {resolution} "
+        "(SD1.5 trains at 512,512) or lower {min_reso}"
+    ),
+    "check.resolution_too_small_for_image": (
+        "skipped: {w}x{h} does not fit any bucket at {resolution} {rw}x{rh} (its shorter side would be under "
+        "{step} px): raise {resolution}"
+    ),
     "check.not_multiple": "{w}x{h} is not a multiple of bucket_reso_steps ({steps}): images will be cropped to the nearest bucket",
     "check.multiline": "{n} caption file(s) have more than one line; only the first line is used: {names}",
     "check.skipped": "skipped: {reason}",
@@ -91,6 +99,12 @@ def _settings_problems(config: TrainingConfig) -> list[Problem]:
         problems.append(Problem.at("buckets.max_bucket_reso", "error", Msg.of("check.max_bucket", value=b.max_bucket_reso, w=w, h=h, need=max(w, h))))
     if b.enable_bucket and not b.bucket_no_upscale and plan.min_size > min(w, h):
         problems.append(Problem.at("buckets.min_bucket_reso", "error", Msg.of("check.min_bucket", value=b.min_bucket_reso, w=w, h=h, need=min(w, h))))
+    if b.enable_bucket and b.bucket_no_upscale and min(w, h) < b.min_bucket_reso:
+        # Kohya ignores min_bucket_reso without upscaling, but a resolution below it is a typo (64 for 640) that
+        # would drop every image of another shape
+        problems.append(Problem.at("buckets.max_resolution", "error", Msg.of(
+            "check.resolution_below_min", w=w, h=h, value=b.min_bucket_reso,
+            resolution=Label("buckets.max_resolution"), min_reso=Label("buckets.min_bucket_reso"))))
     if w % b.bucket_reso_steps or h % b.bucket_reso_steps:
         problems.append(Problem.at("buckets.max_resolution", "warning", Msg.of("check.not_multiple", w=w, h=h, steps=b.bucket_reso_steps)))
     return problems
@@ -133,6 +147,12 @@ def _check_image(
     w, h = info.size
     step = config.buckets.bucket_reso_steps
     choice = plan.select(w, h) if min(w, h) >= step else None
+    if choice is None and min(w, h) >= step and plan.max_area < w * h:
+        # the image is fine; the training area is too small for its aspect ratio (the real cause, not its size)
+        rw, rh = plan.resolution
+        problems.append(Problem.at(image, "warning", Msg.of(
+            "check.resolution_too_small_for_image", w=w, h=h, step=step, rw=rw, rh=rh, resolution=Label("buckets.max_resolution"))))
+        return None
     if choice is None:
         refuse = config.dataset.undersized_images == "refuse"
         code = "check.too_small_refused" if refuse else "check.too_small_skipped"

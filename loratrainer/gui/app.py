@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratrainer.gui.i18n import LANGUAGES, Translator, pick_language
-from loratrainer.gui.server import ServeOptions, allowed_hosts
+from loratrainer.gui.server import ServeOptions, allowed_hosts, is_loopback
 
 CSS = """
 .lt-status {font-weight: 600;}
@@ -21,34 +21,87 @@ CSS = """
 .lt-progress > div {height: 100%; background: var(--color-accent);}
 .lt-ok {color: var(--color-green-600, #16a34a);} .lt-bad {color: var(--color-red-600, #dc2626);}
 .lt-log textarea {font-family: var(--font-mono); font-size: 12px;}
+/* the live view is refreshed every second: Gradio's "pending" dimming and flashing would make it flicker */
+.lt-live .pending, .lt-live.pending {opacity: 1 !important; animation: none !important;}
 """
 
 
-def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None):
+def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False):
     """The whole page in one language. `jobs` and `display` are shared by every session (and both languages)."""
-    return build_page(lang, jobs, display, other_language_url=other_language_url)[0]
+    return build_page(lang, jobs, display, other_language_url=other_language_url, browse_limited=browse_limited)[0]
 
 
-def build_page(lang: str, jobs, display, *, other_language_url: str | None = None):
+def build_page(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False):
     """(blocks, ui): the page and its UiContext, whose `handlers` hold each tab's handler object for tests."""
     import gradio as gr
 
-    from loratrainer.gui import tab_dataset, tab_results, tab_training, tab_utilities
+    from loratrainer.gui import tab_dataset, tab_queue, tab_results, tab_training, tab_utilities
     from loratrainer.gui.context import UiContext
 
     t = Translator(lang)
-    ui = UiContext(t=t, jobs=jobs, display=display)
+    ui = UiContext(t=t, jobs=jobs, display=display, browse_limited=browse_limited)
     with gr.Blocks(title="loratrainer", analytics_enabled=False) as blocks:
         with gr.Row():
             gr.Markdown(f"## loratrainer · {t('app.subtitle')}")
             if other_language_url:
                 gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
         with gr.Tabs():
-            for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("utilities", tab_utilities)):
+            for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("queue", tab_queue),
+                                 ("utilities", tab_utilities)):
                 with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}") as ui.named[f"tab_{name}"]:
                     ui.handlers[name] = module.build(ui)
         ui.finish(blocks)
+    quiet_queue(blocks)
+    guard_text_inputs(blocks, t)
     return blocks, ui
+
+
+# Gradio's queue loop checks for work every 1 ms when idle (gradio/queueing.py, sleep_when_free): 3-4 % of a core
+# per page language with no browser connected. 50 ms is still instant for a click and idles near zero.
+IDLE_POLL_S = 0.05
+
+
+def quiet_queue(blocks) -> None:
+    queue = getattr(blocks, "_queue", None)
+    if queue is not None and getattr(queue, "sleep_when_free", 0) < IDLE_POLL_S:
+        queue.sleep_when_free = IDLE_POLL_S
+        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), IDLE_POLL_S)
+
+
+MAX_LINE_BYTES = 4096  # PATH_MAX on Linux: no file or folder path is longer, and no one-line setting needs more
+
+
+def text_problem(value: object, one_line: bool) -> str | None:
+    """Why a text input cannot be used ("nul" / "too_long"), or None: the one validation of every path box."""
+    texts = value if isinstance(value, (list, tuple)) else [value]
+    for text in texts:
+        if isinstance(text, str):
+            if "\0" in text:
+                return "nul"
+            if one_line and len(text.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+                return "too_long"
+    return None
+
+
+def guard_text_inputs(blocks, t: Translator) -> None:
+    """Before any handler runs, refuse a NUL character in any text, or a one-line box (every path box is one) over
+    MAX_LINE_BYTES, with one sentence naming the box as the page labels it. Without this, eight handlers showed
+    `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths")."""
+    import gradio as gr
+
+    call = blocks.call_function
+
+    async def call_function(block_fn, processed_input, *args, **kwargs):
+        fn = blocks.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        for component, value in zip(fn.inputs, processed_input or []):
+            one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
+            problem = text_problem(value, one_line)
+            if problem:
+                label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
+                raise gr.Error(t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES), print_exception=False)
+        return await call(block_fn, processed_input, *args, **kwargs)
+
+    blocks.call_function = call_function
 
 
 def create_app(options: ServeOptions, *, temp_dir: Path):
@@ -58,8 +111,10 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from fastapi.responses import RedirectResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+    from loratrainer.config_files import MAX_CONFIG_BYTES
     from loratrainer.gui.display import Display
     from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
@@ -67,7 +122,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     languages = [options.language] if options.language else list(LANGUAGES)
     for lang in languages:
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
-        blocks = build_blocks(lang, jobs, display, other_language_url=other)
+        blocks = build_blocks(lang, jobs, display, other_language_url=other, browse_limited=not is_loopback(options.host))
         gr.mount_gradio_app(
             app,
             blocks,
@@ -78,6 +133,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             footer_links=["api"],
             run_history=False,
             allowed_paths=[],  # the file route serves only Gradio's own files and what the app made for display
+            max_file_size=MAX_CONFIG_BYTES,  # the only upload is a config file
             ssr_mode=False,
             mcp_server=False,
             pwa=False,
@@ -91,7 +147,12 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             return RedirectResponse(f"/{lang}/", status_code=307)
 
         app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
+    # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route
     app.add_middleware(FileRouteGuard)
+    app.add_middleware(LoginPageScrub)
+    app.add_middleware(LoginThrottle, message=lambda path: Translator("ko" if path.startswith("/ko/") or options.language == "ko" else "en")("error.login_throttled"))
+    app.add_middleware(UploadLimit)
+    app.add_middleware(OriginGuard)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(options))
     return app
 

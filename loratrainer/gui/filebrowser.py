@@ -18,6 +18,10 @@ from loratrainer.gui.i18n import Translator
 
 MAX_ENTRIES = 500
 UP = ".."
+# In --listen mode (others on the network may use the page) browsing stays within the home folder and the folders
+# these settings name; on loopback the page's user is this machine's user and may browse anywhere.
+ROOT_SETTINGS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir",
+                 "model.pretrained_model_name_or_path", "model.vae", "network.network_weights", "saving.resume")
 
 
 @dataclass(frozen=True)
@@ -27,23 +31,55 @@ class Listing:
     error: str = ""
 
 
+def usable_path(path: str | None) -> bool:
+    """A path the file system can be asked about: no NUL, not over PATH_MAX (4096 bytes)."""
+    return bool(path) and "\0" not in path and len(path.encode("utf-8", "surrogatepass")) <= 4096
+
+
 def start_folder(path: str | None) -> Path:
     """Where browsing begins: the typed path (or its nearest existing parent), else the home folder."""
-    p = Path(path).expanduser() if path and path.strip() else Path.home()
-    while not p.is_dir() and p != p.parent:
-        p = p.parent
-    return p if p.is_dir() else Path.home()
+    p = Path(path).expanduser() if usable_path(path) and path.strip() else Path.home()
+    try:
+        while not p.is_dir() and p != p.parent:
+            p = p.parent
+        return p if p.is_dir() else Path.home()
+    except (OSError, ValueError):
+        return Path.home()
 
 
-def list_folder(folder: str | Path, files: bool, t: Translator) -> Listing:
-    """Sub-folders (and, with files=True, files) of `folder`, hidden entries left out, folders first."""
+def browse_roots(named: list[str]) -> list[Path]:
+    """The home folder and the folders the config names (a file setting names its folder), resolved."""
+    roots = [Path.home()]
+    for value in named:
+        if usable_path(value) and value.strip():
+            p = Path(value.strip()).expanduser()
+            try:
+                roots.append((p if p.is_dir() else p.parent).resolve())
+            except (OSError, ValueError, RuntimeError):
+                continue
+    return [r.resolve() for r in roots]
+
+
+def within(folder: Path, roots: list[Path]) -> bool:
+    try:
+        real = folder.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(real == r or r in real.parents for r in roots)
+
+
+def list_folder(folder: str | Path, files: bool, t: Translator, roots: list[Path] | None = None) -> Listing:
+    """Sub-folders (and, with files=True, files) of `folder`, hidden entries left out, folders first. With `roots`
+    (--listen mode), a folder outside them is not listed, and the page says why."""
     folder = Path(folder).expanduser()
+    if roots is not None and not within(folder, roots):
+        return Listing(str(folder), [(f"📁 {r}", str(r)) for r in roots], t("browse.outside_roots"))
     try:
         entries = sorted(os.scandir(folder), key=lambda e: (not e.is_dir(), e.name.lower()))
-    except OSError as exc:
-        return Listing(str(folder), [], t("browse.cannot_read", error=exc.strerror or str(exc)))
+    except (OSError, ValueError) as exc:
+        return Listing(str(folder), [], t("browse.cannot_read", error=getattr(exc, "strerror", None) or str(exc)))
     choices: list[tuple[str, str]] = []
-    if folder.parent != folder:
+    if folder.parent != folder and (roots is None or within(folder.parent, roots)):
         choices.append((f"⬆ {UP}", str(folder.parent)))
     for entry in entries:
         if entry.name.startswith("."):
@@ -65,6 +101,15 @@ def check_path(path: str, role: str, t: Translator) -> str:
     """One line under a path box: ✓ what it holds, or ✗ what is wrong with it and what to do."""
     if not path or not path.strip():
         return t(f"check.{role}.empty") if role in ("train", "output", "model") else ""
+    if not usable_path(path):
+        return t("check.not_found")
+    try:
+        return _check_path(path, role, t)
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a loop of links
+        return t("browse.cannot_read", error=getattr(exc, "strerror", None) or str(exc))
+
+
+def _check_path(path: str, role: str, t: Translator) -> str:
     p = Path(path.strip()).expanduser()
     if role == "model":
         if p.is_dir():
@@ -122,19 +167,33 @@ def build(ui, target, *, files: bool = False, key: str):
         entries = gr.Dropdown(label=t("browse.entries_files" if files else "browse.entries"), choices=[], elem_id=f"browse-{key}-entries")
         error = gr.Markdown()
 
-    def show(path: str) -> dict:
-        listing = list_folder(start_folder(path), files, t)
+    def roots_of(named) -> list[Path] | None:
+        return browse_roots(list(named)) if ui.browse_limited else None
+
+    def show(path: str, *named: str) -> dict:
+        roots = roots_of(named)
+        start = start_folder(path)
+        if roots is not None and not within(start, roots):
+            start = roots[0]  # begin at home rather than at a refusal
+        listing = list_folder(start, files, t, roots)
         return {folder: listing.folder, entries: gr.update(choices=listing.choices, value=None), error: listing.error}
 
-    def pick(chosen: str | None, current: str) -> dict:
-        if not chosen:
+    def pick(chosen: str | None, current: str, *named: str) -> dict:
+        if not chosen or not usable_path(chosen):
             return {folder: gr.skip(), entries: gr.skip(), error: gr.skip(), target: gr.skip()}
         if Path(chosen).is_dir():
-            return {**show(chosen), target: gr.skip()}
+            return {**show(chosen, *named), target: gr.skip()}
+        roots = roots_of(named)
+        if roots is not None and not within(Path(chosen), roots):
+            return {folder: gr.skip(), entries: gr.skip(), error: t("browse.outside_roots"), target: gr.skip()}
         return {target: chosen, folder: gr.skip(), entries: gr.skip(), error: gr.skip()}
 
-    entries.input(pick, inputs=[entries, folder], outputs=[folder, entries, error, target], api_visibility="private")
-    folder.submit(show, inputs=[folder], outputs=[folder, entries, error], api_visibility="private")
-    use.click(lambda f: f, inputs=[folder], outputs=[target], api_visibility="private")
-    panel.expand(show, inputs=[target], outputs=[folder, entries, error], api_visibility="private")
+    def wire() -> None:  # after every tab is built, so that the settings naming folders exist
+        named = [ui.fields[p] for p in ROOT_SETTINGS if p in ui.fields and ui.fields[p] is not target]
+        entries.input(pick, inputs=[entries, folder, *named], outputs=[folder, entries, error, target], api_visibility="private")
+        folder.submit(show, inputs=[folder, *named], outputs=[folder, entries, error], api_visibility="private")
+        use.click(lambda f: f, inputs=[folder], outputs=[target], api_visibility="private")
+        panel.expand(show, inputs=[target, *named], outputs=[folder, entries, error], api_visibility="private")
+
+    ui.after_build(wire)
     return folder, entries

@@ -48,14 +48,14 @@ class Translator:
 
         if not isinstance(message, Msg):
             return str(message)
-        if self.lang == DEFAULT_LANGUAGE:  # the English page says what the CLI says, settings by their path
-            return str(message)
+        # Both languages name settings as the page labels them (the CLI's English says their paths): a Label
+        # parameter becomes the label, and `msg.<code>` in the page's table may reword a sentence that names one.
         own = table(self.lang)
         return message.render(lambda code: own.get(f"msg.{code}"), self.label_or_path)
 
     def error(self, exc: BaseException) -> str:
-        """An error as the page shows it ("**Error:** ...")."""
-        return self("error.generic", error=md(self.error_text(exc)))
+        """An error as the page shows it ("**Error:** ..."), as a sentence (messages are written to follow "error: ")."""
+        return self("error.generic", error=md(sentence(self.error_text(exc))))
 
     def error_text(self, exc: BaseException) -> str:
         """The error in this language where it says what it is: bad form values by pydantic's error type, coded
@@ -77,6 +77,8 @@ class Translator:
             text = self.message(coded)
             return f"{label}: {text}" if path else text
         key = "form." + self._FIELD_ERRORS.get(f["type"], f["type"])
+        if f.get("input") is None and key in ("form.float_parsing", "form.int_parsing"):
+            key = "form.missing"  # an emptied number box: "(got None)" says nothing to a user
         if key in table(DEFAULT_LANGUAGE):
             ctx = {k: v for k, v in f["ctx"].items() if k in ("ge", "le", "gt", "lt", "expected", "min_length", "max_length")}
             if self.lang != DEFAULT_LANGUAGE and isinstance(ctx.get("expected"), str):
@@ -100,6 +102,11 @@ class Translator:
 
     def help(self, path: str) -> str:
         return self(f"field.{path}.help")
+
+
+def sentence(text: str) -> str:
+    """`text` with its first letter capitalised (a message shown on its own or after "Not started.")."""
+    return text[:1].upper() + text[1:]
 
 
 def md(text: str) -> str:
@@ -141,6 +148,8 @@ MESSAGE_MODULES = (
     "loratrainer.train.launch",
     "loratrainer.train.path_checks",
     "loratrainer.gui.jobs",
+    "loratrainer.train.run_queue",
+    "loratrainer.train.queue_runner",
     "loratrainer.caption.base",
     "loratrainer.caption.basic",
     "loratrainer.caption.editor",

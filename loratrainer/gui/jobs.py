@@ -9,9 +9,11 @@ process is alive, or shows how the last one ended.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,11 @@ from loratrainer import events
 from loratrainer.files import atomic_write
 from loratrainer.messages import Msg, define
 
-define({"gui.run_busy": "a run is still going: {run}. Stop it first."})
+define({
+    "gui.run_busy": "a run is still going: {run}. Stop it first.",
+    "gui.runs_file_set_aside": "the list of earlier runs ({path}) was damaged and has been kept as {kept}; new runs are listed again from now on",
+})
+log = logging.getLogger("loratrainer.gui")
 
 REGISTRY_FILE = "gui-runs.json"
 KEEP_RUNS = 50
@@ -61,6 +67,7 @@ class Jobs:
         self._lock = threading.RLock()
         self._processes: dict[Path, Any] = {}  # run_dir -> launch.RunProcess started by this GUI process
         self._followed: dict[Path, _Followed] = {}
+        self.notices: list[Msg] = []  # what the page should tell once (a damaged runs file set aside)
 
     # -- starting and stopping -------------------------------------------------------------------------
 
@@ -93,21 +100,43 @@ class Jobs:
         if process is not None:
             process.kill()
             return
+        from loratrainer.train.processes import kill_all
+
         pid = self._follow(Path(run_dir)).pid
         if pid and _alive(pid):
             import signal
 
             os.kill(pid, signal.SIGKILL)
+        kill_all(run_dir)  # a run this GUI did not start (page reloaded after a restart): every worker of it
 
     # -- finding runs ----------------------------------------------------------------------------------------
 
     def runs(self) -> list[Path]:
         """Remembered run folders that still exist, newest first."""
+        path = self.state_dir / REGISTRY_FILE
         try:
-            names = json.loads((self.state_dir / REGISTRY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            names = []
-        return [Path(p) for p in names if isinstance(p, str) and Path(p).is_dir()]
+            names = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, RecursionError):
+            names = None
+        if not isinstance(names, list):  # null, a number, an object or broken JSON: keep it aside, start afresh
+            self._set_aside(path)
+            return []
+        return [Path(p) for p in names if isinstance(p, str) and "\0" not in p and _is_dir(p)]
+
+    def _set_aside(self, path: Path) -> None:
+        with self._lock:
+            kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(path, kept)
+            except FileNotFoundError:
+                return  # another session set it aside a moment ago
+            except OSError:
+                return
+            notice = Msg.of("gui.runs_file_set_aside", path=str(path), kept=str(kept))
+            self.notices.append(notice)
+            log.warning("%s", notice)
 
     def active(self) -> Path | None:
         """The newest run whose process is alive."""
@@ -222,6 +251,13 @@ def _tracebacks(text: str) -> list[list[str]]:
             if line.strip() and not line.startswith((" ", "\t")):
                 current = None  # the exception line ends the block
     return blocks
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system
+        return False
 
 
 def _alive(pid: int) -> bool:

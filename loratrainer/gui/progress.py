@@ -22,6 +22,10 @@ def status_line(view: JobView | None, t: Translator) -> str:
         return t("status.idle")
     s = view.state
     if view.alive:
+        from loratrainer.events import stop_requested
+
+        if stop_requested(view.run_dir):  # until the trainer has saved and ended, however long that takes
+            return t("status.stopping", file=interrupted_file(view))
         if s.status == "starting" or not s.total_steps:
             return t("status.starting")
         return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -120,14 +122,30 @@ def neutralise_gradio_env(environ: dict | None = None) -> Path:
 def serve(options: ServeOptions) -> int:
     validate(options)
     temp = neutralise_gradio_env()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the SIGTERM it shut down for once it is done; by default that would end the process
+        # before the finally below removes the temporary folder
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _serve(options, temp)
+    finally:
+        # uploads and display copies live here: nothing of a session outlives the GUI (also after a failed start)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _serve(options: ServeOptions, temp: Path) -> int:
     import uvicorn
 
     from loratrainer.gui.app import create_app
 
-    app = create_app(options, temp_dir=temp)
-    # A browser tab or a gradio_client keeps a stream open: without a limit, Ctrl+C would wait for it forever.
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    stopping = _Stopping(create_app(options, temp_dir=temp))
+    # A browser tab or a gradio_client keeps a stream open: _Stopping ends those at Ctrl+C, the timeout is the backstop.
+    config = uvicorn.Config(stopping, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    server = _Server(config, stopping)
     try:
         sock = _bind(options)
     except OSError as exc:
@@ -137,6 +155,64 @@ def serve(options: ServeOptions) -> int:
         threading.Thread(target=_open_when_ready, args=(server, options.url), daemon=True).start()
     server.run(sockets=[sock])
     return 0
+
+
+class _Stopping:
+    """Ends open streams when the server stops: to a request still listening (Gradio's event streams, a browser's
+    heartbeat), `receive()` answers `http.disconnect` at once, so its handler returns instead of being cancelled
+    after the graceful-shutdown timeout with a CancelledError traceback (docs/reliability.md, "The web interface")."""
+
+    def __init__(self, app):
+        self.app = app
+        self.loop = None
+        self.event = None
+
+    def stop(self) -> None:
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)
+
+    async def __call__(self, scope, receive, send):
+        import asyncio
+
+        if self.event is None:
+            self.loop, self.event = asyncio.get_running_loop(), asyncio.Event()
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        event = self.event
+
+        async def until_stopped():
+            if event.is_set():
+                return {"type": "http.disconnect"}
+            got = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(event.wait())
+            done, _ = await asyncio.wait({got, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if got in done:
+                stop.cancel()
+                return got.result()
+            got.cancel()
+            return {"type": "http.disconnect"}
+
+        await self.app(scope, until_stopped, send)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def __init__(self, config, stopping: _Stopping):
+            super().__init__(config)
+            self.stopping = stopping
+
+        def handle_exit(self, sig, frame) -> None:
+            self.stopping.stop()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _Server(config, stopping: _Stopping):
+    return _server_class()(config, stopping)
 
 
 def _bind(options: ServeOptions) -> socket.socket:

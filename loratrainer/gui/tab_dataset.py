@@ -23,7 +23,8 @@ class DatasetHandlers:
         self.t = ui.t
 
     def check_folder(self, path: str, role: str) -> str:
-        return filebrowser.check_path(path, role, self.t)
+        # never empty: an empty note takes no height and the Browse… beside it would sit higher than this one
+        return filebrowser.check_path(path, role, self.t) or self.t("check.log.empty" if role == "log" else "check.optional_empty")
 
     # -- prepare ---------------------------------------------------------------------------------------------
 
@@ -33,10 +34,12 @@ class DatasetHandlers:
 
         n = self.ui.named
         src, dest, name = ((data[n[k]] or "").strip() for k in ("prep_src", "prep_dest", "prep_name"))
-        repeats = int(data[n["prep_repeats"]]) if data[n["prep_repeats"]] else None
         reg = (data[n["prep_reg"]] or "").strip() or None
         if not (src and dest and name):
             return {n["prep_message"]: self.t("prepare.missing")}
+        repeats = parse_repeats(data[n["prep_repeats"]])
+        if repeats == 0:
+            return {n["prep_message"]: self.t("prepare.bad_repeats", label=self.t("prepare.repeats"))}
         try:
             r = prepare_project(src, dest, name, repeats, reg)
         except (UserError, OSError) as exc:
@@ -66,7 +69,8 @@ class DatasetHandlers:
         return {
             n["report"]: report,
             n["check_summary"]: self.summary(report),
-            n["problems"]: [[self.t(f"check.severity.{p.severity}"), p.path, self.t.problem(p)] for p in report.sorted_problems()],
+            n["problems"]: [[self.t(f"check.severity.{p.severity}"), self.t.label_or_path(str(p.path)), self.t.problem(p)]
+                            for p in report.sorted_problems()],
             n["problem_images"]: self.problem_thumbnails(report),
             n["concepts"]: concept_rows(report),
             n["steps"]: self.steps_text(report, report.steps),
@@ -129,28 +133,44 @@ class DatasetHandlers:
         try:
             plan = rename_plan(rows, train_dir)
         except UserError as exc:
-            return {n["rename_text"]: self.t.error(exc), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t.error(exc), n["rename_panel"]: _shown(), n["rename_buttons"]: _hidden(), n["pending"]: []}
         if not plan:
-            return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["pending"]: []}
+            return {n["rename_text"]: self.t("repeats.unchanged"), n["rename_panel"]: _shown(), n["rename_buttons"]: _hidden(), n["pending"]: []}
         listing = "\n".join(f"- `{Path(a).name}` → `{Path(b).name}`" for a, b in plan)
-        return {n["rename_text"]: self.t("repeats.confirm", listing=listing), n["rename_panel"]: _shown(), n["pending"]: plan}
+        return {n["rename_text"]: self.t("repeats.confirm", listing=listing), n["rename_panel"]: _shown(), n["rename_buttons"]: _shown(),
+                n["pending"]: plan}
 
     def apply_renames(self, data: dict) -> dict:
         n = self.ui.named
         plan = data.get(n["pending"]) or []
         if plan and self.ui.jobs.active() is not None:  # the running trainer reads these folders
-            return {n["rename_text"]: self.t("repeats.running"), n["pending"]: []}
+            return {n["rename_text"]: self.t("repeats.running"), n["pending"]: [], n["rename_buttons"]: _hidden()}
         done = []
         for old, new in plan:
             if Path(new).exists():
-                return {n["rename_text"]: self.t("repeats.exists", folder=new), n["pending"]: []}
+                return {n["rename_text"]: self.t("repeats.exists", folder=new), n["pending"]: [], n["rename_buttons"]: _hidden()}
             Path(old).rename(new)
             done.append(new)
         result = self.check(data)
         result[n["rename_text"]] = self.t("repeats.done", count=len(done))
         result[n["pending"]] = []
         result[n["rename_panel"]] = _shown()
+        result[n["rename_buttons"]] = _hidden()  # done: nothing left to confirm or cancel
         return result
+
+
+def parse_repeats(value) -> int | None:
+    """The Repeats box: empty means "suggested" (None); a whole number of at least 1; anything else 0 (refused).
+    A text box, not a Number: Gradio's Number shows 0 when empty and refuses it against its minimum with a
+    bare "Error" badge on every output."""
+    text = str(value if value is not None else "").strip()
+    if not text:
+        return None
+    try:
+        number = float(text.replace(",", "."))
+    except ValueError:
+        return 0
+    return int(number) if number.is_integer() and number >= 1 else 0
 
 
 def concept_rows(report) -> list[list]:
@@ -216,14 +236,19 @@ def build(ui: UiContext) -> DatasetHandlers:
         check.click(h.check, inputs=cfg, outputs=check_outputs, api_name="check_dataset")
         # Choosing (or typing) an image folder runs the check by itself: the step calculator needs it.
         image_folders = [ui.fields["folders.train_data_dir"], ui.fields["folders.reg_data_dir"]]
-        gr.on([c.change for c in image_folders], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
+        # The bucket settings decide which images are too small and how the steps come out: the check follows them,
+        # so the counts on both tabs are never stale.
+        from loratrainer.gui.form import specs_by_path
+
+        bucket_fields = [ui.fields[p] for p, spec in specs_by_path().items() if spec.group == "buckets"]
+        gr.on([c.change for c in image_folders + bucket_fields], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
               show_progress="hidden", api_visibility="private")
         live = [ui.fields[p] for p in STEP_FIELDS]
         gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         buttons["apply"].click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
-                               outputs=[n["rename_text"], n["rename_panel"], n["pending"]], api_visibility="private")
-        buttons["confirm"].click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"]],
+                               outputs=[n["rename_text"], n["rename_panel"], n["rename_buttons"], n["pending"]], api_visibility="private")
+        buttons["confirm"].click(h.apply_renames, inputs=cfg | {n["pending"]}, outputs=check_outputs + [n["rename_text"], n["pending"], n["rename_buttons"]],
                                  api_visibility="private")
         buttons["cancel"].click(lambda: ([], _hidden()), outputs=[n["pending"], n["rename_panel"]], api_visibility="private")
 
@@ -240,7 +265,8 @@ def _prepare_panel(ui: UiContext, gr):
             n["prep_dest"] = gr.Textbox(label=t("prepare.dest"), info=t("prepare.dest_help"), elem_id="prep-dest")
         with gr.Row():
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
-            n["prep_repeats"] = gr.Number(label=t("prepare.repeats"), info=t("prepare.repeats_help"), precision=0, minimum=1, elem_id="prep-repeats")
+            n["prep_repeats"] = gr.Textbox(value="", label=t("prepare.repeats"), info=t("prepare.repeats_help"), placeholder=t("prepare.repeats_placeholder"),
+                                           elem_id="prep-repeats")
             n["prep_reg"] = gr.Textbox(label=t("prepare.reg"), info=t("prepare.reg_help"), elem_id="prep-reg")
         button = gr.Button(t("prepare.button"), variant="primary", elem_id="prep-button")
         n["prep_message"] = gr.Markdown(elem_id="prep-message")
@@ -281,7 +307,7 @@ def _report_panel(ui: UiContext, gr) -> dict:
             apply = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
             with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
                 n["rename_text"] = gr.Markdown()
-                with gr.Row():
+                with gr.Row() as n["rename_buttons"]:
                     confirm = gr.Button(t("repeats.confirm_button"), variant="stop", elem_id="repeats-confirm")
                     cancel = gr.Button(t("repeats.cancel"), elem_id="repeats-cancel")
             n["pending"] = gr.State([])

@@ -7,7 +7,6 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
@@ -109,8 +108,8 @@ class TrainingHandlers:
         return {**self.ui.show_config(config), message: text}
 
     def save_file(self, data: dict, kohya: bool = False) -> dict:
-        """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up as <name>.bak
-        first (a user's files are sacred)."""
+        """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
+        <name>.<YYYYmmdd-HHMMSS>.bak (a user's files are sacred)."""
         from loratrainer.files import atomic_write
         from loratrainer.kohya import export_kohya, kohya_to_json
 
@@ -125,9 +124,11 @@ class TrainingHandlers:
             if target.suffix.lower() != ".json":
                 target = target.with_name(target.name + ".json")
             backup = ""
-            if target.exists():
-                shutil.copy2(target, target.with_name(target.name + ".bak"))
-                backup = self.t("config.backup", path=target.name + ".bak")
+            if target.exists():  # a timestamped copy as presets make: a second save keeps the first original
+                from loratrainer.presets import backup_file
+
+                kept = backup_file(target)
+                backup = self.t("config.backup", path=kept.name if kept else target.name)
             if kohya:
                 exported, report = export_kohya(config)
                 atomic_write(target, kohya_to_json(exported))
@@ -145,25 +146,82 @@ class TrainingHandlers:
     # -- the run -------------------------------------------------------------------------------------------
 
     def show_command(self, data: dict) -> dict:
+        """What can be run: the page's settings written to a config file, `loratrainer train --config FILE`, and
+        the accelerate command that becomes (its run folder is named when the run starts)."""
+        import re
+        from datetime import datetime
+
         from loratrainer.train.launch import build_command, format_command, logging_root
 
         box = self.ui.named["command"]
         try:
             config = self.ui.read_config(data)
         except UserError as exc:
-            return {box: self.t.error(exc)}
-        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
-        return {box: format_command(build_command(config, run_dir))}
-
-    def start(self, data: dict) -> dict:
-        import gradio as gr
-
-        status = self.ui.named["status"]
+            return {box: self.t.error_text(exc)}
+        name = re.sub(r"[^\w.-]+", "_", config.folders.output_name) or "config"
+        target = Path(self.ui.jobs.state_dir) / "configs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
         try:
-            run_dir = self.ui.jobs.start(self.ui.read_config(data))
+            save_config(config, target)
+        except OSError as exc:
+            return {box: self.t.error_text(exc)}
+        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
+                 self.t("command.becomes"), format_command(build_command(config, run_dir))]
+        return {box: "\n".join(lines)}
+
+    def start(self, data: dict, confirmed: bool = False) -> dict:
+        """Start a run. The answer goes to the message under the buttons, never over the run's status: Start
+        pressed during a run leaves that run's live view alone; a refused first start clears the previous run's
+        progress, chart and samples, so they do not sit under the refusal as if they belonged to it. Images that
+        would be skipped or an absurd learning rate are asked about first (Start anyway / Cancel)."""
+        n = self.ui.named
+        hide = {n["confirm_panel"]: _visible(False)}
+        try:
+            config = self.ui.read_config(data)
+            if not confirmed and self.ui.jobs.active() is None:
+                questions = self.questions(config)
+                if questions:
+                    listing = "\n".join(f"- {q}" for q in questions)
+                    return {n["confirm_text"]: self.t("start_check.ask", listing=listing), n["confirm_panel"]: _visible(True), n["run_message"]: ""}
+            run_dir = self.ui.jobs.start(config)
         except UserError as exc:
-            return {status: self.refusal(exc), self.ui.named["timer"]: gr.Timer(active=False)}
-        return {**self.refresh(str(run_dir), -1), self.ui.named["timer"]: gr.Timer(active=True)}
+            message = {n["run_message"]: self.refusal(exc), **hide}
+            if self.ui.jobs.active() is not None:
+                return message
+            return {**self.refresh(None, -1), **message}
+        return {**self.refresh(str(run_dir), -1), n["run_message"]: "", **hide}
+
+    def start_anyway(self, data: dict) -> dict:
+        return self.start(data, confirmed=True)
+
+    def questions(self, config) -> list[str]:
+        from loratrainer.data.check import check_dataset
+        from loratrainer.gui.start_checks import start_warnings
+
+        try:
+            report = check_dataset(config, num_processes=config.launch.num_processes)
+        except (UserError, OSError):
+            report = None  # Start's own check says what is wrong
+        return start_warnings(config, report if report is not None and report.ok else None, self.t)
+
+    def run_summary(self, data: dict) -> str:
+        """ "N images, M skipped, S steps" from the Dataset tab's last check, recounted as the settings change."""
+        from loratrainer.data.steps import count_steps
+        from loratrainer.gui.tab_dataset import STEP_FIELDS
+
+        report = data.get(self.ui.named.get("report"))
+        if report is None:
+            return self.t("training.summary_unchecked")
+        values = self.ui.paths_of(data)
+        try:
+            nums = {p: int(values[p]) for p in STEP_FIELDS}
+            s = count_steps(report.samples, nums["optimizer.train_batch_size"], nums["optimizer.gradient_accumulation_steps"],
+                            nums["launch.num_processes"], nums["optimizer.epoch"], nums["optimizer.max_train_steps"])
+        except (TypeError, ValueError, ZeroDivisionError, KeyError):
+            return self.t("steps.invalid")
+        text = self.t("training.summary", images=report.images, skipped=len(report.skipped), steps=s.total_steps, epochs=s.epochs,
+                      per_epoch=s.steps_per_epoch)
+        return ("⚠ " if report.skipped else "") + text
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
@@ -173,21 +231,25 @@ class TrainingHandlers:
 
             head = self.t.message(Msg.of("launch.dataset_failed"))
             labels = {s: self.t(f"check.severity.{s}") for s in ("error", "warning", "info")}
-            rest = "\n".join(f"{labels[p.severity]}: {p.path}: {self.t.problem(p)}" for p in report.sorted_problems())
+            rest = "\n".join(f"{labels[p.severity]}: {self.t.label_or_path(str(p.path))}: {self.t.problem(p)}" for p in report.sorted_problems())
         elif msg is not None:
             head, rest = self.t.message(msg), ""
         elif getattr(exc, "fields", None):
             head, rest = self.t.error_text(exc), ""
         else:
             head, _, rest = str(exc).partition("\n")
+        head = head[:1].upper() + head[1:]  # a sentence after "Not started." (messages are written to follow "error: ")
         message = self.t("start.refused", error=md(head))
         return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 
-    def stop(self, run_dir: str | None) -> str:
+    def stop(self, run_dir: str | None) -> dict:
+        """Ask the run to stop. The status line itself says "Stopping…" until the trainer has saved and ended
+        (status_line reads the STOP file), so no later tick puts the old status back."""
+        n = self.ui.named
         if not run_dir or not self.ui.jobs.view(run_dir).alive:
-            return self.t("stop.nothing")
+            return {n["run_message"]: self.t("stop.nothing")}
         self.ui.jobs.stop(run_dir)
-        return self.t("stop.requested", file=progress.interrupted_file(self.ui.jobs.view(run_dir)))
+        return {n["run_message"]: "", n["status"]: progress.status_line(self.ui.jobs.view(run_dir), self.t)}
 
     def attach(self) -> dict:
         """On page load: the running job (or the newest run) comes back, with the timer on when it runs, and
@@ -216,8 +278,11 @@ class TrainingHandlers:
             n["progress"]: progress.progress_html(view, self.t),
             n["loss_plot"]: progress.loss_frame(view),
             n["log"]: view.log_tail if view else "",
+            n["run_notes"]: run_notes(view, self.t) if view else "",
             n["timer"]: gr.Timer(active=bool(view and view.alive)),
             n["samples_seen"]: len(view.samples) if view else 0,
+            # Stop is red and pressable only while a run goes
+            n["stop_button"]: gr.update(interactive=bool(view and view.alive), variant="stop" if view and view.alive else "secondary"),
         }
         if view is None or len(view.samples) != samples_seen:
             out[n["gallery"]] = progress.sample_gallery(view, self.ui.display, self.t)
@@ -241,7 +306,7 @@ def build(ui: UiContext) -> TrainingHandlers:
 
     cfg = ui.config_inputs
     config_outputs = list(ui.fields.values()) + [n["config_message"]]
-    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery")]
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button", "run_notes")]
     buttons["load_preset"].click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs, api_name="load_preset")
     buttons["save_preset"].click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
     buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
@@ -249,8 +314,20 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
     buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
     buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
-    buttons["start"].click(h.start, inputs=cfg(), outputs=live, api_name="start")
-    buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["status"]], api_name="stop")
+    start_outputs = live + [n["run_message"], n["confirm_panel"], n["confirm_text"]]
+    buttons["start"].click(h.start, inputs=cfg(), outputs=start_outputs, api_name="start")
+    buttons["start_anyway"].click(h.start_anyway, inputs=cfg(), outputs=start_outputs, api_visibility="private")
+    buttons["cancel_start"].click(lambda: _visible(False), outputs=[n["confirm_panel"]], api_visibility="private")
+
+    def wire_summary() -> None:  # the Dataset tab's check result is known after every tab is built
+        from loratrainer.gui.tab_dataset import STEP_FIELDS
+
+        inputs = {ui.fields[p] for p in STEP_FIELDS} | {n["report"]}
+        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_FIELDS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
+              trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+
+    ui.after_build(wire_summary)
+    buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
     folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
@@ -310,21 +387,78 @@ def _rows(ui: UiContext, gr, paths: list[str], per_row: int = 3) -> None:
 def _run_panel(ui: UiContext, gr) -> dict:
     t, n = ui.t, ui.named
     with gr.Row():
+        # Other buttons that start runs (a queue) go in this row; their answers go to run_message too.
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
-        stop = gr.Button(t("run.stop"), variant="stop", elem_id="run-stop")
+        n["add_to_queue"] = gr.Button(t("queue.add"), elem_id="run-add-to-queue")  # wired by tab_queue
+        stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
+    n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
+    with gr.Group(visible=False, elem_id="confirm-start") as n["confirm_panel"]:
+        n["confirm_text"] = gr.Markdown(elem_id="confirm-text")
+        with gr.Row():
+            start_anyway = gr.Button(t("start_check.start_anyway"), variant="primary", elem_id="run-start-anyway")
+            cancel_start = gr.Button(t("start_check.cancel"), elem_id="run-start-cancel")
+    # What a button answered (a refusal, "no run is going"): apart from the run's own status below.
+    n["run_message"] = gr.Markdown(elem_id="run-message")
     n["command"] = gr.Textbox(label=t("run.command"), lines=2, interactive=False, buttons=["copy"], elem_id="run-command")
-    n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status"])
-    n["progress"] = gr.HTML(elem_id="run-progress")
+    n["status"] = gr.Markdown(t("status.idle"), elem_id="run-status", elem_classes=["lt-status", "lt-live"])
+    n["progress"] = gr.HTML(elem_id="run-progress", elem_classes=["lt-live"])
+    n["run_notes"] = gr.Markdown(elem_id="run-notes", elem_classes=["lt-live"])
     with gr.Row():
-        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), height=260, elem_id="run-loss")
-        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples")
+        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), x_title=t("run.chart_step"),
+                                   y_title=t("run.chart_loss"), height=260, elem_id="run-loss",
+                                   elem_classes=["lt-live"])
+        n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples", elem_classes=["lt-live"])
     # The box grows to the whole tail (room for wrapped lines): a scrolled box showed the oldest lines first.
     from loratrainer.gui.jobs import LOG_TAIL_LINES
 
     n["log"] = gr.Textbox(label=t("run.log"), lines=10, max_lines=2 * LOG_TAIL_LINES, interactive=False, autoscroll=True, elem_id="run-log",
-                          elem_classes=["lt-log"])
+                          elem_classes=["lt-log", "lt-live"])
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)
-    return {"start": start, "stop": stop, "show_command": show_command}
+    return {"start": start, "stop": stop, "show_command": show_command, "start_anyway": start_anyway, "cancel_start": cancel_start}
+
+
+def _visible(shown: bool):
+    import gradio as gr
+
+    return gr.update(visible=shown)
+
+
+def loratrainer_command() -> list[str]:
+    """How this machine runs `loratrainer`: the installed script, else this Python with -m."""
+    import shutil
+    import sys
+
+    script = shutil.which("loratrainer")
+    return [script] if script else [sys.executable, "-m", "loratrainer"]
+
+
+def run_notes(view, t) -> str:
+    """The trainer's warnings (train.log, or console.log before train.log existed), e.g. "no CUDA GPU: mixed
+    precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
+    import re
+
+    from loratrainer import events
+    from loratrainer.train.launch import CONSOLE_FILE
+
+    notes: list[str] = []
+    for name in (events.LOG_FILE, CONSOLE_FILE):
+        try:
+            with open(view.run_dir / name, "rb") as fh:
+                head = fh.read(64 * 1024).decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        for m in re.finditer(r"^\S+ \S+ WARNING (.+)$", head, re.MULTILINE):
+            if m.group(1).strip() not in notes:
+                notes.append(m.group(1).strip())
+    try:
+        from loratrainer.config import load_config
+
+        notes += [n for n in load_config(view.run_dir / events.CONFIG_FILE).summary() if n not in notes]
+    except Exception:  # a damaged config.json: the status says what matters
+        pass
+    if not notes:
+        return ""
+    return t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])

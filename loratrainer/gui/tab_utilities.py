@@ -237,6 +237,10 @@ def build(ui: UiContext) -> UtilitiesHandlers:
             _captioning(ui, h, gr)
         with gr.Tab(t("utilities.editor"), id="caption-editor", elem_id="tab-caption-editor"):
             _editor(ui, h, gr)
+        with gr.Tab(t("utilities.lora_tools"), id="lora-tools", elem_id="tab-lora-tools"):
+            from loratrainer.gui import tab_lora_tools
+
+            ui.handlers["lora_tools"] = tab_lora_tools.build(ui)
     return h
 
 

@@ -25,6 +25,8 @@ from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, check_sd15, detect
 from loratrainer.model.errors import ModelFileMissing, ModelNotAvailableOffline, NotSD15Checkpoint
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Hub repositories that were removed, and their maintained copies (same files): older configs keep working.
+HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 
 
 @dataclass
@@ -52,12 +54,13 @@ def load_sd15(settings: ModelSettings, *, dtype: torch.dtype = torch.float32, co
         parts = _load_single_file(path, dtype, config_dir)
         how, name, model_hash = f"single file {path}", path.name, legacy_file_hash(path)
     elif _HUB_ID.fullmatch(source) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        source = HUB_MOVED.get(source, source)
         parts = _load_diffusers(source, dtype, local_only=False)
         how, name, model_hash = f"hub id {source}", source, ""
     else:
         raise ModelFileMissing(
             f"The base model {source!r} does not exist. Choose an SD1.5 .safetensors/.ckpt file, a diffusers "
-            "folder (the one holding model_index.json) or a hub id such as runwayml/stable-diffusion-v1-5."
+            "folder (the one holding model_index.json) or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5."
         )
     tokenizer, text_encoder, vae, unet = parts
     if settings.vae.strip():
@@ -146,9 +149,12 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-        has_tokenizer = local_only and (folder / "tokenizer" / "vocab.json").exists()
-        # A hub repo or a folder without tokenizer files gets the shipped SD1.5 tokenizer (the same files)
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer" if has_tokenizer else SD15_CONFIG_DIR / "tokenizer")
+        # Whatever tokenizer files the folder has: current transformers saves only tokenizer.json, older ones
+        # vocab.json + merges.txt. A hub repo or a folder without any gets the shipped SD1.5 tokenizer.
+        own = folder / "tokenizer"
+        has_tokenizer = local_only and any((own / name).is_file() for name in TOKENIZER_FILES)
+        tokenizer = CLIPTokenizer.from_pretrained(own if has_tokenizer else SD15_CONFIG_DIR / "tokenizer")
+        check_tokenizer_fits(tokenizer, text_encoder, own if has_tokenizer else Path("the shipped SD1.5 tokenizer"), source)
         return tokenizer, text_encoder, vae, unet
 
     parts = load() if local_only else _from_hub(load, source)
@@ -157,6 +163,26 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
         family = "an SD2" if width == 1024 else "an SDXL"
         raise NotSD15Checkpoint(f"{source} is {family} model (cross-attention width {width}); choose an SD1.5 model.")
     return parts
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+class TokenizerMismatch(NotSD15Checkpoint):
+    """A tokenizer whose token ids do not all have an embedding in the text encoder."""
+
+
+def check_tokenizer_fits(tokenizer, text_encoder, where: Path, source: str) -> None:
+    """Every id the tokenizer can produce must index the text encoder's embeddings; otherwise the first step
+    fails with `IndexError: index out of range in self` (docs/reliability.md, "Models")."""
+    tokens = len(tokenizer)
+    embeddings = text_encoder.get_input_embeddings().num_embeddings
+    if tokens > embeddings:
+        raise TokenizerMismatch(
+            f"The tokenizer ({where}) has {tokens} tokens but the text encoder of {source} has only {embeddings} "
+            "embeddings: the model's tokenizer/ folder does not belong to its text_encoder/. Use the tokenizer "
+            "files that came with the model."
+        )
 
 
 def _from_hub(load, source: str):

@@ -4,6 +4,9 @@ Every process builds the same batch list from the same seed and takes batch i wh
 rank; the list is padded from its start so every process gets ceil(batches / processes) (accelerate's
 even_batches), which is what loratrainer.data.steps counts. Per-item randomness (flip, crop, caption
 shuffle, colour) comes from an rng seeded by (seed, epoch, batch, slot), so workers and resumes agree.
+The diffusion noise, timestep and VAE sample of an item come from a generator seeded by (seed, epoch, image,
+k-th use of that image in the epoch's whole batch list): which process trains an image does not change them,
+so two processes at batch 1 train what one process at batch 2 trains when their batches hold the same images.
 """
 
 from __future__ import annotations
@@ -24,16 +27,37 @@ from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import epoch_batches
 from loratrainer.train.captions import CaptionRules, process_caption
 
-Key = tuple[int, int, int, int]  # (sample index, epoch, batch index, slot in batch)
+Key = tuple[int, int, int, int, int]  # (sample index, epoch, batch index, slot in batch, k-th use of the image this epoch)
 
 
 def process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
     """This process's batches of an epoch, as sample indices."""
+    return [[i for i, _ in b] for b in _process_batches(samples, batch_size, seed, epoch, rank, world)]
+
+
+def _process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
+    """This process's batches as (sample index, k-th use of it in the epoch), k counted over the whole batch list."""
     index = {id(s): i for i, s in enumerate(samples)}
-    batches = [[index[id(s)] for s in b] for b in epoch_batches(samples, batch_size, seed, epoch)]
+    uses: dict[int, int] = {}
+    batches = []
+    for b in epoch_batches(samples, batch_size, seed, epoch):
+        batch = []
+        for s in b:
+            i = index[id(s)]
+            batch.append((i, uses.get(i, 0)))
+            uses[i] = uses.get(i, 0) + 1
+        batches.append(batch)
     per_process = -(-len(batches) // world)
     padded = batches + batches[: per_process * world - len(batches)]
     return padded[rank::world]
+
+
+def noise_seed(seed: int, epoch: int, index: int, use: int) -> int:
+    """A 63-bit seed for one item's noise, timestep and VAE sample (stable across processes, runs and platforms)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"loratrainer-noise:{seed}:{epoch}:{index}:{use}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class EpochBatchSampler(Sampler[list[Key]]):
@@ -46,10 +70,10 @@ class EpochBatchSampler(Sampler[list[Key]]):
         self.epoch, self.skip = epoch, skip_batches
 
     def __iter__(self) -> Iterator[list[Key]]:
-        batches = process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)
+        batches = _process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)
         for b, batch in enumerate(batches):
             if b >= self.skip:
-                yield [(i, self.epoch, b, slot) for slot, i in enumerate(batch)]
+                yield [(i, self.epoch, b, slot, use) for slot, (i, use) in enumerate(batch)]
 
     def __len__(self) -> int:
         return len(process_batches(self.samples, self.batch_size, self.seed, self.epoch, self.rank, self.world)) - self.skip
@@ -78,11 +102,12 @@ class TrainDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: Key) -> dict:
-        index, epoch, batch, slot = key
+        index, epoch, batch, slot, use = key
         sample = self.samples[index]
         rng = random.Random(f"{self.seed}:{epoch}:{batch}:{slot}")
         flip = self.augment.flip and rng.random() < 0.5
-        item = {"caption": process_caption(sample.caption, self.rules, epoch, rng), "is_reg": sample.is_reg}
+        item = {"caption": process_caption(sample.caption, self.rules, epoch, rng), "is_reg": sample.is_reg,
+                "noise_seed": noise_seed(self.seed, epoch, index, use)}
         if self.latents is not None:
             plain, flipped = self.latents[index]
             item["latents"] = flipped if flip else plain
@@ -117,6 +142,7 @@ def collate(items: list[dict]) -> dict:
         data: torch.stack([it[data] for it in items]),
         "captions": [it["caption"] for it in items],
         "is_reg": torch.tensor([it["is_reg"] for it in items], dtype=torch.bool),
+        "noise_seeds": [it["noise_seed"] for it in items],
     }
 
 

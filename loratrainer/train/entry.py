@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     run_dir = parser.parse_args(argv).run_dir
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
+    record_process(run_dir)
     try:
         config = load_config(run_dir / events.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
     writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
     setup_logging(run_dir, accelerator.is_main_process)
+    if accelerator.mixed_precision != config.precision.mixed_precision:
+        # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
+        log.warning("no CUDA GPU: mixed precision %s is off, training in fp32", config.precision.mixed_precision)
+    if not accelerator.is_main_process:
+        say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run_dir, accelerator, writer)
     code = events.EXIT_CODES[status]
     if writer is not None:
@@ -54,6 +60,27 @@ def _ended_early(run_dir: Path, reason: str) -> int:
         with events.EventWriter(run_dir / events.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
     return events.EXIT_CODES["error"]
+
+
+def record_process(run_dir: Path) -> None:
+    """processes/rank-N.json: this worker's pid and process group, so a stop finds it even when accelerate launch
+    (which torchrun runs it under, in a session of its own) is gone."""
+    from loratrainer.train.processes import record_this_worker
+
+    try:
+        record_this_worker(run_dir)
+    except OSError as exc:  # the run folder is gone or full: training may still work; the launcher scans /proc
+        print(f"could not record this process in {run_dir}: {exc}", file=sys.stderr)
+
+
+def say_which_rank(config: TrainingConfig, accelerator) -> None:
+    """Ranks other than 0 write nothing; their console says so, once."""
+    la = config.launch
+    where = f" on machine {la.machine_rank} of {la.num_machines}" if la.num_machines > 1 else ""
+    main = f" (at {la.main_process_ip})" if la.num_machines > 1 and la.machine_rank != 0 else ""
+    print(f"loratrainer: process rank {accelerator.process_index} of {accelerator.num_processes}{where}: "
+          f"rank 0{main} writes the LoRA files, samples, events and state; this process ends when it ends",
+          file=sys.stderr, flush=True)
 
 
 def stop_on_signals(run_dir: Path) -> None:
@@ -84,13 +111,11 @@ def make_accelerator(config: TrainingConfig):
     torch.set_num_threads(config.launch.num_cpu_threads_per_process)
     precision = config.precision.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
-        precision = "no"  # fp16 autocast needs a GPU; noted in train.log below
+        precision = "no"  # fp16 autocast needs a GPU; noted in train.log by main()
     # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
     unused = config.trains_text_encoder and config.model.clip_skip > 1
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
-    if precision != config.precision.mixed_precision:
-        logging.getLogger("loratrainer.train").warning("no CUDA GPU: mixed precision fp16 is off, training in fp32")
     return accelerator
 
 
@@ -126,17 +151,37 @@ def run_and_classify(config: TrainingConfig, run_dir: Path, accelerator, writer)
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
         return "oom", oom_advice(config, state), state["step"], state["epoch"]
-    except UserError as exc:
-        log.error("%s", exc)
-        return "error", str(exc), state["step"], state["epoch"]
-    except OSError as exc:
-        log.error("%s", traceback.format_exc())
-        if exc.errno == errno.ENOSPC:
-            return "disk_full", f"disk full: {exc.filename or config.folders.output_dir}", state["step"], state["epoch"]
-        return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
     except Exception as exc:  # the log keeps the traceback; the event carries one line
-        log.error("%s", traceback.format_exc())
+        log.error("%s", str(exc) if isinstance(exc, UserError) else traceback.format_exc())
+        full = disk_full(exc)
+        if full is not None:
+            where = full or config.folders.output_dir
+            return "disk_full", f"disk full: {where}", state["step"], state["epoch"]
+        if isinstance(exc, UserError):
+            return "error", str(exc), state["step"], state["epoch"]
         return "error", f"{type(exc).__name__}: {exc}", state["step"], state["epoch"]
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# How libraries that do not raise OSError report a full disk: the C library's text (also inside a RuntimeError of
+# torch.save), and Rust's io::Error in safetensors' SafetensorError ("... kind: StorageFull ..." / QuotaExceeded).
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "storagefull", "quotaexceeded", "os error 28", "os error 122")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """None unless `exc` or anything in its chain (cause, context) says the disk or quota is full; then the file
+    name it names, or "". A real full disk arrives as safetensors' SafetensorError or torch's RuntimeError as
+    often as an OSError (docs/reliability.md, "Faults")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return str(exc.filename or "")
+        text = str(exc).lower()
+        if any(marker in text for marker in _FULL_TEXTS):
+            return ""
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def oom_advice(config: TrainingConfig, state: dict) -> str:
@@ -165,6 +210,7 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
         (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     state["phase"] = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed)
+    trace_batches(t)
     t.keeper = new_keeper(t, make_saver(t))
     if resume:
         load_state(t, config.saving.resume)
@@ -183,10 +229,28 @@ def run(config: TrainingConfig, run_dir: Path, accelerator, writer, state: dict)
     reporter.min_interval_s = float(os.environ.get("LORATRAINER_PROGRESS_INTERVAL_S", reporter.min_interval_s))
     injected_stop(t, t.step)
     try:
-        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state))
+        return train(t, _Tracked(reporter, t, state), _saving(t, writer, state, reporter))
     finally:
         if tensorboard is not None:
             tensorboard.close()
+
+
+def trace_batches(t) -> None:
+    """LORATRAINER_TRACE_BATCHES=1: each process appends the images of every batch it yields to
+    `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
+    if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
+        return
+    sampler_class = type(t.sampler)
+    path = Path(t.run_dir) / f"batches-rank-{t.accelerator.process_index}.jsonl"
+
+    class Traced(sampler_class):
+        def __iter__(self):
+            for batch in super().__iter__():
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"epoch": batch[0][1], "images": [str(self.samples[key[0]].image_path) for key in batch]}) + "\n")
+                yield batch
+
+    t.sampler.__class__ = Traced
 
 
 def open_tensorboard(run_dir: Path):
@@ -232,7 +296,7 @@ def save_training_state(t, writer, state: dict) -> None:
         writer.emit("state_saved", path=str(folder), step=t.step, epoch=t.epoch)
 
 
-def _saving(t, writer, state: dict):
+def _saving(t, writer, state: dict, reporter=None):
     def save(kind: str, progress) -> None:
         state["phase"] = f"saving ({kind})"
         t.accelerator.wait_for_everyone()
@@ -241,7 +305,9 @@ def _saving(t, writer, state: dict):
             state["last_file"] = str(path)
             log.info("saved %s", path)
             if writer is not None:
-                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step)
+                # epoch_loss: the mean loss of the epoch up to this file (Results lists it per file)
+                writer.emit("checkpoint", path=str(path), kind=kind, epoch=progress.epoch, step=progress.step,
+                            epoch_loss=reporter.epoch_loss() if reporter is not None else None)
         if t.config.saving.save_state:
             save_training_state(t, writer, state)
         t.accelerator.wait_for_everyone()

@@ -18,9 +18,11 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
     """Show progress until the run ends; returns the trainer's exit code (EXIT_CODES) or the raw one.
 
     Ctrl-C, SIGTERM and SIGHUP (the terminal closed) ask the trainer to save `<name>-interrupted` and stop,
-    and we wait for it; a second one kills the run. The trainer runs in its own session, so without this a
-    killed `loratrainer train` left it training on, unseen.
+    and we wait for it (SIGTERM to every process of the run after STOP_GRACE_S, SIGKILL after TERM_GRACE_S more:
+    a closed terminal cannot press Ctrl-C again); a second one kills the run, every worker included. The
+    trainer runs in its own session, so without this a killed `loratrainer train` left it training on, unseen.
     """
+    other_machine = _say_rank(run, stream)
     view = _Bar(stream) if stream.isatty() else _Lines(stream)
     state, offset = events.RunState(), 0
     with _signals_as_keyboard_interrupt():
@@ -41,7 +43,7 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
             except OSError:
                 pass
             try:
-                run.wait()
+                _wait_then_escalate(run)
             except KeyboardInterrupt:
                 run.kill()
                 run.wait()
@@ -49,8 +51,53 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
             state = events.summarize(new, state)
     view.close()
     code = run.exit_code(run.popen.returncode)
+    if other_machine:  # no events here: accelerate's own exit code says how this machine's part ended
+        stream.write(f"this machine's processes ended: {events.describe_exit(code) if code else 'finished'}\n"
+                     f"run folder: {run.run_dir}\n")
+        return code
     _report_end(run, state, code, stream)
     return code
+
+
+def _wait_then_escalate(run: RunProcess) -> None:
+    """After the STOP file: wait; then SIGTERM to every process group of the run; then SIGKILL."""
+    import subprocess
+
+    from loratrainer.train import processes
+
+    try:
+        run.wait(timeout=processes.STOP_GRACE_S)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    if os.name == "posix":
+        processes.signal_all(run.run_dir, signal.SIGTERM)
+    try:
+        run.wait(timeout=processes.TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        run.wait()
+
+
+def _say_rank(run: RunProcess, stream: TextIO) -> bool:
+    """A machine other than rank 0 shows no progress (rank 0 writes the events): say so instead of nothing.
+    True on such a machine."""
+    try:
+        la = events_config(run).launch
+    except Exception:  # noqa: BLE001  (the config is ours and was just written; say nothing rather than fail)
+        return False
+    if la.num_machines > 1 and la.machine_rank != 0:
+        stream.write(f"this is machine rank {la.machine_rank} of {la.num_machines}: the machine of rank 0 "
+                     f"({la.main_process_ip}) writes the LoRA files, samples and progress; this ends when that run ends\n")
+        stream.flush()
+        return True
+    return False
+
+
+def events_config(run: RunProcess):
+    from loratrainer.config import load_config
+
+    return load_config(run.run_dir / events.CONFIG_FILE)
 
 
 @contextmanager

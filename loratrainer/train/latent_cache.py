@@ -37,15 +37,23 @@ def fingerprint(sample: TrainSample, background: str, vae_id: str) -> str:
 
 
 @torch.no_grad()
-def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, dtype) -> torch.Tensor:
-    """Unscaled latents (C, h, w) as Kohya stores them; the trainer multiplies by the VAE's scaling factor."""
+def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, dtype, seed: int | None = None) -> torch.Tensor:
+    """Unscaled latents (C, h, w) as Kohya stores them; the trainer multiplies by the VAE's scaling factor.
+    `seed`: the VAE sample's own generator (else the global RNG)."""
     image = load_training_image(sample, background, Augment(), random.Random(0), flip)
     pixels = image_tensor(image)[None].to(device, dtype)
-    return vae.encode(pixels).latent_dist.sample()[0].float().cpu()
+    generator = None if seed is None else torch.Generator(device=pixels.device).manual_seed(seed)
+    return vae.encode(pixels).latent_dist.sample(generator=generator)[0].float().cpu()
+
+
+def latent_seed(seed: int, index: int, flip: bool) -> int:
+    """Seeded by the run's seed and the image, not by the process that encodes it: the cache is the same however
+    it is shared out between processes."""
+    return int.from_bytes(hashlib.blake2b(f"loratrainer-latent:{seed}:{index}:{flip}".encode(), digest_size=8).digest(), "little") >> 1
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
-                  rank: int = 0, world: int = 1) -> dict[int, Latents]:
+                  rank: int = 0, world: int = 1, seed: int = 0) -> dict[int, Latents]:
     """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
     from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins."""
     out: dict[int, Latents] = {}
@@ -59,8 +67,8 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
             out[i] = cached
             reused += 1
             continue
-        plain = encode_image(vae, sample, background, False, device, dtype)
-        flipped = encode_image(vae, sample, background, True, device, dtype) if flip else None
+        plain = encode_image(vae, sample, background, False, device, dtype, latent_seed(seed, i, False))
+        flipped = encode_image(vae, sample, background, True, device, dtype, latent_seed(seed, i, True)) if flip else None
         out[i] = (plain, flipped)
         if to_disk:
             _write(npz_path(sample), sample, plain, flipped, fp)

@@ -23,7 +23,7 @@ from loratrainer import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Label, Msg, define
 from loratrainer.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
 ENTRY_MODULE = "loratrainer.train.entry"
@@ -44,17 +44,29 @@ class LaunchRefused(UserError):
 define({
     "launch.output_exists": (
         "{file} (or one of its epoch files) already exists and will not be overwritten: "
-        "choose another output_name, move the file, or set saving.existing_output = rename"
+        "choose another {name}, move the file, or set {existing} = rename"
     ),
-    "launch.no_output_dir": "folders.output_dir is empty: choose where the LoRA files are written",
+    "launch.no_output_dir": "{folder} is empty: choose where the LoRA files are written",
     "launch.output_not_writable": "cannot write to the output folder {folder}: {detail}",
     "launch.no_space": "not enough free disk space in {folder}: {free} MB free, about {needed} MB needed",
-    "launch.not_a_state": "saving.resume: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
+    "launch.not_a_state": "{setting}: {folder} is not a saved training state (no train_state.json): choose a '-state' folder",
     "launch.dataset_failed": "the dataset check failed:",
     "launch.logging_not_writable": "cannot write to the logging folder {folder}: {detail}",
-    "launch.state_incomplete": "saving.resume: {folder} is incomplete (no {files}): choose another '-state' folder",
+    "launch.state_incomplete": "{setting}: {folder} is incomplete (no {files}): choose another '-state' folder",
     "launch.bad_sample_prompts": "{detail}",  # the prompt parser's own line (names the line); the GUI frames it
     "launch.optimizer_unavailable": "{detail}",  # eight_bit.refusal's advice; the GUI frames it
+    "launch.still_running": (
+        "a run writing to {folder} is still going ({run}): stop it first, or choose another output folder"
+    ),
+    "launch.too_many_gpu_processes": (
+        "{setting} = {processes} ({per_machine} on this machine) but this machine has {gpus} usable GPU(s): "
+        "at most one process per GPU"
+    ),
+    "launch.too_many_cpu_processes": (
+        "{setting} = {processes} ({per_machine} on this machine) but there is no CUDA GPU and only {cpus} CPU core(s): "
+        "at most one process per core"
+    ),
+    "launch.inputs_refused": "{problem}",  # a coded message of train.input_checks, in the page's language
 })
 
 
@@ -89,7 +101,8 @@ def build_command(config: TrainingConfig, run_dir: str | Path) -> list[str]:
     """`python -m accelerate.commands.launch <flags> -m loratrainer.train.entry --run-dir DIR` as a list.
 
     Several processes on one machine use accelerate's torch.distributed launcher (its `--multi_gpu` flag);
-    on a machine without CUDA those processes train on the CPU over gloo.
+    on a machine without CUDA those processes train on the CPU over gloo. Several machines: each runs this with
+    its own `--machine_rank`; torchrun meets at `main_process_ip:main_process_port` (accelerate launch's flags).
     """
     la = config.launch
     argv = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -97,10 +110,13 @@ def build_command(config: TrainingConfig, run_dir: str | Path) -> list[str]:
     argv += ["--num_processes", str(la.num_processes), "--num_machines", str(la.num_machines)]
     argv += ["--num_cpu_threads_per_process", str(la.num_cpu_threads_per_process)]
     argv += ["--dynamo_backend", "no"]
-    if la.multi_gpu or la.num_processes > 1:
+    if la.multi_gpu or la.num_processes > 1 or la.num_machines > 1:
         argv.append("--multi_gpu")
     if la.gpu_ids:
         argv += ["--gpu_ids", la.gpu_ids]
+    if la.num_machines > 1:  # accelerate's names; num_processes is the total over all machines, as in accelerate
+        argv += ["--machine_rank", str(la.machine_rank), "--main_process_ip", la.main_process_ip]
+        argv += ["--rdzv_backend", la.rdzv_backend]
     if la.main_process_port:
         argv += ["--main_process_port", str(la.main_process_port)]
     argv += ["-m", ENTRY_MODULE, "--run-dir", str(run_dir)]
@@ -117,7 +133,8 @@ def resolve_output_name(config: TrainingConfig) -> TrainingConfig:
     if not _name_taken(out, name) or config.saving.resume:
         return config  # a resumed run continues the file numbering; save_lora still never overwrites
     if config.saving.existing_output == "refuse":
-        raise LaunchRefused(Msg.of("launch.output_exists", file=str(out / (name + ".safetensors"))))
+        raise LaunchRefused(Msg.of("launch.output_exists", file=str(out / (name + ".safetensors")), name=Label("folders.output_name"),
+                                      existing=Label("saving.existing_output")))
     n = 2
     while _name_taken(out, f"{name}_{n}"):
         n += 1
@@ -161,7 +178,7 @@ def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int
 def check_output_dir(config: TrainingConfig, needed_bytes: int) -> None:
     out = Path(config.folders.output_dir)
     if not config.folders.output_dir:
-        raise LaunchRefused(Msg.of("launch.no_output_dir"))
+        raise LaunchRefused(Msg.of("launch.no_output_dir", folder=Label("folders.output_dir")))
     _require_writable(out, "launch.output_not_writable")
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
@@ -187,10 +204,10 @@ def _require_writable(folder: Path, code: str) -> None:
 def check_resume(config: TrainingConfig) -> None:
     resume = config.saving.resume
     if resume and not (Path(resume) / STATE_FILE).is_file():
-        raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume))
+        raise LaunchRefused(Msg.of("launch.not_a_state", folder=resume, setting=Label("saving.resume")))
     missing = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, rng_file_name(0)) if resume and not (Path(resume) / name).is_file()]
     if missing:
-        raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing)))
+        raise LaunchRefused(Msg.of("launch.state_incomplete", folder=resume, files=", ".join(missing), setting=Label("saving.resume")))
 
 
 def check_sample_prompts(config: TrainingConfig) -> None:
@@ -215,6 +232,65 @@ def check_optimizer(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.optimizer_unavailable", detail=reason))
 
 
+def usable_gpus(config: TrainingConfig) -> int:
+    """CUDA GPUs this run may use (gpu_ids narrows them); 0 without CUDA. Imports torch only when asked."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count and config.launch.gpu_ids:
+        count = len([i for i in config.launch.gpu_ids.split(",") if int(i) < count])
+    return count
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_num_processes(config: TrainingConfig) -> None:
+    """No more processes on this machine than GPUs (or, without CUDA, than CPU cores): 64 processes on a 2-core
+    machine would start 64 copies of the model and crawl, or run out of memory, long after the click."""
+    la = config.launch
+    per_machine = la.num_processes // la.num_machines
+    if per_machine <= 1:
+        return  # one process: the default, whatever the machine (a GPU-less machine trains on the CPU)
+    from loratrainer.messages import Label
+
+    gpus = usable_gpus(config)
+    if gpus and per_machine > gpus:
+        raise LaunchRefused(Msg.of("launch.too_many_gpu_processes", setting=Label("launch.num_processes"),
+                                   processes=la.num_processes, per_machine=per_machine, gpus=gpus))
+    cpus = usable_cpus()
+    if not gpus and per_machine > cpus:
+        raise LaunchRefused(Msg.of("launch.too_many_cpu_processes", setting=Label("launch.num_processes"),
+                                   processes=la.num_processes, per_machine=per_machine, cpus=cpus))
+
+
+def check_not_running(config: TrainingConfig) -> None:
+    """A second run into the same output folder while a process of the first still lives (a worker outliving
+    a killed accelerate included) would write over its files."""
+    from loratrainer.train.processes import running_runs
+
+    folder = config.folders.output_dir
+    if not folder:
+        return
+    busy = running_runs(folder, config.launch.machine_rank, logging_root(config))
+    if busy:
+        raise LaunchRefused(Msg.of("launch.still_running", folder=folder, run=str(busy[0])))
+
+
+def check_run_inputs(config: TrainingConfig) -> None:
+    """Model files (existence and kind), the file names the run will write, the optimizer's package
+    (train.input_checks)."""
+    from loratrainer.train.input_checks import check_inputs
+
+    problem = check_inputs(config)
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
+
+
 def preflight(config: TrainingConfig) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
@@ -224,15 +300,19 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     from loratrainer.train.path_checks import check_paths
 
     check_paths(config)  # first: a path from another computer must not become a folder here
+    check_num_processes(config)
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
     check_resume(config)
     check_optimizer(config)
+    check_run_inputs(config)
     check_sample_prompts(config)
     needed = estimated_output_bytes(config, report.steps.epochs, report.steps.total_steps)
     check_output_dir(config, needed)
     check_logging_dir(config)
+    if config.launch.machine_rank != 0:
+        return config  # only the machine of rank 0 writes LoRA files: a file here says nothing about the run
     return resolve_output_name(config)
 
 
@@ -275,16 +355,24 @@ class RunProcess:
         return self.exit_code(raw)
 
     def group_alive(self) -> bool:
-        """Whether a process of the run's process group (accelerate's children included) still runs."""
-        if os.name != "posix" or self.popen.poll() is None:
-            return self.popen.poll() is None
-        return bool(group_members(self.popen.pid))
+        """Whether a process of the run still runs: accelerate's process group, or any worker recorded in (or
+        naming) the run folder. torchrun starts each worker in a session of its own, so a worker can outlive a
+        killed accelerate launch; until it is gone the run is not over."""
+        if self.popen.poll() is None:
+            return True
+        if os.name != "posix":
+            return False
+        from loratrainer.train.processes import alive
+
+        return bool(group_members(self.popen.pid)) or alive(self.run_dir)
 
     def exit_code(self, raw: int) -> int:
         # accelerate launch turns any failing child into exit code 1, so the trainer's own code comes from events.
         ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
         if ended:
             return int(ended[-1].get("exit_code", raw))
+        if raw < 0:  # accelerate launch itself was killed (the whole group): report it as a shell does, 128 + N,
+            return 128 - raw  # not as the negative number that became 247 as a process exit status
         signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None
         return 128 + signum if signum else raw
 
@@ -293,8 +381,10 @@ class RunProcess:
         atomic_write(self.run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
 
     def kill(self) -> None:
-        """Kill the whole process group (accelerate, its workers, their data loaders), also a trainer that
-        outlived accelerate launch."""
+        """Kill the whole run at once: accelerate's process group and every worker's (they are in sessions of their
+        own), their data loaders included, also a trainer that outlived accelerate launch."""
+        from loratrainer.train.processes import kill_all
+
         try:
             if os.name == "posix":
                 os.killpg(self.popen.pid, signal.SIGKILL)
@@ -302,6 +392,19 @@ class RunProcess:
                 self.popen.kill()
         except ProcessLookupError:
             pass
+        kill_all(self.run_dir)
+
+    def stop(self, stop_grace_s: float | None = None, term_grace_s: float | None = None) -> str:
+        """STOP file, then SIGTERM, then SIGKILL to every process of the run, each after a grace period; waits
+        until none is left. Returns "stopped", "terminated", "killed" or "not running"."""
+        from loratrainer.train import processes
+
+        result = processes.stop_all(self.run_dir, processes.STOP_GRACE_S if stop_grace_s is None else stop_grace_s,
+                                    processes.TERM_GRACE_S if term_grace_s is None else term_grace_s)
+        if result == "killed":
+            self.kill()
+        self.wait()
+        return result
 
 
 def group_members(pgid: int) -> list[int]:
@@ -350,7 +453,11 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     """Check, create the run folder, write command.json and start `accelerate launch` in its own session."""
     if check:
         config = preflight(config)
-    run_dir = create_run(config)
+    check_not_running(config)  # first: a live run's partial files are not stale
+    from loratrainer.train.input_checks import remove_stale_partials
+
+    remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
+    run_dir = create_run(config).absolute()  # absolute: the processes are found by the run folder on their command line
     argv = build_command(config, run_dir)
     atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -359,6 +466,12 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
         popen = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **_new_session())
     finally:
         console.close()  # the child holds its own descriptor
+    from loratrainer.train.processes import record_launcher
+
+    try:
+        record_launcher(run_dir, popen.pid, config.launch.machine_rank)
+    except OSError:
+        pass  # it may have ended already; the workers record themselves
     return RunProcess(run_dir=run_dir, popen=popen, argv=argv)
 
 

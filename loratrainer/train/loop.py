@@ -14,7 +14,7 @@ from loratrainer.train.checkpoints import Progress
 from loratrainer.train.faults import fail_step, inject_fault
 from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.max_norm import apply_max_norm
-from loratrainer.train.noise import noisy_latents, sample_noise, sample_timesteps
+from loratrainer.train.noise import item_generators, noisy_latents, sample_noise, sample_timesteps
 from loratrainer.train.sampling import maybe_sample
 from loratrainer.train.schedulers import current_lr
 from loratrainer.train.setup import Trainer
@@ -122,12 +122,14 @@ def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
 
 def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
     scheduler = t.components.noise_scheduler
+    # per-item generators (train.dataset.noise_seed): the same image gets the same noise on any process
+    generators = item_generators(batch.get("noise_seeds"), t.accelerator.device)
     with t.accelerator.autocast():
-        latents = batch_latents(t, batch)
+        latents = batch_latents(t, batch, generators)
         hidden = text_states(t, batch["captions"])
-        noise = sample_noise(latents, t.noise)
-        timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device)
-        noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise)
+        noise = sample_noise(latents, t.noise, generators)
+        timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device, generators)
+        noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise, generators)
         pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype)).sample
     target = training_target(scheduler, latents, noise, timesteps)
     weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
@@ -135,13 +137,18 @@ def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
     return diffusion_loss(pred, target, weights, t.loss, huber_c)
 
 
-def batch_latents(t: Trainer, batch: dict) -> torch.Tensor:
+def batch_latents(t: Trainer, batch: dict, generators=None) -> torch.Tensor:
     vae = t.components.vae
     if "latents" in batch:
         latents = batch["latents"].to(t.accelerator.device)
     else:
         with torch.no_grad():
-            latents = vae.encode(batch["pixels"].to(t.accelerator.device, t.weight_dtype)).latent_dist.sample()
+            dist = vae.encode(batch["pixels"].to(t.accelerator.device, t.weight_dtype)).latent_dist
+            if generators is None:
+                latents = dist.sample()
+            else:  # the VAE's sample item by item from each item's generator, first of its draws
+                latents = dist.mean + dist.std * torch.stack([torch.randn(dist.mean.shape[1:], generator=g, device=dist.mean.device,
+                                                                          dtype=dist.mean.dtype) for g in generators])
     return latents.float() * vae.config.scaling_factor
 
 
@@ -165,7 +172,8 @@ def trained_models(t: Trainer) -> list[torch.nn.Module]:
 
 def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]:
     """One collective per step: the mean loss (for the NaN guard and the log) and whether any process saw STOP."""
-    stop = 1.0 if t.accelerator.is_main_process and stop_requested(t.run_dir) else 0.0
+    # each machine's first process reads its own run folder's STOP: a stop asked on any machine stops them all
+    stop = 1.0 if t.accelerator.is_local_main_process and stop_requested(t.run_dir) else 0.0
     flags = torch.stack([loss.float(), torch.tensor(stop, device=loss.device)])
     if t.accelerator.num_processes > 1:
         flags = t.accelerator.gather(flags[None]).reshape(-1, 2)

@@ -77,6 +77,11 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     """The class and defaults for a known name or a `module.Class` path; raises OptimizerUnavailable."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]()
+    from loratrainer.train.input_checks import optimizer_refusal
+
+    refused = optimizer_refusal(name)  # the launcher refuses it first; a hand-made run folder ends here
+    if refused is not None:
+        raise OptimizerUnavailable(refused)
     module, _, attr = name.rpartition(".")
     return _import(module, attr, f"optimizer {name!r} could not be imported"), {}
 

@@ -24,9 +24,18 @@ class ProgressReporter:
     _times: deque = field(default_factory=lambda: deque(maxlen=20))
     _last_event: float = 0.0
     _last_log: float = 0.0
+    # The mean loss of the epoch so far, over every step (not the throttled events): each checkpoint event
+    # carries it, and Results shows it beside the file.
+    _epoch: int = 0
+    _epoch_sum: float = 0.0
+    _epoch_count: int = 0
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         now = time.monotonic()
+        if epoch != self._epoch:
+            self._epoch, self._epoch_sum, self._epoch_count = epoch, 0.0, 0
+        self._epoch_sum += loss
+        self._epoch_count += 1
         self._window.append(loss)
         self._times.append(now)
         if self.tensorboard is not None:
@@ -49,6 +58,9 @@ class ProgressReporter:
             "avg_loss": sum(self._window) / len(self._window), "lr": lr,
             "it_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
         }
+
+    def epoch_loss(self) -> float | None:
+        return self._epoch_sum / self._epoch_count if self._epoch_count else None
 
     def epoch_end(self, epoch: int, step: int) -> None:
         if self.tensorboard is not None and self._window:

@@ -132,6 +132,9 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
             break
         fail_sampling()  # LORATRAINER_FAULT=oom@sample
         image = render(t, prompt, run.sampler)
+        if image is None:  # stopped between denoising steps: no half-denoised image is written
+            log.info("stop requested while a sample image rendered: it and the rest of this round are skipped")
+            break
         path = folder / sample_name(t.config.folders.output_name, t.step, t.epoch, index, stamp, prompt.seed, by_epoch)
         atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"))
         announce(t, run, path, index, prompt, image)
@@ -148,7 +151,8 @@ def sample_name(output_name: str, step: int, epoch: int, index: int, stamp: str,
 
 
 def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
-    """One PIL image of `prompt` with the LoRA as trained so far."""
+    """One PIL image of `prompt` with the LoRA as trained so far; None when a stop was asked while it rendered
+    (checked between denoising steps: a large sample on a slow machine took 90 s to notice one)."""
     from diffusers import StableDiffusionPipeline
 
     c = t.components
@@ -160,12 +164,22 @@ def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
     )
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(prompt.seed)  # on the CPU: the same image on any device
+    stopped = []
+
+    def stop_between_steps(pipeline, step: int, timestep, tensors: dict) -> dict:
+        if events.stop_requested(t.run_dir):
+            pipeline._interrupt = True  # diffusers skips the remaining steps (the pipeline's `interrupt` property)
+            stopped.append(step)
+        return tensors
+
     with torch.no_grad(), t.accelerator.autocast():
         positive, negative = (prompt_embeds(t, text_encoder, text) for text in (prompt.prompt, prompt.negative_prompt))
-        return pipe(
+        image = pipe(
             prompt_embeds=positive, negative_prompt_embeds=negative, width=prompt.width, height=prompt.height,
             num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, generator=generator,
+            callback_on_step_end=stop_between_steps,
         ).images[0]
+    return None if stopped else image
 
 
 def prompt_embeds(t: Trainer, text_encoder, text: str) -> torch.Tensor:

@@ -136,6 +136,7 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
             report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
             background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
             device=accelerator.device, dtype=weight_dtype, rank=accelerator.process_index, world=accelerator.num_processes,
+            seed=seed,
         )
         latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents)

@@ -149,68 +149,140 @@ def tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def progress_status(page) -> str:
+    el = page.locator("#lt-progress-text")
+    return (el.get_attribute("data-status") or "") if el.count() else ""
+
+
 def progress_step(page) -> int:
     el = page.locator("#lt-progress-text")
     return int(el.get_attribute("data-step") or 0) if el.count() else 0
 
 
-def test_prepare_preset_train_sample_stop(server, browser, workspace):
+ERROR_BADGE = """() => [...document.querySelectorAll('span, div')].filter(e => e.children.length === 0 && e.textContent.trim() === 'Error'
+    && e.offsetParent !== null).length"""
+
+
+# Gradio marks an output whose event is pending with a `pending` class (dimmed to opacity .2, or flashing).
+DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples', '#run-log'].flatMap(sel =>
+    [...document.querySelectorAll(sel + '.pending, ' + sel + ' .pending')]).filter(e => e.offsetParent !== null)
+    .map(e => getComputedStyle(e)).filter(c => parseFloat(c.opacity) < 0.99 || (c.animationName && c.animationName !== 'none'))
+    .map(c => c.opacity + ' ' + c.animationName)"""
+
+
+def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int = 0, every: int = 4) -> None:
+    """The tiny model and CPU-sized settings, all by field path: a file and a sample every `every` steps."""
+    set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "tiny-sd")
+    page.locator("#check-model").get_by_text("diffusers model folder").wait_for()
+    set_value(field(page, "folders.output_name"), name)
+    set_value(field(page, "network.network_dim"), 4)
+    set_value(field(page, "network.network_alpha"), 4)
+    set_value(field(page, "optimizer.epoch"), epochs)
+    choose(page, "field-optimizer-optimizer", "AdamW")  # mixed precision stays fp16: the trainer notes it is off on a CPU
+    set_value(field(page, "buckets.max_resolution"), "64,64")
+    set_value(field(page, "launch.num_cpu_threads_per_process"), 1)
+    set_value(field(page, "saving.save_every_n_epochs"), 0)
+    set_value(field(page, "sampling.sample_every_n_steps"), every)
+    set_value(field(page, "sampling.sample_prompts"), "a small house --w 64 --h 64 --s 2 --d 1\na red door --w 64 --h 64 --s 2 --d 2")
+    open_accordion(page, "advanced-optimizer")
+    set_value(field(page, "optimizer.max_train_steps"), max_steps)
+    open_accordion(page, "advanced-saving")
+    set_value(field(page, "saving.save_every_n_steps"), every)
+    open_accordion(page, "advanced-buckets")
+    set_value(field(page, "buckets.min_bucket_reso"), 64)
+    open_accordion(page, "advanced-dataset")
+    page.locator("#field-dataset-flip_aug input[type=checkbox]").uncheck()
+
+
+def choose_run(page, name: str) -> None:
+    """Pick the run called `<name>_<date>` in the Results run list (not `<name>-long_<date>`)."""
+    page.locator("#results-run input").first.click()
+    page.get_by_role("option").filter(has_text=re.compile(rf"(?<![\w-]){re.escape(name)}_\d{{8}}-\d{{6}}")).first.click()
+
+
+def results_files(page) -> list[str]:
+    """The File column of the Results table."""
+    # Gradio's Dataframe draws its rows as div[role=row] (a virtual list), one span.text per cell
+    cells = page.locator("#results-files").evaluate("e => [...e.querySelectorAll('div[role=row]')].map(r => (r.querySelector('.text') || {}).textContent || '')")
+    return [c.strip() for c in cells if ".safetensors" in c]
+
+
+def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspace):
     context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(server, wait_until="domcontentloaded")
     assert page.url.endswith("/en/")
 
-    # 1. Dataset: prepare a project from a plain folder of images; the folders fill in and the check runs.
+    # 1. Dataset: prepare a project from a plain folder of images with Repeats left empty (= suggested).
     open_accordion(page, "prepare")
     set_value(box(page, "prep-src"), workspace / "photos")
     set_value(box(page, "prep-dest"), workspace / "project")
     set_value(box(page, "prep-name"), "small house")
-    set_value(box(page, "prep-repeats"), 10)
+    assert box(page, "prep-repeats").input_value() == ""
     page.locator("#prep-button").click()
     page.locator("#prep-message").get_by_text("Created").wait_for()
+    assert "150 repeats" in page.locator("#prep-message").inner_text()  # the suggestion for 4 images
+    assert (workspace / "project" / "image" / "150_small house").is_dir()
     assert field(page, "folders.train_data_dir").input_value() == str(workspace / "project" / "image")
     page.locator("#check-summary").get_by_text("Ready to train").wait_for(timeout=60_000)
     page.locator("#steps").get_by_text("steps in total").wait_for()
+    assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
     shot(page, "dataset")
 
-    # 2. Training: a shipped preset, then the tiny model and CPU-sized settings, all by field path.
+    # 2. Training: a shipped preset, then run "house": 12 steps, a file and samples every 4 steps; it finishes.
     tab(page, "2. Training")
     choose(page, "preset-choice", "SD1.5 style (default) (built-in)")
     page.locator("#preset-load").click()
     page.locator("#config-message").get_by_text("loaded").wait_for()
     assert field(page, "network.network_dim").input_value() == "64"
     assert field(page, "folders.output_name").input_value() == "last"  # the preset kept the user's fields
-    set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "tiny-sd")
-    page.locator("#check-model").get_by_text("diffusers model folder").wait_for()
-    set_value(field(page, "folders.output_name"), "house")
-    set_value(field(page, "network.network_dim"), 4)
-    set_value(field(page, "network.network_alpha"), 4)
-    set_value(field(page, "optimizer.epoch"), 1000)  # far longer than the test: it stops the run
-    set_value(field(page, "saving.save_every_n_epochs"), 5)
-    choose(page, "field-optimizer-optimizer", "AdamW")
-    choose(page, "field-precision-mixed_precision", "no")
-    set_value(field(page, "buckets.max_resolution"), "64,64")
-    set_value(field(page, "launch.num_cpu_threads_per_process"), 1)
-    set_value(field(page, "sampling.sample_every_n_steps"), 20)
-    set_value(field(page, "sampling.sample_prompts"), "a small house --w 64 --h 64 --s 2 --d 1")
-    open_accordion(page, "advanced-buckets")
-    set_value(field(page, "buckets.min_bucket_reso"), 64)
-    open_accordion(page, "advanced-dataset")
-    page.locator("#field-dataset-flip_aug input[type=checkbox]").uncheck()
+    assert page.locator("#run-stop button, button#run-stop").first.is_disabled()  # nothing runs: Stop is off
+    set_training(page, workspace, "house", max_steps=12, every=4)
+    # The Training tab counts images and steps live: 64 px buckets leave out the two non-square photos.
+    expect_text(page, "#run-summary", "2 images, 2 skipped, 12 steps")
     page.locator("#run-show-command").click()
     expect_text(page, "#run-command", "loratrainer.train.entry")
-
     page.locator("#run-start").click()
-    wait_until(lambda: progress_step(page) > 0, 180, "training progress", page)
-    assert page.locator("#lt-progress-text").get_attribute("data-status") == "running"
-    assert re.search(r"step \d+/\d+ · epoch \d+/1000", page.locator("#lt-progress-text").inner_text())
+    # Two photos are smaller than the 64 px buckets: the page asks before starting, and nothing runs until then.
+    page.locator("#confirm-text").get_by_text("2 image(s) would be skipped").wait_for()
+    assert not list((workspace / "project" / "log").glob("house_*"))
+    page.locator("#run-start-anyway").click()
+    page.locator("#run-status").get_by_text("Finished", exact=False).wait_for(timeout=300_000)
+    assert not page.locator("#confirm-start").is_visible()
+    # the trainer's notes are in the page, not only in a log file
+    expect_text(page, "#run-notes", "mixed precision fp16 is off")
+    expect_text(page, "#run-notes", "overrides the epoch count")
+
+    # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
+    set_value(field(page, "folders.output_name"), "house-long")
+    set_value(field(page, "optimizer.max_train_steps"), 0)
+    set_value(field(page, "optimizer.epoch"), 20)  # 6000 steps: far longer than the test
+    set_value(field(page, "sampling.sample_every_n_steps"), 20)
+    set_value(field(page, "saving.save_every_n_steps"), 20)
+    page.locator("#run-start").click()
+    page.locator("#run-start-anyway").click()
+    wait_until(lambda: progress_status(page) == "running" and progress_step(page) > 0, 180, "training progress", page)
+    assert re.search(r"step \d+/6000 · epoch \d+/20", page.locator("#lt-progress-text").inner_text())
+
+    # The live view is refreshed every second without dimming or flashing.
+    for _ in range(8):
+        assert page.evaluate(DIMMED) == [], "the live view dims while it refreshes"
+        page.wait_for_timeout(150)
+
+    # Start again while it runs: the answer comes under the buttons, the live status stays.
+    page.locator("#run-start").click()
+    page.locator("#run-message").get_by_text("still going").wait_for()
+    before = progress_step(page)
+    wait_until(lambda: progress_step(page) > before, 60, "progress going on after the second Start", page)
+    assert page.locator("#run-status").get_by_text("Training: step").count() == 1
+    assert "still going" in page.locator("#run-message").inner_text()
 
     # A page reload re-attaches to the running job, settings included.
     page.reload(wait_until="domcontentloaded")
     tab(page, "2. Training")
     wait_until(lambda: progress_step(page) > 0, 30, "re-attached progress", page)
-    assert field(page, "folders.output_name").input_value() == "house"
+    assert field(page, "folders.output_name").input_value() == "house-long"
     before = progress_step(page)
     wait_until(lambda: progress_step(page) > before, 60, "progress continuing after reload", page)
 
@@ -223,16 +295,64 @@ def test_prepare_preset_train_sample_stop(server, browser, workspace):
     page.locator("#run-loss").scroll_into_view_if_needed()
     shot(page, "training")
 
+    # Stop: "Stopping…" stays until the trainer has saved and ended, then "Stopped".
     page.locator("#run-stop").click()
-    page.locator("#run-status").get_by_text("Stopped", exact=False).wait_for(timeout=120_000)
+    page.locator("#run-status").get_by_text("Stopping", exact=False).wait_for(timeout=10_000)
+    seen = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        text = page.locator("#run-status").inner_text()
+        seen.append("Stopped" if "Stopped at step" in text else "Stopping" if "Stopping" in text else text)
+        if seen[-1] == "Stopped":
+            break
+        page.wait_for_timeout(250)
+    assert seen[-1] == "Stopped", seen
+    assert set(seen[:-1]) <= {"Stopping"}, f"the status went back to the old one while stopping: {seen}"
     assert page.locator("#lt-progress-text").get_attribute("data-status") == "stopped"
+    assert page.locator("#run-stop button, button#run-stop").first.is_disabled()
     shot(page, "training-stopped")
 
-    # 3. Results: the interrupted LoRA and the paths to copy.
+    # 4. Results: Refresh selects the newest run; each run lists exactly its own files.
     tab(page, "3. Results")
     page.locator("#results-refresh").click()
-    wait_until(lambda: "house-interrupted.safetensors" in page.locator("#results-files").inner_text(), 30, "the interrupted LoRA in Results", page)
-    assert (workspace / "project" / "model" / "house-interrupted.safetensors").exists()
+    wait_until(lambda: "house-long-interrupted.safetensors" in results_files(page), 30, "the interrupted LoRA in Results", page)
+    long_files = results_files(page)
+    assert long_files and all(name.startswith("house-long") for name in long_files), long_files
+    assert (workspace / "project" / "model" / "house-long-interrupted.safetensors").exists()
+    choose_run(page, "house")
+    wait_until(lambda: results_files(page) and not any(n.startswith("house-long") for n in results_files(page)), 30, "the house run's files", page)
+    house_files = results_files(page)
+    assert house_files and not any(name.startswith("house-long") for name in house_files), house_files
+    assert "house.safetensors" in house_files
+    first_row = page.locator("#results-files div[role=row]").first.inner_text()
+    assert re.search(r"\b\d+\.\d{4}\b", first_row), f"no average loss in {first_row!r}"  # the epoch's mean loss, from the trainer
+    # a click on a row: the metadata and the path to copy
+    page.locator("#results-files div[role=row]").first.locator(".text").first.click()
+    wait_until(lambda: box(page, "results-file-path").input_value().endswith(".safetensors"), 30, "the clicked file's path", page)
+    page.locator("#results-meta").get_by_text("ss_network_dim").wait_for()
+
+    # The prompt x epoch grid from the run's samples, saved in the run folder.
+    page.locator("#sample-grid-button").click()
+    page.locator("#sample-grid-message").get_by_text("Saved as").wait_for(timeout=60_000)
+    page.locator("#sample-grid img").first.wait_for()
+    grids = list((workspace / "project" / "log").glob("house_*/sample-grid.png"))
+    assert len(grids) == 1
+
+    # The epoch x weight grid: rendered in its own process, with progress, on the tiny model.
+    set_value(box(page, "grid-weights"), "0, 1")
+    set_value(box(page, "grid-steps"), 2)
+    set_value(box(page, "grid-width"), 64)
+    set_value(box(page, "grid-height"), 64)
+    assert "a small house" in box(page, "grid-prompts").input_value()  # the run's first sample prompt
+    page.locator("#grid-render").click()
+    page.locator("#grid-message").get_by_text("Saved as").wait_for(timeout=300_000)
+    page.locator("#weight-grid img").first.wait_for()
+    sidecars = list((workspace / "project" / "log").glob("house_*/grids/weights-*.json"))
+    assert len(sidecars) == 1
+    import json
+
+    sidecar = json.loads(sidecars[0].read_text())
+    assert sidecar["weights"] == [0.0, 1.0] and len(sidecar["files"]) == len(house_files)
     shot(page, "results")
 
     # Utilities > Captioning, where the Kohya tutorial sends people: caption a folder (same text for each image).

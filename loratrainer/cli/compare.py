@@ -1,0 +1,120 @@
+"""`loratrainer compare FILE_OR_RUN_DIR... --weights 0,0.5,1 --prompt TEXT -o grid.png`: an epoch x LoRA-weight
+grid on the run's base model, with a JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from loratrainer.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="render LoRA files (every saved epoch of a run) at several weights side by side, with a fixed seed",
+        description="One row per LoRA file (a run folder gives every file it saved) and prompt, one column per weight. Weight 0 "
+        "is the base model with the LoRA switched off, so that column is the same image in every row. Writes the PNG and "
+        "a JSON sidecar (files, weights, prompts, seed, sampler, steps).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_RUN_DIR", help="LoRA .safetensors files and/or run folders")
+    p.add_argument("--weights", default="0,0.5,0.75,1", help="comma-separated LoRA weights (default 0,0.5,0.75,1)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; default: the run's first sample prompt)")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--seed", type=int, default=1234, help="the seed of every cell (default 1234)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale (default 7)")
+    p.add_argument("--sampler", default=None, help="sampler (default: the run's sample sampler, else euler_a)")
+    p.add_argument("--model", default=None, help="base model (default: the run's)")
+    p.add_argument("--run", dest="run_dir", default=None, metavar="RUN_DIR",
+                   help="take the base model, VAE, clip skip and sampler from this run folder (default: the run that wrote the files)")
+    p.add_argument("-o", "--output", required=True, help="the PNG to write (the sidecar is the same name with .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--progress", default=None, help=argparse.SUPPRESS)  # JSON lines for the GUI
+    p.set_defaults(run=run)
+
+
+def build_request(args: argparse.Namespace):
+    from loratrainer.compare.inputs import first_sample_prompt, parse_weights, resolve
+    from loratrainer.compare.weight_grid import GridRequest
+    from loratrainer.train.samplers import canonical_sampler
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None:
+        from loratrainer.compare.inputs import is_run_dir
+
+        if not is_run_dir(run_dir):
+            raise UserError(f"--run: {run_dir} is not a run folder")
+    inputs = resolve(args.inputs, run_dir)
+    config = inputs.config
+    if run_dir is not None:
+        from loratrainer.compare.inputs import run_config
+
+        config = run_config(run_dir)
+    model = args.model or (config.model.pretrained_model_name_or_path if config else "")
+    if not model:
+        raise UserError("no base model: give --model (the files' run folder was not found)")
+    prompts = [p for p in args.prompt if p.strip()] or first_sample_prompt(config)
+    if not prompts:
+        raise UserError("give a prompt with --prompt TEXT")
+    for name, value in (("--steps", args.steps), ("--width", args.width), ("--height", args.height)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1")
+    if args.width % 8 or args.height % 8:
+        raise UserError("--width and --height must be multiples of 8")
+    sampler = args.sampler or (config.sampling.sample_sampler if config else "euler_a")
+    try:
+        sampler = canonical_sampler(sampler)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"--sampler: {exc}") from None
+    return GridRequest(
+        files=inputs.files, labels=inputs.labels, weights=parse_weights(args.weights), prompts=prompts, model=model,
+        seed=args.seed, steps=args.steps, width=args.width, height=args.height, cfg_scale=args.cfg, sampler=sampler,
+        negative_prompt=args.negative, vae=config.model.vae if config and not args.model else "",
+        clip_skip=config.model.clip_skip if config else 1, v_parameterization=bool(config and config.model.v_parameterization),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    target = Path(args.output).expanduser()
+    if target.suffix.lower() != ".png":
+        raise UserError("-o must name a .png file")
+    if target.exists() and not args.overwrite:
+        raise UserError(f"{target} exists: choose another name or pass --overwrite")
+    request = build_request(args)
+    report = _reporter(args.progress)
+    report({"phase": "loading", "done": 0, "total": request.cells})
+    from loratrainer.train.runtime import hide_broken_torchvision
+
+    hide_broken_torchvision()
+    from loratrainer.compare.weight_grid import render_grid
+
+    started = time.monotonic()
+
+    def progress(done: int, total: int, what: str) -> None:
+        report({"phase": "rendering", "done": done, "total": total, "what": what})
+        print(f"[{done}/{total}] {what}", file=sys.stderr)
+
+    try:
+        render_grid(request, target, progress)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+    report({"phase": "done", "done": request.cells, "total": request.cells, "path": str(target)})
+    print(f"wrote {target} and {target.with_suffix('.json').name} ({request.cells} images in {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+def _reporter(path: str | None):
+    if not path:
+        return lambda record: None
+    fh = open(path, "a", encoding="utf-8")
+
+    def report(record: dict) -> None:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+    return report

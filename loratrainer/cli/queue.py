@@ -1,0 +1,81 @@
+"""`loratrainer queue add CONFIG [--set k=v ...] | list | remove ID | up ID | down ID | run [--stop-on-failure] | clear`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loratrainer.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("queue", help="line up runs and train them one after another")
+    sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="add a config file (ours or a Kohya GUI one) to the end of the queue")
+    add.add_argument("config", help="our JSON config/preset or a Kohya GUI config file")
+    add.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting for this run, e.g. --set network_dim=16 (repeatable)")
+    sub.add_parser("list", help="show the queue in order with each run's status")
+    for name, text in (("remove", "remove a run from the queue"), ("up", "move a run one place earlier"),
+                       ("down", "move a run one place later"), ("retry", "put a failed or interrupted run back to pending")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("id", help="the run's id (see queue list)")
+    run = sub.add_parser("run", help="train the pending runs in order; a failed run is recorded and the next starts")
+    run.add_argument("--stop-on-failure", action="store_true", help="stop the queue at the first run that fails")
+    sub.add_parser("clear", help="remove every run that is not running")
+    p.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from loratrainer.train.run_queue import RunQueue
+
+    queue = RunQueue()
+    action = args.queue_command
+    if action == "add":
+        return _add(queue, args)
+    if action == "list":
+        _list(queue)
+        return 0
+    if action == "remove":
+        item = queue.remove(args.id)
+        print(f"removed {item.id} ({item.name})")
+        return 0
+    if action in ("up", "down"):
+        queue.move(args.id, -1 if action == "up" else 1)
+        _list(queue)
+        return 0
+    if action == "retry":
+        queue.retry(args.id)
+        return 0
+    if action == "clear":
+        print(f"removed {queue.clear()} run(s)")
+        return 0
+    from loratrainer.train.queue_runner import run_queue
+
+    return run_queue(queue, stop_on_failure=args.stop_on_failure)
+
+
+def _add(queue, args: argparse.Namespace) -> int:
+    from loratrainer.cli.train import _load
+    from loratrainer.config import apply_overrides
+
+    config = _load(args.config)
+    try:
+        config = apply_overrides(config, args.assignments)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"--set: {exc}") from None
+    item = queue.add(config, source=args.config, overrides=args.assignments)
+    position = [i.id for i in queue.items()].index(item.id) + 1
+    print(f"added {item.id} ({item.name}) at position {position}: {queue.path}")
+    return 0
+
+
+def _list(queue) -> None:
+    items = queue.items()
+    if not items:
+        print(f"the queue is empty ({queue.path})")
+        return
+    for n, item in enumerate(items, 1):
+        extra = f"  {item.reason}" if item.reason else ""
+        where = f"  {item.run_dir}" if item.run_dir else ""
+        print(f"{n:>3}  {item.id}  {item.status:<11}  {item.name}  {item.source or '(from the GUI)'}{where}{extra}", file=sys.stdout)

@@ -1,0 +1,93 @@
+"""What `loratrainer compare FILE_OR_RUN_DIR...` compares: LoRA files, each with a row label, and the settings of
+the run that trained them (base model, VAE, clip skip, sampler, its first sample prompt). No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratrainer import events
+from loratrainer.compare.runs import SavedFile, epoch_label, read_run
+from loratrainer.errors import UserError
+
+
+@dataclass
+class Inputs:
+    files: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    config: object | None = None  # the TrainingConfig of the (first) run found
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / events.EVENTS_FILE).is_file() and (path / events.CONFIG_FILE).is_file()
+
+
+def run_config(run_dir: Path):
+    from loratrainer.config import ConfigError, load_config
+
+    try:
+        return load_config(run_dir / events.CONFIG_FILE)
+    except (ConfigError, OSError):
+        return None
+
+
+def find_writer(file: Path, run_dir: Path | None = None) -> tuple[Path, SavedFile] | None:
+    """The run folder whose events say it wrote `file`: `run_dir` when given, else one under the file's folder
+    (`<output>/log/<run>/`, Kohya's default logging folder)."""
+    file = file.resolve()
+    candidates = [Path(run_dir) / events.EVENTS_FILE] if run_dir else sorted(file.parent.glob(f"*/*/{events.EVENTS_FILE}"), reverse=True)
+    for events_file in candidates:
+        record = read_run(events_file.parent)
+        for saved in record.files:
+            if saved.path.resolve() == file:
+                return events_file.parent, saved
+    return None
+
+
+def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
+    out = Inputs()
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            if not is_run_dir(path):
+                raise UserError(f"{path} is not a run folder (no {events.EVENTS_FILE} and {events.CONFIG_FILE}): give a run folder or .safetensors files")
+            saved = [f for f in read_run(path).files if f.exists]
+            if not saved:
+                raise UserError(f"the run {path.name} saved no LoRA file that still exists")
+            out.files += [f.path for f in saved]
+            out.labels += [epoch_label(f) for f in saved]
+            out.config = out.config or run_config(path)
+        elif path.is_file():
+            if path.suffix.lower() != ".safetensors":
+                raise UserError(f"{path} is not a .safetensors LoRA file")
+            found = find_writer(path, run_dir)
+            out.files.append(path)
+            out.labels.append(epoch_label(found[1]) if found else path.stem)
+            if found and out.config is None:
+                out.config = run_config(found[0])
+        else:
+            raise UserError(f"{path} does not exist")
+    return out
+
+
+def parse_weights(text: str) -> list[float]:
+    try:
+        weights = [float(w) for w in text.replace(" ", "").split(",") if w]
+    except ValueError:
+        raise UserError(f"--weights: {text!r} is not a comma-separated list of numbers such as 0,0.5,1") from None
+    if not weights:
+        raise UserError("--weights: give at least one weight, e.g. 0,0.5,1")
+    return weights
+
+
+def first_sample_prompt(config) -> list[str]:
+    """The text of the run's first sample prompt (none when it has none or they do not parse)."""
+    if config is None or not config.sampling.sample_prompts.strip():
+        return []
+    from loratrainer.train.sample_prompts import load_prompts
+
+    try:
+        prompts = load_prompts(config.sampling.sample_prompts)
+    except (UserError, OSError, UnicodeDecodeError):
+        return []
+    return [prompts[0].prompt] if prompts else []

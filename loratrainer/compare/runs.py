@@ -1,0 +1,102 @@
+"""What one run wrote, from its own event stream: the LoRA files (checkpoint events), the average loss over the
+epoch each was saved in, the sample images. Nothing is matched by file name, so a run named `house` never lists
+the files of `house-long`, and a run that saved nothing lists nothing. Standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loratrainer import events
+
+
+@dataclass
+class SavedFile:
+    path: Path
+    kind: str  # "epoch" | "step" | "final" | "interrupted"
+    epoch: int
+    step: int
+    time: str  # the checkpoint event's ISO time
+    epoch_loss: float | None  # the mean loss over the epoch the file was saved in, up to its step
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    @property
+    def size(self) -> int | None:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return None
+
+    @property
+    def local_time(self) -> str:
+        try:
+            return datetime.fromisoformat(self.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return self.time
+
+
+@dataclass
+class Sample:
+    path: Path
+    step: int
+    epoch: int
+    index: int  # the prompt's line number among the sample prompts
+    prompt: str
+    seed: int | None
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    files: list[SavedFile] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    steps_per_epoch: int = 0
+    started: dict[str, Any] = field(default_factory=dict)
+    ended: dict[str, Any] | None = None
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    record = RunRecord(run_dir)
+    all_events, _ = events.read_events(run_dir / events.EVENTS_FILE)
+    progress: list[dict[str, Any]] = []
+    for e in all_events:
+        kind = e.get("event")
+        if kind == "started":
+            record.started = e
+            record.steps_per_epoch = int(e.get("steps_per_epoch") or 0)
+        elif kind == "progress":
+            progress.append(e)
+        elif kind == "checkpoint":
+            step, epoch = int(e.get("step", 0)), int(e.get("epoch", 0))
+            loss = e.get("epoch_loss")
+            record.files.append(SavedFile(Path(str(e.get("path", ""))), str(e.get("kind", "")), epoch, step, str(e.get("time", "")),
+                                          float(loss) if loss is not None else epoch_loss(progress, epoch, step)))
+        elif kind == "sample":
+            record.samples.append(Sample(Path(str(e.get("path", ""))), int(e.get("step", 0)), int(e.get("epoch", 0)), int(e.get("index", 0)),
+                                         str(e.get("prompt", "")), e.get("seed")))
+        elif kind == "ended":
+            record.ended = e
+    return record
+
+
+def epoch_loss(progress: list[dict[str, Any]], epoch: int, step: int) -> float | None:
+    """For checkpoint events without the trainer's exact `epoch_loss` (runs of older versions): the mean of the
+    step losses the (throttled) progress events reported in that epoch up to `step`."""
+    same = [e for e in progress if int(e.get("epoch", -1)) == epoch and int(e.get("step", 0)) <= step]
+    losses = [float(e["loss"]) for e in same if e.get("loss") is not None]
+    return sum(losses) / len(losses) if losses else None
+
+
+def epoch_label(f: SavedFile) -> str:
+    """How a file is named in grids and tables: "epoch 3", "step 40", "final (epoch 4)", "interrupted (step 17)"."""
+    if f.kind == "epoch":
+        return f"epoch {f.epoch}"
+    if f.kind == "step":
+        return f"step {f.step}"
+    return f"{f.kind} (step {f.step})"

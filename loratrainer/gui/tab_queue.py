@@ -1,0 +1,141 @@
+"""Queue tab: the runs lined up (order, status, run folder), remove / move up / move down / retry / clear, and
+"Run queue", which starts `loratrainer queue run` in a session of its own, so the queue goes on when the page
+or the GUI is closed. "Add to queue" sits next to Start on the Training tab and is wired here.
+
+Everything shown is read from the queue file (loratrainer.train.run_queue) on each refresh; the GUI holds no
+queue state of its own, so the CLI and the page can both change the queue.
+"""
+
+from __future__ import annotations
+
+from loratrainer.errors import UserError
+from loratrainer.gui.context import UiContext
+from loratrainer.gui.i18n import md
+
+REFRESH_S = 2.0
+
+
+class QueueHandlers:
+    def __init__(self, ui: UiContext):
+        self.ui = ui
+        self.t = ui.t
+
+    @staticmethod
+    def queue():
+        from loratrainer.train.run_queue import RunQueue
+
+        return RunQueue()  # the user's config folder (LORATRAINER_CONFIG_DIR), read on every call
+
+    # -- what the page shows -----------------------------------------------------------------------------------
+
+    def status_text(self, status: str) -> str:
+        key = f"queue.status.{status}"
+        text = self.t(key)
+        return status if text == key else text
+
+    def refresh(self, chosen: str | None = None, message: str | None = None) -> dict:
+        import gradio as gr
+
+        from loratrainer.train.queue_runner import runner_running
+
+        n = self.ui.named
+        try:
+            items = self.queue().items()
+        except UserError as exc:
+            return {n["queue_table"]: [], n["queue_item"]: gr.update(choices=[], value=None), n["queue_message"]: self.t.error(exc)}
+        choices = [(f"{i}. {item.name} ({self.status_text(item.status)})", item.id) for i, item in enumerate(items, 1)]
+        ids = [item.id for item in items]
+        value = chosen if chosen in ids else (ids[0] if ids else None)
+        running = runner_running(self.queue())
+        line = self.t("queue.runner_on" if running else "queue.runner_off", count=sum(1 for i in items if i.status == "pending"))
+        return {
+            n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, it.reason] for k, it in enumerate(items, 1)],
+            n["queue_item"]: gr.update(choices=choices, value=value),
+            n["queue_message"]: message if message is not None else line,
+        }
+
+    # -- what the buttons do ----------------------------------------------------------------------------------
+
+    def add(self, data: dict) -> dict:
+        """The Training tab's "Add to queue": the config on the page, as it is now. The answer goes under the
+        buttons (run_message), never over the status of a run that is going."""
+        status = self.ui.named["run_message"]
+        try:
+            config = self.ui.read_config(data)
+            item = self.queue().add(config)
+        except UserError as exc:
+            return {status: self.t.error(exc)}
+        position = [i.id for i in self.queue().items()].index(item.id) + 1
+        return {status: self.t("queue.added", name=md(item.name), position=position, id=item.id)}
+
+    def _act(self, chosen: str | None, action) -> dict:
+        if not chosen:
+            return self.refresh(chosen, self.t("queue.choose"))
+        try:
+            message = action(self.queue(), chosen)
+        except UserError as exc:
+            return self.refresh(chosen, self.t.error(exc))
+        return self.refresh(chosen, message)
+
+    def remove(self, chosen: str | None) -> dict:
+        return self._act(chosen, lambda q, i: self.t("queue.removed", name=md(q.remove(i).name)))
+
+    def up(self, chosen: str | None) -> dict:
+        return self._act(chosen, lambda q, i: q.move(i, -1))
+
+    def down(self, chosen: str | None) -> dict:
+        return self._act(chosen, lambda q, i: q.move(i, 1))
+
+    def retry(self, chosen: str | None) -> dict:
+        return self._act(chosen, lambda q, i: q.retry(i))
+
+    def clear(self) -> dict:
+        return self.refresh(None, self.t("queue.cleared", count=self.queue().clear()))
+
+    def run(self) -> dict:
+        from loratrainer.train.queue_runner import runner_running, start_detached
+
+        queue = self.queue()
+        if runner_running(queue):
+            return self.refresh(None, self.t("queue.runner_on", count=sum(1 for i in queue.items() if i.status == "pending")))
+        start_detached(queue)
+        return self.refresh(None, self.t("queue.started"))
+
+
+def build(ui: UiContext) -> QueueHandlers:
+    import gradio as gr
+
+    t, n, h = ui.t, ui.named, QueueHandlers(ui)
+    n["queue_message"] = gr.Markdown(elem_id="queue-message")
+    n["queue_table"] = gr.Dataframe(
+        headers=[t("queue.col_position"), t("queue.col_id"), t("queue.col_name"), t("queue.col_status"), t("queue.col_run"), t("queue.col_reason")],
+        datatype=["number", "str", "str", "str", "str", "str"], interactive=False, wrap=True, label=t("queue.title"), elem_id="queue-table",
+    )
+    with gr.Row():
+        n["queue_item"] = gr.Dropdown(label=t("queue.item"), choices=[], scale=3, elem_id="queue-item")
+        up = gr.Button(t("queue.up"), scale=1, elem_id="queue-up")
+        down = gr.Button(t("queue.down"), scale=1, elem_id="queue-down")
+        remove = gr.Button(t("queue.remove"), scale=1, variant="stop", elem_id="queue-remove")
+        retry = gr.Button(t("queue.retry"), scale=1, elem_id="queue-retry")
+    with gr.Row():
+        run = gr.Button(t("queue.run"), variant="primary", elem_id="queue-run")
+        clear = gr.Button(t("queue.clear"), elem_id="queue-clear")
+    timer = gr.Timer(REFRESH_S)
+    outputs = [n["queue_table"], n["queue_item"], n["queue_message"]]
+    item = [n["queue_item"]]
+    up.click(h.up, inputs=item, outputs=outputs, api_name="queue_up")
+    down.click(h.down, inputs=item, outputs=outputs, api_name="queue_down")
+    remove.click(h.remove, inputs=item, outputs=outputs, api_name="queue_remove")
+    retry.click(h.retry, inputs=item, outputs=outputs, api_name="queue_retry")
+    clear.click(h.clear, outputs=outputs, api_name="queue_clear")
+    run.click(h.run, outputs=outputs, api_name="queue_run")
+    timer.tick(h.refresh, inputs=item, outputs=outputs, api_visibility="private", show_progress="hidden")
+    ui.on_load(h.refresh, inputs=item, outputs=outputs)
+
+    def wire_add_button() -> None:
+        button = n.get("add_to_queue")  # the Training tab's, next to Start
+        if button is not None:
+            button.click(h.add, inputs=ui.config_inputs(), outputs=[n["run_message"]], api_name="add_to_queue")
+
+    ui.after_build(wire_add_button)
+    return h

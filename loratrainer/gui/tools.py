@@ -1,0 +1,86 @@
+"""The Results tab's two doors out: TensorBoard on a run's log folder (loopback only) and the output folder in
+the desktop's file manager. Processes are started from argument lists, never through a shell."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TensorBoards:
+    """One TensorBoard per log folder, started on demand on 127.0.0.1, ended with the GUI (their own sessions
+    are killed by `close`)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.running: dict[Path, tuple[subprocess.Popen, str]] = {}
+
+    def available(self) -> bool:
+        try:
+            import importlib.util
+
+            return importlib.util.find_spec("tensorboard") is not None
+        except (ImportError, ValueError):
+            return False
+
+    def url_for(self, logdir: Path, timeout: float = 30) -> str:
+        """Start (or reuse) TensorBoard on `logdir`; its URL once it answers. RuntimeError when it does not."""
+        logdir = Path(logdir)
+        with self._lock:
+            known = self.running.get(logdir)
+            if known and known[0].poll() is None:
+                return known[1]
+            port = _free_port()
+            argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
+            popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     start_new_session=os.name == "posix")
+            url = f"http://127.0.0.1:{port}/"
+            self.running[logdir] = (popen, url)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if popen.poll() is not None:
+                raise RuntimeError(f"TensorBoard exited with code {popen.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return url
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("TensorBoard did not answer")
+
+    def close(self) -> None:
+        with self._lock:
+            for popen, _ in self.running.values():
+                if popen.poll() is None:
+                    popen.terminate()
+            self.running.clear()
+
+
+def open_folder(folder: Path) -> bool:
+    """Open `folder` in the desktop's file manager; False where there is none (a server, a container)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        if sys.platform.startswith("win"):
+            os.startfile(str(folder))  # type: ignore[attr-defined]
+            return True
+        opener = "open" if sys.platform == "darwin" else "xdg-open"
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
+            return False
+        subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,260 @@
+"""The processes of a run: recorded in its run folder, found again, stopped without leaving any behind.
+
+`accelerate launch` with several processes runs torchrun, which starts every worker in a session of its own: a
+signal to accelerate's process group does not reach them, and when accelerate itself is killed they train on as
+orphans. So every process of a run is recorded in `<run folder>/processes/` (the launcher by `start_run`, each
+worker by itself as its first act) with its pid, process group and start time (a pid the system gave to another
+program since is not taken for ours), and on Linux the process table is also searched for command lines naming
+the run folder (a worker killed before it could write its record). Stopping goes STOP file -> SIGTERM ->
+SIGKILL, each to every process group found. No torch here: the GUI and the CLI import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loratrainer import events
+from loratrainer.files import atomic_write
+
+PROCESSES_DIR = "processes"  # in the run folder: launcher-m<machine rank>.json, rank-<global rank>.json
+ENTRY_MODULE = "loratrainer.train.entry"
+STOP_GRACE_S = 60.0  # after the STOP file: time to save `<name>-interrupted` (and a state) before SIGTERM
+TERM_GRACE_S = 15.0  # after SIGTERM: before SIGKILL
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    role: str  # "launcher" (accelerate launch) or "worker" (the trainer)
+    pid: int
+    pgid: int
+    start: int | None  # the process start time in clock ticks since boot (/proc/PID/stat field 22)
+    host: str
+    rank: int = 0  # global rank of a worker; the machine rank of a launcher
+    local_rank: int = 0
+    machine_rank: int = 0
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _state_and_group(pid: int) -> tuple[str, int] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[0], int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _record(run_dir: Path, name: str, record: ProcessRecord) -> None:
+    atomic_write(Path(run_dir) / PROCESSES_DIR / name, json.dumps(asdict(record), indent=1) + "\n")
+
+
+def record_launcher(run_dir: str | Path, pid: int, machine_rank: int = 0) -> None:
+    pgid = os.getpgid(pid) if os.name == "posix" else pid
+    _record(Path(run_dir), f"launcher-m{machine_rank}.json",
+            ProcessRecord("launcher", pid, pgid, start_ticks(pid), socket.gethostname(), machine_rank, 0, machine_rank))
+
+
+def record_this_worker(run_dir: str | Path) -> ProcessRecord:
+    """Called by the trainer first thing; torchrun sets RANK/LOCAL_RANK/GROUP_RANK (absent: one process)."""
+    env = os.environ
+    pid = os.getpid()
+    record = ProcessRecord("worker", pid, os.getpgid(0) if os.name == "posix" else pid, start_ticks(pid), socket.gethostname(),
+                           int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("GROUP_RANK", 0)))
+    _record(Path(run_dir), f"rank-{record.rank}.json", record)
+    return record
+
+
+def read_records(run_dir: str | Path) -> list[ProcessRecord]:
+    out = []
+    for path in sorted((Path(run_dir) / PROCESSES_DIR).glob("*.json")):
+        try:
+            out.append(ProcessRecord(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            continue  # half a record cannot be: they are written atomically; a foreign file is not ours
+    return out
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    """The recorded process still runs (not a zombie) and is the same process (same start time)."""
+    if record.host != socket.gethostname():
+        return False  # another machine's worker: its own launcher stops it
+    if Path("/proc").is_dir():
+        found = _state_and_group(record.pid)
+        if found is None or found[0] in ("Z", "X"):
+            return False
+        return record.start is None or start_ticks(record.pid) == record.start
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _naming(run_dir: Path) -> list[int]:
+    """Live processes whose command line is `... loratrainer.train.entry --run-dir <run_dir>` (launcher and workers,
+    and the workers' forked data loaders, which share their command line)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    target = str(run_dir)
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if ENTRY_MODULE in argv and _run_dir_arg(argv) == target:
+            state = _state_and_group(int(entry.name))
+            if state is not None and state[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def _run_dir_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--run-dir":
+            return argv[i + 1]
+    return None
+
+
+def live_processes(run_dir: str | Path) -> dict[int, int]:
+    """{pid: process group} of every live process of the run on this machine: recorded ones, the members of their
+    process groups (data loaders), and any process naming the run folder."""
+    from loratrainer.train.launch import group_members
+
+    run_dir = Path(run_dir)
+    pids: set[int] = set(_naming(run_dir))
+    for record in read_records(run_dir):
+        if is_alive(record):
+            pids.add(record.pid)
+        if record.host == socket.gethostname() and Path("/proc").is_dir():
+            pids.update(group_members(record.pgid))
+    pids.discard(os.getpid())
+    out = {}
+    for pid in pids:
+        found = _state_and_group(pid) if Path("/proc").is_dir() else ("R", pid)
+        if found is not None and found[0] not in ("Z", "X"):
+            out[pid] = found[1]
+    return out
+
+
+def alive(run_dir: str | Path) -> bool:
+    return bool(live_processes(run_dir))
+
+
+def signal_all(run_dir: str | Path, signum: int) -> list[int]:
+    """Send `signum` to every process group of the run (and each process, in case it left its group); never to
+    our own group. Returns the pids that were alive."""
+    live = live_processes(run_dir)
+    own = os.getpgid(0) if os.name == "posix" else None
+    # only groups led by a process of the run or recorded as the run's: never a shell's group a process joined
+    ours = set(live) | {r.pgid for r in read_records(run_dir) if r.host == socket.gethostname()}
+    for pgid in set(live.values()):
+        if pgid != own and pgid > 1 and pgid in ours:
+            try:
+                os.killpg(pgid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for pid in live:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return sorted(live)
+
+
+def kill_all(run_dir: str | Path) -> list[int]:
+    """SIGKILL every process of the run, repeated until none is left (a worker may be starting right now)."""
+    if os.name != "posix":
+        return []
+    killed: list[int] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        hit = signal_all(run_dir, signal.SIGKILL)
+        if not hit:
+            break
+        killed += hit
+        time.sleep(0.1)
+    return sorted(set(killed))
+
+
+def wait_gone(run_dir: str | Path, timeout: float, poll_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(run_dir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def stop_all(run_dir: str | Path, stop_grace_s: float = STOP_GRACE_S, term_grace_s: float = TERM_GRACE_S) -> str:
+    """STOP file, wait; SIGTERM to every process group, wait; SIGKILL. Returns how it ended: "stopped",
+    "terminated" or "killed" (or "not running")."""
+    run_dir = Path(run_dir)
+    if not alive(run_dir):
+        return "not running"
+    atomic_write(run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+    if wait_gone(run_dir, stop_grace_s):
+        return "stopped"
+    if os.name == "posix":
+        signal_all(run_dir, signal.SIGTERM)
+        if wait_gone(run_dir, term_grace_s):
+            return "terminated"
+        kill_all(run_dir)
+    return "killed"
+
+
+# -- runs writing to an output folder ------------------------------------------------------------------------
+
+
+def running_runs(output_dir: str | Path, machine_rank: int | None = None, logging_dir: str | Path | None = None) -> list[Path]:
+    """Run folders with a live process whose config writes to `output_dir` (the same machine rank only, when
+    given: the ranks of a multi-machine run on one computer share the output folder by design)."""
+    target = _real(output_dir)
+    candidates: set[Path] = set()
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if ENTRY_MODULE in argv and _run_dir_arg(argv):
+                candidates.add(Path(_run_dir_arg(argv)))
+    if logging_dir is not None:  # without /proc: the records of the runs in the usual run-folder root
+        candidates.update(p.parent.parent for p in Path(logging_dir).glob(f"*/{PROCESSES_DIR}/*.json"))
+    found = []
+    for run_dir in sorted(candidates):
+        try:
+            config = json.loads((run_dir / events.CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _real(config.get("folders", {}).get("output_dir", "")) != target:
+            continue
+        if machine_rank is not None and int(config.get("launch", {}).get("machine_rank", 0)) != machine_rank:
+            continue
+        if alive(run_dir):
+            found.append(run_dir)
+    return found
+
+
+def _real(path: str | Path) -> str:
+    return os.path.realpath(str(path)) if str(path) else ""

@@ -1,0 +1,143 @@
+"""Running the queue: one run after another, in order, each through start_run like the CLI and the GUI.
+
+One runner at a time (a lock held for its life). A failed run is recorded and the next one starts, unless
+`stop_on_failure`. Ctrl-C or SIGTERM stop the current run (its LoRA saved as `<name>-interrupted`) and the
+runner; the items after it stay pending. A runner killed outright leaves its run going: the next runner finds
+that item, waits for its run to end, records how it ended, and goes on with the next pending item.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from loratrainer import events
+from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+from loratrainer.train.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
+
+RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the queue folder
+
+define({"queue.runner_busy": "the queue is already being run by another process"})
+
+
+def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
+    """Run pending items until none is left; 0 when every run finished or was stopped, 1 when one failed,
+    130 when interrupted."""
+    with runner_lock(queue.folder) as mine:
+        if not mine:
+            raise UserError(str(Msg.of("queue.runner_busy")))
+        from loratrainer.train.follow import _signals_as_keyboard_interrupt
+
+        failures = 0
+        with _signals_as_keyboard_interrupt():
+            try:
+                while True:
+                    item = queue.claim_next(this_runner())
+                    if item is None:
+                        break
+                    status = _run_item(queue, item, stream, poll_s)
+                    if status not in DONE_OK:
+                        failures += 1
+                        if stop_on_failure:
+                            _say(stream, "queue: stopping after the failed run (--stop-on-failure)")
+                            break
+            except KeyboardInterrupt:
+                _say(stream, "queue: interrupted; the runs after this one stay pending")
+                return 130
+        _say(stream, f"queue: done ({failures} failed)" if failures else "queue: done")
+        return 1 if failures else 0
+
+
+def _run_item(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> str:
+    from loratrainer.config import config_from_dict
+    from loratrainer.train.launch import start_run
+
+    if item.run_dir:  # adopted from a runner that is gone: its run still goes
+        _say(stream, f"queue: {item.id} ({item.name}) is still running in {item.run_dir}: waiting for it")
+        return _adopt(queue, item, stream, poll_s)
+    _say(stream, f"queue: starting {item.id} ({item.name}{', from ' + item.source if item.source else ''})")
+    try:
+        config = config_from_dict(item.config)
+        run = start_run(config)
+    except UserError as exc:
+        reason = str(exc)
+        queue.update(item.id, status=FAILED, reason=reason, ended=events.now_iso(), runner={})
+        _say(stream, f"queue: {item.id} ({item.name}) failed to start: {reason}")
+        return FAILED
+    queue.update(item.id, run_dir=str(run.run_dir))
+    _say(stream, f"queue: {item.id} run folder: {run.run_dir}")
+    try:
+        while run.poll() is None:
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        _say(stream, f"queue: stopping {item.id}: saving the current LoRA")
+        try:
+            run.stop()
+        except KeyboardInterrupt:
+            run.kill()
+            run.wait()
+        _finish(queue, item, Path(run.run_dir), run.exit_code(run.popen.returncode), stream)
+        raise
+    return _finish(queue, item, Path(run.run_dir), run.exit_code(run.popen.returncode), stream)
+
+
+def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> str:
+    from loratrainer.train import processes
+
+    run_dir = Path(item.run_dir)
+    try:
+        while processes.alive(run_dir):
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        processes.stop_all(run_dir)
+        _finish(queue, item, run_dir, None, stream)
+        raise
+    return _finish(queue, item, run_dir, None, stream)
+
+
+def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
+    state = events.summarize(events.read_events(run_dir / events.EVENTS_FILE)[0])
+    if state.done:
+        status, reason = state.status, state.reason or ""
+    else:
+        status, reason = FAILED, ("ended without a result: " + events.describe_exit(code)) if code is not None else "ended without a result"
+    queue.update(item.id, status=status, reason=reason, exit_code=code, ended=events.now_iso(), runner={})
+    _say(stream, f"queue: {item.id} ({item.name}) {status}{': ' + reason if reason else ''}")
+    return status
+
+
+def _say(stream: TextIO, line: str) -> None:
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except OSError:
+        pass  # the terminal is gone; the queue file records everything
+
+
+def start_detached(queue: RunQueue) -> int:
+    """`python -m loratrainer queue run` in a session of its own (the GUI's "Run queue"): it goes on when the
+    page or the GUI is closed. Returns its pid. A second runner exits at once (the lock)."""
+    import subprocess
+
+    queue.folder.mkdir(parents=True, exist_ok=True)
+    log = open(queue.folder / RUNNER_LOG, "ab")
+    env = {**os.environ, "LORATRAINER_CONFIG_DIR": str(queue.folder), "PYTHONUNBUFFERED": "1"}
+    try:
+        kwargs = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+        proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "queue", "run"], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, **kwargs)
+    finally:
+        log.close()
+    return proc.pid
+
+
+def runner_running(queue: RunQueue) -> bool:
+    with runner_lock(queue.folder) as free:
+        return not free
+
+
+__all__ = ["run_queue", "start_detached", "runner_running", "RUNNING"]

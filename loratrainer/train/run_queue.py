@@ -1,0 +1,261 @@
+"""The queue of runs: one JSON file in the user's config folder, changed only under a lock, written atomically.
+
+Each item holds the whole resolved config as it was when it was added (a later edit of the source file does
+not change a queued run), where it came from, and how it went. The file survives a restart of the GUI or of
+the machine: an item left `running` by a runner that is gone is settled on the next read (`interrupted`, or the
+status its run folder's `ended` event says). No torch, no gradio: the CLI, the GUI and the runner import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from loratrainer import events
+from loratrainer.errors import UserError
+from loratrainer.files import atomic_write
+from loratrainer.messages import Msg, define
+
+QUEUE_FILE = "queue.json"
+PENDING, RUNNING, INTERRUPTED, FAILED = "pending", "running", "interrupted", "failed"
+DONE_OK = ("finished", "stopped")  # a run the user stopped is not a failure: the queue goes on
+
+define({
+    "queue.no_item": "no queued run with id {id}",
+    "queue.item_running": "queued run {id} is running: stop it first",
+    "queue.unreadable": "the queue file {path} cannot be read ({detail}); it was left as it is",
+})
+
+
+class QueueError(UserError):
+    def __init__(self, message: str | Msg):
+        super().__init__(str(message))
+        self.msg = message if isinstance(message, Msg) else None
+
+
+@dataclass
+class QueueItem:
+    id: str
+    name: str  # output_name, what the list shows
+    source: str  # the config file it was added from ("" from the GUI)
+    overrides: list[str]  # the --set assignments given with it
+    config: dict[str, Any]  # our config JSON, resolved when added
+    status: str = PENDING  # pending, running, interrupted, failed, or a run's ended status (finished, stopped, nan, ...)
+    added: str = ""
+    started: str = ""
+    ended: str = ""
+    run_dir: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    runner: dict[str, Any] = field(default_factory=dict)  # {pid, start, host} of the runner while running
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in (PENDING, RUNNING, *DONE_OK)
+
+
+def queue_dir() -> Path:
+    """LORATRAINER_CONFIG_DIR, else $XDG_CONFIG_HOME/loratrainer, else ~/.config/loratrainer (beside presets/)."""
+    env = os.environ.get("LORATRAINER_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "loratrainer"
+
+
+class RunQueue:
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder is not None else queue_dir()
+        self.path = self.folder / QUEUE_FILE
+
+    # -- the lock and the file -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[QueueItem]]:
+        """The items under the lock; what the block leaves in the list is written back (atomically)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.path.with_name(QUEUE_FILE + ".lock")):
+            items = self._read()
+            before = [asdict(i) for i in items]
+            yield items
+            if [asdict(i) for i in items] != before:
+                atomic_write(self.path, json.dumps({"items": [asdict(i) for i in items]}, indent=1, ensure_ascii=False) + "\n")
+
+    def _read(self) -> list[QueueItem]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=str(exc))) from None
+        known = set(QueueItem.__dataclass_fields__)
+        return [QueueItem(**{k: v for k, v in item.items() if k in known}) for item in data.get("items", [])]
+
+    # -- what the CLI and the GUI do -------------------------------------------------------------------------
+
+    def add(self, config, source: str = "", overrides: list[str] | None = None) -> QueueItem:
+        from loratrainer.config import config_to_json
+
+        item = QueueItem(id=uuid.uuid4().hex[:8], name=config.folders.output_name, source=str(source),
+                         overrides=list(overrides or []), config=json.loads(config_to_json(config)), added=events.now_iso())
+        with self._locked() as items:
+            items.append(item)
+        return item
+
+    def items(self) -> list[QueueItem]:
+        """The queue in order, with items of a runner that is gone settled first."""
+        with self._locked() as items:
+            for item in items:
+                if item.status == RUNNING and not runner_alive(item.runner) and not (item.run_dir and _run_alive(item.run_dir)):
+                    settle_orphan(item)  # (a run still going stays "running": the next runner waits for it)
+            return [QueueItem(**asdict(i)) for i in items]
+
+    def remove(self, item_id: str) -> QueueItem:
+        with self._locked() as items:
+            item = _find(items, item_id)
+            if item.status == RUNNING and runner_alive(item.runner):
+                raise QueueError(Msg.of("queue.item_running", id=item_id))
+            items.remove(item)
+            return item
+
+    def move(self, item_id: str, delta: int) -> None:
+        """Up (delta -1) or down (+1) in the order; the ends stay where they are."""
+        with self._locked() as items:
+            item = _find(items, item_id)
+            i = items.index(item)
+            j = max(0, min(len(items) - 1, i + delta))
+            items.insert(j, items.pop(i))
+
+    def clear(self) -> int:
+        """Remove every item that is not running; returns how many."""
+        with self._locked() as items:
+            keep = [i for i in items if i.status == RUNNING and runner_alive(i.runner)]
+            removed = len(items) - len(keep)
+            items[:] = keep
+            return removed
+
+    def retry(self, item_id: str) -> None:
+        """Put a failed or interrupted item back to pending (where it is in the order)."""
+        with self._locked() as items:
+            item = _find(items, item_id)
+            if item.status != RUNNING:
+                item.status, item.reason, item.run_dir, item.exit_code = PENDING, "", "", None
+
+    # -- what the runner does ---------------------------------------------------------------------------------
+
+    def claim_next(self, runner: dict[str, Any]) -> QueueItem | None:
+        """The item to run now, marked running by `runner`: one a gone runner left running whose run still
+        lives (adopted: we wait for it), else the first pending one."""
+        with self._locked() as items:
+            for item in items:
+                if item.status == RUNNING and not runner_alive(item.runner):
+                    if item.run_dir and _run_alive(item.run_dir):
+                        item.runner = runner
+                        return QueueItem(**asdict(item))
+                    settle_orphan(item)
+            for item in items:
+                if item.status == PENDING:
+                    item.status, item.started, item.runner = RUNNING, events.now_iso(), runner
+                    return QueueItem(**asdict(item))
+        return None
+
+    def update(self, item_id: str, **values: Any) -> None:
+        with self._locked() as items:
+            try:
+                item = _find(items, item_id)
+            except QueueError:
+                return  # removed meanwhile (it was not running): nothing to record
+            for key, value in values.items():
+                setattr(item, key, value)
+
+
+def _find(items: list[QueueItem], item_id: str) -> QueueItem:
+    for item in items:
+        if item.id == item_id:
+            return item
+    raise QueueError(Msg.of("queue.no_item", id=item_id))
+
+
+def this_runner() -> dict[str, Any]:
+    from loratrainer.train.processes import start_ticks
+
+    return {"pid": os.getpid(), "start": start_ticks(os.getpid()), "host": socket.gethostname()}
+
+
+def runner_alive(runner: dict[str, Any]) -> bool:
+    from loratrainer.train.processes import ProcessRecord, is_alive
+
+    if not runner or not runner.get("pid"):
+        return False
+    return is_alive(ProcessRecord("runner", int(runner["pid"]), 0, runner.get("start"), runner.get("host", "")))
+
+
+def _run_alive(run_dir: str) -> bool:
+    from loratrainer.train.processes import alive
+
+    return alive(run_dir)
+
+
+def settle_orphan(item: QueueItem) -> None:
+    """A running item whose runner and run are gone: the run's own `ended` status if it wrote one, else interrupted."""
+    state = events.summarize(events.read_events(Path(item.run_dir) / events.EVENTS_FILE)[0]) if item.run_dir else None
+    if state is not None and state.done:
+        item.status, item.reason = state.status, state.reason or ""
+    else:
+        item.status, item.reason = INTERRUPTED, item.reason or "the queue runner ended while this run was going"
+    item.ended, item.runner = item.ended or events.now_iso(), {}
+
+
+# -- the lock ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An OS lock on a side file: released by the kernel when its holder dies, so a killed process never
+    leaves the queue locked."""
+    with open(path, "a+b") as fh:
+        if os.name == "posix":
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        else:  # pragma: no cover  (Windows)
+            import msvcrt
+
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+@contextmanager
+def runner_lock(folder: Path) -> Iterator[bool]:
+    """Held by the one queue runner for its whole life; yields False when another runner holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / (QUEUE_FILE + ".runner"), "a+b") as fh:
+        if os.name != "posix":  # pragma: no cover
+            yield True
+            return
+        import fcntl
+
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
