@@ -51,7 +51,6 @@ NO_TRAINING_EFFECT = {
     "folders.output_dir": "where files are written",
     "folders.logging_dir": "where logs are written",
     "folders.output_name": "the file name of the LoRA",
-    "launch.num_machines": "only 1 is accepted (the validator refuses more), so there is nothing to vary",
     "sampling.sample_every_n_steps": "renders preview images; sampling restores the training RNGs (test_train_sampling.py)",
     "sampling.sample_every_n_epochs": "renders preview images only",
     "sampling.sample_at_first": "renders preview images only",
@@ -85,18 +84,19 @@ def row(path: str):
 
 
 def cfg(**values) -> TrainingConfig:
-    return with_values(TrainingConfig(), values)
+    # min_bucket_reso 64: the rows use small images, and a max_resolution below min_bucket_reso is refused
+    return with_values(TrainingConfig(), {"min_bucket_reso": 64, **values})
 
 
 CAPTION = "a, b, c, d, e, f, g, h"
-KEYS = [(0, 1, b, 0) for b in range(40)]  # (sample, epoch, batch, slot): 40 independent per-item draws
+KEYS = [(0, 1, b, 0, 0) for b in range(40)]  # (sample, epoch, batch, slot, use): 40 independent per-item draws
 
 
 def _captions(config: TrainingConfig, epoch: int = 1) -> list[str]:
     """The caption strings the text encoder would see for 40 draws of one sample (latents stand in for pixels)."""
     sample = SimpleNamespace(caption=CAPTION, is_reg=False)
     ds = TrainDataset([sample], config, seed=7, latents={0: (torch.zeros(1), torch.ones(1))})
-    return [ds[(i, epoch, b, s)]["caption"] for i, _, b, s in KEYS]
+    return [ds[(i, epoch, b, s, u)]["caption"] for i, _, b, s, u in KEYS]
 
 
 def _tags(caption: str) -> list[str]:
@@ -314,9 +314,11 @@ def _no_upscale(tmp_path):
 
 @row("buckets.min_bucket_reso")
 def _min_reso(tmp_path):
-    base = {"max_resolution": "128,128", "bucket_no_upscale": False}
-    assert _bucket(tmp_path, (256, 64), **base) == (128, 128)  # min 256: no 256x64 bucket for 128x128's area
-    assert _bucket(tmp_path, (256, 64), **base, min_bucket_reso=64) == (256, 64)
+    base = {"max_resolution": "256,256", "bucket_no_upscale": False}
+    # min 256 (and max_resolution 256x256's area): the square is the only bucket for a wide image
+    assert _bucket(tmp_path, (512, 64), **base, min_bucket_reso=256) == (256, 256)
+    wide = _bucket(tmp_path, (512, 64), **base, min_bucket_reso=64)
+    assert wide[0] > wide[1] and wide[1] < 256, wide
 
 
 @row("buckets.max_bucket_reso")
@@ -395,6 +397,23 @@ def _port(tmp_path):
 
     argv = build_command(cfg(main_process_port=29999), tmp_path)
     assert argv[argv.index("--main_process_port") + 1] == "29999" and "--main_process_port" not in build_command(cfg(), tmp_path)
+
+
+@row("launch.num_machines")
+@row("launch.machine_rank")
+@row("launch.main_process_ip")
+@row("launch.rdzv_backend")
+def _machines(tmp_path):
+    """Several machines: each launch names its rank and where to meet, in accelerate launch's own flags."""
+    from loratrainer.train.launch import build_command
+
+    single = build_command(cfg(), tmp_path)
+    assert single[single.index("--num_machines") + 1] == "1" and "--machine_rank" not in single
+    argv = build_command(cfg(num_machines=2, num_processes=2, machine_rank=1, main_process_ip="10.1.2.3",
+                             rdzv_backend="c10d"), tmp_path)
+    flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
+    assert (flag("--num_machines"), flag("--machine_rank"), flag("--main_process_ip"), flag("--rdzv_backend")) == (
+        "2", "1", "10.1.2.3", "c10d")
 
 
 @row("launch.num_cpu_threads_per_process")
