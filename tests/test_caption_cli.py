@@ -89,20 +89,58 @@ def test_basic_without_text_is_refused(tmp_path, capsys):
     assert "the fixed text is empty" in capsys.readouterr().err
 
 
-def test_full_disk_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
-    import errno
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB tmpfs mounted for the test (root only: what a full USB stick or partition does)."""
+    import os
 
-    from loratrainer.caption import writer
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
-    def full(path, data, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    make_image(tmp_path / "a.png")
-    monkeypatch.setattr(writer, "atomic_write", full)
-    assert main(["caption", str(tmp_path), "--basic", "new"]) == 2
+def _fill_leaving_pages(disk, pages: int) -> None:
+    """Fill the file system, then free exactly `pages` pages."""
+    import os
+
+    filler = disk / "filler.bin"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    size = filler.stat().st_size
+    os.truncate(filler, size - size % 4096 - 4096 * pages)
+    st = os.statvfs(disk)
+    assert st.f_bavail * st.f_frsize == 4096 * pages, "tmpfs page accounting"
+
+
+def test_full_disk_while_writing_is_one_line_and_the_old_caption_stays(small_disk, capsys):
+    make_image(small_disk / "a.png")
+    make_caption(small_disk / "a.png", "old caption")
+    # one free page: the backup copy of a.txt fits, the new caption's temporary file does not
+    _fill_leaving_pages(small_disk, 1)
+    assert main(["caption", str(small_disk), "--basic", "new", "--overwrite"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: cannot write the caption") and "No space left" in errors[0]
-    assert not (tmp_path / "a.txt").exists()
+    assert (small_disk / "a.txt").read_text() == "old caption"  # the write really failed, and replaced nothing
+    assert [p.read_text() for p in (small_disk / ".caption-backups").rglob("a.txt")] == ["old caption"]
+    assert not list(small_disk.glob(".*.partial")), "the temporary file is removed"
+
+
+def test_full_disk_with_no_old_caption_leaves_no_file(small_disk, capsys):
+    make_image(small_disk / "a.png")
+    _fill_leaving_pages(small_disk, 0)
+    assert main(["caption", str(small_disk), "--basic", "new"]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert not (small_disk / "a.txt").exists() and not list(small_disk.glob(".*.partial"))
 
 
 def test_backup_that_cannot_be_made_replaces_nothing(tmp_path, capsys, monkeypatch):

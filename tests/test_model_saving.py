@@ -74,8 +74,10 @@ class _Collect:
 
     def key_problems(self):
         texts = [r.getMessage() for r in self.records] + [str(w.message) for w in self.caught]
-        # peft/diffusers report leftover keys as "... unexpected keys ..." / "... missing keys ..."
-        return [t for t in texts if re.search(r"(unexpected|missing)[^.]*keys", t, re.IGNORECASE)]
+        # peft/diffusers report leftover keys as "... unexpected keys ..." / "... missing keys ..."; transformers 5
+        # prints a LOAD REPORT table instead, one "| UNEXPECTED |" (or MISSING, MISMATCH) row per key
+        return [t for t in texts if re.search(r"(unexpected|missing)[^.]*keys", t, re.IGNORECASE)
+                or re.search(r"\|\s*(UNEXPECTED|MISSING|MISMATCH)\s*\|", t)]
 
 
 @pytest.mark.parametrize("lora_type", ["Standard", "LoCon"])
@@ -106,6 +108,20 @@ def test_diffusers_loads_the_kohya_file_fully_and_unloads(tmp_path, lora_type):
     assert np.abs(with_lora - base).max() > 1e-3
     pipe.unload_lora_weights()
     np.testing.assert_allclose(render(pipe), base, atol=1e-6)
+
+
+def test_the_key_check_catches_a_text_encoder_key_diffusers_does_not_use(tmp_path):
+    """The check above can fail: one extra lora_te_ module (transformers reports it in its LOAD REPORT table)."""
+    state = lora_state_dict(trained_handle(), "float")
+    name = next(k for k in state if k.startswith("lora_te_") and k.endswith(".alpha")).removesuffix(".alpha")
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha"):
+        state["lora_te_text_model_encoder_layers_0_self_attn_extra_proj" + suffix] = state[name + suffix].clone()
+    path = save_lora(tmp_path / "extra.safetensors", state, metadata())
+    pipe = build_tiny_components().pipeline()
+    with _Collect() as log:
+        pipe.load_lora_weights(str(path))
+    (problem,) = log.key_problems()
+    assert "extra" in problem and "UNEXPECTED" in problem
 
 
 def test_unet_only_file_loads_in_diffusers(tmp_path):

@@ -76,9 +76,26 @@ def test_zero_learning_rate_leaves_lora_up_zero(tmp_path, tiny_model):
 def test_the_loop_runs_the_planned_steps_with_accumulation_and_saves_by_policy(tmp_path, tiny_model):
     # 3 images x 2 repeats at batch 2 = 3 batches; accumulation 2 -> 2 steps per epoch (the last one short)
     t, saved = _trainer(tmp_path, tiny_model, epoch=3, gradient_accumulation_steps=2, save_every_n_steps=3)
+    steps, backwards = _count_calls(t.optimizer, "step"), _count_calls(t.accelerator, "backward")
+    before = [p.detach().clone() for p in t.params]
     outcome = train(t, _Quiet())
     assert t.report.steps.steps_per_epoch == 2 and outcome.step == 6
+    # the optimizer really stepped once per counted step, over 3 micro-batches per epoch (2 + a short 1)
+    assert steps() == 6 and backwards() == 9 and t.lr_scheduler.last_epoch == 6
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, t.params))  # and the LoRA weights moved
     assert saved == [("epoch", 2, 1), ("step", 3, 2), ("epoch", 4, 2), ("epoch", 6, 3), ("final", 6, 3)]
+
+
+def _count_calls(obj, name: str):
+    calls = []
+    real = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return lambda: len(calls)
 
 
 def test_an_epoch_cut_short_by_max_train_steps_gets_no_epoch_file(tmp_path, tiny_model):
@@ -95,8 +112,25 @@ def test_regularisation_images_double_the_steps_and_carry_the_prior_weight(tmp_p
     assert t.report.steps.reg_samples_per_epoch == 6 and t.total_steps == 6  # 6 train + 6 reg samples, batch 2
     seen = []
     t.loader.collate_fn = _recording(t.loader.collate_fn, seen)
-    assert train(t, _Quiet()).step == 6
+    weighted = []
+    from loratrainer.train import loop
+
+    def recording_weights(scheduler, timesteps, is_reg, s):
+        w = loop_sample_weights(scheduler, timesteps, is_reg, s)
+        weighted.append((is_reg.clone(), w.detach().clone()))
+        return w
+
+    loop_sample_weights = loop.sample_weights
+    loop.sample_weights = recording_weights
+    try:
+        assert train(t, _Quiet()).step == 6
+    finally:
+        loop.sample_weights = loop_sample_weights
     assert sum(seen) == 6  # every reg sample went through the loss once
+    # ... weighted by prior_loss_weight, the training images by 1, in the loss the loop optimises
+    reg = torch.cat([r for r, _ in weighted])
+    weights = torch.cat([w for _, w in weighted])
+    assert int(reg.sum()) == 6 and torch.all(weights[reg] == 0.5) and torch.all(weights[~reg] == 1.0)
 
 
 def _recording(collate, seen):

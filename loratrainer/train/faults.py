@@ -1,5 +1,6 @@
 """Test-only fault injection (docs/reliability.md), e.g. LORATRAINER_FAULT="nan@3,disk_full@save2":
-nan@N makes the loss of step N NaN; oom@N raises out-of-memory at step N (oom@sample: while rendering the
+honoured only in the test harness's explicit test mode (LORATRAINER_TEST_MODE=1, which tests/conftest.py sets),
+so a LORATRAINER_FAULT left in a user's shell cannot break a real run. nan@N makes the loss of step N NaN; oom@N raises out-of-memory at step N (oom@sample: while rendering the
 first sample image); disk_full@saveN fails the N-th LoRA save with ENOSPC inside its atomic write, as a full
 disk would; kill@saveN (kill@save = the first) SIGKILLs the trainer inside the N-th save, after the data was
 written to the temporary file and before it is in place; stop@N asks for a stop so that step N is the last."""
@@ -7,6 +8,7 @@ written to the temporary file and before it is in place; stop@N asks for a stop 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 from contextlib import contextmanager
@@ -15,8 +17,23 @@ from typing import Iterator
 import torch
 
 
+FAULT_ENV = "LORATRAINER_FAULT"
+TEST_MODE_ENV = "LORATRAINER_TEST_MODE"
+_warned: list[str] = []
+
+
+def _spec() -> str:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec and os.environ.get(TEST_MODE_ENV) != "1":
+        if spec not in _warned:  # say once why nothing happens, instead of failing a user's run on purpose
+            _warned.append(spec)
+            logging.getLogger("loratrainer.train").warning("%s is ignored outside the test suite's test mode", FAULT_ENV)
+        return ""
+    return spec
+
+
 def _fault(kind: str) -> int | str | None:
-    spec = os.environ.get("LORATRAINER_FAULT", "")
+    spec = _spec()
     for item in spec.split(","):
         name, _, raw = item.strip().partition("@")
         if name != kind:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,12 +18,9 @@ from loratrainer.model.saving import save_diffusers_lora, save_lora
 
 __all__ = ["load_models", "add_lora", "load_network_weights", "lora_state", "save_lora", "save_diffusers_lora", "file_metadata"]
 
-# Test hook: a diffusers-layout config folder for single-file checkpoints that are not real SD1.5 (tiny models).
-CONFIG_DIR_ENV = "LORATRAINER_SD15_CONFIG_DIR"
-
-
 def load_models(config: TrainingConfig, dtype: torch.dtype):
-    return load_sd15(config.model, dtype=dtype, config_dir=os.environ.get(CONFIG_DIR_ENV) or None)
+    # Single files are always built with the shipped SD1.5 configs (tests/test_model_loading_full_size.py).
+    return load_sd15(config.model, dtype=dtype)
 
 
 def add_lora(components, config: TrainingConfig):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Mutation testing of the settings-to-behaviour modules with mutmut 2.5.1 (pip install "mutmut==2.5.1", the
+# `mutation` extra). See docs/testing.md. mutmut edits the files it mutates, so this runs on a copy of the checkout
+# (never the working tree). Each test run is a fork of serve.py, which has torch/diffusers/transformers imported
+# once, so a mutant costs seconds instead of an interpreter start; loratrainer itself is imported fresh from disk.
+#   scripts/mutation/run.sh              all modules below, each bounded by its budget in seconds
+#   MUT_WORK=/tmp/m scripts/mutation/run.sh loss    one module; a rerun in the same MUT_WORK continues its cache
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+MUTMUT=${MUTMUT:-$(dirname "$PY")/mutmut}
+WORK=${MUT_WORK:-$(mktemp -d /tmp/loratrainer-mutation.XXXXXX)}
+SOCK=$WORK/.mutserve.sock
+T=tests/test_settings_take_effect.py
+U=tests/test_train_units.py
+NOT="and not changes and not differs"   # the in-process training runs are too slow to repeat per mutant
+declare -A TESTS=(
+  [loss]="$T $U -k '((prior_loss_weight or min_snr or loss_type or huber or training_target or schema_defaults) $NOT) or loss_types'"
+  [noise]="$T $U -k '((noise or multires or kohyas or timesteps or schema_defaults) $NOT) or noise_offset_and or pyramid'"
+  [captions]="$T $U -k '((caption or shuffle or keep_tokens or dropout or schema_defaults) $NOT) or caption_rules'"
+  [schedulers]="$T $U -k '((lr_ or schedule) $NOT) or warmup or adafactor'"
+  [optimizers]="$T $U -k '((optimizer.optimizer or optimizer_args or learning_rate or unet_lr or text_encoder_lr) $NOT) or optimizers_build or lion'"
+)
+declare -A BUDGET=([loss]=600 [noise]=420 [captions]=300 [schedulers]=300 [optimizers]=300)
+MODULES=("${@:-loss noise captions schedulers optimizers}")
+[ -f "$WORK/pyproject.toml" ] || (cd "$ROOT" && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -C "$WORK" -xf -
+cd "$WORK" && find . -name __pycache__ -prune -exec rm -rf {} +
+nice -n 15 "$PY" "$ROOT/scripts/mutation/serve.py" "$SOCK" > "$WORK/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null' EXIT
+until grep -q ready "$WORK/serve.log" 2>/dev/null; do sleep 1; kill -0 $SERVER || exit 1; done
+for m in ${MODULES[@]}; do
+  echo "== $m ($(date -u +%T))"
+  timeout "${BUDGET[$m]}" nice -n 15 "$MUTMUT" run --paths-to-mutate "loratrainer/train/$m.py" \
+    --runner "python3 $ROOT/scripts/mutation/client.py $SOCK ${TESTS[$m]}" --tests-dir tests --test-time-base 120 \
+    --no-progress --simple-output --disable-mutation-types string,fstring,decorator,annassign > "$WORK/mutmut-$m.log" 2>&1
+  # a run stopped by its budget can leave the mutant it was testing in the file: put the original back
+  cp "$ROOT/loratrainer/train/$m.py" "loratrainer/train/$m.py"
+done
+"$PY" - "$WORK/.mutmut-cache" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+for row in db.execute("select SourceFile.filename, Mutant.status, count(*) from Mutant join Line on Mutant.line = Line.id "
+                      "join SourceFile on Line.sourcefile = SourceFile.id group by 1, 2 order by 1, 2"):
+    print(*row)
+PY
+echo "results: cd $WORK && $MUTMUT results   (mutmut show <id> shows a mutant)"

@@ -1,0 +1,111 @@
+"""Fault injection is a test-mode-only switch, and a real divergence (not an injected NaN) ends a run as `nan`.
+
+LORATRAINER_FAULT is honoured only when LORATRAINER_TEST_MODE=1 is set as well (tests/conftest.py sets it for
+the suite), so a stray LORATRAINER_FAULT in a user's shell cannot fail a real run. The divergence test trains the
+tiny model with a learning rate far too high and no gradient clipping until its LoRA weights overflow.
+"""
+
+from __future__ import annotations
+
+from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from loratrainer.train import faults
+
+ALL_FAULTS = "nan@1,oom@1,disk_full@save1,kill@save1,stop@2,oom@sample"
+
+
+def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None):
+    """entry.run_and_classify in this process (what the trainer process does); returns (status, reason, step, epoch)."""
+    from loratrainer.train import entry, setup
+
+    if spy is not None:
+        build = setup.build_trainer
+
+        def recording(*args, **kwargs):
+            spy.append(build(*args, **kwargs))
+            return spy[-1]
+
+        monkeypatch.setattr(setup, "build_trainer", recording)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        return entry.run_and_classify(config, run_dir, Accelerator(cpu=True), None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("mode", [None, "", "0", "true", "yes"])
+def test_a_fault_outside_test_mode_injects_nothing(monkeypatch, caplog, tmp_path, mode):
+    monkeypatch.setenv("LORATRAINER_FAULT", ALL_FAULTS)
+    if mode is None:
+        monkeypatch.delenv("LORATRAINER_TEST_MODE", raising=False)
+    else:
+        monkeypatch.setenv("LORATRAINER_TEST_MODE", mode)
+    monkeypatch.setattr(faults, "_warned", [])
+    with caplog.at_level(logging.WARNING, logger="loratrainer.train"):
+        assert [faults._fault(k) for k in ("nan", "oom", "disk_full", "kill", "stop")] == [None] * 5
+    assert "LORATRAINER_FAULT is ignored" in caplog.text  # said once, so a developer sees why nothing happens
+    loss = torch.tensor(0.5)
+    assert torch.equal(faults.inject_fault("nan", 1, loss), loss)
+    faults.fail_step(1)
+    faults.fail_sampling()
+    assert not faults.stop_after(1)
+    real_fsync = os.fsync
+    with faults.during_save(1, tmp_path / "x.safetensors"):
+        assert os.fsync is real_fsync
+
+
+def test_in_test_mode_the_faults_fire(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORATRAINER_FAULT", "nan@1,oom@1,disk_full@save1,stop@2")  # (kill@ would end pytest)
+    monkeypatch.setenv("LORATRAINER_TEST_MODE", "1")
+    assert torch.isnan(faults.inject_fault("nan", 1, torch.tensor(0.5)))
+    with pytest.raises(torch.OutOfMemoryError):
+        faults.fail_step(1)
+    assert faults.stop_after(1)
+    with pytest.raises(OSError, match="No space left"):
+        with faults.during_save(1, tmp_path / "x.safetensors"):
+            os.fsync(0)
+    monkeypatch.setenv("LORATRAINER_FAULT", "oom@sample")  # one value per kind: the first oom@ wins
+    with pytest.raises(torch.OutOfMemoryError):
+        faults.fail_sampling()
+
+
+def test_a_users_shell_cannot_fail_a_real_run(monkeypatch, tmp_path, tiny_model):
+    monkeypatch.setenv("LORATRAINER_FAULT", "nan@1,oom@2,disk_full@save1")
+    monkeypatch.delenv("LORATRAINER_TEST_MODE", raising=False)
+    config = small_config(tmp_path, tiny_model, epoch=1)
+    status, reason, step, _ = _run(config, tmp_path)
+    assert (status, reason, step) == ("finished", "", 3)
+    assert (tmp_path / "out" / "last.safetensors").exists()
+
+
+def test_a_real_divergence_ends_nan_with_the_weights_blown_up_and_no_bad_file(monkeypatch, tmp_path, tiny_model):
+    # No injected fault: SGD at the highest allowed learning rate, clipping off, and alpha/rank = 1024 (each update
+    # scaled a thousandfold) blow the LoRA weights up within a few steps until the model's output overflows.
+    monkeypatch.delenv("LORATRAINER_FAULT", raising=False)
+    config = small_config(tmp_path, tiny_model, epoch=20, optimizer="SGD", learning_rate=10.0, unet_lr=10.0,
+                          text_encoder_lr=10.0, max_grad_norm=0, network_dim=1, network_alpha=1024,
+                          save_every_n_steps=1, save_every_n_epochs=0, save_precision="float")
+    spy: list = []
+    status, reason, step, _ = _run(config, tmp_path, spy, monkeypatch)
+    (t,) = spy
+    assert status == "nan", (status, reason)
+    assert 1 < step < t.total_steps and "lower the learning rate" in reason
+    # the weights themselves diverged (the guard stops the run before the optimizer applies the NaN gradient)
+    weights = t.handle.unet_parameters() + t.handle.text_encoder_parameters()
+    assert max(float(p.detach().abs().max()) for p in weights) > 50  # kaiming init of rank 1 starts below 0.5
+    written = sorted((tmp_path / "out").glob("*.safetensors"))
+    assert len(written) == step - 1  # one file per step that finished, none for the diverged one
+    for path in written:
+        assert all(torch.isfinite(v).all() for v in load_file(str(path)).values()), path
+    assert str(written[-1]) in reason  # the last good file is named
