@@ -9,6 +9,7 @@ import pytest
 
 from loratrainer.cli import main
 from tests.datasets import make_caption, make_image, make_truncated_jpeg
+from tests.tmpfs import mounted_tmpfs
 
 
 def test_basic_text_with_prefix_skips_existing_and_exits_0(tmp_path, capsys):
@@ -91,18 +92,9 @@ def test_basic_without_text_is_refused(tmp_path, capsys):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MiB tmpfs mounted for the test (root only: what a full USB stick or partition does)."""
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
-    try:
+    """A real 1 MiB tmpfs mounted for the test (what a full USB stick or partition does)."""
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _fill_leaving_pages(disk, pages: int) -> None:

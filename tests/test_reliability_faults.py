@@ -19,20 +19,14 @@ from loratrainer.config import TrainingConfig, with_values
 from loratrainer.train.entry import disk_full
 from loratrainer.train.input_checks import PARTIAL_GRACE_S, remove_stale_partials
 from loratrainer.train.launch import RunProcess
+from tests.tmpfs import mounted_tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A real tmpfs of 1 MB, mounted for the test (root only) and unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the disk-full path is then covered by injection tests only")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    """A real tmpfs of 1 MB, mounted for the test and unmounted after."""
+    with mounted_tmpfs(tmp_path / "small", "1m") as mount:
+        yield mount
 
 
 def test_a_real_full_disk_during_a_lora_save_is_recognised(small_fs):
@@ -55,15 +49,8 @@ def test_a_real_full_disk_during_a_lora_save_is_recognised(small_fs):
 @pytest.fixture
 def filling_fs(tmp_path):
     """A real tmpfs large enough for the launcher's free-space check, to be filled while the run trains."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "out"
-    mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "out", "400m") as mount:
+        yield mount
 
 
 def _fill(folder: Path, leave: int = 8 * 1024) -> None:
