@@ -53,7 +53,7 @@ def write_run(tmp_path: Path, name: str, model: str, files: list[Path], *, sampl
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny diffusers model and two real LoRA files (different weights: two "epochs") saved as the trainer saves them."""
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from loratrainer.model.kohya_format import lora_state_dict

@@ -936,7 +936,7 @@ def _save_precision(tmp_path):
     from safetensors.torch import load_file
 
     from loratrainer.train.checkpoints import Progress
-    from loratrainer.train.saving import make_saver
+    from loratrainer.train.saving import Saver
 
     root = make_dataset(tmp_path / "image", {"1_x": 1})
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("float", torch.float32)):
@@ -944,7 +944,7 @@ def _save_precision(tmp_path):
         t = SimpleNamespace(config=config, report=check_dataset(config), handle=_inject()[0], seed=1,
                             components=SimpleNamespace(model_name="m", model_hash=""), accelerator=SimpleNamespace(num_processes=1))
         path = tmp_path / f"{precision}.safetensors"
-        make_saver(t)(path, Progress(1, 1, 1, 1, True))
+        Saver(t).write_lora(path, Progress(1, 1, 1, 1, True))
         assert {v.dtype for v in load_file(str(path)).values()} == {dtype}
 
 

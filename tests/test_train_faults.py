@@ -26,6 +26,7 @@ ALL_FAULTS = "nan@1,oom@1,disk_full@save1,kill@save1,stop@2,oom@sample"
 def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None):
     """entry.run_and_classify in this process (what the trainer process does); returns (status, reason, step, epoch)."""
     from loratrainer.train import entry, setup
+    from loratrainer.train.run_context import RunContext
 
     if spy is not None:
         build = setup.build_trainer
@@ -39,7 +40,7 @@ def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None):
     run_dir.mkdir(exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        return entry.run_and_classify(config, run_dir, Accelerator(cpu=True), None)
+        return entry.run_and_classify(config, RunContext(run_dir), Accelerator(cpu=True))
     finally:
         torch.set_num_threads(threads)
 

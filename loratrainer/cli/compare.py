@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     request = build_request(args)
     report = _reporter(args.progress)
     report({"phase": "loading", "done": 0, "total": request.cells})
-    from loratrainer.train.runtime import hide_broken_torchvision
+    from loratrainer.compat import hide_broken_torchvision
 
     hide_broken_torchvision()
     from loratrainer.compare.weight_grid import render_grid
