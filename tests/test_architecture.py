@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "tools": {"config", "model", "errors", "files", "messages"},
     "compare": {"config", "events", "model", "train", "errors", "files", "messages"},
     "gui": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "errors", "files", "messages"},
-    "cli": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "gui", "errors", "files", "messages"},
+    # compat: the torchvision guard, which `loratrainer compare` needs before it imports diffusers
+    "cli": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
     "__main__": {"cli"},
     "i18n": set(),
     "assets": set(),
