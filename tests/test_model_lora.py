@@ -153,7 +153,12 @@ def _randomise(handle, seed=1):
 
 @pytest.mark.parametrize("lora_type", ["Standard", "LoCon"])
 def test_network_weights_round_trip(tmp_path, lora_type):
-    net = NetworkSettings(network_dim=4, network_alpha=2, lora_type=lora_type, conv_dim=2, conv_alpha=1)
+    assert_network_weights_round_trip(tmp_path, NetworkSettings(network_dim=4, network_alpha=2, lora_type=lora_type, conv_dim=2, conv_alpha=1))
+
+
+def assert_network_weights_round_trip(tmp_path, net: NetworkSettings) -> None:
+    """A file saved from one network continues, tensor for tensor, in a fresh network of the same settings
+    (test_model_lycoris.py uses it for LoHa and LoKr)."""
     first = inject_lora(build_tiny_components(), net, train_unet=True, train_text_encoder=True)
     _randomise(first)
     saved = lora_state_dict(first, "float")

@@ -158,15 +158,9 @@ def test_peft_dropouts_are_set_from_the_settings():
 
 @pytest.mark.parametrize("case", ["loha", "lokr-lowrank", "lokr-both", "loha-tucker"])
 def test_network_weights_continue_a_lycoris_file(tmp_path, case):
-    net = NetworkSettings(**CASES[case])
-    first = inject_lora(build_tiny_components(), net, train_unet=True, train_text_encoder=True)
-    _randomise(first)
-    saved = lora_state_dict(first, "float")
-    save_file(saved, tmp_path / "start.safetensors")
-    second = inject_lora(build_tiny_components(), net, train_unet=True, train_text_encoder=True)
-    assert load_network_weights(second, tmp_path / "start.safetensors") == []
-    loaded = lora_state_dict(second, "float")
-    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    from tests.test_model_lora import assert_network_weights_round_trip
+
+    assert_network_weights_round_trip(tmp_path, NetworkSettings(**CASES[case]))
 
 
 def test_network_weights_mismatches_are_explained_and_load_nothing(tmp_path):
