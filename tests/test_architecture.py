@@ -173,3 +173,22 @@ def test_the_gui_and_the_cli_process_loads_no_trainer_and_no_torch(tmp_path) -> 
     r = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import circle anywhere in the package, through lazy imports too (a module reaching itself again by
+    following imports): inside each part, imports point one way as they do between parts."""
+    known = modules()
+    graph = {m: imports(p, known) - {m} for m, p in known.items()}
+    circles = []
+    for start in sorted(graph):
+        todo, seen = list(graph[start]), set()
+        while todo:
+            m = todo.pop()
+            if m == start:
+                circles.append(start)
+                break
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+    assert not circles, f"modules that import themselves back: {circles}"

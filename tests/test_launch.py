@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.launch import processes, run_files
 from loratrainer.config import TrainingConfig, load_config, with_values
 from loratrainer.launch import start as launch
 from tests.datasets import make_dataset
@@ -242,9 +242,9 @@ def test_the_run_lasts_until_its_last_process_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
     run = launch.start_run(_config(tmp_path), check=False)
     run.popen.wait(timeout=30)
-    assert run.poll() is None and launch.group_members(run.pid)
+    assert run.poll() is None and processes.group_members(run.pid)
     assert run.wait(timeout=30) == 1 and (run.run_dir / "late").exists() and run.poll() == 1
-    assert launch.group_members(run.pid) == []
+    assert processes.group_members(run.pid) == []
 
 
 def test_a_trainer_killed_under_accelerate_reads_killed_signal_9(tmp_path, monkeypatch):
@@ -323,4 +323,4 @@ def test_sighup_to_the_cli_stops_the_run_even_when_the_terminal_is_gone(tmp_path
         timer.cancel()
         stopped = run_files.stop_requested(run.run_dir)
         run.kill()
-    assert stopped and run.wait(timeout=10) == 0 and launch.group_members(run.pid) == []
+    assert stopped and run.wait(timeout=10) == 0 and processes.group_members(run.pid) == []

@@ -103,7 +103,7 @@ def test_killing_the_run_kills_every_worker_and_its_data_loaders(tmp_path, tiny_
     try:
         run_dir = _wait_for_workers_and_a_step(tmp_path / "out")
         groups = {r.pgid for r in processes.read_records(run_dir) if r.role == "worker"}
-        loaders = [pid for g in groups for pid in launch.group_members(g) if pid not in groups]
+        loaders = [pid for g in groups for pid in processes.group_members(g) if pid not in groups]
         assert loaders  # the test sees the data loader processes it must not leave behind
         killed = time.monotonic()
         run.kill()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from loratrainer import events
 from loratrainer.launch import run_files
 from loratrainer.config import save_config, with_values
-from loratrainer.launch.start import group_members
+from loratrainer.launch.processes import group_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="POSIX signals and process groups")]
 ROOT = Path(__file__).resolve().parent.parent

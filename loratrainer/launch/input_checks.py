@@ -163,6 +163,19 @@ def check_model_files(config: TrainingConfig) -> Msg | None:
     return None
 
 
+def missing_model_path(setting: str, value: str) -> Msg | None:
+    """The one rule for whether a model setting (base model, VAE, network_weights) names something: a path that
+    exists or, for the base model and the VAE, a Hugging Face id (downloaded, or found in the cache, when the
+    trainer loads it; `models/x.safetensors` is a file, not an id). Used first by path_checks, before any folder
+    is created, and by check_model_files."""
+    path = Path(os.path.expanduser(value))
+    if path.exists():
+        return None
+    if setting != "network.network_weights" and _HUB_ID.fullmatch(value) and path.suffix.lower() not in _MODEL_SUFFIXES:
+        return None
+    return Msg.of("inputs.missing", setting=Label(setting), path=str(path))
+
+
 def _check_model_path(setting: str, value: str) -> Msg | None:
     path = Path(os.path.expanduser(value))
     label = Label(setting)
@@ -170,9 +183,7 @@ def _check_model_path(setting: str, value: str) -> Msg | None:
     if path.is_dir() and setting != "network.network_weights":
         return _check_diffusers_folder(setting, path)
     if not path.exists():
-        if setting != "network.network_weights" and _HUB_ID.fullmatch(value) and path.suffix.lower() not in _MODEL_SUFFIXES:
-            return None  # a hub id: checked when it is downloaded
-        return Msg.of("inputs.missing", setting=label, path=str(path))
+        return missing_model_path(setting, value)
     if not path.is_file():
         return Msg.of("inputs.not_a_model", setting=label, path=str(path), detail="not a regular file")
     kind, header = _file_kind(path)

@@ -127,6 +127,31 @@ def _naming(run_dir: Path) -> list[int]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group; from /proc where there is one (an orphan's zombie may
+    never be reaped in a container), else whether `killpg(pgid, 0)` finds any."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def _run_dir_arg(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv[:-1]):
         if arg == "--run-dir":
@@ -137,8 +162,6 @@ def _run_dir_arg(argv: list[str]) -> str | None:
 def live_processes(run_dir: str | Path) -> dict[int, int]:
     """{pid: process group} of every live process of the run on this machine: recorded ones, the members of their
     process groups (data loaders), and any process naming the run folder."""
-    from loratrainer.launch.start import group_members
-
     run_dir = Path(run_dir)
     pids: set[int] = set(_naming(run_dir))
     for record in read_records(run_dir):

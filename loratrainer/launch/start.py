@@ -24,10 +24,13 @@ from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
-from loratrainer.launch import run_files
+from loratrainer.launch import processes, run_files
+from loratrainer.launch.eight_bit import refusal
+from loratrainer.launch.input_checks import check_inputs, remove_stale_partials
+from loratrainer.launch.path_checks import check_paths
+from loratrainer.launch.sample_prompts import load_prompts
 from loratrainer.launch.run_files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
 
-ENTRY_MODULE = "loratrainer.train.entry"
 _MB = 1024 * 1024
 
 
@@ -65,7 +68,7 @@ define({
         "{setting} = {processes} ({per_machine} on this machine) but there is no CUDA GPU and only {cpus} CPU core(s): "
         "at most one process per core"
     ),
-    "launch.inputs_refused": "{problem}",  # a coded message of launch.input_checks, in the page's language
+    "launch.inputs_refused": "{problem}",  # a coded message of launch.path_checks or launch.input_checks, in the page's language
 })
 
 
@@ -112,7 +115,7 @@ def build_command(config: TrainingConfig, run_dir: str | Path) -> list[str]:
         argv += ["--rdzv_backend", la.rdzv_backend]
     if la.main_process_port:
         argv += ["--main_process_port", str(la.main_process_port)]
-    argv += ["-m", ENTRY_MODULE, "--run-dir", str(run_dir)]
+    argv += ["-m", processes.ENTRY_MODULE, "--run-dir", str(run_dir)]
     return argv
 
 
@@ -205,8 +208,6 @@ def check_resume(config: TrainingConfig) -> None:
 
 def check_sample_prompts(config: TrainingConfig) -> None:
     """A bad sample prompt is refused now, naming its line, not after the trainer has loaded the model."""
-    from loratrainer.launch.sample_prompts import load_prompts
-
     s = config.sampling
     if s.sample_every_n_steps or s.sample_every_n_epochs or s.sample_at_first:
         try:
@@ -218,8 +219,6 @@ def check_sample_prompts(config: TrainingConfig) -> None:
 def check_optimizer(config: TrainingConfig) -> None:
     """An 8-bit optimizer on a machine without CUDA (the Kohya default AdamW8bit) is refused here, not after the
     model has loaded. Imports torch only when an 8-bit optimizer is chosen."""
-    from loratrainer.launch.eight_bit import refusal
-
     reason = refusal(config.optimizer.optimizer)
     if reason:
         raise LaunchRefused(Msg.of("launch.optimizer_unavailable", detail=reason))
@@ -264,12 +263,10 @@ def check_num_processes(config: TrainingConfig) -> None:
 def check_not_running(config: TrainingConfig) -> None:
     """A second run into the same output folder while a process of the first still lives (a worker outliving
     a killed accelerate included) would write over its files."""
-    from loratrainer.launch.processes import running_runs
-
     folder = config.folders.output_dir
     if not folder:
         return
-    busy = running_runs(folder, config.launch.machine_rank, logging_root(config))
+    busy = processes.running_runs(folder, config.launch.machine_rank, logging_root(config))
     if busy:
         raise LaunchRefused(Msg.of("launch.still_running", folder=folder, run=str(busy[0])))
 
@@ -277,8 +274,6 @@ def check_not_running(config: TrainingConfig) -> None:
 def check_run_inputs(config: TrainingConfig) -> None:
     """Model files (existence and kind), the file names the run will write, the optimizer's package
     (launch.input_checks)."""
-    from loratrainer.launch.input_checks import check_inputs
-
     problem = check_inputs(config)
     if problem is not None:
         raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
@@ -290,9 +285,10 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report.
     """
     from loratrainer.data.check import check_dataset
-    from loratrainer.launch.path_checks import check_paths
 
-    check_paths(config)  # first: a path from another computer must not become a folder here
+    problem = check_paths(config)  # first: a path from another computer must not become a folder here
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
     check_num_processes(config)
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
@@ -355,9 +351,7 @@ class RunProcess:
             return True
         if os.name != "posix":
             return False
-        from loratrainer.launch.processes import alive
-
-        return bool(group_members(self.popen.pid)) or alive(self.run_dir)
+        return bool(processes.group_members(self.popen.pid)) or processes.alive(self.run_dir)
 
     def exit_code(self, raw: int) -> int:
         # accelerate launch turns any failing child into exit code 1, so the trainer's own code comes from events.
@@ -376,8 +370,6 @@ class RunProcess:
     def kill(self) -> None:
         """Kill the whole run at once: accelerate's process group and every worker's (they are in sessions of their
         own), their data loaders included, also a trainer that outlived accelerate launch."""
-        from loratrainer.launch.processes import kill_all
-
         try:
             if os.name == "posix":
                 os.killpg(self.popen.pid, signal.SIGKILL)
@@ -385,44 +377,17 @@ class RunProcess:
                 self.popen.kill()
         except ProcessLookupError:
             pass
-        kill_all(self.run_dir)
+        processes.kill_all(self.run_dir)
 
     def stop(self, stop_grace_s: float | None = None, term_grace_s: float | None = None) -> str:
         """STOP file, then SIGTERM, then SIGKILL to every process of the run, each after a grace period; waits
         until none is left. Returns "stopped", "terminated", "killed" or "not running"."""
-        from loratrainer.launch import processes
-
         result = processes.stop_all(self.run_dir, processes.STOP_GRACE_S if stop_grace_s is None else stop_grace_s,
                                     processes.TERM_GRACE_S if term_grace_s is None else term_grace_s)
         if result == "killed":
             self.kill()
         self.wait()
         return result
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group; from /proc where there is one (an orphan's zombie may
-    never be reaped in a container), else whether `killpg(pgid, 0)` finds any."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 # accelerate's simple launcher: `CalledProcessError: Command '[...]' died with <Signals.SIGKILL: 9>.`;
@@ -447,8 +412,6 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     if check:
         config = preflight(config)
     check_not_running(config)  # first: a live run's partial files are not stale
-    from loratrainer.launch.input_checks import remove_stale_partials
-
     remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
     run_dir = create_run(config).absolute()  # absolute: the processes are found by the run folder on their command line
     argv = build_command(config, run_dir)
@@ -459,10 +422,8 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
         popen = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **_new_session())
     finally:
         console.close()  # the child holds its own descriptor
-    from loratrainer.launch.processes import record_launcher
-
     try:
-        record_launcher(run_dir, popen.pid, config.launch.machine_rank)
+        processes.record_launcher(run_dir, popen.pid, config.launch.machine_rank)
     except OSError:
         pass  # it may have ended already; the workers record themselves
     return RunProcess(run_dir=run_dir, popen=popen, argv=argv)
