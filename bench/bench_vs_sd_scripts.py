@@ -62,6 +62,7 @@ class RunResult:
     wall_s: float
     lora: str
     cpu_step_s: list[float] = field(default_factory=list)  # CPU seconds of the process tree per step
+    startup_cpu_s: float = 0.0  # CPU seconds of the process tree to the end of the first step
     ms_per_step: float = 0.0
     cpu_ms_per_step: float = 0.0
 
@@ -327,7 +328,7 @@ def one_run(trainer: str, rnd: int, args, s: Settings, paths: dict) -> RunResult
     [lora] = [p for p in (out / "model").glob("*.safetensors")]
     cpu_times = [cpu_at(cpu, t) for t in times]
     return RunResult(trainer, rnd, intervals(times, s.warmup), times[0] - start, rss, gpu, wall, str(lora),
-                     cpu_step_s=intervals(cpu_times, s.warmup))
+                     cpu_step_s=intervals(cpu_times, s.warmup), startup_cpu_s=cpu_times[0])
 
 
 # --- the LoRA files -----------------------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     def med(trainer: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results if r.trainer == trainer)
 
-    summary = {t: {a: med(t, a) for a in ("ms_per_step", "cpu_ms_per_step", "startup_s", "peak_rss_mib")} for t in ("ours", "sd-scripts")}
+    summary = {t: {a: med(t, a) for a in ("ms_per_step", "cpu_ms_per_step", "startup_s", "startup_cpu_s", "peak_rss_mib")} for t in ("ours", "sd-scripts")}
     ratio = {a: summary["ours"][a] / summary["sd-scripts"][a] for a in summary["ours"]}
     ours_file = next(r.lora for r in results if r.trainer == "ours")
     theirs_file = next(r.lora for r in results if r.trainer == "sd-scripts")
