@@ -126,7 +126,8 @@ class TrainingHandlers:
         import re
         from datetime import datetime
 
-        from loratrainer.train.launch import build_command, format_command, logging_root
+        from loratrainer.launch.run_files import run_folder
+        from loratrainer.launch.start import build_command, format_command
 
         box = self.ui.named["command"]
         try:
@@ -139,7 +140,7 @@ class TrainingHandlers:
             save_config(config, target)
         except OSError as exc:
             return {box: self.t.error_text(exc)}
-        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
                  self.t("command.becomes"), format_command(build_command(config, run_dir))]
         return {box: "\n".join(lines)}
@@ -200,7 +201,7 @@ class TrainingHandlers:
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
-        from loratrainer.train.launch import LaunchRefused
+        from loratrainer.launch.start import LaunchRefused
 
         report = exc.report if isinstance(exc, LaunchRefused) else None
         if report is not None:
@@ -231,7 +232,7 @@ class TrainingHandlers:
         with its settings (the run folder's config.json): the form shows what is training, or, after a run
         ended, what was run last, so a reload does not fall back to the defaults."""
         from loratrainer.config import ConfigError, load_config
-        from loratrainer.events import CONFIG_FILE
+        from loratrainer.launch.run_files import CONFIG_FILE
 
         run_dir = self.ui.jobs.current()
         out = self.refresh(str(run_dir) if run_dir else None, -1)
@@ -415,11 +416,11 @@ def run_notes(view, t) -> str:
     precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
     import re
 
-    from loratrainer import events
-    from loratrainer.train.launch import CONSOLE_FILE
+    from loratrainer.launch import run_files
+    from loratrainer.launch.run_files import CONSOLE_FILE
 
     notes: list[str] = []
-    for name in (events.LOG_FILE, CONSOLE_FILE):
+    for name in (run_files.LOG_FILE, CONSOLE_FILE):
         try:
             with open(view.run_dir / name, "rb") as fh:
                 head = fh.read(64 * 1024).decode("utf-8", errors="replace")
@@ -431,7 +432,7 @@ def run_notes(view, t) -> str:
     try:
         from loratrainer.config import load_config
 
-        notes += [n for n in load_config(view.run_dir / events.CONFIG_FILE).summary() if n not in notes]
+        notes += [n for n in load_config(view.run_dir / run_files.CONFIG_FILE).summary() if n not in notes]
     except Exception:  # a damaged config.json: the status says what matters
         pass
     if not notes:
