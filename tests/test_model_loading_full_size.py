@@ -1,7 +1,7 @@
 """A full-size SD1.5 single-file checkpoint loads with the shipped configs, as every user's download does.
 
 The test writes a checkpoint with SD1.5's exact architecture (random weights, the original single-file key
-layout of runwayml's v1-5-pruned-emaonly, fp16, 2.1 GB) and loads it through `model_api.load_models`, the
+layout of runwayml's v1-5-pruned-emaonly, fp16, 2.1 GB) and loads it through `load_sd15(config.model, dtype=...)`, the
 trainer's own path, with no config folder passed: only loratrainer/assets/sd15 can make it fit. The file is
 streamed tensor by tensor (shapes from the shipped configs on the meta device), so writing it needs little
 memory; loading it in fp16 holds the file and the models once each (about 4.5 GB).
@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from loratrainer.config import TrainingConfig, with_values
 from loratrainer.model.assets import SD15_CONFIG_DIR
-from loratrainer.train import model_api
+from loratrainer.model.loading import load_sd15
 from tests.tiny_sd import unet_key_to_ldm, vae_key_to_ldm
 
 pytestmark = pytest.mark.slow
@@ -111,7 +111,7 @@ def test_the_streamed_file_has_sd15s_original_layout(full_size_checkpoint):
 def test_full_size_single_file_loads_with_the_shipped_configs(full_size_checkpoint):
     path, shapes = full_size_checkpoint
     config = with_values(TrainingConfig(), {"pretrained_model_name_or_path": str(path)})
-    c = model_api.load_models(config, dtype=torch.float16)  # the trainer's call: no config folder, no hook
+    c = load_sd15(config.model, dtype=torch.float16)  # the trainer's call: no config folder, no hook
     models = (c.unet, c.vae, c.text_encoder)
     assert [sum(p.numel() for p in m.parameters()) for m in models] == SD15_PARAMETERS
     assert {p.dtype for m in models for p in m.parameters()} == {torch.float16}

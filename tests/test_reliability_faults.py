@@ -31,10 +31,10 @@ def small_fs(tmp_path):
 
 
 def test_a_real_full_disk_during_a_lora_save_is_recognised(small_fs):
-    from loratrainer.train import model_api
+    from loratrainer.model.saving import save_lora
 
     with pytest.raises(Exception) as info:
-        model_api.save_lora(small_fs / "big.safetensors", {"w": torch.zeros(1024 * 1024)}, {}, overwrite=False)
+        save_lora(small_fs / "big.safetensors", {"w": torch.zeros(1024 * 1024)}, {}, overwrite=False)
     assert type(info.value).__name__ == "SafetensorError"  # not an OSError: errno alone missed it
     assert disk_full(info.value) is not None
     assert list(small_fs.iterdir()) == []  # the temporary file is gone, nothing half-written

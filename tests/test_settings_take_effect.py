@@ -31,7 +31,9 @@ from PIL import Image
 from loratrainer.config import TrainingConfig, field_specs, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.model.loading import noise_scheduler
-from loratrainer.train import model_api
+from loratrainer.model.kohya_format import lora_state_dict
+from loratrainer.model.saving import save_lora
+from loratrainer.train.setup import add_lora
 from loratrainer.train.dataset import TrainDataset
 from loratrainer.train.loss import LossSettings, elementwise_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.noise import NoiseSettings, noisy_latents, sample_noise
@@ -802,7 +804,7 @@ def _max_grad_norm(tmp_path):
 
 def _inject(**values):
     config = cfg(**values)
-    return model_api.add_lora(build_tiny_components(), config), config
+    return add_lora(build_tiny_components(), config), config
 
 
 def _first(handle, part: str, conv: bool = False):
@@ -825,7 +827,7 @@ def _alpha_scale(tmp_path):
     handle, _ = _inject(network_dim=8, network_alpha=4)
     layer, _ = _first(handle, "unet")
     assert layer.scaling["default"] == pytest.approx(0.5)  # alpha / rank scales the update
-    state = model_api.lora_state(handle, "float")
+    state = lora_state_dict(handle, "float")
     assert {float(v) for k, v in state.items() if k.endswith(".alpha")} == {4.0}
 
 
@@ -1035,12 +1037,12 @@ def _network_weights(tmp_path, tiny_model):
     torch.manual_seed(0)
     for p in handle.unet_parameters() + handle.text_encoder_parameters():
         p.data.normal_()
-    state = model_api.lora_state(handle, "float")
-    model_api.save_lora(tmp_path / "start.safetensors", state, {})
+    state = lora_state_dict(handle, "float")
+    save_lora(tmp_path / "start.safetensors", state, {})
     _, fresh, _ = _models(tiny_model)
-    assert not all(torch.equal(state[k], v) for k, v in model_api.lora_state(fresh, "float").items())
+    assert not all(torch.equal(state[k], v) for k, v in lora_state_dict(fresh, "float").items())
     _, loaded, _ = _models(tiny_model, network_weights=str(tmp_path / "start.safetensors"))
-    assert all(torch.equal(state[k], v) for k, v in model_api.lora_state(loaded, "float").items())
+    assert all(torch.equal(state[k], v) for k, v in lora_state_dict(loaded, "float").items())
 
 
 def _text_states(tiny: Path, captions: list[str], **values) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loratrainer.train import model_api
+from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.train.loop import train
 from loratrainer.train.saving import Saver
 from loratrainer.train.setup import build_trainer
@@ -46,7 +46,7 @@ def _run(tmp_path, model, prepare=None, seed=42, **values):
     set_seed(seed)
     reporter = _Losses()
     assert train(t, reporter).status == "finished"
-    return t, reporter.losses, model_api.lora_state(t.handle, "float")
+    return t, reporter.losses, lora_state_dict(t.handle, "float")
 
 
 @pytest.fixture(scope="module")

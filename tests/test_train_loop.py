@@ -143,16 +143,17 @@ def _recording(collate, seen):
 
 
 def test_locon_network_weights_continue_from_a_saved_file(tmp_path, tiny_model):
-    from loratrainer.train import model_api
+    from loratrainer.model.kohya_format import lora_state_dict
+    from loratrainer.model.saving import save_lora
 
     first, _ = _trainer(tmp_path / "a", tiny_model, epoch=1, lora_type="LoCon", conv_dim=2, conv_alpha=1, learning_rate=1e-2, unet_lr=1e-2)
     train(first, _Quiet())
-    state = model_api.lora_state(first.handle, "float")
+    state = lora_state_dict(first.handle, "float")
     assert any("resnets" in k for k in state)  # LoCon adapted the 3x3 convolutions
-    model_api.save_lora(tmp_path / "start.safetensors", state, {})
+    save_lora(tmp_path / "start.safetensors", state, {})
     second, _ = _trainer(tmp_path / "b", tiny_model, epoch=1, lora_type="LoCon", conv_dim=2, conv_alpha=1,
                          network_weights=str(tmp_path / "start.safetensors"))
-    again = model_api.lora_state(second.handle, "float")
+    again = lora_state_dict(second.handle, "float")
     assert all(torch.allclose(state[k], again[k]) for k in state)
 
 

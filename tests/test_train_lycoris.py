@@ -12,7 +12,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from loratrainer.config import with_values
-from loratrainer.train import model_api
+from loratrainer.model.kohya_format import lora_state_dict
+from loratrainer.model.saving import save_lora
+from loratrainer.train.setup import add_lora
 from loratrainer.train.loop import train
 from loratrainer.launch.sample_prompts import SamplePrompt
 from loratrainer.train.sampling import render, untouched_training_state
@@ -51,8 +53,8 @@ def _adapters(t, on: bool):
 def test_a_tiny_run_s_file_gives_peft_s_sample_and_continues_and_resumes(tmp_path, tiny_model, lora_type):
     first = _trainer(tmp_path / "a", tiny_model, epoch=1, **NETWORKS[lora_type], **RATES)
     train(first, _Quiet())
-    trained = model_api.lora_state(first.handle, "float")
-    path = model_api.save_lora(tmp_path / "run.safetensors", trained, {})
+    trained = lora_state_dict(first.handle, "float")
+    path = save_lora(tmp_path / "run.safetensors", trained, {})
     save_state(first, tmp_path / "state")
 
     # 1. the fixed-seed sample with peft's adapter active = the base model with the file merged the loaders' way
@@ -73,16 +75,16 @@ def test_a_tiny_run_s_file_gives_peft_s_sample_and_continues_and_resumes(tmp_pat
 
     # 2. network_weights starts from the file; 3. resume continues the state (step, weights, optimizer)
     resumed = _trainer(tmp_path / "c", tiny_model, epoch=2, network_weights=str(path), **NETWORKS[lora_type], **RATES)
-    loaded = model_api.lora_state(resumed.handle, "float")
+    loaded = lora_state_dict(resumed.handle, "float")
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
     info = load_state(resumed, tmp_path / "state")
     assert info.step == first.step and resumed.step == first.step
-    restored = model_api.lora_state(resumed.handle, "float")
+    restored = lora_state_dict(resumed.handle, "float")
     assert all(torch.equal(restored[k], trained[k]) for k in trained)
     assert resumed.optimizer.state_dict()["state"]  # the optimizer moments came back too
     train(resumed, _Quiet())
     assert resumed.step == 2 * first.step
-    after = model_api.lora_state(resumed.handle, "float")
+    after = lora_state_dict(resumed.handle, "float")
     assert any(not torch.equal(after[k], trained[k]) for k in trained)  # and it trains on
 
     if lora_type == "LoHa":  # a state of another rank is refused by name, not with a tensor-size error
@@ -96,7 +98,7 @@ def test_kohya_settings_reach_peft(tmp_path, tiny_model):
 
     config = with_values(small_config(tmp_path, tiny_model), {**NETWORKS["LoKr"], "decompose_both": True,
                                                                 "rank_dropout": 0.5, "module_dropout": 0.25})
-    peft = model_api.add_lora(build_tiny_components(), config).configs["unet"]
+    peft = add_lora(build_tiny_components(), config).configs["unet"]
     assert type(peft).__name__ == "LoKrConfig" and peft.decompose_factor == 4 and peft.decompose_both
     assert peft.rank_dropout == 0.5 and peft.module_dropout == 0.25
 

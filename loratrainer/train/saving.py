@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from loratrainer.train import model_api
+from loratrainer.config import TrainingConfig
+from loratrainer.data.report import DatasetReport
+from loratrainer.model.kohya_format import SAVE_DTYPES, lora_state_dict
+from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
+from loratrainer.model.saving import save_diffusers_lora, save_lora
 from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
 from loratrainer.train.faults import during_save
 
@@ -81,18 +86,49 @@ class Saver:
         t = self.t
         self._saves += 1
         if self._info is None:
-            self._info = model_api.dataset_info(t.report)
-        tensors = model_api.lora_state(t.handle, t.config.precision.save_precision)
-        meta = model_api.file_metadata(
+            self._info = dataset_info(t.report)
+        tensors = lora_state_dict(t.handle, t.config.precision.save_precision)
+        meta = file_metadata(
             t.config, self._info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
             seed=t.seed, started_at=self._started, num_processes=t.accelerator.num_processes,
         )
         with during_save(self._saves, path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
-            model_api.save_lora(path, tensors, meta, overwrite=False)
+            save_lora(path, tensors, meta, overwrite=False)
         if t.config.saving.save_diffusers_format and path.stem == t.config.folders.output_name:
             folder = path.with_name(path.stem + "_diffusers")
             if folder.exists():
                 log.warning("%s exists: the diffusers-format copy was not written", folder)
             else:
-                model_api.save_diffusers_lora(folder, t.handle, save_dtype=model_api.SAVE_DTYPES[t.config.precision.save_precision])
+                save_diffusers_lora(folder, t.handle, save_dtype=SAVE_DTYPES[t.config.precision.save_precision])
                 log.info("saved diffusers-format LoRA to %s", folder)
+
+
+def dataset_info(report: DatasetReport) -> DatasetInfo:
+    """Kohya's ss_dataset_dirs / ss_tag_frequency / ss_bucket_info from the dataset check."""
+    dirs: dict[str, dict[str, DirInfo]] = {"train": {}, "reg": {}}
+    tags: dict[str, Counter] = {}
+    for s in report.samples:
+        name = s.concept_dir.name
+        group = dirs["reg" if s.is_reg else "train"]
+        old = group.get(name, DirInfo(s.repeats, 0))
+        group[name] = DirInfo(s.repeats, old.img_count + 1)
+        if not s.is_reg:
+            tags.setdefault(name, Counter()).update(t.strip() for t in s.caption.split(",") if t.strip())
+    buckets = {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(report.buckets.items()))}
+    return DatasetInfo(
+        num_train_images=report.steps.train_samples_per_epoch,
+        dataset_dirs=dirs["train"],
+        tag_frequency={k: dict(v) for k, v in tags.items()},
+        bucket_info={"buckets": buckets, "mean_img_ar_error": 0.0},
+        num_reg_images=report.steps.reg_samples_per_epoch,
+        reg_dataset_dirs=dirs["reg"],
+        num_batches_per_epoch=report.steps.batches_per_epoch,
+    )
+
+
+def file_metadata(config: TrainingConfig, info: DatasetInfo, components, *, epoch: int, step: int, total_steps: int,
+                  epochs: int, seed: int, started_at: float, num_processes: int) -> dict[str, str]:
+    progress = TrainingProgress(epoch=epoch, step=step, num_epochs=epochs, max_train_steps=total_steps, seed=seed,
+                                started_at=started_at, finished_at=time.time(), num_processes=num_processes)
+    model = ModelInfo(name=components.model_name, hash=components.model_hash, vae_name=Path(config.model.vae).name if config.model.vae else "")
+    return build_metadata(config, progress, info, model)

@@ -14,7 +14,9 @@ from loratrainer.config import TrainingConfig
 from loratrainer.data.check import check_dataset
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
-from loratrainer.train import model_api
+from loratrainer.model.kohya_format import load_network_weights
+from loratrainer.model.loading import load_sd15
+from loratrainer.model.lora import inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.latent_cache import cache_latents, join_shares
@@ -80,12 +82,13 @@ def plan_dataset(config: TrainingConfig, num_processes: int) -> DatasetReport:
 
 def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
-    components = model_api.load_models(config, dtype=weight_dtype)
+    # Single files are always built with the shipped SD1.5 configs (tests/test_model_loading_full_size.py).
+    components = load_sd15(config.model, dtype=weight_dtype)
     if config.model.v_parameterization:
         components.noise_scheduler.register_to_config(prediction_type="v_prediction")
-    handle = model_api.add_lora(components, config)
+    handle = add_lora(components, config)
     if config.network.network_weights:
-        fresh = model_api.load_network_weights(handle, config.network.network_weights)
+        fresh = load_network_weights(handle, config.network.network_weights)
         log.info("started from %s%s", config.network.network_weights, f" ({len(fresh)} modules it lacks start fresh)" if fresh else "")
     set_attention(components.unet, config.precision.attention)
     if config.precision.gradient_checkpointing:
@@ -95,6 +98,15 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     components.vae.eval()
     speed_up_unet(components.unet, config)
     return components, handle, weight_dtype
+
+
+
+def add_lora(components, config: TrainingConfig):
+    """Inject the LoRA the network settings describe, its weights in the precision full_fp16/full_bf16 ask for."""
+    p = config.precision
+    lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
+    return inject_lora(components, config.network, train_unet=config.trains_unet,
+                       train_text_encoder=config.trains_text_encoder, lora_dtype=lora_dtype)
 
 
 def speed_up_unet(unet, config: TrainingConfig) -> None:
