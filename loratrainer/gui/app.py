@@ -21,6 +21,9 @@ CSS = """
 .lt-progress > div {height: 100%; background: var(--color-accent);}
 .lt-ok {color: var(--color-green-600, #16a34a);} .lt-bad {color: var(--color-red-600, #dc2626);}
 .lt-log textarea {font-family: var(--font-mono); font-size: 12px;}
+/* Browse… beside its path box, level with the box's input field rather than with its label and help above */
+.lt-path-row {align-items: flex-end !important; flex-wrap: nowrap !important; gap: 8px !important;}
+.lt-path-row .lt-browse {align-self: flex-end !important; margin-bottom: calc(var(--spacing-xl, 10px) + var(--block-border-width, 1px)) !important;}
 /* the live view is refreshed every second: Gradio's "pending" dimming and flashing would make it flicker */
 .lt-live .pending, .lt-live.pending {opacity: 1 !important; animation: none !important;}
 """

@@ -7,6 +7,7 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
@@ -410,15 +411,31 @@ def loratrainer_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "loratrainer"]
 
 
-def run_notes(view, t) -> str:
-    """The trainer's warnings (train.log, or console.log before train.log existed), e.g. "no CUDA GPU: mixed
-    precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
-    import re
+# The trainer's warning that the GUI says itself, in the page's language (from the `started` event): not repeated
+# from train.log.
+_CODED_WARNINGS = re.compile(r"^no CUDA GPU: mixed precision \S+ is off")
 
+
+def run_notes(view, t) -> str:
+    """What the run will do differently from what was asked, in the page: the config's own notes and the precision
+    actually used (coded: the page's language and labels), then any other warning the trainer wrote to train.log
+    (or console.log before train.log existed), which stays in the trainer's English."""
     from loratrainer import events
+    from loratrainer.config import ConfigError, load_config
     from loratrainer.train.launch import CONSOLE_FILE
 
+    try:
+        config = load_config(view.run_dir / events.CONFIG_FILE)
+    except (ConfigError, OSError):  # a damaged config.json: the status says what matters
+        config = None
     notes: list[str] = []
+    started = _started_event(view.run_dir / events.EVENTS_FILE)
+    used = started.get("mixed_precision")
+    if config is not None and used and used != config.precision.mixed_precision:
+        notes.append(t("run.note_precision_off", mixed=t.label("precision.mixed_precision"), value=config.precision.mixed_precision))
+    if config is not None:
+        notes += [t.message(m) for m in config.summary_messages()]
+    logged: list[str] = []
     for name in (events.LOG_FILE, CONSOLE_FILE):
         try:
             with open(view.run_dir / name, "rb") as fh:
@@ -426,14 +443,33 @@ def run_notes(view, t) -> str:
         except OSError:
             continue
         for m in re.finditer(r"^\S+ \S+ WARNING (.+)$", head, re.MULTILINE):
-            if m.group(1).strip() not in notes:
-                notes.append(m.group(1).strip())
-    try:
-        from loratrainer.config import load_config
-
-        notes += [n for n in load_config(view.run_dir / events.CONFIG_FILE).summary() if n not in notes]
-    except Exception:  # a damaged config.json: the status says what matters
-        pass
-    if not notes:
+            line = m.group(1).strip()
+            if line not in logged and not (used and _CODED_WARNINGS.match(line)):
+                logged.append(line)
+    if not notes and not logged:
         return ""
-    return t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
+    text = t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
+    if logged:
+        text += "\n\n" + t("run.notes_log") + "\n" + "\n".join(f"- {md(line)}" for line in logged[:8])
+    return text
+
+
+def _started_event(path: Path) -> dict:
+    """The run's `started` event (near the top of events.jsonl), or {} before it is written."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024)
+    except OSError:
+        return {}
+    for line in head.splitlines():
+        if b'"started"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "started":
+            return record
+    return {}

@@ -251,8 +251,8 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#run-status").get_by_text("Finished", exact=False).wait_for(timeout=300_000)
     assert not page.locator("#confirm-start").is_visible()
     # the trainer's notes are in the page, not only in a log file
-    expect_text(page, "#run-notes", "mixed precision fp16 is off")
-    expect_text(page, "#run-notes", "overrides the epoch count")
+    expect_text(page, "#run-notes", "Mixed precision fp16 is off")
+    expect_text(page, "#run-notes", "Max train steps = 12 overrides the epoch count (Epochs)")  # labels, not setting keys
 
     # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
     set_value(field(page, "folders.output_name"), "house-long")
@@ -402,6 +402,9 @@ def test_korean_page(server, browser, workspace):
     page.get_by_role("tab", name="2. 학습").click()
     page.locator("#run-start").get_by_text("학습 시작").wait_for(timeout=30_000)
     assert "기본 설정" in page.locator("#section-basic").inner_text()
+    if list((workspace / "project" / "log").glob("house-long_*")):  # after the first test: its last run's notes, in Korean
+        expect_text(page, "#run-notes", "CUDA GPU가 없어")
+        assert "fp16 is off" not in page.locator("#run-notes").inner_text()
     shot(page, "ko-training")
 
     # A broken dataset: the check's problems are Korean sentences (file and setting names aside).
