@@ -87,24 +87,86 @@ def text_problem(value: object, one_line: bool) -> str | None:
 
 
 def guard_text_inputs(blocks, t: Translator) -> None:
-    """Before any handler runs, refuse a NUL character in any text, or a one-line box (every path box is one) over
-    MAX_LINE_BYTES, with one sentence naming the box as the page labels it. Without this, eight handlers showed
-    `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths")."""
+    """Before any handler runs, refuse a NUL character in any text, a one-line box (every path box is one) over
+    MAX_LINE_BYTES, or a number outside its box's minimum/maximum, with one sentence naming the box as the page
+    labels it. Without this, eight handlers showed
+    `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths").
+
+    The sentence goes where the event's own answers go (its message area, see refusal_prediction) and nothing else
+    changes. Raising gr.Error instead would put a bare red "Error" badge on every output of the event."""
     import gradio as gr
 
+    keep_out_of_range(gr.Number)
     call = blocks.call_function
 
     async def call_function(block_fn, processed_input, *args, **kwargs):
         fn = blocks.fns[block_fn] if isinstance(block_fn, int) else block_fn
         for component, value in zip(fn.inputs, processed_input or []):
-            one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
-            problem = text_problem(value, one_line)
-            if problem:
-                label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
-                raise gr.Error(t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES), print_exception=False)
+            label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
+            if isinstance(value, OutOfRange):
+                text = value.sentence(t, label)
+            else:
+                one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
+                problem = text_problem(value, one_line)
+                text = t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES) if problem else None
+            if text:
+                return {"prediction": refusal_prediction(blocks, fn, text, kwargs.get("event_id")), "duration": 0.0,
+                        "is_generating": False, "iterator": None}
         return await call(block_fn, processed_input, *args, **kwargs)
 
     blocks.call_function = call_function
+
+
+class OutOfRange:
+    """A Number box's value outside its bounds, handed on by keep_out_of_range for the guard to refuse."""
+
+    def __init__(self, value, minimum, maximum):
+        self.value, self.minimum, self.maximum = value, minimum, maximum
+
+    def sentence(self, t: Translator, label: str) -> str:
+        if self.minimum is not None and self.value < self.minimum:
+            return t("form.greater_than_equal", label=label, ge=self.minimum, got=self.value)
+        return t("form.less_than_equal", label=label, le=self.maximum, got=self.value)
+
+
+def keep_out_of_range(number_class) -> None:
+    """Gradio's Number refuses an out-of-range value while preprocessing, before any handler (or the guard) runs:
+    "Value 0 is less than minimum value 1." naming no box, and a bare "Error" badge on every output of the event.
+    Number boxes hand such a value on as OutOfRange instead; their minimum and maximum still steer the page's
+    spinner. Patched on the class, not per box: Gradio makes a session's own copy of a box whose properties an
+    event changed (visible=...), and the copy would refuse again. This process serves only this app."""
+    if getattr(number_class.preprocess, "keeps_out_of_range", False):
+        return
+    preprocess = number_class.preprocess
+
+    def lenient(self, payload):
+        lo, hi = self.minimum, self.maximum
+        if isinstance(payload, (int, float)) and ((lo is not None and payload < lo) or (hi is not None and payload > hi)):
+            return OutOfRange(payload, lo, hi)
+        return preprocess(self, payload)
+
+    lenient.keeps_out_of_range = True
+    number_class.preprocess = lenient
+
+
+def refusal_prediction(blocks, fn, text: str, event_id: str | None):
+    """The outputs of event `fn` when it is refused before its handler runs: `text` in its message area (the
+    Markdown output whose elem_id says message, else its first Markdown), every other output unchanged. An event
+    without a Markdown output shows `text` as a warning notice (no output changes); called outside the queue (no
+    page to show a notice on) it raises gr.Error."""
+    import gradio as gr
+
+    outputs = list(fn.outputs)
+    markdowns = [c for c in outputs if isinstance(c, gr.Markdown)]
+    target = next((c for c in markdowns if "message" in (c.elem_id or "")), markdowns[0] if markdowns else None)
+    if target is None:
+        if event_id is None or blocks._queue is None:
+            raise gr.Error(text, print_exception=False)
+        blocks._queue.log_message(event_id=event_id, log=text, title="", level="warning", duration=None, visible=True)
+    values = [f"✗ {text}" if c is target else gr.skip() for c in outputs]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def create_app(options: ServeOptions, *, temp_dir: Path):

@@ -123,27 +123,31 @@ class TrainingHandlers:
 
     def show_command(self, data: dict) -> dict:
         """What can be run: the page's settings written to a config file, `loratrainer train --config FILE`, and
-        the accelerate command that becomes (its run folder is named when the run starts)."""
+        the accelerate command that becomes (its run folder is named when the run starts). It runs Start's checks
+        first, as `loratrainer train --print-command` does: settings Start would refuse get the refusal, in the
+        message under the buttons, and no command."""
         import re
         from datetime import datetime
 
-        from loratrainer.train.launch import build_command, format_command, logging_root
+        from loratrainer.train.launch import build_command, format_command, logging_root, preflight
 
-        box = self.ui.named["command"]
+        n = self.ui.named
+        box, message = n["command"], n["run_message"]
         try:
             config = self.ui.read_config(data)
+            resolved = preflight(config)  # the output name as the run would get it (renamed when the file exists)
         except UserError as exc:
-            return {box: self.t.error_text(exc)}
+            return {box: "", message: self.refusal(exc, "command.refused")}
         name = re.sub(r"[^\w.-]+", "_", config.folders.output_name) or "config"
         target = Path(self.ui.jobs.state_dir) / "configs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
         try:
             save_config(config, target)
         except OSError as exc:
-            return {box: self.t.error_text(exc)}
-        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+            return {box: "", message: self.t.error(exc)}
+        run_dir = logging_root(resolved) / f"{resolved.folders.output_name}_<YYYYmmdd-HHMMSS>"
         lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
-                 self.t("command.becomes"), format_command(build_command(config, run_dir))]
-        return {box: "\n".join(lines)}
+                 self.t("command.becomes"), format_command(build_command(resolved, run_dir))]
+        return {box: "\n".join(lines), message: ""}
 
     def start(self, data: dict, confirmed: bool = False) -> dict:
         """Start a run. The answer goes to the message under the buttons, never over the run's status: Start
@@ -199,8 +203,9 @@ class TrainingHandlers:
                       per_epoch=s.steps_per_epoch)
         return ("⚠ " if report.skipped else "") + text
 
-    def refusal(self, exc: Exception) -> str:
-        """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
+    def refusal(self, exc: Exception, key: str = "start.refused") -> str:
+        """Why Start refused (or, with key="command.refused", would refuse), in the page's language; the dataset
+        check's problems keep their lines in a code block."""
         from loratrainer.train.launch import LaunchRefused
 
         report = exc.report if isinstance(exc, LaunchRefused) else None
@@ -215,7 +220,7 @@ class TrainingHandlers:
         else:
             head, _, rest = str(exc).partition("\n")
         head = head[:1].upper() + head[1:]  # a sentence after "Not started." (messages are written to follow "error: ")
-        message = self.t("start.refused", error=md(head))
+        message = self.t(key, error=md(head))
         return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 
     def stop(self, run_dir: str | None) -> dict:
@@ -289,7 +294,7 @@ def build(ui: UiContext) -> TrainingHandlers:
     n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_visibility="private")
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
     buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
-    buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
+    buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"], n["run_message"]], api_name="show_command")
     start_outputs = live + [n["run_message"], n["confirm_panel"], n["confirm_text"]]
     buttons["start"].click(h.start, inputs=cfg(), outputs=start_outputs, api_name="start")
     buttons["start_anyway"].click(h.start_anyway, inputs=cfg(), outputs=start_outputs, api_visibility="private")
