@@ -216,6 +216,8 @@ def _refusal(blocks, fn, values: dict) -> str:
     except gr.Error as exc:
         assert not markdowns, "an event with a message area raised gr.Error"
         return exc.message
+    if isinstance(prediction, dict) and "__type__" not in prediction:  # the handler ran: its answer under the buttons
+        return next(v for c, v in prediction.items() if "message" in (getattr(c, "elem_id", None) or ""))
     values_out = list(prediction) if isinstance(prediction, tuple) else [prediction]
     said = [v for v in values_out if isinstance(v, str)]
     assert len(said) == 1 and all(isinstance(v, str) or type(v).__name__ == "dict" or v == gr.skip() for v in values_out), values_out
@@ -224,20 +226,23 @@ def _refusal(blocks, fn, values: dict) -> str:
 
 def test_a_number_outside_its_box_bounds_is_refused_naming_the_box_not_by_gradio(page):
     """Gradio refused it before any handler ran ("Value 0 is less than minimum value 1.", no box named, a red
-    "Error" badge on every output): now the page's own sentence, with the box's label."""
+    "Error" badge on every output): now a setting goes to its handler, whose schema check names it, and any
+    other box is refused with the page's own sentence naming it."""
     from loratrainer.gui.app import OutOfRange
 
     blocks, ui = page
-    box = ui.fields["optimizer.epoch"]
-    assert box.minimum == 1
-    value = box.preprocess(0)
-    assert isinstance(value, OutOfRange)
-    assert box.preprocess(3) == 3
-    handlers = [fn for fn in blocks.fns.values() if fn.fn is not None and any(c is box for c in fn.inputs)]
+    epochs = ui.fields["optimizer.epoch"]
+    assert epochs.minimum == 1 and isinstance(epochs.preprocess(0), OutOfRange) and epochs.preprocess(3) == 3
+    start = next(fn for fn in blocks.fns.values() if fn.api_name == "start")
+    said = _refusal(blocks, start, {id(epochs): epochs.preprocess(0)})
+    assert epochs.label in said and "1" in said, said
+    rank = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "lt-rank")
+    assert rank.minimum == 0
+    handlers = [fn for fn in blocks.fns.values() if fn.fn is not None and any(c is rank for c in fn.inputs)]
     assert handlers
     for fn in handlers:
-        text = _refusal(blocks, fn, {id(box): value})
-        assert box.label in text and "1" in text and "0" in text, text
+        text = _refusal(blocks, fn, {id(rank): rank.preprocess(-4)})
+        assert rank.label in text and "-4" in text, text
 
 
 def test_the_file_browser_under_listen_shows_only_home_and_the_configs_folders(page, tmp_path):

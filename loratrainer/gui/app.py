@@ -101,8 +101,14 @@ def guard_text_inputs(blocks, t: Translator) -> None:
 
     async def call_function(block_fn, processed_input, *args, **kwargs):
         fn = blocks.fns[block_fn] if isinstance(block_fn, int) else block_fn
-        for component, value in zip(fn.inputs, processed_input or []):
+        processed_input = list(processed_input or [])
+        for i, (component, value) in enumerate(zip(fn.inputs, processed_input)):
             label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
+            if isinstance(value, OutOfRange) and "lt-field" in (component.elem_classes or []):
+                # a setting: the handler reads it through the schema, which refuses it naming the setting, and
+                # Start's refusal clears the last run's view as any other refusal does
+                processed_input[i] = value.value
+                continue
             if isinstance(value, OutOfRange):
                 text = value.sentence(t, label)
             else:
@@ -179,6 +185,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from loratrainer.config import MAX_CONFIG_BYTES
     from loratrainer.gui.display import Display
     from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.page_language import PageLanguage
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -214,6 +221,8 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
         app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
     # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route
     app.add_middleware(FileRouteGuard)
+    app.add_middleware(PageLanguage, language_of=lambda path: options.language or next(
+        (lang for lang in LANGUAGES if path == f"/{lang}/" or path == f"/{lang}"), None))
     app.add_middleware(LoginPageScrub)
     app.add_middleware(LoginThrottle, message=lambda path: Translator("ko" if path.startswith("/ko/") or options.language == "ko" else "en")("error.login_throttled"))
     app.add_middleware(UploadLimit)
