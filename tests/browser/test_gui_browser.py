@@ -1,10 +1,16 @@
-"""The real GUI in headless Chromium, driving the real trainer (docs/reliability.md, "Tests that prove it").
+"""The real GUI in headless Chromium, driving the real trainer, as a first-time user walks it (issue 11).
 
-Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
-training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
-"stopped" and the -interrupted LoRA on the Results tab. Captions a folder on Utilities > Captioning (the
-fixed-text captioner: no model), edits one caption in the caption editor and finds it saved on disk. Then the
-Korean page, with a broken dataset's problems in Korean. Screenshots of every tab go to
+The walk: prepare a project with Repeats left empty (= suggested), no bare "Error" badge anywhere; on the Training
+tab, "N images, M skipped, S steps" live; mistakes (a rate typed "0,0001" is asked about before starting, Epochs 0
+and Show command refused in one sentence naming the box); run "house" to the end (asked first about the skipped
+images), its notes in the page with the labels; the same name again refused by Show command and Start, with the
+finished run's view cleared; run "house-long" (a common name prefix), refreshed without dimming, Start again
+while it runs (the live status stays), reload and re-attach, a sample, Stop ("Stopping…" until stopped, then
+Stop greyed out); Results: Refresh selects the newest run, each run lists exactly its own files, headers on one
+line, the rates used, a row's metadata and path, open folder and TensorBoard, the prompt x epoch grid and the
+epoch x weight grid on the tiny model (weight 0 identical down the column). Then Utilities > Captioning and the
+caption editor, and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
+and the chart axes in Korean in an English browser too). Screenshots of every tab go to
 test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide), each
 taken once Gradio shows no pending overlay (a half-loaded page looks greyed out).
 
@@ -170,6 +176,15 @@ DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples', 
     .map(c => c.opacity + ' ' + c.animationName)"""
 
 
+# For each visible Browse… button: (id, its bottom minus its path box's input bottom, its left minus the input's right).
+BROWSE_OFFSETS = """() => [...document.querySelectorAll('.lt-path-row')].filter(r => r.offsetParent !== null).map(r => {
+    const b = r.querySelector('.lt-browse'), i = r.querySelector('input, textarea');
+    if (!b || !i) return null;
+    const br = b.getBoundingClientRect(), ir = i.getBoundingClientRect();
+    return [b.id, Math.round(br.bottom - ir.bottom), Math.round(br.left - ir.right)];
+}).filter(x => x && !x[0].endsWith('-use'))"""
+
+
 # Records, as it happens, any element of the live view that Gradio marks pending while dimmed or flashing.
 WATCH_DIMMING = """() => {
     window.__ltDimmed = [];
@@ -240,6 +255,9 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#check-summary").get_by_text("Ready to train").wait_for(timeout=60_000)
     page.locator("#steps").get_by_text("steps in total").wait_for()
     assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
+    # each Browse… sits beside its path box, level with the box's input field
+    offsets = page.evaluate(BROWSE_OFFSETS)
+    assert len(offsets) == 4 and all(abs(dy) <= 2 and dx > 0 for _, dy, dx in offsets), offsets
     shot(page, "dataset")
 
     # 2. Training: a shipped preset, then run "house": 12 steps, a file and samples every 4 steps; it finishes.
@@ -439,6 +457,17 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
 
     sidecar = json.loads(sidecars[0].read_text())
     assert sidecar["weights"] == [0.0, 1.0] and len(sidecar["files"]) == len(house_files)
+    # weight 0 is the base model with the fixed seed: one image per prompt down the whole column
+    import numpy as np
+
+    from tests.test_compare import cells
+
+    _, grid_cells = cells(sidecars[0].with_suffix(".png"))
+    prompts = len(sidecar["prompts"])
+    assert len(grid_cells) == prompts * len(house_files) and prompts == 2
+    for first in range(prompts):
+        column = [row[0] for row in grid_cells[first::prompts]]
+        assert all(np.array_equal(column[0], cell) for cell in column[1:])
     shot(page, "results")
 
     # Utilities > Captioning, where the Kohya tutorial sends people: caption a folder (same text for each image).
