@@ -246,6 +246,33 @@ def test_lion_fallback_moves_by_the_sign():
     assert torch.allclose(p.detach(), torch.tensor([-0.1, 0.1, 0.0]))
 
 
+def _lion_reference(p, grads, lr, betas, weight_decay):
+    """Lion as the paper writes it (Chen et al. 2023, Algorithm 2): decoupled weight decay, the sign of the
+    interpolated momentum, then the momentum update with beta2."""
+    m = torch.zeros_like(p)
+    for g in grads:
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * torch.sign(betas[0] * m + (1 - betas[0]) * g)
+        m = betas[1] * m + (1 - betas[1]) * g
+    return p
+
+
+def test_lion_fallback_follows_the_paper_over_several_steps():
+    torch.manual_seed(0)
+    grads = [torch.randn(5) for _ in range(4)] + [torch.full((5,), 1e-3)]  # the last: small, against the momentum
+    start = torch.randn(5)
+    frozen = torch.nn.Parameter(torch.ones(2))  # no gradient (a part that does not train): left alone, not the end
+    p = torch.nn.Parameter(start.clone())
+    opt = optimizers.Lion([frozen, p], lr=0.01, betas=(0.8, 0.95), weight_decay=0.5)
+    for g in grads:
+        p.grad = g.clone()
+        assert opt.step(closure=lambda: 42.0) == 42.0  # a closure's loss is returned, as torch optimizers do
+    assert torch.allclose(p.detach(), _lion_reference(start, grads, 0.01, (0.8, 0.95), 0.5), atol=1e-6)
+    assert torch.equal(frozen.detach(), torch.ones(2))
+    # lion-pytorch's defaults, so "Lion" trains the same with or without the package
+    assert optimizers.Lion([torch.nn.Parameter(torch.ones(1))]).defaults == {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+
+
 @pytest.mark.parametrize("values, at_0, at_10", [
     ({"lr_scheduler": "cosine", "lr_warmup": 10.0}, 0.0, 1.0),
     ({"lr_scheduler": "linear", "lr_warmup_steps": 20}, 0.0, 0.5),
@@ -345,6 +372,25 @@ def test_adafactor_schedule_and_relative_step():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["relative_step"] and sched.get_last_lr()[0] > 0
+    # Adafactor finding its own step size, as sd-scripts sets it up for lr_scheduler=adafactor: relative steps scaled
+    # by each parameter's size, no warm-up unless optimizer_args asks for it
+    assert (opt.defaults["relative_step"], opt.defaults["scale_parameter"], opt.defaults["warmup_init"]) == (True, True, False)
+    asked = optimizers.build_optimizer(_opt_config(optimizer="Adafactor", lr_scheduler="adafactor", optimizer_args="warmup_init=True"),
+                                       [{"params": [torch.nn.Parameter(torch.ones(2))]}])
+    assert asked.defaults["warmup_init"] is True
+    # with its own step size, a parameter 10x larger moves 10x further (scale_parameter): the first step of each
+    small, large = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.full((4, 4), 10.0))
+    for p in (small, large):
+        o = optimizers.build_optimizer(config, [{"params": [p]}])
+        p.grad = torch.ones(4, 4)
+        o.step()
+    assert float(10.0 - large.detach()[0, 0]) == pytest.approx(10 * float(1.0 - small.detach()[0, 0]), rel=1e-3)
+
+
+def test_optimizer_args_override_the_tables_defaults():
+    params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.5}]
+    sgd = optimizers.build_optimizer(_opt_config(optimizer="SGDNesterov", optimizer_args="momentum=0.5"), params)
+    assert sgd.defaults["momentum"] == 0.5 and sgd.defaults["nesterov"]  # the listed default kept where not overridden
 
 
 def test_random_crop_and_colour_augmentation(tmp_path):

@@ -52,3 +52,5 @@ for row in db.execute("select SourceFile.filename, Mutant.status, count(*) from 
     print(*row)
 PY
 echo "results: cd $WORK && $MUTMUT results   (mutmut show <id> shows a mutant)"
+# Not while a run is going on in the same folder: mutmut show re-reads the source file into the cache, and during a
+# run that file holds a mutant (the cache's line table is then corrupted).
