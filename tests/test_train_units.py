@@ -412,3 +412,111 @@ def test_random_crop_and_colour_augmentation(tmp_path):
     shifted = {load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False).getpixel((10, 10))
                for i in range(8)}
     assert len(shifted) > 1
+
+
+# -- the training batches and items (train/dataset.py), without a model ----------------------------------------------------
+
+def _samples(n: int, repeats: int = 1, reg: int = 0):
+    from pathlib import Path
+
+    from loratrainer.data.samples import TrainSample
+
+    return [TrainSample(Path(f"/d/img{i}.png"), f"cap {i}", False, Path("/d"), repeats, i >= n - reg, (64, 64), (64, 64), (64, 64))
+            for i in range(n)]
+
+
+def _keys(sampler) -> list:
+    return [key for batch in sampler for key in batch]
+
+
+def test_train_dataset_splits_the_epochs_batches_between_processes_as_accelerate_pads_them():
+    from loratrainer.data.steps import epoch_batches
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(5)
+    order = [[samples.index(s) for s in b] for b in epoch_batches(samples, 1, 42, 1)]  # 5 batches of 1
+    for world, expected in [(1, [order]), (2, [order[0::2], order[1::2] + [order[0]]]),
+                            (3, [[order[0], order[3]], [order[1], order[4]], [order[2], order[0]]])]:
+        got = [process_batches(samples, 1, 42, 1, rank, world) for rank in range(world)]
+        assert got == expected, world  # batch i goes to process i % world; the list is padded from its start
+        assert [len(EpochBatchSampler(samples, 1, 42, rank, world)) for rank in range(world)] == [len(e) for e in expected]
+
+
+def test_train_dataset_counts_each_images_uses_over_the_whole_epoch_so_any_process_gets_the_same_noise():
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(3, repeats=3)  # every image 3 times an epoch
+    one = _keys(EpochBatchSampler(samples, 1, 7, 0, 1))
+    uses: dict[int, list[int]] = {}
+    for i, epoch, b, slot, use in one:
+        uses.setdefault(i, []).append(use)
+        assert (epoch, slot) == (1, 0)
+    assert uses == {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2]}  # the k-th use, in the order of the batch list
+    two = _keys(EpochBatchSampler(samples, 1, 7, 0, 2)) + _keys(EpochBatchSampler(samples, 1, 7, 1, 2))
+    assert sorted({(i, u) for i, _, _, _, u in two}) == sorted((i, u) for i, _, _, _, u in one)
+
+
+def test_train_dataset_sampler_starts_at_epoch_1_and_a_resume_skips_what_was_trained():
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(4)
+    sampler = EpochBatchSampler(samples, 1, 3, 0, 1)
+    fresh = list(sampler)
+    assert len(fresh) == len(sampler) == 4 and {k[1] for b in fresh for k in b} == {1}
+    assert [b[0][2] for b in fresh] == [0, 1, 2, 3]
+    sampler.set_epoch(2, skip_batches=3)
+    rest = list(sampler)
+    assert len(sampler) == 1 and len(rest) == 1 and rest[0][0][1:3] == (2, 3)  # epoch 2's batch 3, numbered as such
+    assert [i for i, *_ in rest[0]] == process_batches(samples, 1, 3, 2, 0, 1)[3]
+
+
+def test_train_dataset_noise_seed_is_a_63_bit_hash_of_seed_epoch_image_and_use():
+    import hashlib
+
+    from loratrainer.train.dataset import noise_seed
+
+    expected = int.from_bytes(hashlib.blake2b(b"loratrainer-noise:42:3:5:1", digest_size=8).digest(), "little") >> 1
+    assert noise_seed(42, 3, 5, 1) == expected
+    seeds = {noise_seed(s, e, i, u) for s in (1, 2) for e in (1, 2) for i in (0, 1) for u in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)  # torch.Generator.manual_seed takes it
+
+
+def test_train_dataset_items_and_batches_carry_what_the_loop_reads():
+    from types import SimpleNamespace
+
+    from loratrainer.train.dataset import TrainDataset, collate, noise_seed
+
+    samples = _samples(2, reg=1)
+    latents = {0: (torch.zeros(4, 8, 8), torch.ones(4, 8, 8)), 1: (torch.full((4, 8, 8), 2.0), None)}
+    ds = TrainDataset(samples, _opt_config(), seed=9, latents=latents)
+    assert len(ds) == 2
+    a, b = ds[(0, 2, 5, 0, 1)], ds[(1, 2, 5, 1, 0)]
+    assert (a["caption"], a["is_reg"], a["noise_seed"]) == ("cap 0", False, noise_seed(9, 2, 0, 1))
+    assert (b["caption"], b["is_reg"], b["noise_seed"]) == ("cap 1", True, noise_seed(9, 2, 1, 0))
+    assert torch.equal(a["latents"], torch.zeros(4, 8, 8))  # no flip asked: the plain latents
+    flipping = TrainDataset(samples, _opt_config(flip_aug=True), seed=9, latents=latents)
+    got = {float(flipping[(0, 1, k, 0, 0)]["latents"].mean()) for k in range(20)}
+    assert got == {0.0, 1.0}  # flip_aug: the cached flipped latents about half of the draws
+    batch = collate([a, b])
+    assert batch["latents"].shape == (2, 4, 8, 8) and batch["captions"] == ["cap 0", "cap 1"]
+    assert batch["is_reg"].dtype == torch.bool and batch["is_reg"].tolist() == [False, True]
+    assert batch["noise_seeds"] == [a["noise_seed"], b["noise_seed"]]
+    pixels = collate([{"pixels": torch.zeros(3, 2, 2), "caption": "", "is_reg": False, "noise_seed": 1}])
+    assert "pixels" in pixels and "latents" not in pixels
+
+
+def test_train_dataset_image_tensor_and_hue_shift():
+    from PIL import Image
+
+    from loratrainer.train.dataset import image_tensor, shift_hue
+
+    t = image_tensor(Image.new("RGB", (3, 2), (255, 0, 0)))
+    assert t.shape == (3, 2, 3) and t.dtype == torch.float32  # (channels, height, width) as the VAE takes it
+    assert t[0].eq(1.0).all() and t[1].eq(-1.0).all() and t[2].eq(-1.0).all()  # [0, 255] -> [-1, 1], red first
+    grey = Image.new("RGB", (2, 2), (128, 128, 128))
+    assert shift_hue(grey, 0.03).tobytes() == grey.tobytes()  # no hue to shift
+    red = Image.new("RGB", (2, 2), (255, 0, 0))
+    r, g, b = shift_hue(red, 1 / 3).getpixel((0, 0))  # a third of the hue circle: red -> green
+    assert g > 200 and r < 30 and b < 30, (r, g, b)
+    r, g, b = shift_hue(red, -1 / 3).getpixel((0, 0))  # and back the other way: red -> blue
+    assert b > 200 and r < 30 and g < 30, (r, g, b)
