@@ -10,31 +10,34 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "loratrainer"
 
-# A part is a folder (gui, train, ...) or a top-level module (config, events, ...).
-SETTINGS = {"config", "config_fields", "config_files", "kohya", "kohya_gui_keys", "presets"}
+# A part is a folder (gui, train, ...) or a top-level module (events, errors, ...).
 ALLOWED: dict[str, set[str]] = {
     "messages": set(),
     "files": set(),
     "compat": set(),
-    "optimizer_table": set(),
-    "foreign_paths": set(),
     "errors": {"messages"},
     "events": set(),
-    # the settings modules import each other (config re-exports config_fields and config_files lazily)
-    **{name: SETTINGS | {"messages", "errors", "files", "optimizer_table", "foreign_paths"} for name in SETTINGS},
+    "config": {"messages", "errors", "files"},
     "data": {"config", "errors", "messages"},
     "model": {"config", "errors", "files", "messages"},
     "caption": {"data", "errors", "files", "messages", "compat"},
-    "train": {"config", "data", "model", "events", "errors", "files", "messages", "compat", "optimizer_table", "foreign_paths"},
+    "train": {"config", "data", "model", "events", "errors", "files", "messages", "compat"},
     "tools": {"config", "model", "errors", "files", "messages"},
     "compare": {"config", "events", "model", "train", "errors", "files", "messages"},
-    "gui": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "errors", "files", "messages"},
+    "gui": {"config", "data", "caption", "events", "train", "tools", "compare", "errors", "files", "messages"},
     # compat: the torchvision guard, which `loratrainer compare` needs before it imports diffusers
-    "cli": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
+    "cli": {"config", "data", "caption", "events", "train", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
     "__main__": {"cli"},
     "i18n": set(),
     "assets": set(),
 }
+# Inside config/ each module imports only those before it here; the package's __init__ re-exports schema, fields
+# and files, so `from loratrainer.config import X` is the schema's surface and the modules inside never use it.
+CONFIG_ORDER = ["optimizer_table", "foreign_paths", "schema", "fields", "files", "kohya_gui_keys", "kohya", "presets"]
+CONFIG_REEXPORTED = {"schema", "fields", "files"}
+# The Kohya GUI import/export and presets: what the user loads from the GUI or the CLI, nothing else needs them.
+CONFIG_FRONT = {"kohya", "kohya_gui_keys", "presets"}
+CONFIG_FRONT_USERS = {"config", "gui", "cli"}
 # What of train/ the GUI and the CLI may use: starting a run and following it (no torch at import).
 LAUNCHER_SIDE = {
     "launch", "follow", "checkpoints", "eight_bit", "sample_prompts", "samplers", "path_checks", "input_checks",
@@ -91,6 +94,24 @@ def test_every_part_imports_only_what_it_may() -> None:
             if theirs != mine and theirs not in ALLOWED[mine]:
                 wrong.append(f"{name} imports {target}")
     assert not wrong, "imports against the direction in docs/architecture.md:\n" + "\n".join(wrong)
+
+
+def test_the_settings_modules_import_one_way() -> None:
+    """No circle inside config/: each module imports only the modules before it in CONFIG_ORDER, the package's
+    __init__ only what it re-exports, and only the GUI and the CLI reach the Kohya import/export and presets."""
+    known = modules()
+    inside = {m.split(".")[-1] for m in known if m.startswith("loratrainer.config.")}
+    assert inside == set(CONFIG_ORDER), f"a new module in config/: give it its place in CONFIG_ORDER ({sorted(inside ^ set(CONFIG_ORDER))})"
+    wrong = []
+    for i, name in enumerate(CONFIG_ORDER):
+        for target in imports(known[f"loratrainer.config.{name}"], known):
+            if part(target) == "config" and target.split(".")[-1] not in CONFIG_ORDER[:i]:
+                wrong.append(f"config.{name} imports {target}")
+    assert {m.split(".")[-1] for m in imports(known["loratrainer.config"], known)} == CONFIG_REEXPORTED
+    for name, path in known.items():
+        if part(name) not in CONFIG_FRONT_USERS:
+            wrong += [f"{name} imports {t}" for t in imports(path, known) if part(t) == "config" and t.split(".")[-1] in CONFIG_FRONT]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_gui_and_cli_never_import_the_trainer() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from loratrainer.config import ConfigError, TrainingConfig, with_values
 from loratrainer.gui.i18n import Translator
-from loratrainer.kohya import export_kohya, import_kohya
+from loratrainer.config.kohya import export_kohya, import_kohya
 from tests.test_kohya import test_every_fixture_imports_with_each_value_as_written_or_reported as imports_every_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya_ss"  # real Kohya GUI files (README there: source, commits)

@@ -12,9 +12,9 @@ import pytest
 
 from loratrainer.cli import main
 from loratrainer.config import TrainingConfig, field_specs, get_value, parse_optimizer_args, with_values
-from loratrainer.foreign_paths import foreign_kind
-from loratrainer.kohya import DIRECT_KEYS, EMPTY_VALUES, LORA_TYPES, OURS_ONLY, KohyaRefused, export_kohya, import_kohya, kohya_to_json
-from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.foreign_paths import foreign_kind
+from loratrainer.config.kohya import DIRECT_KEYS, EMPTY_VALUES, LORA_TYPES, OURS_ONLY, KohyaRefused, export_kohya, import_kohya, kohya_to_json
+from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
 from loratrainer.messages import Msg
 from tests.datasets import make_dataset
 

@@ -215,11 +215,11 @@ def test_optimizers_build_with_their_defaults_and_args():
         optimizers.optimizer_spec("nosuch.Optim")  # only the optimizer packages are imported from
 
 
-@pytest.mark.parametrize("name", sorted(__import__("loratrainer.optimizer_table").optimizer_table.KNOWN_OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(__import__("loratrainer.config.optimizer_table").config.optimizer_table.KNOWN_OPTIMIZERS))
 def test_every_listed_optimizer_builds_or_says_what_to_do(name):
     """The schema's choices and the trainer's builder are one table: each name builds here (the SGD family with
     its listed defaults) or is refused with what to install or use instead."""
-    from loratrainer.optimizer_table import OPTIMIZERS
+    from loratrainer.config.optimizer_table import OPTIMIZERS
 
     params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 1e-3}]
     try:
@@ -234,7 +234,7 @@ def test_the_optimizer_table_and_the_schema_load_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, loratrainer.config, loratrainer.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, loratrainer.config, loratrainer.config.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).returncode == 0
 
 

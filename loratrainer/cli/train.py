@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.presets import load_any_config
 
     config, report = load_any_config(path)
     if report.format != "loratrainer":  # a foreign file: say what was converted, coerced or left out

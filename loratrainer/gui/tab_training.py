@@ -26,7 +26,7 @@ class TrainingHandlers:
     # -- presets and config files --------------------------------------------------------------------------
 
     def preset_choices(self) -> list[tuple[str, str]]:
-        from loratrainer.presets import list_presets
+        from loratrainer.config.presets import list_presets
 
         try:
             presets = list_presets()
@@ -36,7 +36,7 @@ class TrainingHandlers:
         return [(f"{p.name} ({tag[p.shipped]})", str(p.path)) for p in presets]
 
     def load_preset(self, data: dict) -> dict:
-        from loratrainer.presets import apply_preset, load_preset
+        from loratrainer.config.presets import apply_preset, load_preset
 
         chosen = data[self.ui.named["preset"]]
         message = self.ui.named["config_message"]
@@ -49,7 +49,7 @@ class TrainingHandlers:
         return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
 
     def save_preset(self, data: dict) -> dict:
-        from loratrainer.presets import save_user_preset
+        from loratrainer.config.presets import save_user_preset
 
         name = (data[self.ui.named["preset_name"]] or "").strip()
         message = self.ui.named["config_message"]
@@ -65,7 +65,7 @@ class TrainingHandlers:
 
     def load_file(self, data: dict) -> dict:
         """Our JSON or a Kohya GUI config: shows what was coerced, migrated or ignored."""
-        from loratrainer.presets import load_any_config
+        from loratrainer.config.presets import load_any_config
 
         upload = data.get(self.ui.named["config_upload"])
         path = upload or (data[self.ui.named["config_path"]] or "").strip()
@@ -86,7 +86,7 @@ class TrainingHandlers:
         """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
         <name>.<YYYYmmdd-HHMMSS>.bak (a user's files are sacred)."""
         from loratrainer.files import atomic_write
-        from loratrainer.kohya import export_kohya, kohya_to_json
+        from loratrainer.config.kohya import export_kohya, kohya_to_json
 
         path = (data[self.ui.named["config_path"]] or "").strip()
         message = self.ui.named["config_message"]
@@ -100,7 +100,7 @@ class TrainingHandlers:
                 target = target.with_name(target.name + ".json")
             backup = ""
             if target.exists():  # a timestamped copy as presets make: a second save keeps the first original
-                from loratrainer.presets import backup_file
+                from loratrainer.config.presets import backup_file
 
                 kept = backup_file(target)
                 backup = self.t("config.backup", path=kept.name if kept else target.name)

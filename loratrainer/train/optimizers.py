@@ -1,4 +1,4 @@
-"""The optimizer named in the config, built from loratrainer.optimizer_table (where the names, classes and
+"""The optimizer named in the config, built from loratrainer.config.optimizer_table (where the names, classes and
 defaults are listed once) or a `module.Class` path; `optimizer_args` from the config override the defaults.
 Missing optional packages raise a UserError that says what to install or what to pick instead.
 """
@@ -12,7 +12,7 @@ import torch
 
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
-from loratrainer.optimizer_table import OPTIMIZERS
+from loratrainer.config.optimizer_table import OPTIMIZERS
 from loratrainer.train.eight_bit import refusal
 
 OptimizerSpec = tuple[type, dict[str, Any]]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from loratrainer.config import TrainingConfig, get_value
-from loratrainer.foreign_paths import PATH_SETTINGS, foreign_kind
+from loratrainer.config.foreign_paths import PATH_SETTINGS, foreign_kind
 from loratrainer.messages import Label, Msg, define
 from loratrainer.train.launch import LaunchRefused
 
