@@ -159,6 +159,9 @@ def test_buckets_equal_kohyas_for_many_image_sizes(resolution, min_reso, max_res
     rng = random.Random(f"{resolution}{steps}{no_upscale}")
     sizes = [(rng.randint(steps, 3000), rng.randint(steps, 3000)) for _ in range(300)]
     sizes += [r for r in resos[:5]] + [(resolution[0] * 2, resolution[1] * 2), resolution, (steps, steps * 9)]
+    area = resolution[0] * resolution[1]
+    sizes += [(w, area // w) for w in range(1, 5000) if area % w == 0]  # exactly the largest area: not shrunk
+    sizes += [(1, 500), (500, 1), (1, 1), (2, 3000)]  # one pixel wide or high is still an image Kohya buckets
     for w, h in sizes:
         try:
             bucket, resized = _kohya_select(no_upscale, resolution, resos, steps, w, h)
@@ -170,3 +173,13 @@ def test_buckets_equal_kohyas_for_many_image_sizes(resolution, min_reso, max_res
             continue
         choice = plan.select(w, h)
         assert choice is not None and (choice.bucket, choice.resized) == (bucket, resized), (w, h)
+
+
+def test_a_zero_sized_image_has_no_bucket_and_the_defaults_are_kohyas_and_the_schemas():
+    from loratrainer.config import TrainingConfig
+
+    for no_upscale in (True, False):
+        plan = BucketPlan((512, 512), no_upscale=no_upscale)
+        assert plan.select(0, 10) is None and plan.select(10, 0) is None and plan.select(0, 0) is None
+    assert make_bucket_resolutions((512, 512)) == KOHYA_512  # sd-scripts' defaults: 256, 1024, 64
+    assert BucketPlan.from_settings(TrainingConfig().buckets) == BucketPlan((512, 512))  # the plan's defaults = the schema's
