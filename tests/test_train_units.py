@@ -468,6 +468,21 @@ def test_train_dataset_sampler_starts_at_epoch_1_and_a_resume_skips_what_was_tra
     rest = list(sampler)
     assert len(sampler) == 1 and len(rest) == 1 and rest[0][0][1:3] == (2, 3)  # epoch 2's batch 3, numbered as such
     assert [i for i, *_ in rest[0]] == process_batches(samples, 1, 3, 2, 0, 1)[3]
+    sampler.set_epoch(3)  # the next epoch, not a resume: all of it
+    assert len(sampler) == len(list(sampler)) == 4
+
+
+def test_train_dataset_loader_keeps_workers_only_when_there_are_workers():
+    from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
+
+    samples = _samples(2)
+    ds = TrainDataset(samples, _opt_config(), seed=1, latents={0: (torch.zeros(1), None), 1: (torch.ones(1), None)})
+    sampler = EpochBatchSampler(samples, 1, 1, 0, 1)
+    # persistent workers asked with 0 workers: loads in the training process (torch refuses persistent without workers)
+    loader = build_loader(ds, sampler, _opt_config(max_data_loader_n_workers=0, persistent_data_loader_workers=True))
+    assert loader.num_workers == 0 and not loader.persistent_workers and len(list(loader)) == 2
+    loader = build_loader(ds, sampler, _opt_config(max_data_loader_n_workers=1, persistent_data_loader_workers=True))
+    assert loader.num_workers == 1 and loader.persistent_workers
 
 
 def test_train_dataset_noise_seed_is_a_63_bit_hash_of_seed_epoch_image_and_use():
@@ -515,8 +530,29 @@ def test_train_dataset_image_tensor_and_hue_shift():
     assert t[0].eq(1.0).all() and t[1].eq(-1.0).all() and t[2].eq(-1.0).all()  # [0, 255] -> [-1, 1], red first
     grey = Image.new("RGB", (2, 2), (128, 128, 128))
     assert shift_hue(grey, 0.03).tobytes() == grey.tobytes()  # no hue to shift
-    red = Image.new("RGB", (2, 2), (255, 0, 0))
-    r, g, b = shift_hue(red, 1 / 3).getpixel((0, 0))  # a third of the hue circle: red -> green
-    assert g > 200 and r < 30 and b < 30, (r, g, b)
-    r, g, b = shift_hue(red, -1 / 3).getpixel((0, 0))  # and back the other way: red -> blue
+    green = Image.new("RGB", (2, 2), (0, 255, 0))
+    r, g, b = shift_hue(green, 1 / 3).getpixel((0, 0))  # a third of the hue circle: green -> blue
     assert b > 200 and r < 30 and g < 30, (r, g, b)
+    r, g, b = shift_hue(green, -1 / 3).getpixel((0, 0))  # and the other way: green -> red
+    assert r > 200 and g < 30 and b < 30, (r, g, b)
+
+
+
+def test_train_dataset_colour_augmentation_shifts_hue_by_at_most_sd_scripts_8_of_180(tmp_path):
+    # sd-scripts: albumentations HueSaturationValue(hue_shift_limit=8), in OpenCV's hue units of 180 to the circle:
+    # at most 8/180 of the circle either way, which is 11 of the 256 hue steps of PIL's HSV
+    from PIL import Image
+
+    from loratrainer.data.samples import TrainSample
+    from loratrainer.train.dataset import Augment, load_training_image
+
+    path = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(path)
+    sample = TrainSample(path, "c", False, tmp_path, 1, False, (64, 64), (64, 64), (64, 64))
+    hues = []
+    for i in range(300):
+        image = load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False)
+        h = image.convert("HSV").getpixel((5, 5))[0]
+        hues.append(h - 256 if h > 128 else h)  # red is hue 0: the shift, signed
+    # 11 steps either way; PIL's HSV -> RGB -> HSV round trip of pure red reads a shift of -k as -k and +k as k - 1
+    assert (min(hues), max(hues)) == (-11, 10) and len(set(hues)) > 15

@@ -19,8 +19,8 @@ declare -A TESTS=(
   [noise]="$T $U -k '((noise or multires or kohyas or timesteps or schema_defaults) $NOT) or noise_offset_and or pyramid'"
   [captions]="$T $U -k '((caption or shuffle or keep_tokens or dropout or schema_defaults) $NOT) or caption_rules'"
   [schedulers]="$T $U -k '((lr_ or schedule) $NOT) or warmup or adafactor'"
-  [optimizers]="$T $U -k '((optimizer.optimizer or optimizer_args or learning_rate or unet_lr or text_encoder_lr) $NOT) or optimizers_build or lion'"
-  [dataset]="$T $U -k '((dataset. or reg_data_dir or default_captions or default_image or caption) $NOT) or random_crop_and or caption_rules or processes_split or sampler_length'"
+  [optimizers]="$T $U -k '((optimizer.optimizer or optimizer_args or learning_rate or unet_lr or text_encoder_lr) $NOT) or optimizers_build or lion or adafactor'"
+  [dataset]="$T $U -k '((dataset. or reg_data_dir or default_captions or default_image or caption) $NOT) or random_crop_and or caption_rules or processes_split or sampler_length or train_dataset or schema_defaults'"
   [steps]="tests/test_data_steps.py $T -k 'test_data_steps or ((batch_size or epoch or max_train_steps or accumulation or num_processes or reg_data_dir) $NOT)'"
   [buckets]="tests/test_data_buckets.py $T -k 'test_data_buckets or ((buckets. or undersized) $NOT)'"
 )
