@@ -183,3 +183,13 @@ def test_a_zero_sized_image_has_no_bucket_and_the_defaults_are_kohyas_and_the_sc
         assert plan.select(0, 10) is None and plan.select(10, 0) is None and plan.select(0, 0) is None
     assert make_bucket_resolutions((512, 512)) == KOHYA_512  # sd-scripts' defaults: 256, 1024, 64
     assert BucketPlan.from_settings(TrainingConfig().buckets) == BucketPlan((512, 512))  # the plan's defaults = the schema's
+
+
+def test_random_crop_reaches_both_edges_and_an_odd_centre_rounds_down():
+    # sd-scripts: a random crop offset drawn from 0..excess inclusive; the centre crop at excess // 2
+    ramp = Image.new("RGB", (97, 64))  # 33 px wider than the bucket; the ramp's red says where the crop starts
+    ramp.putdata([(x * 2, 0, 0) for y in range(64) for x in range(97)])
+    lefts = {fit_to_bucket(ramp, (64, 64), True, random.Random(i), resized=(97, 64))[1][1] for i in range(400)}
+    assert lefts == set(range(34))
+    image, (top, left) = fit_to_bucket(ramp, (64, 64), False, random.Random(0), resized=(97, 64))
+    assert (top, left) == (0, 16) and image.getpixel((0, 0))[0] == 32
