@@ -165,12 +165,13 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
 )
 def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
     from loratrainer import events
+    from loratrainer.launch import run_files
     from loratrainer.gui.jobs import Jobs
     from loratrainer.gui.progress import status_line
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
         w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
         w.emit("ended", epoch=1, exit_code=1, **ended)
     view = Jobs(tmp_path / "state").view(run_dir)
@@ -275,7 +276,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     data[ui.fields["network.network_dim"]] = 0
     data[ui.fields["optimizer.learning_rate"]] = "fast"
     data[ui.fields["folders.output_dir"]] = str(tmp_path / "model")
-    for text in (ui.handlers["training"].show_command(data)[ui.named["command"]], ui.handlers["training"].start(data)[ui.named["run_message"]]):
+    for text in (ui.handlers["training"].show_command(data)[ui.named["run_message"]], ui.handlers["training"].start(data)[ui.named["run_message"]]):
         assert Translator("ko").label("network.network_dim") in text, text
         assert "이상이어야 합니다" in text and "숫자여야 합니다" in text, text
         assert english_phrases(text) == [], text
@@ -283,12 +284,12 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     en = pages["en"]
     data = _form(en)
     data[en.fields["network.network_dim"]] = 0
-    text = en.handlers["training"].show_command(data)[en.named["command"]]
+    text = en.handlers["training"].show_command(data)[en.named["run_message"]]
     assert "must be at least 1" in text and "Network rank" in text, text
 
 
 def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
-    from loratrainer.train.eight_bit import refusal
+    from loratrainer.launch.eight_bit import refusal
 
     if refusal("AdamW8bit") is None:
         pytest.skip("this machine can run AdamW8bit")
@@ -344,7 +345,7 @@ def test_korean_schema_validator_messages_are_korean(pages, values):
     data = _form(ui)
     for path, value in values.items():
         data[ui.fields[path]] = value
-    text = ui.handlers["training"].show_command(data)[ui.named["command"]]
+    text = ui.handlers["training"].show_command(data)[ui.named["run_message"]]
     assert HANGUL.search(text) and english_phrases(text) == [], text
     ko = Translator("ko")
     assert any(ko.label(path) in text for path in values), text

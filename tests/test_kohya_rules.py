@@ -329,7 +329,7 @@ def test_windows_paths_are_refused_at_start_and_no_folder_is_created(tmp_path, m
 
 def test_the_gui_start_refusal_names_the_setting_by_its_label_in_korean(tmp_path) -> None:
     from loratrainer.gui.i18n import Translator
-    from loratrainer.train.launch import LaunchRefused, preflight
+    from loratrainer.launch.start import LaunchRefused, preflight
 
     config, _ = import_kohya(_windows_file(tmp_path))
     with pytest.raises(LaunchRefused) as info:

@@ -576,7 +576,7 @@ def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> 
 
 
 def _problems(config: TrainingConfig, origin: dict[str, str], report: ImportReport) -> None:
-    """What imports but cannot train here: Start refuses it (train.path_checks, data.check), the report says so now."""
+    """What imports but cannot train here: Start refuses it (launch.path_checks, data.check), the report says so now."""
     paths = {spec.path: get_value(config, spec.path) for spec in field_specs() if spec.kind == "text"}
     for path, kind in foreign_paths(paths).items():
         leaf = path.split(".")[1]
