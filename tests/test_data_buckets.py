@@ -94,3 +94,102 @@ def test_fit_to_bucket_with_kohya_resized_size_and_random_crop():
     assert out.size == (64, 64) and (top, left) == (3, 3)
     offsets = {fit_to_bucket(img, (64, 64), True, random.Random(i), resized=(70, 70))[1] for i in range(30)}
     assert len(offsets) > 1 and all(0 <= t <= 6 and 0 <= l <= 6 for t, l in offsets)
+
+
+# -- against sd-scripts itself, restated ----------------------------------------------------------------------------------
+# kohya-ss sd-scripts library/model_util.py make_bucket_resolutions, library/train_util.py BucketManager.select_bucket
+# (with round_to_steps) and adjust_min_max_bucket_reso_by_steps, restated here without numpy: argmin's first-index
+# tie rule is min() over the list in order. Compared over many image sizes and settings, so a dataset lands in the
+# same buckets (and makes the same steps) as in Kohya, not only for the worked examples above.
+def _kohya_resolutions(max_reso, min_size, max_size, divisible):
+    max_area = max_reso[0] * max_reso[1]
+    resos = {(int(max_area ** 0.5 // divisible) * divisible,) * 2}
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos.update({(width, height), (height, width)})
+        width += divisible
+    return sorted(resos)
+
+
+def _kohya_select(no_upscale, max_reso, resos, steps, w, h):
+    def round_to_steps(x):
+        x = int(x + 0.5)
+        return x - x % steps
+
+    aspect = w / h
+    if not no_upscale:
+        reso = (w, h) if (w, h) in resos else min(resos, key=lambda r: abs(r[0] / r[1] - aspect))
+        scale = reso[1] / h if aspect > reso[0] / reso[1] else reso[0] / w
+        return reso, (int(w * scale + 0.5), int(h * scale + 0.5))
+    max_area = max_reso[0] * max_reso[1]
+    if w * h > max_area:
+        rw = (max_area * aspect) ** 0.5
+        rh = max_area / rw
+        bw = round_to_steps(rw)
+        bh_w = round_to_steps(bw / aspect)
+        bh = round_to_steps(rh)
+        bw_h = round_to_steps(bh * aspect)
+        if abs(bw / bh_w - aspect) < abs(bw_h / bh - aspect):
+            resized = (bw, int(bw / aspect + 0.5))
+        else:
+            resized = (int(bh * aspect + 0.5), bh)
+    else:
+        resized = (w, h)
+    return (resized[0] - resized[0] % steps, resized[1] - resized[1] % steps), resized
+
+
+@pytest.mark.parametrize("resolution, min_reso, max_reso, steps", [
+    ((512, 512), 256, 1024, 64), ((768, 512), 320, 2048, 64), ((512, 640), 200, 1000, 32), ((1024, 1024), 512, 2048, 128),
+])
+@pytest.mark.parametrize("no_upscale", [False, True])
+def test_buckets_equal_kohyas_for_many_image_sizes(resolution, min_reso, max_reso, steps, no_upscale):
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(resolution=resolution, enable_bucket=True, bucket_no_upscale=no_upscale,
+                               min_bucket_reso=min_reso, max_bucket_reso=max_reso, bucket_reso_steps=steps)
+    plan = BucketPlan.from_settings(settings)
+    # sd-scripts' adjust_min_max_bucket_reso_by_steps: min rounded down and max up to the step
+    lo = min_reso - min_reso % steps
+    hi = max_reso if max_reso % steps == 0 else max_reso + steps - max_reso % steps
+    assert (plan.min_size, plan.max_size, plan.steps, plan.no_upscale) == (lo, hi, steps, no_upscale)
+    resos = _kohya_resolutions(resolution, lo, hi, steps)
+    assert plan.predefined() == ([] if no_upscale else resos)
+    rng = random.Random(f"{resolution}{steps}{no_upscale}")
+    sizes = [(rng.randint(steps, 3000), rng.randint(steps, 3000)) for _ in range(300)]
+    sizes += [r for r in resos[:5]] + [(resolution[0] * 2, resolution[1] * 2), resolution, (steps, steps * 9)]
+    area = resolution[0] * resolution[1]
+    sizes += [(w, area // w) for w in range(1, 5000) if area % w == 0]  # exactly the largest area: not shrunk
+    sizes += [(1, 500), (500, 1), (1, 1), (2, 3000)]  # one pixel wide or high is still an image Kohya buckets
+    for w, h in sizes:
+        try:
+            bucket, resized = _kohya_select(no_upscale, resolution, resos, steps, w, h)
+        except ZeroDivisionError:  # Kohya fails on an image too narrow for this resolution; we say None (the file is named)
+            assert plan.select(w, h) is None, (w, h)
+            continue
+        if 0 in bucket:
+            assert plan.select(w, h) is None, (w, h)
+            continue
+        choice = plan.select(w, h)
+        assert choice is not None and (choice.bucket, choice.resized) == (bucket, resized), (w, h)
+
+
+def test_a_zero_sized_image_has_no_bucket_and_the_defaults_are_kohyas_and_the_schemas():
+    from loratrainer.config import TrainingConfig
+
+    for no_upscale in (True, False):
+        plan = BucketPlan((512, 512), no_upscale=no_upscale)
+        assert plan.select(0, 10) is None and plan.select(10, 0) is None and plan.select(0, 0) is None
+    assert make_bucket_resolutions((512, 512)) == KOHYA_512  # sd-scripts' defaults: 256, 1024, 64
+    assert BucketPlan.from_settings(TrainingConfig().buckets) == BucketPlan((512, 512))  # the plan's defaults = the schema's
+
+
+def test_random_crop_reaches_both_edges_and_an_odd_centre_rounds_down():
+    # sd-scripts: a random crop offset drawn from 0..excess inclusive; the centre crop at excess // 2
+    ramp = Image.new("RGB", (97, 64))  # 33 px wider than the bucket; the ramp's red says where the crop starts
+    ramp.putdata([(x * 2, 0, 0) for y in range(64) for x in range(97)])
+    lefts = {fit_to_bucket(ramp, (64, 64), True, random.Random(i), resized=(97, 64))[1][1] for i in range(400)}
+    assert lefts == set(range(34))
+    image, (top, left) = fit_to_bucket(ramp, (64, 64), False, random.Random(0), resized=(97, 64))
+    assert (top, left) == (0, 16) and image.getpixel((0, 0))[0] == 32

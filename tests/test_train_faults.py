@@ -2,7 +2,9 @@
 
 LORATRAINER_FAULT is honoured only when LORATRAINER_TEST_MODE=1 is set as well (tests/conftest.py sets it for
 the suite), so a stray LORATRAINER_FAULT in a user's shell cannot fail a real run. The divergence test trains the
-tiny model with a learning rate far too high and no gradient clipping until its LoRA weights overflow.
+tiny model with a learning rate far too high and no gradient clipping: once until the model's output overflows (the
+loss guard stops it), once on fp16 weights until an update itself overflows and the weights are NaN or infinite (the
+weight check after every update stops it). Both end `nan`, name the last good file and write nothing non-finite.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from tests.test_train_support import small_config, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from loratrainer.train import faults
+from tests.datasets import make_dataset
 
 ALL_FAULTS = "nan@1,oom@1,disk_full@save1,kill@save1,stop@2,oom@sample"
 
@@ -110,3 +114,48 @@ def test_a_real_divergence_ends_nan_with_the_weights_blown_up_and_no_bad_file(mo
     for path in written:
         assert all(torch.isfinite(v).all() for v in load_file(str(path)).values()), path
     assert str(written[-1]) in reason  # the last good file is named
+
+
+def _divergence_config(tmp_path: Path, tiny_model: Path, learning_rate: float):
+    # No injected fault. Every setting that scales the update is turned up, as an over-eager user does: SGD with
+    # Nesterov momentum, no clipping, alpha/rank 100000, regularisation images at prior loss weight 10, and the
+    # LoRA weights themselves in fp16 (full_fp16), whose largest value is 65504. Step 1 is the warm-up step (rate
+    # 0: its file is good); step 2 runs at the full rate. The loss of step 2 is finite; its update is not.
+    reg = make_dataset(tmp_path / "reg", {"1_thing": 6})
+    return small_config(tmp_path, tiny_model, epoch=2, optimizer="SGDNesterov", learning_rate=learning_rate,
+                        unet_lr=learning_rate, text_encoder_lr=learning_rate, max_grad_norm=0, network_dim=1,
+                        network_alpha=100000, reg_data_dir=str(reg), prior_loss_weight=10.0, train_batch_size=4,
+                        mixed_precision="fp16", full_fp16=True, lr_scheduler="constant_with_warmup",
+                        lr_warmup_steps=1, save_every_n_steps=1, save_every_n_epochs=0, save_precision="float")
+
+
+def test_a_learning_rate_too_high_makes_the_weights_non_finite_and_the_run_stops_at_that_update(monkeypatch, tmp_path, tiny_model):
+    monkeypatch.delenv("LORATRAINER_FAULT", raising=False)
+    losses: list[float] = []
+    from loratrainer.train import loop
+
+    agree = loop.agree_across_processes
+
+    def recording(t, loss):
+        losses.append(agree(t, loss)[0])
+        return losses[-1], False
+
+    monkeypatch.setattr(loop, "agree_across_processes", recording)
+    spy: list = []
+    status, reason, step, epoch = _run(_divergence_config(tmp_path, tiny_model, 10.0), tmp_path, spy, monkeypatch)
+    (t,) = spy
+    assert (status, step, epoch) == ("nan", 2, 1), (status, reason)
+    # a real divergence: every loss was finite, and the weights after the update are not
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
+    weights = t.handle.unet_parameters() + t.handle.text_encoder_parameters()
+    assert weights[0].dtype == torch.float16
+    assert not all(torch.isfinite(p).all() for p in weights)
+    # what the user reads: the step, the cause, what to change, and the file to use
+    good = tmp_path / "out" / "last-step00000001.safetensors"
+    assert reason.startswith("The LoRA weights became NaN or infinite in the update of step 2 (epoch 1, learning rate 10)")
+    assert "lower the learning rate" in reason and "full fp16" in reason
+    assert reason.endswith(f"The last good file is {good}.")
+    # nothing non-finite was written: the step-1 file is the only file, and it is finite
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".safetensors") == [good.name]
+    assert all(torch.isfinite(v).all() for v in load_file(str(good)).values())
+

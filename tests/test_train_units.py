@@ -247,6 +247,33 @@ def test_lion_fallback_moves_by_the_sign():
     assert torch.allclose(p.detach(), torch.tensor([-0.1, 0.1, 0.0]))
 
 
+def _lion_reference(p, grads, lr, betas, weight_decay):
+    """Lion as the paper writes it (Chen et al. 2023, Algorithm 2): decoupled weight decay, the sign of the
+    interpolated momentum, then the momentum update with beta2."""
+    m = torch.zeros_like(p)
+    for g in grads:
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * torch.sign(betas[0] * m + (1 - betas[0]) * g)
+        m = betas[1] * m + (1 - betas[1]) * g
+    return p
+
+
+def test_lion_fallback_follows_the_paper_over_several_steps():
+    torch.manual_seed(0)
+    grads = [torch.randn(5) for _ in range(4)] + [torch.full((5,), 1e-3)]  # the last: small, against the momentum
+    start = torch.randn(5)
+    frozen = torch.nn.Parameter(torch.ones(2))  # no gradient (a part that does not train): left alone, not the end
+    p = torch.nn.Parameter(start.clone())
+    opt = optimizers.Lion([frozen, p], lr=0.01, betas=(0.8, 0.95), weight_decay=0.5)
+    for g in grads:
+        p.grad = g.clone()
+        assert opt.step(closure=lambda: 42.0) == 42.0  # a closure's loss is returned, as torch optimizers do
+    assert torch.allclose(p.detach(), _lion_reference(start, grads, 0.01, (0.8, 0.95), 0.5), atol=1e-6)
+    assert torch.equal(frozen.detach(), torch.ones(2))
+    # lion-pytorch's defaults, so "Lion" trains the same with or without the package
+    assert optimizers.Lion([torch.nn.Parameter(torch.ones(1))]).defaults == {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+
+
 @pytest.mark.parametrize("values, at_0, at_10", [
     ({"lr_scheduler": "cosine", "lr_warmup": 10.0}, 0.0, 1.0),
     ({"lr_scheduler": "linear", "lr_warmup_steps": 20}, 0.0, 0.5),
@@ -346,6 +373,25 @@ def test_adafactor_schedule_and_relative_step():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["relative_step"] and sched.get_last_lr()[0] > 0
+    # Adafactor finding its own step size, as sd-scripts sets it up for lr_scheduler=adafactor: relative steps scaled
+    # by each parameter's size, no warm-up unless optimizer_args asks for it
+    assert (opt.defaults["relative_step"], opt.defaults["scale_parameter"], opt.defaults["warmup_init"]) == (True, True, False)
+    asked = optimizers.build_optimizer(_opt_config(optimizer="Adafactor", lr_scheduler="adafactor", optimizer_args="warmup_init=True"),
+                                       [{"params": [torch.nn.Parameter(torch.ones(2))]}])
+    assert asked.defaults["warmup_init"] is True
+    # with its own step size, a parameter 10x larger moves 10x further (scale_parameter): the first step of each
+    small, large = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.full((4, 4), 10.0))
+    for p in (small, large):
+        o = optimizers.build_optimizer(config, [{"params": [p]}])
+        p.grad = torch.ones(4, 4)
+        o.step()
+    assert float(10.0 - large.detach()[0, 0]) == pytest.approx(10 * float(1.0 - small.detach()[0, 0]), rel=1e-3)
+
+
+def test_optimizer_args_override_the_tables_defaults():
+    params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.5}]
+    sgd = optimizers.build_optimizer(_opt_config(optimizer="SGDNesterov", optimizer_args="momentum=0.5"), params)
+    assert sgd.defaults["momentum"] == 0.5 and sgd.defaults["nesterov"]  # the listed default kept where not overridden
 
 
 def test_random_crop_and_colour_augmentation(tmp_path):
@@ -367,3 +413,147 @@ def test_random_crop_and_colour_augmentation(tmp_path):
     shifted = {load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False).getpixel((10, 10))
                for i in range(8)}
     assert len(shifted) > 1
+
+
+# -- the training batches and items (train/dataset.py), without a model ----------------------------------------------------
+
+def _samples(n: int, repeats: int = 1, reg: int = 0):
+    from pathlib import Path
+
+    from loratrainer.data.samples import TrainSample
+
+    return [TrainSample(Path(f"/d/img{i}.png"), f"cap {i}", False, Path("/d"), repeats, i >= n - reg, (64, 64), (64, 64), (64, 64))
+            for i in range(n)]
+
+
+def _keys(sampler) -> list:
+    return [key for batch in sampler for key in batch]
+
+
+def test_train_dataset_splits_the_epochs_batches_between_processes_as_accelerate_pads_them():
+    from loratrainer.data.steps import epoch_batches
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(5)
+    order = [[samples.index(s) for s in b] for b in epoch_batches(samples, 1, 42, 1)]  # 5 batches of 1
+    for world, expected in [(1, [order]), (2, [order[0::2], order[1::2] + [order[0]]]),
+                            (3, [[order[0], order[3]], [order[1], order[4]], [order[2], order[0]]])]:
+        got = [process_batches(samples, 1, 42, 1, rank, world) for rank in range(world)]
+        assert got == expected, world  # batch i goes to process i % world; the list is padded from its start
+        assert [len(EpochBatchSampler(samples, 1, 42, rank, world)) for rank in range(world)] == [len(e) for e in expected]
+
+
+def test_train_dataset_counts_each_images_uses_over_the_whole_epoch_so_any_process_gets_the_same_noise():
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(3, repeats=3)  # every image 3 times an epoch
+    one = _keys(EpochBatchSampler(samples, 1, 7, 0, 1))
+    uses: dict[int, list[int]] = {}
+    for i, epoch, b, slot, use in one:
+        uses.setdefault(i, []).append(use)
+        assert (epoch, slot) == (1, 0)
+    assert uses == {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2]}  # the k-th use, in the order of the batch list
+    two = _keys(EpochBatchSampler(samples, 1, 7, 0, 2)) + _keys(EpochBatchSampler(samples, 1, 7, 1, 2))
+    assert sorted({(i, u) for i, _, _, _, u in two}) == sorted((i, u) for i, _, _, _, u in one)
+
+
+def test_train_dataset_sampler_starts_at_epoch_1_and_a_resume_skips_what_was_trained():
+    from loratrainer.train.dataset import EpochBatchSampler
+
+    samples = _samples(4)
+    sampler = EpochBatchSampler(samples, 1, 3, 0, 1)
+    fresh = list(sampler)
+    assert len(fresh) == len(sampler) == 4 and {k[1] for b in fresh for k in b} == {1}
+    assert [b[0][2] for b in fresh] == [0, 1, 2, 3]
+    sampler.set_epoch(2, skip_batches=3)
+    rest = list(sampler)
+    assert len(sampler) == 1 and len(rest) == 1 and rest[0][0][1:3] == (2, 3)  # epoch 2's batch 3, numbered as such
+    assert [i for i, *_ in rest[0]] == process_batches(samples, 1, 3, 2, 0, 1)[3]
+    sampler.set_epoch(3)  # the next epoch, not a resume: all of it
+    assert len(sampler) == len(list(sampler)) == 4
+
+
+def test_train_dataset_loader_keeps_workers_only_when_there_are_workers():
+    from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
+
+    samples = _samples(2)
+    ds = TrainDataset(samples, _opt_config(), seed=1, latents={0: (torch.zeros(1), None), 1: (torch.ones(1), None)})
+    sampler = EpochBatchSampler(samples, 1, 1, 0, 1)
+    # persistent workers asked with 0 workers: loads in the training process (torch refuses persistent without workers)
+    loader = build_loader(ds, sampler, _opt_config(max_data_loader_n_workers=0, persistent_data_loader_workers=True))
+    assert loader.num_workers == 0 and not loader.persistent_workers and len(list(loader)) == 2
+    loader = build_loader(ds, sampler, _opt_config(max_data_loader_n_workers=1, persistent_data_loader_workers=True))
+    assert loader.num_workers == 1 and loader.persistent_workers
+
+
+def test_train_dataset_noise_seed_is_a_63_bit_hash_of_seed_epoch_image_and_use():
+    import hashlib
+
+    from loratrainer.train.dataset import noise_seed
+
+    expected = int.from_bytes(hashlib.blake2b(b"loratrainer-noise:42:3:5:1", digest_size=8).digest(), "little") >> 1
+    assert noise_seed(42, 3, 5, 1) == expected
+    seeds = {noise_seed(s, e, i, u) for s in (1, 2) for e in (1, 2) for i in (0, 1) for u in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)  # torch.Generator.manual_seed takes it
+
+
+def test_train_dataset_items_and_batches_carry_what_the_loop_reads():
+    from types import SimpleNamespace
+
+    from loratrainer.train.dataset import TrainDataset, collate, noise_seed
+
+    samples = _samples(2, reg=1)
+    latents = {0: (torch.zeros(4, 8, 8), torch.ones(4, 8, 8)), 1: (torch.full((4, 8, 8), 2.0), None)}
+    ds = TrainDataset(samples, _opt_config(), seed=9, latents=latents)
+    assert len(ds) == 2
+    a, b = ds[(0, 2, 5, 0, 1)], ds[(1, 2, 5, 1, 0)]
+    assert (a["caption"], a["is_reg"], a["noise_seed"]) == ("cap 0", False, noise_seed(9, 2, 0, 1))
+    assert (b["caption"], b["is_reg"], b["noise_seed"]) == ("cap 1", True, noise_seed(9, 2, 1, 0))
+    assert torch.equal(a["latents"], torch.zeros(4, 8, 8))  # no flip asked: the plain latents
+    flipping = TrainDataset(samples, _opt_config(flip_aug=True), seed=9, latents=latents)
+    got = {float(flipping[(0, 1, k, 0, 0)]["latents"].mean()) for k in range(20)}
+    assert got == {0.0, 1.0}  # flip_aug: the cached flipped latents about half of the draws
+    batch = collate([a, b])
+    assert batch["latents"].shape == (2, 4, 8, 8) and batch["captions"] == ["cap 0", "cap 1"]
+    assert batch["is_reg"].dtype == torch.bool and batch["is_reg"].tolist() == [False, True]
+    assert batch["noise_seeds"] == [a["noise_seed"], b["noise_seed"]]
+    pixels = collate([{"pixels": torch.zeros(3, 2, 2), "caption": "", "is_reg": False, "noise_seed": 1}])
+    assert "pixels" in pixels and "latents" not in pixels
+
+
+def test_train_dataset_image_tensor_and_hue_shift():
+    from PIL import Image
+
+    from loratrainer.train.dataset import image_tensor, shift_hue
+
+    t = image_tensor(Image.new("RGB", (3, 2), (255, 0, 0)))
+    assert t.shape == (3, 2, 3) and t.dtype == torch.float32  # (channels, height, width) as the VAE takes it
+    assert t[0].eq(1.0).all() and t[1].eq(-1.0).all() and t[2].eq(-1.0).all()  # [0, 255] -> [-1, 1], red first
+    grey = Image.new("RGB", (2, 2), (128, 128, 128))
+    assert shift_hue(grey, 0.03).tobytes() == grey.tobytes()  # no hue to shift
+    green = Image.new("RGB", (2, 2), (0, 255, 0))
+    r, g, b = shift_hue(green, 1 / 3).getpixel((0, 0))  # a third of the hue circle: green -> blue
+    assert b > 200 and r < 30 and g < 30, (r, g, b)
+    r, g, b = shift_hue(green, -1 / 3).getpixel((0, 0))  # and the other way: green -> red
+    assert r > 200 and g < 30 and b < 30, (r, g, b)
+
+
+
+def test_train_dataset_colour_augmentation_shifts_hue_by_at_most_sd_scripts_8_of_180(tmp_path):
+    # sd-scripts: albumentations HueSaturationValue(hue_shift_limit=8), in OpenCV's hue units of 180 to the circle:
+    # at most 8/180 of the circle either way, which is 11 of the 256 hue steps of PIL's HSV
+    from PIL import Image
+
+    from loratrainer.data.samples import TrainSample
+    from loratrainer.train.dataset import Augment, load_training_image
+
+    path = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(path)
+    sample = TrainSample(path, "c", False, tmp_path, 1, False, (64, 64), (64, 64), (64, 64))
+    hues = []
+    for i in range(300):
+        image = load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False)
+        h = image.convert("HSV").getpixel((5, 5))[0]
+        hues.append(h - 256 if h > 128 else h)  # red is hue 0: the shift, signed
+    # 11 steps either way; PIL's HSV -> RGB -> HSV round trip of pure red reads a shift of -k as -k and +k as k - 1
+    assert (min(hues), max(hues)) == (-11, 10) and len(set(hues)) > 15

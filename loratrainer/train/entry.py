@@ -164,8 +164,10 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
 
 
 def nan_reason(exc: Exception, run: RunContext) -> str:
+    said = str(exc)
+    said = said[:1].upper() + said[1:] + ("" if said.endswith(".") else ".")  # one sentence, then the file
     last = run.last_file
-    return str(exc) + (f" The last good file is {last}." if last else " No file was saved.")
+    return said + (f" The last good file is {last}." if last else " No file was saved.")
 
 
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -27,6 +27,17 @@ class NonFiniteLoss(RuntimeError):
         self.step, self.epoch, self.lr = step, epoch, lr
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """The update itself overflowed: the loss of the step was finite, the LoRA weights after it are not. Raised on
+    every process at once (the weights are the same on all), before anything saves or samples them."""
+
+    def __init__(self, step: int, epoch: int, lr: float, fp16: bool):
+        RuntimeError.__init__(self, f"the LoRA weights became NaN or infinite in the update of step {step} (epoch {epoch}, "
+                              f"learning rate {lr:.3g}); lower the learning rate or the network alpha"
+                              + (", or turn off full fp16 training (fp16 weights overflow above 65504)" if fp16 else ""))
+        self.step, self.epoch, self.lr = step, epoch, lr
+
+
 @dataclass
 class Outcome:
     status: str  # "finished" or "stopped"
@@ -102,9 +113,11 @@ def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
         losses.append(loss.detach())
     t.step += 1
     loss, stop = agree_across_processes(t, inject_fault("nan", t.step, torch.stack(losses).mean()))
+    lr = current_lr(t.lr_scheduler)  # the rate of this step's update (the scheduler steps after it)
     if not math.isfinite(loss):
-        raise NonFiniteLoss(t.step, t.epoch, current_lr(t.lr_scheduler))
+        raise NonFiniteLoss(t.step, t.epoch, lr)
     apply_gradients(t)
+    check_weights(t, lr)
     return loss, stop
 
 
@@ -167,6 +180,19 @@ def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]
         flags = t.accelerator.gather(flags[None]).reshape(-1, 2)
         return float(flags[:, 0].mean()), bool(flags[:, 1].max() > 0)
     return float(flags[0]), bool(flags[1] > 0)
+
+
+def check_weights(t: Trainer, lr: float) -> None:
+    """A finite loss can still give an update that overflows (fp16 weights end at 65504), and a non-finite weight
+    would otherwise reach the next file or sample image. The largest magnitude over all trained weights is one
+    reduction and one sync per step; NaN propagates through it."""
+    with torch.no_grad():
+        if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one fused reduction per device and dtype
+            largest = torch.nn.utils.get_total_norm(t.params, norm_type=math.inf)
+        else:
+            largest = torch.stack([p.abs().amax().float() for p in t.params]).amax()
+    if not math.isfinite(float(largest)):
+        raise NonFiniteWeights(t.step, t.epoch, lr, fp16=t.params[0].dtype == torch.float16)
 
 
 def apply_gradients(t: Trainer) -> None:

@@ -30,14 +30,21 @@ while True:
         os._exit(int(rc))
     deadline = time.time() + req.get("timeout", 300)
     rc = None
+    conn.setblocking(False)
     while time.time() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             rc = os.waitstatus_to_exitcode(status); break
+        try:  # mutmut gave up on this mutant (its timeout) and killed the client: stop the test run too
+            if conn.recv(1, socket.MSG_PEEK) == b"":
+                break
+        except BlockingIOError:
+            pass
         time.sleep(0.05)
     if rc is None:
         os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0); rc = 124
     try:
+        conn.setblocking(True)
         conn.sendall(f"{rc}\n".encode())
     except OSError:
         pass  # the client was killed meanwhile
