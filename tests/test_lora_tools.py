@@ -276,6 +276,23 @@ def test_merge_into_diffusers_folder_equals_fuse_lora(loras, tiny_models, tmp_pa
     _assert_same_weights(ours, _fused_reference(tiny_models, [(a, 1.2)]), 50)
 
 
+def test_merge_into_diffusers_from_a_single_file_equals_fuse_lora(loras, tiny_models, tmp_path):
+    """A single file written as a diffusers folder tensor by tensor: every component loads with no missing or
+    unexpected keys, the LoRA weights equal fuse_lora's and the VAE is the checkpoint's own."""
+    from diffusers import StableDiffusionPipeline
+
+    a, b = loras
+    out = tmp_path / "baked"
+    bake_into_diffusers(tiny_models["single"], [(a, 0.8), (b, -0.3)], out, config_dir=tiny_models["config"])
+    with _Collect() as log:
+        pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
+    _assert_same_weights(pipe, _fused_reference(tiny_models, [(a, 0.8), (b, -0.3)]), 50)
+    base_vae = build_tiny_components().vae.state_dict()
+    assert all(torch.equal(v, base_vae[k]) for k, v in pipe.vae.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["baked"]  # no temporary folder left
+
+
 def test_every_output_loads_in_diffusers_under_kohya_names(loras, tiny_models, tmp_path):
     a, b = loras
     outputs = [
