@@ -336,6 +336,15 @@ def test_outputs_never_overwrite(loras, tmp_path):
     assert out.read_bytes() == b"mine" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_the_tools_light_constants_match_the_models():
+    from loratrainer.model import kohya_format, metadata
+    from loratrainer.tools import common
+
+    assert (common.DOWN, common.UP, common.ALPHA, common.SAVE_DTYPES) == (
+        kohya_format.DOWN, kohya_format.UP, kohya_format.ALPHA, kohya_format.SAVE_DTYPES)
+    assert common.MODELSPEC_VERSION == metadata.MODELSPEC_VERSION
+
+
 def test_weights_parse_from_file_specs():
     from pathlib import Path
 
