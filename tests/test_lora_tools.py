@@ -269,11 +269,20 @@ def test_merge_into_single_file_equals_diffusers_fuse_lora(loras, tiny_models, t
 
 
 def test_merge_into_diffusers_folder_equals_fuse_lora(loras, tiny_models, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
     a, _ = loras
     out = tmp_path / "baked"
     bake_into_diffusers(tiny_models["diffusers"], [(a, 1.2)], out)
-    ours = load_sd15(ModelSettings(pretrained_model_name_or_path=str(out)))
+    with _Collect() as log:
+        ours = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
     _assert_same_weights(ours, _fused_reference(tiny_models, [(a, 1.2)]), 50)
+    # the rest of the folder is copied as it was
+    source = tiny_models["diffusers"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(source) for p in source.rglob("*"))
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        source / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
 def test_merge_into_diffusers_from_a_single_file_equals_fuse_lora(loras, tiny_models, tmp_path):
@@ -324,16 +333,24 @@ def test_cancel_leaves_no_file(loras, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_outputs_never_overwrite(loras, tmp_path):
+def test_outputs_never_overwrite(loras, tiny_models, tmp_path):
     from loratrainer.model.errors import OutputExists
 
     a, b = loras
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"mine")
-    for call in (lambda: merge_loras([(a, 1.0)], out), lambda: resize_lora(b, out, rank=2)):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    model, config = tiny_models["single"], tiny_models["config"]
+    for call in (lambda: merge_loras([(a, 1.0)], out), lambda: resize_lora(b, out, rank=2),
+                 lambda: bake_into_checkpoint(model, [(a, 1.0)], out, config_dir=config),
+                 lambda: bake_into_diffusers(model, [(a, 1.0)], folder, config_dir=config),
+                 lambda: extract_lora(model, tiny_models["diffusers"], out, rank=2, config_dir=config)):
         with pytest.raises(OutputExists):
             call()
-    assert out.read_bytes() == b"mine" and len(list(tmp_path.iterdir())) == 1
+    assert out.read_bytes() == b"mine" and [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "mine"]
 
 
 def test_the_tools_light_constants_match_the_models():

@@ -51,6 +51,36 @@ def test_bad_input_is_one_sentence_in_the_page_language(pages, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
+def test_every_tool_writes_beside_its_inputs_under_a_free_name(pages, tmp_path):
+    """The argument lists the page builds: each output goes into its input's folder, under a name nothing has."""
+    h = pages["en"].handlers["lora_tools"]
+    lora = tmp_path / "loras" / "style.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(b"x")
+    (tmp_path / "models").mkdir()
+    model, base, tuned = (tmp_path / "models" / n for n in ("sd15.safetensors", "base.safetensors", "tuned.safetensors"))
+    for p in (model, base, tuned):
+        p.write_bytes(b"x")
+    (tmp_path / "models" / "folder").mkdir()
+    taken = [lora.parent / "style-merged.safetensors", lora.parent / "style-rank8.safetensors",
+             model.parent / "sd15-style.safetensors", tuned.parent / "tuned-extracted-rank8.safetensors"]
+    for p in taken:
+        p.write_bytes(b"mine")
+    cases = {
+        "merge": (dict(lt_files=f"{lora}\n{lora}:0.5"), lora.parent / "style-merged-2.safetensors"),
+        "resize": (dict(lt_file=str(lora), lt_rank=8), lora.parent / "style-rank8-2.safetensors"),
+        "merge-into": (dict(lt_model=str(model), lt_files=str(lora)), model.parent / "sd15-style-2.safetensors"),
+        "extract": (dict(lt_base=str(base), lt_tuned=str(tuned), lt_rank=8), tuned.parent / "tuned-extracted-rank8-2.safetensors"),
+    }
+    for tool, (values, expected) in cases.items():
+        args, output = h.arguments(h.values(_form(pages["en"], lt_tool=tool, **values)))
+        assert output == expected and args[-2:] == ["-o", str(expected)], tool
+    args, output = h.arguments(h.values(_form(pages["en"], lt_tool="merge-into", lt_model=str(tmp_path / "models" / "folder"),
+                                              lt_files=str(lora))))
+    assert output == tmp_path / "models" / "folder-style" and args[-2:] == ["--diffusers", str(output)]
+    assert all(p.read_bytes() == b"mine" for p in taken)
+
+
 def test_the_tab_module_imports_no_torch():
     import subprocess
     import sys

@@ -23,7 +23,7 @@ define({
     "lora_tools.module_shape": "{module} has shape {shape} in {path} but SD1.5's is {expected}: it is not an SD1.5 model.",
     "lora_tools.checkpoint_lacks": "{path} lacks {count} weights of SD1.5 (e.g. {key}); it is not a complete SD1.5 checkpoint.",
     # module kinds
-    "lora_tools.lycoris_file": "{name} is a LyCORIS {kinds} file; {tool} works on LoRA/LoCon factors (lora_down/lora_up) only, as Kohya's merge and resize scripts do. Load it beside the model in A1111 or ComfyUI (both apply LoHa/LoKr themselves), or bake it into a checkpoint with LyCORIS's tools/merge.py.",
+    "lora_tools.lycoris_file": "{name} is a LyCORIS {kinds} file; {tool} works on LoRA/LoCon factors (lora_down/lora_up) only, as Kohya's merge_lora, svd_merge_lora and resize_lora scripts do. Load it beside the model in A1111 or ComfyUI (both apply LoHa/LoKr themselves), or bake it into a checkpoint with LyCORIS's tools/merge.py.",
     "lora_tools.no_lora_layout": "{name} holds no LoRA layout this program knows (no lora_down/lora_up or lora_A/lora_B keys); it is not a LoRA file.",
     "lora_tools.unsupported_module": "{name}: module {module} is a {what} module; this tool handles plain LoRA and LoCon modules (lora_down/lora_up) only.",
     "lora_tools.module_lacks_factor": "{name}: module {module} lacks its {factor} weight; the file is damaged.",
