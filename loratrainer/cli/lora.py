@@ -99,6 +99,8 @@ def _coded(run):
         try:
             try:
                 return run(args)
+            except BrokenPipeError:  # `... --json | head`: the reader left; cli.main treats it as no error
+                raise
             except OSError as exc:
                 raise UserError(tool_error("file_system", detail=f"{exc.strerror or exc}"
                                            + (f" ({exc.filename})" if exc.filename else ""))) from exc
