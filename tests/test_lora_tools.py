@@ -27,7 +27,7 @@ from loratrainer.tools.progress import Cancelled, Progress
 from loratrainer.tools.resize import resize_lora
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 from tests.test_model_saving import _Collect
-from tests.tiny_sd import build_tiny_components, save_tiny_diffusers, save_tiny_single_file, tiny_config_dir
+from tests.tiny_sd import build_tiny_components, save_tiny_diffusers, save_tiny_single_file, tiny_config_dir, tiny_ldm_state_dict
 
 KOHYA_KEY = re.compile(r"^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
@@ -208,6 +208,7 @@ def _tuned_with_known_delta(folder, seed=0):
             w += m.reshape(w.shape)
             changed[(part, path)] = m
     parts.pipeline().save_pretrained(folder, safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in tiny_ldm_state_dict(parts).items()}, str(folder) + ".safetensors")
     return changed
 
 
@@ -227,6 +228,13 @@ def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models,
         assert report.extracted[name] == pytest.approx(1.0, abs=1e-6)
     assert len(report.skipped) > 20 and not set(report.skipped) & set(expected)
     assert meta["ss_network_dim"] == "4" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2"}
+    # the same from two single files and from two diffusers folders (each read tensor by tensor)
+    for b, t in ((tiny_models["single"], tmp_path / "tuned.safetensors"), (tiny_models["diffusers"], tmp_path / "tuned")):
+        other = extract_lora(b, t, tmp_path / f"x-{t.name}", rank=4, conv_rank=2, min_diff=1e-4,
+                             config_dir=tiny_models["config"])
+        again, _ = read(other.output)
+        assert again.keys() == state.keys(), t.name
+        assert all(torch.allclose(delta(again, n), delta(state, n), atol=1e-5) for n in expected), t.name
 
 
 def _fused_reference(tiny_models, loras_and_weights):
