@@ -8,6 +8,10 @@ both the UNet and the text encoder trained). Runs alternate A B A B so that a bu
 Per run it reports, each from the trainer's own record:
 - ms/step: median of the step-to-step intervals after --warmup steps (ours: events.jsonl `progress` times with a
   progress event for every step; sd-scripts: the wall times of its TensorBoard `loss/current` scalars);
+- CPU ms/step: the CPU seconds the trainer's process tree spent between the same two step times (sampled every
+  0.2 s and interpolated). On a machine that other jobs share, wall time per step depends on them; CPU time per
+  step with `--threads 1` hardly does, so on a busy machine compare that (with several threads, OpenMP workers
+  spin while they wait for a descheduled peer, and both figures swell with the load);
 - start-up: seconds from starting the command to the end of the first step;
 - peak memory: the highest RSS of the whole process tree (sampled every 0.2 s) and, on a GPU,
   nvidia-smi's highest used memory of the card;
@@ -57,10 +61,14 @@ class RunResult:
     peak_gpu_mib: float | None
     wall_s: float
     lora: str
+    cpu_step_s: list[float] = field(default_factory=list)  # CPU seconds of the process tree per step
+    startup_cpu_s: float = 0.0  # CPU seconds of the process tree to the end of the first step
     ms_per_step: float = 0.0
+    cpu_ms_per_step: float = 0.0
 
     def __post_init__(self) -> None:
         self.ms_per_step = statistics.median(self.step_times_s) * 1000 if self.step_times_s else float("nan")
+        self.cpu_ms_per_step = statistics.median(self.cpu_step_s) * 1000 if self.cpu_step_s else float("nan")
 
 
 @dataclass
@@ -204,11 +212,13 @@ def ours_config(model: Path, data: Path, out: Path, s: Settings) -> dict:
 
 
 class PeakMemory(threading.Thread):
-    """The highest summed RSS of a process and all its descendants, and nvidia-smi's highest figure."""
+    """The highest summed RSS of a process and all its descendants, nvidia-smi's highest figure, and the tree's
+    CPU time over wall time (sampled together, so a step's CPU seconds can be read between two wall times)."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.rss, self.gpu, self.done = pid, 0, None, threading.Event()
+        self.cpu_samples: list[tuple[float, float]] = []  # (wall time, CPU seconds of the live tree)
 
     def run(self) -> None:
         import psutil
@@ -219,6 +229,7 @@ class PeakMemory(threading.Thread):
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
                 self.rss = max(self.rss, sum(_rss(p) for p in procs))
+                self.cpu_samples.append((time.time(), sum(_cpu(p) for p in procs)))
             except psutil.NoSuchProcess:
                 pass
             if smi:
@@ -229,6 +240,24 @@ class PeakMemory(threading.Thread):
             self.done.wait(0.2)
 
 
+def _cpu(p) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except Exception:  # the process ended between listing and reading
+        return 0.0
+
+
+def cpu_at(samples: list[tuple[float, float]], when: float) -> float:
+    """The tree's CPU seconds at a wall time, interpolated between the two samples around it."""
+    before = [s for s in samples if s[0] <= when]
+    after = [s for s in samples if s[0] >= when]
+    if not before or not after:
+        return (before or after)[-1 if before else 0][1]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+
 def _rss(p) -> int:
     try:
         return p.memory_info().rss
@@ -236,8 +265,8 @@ def _rss(p) -> int:
         return 0
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, float, float | None]:
-    """Run to the end; returns (start time, wall seconds, peak RSS MiB, peak GPU MiB)."""
+def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, float, float | None, list]:
+    """Run to the end; returns (start time, wall seconds, peak RSS MiB, peak GPU MiB, CPU-time samples)."""
     with open(log, "wb") as out:
         start = time.time()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -249,7 +278,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{cmd[0]} ... exited {code}; the end of {log}:\n{tail}")
-    return start, time.time() - start, meter.rss / 2**20, meter.gpu
+    return start, time.time() - start, meter.rss / 2**20, meter.gpu, meter.cpu_samples
 
 
 def ours_step_times(out: Path) -> list[float]:
@@ -285,19 +314,21 @@ def one_run(trainer: str, rnd: int, args, s: Settings, paths: dict) -> RunResult
     env.update(OMP_NUM_THREADS=str(s.threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if trainer == "sd-scripts":
         cmd = sd_scripts_command(paths["sd_python"], args.sd_scripts, paths["model"], paths["data"], out, paths["tok"], s)
-        start, wall, rss, gpu = run_measured(cmd, args.sd_scripts, env, out / "console.log")
+        start, wall, rss, gpu, cpu = run_measured(cmd, args.sd_scripts, env, out / "console.log")
         times = sd_scripts_step_times(out)
     else:
         config = out / "config.json"
         config.write_text(json.dumps(ours_config(paths["model"], paths["data"], out, s), indent=1))
         env["LORATRAINER_PROGRESS_INTERVAL_S"] = "0"  # a progress event for every step, as sd-scripts logs every step
         cmd = [str(paths["ours_python"]), "-m", "loratrainer", "train", "--config", str(config)]
-        start, wall, rss, gpu = run_measured(cmd, out, env, out / "console.log")
+        start, wall, rss, gpu, cpu = run_measured(cmd, out, env, out / "console.log")
         times = ours_step_times(out)
     if len(times) < s.steps:
         raise SystemExit(f"{trainer} logged {len(times)} steps of {s.steps}: see {out}")
     [lora] = [p for p in (out / "model").glob("*.safetensors")]
-    return RunResult(trainer, rnd, intervals(times, s.warmup), times[0] - start, rss, gpu, wall, str(lora))
+    cpu_times = [cpu_at(cpu, t) for t in times]
+    return RunResult(trainer, rnd, intervals(times, s.warmup), times[0] - start, rss, gpu, wall, str(lora),
+                     cpu_step_s=intervals(cpu_times, s.warmup), startup_cpu_s=cpu_times[0])
 
 
 # --- the LoRA files -----------------------------------------------------------------------------------------
@@ -389,14 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         for trainer in ("sd-scripts", "ours"):
             r = one_run(trainer, rnd, args, s, paths)
             results.append(r)
-            print(f"round {rnd} {trainer:10s} {r.ms_per_step:8.0f} ms/step  start-up {r.startup_s:6.1f} s  "
+            print(f"round {rnd} {trainer:10s} {r.ms_per_step:8.0f} ms/step  {r.cpu_ms_per_step:8.0f} CPU ms/step  start-up {r.startup_s:6.1f} s  "
                   f"peak RSS {r.peak_rss_mib:7.0f} MiB" + (f"  GPU {r.peak_gpu_mib:.0f} MiB" if r.peak_gpu_mib else ""),
                   flush=True)
 
     def med(trainer: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results if r.trainer == trainer)
 
-    summary = {t: {a: med(t, a) for a in ("ms_per_step", "startup_s", "peak_rss_mib")} for t in ("ours", "sd-scripts")}
+    summary = {t: {a: med(t, a) for a in ("ms_per_step", "cpu_ms_per_step", "startup_s", "startup_cpu_s", "peak_rss_mib")} for t in ("ours", "sd-scripts")}
     ratio = {a: summary["ours"][a] / summary["sd-scripts"][a] for a in summary["ours"]}
     ours_file = next(r.lora for r in results if r.trainer == "ours")
     theirs_file = next(r.lora for r in results if r.trainer == "sd-scripts")

@@ -1,4 +1,4 @@
-"""The trainer -> GUI/CLI event stream (JSON lines) and the run folder layout (docs/architecture.md).
+"""The trainer -> GUI/CLI event stream (JSON lines; docs/architecture.md). Its file names are launch.run_files.
 
 The trainer's main process appends one JSON object a line to `<run_dir>/events.jsonl`; the GUI and the CLI
 read it incrementally with `read_events` and fold it into a `RunState` with `summarize`. Programs read
@@ -10,21 +10,10 @@ A leaf module: it imports only the standard library, so the GUI can use it witho
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-# -- the run folder -----------------------------------------------------------------------------------------
-
-CONFIG_FILE = "config.json"  # the resolved config; the trainer reads only this
-COMMAND_FILE = "command.json"  # the argv that was started
-EVENTS_FILE = "events.jsonl"
-LOG_FILE = "train.log"
-VERSIONS_FILE = "versions.json"
-TENSORBOARD_DIR = "tensorboard"
-STOP_FILE = "STOP"  # its appearance asks the trainer to save <name>-interrupted and stop
 
 # -- statuses and exit codes ------------------------------------------------------------------------------------
 
@@ -191,6 +180,3 @@ def describe_exit(returncode: int) -> str:
         return f"killed (signal {returncode - 128})"
     return STATUS_OF_EXIT_CODE.get(returncode, f"error (exit code {returncode})")
 
-
-def stop_requested(run_dir: str | Path) -> bool:
-    return os.path.exists(Path(run_dir) / STOP_FILE)

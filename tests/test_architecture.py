@@ -1,47 +1,50 @@
 """Imports point one way (docs/architecture.md): each part of the package may import only the parts listed for
-it, and the GUI and the CLI, which start runs, never import the trainer: only the launcher side of train/
-(torch-free) and nothing of model/. Read from the source (module-level and function-level imports alike), so
-a lazy import inside a function counts too."""
+it, and the GUI and the CLI, which start runs, never import the trainer: they use launch/ (torch-free), never
+train/, and of model/ only its torch-free modules. Read from the source (module-level and function-level imports
+alike), so a lazy import inside a function counts too; and checked once in a real process as well."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "loratrainer"
 
-# A part is a folder (gui, train, ...) or a top-level module (config, events, ...).
-SETTINGS = {"config", "config_fields", "config_files", "kohya", "kohya_gui_keys", "presets"}
+# A part is a folder (gui, train, ...) or a top-level module (events, errors, ...).
 ALLOWED: dict[str, set[str]] = {
     "messages": set(),
     "files": set(),
     "compat": set(),
-    "optimizer_table": set(),
-    "foreign_paths": set(),
     "errors": {"messages"},
     "events": set(),
-    # the settings modules import each other (config re-exports config_fields and config_files lazily)
-    **{name: SETTINGS | {"messages", "errors", "files", "optimizer_table", "foreign_paths"} for name in SETTINGS},
+    "config": {"messages", "errors", "files"},
     "data": {"config", "errors", "messages"},
     "model": {"config", "errors", "files", "messages"},
     "caption": {"data", "errors", "files", "messages", "compat"},
-    "train": {"config", "data", "model", "events", "errors", "files", "messages", "compat", "optimizer_table", "foreign_paths"},
+    # launch/: the GUI/CLI side of a run (start, follow, stop, queue, checks) and the names and prompt syntax the
+    # trainer shares with it; it never imports train/
+    "launch": {"config", "data", "model", "events", "errors", "files", "messages"},
+    "train": {"config", "data", "model", "launch", "events", "errors", "files", "messages", "compat"},
     "tools": {"config", "model", "errors", "files", "messages"},
-    "compare": {"config", "events", "model", "train", "errors", "files", "messages"},
-    "gui": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "errors", "files", "messages"},
+    "compare": {"config", "events", "model", "launch", "train", "errors", "files", "messages"},
+    "gui": {"config", "data", "caption", "events", "launch", "tools", "compare", "errors", "files", "messages"},
     # compat: the torchvision guard, which `loratrainer compare` needs before it imports diffusers
-    "cli": {"config", "kohya", "presets", "data", "caption", "events", "train", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
+    "cli": {"config", "data", "caption", "events", "launch", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
     "__main__": {"cli"},
     "i18n": set(),
     "assets": set(),
 }
-# What of train/ the GUI and the CLI may use: starting a run and following it (no torch at import).
-LAUNCHER_SIDE = {
-    "launch", "follow", "checkpoints", "eight_bit", "sample_prompts", "samplers", "path_checks", "input_checks",
-    "processes", "run_queue", "queue_runner",
-}
-# What of model/ the launcher side and the GUI may use: error types and the model-family check from a file's
-# header (train.input_checks, tools.outputs); no torch at import.
+# Inside config/ each module imports only those before it here; the package's __init__ re-exports schema, fields
+# and files, so `from loratrainer.config import X` is the schema's surface and the modules inside never use it.
+CONFIG_ORDER = ["optimizer_table", "foreign_paths", "schema", "fields", "files", "kohya_gui_keys", "kohya", "presets"]
+CONFIG_REEXPORTED = {"schema", "fields", "files"}
+# The Kohya GUI import/export and presets: what the user loads from the GUI or the CLI, nothing else needs them.
+CONFIG_FRONT = {"kohya", "kohya_gui_keys", "presets"}
+CONFIG_FRONT_USERS = {"config", "gui", "cli"}
+# What of model/ the launcher and the GUI may use: error types and the model-family check from a file's header
+# (launch.input_checks, tools.outputs); no torch at import.
 MODEL_TORCH_FREE = {"errors", "families"}
 # What of tools/ the GUI may use before it starts a tool as `loratrainer lora ...` in a subprocess.
 TOOLS_GUI_SIDE = {"outputs", "weighted", "messages"}
@@ -93,9 +96,27 @@ def test_every_part_imports_only_what_it_may() -> None:
     assert not wrong, "imports against the direction in docs/architecture.md:\n" + "\n".join(wrong)
 
 
+def test_the_settings_modules_import_one_way() -> None:
+    """No circle inside config/: each module imports only the modules before it in CONFIG_ORDER, the package's
+    __init__ only what it re-exports, and only the GUI and the CLI reach the Kohya import/export and presets."""
+    known = modules()
+    inside = {m.split(".")[-1] for m in known if m.startswith("loratrainer.config.")}
+    assert inside == set(CONFIG_ORDER), f"a new module in config/: give it its place in CONFIG_ORDER ({sorted(inside ^ set(CONFIG_ORDER))})"
+    wrong = []
+    for i, name in enumerate(CONFIG_ORDER):
+        for target in imports(known[f"loratrainer.config.{name}"], known):
+            if part(target) == "config" and target.split(".")[-1] not in CONFIG_ORDER[:i]:
+                wrong.append(f"config.{name} imports {target}")
+    assert {m.split(".")[-1] for m in imports(known["loratrainer.config"], known)} == CONFIG_REEXPORTED
+    for name, path in known.items():
+        if part(name) not in CONFIG_FRONT_USERS:
+            wrong += [f"{name} imports {t}" for t in imports(path, known) if part(t) == "config" and t.split(".")[-1] in CONFIG_FRONT]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_gui_and_cli_never_import_the_trainer() -> None:
     known = modules()
-    todo = [m for m in known if part(m) in ("gui", "cli") and m not in WORKER_COMMANDS]
+    todo = [m for m in known if part(m) in ("gui", "cli", "launch") and m not in WORKER_COMMANDS]
     seen: set[str] = set()
     while todo:
         module = todo.pop()
@@ -104,17 +125,17 @@ def test_gui_and_cli_never_import_the_trainer() -> None:
         seen.add(module)
         todo += [m for m in imports(known[module], known) if m not in seen]
     assert not seen & WORKER_COMMANDS, sorted(seen & WORKER_COMMANDS)
-    packages = ("loratrainer.train", "loratrainer.model", "loratrainer.tools", "loratrainer.compare")
+    packages = ("loratrainer.model", "loratrainer.tools", "loratrainer.compare")
     reached = {m for m in seen if part(m) in ("train", "model", "tools", "compare") and m not in packages}
-    assert {m.split(".")[-1] for m in reached if part(m) == "train"} <= LAUNCHER_SIDE, sorted(reached)
+    assert not {m for m in reached if part(m) == "train"}, sorted(reached)
     assert {m.split(".")[-1] for m in reached if part(m) == "model"} <= MODEL_TORCH_FREE, sorted(reached)
     assert {m.split(".")[-1] for m in reached if part(m) == "tools"} <= TOOLS_GUI_SIDE, sorted(reached)
     assert {m.split(".")[-1] for m in reached if part(m) == "compare"} <= COMPARE_GUI_SIDE, sorted(reached)
 
 
 def test_the_launcher_side_does_not_import_torch_at_import_time() -> None:
-    files = [("train", n) for n in LAUNCHER_SIDE] + [("model", n) for n in MODEL_TORCH_FREE] + [("tools", n) for n in TOOLS_GUI_SIDE]
-    files += [("compare", n) for n in COMPARE_GUI_SIDE]
+    files = [("launch", p.stem) for p in (PACKAGE / "launch").glob("*.py")]
+    files += [("model", n) for n in MODEL_TORCH_FREE] + [("tools", n) for n in TOOLS_GUI_SIDE] + [("compare", n) for n in COMPARE_GUI_SIDE]
     for folder, name in sorted(files):
         tree = ast.parse((PACKAGE / folder / f"{name}.py").read_text(encoding="utf-8"))
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -127,3 +148,28 @@ def test_no_module_of_the_captioners_is_imported_by_their_options() -> None:
     known = modules()
     assert not {m for m in imports(known["loratrainer.caption.base"], known) if m.split(".")[-1] in ("blip", "git", "wd14", "captioners")}
     assert "loratrainer.gui.app" not in imports(known["loratrainer.gui.server"], known)
+
+
+def test_the_gui_and_the_cli_process_loads_no_trainer_and_no_torch(tmp_path) -> None:
+    """In a real process: build the GUI app, import every CLI command the GUI does not start as a subprocess and
+    run `loratrainer train --print-command` up to its first check; no module of train/ and no torch, diffusers,
+    transformers, peft or accelerate is loaded."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "from loratrainer.gui.server import ServeOptions, neutralise_gradio_env\n"
+        "temp = neutralise_gradio_env()\n"
+        "from loratrainer.gui.app import create_app\n"
+        f"create_app(ServeOptions(open_browser=False, state_dir={str(tmp_path)!r}), temp_dir=temp)\n"
+        "import loratrainer.cli as cli\n"
+        f"workers = {sorted(WORKER_COMMANDS)!r}\n"
+        "for m in pkgutil.iter_modules(cli.__path__, 'loratrainer.cli.'):\n"
+        "    if m.name not in workers: importlib.import_module(m.name)\n"
+        f"config = {str(tmp_path / 'c.json')!r}\n"
+        "open(config, 'w').write('{}')\n"
+        "assert cli.main(['train', '--config', config, '--print-command']) != 0\n"  # refused: no base model set
+        "heavy = ('torch', 'diffusers', 'transformers', 'peft', 'accelerate')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('loratrainer.train') or m.split('.')[0] in heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

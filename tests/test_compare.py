@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from tests.datasets import make_image
 
@@ -33,8 +34,8 @@ def write_run(tmp_path: Path, name: str, model: str, files: list[Path], *, sampl
                                             "model.pretrained_model_name_or_path": model})
     run_dir = out / "log" / f"{name}_20260101-000000"
     run_dir.mkdir(parents=True)
-    save_config(config, run_dir / events.CONFIG_FILE)
-    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+    save_config(config, run_dir / run_files.CONFIG_FILE)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
         w.emit("started", total_steps=4 * len(files), steps_per_epoch=4, epochs=len(files), num_processes=1, images=4,
                samples_per_epoch=4, seed=1, pid=999999)
         for epoch, path in enumerate(files, 1):
@@ -125,7 +126,7 @@ def test_a_run_lists_exactly_the_files_it_wrote(tmp_path):
     b = write_run(tmp_path, "house-long", "m", long)
     failed = out / "log" / "house_20260101-000001"
     failed.mkdir()
-    (failed / events.EVENTS_FILE).write_text(json.dumps({"event": "ended", "status": "error", "reason": "boom"}) + "\n")
+    (failed / run_files.EVENTS_FILE).write_text(json.dumps({"event": "ended", "status": "error", "reason": "boom"}) + "\n")
     assert [f.path for f in read_run(a).files] == short
     assert [f.path for f in read_run(b).files] == long
     assert read_run(failed).files == []

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from loratrainer import config as cfg
-from loratrainer import config_files
+from loratrainer.config import files as config_files
 from loratrainer.config import (
     ConfigError,
     TrainingConfig,
@@ -151,7 +151,7 @@ def test_malformed_json_is_an_error_naming_the_file(tmp_path) -> None:
 
 
 def test_migrations_run_in_order_and_newer_files_are_refused(monkeypatch) -> None:
-    monkeypatch.setattr(cfg, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(cfg.schema, "SCHEMA_VERSION", 2)
 
     def rename_dim(doc: dict) -> dict:
         doc["network"] = {"network_dim": doc.pop("network", {}).pop("rank")}
@@ -175,12 +175,14 @@ def test_config_to_json_is_grouped_and_versioned() -> None:
     assert set(doc) == {"schema_version", *cfg.GROUPS}
 
 
-def test_sibling_modules_import_in_any_order_and_config_re_exports_them() -> None:
-    """config_fields / config_files are imported lazily by the schema: any import order works in a fresh process."""
+def test_settings_modules_import_in_any_order_and_the_package_re_exports_them() -> None:
+    """Inside loratrainer/config/ imports point one way (no lazy import back): any module imported first in a
+    fresh process works, and the package is the schema, its field catalogue and our JSON files."""
     import subprocess
     import sys
 
-    for first in ("loratrainer.config_files", "loratrainer.config_fields", "loratrainer.config"):
+    for first in ("loratrainer.config.files", "loratrainer.config.fields", "loratrainer.config.kohya",
+                  "loratrainer.config.presets", "loratrainer.config"):
         code = f"import {first}; from loratrainer.config import load_config, field_specs, TrainingConfig, ConfigError; field_specs()"
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert cfg.load_config is config_files.load_config and cfg.ConfigError is config_files.ConfigError

@@ -277,7 +277,7 @@ def test_start_refuses_a_windows_path_naming_the_setting_and_creates_nothing(pag
 
 
 def test_save_as_kohya_config_round_trips(page, tmp_path):
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.presets import load_any_config
 
     h = page.handlers["training"]
     target = tmp_path / "kohya.json"

@@ -165,12 +165,13 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
 )
 def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
     from loratrainer import events
+    from loratrainer.launch import run_files
     from loratrainer.gui.jobs import Jobs
     from loratrainer.gui.progress import status_line
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
         w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
         w.emit("ended", epoch=1, exit_code=1, **ended)
     view = Jobs(tmp_path / "state").view(run_dir)
@@ -288,7 +289,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
 
 
 def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
-    from loratrainer.train.eight_bit import refusal
+    from loratrainer.launch.eight_bit import refusal
 
     if refusal("AdamW8bit") is None:
         pytest.skip("this machine can run AdamW8bit")

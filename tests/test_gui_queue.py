@@ -9,7 +9,7 @@ import time
 import pytest
 
 from loratrainer.config import TrainingConfig, with_values
-from loratrainer.train.run_queue import RunQueue
+from loratrainer.launch.run_queue import RunQueue
 from tests.test_gui_handlers import form, page  # noqa: F401  (the page fixture)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from tests.datasets import make_caption, make_concept, make_image
 
@@ -45,8 +46,8 @@ def fake_run(page, tmp_path: Path, name: str, *, ended: dict | None, pid: int | 
     config = with_values(TrainingConfig(), {"folders.output_dir": str(out), "folders.output_name": name})
     run_dir = tmp_path / "log" / f"{name}_20260101-000000"
     run_dir.mkdir(parents=True)
-    save_config(config, run_dir / events.CONFIG_FILE)
-    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+    save_config(config, run_dir / run_files.CONFIG_FILE)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
         w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=pid or 999999)
         for step in (1, 2, 3):
             w.emit("progress", step=step, total_steps=8, epoch=1, epochs=2, loss=0.5 / step, avg_loss=0.4, lr=1e-4, it_per_s=2.5, eta_s=3.0)
@@ -57,7 +58,7 @@ def fake_run(page, tmp_path: Path, name: str, *, ended: dict | None, pid: int | 
         w.emit("checkpoint", path=str(lora), kind="epoch", epoch=1, step=4)
         if ended:
             w.emit("ended", **ended)
-    (run_dir / events.LOG_FILE).write_text("line 1\nTraceback: boom\n")
+    (run_dir / run_files.LOG_FILE).write_text("line 1\nTraceback: boom\n")
     page.jobs._remember(run_dir)
     return run_dir
 
@@ -108,7 +109,7 @@ def test_running_run_progress_samples_stop_and_reattach(page, tmp_path):
         assert again[n["gallery"]] == {"__type__": "update"} or again[n["gallery"]].get("__type__") == "update"
         assert out[n["stop_button"]]["interactive"] is True and out[n["stop_button"]]["variant"] == "stop"
         stopped = h.stop(str(run_dir))
-        assert (run_dir / events.STOP_FILE).exists()
+        assert (run_dir / run_files.STOP_FILE).exists()
         assert stopped[n["run_message"]] == "" and stopped[n["status"]].startswith("Stopping")
         # every later tick keeps saying so until the trainer has ended (a stop can take many seconds)
         for _ in range(3):
@@ -139,7 +140,7 @@ def test_start_during_a_run_leaves_its_status_alone(page, tmp_path):
 def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):
     run_dir = fake_run(page, tmp_path, "house", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
     final = write_lora(tmp_path / "model" / "house.safetensors", {"ss_epoch": "2", "ss_steps": "8", "ss_tag_frequency": '{"10_house": {"a": 2}}'})
-    with events.EventWriter(run_dir / events.EVENTS_FILE) as w:
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
         w.emit("checkpoint", path=str(final), kind="final", epoch=2, step=8, epoch_loss=0.125)
     write_lora(tmp_path / "model" / "house-interrupted.safetensors", {})  # on disk, but this run never wrote it
     write_lora(tmp_path / "model" / "other.safetensors", {})
@@ -176,8 +177,8 @@ def test_results_of_runs_with_a_common_prefix_and_of_a_failed_run(page, tmp_path
     failed = tmp_path / "a" / "log" / "concrete-house_20260101-000001"
     failed.mkdir()
     save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "a" / "model"), "folders.output_name": "concrete-house"}),
-                failed / events.CONFIG_FILE)
-    with events.EventWriter(failed / events.EVENTS_FILE) as w:
+                failed / run_files.CONFIG_FILE)
+    with events.EventWriter(failed / run_files.EVENTS_FILE) as w:
         w.emit("ended", status="error", reason="boom", step=0, epoch=0, exit_code=1)
     r, n = page.handlers["results"], page.named
     assert [row[0] for row in r.show_run(str(short))[n["results_files"]]] == ["concrete-house-000001.safetensors"]
@@ -303,7 +304,7 @@ def test_log_tail_is_our_log_not_library_noise(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading the model\n2026-01-01 00:00:01,000 INFO epoch 1\n")
+    (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading the model\n2026-01-01 00:00:01,000 INFO epoch 1\n")
     (run_dir / "console.log").write_text(
         "2026-01-01 00:00:00,000 INFO loading the model\n"
         "Loading weights:   0%|          | 0/196 [00:00<?, ?it/s]\rLoading weights: 100%|##########| 196/196 [00:01<00:00, 150it/s]\n"
@@ -323,10 +324,10 @@ def test_log_tail_is_our_log_not_library_noise(tmp_path):
     assert tail.count("loading the model") == 1 and "epoch 1" in tail
     assert "Traceback (most recent call last):" in tail and tail.rstrip().endswith("RuntimeError: a worker died")
     # a traceback the trainer logged itself is not repeated
-    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 ERROR Traceback (most recent call last):\n  x\nRuntimeError: a worker died\n")
+    (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 ERROR Traceback (most recent call last):\n  x\nRuntimeError: a worker died\n")
     assert log_tail(run_dir).count("RuntimeError: a worker died") == 1
     # the trainer never got to write train.log: the console, minus the progress bars
-    (run_dir / events.LOG_FILE).unlink()
+    (run_dir / run_files.LOG_FILE).unlink()
     tail = log_tail(run_dir)
     assert "Loading weights" not in tail and "RuntimeError: a worker died" in tail and "loading the model" in tail
 
@@ -344,7 +345,7 @@ def test_tensorboard_and_output_folder_buttons(page, tmp_path, monkeypatch):
     run_dir = fake_run(page, tmp_path, "tb", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
     r = page.handlers["results"]
     assert "no TensorBoard logs" in r.tensorboard(str(run_dir))
-    (run_dir / events.TENSORBOARD_DIR).mkdir()
+    (run_dir / run_files.TENSORBOARD_DIR).mkdir()
     try:
         message = r.tensorboard(str(run_dir))
         url = message.split("](")[1].split(")")[0]
@@ -372,9 +373,9 @@ def test_an_idle_page_does_not_spin(page):
 
 def test_trainer_notes_are_shown_in_the_page(page, tmp_path):
     run_dir = fake_run(page, tmp_path, "notes", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
-    (run_dir / events.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
+    (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
                                            "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n")
     save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "optimizer.max_train_steps": 8}),
-                run_dir / events.CONFIG_FILE)
+                run_dir / run_files.CONFIG_FILE)
     notes = page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]
     assert "mixed precision fp16 is off" in notes and "max_train_steps = 8 overrides the epoch count" in notes

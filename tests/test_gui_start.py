@@ -1,31 +1,14 @@
-"""Starting the GUI: light imports (torch and diffusers load only in the training process), `--language`
-serving one language at `/`, and the app's API answering a gradio_client."""
+"""Starting the GUI: `--language` serving one language at `/`, and the app's API answering a gradio_client (that
+building the app loads no torch and no trainer: tests/test_architecture.py)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 
 from tests.gui_server import start_gui, stop_gui
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_building_the_app_imports_no_torch(tmp_path):
-    code = (
-        "import sys\n"
-        "from loratrainer.gui.server import ServeOptions, neutralise_gradio_env\n"
-        "temp = neutralise_gradio_env()\n"
-        "from loratrainer.gui.app import create_app\n"
-        f"create_app(ServeOptions(open_browser=False, state_dir={str(tmp_path)!r}), temp_dir=temp)\n"
-        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate') if m in sys.modules))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_forced_language_is_served_at_root(tmp_path):

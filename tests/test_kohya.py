@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from loratrainer.config import ConfigError, TrainingConfig, get_value, resolve_key
-from loratrainer.kohya import DIRECT_KEYS, OURS_ONLY, export_kohya, import_kohya, kohya_split_args, kohya_to_json
+from loratrainer.config.kohya import DIRECT_KEYS, OURS_ONLY, export_kohya, import_kohya, kohya_split_args, kohya_to_json
 from tests.test_kohya_fixtures import IMPORTED, ROOT, effective
 
 # Real Kohya GUI files that import (the kohya_ss copies and two files users saved); those that are refused are

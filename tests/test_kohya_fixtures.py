@@ -14,8 +14,8 @@ import pytest
 
 from loratrainer.cli import main
 from loratrainer.config import ConfigError, TrainingConfig
-from loratrainer.kohya import export_kohya, import_kohya, kohya_to_json
-from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.kohya import export_kohya, import_kohya, kohya_to_json
+from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
 
 ROOT = Path(__file__).parent / "fixtures" / "kohya_ss"
 FILES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.json"))

@@ -10,7 +10,7 @@ import pytest
 
 from loratrainer.config import ConfigError, TrainingConfig, with_values
 from loratrainer.gui.i18n import Translator
-from loratrainer.kohya import export_kohya, import_kohya
+from loratrainer.config.kohya import export_kohya, import_kohya
 from tests.test_kohya import test_every_fixture_imports_with_each_value_as_written_or_reported as imports_every_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya_ss"  # real Kohya GUI files (README there: source, commits)
@@ -126,7 +126,7 @@ def test_lokr_accepts_a_full_matrix_rank():
 def test_the_disk_space_estimate_of_a_full_matrix_lokr_is_bounded_by_its_real_size():
     """The launcher's free-space check: a 100000-rank LoKr (full factors) must not be estimated as 100000 LoRA ranks.
     Real full-SD1.5 sizes at fp16 (test_model_lycoris' meta-device arithmetic): factor 6 -> 69 MB, 8 -> 28 MB."""
-    from loratrainer.train.launch import estimated_output_bytes
+    from loratrainer.launch.start import estimated_output_bytes
 
     def per_file(**values):
         config = with_values(TrainingConfig(), {"save_every_n_epochs": 0, **values})

@@ -12,9 +12,9 @@ import pytest
 
 from loratrainer.cli import main
 from loratrainer.config import TrainingConfig, field_specs, get_value, parse_optimizer_args, with_values
-from loratrainer.foreign_paths import foreign_kind
-from loratrainer.kohya import DIRECT_KEYS, EMPTY_VALUES, LORA_TYPES, OURS_ONLY, KohyaRefused, export_kohya, import_kohya, kohya_to_json
-from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.foreign_paths import foreign_kind
+from loratrainer.config.kohya import DIRECT_KEYS, EMPTY_VALUES, LORA_TYPES, OURS_ONLY, KohyaRefused, export_kohya, import_kohya, kohya_to_json
+from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
 from loratrainer.messages import Msg
 from tests.datasets import make_dataset
 
@@ -329,7 +329,7 @@ def test_windows_paths_are_refused_at_start_and_no_folder_is_created(tmp_path, m
 
 def test_the_gui_start_refusal_names_the_setting_by_its_label_in_korean(tmp_path) -> None:
     from loratrainer.gui.i18n import Translator
-    from loratrainer.train.launch import LaunchRefused, preflight
+    from loratrainer.launch.start import LaunchRefused, preflight
 
     config, _ = import_kohya(_windows_file(tmp_path))
     with pytest.raises(LaunchRefused) as info:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import TrainingConfig, load_config, with_values
-from loratrainer.train import launch
+from loratrainer.launch import start as launch
 from tests.datasets import make_dataset
 
 
@@ -50,7 +51,7 @@ def test_create_run_writes_the_resolved_config(tmp_path):
     config = _config(tmp_path, network_dim=16)
     run_dir = launch.create_run(config)
     assert run_dir.parent == tmp_path / "out" / "log" and run_dir.name.startswith("last_")
-    assert load_config(run_dir / events.CONFIG_FILE) == config
+    assert load_config(run_dir / run_files.CONFIG_FILE) == config
     second = launch.create_run(config)  # same second: a distinct folder
     assert second != run_dir
     logged = launch.create_run(with_values(config, {"logging_dir": str(tmp_path / "logs")}))
@@ -89,9 +90,9 @@ def test_run_process_stop_file_and_group_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script])
     monkeypatch.chdir(tmp_path)
     run = launch.start_run(_config(tmp_path), check=False)
-    assert run.poll() is None and json.loads((run.run_dir / events.COMMAND_FILE).read_text())["argv"][1] == "-c"
+    assert run.poll() is None and json.loads((run.run_dir / run_files.COMMAND_FILE).read_text())["argv"][1] == "-c"
     run.request_stop()
-    assert (run.run_dir / events.STOP_FILE).exists() and events.stop_requested(run.run_dir)
+    assert (run.run_dir / run_files.STOP_FILE).exists() and run_files.stop_requested(run.run_dir)
     if os.name == "posix":
         assert os.getpgid(run.pid) == run.pid  # its own process group
     run.kill()
@@ -128,10 +129,10 @@ def test_a_trainer_that_cannot_start_still_ends_the_stream(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / events.CONFIG_FILE).write_text('{"optimizer": {"epoch": -1}}')
+    (run_dir / run_files.CONFIG_FILE).write_text('{"optimizer": {"epoch": -1}}')
     proc = subprocess.run([sys.executable, "-m", "loratrainer.train.entry", "--run-dir", str(run_dir)], capture_output=True, timeout=60)
     assert proc.returncode == 1
-    ended = events.read_events(run_dir / events.EVENTS_FILE)[0][-1]
+    ended = events.read_events(run_dir / run_files.EVENTS_FILE)[0][-1]
     assert ended["event"] == "ended" and ended["status"] == "error" and "epoch" in ended["reason"]
 
 
@@ -145,7 +146,7 @@ def test_sigterm_becomes_a_stop_request(tmp_path):
     try:
         stop_on_signals(tmp_path)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert events.stop_requested(tmp_path)
+        assert run_files.stop_requested(tmp_path)
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -154,7 +155,7 @@ def test_sigterm_becomes_a_stop_request(tmp_path):
 def test_follow_shows_progress_and_returns_the_trainers_code(tmp_path, monkeypatch, tty):
     import io
 
-    from loratrainer.train.follow import follow
+    from loratrainer.launch.follow import follow
 
     script = ("import json, sys, time; p = sys.argv[1] + '/events.jsonl'\n"
               "def emit(**e):\n    open(p, 'a').write(json.dumps(e) + '\\n')\n"
@@ -283,7 +284,7 @@ def test_ctrl_c_while_the_trainer_starts_is_a_stop_request_not_a_traceback(tmp_p
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    assert events.stop_requested(tmp_path) and events.read_events(tmp_path / events.EVENTS_FILE)[0][-1]["event"] == "ended"
+    assert run_files.stop_requested(tmp_path) and events.read_events(tmp_path / run_files.EVENTS_FILE)[0][-1]["event"] == "ended"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
@@ -293,7 +294,7 @@ def test_sighup_to_the_cli_stops_the_run_even_when_the_terminal_is_gone(tmp_path
     import signal
     import threading
 
-    from loratrainer.train.follow import follow
+    from loratrainer.launch.follow import follow
 
     script = "import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/STOP'):\n    time.sleep(0.05)\n"
     monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
@@ -320,6 +321,6 @@ def test_sighup_to_the_cli_stops_the_run_even_when_the_terminal_is_gone(tmp_path
             follow(run, out, poll_s=0.05)
     finally:
         timer.cancel()
-        stopped = events.stop_requested(run.run_dir)
+        stopped = run_files.stop_requested(run.run_dir)
         run.kill()
     assert stopped and run.wait(timeout=10) == 0 and launch.group_members(run.pid) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import save_config
 from loratrainer.data.check import check_dataset
 
@@ -63,19 +64,19 @@ def test_two_machines_on_localhost_split_the_data_and_only_rank_0_writes(tmp_pat
     assert [m.returncode for m in machines] == [0, 0], "\n----\n".join(o[-3000:] for o in outputs)
     run_dirs = {}
     for run_dir in (tmp_path / "out" / "log").iterdir():
-        run_dirs[json.loads((run_dir / events.CONFIG_FILE).read_text())["launch"]["machine_rank"]] = run_dir
+        run_dirs[json.loads((run_dir / run_files.CONFIG_FILE).read_text())["launch"]["machine_rank"]] = run_dir
     assert sorted(run_dirs) == [0, 1]  # one run folder per machine (on real machines: one on each)
 
     plan = check_dataset(config, num_processes=2).steps  # the dataset check for the global batch of 2 x 1
     assert (plan.steps_per_epoch, plan.total_steps) == (2, 4) and check_dataset(config, num_processes=1).steps.total_steps == 8
-    evs = events.read_events(run_dirs[0] / events.EVENTS_FILE)[0]
+    evs = events.read_events(run_dirs[0] / run_files.EVENTS_FILE)[0]
     started, ended = evs[0], evs[-1]
     assert started["event"] == "started" and started["num_processes"] == 2 and started["total_steps"] == plan.total_steps
     assert ended["status"] == "finished" and ended["step"] == plan.total_steps
     assert [e["step"] for e in evs if e["event"] == "progress"] == list(range(1, plan.total_steps + 1))
 
     # only rank 0 writes: machine 1's run folder has no events, log, samples or state of its own
-    assert not (run_dirs[1] / events.EVENTS_FILE).exists() and not (run_dirs[1] / events.LOG_FILE).exists()
+    assert not (run_dirs[1] / run_files.EVENTS_FILE).exists() and not (run_dirs[1] / run_files.LOG_FILE).exists()
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["last-000001.safetensors", "last-000002.safetensors", "last.safetensors"]
     console_1 = (run_dirs[1] / "console.log").read_text(errors="replace")
     assert "process rank 1 of 2 on machine 1 of 2" in console_1

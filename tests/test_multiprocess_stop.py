@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import save_config, with_values
-from loratrainer.train import launch, processes
+from loratrainer.launch import processes, start as launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="scans /proc")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _everything_of(run_dir: Path) -> list[str]:
     """Every live process on this machine that belongs to the run: its command line names the run folder, or it
     is in a process group recorded in processes/ (a worker's data loaders). Read straight from /proc."""
-    groups = {json.loads(p.read_text())["pgid"] for p in (run_dir / processes.PROCESSES_DIR).glob("*.json")}
+    groups = {json.loads(p.read_text())["pgid"] for p in (run_dir / run_files.PROCESSES_DIR).glob("*.json")}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -58,8 +59,8 @@ def _wait_for_workers_and_a_step(out: Path, workers: int = 2, timeout: float = 2
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for run_dir in (out / "log").glob("*"):
-            recorded = list((run_dir / processes.PROCESSES_DIR).glob("rank-*.json"))
-            stepped = any(e["event"] == "progress" for e in events.read_events(run_dir / events.EVENTS_FILE)[0])
+            recorded = list((run_dir / run_files.PROCESSES_DIR).glob("rank-*.json"))
+            stepped = any(e["event"] == "progress" for e in events.read_events(run_dir / run_files.EVENTS_FILE)[0])
             if len(recorded) == workers and stepped:
                 return run_dir
         time.sleep(0.2)
@@ -91,7 +92,7 @@ def test_killing_accelerate_leaves_workers_that_block_a_new_run_until_stopped(tm
     finally:
         run.kill()
     _none_left(run_dir)
-    assert events.read_events(run_dir / events.EVENTS_FILE)[0][-1]["status"] == "stopped"
+    assert events.read_events(run_dir / run_files.EVENTS_FILE)[0][-1]["status"] == "stopped"
     assert (tmp_path / "out" / "last-interrupted.safetensors").is_file()
 
 
@@ -142,7 +143,7 @@ def test_stop_escalates_from_stop_file_to_sigterm_to_sigkill(tmp_path):
         time.sleep(0.5)
         assert sorted(processes.live_processes(run_dir)) == sorted(p.pid for p in procs)
         assert processes.stop_all(run_dir, stop_grace_s=0.5, term_grace_s=1) == "killed"
-        assert (run_dir / events.STOP_FILE).is_file()
+        assert (run_dir / run_files.STOP_FILE).is_file()
         assert procs[1].wait(timeout=5) == -signal.SIGTERM and procs[0].wait(timeout=5) == -signal.SIGKILL
     finally:
         for p in procs:

@@ -9,7 +9,7 @@ import pytest
 
 from loratrainer.cli import main
 from loratrainer.config import ConfigError, TrainingConfig, config_to_json, get_value, load_config, save_config, with_values
-from loratrainer.presets import (
+from loratrainer.config.presets import (
     USER_FIELDS,
     apply_preset,
     list_presets,

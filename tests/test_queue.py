@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
-from loratrainer.train.run_queue import INTERRUPTED, PENDING, RUNNING, QueueError, RunQueue
+from loratrainer.launch.run_queue import INTERRUPTED, PENDING, RUNNING, QueueError, RunQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ def test_add_list_move_remove_clear_through_the_cli(tmp_path):
 
 def test_two_processes_adding_at_once_lose_nothing(tmp_path):
     # the lock: without it both read the same list and the last writer drops the other's items
-    script = ("import sys; from loratrainer.train.run_queue import RunQueue; from loratrainer.config import TrainingConfig, with_values\n"
+    script = ("import sys; from loratrainer.launch.run_queue import RunQueue; from loratrainer.config import TrainingConfig, with_values\n"
               "q = RunQueue(sys.argv[1])\n"
               "for n in range(25): q.add(with_values(TrainingConfig(), {'output_name': f'{sys.argv[2]}{n}'}))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), tag], cwd=ROOT) for tag in ("a", "b")]
@@ -90,7 +91,7 @@ def test_a_run_left_running_by_a_gone_runner_is_interrupted_not_lost(tmp_path):
 
 
 def test_a_running_item_cannot_be_removed(tmp_path):
-    from loratrainer.train.run_queue import this_runner
+    from loratrainer.launch.run_queue import this_runner
 
     queue = RunQueue(tmp_path)
     queue.add(_named("alpha"))
@@ -155,7 +156,7 @@ def test_a_killed_runner_restarted_waits_for_its_run_then_goes_on_with_the_next(
         run_dir = None
         while time.monotonic() < deadline and run_dir is None:
             for d in (tmp_path / "a" / "out" / "log").glob("*"):
-                if any(e["event"] == "progress" for e in events.read_events(d / events.EVENTS_FILE)[0]):
+                if any(e["event"] == "progress" for e in events.read_events(d / run_files.EVENTS_FILE)[0]):
                     run_dir = d
             time.sleep(0.2)
         assert run_dir is not None, "the first run never trained"

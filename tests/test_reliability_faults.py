@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import TrainingConfig, with_values
 from loratrainer.train.entry import disk_full
-from loratrainer.train.input_checks import PARTIAL_GRACE_S, remove_stale_partials
-from loratrainer.train.launch import RunProcess
+from loratrainer.launch.input_checks import PARTIAL_GRACE_S, remove_stale_partials
+from loratrainer.launch.start import RunProcess
 from tests.tmpfs import mounted_tmpfs
 
 
@@ -70,7 +71,7 @@ def test_a_disk_that_fills_during_a_real_run_ends_as_disk_full(tmp_path, tiny_mo
     assert not stale.exists()  # the start cleans the partial files of its own output name
     _fill(filling_fs)  # the model is still loading: the first save will find the disk full
     code = run.wait(timeout=300)
-    ended = [json.loads(line) for line in (run.run_dir / events.EVENTS_FILE).read_text().splitlines()][-1]
+    ended = [json.loads(line) for line in (run.run_dir / run_files.EVENTS_FILE).read_text().splitlines()][-1]
     assert code == events.EXIT_CODES["disk_full"], ended
     assert ended["status"] == "disk_full" and ended["reason"].startswith("disk full")
     assert "SafetensorError" not in ended["reason"]
@@ -169,7 +170,7 @@ def test_stop_pressed_while_a_sample_renders_is_seen_between_denoising_steps(tmp
     def press_stop_at_the_third_step(module, args, output):
         calls.append(1)
         if len(calls) == 3:  # the user presses Stop while the first image renders (the GUI writes this file)
-            (tmp_path / events.STOP_FILE).write_text("stop requested\n")
+            (tmp_path / run_files.STOP_FILE).write_text("stop requested\n")
 
     hook = unet.register_forward_hook(press_stop_at_the_third_step)
     try:

@@ -20,7 +20,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from loratrainer.config import ModelSettings, TrainingConfig, with_values
 from loratrainer.gui.i18n import Translator
 from loratrainer.model.loading import TokenizerMismatch, load_sd15
-from loratrainer.train import input_checks, launch
+from loratrainer.launch import input_checks, start as launch
 from tests.datasets import make_dataset
 from tests.tiny_sd import TEXT_CONFIG, TOKENIZER_DIR, build_tiny_components, save_tiny_single_file
 

@@ -369,7 +369,7 @@ def _accumulation(tmp_path):
 
 @row("launch.num_processes")
 def _processes(tmp_path):
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     assert _loader(tmp_path, num_processes=2).report.steps.total_steps == 6  # halved: each process takes half
     argv = build_command(cfg(num_processes=2), tmp_path)
@@ -378,14 +378,14 @@ def _processes(tmp_path):
 
 @row("launch.multi_gpu")
 def _multi_gpu(tmp_path):
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     assert "--multi_gpu" not in build_command(cfg(), tmp_path) and "--multi_gpu" in build_command(cfg(multi_gpu=True), tmp_path)
 
 
 @row("launch.gpu_ids")
 def _gpu_ids(tmp_path):
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     argv = build_command(cfg(gpu_ids="0,1", multi_gpu=True), tmp_path)
     assert argv[argv.index("--gpu_ids") + 1] == "0,1" and "--gpu_ids" not in build_command(cfg(), tmp_path)
@@ -393,7 +393,7 @@ def _gpu_ids(tmp_path):
 
 @row("launch.main_process_port")
 def _port(tmp_path):
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     argv = build_command(cfg(main_process_port=29999), tmp_path)
     assert argv[argv.index("--main_process_port") + 1] == "29999" and "--main_process_port" not in build_command(cfg(), tmp_path)
@@ -405,7 +405,7 @@ def _port(tmp_path):
 @row("launch.rdzv_backend")
 def _machines(tmp_path):
     """Several machines: each launch names its rank and where to meet, in accelerate launch's own flags."""
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     single = build_command(cfg(), tmp_path)
     assert single[single.index("--num_machines") + 1] == "1" and "--machine_rank" not in single
@@ -419,7 +419,7 @@ def _machines(tmp_path):
 @row("launch.num_cpu_threads_per_process")
 def _threads(tmp_path):
     from loratrainer.train.entry import make_accelerator
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
 
     argv = build_command(cfg(num_cpu_threads_per_process=3), tmp_path)
     assert argv[argv.index("--num_cpu_threads_per_process") + 1] == "3"
@@ -436,7 +436,7 @@ def _mixed_precision(tmp_path):
     from accelerate.state import AcceleratorState
 
     from loratrainer.train.entry import make_accelerator
-    from loratrainer.train.launch import build_command
+    from loratrainer.launch.start import build_command
     from loratrainer.train.setup import WEIGHT_DTYPES
 
     argv = build_command(cfg(mixed_precision="bf16"), tmp_path)

@@ -15,9 +15,10 @@ import torch
 from safetensors import safe_open
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import save_config, with_values
 from loratrainer.data.check import check_dataset
-from loratrainer.train.launch import start_run
+from loratrainer.launch.start import start_run
 from tests.tiny_sd import save_tiny_single_file, tiny_config_dir
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return events.read_events(run_dir / events.EVENTS_FILE)[0]
+    return events.read_events(run_dir / run_files.EVENTS_FILE)[0]
 
 
 def _run_dir(out: Path) -> Path:
@@ -153,7 +154,7 @@ def test_resume_from_a_saved_state_matches_the_uninterrupted_run(tmp_path, tiny_
 
 
 def test_resume_from_a_missing_state_is_refused(tmp_path, tiny_model):
-    from loratrainer.train.launch import LaunchRefused
+    from loratrainer.launch.start import LaunchRefused
 
     config = small_config(tmp_path, tiny_model, resume=str(tmp_path / "nope"))
     with pytest.raises(LaunchRefused, match="not a saved training state"):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from loratrainer.config import with_values
 from loratrainer.train import model_api
 from loratrainer.train.loop import train
-from loratrainer.train.sample_prompts import SamplePrompt
+from loratrainer.launch.sample_prompts import SamplePrompt
 from loratrainer.train.sampling import render, untouched_training_state
 from loratrainer.train.setup import build_trainer
 from loratrainer.train.state import BrokenState, load_state, save_state

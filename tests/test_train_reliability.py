@@ -17,15 +17,16 @@ import torch
 from safetensors.torch import load_file
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.config import save_config, with_values
-from loratrainer.train.launch import group_members
+from loratrainer.launch.start import group_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="POSIX signals and process groups")]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return events.read_events(run_dir / events.EVENTS_FILE)[0]
+    return events.read_events(run_dir / run_files.EVENTS_FILE)[0]
 
 
 def _log(run_dir: Path) -> str:

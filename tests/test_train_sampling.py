@@ -20,11 +20,13 @@ from PIL import Image
 
 from loratrainer.config import Sampler
 from loratrainer.errors import UserError
-from loratrainer.events import EVENTS_FILE, EventWriter
+from loratrainer.events import EventWriter
+from loratrainer.launch.run_files import EVENTS_FILE, sample_name
 from loratrainer.model.loading import noise_scheduler
-from loratrainer.train.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
-from loratrainer.train.samplers import SAMPLER_NAMES, build_scheduler
-from loratrainer.train.sampling import SampleSchedule, maybe_sample, sample_name
+from loratrainer.launch.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
+from loratrainer.launch.samplers import SAMPLER_NAMES
+from loratrainer.train.samplers import build_scheduler
+from loratrainer.train.sampling import SampleSchedule, maybe_sample
 from loratrainer.train.saving import Saver
 from loratrainer.train.setup import build_trainer
 
@@ -281,14 +283,15 @@ def test_bad_prompts_stop_the_run_before_training_and_no_prompts_means_no_sample
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch_sample_once_on_the_main_process(tmp_path, tiny_model):
     from loratrainer import events
-    from loratrainer.train.launch import start_run
+    from loratrainer.launch import run_files
+    from loratrainer.launch.start import start_run
 
     config = small_config(tmp_path, tiny_model, images=4, repeats=2, num_processes=2, main_process_port=29747, epoch=1,
                           output_name="lora", sample_prompts="red square --w 64 --h 64 --s 2", sample_every_n_steps=2,
                           sample_at_first=True)
     run = start_run(config)
     assert run.wait(timeout=300) == 0, "\n".join(p.read_text()[-3000:] for p in run.run_dir.glob("*.log"))
-    evs = events.read_events(run.run_dir / events.EVENTS_FILE)[0]
+    evs = events.read_events(run.run_dir / run_files.EVENTS_FILE)[0]
     samples = [e for e in evs if e["event"] == "sample"]
     assert evs[0]["event"] == "started" and evs[-1]["event"] == "ended" and evs[-1]["step"] == 2
     assert [(e["step"], e["index"]) for e in samples] == [(0, 0), (2, 0)]  # each round once, not once per process

@@ -34,7 +34,7 @@ def small_config(root: Path, model: Path, images: int = 3, repeats: int = 2, **v
 
 def start_with_env(config, env: dict | None = None):
     """start_run with extra environment variables (e.g. LORATRAINER_FAULT) for the trainer it starts."""
-    from loratrainer.train.launch import start_run
+    from loratrainer.launch.start import start_run
 
     old = dict(os.environ)
     os.environ.update(env or {})

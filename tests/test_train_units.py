@@ -16,7 +16,8 @@ from loratrainer.config import TrainingConfig, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.train import latent_cache, optimizers
 from loratrainer.train.captions import CaptionRules, process_caption
-from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy, checkpoint_name
+from loratrainer.launch.run_files import checkpoint_name
+from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
 from loratrainer.train.dataset import process_batches
 from loratrainer.train.loss import LossSettings, diffusion_loss, elementwise_loss, huber_threshold, sample_weights
 from loratrainer.train.noise import NoiseSettings, pyramid_noise_like, sample_noise
@@ -160,9 +161,9 @@ def test_8bit_optimizers_without_cuda_say_what_to_use(name, instead):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_the_default_adamw8bit_is_refused_before_launch_without_cuda(tmp_path):
-    from loratrainer.train.launch import LaunchRefused, start_run
+    from loratrainer.launch.start import LaunchRefused, start_run
 
-    (tmp_path / "model").mkdir()  # the base model is checked before the optimizer (train.path_checks)
+    (tmp_path / "model").mkdir()  # the base model is checked before the optimizer (launch.path_checks)
     config = small_config(tmp_path, tmp_path / "model", optimizer="AdamW8bit")
     with pytest.raises(LaunchRefused, match="^AdamW8bit needs bitsandbytes with a CUDA GPU; use AdamW$"):
         start_run(config)
@@ -215,11 +216,11 @@ def test_optimizers_build_with_their_defaults_and_args():
         optimizers.optimizer_spec("nosuch.Optim")  # only the optimizer packages are imported from
 
 
-@pytest.mark.parametrize("name", sorted(__import__("loratrainer.optimizer_table").optimizer_table.KNOWN_OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(__import__("loratrainer.config.optimizer_table").config.optimizer_table.KNOWN_OPTIMIZERS))
 def test_every_listed_optimizer_builds_or_says_what_to_do(name):
     """The schema's choices and the trainer's builder are one table: each name builds here (the SGD family with
     its listed defaults) or is refused with what to install or use instead."""
-    from loratrainer.optimizer_table import OPTIMIZERS
+    from loratrainer.config.optimizer_table import OPTIMIZERS
 
     params = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 1e-3}]
     try:
@@ -234,7 +235,7 @@ def test_the_optimizer_table_and_the_schema_load_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, loratrainer.config, loratrainer.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, loratrainer.config, loratrainer.config.optimizer_table; assert 'torch' not in sys.modules, 'torch'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).returncode == 0
 
 

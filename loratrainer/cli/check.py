@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace):
 
 def _load(path: str, quiet: bool):
     """Our config or preset, or a Kohya GUI file; for the latter the import report goes to stderr."""
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.presets import load_any_config
 
     config, imported = load_any_config(path)
     if imported.format == "kohya" and not quiet:

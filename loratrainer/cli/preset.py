@@ -47,7 +47,7 @@ def _refuse_existing(output: str, force: bool) -> Path:
 
 def _write(output: Path, text: str, force: bool) -> None:
     from loratrainer.files import atomic_write
-    from loratrainer.presets import backup_file
+    from loratrainer.config.presets import backup_file
 
     try:
         backup = backup_file(output) if force else None
@@ -70,7 +70,7 @@ def _print_report(lines: list[str]) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from loratrainer.config import config_to_json
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.presets import load_any_config
 
     output = _refuse_existing(args.output, args.force)
     config, report = load_any_config(args.source)  # raises before anything is written
@@ -83,8 +83,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from loratrainer.kohya import export_kohya, kohya_to_json
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.kohya import export_kohya, kohya_to_json
+    from loratrainer.config.presets import load_any_config
 
     output = _refuse_existing(args.output, args.force)
     config, report = load_any_config(args.source)
@@ -100,7 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from loratrainer.presets import list_presets, user_preset_dir
+    from loratrainer.config.presets import list_presets, user_preset_dir
 
     presets = list_presets()
     for info in presets:
@@ -114,7 +114,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from loratrainer.config import PRESET_HEADER, TrainingConfig, field_specs, get_value
-    from loratrainer.presets import find_preset, load_any_config, read_json_object
+    from loratrainer.config.presets import find_preset, load_any_config, read_json_object
 
     path = find_preset(args.name)
     config, report = load_any_config(path)  # a preset, a full config of ours or a Kohya GUI file

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from loratrainer.train.run_queue import RunQueue
+    from loratrainer.launch.run_queue import RunQueue
 
     queue = RunQueue()
     action = args.queue_command
@@ -50,7 +50,7 @@ def run_command(args: argparse.Namespace) -> int:
     if action == "clear":
         print(f"removed {queue.clear()} run(s)")
         return 0
-    from loratrainer.train.queue_runner import run_queue
+    from loratrainer.launch.queue_runner import run_queue
 
     return run_queue(queue, stop_on_failure=args.stop_on_failure)
 

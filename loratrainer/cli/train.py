@@ -19,8 +19,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from loratrainer.config import apply_overrides
-    from loratrainer.train.follow import follow
-    from loratrainer.train.launch import build_command, format_command, logging_root, preflight, start_run
+    from loratrainer.launch.follow import follow
+    from loratrainer.launch.run_files import run_folder
+    from loratrainer.launch.start import build_command, format_command, preflight, start_run
 
     config = _load(args.config)
     try:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     config = preflight(config)  # --print-command too: the same checks as a real start, so it shows a command that would run
     if args.print_command:
-        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         print(format_command(build_command(config, run_dir)))
         return 0
     process = start_run(config, check=False)
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):
-    from loratrainer.presets import load_any_config
+    from loratrainer.config.presets import load_any_config
 
     config, report = load_any_config(path)
     if report.format != "loratrainer":  # a foreign file: say what was converted, coerced or left out

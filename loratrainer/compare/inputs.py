@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.compare.runs import SavedFile, epoch_label, read_run
 from loratrainer.errors import UserError
 
@@ -19,14 +19,14 @@ class Inputs:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / events.EVENTS_FILE).is_file() and (path / events.CONFIG_FILE).is_file()
+    return (path / run_files.EVENTS_FILE).is_file() and (path / run_files.CONFIG_FILE).is_file()
 
 
 def run_config(run_dir: Path):
     from loratrainer.config import ConfigError, load_config
 
     try:
-        return load_config(run_dir / events.CONFIG_FILE)
+        return load_config(run_dir / run_files.CONFIG_FILE)
     except (ConfigError, OSError):
         return None
 
@@ -35,7 +35,7 @@ def find_writer(file: Path, run_dir: Path | None = None) -> tuple[Path, SavedFil
     """The run folder whose events say it wrote `file`: `run_dir` when given, else one under the file's folder
     (`<output>/log/<run>/`, Kohya's default logging folder)."""
     file = file.resolve()
-    candidates = [Path(run_dir) / events.EVENTS_FILE] if run_dir else sorted(file.parent.glob(f"*/*/{events.EVENTS_FILE}"), reverse=True)
+    candidates = [Path(run_dir) / run_files.EVENTS_FILE] if run_dir else sorted(file.parent.glob(f"*/*/{run_files.EVENTS_FILE}"), reverse=True)
     for events_file in candidates:
         record = read_run(events_file.parent)
         for saved in record.files:
@@ -50,7 +50,7 @@ def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
         path = Path(text).expanduser()
         if path.is_dir():
             if not is_run_dir(path):
-                raise UserError(f"{path} is not a run folder (no {events.EVENTS_FILE} and {events.CONFIG_FILE}): give a run folder or .safetensors files")
+                raise UserError(f"{path} is not a run folder (no {run_files.EVENTS_FILE} and {run_files.CONFIG_FILE}): give a run folder or .safetensors files")
             saved = [f for f in read_run(path).files if f.exists]
             if not saved:
                 raise UserError(f"the run {path.name} saved no LoRA file that still exists")
@@ -84,7 +84,7 @@ def first_sample_prompt(config) -> list[str]:
     """The text of the run's first sample prompt (none when it has none or they do not parse)."""
     if config is None or not config.sampling.sample_prompts.strip():
         return []
-    from loratrainer.train.sample_prompts import load_prompts
+    from loratrainer.launch.sample_prompts import load_prompts
 
     try:
         prompts = load_prompts(config.sampling.sample_prompts)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loratrainer import events
+from loratrainer.launch import run_files
 
 
 @dataclass
@@ -63,7 +64,7 @@ class RunRecord:
 def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     record = RunRecord(run_dir)
-    all_events, _ = events.read_events(run_dir / events.EVENTS_FILE)
+    all_events, _ = events.read_events(run_dir / run_files.EVENTS_FILE)
     progress: list[dict[str, Any]] = []
     for e in all_events:
         kind = e.get("event")

@@ -2,7 +2,7 @@
 
 One flat table per language: named UI strings, `group.<group>` for the Advanced accordions and `msg.<code>` for
 coded messages. A setting's English label and help are the schema's (its field's title and description, in
-loratrainer/config.py); other languages translate them as `field.<path>.label` and `field.<path>.help` (the path
+loratrainer/config/schema.py); other languages translate them as `field.<path>.label` and `field.<path>.help` (the path
 is the component's name). Messages may hold `{name}` placeholders filled by `Translator.__call__(key, name=...)`.
 
 The language follows the browser (Accept-Language, which Chromium and Firefox derive from navigator.language);

@@ -1,6 +1,6 @@
 """The GUI's handle on training processes: start, follow, stop, and find again after a page reload.
 
-The GUI never trains: `start` goes through train.launch.start_run like the CLI, and everything shown comes
+The GUI never trains: `start` goes through launch.start.start_run like the CLI, and everything shown comes
 from the run folder (events.jsonl, train.log, console.log). Run folders started from the GUI are remembered
 in `<state_dir>/gui-runs.json`, so a reloaded page (or a restarted GUI) re-attaches to the newest run whose
 process is alive, or shows how the last one ended.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.files import atomic_write
 from loratrainer.messages import Msg, define
 
@@ -73,12 +74,12 @@ class Jobs:
 
     def start(self, config) -> Path:
         """Check and start a run; raises LaunchRefused (a UserError) with the report when it must not start."""
-        from loratrainer.train.launch import start_run
+        from loratrainer.launch.start import start_run
 
         with self._lock:
             running = self.active()
             if running is not None:
-                from loratrainer.train.launch import LaunchRefused
+                from loratrainer.launch.start import LaunchRefused
 
                 raise LaunchRefused(Msg.of("gui.run_busy", run=str(running)))
             process = start_run(config)
@@ -93,14 +94,14 @@ class Jobs:
         if process is not None:
             process.request_stop()
         else:
-            atomic_write(run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+            atomic_write(run_dir / run_files.STOP_FILE, f"stop requested at {events.now_iso()}\n")
 
     def kill(self, run_dir: str | Path) -> None:
         process = self._processes.get(Path(run_dir))
         if process is not None:
             process.kill()
             return
-        from loratrainer.train.processes import kill_all
+        from loratrainer.launch.processes import kill_all
 
         pid = self._follow(Path(run_dir)).pid
         if pid and _alive(pid):
@@ -162,7 +163,7 @@ class Jobs:
     def _follow(self, run_dir: Path) -> _Followed:
         with self._lock:
             f = self._followed.setdefault(run_dir, _Followed())
-            new, f.offset = events.read_events(run_dir / events.EVENTS_FILE, f.offset)
+            new, f.offset = events.read_events(run_dir / run_files.EVENTS_FILE, f.offset)
             for e in new:
                 kind = e.get("event")
                 if kind == "started" and e.get("pid"):
@@ -204,9 +205,9 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
     console.log also holds a copy of every train.log line and the libraries' noise (progress bars such as
     transformers' "Loading weights", warnings), so it is shown whole only when there is no train.log at all,
     and then without progress bars."""
-    from loratrainer.train.launch import CONSOLE_FILE
+    from loratrainer.launch.run_files import CONSOLE_FILE
 
-    ours = _read_tail(run_dir / events.LOG_FILE)
+    ours = _read_tail(run_dir / run_files.LOG_FILE)
     console = _read_tail(run_dir / CONSOLE_FILE)
     if not ours.strip():
         kept = [line for line in console.splitlines() if not _is_progress_bar(line)]

@@ -22,7 +22,7 @@ def status_line(view: JobView | None, t: Translator) -> str:
         return t("status.idle")
     s = view.state
     if view.alive:
-        from loratrainer.events import stop_requested
+        from loratrainer.launch.run_files import stop_requested
 
         if stop_requested(view.run_dir):  # until the trainer has saved and ended, however long that takes
             return t("status.stopping", file=interrupted_file(view))
@@ -69,7 +69,7 @@ def interrupted_file(view: JobView) -> str:
             return Path(str(e.get("path", ""))).name
     try:
         from loratrainer.config import load_config
-        from loratrainer.events import CONFIG_FILE
+        from loratrainer.launch.run_files import CONFIG_FILE
 
         return f"{load_config(view.run_dir / CONFIG_FILE).folders.output_name}-interrupted.safetensors"
     except Exception:

@@ -2,7 +2,7 @@
 "Run queue", which starts `loratrainer queue run` in a session of its own, so the queue goes on when the page
 or the GUI is closed. "Add to queue" sits next to Start on the Training tab and is wired here.
 
-Everything shown is read from the queue file (loratrainer.train.run_queue) on each refresh; the GUI holds no
+Everything shown is read from the queue file (loratrainer.launch.run_queue) on each refresh; the GUI holds no
 queue state of its own, so the CLI and the page can both change the queue.
 """
 
@@ -22,7 +22,7 @@ class QueueHandlers:
 
     @staticmethod
     def queue():
-        from loratrainer.train.run_queue import RunQueue
+        from loratrainer.launch.run_queue import RunQueue
 
         return RunQueue()  # the user's config folder (LORATRAINER_CONFIG_DIR), read on every call
 
@@ -36,7 +36,7 @@ class QueueHandlers:
     def refresh(self, chosen: str | None = None, message: str | None = None) -> dict:
         import gradio as gr
 
-        from loratrainer.train.queue_runner import runner_running
+        from loratrainer.launch.queue_runner import runner_running
 
         n = self.ui.named
         try:
@@ -93,7 +93,7 @@ class QueueHandlers:
         return self.refresh(None, self.t("queue.cleared", count=self.queue().clear()))
 
     def run(self) -> dict:
-        from loratrainer.train.queue_runner import runner_running, start_detached
+        from loratrainer.launch.queue_runner import runner_running, start_detached
 
         queue = self.queue()
         if runner_running(queue):

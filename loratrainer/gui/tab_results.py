@@ -13,7 +13,7 @@ import struct
 from datetime import datetime
 from pathlib import Path
 
-from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.compare.runs import RunRecord, SavedFile, read_run
 from loratrainer.config import ConfigError, load_config
 from loratrainer.gui.context import UiContext
@@ -107,7 +107,7 @@ class ResultsHandlers:
             return empty
         run = Path(run_dir)
         try:
-            config = load_config(run / events.CONFIG_FILE)
+            config = load_config(run / run_files.CONFIG_FILE)
         except ConfigError as exc:
             return {**empty, n["results_summary"]: t.error(exc)}
         record = read_run(run)
@@ -171,7 +171,7 @@ class ResultsHandlers:
         if not run_dir:
             return self.t("results.choose_run")
         try:
-            folder = Path(load_config(Path(run_dir) / events.CONFIG_FILE).folders.output_dir)
+            folder = Path(load_config(Path(run_dir) / run_files.CONFIG_FILE).folders.output_dir)
         except ConfigError as exc:
             return self.t.error(exc)
         if open_folder(folder):
@@ -183,7 +183,7 @@ class ResultsHandlers:
 
         if not run_dir:
             return self.t("results.choose_run")
-        logdir = Path(run_dir) / events.TENSORBOARD_DIR
+        logdir = Path(run_dir) / run_files.TENSORBOARD_DIR
         command = f"tensorboard --logdir \"{logdir}\" --host 127.0.0.1"
         if not logdir.is_dir():
             return self.t("results.tensorboard_no_logs", folder=md(str(logdir)))

@@ -26,7 +26,7 @@ class TrainingHandlers:
     # -- presets and config files --------------------------------------------------------------------------
 
     def preset_choices(self) -> list[tuple[str, str]]:
-        from loratrainer.presets import list_presets
+        from loratrainer.config.presets import list_presets
 
         try:
             presets = list_presets()
@@ -36,7 +36,7 @@ class TrainingHandlers:
         return [(f"{p.name} ({tag[p.shipped]})", str(p.path)) for p in presets]
 
     def load_preset(self, data: dict) -> dict:
-        from loratrainer.presets import apply_preset, load_preset
+        from loratrainer.config.presets import apply_preset, load_preset
 
         chosen = data[self.ui.named["preset"]]
         message = self.ui.named["config_message"]
@@ -49,7 +49,7 @@ class TrainingHandlers:
         return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
 
     def save_preset(self, data: dict) -> dict:
-        from loratrainer.presets import save_user_preset
+        from loratrainer.config.presets import save_user_preset
 
         name = (data[self.ui.named["preset_name"]] or "").strip()
         message = self.ui.named["config_message"]
@@ -65,7 +65,7 @@ class TrainingHandlers:
 
     def load_file(self, data: dict) -> dict:
         """Our JSON or a Kohya GUI config: shows what was coerced, migrated or ignored."""
-        from loratrainer.presets import load_any_config
+        from loratrainer.config.presets import load_any_config
 
         upload = data.get(self.ui.named["config_upload"])
         path = upload or (data[self.ui.named["config_path"]] or "").strip()
@@ -86,7 +86,7 @@ class TrainingHandlers:
         """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
         <name>.<YYYYmmdd-HHMMSS>.bak (a user's files are sacred)."""
         from loratrainer.files import atomic_write
-        from loratrainer.kohya import export_kohya, kohya_to_json
+        from loratrainer.config.kohya import export_kohya, kohya_to_json
 
         path = (data[self.ui.named["config_path"]] or "").strip()
         message = self.ui.named["config_message"]
@@ -100,7 +100,7 @@ class TrainingHandlers:
                 target = target.with_name(target.name + ".json")
             backup = ""
             if target.exists():  # a timestamped copy as presets make: a second save keeps the first original
-                from loratrainer.presets import backup_file
+                from loratrainer.config.presets import backup_file
 
                 kept = backup_file(target)
                 backup = self.t("config.backup", path=kept.name if kept else target.name)
@@ -126,7 +126,8 @@ class TrainingHandlers:
         import re
         from datetime import datetime
 
-        from loratrainer.train.launch import build_command, format_command, logging_root
+        from loratrainer.launch.run_files import run_folder
+        from loratrainer.launch.start import build_command, format_command
 
         box = self.ui.named["command"]
         try:
@@ -139,7 +140,7 @@ class TrainingHandlers:
             save_config(config, target)
         except OSError as exc:
             return {box: self.t.error_text(exc)}
-        run_dir = logging_root(config) / f"{config.folders.output_name}_<YYYYmmdd-HHMMSS>"
+        run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
                  self.t("command.becomes"), format_command(build_command(config, run_dir))]
         return {box: "\n".join(lines)}
@@ -200,7 +201,7 @@ class TrainingHandlers:
 
     def refusal(self, exc: Exception) -> str:
         """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
-        from loratrainer.train.launch import LaunchRefused
+        from loratrainer.launch.start import LaunchRefused
 
         report = exc.report if isinstance(exc, LaunchRefused) else None
         if report is not None:
@@ -231,7 +232,7 @@ class TrainingHandlers:
         with its settings (the run folder's config.json): the form shows what is training, or, after a run
         ended, what was run last, so a reload does not fall back to the defaults."""
         from loratrainer.config import ConfigError, load_config
-        from loratrainer.events import CONFIG_FILE
+        from loratrainer.launch.run_files import CONFIG_FILE
 
         run_dir = self.ui.jobs.current()
         out = self.refresh(str(run_dir) if run_dir else None, -1)
@@ -415,11 +416,11 @@ def run_notes(view, t) -> str:
     precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
     import re
 
-    from loratrainer import events
-    from loratrainer.train.launch import CONSOLE_FILE
+    from loratrainer.launch import run_files
+    from loratrainer.launch.run_files import CONSOLE_FILE
 
     notes: list[str] = []
-    for name in (events.LOG_FILE, CONSOLE_FILE):
+    for name in (run_files.LOG_FILE, CONSOLE_FILE):
         try:
             with open(view.run_dir / name, "rb") as fh:
                 head = fh.read(64 * 1024).decode("utf-8", errors="replace")
@@ -431,7 +432,7 @@ def run_notes(view, t) -> str:
     try:
         from loratrainer.config import load_config
 
-        notes += [n for n in load_config(view.run_dir / events.CONFIG_FILE).summary() if n not in notes]
+        notes += [n for n in load_config(view.run_dir / run_files.CONFIG_FILE).summary() if n not in notes]
     except Exception:  # a damaged config.json: the status says what matters
         pass
     if not notes:

@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 from typing import Callable
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest config file (config_files.MAX_CONFIG_BYTES) plus multipart overhead
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest config file (config.files.MAX_CONFIG_BYTES) plus multipart overhead
 LOGIN_FAILURES = 5  # wrong passwords per address ...
 LOGIN_WINDOW_S = 60.0  # ... within this time, before its logins wait
 

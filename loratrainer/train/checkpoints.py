@@ -13,21 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from loratrainer.config import SavingSettings
-
-# A saved training state (train.state) is a folder beside its LoRA file; these names are here, in a module
-# without torch, so that the launcher's resume check and the rotation below use the same ones.
-STATE_FILE = "train_state.json"  # written last: marks the folder complete
-WEIGHTS_FILE = "lora_weights.pt"
-OPTIMIZER_FILE = "optimizer.pt"
-
-
-def state_folder_name(lora_file: Path) -> Path:
-    """Kohya's naming: `<file stem>-state` beside the LoRA file."""
-    return lora_file.with_name(lora_file.stem + "-state")
-
-
-def rng_file_name(rank: int) -> str:
-    return f"rng_{rank}.pt"
+from loratrainer.launch.run_files import STATE_FILE, checkpoint_name, interrupted_name, state_folder_name
 
 
 @dataclass(frozen=True)
@@ -60,16 +46,6 @@ class SavePolicy:
         return "step" if self.every_n_steps and p.step % self.every_n_steps == 0 else None
 
 
-def checkpoint_name(output_name: str, kind: str, p: Progress) -> str:
-    if kind == "epoch":
-        return f"{output_name}-{p.epoch:06d}.safetensors"
-    if kind == "step":
-        return f"{output_name}-step{p.step:08d}.safetensors"
-    if kind == "interrupted":
-        return f"{output_name}-interrupted.safetensors"
-    return f"{output_name}.safetensors"
-
-
 @dataclass
 class CheckpointKeeper:
     """Saves through `write(path, progress)` and removes this run's files beyond save_last_n_*."""
@@ -84,7 +60,7 @@ class CheckpointKeeper:
         path = self.output_dir / checkpoint_name(self.output_name, kind, p)
         n = 2
         while kind == "interrupted" and path.exists():  # stopped again after a resume
-            path = self.output_dir / f"{self.output_name}-interrupted-{n}.safetensors"
+            path = self.output_dir / interrupted_name(self.output_name, n)
             n += 1
         self.write(path, p)
         if kind in self.written:

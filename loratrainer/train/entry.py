@@ -16,10 +16,11 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
-from loratrainer.train.eight_bit import keep_unloaded_unless_needed
+from loratrainer.launch.eight_bit import keep_unloaded_unless_needed
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.runtime import library_versions, random_seed
 
@@ -33,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
     record_process(run_dir)
     try:
-        config = load_config(run_dir / events.CONFIG_FILE)
+        config = load_config(run_dir / run_files.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
         hide_broken_torchvision()
         accelerator = make_accelerator(config)
     except Exception as exc:  # before training could start: still end the stream with a reason
         traceback.print_exc()
         return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
-    writer = events.EventWriter(run_dir / events.EVENTS_FILE) if accelerator.is_main_process else None
+    writer = events.EventWriter(run_dir / run_files.EVENTS_FILE) if accelerator.is_main_process else None
     run = RunContext(run_dir, events=writer)
     setup_logging(run_dir, accelerator.is_main_process)
     if accelerator.mixed_precision != config.precision.mixed_precision:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ended_early(run_dir: Path, reason: str) -> int:
     if os.environ.get("RANK", "0") == "0":
-        with events.EventWriter(run_dir / events.EVENTS_FILE) as writer:
+        with events.EventWriter(run_dir / run_files.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
     return events.EXIT_CODES["error"]
 
@@ -68,7 +69,7 @@ def _ended_early(run_dir: Path, reason: str) -> int:
 def record_process(run_dir: Path) -> None:
     """processes/rank-N.json: this worker's pid and process group, so a stop finds it even when accelerate launch
     (which torchrun runs it under, in a session of its own) is gone."""
-    from loratrainer.train.processes import record_this_worker
+    from loratrainer.launch.processes import record_this_worker
 
     try:
         record_this_worker(run_dir)
@@ -94,7 +95,7 @@ def stop_on_signals(run_dir: Path) -> None:
 
     def request_stop(signum, frame) -> None:
         try:
-            (run_dir / events.STOP_FILE).write_text(f"{signal.Signals(signum).name}\n")
+            (run_dir / run_files.STOP_FILE).write_text(f"{signal.Signals(signum).name}\n")
         except OSError:
             pass
 
@@ -129,7 +130,7 @@ def setup_logging(run_dir: Path, main_process: bool) -> None:
     stream.setLevel(logging.INFO if main_process else logging.WARNING)
     root.addHandler(stream)
     if main_process:
-        file = logging.FileHandler(run_dir / events.LOG_FILE, encoding="utf-8")
+        file = logging.FileHandler(run_dir / run_files.LOG_FILE, encoding="utf-8")
         file.setFormatter(fmt)
         root.addHandler(file)
 
@@ -213,7 +214,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     seed = resume.seed if resume else broadcast_object_list([config.optimizer.seed or random_seed()])[0]
     set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
     if accelerator.is_main_process:
-        (run_dir / events.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
+        (run_dir / run_files.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     run.phase = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed, run=run)
     trace_batches(t)
@@ -246,7 +247,7 @@ def trace_batches(t) -> None:
     if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
         return
     sampler_class = type(t.sampler)
-    path = Path(t.run_dir) / f"batches-rank-{t.accelerator.process_index}.jsonl"
+    path = Path(t.run_dir) / run_files.batches_trace_name(t.accelerator.process_index)
 
     class Traced(sampler_class):
         def __iter__(self):
@@ -261,7 +262,7 @@ def trace_batches(t) -> None:
 def open_tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(run_dir / events.TENSORBOARD_DIR))
+    return SummaryWriter(str(run_dir / run_files.TENSORBOARD_DIR))
 
 
 class _StopInjected:
@@ -283,7 +284,7 @@ def injected_stop(t, step: int) -> None:
     from loratrainer.train.faults import stop_after
 
     if stop_after(step) and t.accelerator.is_main_process:
-        (Path(t.run_dir) / events.STOP_FILE).write_text("LORATRAINER_FAULT\n")
+        (Path(t.run_dir) / run_files.STOP_FILE).write_text("LORATRAINER_FAULT\n")
 
 
 if __name__ == "__main__":

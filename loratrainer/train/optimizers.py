@@ -1,4 +1,4 @@
-"""The optimizer named in the config, built from loratrainer.optimizer_table (where the names, classes and
+"""The optimizer named in the config, built from loratrainer.config.optimizer_table (where the names, classes and
 defaults are listed once) or a `module.Class` path; `optimizer_args` from the config override the defaults.
 Missing optional packages raise a UserError that says what to install or what to pick instead.
 """
@@ -12,8 +12,8 @@ import torch
 
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
-from loratrainer.optimizer_table import OPTIMIZERS
-from loratrainer.train.eight_bit import refusal
+from loratrainer.config.optimizer_table import OPTIMIZERS
+from loratrainer.launch.eight_bit import refusal
 
 OptimizerSpec = tuple[type, dict[str, Any]]
 
@@ -47,7 +47,7 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     """The class and defaults for a known name or a `module.Class` path; raises OptimizerUnavailable."""
     if name in OPTIMIZERS:
         return _from_table(name)
-    from loratrainer.train.input_checks import optimizer_refusal
+    from loratrainer.launch.input_checks import optimizer_refusal
 
     refused = optimizer_refusal(name)  # the launcher refuses it first; a hand-made run folder ends here
     if refused is not None:

@@ -24,17 +24,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from loratrainer import events
 from loratrainer.config import SamplingSettings
 from loratrainer.files import atomic_write_with
 from loratrainer.train.faults import fail_sampling
-from loratrainer.train.sample_prompts import SamplePrompt, load_prompts
-from loratrainer.train.samplers import build_scheduler, canonical_sampler
+from loratrainer.launch import run_files
+from loratrainer.launch.run_files import SAMPLE_DIR, sample_name
+from loratrainer.launch.sample_prompts import SamplePrompt, load_prompts
+from loratrainer.launch.samplers import canonical_sampler
+from loratrainer.train.samplers import build_scheduler
 from loratrainer.train.setup import Trainer
 from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 log = logging.getLogger("loratrainer.train")
-SAMPLE_DIR = "sample"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
     folder = Path(t.config.folders.output_dir) / SAMPLE_DIR
     paths = []
     for index, prompt in enumerate(run.prompts):
-        if events.stop_requested(t.run_dir):  # a stop comes within seconds, not after the whole round
+        if run_files.stop_requested(t.run_dir):  # a stop comes within seconds, not after the whole round
             log.info("stop requested: the remaining sample images of this round are skipped")
             break
         fail_sampling()  # LORATRAINER_FAULT=oom@sample
@@ -127,12 +128,6 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # give the pipeline's activations back to training
     return paths
-
-
-def sample_name(output_name: str, step: int, epoch: int, index: int, stamp: str, seed: int, by_epoch: bool) -> str:
-    """Kohya's `<output_name>_<e000001 | 000500>_<index:02d>_<YYYYmmddHHMMSS>_<seed>.png`."""
-    number = f"e{epoch:06d}" if by_epoch else f"{step:06d}"
-    return f"{output_name}_{number}_{index:02d}_{stamp}_{seed}.png"
 
 
 def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
@@ -152,7 +147,7 @@ def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
     stopped = []
 
     def stop_between_steps(pipeline, step: int, timestep, tensors: dict) -> dict:
-        if events.stop_requested(t.run_dir):
+        if run_files.stop_requested(t.run_dir):
             pipeline._interrupt = True  # diffusers skips the remaining steps (the pipeline's `interrupt` property)
             stopped.append(step)
         return tensors

@@ -2,9 +2,7 @@
 range and form hints (Basic or Advanced, multi-line, file browser, path check).
 
 The GUI builds its form from `field_specs()`, the CLI resolves `--set key=value` with `resolve_key()`, and the
-Kohya import reads the types from it. Re-exported by `loratrainer.config`: import these names from there.
-
-The schema is imported inside the functions, so this module and `config` can be imported in either order.
+Kohya import reads the types from it. Re-exported by the package: import these names from `loratrainer.config`.
 """
 
 from __future__ import annotations
@@ -12,10 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
-if TYPE_CHECKING:
-    from loratrainer.config import TrainingConfig
+from loratrainer.config.schema import GROUPS, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -46,8 +43,6 @@ class FieldSpec:
 
 
 def field_specs() -> list[FieldSpec]:
-    from loratrainer.config import GROUPS
-
     specs: list[FieldSpec] = []
     for group, cls in GROUPS.items():
         for name, info in cls.model_fields.items():
@@ -86,8 +81,6 @@ def get_value(config: TrainingConfig, path: str) -> Any:
 
 def with_values(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
     """A new config with `values` ({path or leaf: value}) applied, validated as a whole."""
-    from loratrainer.config import TrainingConfig
-
     data = config.model_dump()
     for key, value in values.items():
         group, name = resolve_key(key).split(".")

@@ -24,10 +24,10 @@ from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
-from loratrainer.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
+from loratrainer.launch import run_files
+from loratrainer.launch.run_files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
 
 ENTRY_MODULE = "loratrainer.train.entry"
-CONSOLE_FILE = "console.log"  # stdout/stderr of accelerate and the trainer (what train.log cannot catch)
 _MB = 1024 * 1024
 
 
@@ -65,22 +65,16 @@ define({
         "{setting} = {processes} ({per_machine} on this machine) but there is no CUDA GPU and only {cpus} CPU core(s): "
         "at most one process per core"
     ),
-    "launch.inputs_refused": "{problem}",  # a coded message of train.input_checks, in the page's language
+    "launch.inputs_refused": "{problem}",  # a coded message of launch.input_checks, in the page's language
 })
 
 
 # -- the run folder -------------------------------------------------------------------------------------------
 
 
-def logging_root(config: TrainingConfig) -> Path:
-    f = config.folders
-    return Path(f.logging_dir) if f.logging_dir else Path(f.output_dir or ".") / "log"
-
-
 def create_run(config: TrainingConfig) -> Path:
     """Make `<logging_dir or output_dir/log>/<output_name>_<YYYYmmdd-HHMMSS>/` holding the resolved config.json."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = logging_root(config) / f"{config.folders.output_name}_{stamp}"
+    base = run_files.run_folder(config, datetime.now().strftime(run_files.RUN_STAMP))
     run_dir, n = base, 1
     while True:
         try:
@@ -89,7 +83,7 @@ def create_run(config: TrainingConfig) -> Path:
         except FileExistsError:  # two runs started within the same second
             n += 1
             run_dir = base.with_name(f"{base.name}-{n}")
-    save_config(config, run_dir / events.CONFIG_FILE)
+    save_config(config, run_dir / run_files.CONFIG_FILE)
     return run_dir
 
 
@@ -211,7 +205,7 @@ def check_resume(config: TrainingConfig) -> None:
 
 def check_sample_prompts(config: TrainingConfig) -> None:
     """A bad sample prompt is refused now, naming its line, not after the trainer has loaded the model."""
-    from loratrainer.train.sample_prompts import load_prompts
+    from loratrainer.launch.sample_prompts import load_prompts
 
     s = config.sampling
     if s.sample_every_n_steps or s.sample_every_n_epochs or s.sample_at_first:
@@ -224,7 +218,7 @@ def check_sample_prompts(config: TrainingConfig) -> None:
 def check_optimizer(config: TrainingConfig) -> None:
     """An 8-bit optimizer on a machine without CUDA (the Kohya default AdamW8bit) is refused here, not after the
     model has loaded. Imports torch only when an 8-bit optimizer is chosen."""
-    from loratrainer.train.eight_bit import refusal
+    from loratrainer.launch.eight_bit import refusal
 
     reason = refusal(config.optimizer.optimizer)
     if reason:
@@ -270,7 +264,7 @@ def check_num_processes(config: TrainingConfig) -> None:
 def check_not_running(config: TrainingConfig) -> None:
     """A second run into the same output folder while a process of the first still lives (a worker outliving
     a killed accelerate included) would write over its files."""
-    from loratrainer.train.processes import running_runs
+    from loratrainer.launch.processes import running_runs
 
     folder = config.folders.output_dir
     if not folder:
@@ -282,8 +276,8 @@ def check_not_running(config: TrainingConfig) -> None:
 
 def check_run_inputs(config: TrainingConfig) -> None:
     """Model files (existence and kind), the file names the run will write, the optimizer's package
-    (train.input_checks)."""
-    from loratrainer.train.input_checks import check_inputs
+    (launch.input_checks)."""
+    from loratrainer.launch.input_checks import check_inputs
 
     problem = check_inputs(config)
     if problem is not None:
@@ -296,7 +290,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report.
     """
     from loratrainer.data.check import check_dataset
-    from loratrainer.train.path_checks import check_paths
+    from loratrainer.launch.path_checks import check_paths
 
     check_paths(config)  # first: a path from another computer must not become a folder here
     check_num_processes(config)
@@ -332,7 +326,7 @@ class RunProcess:
 
     @property
     def events_path(self) -> Path:
-        return self.run_dir / events.EVENTS_FILE
+        return self.run_dir / run_files.EVENTS_FILE
 
     def poll(self) -> int | None:
         """None while any process of the run lives; then the trainer's exit code (EXIT_CODES) when it wrote
@@ -361,7 +355,7 @@ class RunProcess:
             return True
         if os.name != "posix":
             return False
-        from loratrainer.train.processes import alive
+        from loratrainer.launch.processes import alive
 
         return bool(group_members(self.popen.pid)) or alive(self.run_dir)
 
@@ -377,12 +371,12 @@ class RunProcess:
 
     def request_stop(self) -> None:
         """Ask the trainer to save `<name>-interrupted` and stop (it checks for the STOP file every step)."""
-        atomic_write(self.run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+        atomic_write(self.run_dir / run_files.STOP_FILE, f"stop requested at {events.now_iso()}\n")
 
     def kill(self) -> None:
         """Kill the whole run at once: accelerate's process group and every worker's (they are in sessions of their
         own), their data loaders included, also a trainer that outlived accelerate launch."""
-        from loratrainer.train.processes import kill_all
+        from loratrainer.launch.processes import kill_all
 
         try:
             if os.name == "posix":
@@ -396,7 +390,7 @@ class RunProcess:
     def stop(self, stop_grace_s: float | None = None, term_grace_s: float | None = None) -> str:
         """STOP file, then SIGTERM, then SIGKILL to every process of the run, each after a grace period; waits
         until none is left. Returns "stopped", "terminated", "killed" or "not running"."""
-        from loratrainer.train import processes
+        from loratrainer.launch import processes
 
         result = processes.stop_all(self.run_dir, processes.STOP_GRACE_S if stop_grace_s is None else stop_grace_s,
                                     processes.TERM_GRACE_S if term_grace_s is None else term_grace_s)
@@ -453,19 +447,19 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     if check:
         config = preflight(config)
     check_not_running(config)  # first: a live run's partial files are not stale
-    from loratrainer.train.input_checks import remove_stale_partials
+    from loratrainer.launch.input_checks import remove_stale_partials
 
     remove_stale_partials(config)  # what a kill during an earlier save of this output left behind
     run_dir = create_run(config).absolute()  # absolute: the processes are found by the run folder on their command line
     argv = build_command(config, run_dir)
-    atomic_write(run_dir / events.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
+    atomic_write(run_dir / run_files.COMMAND_FILE, json.dumps({"argv": argv, "cwd": os.getcwd()}, indent=2) + "\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     console = open(run_dir / CONSOLE_FILE, "ab")
     try:
         popen = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **_new_session())
     finally:
         console.close()  # the child holds its own descriptor
-    from loratrainer.train.processes import record_launcher
+    from loratrainer.launch.processes import record_launcher
 
     try:
         record_launcher(run_dir, popen.pid, config.launch.machine_rank)

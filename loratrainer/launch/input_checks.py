@@ -2,7 +2,7 @@
 write (docs/reliability.md, "Before a run starts"). Without them a wrong VAE surfaced after the model had loaded
 as a bare IndexError, and a long output name failed at the first save after a whole epoch.
 
-No torch here (the GUI calls these through train.launch.preflight): model files are judged by their safetensors
+No torch here (the GUI calls these through launch.start.preflight): model files are judged by their safetensors
 header, their pickle/zip signature or their diffusers layout, never loaded.
 """
 
@@ -49,13 +49,13 @@ OPTIMIZER_PACKAGES = (
     "lion_pytorch", "schedulefree", "came_pytorch", "prodigyplus", "lycoris.optimizers",
 )
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
-# The longest names the run writes, by suffix: epoch/step/interrupted LoRA files (Kohya's names, train.checkpoints),
+# The longest names the run writes, by suffix: epoch/step/interrupted LoRA files (Kohya's names, launch.run_files),
 # their "-state" folders and "_diffusers" copy, and the hidden temporary file of an atomic write, which wraps the
 # longest one as `.<name>.XXXXXXXX.partial` (files.atomic_write_with). `_99` leaves room for existing_output=rename.
 _SUFFIXES = ("-step00000000.safetensors", "-interrupted-99.safetensors", "-000000-state", "_diffusers")
 _PARTIAL_WRAP = len(".") + len(".XXXXXXXX.partial")
 _RENAME_ROOM = len("_99")
-_RUN_FOLDER_SUFFIX = "_20260101-000000-99"  # launch.create_run's <name>_<stamp>-<n>
+_RUN_FOLDER_SUFFIX = "_20260101-000000-99"  # launch.start.create_run's <name>_<stamp>-<n>
 
 
 def check_inputs(config: TrainingConfig) -> Msg | None:
@@ -81,7 +81,7 @@ def check_output_name(config: TrainingConfig) -> Msg | None:
         return Msg.of("inputs.name_reserved", setting=setting, name=name)
     longest = max((name + s for s in _SUFFIXES), key=lambda n: len(os.fsencode(n)))
     written = [(Path(config.folders.output_dir or "."), longest, _PARTIAL_WRAP + _RENAME_ROOM)]
-    from loratrainer.train.launch import logging_root
+    from loratrainer.launch.run_files import logging_root
 
     written.append((logging_root(config), name + _RUN_FOLDER_SUFFIX, _RENAME_ROOM))
     for folder, example, extra in written:

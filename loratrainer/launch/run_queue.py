@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Msg, define
@@ -183,13 +184,13 @@ def _find(items: list[QueueItem], item_id: str) -> QueueItem:
 
 
 def this_runner() -> dict[str, Any]:
-    from loratrainer.train.processes import start_ticks
+    from loratrainer.launch.processes import start_ticks
 
     return {"pid": os.getpid(), "start": start_ticks(os.getpid()), "host": socket.gethostname()}
 
 
 def runner_alive(runner: dict[str, Any]) -> bool:
-    from loratrainer.train.processes import ProcessRecord, is_alive
+    from loratrainer.launch.processes import ProcessRecord, is_alive
 
     if not runner or not runner.get("pid"):
         return False
@@ -197,14 +198,14 @@ def runner_alive(runner: dict[str, Any]) -> bool:
 
 
 def _run_alive(run_dir: str) -> bool:
-    from loratrainer.train.processes import alive
+    from loratrainer.launch.processes import alive
 
     return alive(run_dir)
 
 
 def settle_orphan(item: QueueItem) -> None:
     """A running item whose runner and run are gone: the run's own `ended` status if it wrote one, else interrupted."""
-    state = events.summarize(events.read_events(Path(item.run_dir) / events.EVENTS_FILE)[0]) if item.run_dir else None
+    state = events.summarize(events.read_events(Path(item.run_dir) / run_files.EVENTS_FILE)[0]) if item.run_dir else None
     if state is not None and state.done:
         item.status, item.reason = state.status, state.reason or ""
     else:

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from typing import Iterator, TextIO
 
 from loratrainer import events
-from loratrainer.train.launch import CONSOLE_FILE, RunProcess
+from loratrainer.launch import run_files
+from loratrainer.launch.run_files import CONSOLE_FILE
+from loratrainer.launch.start import RunProcess
 
 
 def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
@@ -63,7 +65,7 @@ def _wait_then_escalate(run: RunProcess) -> None:
     """After the STOP file: wait; then SIGTERM to every process group of the run; then SIGKILL."""
     import subprocess
 
-    from loratrainer.train import processes
+    from loratrainer.launch import processes
 
     try:
         run.wait(timeout=processes.STOP_GRACE_S)
@@ -97,7 +99,7 @@ def _say_rank(run: RunProcess, stream: TextIO) -> bool:
 def events_config(run: RunProcess):
     from loratrainer.config import load_config
 
-    return load_config(run.run_dir / events.CONFIG_FILE)
+    return load_config(run.run_dir / run_files.CONFIG_FILE)
 
 
 @contextmanager
@@ -126,7 +128,7 @@ def _report_end(run: RunProcess, state: events.RunState, code: int, stream: Text
     for path in state.last_files[-3:]:
         stream.write(f"  saved {path}\n")
     if code != 0:
-        tail = _tail(run.run_dir / events.LOG_FILE) or _tail(run.run_dir / CONSOLE_FILE)
+        tail = _tail(run.run_dir / run_files.LOG_FILE) or _tail(run.run_dir / CONSOLE_FILE)
         if tail:
             stream.write("last lines of the log:\n" + tail)
     stream.write(f"run folder: {run.run_dir}\n")

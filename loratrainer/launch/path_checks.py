@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 from loratrainer.config import TrainingConfig, get_value
-from loratrainer.foreign_paths import PATH_SETTINGS, foreign_kind
+from loratrainer.config.foreign_paths import PATH_SETTINGS, foreign_kind
 from loratrainer.messages import Label, Msg, define
-from loratrainer.train.launch import LaunchRefused
+from loratrainer.launch.start import LaunchRefused
 
 define({
     "launch.foreign_path": "{setting} is a {kind} path ({value}), written on another computer: choose the file or folder on this one",

@@ -10,7 +10,7 @@ the config, plus a header naming it; every setting it does not list takes its de
       "optimizer": {"learning_rate": 0.0001}
     }
 
-It loads through the same code as a full config (`config.config_from_dict`: migrations by schema_version,
+It loads through the same code as a full config (`config_from_dict`: migrations by schema_version,
 unknown keys an error, every value validated), so a preset is valid exactly when it loads. Presets never carry the
 user's own paths (folders, base model, VAE, starting LoRA, resume state): `apply_preset()` keeps the user's and
 `save_user_preset()` leaves them out. Writing a preset renders it canonically (groups in schema order, keys in
@@ -32,18 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratrainer.config import (
-    GROUPS,
-    PRESET_HEADER,
-    SCHEMA_VERSION,
-    ConfigError,
-    TrainingConfig,
-    config_from_dict,
-    with_values,
-)
-from loratrainer.config_files import read_json_object
+from loratrainer.config.fields import with_values
+from loratrainer.config.files import PRESET_HEADER, ConfigError, config_from_dict, read_json_object
+from loratrainer.config.kohya import ImportReport, import_kohya, looks_like_kohya
+from loratrainer.config.schema import GROUPS, SCHEMA_VERSION, TrainingConfig
 from loratrainer.files import atomic_write
-from loratrainer.kohya import ImportReport, import_kohya, looks_like_kohya
 
 __all__ = [
     "ImportReport",
@@ -86,8 +79,9 @@ class PresetInfo:
 
 def shipped_preset_dir() -> Path:
     """The installed package data (loratrainer/_presets) or, in a source checkout, the top-level presets/ folder."""
-    installed = Path(__file__).resolve().parent / "_presets"
-    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "presets"
+    package = Path(__file__).resolve().parent.parent  # loratrainer/
+    installed = package / "_presets"
+    return installed if installed.is_dir() else package.parent / "presets"
 
 
 def user_preset_dir() -> Path:

@@ -1,8 +1,7 @@
-"""Our JSON config files: load, save, migrate. Re-exported by `loratrainer.config`: import these names from there.
+"""Our JSON config files: load, save, migrate. Re-exported by the package: import these names from `loratrainer.config`.
 
 A file carries `schema_version`; `MIGRATIONS[n]` turns a version-n document into version n+1, so presets written
-by older versions keep loading with the same meaning. The schema is imported inside the functions, so this
-module and `config` can be imported in either order.
+by older versions keep loading with the same meaning.
 """
 
 from __future__ import annotations
@@ -11,18 +10,18 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from pydantic import ValidationError
+
+from loratrainer.config import schema
+from loratrainer.config.schema import TrainingConfig
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
-from pydantic import ValidationError
-
-if TYPE_CHECKING:
-    from loratrainer.config import TrainingConfig
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
-# Add one whenever a field is renamed, moved or changes meaning (and raise config.SCHEMA_VERSION).
+# Add one whenever a field is renamed, moved or changes meaning (and raise schema.SCHEMA_VERSION).
 MIGRATIONS: dict[int, Migration] = {}
 
 PRESET_HEADER = "preset"  # {"name": ..., "description": ...} in a preset file: not a setting (see presets.py)
@@ -43,9 +42,7 @@ class ConfigError(UserError, ValueError):
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    from loratrainer import config as schema
-
-    current = schema.SCHEMA_VERSION
+    current = schema.SCHEMA_VERSION  # read at call time (a test raises it to try a migration)
     version = data.get("schema_version", current)
     if not isinstance(version, int) or version < 1:
         raise ConfigError(f"schema_version {version!r} is not a valid version number")
@@ -62,8 +59,6 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
     """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config."""
-    from loratrainer.config import TrainingConfig
-
     data = dict(data)
     _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.files import atomic_write
+from loratrainer.launch.run_files import PROCESSES_DIR, launcher_record_name, worker_record_name
 
-PROCESSES_DIR = "processes"  # in the run folder: launcher-m<machine rank>.json, rank-<global rank>.json
 ENTRY_MODULE = "loratrainer.train.entry"
 STOP_GRACE_S = 60.0  # after the STOP file: time to save `<name>-interrupted` (and a state) before SIGTERM
 TERM_GRACE_S = 15.0  # after SIGTERM: before SIGKILL
@@ -62,7 +63,7 @@ def _record(run_dir: Path, name: str, record: ProcessRecord) -> None:
 
 def record_launcher(run_dir: str | Path, pid: int, machine_rank: int = 0) -> None:
     pgid = os.getpgid(pid) if os.name == "posix" else pid
-    _record(Path(run_dir), f"launcher-m{machine_rank}.json",
+    _record(Path(run_dir), launcher_record_name(machine_rank),
             ProcessRecord("launcher", pid, pgid, start_ticks(pid), socket.gethostname(), machine_rank, 0, machine_rank))
 
 
@@ -72,7 +73,7 @@ def record_this_worker(run_dir: str | Path) -> ProcessRecord:
     pid = os.getpid()
     record = ProcessRecord("worker", pid, os.getpgid(0) if os.name == "posix" else pid, start_ticks(pid), socket.gethostname(),
                            int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("GROUP_RANK", 0)))
-    _record(Path(run_dir), f"rank-{record.rank}.json", record)
+    _record(Path(run_dir), worker_record_name(record.rank), record)
     return record
 
 
@@ -136,7 +137,7 @@ def _run_dir_arg(argv: list[str]) -> str | None:
 def live_processes(run_dir: str | Path) -> dict[int, int]:
     """{pid: process group} of every live process of the run on this machine: recorded ones, the members of their
     process groups (data loaders), and any process naming the run folder."""
-    from loratrainer.train.launch import group_members
+    from loratrainer.launch.start import group_members
 
     run_dir = Path(run_dir)
     pids: set[int] = set(_naming(run_dir))
@@ -209,7 +210,7 @@ def stop_all(run_dir: str | Path, stop_grace_s: float = STOP_GRACE_S, term_grace
     run_dir = Path(run_dir)
     if not alive(run_dir):
         return "not running"
-    atomic_write(run_dir / events.STOP_FILE, f"stop requested at {events.now_iso()}\n")
+    atomic_write(run_dir / run_files.STOP_FILE, f"stop requested at {events.now_iso()}\n")
     if wait_gone(run_dir, stop_grace_s):
         return "stopped"
     if os.name == "posix":
@@ -244,7 +245,7 @@ def running_runs(output_dir: str | Path, machine_rank: int | None = None, loggin
     found = []
     for run_dir in sorted(candidates):
         try:
-            config = json.loads((run_dir / events.CONFIG_FILE).read_text(encoding="utf-8"))
+            config = json.loads((run_dir / run_files.CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if _real(config.get("folders", {}).get("output_dir", "")) != target:

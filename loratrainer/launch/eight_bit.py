@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from loratrainer.optimizer_table import EIGHT_BIT, OPTIMIZERS
+from loratrainer.config.optimizer_table import EIGHT_BIT, OPTIMIZERS
 
 
 def needs_bitsandbytes(optimizer: str) -> bool:

@@ -7,11 +7,10 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 `network_dim=16` and `network.network_dim=16` mean the same thing on the command line).
 
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
-(`field_specs`, `resolve_key`, `with_values`, ...) is in `config_fields`, our JSON files (`load_config`,
-`save_config`, migrations) in `config_files`; both are re-exported from here. Nothing else of ours is imported
-but the leaf modules `messages` (the validators' coded messages), `optimizer_table`, `files` and `errors` (through
-those), so
-dependencies point one way.
+(`field_specs`, `resolve_key`, `with_values`, ...) is in `config.fields`, our JSON files (`load_config`,
+`save_config`, migrations) in `config.files`; the package re-exports all three (`from loratrainer.config import
+TrainingConfig, load_config`). This module imports only the leaf modules `messages` and `optimizer_table`, so
+dependencies point one way (schema <- fields <- files <- kohya <- presets).
 """
 
 from __future__ import annotations
@@ -22,24 +21,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loratrainer.messages import Label, Msg, MsgError, define
-from loratrainer.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
-
-# The field catalogue and our JSON files live in two sibling modules; their names are part of this module's
-# interface (`from loratrainer.config import load_config` keeps working). They import the schema lazily.
-from loratrainer.config_fields import FieldSpec, apply_overrides, field_specs, get_value, resolve_key, with_values  # noqa: F401
-from loratrainer.config_files import (  # noqa: F401
-    MAX_CONFIG_BYTES,
-    MIGRATIONS,
-    PRESET_HEADER,
-    ConfigError,
-    Migration,
-    config_from_dict,
-    config_to_json,
-    describe_validation_error,
-    load_config,
-    migrate,
-    save_config,
-)
+from loratrainer.config.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
 
 
 SCHEMA_VERSION = 1

@@ -26,16 +26,11 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from loratrainer.config import (
-    GROUPS,
-    ConfigError,
-    FieldSpec,
-    TrainingConfig,
-    field_specs,
-    get_value,
-)
-from loratrainer.foreign_paths import foreign_paths
-from loratrainer.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.fields import FieldSpec, field_specs, get_value
+from loratrainer.config.files import ConfigError
+from loratrainer.config.foreign_paths import foreign_paths
+from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.schema import GROUPS, TrainingConfig
 from loratrainer.messages import Msg, define
 
 _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
@@ -581,7 +576,7 @@ def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> 
 
 
 def _problems(config: TrainingConfig, origin: dict[str, str], report: ImportReport) -> None:
-    """What imports but cannot train here: Start refuses it (train.path_checks, data.check), the report says so now."""
+    """What imports but cannot train here: Start refuses it (launch.path_checks, data.check), the report says so now."""
     paths = {spec.path: get_value(config, spec.path) for spec in field_specs() if spec.kind == "text"}
     for path, kind in foreign_paths(paths).items():
         leaf = path.split(".")[1]

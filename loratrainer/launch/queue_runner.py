@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from loratrainer import events
+from loratrainer.launch import run_files
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
-from loratrainer.train.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
+from loratrainer.launch.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
 
 RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the queue folder
 
@@ -30,7 +31,7 @@ def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO 
     with runner_lock(queue.folder) as mine:
         if not mine:
             raise UserError(str(Msg.of("queue.runner_busy")))
-        from loratrainer.train.follow import _signals_as_keyboard_interrupt
+        from loratrainer.launch.follow import _signals_as_keyboard_interrupt
 
         failures = 0
         with _signals_as_keyboard_interrupt():
@@ -54,7 +55,7 @@ def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO 
 
 def _run_item(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> str:
     from loratrainer.config import config_from_dict
-    from loratrainer.train.launch import start_run
+    from loratrainer.launch.start import start_run
 
     if item.run_dir:  # adopted from a runner that is gone: its run still goes
         _say(stream, f"queue: {item.id} ({item.name}) is still running in {item.run_dir}: waiting for it")
@@ -86,7 +87,7 @@ def _run_item(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -
 
 
 def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> str:
-    from loratrainer.train import processes
+    from loratrainer.launch import processes
 
     run_dir = Path(item.run_dir)
     try:
@@ -100,7 +101,7 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
 
 
 def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
-    state = events.summarize(events.read_events(run_dir / events.EVENTS_FILE)[0])
+    state = events.summarize(events.read_events(run_dir / run_files.EVENTS_FILE)[0])
     if state.done:
         status, reason = state.status, state.reason or ""
     else:
