@@ -310,6 +310,25 @@ def test_merge_into_diffusers_from_a_single_file_equals_fuse_lora(loras, tiny_mo
     assert [p.name for p in tmp_path.iterdir()] == ["baked"]  # no temporary folder left
 
 
+def test_a_bin_diffusers_folder_is_baked_into_safetensors(loras, tiny_models, tmp_path):
+    """An older diffusers folder with .bin weights (torch zip archives, read memory-mapped): the baked folder has
+    its unet/ and text_encoder/ as .safetensors under the names diffusers loads, and equals fuse_lora."""
+    from diffusers import StableDiffusionPipeline
+
+    a, _ = loras
+    source = tmp_path / "bin"
+    build_tiny_components().pipeline().save_pretrained(source, safe_serialization=False)
+    assert (source / "unet" / "diffusion_pytorch_model.bin").exists()
+    bake_into_diffusers(source, [(a, 1.2)], tmp_path / "baked")
+    out = tmp_path / "baked"
+    assert sorted(p.name for p in (out / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert "model.safetensors" in [p.name for p in (out / "text_encoder").iterdir()]
+    with _Collect() as log:
+        ours = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
+    _assert_same_weights(ours, _fused_reference(tiny_models, [(a, 1.2)]), 50)
+
+
 def test_every_output_loads_in_diffusers_under_kohya_names(loras, tiny_models, tmp_path):
     a, b = loras
     outputs = [
