@@ -242,7 +242,9 @@ def test_save_and_load_our_json_with_backup(page, tmp_path):
 def test_show_command_is_the_accelerate_argv(page, tmp_path):
     h = page.handlers["training"]
     data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
     data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW"  # AdamW8bit, the default, is refused without a CUDA GPU
     data[page.fields["folders.output_name"]] = "my $(touch x) lora; rm -rf ~"
     command = h.show_command(data)[page.named["command"]]
     assert "accelerate.commands.launch" in command and "loratrainer.train.entry" in command
@@ -298,7 +300,9 @@ def test_show_command_can_be_run(page, tmp_path):
 
     h = page.handlers["training"]
     data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
     data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW"  # AdamW8bit, the default, is refused without a CUDA GPU
     data[page.fields["folders.output_name"]] = "house"
     data[page.fields["network.network_dim"]] = 12
     text = h.show_command(data)[page.named["command"]]
@@ -309,9 +313,35 @@ def test_show_command_can_be_run(page, tmp_path):
     assert config_file.is_file() and load_config(config_file).network.network_dim == 12
     assert argv[argv.index("train") - 1].endswith("loratrainer")
     assert any("accelerate.commands.launch" in line and "loratrainer.train.entry" in line for line in lines)
-    # a bad value: the message names the field by its label, no "**Error:**" markdown in a text box
+    # the file the run would write exists: refused as Start refuses it, or, told to rename, the name the run gets
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "house.safetensors").write_bytes(b"x")
+    out = h.show_command(data)
+    assert out[page.named["command"]] == "" and "Output name" in out[page.named["run_message"]], out[page.named["run_message"]]
+    data[page.fields["saving.existing_output"]] = "rename"
+    assert "house_2_<YYYYmmdd-HHMMSS>" in h.show_command(data)[page.named["command"]]
+    # a bad value: the answer under the buttons names the field by its label, and no command is shown
     data[page.fields["network.network_dim"]] = 0
-    assert "Network rank (dimension)" in h.show_command(data)[page.named["command"]]
+    out = h.show_command(data)
+    assert "Network rank (dimension)" in out[page.named["run_message"]] and out[page.named["command"]] == ""
+
+
+def test_show_command_runs_starts_checks_and_shows_the_refusal(page, tmp_path):
+    """As `loratrainer train --print-command` does: settings Start would refuse get Start's refusal (one
+    sentence, the setting named by its label) and no command, which could not be run."""
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(tmp_path / "missing")
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    out = h.show_command(data)
+    said = out[page.named["run_message"]]
+    assert said.startswith("**Start would refuse these settings") and str(tmp_path / "missing") in said, said
+    assert out[page.named["command"]] == ""
+    data[page.fields["folders.train_data_dir"]] = str(make_dataset(tmp_path / "img", {"2_x": 2}))
+    data[page.fields["folders.output_dir"]] = "C:\\Users\\me\\lora\\model"
+    said = h.show_command(data)[page.named["run_message"]]
+    assert "Output folder (model) is a Windows path" in said, said
+    assert page.jobs.runs() == []
 
 
 def test_training_tab_counts_images_and_steps_live(page, tmp_path):

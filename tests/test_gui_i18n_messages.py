@@ -276,7 +276,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     data[ui.fields["network.network_dim"]] = 0
     data[ui.fields["optimizer.learning_rate"]] = "fast"
     data[ui.fields["folders.output_dir"]] = str(tmp_path / "model")
-    for text in (ui.handlers["training"].show_command(data)[ui.named["command"]], ui.handlers["training"].start(data)[ui.named["run_message"]]):
+    for text in (ui.handlers["training"].show_command(data)[ui.named["run_message"]], ui.handlers["training"].start(data)[ui.named["run_message"]]):
         assert Translator("ko").label("network.network_dim") in text, text
         assert "이상이어야 합니다" in text and "숫자여야 합니다" in text, text
         assert english_phrases(text) == [], text
@@ -284,7 +284,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
     en = pages["en"]
     data = _form(en)
     data[en.fields["network.network_dim"]] = 0
-    text = en.handlers["training"].show_command(data)[en.named["command"]]
+    text = en.handlers["training"].show_command(data)[en.named["run_message"]]
     assert "must be at least 1" in text and "Network rank" in text, text
 
 
@@ -345,7 +345,7 @@ def test_korean_schema_validator_messages_are_korean(pages, values):
     data = _form(ui)
     for path, value in values.items():
         data[ui.fields[path]] = value
-    text = ui.handlers["training"].show_command(data)[ui.named["command"]]
+    text = ui.handlers["training"].show_command(data)[ui.named["run_message"]]
     assert HANGUL.search(text) and english_phrases(text) == [], text
     ko = Translator("ko")
     assert any(ko.label(path) in text for path in values), text

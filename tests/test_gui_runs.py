@@ -371,11 +371,37 @@ def test_an_idle_page_does_not_spin(page):
     assert ui.handlers["training"].refresh(None, -1)[ui.named["timer"]].active is False
 
 
-def test_trainer_notes_are_shown_in_the_page(page, tmp_path):
-    run_dir = fake_run(page, tmp_path, "notes", ended={"status": "finished", "reason": "", "step": 8, "epoch": 2, "exit_code": 0})
+def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, tmp_path):
+    """The precision the trainer used (its `started` event) and the config's notes are sentences in the page's
+    language naming settings by their labels; other trainer warnings come from train.log as they are."""
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.tab_training import run_notes
+    from loratrainer.gui.jobs import JobView
+
+    run_dir = tmp_path / "log" / "notes_20260101-000000"
+    run_dir.mkdir(parents=True)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, seed=1, pid=999999, mixed_precision="no")
     (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
-                                           "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n")
-    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "optimizer.max_train_steps": 8}),
+                                           "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n"
+                                           "2026-01-01 00:00:02,000 WARNING /x/cache.npz was not written by loratrainer: left untouched\n")
+    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "optimizer.max_train_steps": 8,
+                                               "optimizer.optimizer": "Prodigy", "optimizer.learning_rate": 1e-4,
+                                               "optimizer.unet_lr": None, "optimizer.text_encoder_lr": None}),
                 run_dir / run_files.CONFIG_FILE)
-    notes = page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]
-    assert "mixed precision fp16 is off" in notes and "max_train_steps = 8 overrides the epoch count" in notes
+    view = JobView(run_dir=run_dir, state=events.RunState(), alive=False, outcome="finished", log_tail="")
+    en = run_notes(view, Translator("en"))
+    assert "No CUDA GPU: Mixed precision fp16 is off" in en
+    assert "Max train steps = 8 overrides the epoch count (Epochs)" in en
+    assert "Prodigy adapts the step size itself and expects Learning rate near 1.0" in en
+    assert "cache.npz was not written" in en  # a warning without a code: the trainer's own line
+    assert en.count("fp16 is off") == 1  # said once, not again from train.log
+    assert "max_train_steps" not in en and "optimizer.learning_rate" not in en
+    ko = run_notes(view, Translator("ko"))
+    t = Translator("ko")
+    for label in ("precision.mixed_precision", "optimizer.max_train_steps", "optimizer.epoch", "optimizer.learning_rate"):
+        assert t.label(label) in ko, label
+    assert "CUDA GPU가 없어" in ko and "에포크 수" in ko and "스텝 크기를 스스로" in ko
+    assert "fp16 is off" not in ko and "overrides" not in ko and "(영어)" not in ko.split("train.log")[0]
+    # the page's refresh shows them
+    assert "No CUDA GPU" in page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]

@@ -199,10 +199,50 @@ def test_every_handler_refuses_a_nul_or_a_megabyte_path_with_one_sentence(page, 
     handlers = [fn for fn in blocks.fns.values() if fn.fn is not None and any(c is box for c in fn.inputs)]
     assert len(handlers) >= 3  # the dataset check, start, save config, ... all read this box
     for fn in handlers:
-        with pytest.raises(gr.Error) as info:
-            _call(blocks, fn, {id(box): bad})
-        assert box.label in info.value.message and problem in info.value.message
-        assert "Traceback" not in info.value.message
+        text = _refusal(blocks, fn, {id(box): bad})
+        assert box.label in text and problem in text
+        assert "Traceback" not in text
+
+
+def _refusal(blocks, fn, values: dict) -> str:
+    """What a refused event says: the sentence in its message area, every other output unchanged (a raised
+    gr.Error would show a bare "Error" badge on each output); only an event without a Markdown output, called
+    outside the queue as here, raises it."""
+    import gradio as gr
+
+    markdowns = [c for c in fn.outputs if isinstance(c, gr.Markdown)]
+    try:
+        prediction = _call(blocks, fn, values)["prediction"]
+    except gr.Error as exc:
+        assert not markdowns, "an event with a message area raised gr.Error"
+        return exc.message
+    if isinstance(prediction, dict) and "__type__" not in prediction:  # the handler ran: its answer under the buttons
+        return next(v for c, v in prediction.items() if "message" in (getattr(c, "elem_id", None) or ""))
+    values_out = list(prediction) if isinstance(prediction, tuple) else [prediction]
+    said = [v for v in values_out if isinstance(v, str)]
+    assert len(said) == 1 and all(isinstance(v, str) or type(v).__name__ == "dict" or v == gr.skip() for v in values_out), values_out
+    return said[0]
+
+
+def test_a_number_outside_its_box_bounds_is_refused_naming_the_box_not_by_gradio(page):
+    """Gradio refused it before any handler ran ("Value 0 is less than minimum value 1.", no box named, a red
+    "Error" badge on every output): now a setting goes to its handler, whose schema check names it, and any
+    other box is refused with the page's own sentence naming it."""
+    from loratrainer.gui.app import OutOfRange
+
+    blocks, ui = page
+    epochs = ui.fields["optimizer.epoch"]
+    assert epochs.minimum == 1 and isinstance(epochs.preprocess(0), OutOfRange) and epochs.preprocess(3) == 3
+    start = next(fn for fn in blocks.fns.values() if fn.api_name == "start")
+    said = _refusal(blocks, start, {id(epochs): epochs.preprocess(0)})
+    assert epochs.label in said and "1" in said, said
+    rank = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "lt-rank")
+    assert rank.minimum == 0
+    handlers = [fn for fn in blocks.fns.values() if fn.fn is not None and any(c is rank for c in fn.inputs)]
+    assert handlers
+    for fn in handlers:
+        text = _refusal(blocks, fn, {id(rank): rank.preprocess(-4)})
+        assert rank.label in text and "-4" in text, text
 
 
 def test_the_file_browser_under_listen_shows_only_home_and_the_configs_folders(page, tmp_path):

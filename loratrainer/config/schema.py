@@ -36,6 +36,16 @@ Sampler = Literal[
     "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
 ]
 
+# Notes about what a config will do (TrainingConfig.summary_messages): the CLI prints them, the GUI shows them.
+define({
+    "config.note.unet_only": "{text_encoder_lr} is 0: this is a UNet-only LoRA (no lora_te_ weights are trained or saved).",
+    "config.note.text_encoder_only": "{unet_lr} is 0: only the text encoder is trained.",
+    "config.note.warmup_ignored": "The constant {scheduler} has no warm-up: {warmup} is ignored (use constant_with_warmup).",
+    "config.note.max_steps": "{max_steps} = {value} overrides the epoch count ({epochs}).",
+    "config.note.adaptive_lr": "{optimizer} adapts the step size itself and expects {learning_rate} near 1.0.",
+    "config.note.fp16_saved_bf16": "{mixed} fp16 with {save} bf16: fine, but fp16 is the more widely loadable file.",
+})
+
 # What the validators and cross-field rules say: English here (the CLI's text), Korean in i18n/ko.json.
 define({
     "config.plain_file_name": 'must be a plain file name (no / \\ : * ? " < > |)',
@@ -422,22 +432,30 @@ class TrainingConfig(BaseModel):
         return round(total_steps * o.lr_warmup / 100.0)
 
     def summary(self) -> list[str]:
-        """Plain-language notes about what this configuration will do, shown before a run starts."""
-        notes: list[str] = []
+        """Plain-language notes about what this configuration will do, shown before a run starts (English, naming
+        settings by path: the CLI's text)."""
+        return [str(note) for note in self.summary_messages()]
+
+    def summary_messages(self) -> list[Msg]:
+        """The same notes as coded messages: the GUI says them in the page's language with the on-screen labels."""
+        o = self.optimizer
+        notes: list[Msg] = []
         if not self.trains_text_encoder:
-            notes.append("Text encoder learning rate is 0: this is a UNet-only LoRA (no lora_te_ weights are trained or saved).")
+            notes.append(Msg.of("config.note.unet_only", text_encoder_lr=Label("optimizer.text_encoder_lr")))
         if not self.trains_unet:
-            notes.append("UNet learning rate is 0: only the text encoder is trained.")
-        if self.optimizer.lr_scheduler == "constant" and (self.optimizer.lr_warmup > 0 or self.optimizer.lr_warmup_steps > 0):
-            notes.append("The constant scheduler has no warm-up: the warm-up setting is ignored (use constant_with_warmup).")
-        if self.optimizer.max_train_steps > 0:
-            notes.append(f"max_train_steps = {self.optimizer.max_train_steps} overrides the epoch count.")
+            notes.append(Msg.of("config.note.text_encoder_only", unet_lr=Label("optimizer.unet_lr")))
+        if o.lr_scheduler == "constant" and (o.lr_warmup > 0 or o.lr_warmup_steps > 0):
+            warmup = Label("optimizer.lr_warmup_steps" if o.lr_warmup_steps > 0 else "optimizer.lr_warmup")
+            notes.append(Msg.of("config.note.warmup_ignored", scheduler=Label("optimizer.lr_scheduler"), warmup=warmup))
+        if o.max_train_steps > 0:
+            notes.append(Msg.of("config.note.max_steps", max_steps=Label("optimizer.max_train_steps"), value=o.max_train_steps,
+                                epochs=Label("optimizer.epoch")))
         # judged on the rates that will be used (a part's own rate, else learning_rate), not on learning_rate alone
         used = [r for r, on in ((self.effective_unet_lr, self.trains_unet), (self.effective_text_encoder_lr, self.trains_text_encoder)) if on]
-        if self.optimizer.optimizer in ADAPTIVE and used and min(used) < 0.1:
-            notes.append(f"{self.optimizer.optimizer} adapts the step size itself and expects learning rates near 1.0.")
+        if o.optimizer in ADAPTIVE and used and min(used) < 0.1:
+            notes.append(Msg.of("config.note.adaptive_lr", optimizer=o.optimizer, learning_rate=Label("optimizer.learning_rate")))
         if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
-            notes.append("Trained in fp16 and saved as bf16: fine, but fp16 is the more widely loadable file.")
+            notes.append(Msg.of("config.note.fp16_saved_bf16", mixed=Label("precision.mixed_precision"), save=Label("precision.save_precision")))
         return notes
 
 

@@ -21,6 +21,9 @@ CSS = """
 .lt-progress > div {height: 100%; background: var(--color-accent);}
 .lt-ok {color: var(--color-green-600, #16a34a);} .lt-bad {color: var(--color-red-600, #dc2626);}
 .lt-log textarea {font-family: var(--font-mono); font-size: 12px;}
+/* Browse… beside its path box, level with the box's input field rather than with its label and help above */
+.lt-path-row {align-items: flex-end !important; flex-wrap: nowrap !important; gap: 8px !important;}
+.lt-path-row .lt-browse {align-self: flex-end !important; margin-bottom: calc(var(--spacing-xl, 10px) + var(--block-border-width, 1px)) !important;}
 /* the live view is refreshed every second: Gradio's "pending" dimming and flashing would make it flicker */
 .lt-live .pending, .lt-live.pending {opacity: 1 !important; animation: none !important;}
 """
@@ -84,24 +87,92 @@ def text_problem(value: object, one_line: bool) -> str | None:
 
 
 def guard_text_inputs(blocks, t: Translator) -> None:
-    """Before any handler runs, refuse a NUL character in any text, or a one-line box (every path box is one) over
-    MAX_LINE_BYTES, with one sentence naming the box as the page labels it. Without this, eight handlers showed
-    `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths")."""
+    """Before any handler runs, refuse a NUL character in any text, a one-line box (every path box is one) over
+    MAX_LINE_BYTES, or a number outside its box's minimum/maximum, with one sentence naming the box as the page
+    labels it. Without this, eight handlers showed
+    `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths").
+
+    The sentence goes where the event's own answers go (its message area, see refusal_prediction) and nothing else
+    changes. Raising gr.Error instead would put a bare red "Error" badge on every output of the event."""
     import gradio as gr
 
+    keep_out_of_range(gr.Number)
     call = blocks.call_function
 
     async def call_function(block_fn, processed_input, *args, **kwargs):
         fn = blocks.fns[block_fn] if isinstance(block_fn, int) else block_fn
-        for component, value in zip(fn.inputs, processed_input or []):
-            one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
-            problem = text_problem(value, one_line)
-            if problem:
-                label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
-                raise gr.Error(t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES), print_exception=False)
+        processed_input = list(processed_input or [])
+        for i, (component, value) in enumerate(zip(fn.inputs, processed_input)):
+            label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
+            if isinstance(value, OutOfRange) and "lt-field" in (component.elem_classes or []):
+                # a setting: the handler reads it through the schema, which refuses it naming the setting, and
+                # Start's refusal clears the last run's view as any other refusal does
+                processed_input[i] = value.value
+                continue
+            if isinstance(value, OutOfRange):
+                text = value.sentence(t, label)
+            else:
+                one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
+                problem = text_problem(value, one_line)
+                text = t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES) if problem else None
+            if text:
+                return {"prediction": refusal_prediction(blocks, fn, text, kwargs.get("event_id")), "duration": 0.0,
+                        "is_generating": False, "iterator": None}
         return await call(block_fn, processed_input, *args, **kwargs)
 
     blocks.call_function = call_function
+
+
+class OutOfRange:
+    """A Number box's value outside its bounds, handed on by keep_out_of_range for the guard to refuse."""
+
+    def __init__(self, value, minimum, maximum):
+        self.value, self.minimum, self.maximum = value, minimum, maximum
+
+    def sentence(self, t: Translator, label: str) -> str:
+        if self.minimum is not None and self.value < self.minimum:
+            return t("form.greater_than_equal", label=label, ge=self.minimum, got=self.value)
+        return t("form.less_than_equal", label=label, le=self.maximum, got=self.value)
+
+
+def keep_out_of_range(number_class) -> None:
+    """Gradio's Number refuses an out-of-range value while preprocessing, before any handler (or the guard) runs:
+    "Value 0 is less than minimum value 1." naming no box, and a bare "Error" badge on every output of the event.
+    Number boxes hand such a value on as OutOfRange instead; their minimum and maximum still steer the page's
+    spinner. Patched on the class, not per box: Gradio makes a session's own copy of a box whose properties an
+    event changed (visible=...), and the copy would refuse again. This process serves only this app."""
+    if getattr(number_class.preprocess, "keeps_out_of_range", False):
+        return
+    preprocess = number_class.preprocess
+
+    def lenient(self, payload):
+        lo, hi = self.minimum, self.maximum
+        if isinstance(payload, (int, float)) and ((lo is not None and payload < lo) or (hi is not None and payload > hi)):
+            return OutOfRange(payload, lo, hi)
+        return preprocess(self, payload)
+
+    lenient.keeps_out_of_range = True
+    number_class.preprocess = lenient
+
+
+def refusal_prediction(blocks, fn, text: str, event_id: str | None):
+    """The outputs of event `fn` when it is refused before its handler runs: `text` in its message area (the
+    Markdown output whose elem_id says message, else its first Markdown), every other output unchanged. An event
+    without a Markdown output shows `text` as a warning notice (no output changes); called outside the queue (no
+    page to show a notice on) it raises gr.Error."""
+    import gradio as gr
+
+    outputs = list(fn.outputs)
+    markdowns = [c for c in outputs if isinstance(c, gr.Markdown)]
+    target = next((c for c in markdowns if "message" in (c.elem_id or "")), markdowns[0] if markdowns else None)
+    if target is None:
+        if event_id is None or blocks._queue is None:
+            raise gr.Error(text, print_exception=False)
+        blocks._queue.log_message(event_id=event_id, log=text, title="", level="warning", duration=None, visible=True)
+    values = [f"✗ {text}" if c is target else gr.skip() for c in outputs]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def create_app(options: ServeOptions, *, temp_dir: Path):
@@ -114,6 +185,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from loratrainer.config import MAX_CONFIG_BYTES
     from loratrainer.gui.display import Display
     from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.page_language import PageLanguage
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -149,6 +221,8 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
         app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
     # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route
     app.add_middleware(FileRouteGuard)
+    app.add_middleware(PageLanguage, language_of=lambda path: options.language or next(
+        (lang for lang in LANGUAGES if path == f"/{lang}/" or path == f"/{lang}"), None))
     app.add_middleware(LoginPageScrub)
     app.add_middleware(LoginThrottle, message=lambda path: Translator("ko" if path.startswith("/ko/") or options.language == "ko" else "en")("error.login_throttled"))
     app.add_middleware(UploadLimit)

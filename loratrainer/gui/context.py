@@ -28,7 +28,7 @@ class UiContext:
 
     def field(self, path: str, **extra: Any):
         """Create and register the component of a schema field (each field exactly once); a path field (the
-        schema's `ui(browse=...)`) gets its Browse… panel under it."""
+        schema's `ui(browse=...)`) gets a Browse… button beside it and the browser panel under it."""
         if path in self.fields:
             raise ValueError(f"field {path} is already on the page")
         spec = specs_by_path()[path]
@@ -40,8 +40,8 @@ class UiContext:
             from loratrainer.gui import filebrowser
 
             with gr.Column():
-                component = make_field(spec, self.t, **extra)
-                filebrowser.build(self, component, files=spec.browse in ("model", "file"), key=spec.check or spec.name)
+                component, _ = filebrowser.path_box(self, lambda: make_field(spec, self.t, **extra), files=spec.browse in ("model", "file"),
+                                                 key=spec.check or spec.name)
         self.fields[path] = component
         return component
 

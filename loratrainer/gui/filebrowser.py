@@ -155,15 +155,31 @@ def _check_image_root(root: Path, t: Translator) -> str:
     return text
 
 
-def build(ui, target, *, files: bool = False, key: str):
-    """A collapsed "Browse…" panel that fills `target` (a path Textbox)."""
+def path_box(ui, make, *, files: bool = False, key: str):
+    """A path box made by `make()` with a "Browse…" button beside it (level with the box's input, not its label)
+    and, under both, the browser panel the button opens and closes. Returns (box, the row holding box and button)."""
+    import gradio as gr
+
+    with gr.Row(equal_height=False, elem_classes=["lt-path-row"]) as row:
+        target = make()
+        button = gr.Button(ui.t("browse.open"), scale=0, min_width=120, elem_id=f"browse-{key}", elem_classes=["lt-browse"])
+    build(ui, target, files=files, key=key, button=button)
+    return target, row
+
+
+def build(ui, target, *, files: bool = False, key: str, button=None):
+    """The browser panel that fills `target` (a path Textbox), opened and closed by `button` (made here, under
+    `target`, when not given)."""
     import gradio as gr
 
     t = ui.t
-    with gr.Accordion(t("browse.open"), open=False, elem_id=f"browse-{key}") as panel:
-        with gr.Row():
-            folder = gr.Textbox(label=t("browse.folder"), scale=4, elem_id=f"browse-{key}-folder")
-            use = gr.Button(t("browse.use_folder"), scale=1, elem_id=f"browse-{key}-use")
+    if button is None:
+        button = gr.Button(t("browse.open"), elem_id=f"browse-{key}", elem_classes=["lt-browse"])
+    is_open = gr.State(False)
+    with gr.Group(visible=False, elem_id=f"browse-{key}-panel") as panel:
+        with gr.Row(equal_height=False, elem_classes=["lt-path-row"]):
+            folder = gr.Textbox(label=t("browse.folder"), elem_id=f"browse-{key}-folder")
+            use = gr.Button(t("browse.use_folder"), scale=0, min_width=150, elem_id=f"browse-{key}-use", elem_classes=["lt-browse"])
         entries = gr.Dropdown(label=t("browse.entries_files" if files else "browse.entries"), choices=[], elem_id=f"browse-{key}-entries")
         error = gr.Markdown()
 
@@ -177,6 +193,11 @@ def build(ui, target, *, files: bool = False, key: str):
             start = roots[0]  # begin at home rather than at a refusal
         listing = list_folder(start, files, t, roots)
         return {folder: listing.folder, entries: gr.update(choices=listing.choices, value=None), error: listing.error}
+
+    def toggle(opened: bool, path: str, *named: str) -> dict:
+        if opened:
+            return {panel: gr.update(visible=False), is_open: False, folder: gr.skip(), entries: gr.skip(), error: gr.skip()}
+        return {**show(path, *named), panel: gr.update(visible=True), is_open: True}
 
     def pick(chosen: str | None, current: str, *named: str) -> dict:
         if not chosen or not usable_path(chosen):
@@ -193,7 +214,7 @@ def build(ui, target, *, files: bool = False, key: str):
         entries.input(pick, inputs=[entries, folder, *named], outputs=[folder, entries, error, target], api_visibility="private")
         folder.submit(show, inputs=[folder, *named], outputs=[folder, entries, error], api_visibility="private")
         use.click(lambda f: f, inputs=[folder], outputs=[target], api_visibility="private")
-        panel.expand(show, inputs=[target, *named], outputs=[folder, entries, error], api_visibility="private")
+        button.click(toggle, inputs=[is_open, target, *named], outputs=[folder, entries, error, panel, is_open], api_visibility="private")
 
     ui.after_build(wire)
     return folder, entries

@@ -291,8 +291,7 @@ def build(ui: UiContext) -> LoraToolsHandlers:
     gr.Markdown(t("lora.intro"))
     n["lt_tool"] = gr.Radio([(t(f"lora.tool.{x}"), x) for x in TOOLS], value="inspect", label=t("lora.tool"), elem_id="lt-tool")
     n["lt_help"] = gr.Markdown(t("lora.help.inspect"))
-    n["lt_file"] = gr.Textbox(label=t("lora.file"), elem_id="lt-file")
-    filebrowser.build(ui, n["lt_file"], files=True, key="lt-file")
+    n["lt_file"], n["lt_file_row"] = filebrowser.path_box(ui, lambda: gr.Textbox(label=t("lora.file"), elem_id="lt-file"), files=True, key="lt-file")
     n["lt_files"] = gr.Textbox(label=t("lora.files"), info=t("lora.files_help"), lines=3, visible=False, elem_id="lt-files")
     n["lt_model"] = gr.Textbox(label=t("lora.model"), visible=False, elem_id="lt-model")
     with gr.Row():
@@ -320,9 +319,12 @@ def build(ui: UiContext) -> LoraToolsHandlers:
                "lt_min_diff", "lt_precision", "lt_diffusers"]
 
     def switch(tool):
-        return [gr.update(value=t(f"lora.help.{tool}"))] + [gr.update(visible=k in shown[tool]) for k in toggled]
+        # the file box's row holds its Browse… button: both come and go together
+        return [gr.update(value=t(f"lora.help.{tool}"))] + [gr.update(visible=k in shown[tool]) for k in toggled] + [
+            gr.update(visible="lt_file" in shown[tool])]
 
-    n["lt_tool"].change(switch, inputs=[n["lt_tool"]], outputs=[n["lt_help"]] + [n[k] for k in toggled], api_visibility="private")
+    n["lt_tool"].change(switch, inputs=[n["lt_tool"]], outputs=[n["lt_help"]] + [n[k] for k in toggled] + [n["lt_file_row"]],
+                        api_visibility="private")
     inputs = {n[k] for k in KEYS}
 
     def run_tool(data: dict, request: gr.Request):

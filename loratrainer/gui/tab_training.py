@@ -7,6 +7,7 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
@@ -122,28 +123,32 @@ class TrainingHandlers:
 
     def show_command(self, data: dict) -> dict:
         """What can be run: the page's settings written to a config file, `loratrainer train --config FILE`, and
-        the accelerate command that becomes (its run folder is named when the run starts)."""
+        the accelerate command that becomes (its run folder is named when the run starts). It runs Start's checks
+        first, as `loratrainer train --print-command` does: settings Start would refuse get the refusal, in the
+        message under the buttons, and no command."""
         import re
         from datetime import datetime
 
         from loratrainer.launch.run_files import run_folder
-        from loratrainer.launch.start import build_command, format_command
+        from loratrainer.launch.start import build_command, format_command, preflight
 
-        box = self.ui.named["command"]
+        n = self.ui.named
+        box, message = n["command"], n["run_message"]
         try:
             config = self.ui.read_config(data)
+            resolved = preflight(config)  # the output name as the run would get it (renamed when the file exists)
         except UserError as exc:
-            return {box: self.t.error_text(exc)}
+            return {box: "", message: self.refusal(exc, "command.refused")}
         name = re.sub(r"[^\w.-]+", "_", config.folders.output_name) or "config"
         target = Path(self.ui.jobs.state_dir) / "configs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
         try:
             save_config(config, target)
         except OSError as exc:
-            return {box: self.t.error_text(exc)}
-        run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
+            return {box: "", message: self.t.error(exc)}
+        run_dir = run_folder(resolved, "<YYYYmmdd-HHMMSS>")
         lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
-                 self.t("command.becomes"), format_command(build_command(config, run_dir))]
-        return {box: "\n".join(lines)}
+                 self.t("command.becomes"), format_command(build_command(resolved, run_dir))]
+        return {box: "\n".join(lines), message: ""}
 
     def start(self, data: dict, confirmed: bool = False) -> dict:
         """Start a run. The answer goes to the message under the buttons, never over the run's status: Start
@@ -199,8 +204,9 @@ class TrainingHandlers:
                       per_epoch=s.steps_per_epoch)
         return ("⚠ " if report.skipped else "") + text
 
-    def refusal(self, exc: Exception) -> str:
-        """Why Start refused, in the page's language; the dataset check's problems keep their lines in a code block."""
+    def refusal(self, exc: Exception, key: str = "start.refused") -> str:
+        """Why Start refused (or, with key="command.refused", would refuse), in the page's language; the dataset
+        check's problems keep their lines in a code block."""
         from loratrainer.launch.start import LaunchRefused
 
         report = exc.report if isinstance(exc, LaunchRefused) else None
@@ -215,7 +221,7 @@ class TrainingHandlers:
         else:
             head, _, rest = str(exc).partition("\n")
         head = head[:1].upper() + head[1:]  # a sentence after "Not started." (messages are written to follow "error: ")
-        message = self.t("start.refused", error=md(head))
+        message = self.t(key, error=md(head))
         return message + ("\n\n```\n" + rest.replace("`", "'") + "\n```" if rest.strip() else "")
 
     def stop(self, run_dir: str | None) -> dict:
@@ -289,7 +295,7 @@ def build(ui: UiContext) -> TrainingHandlers:
     n["config_upload"].upload(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_visibility="private")
     buttons["save_file"].click(h.save_file, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_config")
     buttons["save_kohya"].click(h.save_kohya, inputs=cfg() | {n["config_path"]}, outputs=[n["config_message"]], api_name="save_kohya_config")
-    buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"]], api_name="show_command")
+    buttons["show_command"].click(h.show_command, inputs=cfg(), outputs=[n["command"], n["run_message"]], api_name="show_command")
     start_outputs = live + [n["run_message"], n["confirm_panel"], n["confirm_text"]]
     buttons["start"].click(h.start, inputs=cfg(), outputs=start_outputs, api_name="start")
     buttons["start_anyway"].click(h.start_anyway, inputs=cfg(), outputs=start_outputs, api_visibility="private")
@@ -411,15 +417,31 @@ def loratrainer_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "loratrainer"]
 
 
-def run_notes(view, t) -> str:
-    """The trainer's warnings (train.log, or console.log before train.log existed), e.g. "no CUDA GPU: mixed
-    precision fp16 is off", and the config's own notes: shown in the page, not only in a log file."""
-    import re
+# The trainer's warning that the GUI says itself, in the page's language (from the `started` event): not repeated
+# from train.log.
+_CODED_WARNINGS = re.compile(r"^no CUDA GPU: mixed precision \S+ is off")
 
+
+def run_notes(view, t) -> str:
+    """What the run will do differently from what was asked, in the page: the config's own notes and the precision
+    actually used (coded: the page's language and labels), then any other warning the trainer wrote to train.log
+    (or console.log before train.log existed), which stays in the trainer's English."""
+    from loratrainer.config import ConfigError, load_config
     from loratrainer.launch import run_files
     from loratrainer.launch.run_files import CONSOLE_FILE
 
+    try:
+        config = load_config(view.run_dir / run_files.CONFIG_FILE)
+    except (ConfigError, OSError):  # a damaged config.json: the status says what matters
+        config = None
     notes: list[str] = []
+    started = _started_event(view.run_dir / run_files.EVENTS_FILE)
+    used = started.get("mixed_precision")
+    if config is not None and used and used != config.precision.mixed_precision:
+        notes.append(t("run.note_precision_off", mixed=t.label("precision.mixed_precision"), value=config.precision.mixed_precision))
+    if config is not None:
+        notes += [t.message(m) for m in config.summary_messages()]
+    logged: list[str] = []
     for name in (run_files.LOG_FILE, CONSOLE_FILE):
         try:
             with open(view.run_dir / name, "rb") as fh:
@@ -427,14 +449,33 @@ def run_notes(view, t) -> str:
         except OSError:
             continue
         for m in re.finditer(r"^\S+ \S+ WARNING (.+)$", head, re.MULTILINE):
-            if m.group(1).strip() not in notes:
-                notes.append(m.group(1).strip())
-    try:
-        from loratrainer.config import load_config
-
-        notes += [n for n in load_config(view.run_dir / run_files.CONFIG_FILE).summary() if n not in notes]
-    except Exception:  # a damaged config.json: the status says what matters
-        pass
-    if not notes:
+            line = m.group(1).strip()
+            if line not in logged and not (used and _CODED_WARNINGS.match(line)):
+                logged.append(line)
+    if not notes and not logged:
         return ""
-    return t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
+    text = t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
+    if logged:
+        text += "\n\n" + t("run.notes_log") + "\n" + "\n".join(f"- {md(line)}" for line in logged[:8])
+    return text
+
+
+def _started_event(path: Path) -> dict:
+    """The run's `started` event (near the top of events.jsonl), or {} before it is written."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024)
+    except OSError:
+        return {}
+    for line in head.splitlines():
+        if b'"started"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "started":
+            return record
+    return {}

@@ -233,8 +233,8 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     t, n = ui.t, ui.named
     gr.Markdown(t("caption.intro"))
     n["cap_method"] = gr.Radio([(t(f"caption.method.{m}"), m) for m in METHODS], value="blip", label=t("caption.method"), elem_id="cap-method")
-    n["cap_folder"] = gr.Textbox(label=t("caption.folder"), info=t("caption.folder_help"), elem_id="cap-folder")
-    filebrowser.build(ui, n["cap_folder"], key="caption")
+    n["cap_folder"], _ = filebrowser.path_box(ui, lambda: gr.Textbox(label=t("caption.folder"), info=t("caption.folder_help"), elem_id="cap-folder"),
+                                              key="caption")
     with gr.Row():
         n["cap_extension"] = gr.Textbox(".txt", label=t("caption.extension"), elem_id="cap-extension")
         n["cap_prefix"] = gr.Textbox(label=t("caption.prefix"), info=t("caption.prefix_help"), elem_id="cap-prefix")
@@ -296,10 +296,11 @@ def _option_component(gr, t, method: str, spec):
 def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     t, n = ui.t, ui.named
     gr.Markdown(t("editor.intro"))
-    with gr.Row():
+    with gr.Row(equal_height=False, elem_classes=["lt-path-row"]):  # Browse… level with the folder box's input
         n["ed_folder"] = gr.Textbox(label=t("editor.folder"), scale=4, elem_id="ed-folder")
+        browse = gr.Button(t("browse.open"), scale=0, min_width=120, elem_id="browse-editor", elem_classes=["lt-browse"])
         n["ed_extension"] = gr.Textbox(".txt", label=t("caption.extension"), scale=1)
-    filebrowser.build(ui, n["ed_folder"], key="editor")
+    filebrowser.build(ui, n["ed_folder"], key="editor", button=browse)
     with gr.Row():
         n["ed_query"] = gr.Textbox(label=t("editor.search"), scale=3)
         n["ed_page"] = gr.Number(1, label=t("editor.page_number"), precision=0, minimum=1, scale=1)

@@ -1,10 +1,16 @@
-"""The real GUI in headless Chromium, driving the real trainer (docs/reliability.md, "Tests that prove it").
+"""The real GUI in headless Chromium, driving the real trainer, as a first-time user walks it (issue 11).
 
-Opens the page, prepares a generated dataset, loads a preset, points the model at a tiny SD1.5 folder, starts
-training, sees progress, reloads the page and finds the run again, sees a sample image, stops, and sees
-"stopped" and the -interrupted LoRA on the Results tab. Captions a folder on Utilities > Captioning (the
-fixed-text captioner: no model), edits one caption in the caption editor and finds it saved on disk. Then the
-Korean page, with a broken dataset's problems in Korean. Screenshots of every tab go to
+The walk: prepare a project with Repeats left empty (= suggested), no bare "Error" badge anywhere; on the Training
+tab, "N images, M skipped, S steps" live; mistakes (a rate typed "0,0001" is asked about before starting, Epochs 0
+and Show command refused in one sentence naming the box); run "house" to the end (asked first about the skipped
+images), its notes in the page with the labels; the same name again refused by Show command and Start, with the
+finished run's view cleared; run "house-long" (a common name prefix), refreshed without dimming, Start again
+while it runs (the live status stays), reload and re-attach, a sample, Stop ("Stopping…" until stopped, then
+Stop greyed out); Results: Refresh selects the newest run, each run lists exactly its own files, headers on one
+line, the rates used, a row's metadata and path, open folder and TensorBoard, the prompt x epoch grid and the
+epoch x weight grid on the tiny model (weight 0 identical down the column). Then Utilities > Captioning and the
+caption editor, and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
+and the chart axes in Korean in an English browser too). Screenshots of every tab go to
 test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide), each
 taken once Gradio shows no pending overlay (a half-loaded page looks greyed out).
 
@@ -170,6 +176,27 @@ DIMMED = """() => ['#run-status', '#run-progress', '#run-loss', '#run-samples', 
     .map(c => c.opacity + ' ' + c.animationName)"""
 
 
+# For each visible Browse… button: (id, its bottom minus its path box's input bottom, its left minus the input's right).
+BROWSE_OFFSETS = """() => [...document.querySelectorAll('.lt-path-row')].filter(r => r.offsetParent !== null).map(r => {
+    const b = r.querySelector('.lt-browse'), i = r.querySelector('input, textarea');
+    if (!b || !i) return null;
+    const br = b.getBoundingClientRect(), ir = i.getBoundingClientRect();
+    return [b.id, Math.round(br.bottom - ir.bottom), Math.round(br.left - ir.right)];
+}).filter(x => x && !x[0].endsWith('-use'))"""
+
+
+# Records, as it happens, any element of the live view that Gradio marks pending while dimmed or flashing.
+WATCH_DIMMING = """() => {
+    window.__ltDimmed = [];
+    const live = ['#run-status', '#run-progress', '#run-loss', '#run-samples', '#run-log', '#run-notes'];
+    const look = () => live.flatMap(sel => [...document.querySelectorAll(sel + '.pending, ' + sel + ' .pending')])
+        .map(e => [e, getComputedStyle(e)]).filter(([e, c]) => e.offsetParent !== null
+            && (parseFloat(c.opacity) < 0.99 || (c.animationName && c.animationName !== 'none')))
+        .forEach(([e, c]) => window.__ltDimmed.push((e.id || e.className) + ' ' + c.opacity + ' ' + c.animationName));
+    new MutationObserver(look).observe(document.body, {attributes: true, attributeFilter: ['class'], subtree: true});
+}"""
+
+
 def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int = 0, every: int = 4) -> None:
     """The tiny model and CPU-sized settings, all by field path: a file and a sample every `every` steps."""
     set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "tiny-sd")
@@ -228,6 +255,9 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#check-summary").get_by_text("Ready to train").wait_for(timeout=60_000)
     page.locator("#steps").get_by_text("steps in total").wait_for()
     assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
+    # each Browse… sits beside its path box, level with the box's input field
+    offsets = page.evaluate(BROWSE_OFFSETS)
+    assert len(offsets) == 4 and all(abs(dy) <= 2 and dx > 0 for _, dy, dx in offsets), offsets
     shot(page, "dataset")
 
     # 2. Training: a shipped preset, then run "house": 12 steps, a file and samples every 4 steps; it finishes.
@@ -241,6 +271,31 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     set_training(page, workspace, "house", max_steps=12, every=4)
     # The Training tab counts images and steps live: 64 px buckets leave out the two non-square photos.
     expect_text(page, "#run-summary", "2 images, 2 skipped, 12 steps")
+
+    # Mistakes. A rate typed with a decimal comma: the number box drops the comma ("0,0001" arrives as 1), so the
+    # page asks before starting, and nothing starts on Cancel.
+    rate = field(page, "optimizer.learning_rate")
+    rate.fill("")
+    rate.press_sequentially("0,0001")
+    rate.press("Tab")
+    page.locator("#run-start").click()
+    page.locator("#confirm-text").get_by_text("far above what AdamW usually takes").wait_for()
+    assert "Learning rate is 1" in page.locator("#confirm-text").inner_text()
+    page.locator("#run-start-cancel").click()
+    page.locator("#run-start-anyway").first.wait_for(state="hidden")
+    set_value(rate, "0.0001")
+    # Epochs 0: the sentence names the box as labelled, no red "Error" badge anywhere (Gradio's own bounds check
+    # used to refuse it before any handler ran); Show command says the same instead of showing a command.
+    set_value(field(page, "optimizer.epoch"), 0)
+    page.locator("#run-start").click()
+    expect_text(page, "#run-message", "Epochs: must be at least 1 (got 0)")
+    assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
+    page.locator("#run-show-command").click()
+    expect_text(page, "#run-message", "Start would refuse these settings")
+    assert "Epochs: must be at least 1" in page.locator("#run-message").inner_text()
+    assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
+    set_value(field(page, "optimizer.epoch"), 1)
+    assert not list((workspace / "project" / "log").glob("house_*"))
     page.locator("#run-show-command").click()
     expect_text(page, "#run-command", "loratrainer.train.entry")
     page.locator("#run-start").click()
@@ -251,8 +306,23 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#run-status").get_by_text("Finished", exact=False).wait_for(timeout=300_000)
     assert not page.locator("#confirm-start").is_visible()
     # the trainer's notes are in the page, not only in a log file
-    expect_text(page, "#run-notes", "mixed precision fp16 is off")
-    expect_text(page, "#run-notes", "overrides the epoch count")
+    expect_text(page, "#run-notes", "Mixed precision fp16 is off")
+    expect_text(page, "#run-notes", "Max train steps = 12 overrides the epoch count (Epochs)")  # labels, not setting keys
+
+    # The same name again: the file exists. Show command runs Start's checks and says why it would refuse (naming
+    # the settings as labelled); Start refuses alike, and the finished run's progress, chart and samples go.
+    page.locator("#run-samples img").first.wait_for()
+    page.locator("#run-show-command").click()
+    expect_text(page, "#run-message", "Start would refuse these settings")
+    said = page.locator("#run-message").inner_text()
+    assert "house.safetensors" in said and "Output name" in said and "If the output file exists" in said, said
+    assert box(page, "run-command").input_value() == ""
+    page.locator("#run-start").click()
+    page.locator("#run-start-anyway").click()
+    expect_text(page, "#run-message", "Not started.")
+    wait_until(lambda: page.locator("#run-samples img").count() == 0 and progress_status(page) == "", 30, "the last run's view cleared", page)
+    assert "Finished" not in page.locator("#run-status").inner_text()
+    assert page.evaluate(ERROR_BADGE) == 0
 
     # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
     set_value(field(page, "folders.output_name"), "house-long")
@@ -267,10 +337,13 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     wait_until(lambda: progress_status(page) == "running" and progress_step(page) > 0, 180, "training progress", page)
     assert re.search(r"step \d+/6000 · epoch \d+/20", page.locator("#lt-progress-text").inner_text())
 
-    # The live view is refreshed every second without dimming or flashing.
-    for _ in range(8):
-        assert page.evaluate(DIMMED) == [], "the live view dims while it refreshes"
-        page.wait_for_timeout(150)
+    # The live view is refreshed every second without dimming or flashing: every class change in it for 6 s.
+    page.evaluate(WATCH_DIMMING)
+    ticks = progress_step(page)
+    page.wait_for_timeout(6000)
+    assert progress_step(page) > ticks, "the live view did not refresh while watched"
+    assert page.evaluate("() => window.__ltDimmed") == [], "the live view dims or flashes while it refreshes"
+    assert page.evaluate(DIMMED) == []
 
     # Start again while it runs: the answer comes under the buttons, the live status stays.
     page.locator("#run-start").click()
@@ -326,12 +399,41 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     house_files = results_files(page)
     assert house_files and not any(name.startswith("house-long") for name in house_files), house_files
     assert "house.safetensors" in house_files
+    # every column header on one line (the Epoch header wrapped to "Ep/oc/h")
+    lines = page.locator("#results-files").evaluate("""e => [...e.querySelectorAll('th, [role=columnheader]')]
+        .filter(h => h.offsetParent !== null && h.innerText.trim()).map(h => {
+            // the lines the header's text takes: the distinct tops of its text nodes' line boxes
+            const tops = new Set(), walk = document.createTreeWalker(h, NodeFilter.SHOW_TEXT);
+            for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                if (!n.textContent.trim()) continue;
+                const r = document.createRange(); r.selectNodeContents(n);
+                [...r.getClientRects()].filter(b => b.width > 0).forEach(b => tops.add(Math.round(b.top)));
+            }
+            return [h.innerText.trim(), tops.size]})""")
+    assert lines and all(n == 1 for _, n in lines), lines
+    summary = page.locator("#results-summary").inner_text()
+    assert "Optimizer AdamW, learning rate 0.0001" in summary, summary  # the rates the run used
     first_row = page.locator("#results-files div[role=row]").first.inner_text()
     assert re.search(r"\b\d+\.\d{4}\b", first_row), f"no average loss in {first_row!r}"  # the epoch's mean loss, from the trainer
     # a click on a row: the metadata and the path to copy
     page.locator("#results-files div[role=row]").first.locator(".text").first.click()
     wait_until(lambda: box(page, "results-file-path").input_value().endswith(".safetensors"), 30, "the clicked file's path", page)
     page.locator("#results-meta").get_by_text("ss_network_dim").wait_for()
+
+    # The doors out: the output folder (no desktop here: the page says where the files are) and TensorBoard on
+    # loopback, started on the run's log folder.
+    page.locator("#results-open-folder").click()
+    expect_text(page, "#results-tools-message", str(workspace / "project" / "model"))
+    page.locator("#results-tensorboard").click()
+    wait_until(lambda: "127.0.0.1" in page.locator("#results-tools-message").inner_text()
+               or "not installed" in page.locator("#results-tools-message").inner_text(), 90, "TensorBoard's answer", page)
+    tb = re.search(r"http://127\.0\.0\.1:\d+/?", page.locator("#results-tools-message").inner_text())
+    if tb:
+        import urllib.request
+
+        with urllib.request.urlopen(tb.group(0), timeout=30) as r:
+            assert r.status == 200
+    assert page.evaluate(ERROR_BADGE) == 0
 
     # The prompt x epoch grid from the run's samples, saved in the run folder.
     page.locator("#sample-grid-button").click()
@@ -355,6 +457,17 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
 
     sidecar = json.loads(sidecars[0].read_text())
     assert sidecar["weights"] == [0.0, 1.0] and len(sidecar["files"]) == len(house_files)
+    # weight 0 is the base model with the fixed seed: one image per prompt down the whole column
+    import numpy as np
+
+    from tests.test_compare import cells
+
+    _, grid_cells = cells(sidecars[0].with_suffix(".png"))
+    prompts = len(sidecar["prompts"])
+    assert len(grid_cells) == prompts * len(house_files) and prompts == 2
+    for first in range(prompts):
+        column = [row[0] for row in grid_cells[first::prompts]]
+        assert all(np.array_equal(column[0], cell) for cell in column[1:])
     shot(page, "results")
 
     # Utilities > Captioning, where the Kohya tutorial sends people: caption a folder (same text for each image).
@@ -402,6 +515,9 @@ def test_korean_page(server, browser, workspace):
     page.get_by_role("tab", name="2. 학습").click()
     page.locator("#run-start").get_by_text("학습 시작").wait_for(timeout=30_000)
     assert "기본 설정" in page.locator("#section-basic").inner_text()
+    if list((workspace / "project" / "log").glob("house-long_*")):  # after the first test: its last run's notes, in Korean
+        expect_text(page, "#run-notes", "CUDA GPU가 없어")
+        assert "fp16 is off" not in page.locator("#run-notes").inner_text()
     shot(page, "ko-training")
 
     # A broken dataset: the check's problems are Korean sentences (file and setting names aside).
@@ -412,6 +528,19 @@ def test_korean_page(server, browser, workspace):
     assert "파일이 비어 있습니다" in problems and "접두사가 없습니다" in problems, problems
     assert "the file is empty" not in problems and "no `<repeats>_` prefix" not in problems
     shot(page, "ko-dataset")
+    context.close()
+
+    # The Korean page in an English browser (the "한국어" link): Gradio's own words ("Use via API") and the loss
+    # chart's axes are Korean too, not the browser's English.
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server + "ko/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="2. 학습").click()
+    page.locator("#run-loss").get_by_text("스텝").wait_for()
+    assert "손실" in page.locator("#run-loss").inner_text()
+    footer = page.locator("footer").inner_text()
+    assert "API를 통해 사용" in footer and "Use via API" not in footer, footer
     context.close()
 
 
