@@ -1,13 +1,20 @@
 """Peak memory of the LoRA tools on full-size SD1.5 files (docs/lora-tools.md quotes the result).
 
-Generates, with SD1.5's real module names and shapes (models built on the meta device from the shipped configs):
-a Kohya LoRA of rank 128 in fp16 (144 MB, the size of a typical dim-128 SD1.5 LoRA) and an fp16 SD1.5 checkpoint
-in the original single-file layout (about 2 GB), random values. Each tool runs as `python -m loratrainer lora ...`
-in its own process; its resident memory (VmRSS: anonymous + file-backed pages) and anonymous memory (RssAnon: what
-the process itself allocated) are sampled every 20 ms, and the peaks printed. The baseline is `lora inspect` of a
-tiny file: what Python, torch and diffusers cost before any tensor is read.
+Inputs, random values with SD1.5's real module names and shapes:
+- a Kohya LoRA of rank 128 in fp16 on the full module set (144 MB, the size of a typical dim-128 SD1.5 LoRA),
+  shapes from SD1.5's configs built on the meta device;
+- an fp16 SD1.5 checkpoint in the original single-file (LDM) layout (about 2 GB), written from a full-size
+  diffusers folder (`MODEL_DIR`, e.g. a random-weights SD1.5 folder; default: random tensors of the shipped
+  configs' shapes), renamed with the test suite's diffusers -> LDM key functions (tests/tiny_sd.py).
+merge-into's output (the checkpoint with the LoRA baked in) is then the TUNED model of `extract`.
 
-    PYTHONPATH=. python bench/bench_lora_tools_memory.py /tmp/lora-bench    # needs ~8 GB of disk
+Each tool runs as `python -m loratrainer lora ...` in its own process, one at a time, under GNU time. Its peak resident set comes
+from the kernel (time's %M, ru_maxrss: anonymous memory plus the pages of memory-mapped inputs it touched);
+its anonymous memory (RssAnon: what the process itself allocated) is sampled every 20 ms. The baselines are
+`lora inspect` and `lora resize` of a tiny file: what Python, torch (and for inspect, extract and merge-into,
+diffusers) cost before any tensor is read.
+
+    PYTHONPATH=. nice -n 10 python bench/bench_lora_tools_memory.py /tmp/lora-bench [MODEL_DIR]   # ~14 GB of disk
 """
 
 from __future__ import annotations
@@ -54,7 +61,9 @@ def make_lora(path: Path, rank: int = 128) -> Path:
     return path
 
 
-def make_checkpoint(path: Path) -> Path:
+def make_checkpoint(path: Path, model_dir: Path | None = None) -> Path:
+    """The fp16 single-file checkpoint, tensor by tensor: from `model_dir`'s weights, else random values."""
+    from loratrainer.tools.model_weights import TensorFile, component_files
     from loratrainer.tools.writer import StreamingSafetensorsWriter
     from tests.tiny_sd import unet_key_to_ldm, vae_key_to_ldm
 
@@ -62,41 +71,69 @@ def make_checkpoint(path: Path) -> Path:
     up_has_attn = ["CrossAttn" in t for t in unet.config.up_block_types]
     torch.manual_seed(0)
     with StreamingSafetensorsWriter(path, check_finite=False) as w:
-        for prefix, model, rename in (
-            ("model.diffusion_model.", unet, lambda k: unet_key_to_ldm(k, unet.config.layers_per_block, up_has_attn)),
-            ("first_stage_model.", vae, lambda k: vae_key_to_ldm(k, len(vae.config.block_out_channels))),
-            ("cond_stage_model.transformer.", te, lambda k: k if k.startswith("text_model.") else "text_model." + k),
+        for part, prefix, model, rename in (
+            ("unet", "model.diffusion_model.", unet, lambda k: unet_key_to_ldm(k, unet.config.layers_per_block, up_has_attn)),
+            ("vae", "first_stage_model.", vae, lambda k: vae_key_to_ldm(k, len(vae.config.block_out_channels))),
+            ("text_encoder", "cond_stage_model.transformer.", te, lambda k: k if k.startswith("text_model.") else "text_model." + k),
         ):
+            files = [TensorFile(p) for p in component_files(model_dir / part, part)] if model_dir else []
+            where = {k: f for f in files for k in f.keys}
             for key, t in model.state_dict().items():
                 shape = list(t.shape)
                 ldm = rename(key)
                 if prefix == "first_stage_model." and ".mid.attn_1." in ldm and len(shape) == 2:
                     shape += [1, 1]
-                w.add(prefix + ldm, (torch.randn(shape) * 0.02).half())
+                if model_dir:
+                    stored = where.get(key) or where["text_model." + key]
+                    value = stored.tensor(key if key in stored.keys else "text_model." + key).reshape(shape)
+                else:
+                    value = torch.randn(shape) * 0.02
+                w.add(prefix + ldm, value.half())
         w.finish({})
     return path
 
 
 def peak(argv: list[str]) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "lora", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    rss = anon = 0
+    import threading
+
+    # GNU time runs the tool as its child and reports the child's own peak RSS (%M, from wait4's ru_maxrss). Not
+    # wait4 on a child of this process: Linux keeps ru_maxrss across exec, so a child forked from this process
+    # (which has just read gigabytes) would report this process's size.
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "MAXRSS_KB %M", sys.executable, "-m", "loratrainer", "lora", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    anon = [0]
+    running = [True]
+
+    def sample():
+        tool = None
+        while running[0]:
+            try:
+                if tool is None:
+                    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                    tool = children[0] if children else None
+                if tool is not None:
+                    for line in Path(f"/proc/{tool}/status").read_text().splitlines():
+                        if line.startswith("RssAnon:"):
+                            anon[0] = max(anon[0], int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.monotonic()
-    while proc.poll() is None:
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":" in line)
-            rss = max(rss, int(fields["VmRSS"].split()[0]))
-            anon = max(anon, int(fields["RssAnon"].split()[0]))
-        except (OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.02)
     err = proc.stderr.read()
+    proc.wait()
+    running[0] = False
+    sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{argv} failed: {err[-2000:]}")
-    return {"peak_rss_mb": round(rss / 1024), "peak_anon_mb": round(anon / 1024), "seconds": round(time.monotonic() - start, 1)}
+    maxrss = int(err.strip().splitlines()[-1].split()[1])
+    return {"peak_rss_mb": round(maxrss / 1024), "peak_anon_mb": round(anon[0] / 1024),
+            "seconds": round(time.monotonic() - start, 1)}
 
 
-def main(folder: str) -> None:
+def main(folder: str, model_dir: str | None = None) -> None:
     from tests.test_lora_tools import make_lora as tiny_lora
 
     work = Path(folder)
@@ -109,23 +146,31 @@ def main(folder: str) -> None:
         make_lora(lora)
     ckpt = work / "sd15-fp16.safetensors"
     if not ckpt.exists():
-        make_checkpoint(ckpt)
+        make_checkpoint(ckpt, Path(model_dir) if model_dir else None)
     for old in work.glob("out-*"):
-        old.unlink()
+        subprocess.run(["rm", "-rf", "--", str(old)], check=True)  # only the bench's own outputs
     results = {"files": {lora.name: lora.stat().st_size, ckpt.name: ckpt.stat().st_size}}
+    baked = work / "out-baked.safetensors"
     runs = {
-        "baseline (inspect of a tiny LoRA)": ["inspect", str(tiny)],
+        "baseline: inspect of a tiny LoRA (Python, torch, diffusers)": ["inspect", str(tiny)],
+        "baseline: resize of a tiny LoRA (Python, torch)": ["resize", str(tiny), "--rank", "2", "-o", str(work / "out-tiny.safetensors")],
         "inspect 144 MB LoRA": ["inspect", str(lora)],
         "resize 144 MB LoRA to rank 32": ["resize", str(lora), "--rank", "32", "-o", str(work / "out-resized.safetensors")],
         "merge 2 x 144 MB, exact": ["merge", str(lora), f"{lora}:0.5", "-o", str(work / "out-merged.safetensors")],
         "merge 2 x 144 MB, --rank 64": ["merge", str(lora), f"{lora}:0.5", "--rank", "64", "-o", str(work / "out-merged64.safetensors")],
-        "merge-into 2 GB checkpoint + 144 MB LoRA": ["merge-into", str(ckpt), str(lora), "-o", str(work / "out-baked.safetensors")],
+        "merge-into 2 GB checkpoint + 144 MB LoRA": ["merge-into", str(ckpt), str(lora), "-o", str(baked)],
+        "merge-into 2 GB checkpoint + 144 MB LoRA, --diffusers": ["merge-into", str(ckpt), str(lora), "--diffusers", str(work / "out-baked-diffusers")],
+        "extract 2 GB BASE vs 2 GB TUNED (merge-into's output), --rank 64": [
+            "extract", str(ckpt), str(baked), "--rank", "64", "--min-diff", "0.001", "-o", str(work / "out-extracted.safetensors")],
     }
+    if model_dir:
+        runs[f"merge-into diffusers folder ({model_dir}) + 144 MB LoRA, --diffusers"] = [
+            "merge-into", model_dir, str(lora), "--diffusers", str(work / "out-folder-baked")]
     for label, argv in runs.items():
         results[label] = peak(argv)
-        print(f"{label:45} {results[label]}", flush=True)
+        print(f"{label:70} {results[label]}", flush=True)
     print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/lora-bench")
+    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/lora-bench", sys.argv[2] if len(sys.argv) > 2 else None)

@@ -47,7 +47,7 @@ CONFIG_FRONT_USERS = {"config", "gui", "cli"}
 # (launch.input_checks, tools.outputs); no torch at import.
 MODEL_TORCH_FREE = {"errors", "families"}
 # What of tools/ the GUI may use before it starts a tool as `loratrainer lora ...` in a subprocess.
-TOOLS_GUI_SIDE = {"outputs", "weighted"}
+TOOLS_GUI_SIDE = {"outputs", "weighted", "messages"}
 # What of compare/ the GUI may use: a run's files, the sample grid (Pillow) and starting a render in a subprocess.
 COMPARE_GUI_SIDE = {"runs", "inputs", "canvas", "sample_grid", "process"}
 # `loratrainer lora ...` does the tool's work (torch) in its own process: it is what the GUI starts, as it starts

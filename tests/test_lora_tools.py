@@ -27,7 +27,7 @@ from loratrainer.tools.progress import Cancelled, Progress
 from loratrainer.tools.resize import resize_lora
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 from tests.test_model_saving import _Collect
-from tests.tiny_sd import build_tiny_components, save_tiny_diffusers, save_tiny_single_file, tiny_config_dir
+from tests.tiny_sd import build_tiny_components, save_tiny_diffusers, save_tiny_single_file, tiny_config_dir, tiny_ldm_state_dict
 
 KOHYA_KEY = re.compile(r"^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
@@ -208,6 +208,7 @@ def _tuned_with_known_delta(folder, seed=0):
             w += m.reshape(w.shape)
             changed[(part, path)] = m
     parts.pipeline().save_pretrained(folder, safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in tiny_ldm_state_dict(parts).items()}, str(folder) + ".safetensors")
     return changed
 
 
@@ -227,6 +228,13 @@ def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models,
         assert report.extracted[name] == pytest.approx(1.0, abs=1e-6)
     assert len(report.skipped) > 20 and not set(report.skipped) & set(expected)
     assert meta["ss_network_dim"] == "4" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2"}
+    # the same from two single files and from two diffusers folders (each read tensor by tensor)
+    for b, t in ((tiny_models["single"], tmp_path / "tuned.safetensors"), (tiny_models["diffusers"], tmp_path / "tuned")):
+        other = extract_lora(b, t, tmp_path / f"x-{t.name}", rank=4, conv_rank=2, min_diff=1e-4,
+                             config_dir=tiny_models["config"])
+        again, _ = read(other.output)
+        assert again.keys() == state.keys(), t.name
+        assert all(torch.allclose(delta(again, n), delta(state, n), atol=1e-5) for n in expected), t.name
 
 
 def _fused_reference(tiny_models, loras_and_weights):
@@ -269,10 +277,55 @@ def test_merge_into_single_file_equals_diffusers_fuse_lora(loras, tiny_models, t
 
 
 def test_merge_into_diffusers_folder_equals_fuse_lora(loras, tiny_models, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
     a, _ = loras
     out = tmp_path / "baked"
     bake_into_diffusers(tiny_models["diffusers"], [(a, 1.2)], out)
-    ours = load_sd15(ModelSettings(pretrained_model_name_or_path=str(out)))
+    with _Collect() as log:
+        ours = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
+    _assert_same_weights(ours, _fused_reference(tiny_models, [(a, 1.2)]), 50)
+    # the rest of the folder is copied as it was
+    source = tiny_models["diffusers"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(source) for p in source.rglob("*"))
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        source / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def test_merge_into_diffusers_from_a_single_file_equals_fuse_lora(loras, tiny_models, tmp_path):
+    """A single file written as a diffusers folder tensor by tensor: every component loads with no missing or
+    unexpected keys, the LoRA weights equal fuse_lora's and the VAE is the checkpoint's own."""
+    from diffusers import StableDiffusionPipeline
+
+    a, b = loras
+    out = tmp_path / "baked"
+    bake_into_diffusers(tiny_models["single"], [(a, 0.8), (b, -0.3)], out, config_dir=tiny_models["config"])
+    with _Collect() as log:
+        pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
+    _assert_same_weights(pipe, _fused_reference(tiny_models, [(a, 0.8), (b, -0.3)]), 50)
+    base_vae = build_tiny_components().vae.state_dict()
+    assert all(torch.equal(v, base_vae[k]) for k, v in pipe.vae.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["baked"]  # no temporary folder left
+
+
+def test_a_bin_diffusers_folder_is_baked_into_safetensors(loras, tiny_models, tmp_path):
+    """An older diffusers folder with .bin weights (torch zip archives, read memory-mapped): the baked folder has
+    its unet/ and text_encoder/ as .safetensors under the names diffusers loads, and equals fuse_lora."""
+    from diffusers import StableDiffusionPipeline
+
+    a, _ = loras
+    source = tmp_path / "bin"
+    build_tiny_components().pipeline().save_pretrained(source, safe_serialization=False)
+    assert (source / "unet" / "diffusion_pytorch_model.bin").exists()
+    bake_into_diffusers(source, [(a, 1.2)], tmp_path / "baked")
+    out = tmp_path / "baked"
+    assert sorted(p.name for p in (out / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert "model.safetensors" in [p.name for p in (out / "text_encoder").iterdir()]
+    with _Collect() as log:
+        ours = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, local_files_only=True)
+    assert log.key_problems() == []
     _assert_same_weights(ours, _fused_reference(tiny_models, [(a, 1.2)]), 50)
 
 
@@ -307,16 +360,33 @@ def test_cancel_leaves_no_file(loras, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_outputs_never_overwrite(loras, tmp_path):
+def test_outputs_never_overwrite(loras, tiny_models, tmp_path):
     from loratrainer.model.errors import OutputExists
 
     a, b = loras
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"mine")
-    for call in (lambda: merge_loras([(a, 1.0)], out), lambda: resize_lora(b, out, rank=2)):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    model, config = tiny_models["single"], tiny_models["config"]
+    for call in (lambda: merge_loras([(a, 1.0)], out), lambda: resize_lora(b, out, rank=2),
+                 lambda: bake_into_checkpoint(model, [(a, 1.0)], out, config_dir=config),
+                 lambda: bake_into_diffusers(model, [(a, 1.0)], folder, config_dir=config),
+                 lambda: extract_lora(model, tiny_models["diffusers"], out, rank=2, config_dir=config)):
         with pytest.raises(OutputExists):
             call()
-    assert out.read_bytes() == b"mine" and len(list(tmp_path.iterdir())) == 1
+    assert out.read_bytes() == b"mine" and [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "mine"]
+
+
+def test_the_tools_light_constants_match_the_models():
+    from loratrainer.model import kohya_format, metadata
+    from loratrainer.tools import common
+
+    assert (common.DOWN, common.UP, common.ALPHA, common.SAVE_DTYPES) == (
+        kohya_format.DOWN, kohya_format.UP, kohya_format.ALPHA, kohya_format.SAVE_DTYPES)
+    assert common.MODELSPEC_VERSION == metadata.MODELSPEC_VERSION
 
 
 def test_weights_parse_from_file_specs():

@@ -1,15 +1,20 @@
 """Utilities > LoRA tools: the handlers run the real tools in a subprocess, write beside the inputs under a free
-name, cancel cleanly, and say bad input in the page's language."""
+name, cancel cleanly, and say bad input and the tools' own errors in the page's language.
+
+Three tests start a real tool process (a run that writes, a tool's error in Korean, cancel); the rest call the
+handlers' own code in-process."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from tests.test_lora_tools import make_lora, read
-from tests.test_lora_tools_inspect import _big_lora
+from tests.test_lora_tools import make_lora, modules_of, read
+from tests.test_lora_tools_inspect import _big_lora, _lycoris
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +51,36 @@ def test_bad_input_is_one_sentence_in_the_page_language(pages, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
+def test_every_tool_writes_beside_its_inputs_under_a_free_name(pages, tmp_path):
+    """The argument lists the page builds: each output goes into its input's folder, under a name nothing has."""
+    h = pages["en"].handlers["lora_tools"]
+    lora = tmp_path / "loras" / "style.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(b"x")
+    (tmp_path / "models").mkdir()
+    model, base, tuned = (tmp_path / "models" / n for n in ("sd15.safetensors", "base.safetensors", "tuned.safetensors"))
+    for p in (model, base, tuned):
+        p.write_bytes(b"x")
+    (tmp_path / "models" / "folder").mkdir()
+    taken = [lora.parent / "style-merged.safetensors", lora.parent / "style-rank8.safetensors",
+             model.parent / "sd15-style.safetensors", tuned.parent / "tuned-extracted-rank8.safetensors"]
+    for p in taken:
+        p.write_bytes(b"mine")
+    cases = {
+        "merge": (dict(lt_files=f"{lora}\n{lora}:0.5"), lora.parent / "style-merged-2.safetensors"),
+        "resize": (dict(lt_file=str(lora), lt_rank=8), lora.parent / "style-rank8-2.safetensors"),
+        "merge-into": (dict(lt_model=str(model), lt_files=str(lora)), model.parent / "sd15-style-2.safetensors"),
+        "extract": (dict(lt_base=str(base), lt_tuned=str(tuned), lt_rank=8), tuned.parent / "tuned-extracted-rank8-2.safetensors"),
+    }
+    for tool, (values, expected) in cases.items():
+        args, output = h.arguments(h.values(_form(pages["en"], lt_tool=tool, **values)))
+        assert output == expected and args[-2:] == ["-o", str(expected)], tool
+    args, output = h.arguments(h.values(_form(pages["en"], lt_tool="merge-into", lt_model=str(tmp_path / "models" / "folder"),
+                                              lt_files=str(lora))))
+    assert output == tmp_path / "models" / "folder-style" and args[-2:] == ["--diffusers", str(output)]
+    assert all(p.read_bytes() == b"mine" for p in taken)
+
+
 def test_the_tab_module_imports_no_torch():
     import subprocess
     import sys
@@ -54,18 +89,45 @@ def test_the_tab_module_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-def test_inspect_and_merge_run_in_a_subprocess_and_write_beside_the_inputs(pages, tmp_path):
+def test_a_tool_runs_in_a_subprocess_and_writes_beside_the_inputs_under_a_free_name(pages, tmp_path):
+    """The real path: `python -m loratrainer lora merge ...` started by the handler; the user's own file with the
+    name the tool would take is left alone and the result goes under the next free name."""
     h = pages["en"].handlers["lora_tools"]
     a = make_lora(tmp_path / "a.safetensors", 1, dim=4, alpha=2)
     b = make_lora(tmp_path / "b.safetensors", 2, dim=2, alpha=2)
-    report = list(h.run(_form(pages["en"], lt_file=str(a))))[-1]
-    assert "| Format | Kohya (lora_down/lora_up) |" in report and "| Rank | 2 ×18, 4 ×60 |" in report and "No problems found." in report
+    (tmp_path / "a-merged.safetensors").write_bytes(b"mine")
     form = _form(pages["en"], lt_tool="merge", lt_files=f"{a}:0.5\n{b}", lt_rank=None, lt_precision="float")
-    first = list(h.run(form))[-1]
-    second = list(h.run(form))[-1]  # the same job again: a free name, the first result untouched
-    assert f"Written: `{tmp_path / 'a-merged.safetensors'}`" in first
-    assert f"Written: `{tmp_path / 'a-merged-2.safetensors'}`" in second
-    assert read(tmp_path / "a-merged.safetensors")[0].keys() == read(tmp_path / "a-merged-2.safetensors")[0].keys()
+    messages = list(h.run(form))
+    assert messages[0] == "Starting…"
+    assert f"Written: `{tmp_path / 'a-merged-2.safetensors'}`" in messages[-1]
+    assert (tmp_path / "a-merged.safetensors").read_bytes() == b"mine"
+    assert modules_of(read(tmp_path / "a-merged-2.safetensors")[0]) == modules_of(read(a)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-merged-2.safetensors", "a-merged.safetensors",
+                                                          "a.safetensors", "b.safetensors"]
+
+
+def test_a_tools_own_error_is_said_in_korean(pages, tmp_path):
+    """An error found by the tool itself, in its own process (a LyCORIS file given to merge), reaches the Korean
+    page as the Korean sentence of its code, not the tool's English."""
+    h = pages["ko"].handlers["lora_tools"]
+    _lycoris(tmp_path / "loha.safetensors", [("lora_unet_down_blocks_0_attentions_0_proj_in", (32, 32))])
+    out = list(h.run(_form(pages["ko"], lt_tool="merge", lt_files=str(tmp_path / "loha.safetensors"))))[-1]
+    assert out.startswith("도구가 중단되었습니다: loha.safetensors 은(는) LyCORIS LoHa 파일입니다.")
+    assert "LyCORIS의 tools/merge.py" in out and "works on" not in out and "Traceback" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loha.safetensors"]
+
+
+def test_inspect_report_is_shown_as_a_table(pages, tmp_path):
+    """The page's rendering of inspect's JSON report (the report made here in-process: the subprocess path is
+    tested above)."""
+    from loratrainer.tools.inspection import inspect_lora
+
+    h = pages["en"].handlers["lora_tools"]
+    a = make_lora(tmp_path / "a.safetensors", 1, dim=4, alpha=2)
+    done = SimpleNamespace(stdout=json.dumps(inspect_lora(a).to_json()), message=None, error_line=lambda: "")
+    report = h.result("inspect", 0, done, None)
+    assert "| Format | Kohya (lora_down/lora_up) |" in report and "| Rank | 2 ×18, 4 ×60 |" in report
+    assert "No problems found." in report and "cat (4)" in report
 
 
 def test_cancel_stops_the_tool_and_leaves_no_file(pages, tmp_path):

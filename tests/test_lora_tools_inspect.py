@@ -178,6 +178,34 @@ def test_cli_merge_resize_extract(tmp_path, capsys):
         assert any(k.startswith("model.diffusion_model.") for k in f.keys())
 
 
+def test_cli_errors_are_coded_for_the_gui(tmp_path, capsys):
+    """With --progress-json (the GUI's way) an error also goes out as its code and parameters, which the page
+    says in its language; the English `error:` line is the same message. A parameter that is itself a message
+    (model/checkpoint's "LoRA file") travels too; an OSError is a sentence, not a traceback."""
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.tools.messages import message_from_json
+
+    def coded_error(argv):
+        assert main(argv + ["--progress-json"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        msg = message_from_json(json.loads(next(line for line in err if line.startswith('{"error"')))["error"])
+        assert err[-1] == f"error: {msg}" and "Traceback" not in "\n".join(err)
+        return msg
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file at all")
+    msg = coded_error(["lora", "merge", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "m.safetensors")])
+    assert msg.code == "lora_tools.lora_unreadable"
+    assert Translator("ko").message(msg).startswith(f"LoRA 파일 {tmp_path / 'junk.safetensors'} 을(를) 읽을 수 없습니다")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle either")
+    msg = coded_error(["lora", "resize", str(tmp_path / "junk.pt"), "--rank", "2", "-o", str(tmp_path / "r.safetensors")])
+    assert msg.code.startswith("model.") and msg.params["what"].code == "model.what.lora"
+    assert str(msg).startswith("The LoRA file") and Translator("ko").message(msg).startswith("LoRA 파일 ")
+    a = make_lora(tmp_path / "a.safetensors", 1, dim=2, alpha=1)
+    msg = coded_error(["lora", "resize", str(a), "--rank", "1", "-o", str(tmp_path / "a.safetensors" / "r.safetensors")])
+    assert msg.code == "lora_tools.file_system" and "파일 시스템이 거부했습니다" in Translator("ko").message(msg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "junk.pt", "junk.safetensors"]
+
+
 def _big_lora(path, modules=300, width=2048, rank=32):
     torch.manual_seed(0)
     state = {}

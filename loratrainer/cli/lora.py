@@ -2,7 +2,9 @@
 
 Outputs are never overwritten: an existing -o is refused. `--json` prints the report as JSON on stdout.
 `--progress-json` (used by the GUI, which runs these commands in a subprocess) writes one JSON line per step to
-stderr; SIGTERM cancels cleanly: the tool stops at the next module and leaves no file behind (exit code 10).
+stderr, and an error as one JSON line `{"error": {"code": ..., "params": {...}}}` (before the usual `error: ...`
+line) so that the GUI says it in the page's language (tools/messages.py); SIGTERM cancels cleanly: the tool stops
+at the next module and leaves no file behind (exit code 10).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.tools.messages import message_json, tool_error
 
 EXIT_PROBLEMS = 1
 
@@ -32,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "Exit code 0 = no problems found, 1 = problems found, 2 = the file cannot be read.")
     q.add_argument("file", metavar="FILE")
     common(q)
-    q.set_defaults(run=run_inspect)
+    q.set_defaults(run=_coded(run_inspect))
 
     q = sub.add_parser("merge", help="merge LoRAs into one (exact, or reduced to --rank by SVD)",
                        description="Merge LoRA files with weights. Without --rank the result is exact (ranks add up); "
@@ -44,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--precision", choices=("auto", "float", "fp16", "bf16"), default="auto",
                    help="save precision (auto: the first input's)")
     common(q)
-    q.set_defaults(run=run_merge)
+    q.set_defaults(run=_coded(run_merge))
 
     q = sub.add_parser("merge-into", help="bake LoRAs into a checkpoint (single file, or --diffusers folder)",
                        description="Write a model with the LoRAs added to its weights: a single-file checkpoint in the "
@@ -56,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--diffusers", metavar="DIR", help="write a diffusers folder instead of a single file")
     q.add_argument("--model-config", metavar="DIR", help=argparse.SUPPRESS)  # a diffusers-layout config folder (tests)
     common(q)
-    q.set_defaults(run=run_merge_into)
+    q.set_defaults(run=_coded(run_merge_into))
 
     q = sub.add_parser("resize", help="reduce a LoRA's rank (fixed, or Kohya's dynamic sv_ratio/sv_fro/sv_cumulative)",
                        description="Resize a LoRA by SVD per module, as Kohya's resize_lora.py. Prints the Frobenius "
@@ -69,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     q.add_argument("--precision", choices=("auto", "float", "fp16", "bf16"), default="auto")
     common(q)
-    q.set_defaults(run=run_resize)
+    q.set_defaults(run=_coded(run_resize))
 
     q = sub.add_parser("extract", help="extract a LoRA from a fine-tuned model (TUNED - BASE, SVD per module)",
                        description="The LoRA that best approximates TUNED - BASE per module. Modules whose difference "
@@ -84,7 +87,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--precision", choices=("float", "fp16", "bf16"), default="float")
     q.add_argument("--model-config", metavar="DIR", help=argparse.SUPPRESS)
     common(q)
-    q.set_defaults(run=run_extract)
+    q.set_defaults(run=_coded(run_extract))
+
+
+def _coded(run):
+    """`run` with errors as coded messages: an OSError (a full disk, a folder without write permission) becomes
+    one sentence instead of a traceback; with --progress-json the message's code and parameters go to stderr as
+    JSON for the GUI."""
+
+    def coded(args) -> int:
+        try:
+            try:
+                return run(args)
+            except BrokenPipeError:  # `... --json | head`: the reader left; cli.main treats it as no error
+                raise
+            except OSError as exc:
+                raise UserError(tool_error("file_system", detail=f"{exc.strerror or exc}"
+                                           + (f" ({exc.filename})" if exc.filename else ""))) from exc
+        except UserError as exc:
+            if args.progress_json and exc.msg is not None:
+                print(json.dumps({"error": message_json(exc.msg)}, ensure_ascii=False), file=sys.stderr, flush=True)
+            raise
+
+    return coded
 
 
 def _progress(args):
@@ -162,9 +187,9 @@ def run_resize(args) -> int:
     from loratrainer.tools.resize import resize_lora
 
     if args.rank is None and args.dynamic is None:
-        raise UserError("Give --rank R, or --dynamic METHOD --param X (optionally with --rank as the cap).")
+        raise UserError(tool_error("rank_or_dynamic"))
     if args.param is not None and args.dynamic is None:
-        raise UserError("--param goes with --dynamic sv_ratio|sv_fro|sv_cumulative.")
+        raise UserError(tool_error("param_without_dynamic"))
     _positive(args.rank, "--rank")
     _positive(args.conv_rank, "--conv-rank")
     report = resize_lora(args.file, args.output, rank=args.rank or 1_000_000, conv_rank=args.conv_rank,
@@ -181,7 +206,7 @@ def run_extract(args) -> int:
     _positive(args.rank, "--rank")
     _positive(args.conv_rank, "--conv-rank")
     if not 0 < args.clamp_quantile <= 1:
-        raise UserError("--clamp-quantile must be above 0 and at most 1 (1 = no clamping).")
+        raise UserError(tool_error("bad_clamp"))
     report = extract_lora(args.base, args.tuned, args.output, rank=args.rank, conv_rank=args.conv_rank,
                           min_diff=args.min_diff, clamp_quantile=args.clamp_quantile, precision=args.precision,
                           config_dir=Path(args.model_config) if args.model_config else None, progress=_progress(args))
@@ -195,4 +220,4 @@ def run_extract(args) -> int:
 
 def _positive(value, name: str) -> None:
     if value is not None and value < 1:
-        raise UserError(f"{name} must be at least 1.")
+        raise UserError(tool_error("rank_below_one", option=name))

@@ -2,7 +2,8 @@
 
 The tools import torch, which the GUI process never does: each run is `python -m loratrainer lora <tool> ...
 --json --progress-json` in its own process group (an argument list, never a shell line). Its stderr carries one
-JSON line per step (the progress bar), its stdout the JSON report shown at the end; Cancel sends SIGTERM, on
+JSON line per step (the progress bar) and, when it fails, its error as a coded message (tools/messages.py, said here
+in the page's language), its stdout the JSON report shown at the end; Cancel sends SIGTERM, on
 which the tool stops at the next module and leaves no file. Outputs go beside the inputs under a free name
 (`<name>-merged.safetensors`, `-2`, `-3`, ...): nothing is ever overwritten.
 """
@@ -20,6 +21,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
+from loratrainer.tools.messages import message_from_json
 from loratrainer.tools.outputs import free_name
 
 TOOLS = ("inspect", "merge", "merge-into", "resize", "extract")
@@ -37,6 +39,7 @@ class ToolProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                      encoding="utf-8", errors="replace", env=env, start_new_session=True)
         self.done, self.total, self.errors, self.stdout = 0, 0, [], ""
+        self.message = None  # the tool's coded error (loratrainer.messages.Msg), when it sent one
         self._threads = [threading.Thread(target=self._read_progress, daemon=True),
                          threading.Thread(target=self._read_report, daemon=True)]
         for t in self._threads:
@@ -47,7 +50,10 @@ class ToolProcess:
             if line.startswith("{"):
                 try:
                     step = json.loads(line)
-                    self.done, self.total = int(step["done"]), int(step["total"])
+                    if "error" in step:
+                        self.message = message_from_json(step["error"])
+                    else:
+                        self.done, self.total = int(step["done"]), int(step["total"])
                     continue
                 except (ValueError, KeyError, TypeError):
                     pass
@@ -229,7 +235,8 @@ class LoraToolsHandlers:
         except ValueError:
             report = None
         if report is None:
-            return self.t("lora.failed", error=md(process.error_line() or f"exit code {code}"))
+            said = self.t.message(process.message) if process.message is not None else process.error_line()
+            return self.t("lora.failed", error=md(said or f"exit code {code}"))
         if tool == "inspect":
             return self.inspect_text(report)
         lines = [self.t("lora.written", path=str(report.get("output", output)))]

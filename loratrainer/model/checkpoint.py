@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from loratrainer.messages import ENGLISH, Msg
 from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NotSD15Checkpoint
 from loratrainer.model.families import CLIP_L, OPEN_CLIP, SD2_CROSS_ATTN_K, SD15_CROSS_ATTN_K, SDXL, UNET, detect_family  # noqa: F401  (re-exported)
 
@@ -22,34 +23,31 @@ SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
 
+_WHAT = {"model": "model", "LoRA": "lora", "LoRA (network_weights)": "network_weights", "VAE": "vae"}
+
 def read_checkpoint(path: str | Path, *, what: str = "model") -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors or .ckpt file on the CPU, or a UserError saying why not."""
     path = Path(path)
+    said = Msg.of("model.what." + _WHAT[what]) if what in _WHAT else what
     if not path.exists():
-        raise ModelFileMissing(f"The {what} file {path} does not exist.")
+        raise ModelFileMissing(Msg.of("model.file_missing", what=said, path=str(path)))
     if path.is_dir():
-        raise CorruptModelFile(f"The {what} path {path} is a folder, not a checkpoint file.")
+        raise CorruptModelFile(Msg.of("model.is_folder", what=said, path=str(path)))
     try:
         if path.suffix.lower() in SAFETENSORS_SUFFIXES or _starts_like_safetensors(path):
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except (SafetensorError, OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
-        raise CorruptModelFile(
-            f"The {what} file {path} cannot be read ({_short(exc)}). It may be an incomplete download; "
-            "download it again (.safetensors is the safer format)."
-        ) from exc
+        raise CorruptModelFile(Msg.of("model.unreadable", what=said, path=str(path), detail=_short(exc))) from exc
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
-            raise CorruptModelFile(
-                f"The {what} file {path} holds Python objects besides its weights, so it is not loaded "
-                "(loading them could run code). Use the .safetensors version of this model."
-            ) from exc
-        raise CorruptModelFile(f"The {what} file {path} is not a checkpoint ({_short(exc)}).") from exc
+            raise CorruptModelFile(Msg.of("model.pickled_code", what=said, path=str(path))) from exc
+        raise CorruptModelFile(Msg.of("model.not_a_checkpoint", what=said, path=str(path), detail=_short(exc))) from exc
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # Lightning checkpoints nest the weights
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CorruptModelFile(f"The {what} file {path} holds no tensors.")
+        raise CorruptModelFile(Msg.of("model.no_tensors", what=said, path=str(path)))
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -60,24 +58,10 @@ def check_sd15(state: dict[str, torch.Tensor], path: str | Path) -> None:
         missing = [part for prefix, part in ((UNET, "UNet"), (CLIP_L, "text encoder"), ("first_stage_model.", "VAE"))
                    if not any(k.startswith(prefix) for k in state)]
         if missing:
-            raise NotSD15Checkpoint(
-                f"{path} is an SD1.x checkpoint without its {' and '.join(missing)} weights; use a full model file."
-            )
+            raise NotSD15Checkpoint(Msg.of("model.sd1_incomplete", path=str(path), missing=" and ".join(missing)))
         return
-    hints = {
-        "sdxl": "an SDXL checkpoint; loratrainer trains SD1.5 LoRAs only. Choose an SD1.5-based model",
-        "sd2": "a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, 1024-wide cross-attention); "
-        "loratrainer trains SD1.5 LoRAs only. Choose an SD1.5-based model",
-        "sd1-inpainting": "an SD1.5 inpainting checkpoint (9 input channels); choose an ordinary SD1.5 model",
-        "sd3-or-flux": "an SD3 or Flux checkpoint; loratrainer trains SD1.5 LoRAs only",
-        "lora": "a LoRA file, not a base model. Put it in network_weights to continue training it, "
-        "and choose an SD1.5 base model here",
-        "vae": "a VAE on its own; set it as the separate VAE and choose a full SD1.5 model here",
-        "diffusers-component": "a single diffusers component file; choose the whole diffusers folder "
-        "(the one with model_index.json) or a single-file checkpoint",
-    }
-    what = hints.get(family, "not a Stable Diffusion checkpoint this program recognises")
-    raise NotSD15Checkpoint(f"{path} is {what}.")
+    code = f"model.family.{family}"
+    raise NotSD15Checkpoint(Msg.of(code if code in ENGLISH else "model.family.unknown", path=str(path)))
 
 
 def _starts_like_safetensors(path: Path) -> bool:

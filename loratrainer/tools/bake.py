@@ -1,13 +1,19 @@
 """merge-into: a checkpoint with LoRAs baked in (W' = W + sum_i w_i alpha_i/rank_i up_i @ down_i per module).
 
-A single-file checkpoint is rewritten tensor by tensor in its own layout (original LDM keys, dtypes and
-metadata kept: what A1111 and ComfyUI load), so memory stays near the largest tensor plus one module's LoRA
-factors. `--diffusers DIR` loads the model whole (any input our loader takes) and saves a diffusers folder.
+Nothing is loaded whole: the model is read and written tensor by tensor (tools/model_weights), so memory stays
+near the largest tensor plus one module's LoRA factors.
+- A single-file checkpoint keeps its own layout (original LDM keys, dtypes and metadata: what A1111 and ComfyUI
+  load).
+- `--diffusers DIR` from a diffusers folder: the folder is copied file by file, its unet/ and text_encoder/
+  weight files rewritten as .safetensors with the deltas added.
+- `--diffusers DIR` from a single file: each tensor is renamed to its diffusers key (tools/ldm_names, diffusers'
+  own conversion) and written into the component it belongs to, with the shipped SD1.5 configs beside it.
 sd-scripts networks/merge_lora.py merge_to_sd_model does the same sum on a loaded model.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -17,13 +23,16 @@ from pathlib import Path
 import torch
 
 from loratrainer.errors import UserError
-from loratrainer.model.assets import SD15_CONFIG_DIR
-from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15, read_checkpoint
-from loratrainer.tools.ldm_names import kohya_to_ldm
+from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15
+from loratrainer.model.errors import ModelFileMissing, OutputExists
 from loratrainer.tools.lorafile import LoraFile, weight_shape
+from loratrainer.tools.messages import refuse_lycoris, tool_error
+from loratrainer.tools.model_weights import PARTS, WEIGHT_NAMES, ModelWeights, TensorFile, meta_models
 from loratrainer.tools.outputs import refuse_existing
 from loratrainer.tools.progress import NO_PROGRESS, Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
+
+Deltas = dict[str, list[tuple[LoraFile, str, float]]]  # weight key -> (file, module, weight) to add to it
 
 
 @dataclass
@@ -36,61 +45,28 @@ class BakeReport:
         return {"output": str(self.output), "modules_changed": self.modules_changed, "loras": self.loras}
 
 
-class _Model:
-    """A single-file checkpoint opened for reading tensor by tensor (safetensors: memory-mapped)."""
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self.path = path
-        self.metadata: dict[str, str] = {}
-        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            self._handle = safe_open(str(path), framework="pt", device="cpu")
-            self.keys = list(self._handle.keys())
-            self.metadata = dict(self._handle.metadata() or {})
-            self._state = None
-        else:  # .ckpt: torch.load (memory-mapped when it is a zip archive)
-            self._state = read_checkpoint(path)
-            self.keys = list(self._state)
-
-    def shape_dict(self) -> dict[str, torch.Tensor]:
-        # names and shapes only (meta tensors), for check_sd15
-        if self._state is not None:
-            return {k: torch.empty(v.shape, device="meta") for k, v in self._state.items()}
-        return {k: torch.empty(self._handle.get_slice(k).get_shape(), device="meta") for k in self.keys}
-
-    def tensor(self, key: str) -> torch.Tensor:
-        return self._state[key] if self._state is not None else self._handle.get_tensor(key)
-
-
 def bake_into_checkpoint(model: str | Path, loras: list[tuple[Path, float]], output: str | Path, *,
                          config_dir: Path | None = None, progress: Progress = NO_PROGRESS) -> BakeReport:
+    from loratrainer.model.assets import SD15_CONFIG_DIR
+    from loratrainer.tools.ldm_names import kohya_to_ldm
+
     model, output = Path(model), refuse_existing(output)
     if model.is_dir():
-        raise UserError(f"{model} is a diffusers folder; a single-file output needs a single-file model. Use "
-                        "--diffusers OUT_DIR to write a diffusers folder instead.")
+        raise UserError(tool_error("folder_needs_diffusers_output", path=str(model)))
     if output.suffix.lower() not in SAFETENSORS_SUFFIXES:
-        raise UserError(f"The output {output.name} must end in .safetensors (the checkpoint is written as safetensors).")
-    source = _Model(model)
-    check_sd15(source.shape_dict(), model)
-    names = kohya_to_ldm(source.keys, Path(config_dir) if config_dir else SD15_CONFIG_DIR)
+        raise UserError(tool_error("output_not_safetensors", name=output.name))
     files = _open_loras(loras)
-    by_key: dict[str, list[tuple[LoraFile, str, float]]] = {}
-    for f, weight in files:
-        missing = [n for n in f.modules if n not in names]
-        if missing:
-            raise UserError(f"{f.path.name} adapts {len(missing)} modules that {model.name} does not have, e.g. "
-                            f"{missing[0]}: it was made for another model family.")
-        for n in f.modules:
-            by_key.setdefault(names[n], []).append((f, n, weight))
+    if not model.exists():
+        raise ModelFileMissing(tool_error("model_missing", path=str(model)))
+    source = TensorFile(model)
+    check_sd15(source.shape_dict(), model)
+    by_key = _deltas_by_key(files, kohya_to_ldm(source.keys, Path(config_dir) if config_dir else SD15_CONFIG_DIR), model)
     total = len(source.keys)
     with StreamingSafetensorsWriter(output) as writer:
         for i, key in enumerate(source.keys):
             progress.step(i, total, key)
             tensor = source.tensor(key)
-            if key in by_key:
-                tensor = _with_deltas(tensor, by_key[key])
-            writer.add(key, tensor)
+            writer.add(key, _with_deltas(tensor, by_key[key]) if key in by_key else tensor)
         progress.step(total, total, "")
         writer.finish(source.metadata)
     return BakeReport(output, len(by_key), [str(p) for p, _ in loras])
@@ -98,59 +74,152 @@ def bake_into_checkpoint(model: str | Path, loras: list[tuple[Path, float]], out
 
 def bake_into_diffusers(model: str | Path, loras: list[tuple[Path, float]], output_dir: str | Path, *,
                         config_dir: Path | None = None, progress: Progress = NO_PROGRESS) -> BakeReport:
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    from loratrainer.config import ModelSettings
-    from loratrainer.model.loading import load_sd15
-    from loratrainer.model.lora import kohya_name
-
     output_dir = refuse_existing(output_dir)
     files = _open_loras(loras)
-    progress.step(0, 3, "loading the model")
-    parts = load_sd15(ModelSettings(pretrained_model_name_or_path=str(model)), config_dir=config_dir)
-    modules = {}
-    for part, net in (("unet", parts.unet), ("text_encoder", parts.text_encoder)):
-        for name, sub in net.named_modules():
-            if isinstance(sub, (torch.nn.Linear, torch.nn.Conv2d)):
-                modules[kohya_name(part, name)] = sub
-    changed = set()
-    progress.step(1, 3, "adding the LoRAs")
-    with torch.no_grad():
-        for f, weight in files:
-            for n in f.modules:
-                if n not in modules:
-                    raise UserError(f"{f.path.name} adapts {n}, which {Path(model).name} does not have: it was made "
-                                    "for another model family.")
-                w = modules[n].weight
-                w.copy_(_with_deltas(w, [(f, n, weight)]))
-                changed.add(n)
-    progress.step(2, 3, "saving")
-    source = Path(model)
-    scheduler_dir = source if (source / "scheduler").is_dir() else SD15_CONFIG_DIR
-    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                                   scheduler=PNDMScheduler.from_pretrained(scheduler_dir, subfolder="scheduler"),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    weights = ModelWeights(model, config_dir=config_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        if weights.path.is_dir():
+            changed = _folder_to_folder(weights, files, tmp, progress)
+        else:
+            changed = _single_to_folder(weights, files, tmp, progress)
         if output_dir.exists():
-            raise UserError(f"{output_dir} appeared while saving; not replacing it.")
+            raise OutputExists(tool_error("output_appeared", path=str(output_dir)))
         tmp.rename(output_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    progress.step(3, 3, "")
-    return BakeReport(output_dir, len(changed), [str(p) for p, _ in loras])
+    return BakeReport(output_dir, changed, [str(p) for p, _ in loras])
+
+
+def _folder_to_folder(weights: ModelWeights, files, out: Path, progress: Progress) -> int:
+    """Copy a diffusers folder; the unet/ and text_encoder/ weights are rewritten with the deltas added."""
+    from loratrainer.model.lora import kohya_name
+
+    missing = [n for n in _adapted(files) if not weights.has(n)]
+    if missing:
+        _other_family(files, missing, weights.path)
+    by_key: Deltas = {}
+    for f, w in files:
+        for n in f.modules:
+            by_key.setdefault(n, []).append((f, n, w))
+    src = weights.path
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or (rel.parts[0] in PARTS and _is_weights(path)):
+            continue  # the component's weights (and other variants of them) are written below
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, out / rel)
+    total = sum(len(f.keys) for part in PARTS for f in weights.files[part])
+    done = 0
+    for part in PARTS:
+        shards = weights.files[part]
+        names_out = _shard_names(part, shards)
+        for f, name in zip(shards, names_out):
+            (out / part).mkdir(parents=True, exist_ok=True)
+            with StreamingSafetensorsWriter(out / part / name, check_finite=False) as writer:
+                for key in f.keys:
+                    progress.step(done, total, key)
+                    done += 1
+                    tensor = f.tensor(key)
+                    module = kohya_name(part, key[: -len(".weight")]) if key.endswith(".weight") else None
+                    writer.add(key, _with_deltas(tensor, by_key[module]) if module in by_key else tensor)
+                writer.finish(f.metadata or {"format": "pt"})
+        if len(shards) > 1:
+            weight_map = {key: name for f, name in zip(shards, names_out) for key in f.keys}
+            index = {"metadata": {}, "weight_map": weight_map}
+            (out / part / f"{WEIGHT_NAMES[part][0]}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    progress.step(total, total, "")
+    return len(by_key)
+
+
+def _single_to_folder(weights: ModelWeights, files, out: Path, progress: Progress) -> int:
+    """A single file written as a diffusers folder, tensor by tensor, with the configs of `weights.config_dir`."""
+    from diffusers import AutoencoderKL
+
+    from loratrainer.tools.ldm_names import kohya_to_ldm, ldm_to_diffusers
+
+    source = weights.single
+    by_key = _deltas_by_key(files, kohya_to_ldm(source.keys, weights.config_dir), weights.path)
+    models = meta_models(weights.config_dir)
+    with torch.device("meta"):
+        models["vae"] = AutoencoderKL.from_config(AutoencoderKL.load_config(weights.config_dir, subfolder="vae"))
+    expected = {part: m.state_dict() for part, m in models.items()}
+    placed: dict[str, dict[str, str]] = {part: {} for part in expected}  # part -> diffusers key -> checkpoint key
+    for key, (part, diffusers_key) in ldm_to_diffusers(source.keys, weights.config_dir).items():
+        if diffusers_key not in expected[part]:
+            diffusers_key = diffusers_key.removeprefix("text_model.")  # a flattened CLIPTextModel
+        if diffusers_key in expected[part]:
+            placed[part][diffusers_key] = key
+    for part, keys in expected.items():
+        lacking = [k for k in keys if k not in placed[part]]
+        if lacking:
+            raise UserError(tool_error("checkpoint_lacks", path=str(weights.path), count=len(lacking), key=lacking[0]))
+    for path in sorted(weights.config_dir.rglob("*")):
+        rel = path.relative_to(weights.config_dir)
+        if path.is_file() and path.suffix in (".json", ".txt") and not _is_weights(path):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out / rel)
+    total, done = sum(len(v) for v in placed.values()), 0
+    for part in ("unet", "vae", "text_encoder"):
+        (out / part).mkdir(parents=True, exist_ok=True)
+        name = f"{(WEIGHT_NAMES[part])[0]}.safetensors"
+        with StreamingSafetensorsWriter(out / part / name, check_finite=False) as writer:
+            for diffusers_key, key in placed[part].items():
+                progress.step(done, total, key)
+                done += 1
+                tensor = source.tensor(key)
+                if key in by_key:
+                    tensor = _with_deltas(tensor, by_key[key])
+                writer.add(diffusers_key, tensor.reshape(expected[part][diffusers_key].shape))
+            writer.finish({"format": "pt"})
+    progress.step(total, total, "")
+    return len(by_key)
+
+
+def _adapted(files) -> set[str]:
+    return {n for f, _ in files for n in f.modules}
+
+
+def _other_family(files, missing: list[str], model: Path) -> None:
+    for f, _ in files:
+        lacking = [n for n in f.modules if n in missing]
+        if lacking:
+            raise UserError(tool_error("lora_other_family", lora=f.path.name, count=len(lacking), model=model.name,
+                                       module=lacking[0]))
+
+
+def _deltas_by_key(files, names: dict[str, str], model: Path) -> Deltas:
+    """{checkpoint key: the LoRA modules to add to it} from {Kohya name: checkpoint key}."""
+    missing = [n for n in _adapted(files) if n not in names]
+    if missing:
+        _other_family(files, missing, model)
+    by_key: Deltas = {}
+    for f, weight in files:
+        for n in f.modules:
+            by_key.setdefault(names[n], []).append((f, n, weight))
+    return by_key
+
+
+def _is_weights(path: Path) -> bool:
+    return path.name.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".ckpt", ".pt"))
+
+
+def _shard_names(part: str, shards: list[TensorFile]) -> list[str]:
+    """Output names: the canonical `<stem>.safetensors` for one file (a .bin or a variant becomes what diffusers
+    loads without asking for a variant); the shards' own names with .safetensors for a sharded model."""
+    if len(shards) == 1:
+        return [f"{WEIGHT_NAMES[part][0]}.safetensors"]
+    return [f.path.name.removesuffix(".bin").removesuffix(".safetensors") + ".safetensors" for f in shards]
 
 
 def _open_loras(loras: list[tuple[Path, float]]) -> list[tuple[LoraFile, float]]:
     if not loras:
-        raise UserError("Give at least one LoRA file to merge into the model.")
+        raise UserError(tool_error("no_loras"))
     files = [(LoraFile(p), float(w)) for p, w in loras]
     for f, _ in files:
-        if f.format not in ("kohya", "diffusers-peft"):
-            raise UserError(f"{f.path.name} is a {f.format} file; merge-into handles LoRA/LoCon files only.")
+        refuse_lycoris(f, "merge-into")
     return files
 
 
@@ -161,8 +230,8 @@ def _with_deltas(weight: torch.Tensor, deltas: list[tuple[LoraFile, str, float]]
     for f, name, w in deltas:
         down, up, scale = f.factors(name)
         if up.shape[0] * math.prod(down.shape[1:]) != out.numel():
-            raise UserError(f"{f.path.name}: {name} has shape {list(weight_shape(down, up))} but the model's weight is "
-                            f"{list(weight.shape)}: the LoRA was made for another model.")
+            raise UserError(tool_error("lora_shape", lora=f.path.name, module=name,
+                                       shape=str(list(weight_shape(down, up))), expected=str(list(weight.shape))))
         matrix = (up.reshape(up.shape[0], -1) * (w * scale)).float() @ down.reshape(down.shape[0], -1).float()
         out.add_(matrix.reshape(out.shape))
         del matrix

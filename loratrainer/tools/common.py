@@ -10,10 +10,15 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from loratrainer.model.kohya_format import ALPHA, DOWN, SAVE_DTYPES, UP
-from loratrainer.model.metadata import MODELSPEC_VERSION
 from loratrainer.tools.progress import Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
+
+# model/kohya_format's key suffixes and save_precision names and model/metadata's modelspec version, repeated here
+# because those modules import peft, diffusers and the settings schema: merge, resize and inspect start in a
+# fraction of the time without them (tests/test_lora_tools.py checks the values are the same)
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODELSPEC_VERSION = "1.0.1"
 
 PRECISIONS = ("auto", "float", "fp16", "bf16")
 

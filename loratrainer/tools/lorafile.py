@@ -23,6 +23,7 @@ import torch
 
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, read_checkpoint
 from loratrainer.model.errors import CorruptModelFile, ModelFileMissing
+from loratrainer.tools.messages import LYCORIS_KINDS, tool_error
 
 UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_"
 KOHYA_ROLES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_mid.weight": "mid", ".alpha": "alpha",
@@ -54,11 +55,11 @@ class LoraFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise ModelFileMissing(f"The LoRA file {self.path} does not exist.")
+            raise ModelFileMissing(tool_error("lora_missing", path=str(self.path)))
         if self.path.is_dir():
             found = sorted(self.path.glob("*.safetensors"))
             if len(found) != 1:
-                raise CorruptModelFile(f"{self.path} is a folder; choose the LoRA .safetensors file inside it.")
+                raise CorruptModelFile(tool_error("lora_folder", path=str(self.path)))
             self.path = found[0]  # a diffusers LoRA folder (pytorch_lora_weights.safetensors)
         self._handle = None
         self._tensors: dict[str, torch.Tensor] | None = None
@@ -80,8 +81,7 @@ class LoraFile:
             try:
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             except (SafetensorError, OSError, ValueError) as exc:
-                raise CorruptModelFile(f"The LoRA file {self.path} cannot be read ({str(exc)[:200]}); it may be "
-                                       "incomplete. Download or save it again.") from exc
+                raise CorruptModelFile(tool_error("lora_unreadable", path=str(self.path), detail=str(exc)[:200])) from exc
             self.metadata = dict(self._handle.metadata() or {})
             for key in self._handle.keys():
                 sl = self._handle.get_slice(key)
@@ -112,17 +112,17 @@ class LoraFile:
         """(down, up, scale) of a plain LoRA/LoCon module in float64; delta = scale * up @ down (reshaped)."""
         m = self.modules[name]
         if m.kind != "lora" or "mid" in m.keys or "dora_scale" in m.keys:
-            what = {"loha": "LoHa", "lokr": "LoKr", "full": "full-weight", "ia3": "IA3", "glora": "GLoRA"}.get(m.kind)
-            what = what or ("Tucker (lora_mid)" if "mid" in m.keys else "DoRA")
-            raise UnsupportedModule(f"{self.path.name}: module {name} is a {what} module; this tool handles plain "
-                                    "LoRA and LoCon modules (lora_down/lora_up) only.")
+            what = LYCORIS_KINDS.get(m.kind) or ("Tucker (lora_mid)" if "mid" in m.keys else "DoRA")
+            raise UnsupportedModule(tool_error("unsupported_module", name=self.path.name, module=name, what=what))
         if "down" not in m.keys or "up" not in m.keys:
-            raise UnsupportedModule(f"{self.path.name}: module {name} lacks its {'up' if 'down' in m.keys else 'down'} weight.")
+            raise UnsupportedModule(tool_error("module_lacks_factor", name=self.path.name, module=name,
+                                               factor="lora_up" if "down" in m.keys else "lora_down"))
         down = self.tensor(m.keys["down"], torch.float64)
         up = self.tensor(m.keys["up"], torch.float64)
         rank = down.shape[0]
         if up.shape[1] != rank:
-            raise UnsupportedModule(f"{self.path.name}: module {name} has rank {rank} in lora_down but {up.shape[1]} in lora_up.")
+            raise UnsupportedModule(tool_error("module_rank_mismatch", name=self.path.name, module=name, down=rank,
+                                               up=up.shape[1]))
         return down, up, self.alpha(name, rank) / rank
 
     def alpha(self, name: str, rank: int) -> float:

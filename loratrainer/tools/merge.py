@@ -20,6 +20,7 @@ from loratrainer.errors import UserError
 from loratrainer.tools.common import lora_metadata, save_dtype, write_lora_then_meta
 from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.lowrank import split_factors, svd_of_product
+from loratrainer.tools.messages import refuse_lycoris, tool_error
 from loratrainer.tools.outputs import refuse_existing
 from loratrainer.tools.progress import NO_PROGRESS, Progress
 
@@ -40,14 +41,12 @@ class MergeReport:
 def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: int | None = None,
                 conv_rank: int | None = None, precision: str = "auto", progress: Progress = NO_PROGRESS) -> MergeReport:
     if not inputs:
-        raise UserError("Give at least one LoRA file to merge.")
+        raise UserError(tool_error("no_loras"))
     inputs = [(Path(p), float(w)) for p, w in inputs]
     output = refuse_existing(output)
     files = [(LoraFile(path), weight) for path, weight in inputs]
     for f, _ in files:
-        if f.format not in ("kohya", "diffusers-peft"):
-            raise UserError(f"{f.path.name} is a {f.format} file; merge handles LoRA/LoCon files (Kohya or diffusers "
-                            "format). LyCORIS LoHa/LoKr cannot be merged by concatenating factors.")
+        refuse_lycoris(f, "merge")
     names = sorted({name for f, _ in files for name in f.modules})
     first = files[0][0]
     dtype = save_dtype(precision, _file_dtype(first))
@@ -64,8 +63,8 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
                 down, up, scale = f.factors(name)
                 this = weight_shape(down, up)
                 if shape is not None and this != shape:
-                    raise UserError(f"{name} has shape {list(this)} in {f.path.name} but {list(shape)} in another "
-                                    "file: these LoRAs were made for different models.")
+                    raise UserError(tool_error("loras_differ", module=name, shape=str(list(this)), lora=f.path.name,
+                                               other=str(list(shape))))
                 shape = this
                 c = weight * scale
                 root = abs(c) ** 0.5

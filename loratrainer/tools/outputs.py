@@ -8,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratrainer.model.errors import OutputExists
+from loratrainer.tools.messages import tool_error
 
 
 def refuse_existing(path: str | Path) -> Path:
     """`path` when nothing is there; OutputExists (a UserError) otherwise. Tools never replace a file."""
     path = Path(path)
     if path.exists():
-        raise OutputExists(f"{path} exists; not overwriting it. Choose another output name (-o).")
+        raise OutputExists(tool_error("output_exists", path=str(path)))
     return path
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from loratrainer.errors import UserError
+from loratrainer.tools.messages import tool_error
 
 
 class Cancelled(UserError):
@@ -21,7 +22,7 @@ class Progress:
 
     def step(self, done: int, total: int, what: str = "") -> None:
         if self.cancelled is not None and self.cancelled():
-            raise Cancelled("Cancelled; no output file was written.")
+            raise Cancelled(tool_error("cancelled"))
         if self.report is not None:
             self.report(done, total, what)
 

@@ -17,6 +17,7 @@ from loratrainer.tools.common import lora_metadata, save_dtype, write_lora_then_
 from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.lowrank import DYNAMIC_METHODS, choose_rank, split_factors, svd_of_product
 from loratrainer.tools.merge import _as_down, _as_up, _file_dtype
+from loratrainer.tools.messages import refuse_lycoris, tool_error
 from loratrainer.tools.outputs import refuse_existing
 from loratrainer.tools.progress import NO_PROGRESS, Progress
 
@@ -50,17 +51,15 @@ def resize_lora(path: str | Path, output: str | Path, *, rank: int, conv_rank: i
                 dynamic: str | None = None, param: float | None = None, precision: str = "auto",
                 progress: Progress = NO_PROGRESS) -> ResizeReport:
     if rank < 1:
-        raise UserError("The rank (--rank) must be at least 1.")
+        raise UserError(tool_error("rank_below_one", option="--rank"))
     if dynamic is not None:
         if dynamic not in DYNAMIC_METHODS:
-            raise UserError(f"--dynamic must be one of {', '.join(DYNAMIC_METHODS)}.")
+            raise UserError(tool_error("bad_dynamic", methods=", ".join(DYNAMIC_METHODS)))
         if param is None or param <= 0 or (dynamic != "sv_ratio" and param > 1):
-            raise UserError("--param is required with --dynamic: a ratio above 0 for sv_ratio (e.g. 8), a fraction "
-                            "between 0 and 1 for sv_fro and sv_cumulative (e.g. 0.9).")
+            raise UserError(tool_error("bad_param"))
     output = refuse_existing(output)
     source = LoraFile(path)
-    if source.format not in ("kohya", "diffusers-peft"):
-        raise UserError(f"{source.path.name} is a {source.format} file; resize handles LoRA/LoCon files only.")
+    refuse_lycoris(source, "resize")
     dtype = save_dtype(precision, _file_dtype(source))
     report = ResizeReport(output)
     kept_sq = total_sq = 0.0

@@ -21,6 +21,7 @@ import torch
 
 from loratrainer.files import atomic_write_with
 from loratrainer.model.errors import NonFiniteLoraError, OutputExists
+from loratrainer.tools.messages import tool_error
 
 DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -48,7 +49,7 @@ class StreamingSafetensorsWriter:
     def __init__(self, path: str | Path, *, check_finite: bool = True):
         self.path = Path(path)
         if self.path.exists():
-            raise OutputExists(f"{self.path} exists; not overwriting it. Choose another output name.")
+            raise OutputExists(tool_error("output_exists", path=str(self.path)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.check_finite = check_finite
         fd, self._data_path = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".data", dir=self.path.parent)
@@ -68,7 +69,7 @@ class StreamingSafetensorsWriter:
         t = tensor.detach().to("cpu").contiguous()
         if self.check_finite and t.is_floating_point() and not torch.isfinite(t).all():
             module = name.rsplit(".lora_", 1)[0].removesuffix(".alpha")
-            raise NonFiniteLoraError(f"The result holds NaN or infinite values in {module}; nothing was written.")
+            raise NonFiniteLoraError(tool_error("non_finite", module=module))
         raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
         self._data.write(memoryview(raw))
         self._entries[name] = _Entry(name, t.dtype, list(t.shape), self._size, t.numel() * t.element_size())
@@ -91,7 +92,7 @@ class StreamingSafetensorsWriter:
         try:
             return atomic_write_with(self.path, write, overwrite=False)
         except FileExistsError as exc:
-            raise OutputExists(f"{self.path} appeared while writing; not overwriting it.") from exc
+            raise OutputExists(tool_error("output_appeared", path=str(self.path))) from exc
 
     def abort(self) -> None:
         if not self._data.closed:
