@@ -96,7 +96,7 @@ def measure(config: TrainingConfig, root: Path, steps: int, warmup: int) -> tupl
 def _epoch(t, epoch: int):
     t.epoch = epoch
     t.sampler.set_epoch(epoch)
-    return step_groups(t.loader, t.config.optimizer.gradient_accumulation_steps)
+    return step_groups(t.loader, t.config.training.gradient_accumulation_steps)
 
 
 def main() -> int:

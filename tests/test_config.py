@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -23,7 +24,7 @@ from loratrainer.config import (
 
 def test_defaults_are_valid_and_follow_kohya_where_the_issue_says() -> None:
     c = TrainingConfig()
-    assert c.optimizer.max_train_steps == 0  # = use epochs (Kohya's 1600 silently overrode them)
+    assert c.training.max_train_steps == 0  # = use epochs (Kohya's 1600 silently overrode them)
     assert c.dataset.caption_extension == ".txt"
     kohya_defaults = {
         "network_dim": 8, "network_alpha": 1, "optimizer": "AdamW8bit", "learning_rate": 1e-4, "unet_lr": 1e-4,
@@ -124,14 +125,14 @@ def test_older_file_numeric_strings_coerced_and_missing_keys_default(tmp_path) -
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"schema_version": 1, "optimizer": {"learning_rate": "1e-4", "epoch": "3"}, "model": {"max_token_length": "150"}}))
     c = load_config(path)
-    assert (c.optimizer.learning_rate, c.optimizer.epoch, c.model.max_token_length) == (1e-4, 3, 150)
+    assert (c.optimizer.learning_rate, c.training.epoch, c.model.max_token_length) == (1e-4, 3, 150)
     assert c.network == TrainingConfig().network
 
 
 @pytest.mark.parametrize(
     "document, named",
     [
-        ({"optimizer": {"epoch": -1}}, "optimizer.epoch"),
+        ({"training": {"epoch": -1}}, "training.epoch"),
         ({"optimizer": {"learning_rate": "abc"}}, "optimizer.learning_rate"),
         ({"optimizer": {"lr": "abc"}}, "optimizer.lr: unknown setting"),
         ({"network": {"network_dim": 1.5}}, "network.network_dim"),
@@ -145,7 +146,7 @@ def test_bad_values_and_unknown_keys_in_our_json_are_rejected_naming_the_key(doc
 
 def test_malformed_json_is_an_error_naming_the_file(tmp_path) -> None:
     path = tmp_path / "broken.json"
-    path.write_text('{"optimizer": {"epoch": 3,,}}')
+    path.write_text('{"training": {"epoch": 3,,}}')
     with pytest.raises(ConfigError, match="broken.json: not valid JSON"):
         load_config(path)
 
@@ -162,6 +163,32 @@ def test_migrations_run_in_order_and_newer_files_are_refused(monkeypatch) -> Non
     assert migrated == {"schema_version": 2, "network": {"network_dim": 16}}
     with pytest.raises(ConfigError, match="newer loratrainer"):
         cfg.migrate({"schema_version": 3})
+
+
+V1 = Path(__file__).parent / "fixtures" / "loratrainer-v1"
+
+
+def test_a_version_1_config_keeps_its_meaning_after_the_optimizer_group_split() -> None:
+    """Schema 2 moved the run's length, noise and loss out of "optimizer": a file version 1 wrote (a whole
+    run config, every moved setting away from its default) loads with the same values in their new groups."""
+    old = json.loads((V1 / "full-config.json").read_text(encoding="utf-8"))
+    assert old["schema_version"] == 1 and "seed" in old["optimizer"]
+    c = load_config(V1 / "full-config.json")
+    t, n, lo, o = c.training, c.noise, c.loss, c.optimizer
+    assert (t.train_batch_size, t.epoch, t.max_train_steps, t.gradient_accumulation_steps, t.seed) == (3, 7, 900, 2, 1234)
+    assert (n.noise_offset, n.multires_noise_iterations, n.multires_noise_discount, n.ip_noise_gamma) == (0.05, 6, 0.25, 0.1)
+    assert (lo.min_snr_gamma, lo.loss_type, lo.huber_c, lo.huber_schedule) == (5.0, "huber", 0.2, "exponential")
+    assert (o.optimizer, o.learning_rate, o.text_encoder_lr, o.lr_scheduler_num_cycles) == ("AdamW", 2e-4, 5e-5, 3)
+    # every setting of the old file arrived somewhere: saving it again and reading both gives the same config
+    assert load_config(V1 / "full-config.json") == config_from_dict(json.loads(config_to_json(c)))
+    assert json.loads(config_to_json(c))["schema_version"] == cfg.SCHEMA_VERSION
+    preset = load_config(V1 / "sd15-character.json")
+    assert (preset.loss.min_snr_gamma, preset.optimizer.text_encoder_lr) == (5.0, 5e-5)
+
+
+def test_a_file_without_a_version_in_the_old_layout_still_finds_the_groups() -> None:
+    c = config_from_dict({"optimizer": {"seed": 7, "learning_rate": 3e-4, "noise_offset": 0.1, "loss_type": "smooth_l1"}})
+    assert (c.training.seed, c.optimizer.learning_rate, c.noise.noise_offset, c.loss.loss_type) == (7, 3e-4, 0.1, "smooth_l1")
 
 
 def test_set_overrides_accept_leaf_or_path() -> None:

@@ -53,7 +53,7 @@ def test_check_reads_config_file_and_overrides(tmp_path, capsys):
     ds.make_dataset(tmp_path / "reg", {"1_dog": 30})
     config = TrainingConfig()
     config.folders.train_data_dir = str(tmp_path / "img")
-    config.optimizer.gradient_accumulation_steps = 4
+    config.training.gradient_accumulation_steps = 4
     save_config(config, tmp_path / "run.json")
     assert _run(["check", "--config", str(tmp_path / "run.json"), "--reg", str(tmp_path / "reg"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -69,9 +69,9 @@ def test_step_count_equals_brute_force(dataset, batch, accum, procs, with_reg):
     config = TrainingConfig()
     config.folders.train_data_dir = str(train_dir)
     config.folders.reg_data_dir = str(reg_dir) if with_reg else ""
-    config.optimizer.train_batch_size = batch
-    config.optimizer.gradient_accumulation_steps = accum
-    config.optimizer.epoch = 3
+    config.training.train_batch_size = batch
+    config.training.gradient_accumulation_steps = accum
+    config.training.epoch = 3
     report = check_dataset(config, num_processes=procs)
     assert report.ok, report.format_text()
     assert (report.steps.steps_per_epoch, report.steps.total_steps) == _brute_force_steps(with_reg, batch, accum, procs, 3, 0)
@@ -84,8 +84,8 @@ def test_step_count_equals_brute_force(dataset, batch, accum, procs, with_reg):
 def test_max_train_steps_overrides_epochs(dataset, max_steps):
     config = TrainingConfig()
     config.folders.train_data_dir = str(dataset[0])
-    config.optimizer.train_batch_size = 2
-    config.optimizer.max_train_steps = max_steps
+    config.training.train_batch_size = 2
+    config.training.max_train_steps = max_steps
     steps = check_dataset(config).steps
     spe, total = _brute_force_steps(False, 2, 1, 1, 1, max_steps)
     assert steps.total_steps == total == max_steps

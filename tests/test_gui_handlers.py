@@ -87,7 +87,7 @@ def test_prepare_check_steps_and_repeats(page, tmp_path):
     data = form(page, config)
     for path in ("folders.train_data_dir", "folders.output_dir", "folders.logging_dir"):
         data[page.fields[path]] = values[path]
-    data[page.fields["optimizer.epoch"]] = 3
+    data[page.fields["training.epoch"]] = 3
     checked = h.check(data)
     report = checked[page.named["report"]]
     assert report.ok
@@ -100,7 +100,7 @@ def test_prepare_check_steps_and_repeats(page, tmp_path):
 
     # Live step calculator: batch size 2 recounts from the real buckets without touching the disk.
     data[page.named["report"]] = report
-    data[page.fields["optimizer.train_batch_size"]] = 2
+    data[page.fields["training.train_batch_size"]] = 2
     live = h.live_steps(data)
     assert "batches of up to 2" in live and f"{report.steps.total_steps} steps in total" not in live
 
@@ -354,11 +354,11 @@ def test_training_tab_counts_images_and_steps_live(page, tmp_path):
     assert "Dataset" in h.run_summary(data)  # not checked yet: says where
     report = d.check(data)[n["report"]]
     data[n["report"]] = report
-    data[page.fields["optimizer.epoch"]] = 2
-    data[page.fields["optimizer.train_batch_size"]] = 2
+    data[page.fields["training.epoch"]] = 2
+    data[page.fields["training.train_batch_size"]] = 2
     text = h.run_summary(data)
     assert "4 images, 1 skipped, 20 steps" in text, text  # 4 x 5 repeats / batch 2 = 10 a epoch
-    data[page.fields["optimizer.epoch"]] = 3
+    data[page.fields["training.epoch"]] = 3
     assert "30 steps" in h.run_summary(data)
 
 

@@ -222,7 +222,7 @@ def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):
     assert "Stable Diffusion 2" in refused and "(v2 = true)" in refused and HANGUL.search(refused)
     assert english_phrases(refused.replace("Stable Diffusion 2", "")) == [], refused
     # export: settings Kohya cannot express
-    data = _form(ui, **{"dataset.undersized_images": "refuse", "optimizer.multires_noise_iterations": 6, "optimizer.noise_offset": 0.1})
+    data = _form(ui, **{"dataset.undersized_images": "refuse", "noise.multires_noise_iterations": 6, "noise.noise_offset": 0.1})
     data[ui.named["config_path"]] = str(tmp_path / "out.json")
     message = h.save_kohya(data)[ui.named["config_message"]]
     body = message.split("```")[1]
@@ -319,7 +319,7 @@ def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
     "values",
     [
         {"network.network_dim": 0},
-        {"optimizer.epoch": -1},
+        {"training.epoch": -1},
         {"buckets.max_resolution": "abc"},
         {"buckets.max_resolution": "32,32"},
         {"dataset.color_aug": True},

@@ -385,7 +385,7 @@ def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, t
     (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
                                            "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n"
                                            "2026-01-01 00:00:02,000 WARNING /x/cache.npz was not written by loratrainer: left untouched\n")
-    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "optimizer.max_train_steps": 8,
+    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "training.max_train_steps": 8,
                                                "optimizer.optimizer": "Prodigy", "optimizer.learning_rate": 1e-4,
                                                "optimizer.unet_lr": None, "optimizer.text_encoder_lr": None}),
                 run_dir / run_files.CONFIG_FILE)
@@ -399,7 +399,7 @@ def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, t
     assert "max_train_steps" not in en and "optimizer.learning_rate" not in en
     ko = run_notes(view, Translator("ko"))
     t = Translator("ko")
-    for label in ("precision.mixed_precision", "optimizer.max_train_steps", "optimizer.epoch", "optimizer.learning_rate"):
+    for label in ("precision.mixed_precision", "training.max_train_steps", "training.epoch", "optimizer.learning_rate"):
         assert t.label(label) in ko, label
     assert "CUDA GPU가 없어" in ko and "에포크 수" in ko and "스텝 크기를 스스로" in ko
     assert "fp16 is off" not in ko and "overrides" not in ko and "(영어)" not in ko.split("train.log")[0]

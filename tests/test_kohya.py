@@ -143,7 +143,7 @@ def test_old_keys_are_migrated_and_reported(document: dict, path: str, value: An
 def test_max_train_epochs_empty_or_zero_keeps_epoch() -> None:
     for empty in ("", 0, None):
         config, report = import_kohya({"max_train_epochs": empty, "epoch": 4})
-        assert config.optimizer.epoch == 4 and report.mentions("max_train_epochs")
+        assert config.training.epoch == 4 and report.mentions("max_train_epochs")
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_reliability_row_15_older_preset() -> None:
     """Numeric strings coerced, missing keys default, unknown keys listed; bad values are errors, never 0."""
     config, report = import_kohya({"learning_rate": "1e-4", "lr": "abc", "colour_boost": 3}, "old.json")
     assert config.optimizer.learning_rate == 1e-4 and "learning_rate" in report.keys("coerced")
-    assert config.optimizer.epoch == DEFAULTS.optimizer.epoch and "epoch" in report.missing
+    assert config.training.epoch == DEFAULTS.training.epoch and "epoch" in report.missing
     assert {"lr", "colour_boost"} <= set(report.keys("unsupported"))
     with pytest.raises(ConfigError, match="epoch"):
         import_kohya({"learning_rate": "1e-4", "epoch": -1})
@@ -301,13 +301,13 @@ def test_every_direct_key_is_a_real_setting() -> None:
 )
 def test_export_sets_noise_offset_type_so_kohya_uses_the_noise_settings(offset, iterations, kohya_type, loud) -> None:
     """Kohya's GUI passes multires noise only when noise_offset_type is Multires (its default is Original)."""
-    config = TrainingConfig.model_validate({"optimizer": {"noise_offset": offset, "multires_noise_iterations": iterations}})
+    config = TrainingConfig.model_validate({"noise": {"noise_offset": offset, "multires_noise_iterations": iterations}})
     data, report = export_kohya(config)
     assert data["noise_offset_type"] == kohya_type
     assert ("noise_offset" in report.keys("unsupported")) == loud
     again, _ = import_kohya(json.loads(kohya_to_json(data)))
-    assert again.optimizer.multires_noise_iterations == iterations
-    assert again.optimizer.noise_offset == (0.0 if loud else offset)  # what Kohya itself would train with
+    assert again.noise.multires_noise_iterations == iterations
+    assert again.noise.noise_offset == (0.0 if loud else offset)  # what Kohya itself would train with
 
 
 

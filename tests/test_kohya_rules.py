@@ -202,7 +202,7 @@ def test_additional_parameters_map_flags_to_settings_and_name_the_rest() -> None
     config, report = import_kohya({**LORA, "max_grad_norm": 1.0, "additional_parameters":
                                    '--max_grad_norm=0 --lr_scheduler_type "CosineAnnealingLR" --lr_scheduler_args "T_max=1000" "eta_min=0e-0" --min_timestep=0 --max_timestep 500 --seed 42'})
     assert config.optimizer.max_grad_norm == 0.0  # the command line wins over the TOML in sd-scripts
-    assert config.optimizer.seed == 42
+    assert config.training.seed == 42
     left_out = " ".join(str(i) for i in report.unsupported)
     assert "--lr_scheduler_type=CosineAnnealingLR" in left_out and "--lr_scheduler_args=T_max=1000 eta_min=0e-0" in left_out
     assert "--max_timestep=500" in left_out  # not a setting of ours, and not at its no-effect value

@@ -129,7 +129,7 @@ def test_a_trainer_that_cannot_start_still_ends_the_stream(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / run_files.CONFIG_FILE).write_text('{"optimizer": {"epoch": -1}}')
+    (run_dir / run_files.CONFIG_FILE).write_text('{"training": {"epoch": -1}}')
     proc = subprocess.run([sys.executable, "-m", "loratrainer.train.entry", "--run-dir", str(run_dir)], capture_output=True, timeout=60)
     assert proc.returncode == 1
     ended = events.read_events(run_dir / run_files.EVENTS_FILE)[0][-1]

@@ -68,7 +68,7 @@ def test_load_config_refuses_a_huge_file(tmp_path):
 
 @pytest.mark.parametrize("text,detail", [
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ('{"optimizer": {"epoch": ' + "9" * 5000 + "}}", "digits"),
+    ('{"training": {"epoch": ' + "9" * 5000 + "}}", "digits"),
 ])
 def test_deep_json_and_huge_integers_are_not_a_valid_config(tmp_path, text, detail):
     path = tmp_path / "evil.json"

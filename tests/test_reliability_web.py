@@ -231,7 +231,7 @@ def test_a_number_outside_its_box_bounds_is_refused_naming_the_box_not_by_gradio
     from loratrainer.gui.app import OutOfRange
 
     blocks, ui = page
-    epochs = ui.fields["optimizer.epoch"]
+    epochs = ui.fields["training.epoch"]
     assert epochs.minimum == 1 and isinstance(epochs.preprocess(0), OutOfRange) and epochs.preprocess(3) == 3
     start = next(fn for fn in blocks.fns.values() if fn.api_name == "start")
     said = _refusal(blocks, start, {id(epochs): epochs.preprocess(0)})

@@ -35,8 +35,8 @@ from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.saving import save_lora
 from loratrainer.train.setup import add_lora
 from loratrainer.train.dataset import TrainDataset
-from loratrainer.train.loss import LossSettings, elementwise_loss, huber_threshold, sample_weights, training_target
-from loratrainer.train.noise import NoiseSettings, noisy_latents, sample_noise
+from loratrainer.train.loss import LossRecipe, elementwise_loss, huber_threshold, sample_weights, training_target
+from loratrainer.train.noise import NoiseRecipe, noisy_latents, sample_noise
 from tests.datasets import make_caption, make_dataset, make_image
 from tests.tiny_sd import build_tiny_components, save_tiny_diffusers
 
@@ -339,27 +339,27 @@ def _reso_steps(tmp_path):
 # -- steps and batches ----------------------------------------------------------------------------------------
 
 
-@row("optimizer.train_batch_size")
+@row("training.train_batch_size")
 def _batch_size(tmp_path):
     loader = _loader(tmp_path, train_batch_size=3)
     assert [len(b["captions"]) for b in loader] == [3, 3, 3, 3] and loader.report.steps.total_steps == 4
     assert [len(b["captions"]) for b in _loader(tmp_path)] == [1] * 12
 
 
-@row("optimizer.epoch")
+@row("training.epoch")
 def _epochs(tmp_path):
     assert _loader(tmp_path).report.steps.total_steps == 12
     steps = _loader(tmp_path, epoch=3).report.steps
     assert steps.epochs == 3 and steps.total_steps == 36
 
 
-@row("optimizer.max_train_steps")
+@row("training.max_train_steps")
 def _max_steps(tmp_path):
     steps = _loader(tmp_path, epoch=3, max_train_steps=20).report.steps
     assert steps.total_steps == 20 and steps.epochs == 2
 
 
-@row("optimizer.gradient_accumulation_steps")
+@row("training.gradient_accumulation_steps")
 def _accumulation(tmp_path):
     from loratrainer.train.loop import epoch_step_groups
 
@@ -463,7 +463,7 @@ def _noise(config: TrainingConfig, seed: int = 0) -> tuple[torch.Tensor, torch.T
     latents = torch.zeros(4, 4, 32, 32)
     torch.manual_seed(seed)
     random.seed(seed)
-    noise = sample_noise(latents, NoiseSettings.from_settings(config.optimizer))
+    noise = sample_noise(latents, NoiseRecipe.from_settings(config.optimizer))
     torch.manual_seed(seed)
     return noise, torch.randn_like(latents)
 
@@ -473,7 +473,7 @@ def test_default_noise_is_plain_gaussian():
     assert torch.equal(noise, plain)
 
 
-@row("optimizer.noise_offset")
+@row("noise.noise_offset")
 def _noise_offset(tmp_path):
     noise, plain = _noise(cfg(noise_offset=0.5))
     shift = noise - plain
@@ -483,7 +483,7 @@ def _noise_offset(tmp_path):
     assert per_channel.abs().max() > 0.1 and 0.2 < float(per_channel.std()) < 1.0
 
 
-@row("optimizer.multires_noise_iterations")
+@row("noise.multires_noise_iterations")
 def _multires(tmp_path):
     off, plain = _noise(cfg(multires_noise_discount=0.8))
     assert torch.equal(off, plain)  # 0 iterations: the discount alone does nothing
@@ -493,7 +493,7 @@ def _multires(tmp_path):
     assert abs(_neighbour_corr(plain)) < 0.05 and _neighbour_corr(noise) > 0.15
 
 
-@row("optimizer.multires_noise_discount")
+@row("noise.multires_noise_discount")
 def _multires_discount(tmp_path):
     weak, _ = _noise(cfg(multires_noise_iterations=4, multires_noise_discount=0.1))
     strong, _ = _noise(cfg(multires_noise_iterations=4, multires_noise_discount=0.9))
@@ -505,17 +505,17 @@ def _neighbour_corr(x: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([x[..., :-1].flatten(), x[..., 1:].flatten()]))[0, 1])
 
 
-@row("optimizer.ip_noise_gamma")
+@row("noise.ip_noise_gamma")
 def _ip_noise(tmp_path):
     sched = noise_scheduler()
     latents, noise = torch.zeros(2, 4, 8, 8), torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999, 999])
     torch.manual_seed(1)
-    plain = noisy_latents(sched, latents, noise, t, NoiseSettings.from_settings(cfg().optimizer))
+    plain = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg().optimizer))
     sigma = float((1 - sched.alphas_cumprod[999]) ** 0.5)
     assert torch.allclose(plain, sigma * noise, atol=1e-5)  # zero latents: add_noise is sigma x noise
     torch.manual_seed(1)
-    perturbed = noisy_latents(sched, latents, noise, t, NoiseSettings.from_settings(cfg(ip_noise_gamma=0.5).optimizer))
+    perturbed = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg(ip_noise_gamma=0.5).optimizer))
     torch.manual_seed(1)
     extra = torch.randn_like(noise)
     assert torch.allclose(perturbed, sigma * (noise + 0.5 * extra), atol=1e-5)
@@ -528,7 +528,7 @@ def _weights(config: TrainingConfig, timesteps, is_reg=None, v: bool = False) ->
     sched = noise_scheduler(v_prediction=v)
     t = torch.tensor(timesteps)
     reg = torch.tensor(is_reg if is_reg is not None else [False] * len(timesteps))
-    return sample_weights(sched, t, reg, LossSettings.from_config(config))
+    return sample_weights(sched, t, reg, LossRecipe.from_config(config))
 
 
 def _snr(timesteps) -> torch.Tensor:
@@ -543,14 +543,14 @@ def _prior_weight(tmp_path):
     assert _weights(cfg(), [10, 10], [False, True]).tolist() == [1.0, 1.0]
     assert _weights(cfg(prior_loss_weight=0.25), [10, 10, 500], [False, True, True]).tolist() == [1.0, 0.25, 0.25]
     # the weight multiplies the reg sample's loss: batch loss = mean(l_train, 0.25 l_reg)
-    s = LossSettings.from_config(cfg(prior_loss_weight=0.25))
+    s = LossRecipe.from_config(cfg(prior_loss_weight=0.25))
     pred, target = torch.zeros(2, 1, 1, 1), torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1)
     from loratrainer.train.loss import diffusion_loss
 
     assert float(diffusion_loss(pred, target, torch.tensor([1.0, 0.25]), s)) == pytest.approx((1.0 + 0.25 * 4.0) / 2)
 
 
-@row("optimizer.min_snr_gamma")
+@row("loss.min_snr_gamma")
 def _min_snr(tmp_path):
     steps = [0, 50, 200, 500, 999]
     assert _weights(cfg(), steps).tolist() == [1.0] * 5
@@ -563,7 +563,7 @@ def _min_snr(tmp_path):
 
 def _loss(config: TrainingConfig, error: float, timestep: int = 500) -> float:
     """The loop's per-element loss for a prediction `error` away from the target."""
-    s = LossSettings.from_config(config)
+    s = LossRecipe.from_config(config)
     sched = noise_scheduler()
     t = torch.tensor([timestep])
     c = huber_threshold(sched, t, s) if s.loss_type != "l2" else None
@@ -571,7 +571,7 @@ def _loss(config: TrainingConfig, error: float, timestep: int = 500) -> float:
     return float(elementwise_loss(target + error, target, s, c))
 
 
-@row("optimizer.loss_type")
+@row("loss.loss_type")
 def _loss_type(tmp_path):
     assert _loss(cfg(), 3.0) == pytest.approx(9.0)  # l2
     c = 0.1  # huber, constant schedule: 2c (sqrt(e^2 + c^2) - c)
@@ -579,17 +579,17 @@ def _loss_type(tmp_path):
     assert _loss(cfg(loss_type="smooth_l1", huber_schedule="constant"), 3.0) == pytest.approx(2 * (math.sqrt(9 + c * c) - c), rel=1e-5)
 
 
-@row("optimizer.huber_c")
+@row("loss.huber_c")
 def _huber_c(tmp_path):
     for c in (0.1, 0.5):
         got = _loss(cfg(loss_type="huber", huber_schedule="constant", huber_c=c), 3.0)
         assert got == pytest.approx(2 * c * (math.sqrt(9 + c * c) - c), rel=1e-5)
 
 
-@row("optimizer.huber_schedule")
+@row("loss.huber_schedule")
 def _huber_schedule(tmp_path):
     steps = [0, 250, 999]
-    s = lambda **v: LossSettings.from_config(cfg(loss_type="huber", huber_c=0.1, **v))  # noqa: E731
+    s = lambda **v: LossRecipe.from_config(cfg(loss_type="huber", huber_c=0.1, **v))  # noqa: E731
     sched, t = noise_scheduler(), torch.tensor(steps)
     constant = huber_threshold(sched, t, s(huber_schedule="constant")).flatten()
     assert torch.allclose(constant, torch.full((3,), 0.1))
@@ -601,13 +601,13 @@ def _huber_schedule(tmp_path):
 
 
 def test_the_settings_objects_default_to_the_schema_defaults():
-    """LossSettings(), NoiseSettings(), CaptionRules() and Augment() mean the same as a default config."""
+    """LossRecipe(), NoiseRecipe(), CaptionRules() and Augment() mean the same as a default config."""
     from loratrainer.train.captions import CaptionRules
     from loratrainer.train.dataset import Augment
 
     c = TrainingConfig()
-    assert LossSettings() == LossSettings.from_config(c)
-    assert NoiseSettings() == NoiseSettings.from_settings(c.optimizer)
+    assert LossRecipe() == LossRecipe.from_config(c)
+    assert NoiseRecipe() == NoiseRecipe.from_settings(c.optimizer)
     assert CaptionRules() == CaptionRules.from_settings(c.dataset)
     assert Augment() == TrainDataset([], c, seed=0).augment
 
@@ -640,7 +640,7 @@ def test_multires_noise_equals_kohyas_draw_for_draw(seed, size):
     latents = torch.zeros(2, 4, *size)  # non-square and square, small enough that the levels reach one row or column
     torch.manual_seed(seed)
     random.seed(seed)
-    ours = sample_noise(latents, NoiseSettings.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).optimizer))
+    ours = sample_noise(latents, NoiseRecipe.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).optimizer))
     torch.manual_seed(seed)
     random.seed(seed)
     reference = _kohya_pyramid_noise_like(torch.randn_like(latents), 10, 0.5)
@@ -1108,7 +1108,7 @@ def _cache_disk(tmp_path, tiny_model):
 # -- seed: through entry.train_run, the trainer's own run function (below) ------------------------------------------
 
 
-@row("optimizer.seed")
+@row("training.seed")
 def _seed(tmp_path, tiny_model, default_lora):
     assert _same(default_lora, _e2e(tmp_path / "b", tiny_model))  # a fixed seed reproduces the run
     assert not _same(default_lora, _e2e(tmp_path / "c", tiny_model, seed=43))
@@ -1176,8 +1176,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# A representative set, one or more from each of the settings objects the loop is built from (NoiseSettings,
-# LossSettings, CaptionRules, Augment) plus the text encoder; the rows above cover every field at a lower level.
+# A representative set, one or more from each of the settings objects the loop is built from (NoiseRecipe,
+# LossRecipe, CaptionRules, Augment) plus the text encoder; the rows above cover every field at a lower level.
 E2E_CHANGES = {
     "noise_offset": {"noise_offset": 0.1},
     "multires_noise": {"multires_noise_iterations": 4},

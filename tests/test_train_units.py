@@ -19,8 +19,8 @@ from loratrainer.train.captions import CaptionRules, process_caption
 from loratrainer.launch.run_files import checkpoint_name
 from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
 from loratrainer.train.dataset import process_batches
-from loratrainer.train.loss import LossSettings, diffusion_loss, elementwise_loss, huber_threshold, sample_weights
-from loratrainer.train.noise import NoiseSettings, pyramid_noise_like, sample_noise
+from loratrainer.train.loss import LossRecipe, diffusion_loss, elementwise_loss, huber_threshold, sample_weights
+from loratrainer.train.noise import NoiseRecipe, pyramid_noise_like, sample_noise
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache, encode, tokenize
 from tests.datasets import make_image
@@ -84,8 +84,8 @@ def test_clip_skip_uses_an_earlier_layer_and_the_cache_encodes_once(tiny):
 def test_noise_offset_and_pyramid_noise():
     torch.manual_seed(0)
     latents = torch.zeros(64, 4, 8, 8)
-    plain = sample_noise(latents, NoiseSettings())
-    offset = sample_noise(latents, NoiseSettings(offset=1.0))
+    plain = sample_noise(latents, NoiseRecipe())
+    offset = sample_noise(latents, NoiseRecipe(offset=1.0))
     # the offset adds one value per image and channel: the per-channel means spread out
     assert offset.mean(dim=(2, 3)).std() > 3 * plain.mean(dim=(2, 3)).std()
     pyramid = pyramid_noise_like(torch.randn(2, 4, 32, 32), iterations=4, discount=0.5)
@@ -106,16 +106,16 @@ def test_pyramid_noise_levels_start_at_full_resolution_as_kohya():
 def test_loss_types_weights_and_v_prediction():
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pred, target = torch.zeros(2, 4, 2, 2), torch.full((2, 4, 2, 2), 3.0)
-    l2 = elementwise_loss(pred, target, LossSettings("l2")).mean()
-    huber = elementwise_loss(pred, target, LossSettings("huber", 0.1)).mean()
+    l2 = elementwise_loss(pred, target, LossRecipe("l2")).mean()
+    huber = elementwise_loss(pred, target, LossRecipe("huber", 0.1)).mean()
     assert l2 == 9.0 and huber < 1.0  # Huber grows linearly for big errors
     t = torch.tensor([10, 900])
-    c = huber_threshold(sched, t, LossSettings("huber", 0.1, "snr"))
+    c = huber_threshold(sched, t, LossRecipe("huber", 0.1, "snr"))
     assert c.shape == (2, 1, 1, 1) and c[0] > c[1] >= 0.1  # the snr schedule: a large c at low noise
-    assert torch.allclose(huber_threshold(sched, t, LossSettings("huber", 0.1, "constant")).flatten(), torch.tensor([0.1, 0.1]))
-    w = sample_weights(sched, t, torch.tensor([False, True]), LossSettings(min_snr_gamma=5.0, prior_loss_weight=0.5))
+    assert torch.allclose(huber_threshold(sched, t, LossRecipe("huber", 0.1, "constant")).flatten(), torch.tensor([0.1, 0.1]))
+    w = sample_weights(sched, t, torch.tensor([False, True]), LossRecipe(min_snr_gamma=5.0, prior_loss_weight=0.5))
     assert w[0] < 1.0 and w[1] <= 0.5  # min-SNR damps the low-noise step; the reg sample carries the prior weight
-    assert diffusion_loss(pred, target, torch.tensor([1.0, 0.0]), LossSettings()) == 4.5
+    assert diffusion_loss(pred, target, torch.tensor([1.0, 0.0]), LossRecipe()) == 4.5
 
 
 # -- saving policy ----------------------------------------------------------------------------------------------------

@@ -21,8 +21,33 @@ from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+# Schema 2 split the old "optimizer" group, which also held the run's length, the noise and the loss, into
+# optimizer / training / noise / loss. Each moved setting keeps its name (its leaf --set key is unchanged).
+MOVED_IN_2 = {
+    "training": ("train_batch_size", "epoch", "max_train_steps", "gradient_accumulation_steps", "seed"),
+    "noise": ("noise_offset", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma"),
+    "loss": ("min_snr_gamma", "loss_type", "huber_c", "huber_schedule"),
+}
+
+
+def split_optimizer_group(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: move the run-length, noise and loss settings out of "optimizer" into their own groups."""
+    old = data.get("optimizer")
+    if not isinstance(old, dict):
+        return data
+    old = dict(old)
+    for group, names in MOVED_IN_2.items():
+        moved = {name: old.pop(name) for name in names if name in old}
+        if moved:
+            target = data.get(group)
+            data[group] = {**moved, **target} if isinstance(target, dict) else moved
+    data["optimizer"] = old
+    return data
+
+
 # Add one whenever a field is renamed, moved or changes meaning (and raise schema.SCHEMA_VERSION).
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: split_optimizer_group}
 
 PRESET_HEADER = "preset"  # {"name": ..., "description": ...} in a preset file: not a setting (see presets.py)
 # A config is a few KB (a Kohya GUI file with long sample prompts some tens): anything far larger is not one, and
@@ -43,6 +68,10 @@ class ConfigError(UserError, ValueError):
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     current = schema.SCHEMA_VERSION  # read at call time (a test raises it to try a migration)
+    if "schema_version" not in data:
+        # a hand-written or partial file says no version: read it as the current layout, but a setting that
+        # only version 1 kept under "optimizer" still finds its group
+        data = split_optimizer_group(dict(data))
     version = data.get("schema_version", current)
     if not isinstance(version, int) or version < 1:
         raise ConfigError(f"schema_version {version!r} is not a valid version number")

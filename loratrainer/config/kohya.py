@@ -944,7 +944,7 @@ def _export_launch_flags(config: TrainingConfig) -> str:
 
 def _export_noise_type(config: TrainingConfig, out: dict[str, Any], report: ImportReport) -> None:
     """Kohya passes noise_offset only with noise_offset_type Original (its default), multires noise only with Multires."""
-    o = config.optimizer
+    o = config.noise
     out["noise_offset_type"] = "Multires" if o.multires_noise_iterations > 0 else "Original"
     if o.multires_noise_iterations > 0 and o.noise_offset > 0:
         report.unsupported.append(ReportItem.of("noise_offset", "kohya.export_noise", value=repr(o.noise_offset)))

@@ -24,7 +24,7 @@ from loratrainer.messages import Label, Msg, MsgError, define
 from loratrainer.config.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Scheduler = Literal[
     "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "adafactor"
@@ -242,21 +242,6 @@ class OptimizerSettings(_Group):
     lr_scheduler_num_cycles: int = Field(1, ge=1, le=1000, title="LR number of cycles", description="Restarts for cosine_with_restarts.")
     lr_scheduler_power: float = Field(1.0, gt=0.0, le=10.0, title="LR power", description="Power of the polynomial scheduler.")
     max_grad_norm: float = Field(1.0, ge=0.0, title="Max gradient norm", description="Clip gradients to this norm (0 = no clipping).")
-    train_batch_size: int = Field(1, ge=1, le=256, title="Train batch size", json_schema_extra=ui(basic=3), description="Images per step; 1-2 for 8 GB of VRAM or less.")
-    epoch: int = Field(1, ge=1, le=100000, title="Epochs", json_schema_extra=ui(basic=4), description="Passes over the dataset (each image x its repeats).")
-    max_train_steps: int = Field(0, ge=0, title="Max train steps", description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, title="Gradient accumulation steps", description="Add up gradients over n batches before each optimizer step.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, title="Seed", description="Random seed; 0 = pick one and record it with the run.")
-    noise_offset: float = Field(0.0, ge=0.0, le=1.0, title="Noise offset", description="Noise offset: helps very dark or bright images (0.05-0.1).")
-    multires_noise_iterations: int = Field(0, ge=0, le=64, title="Multires noise iterations", description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
-    multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, title="Multires noise discount", description="Discount of each multi-resolution noise level.")
-    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, title="Min SNR gamma", description="Min-SNR loss weighting gamma (0 = off, 5 recommended).")
-    ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, title="IP noise gamma", description="Input-perturbation noise (0 = off, about 0.1).")
-    loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", title="Loss type", description="Loss between predicted and true noise.")
-    huber_c: float = Field(0.1, gt=0.0, le=10.0, title="Huber C", description="Huber / smooth L1 loss threshold.")
-    huber_schedule: Literal["constant", "exponential", "snr"] = Field(
-        "snr", title="Huber schedule", description="How the Huber threshold varies with the timestep (Kohya's schedules; snr is Kohya's default)."
-    )
 
     @field_validator("optimizer")
     @classmethod
@@ -271,6 +256,36 @@ class OptimizerSettings(_Group):
     def _key_values(cls, v: str) -> str:
         parse_optimizer_args(v)
         return v.strip()
+
+
+class TrainingSettings(_Group):
+    """How long and on what: batch size, epochs or steps, gradient accumulation, the seed."""
+
+    train_batch_size: int = Field(1, ge=1, le=256, title="Train batch size", json_schema_extra=ui(basic=3), description="Images per step; 1-2 for 8 GB of VRAM or less.")
+    epoch: int = Field(1, ge=1, le=100000, title="Epochs", json_schema_extra=ui(basic=4), description="Passes over the dataset (each image x its repeats).")
+    max_train_steps: int = Field(0, ge=0, title="Max train steps", description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, title="Gradient accumulation steps", description="Add up gradients over n batches before each optimizer step.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, title="Seed", description="Random seed; 0 = pick one and record it with the run.")
+
+
+class NoiseSettings(_Group):
+    """The noise added to the latents (offset, multi-resolution pyramid, input perturbation)."""
+
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0, title="Noise offset", description="Noise offset: helps very dark or bright images (0.05-0.1).")
+    multires_noise_iterations: int = Field(0, ge=0, le=64, title="Multires noise iterations", description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
+    multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, title="Multires noise discount", description="Discount of each multi-resolution noise level.")
+    ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, title="IP noise gamma", description="Input-perturbation noise (0 = off, about 0.1).")
+
+
+class LossSettings(_Group):
+    """How the loss is measured and weighted per timestep (loss type, Huber threshold, min-SNR)."""
+
+    min_snr_gamma: float = Field(0.0, ge=0.0, le=100.0, title="Min SNR gamma", description="Min-SNR loss weighting gamma (0 = off, 5 recommended).")
+    loss_type: Literal["l2", "huber", "smooth_l1"] = Field("l2", title="Loss type", description="Loss between predicted and true noise.")
+    huber_c: float = Field(0.1, gt=0.0, le=10.0, title="Huber C", description="Huber / smooth L1 loss threshold.")
+    huber_schedule: Literal["constant", "exponential", "snr"] = Field(
+        "snr", title="Huber schedule", description="How the Huber threshold varies with the timestep (Kohya's schedules; snr is Kohya's default)."
+    )
 
 
 class PrecisionSettings(_Group):
@@ -365,6 +380,9 @@ GROUPS: dict[str, type[_Group]] = {
     "buckets": BucketSettings,
     "network": NetworkSettings,
     "optimizer": OptimizerSettings,
+    "training": TrainingSettings,
+    "noise": NoiseSettings,
+    "loss": LossSettings,
     "precision": PrecisionSettings,
     "sampling": SamplingSettings,
     "saving": SavingSettings,
@@ -385,6 +403,9 @@ class TrainingConfig(BaseModel):
     buckets: BucketSettings = Field(default_factory=BucketSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    noise: NoiseSettings = Field(default_factory=NoiseSettings)
+    loss: LossSettings = Field(default_factory=LossSettings)
     precision: PrecisionSettings = Field(default_factory=PrecisionSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     saving: SavingSettings = Field(default_factory=SavingSettings)
@@ -447,9 +468,9 @@ class TrainingConfig(BaseModel):
         if o.lr_scheduler == "constant" and (o.lr_warmup > 0 or o.lr_warmup_steps > 0):
             warmup = Label("optimizer.lr_warmup_steps" if o.lr_warmup_steps > 0 else "optimizer.lr_warmup")
             notes.append(Msg.of("config.note.warmup_ignored", scheduler=Label("optimizer.lr_scheduler"), warmup=warmup))
-        if o.max_train_steps > 0:
-            notes.append(Msg.of("config.note.max_steps", max_steps=Label("optimizer.max_train_steps"), value=o.max_train_steps,
-                                epochs=Label("optimizer.epoch")))
+        if self.training.max_train_steps > 0:
+            notes.append(Msg.of("config.note.max_steps", max_steps=Label("training.max_train_steps"), value=self.training.max_train_steps,
+                                epochs=Label("training.epoch")))
         # judged on the rates that will be used (a part's own rate, else learning_rate), not on learning_rate alone
         used = [r for r, on in ((self.effective_unet_lr, self.trains_unet), (self.effective_text_encoder_lr, self.trains_text_encoder)) if on]
         if o.optimizer in ADAPTIVE and used and min(used) < 0.1:

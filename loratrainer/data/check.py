@@ -73,7 +73,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
         _check_concept(concept, config, plan, report)
     if any(not c.is_reg for c in concepts) and report.images == 0:
         problems.append(Problem.at(folders.train_data_dir, "error", Msg.of("check.no_usable_images")))
-    o = config.optimizer
+    o = config.training
     report.steps = count_steps(
         report.samples,
         o.train_batch_size,

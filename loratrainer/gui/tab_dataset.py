@@ -14,7 +14,7 @@ from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
-STEP_FIELDS = ("optimizer.train_batch_size", "optimizer.epoch", "optimizer.gradient_accumulation_steps", "optimizer.max_train_steps", "launch.num_processes")
+STEP_FIELDS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps", "launch.num_processes")
 MAX_PROBLEM_THUMBS = 24
 
 
@@ -121,8 +121,8 @@ class DatasetHandlers:
         values = self.ui.paths_of(data)
         try:
             nums = {p: int(values[p]) for p in STEP_FIELDS}
-            steps = count_steps(report.samples, nums["optimizer.train_batch_size"], nums["optimizer.gradient_accumulation_steps"],
-                                nums["launch.num_processes"], nums["optimizer.epoch"], nums["optimizer.max_train_steps"])
+            steps = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
+                                nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
         except (TypeError, ValueError, ZeroDivisionError):
             return self.t("steps.invalid")
         return self.steps_text(report, steps)

@@ -196,8 +196,8 @@ class TrainingHandlers:
         values = self.ui.paths_of(data)
         try:
             nums = {p: int(values[p]) for p in STEP_FIELDS}
-            s = count_steps(report.samples, nums["optimizer.train_batch_size"], nums["optimizer.gradient_accumulation_steps"],
-                            nums["launch.num_processes"], nums["optimizer.epoch"], nums["optimizer.max_train_steps"])
+            s = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
+                            nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
         except (TypeError, ValueError, ZeroDivisionError, KeyError):
             return self.t("steps.invalid")
         text = self.t("training.summary", images=report.images, skipped=len(report.skipped), steps=s.total_steps, epochs=s.epochs,

@@ -194,11 +194,12 @@ def disk_full(exc: BaseException) -> str | None:
 
 def oom_advice(config: TrainingConfig, phase: str) -> str:
     o, p = config.optimizer, config.precision
-    tips = ["lower train_batch_size"] if o.train_batch_size > 1 else []
+    batch = config.training.train_batch_size
+    tips = ["lower train_batch_size"] if batch > 1 else []
     tips += [] if p.gradient_checkpointing else ["turn on gradient_checkpointing"]
     tips += [] if config.caches_latents else ["turn on cache_latents"]
     tips += ["lower max_resolution", "use AdamW8bit" if o.optimizer == "AdamW" else "lower network_dim"]
-    return (f"out of GPU memory during {phase} at batch size {o.train_batch_size}, "
+    return (f"out of GPU memory during {phase} at batch size {batch}, "
             f"resolution {config.buckets.max_resolution}: " + ", ".join(tips))
 
 
@@ -213,7 +214,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
 
     run_dir = run.run_dir
     resume = read_state_info(config.saving.resume) if config.saving.resume else None
-    seed = resume.seed if resume else broadcast_object_list([config.optimizer.seed or random_seed()])[0]
+    seed = resume.seed if resume else broadcast_object_list([config.training.seed or random_seed()])[0]
     set_seed(seed, device_specific=True)  # different noise per process, the same batches (seeded separately)
     if accelerator.is_main_process:
         (run_dir / run_files.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")

@@ -80,7 +80,7 @@ def train_epoch(t: Trainer, epoch: int, reporter) -> bool:
 
 def epoch_step_groups(t: Trainer, epoch: int):
     """The epoch's micro-batch groups, skipping those a resumed run trained before it stopped."""
-    accumulation = t.config.optimizer.gradient_accumulation_steps
+    accumulation = t.config.training.gradient_accumulation_steps
     done = t.step - (epoch - 1) * t.report.steps.steps_per_epoch
     t.epoch = epoch
     t.sampler.set_epoch(epoch, skip_batches=max(done, 0) * accumulation)

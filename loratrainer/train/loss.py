@@ -13,7 +13,7 @@ from loratrainer.config import TrainingConfig
 
 
 @dataclass(frozen=True)
-class LossSettings:
+class LossRecipe:
     loss_type: str = "l2"
     huber_c: float = 0.1
     huber_schedule: str = "snr"
@@ -21,8 +21,8 @@ class LossSettings:
     prior_loss_weight: float = 1.0
 
     @classmethod
-    def from_config(cls, c: TrainingConfig) -> "LossSettings":
-        o = c.optimizer
+    def from_config(cls, c: TrainingConfig) -> "LossRecipe":
+        o = c.loss
         return cls(o.loss_type, o.huber_c, o.huber_schedule, o.min_snr_gamma, c.dataset.prior_loss_weight)
 
 
@@ -32,7 +32,7 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
     return noise
 
 
-def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossSettings) -> torch.Tensor:
+def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossRecipe) -> torch.Tensor:
     """Per-sample Huber c, shaped (batch, 1, 1, 1), by sd-scripts' schedules (constant, exponential, snr)."""
     c = torch.full(timesteps.shape, s.huber_c, dtype=torch.float32, device=timesteps.device)
     if s.huber_schedule == "exponential":
@@ -45,7 +45,7 @@ def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossSettings) -> torc
     return c[:, None, None, None]
 
 
-def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None) -> torch.Tensor:
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None) -> torch.Tensor:
     pred, target = pred.float(), target.float()
     if s.loss_type == "l2":
         return F.mse_loss(pred, target, reduction="none")
@@ -54,7 +54,7 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings, 
     return scale * (torch.sqrt((pred - target) ** 2 + c**2) - c)
 
 
-def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: LossSettings) -> torch.Tensor:
+def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: LossRecipe) -> torch.Tensor:
     """Per-sample weights: prior_loss_weight for regularisation images, min-SNR (https://arxiv.org/abs/2303.09556)."""
     weights = torch.ones(timesteps.shape[0], device=timesteps.device)
     weights[is_reg.to(timesteps.device)] = s.prior_loss_weight
@@ -68,6 +68,6 @@ def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: 
     return weights
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None) -> torch.Tensor:
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None) -> torch.Tensor:
     per_sample = elementwise_loss(pred, target, s, huber_c).mean(dim=(1, 2, 3))
     return (per_sample * weights.to(per_sample.device)).mean()

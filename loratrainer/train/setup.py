@@ -20,8 +20,8 @@ from loratrainer.model.lora import inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.latent_cache import cache_latents, join_shares
-from loratrainer.train.loss import LossSettings
-from loratrainer.train.noise import NoiseSettings
+from loratrainer.train.loss import LossRecipe
+from loratrainer.train.noise import NoiseRecipe
 from loratrainer.train.optimizers import build_optimizer
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
@@ -50,8 +50,8 @@ class Trainer:
     loader: Any
     sampler: EpochBatchSampler
     weight_dtype: torch.dtype
-    noise: NoiseSettings
-    loss: LossSettings
+    noise: NoiseRecipe
+    loss: LossRecipe
     text_cache: TextCache | None
     run: RunContext | None = None  # where the run reports; a bare one (no event stream) when not given
     saver: Any = None  # saving.Saver, set by the entry point (or a test) before training
@@ -158,7 +158,7 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
         )
         latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents)
-    sampler = EpochBatchSampler(report.samples, config.optimizer.train_batch_size, seed, accelerator.process_index, accelerator.num_processes)
+    sampler = EpochBatchSampler(report.samples, config.training.train_batch_size, seed, accelerator.process_index, accelerator.num_processes)
     return build_loader(dataset, sampler, config), sampler
 
 
@@ -176,7 +176,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
         handle=handle, unet=unet, text_encoder=text_encoder, params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
-        noise=NoiseSettings.from_settings(config.optimizer), loss=LossSettings.from_config(config),
+        noise=NoiseRecipe.from_settings(config.optimizer), loss=LossRecipe.from_config(config),
         text_cache=TextCache() if static_text else None, run=run,
     )
 

@@ -204,7 +204,7 @@ def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int 
     set_value(field(page, "folders.output_name"), name)
     set_value(field(page, "network.network_dim"), 4)
     set_value(field(page, "network.network_alpha"), 4)
-    set_value(field(page, "optimizer.epoch"), epochs)
+    set_value(field(page, "training.epoch"), epochs)
     choose(page, "field-optimizer-optimizer", "AdamW")  # mixed precision stays fp16: the trainer notes it is off on a CPU
     set_value(field(page, "buckets.max_resolution"), "64,64")
     set_value(field(page, "launch.num_cpu_threads_per_process"), 1)
@@ -212,7 +212,7 @@ def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int 
     set_value(field(page, "sampling.sample_every_n_steps"), every)
     set_value(field(page, "sampling.sample_prompts"), "a small house --w 64 --h 64 --s 2 --d 1\na red door --w 64 --h 64 --s 2 --d 2")
     open_accordion(page, "advanced-optimizer")
-    set_value(field(page, "optimizer.max_train_steps"), max_steps)
+    set_value(field(page, "training.max_train_steps"), max_steps)
     open_accordion(page, "advanced-saving")
     set_value(field(page, "saving.save_every_n_steps"), every)
     open_accordion(page, "advanced-buckets")
@@ -286,7 +286,7 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     set_value(rate, "0.0001")
     # Epochs 0: the sentence names the box as labelled, no red "Error" badge anywhere (Gradio's own bounds check
     # used to refuse it before any handler ran); Show command says the same instead of showing a command.
-    set_value(field(page, "optimizer.epoch"), 0)
+    set_value(field(page, "training.epoch"), 0)
     page.locator("#run-start").click()
     expect_text(page, "#run-message", "Epochs: must be at least 1 (got 0)")
     assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
@@ -294,7 +294,7 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     expect_text(page, "#run-message", "Start would refuse these settings")
     assert "Epochs: must be at least 1" in page.locator("#run-message").inner_text()
     assert page.evaluate(ERROR_BADGE) == 0, "a component shows a bare Error badge"
-    set_value(field(page, "optimizer.epoch"), 1)
+    set_value(field(page, "training.epoch"), 1)
     assert not list((workspace / "project" / "log").glob("house_*"))
     page.locator("#run-show-command").click()
     expect_text(page, "#run-command", "loratrainer.train.entry")
@@ -326,8 +326,8 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
 
     # 3. Run "house-long" (a common name prefix): far longer than the test, which stops it.
     set_value(field(page, "folders.output_name"), "house-long")
-    set_value(field(page, "optimizer.max_train_steps"), 0)
-    set_value(field(page, "optimizer.epoch"), 20)  # 6000 steps: far longer than the test
+    set_value(field(page, "training.max_train_steps"), 0)
+    set_value(field(page, "training.epoch"), 20)  # 6000 steps: far longer than the test
     set_value(field(page, "sampling.sample_every_n_steps"), 20)
     # Few files however far the run gets before Stop: Gradio's Dataframe draws only the rows in view (a virtual
     # list), so with dozens of step files the interrupted one at the bottom would not be in the page to find.
