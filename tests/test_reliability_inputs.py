@@ -79,7 +79,7 @@ def test_deep_json_and_huge_integers_are_not_a_valid_config(tmp_path, text, deta
     korean(info.value)
 
 
-@pytest.mark.parametrize("section,key", [("optimizer", "epoch"), ("network", "network_dim"), ("optimizer", "learning_rate"), ("optimizer", "unet_lr")])
+@pytest.mark.parametrize("section,key", [("training", "epoch"), ("network", "network_dim"), ("optimizer", "learning_rate"), ("optimizer", "unet_lr")])
 def test_a_boolean_is_not_a_number(tmp_path, section, key):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({section: {key: True}}))
@@ -89,6 +89,14 @@ def test_a_boolean_is_not_a_number(tmp_path, section, key):
     assert TrainingConfig.model_validate({section: {key: 2}})  # numbers still load
     text = korean(info.value)
     assert "true" in text
+
+
+def test_a_boolean_is_not_a_number_in_a_version_1_file_either(tmp_path):
+    """Version 1 kept epoch under "optimizer"; the file is migrated before the check, which names the new place."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"schema_version": 1, "optimizer": {"epoch": True}}))
+    with pytest.raises(ConfigError, match="training.epoch: expected a number, not true/false"):
+        load_config(path)
 
 
 def test_booleans_still_load_where_booleans_belong():

@@ -463,7 +463,7 @@ def _noise(config: TrainingConfig, seed: int = 0) -> tuple[torch.Tensor, torch.T
     latents = torch.zeros(4, 4, 32, 32)
     torch.manual_seed(seed)
     random.seed(seed)
-    noise = sample_noise(latents, NoiseRecipe.from_settings(config.optimizer))
+    noise = sample_noise(latents, NoiseRecipe.from_settings(config.noise))
     torch.manual_seed(seed)
     return noise, torch.randn_like(latents)
 
@@ -511,11 +511,11 @@ def _ip_noise(tmp_path):
     latents, noise = torch.zeros(2, 4, 8, 8), torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999, 999])
     torch.manual_seed(1)
-    plain = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg().optimizer))
+    plain = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg().noise))
     sigma = float((1 - sched.alphas_cumprod[999]) ** 0.5)
     assert torch.allclose(plain, sigma * noise, atol=1e-5)  # zero latents: add_noise is sigma x noise
     torch.manual_seed(1)
-    perturbed = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg(ip_noise_gamma=0.5).optimizer))
+    perturbed = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg(ip_noise_gamma=0.5).noise))
     torch.manual_seed(1)
     extra = torch.randn_like(noise)
     assert torch.allclose(perturbed, sigma * (noise + 0.5 * extra), atol=1e-5)
@@ -607,7 +607,7 @@ def test_the_settings_objects_default_to_the_schema_defaults():
 
     c = TrainingConfig()
     assert LossRecipe() == LossRecipe.from_config(c)
-    assert NoiseRecipe() == NoiseRecipe.from_settings(c.optimizer)
+    assert NoiseRecipe() == NoiseRecipe.from_settings(c.noise)
     assert CaptionRules() == CaptionRules.from_settings(c.dataset)
     assert Augment() == TrainDataset([], c, seed=0).augment
 
@@ -640,7 +640,7 @@ def test_multires_noise_equals_kohyas_draw_for_draw(seed, size):
     latents = torch.zeros(2, 4, *size)  # non-square and square, small enough that the levels reach one row or column
     torch.manual_seed(seed)
     random.seed(seed)
-    ours = sample_noise(latents, NoiseRecipe.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).optimizer))
+    ours = sample_noise(latents, NoiseRecipe.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).noise))
     torch.manual_seed(seed)
     random.seed(seed)
     reference = _kohya_pyramid_noise_like(torch.randn_like(latents), 10, 0.5)

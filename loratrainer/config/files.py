@@ -88,13 +88,13 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
     """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config."""
-    data = dict(data)
+    data = migrate(dict(data))  # first, so that a moved setting is checked in its new group
     _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)
     if header is not None and not isinstance(header, dict):
         raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
     try:
-        return TrainingConfig.model_validate(migrate(data))
+        return TrainingConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
 

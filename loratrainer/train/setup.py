@@ -176,7 +176,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
         handle=handle, unet=unet, text_encoder=text_encoder, params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
-        noise=NoiseRecipe.from_settings(config.optimizer), loss=LossRecipe.from_config(config),
+        noise=NoiseRecipe.from_settings(config.noise), loss=LossRecipe.from_config(config),
         text_cache=TextCache() if static_text else None, run=run,
     )
 
