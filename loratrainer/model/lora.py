@@ -44,15 +44,25 @@ class LoraModule:
 
 @dataclass
 class LoraHandle:
-    """The injected adapters: which parts carry them and one entry per adapted module (by Kohya name)."""
+    """The injected adapters: which parts carry them and one entry per adapted module (by Kohya name).
 
-    unet: nn.Module
-    text_encoder: nn.Module
+    The models themselves stay where they were loaded (`components.unet`, `components.text_encoder`): the handle
+    reads them from there rather than keeping a second reference of its own."""
+
+    components: Any  # SD15Components, or anything with .unet and .text_encoder
     train_unet: bool
     train_text_encoder: bool
     network: NetworkSettings
     modules: dict[str, LoraModule] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)  # part -> the peft config injected (LoraConfig, LoHaConfig, ...)
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.components.unet
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return self.components.text_encoder
 
     def model(self, part: Part) -> nn.Module:
         return self.unet if part == "unet" else self.text_encoder
@@ -82,7 +92,7 @@ def inject_lora(
     """
     if not (train_unet or train_text_encoder):
         raise UserError("Both the UNet and the text encoder learning rates are 0: there is nothing to train.")
-    handle = LoraHandle(components.unet, components.text_encoder, train_unet, train_text_encoder, network)
+    handle = LoraHandle(components, train_unet, train_text_encoder, network)
     for part in handle.parts():
         model = handle.model(part)
         linear = target_modules(model, part, conv=False)

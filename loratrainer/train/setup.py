@@ -15,8 +15,8 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
 from loratrainer.model.kohya_format import load_network_weights
-from loratrainer.model.loading import load_sd15
-from loratrainer.model.lora import inject_lora
+from loratrainer.model.loading import SD15Components, load_sd15
+from loratrainer.model.lora import LoraHandle, inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.latent_cache import cache_latents, join_shares
@@ -40,9 +40,11 @@ class Trainer:
     accelerator: Accelerator
     report: DatasetReport
     seed: int
-    components: Any  # SD15Components: tokenizer, text_encoder, vae, unet, noise_scheduler, model_name, model_hash
-    handle: Any  # LoraHandle
-    unet: torch.nn.Module  # prepared (DDP-wrapped with several processes)
+    components: SD15Components  # the loaded models (the one place the UNet and text encoder are kept) and the rest
+    handle: LoraHandle  # the adapters injected into components.unet / components.text_encoder
+    # What the loop calls: accelerator.prepare's view of components.unet / .text_encoder. With one process it is
+    # the same object; with several it is the DDP wrapper, whose forward synchronises the gradients.
+    unet: torch.nn.Module
     text_encoder: torch.nn.Module
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
