@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from loratrainer.gui.html_body import send_rewritten_html
+
 _MARK = b"<head>"
 
 
@@ -29,31 +31,8 @@ class PageLanguage:
         if lang is None:
             await self.app(scope, receive, send)
             return
-        start: dict = {}
-        chunks: list[bytes] = []
-        passthrough = [False]
 
-        async def rewritten(message):
-            if message["type"] == "http.response.start":
-                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-                if not content_type.startswith(b"text/html"):
-                    passthrough[0] = True
-                    await send(message)
-                    return
-                start.update(message)
-                return
-            if passthrough[0] or message["type"] != "http.response.body":
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = b"".join(chunks)
-            if _MARK in body:
-                body = body.replace(_MARK, _MARK + language_script(lang), 1)
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+        def add_script(body: bytes) -> bytes:
+            return body.replace(_MARK, _MARK + language_script(lang), 1) if _MARK in body else body
 
-        await self.app(scope, receive, rewritten)
+        await send_rewritten_html(self.app, scope, receive, send, add_script)

@@ -19,6 +19,8 @@ import time
 from collections import defaultdict, deque
 from typing import Callable
 
+from loratrainer.gui.html_body import send_rewritten_html
+
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest config file (config.files.MAX_CONFIG_BYTES) plus multipart overhead
 LOGIN_FAILURES = 5  # wrong passwords per address ...
@@ -151,31 +153,9 @@ class LoginPageScrub:
         if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        start: dict = {}
-        chunks: list[bytes] = []
-        passthrough = [False]
-
-        async def buffered(message):
-            if message["type"] == "http.response.start":
-                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-                if not content_type.startswith(b"text/html"):
-                    passthrough[0] = True
-                    await send(message)
-                    return
-                start.update(message)
-                return
-            if passthrough[0] or message["type"] != "http.response.body":
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = b"".join(chunks)
+        def scrub(body: bytes) -> bytes:
             if b'"auth_required":true' in body:
-                body = _API_INFO.sub(lambda m: m.group(1) + _EMPTY_API_INFO + m.group(3), body)
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+                return _API_INFO.sub(lambda m: m.group(1) + _EMPTY_API_INFO + m.group(3), body)
+            return body
 
-        await self.app(scope, receive, buffered)
+        await send_rewritten_html(self.app, scope, receive, send, scrub)
