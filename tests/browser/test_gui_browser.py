@@ -211,7 +211,7 @@ def set_training(page, workspace, name: str, *, epochs: int = 1, max_steps: int 
     set_value(field(page, "saving.save_every_n_epochs"), 0)
     set_value(field(page, "sampling.sample_every_n_steps"), every)
     set_value(field(page, "sampling.sample_prompts"), "a small house --w 64 --h 64 --s 2 --d 1\na red door --w 64 --h 64 --s 2 --d 2")
-    open_accordion(page, "advanced-optimizer")
+    open_accordion(page, "advanced-training")
     set_value(field(page, "training.max_train_steps"), max_steps)
     open_accordion(page, "advanced-saving")
     set_value(field(page, "saving.save_every_n_steps"), every)
