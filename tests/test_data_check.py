@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loratrainer.config import TrainingConfig
+from loratrainer.config import GROUPS, TrainingConfig
 from loratrainer.data.captions import read_caption
 from loratrainer.data.check import check_dataset
 from loratrainer.data.images import load_image
@@ -17,7 +17,7 @@ def _check(train_dir, **settings):
     config = TrainingConfig()
     config.folders.train_data_dir = str(train_dir)
     for key, value in settings.items():
-        group = next(g for g in ("folders", "dataset", "buckets", "optimizer") if hasattr(getattr(config, g), key))
+        group = next(g for g in GROUPS if hasattr(getattr(config, g), key))
         setattr(getattr(config, group), key, value)
     return check_dataset(config)
 
