@@ -96,6 +96,7 @@ class RunState:
     it_per_s: float | None = None
     eta_s: float | None = None
     seed: int | None = None
+    mixed_precision: str | None = None  # what the trainer used (the started event), which a CPU may force to "no"
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     last_files: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
@@ -124,6 +125,7 @@ def _started(s: RunState, e: dict[str, Any]) -> None:
     s.total_steps = int(e.get("total_steps", 0))
     s.epochs = int(e.get("epochs", 0))
     s.seed = e.get("seed")
+    s.mixed_precision = e.get("mixed_precision")
 
 
 def _progress(s: RunState, e: dict[str, Any]) -> None:

@@ -389,7 +389,8 @@ def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, t
                                                "optimizer.optimizer": "Prodigy", "optimizer.learning_rate": 1e-4,
                                                "optimizer.unet_lr": None, "optimizer.text_encoder_lr": None}),
                 run_dir / run_files.CONFIG_FILE)
-    view = JobView(run_dir=run_dir, state=events.RunState(), alive=False, outcome="finished", log_tail="")
+    state = events.summarize(events.read_events(run_dir / run_files.EVENTS_FILE)[0])  # as the page's follower reads it
+    view = JobView(run_dir=run_dir, state=state, alive=False, outcome="finished", log_tail="")
     en = run_notes(view, Translator("en"))
     assert "No CUDA GPU: Mixed precision fp16 is off" in en
     assert "Max train steps = 8 overrides the epoch count (Epochs)" in en

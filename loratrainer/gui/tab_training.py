@@ -435,8 +435,7 @@ def run_notes(view, t) -> str:
     except (ConfigError, OSError):  # a damaged config.json: the status says what matters
         config = None
     notes: list[str] = []
-    started = _started_event(view.run_dir / run_files.EVENTS_FILE)
-    used = started.get("mixed_precision")
+    used = view.state.mixed_precision
     if config is not None and used and used != config.precision.mixed_precision:
         notes.append(t("run.note_precision_off", mixed=t.label("precision.mixed_precision"), value=config.precision.mixed_precision))
     if config is not None:
@@ -458,24 +457,3 @@ def run_notes(view, t) -> str:
     if logged:
         text += "\n\n" + t("run.notes_log") + "\n" + "\n".join(f"- {md(line)}" for line in logged[:8])
     return text
-
-
-def _started_event(path: Path) -> dict:
-    """The run's `started` event (near the top of events.jsonl), or {} before it is written."""
-    import json
-
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64 * 1024)
-    except OSError:
-        return {}
-    for line in head.splitlines():
-        if b'"started"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == "started":
-            return record
-    return {}
