@@ -99,7 +99,12 @@ class ModelSettings(_Group):
     pretrained_model_name_or_path: str = Field(
         # runwayml/stable-diffusion-v1-5 was removed from the hub in 2024; this is its maintained copy
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        title="Pretrained model", json_schema_extra=ui(basic=1, browse="model", check="model"), description="Base SD1.5 model: a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
+        title="Pretrained model", json_schema_extra=ui(basic=1, browse="model", check="model"), description="Base model (SD1.5 or SDXL, Pony, Illustrious, NoobAI): a diffusers folder, a .safetensors/.ckpt checkpoint file, or a hub id.",
+    )
+    # The family is read from the model's own weights and config, never from its file name; a config file that
+    # names one (Kohya's `sdxl`) while the model is another is refused before a run in one sentence.
+    model_family: Literal["auto", "sd15", "sdxl"] = Field(
+        "auto", title="Model family", description="auto = read it from the model's own weights; sd15 or sdxl = the model must be that family.",
     )
     vae: str = Field("", title="VAE", json_schema_extra=ui(browse="file"), description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
     v_parameterization: bool = Field(False, title="V-parameterization", description="The base model predicts v (v-prediction fine-tunes); off for ordinary SD1.5.")
@@ -236,6 +241,7 @@ class OptimizerSettings(_Group):
     learning_rate: float = Field(1e-4, ge=0.0, le=10.0, title="Learning rate", json_schema_extra=ui(basic=11), description="Base learning rate; used for the UNet and text encoder when their own rate is empty.")
     unet_lr: float | None = Field(1e-4, ge=0.0, le=10.0, title="UNet learning rate", json_schema_extra=ui(basic=12), description="UNet learning rate (0 = do not train the UNet; empty = learning rate).")
     text_encoder_lr: float | None = Field(1e-4, ge=0.0, le=10.0, title="Text encoder learning rate", json_schema_extra=ui(basic=13), description="Text encoder learning rate (0 = UNet-only LoRA; empty = learning rate).")
+    text_encoder_2_lr: float | None = Field(None, ge=0.0, le=10.0, title="Text encoder 2 learning rate", description="SDXL only: the second text encoder's (OpenCLIP ViT-bigG) learning rate; empty = the text encoder learning rate.")
     lr_scheduler: Scheduler = Field("cosine", title="LR scheduler", json_schema_extra=ui(basic=14), description="How the learning rate changes over the run.")
     lr_warmup: float = Field(10.0, ge=0.0, le=100.0, title="LR warm-up (% of steps)", description="Warm-up as a percentage of all steps (ignored when warm-up steps is set).")
     lr_warmup_steps: int = Field(0, ge=0, title="LR warm-up steps", description="Warm-up in steps; overrides the percentage when above 0.")
@@ -275,6 +281,7 @@ class NoiseSettings(_Group):
     multires_noise_iterations: int = Field(0, ge=0, le=64, title="Multires noise iterations", description="Multi-resolution (pyramid) noise iterations (0 = off, 6-10 typical).")
     multires_noise_discount: float = Field(0.3, ge=0.0, le=1.0, title="Multires noise discount", description="Discount of each multi-resolution noise level.")
     ip_noise_gamma: float = Field(0.0, ge=0.0, le=1.0, title="IP noise gamma", description="Input-perturbation noise (0 = off, about 0.1).")
+    zero_terminal_snr: bool = Field(False, title="Zero terminal SNR", description="Rescale the noise schedule so the last timestep is pure noise (v-prediction fine-tunes such as NoobAI-XL V-Pred).")
 
 
 class LossSettings(_Group):
@@ -293,6 +300,10 @@ class PrecisionSettings(_Group):
     save_precision: SavePrecision = Field("fp16", title="Save precision", json_schema_extra=ui(basic=7), description="Precision of the saved LoRA file.")
     full_fp16: bool = Field(False, title="Full fp16 training", description="Keep the LoRA weights themselves in fp16 (less memory, less stable).")
     full_bf16: bool = Field(False, title="Full bf16 training", description="Keep the LoRA weights themselves in bf16 (less memory).")
+    no_half_vae: bool = Field(False, title="No half VAE", description="Keep the VAE in fp32 (SDXL's own VAE overflows in fp16 and gives black latents; not needed with an fp16-fixed VAE).")
+    fp8_base: bool = Field(False, title="fp8 base model", description="Store the frozen UNet weights in fp8 (float8_e4m3fn) to save memory; needs a recent torch and GPU.")
+    cache_text_encoder_outputs: bool = Field(False, title="Cache text encoder outputs", description="Encode every caption once before training (UNet-only LoRAs with fixed captions; saves memory and time).")
+    cache_text_encoder_outputs_to_disk: bool = Field(False, title="Cache text encoder outputs to disk", description="Also keep the cached text encoder outputs on disk next to the images, reused by later runs.")
     gradient_checkpointing: bool = Field(False, title="Gradient checkpointing", description="Recompute activations in the backward pass: much less VRAM, about 20-30 % slower.")
     attention: Literal["sdpa", "xformers", "none"] = Field("sdpa", title="Attention", description="Attention kernel: sdpa (PyTorch's, recommended), xformers if installed, or none.")
     cache_latents: bool = Field(True, title="Cache latents", description="Encode every image once with the VAE before training (faster, less VRAM).")
