@@ -101,6 +101,7 @@ class RunState:
     last_files: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     reason: str = ""
+    msg: dict[str, Any] | None = None  # the `ended` event's coded message (launch.outcomes), where it has one
     exit_code: int | None = None
 
     @property
@@ -151,6 +152,7 @@ def _sample(s: RunState, e: dict[str, Any]) -> None:
 def _ended(s: RunState, e: dict[str, Any]) -> None:
     s.status = str(e.get("status", "error"))
     s.reason = str(e.get("reason", ""))
+    s.msg = e["msg"] if isinstance(e.get("msg"), dict) else None
     s.step = int(e.get("step", s.step))
     s.epoch = int(e.get("epoch", s.epoch))
     s.exit_code = e.get("exit_code", EXIT_CODES.get(s.status))

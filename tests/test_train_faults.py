@@ -27,7 +27,7 @@ from tests.datasets import make_dataset
 ALL_FAULTS = "nan@1,oom@1,disk_full@save1,kill@save1,stop@2,oom@sample"
 
 
-def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None):
+def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None, run=None):
     """entry.run_and_classify in this process (what the trainer process does); returns (status, reason, step, epoch)."""
     from loratrainer.train import entry, setup
     from loratrainer.train.run_context import RunContext
@@ -44,7 +44,7 @@ def _run(config, tmp_path: Path, spy: list | None = None, monkeypatch=None):
     run_dir.mkdir(exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        return entry.run_and_classify(config, RunContext(run_dir), Accelerator(cpu=True))
+        return entry.run_and_classify(config, run or RunContext(run_dir), Accelerator(cpu=True))
     finally:
         torch.set_num_threads(threads)
 
@@ -142,7 +142,17 @@ def test_a_learning_rate_too_high_makes_the_weights_non_finite_and_the_run_stops
 
     monkeypatch.setattr(loop, "agree_across_processes", recording)
     spy: list = []
-    status, reason, step, epoch = _run(_divergence_config(tmp_path, tiny_model, 10.0), tmp_path, spy, monkeypatch)
+    from loratrainer import events
+    from loratrainer.launch import run_files
+    from loratrainer.train import entry
+    from loratrainer.train.run_context import RunContext
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = RunContext(run_dir, events=events.EventWriter(run_dir / run_files.EVENTS_FILE))
+    status, reason, step, epoch = _run(_divergence_config(tmp_path, tiny_model, 10.0), tmp_path, spy, monkeypatch, run)
+    entry.emit_ended(run, status, reason, step, epoch)  # what the trainer process writes last
+    run.events.close()
     (t,) = spy
     assert (status, step, epoch) == ("nan", 2, 1), (status, reason)
     # a real divergence: every loss was finite, and the weights after the update are not
@@ -152,10 +162,20 @@ def test_a_learning_rate_too_high_makes_the_weights_non_finite_and_the_run_stops
     assert not all(torch.isfinite(p).all() for p in weights)
     # what the user reads: the step, the cause, what to change, and the file to use
     good = tmp_path / "out" / "last-step00000001.safetensors"
-    assert reason.startswith("The LoRA weights became NaN or infinite in the update of step 2 (epoch 1, learning rate 10)")
+    assert reason.startswith("The LoRA weights became non-finite (NaN or infinite) in the update of step 2 (epoch 1, learning rate 10)")
     assert "lower the learning rate" in reason and "full fp16" in reason
     assert reason.endswith(f"The last good file is {good}.")
     # nothing non-finite was written: the step-1 file is the only file, and it is finite
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".safetensors") == [good.name]
     assert all(torch.isfinite(v).all() for v in load_file(str(good)).values())
+    # the GUI's status says what happened (the weights, not the loss), in either language, naming the file
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.progress import status_line
+    from tests.test_gui_i18n_messages import HANGUL, english_phrases
+
+    view = Jobs(tmp_path / "state").view(run_dir)
+    en, ko = status_line(view, Translator("en")), status_line(view, Translator("ko"))
+    assert "weights became non-finite" in en and "loss became NaN" not in en and good.name in en and "full fp16" in en, en
+    assert "가중치" in ko and good.name in ko and HANGUL.search(ko) and english_phrases(ko) == [], ko
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
+from loratrainer.launch import outcomes
 
 FAILED = ("nan", "oom", "disk_full", "error")
 MAX_CHART_POINTS = 500
@@ -30,6 +31,9 @@ def status_line(view: JobView | None, t: Translator) -> str:
             return t("status.starting")
         return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
     outcome = view.outcome
+    said = outcomes.from_event(s.msg) if outcome == "nan" else None
+    if said is not None:  # the weights, not the loss, became non-finite: the trainer's coded message says so
+        return t("status.nan_weights", message=md(t.message(said)))
     reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
     if outcome == "finished":
         return t("status.finished")

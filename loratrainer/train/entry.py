@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.launch import outcomes, run_files
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
@@ -50,12 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     if not accelerator.is_main_process:
         say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run, accelerator)
-    code = events.EXIT_CODES[status]
-    run.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code)
+    code = emit_ended(run, status, reason, step, epoch)
     if writer is not None:
         writer.close()
     log.info("ended: %s%s", status, f" ({reason})" if reason else "")
     accelerator.end_training()
+    return code
+
+
+def emit_ended(run: RunContext, status: str, reason: str, step: int, epoch: int) -> int:
+    """The `ended` event (the English reason, and the coded message where the outcome has one, which the GUI says
+    in the page's language); returns the exit code."""
+    code = events.EXIT_CODES[status]
+    said = {"msg": outcomes.to_event(run.ended_msg)} if run.ended_msg is not None else {}
+    run.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code, **said)
     return code
 
 
@@ -140,11 +148,14 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
     import torch
 
     from loratrainer.model.errors import NonFiniteLoraError
-    from loratrainer.train.loop import NonFiniteLoss
+    from loratrainer.train.loop import NonFiniteLoss, NonFiniteWeights
 
     try:
         outcome = train_run(config, run, accelerator)
         return outcome.status, "", outcome.step, outcome.epoch
+    except NonFiniteWeights as exc:  # the loss was finite, the update was not: not "the loss became NaN"
+        run.ended_msg = outcomes.weights_nonfinite(exc.step, exc.epoch, exc.lr, config.precision.full_fp16, run.last_file)
+        return "nan", str(run.ended_msg), exc.step, exc.epoch
     except NonFiniteLoss as exc:
         return "nan", nan_reason(exc, run), exc.step, exc.epoch
     except NonFiniteLoraError as exc:

@@ -25,6 +25,7 @@ class RunContext:
     last_file: Path | None = None  # the last LoRA file written
     trainer: Any = None  # the Trainer, once built: step and epoch are its own
     reporter: Any = None  # the ProgressReporter, once training starts (the epoch's mean loss so far)
+    ended_msg: Any = None  # a coded message (launch.outcomes) for the `ended` event, where the outcome has one
 
     @property
     def step(self) -> int:
