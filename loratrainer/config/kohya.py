@@ -292,6 +292,8 @@ define({
     "kohya.dataset_config": "{value}: a dataset TOML is not read; the folders and settings of this file are used",
     # problems: imported, but Start refuses them
     "kohya.foreign_path": "{value} is a {kind} path, written on another computer: training will not start until it is changed",
+    "kohya.alpha_zero": "0 -> 1.0: the Kohya GUI leaves a 0 out of the TOML it gives sd-scripts, which then uses its default alpha 1 (in loratrainer 0 means alpha = rank)",
+    "kohya.alpha_zero_export": "0 (alpha = rank) -> {value}: the Kohya GUI would leave a 0 out, and sd-scripts would train at alpha 1",
     "kohya.reso_steps": "{value} with buckets on: sd-scripts refuses it for SD1.5 (it must be a multiple of 64), and so does Start",
 })
 
@@ -716,6 +718,9 @@ def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
     if fmt not in (None, "", "safetensors"):
         raw.pop("save_model_as")
         report.unsupported.append(ReportItem.of("save_model_as", "kohya.model_format", value=repr(fmt)))
+    if _zero(raw.get("network_alpha")):  # lora_gui.py train_model drops a 0 from the TOML
+        raw["network_alpha"] = 1.0  # sd-scripts' --network_alpha default (train_network.py); conv_alpha 0 goes in network_args
+        report.migrated.append(ReportItem.of("network_alpha", "kohya.alpha_zero"))
     if raw.get("caption_extension") == ".none-use-foldername":
         report.migrated.append(ReportItem.of("caption_extension", "kohya.folder_name_captions"))
 
@@ -890,6 +895,14 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true") or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1)
 
 
+def _zero(value: Any) -> bool:
+    """0, 0.0 or "0" (not "", False or null, which mean something else in a Kohya file)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float, str)) and float(value) == 0
+    except ValueError:
+        return False
+
+
 def _number(value: Any) -> bool:
     try:
         return float(value) != 0
@@ -927,6 +940,9 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
     for name in sorted(OURS_ONLY):
         if get_value(config, name) != get_value(defaults, name):
             report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(get_value(config, name))))
+    if not config.network.network_alpha:  # ours means alpha = rank; the Kohya GUI would drop the 0
+        out["network_alpha"] = config.network.network_dim
+        report.migrated.append(ReportItem.of("network_alpha", "kohya.alpha_zero_export", value=config.network.network_dim))
     _export_noise_type(config, out, report)
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
     return out, report

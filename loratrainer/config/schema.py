@@ -108,7 +108,8 @@ class ModelSettings(_Group):
     )
     vae: str = Field("", title="VAE", json_schema_extra=ui(browse="file"), description="Optional separate VAE (.safetensors/.ckpt file or diffusers folder); empty = the model's own.")
     v_parameterization: bool = Field(False, title="V-parameterization", description="The base model predicts v (v-prediction fine-tunes); off for ordinary SD1.5.")
-    clip_skip: int = Field(1, ge=1, le=12, title="Clip skip", description="Use the text encoder's n-th layer from the end (1 = last; 2 is common for anime models).")
+    # 0 is the Kohya GUI's "no clip skip" (its slider starts at 0; lora_gui.py passes no --clip_skip for 0): the last layer
+    clip_skip: int = Field(1, ge=0, le=12, title="Clip skip", description="Use the text encoder's n-th layer from the end (1 = last, as 0; 2 is common for anime models).")
     max_token_length: Literal[75, 150, 225] = Field(75, title="Max token length", description="Caption length in tokens the text encoder sees: 75, 150 or 225.")
 
     @field_validator("max_token_length", mode="before")
@@ -212,9 +213,10 @@ class NetworkSettings(_Group):
     # le=100000: LyCORIS LoKr presets ask for full matrices with a huge rank (the Kohya GUI's 100000); the other
     # types are held to 1024 by a cross-field rule
     network_dim: int = Field(8, ge=1, le=100000, title="Network rank (dimension)", json_schema_extra=ui(basic=8), description="LoRA rank: capacity and file size (8-32 for styles and faces, up to 128 for complex concepts).")
-    network_alpha: float = Field(1.0, gt=0, le=100000, title="Network alpha", json_schema_extra=ui(basic=9), description="Scales updates by alpha/rank; equal to the rank is a good start.")
+    # 0 = the rank, as in sd-scripts networks/lora.py and LyCORIS (`if alpha is None or alpha == 0: alpha = lora_dim`)
+    network_alpha: float = Field(1.0, ge=0, le=100000, title="Network alpha", json_schema_extra=ui(basic=9), description="Scales updates by alpha/rank; equal to the rank is a good start (0 = the rank).")
     conv_dim: int = Field(1, ge=1, le=100000, title="Convolution rank", description="LoCon, LoHa, LoKr: rank of the 3x3 convolution adapters.")
-    conv_alpha: float = Field(1.0, gt=0, le=100000, title="Convolution alpha", description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters.")
+    conv_alpha: float = Field(1.0, ge=0, le=100000, title="Convolution alpha", description="LoCon, LoHa, LoKr: alpha of the 3x3 convolution adapters (0 = the convolution rank).")
     network_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Network dropout", description="Dropout on the LoRA's hidden activations.")
     factor: int = Field(-1, ge=-1, le=8192, title="LoKr factor", description="LoKr: split each weight's sides near this number for the Kronecker product (-1 = near the square root).")
     decompose_both: bool = Field(False, title="LoKr: decompose both", description="LoKr: also make the smaller Kronecker factor low-rank.")
@@ -230,6 +232,11 @@ class NetworkSettings(_Group):
         if v == 0:
             raise MsgError(Msg.of("config.lokr_factor"))
         return v
+
+    def alphas_resolved(self) -> "NetworkSettings":
+        """These settings with an alpha of 0 replaced by its rank, as the network is built (0 means alpha = rank)."""
+        return self.model_copy(update={"network_alpha": self.network_alpha or float(self.network_dim),
+                                       "conv_alpha": self.conv_alpha or float(self.conv_dim)})
 
 
 LYCORIS_TYPES = ("LoHa", "LoKr")

@@ -92,6 +92,7 @@ def inject_lora(
     """
     if not (train_unet or train_text_encoder):
         raise UserError("Both the UNet and the text encoder learning rates are 0: there is nothing to train.")
+    network = network.alphas_resolved()  # an alpha of 0 is the rank (sd-scripts networks/lora.py): in the file too
     handle = LoraHandle(components, train_unet, train_text_encoder, network)
     for part in handle.parts():
         model = handle.model(part)
