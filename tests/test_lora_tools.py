@@ -14,6 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from loratrainer.config import ModelSettings, TrainingConfig, with_values
+from loratrainer.errors import UserError
 from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.loading import load_sd15
 from loratrainer.model.lora import inject_lora
@@ -212,7 +213,14 @@ def _tuned_with_known_delta(folder, seed=0):
     return changed
 
 
-def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models, tmp_path):
+def _kohya_modules(tiny_models, conv: bool = False) -> set[str]:
+    from loratrainer.tools.model_weights import ModelWeights
+
+    weights = ModelWeights(tiny_models["single"], config_dir=tiny_models["config"])
+    return {name for c in {False, conv} for _, name, _ in weights.targets(conv=c)}
+
+
+def test_extract_recovers_a_known_delta_and_extracts_every_module_as_kohya(tiny_models, tmp_path):
     from loratrainer.model.lora import kohya_name
 
     changed = _tuned_with_known_delta(tmp_path / "tuned")
@@ -221,12 +229,14 @@ def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models,
                           config_dir=tiny_models["config"])
     state, meta = read(out)
     expected = {kohya_name(part, path): m for (part, path), m in changed.items()}
-    assert modules_of(state) == set(expected)  # only the changed modules: the others are reported as skipped
+    # the text encoder changed (by more than min_diff), so all of Kohya's modules are there, as its script writes them
+    assert report.text_encoder_changed and report.skipped == []
+    assert modules_of(state) == set(report.extracted) == _kohya_modules(tiny_models, conv=True)
     for name, m in expected.items():
         got = delta(state, name)
         assert float((got - m.double()).abs().max()) < 1e-4 * float(m.abs().max()), name
         assert report.extracted[name] == pytest.approx(1.0, abs=1e-6)
-    assert len(report.skipped) > 20 and not set(report.skipped) & set(expected)
+    assert all(float(delta(state, n).abs().max()) < 1e-6 for n in modules_of(state) - set(expected))  # unchanged: 0
     assert meta["ss_network_dim"] == "4" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2"}
     # the same from two single files and from two diffusers folders (each read tensor by tensor)
     for b, t in ((tiny_models["single"], tmp_path / "tuned.safetensors"), (tiny_models["diffusers"], tmp_path / "tuned")):
@@ -235,6 +245,33 @@ def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models,
         again, _ = read(other.output)
         assert again.keys() == state.keys(), t.name
         assert all(torch.allclose(delta(again, n), delta(state, n), atol=1e-5) for n in expected), t.name
+
+
+def test_min_diff_decides_whether_the_text_encoder_changed_as_kohya_does(tiny_models, tmp_path):
+    """sd-scripts networks/extract_lora_from_models.py: the text encoder counts as changed when one of its weights
+    differs by more than min_diff; otherwise "Text encoder is same. Extract U-Net only." min_diff never drops a UNet
+    module. Here one UNet weight changes by 0.05 and one text encoder weight by 0.003."""
+    parts = build_tiny_components(0)  # the base model's weights (tiny_models["single"])
+    with torch.no_grad():
+        parts.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q").weight[0, 0] += 0.05
+        fc2 = next(m for n, m in parts.text_encoder.named_modules() if n.endswith("encoder.layers.1.mlp.fc2"))
+        fc2.weight[0, 0] += 0.003
+    tuned = tmp_path / "tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_ldm_state_dict(parts).items()}, str(tuned))
+    unet = {n for n in _kohya_modules(tiny_models) if n.startswith("lora_unet_")}
+    te = _kohya_modules(tiny_models) - unet
+    for min_diff, te_changed in ((0.01, False), (0.002, True), (0.003 * 1.01, False)):
+        out = tmp_path / f"x-{min_diff}.safetensors"
+        report = extract_lora(tiny_models["single"], tuned, out, rank=2, min_diff=min_diff, config_dir=tiny_models["config"])
+        written = modules_of(read(out)[0])
+        assert report.text_encoder_changed is te_changed, min_diff
+        assert written == (unet | te if te_changed else unet), min_diff  # every UNet module, whatever its difference
+        assert sorted(report.skipped) == ([] if te_changed else sorted(te)), min_diff
+    # both models the same (within min_diff): no file, one sentence
+    with pytest.raises(UserError, match="no LoRA to extract"):
+        extract_lora(tiny_models["single"], tiny_models["single"], tmp_path / "same.safetensors", rank=2,
+                     config_dir=tiny_models["config"])
+    assert not (tmp_path / "same.safetensors").exists()
 
 
 def _fused_reference(tiny_models, loras_and_weights):

@@ -75,13 +75,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(run=_coded(run_resize))
 
     q = sub.add_parser("extract", help="extract a LoRA from a fine-tuned model (TUNED - BASE, SVD per module)",
-                       description="The LoRA that best approximates TUNED - BASE per module. Modules whose difference "
-                       "is below --min-diff are skipped and listed.")
+                       description="The LoRA that best approximates TUNED - BASE per module. A text encoder that "
+                       "differs by no more than --min-diff anywhere is left out (UNet only), as Kohya's script does.")
     q.add_argument("base", metavar="BASE", help="the original model (single file or diffusers folder)")
     q.add_argument("tuned", metavar="TUNED", help="the fine-tuned model")
     q.add_argument("--rank", type=int, required=True, metavar="R")
     q.add_argument("--conv-rank", type=int, metavar="R", help="also extract the 3x3 convolutions (LoCon) at this rank")
-    q.add_argument("--min-diff", type=float, default=0.01, metavar="X", help="skip modules whose largest difference is below X (Kohya's default 0.01)")
+    q.add_argument("--min-diff", type=float, default=0.01, metavar="X", help="the text encoder counts as changed when some weight differs by more than X; otherwise the UNet alone is extracted (Kohya's rule and default, 0.01)")
     q.add_argument("--clamp-quantile", type=float, default=1.0, metavar="Q", help="clamp factor values to this quantile (Kohya uses 0.99; 1 = off)")
     q.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     q.add_argument("--precision", choices=("float", "fp16", "bf16"), default="float")
@@ -210,10 +210,11 @@ def run_extract(args) -> int:
     report = extract_lora(args.base, args.tuned, args.output, rank=args.rank, conv_rank=args.conv_rank,
                           min_diff=args.min_diff, clamp_quantile=args.clamp_quantile, precision=args.precision,
                           config_dir=Path(args.model_config) if args.model_config else None, progress=_progress(args))
-    text = (f"extracted {len(report.extracted)} modules, skipped {len(report.skipped)} (difference below "
-            f"{args.min_diff:g}); Frobenius share kept overall: {report.overall_fro_retained:.2%} -> {report.output}")
-    if report.skipped:
-        text += "\nskipped: " + ", ".join(report.skipped[:20]) + (" ..." if len(report.skipped) > 20 else "")
+    text = (f"extracted {len(report.extracted)} modules; Frobenius share kept overall: {report.overall_fro_retained:.2%}"
+            f" -> {report.output}")
+    if not report.text_encoder_changed:
+        text += (f"\nthe text encoder differs by no more than {args.min_diff:g} (--min-diff): UNet only, "
+                 f"its {len(report.skipped)} modules left out")
     _emit(args, report, text)
     return 0
 

@@ -1,10 +1,11 @@
 """Extract a LoRA from a fine-tuned model: per module, the best rank-R approximation of TUNED - BASE (SVD).
 
 sd-scripts networks/extract_lora_from_models.py: the modules Kohya's LoRA adapts (and with a conv rank the
-LoCon 3x3 convolutions), up = U diag(S), down = Vh, alpha = rank. Differences from Kohya, both stated in
-docs/lora-tools.md: a module whose largest difference is below `min_diff` is skipped per module (Kohya skips the
-whole text encoder), and the clamping of factor values to a quantile is off unless asked (clamp_quantile < 1),
-so the result is the Eckart-Young best approximation. Neither model is loaded: both are read one module's
+LoCon 3x3 convolutions), up = U diag(S), down = Vh, alpha = rank. `min_diff` is Kohya's: it decides whether the
+text encoder changed at all (some module's largest difference above it); if not, the UNet alone is extracted. Every
+UNet module is extracted, as Kohya does. The difference from Kohya, stated in docs/lora-tools.md: the clamping of
+factor values to a quantile is off unless asked (clamp_quantile < 1), so the result is the Eckart-Young best
+approximation. Neither model is loaded: both are read one module's
 weight at a time (tools/model_weights), so memory stays near the largest module's difference and its SVD.
 """
 
@@ -28,11 +29,13 @@ from loratrainer.tools.progress import NO_PROGRESS, Progress
 class ExtractReport:
     output: Path
     extracted: dict[str, float] = field(default_factory=dict)  # module -> Frobenius share of its difference kept
-    skipped: list[str] = field(default_factory=list)  # difference below min_diff
+    skipped: list[str] = field(default_factory=list)  # the text encoder's modules when it did not change (min_diff)
+    text_encoder_changed: bool = True
     overall_fro_retained: float = 1.0
 
     def to_json(self) -> dict:
         return {"output": str(self.output), "extracted": len(self.extracted), "skipped": self.skipped,
+                "text_encoder_changed": self.text_encoder_changed,
                 "overall_fro_retained": self.overall_fro_retained, "fro_retained": self.extracted}
 
 
@@ -49,10 +52,17 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
     if conv_rank is not None:
         jobs += [(name, shape, conv_rank) for _, name, shape in a.targets(conv=True)]
     report = ExtractReport(output)
+    te = {name: shape for part, name, shape in a.targets(conv=False) if part == "text_encoder"}
+    progress.step(0, 1, "comparing the text encoders")
+    report.text_encoder_changed = _differs(a, b, te, min_diff)
+    if not report.text_encoder_changed:  # sd-scripts: "Text encoder is same. Extract U-Net only."
+        report.skipped = [name for name, _, _ in jobs if name in te]
+        jobs = [job for job in jobs if job[0] not in te]
     kept_sq = total_sq = 0.0
+    unet_diff = 0.0  # the largest UNet difference: with the text encoder, whether there is anything to extract
 
     def modules():
-        nonlocal kept_sq, total_sq
+        nonlocal kept_sq, total_sq, unet_diff
         for i, (name, shape, r) in enumerate(jobs):
             progress.step(i, len(jobs), name)
             wa, wb = a.weight(name, shape), b.weight(name, shape)
@@ -61,9 +71,8 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
                                            tuned_shape=str(list(wb.shape))))
             diff = wb.float() - wa.float()
             del wa, wb
-            if float(diff.abs().max()) < min_diff:
-                report.skipped.append(name)
-                continue
+            if name not in te:
+                unet_diff = max(unet_diff, float(diff.abs().max()))
             u, s, vh = torch.linalg.svd(diff.reshape(diff.shape[0], -1), full_matrices=False)
             k = min(r, len(s))
             if clamp_quantile < 1.0:  # Kohya's outlier clamp of the factor values
@@ -92,7 +101,18 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
                          count_steps=False)
     progress.step(len(jobs), len(jobs), "")
     report.overall_fro_retained = (kept_sq / total_sq) ** 0.5 if total_sq > 0 else 1.0
-    if not report.extracted:
+    if not report.text_encoder_changed and unet_diff <= min_diff:  # identical within min_diff: a LoRA of (almost) zeros
         output.unlink()
         raise UserError(tool_error("nothing_to_extract", min_diff=f"{min_diff:g}"))
     return report
+
+
+def _differs(a: ModelWeights, b: ModelWeights, modules: dict[str, torch.Size], min_diff: float) -> bool:
+    """Whether any of `modules` differs by more than min_diff between the two models (sd-scripts
+    extract_lora_from_models.py: `torch.max(torch.abs(diff)) > min_diff`), one module's weights at a time; it stops
+    at the first that does."""
+    for name, shape in modules.items():
+        wa, wb = a.weight(name, shape), b.weight(name, shape)
+        if wa.shape == wb.shape and float((wb.float() - wa.float()).abs().max()) > min_diff:
+            return True
+    return False
