@@ -29,6 +29,7 @@ from loratrainer.train.schedulers import build_lr_scheduler
 PRECISIONS = {"fp16": (torch.float16, {"mixed_precision": "fp16", "full_fp16": True}),
               "bf16": (torch.bfloat16, {"mixed_precision": "bf16", "full_bf16": True})}
 RANK, WIDTH = 8, 320  # an SD1.5 attention projection's LoRA at rank 8
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # with CUDA (and bitsandbytes) the 8-bit optimizers run too
 
 
 def _config(name: str, precision: str, **values) -> TrainingConfig:
@@ -36,16 +37,16 @@ def _config(name: str, precision: str, **values) -> TrainingConfig:
     return with_values(TrainingConfig(), {"optimizer": name, "learning_rate": rate, **PRECISIONS[precision][1], **values})
 
 
-def _lora(dtype: torch.dtype, seed: int = 0):
+def _lora(dtype: torch.dtype, seed: int = 0, device: str = "cpu"):
     """A frozen layer, its LoRA factors as peft/Kohya start them (down random, up zero), inputs and a target that a
     rank-RANK change of the layer reaches."""
     g = torch.Generator().manual_seed(seed)
-    base = (torch.randn(WIDTH, WIDTH, generator=g) / WIDTH**0.5).to(dtype)
-    down = torch.nn.Parameter((torch.randn(RANK, WIDTH, generator=g) / WIDTH**0.5).to(dtype))
-    up = torch.nn.Parameter(torch.zeros(WIDTH, RANK, dtype=dtype))
-    x = torch.randn(16, WIDTH, generator=g).to(dtype)
+    base = (torch.randn(WIDTH, WIDTH, generator=g) / WIDTH**0.5).to(device, dtype)
+    down = torch.nn.Parameter((torch.randn(RANK, WIDTH, generator=g) / WIDTH**0.5).to(device, dtype))
+    up = torch.nn.Parameter(torch.zeros(WIDTH, RANK, dtype=dtype, device=device))
+    x = torch.randn(16, WIDTH, generator=g).to(device, dtype)
     wanted = torch.randn(WIDTH, RANK, generator=g) @ torch.randn(RANK, WIDTH, generator=g) / WIDTH
-    target = (x.float() @ (base.float() + wanted).T).to(dtype)
+    target = (x.float() @ (base.float().cpu() + wanted).T.to(device)).to(dtype)
     return base, down, up, x, target
 
 
@@ -76,7 +77,7 @@ def test_plain_adamw_on_fp16_lora_weights_is_nan_after_one_step():
 @pytest.mark.parametrize("name", KNOWN_OPTIMIZERS)
 def test_every_optimizer_trains_fp16_and_bf16_lora_weights(name, precision):
     dtype = PRECISIONS[precision][0]
-    base, down, up, x, target = lora = _lora(dtype)
+    base, down, up, x, target = lora = _lora(dtype, device=DEVICE)
     start = [down.detach().clone(), up.detach().clone()]
     try:
         opt = optimizers.build_optimizer(_config(name, precision), [{"params": [down, up]}])
@@ -92,6 +93,33 @@ def test_every_optimizer_trains_fp16_and_bf16_lora_weights(name, precision):
     assert all(v.dtype == torch.float32 for v in floating), {v.dtype for v in floating}
     if name not in ADAPTIVE:  # Prodigy and D-Adaptation first estimate their step size
         assert losses[-1] < losses[0], losses
+
+
+def test_under_gradscaler_as_accelerate_steps_it_with_fp16_on_a_gpu():
+    """With mixed_precision fp16 on a GPU accelerate steps the optimizer through GradScaler, which
+    setup.allow_fp16_gradients lets unscale fp16 gradients; a step whose gradients overflow is skipped, weights and
+    masters untouched. (GradScaler on the CPU runs the same code.)"""
+    lora = _lora(torch.float16)
+    base, down, up, x, target = lora
+    opt = optimizers.build_optimizer(_config("AdamW", "fp16"), [{"params": [down, up]}])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    unscale = scaler._unscale_grads_
+    scaler._unscale_grads_ = lambda o, inv, found, allow_fp16: unscale(o, inv, found, True)
+    losses = []
+    for step in range(6):
+        loss = _loss(*lora)
+        scaler.scale(loss).backward()
+        if step == 3:  # an overflowing gradient: GradScaler skips the step and lowers its scale
+            before = [down.detach().clone(), up.detach().clone()]
+            up.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        if step == 3:
+            assert torch.equal(down, before[0]) and torch.equal(up, before[1]) and scaler.get_scale() < 2.0**16
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    assert torch.isfinite(down).all() and up.abs().amax() > 0
 
 
 def test_updates_below_the_fp16_rounding_step_add_up():
