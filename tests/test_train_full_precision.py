@@ -179,6 +179,18 @@ def test_the_schedule_sets_the_rate_the_optimizer_uses_and_a_saved_state_resumes
     assert torch.equal(again[1], lora[1]) and torch.equal(again[2], lora[2])
 
 
+def test_a_state_saved_before_the_masters_existed_still_resumes():
+    """Training states saved by earlier versions hold the optimizer's own state dict (on the fp16 weights)."""
+    lora = _lora(torch.float16)
+    plain = torch.optim.SGD([lora[1], lora[2]], lr=0.05, momentum=0.9)
+    _train(plain, lora, 2)
+    opt = optimizers.build_optimizer(_config("SGD", "fp16", optimizer_args="momentum=0.9"), [{"params": [lora[1], lora[2]]}])
+    opt.load_state_dict(copy.deepcopy(plain.state_dict()))
+    momentum = opt.inner.state[opt.inner.param_groups[0]["params"][1]]["momentum_buffer"]
+    assert momentum.dtype == torch.float32 and torch.equal(momentum, plain.state[lora[2]]["momentum_buffer"].float())
+    assert all(math.isfinite(v) for v in _train(opt, lora, 2))
+
+
 def test_adafactor_finding_its_own_rate_reports_it_through_the_schedule():
     config = _config("Adafactor", "bf16", lr_scheduler="adafactor")
     lora = _lora(torch.bfloat16)

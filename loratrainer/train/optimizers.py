@@ -142,7 +142,9 @@ class Fp32Master(torch.optim.Optimizer):
         return {"inner": self.inner.state_dict(), "masters": [m.detach().clone() for _, m in self._pairs()]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state_dict["inner"])
+        if "inner" not in state_dict:  # a state saved before the masters existed: the optimizer's own, on the weights
+            state_dict = {"inner": state_dict, "masters": [p.detach().float() for p, _ in self._pairs()]}
+        self.inner.load_state_dict(state_dict["inner"])  # torch casts the saved moments to the masters' float32
         with torch.no_grad():
             for (p, master), saved in zip(self._pairs(), state_dict["masters"]):
                 master.copy_(saved)  # the weights loaded beside this state are these masters, rounded
