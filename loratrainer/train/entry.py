@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.launch import child_processes, run_files
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
@@ -229,7 +229,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     s = t.report.steps
     run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
              num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-             seed=seed, pid=os.getpid(), pgid=os.getpgid(0) if os.name == "posix" else None,
+             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(),
              mixed_precision=accelerator.mixed_precision)  # the precision used: the GUI notes when it is not the config's
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
     run.phase = "training"
