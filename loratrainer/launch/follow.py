@@ -111,7 +111,12 @@ def _signals_as_keyboard_interrupt() -> Iterator[None]:
     def interrupt(signum, frame) -> None:
         raise KeyboardInterrupt
 
-    old = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGHUP (the terminal closed) exists on POSIX only; Windows delivers Ctrl-C as SIGINT and ends the console's
+    # programs on close
+    signums = [signal.SIGTERM]
+    if sys.platform != "win32":
+        signums.append(signal.SIGHUP)
+    old = {signum: signal.signal(signum, interrupt) for signum in signums}
     try:
         yield
     finally:

@@ -234,10 +234,12 @@ def usable_gpus(config: TrainingConfig) -> int:
 
 
 def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    if sys.platform.startswith("linux"):  # the cores this process may use (a container's or taskset's share)
+        try:
+            return len(os.sched_getaffinity(0))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
 
 
 def check_num_processes(config: TrainingConfig) -> None:
