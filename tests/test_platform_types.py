@@ -1,5 +1,5 @@
 """The Windows check that runs without Windows: mypy with `--platform win32` over the launcher, the GUI, the CLI,
-the LoRA tools and the process helper. typeshed declares os.killpg, os.getpgid, signal.SIGKILL, signal.SIGHUP,
+the LoRA tools, the process helper (launch/child_processes.py) and scripts/bootstrap.py. typeshed declares os.killpg, os.getpgid, signal.SIGKILL, signal.SIGHUP,
 fcntl, os.pathconf, os.sched_getaffinity... for POSIX only, and mypy narrows on `sys.platform` checks (not on
 `os.name`), so a POSIX-only call outside a `sys.platform` branch is an error on win32 and not on linux.
 
@@ -38,7 +38,9 @@ def _platform_errors(targets: list[str]) -> list[str]:
 
 
 def _package_args() -> list[str]:
-    return [arg for package in PACKAGES for arg in ("-p", package)]
+    # and the installer gui.bat runs on Windows itself
+    folders = [str(ROOT.joinpath(*package.split("."))) for package in PACKAGES]  # mypy takes packages or files, not both
+    return folders + [str(ROOT / "scripts" / "bootstrap.py")]
 
 
 def test_the_launcher_gui_cli_and_tools_type_check_for_windows():
