@@ -240,3 +240,21 @@ def test_psutil_is_a_declared_dependency():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert '"psutil' in deps and json is not None
+
+
+def test_stopping_a_run_escalates_through_the_helper(spy, tmp_path):
+    """processes.stop_all (the GUI's and `loratrainer train`'s stop, RunProcess.stop): STOP file, terminate, kill."""
+    import subprocess as sp
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stubborn = sp.Popen([sys.executable, "-c", STUBBORN, "-m", processes.ENTRY_MODULE, "--run-dir", str(run_dir)],
+                        stdout=sp.PIPE, text=True, start_new_session=True)
+    try:
+        assert stubborn.stdout.readline().strip() == "ready"
+        assert processes.stop_all(run_dir, stop_grace_s=0.3, term_grace_s=0.5) == "killed"
+        kinds = [kind for kind, _ in spy]
+        assert kinds.index("terminate") < kinds.index("kill") and ("terminate", [stubborn.pid]) in spy
+        assert (run_dir / "STOP").exists() and stubborn.wait(timeout=10) == -9
+    finally:
+        stubborn.kill()
