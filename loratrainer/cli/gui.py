@@ -19,6 +19,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--listen", metavar="ADDR", default="127.0.0.1", help="address to listen on; anything but loopback needs --username and --password")
     p.add_argument("--username", help="user name required to open the page")
     p.add_argument("--password", help="password required to open the page (or set LORATRAINER_GUI_PASSWORD, which `ps` does not show)")
+    p.add_argument("--public-name", action="append", default=[], metavar="NAME",
+                   help="with --listen: a name or address the browser uses for this machine that it does not know itself "
+                   "(a public address behind NAT, a container's host); repeatable, or LORATRAINER_GUI_PUBLIC_NAMES=a,b "
+                   "(docs/remote.md)")
     p.add_argument("--language", choices=["en", "ko"], help="force the page language (default: follow the browser)")
     p.set_defaults(run=run)
 
@@ -34,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         username=args.username,
         password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
+        public_names=tuple(args.public_name or public_names_from_env()),
     )
     try:
         return serve(options, create_app)
@@ -43,3 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print("stopped", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)
+
+
+def public_names_from_env() -> list[str]:
+    return [n.strip() for n in os.environ.get("LORATRAINER_GUI_PUBLIC_NAMES", "").split(",") if n.strip()]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loratrainer.launch import child_processes
 
 
 @dataclass
@@ -69,8 +70,8 @@ class Renders:
             progress.unlink(missing_ok=True)
             argv = [sys.executable, "-m", "loratrainer", "compare", *args, "-o", str(target), "--progress", str(progress)]
             with open(log, "wb") as out:
-                popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=os.name == "posix")
+                popen = child_processes.start(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
             self.current = Render(target, progress, log, popen)
             return self.current
 
@@ -80,17 +81,5 @@ class Renders:
             if r is None or not r.running:
                 return False
             r.cancelled = True
-            try:
-                if os.name == "posix":
-                    os.killpg(r.popen.pid, signal.SIGTERM)
-                else:
-                    r.popen.terminate()
-            except ProcessLookupError:
-                pass
-            try:
-                r.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                if os.name == "posix":
-                    os.killpg(r.popen.pid, signal.SIGKILL)
-                r.popen.wait()
+            child_processes.stop(r.popen, term_grace_s=10)  # its whole group/tree: terminate, then kill
             return True

@@ -7,8 +7,10 @@ else we did not put there; this class is how images reach the page. The user's f
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
+import zipfile
 from pathlib import Path
 
 
@@ -44,6 +46,48 @@ class Display:
             return str(target)
         except Exception:
             return None
+
+    def download(self, source: str | Path) -> str | None:
+        """A run's file offered for download under its own name (the page's download takes the file's name): a hard
+        link in a folder of its own where the file system allows (no second copy of a large LoRA), else a copy;
+        None when it is gone."""
+        source = Path(source)
+        try:
+            folder = self._target(source, "download", "")
+            target = folder / source.name
+            if not target.exists():
+                with self._lock:
+                    folder.mkdir(exist_ok=True)
+                    try:
+                        os.link(source, target)
+                    except OSError:
+                        shutil.copyfile(source, target)
+            return str(target)
+        except OSError:
+            return None
+
+    def zip_download(self, name: str, sources: list[Path]) -> str | None:
+        """The files in one zip (stored, not compressed: LoRA files and PNGs hardly shrink), each under its own name
+        (a repeated name gets its folder's name in front); None when none of them exists."""
+        present = [Path(s) for s in sources if Path(s).is_file()]
+        if not present:
+            return None
+        key = hashlib.sha1("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in present).encode()).hexdigest()[:20]
+        folder = self.root / key
+        target = folder / f"{name}.zip"
+        if target.exists():
+            return str(target)
+        with self._lock:
+            folder.mkdir(exist_ok=True)
+            partial = folder / f".{name}.zip.partial"
+            seen: set[str] = set()
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for path in present:
+                    arcname = path.name if path.name not in seen else f"{path.parent.name}/{path.name}"
+                    seen.add(arcname)
+                    zf.write(path, arcname)
+            partial.replace(target)
+        return str(target)
 
     def copy(self, source: str | Path) -> str | None:
         """A copy of a file made by a run (a sample image), or None when it is gone."""

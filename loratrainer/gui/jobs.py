@@ -101,13 +101,12 @@ class Jobs:
         if process is not None:
             process.kill()
             return
+        from loratrainer.launch import child_processes
         from loratrainer.launch.processes import kill_all
 
         pid = self._follow(Path(run_dir)).pid
         if pid and _alive(pid):
-            import signal
-
-            os.kill(pid, signal.SIGKILL)
+            child_processes.kill([pid])
         kill_all(run_dir)  # a run this GUI did not start (page reloaded after a restart): every worker of it
 
     # -- finding runs ----------------------------------------------------------------------------------------
@@ -262,12 +261,7 @@ def _is_dir(path: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    # not os.kill(pid, 0): on Windows that is TerminateProcess, not a question
+    from loratrainer.launch import child_processes
+
+    return child_processes.alive(pid)

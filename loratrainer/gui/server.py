@@ -39,6 +39,9 @@ class ServeOptions:
     password: str | None = None
     language: str | None = None  # None = follow the browser
     state_dir: Path | None = None  # where the GUI remembers its runs; None = ~/.cache/loratrainer
+    # with --listen: the names the browser uses for this machine that it does not know itself (a rented box's
+    # public address behind NAT, a container's host, a provider's proxy name); docs/remote.md
+    public_names: tuple[str, ...] = ()
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -59,6 +62,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def validate(options: ServeOptions) -> None:
     """Anything but loopback is reachable by others: it needs a user name and password."""
     if not is_loopback(options.host) and not options.auth:
@@ -70,6 +81,11 @@ def validate(options: ServeOptions) -> None:
         raise UserError("give both --username and --password, or neither")
     if not 0 < options.port < 65536:
         raise UserError(f"--port {options.port}: choose a port between 1 and 65535")
+    if options.public_names and is_loopback(options.host):
+        raise UserError("--public-name is for --listen: on 127.0.0.1 the page is reached as 127.0.0.1 or localhost")
+    for name in options.public_names:
+        if not name or any(c in name for c in "/*:@ ") and not _is_ip(name):
+            raise UserError(f"--public-name {name!r}: give a host name or an address, without a port or a scheme")
 
 
 def allowed_hosts(options: ServeOptions) -> list[str]:
@@ -83,6 +99,8 @@ def allowed_hosts(options: ServeOptions) -> list[str]:
     if not is_loopback(options.host):  # the names other machines use for this one
         name = socket.gethostname()
         hosts |= {name, socket.getfqdn()}
+    if not is_loopback(options.host):
+        hosts |= set(options.public_names)
     if options.host in ("0.0.0.0", "::"):  # every address of this machine
         try:
             hosts |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}

@@ -11,7 +11,6 @@ which the tool stops at the next module and leaves no file. Outputs go beside th
 # No `from __future__ import annotations`: Gradio reads gr.Request annotations (as in tab_utilities).
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
+from loratrainer.launch import child_processes
 from loratrainer.tools.messages import message_from_json
 from loratrainer.tools.outputs import free_name
 
@@ -35,9 +35,9 @@ class ToolProcess:
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "lora", *args, "--json", "--progress-json"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                     encoding="utf-8", errors="replace", env=env, start_new_session=True)
+        self.proc = child_processes.start([sys.executable, "-m", "loratrainer", "lora", *args, "--json", "--progress-json"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                          encoding="utf-8", errors="replace", env=env)
         self.done, self.total, self.errors, self.stdout = 0, 0, [], ""
         self.message = None  # the tool's coded error (loratrainer.messages.Msg), when it sent one
         self._threads = [threading.Thread(target=self._read_progress, daemon=True),
@@ -72,10 +72,8 @@ class ToolProcess:
         return code
 
     def cancel(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # SIGTERM to its group: the tool stops at the next module and leaves no file (Windows: the tree ends)
+        child_processes.terminate([self.proc.pid], [self.proc.pid])
 
     def error_line(self) -> str:
         """The tool's own one-sentence error (`error: ...`), else the last line it wrote."""

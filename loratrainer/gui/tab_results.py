@@ -20,7 +20,8 @@ from loratrainer.gui.context import UiContext
 
 DEFAULT_WEIGHTS = "0, 0.5, 0.75, 1"
 RESULTS_OUTPUTS = ("results_files", "results_samples", "results_paths", "results_summary", "results_meta", "results_file_path",
-                   "results_records", "grid_files", "grid_prompts", "sample_grid", "weight_grid", "grid_message", "sample_grid_message")
+                   "results_records", "grid_files", "grid_prompts", "sample_grid", "weight_grid", "grid_message", "sample_grid_message",
+                   "results_download", "results_zip")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -102,7 +103,8 @@ class ResultsHandlers:
         empty = {n["results_files"]: [], n["results_samples"]: [], n["results_paths"]: "", n["results_summary"]: t("results.none"),
                  n["results_meta"]: None, n["results_file_path"]: "", n["results_records"]: [],
                  n["grid_files"]: gr.update(choices=[], value=[]), n["grid_prompts"]: "", n["sample_grid"]: None, n["weight_grid"]: None,
-                 n["grid_message"]: "", n["sample_grid_message"]: ""}
+                 n["grid_message"]: "", n["sample_grid_message"]: "",
+                 n["results_download"]: gr.update(value=None, interactive=False), n["results_zip"]: None}
         if not run_dir:
             return empty
         run = Path(run_dir)
@@ -160,7 +162,29 @@ class ResultsHandlers:
             return {n["results_meta"]: None, n["results_file_path"]: ""}
         path = records[row]
         meta = read_metadata(path)
-        return {n["results_meta"]: readable_metadata(meta) if meta else {"": self.t("results.no_metadata")}, n["results_file_path"]: path}
+        offered = self.ui.display.download(path)  # for a browser on another machine (docs/remote.md)
+        return {n["results_meta"]: readable_metadata(meta) if meta else {"": self.t("results.no_metadata")}, n["results_file_path"]: path,
+                n["results_download"]: _download_update(offered)}
+
+    def zip_run(self, run_dir: str | None) -> dict:
+        """Every LoRA file, sample image and grid the run made, in one zip to download. Only the files the run's
+        events name (and its grids), never anything else of the disk."""
+        n = self.ui.named
+        if not run_dir:
+            return {n["results_zip"]: None, n["results_tools_message"]: self.t("results.none")}
+        run = Path(run_dir)
+        if run not in self.ui.jobs.runs():
+            return {n["results_zip"]: None, n["results_tools_message"]: self.t("results.none")}
+        record = read_run(run)
+        files = [f.path for f in record.files if f.exists] + [Path(s.path) for s in record.samples]
+        files += [run / "sample-grid.png", *sorted((run / "grids").glob("weights-*.png"))]
+        try:
+            made = self.ui.display.zip_download(run.name, files)
+        except OSError as exc:
+            return {n["results_zip"]: None, n["results_tools_message"]: self.t("results.zip_failed", error=str(exc))}
+        if made is None:
+            return {n["results_zip"]: None, n["results_tools_message"]: self.t("results.zip_empty")}
+        return {n["results_zip"]: made, n["results_tools_message"]: ""}
 
     # -- doors out ----------------------------------------------------------------------------------------
 
@@ -287,6 +311,12 @@ class ResultsHandlers:
                 n["grid_cancel"]: gr.update(interactive=False)}
 
 
+def _download_update(path: str | None):
+    import gradio as gr
+
+    return gr.update(value=path, interactive=path is not None)
+
+
 def build(ui: UiContext) -> ResultsHandlers:
     import gradio as gr
 
@@ -306,6 +336,10 @@ def build(ui: UiContext) -> ResultsHandlers:
         n["results_file_path"] = gr.Textbox(label=t("results.file_path"), info=t("results.file_path_help"), interactive=False, buttons=["copy"],
                                             elem_id="results-file-path", scale=2)
         n["results_meta"] = gr.JSON(label=t("results.metadata"), elem_id="results-meta", open=False, scale=3)
+    with gr.Row(equal_height=True):
+        n["results_download"] = gr.DownloadButton(t("results.download_file"), value=None, interactive=False, elem_id="results-download")
+        zip_button = gr.Button(t("results.zip_button"), elem_id="results-zip-button")
+        n["results_zip"] = gr.File(label=t("results.zip_file"), interactive=False, elem_id="results-zip")
     n["results_paths"] = gr.Textbox(label=t("results.paths"), info=t("results.paths_help"), lines=3, interactive=False, buttons=["copy"],
                                     elem_id="results-paths")
     with gr.Row():
@@ -341,8 +375,9 @@ def build(ui: UiContext) -> ResultsHandlers:
         return h.select_file(records, evt)
 
     on_select.__annotations__ = {"evt": gr.SelectData}  # a real class: Gradio finds the event data by annotation
-    n["results_files"].select(on_select, inputs=[n["results_records"]], outputs=[n["results_meta"], n["results_file_path"]],
-                              api_visibility="private")
+    n["results_files"].select(on_select, inputs=[n["results_records"]],
+                              outputs=[n["results_meta"], n["results_file_path"], n["results_download"]], api_visibility="private")
+    zip_button.click(h.zip_run, inputs=[n["results_run"]], outputs=[n["results_zip"], n["results_tools_message"]], api_visibility="private")
     open_output.click(h.open_output, inputs=[n["results_run"]], outputs=[n["results_tools_message"]], api_visibility="private")
     tensorboard.click(h.tensorboard, inputs=[n["results_run"]], outputs=[n["results_tools_message"]], api_visibility="private")
     sample_button.click(h.make_sample_grid, inputs=[n["results_run"]], outputs=[n["sample_grid_message"], n["sample_grid"]], api_visibility="private")

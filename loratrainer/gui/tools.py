@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from loratrainer.launch import child_processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -44,8 +46,7 @@ class TensorBoards:
                 return known[1]
             port = _free_port()
             argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
-            popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     start_new_session=os.name == "posix")
+            popen = child_processes.start(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             url = f"http://127.0.0.1:{port}/"
             self.running[logdir] = (popen, url)
         deadline = time.time() + timeout
@@ -62,8 +63,7 @@ class TensorBoards:
     def close(self) -> None:
         with self._lock:
             for popen, _ in self.running.values():
-                if popen.poll() is None:
-                    popen.terminate()
+                child_processes.stop(popen, term_grace_s=5)
             self.running.clear()
 
 
@@ -73,14 +73,14 @@ def open_folder(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     try:
-        if sys.platform.startswith("win"):
-            os.startfile(str(folder))  # type: ignore[attr-defined]
+        if sys.platform == "win32":
+            os.startfile(str(folder))
             return True
         opener = "open" if sys.platform == "darwin" else "xdg-open"
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
             return False
-        subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+        child_processes.start([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
         return True
     except OSError:
         return False

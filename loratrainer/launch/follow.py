@@ -62,7 +62,8 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
 
 
 def _wait_then_escalate(run: RunProcess) -> None:
-    """After the STOP file: wait; then SIGTERM to every process group of the run; then SIGKILL."""
+    """After the STOP file: wait; then SIGTERM to every process group of the run (Windows: terminate every tree);
+    then kill."""
     import subprocess
 
     from loratrainer.launch import processes
@@ -72,8 +73,7 @@ def _wait_then_escalate(run: RunProcess) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
-    if os.name == "posix":
-        processes.signal_all(run.run_dir, signal.SIGTERM)
+    processes.signal_all(run.run_dir, signal.SIGTERM)  # Windows: every process tree of the run is terminated
     try:
         run.wait(timeout=processes.TERM_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -111,7 +111,12 @@ def _signals_as_keyboard_interrupt() -> Iterator[None]:
     def interrupt(signum, frame) -> None:
         raise KeyboardInterrupt
 
-    old = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGHUP (the terminal closed) exists on POSIX only; Windows delivers Ctrl-C as SIGINT and ends the console's
+    # programs on close
+    signums = [signal.SIGTERM]
+    if sys.platform != "win32":
+        signums.append(signal.SIGHUP)
+    old = {signum: signal.signal(signum, interrupt) for signum in signums}
     try:
         yield
     finally:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,11 @@ def _name_max(folder: Path) -> int:
     """The file system's longest file name in bytes (255 on ext4, tmpfs, NTFS, APFS) at the nearest existing folder."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if sys.platform == "win32":
+        return 255  # NTFS, exFAT and FAT32 long names alike; Windows has no pathconf
     try:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return 255
 
 

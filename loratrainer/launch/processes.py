@@ -4,9 +4,10 @@
 signal to accelerate's process group does not reach them, and when accelerate itself is killed they train on as
 orphans. So every process of a run is recorded in `<run folder>/processes/` (the launcher by `start_run`, each
 worker by itself as its first act) with its pid, process group and start time (a pid the system gave to another
-program since is not taken for ours), and on Linux the process table is also searched for command lines naming
-the run folder (a worker killed before it could write its record). Stopping goes STOP file -> SIGTERM ->
-SIGKILL, each to every process group found. No torch here: the GUI and the CLI import this.
+program since is not taken for ours), and the process table is also searched for command lines naming the run
+folder (a worker killed before it could write its record). Stopping goes STOP file -> SIGTERM -> SIGKILL, each to
+every process group found (Windows: STOP file -> terminate every process tree -> kill). Finding and signalling
+go through launch/child_processes.py (psutil), the same on every OS. No torch here: the GUI and the CLI import this.
 """
 
 from __future__ import annotations
@@ -15,46 +16,41 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.launch import child_processes, run_files
 from loratrainer.files import atomic_write
 from loratrainer.launch.run_files import PROCESSES_DIR, launcher_record_name, worker_record_name
 
 ENTRY_MODULE = "loratrainer.train.entry"
 STOP_GRACE_S = 60.0  # after the STOP file: time to save `<name>-interrupted` (and a state) before SIGTERM
 TERM_GRACE_S = 15.0  # after SIGTERM: before SIGKILL
+KILL = -9  # signal_all's "kill at once" (SIGKILL on POSIX, a name Windows lacks; TerminateProcess there)
 
 
 @dataclass(frozen=True)
 class ProcessRecord:
     role: str  # "launcher" (accelerate launch) or "worker" (the trainer)
     pid: int
-    pgid: int
-    start: int | None  # the process start time in clock ticks since boot (/proc/PID/stat field 22)
+    pgid: int  # the process group (POSIX); the pid itself on Windows
+    start: float | None  # child_processes.start_time: seconds since boot (Linux) or the epoch (elsewhere)
     host: str
     rank: int = 0  # global rank of a worker; the machine rank of a launcher
     local_rank: int = 0
     machine_rank: int = 0
 
 
-def start_ticks(pid: int) -> int | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _state_and_group(pid: int) -> tuple[str, int] | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return fields[0], int(fields[2])
-    except (OSError, IndexError, ValueError):
-        return None
+def start_ticks(pid: int) -> float | None:
+    """The process's start time as recorded (`child_processes.start_time`; the name is kept from when it was
+    read from /proc in clock ticks). Records written that way (an int) are compared by pid alone."""
+    return child_processes.start_time(pid)
 
 
 def _record(run_dir: Path, name: str, record: ProcessRecord) -> None:
@@ -62,16 +58,16 @@ def _record(run_dir: Path, name: str, record: ProcessRecord) -> None:
 
 
 def record_launcher(run_dir: str | Path, pid: int, machine_rank: int = 0) -> None:
-    pgid = os.getpgid(pid) if os.name == "posix" else pid
     _record(Path(run_dir), launcher_record_name(machine_rank),
-            ProcessRecord("launcher", pid, pgid, start_ticks(pid), socket.gethostname(), machine_rank, 0, machine_rank))
+            ProcessRecord("launcher", pid, child_processes.process_group(pid), start_ticks(pid), socket.gethostname(),
+                          machine_rank, 0, machine_rank))
 
 
 def record_this_worker(run_dir: str | Path) -> ProcessRecord:
     """Called by the trainer first thing; torchrun sets RANK/LOCAL_RANK/GROUP_RANK (absent: one process)."""
     env = os.environ
     pid = os.getpid()
-    record = ProcessRecord("worker", pid, os.getpgid(0) if os.name == "posix" else pid, start_ticks(pid), socket.gethostname(),
+    record = ProcessRecord("worker", pid, child_processes.process_group(pid), start_ticks(pid), socket.gethostname(),
                            int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("GROUP_RANK", 0)))
     _record(Path(run_dir), worker_record_name(record.rank), record)
     return record
@@ -91,65 +87,25 @@ def is_alive(record: ProcessRecord) -> bool:
     """The recorded process still runs (not a zombie) and is the same process (same start time)."""
     if record.host != socket.gethostname():
         return False  # another machine's worker: its own launcher stops it
-    if Path("/proc").is_dir():
-        found = _state_and_group(record.pid)
-        if found is None or found[0] in ("Z", "X"):
-            return False
-        return record.start is None or start_ticks(record.pid) == record.start
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass
-    return True
+    # an int is a start in clock ticks from /proc (a record written before child_processes): pid alone
+    start = record.start if isinstance(record.start, float) else None
+    return child_processes.alive(record.pid, start)
+
+
+def _names_run(run_dir: Path) -> Callable[[list[str]], bool]:
+    target = str(run_dir)
+    return lambda argv: ENTRY_MODULE in argv and _run_dir_arg(argv) == target
 
 
 def _naming(run_dir: Path) -> list[int]:
     """Live processes whose command line is `... loratrainer.train.entry --run-dir <run_dir>` (launcher and workers,
     and the workers' forked data loaders, which share their command line)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    target = str(run_dir)
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if ENTRY_MODULE in argv and _run_dir_arg(argv) == target:
-            state = _state_and_group(int(entry.name))
-            if state is not None and state[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+    return child_processes.find(_names_run(run_dir))
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group; from /proc where there is one (an orphan's zombie may
-    never be reaped in a container), else whether `killpg(pgid, 0)` finds any."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    """Live (not zombie) processes of a process group (child_processes.group_members)."""
+    return child_processes.group_members(pgid)
 
 
 def _run_dir_arg(argv: list[str]) -> str | None:
@@ -167,14 +123,16 @@ def live_processes(run_dir: str | Path) -> dict[int, int]:
     for record in read_records(run_dir):
         if is_alive(record):
             pids.add(record.pid)
-        if record.host == socket.gethostname() and Path("/proc").is_dir():
+        if record.host == socket.gethostname() and sys.platform != "win32":
             pids.update(group_members(record.pgid))
     pids.discard(os.getpid())
     out = {}
     for pid in pids:
-        found = _state_and_group(pid) if Path("/proc").is_dir() else ("R", pid)
-        if found is not None and found[0] not in ("Z", "X"):
-            out[pid] = found[1]
+        if child_processes.alive(pid):
+            try:
+                out[pid] = child_processes.process_group(pid)
+            except OSError:
+                continue  # gone in between
     return out
 
 
@@ -184,33 +142,25 @@ def alive(run_dir: str | Path) -> bool:
 
 def signal_all(run_dir: str | Path, signum: int) -> list[int]:
     """Send `signum` to every process group of the run (and each process, in case it left its group); never to
-    our own group. Returns the pids that were alive."""
+    our own group. SIGTERM terminates and any other signal kills (child_processes: on Windows, TerminateProcess
+    on every process tree of the run). Returns the pids that were alive."""
     live = live_processes(run_dir)
-    own = os.getpgid(0) if os.name == "posix" else None
     # only groups led by a process of the run or recorded as the run's: never a shell's group a process joined
     ours = set(live) | {r.pgid for r in read_records(run_dir) if r.host == socket.gethostname()}
-    for pgid in set(live.values()):
-        if pgid != own and pgid > 1 and pgid in ours:
-            try:
-                os.killpg(pgid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
-    for pid in live:
-        try:
-            os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+    groups = [g for g in set(live.values()) if g in ours]
+    if signum == signal.SIGTERM:
+        child_processes.terminate(live, groups)
+    else:
+        child_processes.kill(live, groups)
     return sorted(live)
 
 
 def kill_all(run_dir: str | Path) -> list[int]:
-    """SIGKILL every process of the run, repeated until none is left (a worker may be starting right now)."""
-    if os.name != "posix":
-        return []
+    """Kill every process of the run, repeated until none is left (a worker may be starting right now)."""
     killed: list[int] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        hit = signal_all(run_dir, signal.SIGKILL)
+        hit = signal_all(run_dir, KILL)
         if not hit:
             break
         killed += hit
@@ -228,19 +178,18 @@ def wait_gone(run_dir: str | Path, timeout: float, poll_s: float = 0.2) -> bool:
 
 
 def stop_all(run_dir: str | Path, stop_grace_s: float = STOP_GRACE_S, term_grace_s: float = TERM_GRACE_S) -> str:
-    """STOP file, wait; SIGTERM to every process group, wait; SIGKILL. Returns how it ended: "stopped",
-    "terminated" or "killed" (or "not running")."""
+    """STOP file, wait; terminate every process group (SIGTERM; Windows: every tree), wait; kill. Returns how it
+    ended: "stopped", "terminated" or "killed" (or "not running")."""
     run_dir = Path(run_dir)
     if not alive(run_dir):
         return "not running"
     atomic_write(run_dir / run_files.STOP_FILE, f"stop requested at {events.now_iso()}\n")
     if wait_gone(run_dir, stop_grace_s):
         return "stopped"
-    if os.name == "posix":
-        signal_all(run_dir, signal.SIGTERM)
-        if wait_gone(run_dir, term_grace_s):
-            return "terminated"
-        kill_all(run_dir)
+    signal_all(run_dir, signal.SIGTERM)
+    if wait_gone(run_dir, term_grace_s):
+        return "terminated"
+    kill_all(run_dir)
     return "killed"
 
 
@@ -252,18 +201,14 @@ def running_runs(output_dir: str | Path, machine_rank: int | None = None, loggin
     given: the ranks of a multi-machine run on one computer share the output folder by design)."""
     target = _real(output_dir)
     candidates: set[Path] = set()
-    proc = Path("/proc")
-    if proc.is_dir():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if ENTRY_MODULE in argv and _run_dir_arg(argv):
-                candidates.add(Path(_run_dir_arg(argv)))
-    if logging_dir is not None:  # without /proc: the records of the runs in the usual run-folder root
+    for pid in child_processes.find(lambda argv: ENTRY_MODULE in argv and _run_dir_arg(argv) is not None):
+        try:
+            argv = psutil.Process(pid).cmdline()
+        except (psutil.Error, OSError):
+            continue
+        if _run_dir_arg(argv):
+            candidates.add(Path(str(_run_dir_arg(argv))))
+    if logging_dir is not None:  # also the records of the runs in the usual run-folder root
         candidates.update(p.parent.parent for p in Path(logging_dir).glob(f"*/{PROCESSES_DIR}/*.json"))
     found = []
     for run_dir in sorted(candidates):

@@ -124,13 +124,14 @@ def start_detached(queue: RunQueue) -> int:
     page or the GUI is closed. Returns its pid. A second runner exits at once (the lock)."""
     import subprocess
 
+    from loratrainer.launch import child_processes
+
     queue.folder.mkdir(parents=True, exist_ok=True)
     log = open(queue.folder / RUNNER_LOG, "ab")
     env = {**os.environ, "LORATRAINER_CONFIG_DIR": str(queue.folder), "PYTHONUNBUFFERED": "1"}
     try:
-        kwargs = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
-        proc = subprocess.Popen([sys.executable, "-m", "loratrainer", "queue", "run"], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, **kwargs)
+        proc = child_processes.start([sys.executable, "-m", "loratrainer", "queue", "run"], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     finally:
         log.close()
     return proc.pid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -221,7 +222,22 @@ def _file_lock(path: Path) -> Iterator[None]:
     """An OS lock on a side file: released by the kernel when its holder dies, so a killed process never
     leaves the queue locked."""
     with open(path, "a+b") as fh:
-        if os.name == "posix":
+        if sys.platform == "win32":  # pragma: no cover  (not run here: checked by tests/test_platform_types.py)
+            import msvcrt
+
+            fh.seek(0)
+            while True:
+                try:  # LK_LOCK tries for 10 seconds, then raises: a long queue write is waited for
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
             import fcntl
 
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -229,16 +245,6 @@ def _file_lock(path: Path) -> Iterator[None]:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        else:  # pragma: no cover  (Windows)
-            import msvcrt
-
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 @contextmanager
@@ -246,8 +252,20 @@ def runner_lock(folder: Path) -> Iterator[bool]:
     """Held by the one queue runner for its whole life; yields False when another runner holds it."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / (QUEUE_FILE + ".runner"), "a+b") as fh:
-        if os.name != "posix":  # pragma: no cover
-            yield True
+        if sys.platform == "win32":  # pragma: no cover  (a region lock, also dropped when its holder dies)
+            import msvcrt
+
+            fh.seek(0)
+            try:
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
             return
         import fcntl
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
-from loratrainer.launch import processes, run_files
+from loratrainer.launch import child_processes, processes, run_files
 from loratrainer.launch.eight_bit import refusal
 from loratrainer.launch.input_checks import check_inputs, remove_stale_partials
 from loratrainer.launch.path_checks import check_paths
@@ -235,10 +234,12 @@ def usable_gpus(config: TrainingConfig) -> int:
 
 
 def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    if sys.platform.startswith("linux"):  # the cores this process may use (a container's or taskset's share)
+        try:
+            return len(os.sched_getaffinity(0))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
 
 
 def check_num_processes(config: TrainingConfig) -> None:
@@ -349,8 +350,6 @@ class RunProcess:
         killed accelerate launch; until it is gone the run is not over."""
         if self.popen.poll() is None:
             return True
-        if os.name != "posix":
-            return False
         return bool(processes.group_members(self.popen.pid)) or processes.alive(self.run_dir)
 
     def exit_code(self, raw: int) -> int:
@@ -370,13 +369,7 @@ class RunProcess:
     def kill(self) -> None:
         """Kill the whole run at once: accelerate's process group and every worker's (they are in sessions of their
         own), their data loaders included, also a trainer that outlived accelerate launch."""
-        try:
-            if os.name == "posix":
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            elif self.popen.poll() is None:
-                self.popen.kill()
-        except ProcessLookupError:
-            pass
+        child_processes.kill([self.popen.pid], [self.popen.pid])  # accelerate's group (its tree, on Windows)
         processes.kill_all(self.run_dir)
 
     def stop(self, stop_grace_s: float | None = None, term_grace_s: float | None = None) -> str:
@@ -419,7 +412,7 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     console = open(run_dir / CONSOLE_FILE, "ab")
     try:
-        popen = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **_new_session())
+        popen = child_processes.start(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     finally:
         console.close()  # the child holds its own descriptor
     try:
@@ -427,12 +420,6 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     except OSError:
         pass  # it may have ended already; the workers record themselves
     return RunProcess(run_dir=run_dir, popen=popen, argv=argv)
-
-
-def _new_session() -> dict:
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
 
 
 def format_command(argv: list[str]) -> str:

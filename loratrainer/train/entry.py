@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 
 from loratrainer import events
-from loratrainer.launch import outcomes, run_files
+from loratrainer.launch import child_processes, outcomes, run_files
+from loratrainer.train.device import choose as choose_device, probe as probe_device
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(run_dir, accelerator.is_main_process)
     if accelerator.mixed_precision != config.precision.mixed_precision:
         # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
-        log.warning("no CUDA GPU: mixed precision %s is off, training in fp32", config.precision.mixed_precision)
+        log.warning("%s", choose_device(config.precision.mixed_precision, probe_device()).note
+                    or f"mixed precision {config.precision.mixed_precision} is off, training in fp32")
     if not accelerator.is_main_process:
         say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run, accelerator)
@@ -119,12 +121,11 @@ def make_accelerator(config: TrainingConfig):
     from accelerate.utils import DistributedDataParallelKwargs
 
     torch.set_num_threads(config.launch.num_cpu_threads_per_process)
-    precision = config.precision.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        precision = "no"  # fp16 autocast needs a GPU; noted in train.log by main()
+    # CUDA, Apple's GPU (mps) or the CPU, in a precision that works there (train/device.py); noted in train.log by main()
+    device = choose_device(config.precision.mixed_precision, probe_device())
     # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
     unused = config.trains_text_encoder and config.model.clip_skip > 1
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
+    accelerator = Accelerator(cpu=device.kind == "cpu", mixed_precision=device.precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     return accelerator
 
@@ -240,7 +241,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     s = t.report.steps
     run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
              num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-             seed=seed, pid=os.getpid(), pgid=os.getpgid(0) if os.name == "posix" else None,
+             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(),
              mixed_precision=accelerator.mixed_precision)  # the precision used: the GUI notes when it is not the config's
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
     run.phase = "training"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from loratrainer.launch import child_processes
 
 
 FAULT_ENV = "LORATRAINER_FAULT"
@@ -75,7 +76,7 @@ def during_save(save_number: int, path) -> Iterator[None]:
 
     def fsync(fd: int) -> None:
         if kill:
-            os.kill(os.getpid(), signal.SIGKILL)
+            child_processes.kill_self()
         raise OSError(errno.ENOSPC, "No space left on device (injected by LORATRAINER_FAULT)", str(path))
 
     os.fsync = fsync

@@ -419,6 +419,11 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     page.locator("#results-files div[role=row]").first.locator(".text").first.click()
     wait_until(lambda: box(page, "results-file-path").input_value().endswith(".safetensors"), 30, "the clicked file's path", page)
     page.locator("#results-meta").get_by_text("ss_network_dim").wait_for()
+    # downloads, for a browser on another machine (docs/remote.md): the chosen file under its own name, its bytes
+    chosen = Path(box(page, "results-file-path").input_value())
+    with page.expect_download(timeout=60_000) as got:
+        page.locator("#results-download").click()
+    assert got.value.suggested_filename == chosen.name and Path(got.value.path()).read_bytes() == chosen.read_bytes()
 
     # The doors out: the output folder (no desktop here: the page says where the files are) and TensorBoard on
     # loopback, started on the run's log folder.
