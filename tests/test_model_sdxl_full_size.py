@@ -1,6 +1,8 @@
 """Full-size SDXL on the meta device (no weights, no memory): the LoRA module set we inject and save is the one
 sd-scripts' own networks/lora.py builds for SDXL, name for name, with the same ranks (Standard and LoCon).
 
+LoHa and LoKr: the module set LyCORIS's lycoris.kohya builds on the same models (names; ranks are LyCORIS's own).
+
 The expected names come from running sd-scripts itself (bench/sd_scripts_sdxl_modules.py, in a separate venv with
 sd-scripts' pinned transformers/diffusers) on its SdxlUNet2DConditionModel and the two text encoders built as
 library/sdxl_model_util.py builds them; the fixture records the sd-scripts commit.
@@ -38,6 +40,13 @@ def test_fixture_is_sd_scripts_own_output():
     assert FIXTURE["commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
     standard, locon = FIXTURE["modules"]["Standard"], FIXTURE["modules"]["LoCon"]
     assert len(standard) == 986 and len(locon) == 1052  # as sd-scripts logs: 264 text-encoder + 722 / 788 U-Net
+    assert set(FIXTURE["modules"]["LoHa"]) == set(FIXTURE["modules"]["LoKr"]) == set(locon)  # LyCORIS: LoCon's set
+
+
+@pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
+def test_full_size_sdxl_lycoris_module_set_equals_lycoris_kohya(lora_type, handles):
+    """sd-scripts with --network_module lycoris.kohya (LyCORIS's own create_network, algo loha / lokr)."""
+    assert set(handles(lora_type).modules) == set(FIXTURE["modules"][lora_type])
 
 
 @pytest.fixture(scope="module")
