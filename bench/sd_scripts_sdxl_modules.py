@@ -8,7 +8,12 @@ weights, no memory). Standard (networks.lora, dim 4 / alpha 1) and LoCon (+ netw
 with lycoris-lora installed in that environment also LoHa and LoKr (lycoris.kohya, algo loha / lokr, conv_dim 2):
 their module names (ranks are LyCORIS's business: recorded as null).
 
-    git -C sd-scripts.git archive HEAD | tar -x -C /tmp/sd-scripts-src
+The recorded run: /tmp/sdscripts-venv with sd-scripts' pins (transformers 4.54.1, diffusers 0.32.1, accelerate
+1.6.0, einops 0.7.0, ...) and lycoris-lora 4.1.3 from PyPI; torch itself (2.14.1) was linked in read-only from the
+project's environment by a .pth file, since the CPU torch index cannot be reached from the helper machine and PyPI's
+torch brings gigabytes of CUDA libraries (the meta device needs no kernels, only the module classes).
+
+    git -C sd-scripts.git archive HEAD library networks | tar -x -C /tmp/sd-scripts-src
     /tmp/sdscripts-venv/bin/python bench/sd_scripts_sdxl_modules.py /tmp/sd-scripts-src COMMIT tests/fixtures/sd_scripts_sdxl_lora_modules.json
 """
 
