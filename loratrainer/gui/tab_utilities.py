@@ -12,6 +12,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
+from loratrainer.messages import Msg
 
 PAGE_SIZE = 12
 RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive")
@@ -151,16 +152,53 @@ class UtilitiesHandlers:
         }
 
     def editor_gallery(self, items: list) -> list:
-        """The gallery of a page's (image, caption) items: a thumbnail with the caption's start under it."""
-        gallery = [(self.ui.display.thumbnail(Path(image)) or "", (caption or "")[:60] or self.t("editor.no_caption")) for image, caption in items or []]
-        return [g for g in gallery if g[0]]
+        """The gallery of a page's (image, caption) items, one entry per item and in the same order: a thumbnail
+        with the caption's start under it, or for an image that cannot be shown a grey tile with its name and why
+        (issue 22: leaving it out shifted every later click onto the next image's caption file)."""
+        return [self._gallery_entry(image, caption) for image, caption in items or []]
 
-    def editor_select(self, items: list, index: int) -> dict:
+    def _gallery_entry(self, image: str, caption: str) -> tuple[str, str]:
+        thumb = self.ui.display.thumbnail(Path(image))
+        if thumb:
+            return thumb, (caption or "")[:120] or self.t("editor.no_caption")
+        return self.ui.display.placeholder(Path(image)), self.t("editor.unreadable", name=Path(image).name, reason=self._unreadable_reason(image))
+
+    def _unreadable_reason(self, image: str) -> str:
+        from loratrainer.data.images import ImageError, probe_image
+
+        try:
+            probe_image(image)
+        except ImageError as exc:
+            return self.t.message(exc.msg)
+        except OSError:
+            pass
+        return self.t.message(Msg.of("image.not_image"))
+
+    def editor_select(self, items: list, index: int, value=None) -> dict:
+        """The clicked image, found by its FILE: the gallery entry's file is matched against each item's
+        thumbnail (or placeholder), so a click can never land on another image's caption. `index` is used only
+        when the entry's file is not given (the API)."""
         n = self.ui.named
-        if not items or index is None or not 0 <= index < len(items):
-            return {n["ed_image"]: "", n["ed_caption"]: "", n["ed_preview"]: None}
-        image, caption = items[index]
-        return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: self.ui.display.thumbnail(image, 512)}
+        empty = {n["ed_image"]: "", n["ed_caption"]: "", n["ed_preview"]: None, n["ed_note"]: ""}
+        items = list(items or [])
+        chosen = None
+        shown = _gallery_file(value)
+        if shown:
+            for image, caption in items:
+                thumb = self.ui.display.thumbnail(Path(image)) or self.ui.display.placeholder(Path(image))
+                if Path(thumb).name == shown:
+                    chosen = (image, caption)
+                    break
+            if chosen is None:
+                return empty
+        elif index is not None and 0 <= index < len(items):
+            chosen = items[index]
+        if chosen is None:
+            return empty
+        image, caption = chosen
+        preview = self.ui.display.thumbnail(image, 512)
+        note = "" if preview else self.t("editor.unreadable", name=Path(image).name, reason=self._unreadable_reason(image))
+        return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: preview, n["ed_note"]: note}
 
     def editor_save(self, folder: str, image: str, caption: str, extension: str, items: list | None = None,
                     *, only_if_changed: bool = False) -> tuple:
@@ -209,6 +247,18 @@ class UtilitiesHandlers:
             return [[tag, count] for tag, count in editor.tag_frequency(Path(folder.strip()), caption_extension=extension or ".txt")[:200]]
         except (UserError, OSError):
             return []
+
+
+def _gallery_file(value) -> str:
+    """The file name of a gallery entry as Gradio's select event gives it ({"image": {"path", "url"}, ...});
+    Gradio keeps the name when it copies the file into its cache."""
+    if not isinstance(value, dict):
+        return ""
+    image = value.get("image") if isinstance(value.get("image"), dict) else value
+    for key in ("path", "url", "orig_name"):
+        if isinstance(image.get(key), str) and image[key]:
+            return Path(image[key].split("?")[0]).name
+    return ""
 
 
 def build(ui: UiContext) -> UtilitiesHandlers:
@@ -308,10 +358,11 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     n["ed_message"] = gr.Markdown(elem_id="ed-message")
     n["ed_items"] = gr.State([])
     with gr.Row(equal_height=False):
-        n["ed_gallery"] = gr.Gallery(label=t("editor.images"), columns=4, height=420, allow_preview=False, elem_id="ed-gallery", scale=3)
+        n["ed_gallery"] = gr.Gallery(label=t("editor.images"), columns=4, height="auto", allow_preview=False, elem_id="ed-gallery", scale=3)
         with gr.Column(scale=2):
             n["ed_preview"] = gr.Image(label=t("editor.preview"), interactive=False, height=260, type="filepath")
-            n["ed_image"] = gr.Textbox(label=t("editor.image"), interactive=False)
+            n["ed_note"] = gr.Markdown(elem_id="ed-note")
+            n["ed_image"] = gr.Textbox(label=t("editor.image"), interactive=False, elem_id="ed-image")
             n["ed_caption"] = gr.Textbox(label=t("editor.caption"), lines=3, elem_id="ed-caption")
             save = gr.Button(t("editor.save"), variant="primary", elem_id="ed-save")
             n["ed_saved"] = gr.Markdown(elem_id="ed-saved")
@@ -330,9 +381,10 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     load.click(h.editor_page, inputs=page_inputs, outputs=page_outputs, api_name="caption_page")
 
     def select(items: list, evt: gr.SelectData) -> dict:
-        return h.editor_select(items, evt.index)
+        return h.editor_select(items, evt.index, evt.value)
 
-    n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
+    n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"], n["ed_note"]],
+                           api_visibility="private")
     # Saving refreshes the page's items and gallery, so the caption under the thumbnail is the saved one.
     save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], api_name="caption_save")

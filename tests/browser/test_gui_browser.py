@@ -60,6 +60,9 @@ def workspace(tmp_path_factory) -> Path:
         make_caption(image, f"a small house, view {i}")
     for i in range(3):  # no captions yet: Utilities > Captioning writes them
         make_image(root / "to-caption" / f"cat {i}.png", (64, 64), color=(200, 60 * i, 40))
+    for i, name in enumerate(["a beach.png", "b broken.png", "c mountain.png", "d forest.png"]):  # the editor's folder
+        make_caption(make_image(root / "editor" / name, (64, 64), color=(50 * i, 90, 160)), f"caption of {name[0]}")
+    (root / "editor" / "b broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     make_image(root / "broken" / "10_dog" / "dog.png", (64, 64))
     (root / "broken" / "10_dog" / "empty.png").write_bytes(b"")
     (root / "broken" / "no_prefix").mkdir()
@@ -504,6 +507,41 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     shot(page, "caption-editor")
     context.close()
     assert not failed, failed
+
+
+def test_caption_editor_past_an_unreadable_image(server, browser, workspace):
+    """Issue 22: an image the editor cannot show is listed by name with why, and a click on the image after it
+    edits THAT image's caption file (the gallery used to leave it out and every later click was off by one)."""
+    folder = workspace / "editor"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.txt")}
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    tab(page, "Utilities")
+    page.get_by_role("tab", name="Caption editor").click()
+    set_value(box(page, "ed-folder"), folder)
+    page.locator("#ed-load").get_by_text("Load folder").click()
+    page.locator("#ed-gallery img").nth(3).wait_for()
+    assert page.locator("#ed-gallery img").count() == 4
+    expect_text(page, "#ed-gallery", "b broken.png: cannot be shown")
+    page.locator("#ed-gallery img").nth(1).click()  # the unreadable one: named, with why, its caption editable
+    caption = box(page, "ed-caption")
+    wait_until(lambda: caption.input_value() == "caption of b", 30, "the unreadable image's caption", page)
+    expect_text(page, "#ed-note", "cannot be shown")
+    page.locator("#ed-gallery img").nth(2).click()  # past it: the mountain
+    wait_until(lambda: caption.input_value() == "caption of c", 30, "the mountain's caption, not the forest's", page)
+    assert box(page, "ed-image").input_value().endswith("c mountain.png")
+    assert page.locator("#ed-note").inner_text().strip() == ""
+    caption.fill("mountain landscape, cyan sky")
+    page.locator("#ed-save").click()
+    page.locator("#ed-saved").get_by_text("c mountain.txt").wait_for()
+    after = {p.name: p.read_bytes() for p in folder.glob("*.txt")}
+    assert after.pop("c mountain.txt").decode().strip() == "mountain landscape, cyan sky"
+    before.pop("c mountain.txt")
+    assert after == before  # no other caption file changed
+    shot(page, "caption-editor-unreadable")
+    context.close()
 
 
 def test_korean_page(server, browser, workspace):
