@@ -412,3 +412,32 @@ def test_errors_name_the_labels_on_screen_as_sentences(page, tmp_path):
     message = h.start(data)[n["run_message"]]
     assert "Image folder" in message and "folders.train_data_dir" not in message, message
     assert re.search(r"\*\*Not started\.\*\* [A-Z]", message), message
+
+
+def test_loading_a_kohya_config_keeps_the_page_folders_and_model_unless_it_sets_them(page, tmp_path):
+    """Issue 22: a Kohya file with empty folders (as the Kohya GUI saves them) used to empty the page's image,
+    output and log folders and put the model back to the hub id; now they are kept, and what the file set is said."""
+    h = page.handlers["training"]
+    images = str(make_dataset(tmp_path / "img", {"2_x": 2}))
+    mine = {"folders.train_data_dir": images, "folders.output_dir": str(tmp_path / "model"), "folders.logging_dir": str(tmp_path / "log"),
+            "model.pretrained_model_name_or_path": str(tmp_path / "my-model.safetensors"), "folders.output_name": "mine"}
+    data = form(page, config_upload=None)
+    for path, value in mine.items():
+        data[page.fields[path]] = value
+    kohya = {"LoRA_type": "Standard", "optimizer": "AdamW", "network_dim": 16, "train_data_dir": "", "output_dir": "", "logging_dir": "",
+             "output_name": ""}  # no model: the import used to put back the hub id
+    upload = tmp_path / "gradio" / "0123abcd" / "my kohya.json"
+    upload.parent.mkdir(parents=True)
+    upload.write_text(json.dumps(kohya))
+    data[page.named["config_upload"]] = str(upload)
+    out = h.load_file(data)
+    values, message = by_path(page, out), out[page.named["config_message"]]
+    assert values.get("network.network_dim") == 16, message
+    assert {p: values[p] for p in mine} == mine
+    assert "were kept" in message and "my kohya.json" in message and str(upload.parent) not in message
+    # a file that names an output folder changes it, and says so by the box's label
+    upload.write_text(json.dumps({**kohya, "output_dir": str(tmp_path / "elsewhere")}))
+    out = h.load_file(data)
+    values, message = by_path(page, out), out[page.named["config_message"]]
+    assert values["folders.output_dir"] == str(tmp_path / "elsewhere") and values["folders.train_data_dir"] == images
+    assert "The file set: Output folder" in message, message

@@ -17,6 +17,11 @@ from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 from loratrainer.gui.form import basic_paths, specs_by_path
 
+# What a loaded config file keeps from the page unless it sets it (issue 22: a Kohya file emptied them).
+PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
+              "model.pretrained_model_name_or_path", "model.vae")
+
+
 class TrainingHandlers:
     """The tab's event handlers; plain methods so tests call them directly with {component: value} dicts."""
 
@@ -77,11 +82,40 @@ class TrainingHandlers:
             config, report = load_any_config(path)
         except UserError as exc:
             return {message: self.t.error(exc)}
+        config, changed = self._keep_page_paths(data, config, path)
+        name = Path(path).name  # Gradio keeps an upload's name on its temporary copy
+        report.source = name  # so the report names the file, not the temporary folder
         lines = report.lines(self.t.message)
-        text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
+        text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=name)
+        text += " " + (self.t("config.changed_paths", labels=", ".join(self.t.label(p) for p in changed)) if changed
+                       else self.t("config.kept_paths"))
         if len(lines) > 1:
             text += "\n\n```\n" + "\n".join(lines) + "\n```"
         return {**self.ui.show_config(config), message: text}
+
+    def _keep_page_paths(self, data: dict, config, path: str):
+        """(config, changed paths): the folders, model and output name on the page are kept unless the file gives
+        them a value (a Kohya file always has the keys, often empty, issue 22), as loading a preset keeps them."""
+        from loratrainer.config import get_value, with_values
+        from loratrainer.config.presets import read_json_object
+
+        try:
+            page = self.ui.read_config(data)
+            raw = read_json_object(path)
+        except (UserError, OSError):
+            return config, []
+        keep, changed = {}, []
+        for key in PAGE_PATHS:
+            group, leaf = key.split(".")
+            given = raw.get(leaf) if leaf in raw else (raw.get(group) or {}).get(leaf) if isinstance(raw.get(group), dict) else None
+            if given is None or (isinstance(given, str) and not given.strip()):
+                keep[key] = get_value(page, key)
+            elif get_value(config, key) != get_value(page, key):
+                changed.append(key)
+        try:
+            return with_values(config, keep), changed
+        except (UserError, ValueError):
+            return config, changed
 
     def save_file(self, data: dict, kohya: bool = False) -> dict:
         """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
