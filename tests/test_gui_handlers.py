@@ -441,3 +441,29 @@ def test_loading_a_kohya_config_keeps_the_page_folders_and_model_unless_it_sets_
     values, message = by_path(page, out), out[page.named["config_message"]]
     assert values["folders.output_dir"] == str(tmp_path / "elsewhere") and values["folders.train_data_dir"] == images
     assert "The file set: Output folder" in message, message
+
+
+def test_an_8bit_optimizer_without_cuda_is_refused_before_any_question(page, tmp_path, monkeypatch):
+    """Issue 22: without a CUDA GPU, AdamW8bit (every shipped preset's) is refused at Start before "Start
+    anyway?" is asked, and the page says so beforehand with a one-click plain AdamW."""
+    from loratrainer.launch import eight_bit
+
+    monkeypatch.setattr(eight_bit, "refusal", lambda name: eight_bit.unavailable_hint(name) if eight_bit.needs_bitsandbytes(name) else None)
+    monkeypatch.setattr(eight_bit, "page_refusal", eight_bit.refusal)
+    monkeypatch.setattr("loratrainer.launch.start.refusal", eight_bit.refusal)
+    h, n = page.handlers["training"], page.named
+    started = []
+    monkeypatch.setattr(page.jobs, "start", lambda config: started.append(config) or tmp_path / "run")
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")  # a question would be asked about it
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW8bit"
+    out = h.start(data)
+    assert out[n["confirm_panel"]]["visible"] is False and started == []
+    assert "AdamW8bit needs bitsandbytes with a CUDA GPU; use AdamW" in out[n["run_message"]]
+    note = h.optimizer_note("AdamW8bit")
+    assert "no CUDA GPU" in note[n["optimizer_note"]] and note[n["optimizer_fix"]]["visible"] is True
+    assert note[n["optimizer_fix"]]["value"] == "Use AdamW" and h.use_instead("AdamW8bit") == "AdamW"
+    assert h.optimizer_note("AdamW")[n["optimizer_note"]] == ""

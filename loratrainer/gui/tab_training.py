@@ -194,6 +194,9 @@ class TrainingHandlers:
         try:
             config = self.ui.read_config(data)
             if not confirmed and self.ui.jobs.active() is None:
+                from loratrainer.launch.start import preflight
+
+                preflight(config)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
                 questions = self.questions(config)
                 if questions:
                     listing = "\n".join(f"- {q}" for q in questions)
@@ -306,6 +309,26 @@ class TrainingHandlers:
             out[n["gallery"]] = gr.skip()
         return out
 
+    def optimizer_note(self, optimizer: str) -> dict:
+        """Before Start: an 8-bit optimizer that cannot run here (no CUDA GPU) is said beside the buttons, with a
+        button that picks the plain equivalent (launch/eight_bit.py; Start refuses it the same way)."""
+        import gradio as gr
+
+        from loratrainer.config.optimizer_table import EIGHT_BIT
+        from loratrainer.launch.eight_bit import page_refusal
+
+        n = self.ui.named
+        instead = EIGHT_BIT.get(optimizer or "")
+        if not instead or page_refusal(optimizer) is None:
+            return {n["optimizer_note"]: "", n["optimizer_fix"]: gr.update(visible=False)}
+        note = self.t("optimizer.no_cuda", optimizer=optimizer, label=self.t.label("optimizer.optimizer"), instead=instead)
+        return {n["optimizer_note"]: note, n["optimizer_fix"]: gr.update(visible=True, value=self.t("optimizer.use_instead", instead=instead))}
+
+    def use_instead(self, optimizer: str) -> str:
+        from loratrainer.config.optimizer_table import EIGHT_BIT
+
+        return EIGHT_BIT.get(optimizer or "", optimizer)
+
     def folders_summary(self, data: dict) -> str:
         values = self.ui.paths_of(data)
         rows = [f"- **{self.t.label(p)}**: `{values.get(p) or '—'}`" for p in ("folders.train_data_dir", "folders.output_dir")]
@@ -343,6 +366,11 @@ def build(ui: UiContext) -> TrainingHandlers:
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     ui.after_build(wire_summary)
+    optimizer = ui.fields["optimizer.optimizer"]
+    note_outputs = [n["optimizer_note"], n["optimizer_fix"]]
+    optimizer.change(h.optimizer_note, inputs=[optimizer], outputs=note_outputs, show_progress="hidden", api_visibility="private")
+    ui.on_load(h.optimizer_note, inputs=[optimizer], outputs=note_outputs)
+    n["optimizer_fix"].click(h.use_instead, inputs=[optimizer], outputs=[optimizer], api_visibility="private")
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
@@ -409,6 +437,9 @@ def _run_panel(ui: UiContext, gr) -> dict:
         stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
+    with gr.Row(equal_height=True):
+        n["optimizer_note"] = gr.Markdown(elem_id="optimizer-note", scale=4)
+        n["optimizer_fix"] = gr.Button(visible=False, elem_id="optimizer-fix", scale=1)
     with gr.Group(visible=False, elem_id="confirm-start") as n["confirm_panel"]:
         n["confirm_text"] = gr.Markdown(elem_id="confirm-text")
         with gr.Row():
