@@ -195,8 +195,11 @@ def test_presets_load_keeping_folders_and_save(page, tmp_path, monkeypatch):
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
     preset_values = {f"{group}.{name}": v for group, fields in raw.items() if group not in ("schema_version", "preset")
                      for name, v in fields.items()}
-    assert preset_values and {k: values[k] for k in preset_values} == preset_values
+    from loratrainer.gui.form import read_rate  # rate boxes are text boxes (issue 22): compared as read
+
+    assert preset_values and {k: read_rate(values[k]) for k in preset_values} == preset_values
     assert "loaded" in out[page.named["config_message"]]
+    assert f"Preset **{raw['preset']['name']}** loaded" in out[page.named["config_message"]]  # its name, not the file stem
 
     saved = h.save_preset(form(page, preset_name="my preset"))
     assert "Preset saved" in saved[page.named["config_message"]]
@@ -467,3 +470,47 @@ def test_an_8bit_optimizer_without_cuda_is_refused_before_any_question(page, tmp
     assert "no CUDA GPU" in note[n["optimizer_note"]] and note[n["optimizer_fix"]]["visible"] is True
     assert note[n["optimizer_fix"]]["value"] == "Use AdamW" and h.use_instead("AdamW8bit") == "AdamW"
     assert h.optimizer_note("AdamW")[n["optimizer_note"]] == ""
+
+
+def test_learning_rate_boxes_read_a_decimal_comma_and_say_what_they_read(page):
+    """Issue 22: "0,0001" (a comma-decimal locale) and " 1e-3 " are read as numbers, the box says what it read,
+    and the schema gets a float; text that is no number is refused naming the box."""
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["optimizer.learning_rate"]] = "0,0001"
+    data[page.fields["optimizer.unet_lr"]] = " 1e-3 "
+    data[page.fields["optimizer.text_encoder_lr"]] = ""
+    config = page.read_config(data)
+    assert config.optimizer.learning_rate == 0.0001 and config.optimizer.unet_lr == 0.001 and config.optimizer.text_encoder_lr is None
+    assert "read as 0.0001" in h.rate_read("optimizer.learning_rate", "0,0001")["info"]
+    assert "read as 0.001" in h.rate_read("optimizer.unet_lr", " 1e-3 ")["info"]
+    assert "read as" not in h.rate_read("optimizer.learning_rate", "0.0001")["info"]
+    assert "is not a number" in h.rate_read("optimizer.learning_rate", "fast")["info"]
+    assert by_path(page, page.show_config(config))["optimizer.learning_rate"] == "0.0001"
+    data[page.fields["optimizer.learning_rate"]] = "1,5,0"
+    with pytest.raises(Exception) as info:
+        page.read_config(data)
+    assert "learning_rate" in str(info.value)
+
+
+def test_path_check_explains_a_windows_path_as_start_does(page):
+    """Issue 22: the inline check under a path box says what Start says about a Windows path, not "Not found"."""
+    from loratrainer.gui.filebrowser import check_path
+    from loratrainer.gui.i18n import Translator
+
+    text = check_path("C:\\Users\\me\\lora\\image", "train", page.t)
+    assert text == "✗ Image folder is a Windows path (C:\\Users\\me\\lora\\image), written on another computer: choose the file or folder on this one"
+    assert "Not found" not in check_path("D:/models/sd15.safetensors", "model", page.t)
+    assert "다른 컴퓨터" in check_path("C:\\Users\\me\\model", "output", Translator("ko"))
+
+
+def test_prepare_source_box_is_not_called_image_folder(page):
+    """Issue 22: Prepare's source box and the Image folder below it differed by one letter; in both languages."""
+    from difflib import SequenceMatcher
+
+    from loratrainer.gui.i18n import Translator
+
+    for lang in ("en", "ko"):
+        t = Translator(lang)
+        source, image_folder = t("prepare.src"), t.label("folders.train_data_dir")
+        assert SequenceMatcher(None, source, image_folder).ratio() < 0.6, (source, image_folder)

@@ -52,7 +52,10 @@ class TrainingHandlers:
             config = apply_preset(self.ui.read_config(data), load_preset(chosen))
         except UserError as exc:
             return {message: self.t.error(exc)}
-        return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
+        from loratrainer.config.presets import list_presets
+
+        name = next((p.name for p in list_presets() if str(p.path) == str(chosen)), Path(chosen).stem)  # as the list shows it
+        return {**self.ui.show_config(config), message: self.t("presets.loaded", name=name)}
 
     def save_preset(self, data: dict) -> dict:
         from loratrainer.config.presets import save_user_preset
@@ -329,6 +332,22 @@ class TrainingHandlers:
 
         return EIGHT_BIT.get(optimizer or "", optimizer)
 
+    def rate_read(self, path: str, value) -> dict:
+        """A learning-rate box's help line, followed by what was read from it ("read as 0.0001") when the text is
+        not already written that way, or by why it cannot be read."""
+        import gradio as gr
+
+        from loratrainer.gui.form import rate_text, read_rate
+
+        number = read_rate(value)
+        info = self.t.help(path)
+        if isinstance(number, float):
+            if rate_text(number) != (value or "").strip():
+                info += " " + self.t("form.rate_read", value=rate_text(number))
+        elif number is not None:
+            info += " " + self.t("form.rate_unreadable", text=str(value).strip())
+        return gr.update(info=info)
+
     def folders_summary(self, data: dict) -> str:
         values = self.ui.paths_of(data)
         rows = [f"- **{self.t.label(p)}**: `{values.get(p) or '—'}`" for p in ("folders.train_data_dir", "folders.output_dir")]
@@ -366,6 +385,12 @@ def build(ui: UiContext) -> TrainingHandlers:
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     ui.after_build(wire_summary)
+    from loratrainer.gui.form import is_rate
+
+    for path, spec in specs_by_path().items():
+        if is_rate(spec) and path in ui.fields:
+            box = ui.fields[path]
+            box.change(lambda v, p=path: h.rate_read(p, v), inputs=[box], outputs=[box], show_progress="hidden", api_visibility="private")
     optimizer = ui.fields["optimizer.optimizer"]
     note_outputs = [n["optimizer_note"], n["optimizer_fix"]]
     optimizer.change(h.optimizer_note, inputs=[optimizer], outputs=note_outputs, show_progress="hidden", api_visibility="private")
