@@ -514,3 +514,13 @@ def test_prepare_source_box_is_not_called_image_folder(page):
         t = Translator(lang)
         source, image_folder = t("prepare.src"), t.label("folders.train_data_dir")
         assert SequenceMatcher(None, source, image_folder).ratio() < 0.6, (source, image_folder)
+
+
+def test_prepare_says_which_files_it_left_out(page, tmp_path):
+    """Issue 22: the Dataset tab's Prepare names a GIF it did not copy, and why, in the page's language."""
+    h = page.handlers["dataset"]
+    src = make_concept(tmp_path, "photos", 2, captions="a photo")
+    (src / "party.gif").write_bytes(b"GIF89a")
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="cat", prep_repeats=5, prep_reg=""))
+    message = out[page.named["prep_message"]]
+    assert "Not copied (1):" in message and "`party.gif`: an animation (GIF)" in message, message

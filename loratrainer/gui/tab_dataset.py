@@ -12,6 +12,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
+from loratrainer.gui.i18n import md
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
 STEP_FIELDS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps", "launch.num_processes")
@@ -52,6 +53,12 @@ class DatasetHandlers:
             f["folders.logging_dir"]: str(r.project / "log"),
             n["prep_message"]: self.t("prepare.done", folder=str(r.train.path), images=r.train.images, captions=r.train.captions, repeats=r.train.repeats),
         }
+        left_out = [item for folder in (r.train, r.reg) if folder for item in folder.left_out]
+        if left_out:  # name what was not copied and why (a GIF, a stray caption, a sub-folder)
+            lines = [f"- `{path.name.replace('`', '')}`: {md(self.t.message(why))}" for path, why in left_out[:30]]
+            if len(left_out) > 30:
+                lines.append(f"- … (+{len(left_out) - 30})")
+            out[n["prep_message"]] += "\n\n" + self.t("prepare.left_out", count=len(left_out)) + "\n" + "\n".join(lines)
         if r.reg:
             out[f["folders.reg_data_dir"]] = str(r.project / "reg")
         return out
