@@ -464,7 +464,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
     with gr.Row(equal_height=True):
         n["optimizer_note"] = gr.Markdown(elem_id="optimizer-note", scale=4)
-        n["optimizer_fix"] = gr.Button(visible=False, elem_id="optimizer-fix", scale=1)
+        n["optimizer_fix"] = gr.Button(t("optimizer.use_instead", instead="AdamW"), visible=False, elem_id="optimizer-fix", scale=1)
     with gr.Group(visible=False, elem_id="confirm-start") as n["confirm_panel"]:
         n["confirm_text"] = gr.Markdown(elem_id="confirm-text")
         with gr.Row():
