@@ -524,3 +524,24 @@ def test_prepare_says_which_files_it_left_out(page, tmp_path):
     out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="cat", prep_repeats=5, prep_reg=""))
     message = out[page.named["prep_message"]]
     assert "Not copied (1):" in message and "`party.gif`: an animation (GIF)" in message, message
+
+
+def test_dataset_check_is_not_ready_when_images_are_skipped_and_names_tiny_ones(page, tmp_path):
+    """Issue 22: "Ready to train" was said with 14 of 18 images skipped. Now the head says how many are usable
+    and why the rest are skipped (the counts agree with the summary line), and a far-too-small image is named."""
+    h = page.handlers["dataset"]
+    root = make_dataset(tmp_path / "img", {"5_house": 2})
+    for i in range(3):
+        make_zero_byte(root / "5_house" / f"broken {i}.png")
+    make_image(root / "5_house" / "tiny.png", (64, 64))
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["buckets.max_resolution"]] = "512,512"
+    out = h.check(data)
+    summary = out[page.named["check_summary"]]
+    assert "Ready to train" not in summary, summary
+    assert "3 of 6 image(s) usable: 3 will be skipped" in summary and "3 cannot be read" in summary, summary
+    assert "3 usable image(s)" in summary and "3 skipped" in summary  # the counts line agrees
+    problems = {row[1]: row[2] for row in out[page.named["problems"]]}
+    tiny = [text for where, text in problems.items() if where.endswith("tiny.png")]
+    assert tiny and "far smaller than the training resolution 512x512" in tiny[0], problems

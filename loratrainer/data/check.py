@@ -44,6 +44,10 @@ define({
         "skipped: {w}x{h} is too small for a {step} px bucket step at {rw}x{rh}; use a larger image or delete it"
         " (dataset.undersized_images = refuse makes this an error)"
     ),
+    "check.far_smaller": (
+        "{w}x{h} is far smaller than the training resolution {rw}x{rh} (under a quarter of its pixels): the LoRA "
+        "learns little detail from it and may turn out blurry; use a larger copy if you have one"
+    ),
     "check.duplicate_stem": "{names} share the name `{stem}` and so one caption file: rename or delete one of them",
     "check.uncaptioned": "{n} image(s) have no caption ({ext} file missing or empty) and train with {uses}: {names}{hint}",
     "check.uses_folder_name": 'the folder name "{caption}" as caption',
@@ -159,6 +163,9 @@ def _check_image(
         rw, rh = plan.resolution
         problems.append(Problem.at(image, "error" if refuse else "warning", Msg.of(code, w=w, h=h, step=step, rw=rw, rh=rh)))
         return None
+    rw, rh = plan.resolution
+    if 4 * w * h <= rw * rh:  # named, not skipped: it trains, enlarged (or at its own size with bucket_no_upscale)
+        problems.append(Problem.at(image, "info", Msg.of("check.far_smaller", w=w, h=h, rw=rw, rh=rh)))
     ext = config.dataset.caption_extension
     try:
         text = read_caption_file(image, ext)

@@ -90,6 +90,10 @@ class DatasetHandlers:
         errors = sum(1 for p in report.problems if p.severity == "error")
         warnings = sum(1 for p in report.problems if p.severity == "warning")
         head = self.t("check.ready") if report.ok else self.t("check.refused", errors=errors)
+        if report.ok and report.skipped:  # not "Ready to train" when images are left out (issue 22): how many, and why
+            usable = report.images + report.reg_images
+            head = self.t("check.ready_skipped", usable=usable, total=usable + len(report.skipped), skipped=len(report.skipped))
+            head += "\n\n" + "\n".join(f"- {self.t(f'check.skip_reason.{kind}', count=count)}" for kind, count in skip_reasons(report).items())
         return head + "\n\n" + self.t(
             "check.counts", images=report.images, reg=report.reg_images, skipped=len(report.skipped), uncaptioned=len(report.uncaptioned), warnings=warnings
         )
@@ -179,6 +183,22 @@ def parse_repeats(value) -> int | None:
     except ValueError:
         return 0
     return int(number) if number.is_integer() and number >= 1 else 0
+
+
+SKIP_KINDS = {"check.skipped": "unreadable", "check.too_small_skipped": "too_small", "check.resolution_too_small_for_image": "no_bucket"}
+
+
+def skip_reasons(report) -> dict[str, int]:
+    """{why: how many} of the skipped images, from the problem that skipped each (data/check.py's codes)."""
+    skipped = {str(p) for p in report.skipped}
+    counts: dict[str, int] = {}
+    for p in report.problems:
+        kind = SKIP_KINDS.get(p.code)
+        if kind and str(p.path) in skipped:
+            counts[kind] = counts.get(kind, 0) + 1
+    if sum(counts.values()) < len(skipped):
+        counts["other"] = len(skipped) - sum(counts.values())
+    return counts
 
 
 def concept_rows(report) -> list[list]:
