@@ -545,3 +545,19 @@ def test_dataset_check_is_not_ready_when_images_are_skipped_and_names_tiny_ones(
     problems = {row[1]: row[2] for row in out[page.named["problems"]]}
     tiny = [text for where, text in problems.items() if where.endswith("tiny.png")]
     assert tiny and "far smaller than the training resolution 512x512" in tiny[0], problems
+
+
+def test_bucket_warning_says_what_the_bucket_preview_shows(page, tmp_path):
+    """Issue 22: a resolution that is no multiple of the bucket step was said to be "cropped to the nearest
+    bucket" while the preview listed that bucket; now the warning names the size images train at, as listed."""
+    h = page.handlers["dataset"]
+    root = tmp_path / "img"
+    make_image(root / "2_x" / "a.png", (512, 512))
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["buckets.max_resolution"]] = "500,500"
+    out = h.check(data)
+    warning = [row[2] for row in out[page.named["problems"]] if "not a multiple" in row[2]]
+    assert len(warning) == 1 and "cropped to the nearest bucket" not in warning[0], warning
+    assert "448x448" in warning[0] and "Max resolution" in warning[0] and "512,512" in warning[0], warning
+    assert [row[0] for row in out[page.named["buckets"]]] == ["448x448"]  # what the preview lists
