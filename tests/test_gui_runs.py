@@ -433,3 +433,40 @@ def test_caption_editor_selects_by_file_past_an_unreadable_image(page, tmp_path)
     assert after.pop("img_002.txt").strip() == "mountain landscape, cyan sky"
     before.pop("img_002.txt")
     assert after == before
+
+
+def test_captioning_adds_the_prefix_to_existing_captions_when_asked(page, tmp_path):
+    """Issue 22: as the Kohya GUI's add_pre_postfix (kohya_gui/common_gui.py) does, the trigger word goes onto
+    captions that already exist too, when the option is ticked; never twice, and the old files are backed up.
+    The preview shows an example caption."""
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 3, captions=False)
+    make_caption(folder / "img_000.png", "hand written")
+    form = _caption_form(page, cap_folder=str(folder), cap_prefix="mystyle", cap_add_existing=True)
+    plan = u.plan(form)
+    assert "Example: img_001.png: mystyle a house" in plan and "get the prefix/postfix added" in plan, plan
+    messages = list(u.caption(form))
+    assert "2 caption(s) written, 1 kept" in messages[-1] and "added to 1 existing caption(s)" in messages[-1], messages[-1]
+    assert (folder / "img_000.txt").read_text().strip() == "mystyle hand written"
+    assert (folder / "img_001.txt").read_text().strip() == "mystyle a house"
+    backups = list(folder.glob(".caption-backups/*/img_000.txt"))
+    assert len(backups) == 1 and backups[0].read_text().strip() == "hand written"  # the user's own caption kept
+    messages = list(u.caption(form))  # again: nothing is added twice
+    assert (folder / "img_000.txt").read_text().strip() == "mystyle hand written"
+    assert "added to 0 existing caption(s); 3 already had it" in messages[-1], messages[-1]
+    # without the option the caption is kept as it was
+    make_caption(folder / "img_002.png", "my own words")
+    list(u.caption(_caption_form(page, cap_folder=str(folder), cap_prefix="other")))
+    assert (folder / "img_002.txt").read_text().strip() == "my own words"
+
+
+def test_offline_model_error_is_one_sentence_naming_the_box(page):
+    from loratrainer.errors import UserError
+    from loratrainer.messages import Msg
+
+    u = page.handlers["utilities"]
+    import loratrainer.caption.hub  # noqa: F401  (defines the message)
+
+    exc = UserError(Msg.of("hub.offline", model="Salesforce/blip-image-captioning-large", why=Msg.of("hub.why_unreachable")))
+    text = u.caption_error(exc)
+    assert "--model" not in text and "Model" in text and text.count(". ") == 0 and text.count(":") == 1, text

@@ -15,7 +15,8 @@ from loratrainer.gui.i18n import md
 from loratrainer.messages import Msg
 
 PAGE_SIZE = 12
-RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive")
+RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive",
+            "cap_add_existing")
 
 
 def option_key(method: str, name: str) -> str:
@@ -65,22 +66,54 @@ class UtilitiesHandlers:
         except UserError as exc:
             return self.t.error(exc)
         text = self.t("caption.plan", todo=len(plan.images), existing=len(plan.existing))
+        add_existing = bool(v.get("cap_add_existing")) and bool(run.prefix.strip() or run.postfix.strip())
         if not run.overwrite and plan.existing:
-            text += " " + self.t("caption.plan_kept")
+            text += " " + self.t("caption.plan_added" if add_existing else "caption.plan_kept")
+        example = self._example(v, run, plan, add_existing)
+        if example:
+            text += "\n\n" + self.t("caption.example", example=md(example))
         if plan.duplicates:
             pairs = "; ".join(" + ".join(p.name for p in group) for group in plan.duplicates[:5])
             text += "\n\n" + self.t("caption.duplicates", pairs=pairs)
         return text
 
+    def _example(self, v: dict, run, plan, add_existing: bool) -> str:
+        """One caption as it would be written: the fixed text with prefix and postfix, a model's with a
+        placeholder for what it generates, or an existing caption with the prefix added."""
+        from loratrainer.caption import basic, writer
+
+        if plan.images:
+            if v["cap_method"] == "fixed":
+                middle = v.get(option_key("fixed", "text")) or ""
+            else:
+                middle = self.t("caption.generated")
+            return f"{plan.images[0].name}: " + writer.compose(run.prefix, middle, run.postfix, self._separator(v))
+        if add_existing and plan.existing:
+            image, caption_file = next(iter(sorted(plan.existing.items())))
+            try:
+                old = writer.read_text(caption_file)
+            except Exception:  # an unreadable caption: the run reports it
+                return ""
+            return f"{caption_file.name}: " + basic.prefix_postfix_edit(run.prefix, run.postfix, self._separator(v))(old).partition("\n")[0]
+        return ""
+
+    def _separator(self, v: dict) -> str:
+        """A tagger's tag separator (the prefix becomes the first tag), else a space (Kohya's add_pre_postfix)."""
+        if v["cap_method"] == "wd14":
+            return v.get(option_key("wd14", "tag_separator")) or ", "
+        return " "
+
     def caption(self, data: dict, request=None):
         """A generator: progress lines while the captioner runs in a thread, then the report."""
         from loratrainer.caption import caption_folder
 
+        v = self.values(data)
         try:
-            run, model = self._options(self.values(data))
+            run, model = self._options(v)
         except (UserError, ValueError, TypeError) as exc:
             yield self.t.error(exc)
             return
+        add_existing = bool(v.get("cap_add_existing")) and bool(run.prefix.strip() or run.postfix.strip()) and not run.overwrite
         # The library's refusals (no folder, an empty fixed text, images sharing a caption file) come from the
         # thread below before anything is loaded or written, in the page's language.
         session = getattr(request, "session_hash", None) or "direct"
@@ -112,16 +145,38 @@ class UtilitiesHandlers:
         lines = [self.t("caption.done", written=len(report.written), kept=len(report.skipped_existing), failed=len(report.failed))]
         if report.backup_dir:
             lines.append(self.t("caption.backup", folder=str(report.backup_dir)))
+        if add_existing and report.skipped_existing and not report.cancelled:
+            lines += self._add_to_existing(run, v)
         if report.cancelled:
             lines.append(self.t("caption.cancelled"))
         lines += [f"- `{s.path.name}`: {md(self.t.message(s.reason))}" for s in report.failed[:20]]
         yield "\n\n".join(lines)
+
+    def _add_to_existing(self, run, v: dict) -> list[str]:
+        """Kohya's add_pre_postfix on the captions that were kept: the prefix/postfix added where it is not
+        there yet (never twice), the old files backed up first (caption/basic.py)."""
+        from loratrainer.caption import basic
+
+        try:
+            edited = basic.add_prefix_postfix(run.folder, run.prefix, run.postfix, separator=self._separator(v),
+                                              caption_extension=run.caption_extension, recursive=run.recursive)
+        except (UserError, OSError) as exc:
+            return [self.t.error(exc)]
+        lines = [self.t("caption.added_existing", changed=len(edited.changed), unchanged=edited.unchanged)]
+        if edited.backup_dir:
+            lines.append(self.t("caption.backup", folder=str(edited.backup_dir)))
+        lines += [f"- `{s.path.name}`: {md(self.t.message(s.reason))}" for s in edited.failed[:20]]
+        return lines
 
     def caption_error(self, exc: Exception) -> str:
         from loratrainer.caption.folder import DuplicateStemsError
 
         if isinstance(exc, DuplicateStemsError):
             return self.t("caption.duplicates", pairs="; ".join(" + ".join(p.name for p in group) for group in exc.groups[:5]))
+        msg = getattr(exc, "msg", None)
+        if msg is not None and msg.code == "hub.offline":  # one sentence naming the page's box, not the CLI's --model
+            return "**" + self.t("caption.offline", model=msg.params.get("model", ""), why=self.t.message(msg.params.get("why", "")),
+                                 label=self.t("caption.model")) + "**"
         return self.t.error(exc)
 
     def cancel(self, request=None) -> str:
@@ -293,6 +348,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["cap_batch"] = gr.Number(1, label=t("caption.batch"), precision=0, minimum=1)
         n["cap_overwrite"] = gr.Checkbox(False, label=t("caption.overwrite"), info=t("caption.overwrite_help"))
         n["cap_recursive"] = gr.Checkbox(False, label=t("caption.recursive"))
+        n["cap_add_existing"] = gr.Checkbox(False, label=t("caption.add_existing"), info=t("caption.add_existing_help"), elem_id="cap-add-existing")
     panels = _captioner_options(ui, gr)
     with gr.Row():
         preview = gr.Button(t("caption.preview"), elem_id="cap-preview")
