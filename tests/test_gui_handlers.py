@@ -262,7 +262,7 @@ def test_start_refused_starts_nothing(page, tmp_path):
     out = h.start(data)
     status = out[page.named["run_message"]]  # the button's answer, apart from the run status
     assert status.startswith("**Not started.**")
-    assert out[page.named["status"]] == "No run yet. Check the dataset, then press Start training."
+    assert out[page.named["status"]].startswith("Not started: the reason is above")  # not "No run yet" (issue 22)
     assert out[page.named["progress"]] == "" and out[page.named["gallery"]] == [] and out[page.named["run_dir"]] is None
     assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
     assert page.jobs.runs() == []

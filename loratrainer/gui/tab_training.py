@@ -209,7 +209,8 @@ class TrainingHandlers:
             message = {n["run_message"]: self.refusal(exc), **hide}
             if self.ui.jobs.active() is not None:
                 return message
-            return {**self.refresh(None, -1), **message}
+            # the status says what happened, not "No run yet" on a page that has run before (issue 22)
+            return {**self.refresh(None, -1), **message, n["status"]: self.t("status.not_started")}
         return {**self.refresh(str(run_dir), -1), n["run_message"]: "", **hide}
 
     def start_anyway(self, data: dict) -> dict:
