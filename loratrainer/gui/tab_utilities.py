@@ -353,7 +353,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     with gr.Row():
         preview = gr.Button(t("caption.preview"), elem_id="cap-preview")
         run = gr.Button(t("caption.run"), variant="primary", elem_id="cap-run")
-        cancel = gr.Button(t("caption.cancel"), variant="stop", elem_id="cap-cancel")
+        cancel = gr.Button(t("caption.cancel"), variant="stop", interactive=False, elem_id="cap-cancel")  # pressable while it runs
     n["cap_message"] = gr.Markdown(elem_id="cap-message")
 
     n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
@@ -363,7 +363,10 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         yield from h.caption(data, request)
 
     preview.click(h.plan, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_plan")
-    run.click(caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder")
+    running, idle = (lambda: gr.update(interactive=True)), (lambda: gr.update(interactive=False))
+    run.click(running, outputs=[cancel], api_visibility="private", show_progress="hidden").then(
+        caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder").then(
+        idle, outputs=[cancel], api_visibility="private", show_progress="hidden")
     def cancel_run(request: gr.Request) -> str:
         return h.cancel(request)
 
