@@ -469,4 +469,6 @@ def test_offline_model_error_is_one_sentence_naming_the_box(page):
 
     exc = UserError(Msg.of("hub.offline", model="Salesforce/blip-image-captioning-large", why=Msg.of("hub.why_unreachable")))
     text = u.caption_error(exc)
-    assert "--model" not in text and "Model" in text and text.count(". ") == 0 and text.count(":") == 1, text
+    assert text.startswith("**Error:** The model") and text.endswith("put a local model folder in Model."), text
+    sentence = text.removeprefix("**Error:** ")
+    assert "--model" not in sentence and sentence.count(". ") == 0 and sentence.count(":") == 1, text

@@ -5,6 +5,7 @@ assignment (loratrainer.data.check, the same code the trainer uses)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from loratrainer.data.folders import parse_concept_name
@@ -328,9 +329,12 @@ def _report_panel(ui: UiContext, gr) -> dict:
             n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=240, object_fit="contain", elem_id="check-problem-images")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
-                                         datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
-                                         label=t("repeats.label"), elem_id="concepts")
+            with warnings.catch_warnings():  # Gradio 6 still reads (n, "fixed"); row_limits "is not yet implemented"
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # fixed rows: one per concept folder found, no add-row bar (a row typed in names no folder)
+                n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
+                                             datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
+                                             row_count=(1, "fixed"), label=t("repeats.label"), elem_id="concepts")
             apply = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
             with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
                 n["rename_text"] = gr.Markdown()

@@ -11,7 +11,7 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
+from loratrainer.gui.i18n import md, sentence
 from loratrainer.messages import Msg
 
 PAGE_SIZE = 12
@@ -175,8 +175,9 @@ class UtilitiesHandlers:
             return self.t("caption.duplicates", pairs="; ".join(" + ".join(p.name for p in group) for group in exc.groups[:5]))
         msg = getattr(exc, "msg", None)
         if msg is not None and msg.code == "hub.offline":  # one sentence naming the page's box, not the CLI's --model
-            return "**" + self.t("caption.offline", model=msg.params.get("model", ""), why=self.t.message(msg.params.get("why", "")),
-                                 label=self.t("caption.model")) + "**"
+            text = self.t("caption.offline", model=msg.params.get("model", ""), why=self.t.message(msg.params.get("why", "")),
+                          label=self.t("caption.model"))
+            return self.t("error.generic", error=md(sentence(text)))
         return self.t.error(exc)
 
     def cancel(self, request=None) -> str:
