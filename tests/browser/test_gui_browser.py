@@ -275,12 +275,14 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     # The Training tab counts images and steps live: 64 px buckets leave out the two non-square photos.
     expect_text(page, "#run-summary", "2 images, 2 skipped, 12 steps")
 
-    # Mistakes. A rate typed with a decimal comma: the number box drops the comma ("0,0001" arrives as 1), so the
-    # page asks before starting, and nothing starts on Cancel.
+    # Mistakes. A rate typed with a decimal comma is read and said back (issue 22); a rate far too high for the
+    # optimizer is asked about before starting, and nothing starts on Cancel.
     rate = field(page, "optimizer.learning_rate")
     rate.fill("")
     rate.press_sequentially("0,0001")
     rate.press("Tab")
+    expect_text(page, "#field-optimizer-learning_rate", "read as 0.0001")
+    set_value(rate, "1")
     page.locator("#run-start").click()
     page.locator("#confirm-text").get_by_text("far above what AdamW usually takes").wait_for()
     assert "Learning rate is 1" in page.locator("#confirm-text").inner_text()
@@ -507,6 +509,47 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     shot(page, "caption-editor")
     context.close()
     assert not failed, failed
+
+
+def test_first_steps_say_what_they_do(server, browser, workspace):
+    """Issue 22, before any run: Prepare's source box is not another "Image folder" and names the GIF it leaves
+    out; a Windows path is explained under its box as Start explains it; without a CUDA GPU the default AdamW8bit
+    is said before Start with a one-click AdamW; a rate typed "0,0001" is read and said back."""
+    from loratrainer.launch.eight_bit import cuda_available
+
+    src = workspace / "first-photos"
+    for i in range(2):
+        from tests.datasets import make_image
+
+        make_image(src / f"p{i}.png", (64, 64))
+    (src / "party.gif").write_bytes(b"GIF89a")
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    open_accordion(page, "prepare")
+    assert "Your pictures (copied from)" in page.locator("#prep-src").inner_text()
+    set_value(box(page, "prep-src"), src)
+    set_value(box(page, "prep-dest"), workspace / "first-project")
+    set_value(box(page, "prep-name"), "first")
+    page.locator("#prep-button").click()
+    expect_text(page, "#prep-message", "Not copied (1)")
+    assert "party.gif" in page.locator("#prep-message").inner_text() and "animation (GIF)" in page.locator("#prep-message").inner_text()
+    set_value(field(page, "folders.train_data_dir"), "C:\\Users\\me\\lora\\image")
+    expect_text(page, "#check-train", "is a Windows path")
+    assert "Not found" not in page.locator("#check-train").inner_text()
+    tab(page, "2. Training")
+    if not cuda_available():
+        expect_text(page, "#optimizer-note", "no CUDA GPU")
+        page.locator("#optimizer-fix").click()
+        wait_until(lambda: field(page, "optimizer.optimizer").input_value() == "AdamW", 30, "AdamW chosen by the one click", page)
+        wait_until(lambda: page.locator("#optimizer-note").inner_text().strip() == "", 30, "the note gone with AdamW", page)
+    rate = field(page, "optimizer.learning_rate")
+    rate.fill("")
+    rate.press_sequentially(" 1e-3 ")
+    rate.press("Tab")
+    expect_text(page, "#field-optimizer-learning_rate", "read as 0.001")
+    context.close()
 
 
 def test_caption_editor_past_an_unreadable_image(server, browser, workspace):
