@@ -9,7 +9,10 @@ while it runs (the live status stays), reload and re-attach, a sample, Stop ("St
 Stop greyed out); Results: Refresh selects the newest run, each run lists exactly its own files, headers on one
 line, the rates used, a row's metadata and path, open folder and TensorBoard, the prompt x epoch grid and the
 epoch x weight grid on the tiny model (weight 0 identical down the column). Then Utilities > Captioning and the
-caption editor, and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
+caption editor; before any run, what a first-time user meets (issue 22: Prepare's renamed source box and the
+GIF it leaves out, a Windows path explained under its box, the no-CUDA AdamW8bit note with its one-click AdamW,
+rate boxes reading "0,0001"); the caption editor past an unreadable image (the clicked image's caption file is
+the one saved, no other), and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
 and the chart axes in Korean in an English browser too). Screenshots of every tab go to
 test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide), each
 taken once Gradio shows no pending overlay (a half-loaded page looks greyed out).
@@ -322,9 +325,10 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     said = page.locator("#run-message").inner_text()
     assert "house.safetensors" in said and "Output name" in said and "If the output file exists" in said, said
     assert box(page, "run-command").input_value() == ""
-    page.locator("#run-start").click()
-    page.locator("#run-start-anyway").click()
+    page.locator("#run-start").click()  # refused at once: no "Start anyway?" before a refusal (issue 22)
     expect_text(page, "#run-message", "Not started.")
+    assert not page.locator("#confirm-start").is_visible()
+    expect_text(page, "#run-status", "Not started: the reason is above")  # not "No run yet" on a page that has run
     wait_until(lambda: page.locator("#run-samples img").count() == 0 and progress_status(page) == "", 30, "the last run's view cleared", page)
     assert "Finished" not in page.locator("#run-status").inner_text()
     assert page.evaluate(ERROR_BADGE) == 0
@@ -540,6 +544,7 @@ def test_first_steps_say_what_they_do(server, browser, workspace):
     assert "Not found" not in page.locator("#check-train").inner_text()
     tab(page, "2. Training")
     if not cuda_available():
+        choose(page, "field-optimizer-optimizer", "AdamW8bit")  # the default (a reloaded page shows the last run's)
         expect_text(page, "#optimizer-note", "no CUDA GPU")
         page.locator("#optimizer-fix").click()
         wait_until(lambda: field(page, "optimizer.optimizer").input_value() == "AdamW", 30, "AdamW chosen by the one click", page)
