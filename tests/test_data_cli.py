@@ -210,3 +210,23 @@ def test_prepare_reg_without_class_says_what_the_reg_captions_are(tmp_path, caps
     reg = ds.make_concept(tmp_path, "regs", 2, captions=False)
     assert _run(["prepare", str(src), str(tmp_path / "project"), "--name", "zoë", "--reg", str(reg)]) == 0
     assert "give --class" in capsys.readouterr().out
+
+
+def test_prepare_names_what_it_leaves_out_and_why(tmp_path, capsys):
+    """Issue 22: a GIF, a stray caption, a PDF and a sub-folder are not copied, and each is named with why."""
+    src = ds.make_concept(tmp_path, "photos", 2, captions="a photo")
+    (src / "party.gif").write_bytes(b"GIF89a")
+    (src / "notes.txt").write_text("no image called notes")
+    (src / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (src / "more").mkdir()
+    (src / ".DS_Store").write_bytes(b"junk")  # junk stays silent
+    assert _run(["prepare", str(src), str(tmp_path / "project"), "--name", "x", "--repeats", "5"]) == 0
+    out = capsys.readouterr().out
+    left = sorted(line for line in out.splitlines() if line.startswith("left out "))
+    assert left == [
+        "left out more: a folder: only the files directly in the chosen folder are copied",
+        "left out notes.txt: a caption file without an image of the same name",
+        "left out party.gif: an animation (GIF): training reads still images only (png, jpg, jpeg, webp, bmp); save a frame as PNG to use it",
+        "left out scan.pdf: not an image type training reads (png, jpg, jpeg, webp, bmp)",
+    ], out
+    assert sorted(p.name for p in (tmp_path / "project" / "image" / "5_x").iterdir()) == ["img_000.png", "img_000.txt", "img_001.png", "img_001.txt"]

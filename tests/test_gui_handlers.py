@@ -195,8 +195,11 @@ def test_presets_load_keeping_folders_and_save(page, tmp_path, monkeypatch):
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
     preset_values = {f"{group}.{name}": v for group, fields in raw.items() if group not in ("schema_version", "preset")
                      for name, v in fields.items()}
-    assert preset_values and {k: values[k] for k in preset_values} == preset_values
+    from loratrainer.gui.form import read_rate  # rate boxes are text boxes (issue 22): compared as read
+
+    assert preset_values and {k: read_rate(values[k]) for k in preset_values} == preset_values
     assert "loaded" in out[page.named["config_message"]]
+    assert f"Preset **{raw['preset']['name']}** loaded" in out[page.named["config_message"]]  # its name, not the file stem
 
     saved = h.save_preset(form(page, preset_name="my preset"))
     assert "Preset saved" in saved[page.named["config_message"]]
@@ -259,7 +262,7 @@ def test_start_refused_starts_nothing(page, tmp_path):
     out = h.start(data)
     status = out[page.named["run_message"]]  # the button's answer, apart from the run status
     assert status.startswith("**Not started.**")
-    assert out[page.named["status"]] == "No run yet. Check the dataset, then press Start training."
+    assert out[page.named["status"]].startswith("Not started: the reason is above")  # not "No run yet" (issue 22)
     assert out[page.named["progress"]] == "" and out[page.named["gallery"]] == [] and out[page.named["run_dir"]] is None
     assert "```" in status and str(tmp_path / "missing") in status  # the check's report keeps its lines
     assert page.jobs.runs() == []
@@ -412,3 +415,149 @@ def test_errors_name_the_labels_on_screen_as_sentences(page, tmp_path):
     message = h.start(data)[n["run_message"]]
     assert "Image folder" in message and "folders.train_data_dir" not in message, message
     assert re.search(r"\*\*Not started\.\*\* [A-Z]", message), message
+
+
+def test_loading_a_kohya_config_keeps_the_page_folders_and_model_unless_it_sets_them(page, tmp_path):
+    """Issue 22: a Kohya file with empty folders (as the Kohya GUI saves them) used to empty the page's image,
+    output and log folders and put the model back to the hub id; now they are kept, and what the file set is said."""
+    h = page.handlers["training"]
+    images = str(make_dataset(tmp_path / "img", {"2_x": 2}))
+    mine = {"folders.train_data_dir": images, "folders.output_dir": str(tmp_path / "model"), "folders.logging_dir": str(tmp_path / "log"),
+            "model.pretrained_model_name_or_path": str(tmp_path / "my-model.safetensors"), "folders.output_name": "mine"}
+    data = form(page, config_upload=None)
+    for path, value in mine.items():
+        data[page.fields[path]] = value
+    kohya = {"LoRA_type": "Standard", "optimizer": "AdamW", "network_dim": 16, "train_data_dir": "", "output_dir": "", "logging_dir": "",
+             "output_name": ""}  # no model: the import used to put back the hub id
+    upload = tmp_path / "gradio" / "0123abcd" / "my kohya.json"
+    upload.parent.mkdir(parents=True)
+    upload.write_text(json.dumps(kohya))
+    data[page.named["config_upload"]] = str(upload)
+    out = h.load_file(data)
+    values, message = by_path(page, out), out[page.named["config_message"]]
+    assert values.get("network.network_dim") == 16, message
+    assert {p: values[p] for p in mine} == mine
+    assert "were kept" in message and "my kohya.json" in message and str(upload.parent) not in message
+    # a file that names an output folder changes it, and says so by the box's label
+    upload.write_text(json.dumps({**kohya, "output_dir": str(tmp_path / "elsewhere")}))
+    out = h.load_file(data)
+    values, message = by_path(page, out), out[page.named["config_message"]]
+    assert values["folders.output_dir"] == str(tmp_path / "elsewhere") and values["folders.train_data_dir"] == images
+    assert "The file set: Output folder" in message, message
+
+
+def test_an_8bit_optimizer_without_cuda_is_refused_before_any_question(page, tmp_path, monkeypatch):
+    """Issue 22: without a CUDA GPU, AdamW8bit (every shipped preset's) is refused at Start before "Start
+    anyway?" is asked, and the page says so beforehand with a one-click plain AdamW."""
+    from loratrainer.launch import eight_bit
+
+    monkeypatch.setattr(eight_bit, "refusal", lambda name: eight_bit.unavailable_hint(name) if eight_bit.needs_bitsandbytes(name) else None)
+    monkeypatch.setattr(eight_bit, "page_refusal", eight_bit.refusal)
+    monkeypatch.setattr("loratrainer.launch.start.refusal", eight_bit.refusal)
+    h, n = page.handlers["training"], page.named
+    started = []
+    monkeypatch.setattr(page.jobs, "start", lambda config: started.append(config) or tmp_path / "run")
+    root = make_dataset(tmp_path / "img", {"5_house": 4})
+    make_zero_byte(root / "5_house" / "empty.png")  # a question would be asked about it
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    data[page.fields["optimizer.optimizer"]] = "AdamW8bit"
+    out = h.start(data)
+    assert out[n["confirm_panel"]]["visible"] is False and started == []
+    assert "AdamW8bit needs bitsandbytes with a CUDA GPU; use AdamW" in out[n["run_message"]]
+    note = h.optimizer_note("AdamW8bit")
+    assert "no CUDA GPU" in note[n["optimizer_note"]] and note[n["optimizer_fix"]]["visible"] is True
+    assert note[n["optimizer_fix"]]["value"] == "Use AdamW" and h.use_instead("AdamW8bit") == "AdamW"
+    assert h.optimizer_note("AdamW")[n["optimizer_note"]] == ""
+
+
+def test_learning_rate_boxes_read_a_decimal_comma_and_say_what_they_read(page):
+    """Issue 22: "0,0001" (a comma-decimal locale) and " 1e-3 " are read as numbers, the box says what it read,
+    and the schema gets a float; text that is no number is refused naming the box."""
+    h = page.handlers["training"]
+    data = form(page)
+    data[page.fields["optimizer.learning_rate"]] = "0,0001"
+    data[page.fields["optimizer.unet_lr"]] = " 1e-3 "
+    data[page.fields["optimizer.text_encoder_lr"]] = ""
+    config = page.read_config(data)
+    assert config.optimizer.learning_rate == 0.0001 and config.optimizer.unet_lr == 0.001 and config.optimizer.text_encoder_lr is None
+    assert "read as 0.0001" in h.rate_read("optimizer.learning_rate", "0,0001")["info"]
+    assert "read as 0.001" in h.rate_read("optimizer.unet_lr", " 1e-3 ")["info"]
+    assert "read as" not in h.rate_read("optimizer.learning_rate", "0.0001")["info"]
+    assert "is not a number" in h.rate_read("optimizer.learning_rate", "fast")["info"]
+    assert by_path(page, page.show_config(config))["optimizer.learning_rate"] == "0.0001"
+    data[page.fields["optimizer.learning_rate"]] = "1,5,0"
+    with pytest.raises(Exception) as info:
+        page.read_config(data)
+    assert "learning_rate" in str(info.value)
+
+
+def test_path_check_explains_a_windows_path_as_start_does(page):
+    """Issue 22: the inline check under a path box says what Start says about a Windows path, not "Not found"."""
+    from loratrainer.gui.filebrowser import check_path
+    from loratrainer.gui.i18n import Translator
+
+    text = check_path("C:\\Users\\me\\lora\\image", "train", page.t)
+    assert text == "✗ Image folder is a Windows path (C:\\Users\\me\\lora\\image), written on another computer: choose the file or folder on this one"
+    assert "Not found" not in check_path("D:/models/sd15.safetensors", "model", page.t)
+    assert "다른 컴퓨터" in check_path("C:\\Users\\me\\model", "output", Translator("ko"))
+
+
+def test_prepare_source_box_is_not_called_image_folder(page):
+    """Issue 22: Prepare's source box and the Image folder below it differed by one letter; in both languages."""
+    from difflib import SequenceMatcher
+
+    from loratrainer.gui.i18n import Translator
+
+    for lang in ("en", "ko"):
+        t = Translator(lang)
+        source, image_folder = t("prepare.src"), t.label("folders.train_data_dir")
+        assert SequenceMatcher(None, source, image_folder).ratio() < 0.6, (source, image_folder)
+
+
+def test_prepare_says_which_files_it_left_out(page, tmp_path):
+    """Issue 22: the Dataset tab's Prepare names a GIF it did not copy, and why, in the page's language."""
+    h = page.handlers["dataset"]
+    src = make_concept(tmp_path, "photos", 2, captions="a photo")
+    (src / "party.gif").write_bytes(b"GIF89a")
+    out = h.prepare(form(page, prep_src=str(src), prep_dest=str(tmp_path / "project"), prep_name="cat", prep_repeats=5, prep_reg=""))
+    message = out[page.named["prep_message"]]
+    assert "Not copied (1):" in message and "`party.gif`: an animation (GIF)" in message, message
+
+
+def test_dataset_check_is_not_ready_when_images_are_skipped_and_names_tiny_ones(page, tmp_path):
+    """Issue 22: "Ready to train" was said with 14 of 18 images skipped. Now the head says how many are usable
+    and why the rest are skipped (the counts agree with the summary line), and a far-too-small image is named."""
+    h = page.handlers["dataset"]
+    root = make_dataset(tmp_path / "img", {"5_house": 2})
+    for i in range(3):
+        make_zero_byte(root / "5_house" / f"broken {i}.png")
+    make_image(root / "5_house" / "tiny.png", (64, 64))
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["buckets.max_resolution"]] = "512,512"
+    out = h.check(data)
+    summary = out[page.named["check_summary"]]
+    assert "Ready to train" not in summary, summary
+    assert "3 of 6 image(s) usable: 3 will be skipped" in summary and "3 cannot be read" in summary, summary
+    assert "3 usable image(s)" in summary and "3 skipped" in summary  # the counts line agrees
+    problems = {row[1]: row[2] for row in out[page.named["problems"]]}
+    tiny = [text for where, text in problems.items() if where.endswith("tiny.png")]
+    assert tiny and "far smaller than the training resolution 512x512" in tiny[0], problems
+
+
+def test_bucket_warning_says_what_the_bucket_preview_shows(page, tmp_path):
+    """Issue 22: a resolution that is no multiple of the bucket step was said to be "cropped to the nearest
+    bucket" while the preview listed that bucket; now the warning names the size images train at, as listed."""
+    h = page.handlers["dataset"]
+    root = tmp_path / "img"
+    make_image(root / "2_x" / "a.png", (512, 512))
+    data = form(page)
+    data[page.fields["folders.train_data_dir"]] = str(root)
+    data[page.fields["buckets.max_resolution"]] = "500,500"
+    out = h.check(data)
+    warning = [row[2] for row in out[page.named["problems"]] if "not a multiple" in row[2]]
+    assert len(warning) == 1 and "cropped to the nearest bucket" not in warning[0], warning
+    assert "448x448" in warning[0] and "Max resolution" in warning[0] and "512,512" in warning[0], warning
+    assert [row[0] for row in out[page.named["buckets"]]] == ["448x448"]  # what the preview lists

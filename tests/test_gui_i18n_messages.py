@@ -429,3 +429,16 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
     (folder / "img_001.txt").unlink()
     done = list(en.caption(_caption_form(pages["en"], cap_folder=str(folder), fixed_text="a house")))[-1]
     assert "the file is empty (0 bytes)" in done, done
+
+
+def test_killed_is_said_once(tmp_path):
+    """Issue 22: the status read "killed (killed (signal 9))"."""
+    from loratrainer.gui.jobs import JobView
+    from loratrainer.gui.progress import status_line
+
+    class State:
+        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+
+    view = JobView(tmp_path, State(), False, "killed (signal 9)", "", [], [])
+    text = status_line(view, Translator("en"))
+    assert text.count("killed") == 1 and "(signal 9)" in text, text

@@ -406,3 +406,69 @@ def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, t
     assert "fp16 is off" not in ko and "overrides" not in ko and "(영어)" not in ko.split("train.log")[0]
     # the page's refresh shows them
     assert "No CUDA GPU" in page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]
+
+
+def test_caption_editor_selects_by_file_past_an_unreadable_image(page, tmp_path):
+    """Issue 22: an unreadable image keeps its place in the gallery (a grey tile naming it and why), and the
+    selection follows the clicked entry's file, so Save writes the clicked image's caption file and no other."""
+    from loratrainer.gui.tab_utilities import _gallery_file
+
+    u, n = page.handlers["utilities"], page.named
+    folder = make_concept(tmp_path, "10_house", 3, captions="house")
+    (folder / "img_001.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    out = u.editor_page(str(folder), "", 1, ".txt")
+    items, gallery = out[n["ed_items"]], out[n["ed_gallery"]]
+    assert len(gallery) == len(items) == 3
+    assert "img_001.png: cannot be shown" in gallery[1][1] and "not a readable image" in gallery[1][1]
+    # Gradio's select event gives the entry's file (copied into its cache under the same name)
+    value = {"image": {"path": f"/tmp/gradio/abc/{Path(gallery[2][0]).name}"}, "caption": gallery[2][1]}
+    chosen = u.editor_select(items, 0, value)  # a stale index loses against the file
+    assert chosen[n["ed_image"]].endswith("img_002.png") and chosen[n["ed_note"]] == ""
+    broken = u.editor_select(items, None, {"image": {"path": gallery[1][0]}})
+    assert broken[n["ed_image"]].endswith("img_001.png") and "cannot be shown" in broken[n["ed_note"]]
+    assert _gallery_file({"image": {"url": "http://h/gradio_api/file=/x/y/abc.jpg"}}) == "abc.jpg"
+    before = {p.name: p.read_text() for p in folder.glob("*.txt")}
+    u.editor_save(str(folder), chosen[n["ed_image"]], "mountain landscape, cyan sky", ".txt", items)
+    after = {p.name: p.read_text() for p in folder.glob("*.txt")}
+    assert after.pop("img_002.txt").strip() == "mountain landscape, cyan sky"
+    before.pop("img_002.txt")
+    assert after == before
+
+
+def test_captioning_adds_the_prefix_to_existing_captions_when_asked(page, tmp_path):
+    """Issue 22: as the Kohya GUI's add_pre_postfix (kohya_gui/common_gui.py) does, the trigger word goes onto
+    captions that already exist too, when the option is ticked; never twice, and the old files are backed up.
+    The preview shows an example caption."""
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 3, captions=False)
+    make_caption(folder / "img_000.png", "hand written")
+    form = _caption_form(page, cap_folder=str(folder), cap_prefix="mystyle", cap_add_existing=True)
+    plan = u.plan(form)
+    assert "Example: img_001.png: mystyle a house" in plan and "get the prefix/postfix added" in plan, plan
+    messages = list(u.caption(form))
+    assert "2 caption(s) written, 1 kept" in messages[-1] and "added to 1 existing caption(s)" in messages[-1], messages[-1]
+    assert (folder / "img_000.txt").read_text().strip() == "mystyle hand written"
+    assert (folder / "img_001.txt").read_text().strip() == "mystyle a house"
+    backups = list(folder.glob(".caption-backups/*/img_000.txt"))
+    assert len(backups) == 1 and backups[0].read_text().strip() == "hand written"  # the user's own caption kept
+    messages = list(u.caption(form))  # again: nothing is added twice
+    assert (folder / "img_000.txt").read_text().strip() == "mystyle hand written"
+    assert "added to 0 existing caption(s); 3 already had it" in messages[-1], messages[-1]
+    # without the option the caption is kept as it was
+    make_caption(folder / "img_002.png", "my own words")
+    list(u.caption(_caption_form(page, cap_folder=str(folder), cap_prefix="other")))
+    assert (folder / "img_002.txt").read_text().strip() == "my own words"
+
+
+def test_offline_model_error_is_one_sentence_naming_the_box(page):
+    from loratrainer.errors import UserError
+    from loratrainer.messages import Msg
+
+    u = page.handlers["utilities"]
+    import loratrainer.caption.hub  # noqa: F401  (defines the message)
+
+    exc = UserError(Msg.of("hub.offline", model="Salesforce/blip-image-captioning-large", why=Msg.of("hub.why_unreachable")))
+    text = u.caption_error(exc)
+    assert text.startswith("**Error:** The model") and text.endswith("put a local model folder in Model."), text
+    sentence = text.removeprefix("**Error:** ")
+    assert "--model" not in sentence and sentence.count(". ") == 0 and sentence.count(":") == 1, text

@@ -435,3 +435,18 @@ def test_refusals_are_said_in_korean_too() -> None:
     assert isinstance(info.value.msg, Msg)
     korean = Translator("ko").error_text(info.value)
     assert "Stable Diffusion XL" in korean and "sdxl" in korean and "1.5 LoRA만" in korean
+
+
+def test_train_set_applies_before_the_file_is_checked(tmp_path, capsys) -> None:
+    """Issue 22: `train --config FILE --set KEY=VALUE` applies the overrides first, then validates, so a value
+    given on the command line mends the file (a Kohya config with num_machines 2 and no main process address)."""
+    source = tmp_path / "two-machines.json"
+    source.write_text(json.dumps({**LORA, "optimizer": "AdamW", "num_machines": 2, "num_processes": 2, "max_resolution": "64,64", "min_bucket_reso": 64,
+                                  "train_data_dir": str(make_dataset(tmp_path / "img", {"2_x": 2})), "output_dir": str(tmp_path / "model")}))
+    assert main(["train", "--config", str(source), "--print-command"]) == 2
+    assert "main_process_ip" in capsys.readouterr().err
+    assert main(["train", "--config", str(source), "--set", "main_process_ip=10.0.0.2", "--print-command"]) == 0
+    out = capsys.readouterr().out
+    assert "--num_machines 2" in out and "--main_process_ip 10.0.0.2" in out
+    assert main(["train", "--config", str(source), "--set", "no_such_setting=1", "--print-command"]) == 2
+    assert "unknown setting 'no_such_setting'" in capsys.readouterr().err

@@ -151,3 +151,19 @@ def test_a_path_the_file_system_refuses_is_a_sentence_not_a_traceback(pages):
     h = pages["en"].handlers["lora_tools"]
     out = list(h.run(_form(pages["en"], lt_tool="merge", lt_files="x" * 5000 + ".safetensors")))
     assert len(out) == 1 and out[0].startswith("**Error:**") and "Traceback" not in out[0]
+
+
+def test_switching_tools_clears_the_answer_and_gives_rank_its_tool_help(pages):
+    """Issue 22: the Rank box's help mixed every tool's meaning, and the previous tool's answer stayed."""
+    from loratrainer.gui.tab_lora_tools import TOGGLED
+
+    for lang, page in pages.items():
+        h = page.handlers["lora_tools"]
+        helps = {}
+        for tool in ("resize", "merge", "extract"):
+            out = h.switch(tool)
+            assert out[-1] == ""  # the answer area is cleared
+            helps[tool] = out[1 + TOGGLED.index("lt_rank")]["info"]
+        assert len(set(helps.values())) == 3, helps
+        assert "Merge" not in helps["resize"] and "Resize" not in helps["merge"]
+    assert "exact" in pages["en"].handlers["lora_tools"].switch("merge")[1 + TOGGLED.index("lt_rank")]["info"]

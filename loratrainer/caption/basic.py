@@ -90,6 +90,12 @@ def add_prefix_postfix(root: Path, prefix: str = "", postfix: str = "", *, separ
                        caption_extension: str = ".txt", recursive: bool = False) -> EditReport:
     """Add a prefix and/or postfix to every caption, joined by `separator`; captions that have it already keep
     their text, so running twice does not double it."""
+    edit = prefix_postfix_edit(prefix, postfix, separator)
+    return edit_captions(root, edit, caption_extension=caption_extension, recursive=recursive)
+
+
+def prefix_postfix_edit(prefix: str, postfix: str, separator: str = " ") -> Callable[[str], str]:
+    """The edit add_prefix_postfix makes to one caption text (the GUI's preview shows it on an example)."""
     pre, post = writer.one_line(prefix), writer.one_line(postfix)
 
     def edit(text: str) -> str:
@@ -100,4 +106,4 @@ def add_prefix_postfix(root: Path, prefix: str = "", postfix: str = "", *, separ
             first = writer.compose("", first, post, separator)
         return first + ("\n" + rest if rest else "")
 
-    return edit_captions(root, edit, caption_extension=caption_extension, recursive=recursive)
+    return edit

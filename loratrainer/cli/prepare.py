@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     r = prepare_project(args.src, args.dest, args.name, args.repeats, args.reg, args.reg_repeats, class_name=args.class_name)
     for folder in [r.train] + ([r.reg] if r.reg else []):
         print(f"created {folder.path}  ({folder.images} images, {folder.captions} captions copied, {folder.repeats} repeats)")
+    for folder in [r.train] + ([r.reg] if r.reg else []):
+        for path, why in folder.left_out:
+            print(f"left out {path.name}: {why}")
     for sub in ("log", "model"):
         print(f"{'created' if r.project / sub in r.created else 'kept   '} {r.project / sub}")
     if r.repeats_suggested:

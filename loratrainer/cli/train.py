@@ -18,16 +18,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loratrainer.config import apply_overrides
+    from loratrainer.config.fields import parse_assignments
     from loratrainer.launch.follow import follow
     from loratrainer.launch.run_files import run_folder
     from loratrainer.launch.start import build_command, format_command, preflight, start_run
 
-    config = _load(args.config)
     try:
-        config = apply_overrides(config, args.assignments)
+        overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
         raise UserError(f"--set: {exc}") from None
+    config = _load(args.config, overrides)  # the overrides first, then the checks: a --set value can mend the file
     for note in config.summary():
         print(f"note: {note}", file=sys.stderr)
     config = preflight(config)  # --print-command too: the same checks as a real start, so it shows a command that would run
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     return follow(process)
 
 
-def _load(path: str):
+def _load(path: str, overrides: dict):
     from loratrainer.config.presets import load_any_config
 
-    config, report = load_any_config(path)
+    config, report = load_any_config(path, overrides)
     if report.format != "loratrainer":  # a foreign file: say what was converted, coerced or left out
         for line in report.lines():
             print(f"import: {line}", file=sys.stderr)

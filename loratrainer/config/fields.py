@@ -88,15 +88,21 @@ def with_values(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfi
     return TrainingConfig.model_validate(data)
 
 
-def apply_overrides(config: TrainingConfig, assignments: list[str]) -> TrainingConfig:
-    """Apply CLI `--set key=value` strings; values are parsed as JSON when they can be, else kept as text."""
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """CLI `--set key=value` strings -> {setting path: value}; values are parsed as JSON when they can be, else
+    kept as text. Unknown keys raise KeyError, a string without "=" ValueError."""
     values: dict[str, Any] = {}
     for item in assignments:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            values[key.strip()] = json.loads(raw)
+            values[resolve_key(key.strip())] = json.loads(raw)
         except json.JSONDecodeError:
-            values[key.strip()] = raw
-    return with_values(config, values)
+            values[resolve_key(key.strip())] = raw
+    return values
+
+
+def apply_overrides(config: TrainingConfig, assignments: list[str]) -> TrainingConfig:
+    """Apply CLI `--set key=value` strings to a config."""
+    return with_values(config, parse_assignments(assignments))

@@ -86,9 +86,13 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
-    """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config."""
+def config_from_dict(data: dict[str, Any], source: str = "config", overrides: dict[str, Any] | None = None) -> TrainingConfig:
+    """Our JSON (full config or partial preset; missing settings take their defaults) -> a validated config.
+    `overrides` ({setting path: value}, the CLI's --set) are applied before validating, so they can mend it."""
     data = migrate(dict(data))  # first, so that a moved setting is checked in its new group
+    for path, value in (overrides or {}).items():
+        group, name = path.split(".")
+        data[group] = {**(data.get(group) if isinstance(data.get(group), dict) else {}), name: value}
     _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)
     if header is not None and not isinstance(header, dict):

@@ -362,8 +362,10 @@ class KohyaRefused(ConfigError):
 # -- import -----------------------------------------------------------------------------------------------------
 
 
-def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[TrainingConfig, ImportReport]:
-    """A Kohya GUI config dict -> our config and a report. Unusable files or values raise ConfigError naming the keys."""
+def import_kohya(data: dict[str, Any], source: str = "Kohya config",
+                 overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig, ImportReport]:
+    """A Kohya GUI config dict -> our config and a report. Unusable files or values raise ConfigError naming the keys.
+    `overrides` ({setting path: value}, the CLI's --set) win over the file and are applied before validating."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object of settings")
     refuse_unless_sd15_lora(data, source)
@@ -394,6 +396,7 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config") -> tuple[Tr
     report.missing = [k for k in kohya_names if not report.mentions(k)]
     if "max_train_steps" in report.missing:
         report.missing[report.missing.index("max_train_steps")] = _MAX_STEPS_NOTE
+    resolved.update(overrides or {})
     config = _validate(resolved, origin, source)
     _problems(config, origin, report)
     return config, report

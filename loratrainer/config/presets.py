@@ -92,12 +92,13 @@ def user_preset_dir() -> Path:
     return Path(base) / "loratrainer" / "presets"
 
 
-def load_any_config(path: str | Path) -> tuple[TrainingConfig, ImportReport]:
-    """Our JSON (a config or a preset) or a Kohya GUI config, told apart by content; the report says which."""
+def load_any_config(path: str | Path, overrides: dict | None = None) -> tuple[TrainingConfig, ImportReport]:
+    """Our JSON (a config or a preset) or a Kohya GUI config, told apart by content; the report says which.
+    `overrides` ({setting path: value}) are applied before the whole is validated (`train --set`)."""
     data = read_json_object(path)
     if looks_like_kohya(data):
-        return import_kohya(data, str(path))
-    return config_from_dict(data, str(path)), ImportReport(source=str(path), format="loratrainer")
+        return import_kohya(data, str(path), overrides)
+    return config_from_dict(data, str(path), overrides), ImportReport(source=str(path), format="loratrainer")
 
 
 def _preset_info(path: Path, shipped: bool) -> PresetInfo:

@@ -35,7 +35,17 @@ define({
         "skipped: {w}x{h} does not fit any bucket at {resolution} {rw}x{rh} (its shorter side would be under "
         "{step} px): raise {resolution}"
     ),
-    "check.not_multiple": "{w}x{h} is not a multiple of bucket_reso_steps ({steps}): images will be cropped to the nearest bucket",
+    # What happens, as the bucket preview shows it (issue 22: "cropped to the nearest bucket" while the preview
+    # listed that very size): buckets.py rounds every bucket side down to a multiple of the step.
+    "check.not_multiple": (
+        "{w}x{h} is not a multiple of bucket_reso_steps ({steps}): every bucket side is rounded down to a multiple of "
+        "{steps} (the bucket preview lists the sizes images train at, e.g. {bw}x{bh}), so nothing trains at {w}x{h}; "
+        "set {resolution} to a multiple of {steps} such as {nw},{nh} to train at that size"
+    ),
+    "check.not_multiple_no_buckets": (
+        "{w}x{h} is not a multiple of {steps}: without buckets every image is resized and cropped to exactly {w}x{h}; "
+        "SD1.5 works best at multiples of {steps} such as {nw},{nh}"
+    ),
     "check.multiline": "{n} caption file(s) have more than one line; only the first line is used: {names}",
     "check.skipped": "skipped: {reason}",
     "check.high_bit": "{mode} (more than 8 bits per channel) image: scaled to 8 bits for training",
@@ -43,6 +53,10 @@ define({
     "check.too_small_skipped": (
         "skipped: {w}x{h} is too small for a {step} px bucket step at {rw}x{rh}; use a larger image or delete it"
         " (dataset.undersized_images = refuse makes this an error)"
+    ),
+    "check.far_smaller": (
+        "{w}x{h} is far smaller than the training resolution {rw}x{rh} (under a quarter of its pixels): the LoRA "
+        "learns little detail from it and may turn out blurry; use a larger copy if you have one"
     ),
     "check.duplicate_stem": "{names} share the name `{stem}` and so one caption file: rename or delete one of them",
     "check.uncaptioned": "{n} image(s) have no caption ({ext} file missing or empty) and train with {uses}: {names}{hint}",
@@ -106,7 +120,16 @@ def _settings_problems(config: TrainingConfig) -> list[Problem]:
             "check.resolution_below_min", w=w, h=h, value=b.min_bucket_reso,
             resolution=Label("buckets.max_resolution"), min_reso=Label("buckets.min_bucket_reso"))))
     if w % b.bucket_reso_steps or h % b.bucket_reso_steps:
-        problems.append(Problem.at("buckets.max_resolution", "warning", Msg.of("check.not_multiple", w=w, h=h, steps=b.bucket_reso_steps)))
+        steps = b.bucket_reso_steps
+        nw, nh = (max(steps, round(x / steps) * steps) for x in (w, h))
+        if not b.enable_bucket:
+            problems.append(Problem.at("buckets.max_resolution", "warning", Msg.of("check.not_multiple_no_buckets", w=w, h=h, steps=steps, nw=nw, nh=nh)))
+        else:
+            # the bucket an image of exactly this shape gets (the square one for a square resolution)
+            choice = plan.select(w, h) if min(w, h) >= steps else None
+            bw, bh = choice.bucket if choice else (w - w % steps, h - h % steps)
+            problems.append(Problem.at("buckets.max_resolution", "warning", Msg.of(
+                "check.not_multiple", w=w, h=h, steps=steps, bw=bw, bh=bh, nw=nw, nh=nh, resolution=Label("buckets.max_resolution"))))
     return problems
 
 
@@ -159,6 +182,9 @@ def _check_image(
         rw, rh = plan.resolution
         problems.append(Problem.at(image, "error" if refuse else "warning", Msg.of(code, w=w, h=h, step=step, rw=rw, rh=rh)))
         return None
+    rw, rh = plan.resolution
+    if 4 * w * h <= rw * rh:  # named, not skipped: it trains, enlarged (or at its own size with bucket_no_upscale)
+        problems.append(Problem.at(image, "info", Msg.of("check.far_smaller", w=w, h=h, rw=rw, rh=rh)))
     ext = config.dataset.caption_extension
     try:
         text = read_caption_file(image, ext)

@@ -46,7 +46,9 @@ class ImageError(UserError):
 
 define({
     "image.empty": "the file is empty (0 bytes): delete it or copy it again",
-    "image.truncated": "the file is truncated or damaged ({detail}): re-export or delete it",
+    # Without Pillow's own words (OSError text): they are English on every page (issue 22), and say no more to a
+    # user than "damaged".
+    "image.truncated": "the file is truncated or damaged: re-export or delete it",
     "image.missing": "the file does not exist",
     "image.unreadable": "cannot read the file ({detail})",
     "image.too_large": "the image is larger than {max_pixels:,} pixels (a decompression bomb?): refused",
@@ -107,7 +109,7 @@ def load_image(path: str | Path, background: str | tuple[int, int, int] = "#ffff
         try:
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(path, Msg.of("image.truncated", detail=str(exc))) from None
+            raise ImageError(path, Msg.of("image.truncated")) from None
         rgb = to_rgb(im, background)
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])

@@ -16,6 +16,14 @@ from pathlib import Path
 from loratrainer.data.folders import is_junk_name, parse_concept_name
 from loratrainer.data.images import is_image_name
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "prepare.left_out.not_image": "not an image type training reads (png, jpg, jpeg, webp, bmp)",
+    "prepare.left_out.animated": "an animation (GIF): training reads still images only (png, jpg, jpeg, webp, bmp); save a frame as PNG to use it",
+    "prepare.left_out.orphan_caption": "a caption file without an image of the same name",
+    "prepare.left_out.folder": "a folder: only the files directly in the chosen folder are copied",
+})
 
 _FORBIDDEN_NAME_CHARS = '/\\:*?"<>|\0'
 _CAPTION_SUFFIXES = {".txt", ".caption"}
@@ -29,6 +37,7 @@ class PreparedFolder:
     repeats: int
     images: int
     captions: int
+    left_out: list[tuple[Path, Msg]] = field(default_factory=list)  # what was in the source and not copied, and why
 
 
 @dataclass
@@ -85,8 +94,10 @@ def prepare_project(
     reg_dir = _existing_dir(reg_src, "--reg") if reg_src else None
     if reg_dir is not None:
         _refuse_overlap(reg_dir, dest_dir, "--reg")
-    train_files = _dataset_files(src_dir)
-    reg_files = _dataset_files(reg_dir) if reg_dir is not None else None
+    train_images, train_captions, train_left = _sorted_files(src_dir)
+    train_files = (train_images, train_captions)
+    reg_sorted = _sorted_files(reg_dir) if reg_dir is not None else None
+    reg_files = reg_sorted[:2] if reg_sorted is not None else None
     suggested = repeats is None
     repeats = suggest_repeats(len(train_files[0])) if repeats is None else repeats
     if repeats < 1 or reg_repeats < 1:
@@ -106,6 +117,9 @@ def prepare_project(
     except OSError as exc:
         raise UserError(f"cannot create {exc.filename}: {exc.strerror}") from None
     prepared = _copy_all(targets)
+    prepared[0].left_out = train_left
+    if reg_sorted is not None:
+        prepared[1].left_out = reg_sorted[2]
     created += [p.path for p in prepared]
     return PrepareResult(dest_dir, prepared[0], prepared[1] if len(prepared) > 1 else None, created, suggested)
 
@@ -146,13 +160,33 @@ def _refuse_files_in_the_way(folders: list[Path]) -> None:
 
 def _dataset_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """(images, their caption files) directly in `folder`, junk left out."""
-    entries = sorted(p for p in folder.iterdir() if p.is_file() and not is_junk_name(p.name))
+    images, captions, _ = _sorted_files(folder)
+    return images, captions
+
+
+def _sorted_files(folder: Path) -> tuple[list[Path], list[Path], list[tuple[Path, Msg]]]:
+    """(images, their caption files, what is left out and why) directly in `folder`; junk (hidden files,
+    Thumbs.db) is left out silently (issue 22: a GIF used to vanish without a word)."""
+    everything = sorted(p for p in folder.iterdir() if not is_junk_name(p.name))
+    entries = [p for p in everything if p.is_file()]
     images = [p for p in entries if is_image_name(p.name)]
     if not images:
         raise UserError(f"{folder}: no images (png, jpg, jpeg, webp, bmp) directly in this folder")
     stems = {p.stem for p in images}
     captions = [p for p in entries if p.suffix.lower() in _CAPTION_SUFFIXES and p.stem in stems]
-    return images, captions
+    left_out: list[tuple[Path, Msg]] = []
+    for p in everything:
+        if p.is_dir():
+            left_out.append((p, Msg.of("prepare.left_out.folder")))
+        elif p in images or p in captions:
+            continue
+        elif p.suffix.lower() in _CAPTION_SUFFIXES:
+            left_out.append((p, Msg.of("prepare.left_out.orphan_caption")))
+        elif p.suffix.lower() == ".gif":
+            left_out.append((p, Msg.of("prepare.left_out.animated")))
+        else:
+            left_out.append((p, Msg.of("prepare.left_out.not_image")))
+    return images, captions, left_out
 
 
 def _copy_all(targets: list[tuple[Path, tuple[list[Path], list[Path]]]]) -> list[PreparedFolder]:

@@ -26,6 +26,10 @@ CSS = """
 .lt-path-row .lt-browse {align-self: flex-end !important; margin-bottom: calc(var(--spacing-xl, 10px) + var(--block-border-width, 1px)) !important;}
 /* the live view is refreshed every second: Gradio's "pending" dimming and flashing would make it flicker */
 .lt-live .pending, .lt-live.pending {opacity: 1 !important; animation: none !important;}
+/* the "Start anyway?" question: its text off the box's edge */
+#confirm-start {padding: 12px 16px !important;}
+/* the caption editor: a caption under its thumbnail wraps to three lines instead of ending after ~15 characters */
+#ed-gallery .caption-label {white-space: normal !important; max-width: 100% !important; left: 0; max-height: 4.6em; overflow: hidden;}
 """
 
 

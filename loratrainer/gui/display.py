@@ -89,6 +89,25 @@ class Display:
             partial.replace(target)
         return str(target)
 
+    def placeholder(self, source: str | Path, max_side: int = 256) -> str:
+        """A grey tile with a cross, standing in for an image that cannot be shown (the caption editor lists it by
+        name with the reason). One file per source path, so each gallery entry still names its own image."""
+        source = Path(source)
+        key = hashlib.sha1(f"{source.absolute()}|unreadable|{max_side}".encode()).hexdigest()[:20]
+        target = self.root / f"{key}-unreadable.png"
+        if not target.exists():
+            from PIL import Image, ImageDraw
+
+            im = Image.new("RGB", (max_side, max_side), (228, 228, 231))
+            draw = ImageDraw.Draw(im)
+            m, w = max_side // 3, max(2, max_side // 40)
+            draw.line((m, m, max_side - m, max_side - m), fill=(161, 161, 170), width=w)
+            draw.line((m, max_side - m, max_side - m, m), fill=(161, 161, 170), width=w)
+            tmp = target.with_suffix(".tmp.png")
+            im.save(tmp, "PNG")
+            tmp.replace(target)
+        return str(target)
+
     def copy(self, source: str | Path) -> str | None:
         """A copy of a file made by a run (a sample image), or None when it is gone."""
         source = Path(source)

@@ -103,10 +103,30 @@ def check_path(path: str, role: str, t: Translator) -> str:
         return t(f"check.{role}.empty") if role in ("train", "output", "model") else ""
     if not usable_path(path):
         return t("check.not_found")
+    foreign = _foreign(path, role, t)
+    if foreign:
+        return foreign
     try:
         return _check_path(path, role, t)
     except (OSError, ValueError) as exc:  # a name too long for the file system, a loop of links
         return t("browse.cannot_read", error=getattr(exc, "strerror", None) or str(exc))
+
+
+# The setting each path check's role is about, so a path from another computer is explained as Start explains it.
+_ROLE_SETTINGS = {"model": "model.pretrained_model_name_or_path", "train": "folders.train_data_dir", "reg": "folders.reg_data_dir",
+                  "output": "folders.output_dir", "log": "folders.logging_dir"}
+
+
+def _foreign(path: str, role: str, t: Translator) -> str:
+    """Start's sentence for a Windows path on Linux (or the reverse), not "Not found" (issue 22); "" otherwise."""
+    from loratrainer.config.foreign_paths import foreign_kind
+    from loratrainer.launch import path_checks  # noqa: F401  (defines launch.foreign_path, Start's sentence)
+    from loratrainer.messages import Label, Msg
+
+    kind = foreign_kind(path)
+    if not kind or role not in _ROLE_SETTINGS:
+        return ""
+    return "✗ " + t.message(Msg.of("launch.foreign_path", setting=Label(_ROLE_SETTINGS[role]), kind=kind, value=path.strip()))
 
 
 def _check_path(path: str, role: str, t: Translator) -> str:

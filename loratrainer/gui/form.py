@@ -29,6 +29,34 @@ def elem_id(path: str) -> str:
     return "field-" + path.replace(".", "-")
 
 
+def is_rate(spec: FieldSpec) -> bool:
+    """A learning-rate box: a text box, not a browser number box, so "0,0001" (a decimal comma) and " 1e-3 " can
+    be typed, read, and said back (issue 22); what reaches the schema is a number (`read_rate`)."""
+    return spec.kind == "float" and spec.group == "optimizer" and (spec.name == "learning_rate" or spec.name.endswith("_lr"))
+
+
+def read_rate(value: Any) -> Any:
+    """A rate box's text -> a float (a decimal comma read as a point, spaces ignored), None when empty, or the
+    text itself when it is no number (the schema then names the box)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().replace(" ", "")
+    if not text:
+        return None
+    if "," in text and "." not in text and text.count(",") == 1:
+        text = text.replace(",", ".")
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return number if number == number and abs(number) != float("inf") else value
+
+
+def rate_text(value: Any) -> str:
+    """A rate as its box shows it: 0.0001, 5e-05; empty for None."""
+    return "" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def make_field(spec: FieldSpec, t: Translator, **extra: Any):
     """The component for one schema field, labelled and explained in the page's language."""
     import gradio as gr
@@ -41,6 +69,8 @@ def make_field(spec: FieldSpec, t: Translator, **extra: Any):
         return gr.Checkbox(value=spec.default, **common)
     if kind == "choice":
         return gr.Dropdown(choices=list(spec.choices or ()), value=spec.default, **common)
+    if is_rate(spec):
+        return gr.Textbox(value=rate_text(spec.default), max_lines=1, **common)
     if kind in ("int", "float"):
         return gr.Number(
             value=spec.default,
@@ -59,6 +89,8 @@ def specs_by_path() -> dict[str, FieldSpec]:
 
 def coerce(spec: FieldSpec, value: Any) -> Any:
     """A component's value as the schema expects it (Number gives floats, cleared boxes give None)."""
+    if is_rate(spec):
+        return read_rate(value)
     if spec.kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if spec.kind == "text" and value is None:
@@ -98,4 +130,4 @@ def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None)
 
 def config_values(config: TrainingConfig) -> dict[str, Any]:
     """{path: value} for every field, as the components show them."""
-    return {path: get_value(config, path) for path in specs_by_path()}
+    return {path: rate_text(get_value(config, path)) if is_rate(spec) else get_value(config, path) for path, spec in specs_by_path().items()}

@@ -43,7 +43,8 @@ def status_line(view: JobView | None, t: Translator) -> str:
         return t(f"status.{outcome}", reason=reason)
     signal = re.search(r"signal (\d+)", outcome)
     if outcome.startswith("killed"):
-        return t("status.killed", detail=outcome if t.lang == "en" or not signal else t("reason.signal", n=signal.group(1)))
+        # "killed (signal 9)" says "killed" itself: the detail is the signal alone, said once (issue 22)
+        return t("status.killed", detail=t("reason.signal", n=signal.group(1)) if signal else outcome)
     code = re.search(r"exit code (-?\d+)", outcome)
     if t.lang != "en" and code:
         return t("status.error", reason=t("reason.exit_code", code=code.group(1)))

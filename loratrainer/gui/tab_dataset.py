@@ -5,6 +5,7 @@ assignment (loratrainer.data.check, the same code the trainer uses)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from loratrainer.data.folders import parse_concept_name
@@ -12,6 +13,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
+from loratrainer.gui.i18n import md
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
 STEP_FIELDS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps", "launch.num_processes")
@@ -52,6 +54,12 @@ class DatasetHandlers:
             f["folders.logging_dir"]: str(r.project / "log"),
             n["prep_message"]: self.t("prepare.done", folder=str(r.train.path), images=r.train.images, captions=r.train.captions, repeats=r.train.repeats),
         }
+        left_out = [item for folder in (r.train, r.reg) if folder for item in folder.left_out]
+        if left_out:  # name what was not copied and why (a GIF, a stray caption, a sub-folder)
+            lines = [f"- `{path.name.replace('`', '')}`: {md(self.t.message(why))}" for path, why in left_out[:30]]
+            if len(left_out) > 30:
+                lines.append(f"- … (+{len(left_out) - 30})")
+            out[n["prep_message"]] += "\n\n" + self.t("prepare.left_out", count=len(left_out)) + "\n" + "\n".join(lines)
         if r.reg:
             out[f["folders.reg_data_dir"]] = str(r.project / "reg")
         return out
@@ -83,6 +91,10 @@ class DatasetHandlers:
         errors = sum(1 for p in report.problems if p.severity == "error")
         warnings = sum(1 for p in report.problems if p.severity == "warning")
         head = self.t("check.ready") if report.ok else self.t("check.refused", errors=errors)
+        if report.ok and report.skipped:  # not "Ready to train" when images are left out (issue 22): how many, and why
+            usable = report.images + report.reg_images
+            head = self.t("check.ready_skipped", usable=usable, total=usable + len(report.skipped), skipped=len(report.skipped))
+            head += "\n\n" + "\n".join(f"- {self.t(f'check.skip_reason.{kind}', count=count)}" for kind, count in skip_reasons(report).items())
         return head + "\n\n" + self.t(
             "check.counts", images=report.images, reg=report.reg_images, skipped=len(report.skipped), uncaptioned=len(report.uncaptioned), warnings=warnings
         )
@@ -172,6 +184,22 @@ def parse_repeats(value) -> int | None:
     except ValueError:
         return 0
     return int(number) if number.is_integer() and number >= 1 else 0
+
+
+SKIP_KINDS = {"check.skipped": "unreadable", "check.too_small_skipped": "too_small", "check.resolution_too_small_for_image": "no_bucket"}
+
+
+def skip_reasons(report) -> dict[str, int]:
+    """{why: how many} of the skipped images, from the problem that skipped each (data/check.py's codes)."""
+    skipped = {str(p) for p in report.skipped}
+    counts: dict[str, int] = {}
+    for p in report.problems:
+        kind = SKIP_KINDS.get(p.code)
+        if kind and str(p.path) in skipped:
+            counts[kind] = counts.get(kind, 0) + 1
+    if sum(counts.values()) < len(skipped):
+        counts["other"] = len(skipped) - sum(counts.values())
+    return counts
 
 
 def concept_rows(report) -> list[list]:
@@ -301,9 +329,12 @@ def _report_panel(ui: UiContext, gr) -> dict:
             n["problem_images"] = gr.Gallery(label=t("check.problem_images"), columns=4, height=240, object_fit="contain", elem_id="check-problem-images")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
-                                         datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
-                                         label=t("repeats.label"), elem_id="concepts")
+            with warnings.catch_warnings():  # Gradio 6 still reads (n, "fixed"); row_limits "is not yet implemented"
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # fixed rows: one per concept folder found, no add-row bar (a row typed in names no folder)
+                n["concepts"] = gr.Dataframe(headers=[t("repeats.col_folder"), t("repeats.col_repeats"), t("repeats.col_images"), t("repeats.col_samples")],
+                                             datatype=["str", "number", "number", "number"], type="array", interactive=True, static_columns=[0, 2, 3],
+                                             row_count=(1, "fixed"), label=t("repeats.label"), elem_id="concepts")
             apply = gr.Button(t("repeats.apply"), elem_id="repeats-apply")
             with gr.Group(visible=False, elem_id="rename-panel") as n["rename_panel"]:
                 n["rename_text"] = gr.Markdown()

@@ -84,6 +84,22 @@ class ToolProcess:
         return lines[-1] if lines else ""
 
 
+# which boxes each tool shows; TOGGLED are the boxes that come and go
+SHOWN = {
+    "inspect": {"lt_file"}, "resize": {"lt_file", "lt_rank", "lt_conv_rank", "lt_dynamic", "lt_param", "lt_precision"},
+    "merge": {"lt_files", "lt_rank", "lt_conv_rank", "lt_precision"}, "merge-into": {"lt_model", "lt_files", "lt_diffusers"},
+    "extract": {"lt_base", "lt_tuned", "lt_rank", "lt_conv_rank", "lt_min_diff"},
+}
+TOGGLED = ["lt_file", "lt_files", "lt_model", "lt_base", "lt_tuned", "lt_rank", "lt_conv_rank", "lt_dynamic", "lt_param",
+           "lt_min_diff", "lt_precision", "lt_diffusers"]
+
+
+def _keys(t) -> set:
+    from loratrainer.gui.i18n import table
+
+    return set(table(t.lang))
+
+
 class LoraToolsHandlers:
     def __init__(self, ui: UiContext):
         self.ui = ui
@@ -93,6 +109,21 @@ class LoraToolsHandlers:
     def values(self, data: dict) -> dict:
         by_id = {id(c): k for k, c in self.ui.named.items()}
         return {by_id[id(c)]: v for c, v in data.items() if id(c) in by_id}
+
+    def switch(self, tool: str) -> list:
+        """The chosen tool's help and boxes (the Rank box's help for this tool alone); the previous tool's
+        answer is cleared, so it is never read as this tool's (issue 22)."""
+        import gradio as gr
+
+        rank_help = self.t(f"lora.rank_help.{tool}") if f"lora.rank_help.{tool}" in _keys(self.t) else ""
+        updates = []
+        for k in TOGGLED:
+            update = gr.update(visible=k in SHOWN[tool])
+            if k == "lt_rank" and rank_help:
+                update = gr.update(visible=True, info=rank_help)
+            updates.append(update)
+        # the file box's row holds its Browse… button: both come and go together
+        return [gr.update(value=self.t(f"lora.help.{tool}"))] + updates + [gr.update(visible="lt_file" in SHOWN[tool]), ""]
 
     # -- from the form to an argument list ------------------------------------------------------------------
 
@@ -296,7 +327,7 @@ def build(ui: UiContext) -> LoraToolsHandlers:
         n["lt_base"] = gr.Textbox(label=t("lora.base"), visible=False, elem_id="lt-base")
         n["lt_tuned"] = gr.Textbox(label=t("lora.tuned"), visible=False, elem_id="lt-tuned")
     with gr.Row():
-        n["lt_rank"] = gr.Number(None, label=t("lora.rank"), info=t("lora.rank_help"), precision=0, minimum=0, visible=False, elem_id="lt-rank")
+        n["lt_rank"] = gr.Number(None, label=t("lora.rank"), info=t("lora.rank_help.resize"), precision=0, minimum=0, visible=False, elem_id="lt-rank")
         n["lt_conv_rank"] = gr.Number(None, label=t("lora.conv_rank"), precision=0, minimum=0, visible=False, elem_id="lt-conv-rank")
         n["lt_dynamic"] = gr.Dropdown([(t(f"lora.dynamic.{d}"), d) for d in DYNAMIC], value="none", label=t("lora.dynamic"), visible=False)
         n["lt_param"] = gr.Number(0.9, label=t("lora.param"), info=t("lora.param_help"), visible=False, elem_id="lt-param")
@@ -305,23 +336,13 @@ def build(ui: UiContext) -> LoraToolsHandlers:
         n["lt_diffusers"] = gr.Checkbox(False, label=t("lora.diffusers"), visible=False)
     with gr.Row():
         run = gr.Button(t("lora.run"), variant="primary", elem_id="lt-run")
-        cancel = gr.Button(t("lora.cancel"), variant="stop", elem_id="lt-cancel")
+        cancel = gr.Button(t("lora.cancel"), variant="stop", interactive=False, elem_id="lt-cancel")  # pressable while a tool runs
     n["lt_message"] = gr.Markdown(elem_id="lt-message")
 
-    shown = {
-        "inspect": {"lt_file"}, "resize": {"lt_file", "lt_rank", "lt_conv_rank", "lt_dynamic", "lt_param", "lt_precision"},
-        "merge": {"lt_files", "lt_rank", "lt_conv_rank", "lt_precision"}, "merge-into": {"lt_model", "lt_files", "lt_diffusers"},
-        "extract": {"lt_base", "lt_tuned", "lt_rank", "lt_conv_rank", "lt_min_diff"},
-    }
-    toggled = ["lt_file", "lt_files", "lt_model", "lt_base", "lt_tuned", "lt_rank", "lt_conv_rank", "lt_dynamic", "lt_param",
-               "lt_min_diff", "lt_precision", "lt_diffusers"]
-
     def switch(tool):
-        # the file box's row holds its Browse… button: both come and go together
-        return [gr.update(value=t(f"lora.help.{tool}"))] + [gr.update(visible=k in shown[tool]) for k in toggled] + [
-            gr.update(visible="lt_file" in shown[tool])]
+        return h.switch(tool)
 
-    n["lt_tool"].change(switch, inputs=[n["lt_tool"]], outputs=[n["lt_help"]] + [n[k] for k in toggled] + [n["lt_file_row"]],
+    n["lt_tool"].change(switch, inputs=[n["lt_tool"]], outputs=[n["lt_help"]] + [n[k] for k in TOGGLED] + [n["lt_file_row"], n["lt_message"]],
                         api_visibility="private")
     inputs = {n[k] for k in KEYS}
 
@@ -331,6 +352,9 @@ def build(ui: UiContext) -> LoraToolsHandlers:
     def cancel_tool(request: gr.Request) -> str:
         return h.cancel(request)
 
-    run.click(run_tool, inputs=inputs, outputs=[n["lt_message"]], api_name="lora_tool")
+    running, idle = (lambda: gr.update(interactive=True)), (lambda: gr.update(interactive=False))
+    run.click(running, outputs=[cancel], api_visibility="private", show_progress="hidden").then(
+        run_tool, inputs=inputs, outputs=[n["lt_message"]], api_name="lora_tool").then(
+        idle, outputs=[cancel], api_visibility="private", show_progress="hidden")
     cancel.click(cancel_tool, inputs=None, outputs=[n["lt_message"]], api_visibility="private")
     return h

@@ -17,6 +17,11 @@ from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 from loratrainer.gui.form import basic_paths, specs_by_path
 
+# What a loaded config file keeps from the page unless it sets it (issue 22: a Kohya file emptied them).
+PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
+              "model.pretrained_model_name_or_path", "model.vae")
+
+
 class TrainingHandlers:
     """The tab's event handlers; plain methods so tests call them directly with {component: value} dicts."""
 
@@ -47,7 +52,10 @@ class TrainingHandlers:
             config = apply_preset(self.ui.read_config(data), load_preset(chosen))
         except UserError as exc:
             return {message: self.t.error(exc)}
-        return {**self.ui.show_config(config), message: self.t("presets.loaded", name=Path(chosen).stem)}
+        from loratrainer.config.presets import list_presets
+
+        name = next((p.name for p in list_presets() if str(p.path) == str(chosen)), Path(chosen).stem)  # as the list shows it
+        return {**self.ui.show_config(config), message: self.t("presets.loaded", name=name)}
 
     def save_preset(self, data: dict) -> dict:
         from loratrainer.config.presets import save_user_preset
@@ -77,11 +85,40 @@ class TrainingHandlers:
             config, report = load_any_config(path)
         except UserError as exc:
             return {message: self.t.error(exc)}
+        config, changed = self._keep_page_paths(data, config, path)
+        name = Path(path).name  # Gradio keeps an upload's name on its temporary copy
+        report.source = name  # so the report names the file, not the temporary folder
         lines = report.lines(self.t.message)
-        text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=Path(path).name)
+        text = self.t("config.loaded_kohya" if report.format == "kohya" else "config.loaded", path=name)
+        text += " " + (self.t("config.changed_paths", labels=", ".join(self.t.label(p) for p in changed)) if changed
+                       else self.t("config.kept_paths"))
         if len(lines) > 1:
             text += "\n\n```\n" + "\n".join(lines) + "\n```"
         return {**self.ui.show_config(config), message: text}
+
+    def _keep_page_paths(self, data: dict, config, path: str):
+        """(config, changed paths): the folders, model and output name on the page are kept unless the file gives
+        them a value (a Kohya file always has the keys, often empty, issue 22), as loading a preset keeps them."""
+        from loratrainer.config import get_value, with_values
+        from loratrainer.config.presets import read_json_object
+
+        try:
+            page = self.ui.read_config(data)
+            raw = read_json_object(path)
+        except (UserError, OSError):
+            return config, []
+        keep, changed = {}, []
+        for key in PAGE_PATHS:
+            group, leaf = key.split(".")
+            given = raw.get(leaf) if leaf in raw else (raw.get(group) or {}).get(leaf) if isinstance(raw.get(group), dict) else None
+            if given is None or (isinstance(given, str) and not given.strip()):
+                keep[key] = get_value(page, key)
+            elif get_value(config, key) != get_value(page, key):
+                changed.append(key)
+        try:
+            return with_values(config, keep), changed
+        except (UserError, ValueError):
+            return config, changed
 
     def save_file(self, data: dict, kohya: bool = False) -> dict:
         """Save our JSON (or, with kohya=True, a Kohya GUI config); an existing file is backed up first as
@@ -160,6 +197,9 @@ class TrainingHandlers:
         try:
             config = self.ui.read_config(data)
             if not confirmed and self.ui.jobs.active() is None:
+                from loratrainer.launch.start import preflight
+
+                preflight(config)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
                 questions = self.questions(config)
                 if questions:
                     listing = "\n".join(f"- {q}" for q in questions)
@@ -169,7 +209,8 @@ class TrainingHandlers:
             message = {n["run_message"]: self.refusal(exc), **hide}
             if self.ui.jobs.active() is not None:
                 return message
-            return {**self.refresh(None, -1), **message}
+            # the status says what happened, not "No run yet" on a page that has run before (issue 22)
+            return {**self.refresh(None, -1), **message, n["status"]: self.t("status.not_started")}
         return {**self.refresh(str(run_dir), -1), n["run_message"]: "", **hide}
 
     def start_anyway(self, data: dict) -> dict:
@@ -272,6 +313,42 @@ class TrainingHandlers:
             out[n["gallery"]] = gr.skip()
         return out
 
+    def optimizer_note(self, optimizer: str) -> dict:
+        """Before Start: an 8-bit optimizer that cannot run here (no CUDA GPU) is said beside the buttons, with a
+        button that picks the plain equivalent (launch/eight_bit.py; Start refuses it the same way)."""
+        import gradio as gr
+
+        from loratrainer.config.optimizer_table import EIGHT_BIT
+        from loratrainer.launch.eight_bit import page_refusal
+
+        n = self.ui.named
+        instead = EIGHT_BIT.get(optimizer or "")
+        if not instead or page_refusal(optimizer) is None:
+            return {n["optimizer_note"]: "", n["optimizer_fix"]: gr.update(visible=False)}
+        note = self.t("optimizer.no_cuda", optimizer=optimizer, label=self.t.label("optimizer.optimizer"), instead=instead)
+        return {n["optimizer_note"]: note, n["optimizer_fix"]: gr.update(visible=True, value=self.t("optimizer.use_instead", instead=instead))}
+
+    def use_instead(self, optimizer: str) -> str:
+        from loratrainer.config.optimizer_table import EIGHT_BIT
+
+        return EIGHT_BIT.get(optimizer or "", optimizer)
+
+    def rate_read(self, path: str, value) -> dict:
+        """A learning-rate box's help line, followed by what was read from it ("read as 0.0001") when the text is
+        not already written that way, or by why it cannot be read."""
+        import gradio as gr
+
+        from loratrainer.gui.form import rate_text, read_rate
+
+        number = read_rate(value)
+        info = self.t.help(path)
+        if isinstance(number, float):
+            if rate_text(number) != (value or "").strip():
+                info += " " + self.t("form.rate_read", value=rate_text(number))
+        elif number is not None:
+            info += " " + self.t("form.rate_unreadable", text=str(value).strip())
+        return gr.update(info=info)
+
     def folders_summary(self, data: dict) -> str:
         values = self.ui.paths_of(data)
         rows = [f"- **{self.t.label(p)}**: `{values.get(p) or '—'}`" for p in ("folders.train_data_dir", "folders.output_dir")]
@@ -309,6 +386,17 @@ def build(ui: UiContext) -> TrainingHandlers:
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     ui.after_build(wire_summary)
+    from loratrainer.gui.form import is_rate
+
+    for path, spec in specs_by_path().items():
+        if is_rate(spec) and path in ui.fields:
+            box = ui.fields[path]
+            box.change(lambda v, p=path: h.rate_read(p, v), inputs=[box], outputs=[box], show_progress="hidden", api_visibility="private")
+    optimizer = ui.fields["optimizer.optimizer"]
+    note_outputs = [n["optimizer_note"], n["optimizer_fix"]]
+    optimizer.change(h.optimizer_note, inputs=[optimizer], outputs=note_outputs, show_progress="hidden", api_visibility="private")
+    ui.on_load(h.optimizer_note, inputs=[optimizer], outputs=note_outputs)
+    n["optimizer_fix"].click(h.use_instead, inputs=[optimizer], outputs=[optimizer], api_visibility="private")
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
@@ -375,6 +463,9 @@ def _run_panel(ui: UiContext, gr) -> dict:
         stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
+    with gr.Row(equal_height=True):
+        n["optimizer_note"] = gr.Markdown(elem_id="optimizer-note", scale=4)
+        n["optimizer_fix"] = gr.Button(t("optimizer.use_instead", instead="AdamW"), visible=False, elem_id="optimizer-fix", scale=1)
     with gr.Group(visible=False, elem_id="confirm-start") as n["confirm_panel"]:
         n["confirm_text"] = gr.Markdown(elem_id="confirm-text")
         with gr.Row():

@@ -11,10 +11,12 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
+from loratrainer.gui.i18n import md, sentence
+from loratrainer.messages import Msg
 
 PAGE_SIZE = 12
-RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive")
+RUN_KEYS = ("cap_method", "cap_folder", "cap_extension", "cap_prefix", "cap_postfix", "cap_batch", "cap_overwrite", "cap_recursive",
+            "cap_add_existing")
 
 
 def option_key(method: str, name: str) -> str:
@@ -64,22 +66,54 @@ class UtilitiesHandlers:
         except UserError as exc:
             return self.t.error(exc)
         text = self.t("caption.plan", todo=len(plan.images), existing=len(plan.existing))
+        add_existing = bool(v.get("cap_add_existing")) and bool(run.prefix.strip() or run.postfix.strip())
         if not run.overwrite and plan.existing:
-            text += " " + self.t("caption.plan_kept")
+            text += " " + self.t("caption.plan_added" if add_existing else "caption.plan_kept")
+        example = self._example(v, run, plan, add_existing)
+        if example:
+            text += "\n\n" + self.t("caption.example", example=md(example))
         if plan.duplicates:
             pairs = "; ".join(" + ".join(p.name for p in group) for group in plan.duplicates[:5])
             text += "\n\n" + self.t("caption.duplicates", pairs=pairs)
         return text
 
+    def _example(self, v: dict, run, plan, add_existing: bool) -> str:
+        """One caption as it would be written: the fixed text with prefix and postfix, a model's with a
+        placeholder for what it generates, or an existing caption with the prefix added."""
+        from loratrainer.caption import basic, writer
+
+        if plan.images:
+            if v["cap_method"] == "fixed":
+                middle = v.get(option_key("fixed", "text")) or ""
+            else:
+                middle = self.t("caption.generated")
+            return f"{plan.images[0].name}: " + writer.compose(run.prefix, middle, run.postfix, self._separator(v))
+        if add_existing and plan.existing:
+            image, caption_file = next(iter(sorted(plan.existing.items())))
+            try:
+                old = writer.read_text(caption_file)
+            except Exception:  # an unreadable caption: the run reports it
+                return ""
+            return f"{caption_file.name}: " + basic.prefix_postfix_edit(run.prefix, run.postfix, self._separator(v))(old).partition("\n")[0]
+        return ""
+
+    def _separator(self, v: dict) -> str:
+        """A tagger's tag separator (the prefix becomes the first tag), else a space (Kohya's add_pre_postfix)."""
+        if v["cap_method"] == "wd14":
+            return v.get(option_key("wd14", "tag_separator")) or ", "
+        return " "
+
     def caption(self, data: dict, request=None):
         """A generator: progress lines while the captioner runs in a thread, then the report."""
         from loratrainer.caption import caption_folder
 
+        v = self.values(data)
         try:
-            run, model = self._options(self.values(data))
+            run, model = self._options(v)
         except (UserError, ValueError, TypeError) as exc:
             yield self.t.error(exc)
             return
+        add_existing = bool(v.get("cap_add_existing")) and bool(run.prefix.strip() or run.postfix.strip()) and not run.overwrite
         # The library's refusals (no folder, an empty fixed text, images sharing a caption file) come from the
         # thread below before anything is loaded or written, in the page's language.
         session = getattr(request, "session_hash", None) or "direct"
@@ -111,16 +145,39 @@ class UtilitiesHandlers:
         lines = [self.t("caption.done", written=len(report.written), kept=len(report.skipped_existing), failed=len(report.failed))]
         if report.backup_dir:
             lines.append(self.t("caption.backup", folder=str(report.backup_dir)))
+        if add_existing and report.skipped_existing and not report.cancelled:
+            lines += self._add_to_existing(run, v)
         if report.cancelled:
             lines.append(self.t("caption.cancelled"))
         lines += [f"- `{s.path.name}`: {md(self.t.message(s.reason))}" for s in report.failed[:20]]
         yield "\n\n".join(lines)
+
+    def _add_to_existing(self, run, v: dict) -> list[str]:
+        """Kohya's add_pre_postfix on the captions that were kept: the prefix/postfix added where it is not
+        there yet (never twice), the old files backed up first (caption/basic.py)."""
+        from loratrainer.caption import basic
+
+        try:
+            edited = basic.add_prefix_postfix(run.folder, run.prefix, run.postfix, separator=self._separator(v),
+                                              caption_extension=run.caption_extension, recursive=run.recursive)
+        except (UserError, OSError) as exc:
+            return [self.t.error(exc)]
+        lines = [self.t("caption.added_existing", changed=len(edited.changed), unchanged=edited.unchanged)]
+        if edited.backup_dir:
+            lines.append(self.t("caption.backup", folder=str(edited.backup_dir)))
+        lines += [f"- `{s.path.name}`: {md(self.t.message(s.reason))}" for s in edited.failed[:20]]
+        return lines
 
     def caption_error(self, exc: Exception) -> str:
         from loratrainer.caption.folder import DuplicateStemsError
 
         if isinstance(exc, DuplicateStemsError):
             return self.t("caption.duplicates", pairs="; ".join(" + ".join(p.name for p in group) for group in exc.groups[:5]))
+        msg = getattr(exc, "msg", None)
+        if msg is not None and msg.code == "hub.offline":  # one sentence naming the page's box, not the CLI's --model
+            text = self.t("caption.offline", model=msg.params.get("model", ""), why=self.t.message(msg.params.get("why", "")),
+                          label=self.t("caption.model"))
+            return self.t("error.generic", error=md(sentence(text)))
         return self.t.error(exc)
 
     def cancel(self, request=None) -> str:
@@ -151,16 +208,53 @@ class UtilitiesHandlers:
         }
 
     def editor_gallery(self, items: list) -> list:
-        """The gallery of a page's (image, caption) items: a thumbnail with the caption's start under it."""
-        gallery = [(self.ui.display.thumbnail(Path(image)) or "", (caption or "")[:60] or self.t("editor.no_caption")) for image, caption in items or []]
-        return [g for g in gallery if g[0]]
+        """The gallery of a page's (image, caption) items, one entry per item and in the same order: a thumbnail
+        with the caption's start under it, or for an image that cannot be shown a grey tile with its name and why
+        (issue 22: leaving it out shifted every later click onto the next image's caption file)."""
+        return [self._gallery_entry(image, caption) for image, caption in items or []]
 
-    def editor_select(self, items: list, index: int) -> dict:
+    def _gallery_entry(self, image: str, caption: str) -> tuple[str, str]:
+        thumb = self.ui.display.thumbnail(Path(image))
+        if thumb:
+            return thumb, (caption or "")[:120] or self.t("editor.no_caption")
+        return self.ui.display.placeholder(Path(image)), self.t("editor.unreadable", name=Path(image).name, reason=self._unreadable_reason(image))
+
+    def _unreadable_reason(self, image: str) -> str:
+        from loratrainer.data.images import ImageError, probe_image
+
+        try:
+            probe_image(image)
+        except ImageError as exc:
+            return self.t.message(exc.msg)
+        except OSError:
+            pass
+        return self.t.message(Msg.of("image.not_image"))
+
+    def editor_select(self, items: list, index: int, value=None) -> dict:
+        """The clicked image, found by its FILE: the gallery entry's file is matched against each item's
+        thumbnail (or placeholder), so a click can never land on another image's caption. `index` is used only
+        when the entry's file is not given (the API)."""
         n = self.ui.named
-        if not items or index is None or not 0 <= index < len(items):
-            return {n["ed_image"]: "", n["ed_caption"]: "", n["ed_preview"]: None}
-        image, caption = items[index]
-        return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: self.ui.display.thumbnail(image, 512)}
+        empty = {n["ed_image"]: "", n["ed_caption"]: "", n["ed_preview"]: None, n["ed_note"]: ""}
+        items = list(items or [])
+        chosen = None
+        shown = _gallery_file(value)
+        if shown:
+            for image, caption in items:
+                thumb = self.ui.display.thumbnail(Path(image)) or self.ui.display.placeholder(Path(image))
+                if Path(thumb).name == shown:
+                    chosen = (image, caption)
+                    break
+            if chosen is None:
+                return empty
+        elif index is not None and 0 <= index < len(items):
+            chosen = items[index]
+        if chosen is None:
+            return empty
+        image, caption = chosen
+        preview = self.ui.display.thumbnail(image, 512)
+        note = "" if preview else self.t("editor.unreadable", name=Path(image).name, reason=self._unreadable_reason(image))
+        return {n["ed_image"]: image, n["ed_caption"]: caption, n["ed_preview"]: preview, n["ed_note"]: note}
 
     def editor_save(self, folder: str, image: str, caption: str, extension: str, items: list | None = None,
                     *, only_if_changed: bool = False) -> tuple:
@@ -211,6 +305,18 @@ class UtilitiesHandlers:
             return []
 
 
+def _gallery_file(value) -> str:
+    """The file name of a gallery entry as Gradio's select event gives it ({"image": {"path", "url"}, ...});
+    Gradio keeps the name when it copies the file into its cache."""
+    if not isinstance(value, dict):
+        return ""
+    image = value.get("image") if isinstance(value.get("image"), dict) else value
+    for key in ("path", "url", "orig_name"):
+        if isinstance(image.get(key), str) and image[key]:
+            return Path(image[key].split("?")[0]).name
+    return ""
+
+
 def build(ui: UiContext) -> UtilitiesHandlers:
     import gradio as gr
 
@@ -243,11 +349,12 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["cap_batch"] = gr.Number(1, label=t("caption.batch"), precision=0, minimum=1)
         n["cap_overwrite"] = gr.Checkbox(False, label=t("caption.overwrite"), info=t("caption.overwrite_help"))
         n["cap_recursive"] = gr.Checkbox(False, label=t("caption.recursive"))
+        n["cap_add_existing"] = gr.Checkbox(False, label=t("caption.add_existing"), info=t("caption.add_existing_help"), elem_id="cap-add-existing")
     panels = _captioner_options(ui, gr)
     with gr.Row():
         preview = gr.Button(t("caption.preview"), elem_id="cap-preview")
         run = gr.Button(t("caption.run"), variant="primary", elem_id="cap-run")
-        cancel = gr.Button(t("caption.cancel"), variant="stop", elem_id="cap-cancel")
+        cancel = gr.Button(t("caption.cancel"), variant="stop", interactive=False, elem_id="cap-cancel")  # pressable while it runs
     n["cap_message"] = gr.Markdown(elem_id="cap-message")
 
     n["cap_method"].change(lambda m: [gr.update(visible=k == m) for k in panels], inputs=[n["cap_method"]], outputs=list(panels.values()), api_visibility="private")
@@ -257,7 +364,10 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         yield from h.caption(data, request)
 
     preview.click(h.plan, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_plan")
-    run.click(caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder")
+    running, idle = (lambda: gr.update(interactive=True)), (lambda: gr.update(interactive=False))
+    run.click(running, outputs=[cancel], api_visibility="private", show_progress="hidden").then(
+        caption, inputs=inputs, outputs=[n["cap_message"]], api_name="caption_folder").then(
+        idle, outputs=[cancel], api_visibility="private", show_progress="hidden")
     def cancel_run(request: gr.Request) -> str:
         return h.cancel(request)
 
@@ -308,10 +418,11 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     n["ed_message"] = gr.Markdown(elem_id="ed-message")
     n["ed_items"] = gr.State([])
     with gr.Row(equal_height=False):
-        n["ed_gallery"] = gr.Gallery(label=t("editor.images"), columns=4, height=420, allow_preview=False, elem_id="ed-gallery", scale=3)
+        n["ed_gallery"] = gr.Gallery(label=t("editor.images"), columns=4, height="auto", allow_preview=False, elem_id="ed-gallery", scale=3)
         with gr.Column(scale=2):
             n["ed_preview"] = gr.Image(label=t("editor.preview"), interactive=False, height=260, type="filepath")
-            n["ed_image"] = gr.Textbox(label=t("editor.image"), interactive=False)
+            n["ed_note"] = gr.Markdown(elem_id="ed-note")
+            n["ed_image"] = gr.Textbox(label=t("editor.image"), interactive=False, elem_id="ed-image")
             n["ed_caption"] = gr.Textbox(label=t("editor.caption"), lines=3, elem_id="ed-caption")
             save = gr.Button(t("editor.save"), variant="primary", elem_id="ed-save")
             n["ed_saved"] = gr.Markdown(elem_id="ed-saved")
@@ -330,9 +441,10 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     load.click(h.editor_page, inputs=page_inputs, outputs=page_outputs, api_name="caption_page")
 
     def select(items: list, evt: gr.SelectData) -> dict:
-        return h.editor_select(items, evt.index)
+        return h.editor_select(items, evt.index, evt.value)
 
-    n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"]], api_visibility="private")
+    n["ed_gallery"].select(select, inputs=[n["ed_items"]], outputs=[n["ed_image"], n["ed_caption"], n["ed_preview"], n["ed_note"]],
+                           api_visibility="private")
     # Saving refreshes the page's items and gallery, so the caption under the thumbnail is the saved one.
     save.click(h.editor_save, inputs=[n["ed_folder"], n["ed_image"], n["ed_caption"], n["ed_extension"], n["ed_items"]],
                outputs=[n["ed_saved"], n["ed_items"], n["ed_gallery"]], api_name="caption_save")

@@ -7,7 +7,9 @@ No torch at module level: the launcher (and so the GUI) calls `refusal` before a
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import subprocess
 import sys
 
 from loratrainer.config.optimizer_table import EIGHT_BIT, OPTIMIZERS
@@ -32,6 +34,27 @@ def refusal(optimizer: str) -> str | None:
     import torch
 
     return None if torch.cuda.is_available() else unavailable_hint(optimizer)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU, asked once in a child process so that the GUI itself never loads torch
+    (its page says before Start that an 8-bit optimizer cannot run here)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", "import torch; print(int(torch.cuda.is_available()))"], capture_output=True,
+                              text=True, timeout=120)
+        return done.stdout.strip().endswith("1")
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def page_refusal(optimizer: str) -> str | None:
+    """`refusal` without loading torch in this process (the GUI's note beside the optimizer)."""
+    if not needs_bitsandbytes(optimizer):
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return unavailable_hint(optimizer) + " (bitsandbytes is not installed)"
+    return None if cuda_available() else unavailable_hint(optimizer)
 
 
 def keep_unloaded_unless_needed(optimizer: str) -> None:

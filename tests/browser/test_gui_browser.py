@@ -9,7 +9,10 @@ while it runs (the live status stays), reload and re-attach, a sample, Stop ("St
 Stop greyed out); Results: Refresh selects the newest run, each run lists exactly its own files, headers on one
 line, the rates used, a row's metadata and path, open folder and TensorBoard, the prompt x epoch grid and the
 epoch x weight grid on the tiny model (weight 0 identical down the column). Then Utilities > Captioning and the
-caption editor, and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
+caption editor; before any run, what a first-time user meets (issue 22: Prepare's renamed source box and the
+GIF it leaves out, a Windows path explained under its box, the no-CUDA AdamW8bit note with its one-click AdamW,
+rate boxes reading "0,0001"); the caption editor past an unreadable image (the clicked image's caption file is
+the one saved, no other), and the Korean page (a broken dataset's problems and the run notes in Korean; Gradio's own words
 and the chart axes in Korean in an English browser too). Screenshots of every tab go to
 test-artifacts/screenshots/ (and to docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1, for the user guide), each
 taken once Gradio shows no pending overlay (a half-loaded page looks greyed out).
@@ -60,6 +63,9 @@ def workspace(tmp_path_factory) -> Path:
         make_caption(image, f"a small house, view {i}")
     for i in range(3):  # no captions yet: Utilities > Captioning writes them
         make_image(root / "to-caption" / f"cat {i}.png", (64, 64), color=(200, 60 * i, 40))
+    for i, name in enumerate(["a beach.png", "b broken.png", "c mountain.png", "d forest.png"]):  # the editor's folder
+        make_caption(make_image(root / "editor" / name, (64, 64), color=(50 * i, 90, 160)), f"caption of {name[0]}")
+    (root / "editor" / "b broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     make_image(root / "broken" / "10_dog" / "dog.png", (64, 64))
     (root / "broken" / "10_dog" / "empty.png").write_bytes(b"")
     (root / "broken" / "no_prefix").mkdir()
@@ -272,12 +278,14 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     # The Training tab counts images and steps live: 64 px buckets leave out the two non-square photos.
     expect_text(page, "#run-summary", "2 images, 2 skipped, 12 steps")
 
-    # Mistakes. A rate typed with a decimal comma: the number box drops the comma ("0,0001" arrives as 1), so the
-    # page asks before starting, and nothing starts on Cancel.
+    # Mistakes. A rate typed with a decimal comma is read and said back (issue 22); a rate far too high for the
+    # optimizer is asked about before starting, and nothing starts on Cancel.
     rate = field(page, "optimizer.learning_rate")
     rate.fill("")
     rate.press_sequentially("0,0001")
     rate.press("Tab")
+    expect_text(page, "#field-optimizer-learning_rate", "read as 0.0001")
+    set_value(rate, "1")
     page.locator("#run-start").click()
     page.locator("#confirm-text").get_by_text("far above what AdamW usually takes").wait_for()
     assert "Learning rate is 1" in page.locator("#confirm-text").inner_text()
@@ -317,9 +325,10 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     said = page.locator("#run-message").inner_text()
     assert "house.safetensors" in said and "Output name" in said and "If the output file exists" in said, said
     assert box(page, "run-command").input_value() == ""
-    page.locator("#run-start").click()
-    page.locator("#run-start-anyway").click()
+    page.locator("#run-start").click()  # refused at once: no "Start anyway?" before a refusal (issue 22)
     expect_text(page, "#run-message", "Not started.")
+    assert not page.locator("#confirm-start").is_visible()
+    expect_text(page, "#run-status", "Not started: the reason is above")  # not "No run yet" on a page that has run
     wait_until(lambda: page.locator("#run-samples img").count() == 0 and progress_status(page) == "", 30, "the last run's view cleared", page)
     assert "Finished" not in page.locator("#run-status").inner_text()
     assert page.evaluate(ERROR_BADGE) == 0
@@ -509,6 +518,83 @@ def test_prepare_train_two_runs_stop_results_and_grids(server, browser, workspac
     shot(page, "caption-editor")
     context.close()
     assert not failed, failed
+
+
+def test_first_steps_say_what_they_do(server, browser, workspace):
+    """Issue 22, before any run: Prepare's source box is not another "Image folder" and names the GIF it leaves
+    out; a Windows path is explained under its box as Start explains it; without a CUDA GPU the default AdamW8bit
+    is said before Start with a one-click AdamW; a rate typed "0,0001" is read and said back."""
+    from loratrainer.launch.eight_bit import cuda_available
+
+    src = workspace / "first-photos"
+    for i in range(2):
+        from tests.datasets import make_image
+
+        make_image(src / f"p{i}.png", (64, 64))
+    (src / "party.gif").write_bytes(b"GIF89a")
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    open_accordion(page, "prepare")
+    assert "Your pictures (copied from)" in page.locator("#prep-src").inner_text()
+    set_value(box(page, "prep-src"), src)
+    set_value(box(page, "prep-dest"), workspace / "first-project")
+    set_value(box(page, "prep-name"), "first")
+    page.locator("#prep-button").click()
+    expect_text(page, "#prep-message", "Not copied (1)")
+    assert "party.gif" in page.locator("#prep-message").inner_text() and "animation (GIF)" in page.locator("#prep-message").inner_text()
+    set_value(field(page, "folders.train_data_dir"), "C:\\Users\\me\\lora\\image")
+    expect_text(page, "#check-train", "is a Windows path")
+    assert "Not found" not in page.locator("#check-train").inner_text()
+    tab(page, "2. Training")
+    if not cuda_available():
+        choose(page, "field-optimizer-optimizer", "AdamW8bit")  # the default (a reloaded page shows the last run's)
+        expect_text(page, "#optimizer-note", "no CUDA GPU")
+        page.locator("#optimizer-fix").click()
+        wait_until(lambda: field(page, "optimizer.optimizer").input_value() == "AdamW", 30, "AdamW chosen by the one click", page)
+        wait_until(lambda: page.locator("#optimizer-note").inner_text().strip() == "", 30, "the note gone with AdamW", page)
+    rate = field(page, "optimizer.learning_rate")
+    rate.fill("")
+    rate.press_sequentially(" 1e-3 ")
+    rate.press("Tab")
+    expect_text(page, "#field-optimizer-learning_rate", "read as 0.001")
+    context.close()
+
+
+def test_caption_editor_past_an_unreadable_image(server, browser, workspace):
+    """Issue 22: an image the editor cannot show is listed by name with why, and a click on the image after it
+    edits THAT image's caption file (the gallery used to leave it out and every later click was off by one)."""
+    folder = workspace / "editor"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.txt")}
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    tab(page, "Utilities")
+    page.get_by_role("tab", name="Caption editor").click()
+    set_value(box(page, "ed-folder"), folder)
+    page.locator("#ed-load").get_by_text("Load folder").click()
+    page.locator("#ed-gallery img").nth(3).wait_for()
+    assert page.locator("#ed-gallery img").count() == 4
+    expect_text(page, "#ed-gallery", "b broken.png: cannot be shown")
+    page.locator("#ed-gallery img").nth(1).click()  # the unreadable one: named, with why, its caption editable
+    caption = box(page, "ed-caption")
+    wait_until(lambda: caption.input_value() == "caption of b", 30, "the unreadable image's caption", page)
+    expect_text(page, "#ed-note", "cannot be shown")
+    page.locator("#ed-gallery img").nth(2).click()  # past it: the mountain
+    wait_until(lambda: caption.input_value() == "caption of c", 30, "the mountain's caption, not the forest's", page)
+    assert box(page, "ed-image").input_value().endswith("c mountain.png")
+    assert page.locator("#ed-note").inner_text().strip() == ""
+    caption.fill("mountain landscape, cyan sky")
+    page.locator("#ed-save").click()
+    page.locator("#ed-saved").get_by_text("c mountain.txt").wait_for()
+    after = {p.name: p.read_bytes() for p in folder.glob("*.txt")}
+    assert after.pop("c mountain.txt").decode().strip() == "mountain landscape, cyan sky"
+    before.pop("c mountain.txt")
+    assert after == before  # no other caption file changed
+    shot(page, "caption-editor-unreadable")
+    context.close()
 
 
 def test_korean_page(server, browser, workspace):
