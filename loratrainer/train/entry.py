@@ -114,11 +114,21 @@ def make_accelerator(config: TrainingConfig):
     precision = config.precision.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "no"  # fp16 autocast needs a GPU; noted in train.log by main()
-    # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
-    unused = config.trains_text_encoder and config.model.clip_skip > 1
+    # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that; so does
+    # SDXL, whose first text encoder gives its penultimate layer (train/sdxl_text.py)
+    unused = trains_text_with_unused_layers(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     return accelerator
+
+
+def trains_text_with_unused_layers(config: TrainingConfig) -> bool:
+    if config.model.clip_skip > 1 and config.trains_text_encoder:
+        return True
+    from loratrainer.train.family import FAMILIES, detect_model_family  # reads the model's header only, no torch work
+
+    family = FAMILIES[config.model.model_family if config.model.model_family != "auto" else detect_model_family(config.model.pretrained_model_name_or_path)]
+    return family.name == "sdxl" and family.trains_text(config)
 
 
 def setup_logging(run_dir: Path, main_process: bool) -> None:

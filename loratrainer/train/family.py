@@ -1,0 +1,255 @@
+"""The trainer's one seam between model families: what differs between SD1.5 and SDXL in training.
+
+The loaded components choose the family (`family_for(components)`: SDXL's have a second text encoder); the
+loop, the entry point, saving and the launcher never ask which one it is. A family says:
+
+- which text encoders it has (`text_encoders`, attribute names on the components) and the learning rate of each
+  (`text_encoder_lrs`: 0 = that encoder is not trained, as sd-scripts' param groups skip a rate of 0);
+- how captions become the UNet's conditioning (`encode`: what the text cache keeps per caption; `condition`: the
+  hidden states and any extra UNet arguments for a batch);
+- whether the dataset computes size conditioning (`size_conditioning`) and the UNet takes it;
+- how a sample image is rendered (`pipeline`, `prompt_arguments`).
+
+SD1.5: one CLIP text encoder, clip skip, no extras (train/text.py). SDXL: sd-scripts' sdxl_train_network.py
+(train/sdxl_text.py, train/size_conditioning.py). The next family (Flux) is one more class here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loratrainer.config import ModelSettings, TrainingConfig
+from loratrainer.errors import UserError
+from loratrainer.messages import Label, Msg, define
+from loratrainer.train.sdxl_text import encode_sdxl
+from loratrainer.train.text import encode, final_layer_norm, tokenize
+
+log = logging.getLogger("loratrainer.train")
+
+define({
+    "train.family_mismatch": "{family} is set to {said}, but the model {model} is {found}: set {family} to auto or {found}.",
+    "train.fp8_needs_mixed_precision": "{fp8} needs {mixed} fp16 or bf16 (and on a CPU fp16 is off): turn {fp8} off or choose bf16.",
+    "train.fp8_unsupported": "{fp8} needs torch 2.1 or later with float8 support; this torch ({version}) has none: turn {fp8} off.",
+})
+
+
+class Family:
+    name = ""
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    size_conditioning = False
+    cache_keys: tuple[str, ...] = ()  # the text cache's arrays per caption (disk: Kohya's npz keys)
+
+    def text_encoder_lrs(self, config: TrainingConfig) -> dict[str, float]:
+        raise NotImplementedError
+
+    def trains_text(self, config: TrainingConfig) -> bool:
+        return any(lr > 0 for lr in self.text_encoder_lrs(config).values())
+
+    def encode(self, t, captions: list[str]):
+        """What a caption's conditioning is computed from (cached per caption when the encoders are frozen)."""
+        raise NotImplementedError
+
+    def condition(self, t, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(encoder hidden states, extra keyword arguments of the UNet call) for a batch."""
+        raise NotImplementedError
+
+    def pipeline(self, t, unet, text_encoders: dict[str, torch.nn.Module], scheduler):
+        raise NotImplementedError
+
+    def prompt_arguments(self, t, text_encoders: dict[str, torch.nn.Module], prompt: str, negative: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def text_outputs(t, captions: list[str]):
+    """The family's encoding of `captions`: with gradients when a text encoder trains, else from the text cache."""
+    family = t.family
+
+    def run(texts: list[str]):
+        return family.encode(t, texts)
+
+    if family.trains_text(t.config):
+        return run(captions)
+    with torch.no_grad():
+        return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
+
+
+def text_states(t, captions: list[str]) -> torch.Tensor:
+    """SD1.5's hidden states for captions (clip skip, 75-token chunks), cached when the text encoder is frozen."""
+    m = t.config.model
+    te = t.text_encoder
+    norm = final_layer_norm(t.accelerator.unwrap_model(te))
+
+    def run(texts: list[str]) -> torch.Tensor:
+        return encode(te, norm, tokenize(t.components.tokenizer, texts, m.max_token_length), m.clip_skip, t.accelerator.device)
+
+    if t.config.trains_text_encoder:
+        return run(captions)
+    with torch.no_grad():
+        return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
+
+
+class SD15(Family):
+    name = "sd15"
+    cache_keys = ("hidden_state",)
+
+    def text_encoder_lrs(self, config: TrainingConfig) -> dict[str, float]:
+        return {"text_encoder": config.effective_text_encoder_lr}
+
+    def encode(self, t, captions: list[str]) -> torch.Tensor:
+        m = t.config.model
+        te = t.text_encoder
+        norm = final_layer_norm(t.accelerator.unwrap_model(te))
+        return encode(te, norm, tokenize(t.components.tokenizer, captions, m.max_token_length), m.clip_skip, t.accelerator.device)
+
+    def condition(self, t, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        return text_states(t, batch["captions"]), {}
+
+    def pipeline(self, t, unet, text_encoders, scheduler):
+        from diffusers import StableDiffusionPipeline
+
+        c = t.components
+        return StableDiffusionPipeline(
+            vae=c.vae, text_encoder=text_encoders["text_encoder"], tokenizer=c.tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+    def prompt_arguments(self, t, text_encoders, prompt: str, negative: str) -> dict[str, Any]:
+        """The prompt as training sees captions: the same clip skip and 75-token chunks (max_token_length)."""
+        m = t.config.model
+        te = text_encoders["text_encoder"]
+        embeds = [encode(te, final_layer_norm(te), tokenize(t.components.tokenizer, [text], m.max_token_length), m.clip_skip,
+                         t.accelerator.device) for text in (prompt, negative)]
+        return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
+
+
+class SDXL(Family):
+    name = "sdxl"
+    text_encoders = ("text_encoder", "text_encoder_2")
+    size_conditioning = True
+    cache_keys = ("hidden_state1", "hidden_state2", "pool2")  # sd-scripts' *_te_outputs.npz
+
+    def text_encoder_lrs(self, config: TrainingConfig) -> dict[str, float]:
+        te = config.effective_text_encoder_lr
+        te2 = config.optimizer.text_encoder_2_lr
+        return {"text_encoder": te, "text_encoder_2": te if te2 is None else te2}
+
+    def encode(self, t, captions: list[str]):
+        c = t.components
+        return encode_sdxl(t.text_encoder, t.text_encoder_2, c.tokenizer, c.tokenizer_2, captions, t.config.model.max_token_length,
+                           t.accelerator.device, unwrapped_text_encoder_2=t.accelerator.unwrap_model(t.text_encoder_2))
+
+    def condition(self, t, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        hidden1, hidden2, pooled = text_outputs(t, batch["captions"])
+        return torch.cat([hidden1, hidden2], dim=2), added_cond_kwargs(pooled, batch["time_ids"], t.accelerator.device, t.weight_dtype)
+
+    def pipeline(self, t, unet, text_encoders, scheduler):
+        from diffusers import StableDiffusionXLPipeline
+
+        c = t.components
+        return StableDiffusionXLPipeline(
+            vae=c.vae, text_encoder=text_encoders["text_encoder"], text_encoder_2=text_encoders["text_encoder_2"],
+            tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=unet, scheduler=scheduler,
+        )
+
+    def prompt_arguments(self, t, text_encoders, prompt: str, negative: str) -> dict[str, Any]:
+        """Prompts encoded as training encodes captions (sd-scripts' sdxl_train_util.sample_images does the same)."""
+        c, m = t.components, t.config.model
+        out = [encode_sdxl(text_encoders["text_encoder"], text_encoders["text_encoder_2"], c.tokenizer, c.tokenizer_2, [text],
+                           m.max_token_length, t.accelerator.device) for text in (prompt, negative)]
+        return {"prompt_embeds": torch.cat(out[0][:2], dim=2), "pooled_prompt_embeds": out[0][2],
+                "negative_prompt_embeds": torch.cat(out[1][:2], dim=2), "negative_pooled_prompt_embeds": out[1][2]}
+
+
+def added_cond_kwargs(pooled: torch.Tensor, time_ids: torch.Tensor, device, dtype) -> dict[str, Any]:
+    """SDXL's UNet extras: sd-scripts' call_unet concatenates pool2 with get_size_embeddings(time ids) into the
+    'vector' input; diffusers' UNet builds the same vector from these two (addition_embed_type 'text_time')."""
+    return {"added_cond_kwargs": {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.to(device, dtype)}}
+
+
+FAMILIES: dict[str, Family] = {"sd15": SD15(), "sdxl": SDXL()}
+
+
+def family_for(components) -> Family:
+    """The family of loaded components: SDXL's carry a second text encoder."""
+    return FAMILIES["sdxl" if getattr(components, "text_encoder_2", None) is not None else "sd15"]
+
+
+# -- which family a model setting names, before loading it --------------------------------------------------------
+
+
+def detect_model_family(source: str) -> str:
+    """'sdxl' or 'sd15' from the model's own files (never its name): a diffusers folder's second text encoder or its
+    UNet's text_time conditioning; a .safetensors file's header keys (model.families). Other sources: 'sd15'."""
+    path = Path(os.path.expanduser(source.strip()))
+    if path.is_dir():
+        unet_config = path / "unet" / "config.json"
+        if (path / "text_encoder_2").is_dir():
+            return "sdxl"
+        if unet_config.is_file():
+            try:
+                return "sdxl" if json.loads(unet_config.read_text()).get("addition_embed_type") == "text_time" else "sd15"
+            except (OSError, ValueError):
+                return "sd15"
+        return "sd15"
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        from loratrainer.model.families import detect_family
+
+        try:
+            with open(path, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+        except (OSError, ValueError, struct.error):
+            return "sd15"  # the loader names what is wrong with the file
+        shapes = {k: _Shape(v.get("shape", [])) for k, v in header.items() if isinstance(v, dict)}
+        return "sdxl" if detect_family(shapes) == "sdxl" else "sd15"
+    return "sd15"
+
+
+class _Shape:
+    def __init__(self, shape: list[int]):
+        self.shape, self.ndim = tuple(shape), len(shape)
+
+
+def model_family(settings: ModelSettings) -> str:
+    """The family to load: the model's own; a model_family setting that names another is refused in one sentence."""
+    found = detect_model_family(settings.pretrained_model_name_or_path)
+    said = settings.model_family
+    if said != "auto" and said != found:
+        raise UserError(Msg.of("train.family_mismatch", family=Label("model.model_family"), said=said,
+                               model=settings.pretrained_model_name_or_path, found=found))
+    return found
+
+
+def load_components(settings: ModelSettings, dtype: torch.dtype):
+    """SD15Components or SDXLComponents, frozen, in `dtype`."""
+    if model_family(settings) == "sdxl":
+        from loratrainer.model.sdxl import load_sdxl
+
+        return load_sdxl(settings, dtype=dtype)
+    from loratrainer.model.loading import load_sd15
+
+    return load_sd15(settings, dtype=dtype)
+
+
+# -- precision options that act on the loaded models --------------------------------------------------------------
+
+
+def store_unet_in_fp8(unet: torch.nn.Module, mixed_precision: str) -> None:
+    """sd-scripts' fp8_base (train_network.py): the frozen UNet weights stored as float8_e4m3fn, computed in the
+    mixed precision by autocast; the LoRA weights (requires_grad) stay as they are. sd-scripts asserts mixed
+    precision fp16/bf16; so do we (on a CPU, fp16 is off, see entry.make_accelerator)."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        raise UserError(Msg.of("train.fp8_unsupported", fp8=Label("precision.fp8_base"), version=torch.__version__))
+    if mixed_precision not in ("fp16", "bf16"):
+        raise UserError(Msg.of("train.fp8_needs_mixed_precision", fp8=Label("precision.fp8_base"), mixed=Label("precision.mixed_precision")))
+    for module in unet.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(torch.float8_e4m3fn)
