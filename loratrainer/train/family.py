@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from loratrainer.config import ModelSettings, TrainingConfig
+from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
 from loratrainer.messages import Label, Msg, define
 from loratrainer.train.sdxl_text import encode_sdxl
@@ -34,7 +34,6 @@ from loratrainer.train.text import encode, final_layer_norm, tokenize
 log = logging.getLogger("loratrainer.train")
 
 define({
-    "train.family_mismatch": "{family} is set to {said}, but the model {model} is {found}: set {family} to auto or {found}.",
     "train.fp8_needs_mixed_precision": "{fp8} needs {mixed} fp16 or bf16 (and on a CPU fp16 is off): turn {fp8} off or choose bf16.",
     "train.fp8_unsupported": "{fp8} needs torch 2.1 or later with float8 support; this torch ({version}) has none: turn {fp8} off.",
 })
@@ -185,19 +184,14 @@ def family_for(components) -> Family:
 
 
 def detect_model_family(source: str) -> str:
-    """'sdxl' or 'sd15' from the model's own files (never its name): a diffusers folder's second text encoder or its
-    UNet's text_time conditioning; a .safetensors file's header keys (model.families). Other sources: 'sd15'."""
+    """'sdxl' or 'sd15' from the model's own files (never its name), cheaply, for the entry point before anything
+    loads (model.components.load_components decides what is loaded): a diffusers folder's components or a
+    .safetensors header (model.families). Other sources: 'sd15'."""
     path = Path(os.path.expanduser(source.strip()))
     if path.is_dir():
-        unet_config = path / "unet" / "config.json"
-        if (path / "text_encoder_2").is_dir():
-            return "sdxl"
-        if unet_config.is_file():
-            try:
-                return "sdxl" if json.loads(unet_config.read_text()).get("addition_embed_type") == "text_time" else "sd15"
-            except (OSError, ValueError):
-                return "sd15"
-        return "sd15"
+        from loratrainer.model.components import folder_family
+
+        return "sdxl" if folder_family(path) == "sdxl" else "sd15"
     if path.is_file() and path.suffix.lower() == ".safetensors":
         from loratrainer.model.families import detect_family
 
@@ -205,7 +199,7 @@ def detect_model_family(source: str) -> str:
             with open(path, "rb") as fh:
                 (length,) = struct.unpack("<Q", fh.read(8))
                 header = json.loads(fh.read(length))
-        except (OSError, ValueError, struct.error):
+        except (OSError, ValueError, struct.error, MemoryError):
             return "sd15"  # the loader names what is wrong with the file
         shapes = {k: _Shape(v.get("shape", [])) for k, v in header.items() if isinstance(v, dict)}
         return "sdxl" if detect_family(shapes) == "sdxl" else "sd15"
@@ -215,27 +209,6 @@ def detect_model_family(source: str) -> str:
 class _Shape:
     def __init__(self, shape: list[int]):
         self.shape, self.ndim = tuple(shape), len(shape)
-
-
-def model_family(settings: ModelSettings) -> str:
-    """The family to load: the model's own; a model_family setting that names another is refused in one sentence."""
-    found = detect_model_family(settings.pretrained_model_name_or_path)
-    said = settings.model_family
-    if said != "auto" and said != found:
-        raise UserError(Msg.of("train.family_mismatch", family=Label("model.model_family"), said=said,
-                               model=settings.pretrained_model_name_or_path, found=found))
-    return found
-
-
-def load_components(settings: ModelSettings, dtype: torch.dtype):
-    """SD15Components or SDXLComponents, frozen, in `dtype`."""
-    if model_family(settings) == "sdxl":
-        from loratrainer.model.sdxl import load_sdxl
-
-        return load_sdxl(settings, dtype=dtype)
-    from loratrainer.model.loading import load_sd15
-
-    return load_sd15(settings, dtype=dtype)
 
 
 # -- precision options that act on the loaded models --------------------------------------------------------------

@@ -19,7 +19,8 @@ from loratrainer.model.loading import SD15Components
 from loratrainer.model.lora import LoraHandle, inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
-from loratrainer.train.family import Family, family_for, load_components, store_unet_in_fp8
+from loratrainer.model.components import load_components
+from loratrainer.train.family import FAMILIES, Family, family_for, store_unet_in_fp8
 from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossRecipe
 from loratrainer.train.noise import NoiseRecipe
@@ -104,8 +105,10 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
         components.noise_scheduler = zero_terminal_snr(components.noise_scheduler)
     if config.precision.no_half_vae:
         components.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; the pixels are passed in its dtype
+    if getattr(components, "declared_prediction", "") and (components.declared_prediction == "v_prediction") != config.model.v_parameterization:
+        log.warning("the model says it predicts %s but V-parameterization is %s: sd-scripts trains as the setting says, and so do we",
+                    components.declared_prediction, "on" if config.model.v_parameterization else "off")
     handle = add_lora(components, config, family)
-    freeze_untrained_text_encoders(components, config, family)
     if config.network.network_weights:
         fresh = load_network_weights(handle, config.network.network_weights)
         log.info("started from %s%s", config.network.network_weights, f" ({len(fresh)} modules it lacks start fresh)" if fresh else "")
@@ -130,28 +133,16 @@ def zero_terminal_snr(scheduler):
     return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
 
 
-def freeze_untrained_text_encoders(components, config: TrainingConfig, family: Family) -> None:
-    """A text encoder whose own rate is 0 keeps its adapters untrained (sd-scripts skips a param group whose rate
-    is 0: 'NO LR skipping!'), so SDXL can train one encoder and not the other."""
-    for name, lr in family.text_encoder_lrs(config).items():
-        if lr <= 0 and family.trains_text(config):
-            for p in trainable(getattr(components, name)):
-                p.requires_grad_(False)
-
-
-def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The adapters' weights: after injection the only parameters that require gradients."""
-    return [p for p in model.parameters() if p.requires_grad]
-
 
 
 def add_lora(components, config: TrainingConfig, family: Family | None = None):
     """Inject the LoRA the network settings describe, its weights in the precision full_fp16/full_bf16 ask for."""
     p = config.precision
     lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
-    family = family or family_for(components)
-    return inject_lora(components, config.network, train_unet=config.trains_unet,
-                       train_text_encoder=family.trains_text(config), lora_dtype=lora_dtype)
+    lrs = (family or family_for(components)).text_encoder_lrs(config)
+    # a text encoder whose rate is 0 gets no adapters (SDXL can train one encoder and not the other)
+    return inject_lora(components, config.network, train_unet=config.trains_unet, train_text_encoder=lrs["text_encoder"] > 0,
+                       train_text_encoder_2=lrs["text_encoder_2"] > 0 if "text_encoder_2" in lrs else None, lora_dtype=lora_dtype)
 
 
 def speed_up_unet(unet, config: TrainingConfig) -> None:
@@ -190,13 +181,9 @@ def param_groups(handle, config: TrainingConfig, family: Family | None = None) -
     groups = []
     if config.trains_unet:
         groups.append({"params": list(handle.unet_parameters()), "lr": config.effective_unet_lr})
-    if family is None or len(family.text_encoders) == 1:
-        if config.trains_text_encoder:
-            groups.append({"params": list(handle.text_encoder_parameters()), "lr": config.effective_text_encoder_lr})
-    else:
-        for name, lr in family.text_encoder_lrs(config).items():
-            if lr > 0:
-                groups.append({"params": trainable(getattr(handle.components, name)), "lr": lr})
+    for name, lr in (family or FAMILIES["sd15"]).text_encoder_lrs(config).items():
+        if lr > 0:
+            groups.append({"params": list(getattr(handle, f"{name}_parameters")()), "lr": lr})
     return [g for g in groups if g["params"]]
 
 
