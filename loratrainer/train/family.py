@@ -34,7 +34,7 @@ from loratrainer.train.text import encode, final_layer_norm, tokenize
 log = logging.getLogger("loratrainer.train")
 
 define({
-    "train.fp8_needs_mixed_precision": "{fp8} needs {mixed} fp16 or bf16 (and on a CPU fp16 is off): turn {fp8} off or choose bf16.",
+    "train.fp8_needs_gpu": "{fp8} needs a CUDA GPU and {mixed} fp16 or bf16: turn {fp8} off here.",
     "train.fp8_unsupported": "{fp8} needs torch 2.1 or later with float8 support; this torch ({version}) has none: turn {fp8} off.",
 })
 
@@ -214,14 +214,15 @@ class _Shape:
 # -- precision options that act on the loaded models --------------------------------------------------------------
 
 
-def store_unet_in_fp8(unet: torch.nn.Module, mixed_precision: str) -> None:
+def store_unet_in_fp8(unet: torch.nn.Module, mixed_precision: str, device: torch.device) -> None:
     """sd-scripts' fp8_base (train_network.py): the frozen UNet weights stored as float8_e4m3fn, computed in the
     mixed precision by autocast; the LoRA weights (requires_grad) stay as they are. sd-scripts asserts mixed
-    precision fp16/bf16; so do we (on a CPU, fp16 is off, see entry.make_accelerator)."""
+    precision fp16/bf16; we also refuse a CPU: its autocast leaves group_norm alone, which then fails on fp8
+    weights ("mixed dtype (CPU)", seen with the tiny SDXL and bf16), while CUDA's autocast runs it in fp32."""
     if not hasattr(torch, "float8_e4m3fn"):
         raise UserError(Msg.of("train.fp8_unsupported", fp8=Label("precision.fp8_base"), version=torch.__version__))
-    if mixed_precision not in ("fp16", "bf16"):
-        raise UserError(Msg.of("train.fp8_needs_mixed_precision", fp8=Label("precision.fp8_base"), mixed=Label("precision.mixed_precision")))
+    if mixed_precision not in ("fp16", "bf16") or device.type != "cuda":
+        raise UserError(Msg.of("train.fp8_needs_gpu", fp8=Label("precision.fp8_base"), mixed=Label("precision.mixed_precision")))
     for module in unet.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad and p.is_floating_point():

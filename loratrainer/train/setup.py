@@ -116,7 +116,7 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     if config.precision.gradient_checkpointing:
         enable_gradient_checkpointing(components, config)
     if config.precision.fp8_base:
-        store_unet_in_fp8(components.unet, accelerator.mixed_precision)
+        store_unet_in_fp8(components.unet, accelerator.mixed_precision, accelerator.device)
     for module in (components.unet, *(getattr(components, n) for n in family.text_encoders), components.vae):
         module.to(accelerator.device)
     components.vae.eval()
