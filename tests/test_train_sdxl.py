@@ -270,3 +270,13 @@ def test_vpred_sdxl_unet_only_with_cached_text_outputs_trains(vpred_run):
     with np.load(files[0]) as npz:  # Kohya's keys (library/strategy_sdxl.py)
         assert npz["hidden_state1"].shape == (77, TEXT1_HIDDEN) and npz["hidden_state2"].shape == (77, TEXT2_HIDDEN)
         assert npz["pool2"].ndim == 1
+
+
+def test_the_log_notes_clip_skip_and_a_low_resolution_for_sdxl_only():
+    from loratrainer.train.family import FAMILIES, notes
+
+    config = with_values(TrainingConfig(), {"clip_skip": 2, "max_resolution": "512,512"})
+    said = notes(FAMILIES["sdxl"], config)
+    assert len(said) == 2 and "clip_skip 2" in said[0] and "512 px" in said[1]
+    assert notes(FAMILIES["sdxl"], with_values(TrainingConfig(), {"max_resolution": "1024,1024"})) == []
+    assert notes(FAMILIES["sd15"], config) == []  # clip skip is SD1.5's own setting

@@ -8,6 +8,7 @@ loop, the entry point, saving and the launcher never ask which one it is. A fami
 - how captions become the UNet's conditioning (`encode`: what the text cache keeps per caption; `condition`: the
   hidden states and any extra UNet arguments for a batch);
 - whether the dataset computes size conditioning (`size_conditioning`) and the UNet takes it;
+- its native resolution and whether clip skip applies (`notes`: what the log says about a run's settings);
 - how a sample image is rendered (`pipeline`, `prompt_arguments`).
 
 SD1.5: one CLIP text encoder, clip skip, no extras (train/text.py). SDXL: sd-scripts' sdxl_train_network.py
@@ -44,6 +45,10 @@ class Family:
     text_encoders: tuple[str, ...] = ("text_encoder",)
     size_conditioning = False
     cache_keys: tuple[str, ...] = ()  # the text cache's arrays per caption (disk: Kohya's npz keys)
+    # the side the base model was trained at: the log notes a run far below it (None: no note; SD1.5 LoRAs are
+    # trained at 512 and below on purpose)
+    native_resolution: int | None = None
+    uses_clip_skip = True
 
     def text_encoder_lrs(self, config: TrainingConfig) -> dict[str, float]:
         raise NotImplementedError
@@ -66,6 +71,17 @@ class Family:
         raise NotImplementedError
 
 
+def notes(family: Family, config: TrainingConfig) -> list[str]:
+    """What the trainer's log says about settings that do not fit the family (training goes on, as sd-scripts')."""
+    out = []
+    if not family.uses_clip_skip and config.model.clip_skip > 1:
+        out.append(f"clip_skip {config.model.clip_skip} does not apply to {family.name}: both text encoders give their penultimate layer")
+    side = max(config.buckets.resolution)
+    if family.native_resolution and side < family.native_resolution * 3 // 4:
+        out.append(f"training {family.name} at {side} px, well below the {family.native_resolution} px it was trained at")
+    return out
+
+
 def text_outputs(t, captions: list[str]):
     """The family's encoding of `captions`: with gradients when a text encoder trains, else from the text cache."""
     family = t.family
@@ -79,19 +95,20 @@ def text_outputs(t, captions: list[str]):
         return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
 
 
-def text_states(t, captions: list[str]) -> torch.Tensor:
-    """SD1.5's hidden states for captions (clip skip, 75-token chunks), cached when the text encoder is frozen."""
+def sd15_hidden_states(t, captions: list[str]) -> torch.Tensor:
+    """SD1.5's hidden states (clip skip, 75-token chunks: train/text.py)."""
     m = t.config.model
     te = t.text_encoder
     norm = final_layer_norm(t.accelerator.unwrap_model(te))
+    return encode(te, norm, tokenize(t.components.tokenizer, captions, m.max_token_length), m.clip_skip, t.accelerator.device)
 
-    def run(texts: list[str]) -> torch.Tensor:
-        return encode(te, norm, tokenize(t.components.tokenizer, texts, m.max_token_length), m.clip_skip, t.accelerator.device)
 
+def text_states(t, captions: list[str]) -> torch.Tensor:
+    """SD1.5's hidden states for captions, from the text cache when the text encoder is frozen."""
     if t.config.trains_text_encoder:
-        return run(captions)
+        return sd15_hidden_states(t, captions)
     with torch.no_grad():
-        return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
+        return t.text_cache.get(captions, lambda texts: sd15_hidden_states(t, texts)) if t.text_cache is not None else sd15_hidden_states(t, captions)
 
 
 class SD15(Family):
@@ -102,10 +119,7 @@ class SD15(Family):
         return {"text_encoder": config.effective_text_encoder_lr}
 
     def encode(self, t, captions: list[str]) -> torch.Tensor:
-        m = t.config.model
-        te = t.text_encoder
-        norm = final_layer_norm(t.accelerator.unwrap_model(te))
-        return encode(te, norm, tokenize(t.components.tokenizer, captions, m.max_token_length), m.clip_skip, t.accelerator.device)
+        return sd15_hidden_states(t, captions)
 
     def condition(self, t, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         return text_states(t, batch["captions"]), {}
@@ -133,6 +147,8 @@ class SDXL(Family):
     text_encoders = ("text_encoder", "text_encoder_2")
     size_conditioning = True
     cache_keys = ("hidden_state1", "hidden_state2", "pool2")  # sd-scripts' *_te_outputs.npz
+    native_resolution = 1024
+    uses_clip_skip = False  # sd-scripts' verify_sdxl_training_args: "clip_skip will be unexpected"
 
     def text_encoder_lrs(self, config: TrainingConfig) -> dict[str, float]:
         te = config.effective_text_encoder_lr

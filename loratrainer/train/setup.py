@@ -15,12 +15,13 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
 from loratrainer.model.kohya_format import load_network_weights
+from loratrainer.model.components import load_components
 from loratrainer.model.loading import SD15Components
 from loratrainer.model.lora import LoraHandle, inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
-from loratrainer.model.components import load_components
 from loratrainer.train.family import FAMILIES, Family, family_for, store_unet_in_fp8
+from loratrainer.train.family import notes as family_notes
 from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossRecipe
 from loratrainer.train.noise import NoiseRecipe
@@ -99,6 +100,8 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     # Single files are always built with the shipped configs of their family (tests/test_model_loading_full_size.py).
     components = load_components(config.model, dtype=weight_dtype)
     family = family_for(components)
+    for note in family_notes(family, config):
+        log.warning("%s", note)
     if config.model.v_parameterization:
         components.noise_scheduler.register_to_config(prediction_type="v_prediction")
     if config.noise.zero_terminal_snr:
@@ -131,8 +134,6 @@ def zero_terminal_snr(scheduler):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
-
-
 
 
 def add_lora(components, config: TrainingConfig, family: Family | None = None):
