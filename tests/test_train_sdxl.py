@@ -280,3 +280,14 @@ def test_the_log_notes_clip_skip_and_a_low_resolution_for_sdxl_only():
     assert len(said) == 2 and "clip_skip 2" in said[0] and "512 px" in said[1]
     assert notes(FAMILIES["sdxl"], with_values(TrainingConfig(), {"max_resolution": "1024,1024"})) == []
     assert notes(FAMILIES["sd15"], config) == []  # clip skip is SD1.5's own setting
+
+
+def test_a_saved_state_keeps_both_text_encoders_adapters(tiny_sdxl):
+    from loratrainer.train.family import family_for
+    from loratrainer.train.state import _trained_params
+
+    c, handle, _ = _sdxl_models(tiny_sdxl, unet_lr=1e-3, text_encoder_lr=1e-4)
+    params = _trained_params(SimpleNamespace(handle=handle, components=c, family=family_for(c)))
+    parts = {name.split(".")[0] for name in params}
+    assert parts == {"unet", "text_encoder", "text_encoder_2"}
+    assert len(params) == len(handle.unet_parameters() + handle.text_encoder_parameters() + handle.text_encoder_2_parameters())
