@@ -4,16 +4,18 @@ tests/fixtures/sd_scripts_sdxl_lora_modules.json that tests/test_model_sdxl_full
 Runs in a SEPARATE environment with sd-scripts' own pinned libraries (never the project's .venv): its
 networks/lora.py create_network() on sd-scripts' SdxlUNet2DConditionModel and the two transformers text encoders
 built exactly as library/sdxl_model_util.load_models_from_sdxl_checkpoint builds them, all on the meta device (no
-weights, no memory). Standard (networks.lora, dim 4 / alpha 1) and LoCon (+ network_args conv_dim 2 / conv_alpha 1).
+weights, no memory). Standard (networks.lora, dim 4 / alpha 1) and LoCon (+ network_args conv_dim 2 / conv_alpha 1);
+with lycoris-lora installed in that environment also LoHa and LoKr (lycoris.kohya, algo loha / lokr, conv_dim 2):
+their module names (ranks are LyCORIS's business: recorded as null).
 
     git -C sd-scripts.git archive HEAD | tar -x -C /tmp/sd-scripts-src
-    /tmp/sdscripts-venv/bin/python bench/sd_scripts_sdxl_modules.py /tmp/sd-scripts-src COMMIT > tests/fixtures/sd_scripts_sdxl_lora_modules.json
+    /tmp/sdscripts-venv/bin/python bench/sd_scripts_sdxl_modules.py /tmp/sd-scripts-src COMMIT tests/fixtures/sd_scripts_sdxl_lora_modules.json
 """
 
 import json
 import sys
 
-src, commit = sys.argv[1], sys.argv[2]
+src, commit, out = sys.argv[1], sys.argv[2], sys.argv[3]  # LyCORIS logs to stdout: the JSON goes to a file
 sys.path.insert(0, src)
 
 import torch  # noqa: E402
@@ -40,11 +42,28 @@ for case, kwargs in (("Standard", {}), ("LoCon", {"conv_dim": "2", "conv_alpha":
     network = lora.create_network(1.0, 4, 1.0, None, [te1, te2], unet, **kwargs)
     cases[case] = {m.lora_name: m.lora_dim for m in network.text_encoder_loras + network.unet_loras}
 
+# sd-scripts' --network_module lycoris.kohya (LyCORIS from PyPI, lycoris-lora) on the same models: module names only
+lycoris_version = None
+try:
+    import lycoris
+    from lycoris import kohya as lycoris_kohya
+except ImportError:
+    lycoris_kohya = None
+if lycoris_kohya is not None:
+    from importlib.metadata import version
+
+    lycoris_version = version("lycoris-lora")
+    for case, algo in (("LoHa", "loha"), ("LoKr", "lokr")):
+        network = lycoris_kohya.create_network(1.0, 4, 1.0, None, [te1, te2], unet, algo=algo, conv_dim="2",
+                                               conv_alpha="1")
+        cases[case] = {m.lora_name: None for m in network.text_encoder_loras + network.unet_loras}
+
 json.dump({
     "source": "kohya-ss/sd-scripts networks/lora.py create_network (SDXL: library/sdxl_original_unet.py, "
               "library/sdxl_model_util.py text encoders), run by bench/sd_scripts_sdxl_modules.py on the meta device",
     "commit": commit,
-    "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "diffusers": diffusers.__version__},
+    "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "diffusers": diffusers.__version__,
+                 "lycoris-lora": lycoris_version},
     "network_dim": 4, "conv_dim": 2,
     "modules": cases,  # Kohya module name -> rank sd-scripts gives it
-}, sys.stdout, indent=1, sort_keys=True)
+}, open(out, "w", encoding="utf-8"), indent=1, sort_keys=True)

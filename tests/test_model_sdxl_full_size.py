@@ -1,6 +1,8 @@
 """Full-size SDXL on the meta device (no weights, no memory): the LoRA module set we inject and save is the one
 sd-scripts' own networks/lora.py builds for SDXL, name for name, with the same ranks (Standard and LoCon).
 
+LoHa and LoKr: the module set LyCORIS's lycoris.kohya builds on the same models (names; ranks are LyCORIS's own).
+
 The expected names come from running sd-scripts itself (bench/sd_scripts_sdxl_modules.py, in a separate venv with
 sd-scripts' pinned transformers/diffusers) on its SdxlUNet2DConditionModel and the two text encoders built as
 library/sdxl_model_util.py builds them; the fixture records the sd-scripts commit.
@@ -13,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -37,13 +40,33 @@ def test_fixture_is_sd_scripts_own_output():
     assert FIXTURE["commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
     standard, locon = FIXTURE["modules"]["Standard"], FIXTURE["modules"]["LoCon"]
     assert len(standard) == 986 and len(locon) == 1052  # as sd-scripts logs: 264 text-encoder + 722 / 788 U-Net
+    assert set(FIXTURE["modules"]["LoHa"]) == set(FIXTURE["modules"]["LoKr"]) == set(locon)  # LyCORIS: LoCon's set
+
+
+@pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
+def test_full_size_sdxl_lycoris_module_set_equals_lycoris_kohya(lora_type, handles):
+    """sd-scripts with --network_module lycoris.kohya (LyCORIS's own create_network, algo loha / lokr)."""
+    assert set(handles(lora_type).modules) == set(FIXTURE["modules"][lora_type])
+
+
+@pytest.fixture(scope="module")
+def handles():
+    """One full-size injection per LoRA type, shared by the tests of this module."""
+    cache = {}
+
+    def get(lora_type):
+        if lora_type not in cache:
+            net = NetworkSettings(lora_type=lora_type, network_dim=FIXTURE["network_dim"], network_alpha=1,
+                                  conv_dim=FIXTURE["conv_dim"], conv_alpha=1)
+            cache[lora_type] = inject_lora(full_sdxl_on_meta(), net, train_unet=True, train_text_encoder=True)
+        return cache[lora_type]
+
+    return get
 
 
 @pytest.mark.parametrize("lora_type", ["Standard", "LoCon"])
-def test_full_size_sdxl_module_set_and_ranks_equal_sd_scripts(lora_type):
-    net = NetworkSettings(lora_type=lora_type, network_dim=FIXTURE["network_dim"], network_alpha=1,
-                          conv_dim=FIXTURE["conv_dim"], conv_alpha=1)
-    handle = inject_lora(full_sdxl_on_meta(), net, train_unet=True, train_text_encoder=True)
+def test_full_size_sdxl_module_set_and_ranks_equal_sd_scripts(lora_type, handles):
+    handle = handles(lora_type)
     expected = FIXTURE["modules"][lora_type]
     ours = {name: info.rank for name, info in handle.modules.items()}
     assert sorted(set(ours) - set(expected)) == [] and sorted(set(expected) - set(ours)) == []
@@ -51,3 +74,24 @@ def test_full_size_sdxl_module_set_and_ranks_equal_sd_scripts(lora_type):
     saved = lora_state_dict(handle, "fp16")  # meta tensors: names and shapes only
     assert {k.split(".", 1)[0] for k in saved} == set(expected)
     assert len(saved) == 3 * len(expected)  # lora_down, lora_up, alpha per module
+
+
+def test_diffusers_sdxl_pipeline_loads_a_full_size_locon_file_with_no_key_left(handles):
+    """diffusers' own Kohya SDXL converter (StableDiffusionXLPipeline.load_lora_weights) takes every module of a
+    full-size LoCon file (a superset of Standard) to the module we trained, on the meta device."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests.test_model_saving import _Collect
+
+    handle = handles("LoCon")
+    file = {k: torch.full(v.shape, 0.01) for k, v in lora_state_dict(handle, "float").items()}  # as saved: real tensors
+    m = full_sdxl_on_meta()
+    pipe = StableDiffusionXLPipeline(vae=None, text_encoder=m.text_encoder, text_encoder_2=m.text_encoder_2,
+                                     tokenizer=None, tokenizer_2=None, unet=m.unet, scheduler=None)
+    with _Collect() as log:
+        pipe.load_lora_weights(file)
+    assert log.key_problems() == []
+    adapted = {(part, n) for part in ("unet", "text_encoder", "text_encoder_2")
+               for n, module in getattr(pipe, part).named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {(info.part, info.path) for info in handle.modules.values()}
+    assert len(adapted) == 1052

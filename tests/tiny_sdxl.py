@@ -97,6 +97,8 @@ class TinySDXL:
     noise_scheduler: DDPMScheduler
     scheduler: EulerDiscreteScheduler
 
+    family = "sdxl"  # as model.sdxl.SDXLComponents: model.lora and model.metadata read it
+
     def pipeline(self) -> StableDiffusionXLPipeline:
         return StableDiffusionXLPipeline(
             vae=self.vae,

@@ -1,4 +1,4 @@
-"""Where the shipped model configurations live (see loratrainer/assets/sd15/README.md and sdxl/README.md)."""
+"""Where the shipped model configurations live (see loratrainer/assets/sd15/README.md and loratrainer/assets/sdxl/README.md)."""
 
 from pathlib import Path
 

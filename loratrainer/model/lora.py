@@ -103,7 +103,11 @@ class LoraHandle:
 
 
 def family_of(components) -> str:
-    return getattr(components, "family", "sd15")
+    """The components' `family`; without one, SDXL when they have a second text encoder, else SD1.5."""
+    family = getattr(components, "family", None)
+    if family:
+        return family
+    return "sdxl" if getattr(components, "text_encoder_2", None) is not None else "sd15"
 
 
 def inject_lora(
