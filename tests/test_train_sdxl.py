@@ -74,6 +74,17 @@ def test_cli_sdxl_file_has_kohya_sdxl_names_and_the_lora_changed(cli_run):
         assert tensors and any(t.abs().max() > 0 for t in tensors), part
 
 
+def test_cli_sdxl_file_says_sdxl_in_its_metadata(cli_run):
+    from safetensors import safe_open
+
+    with safe_open(str(cli_run.root / "out" / "last.safetensors"), "pt") as f:
+        meta = f.metadata()
+    # sd-scripts' sdxl_train_network.py values (library/sdxl_model_util.py, library/sai_model_spec.py)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["ss_text_encoder_lr"] == "[0.001, 0.0005]"
+
+
 def test_cli_sdxl_latent_cache_files_carry_size_conditioning(cli_run):
     files = sorted((cli_run.root / "image").rglob("*_sd.npz"))
     assert len(files) == 2

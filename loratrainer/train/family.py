@@ -192,8 +192,10 @@ FAMILIES: dict[str, Family] = {"sd15": SD15(), "sdxl": SDXL()}
 
 
 def family_for(components) -> Family:
-    """The family of loaded components: SDXL's carry a second text encoder."""
-    return FAMILIES["sdxl" if getattr(components, "text_encoder_2", None) is not None else "sd15"]
+    """The family of loaded components (their `family`; anything without one, e.g. a test's stand-in, by whether it
+    carries a second text encoder)."""
+    name = getattr(components, "family", None) or ("sdxl" if getattr(components, "text_encoder_2", None) is not None else "sd15")
+    return FAMILIES[name]
 
 
 # -- which family a model setting names, before loading it --------------------------------------------------------
