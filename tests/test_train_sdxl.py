@@ -302,3 +302,13 @@ def test_a_saved_state_keeps_both_text_encoders_adapters(tiny_sdxl):
     parts = {name.split(".")[0] for name in params}
     assert parts == {"unet", "text_encoder", "text_encoder_2"}
     assert len(params) == len(handle.unet_parameters() + handle.text_encoder_parameters() + handle.text_encoder_2_parameters())
+
+
+def test_out_of_memory_advice_names_the_text_encoder_cache_when_it_would_help():
+    from loratrainer.train.entry import oom_advice
+
+    unet_only = with_values(TrainingConfig(), {"text_encoder_lr": 0})
+    assert "cache_text_encoder_outputs" in oom_advice(unet_only, "training")
+    assert "cache_text_encoder_outputs" not in oom_advice(with_values(unet_only, {"cache_text_encoder_outputs": True}), "training")
+    assert "cache_text_encoder_outputs" not in oom_advice(with_values(unet_only, {"shuffle_caption": True}), "training")
+    assert "cache_text_encoder_outputs" not in oom_advice(TrainingConfig(), "training")  # the text encoder trains

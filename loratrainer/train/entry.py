@@ -208,6 +208,10 @@ def oom_advice(config: TrainingConfig, phase: str) -> str:
     tips = ["lower train_batch_size"] if batch > 1 else []
     tips += [] if p.gradient_checkpointing else ["turn on gradient_checkpointing"]
     tips += [] if config.caches_latents else ["turn on cache_latents"]
+    from loratrainer.train.text_cache import cacheable, wanted
+
+    # UNet-only with fixed captions: cached text outputs let the text encoders leave the GPU (SDXL's are 1.6 GB in fp16)
+    tips += ["turn on cache_text_encoder_outputs"] if cacheable(config) and not wanted(config) else []
     tips += ["lower max_resolution", "use AdamW8bit" if o.optimizer == "AdamW" else "lower network_dim"]
     return (f"out of GPU memory during {phase} at batch size {batch}, "
             f"resolution {config.buckets.max_resolution}: " + ", ".join(tips))

@@ -43,6 +43,13 @@ def wanted(config: TrainingConfig) -> bool:
     return p.cache_text_encoder_outputs or p.cache_text_encoder_outputs_to_disk  # sd-scripts: to_disk implies caching
 
 
+def cacheable(config: TrainingConfig) -> bool:
+    """No text encoder trains and every caption is the same each step: what caching needs."""
+    te2 = config.optimizer.text_encoder_2_lr
+    trains = config.trains_text_encoder or (te2 is not None and te2 > 0)
+    return not trains and CaptionRules.from_settings(config.dataset).is_static
+
+
 def check_text_cache_allowed(config: TrainingConfig) -> None:
     if not wanted(config):
         return
