@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tests.test_train_support import small_config  # noqa: F401  (first: hides a broken torchvision)
 
-import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +46,7 @@ def cli_run(tmp_path_factory, tiny_sdxl):
                           text_encoder_lr=1e-3, text_encoder_2_lr=5e-4, unet_lr=1e-3, learning_rate=1e-3,
                           sample_every_n_epochs=2, sample_prompts=SAMPLE_PROMPT)
     save_config(config, root / "config.json")
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "LORATRAINER_PROGRESS_INTERVAL_S": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LORATRAINER_PROGRESS_INTERVAL_S": "0"}
     proc = subprocess.run([sys.executable, "-m", "loratrainer", "train", "--config", str(root / "config.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

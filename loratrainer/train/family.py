@@ -18,7 +18,6 @@ SD1.5: one CLIP text encoder, clip skip, no extras (train/text.py). SDXL: sd-scr
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 from pathlib import Path
@@ -31,8 +30,6 @@ from loratrainer.errors import UserError
 from loratrainer.messages import Label, Msg, define
 from loratrainer.train.sdxl_text import encode_sdxl
 from loratrainer.train.text import encode, final_layer_norm, tokenize
-
-log = logging.getLogger("loratrainer.train")
 
 define({
     "train.fp8_needs_gpu": "{fp8} needs a CUDA GPU and {mixed} fp16 or bf16: turn {fp8} off here.",
