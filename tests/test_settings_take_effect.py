@@ -1105,6 +1105,140 @@ def _cache_disk(tmp_path, tiny_model):
     assert all(npz_path(s).exists() for s in report.samples)
 
 
+# -- SDXL-era settings (the trainer's family seam: tests/test_train_sdxl.py trains SDXL with them end to end) --------
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_model(tmp_path_factory) -> Path:
+    from tests.tiny_sdxl import save_tiny_sdxl_diffusers
+
+    return save_tiny_sdxl_diffusers(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl")
+
+
+@row("model.model_family")
+def _model_family(tmp_path, tiny_model, tiny_sdxl_model):
+    from loratrainer.errors import UserError
+
+    assert getattr(_models(tiny_sdxl_model)[0], "text_encoder_2", None) is not None  # auto: the model's own family
+    assert getattr(_models(tiny_sdxl_model, model_family="sdxl")[0], "text_encoder_2", None) is not None
+    with pytest.raises(UserError) as err:
+        _models(tiny_sdxl_model, model_family="sd15")
+    assert err.value.code == "model.family_mismatch"
+    with pytest.raises(UserError):
+        _models(tiny_model, model_family="sdxl")
+
+
+def _bf16_models(tiny: Path, **values):
+    from loratrainer.train.setup import load_and_adapt_models
+
+    config = cfg(pretrained_model_name_or_path=str(tiny), mixed_precision="bf16", **values)
+    # what load_and_adapt_models reads of an accelerator (a second real one in this process may not change precision)
+    accelerator = SimpleNamespace(mixed_precision="bf16", device=torch.device("cpu"))
+    return load_and_adapt_models(config, accelerator)[0]
+
+
+@row("precision.no_half_vae")
+def _no_half_vae(tmp_path, tiny_model):
+    c = _bf16_models(tiny_model)
+    assert c.vae.dtype == torch.bfloat16 and c.unet.dtype == torch.bfloat16
+    c = _bf16_models(tiny_model, no_half_vae=True)
+    assert c.vae.dtype == torch.float32 and c.unet.dtype == torch.bfloat16  # only the VAE
+
+
+@row("precision.fp8_base")
+def _fp8_base(tmp_path, tiny_model):
+    from loratrainer.errors import UserError
+    from loratrainer.train.family import store_unet_in_fp8
+
+    with pytest.raises(UserError) as err:  # no CUDA here: one sentence instead of a failed first step
+        _bf16_models(tiny_model, fp8_base=True)
+    assert err.value.code in ("train.fp8_needs_gpu", "train.fp8_unsupported")
+    # what it does where it runs: the frozen weights in float8, the adapters untouched
+    c, handle, _ = _models(tiny_model)
+    store_unet_in_fp8(c.unet, "bf16", torch.device("cuda"))
+    assert {p.dtype for p in c.unet.parameters() if not p.requires_grad} == {torch.float8_e4m3fn}
+    assert {p.dtype for p in handle.unet_parameters()} == {torch.float32}
+
+
+def _text_cache_fill(root: Path, tiny: Path, **values):
+    """fill_text_cache on the tiny model's components for a two-image dataset; the trainer's text cache after it."""
+    from loratrainer.train.family import family_for
+    from loratrainer.train.text_cache import fill_text_cache
+
+    data = root / "image"
+    if not data.exists():
+        make_dataset(data, {"1_x": 2})
+    components, _, config = _models(tiny, train_data_dir=str(data), text_encoder_lr=0, **values)
+    t = SimpleNamespace(config=config, components=components, text_encoder=components.text_encoder, accelerator=Accelerator(cpu=True),
+                        family=family_for(components), text_cache=None, report=check_dataset(config))
+    fill_text_cache(t)
+    return t
+
+
+@row("precision.cache_text_encoder_outputs")
+def _cache_te(tmp_path, tiny_model):
+    from loratrainer.train.family import text_states
+
+    assert _text_cache_fill(tmp_path, tiny_model).text_cache is None
+    t = _text_cache_fill(tmp_path, tiny_model, cache_text_encoder_outputs=True)
+    captions = [s.caption for s in t.report.samples]
+    assert all(c in t.text_cache for c in captions)  # every caption encoded before the first step
+
+    class NotCalled(torch.nn.Module):
+        final_layer_norm = torch.nn.LayerNorm(1)
+
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the text encoder ran although its outputs were cached")
+
+    t.text_encoder = NotCalled()  # the loop reads the cache and never runs the text encoder
+    assert text_states(t, captions).shape[:2] == (2, 77)
+
+
+@row("precision.cache_text_encoder_outputs_to_disk")
+def _cache_te_disk(tmp_path, tiny_model):
+    from loratrainer.train.text_cache import npz_path
+
+    t = _text_cache_fill(tmp_path, tiny_model, cache_text_encoder_outputs=True)
+    assert not any(npz_path(s.image_path).exists() for s in t.report.samples)
+    t = _text_cache_fill(tmp_path, tiny_model, cache_text_encoder_outputs_to_disk=True)
+    assert t.text_cache is not None and all(npz_path(s.image_path).exists() for s in t.report.samples)
+    with np.load(npz_path(t.report.samples[0].image_path)) as npz:
+        assert npz["hidden_state"].shape[0] == 77
+
+
+@row("optimizer.text_encoder_2_lr")
+def _te2_lr(tmp_path):
+    from loratrainer.train.family import FAMILIES
+    from loratrainer.train.optimizers import build_optimizer
+    from loratrainer.train.setup import param_groups
+
+    handle = _Handle()
+    handle.te2 = [torch.nn.Parameter(torch.zeros(4))]
+    handle.text_encoder_2_parameters = lambda: handle.te2
+
+    def lrs(**values):
+        config = cfg(optimizer="AdamW", **values)
+        opt = build_optimizer(config, param_groups(handle, config, FAMILIES["sdxl"]))
+        names = {id(handle.unet[0]): "unet", id(handle.te[0]): "te", id(handle.te2[0]): "te2"}
+        return {names[id(g["params"][0])]: g["lr"] for g in opt.param_groups}
+
+    assert lrs(text_encoder_lr=5e-5) == {"unet": 1e-4, "te": 5e-5, "te2": 5e-5}  # empty: the text encoder's rate
+    assert lrs(text_encoder_lr=5e-5, text_encoder_2_lr=2e-5) == {"unet": 1e-4, "te": 5e-5, "te2": 2e-5}
+    assert lrs(text_encoder_2_lr=0) == {"unet": 1e-4, "te": 1e-4}  # 0: the second text encoder is not trained
+
+
+@row("noise.zero_terminal_snr")
+def _zero_terminal_snr(tmp_path, tiny_model):
+    c, _, _ = _models(tiny_model)
+    assert float(c.noise_scheduler.alphas_cumprod[-1]) > 1e-3
+    c, _, _ = _models(tiny_model, zero_terminal_snr=True, v_parameterization=True)
+    sched = c.noise_scheduler
+    assert float(sched.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-9)  # the last step is pure noise
+    assert sched.config.prediction_type == "v_prediction"
+    latents, noise = torch.ones(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    assert torch.allclose(noisy_latents(sched, latents, noise, torch.tensor([999]), NoiseRecipe()), noise, atol=1e-5)
+
+
 # -- seed: through entry.train_run, the trainer's own run function (below) ------------------------------------------
 
 

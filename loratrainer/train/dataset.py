@@ -26,6 +26,7 @@ from loratrainer.data.images import load_image
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import count_steps, epoch_batches
 from loratrainer.train.captions import CaptionRules, process_caption
+from loratrainer.train.size_conditioning import image_conditioning, time_ids
 
 Key = tuple[int, int, int, int, int]  # (sample index, epoch, batch index, slot in batch, k-th use of the image this epoch)
 
@@ -89,16 +90,20 @@ class Augment:
 
 
 class TrainDataset(Dataset):
-    """Items are dicts: `latents` (from the cache) or `pixels` in [-1, 1], `caption`, `is_reg`."""
+    """Items are dicts: `latents` (from the cache) or `pixels` in [-1, 1], `caption`, `is_reg`; with
+    `size_conditioning` (SDXL) also `time_ids`, sd-scripts' six size and crop numbers (train/size_conditioning.py)."""
 
-    def __init__(self, samples: Sequence[TrainSample], config: TrainingConfig, seed: int, latents: dict | None = None):
+    def __init__(self, samples: Sequence[TrainSample], config: TrainingConfig, seed: int, latents: dict | None = None,
+                 size_conditioning: bool = False):
         self.samples = list(samples)
         self.rules = CaptionRules.from_settings(config.dataset)
         d = config.dataset
         self.augment = Augment(d.flip_aug, d.color_aug, d.random_crop)
         self.background = d.alpha_background
         self.seed = seed
-        self.latents = latents  # sample index -> (latents, flipped latents or None)
+        self.latents = latents  # sample index -> latent_cache.Latents: (latents, flipped or None, original size, crop)
+        self.size_conditioning = size_conditioning
+        self.bucketed = config.buckets.enable_bucket
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,10 +116,14 @@ class TrainDataset(Dataset):
         item = {"caption": process_caption(sample.caption, self.rules, epoch, rng), "is_reg": sample.is_reg,
                 "noise_seed": noise_seed(self.seed, epoch, index, use)}
         if self.latents is not None:
-            plain, flipped = self.latents[index]
-            item["latents"] = flipped if flip else plain
+            entry = self.latents[index]
+            item["latents"] = entry[1] if flip else entry[0]
         else:
             item["pixels"] = image_tensor(load_training_image(sample, self.background, self.augment, rng, flip))
+        if self.size_conditioning:
+            # where the image is resized and cropped: the cache's values (as sd-scripts reads them back), else the image's
+            original, ltrb = entry[2:4] if self.latents is not None else image_conditioning(sample.size, sample.bucket, bucketed=self.bucketed)
+            item["time_ids"] = torch.tensor(time_ids(original, ltrb, sample.bucket, flip))
         return item
 
 
@@ -140,12 +149,15 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
 
 def collate(items: list[dict]) -> dict:
     data = "latents" if "latents" in items[0] else "pixels"
-    return {
+    batch = {
         data: torch.stack([it[data] for it in items]),
         "captions": [it["caption"] for it in items],
         "is_reg": torch.tensor([it["is_reg"] for it in items], dtype=torch.bool),
         "noise_seeds": [it["noise_seed"] for it in items],
     }
+    if "time_ids" in items[0]:
+        batch["time_ids"] = torch.stack([it["time_ids"] for it in items])
+    return batch
 
 
 def build_loader(dataset: TrainDataset, sampler: EpochBatchSampler, config: TrainingConfig) -> DataLoader:

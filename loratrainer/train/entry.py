@@ -123,11 +123,21 @@ def make_accelerator(config: TrainingConfig):
     torch.set_num_threads(config.launch.num_cpu_threads_per_process)
     # CUDA, Apple's GPU (mps) or the CPU, in a precision that works there (train/device.py); noted in train.log by main()
     device = choose_device(config.precision.mixed_precision, probe_device())
-    # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that
-    unused = config.trains_text_encoder and config.model.clip_skip > 1
+    # clip skip > 1 leaves the text encoder's last layers without gradients: DDP must be told to expect that; so does
+    # SDXL, whose first text encoder gives its penultimate layer (train/sdxl_text.py)
+    unused = trains_text_with_unused_layers(config)
     accelerator = Accelerator(cpu=device.kind == "cpu", mixed_precision=device.precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     return accelerator
+
+
+def trains_text_with_unused_layers(config: TrainingConfig) -> bool:
+    if config.model.clip_skip > 1 and config.trains_text_encoder:
+        return True
+    from loratrainer.train.family import FAMILIES, detect_model_family  # reads the model's header only, no torch work
+
+    family = FAMILIES[config.model.model_family if config.model.model_family != "auto" else detect_model_family(config.model.pretrained_model_name_or_path)]
+    return family.name == "sdxl" and family.trains_text(config)
 
 
 def setup_logging(run_dir: Path, main_process: bool) -> None:
@@ -210,6 +220,10 @@ def oom_advice(config: TrainingConfig, phase: str) -> str:
     tips = ["lower train_batch_size"] if batch > 1 else []
     tips += [] if p.gradient_checkpointing else ["turn on gradient_checkpointing"]
     tips += [] if config.caches_latents else ["turn on cache_latents"]
+    from loratrainer.train.text_cache import cacheable, wanted
+
+    # UNet-only with fixed captions: cached text outputs let the text encoders leave the GPU (SDXL's are 1.6 GB in fp16)
+    tips += ["turn on cache_text_encoder_outputs"] if cacheable(config) and not wanted(config) else []
     tips += ["lower max_resolution", "use AdamW8bit" if o.optimizer == "AdamW" else "lower network_dim"]
     return (f"out of GPU memory during {phase} at batch size {batch}, "
             f"resolution {config.buckets.max_resolution}: " + ", ".join(tips))

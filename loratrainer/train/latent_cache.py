@@ -1,7 +1,8 @@
 """Encoding every training image once with the VAE, in memory and optionally on disk as Kohya names it.
 
 Disk files are `<stem>_<WWWW>x<HHHH>_sd.npz` next to the image with Kohya's keys (latents, latents_flipped,
-original_size, crop_ltrb) plus `loratrainer_fingerprint`: a hash of the image bytes, the bucket, the resize,
+original_size, crop_ltrb: the values sd-scripts writes, which SDXL's size conditioning reads back, see
+train/size_conditioning.py) plus `loratrainer_fingerprint`: a hash of the image bytes, the bucket, the resize,
 the background colour and the VAE. A file whose fingerprint differs is one of ours and is rewritten; a file
 without one (written by Kohya or someone else) is never touched: we use fresh latents in memory instead.
 """
@@ -19,10 +20,15 @@ import torch
 from loratrainer.data.samples import TrainSample
 from loratrainer.files import atomic_write_with
 from loratrainer.train.dataset import Augment, image_tensor, load_training_image
+from loratrainer.train.size_conditioning import image_conditioning
 
 log = logging.getLogger("loratrainer.train")
 FINGERPRINT_KEY = "loratrainer_fingerprint"
-Latents = tuple[torch.Tensor, torch.Tensor | None]
+# A cached image: (latents, flipped latents or None, original size (w, h), crop rectangle (l, t, r, b)); the last two
+# are sd-scripts' values for SDXL's size conditioning, so a cached latent carries them in memory as on disk.
+Latents = tuple[torch.Tensor, torch.Tensor | None, tuple, tuple]
+# Part of the fingerprint: files of ours written before crop_ltrb followed sd-scripts are rewritten once.
+CACHE_VERSION = "2"
 
 
 def npz_path(sample: TrainSample) -> Path:
@@ -32,7 +38,7 @@ def npz_path(sample: TrainSample) -> Path:
 
 def fingerprint(sample: TrainSample, background: str, vae_id: str) -> str:
     digest = hashlib.sha256(Path(sample.image_path).read_bytes())
-    digest.update(f"|{sample.bucket}|{sample.resized}|{background}|{vae_id}".encode())
+    digest.update(f"|{sample.bucket}|{sample.resized}|{background}|{vae_id}|v{CACHE_VERSION}".encode())
     return digest.hexdigest()
 
 
@@ -53,7 +59,7 @@ def latent_seed(seed: int, index: int, flip: bool) -> int:
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
-                  rank: int = 0, world: int = 1, seed: int = 0) -> dict[int, Latents]:
+                  rank: int = 0, world: int = 1, seed: int = 0, bucketed: bool = True) -> dict[int, Latents]:
     """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
     from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins."""
     out: dict[int, Latents] = {}
@@ -69,9 +75,9 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
             continue
         plain = encode_image(vae, sample, background, False, device, dtype, latent_seed(seed, i, False))
         flipped = encode_image(vae, sample, background, True, device, dtype, latent_seed(seed, i, True)) if flip else None
-        out[i] = (plain, flipped)
+        out[i] = (plain, flipped, *image_conditioning(sample.size, sample.bucket, bucketed=bucketed))
         if to_disk:
-            _write(npz_path(sample), sample, plain, flipped, fp)
+            _write(npz_path(sample), out[i], fp)
     log.info("latents cached for %d images (%d reused from disk)", len(out), reused)
     return out
 
@@ -96,22 +102,21 @@ def _read(path: Path, fp: str, flip: bool) -> Latents | None:
             if FINGERPRINT_KEY not in npz or str(npz[FINGERPRINT_KEY]) != fp or (flip and "latents_flipped" not in npz):
                 return None
             flipped = torch.from_numpy(npz["latents_flipped"]) if flip else None
-            return torch.from_numpy(npz["latents"]), flipped
+            return (torch.from_numpy(npz["latents"]), flipped, tuple(npz["original_size"].tolist()),
+                    tuple(npz["crop_ltrb"].tolist()))
     except (OSError, ValueError, KeyError):
         return None
 
 
-def _write(path: Path, sample: TrainSample, plain: torch.Tensor, flipped: torch.Tensor | None, fp: str) -> None:
+def _write(path: Path, entry: Latents, fp: str) -> None:
     if path.exists() and not _is_ours(path):
         log.warning("%s was not written by loratrainer: left untouched, latents kept in memory", path)
         return
-    w, h = sample.bucket
-    rw, rh = sample.resized
-    left, top = (rw - w) // 2, (rh - h) // 2
+    plain, flipped, original, ltrb = entry
     arrays = {
         "latents": plain.numpy(),
-        "original_size": np.array(sample.size),
-        "crop_ltrb": np.array([left, top, left + w, top + h]),
+        "original_size": np.array(original),
+        "crop_ltrb": np.array(ltrb),  # sd-scripts' get_crop_ltrb (floats when it computes floats)
         FINGERPRINT_KEY: np.array(fp),
     }
     if flipped is not None:

@@ -4,7 +4,7 @@ report, save when the policy says so, stop when asked."""
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +16,8 @@ from loratrainer.train.max_norm import apply_max_norm
 from loratrainer.train.noise import item_generators, noisy_latents, sample_noise, sample_timesteps
 from loratrainer.train.sampling import maybe_sample
 from loratrainer.train.schedulers import current_lr
+from loratrainer.train.family import text_states  # noqa: F401  (SD1.5's hidden states; tests call it from here)
 from loratrainer.train.setup import Trainer
-from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,11 +127,11 @@ def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
     generators = item_generators(batch.get("noise_seeds"), t.accelerator.device)
     with t.accelerator.autocast():
         latents = batch_latents(t, batch, generators)
-        hidden = text_states(t, batch["captions"])
+        hidden, extra = t.family.condition(t, batch)  # the text conditioning, and SDXL's size conditioning
         noise = sample_noise(latents, t.noise, generators)
         timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device, generators)
         noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise, generators)
-        pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype)).sample
+        pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype), **extra).sample
     target = training_target(scheduler, latents, noise, timesteps)
     weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
     huber_c = huber_threshold(scheduler, timesteps, t.loss) if t.loss.loss_type != "l2" else None
@@ -143,8 +143,10 @@ def batch_latents(t: Trainer, batch: dict, generators=None) -> torch.Tensor:
     if "latents" in batch:
         latents = batch["latents"].to(t.accelerator.device)
     else:
-        with torch.no_grad():
-            dist = vae.encode(batch["pixels"].to(t.accelerator.device, t.weight_dtype)).latent_dist
+        # in the VAE's own dtype: fp32 with no_half_vae (autocast off for it, as sd-scripts encodes outside it)
+        full = vae.dtype == torch.float32 and t.weight_dtype != torch.float32
+        with torch.no_grad(), torch.autocast(t.accelerator.device.type, enabled=False) if full else nullcontext():
+            dist = vae.encode(batch["pixels"].to(t.accelerator.device, vae.dtype)).latent_dist
             if generators is None:
                 latents = dist.sample()
             else:  # the VAE's sample item by item from each item's generator, first of its draws
@@ -153,22 +155,9 @@ def batch_latents(t: Trainer, batch: dict, generators=None) -> torch.Tensor:
     return latents.float() * vae.config.scaling_factor
 
 
-def text_states(t: Trainer, captions: list[str]) -> torch.Tensor:
-    m = t.config.model
-    te = t.text_encoder
-    norm = final_layer_norm(t.accelerator.unwrap_model(te))
-
-    def run(texts: list[str]) -> torch.Tensor:
-        return encode(te, norm, tokenize(t.components.tokenizer, texts, m.max_token_length), m.clip_skip, t.accelerator.device)
-
-    if t.config.trains_text_encoder:
-        return run(captions)
-    with torch.no_grad():
-        return t.text_cache.get(captions, run) if t.text_cache is not None else run(captions)
-
-
 def trained_models(t: Trainer) -> list[torch.nn.Module]:
-    return [m for m, on in ((t.unet, t.config.trains_unet), (t.text_encoder, t.config.trains_text_encoder)) if on]
+    encoders = [(getattr(t, name), lr > 0) for name, lr in t.family.text_encoder_lrs(t.config).items()]
+    return [m for m, on in [(t.unet, t.config.trains_unet), *encoders] if on]
 
 
 def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]:

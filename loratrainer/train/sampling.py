@@ -3,8 +3,9 @@
 The loop calls `maybe_sample(t, first=True)` once before the first step, `maybe_sample(t)` after every
 optimizer step and `maybe_sample(t, epoch_end=True)` after every epoch (each after that point's save; for
 the last step and epoch, after the final file); this module decides whether a sample is due. The first call also reads and checks the prompts, so a bad prompt stops the run before any
-training. Images are rendered on the main process with the LoRA as trained so far, through a diffusers
-StableDiffusionPipeline assembled from the trainer's own models; the other processes wait.
+training. Images are rendered on the main process with the LoRA as trained so far, through the family's diffusers
+pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline: train/family.py) assembled from the trainer's own
+models; the other processes wait.
 
 Sampling must not change training: the RNG states (torch, CUDA, numpy, python), the models' train/eval
 modes and requires_grad flags are restored afterwards, and the images come from a generator of their own,
@@ -33,7 +34,6 @@ from loratrainer.launch.sample_prompts import SamplePrompt, load_prompts
 from loratrainer.launch.samplers import canonical_sampler
 from loratrainer.train.samplers import build_scheduler
 from loratrainer.train.setup import Trainer
-from loratrainer.train.text import encode, final_layer_norm, tokenize
 
 log = logging.getLogger("loratrainer.train")
 
@@ -133,15 +133,11 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
 def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
     """One PIL image of `prompt` with the LoRA as trained so far; None when a stop was asked while it rendered
     (checked between denoising steps: a large sample on a slow machine took 90 s to notice one)."""
-    from diffusers import StableDiffusionPipeline
-
     c = t.components
-    unet, text_encoder = (t.accelerator.unwrap_model(m) for m in (t.unet, t.text_encoder))
-    pipe = StableDiffusionPipeline(
-        vae=c.vae, text_encoder=text_encoder, tokenizer=c.tokenizer, unet=unet,
-        scheduler=build_scheduler(prompt.sampler or default_sampler, c.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    unet = t.accelerator.unwrap_model(t.unet)
+    text_encoders = {name: t.accelerator.unwrap_model(m) for name, m in t.text_encoder_views().items()}
+    scheduler = build_scheduler(prompt.sampler or default_sampler, c.noise_scheduler.config)
+    pipe = t.family.pipeline(t, unet, text_encoders, scheduler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(prompt.seed)  # on the CPU: the same image on any device
     stopped = []
@@ -152,22 +148,27 @@ def render(t: Trainer, prompt: SamplePrompt, default_sampler: str):
             stopped.append(step)
         return tensors
 
-    with torch.no_grad(), t.accelerator.autocast():
-        positive, negative = (prompt_embeds(t, text_encoder, text) for text in (prompt.prompt, prompt.negative_prompt))
+    with torch.no_grad(), t.accelerator.autocast(), text_encoders_on(t.accelerator.device, text_encoders.values()):
+        embeds = t.family.prompt_arguments(t, text_encoders, prompt.prompt, prompt.negative_prompt)
         image = pipe(
-            prompt_embeds=positive, negative_prompt_embeds=negative, width=prompt.width, height=prompt.height,
+            **embeds, width=prompt.width, height=prompt.height,
             num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, generator=generator,
             callback_on_step_end=stop_between_steps,
         ).images[0]
     return None if stopped else image
 
 
-def prompt_embeds(t: Trainer, text_encoder, text: str) -> torch.Tensor:
-    """The prompt as training sees captions: the same clip skip and 75-token chunks (max_token_length)."""
-    m = t.config.model
-    norm = final_layer_norm(text_encoder)
-    ids = tokenize(t.components.tokenizer, [text], m.max_token_length)
-    return encode(text_encoder, norm, ids, m.clip_skip, t.accelerator.device)
+@contextmanager
+def text_encoders_on(device: torch.device, models) -> Iterator[None]:
+    """Text encoders moved off the GPU after caching their outputs (train/text_cache.py) come back for the round."""
+    away = [(m, next(m.parameters()).device) for m in models if next(m.parameters()).device != device]
+    for m, _ in away:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, where in away:
+            m.to(where)
 
 
 def announce(t: Trainer, run: SampleRun, path: Path, index: int, prompt: SamplePrompt, image) -> None:
@@ -182,7 +183,7 @@ def announce(t: Trainer, run: SampleRun, path: Path, index: int, prompt: SampleP
 @contextmanager
 def untouched_training_state(t: Trainer) -> Iterator[None]:
     """Run the body in eval mode and give training back its RNG states, modes and requires_grad flags."""
-    models = [t.accelerator.unwrap_model(m) for m in (t.unet, t.text_encoder)] + [t.components.vae]
+    models = [t.accelerator.unwrap_model(m) for m in (t.unet, *t.text_encoder_views().values())] + [t.components.vae]
     modes = [(module, module.training) for model in models for module in model.modules()]
     grads = [(p, p.requires_grad) for model in models for p in model.parameters()]
     python_rng, numpy_rng = random.getstate(), np.random.get_state()

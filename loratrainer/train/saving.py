@@ -130,5 +130,6 @@ def file_metadata(config: TrainingConfig, info: DatasetInfo, components, *, epoc
                   epochs: int, seed: int, started_at: float, num_processes: int) -> dict[str, str]:
     progress = TrainingProgress(epoch=epoch, step=step, num_epochs=epochs, max_train_steps=total_steps, seed=seed,
                                 started_at=started_at, finished_at=time.time(), num_processes=num_processes)
-    model = ModelInfo(name=components.model_name, hash=components.model_hash, vae_name=Path(config.model.vae).name if config.model.vae else "")
+    model = ModelInfo(name=components.model_name, hash=components.model_hash, vae_name=Path(config.model.vae).name if config.model.vae else "",
+                      family=getattr(components, "family", "sd15"))  # SDXL: sd-scripts' SDXL base version and modelspec
     return build_metadata(config, progress, info, model)

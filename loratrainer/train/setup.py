@@ -15,10 +15,13 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
 from loratrainer.model.kohya_format import load_network_weights
-from loratrainer.model.loading import SD15Components, load_sd15
+from loratrainer.model.components import load_components
+from loratrainer.model.loading import SD15Components
 from loratrainer.model.lora import LoraHandle, inject_lora
 from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
+from loratrainer.train.family import FAMILIES, Family, family_for, store_unet_in_fp8
+from loratrainer.train.family import notes as family_notes
 from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossRecipe
 from loratrainer.train.noise import NoiseRecipe
@@ -26,6 +29,7 @@ from loratrainer.train.optimizers import build_optimizer
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache
+from loratrainer.train.text_cache import check_text_cache_allowed, fill_text_cache
 
 log = logging.getLogger("loratrainer.train")
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,8 +44,9 @@ class Trainer:
     accelerator: Accelerator
     report: DatasetReport
     seed: int
-    components: SD15Components  # the loaded models (the one place the UNet and text encoder are kept) and the rest
-    handle: LoraHandle  # the adapters injected into components.unet / components.text_encoder
+    components: SD15Components  # the loaded models (the one place the UNet and text encoders are kept) and the rest
+    # (an SDXLComponents for SDXL: a second tokenizer and text encoder, text_encoder_2)
+    handle: LoraHandle  # the adapters injected into components.unet / components.text_encoder(s)
     # What the loop calls: accelerator.prepare's view of components.unet / .text_encoder. With one process it is
     # the same object; with several it is the DDP wrapper, whose forward synchronises the gradients.
     unet: torch.nn.Module
@@ -60,11 +65,19 @@ class Trainer:
     sampling: Any = "unplanned"  # sampling.SampleRun, or None for no sampling, once the first round asks
     step: int = 0
     epoch: int = 0
+    text_encoder_2: torch.nn.Module | None = None  # SDXL: the prepared view of components.text_encoder_2
+    family: Family | None = None  # what differs between model families (train/family.py), from the components
 
     def __post_init__(self) -> None:
         if self.run is None:
             self.run = RunContext(Path(self.run_dir))
         self.run.trainer = self
+        if self.family is None:
+            self.family = family_for(self.components)
+
+    def text_encoder_views(self) -> dict[str, torch.nn.Module]:
+        """The family's text encoders as the loop calls them (accelerate's prepared views), by attribute name."""
+        return {name: getattr(self, name) for name in self.family.text_encoders}
 
     @property
     def total_steps(self) -> int:
@@ -84,31 +97,53 @@ def plan_dataset(config: TrainingConfig, num_processes: int) -> DatasetReport:
 
 def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
-    # Single files are always built with the shipped SD1.5 configs (tests/test_model_loading_full_size.py).
-    components = load_sd15(config.model, dtype=weight_dtype)
+    # Single files are always built with the shipped configs of their family (tests/test_model_loading_full_size.py).
+    components = load_components(config.model, dtype=weight_dtype)
+    family = family_for(components)
+    for note in family_notes(family, config):
+        log.warning("%s", note)
     if config.model.v_parameterization:
         components.noise_scheduler.register_to_config(prediction_type="v_prediction")
-    handle = add_lora(components, config)
+    if config.noise.zero_terminal_snr:
+        components.noise_scheduler = zero_terminal_snr(components.noise_scheduler)
+    if config.precision.no_half_vae:
+        components.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; the pixels are passed in its dtype
+    if getattr(components, "declared_prediction", "") and (components.declared_prediction == "v_prediction") != config.model.v_parameterization:
+        log.warning("the model says it predicts %s but V-parameterization is %s: sd-scripts trains as the setting says, and so do we",
+                    components.declared_prediction, "on" if config.model.v_parameterization else "off")
+    handle = add_lora(components, config, family)
     if config.network.network_weights:
         fresh = load_network_weights(handle, config.network.network_weights)
         log.info("started from %s%s", config.network.network_weights, f" ({len(fresh)} modules it lacks start fresh)" if fresh else "")
     set_attention(components.unet, config.precision.attention)
     if config.precision.gradient_checkpointing:
         enable_gradient_checkpointing(components, config)
-    for module in (components.unet, components.text_encoder, components.vae):
+    if config.precision.fp8_base:
+        store_unet_in_fp8(components.unet, accelerator.mixed_precision, accelerator.device)
+    for module in (components.unet, *(getattr(components, n) for n in family.text_encoders), components.vae):
         module.to(accelerator.device)
     components.vae.eval()
     speed_up_unet(components.unet, config)
     return components, handle, weight_dtype
 
 
+def zero_terminal_snr(scheduler):
+    """The same schedule with its betas rescaled so the last timestep is pure noise (https://arxiv.org/abs/2305.08891):
+    diffusers' rescale_zero_terminal_snr, which is sd-scripts' fix_noise_scheduler_betas_for_zero_terminal_snr
+    (library/custom_train_functions.py), step for step."""
+    from diffusers import DDPMScheduler
 
-def add_lora(components, config: TrainingConfig):
+    return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
+
+
+def add_lora(components, config: TrainingConfig, family: Family | None = None):
     """Inject the LoRA the network settings describe, its weights in the precision full_fp16/full_bf16 ask for."""
     p = config.precision
     lora_dtype = torch.float16 if p.full_fp16 else torch.bfloat16 if p.full_bf16 else torch.float32
-    return inject_lora(components, config.network, train_unet=config.trains_unet,
-                       train_text_encoder=config.trains_text_encoder, lora_dtype=lora_dtype)
+    lrs = (family or family_for(components)).text_encoder_lrs(config)
+    # a text encoder whose rate is 0 gets no adapters (SDXL can train one encoder and not the other)
+    return inject_lora(components, config.network, train_unet=config.trains_unet, train_text_encoder=lrs["text_encoder"] > 0,
+                       train_text_encoder_2=lrs["text_encoder_2"] > 0 if "text_encoder_2" in lrs else None, lora_dtype=lora_dtype)
 
 
 def speed_up_unet(unet, config: TrainingConfig) -> None:
@@ -136,16 +171,20 @@ def set_attention(unet, attention: str) -> None:
 
 def enable_gradient_checkpointing(components, config: TrainingConfig) -> None:
     components.unet.enable_gradient_checkpointing()
-    if config.trains_text_encoder:
-        components.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, lr in family_for(components).text_encoder_lrs(config).items():
+        if lr > 0:
+            getattr(components, name).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def param_groups(handle, config: TrainingConfig) -> list[dict]:
+def param_groups(handle, config: TrainingConfig, family: Family | None = None) -> list[dict]:
+    """One group per trained part at its rate: the UNet, then each text encoder (SDXL: text_encoder_lr for the
+    first, text_encoder_2_lr for the second, as sd-scripts' prepare_optimizer_params_with_multiple_te_lrs)."""
     groups = []
     if config.trains_unet:
         groups.append({"params": list(handle.unet_parameters()), "lr": config.effective_unet_lr})
-    if config.trains_text_encoder:
-        groups.append({"params": list(handle.text_encoder_parameters()), "lr": config.effective_text_encoder_lr})
+    for name, lr in (family or FAMILIES["sd15"]).text_encoder_lrs(config).items():
+        if lr > 0:
+            groups.append({"params": list(getattr(handle, f"{name}_parameters")()), "lr": lr})
     return [g for g in groups if g["params"]]
 
 
@@ -155,32 +194,36 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
         share = cache_latents(
             report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
             background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
-            device=accelerator.device, dtype=weight_dtype, rank=accelerator.process_index, world=accelerator.num_processes,
-            seed=seed,
+            device=accelerator.device, dtype=components.vae.dtype, rank=accelerator.process_index, world=accelerator.num_processes,
+            seed=seed, bucketed=config.buckets.enable_bucket,
         )
         latents = join_shares(share, accelerator)
-    dataset = TrainDataset(report.samples, config, seed, latents)
+    dataset = TrainDataset(report.samples, config, seed, latents, size_conditioning=family_for(components).size_conditioning)
     sampler = EpochBatchSampler(report.samples, config.training.train_batch_size, seed, accelerator.process_index, accelerator.num_processes)
     return build_loader(dataset, sampler, config), sampler
 
 
 def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int, run: RunContext | None = None) -> Trainer:
     check_optimizer_available(config)
+    check_text_cache_allowed(config)
     report = plan_dataset(config, accelerator.num_processes)
     components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
-    groups = param_groups(handle, config)
+    family = family_for(components)
+    groups = param_groups(handle, config, family)
     optimizer = build_optimizer(config, groups)
     lr_scheduler = build_lr_scheduler(config, optimizer, report.steps.total_steps)
-    unet, text_encoder, optimizer = prepare_models(accelerator, components, config, optimizer)
+    views, optimizer = prepare_models(accelerator, components, config, optimizer, family)
     loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype)
-    static_text = not config.trains_text_encoder and CaptionRules.from_settings(config.dataset).is_static
-    return Trainer(
+    static_text = not family.trains_text(config) and CaptionRules.from_settings(config.dataset).is_static
+    t = Trainer(
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
-        handle=handle, unet=unet, text_encoder=text_encoder, params=[p for g in groups for p in g["params"]],
+        handle=handle, unet=views["unet"], text_encoder=views["text_encoder"], params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
         noise=NoiseRecipe.from_settings(config.noise), loss=LossRecipe.from_config(config),
-        text_cache=TextCache() if static_text else None, run=run,
+        text_cache=TextCache() if static_text else None, run=run, text_encoder_2=views.get("text_encoder_2"), family=family,
     )
+    fill_text_cache(t)  # precision.cache_text_encoder_outputs: every caption encoded now (and kept on disk)
+    return t
 
 
 def check_optimizer_available(config: TrainingConfig) -> None:
@@ -190,20 +233,20 @@ def check_optimizer_available(config: TrainingConfig) -> None:
     optimizer_spec(config.optimizer.optimizer)
 
 
-def prepare_models(accelerator: Accelerator, components, config: TrainingConfig, optimizer):
-    """Wrap what trains (DDP with several processes); the scheduler is stepped by us, once per step."""
-    unet, text_encoder = components.unet, components.text_encoder
-    if config.trains_unet and config.trains_text_encoder:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-    elif config.trains_unet:
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-    else:
-        text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+def prepare_models(accelerator: Accelerator, components, config: TrainingConfig, optimizer, family: Family | None = None):
+    """Wrap what trains (DDP with several processes); the scheduler is stepped by us, once per step. Returns the
+    views the loop calls by name ("unet", "text_encoder", ...) and the optimizer."""
+    family = family or family_for(components)
+    trains = {"unet": config.trains_unet, **{n: lr > 0 for n, lr in family.text_encoder_lrs(config).items()}}
+    views = {name: getattr(components, name) for name in trains}
+    trained = [name for name, on in trains.items() if on]
+    *prepared, optimizer = accelerator.prepare(*(views[n] for n in trained), optimizer)
+    views.update(zip(trained, prepared))
     if config.precision.full_fp16 and accelerator.scaler is not None:
         allow_fp16_gradients(accelerator)
-    unet.train() if config.trains_unet else unet.eval()
-    text_encoder.train() if config.trains_text_encoder else text_encoder.eval()
-    return unet, text_encoder, optimizer
+    for name, on in trains.items():
+        views[name].train() if on else views[name].eval()
+    return views, optimizer
 
 
 def allow_fp16_gradients(accelerator: Accelerator) -> None:

@@ -38,8 +38,8 @@ class BrokenState(UserError):
 
 def _trained_params(t) -> dict[str, torch.nn.Parameter]:
     """The LoRA weights being trained, by the names a state file keeps them under."""
-    return {prefix + name: p for prefix, model in (("unet.", t.handle.unet), ("text_encoder.", t.handle.text_encoder))
-            for name, p in model.named_parameters() if p.requires_grad}
+    models = [("unet", t.handle.unet)] + [(name, getattr(t.components, name)) for name in t.family.text_encoders]
+    return {f"{part}.{name}": p for part, model in models for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _lora_state(t) -> dict[str, torch.Tensor]:

@@ -6,6 +6,8 @@ get BOS/EOS, encoded separately and concatenated (sd-scripts' get_hidden_states 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 CHUNK = 75
@@ -44,14 +46,27 @@ def encode(text_encoder, final_layer_norm, ids: torch.Tensor, clip_skip: int, de
 
 
 class TextCache:
-    """Hidden states per caption text, for a frozen text encoder and static captions."""
+    """Text-encoder outputs per caption text, for frozen text encoders and static captions. `compute(texts)`
+    returns one batch-first tensor (SD1.5's hidden states) or a tuple of them (SDXL's two hidden states and pooled
+    output); `get` returns the same shape for `captions`."""
 
     def __init__(self) -> None:
-        self._states: dict[str, torch.Tensor] = {}
+        self._states: dict[str, Any] = {}
 
-    def get(self, captions: list[str], compute) -> torch.Tensor:
+    def __contains__(self, caption: str) -> bool:
+        return caption in self._states
+
+    def put(self, caption: str, state) -> None:
+        self._states[caption] = state
+
+    def get(self, captions: list[str], compute):
         missing = [c for c in dict.fromkeys(captions) if c not in self._states]
         if missing:
-            for caption, state in zip(missing, compute(missing)):
-                self._states[caption] = state
+            out = compute(missing)
+            rows = zip(*out) if isinstance(out, tuple) else out
+            for caption, state in zip(missing, rows):
+                self._states[caption] = tuple(state) if isinstance(out, tuple) else state
+        first = self._states[captions[0]]
+        if isinstance(first, tuple):
+            return tuple(torch.stack([self._states[c][i] for c in captions]) for i in range(len(first)))
         return torch.stack([self._states[c] for c in captions])
