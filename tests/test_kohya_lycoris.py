@@ -125,7 +125,7 @@ def test_lokr_accepts_a_full_matrix_rank():
 
 def test_the_disk_space_estimate_of_a_full_matrix_lokr_is_bounded_by_its_real_size():
     """The launcher's free-space check: a 100000-rank LoKr (full factors) must not be estimated as 100000 LoRA ranks.
-    Real full-SD1.5 sizes at fp16 (test_model_lycoris' meta-device arithmetic): factor 6 -> 69 MB, 8 -> 28 MB."""
+    Real full-SD1.5 sizes at fp16 (test_model_lycoris' meta-device arithmetic): factor 6 -> 72.6 MB, 8 -> 29.6 MB."""
     from loratrainer.launch.start import estimated_output_bytes
 
     def per_file(**values):
@@ -133,7 +133,7 @@ def test_the_disk_space_estimate_of_a_full_matrix_lokr_is_bounded_by_its_real_si
         return (estimated_output_bytes(config, epochs=1, total_steps=10) - 100 * 2**20) / 2  # final + interrupted
 
     full = dict(lora_type="LoKr", network_dim=100000, conv_dim=100000)
-    assert 69e6 <= per_file(**full, factor=6) <= 400e6
-    assert 28e6 <= per_file(**full, factor=8) <= 200e6
+    assert 72.5e6 <= per_file(**full, factor=6) <= 400e6
+    assert 29.6e6 <= per_file(**full, factor=8) <= 200e6
     loha, lora = per_file(lora_type="LoHa", network_dim=8, conv_dim=4), per_file(lora_type="LoCon", network_dim=8, conv_dim=4)
-    assert loha == 2 * lora and loha >= 27.8e6  # the measured LoHa dim 8 / conv 4 file
+    assert loha == 2 * lora and loha >= 30.4e6  # the measured LoHa dim 8 / conv 4 file

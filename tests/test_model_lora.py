@@ -25,6 +25,9 @@ UNET_STANDARD = re.compile(
     r"(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2))"
 )
 UNET_CONV3 = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv)")
+# LoCon's network_dim modules in the resnets (sd-scripts networks/lora.py create_modules: "is_linear or
+# is_conv2d_1x1 -> lora_dim" inside ResnetBlock2D)
+UNET_RESNET_LINEAR = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.resnets\.\d+\.(time_emb_proj|conv_shortcut)")
 TE_STANDARD = re.compile(r"(text_model\.)?encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])")
 
 
@@ -35,7 +38,8 @@ def expected_layout(unet, text_encoder, rank, *, conv_rank=None, te=True, unet_p
     for prefix, model, is_te in parts:
         for path, module in model.named_modules():
             module = getattr(module, "base_layer", module)
-            standard = (TE_STANDARD if is_te else UNET_STANDARD).fullmatch(path)
+            standard = (TE_STANDARD if is_te else UNET_STANDARD).fullmatch(path) or (
+                not is_te and conv_rank and UNET_RESNET_LINEAR.fullmatch(path))
             conv = not is_te and conv_rank and UNET_CONV3.fullmatch(path)
             if not (standard or conv):
                 continue
@@ -103,7 +107,14 @@ def test_locon_adds_3x3_convs_with_conv_rank_and_alpha(tiny):
     conv = [k for k in sd if "resnets" in k and k.endswith("conv1.lora_down.weight")]
     assert conv and all(sd[k].shape[-2:] == (3, 3) and sd[k].shape[0] == 2 for k in conv)
     assert any("downsamplers_0_conv" in k for k in sd) and any("upsamplers_0_conv" in k for k in sd)
-    assert not any("conv_shortcut" in k or "time_emb_proj" in k or k.startswith("lora_unet_conv_") for k in sd)
+    # the resnets' time-embedding linears and 1x1 shortcuts at network_dim / network_alpha, as sd-scripts' LoCon
+    linear = [k for k in sd if k.endswith(("time_emb_proj.lora_down.weight", "conv_shortcut.lora_down.weight"))]
+    assert any("time_emb_proj" in k for k in linear) and any("conv_shortcut" in k for k in linear)
+    shortcut = [k for k in linear if "conv_shortcut" in k]
+    assert all(sd[k].shape[0] == 4 and sd[k].shape[-2:] == (1, 1) for k in shortcut)
+    assert all(float(sd[k.replace("lora_down.weight", "alpha")]) == 4.0 for k in linear)
+    # nothing outside the blocks: no conv_in / conv_out / time embedding (sd-scripts adapts none of them)
+    assert not any(k.startswith(("lora_unet_conv_", "lora_unet_time_embedding")) for k in sd)
     assert all(float(sd[k.replace("lora_down.weight", "alpha")]) == 1.0 for k in conv)
     module = tiny.unet.get_submodule("down_blocks.0.resnets.0.conv1")
     assert module.scaling["default"] == pytest.approx(1 / 2)

@@ -219,9 +219,11 @@ def test_full_sd15_module_count_and_file_size_at_dim_8_conv_4(lora_type, capsys)
     with capsys.disabled():
         print(f"\n{lora_type} dim 8 / conv 4, full SD1.5: {len(handle.modules)} modules ({unet} UNet incl. {conv3} 3x3 "
               f"convs, {te} text encoder), {len(sd)} tensors, {params} parameters, {size} bytes fp16 without metadata")
-    # LoCon's module set: 192 UNet attention/MLP layers + 50 3x3 convs (22 resnets x 2, 3 down-, 3 upsamplers)
+    # LoCon's module set (sd-scripts' create_modules, tests/test_model_sd15_full_size.py): 192 UNet attention/MLP
+    # layers + 50 3x3 convs (22 resnets x 2, 3 down-, 3 upsamplers) + 22 time_emb_proj + 14 1x1 conv_shortcut
     # + 72 text-encoder linears
-    assert (len(handle.modules), unet, te, conv3) == (314, 242, 72, 50)
+    resnet_linears = sum(k.endswith(("time_emb_proj", "conv_shortcut")) for k in handle.modules)
+    assert (len(handle.modules), unet, te, conv3, resnet_linears) == (350, 278, 72, 50, 36)
     assert (len(sd), params, size) == SD15_SIZES[lora_type]
     if lora_type == "LoHa":  # two rank-r products per module: exactly twice a LoCon of the same ranks
         locon = NetworkSettings(lora_type="LoCon", network_dim=8, network_alpha=8, conv_dim=4, conv_alpha=4)
@@ -230,7 +232,7 @@ def test_full_sd15_module_count_and_file_size_at_dim_8_conv_4(lora_type, capsys)
 
 
 # (tensors, parameters, bytes of an fp16 file without metadata), measured with this test
-SD15_SIZES = {"LoHa": (1570, 13_789_184, 27_773_407), "LoKr": (1256, 454_392, 1_061_054)}
+SD15_SIZES = {"LoHa": (1750, 15_115_264, 30_446_031), "LoKr": (1400, 506_032, 1_180_239)}
 
 
 @pytest.mark.parametrize("case", ["loha", "lokr-mixed", "lokr-both"])

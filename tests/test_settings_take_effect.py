@@ -808,9 +808,13 @@ def _inject(**values):
 
 
 def _first(handle, part: str, conv: bool = False):
+    """The first adapted module of `part`: conv=True a resnet 3x3 convolution (conv_dim), else an attention/MLP one
+    (LoCon's resnet time_emb_proj / 1x1 conv_shortcut are neither: network_dim, but not what these rows look at)."""
     for info in handle.modules.values():
-        if info.part == part and ("resnets" in info.path) == conv:
-            return handle.model(part).get_submodule(info.path), info
+        layer = handle.model(part).get_submodule(info.path)
+        is_conv3 = getattr(layer.get_base_layer(), "kernel_size", None) == (3, 3)
+        if info.part == part and ("resnets" in info.path) == conv and is_conv3 == conv:
+            return layer, info
     raise AssertionError("no module")
 
 
@@ -837,6 +841,9 @@ def _lora_type(tmp_path):
     assert not any("resnets" in i.path for i in standard.modules.values())
     locon, _ = _inject(lora_type="LoCon")
     assert any("resnets" in i.path and "conv" in i.path for i in locon.modules.values())
+    # and, as sd-scripts' LoCon, the resnets' time-embedding linears and 1x1 shortcuts
+    assert any(i.path.endswith("time_emb_proj") for i in locon.modules.values())
+    assert any(i.path.endswith("conv_shortcut") for i in locon.modules.values())
     assert "default" in _lycoris_layer(lora_type="LoHa").hada_w1_a  # Hadamard product of two low-rank pairs
     assert "default" in _lycoris_layer(lora_type="LoKr").lokr_w1  # Kronecker product
 

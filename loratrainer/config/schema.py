@@ -207,8 +207,9 @@ class NetworkSettings(_Group):
     lora_type: Literal["Standard", "LoCon", "LoHa", "LoKr"] = Field(
         "Standard",
         title="LoRA type",
-        description="Standard adapts attention and feed-forward layers; LoCon also the 3x3 convolutions; LoHa and LoKr "
-        "(LyCORIS) adapt the same layers with Hadamard / Kronecker products.",
+        description="Standard adapts attention and feed-forward layers; LoCon also the convolution blocks (3x3 "
+        "convolutions, time-embedding and shortcut layers); LoHa and LoKr (LyCORIS) adapt the same layers as LoCon "
+        "with Hadamard / Kronecker products.",
     )
     # le=100000: LyCORIS LoKr presets ask for full matrices with a huge rank (the Kohya GUI's 100000); the other
     # types are held to 1024 by a cross-field rule

@@ -154,10 +154,10 @@ def estimated_output_bytes(config: TrainingConfig, epochs: int, total_steps: int
     if n.lora_type == "LoHa":  # two low-rank products per module
         per_file *= 2
     elif n.lora_type == "LoKr":
-        # never more than full Kronecker factors: the adapted SD1.5 weights (893M values) over about (factor/2)^2
-        # (measured: factor 6 -> 69 MB, 8 -> 28 MB, -1 -> 2.5 MB at fp16); -1 splits near the square root
+        # never more than full Kronecker factors: the adapted SD1.5 weights (942M values) over about (factor/2)^2
+        # (measured: factor 6 -> 72.6 MB, 8 -> 29.6 MB, -1 -> 2.6 MB at fp16); -1 splits near the square root
         factor = n.factor if n.factor > 0 else 16
-        per_file = min(per_file, 893e6 * bytes_per_value / max(factor / 2, 1) ** 2)
+        per_file = min(per_file, 942e6 * bytes_per_value / max(factor / 2, 1) ** 2)
     s = config.saving
     files = 2  # the final file and a possible interrupted one
     if s.save_every_n_epochs:

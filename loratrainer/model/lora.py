@@ -1,20 +1,21 @@
 """LoRA injection with peft into the SD1.5 UNet and text encoder, on exactly Kohya's module set.
 
 Kohya's networks/lora.py adapts every Linear/Conv2d inside the UNet's Transformer2DModel blocks and inside the
-text encoder's CLIPAttention/CLIPMLP; LoCon adds the 3x3 convolutions of ResnetBlock2D/Downsample2D/Upsample2D.
-We compute those module names from the model tree and hand them to peft as exact targets, so nothing else
-(resnet 1x1 shortcuts, time embeddings) is touched. peft's default init is Kohya's: down (lora_A)
+text encoder's CLIPAttention/CLIPMLP (Standard). With conv_dim (LoCon) its create_modules also adapts every Linear
+and Conv2d of ResnetBlock2D/Downsample2D/Upsample2D: the 3x3 convolutions with conv_dim/conv_alpha, the resnets'
+time_emb_proj Linear and 1x1 conv_shortcut with network_dim/network_alpha ("is_linear or is_conv2d_1x1 ->
+lora_dim"). We compute those module names from the model tree and hand them to peft as exact targets, so nothing
+else (conv_in/conv_out, the time embedding) is touched. peft's default init is Kohya's: down (lora_A)
 kaiming-uniform(a=sqrt(5)), up (lora_B) zeros; scale = alpha / rank, as in Kohya.
 
-LoHa and LoKr (LyCORIS) go through peft's LoHaConfig / LoKrConfig on the same module set: the linears, and the 3x3
-convolutions with conv_dim / conv_alpha (model.lycoris builds those configs).
+LoHa and LoKr (LyCORIS) go through peft's LoHaConfig / LoKrConfig on LoCon's module set (model.lycoris builds
+those configs); LyCORIS's lycoris.kohya selects the same modules in those blocks with the same ranks.
 
 SDXL (components.family == "sdxl"): the same containers in the UNet and in both text encoders, as sd-scripts'
 create_modules builds them for SDXL, and its names (model.sdxl_names: the original-layout UNet paths,
-lora_te1_/lora_te2_). With conv_dim (LoCon, and LoHa/LoKr) sd-scripts adapts every Linear and Conv2d of
-ResnetBlock2D/Downsample2D/Upsample2D: the 3x3 convolutions with conv_dim/conv_alpha, the time-embedding linear
-(emb_layers.1) and the 1x1 skip_connection with network_dim/network_alpha (networks/lora.py: "is_linear or
-is_conv2d_1x1 -> lora_dim"); tests/test_model_sdxl_full_size.py compares the set with sd-scripts' own.
+lora_te1_/lora_te2_; time_emb_proj is emb_layers.1, conv_shortcut skip_connection). The module set is chosen here
+once for both families; tests/test_model_sd15_full_size.py and tests/test_model_sdxl_full_size.py compare it at
+full size with sd-scripts' own.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def inject_lora(
         linear = target_modules(model, part, conv=False)
         with_conv = network.lora_type != "Standard" and part == "unet"
         conv = target_modules(model, part, conv=True) if with_conv else []
-        if with_conv and family == "sdxl":
-            # sd-scripts' SDXL LoCon: the resnets' time-embedding linear and 1x1 skip convs at network_dim
+        if with_conv:
+            # sd-scripts' LoCon (SD1.5 and SDXL alike): the resnets' time-embedding linear and 1x1 shortcut
+            # convolutions at network_dim
             linear += resnet_linears(model)
         model.requires_grad_(False)
         if network.lora_type in LYCORIS_TYPES:
@@ -200,8 +202,8 @@ def target_modules(model: nn.Module, part: Part, *, conv: bool) -> list[str]:
 
 
 def resnet_linears(model: nn.Module) -> list[str]:
-    """The Linear and 1x1 Conv2d children of the UNet's ResnetBlock2D/Downsample2D/Upsample2D (SDXL LoCon's extra
-    network_dim modules: time_emb_proj, conv_shortcut)."""
+    """The Linear and 1x1 Conv2d children of the UNet's ResnetBlock2D/Downsample2D/Upsample2D: LoCon's (and
+    LoHa's/LoKr's) network_dim modules beside the 3x3 convolutions (time_emb_proj, conv_shortcut)."""
     found = []
     for name, module in model.named_modules():
         if isinstance(module, (ResnetBlock2D, Downsample2D, Upsample2D)):
