@@ -227,7 +227,7 @@ def test_extract_recovers_a_known_delta_and_skips_unchanged_modules(tiny_models,
         assert float((got - m.double()).abs().max()) < 1e-4 * float(m.abs().max()), name
         assert report.extracted[name] == pytest.approx(1.0, abs=1e-6)
     assert len(report.skipped) > 20 and not set(report.skipped) & set(expected)
-    assert meta["ss_network_dim"] == "4" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2"}
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "2.0"}
     # the same from two single files and from two diffusers folders (each read tensor by tensor)
     for b, t in ((tiny_models["single"], tmp_path / "tuned.safetensors"), (tiny_models["diffusers"], tmp_path / "tuned")):
         other = extract_lora(b, t, tmp_path / f"x-{t.name}", rank=4, conv_rank=2, min_diff=1e-4,

@@ -74,6 +74,9 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
             conv = len(shape) == 4 and shape[2] > 1
             target = (conv_rank or rank) if conv else rank
             if target:
+                # never more ranks than the weight has (sd-scripts svd_merge_lora.py: min(rank, in_dim, out_dim)):
+                # `--rank 100000000` padded every module with zeros up to 51 GB
+                target = min(target, shape[0], shape[1])
                 u, s, vh = svd_of_product(up2, down2)
                 up2, down2 = split_factors(u, s, vh, target)
                 total, kept = float(s.pow(2).sum()), float(s[:target].pow(2).sum())
