@@ -99,6 +99,7 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
             title=output.stem, dims=linear or [1], alphas=[float(r) for r in linear] or [1.0],
             conv_dims=[r for n, r in report.ranks.items() if n in convs], comment=comment,
             extra={"ss_merged_from": json.dumps(merged_from), "modelspec.merged_from": ", ".join(p.name for p, _ in inputs)},
+            dynamic=len(set(report.ranks.values())) > 1,  # merge_lora.py: modules of differing ranks, LoCon's too
         )
 
     write_lora_then_meta(output, modules(), len(names), metadata, dtype, progress)

@@ -101,7 +101,8 @@ def resize_lora(path: str | Path, output: str | Path, *, rank: int, conv_rank: i
         conv_alphas = [float(source.alpha(n, m.old_rank)) / m.old_rank * m.new_rank
                        for n, m in report.modules.items() if _is_conv(source, n)]
         return lora_metadata(meta_base, title=output.stem, dims=ranks or [rank], alphas=alphas or [float(rank)],
-                             conv_dims=conv, conv_alphas=conv_alphas, comment=comment)
+                             conv_dims=conv, conv_alphas=conv_alphas, comment=comment,
+                             dynamic=dynamic is not None)
 
     write_lora_then_meta(output, modules(), len(names), metadata, dtype, progress)
     report.overall_fro_retained = (kept_sq / total_sq) ** 0.5 if total_sq > 0 else 1.0
