@@ -30,6 +30,14 @@ def run_command(args: argparse.Namespace) -> int:
     from loratrainer.launch.run_queue import RunQueue
 
     queue = RunQueue()
+    try:
+        return _act(queue, args)
+    finally:
+        for notice in queue.notices:  # a damaged queue file that was set aside: said once
+            print(f"warning: {notice}", file=sys.stderr)
+
+
+def _act(queue, args: argparse.Namespace) -> int:
     action = args.queue_command
     if action == "add":
         return _add(queue, args)
