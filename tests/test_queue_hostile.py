@@ -1,5 +1,5 @@
-"""A damaged queue file (docs/reliability.md "Queue and killed processes"): null, 42, "x", {"runs": 5}, broken
-JSON, a FIFO, a folder. Each is set aside as queue.json.damaged-<stamp>, said in one warning, and the queue
+"""A damaged queue file (docs/reliability.md "Queue and killed processes"): null, 42, "x", {"runs": 5}, a FIFO,
+a folder. Each is set aside as queue.json.damaged-<stamp>, said in one warning, and the queue
 works on from empty (AttributeError tracebacks, a hang on the FIFO, a silent overwrite were the old ways)."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.launch.run_queue import RunQueue
 
 
-@pytest.mark.parametrize("content", ["null", "42", '"x"', '{"runs": 5}', '{"items": [5]}', '{"items": [{"id": 1}]}',
-                                     '{"items": ', "fifo", "folder"])
+@pytest.mark.parametrize("content", ["null", "42", '"x"', '{"runs": 5}', '{"items": [5]}', '{"items": [{"id": 1}]}', "fifo", "folder"])
 def test_a_damaged_queue_file_is_set_aside_and_said(content, tmp_path, monkeypatch, capsys):
     home = tmp_path / "config"
     home.mkdir()

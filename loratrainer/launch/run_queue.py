@@ -98,7 +98,8 @@ class RunQueue:
     def _read(self) -> list[QueueItem]:
         """The items, from a regular file of the shape we write. Anything else (null, 42, "x", {"runs": 5},
         broken JSON, a FIFO, a folder) is set aside as `queue.json.damaged-<stamp>` and said (`notices`), as the
-        GUI's runs file is: an AttributeError traceback, a hang on a FIFO and a silent overwrite were the old ways."""
+        GUI's runs file is: an AttributeError traceback, a hang on a FIFO and a silent overwrite were the old ways.
+        Broken JSON (a hand edit gone wrong) is reported and left in place to be fixed."""
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
@@ -119,7 +120,10 @@ class RunQueue:
             raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=exc.strerror or str(exc))) from None
         finally:
             os.close(fd)
-        items = None if problem else _items_of(raw)
+        try:
+            items = None if problem else _items_of(raw)
+        except (ValueError, RecursionError) as exc:  # broken JSON: a hand edit to fix; reported, left as it is
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=str(exc)[:200])) from None
         if items is None:
             self._set_aside(problem or "not a queue this program wrote")
             return []
@@ -157,7 +161,7 @@ class RunQueue:
     def remove(self, item_id: str) -> QueueItem:
         with self._locked() as items:
             item = _find(items, item_id)
-            if item.status == RUNNING and runner_alive(item.runner):
+            if item.status == RUNNING and _still_running(item):
                 raise QueueError(Msg.of("queue.item_running", id=item_id))
             items.remove(item)
             return item
@@ -173,7 +177,7 @@ class RunQueue:
     def clear(self) -> int:
         """Remove every item that is not running; returns how many."""
         with self._locked() as items:
-            keep = [i for i in items if i.status == RUNNING and runner_alive(i.runner)]
+            keep = [i for i in items if i.status == RUNNING and _still_running(i)]
             removed = len(items) - len(keep)
             items[:] = keep
             return removed
@@ -215,10 +219,7 @@ class RunQueue:
 
 def _items_of(raw: bytes) -> list[QueueItem] | None:
     """The items of a queue file's bytes; None when they are not `{"items": [{...}, ...]}` as we write it."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
+    data = json.loads(raw.decode("utf-8"))  # broken JSON: the caller reports it and leaves the file as it is
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         return None
     known = set(QueueItem.__dataclass_fields__)
@@ -251,6 +252,12 @@ def runner_alive(runner: dict[str, Any]) -> bool:
     if not runner or not runner.get("pid"):
         return False
     return is_alive(ProcessRecord("runner", int(runner["pid"]), 0, runner.get("start"), runner.get("host", "")))
+
+
+def _still_running(item: QueueItem) -> bool:
+    """Its runner lives, or its run does: a trainer whose runner was killed is still running (removing it let a
+    second run start beside it)."""
+    return runner_alive(item.runner) or bool(item.run_dir and _run_alive(item.run_dir))
 
 
 def _run_alive(run_dir: str) -> bool:

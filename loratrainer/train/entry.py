@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = parser.parse_args(argv).run_dir
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
     record_process(run_dir)
+    from loratrainer.train.launcher_watch import watch_owner
+
+    watch_owner(run_dir)  # `loratrainer train` / the queue runner killed: stop as on Stop (launch/owner.py)
     try:
         config = load_config(run_dir / run_files.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
