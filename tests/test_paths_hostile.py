@@ -1,0 +1,56 @@
+"""Paths a config file brings (docs/reliability.md "Paths and faults"): a NUL byte or a 1.2 MB path in a config
+file and a folder given as --config are one sentence from the CLI (they were tracebacks); a relative folder in an
+imported Kohya file is resolved against that file's folder and shown before a run starts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from loratrainer.cli import main
+
+
+@pytest.mark.parametrize("value, says", [
+    ("/tmp/out\0put", "folders.output_dir: the text holds a NUL character, which no path or setting may hold"),
+    ("/tmp/" + "a" * 1_200_000, "folders.output_dir: the path is 1200005 bytes long; no path may be longer than 4096 bytes"),
+])
+@pytest.mark.parametrize("layout", ["ours", "kohya"])
+def test_a_nul_or_an_endless_path_in_a_config_file_is_one_sentence(value, says, layout, tmp_path, capsys):
+    data = {"folders": {"output_dir": value}} if layout == "ours" else {"output_dir": value, "LoRA_type": "Standard"}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    for argv in (["train", "--config", str(path)], ["queue", "add", str(path)]):
+        os.environ["LORATRAINER_CONFIG_DIR"] = str(tmp_path / "home")
+        try:
+            assert main(argv) == 2
+        finally:
+            del os.environ["LORATRAINER_CONFIG_DIR"]
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == f"error: {path} is not a valid config file ({says}): choose a .json config file"
+    assert not (tmp_path / "home" / "queue.json").exists()
+
+
+def test_a_folder_as_config_is_one_sentence(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "IsADirectoryError" not in err
+    assert err.strip() == f"error: {tmp_path} is not a regular file (a folder, device or pipe): choose a .json config file"
+
+
+def test_relative_folders_of_a_kohya_file_are_its_folders_and_shown(tmp_path, monkeypatch):
+    """`../../../etc/cron.d` as the logging folder was kept relative to wherever the CLI or GUI ran."""
+    from loratrainer.config.presets import load_any_config
+
+    folder = tmp_path / "kohya" / "configs"
+    folder.mkdir(parents=True)
+    path = folder / "k.json"
+    path.write_text(json.dumps({"LoRA_type": "Standard", "logging_dir": "../../../etc/cron.d", "output_dir": "out",
+                                "train_data_dir": "/abs/img"}))
+    monkeypatch.chdir(tmp_path)
+    config, report = load_any_config(path)
+    assert config.folders.logging_dir == os.path.normpath(folder / "../../../etc/cron.d") == str(tmp_path.parent / "etc" / "cron.d")
+    assert config.folders.output_dir == str(folder / "out") and config.folders.train_data_dir == "/abs/img"
+    lines = "\n".join(report.lines())
+    assert f"folders.logging_dir: ../../../etc/cron.d was relative to the Kohya file's folder: {config.folders.logging_dir}" in lines
