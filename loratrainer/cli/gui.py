@@ -20,6 +20,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--username", help="user name required to open the page")
     p.add_argument("--password", help="password required to open the page (or set LORATRAINER_GUI_PASSWORD, which `ps` does not show)")
     p.add_argument("--language", choices=["en", "ko"], help="force the page language (default: follow the browser)")
+    p.add_argument("--browse-root", dest="browse_roots", action="append", default=[], metavar="DIR",
+                   help="with --listen: a folder the in-page file browser may show besides your home folder (repeatable)")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="behind a reverse proxy: the proxy addresses whose X-Forwarded-For header is believed (default: none)")
     p.set_defaults(run=run)
 
 
@@ -34,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         username=args.username,
         password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
+        browse_roots=tuple(args.browse_roots),
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     try:
         return serve(options, create_app)
