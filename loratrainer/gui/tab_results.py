@@ -25,12 +25,9 @@ RESULTS_OUTPUTS = ("results_files", "results_samples", "results_paths", "results
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The `__metadata__` of a .safetensors file ({} when there is none to read). Through the LoRA tools' bounded
     reader: a header that is a JSON list gave an AttributeError and a FIFO hung the page's handler."""
-    from loratrainer.model.safetensors_header import HeaderError, read_metadata as header_metadata
+    from loratrainer.compare.runs import file_metadata
 
-    try:
-        return header_metadata(path)
-    except HeaderError:
-        return {}
+    return file_metadata(path)
 
 
 def readable_metadata(meta: dict[str, str]) -> dict:
