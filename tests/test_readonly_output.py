@@ -13,7 +13,6 @@ import time
 
 from loratrainer import events
 from loratrainer.launch import run_files
-from loratrainer.train.entry import not_writable
 from tests.tmpfs import mounted_tmpfs
 
 
@@ -43,6 +42,8 @@ def test_an_output_folder_made_read_only_during_a_run_is_one_sentence_naming_it(
 
 
 def test_the_tensorboard_writers_refusal_is_recognised_in_any_wording():
+    from loratrainer.train.entry import not_writable
+
     tb = OSError(errno.EROFS, "Read-only file system", "/out/log/run/tensorboard/events.out.tfevents.1")
     assert not_writable(tb) == "/out/log/run/tensorboard/events.out.tfevents.1"
     try:
