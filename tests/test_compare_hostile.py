@@ -5,13 +5,13 @@ is not an object was "cannot write OUT.png"; /dev/zero "does not exist"; a FIFO 
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 from safetensors.torch import save_file
 import torch
 
 from loratrainer.cli import main
+from tests.hang_guard import deadline
 
 
 @pytest.fixture()
@@ -22,11 +22,8 @@ def lora(tmp_path):
 
 
 def error_of(capsys, argv):
-    signal.alarm(60)  # a FIFO must not hang the test run
-    try:
+    with deadline(60):  # a FIFO must not hang the test run
         code = main(["compare", *argv, "--model", "some/model", "--prompt", "a cat"])
-    finally:
-        signal.alarm(0)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     return err.strip().splitlines()[-1]
@@ -73,9 +70,6 @@ def test_results_metadata_reader_survives_a_list_header_a_fifo_and_dev_zero(tmp_
     os.mkfifo(fifo)
     good = tmp_path / "good.safetensors"
     save_file({"a": torch.zeros(1)}, str(good), metadata={"ss_network_dim": "4"})
-    signal.alarm(30)
-    try:
+    with deadline(30):
         assert read_metadata(listed) == {} and read_metadata(fifo) == {} and read_metadata("/dev/zero") == {}
-    finally:
-        signal.alarm(0)
     assert read_metadata(good) == {"ss_network_dim": "4"}

@@ -5,9 +5,11 @@ a dangling link as the output, and the mode of merge-into's folder. Each is one 
 from __future__ import annotations
 
 import os
-import signal
+import json
 import stat
-from contextlib import contextmanager
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from safetensors.torch import save_file
 from loratrainer.cli import main
 from loratrainer.tools.inspection import inspect_lora
 from loratrainer.tools.merge import merge_loras
+from tests.hang_guard import deadline
 from tests.test_lora_tools import make_lora, modules_of, read
 from tests.tiny_sd import save_tiny_single_file, tiny_config_dir
 
@@ -40,20 +43,6 @@ def material(tmp_path_factory):
         save_file(s, str(broken[kind]), metadata=meta)
     model = save_tiny_single_file(d / "tiny.safetensors")
     return {"good": good, "module": name, "model": model, "config": tiny_config_dir(d / "config"), **broken}
-
-
-@contextmanager
-def deadline(seconds):
-    """A hang fails the test instead of blocking the suite (the FIFO cases blocked for ever)."""
-    def fire(signum, frame):
-        raise TimeoutError(f"still waiting after {seconds} s")
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def cli_error(capsys, argv):
@@ -121,19 +110,36 @@ def test_merge_rank_is_bounded_by_the_weights(material, tmp_path):
         assert down.shape[0] <= min(up.shape[0], down.shape[1]), n
 
 
-@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "link to /dev/zero"])
-def test_inspect_opens_only_regular_files(special, tmp_path, capsys):
-    """A FIFO hung inspect (SIGTERM too), /dev/zero grew to 10 GB in 8 seconds: both are refused at once."""
-    path = tmp_path / "x.safetensors"
-    if special == "fifo":
-        os.mkfifo(path)
-    elif special == "/dev/zero":
-        path = "/dev/zero"
-    else:
-        path.symlink_to("/dev/zero")
-    for argv in (["lora", "inspect", str(path)], ["lora", "merge", str(path), "-o", str(tmp_path / "o.safetensors")]):
-        line = cli_error(capsys, argv)
-        assert line == f"error: {path} is not a regular file (a pipe, a device or a socket); choose the LoRA .safetensors file itself."
+_CALLS = """
+import contextlib, io, json, sys
+from loratrainer.cli import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    print(json.dumps([code, err.getvalue()]), flush=True)
+"""
+
+
+def test_the_tools_open_only_regular_files(tmp_path):
+    """A FIFO hung inspect and ignored SIGTERM (safetensors' open retries on EINTR, so the calls run in a
+    subprocess with a timeout), /dev/zero grew to 10 GB in 8 seconds: each is refused at once in one sentence."""
+    fifo = tmp_path / "x.safetensors"
+    os.mkfifo(fifo)
+    link = tmp_path / "z.safetensors"
+    link.symlink_to("/dev/zero")
+    specials = [fifo, Path("/dev/zero"), link]
+    argvs = [argv for path in specials for argv in (["lora", "inspect", str(path)],
+                                                     ["lora", "merge", str(path), "-o", str(tmp_path / "o.safetensors")])]
+    proc = subprocess.run([sys.executable, "-c", _CALLS, json.dumps(argvs)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ})
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(argvs), proc.stderr[-2000:]
+    for argv, (code, err) in zip(argvs, results):
+        path = argv[2]
+        assert code == 2 and "Traceback" not in err, (argv, err)
+        assert err.strip() == (f"error: {path} is not a regular file (a pipe, a device or a socket); "
+                               "choose the LoRA .safetensors file itself."), (argv, err)
 
 
 @pytest.mark.parametrize("header, says", [(b"[1, 2, 3]", "not a JSON object"), (b"{}", "does not fit a file"),

@@ -58,12 +58,11 @@ def test_relative_folders_of_a_kohya_file_are_its_folders_and_shown(tmp_path, mo
 
 def test_a_caption_that_is_a_fifo_or_a_link_to_dev_zero_is_named_and_the_check_not_ready(tmp_path):
     """Both were "missing or empty" (the folder-name fallback) and the check said ready; the FIFO must not hang."""
-    import signal
-
     from loratrainer.config import TrainingConfig, with_values
     from loratrainer.data.check import check_dataset
     from loratrainer.gui.i18n import Translator
     from tests import datasets as ds
+    from tests.hang_guard import deadline
 
     root = ds.make_dataset(tmp_path / "img", {"10_dog": 3})
     for n in range(3):
@@ -71,11 +70,8 @@ def test_a_caption_that_is_a_fifo_or_a_link_to_dev_zero_is_named_and_the_check_n
     os.mkfifo(root / "10_dog" / "img_000.txt")
     (root / "10_dog" / "img_001.txt").symlink_to("/dev/zero")
     (root / "10_dog" / "img_002.txt").write_text("a dog")
-    signal.alarm(30)
-    try:
+    with deadline(30):
         report = check_dataset(with_values(TrainingConfig(), {"folders.train_data_dir": str(root)}))
-    finally:
-        signal.alarm(0)
     errors = sorted((str(p.path), str(p.message)) for p in report.problems if p.severity == "error")
     said = "the caption is not a regular file (a pipe, a device or a link to one): replace it with a text file"
     assert not report.ok and errors == [(str(root / "10_dog" / "img_000.txt"), said), (str(root / "10_dog" / "img_001.txt"), said)]

@@ -5,13 +5,13 @@ works on from empty (AttributeError tracebacks, a hang on the FIFO, a silent ove
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
 from loratrainer.cli import main
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.launch.run_queue import RunQueue
+from tests.hang_guard import deadline
 
 
 @pytest.mark.parametrize("content", ["null", "42", '"x"', '{"runs": 5}', '{"items": [5]}', '{"items": [{"id": 1}]}', "fifo", "folder"])
@@ -26,11 +26,8 @@ def test_a_damaged_queue_file_is_set_aside_and_said(content, tmp_path, monkeypat
         queue_file.mkdir()
     else:
         queue_file.write_text(content)
-    signal.alarm(30)  # the FIFO hung every queue command
-    try:
+    with deadline(30):  # the FIFO hung every queue command
         assert main(["queue", "list"]) == 0
-    finally:
-        signal.alarm(0)
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "the queue is empty" in out
     kept = [p for p in home.iterdir() if p.name.startswith("queue.json.damaged-")]
