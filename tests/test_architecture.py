@@ -45,7 +45,7 @@ CONFIG_FRONT = {"kohya", "kohya_gui_keys", "presets"}
 CONFIG_FRONT_USERS = {"config", "gui", "cli"}
 # What of model/ the launcher and the GUI may use: error types and the model-family check from a file's header
 # (launch.input_checks, tools.outputs); no torch at import.
-MODEL_TORCH_FREE = {"errors", "families"}
+MODEL_TORCH_FREE = {"errors", "families", "safetensors_header"}
 # What of tools/ the GUI may use before it starts a tool as `loratrainer lora ...` in a subprocess.
 TOOLS_GUI_SIDE = {"outputs", "weighted", "messages"}
 # What of compare/ the GUI may use: a run's files, the sample grid (Pillow) and starting a render in a subprocess.

@@ -188,7 +188,7 @@ def test_dynamic_resize_keeps_what_kohyas_rule_says(loras, tmp_path, method, par
         assert report.modules[n].new_rank == expected == resized[n + ".lora_down.weight"].shape[0], n
         ranks.add(expected)
         assert float((delta(resized, n) - target).norm()) == pytest.approx(_best_error(target, expected), rel=1e-3, abs=1e-6)
-    assert len(ranks) > 1 or meta["ss_network_dim"] != "Dynamic"
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "Dynamic"  # resize_lora.py: any dynamic resize
 
 
 def _tuned_with_known_delta(folder, seed=0):
@@ -237,7 +237,7 @@ def test_extract_recovers_a_known_delta_and_extracts_every_module_as_kohya(tiny_
         assert float((got - m.double()).abs().max()) < 1e-4 * float(m.abs().max()), name
         assert report.extracted[name] == pytest.approx(1.0, abs=1e-6)
     assert all(float(delta(state, n).abs().max()) < 1e-6 for n in modules_of(state) - set(expected))  # unchanged: 0
-    assert meta["ss_network_dim"] == "4" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2"}
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0" and json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "2.0"}
     # the same from two single files and from two diffusers folders (each read tensor by tensor)
     for b, t in ((tiny_models["single"], tmp_path / "tuned.safetensors"), (tiny_models["diffusers"], tmp_path / "tuned")):
         other = extract_lora(b, t, tmp_path / f"x-{t.name}", rank=4, conv_rank=2, min_diff=1e-4,

@@ -121,6 +121,24 @@ def test_login_is_throttled_and_the_login_page_tells_nothing(server):
     assert time.monotonic() - started < 30
 
 
+def test_x_forwarded_for_does_not_escape_the_login_throttle(server):
+    """uvicorn believed X-Forwarded-For from loopback, so a local client rotating that header was never throttled;
+    forwarded headers count only from the proxies given with --forwarded-allow-ips (none here)."""
+    if server["name"] != "--listen":
+        pytest.skip("only --listen asks for a login")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answers = [request(server, "POST", "/login", b"username=me&password=wrong", {**form, "X-Forwarded-For": f"10.9.{i}.1"})[0]
+               for i in range(12)]
+    assert answers.count(429) >= 7, answers  # at most 5 wrong tries a minute from this one real address
+
+
+def test_the_start_up_line_brackets_an_ipv6_address(server):
+    """`--listen ::1` printed http://::1:PORT/, which no browser opens."""
+    if server["name"] != "::1":
+        pytest.skip("the ::1 server says it")
+    assert f"loratrainer GUI: http://[::1]:{server['port']}/" in server["log"].read_text()
+
+
 def test_ctrl_c_with_a_browser_connected_is_quick_and_has_no_traceback(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
     log = tmp_path / "gui.log"
@@ -264,6 +282,22 @@ def test_the_file_browser_under_listen_shows_only_home_and_the_configs_folders(p
     assert shows
     result = str(_call(blocks, shows[0], {id(shows[0].inputs[0]): "/etc"}))
     assert "/etc/" not in result and str(Path.home()) in result
+
+
+def test_the_file_browser_roots_come_from_the_server_never_from_the_request(page):
+    """Under --listen the allowed folders were built from the setting values the request carried: a logged-in
+    user who sent "/" as the output folder could list the whole disk. Every browse handler now answers from the
+    folder asked for alone, within the home folder and the folders given with --browse-root."""
+    blocks, ui = page
+    handlers = [fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__module__.endswith("filebrowser")
+                and getattr(fn.fn, "__name__", "") in ("show", "toggle", "pick")]
+    assert handlers
+    for fn in handlers:
+        values = {id(c): "/" for c in fn.inputs}  # every input the request carries says "/"
+        first_path = next(c for c in fn.inputs if not isinstance(getattr(c, "value", None), bool))
+        values[id(first_path)] = "/etc"
+        result = str(_call(blocks, fn, values))
+        assert "/etc/passwd" not in result and "'/etc/" not in result and "📁 etc" not in result, (fn.fn.__name__, result[:300])
 
 
 @pytest.mark.parametrize("content", ["null", "42", '{"a": 1}', "[[[", '"text"'])

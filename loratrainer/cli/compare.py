@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 
 def build_request(args: argparse.Namespace):
-    from loratrainer.compare.inputs import first_sample_prompt, parse_weights, resolve
+    from loratrainer.compare.inputs import check_numbers, first_sample_prompt, parse_weights, resolve
     from loratrainer.compare.weight_grid import GridRequest
     from loratrainer.launch.samplers import canonical_sampler
 
@@ -61,11 +61,7 @@ def build_request(args: argparse.Namespace):
     prompts = [p for p in args.prompt if p.strip()] or first_sample_prompt(config)
     if not prompts:
         raise UserError("give a prompt with --prompt TEXT")
-    for name, value in (("--steps", args.steps), ("--width", args.width), ("--height", args.height)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1")
-    if args.width % 8 or args.height % 8:
-        raise UserError("--width and --height must be multiples of 8")
+    check_numbers(steps=args.steps, width=args.width, height=args.height, cfg=args.cfg)
     sampler = args.sampler or (config.sampling.sample_sampler if config else "euler_a")
     try:
         sampler = canonical_sampler(sampler)

@@ -24,6 +24,10 @@ def add_parser(subparsers) -> None:
                    "(a public address behind NAT, a container's host); repeatable, or LORATRAINER_GUI_PUBLIC_NAMES=a,b "
                    "(docs/remote.md)")
     p.add_argument("--language", choices=["en", "ko"], help="force the page language (default: follow the browser)")
+    p.add_argument("--browse-root", dest="browse_roots", action="append", default=[], metavar="DIR",
+                   help="with --listen: a folder the in-page file browser may show besides your home folder (repeatable)")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="behind a reverse proxy: the proxy addresses whose X-Forwarded-For header is believed (default: none)")
     p.set_defaults(run=run)
 
 
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         password=args.password or (os.environ.get("LORATRAINER_GUI_PASSWORD") if args.username else None),
         language=args.language,
         public_names=tuple(args.public_name or public_names_from_env()),
+        browse_roots=tuple(args.browse_roots),
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     try:
         return serve(options, create_app)

@@ -30,6 +30,14 @@ def run_command(args: argparse.Namespace) -> int:
     from loratrainer.launch.run_queue import RunQueue
 
     queue = RunQueue()
+    try:
+        return _act(queue, args)
+    finally:
+        for notice in queue.notices:  # a damaged queue file that was set aside: said once
+            print(f"warning: {notice}", file=sys.stderr)
+
+
+def _act(queue, args: argparse.Namespace) -> int:
     action = args.queue_command
     if action == "add":
         return _add(queue, args)
@@ -50,7 +58,10 @@ def run_command(args: argparse.Namespace) -> int:
     if action == "clear":
         print(f"removed {queue.clear()} run(s)")
         return 0
+    from loratrainer.launch.owner import own_runs_started_here
     from loratrainer.launch.queue_runner import run_queue
+
+    own_runs_started_here()  # a killed runner takes its run with it (the trainer watches for it)
 
     return run_queue(queue, stop_on_failure=args.stop_on_failure)
 

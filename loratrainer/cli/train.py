@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         print(format_command(build_command(config, run_dir)))
         return 0
+    from loratrainer.launch.owner import own_runs_started_here
+
+    own_runs_started_here()  # killed (kill -9), this command takes its run with it: the trainer watches for it
     process = start_run(config, check=False)
     print(f"run folder: {process.run_dir}", file=sys.stderr)
     return follow(process)

@@ -3,12 +3,50 @@ the run that trained them (base model, VAE, clip skip, sampler, its first sample
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratrainer.launch import run_files
+from loratrainer.launch.sample_prompts import MAX_SIZE
 from loratrainer.compare.runs import SavedFile, epoch_label, read_run
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
+
+define({
+    "compare.size_range": "{option} must be a multiple of 8 from 8 to {max} pixels, as a sample image's size (got {value}).",
+    "compare.steps_range": "--steps must be from 1 to {max}, as a sample image's steps (got {value}).",
+    "compare.not_finite": "{option}: {value} is not a finite number; give numbers such as 0,0.5,1.",
+    "compare.cfg_range": "--cfg must be a finite number of 0 or more, such as 7 (got {value}).",
+    "compare.lora_missing": "{path} does not exist.",
+    "compare.lora_not_regular": "{path} is not a regular file (a pipe, a device or a socket); give a LoRA .safetensors file.",
+    "compare.lora_unreadable": "{path} cannot be read as a LoRA file ({detail}).",
+})
+MAX_STEPS = 1000  # launch/sample_prompts.py clamps a sample's steps to 1-1000, as sd-scripts does
+
+
+def check_numbers(*, steps: int, width: int, height: int, cfg: float | None = None) -> None:
+    """The grid's numbers within what a sample image may have (launch/sample_prompts.py): 100000 pixels a side
+    asked for a 40 GB allocation and ended in a traceback; NaN as the guidance scale rendered noise."""
+    for option, value in (("--width", width), ("--height", height)):
+        if not 8 <= value <= MAX_SIZE or value % 8:
+            raise UserError(Msg.of("compare.size_range", option=option, max=MAX_SIZE, value=value))
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(Msg.of("compare.steps_range", max=MAX_STEPS, value=steps))
+    if cfg is not None and not (math.isfinite(cfg) and cfg >= 0):
+        raise UserError(Msg.of("compare.cfg_range", value=cfg))
+
+
+def _check_lora(path: Path) -> None:
+    """Only a regular file whose safetensors header is an object (read within its stated size) is rendered."""
+    if not is_regular_file(path):
+        raise UserError(Msg.of("compare.lora_not_regular", path=str(path)))
+    try:
+        read_header(path)
+    except HeaderError as exc:
+        raise UserError(Msg.of("compare.lora_unreadable", path=str(path), detail=exc.detail or exc.reason)) from None
 
 
 @dataclass
@@ -57,16 +95,17 @@ def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
             out.files += [f.path for f in saved]
             out.labels += [epoch_label(f) for f in saved]
             out.config = out.config or run_config(path)
-        elif path.is_file():
+        elif os.path.lexists(path):
             if path.suffix.lower() != ".safetensors":
                 raise UserError(f"{path} is not a .safetensors LoRA file")
+            _check_lora(path)
             found = find_writer(path, run_dir)
             out.files.append(path)
             out.labels.append(epoch_label(found[1]) if found else path.stem)
             if found and out.config is None:
                 out.config = run_config(found[0])
         else:
-            raise UserError(f"{path} does not exist")
+            raise UserError(Msg.of("compare.lora_missing", path=str(path)))
     return out
 
 
@@ -77,6 +116,9 @@ def parse_weights(text: str) -> list[float]:
         raise UserError(f"--weights: {text!r} is not a comma-separated list of numbers such as 0,0.5,1") from None
     if not weights:
         raise UserError("--weights: give at least one weight, e.g. 0,0.5,1")
+    for w in weights:
+        if not math.isfinite(w):
+            raise UserError(Msg.of("compare.not_finite", option="--weights", value=w))
     return weights
 
 

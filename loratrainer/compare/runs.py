@@ -101,3 +101,14 @@ def epoch_label(f: SavedFile) -> str:
     if f.kind == "step":
         return f"step {f.step}"
     return f"{f.kind} (step {f.step})"
+
+
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """A saved LoRA's `__metadata__` ({} when there is none to read): through model/safetensors_header, so a header
+    that is a JSON list or a FIFO in the file's place neither raises nor hangs the Results tab's handler."""
+    from loratrainer.model.safetensors_header import HeaderError, read_metadata
+
+    try:
+        return read_metadata(path)
+    except HeaderError:
+        return {}

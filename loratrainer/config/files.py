@@ -58,6 +58,8 @@ define({
     "config_file.not_regular": "{path} is not a regular file (a folder, device or pipe): choose a .json config file",
     "config_file.too_large": "{path} is larger than {limit} MB, so it is not a config file: choose a .json config file",
     "config_file.not_valid": "{path} is not a valid config file ({detail}): choose a .json config file",
+    "config_file.nul_in_setting": "{setting}: the text holds a NUL character, which no path or setting may hold",
+    "config_file.path_too_long": "{setting}: the path is {size} bytes long; no path may be longer than {limit} bytes",
     "config_file.not_a_number": "{setting}: expected a number, not true/false (got {value})",
 })
 
@@ -98,9 +100,35 @@ def config_from_dict(data: dict[str, Any], source: str = "config", overrides: di
     if header is not None and not isinstance(header, dict):
         raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
     try:
-        return TrainingConfig.model_validate(data)
+        config = TrainingConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
+    refuse_unusable_text(config, source)
+    return config
+
+
+MAX_PATH_BYTES = 4096  # PATH_MAX on Linux, as the GUI's guard (gui/app.MAX_LINE_BYTES) holds a path box to
+
+
+def refuse_unusable_text(config: TrainingConfig, source: str) -> None:
+    """A NUL character in any setting, or a path setting longer than any path can be, named as the setting: the
+    GUI's guard covers its boxes, a config file reached the CLI's checks and gave `embedded null byte` and
+    `File name too long` tracebacks (docs/reliability.md row 37b)."""
+    from loratrainer.config.foreign_paths import PATH_SETTINGS
+
+    for group, values in config.model_dump().items():
+        for name, value in values.items() if isinstance(values, dict) else ():
+            if not isinstance(value, str):
+                continue
+            setting = f"{group}.{name}"
+            if "\0" in value:
+                msg = Msg.of("config_file.nul_in_setting", setting=Label(setting))
+            elif setting in PATH_SETTINGS and len(os.fsencode(value)) > MAX_PATH_BYTES:
+                msg = Msg.of("config_file.path_too_long", setting=Label(setting), size=len(os.fsencode(value)),
+                             limit=MAX_PATH_BYTES)
+            else:
+                continue
+            raise ConfigError(Msg.of("config_file.not_valid", path=source, detail=msg))
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -138,9 +166,10 @@ def _read_limited(path: Path) -> bytes:
         raise ConfigError(Msg.of("config_file.not_regular", path=str(path))) from None
     except OSError as exc:
         raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail=exc.strerror or type(exc).__name__)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which raised IsADirectoryError for a folder
+        os.close(fd)
+        raise ConfigError(Msg.of("config_file.not_regular", path=str(path)))
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(Msg.of("config_file.not_regular", path=str(path)))
         data = fh.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(Msg.of("config_file.too_large", path=str(path), limit=MAX_CONFIG_BYTES // (1024 * 1024)))

@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from loratrainer.config.fields import with_values
-from loratrainer.config.files import PRESET_HEADER, ConfigError, config_from_dict, read_json_object
-from loratrainer.config.kohya import ImportReport, import_kohya, looks_like_kohya
+from loratrainer.config.files import PRESET_HEADER, ConfigError, config_from_dict, read_json_object, refuse_unusable_text
+from loratrainer.config.foreign_paths import foreign_kind
+from loratrainer.config.kohya import ImportReport, ReportItem, import_kohya, looks_like_kohya
 from loratrainer.config.schema import GROUPS, SCHEMA_VERSION, TrainingConfig
 from loratrainer.files import atomic_write
+from loratrainer.messages import define
+
+define({"kohya.relative_folder": "{value} was relative to the Kohya file's folder: {path}"})
 
 __all__ = [
     "ImportReport",
@@ -97,8 +101,28 @@ def load_any_config(path: str | Path, overrides: dict | None = None) -> tuple[Tr
     `overrides` ({setting path: value}) are applied before the whole is validated (`train --set`)."""
     data = read_json_object(path)
     if looks_like_kohya(data):
-        return import_kohya(data, str(path), overrides)
+        config, report = import_kohya(data, str(path), overrides)
+        refuse_unusable_text(config, str(path))  # before a NUL or an endless path reaches os calls
+        return _folders_beside(config, report, Path(path)), report
     return config_from_dict(data, str(path), overrides), ImportReport(source=str(path), format="loratrainer")
+
+
+# the folder settings a Kohya GUI file may hold as relative paths (its GUI ran from its own install folder)
+RELATIVE_FOLDER_SETTINGS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
+
+
+def _folders_beside(config: TrainingConfig, report: ImportReport, path: Path) -> TrainingConfig:
+    """A relative folder in an imported Kohya file (`../../../etc/cron.d` as the logging folder) is resolved
+    against the file's own folder, not our working folder, and the import report shows the absolute path before
+    a run starts (docs/reliability.md "Paths and faults")."""
+    base = path.resolve().parent
+    changed = {}
+    for name in RELATIVE_FOLDER_SETTINGS:
+        value = getattr(config.folders, name)
+        if value and not Path(value).expanduser().is_absolute() and not foreign_kind(value):
+            changed[name] = os.path.normpath(base / value)
+            report.coerced.append(ReportItem.of(f"folders.{name}", "kohya.relative_folder", value=value, path=changed[name]))
+    return with_values(config, changed) if changed else config
 
 
 def _preset_info(path: Path, shipped: bool) -> PresetInfo:

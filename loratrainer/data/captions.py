@@ -7,6 +7,8 @@ that the folder-name fallback will apply instead of training silently on an empt
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ MAX_CAPTION_BYTES = 64 * 1024
 define({
     "caption.too_large": "the caption file is {size} KB; a caption is read by CLIP up to a few hundred tokens (at most {limit} KB): shorten it or move the file away",
     "caption.unreadable": "cannot read the caption file ({detail})",
+    "caption.not_regular": "the caption is not a regular file (a pipe, a device or a link to one): replace it with a text file",
     "caption.not_utf8": "the caption is not UTF-8 text: open it in an editor and save it as UTF-8",
 })
 
@@ -55,10 +58,15 @@ def read_caption_file(image_path: str | Path, extension: str = ".txt") -> Captio
     if path is None:
         return CaptionText(None, None, False)
     try:
-        size = path.stat().st_size
-        if size > MAX_CAPTION_BYTES:
-            raise CaptionError(path, Msg.of("caption.too_large", size=size // 1024, limit=MAX_CAPTION_BYTES // 1024))
-        with open(path, "rb") as fh:
+        # O_NONBLOCK and fstat: a FIFO or a link to /dev/zero under a caption's name was "missing or empty" and
+        # the check said ready (docs/reliability.md "Paths and faults"); opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CaptionError(path, Msg.of("caption.not_regular"))
+            if st.st_size > MAX_CAPTION_BYTES:
+                raise CaptionError(path, Msg.of("caption.too_large", size=st.st_size // 1024, limit=MAX_CAPTION_BYTES // 1024))
             raw = fh.read(MAX_CAPTION_BYTES + 1)  # the file may grow between stat and read
     except OSError as exc:
         raise CaptionError(path, Msg.of("caption.unreadable", detail=exc.strerror)) from None
@@ -80,11 +88,12 @@ def fallback_caption(concept_name: str) -> str:
 
 
 def _find(path: Path) -> Path | None:
-    if path.is_file():
+    """The caption file: anything there but a folder (a FIFO or a device is found, then refused by name)."""
+    if path.exists() and not path.is_dir():
         return path
     # Case-insensitive match of the extension (a.TXT on a case-sensitive file system), as for images.
     for ext in {path.suffix.lower(), path.suffix.upper()} - {path.suffix}:
         alt = path.with_suffix(ext)
-        if alt.is_file():
+        if alt.exists() and not alt.is_dir():
             return alt
     return None

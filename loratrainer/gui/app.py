@@ -33,12 +33,15 @@ CSS = """
 """
 
 
-def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False):
+def build_blocks(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False,
+                 browse_folders: tuple[str, ...] = ()):
     """The whole page in one language. `jobs` and `display` are shared by every session (and both languages)."""
-    return build_page(lang, jobs, display, other_language_url=other_language_url, browse_limited=browse_limited)[0]
+    return build_page(lang, jobs, display, other_language_url=other_language_url, browse_limited=browse_limited,
+                      browse_folders=browse_folders)[0]
 
 
-def build_page(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False):
+def build_page(lang: str, jobs, display, *, other_language_url: str | None = None, browse_limited: bool = False,
+               browse_folders: tuple[str, ...] = ()):
     """(blocks, ui): the page and its UiContext, whose `handlers` hold each tab's handler object for tests."""
     import gradio as gr
 
@@ -46,7 +49,7 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
     from loratrainer.gui.context import UiContext
 
     t = Translator(lang)
-    ui = UiContext(t=t, jobs=jobs, display=display, browse_limited=browse_limited)
+    ui = UiContext(t=t, jobs=jobs, display=display, browse_limited=browse_limited, browse_folders=tuple(browse_folders))
     with gr.Blocks(title="loratrainer", analytics_enabled=False) as blocks:
         with gr.Row():
             gr.Markdown(f"## loratrainer · {t('app.subtitle')}")
@@ -198,7 +201,8 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     languages = [options.language] if options.language else list(LANGUAGES)
     for lang in languages:
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
-        blocks = build_blocks(lang, jobs, display, other_language_url=other, browse_limited=not is_loopback(options.host))
+        blocks = build_blocks(lang, jobs, display, other_language_url=other, browse_limited=not is_loopback(options.host),
+                              browse_folders=options.browse_roots)
         gr.mount_gradio_app(
             app,
             blocks,

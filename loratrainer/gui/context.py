@@ -22,7 +22,8 @@ class UiContext:
     fields: dict[str, Any] = field(default_factory=dict)  # field path -> component
     named: dict[str, Any] = field(default_factory=dict)  # cross-tab components, e.g. "run_dir"
     handlers: dict[str, Any] = field(default_factory=dict)  # tab name -> its handler object (tests call these)
-    browse_limited: bool = False  # --listen: the file browser shows only the home folder and the config's folders
+    browse_limited: bool = False  # --listen: the file browser shows only the home folder and `browse_folders`
+    browse_folders: tuple[str, ...] = ()  # the folders given with --browse-root at start (the server's, not a request's)
     _loads: list[tuple[Callable, Any, Any]] = field(default_factory=list)
     _after: list[Callable[[], None]] = field(default_factory=list)
 

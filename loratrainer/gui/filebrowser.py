@@ -18,10 +18,10 @@ from loratrainer.gui.i18n import Translator
 
 MAX_ENTRIES = 500
 UP = ".."
-# In --listen mode (others on the network may use the page) browsing stays within the home folder and the folders
-# these settings name; on loopback the page's user is this machine's user and may browse anywhere.
-ROOT_SETTINGS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir",
-                 "model.pretrained_model_name_or_path", "model.vae", "network.network_weights", "saving.resume")
+# In --listen mode (others on the network may use the page) browsing stays within the user's home folder and the
+# folders given with --browse-root when the GUI was started: the server decides, never a value the request carries
+# (a logged-in user who sent "/" as the output folder could list the whole disk; docs/reliability.md row 52). On
+# loopback the page's user is this machine's user and may browse anywhere.
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,13 @@ def start_folder(path: str | None) -> Path:
         return Path.home()
 
 
-def browse_roots(named: list[str]) -> list[Path]:
-    """The home folder and the folders the config names (a file setting names its folder), resolved."""
+def browse_roots(server_folders: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The home folder and the folders given when the server started (--browse-root), resolved."""
     roots = [Path.home()]
-    for value in named:
+    for value in server_folders:
         if usable_path(value) and value.strip():
-            p = Path(value.strip()).expanduser()
             try:
-                roots.append((p if p.is_dir() else p.parent).resolve())
+                roots.append(Path(value.strip()).expanduser().resolve())
             except (OSError, ValueError, RuntimeError):
                 continue
     return [r.resolve() for r in roots]
@@ -203,38 +202,37 @@ def build(ui, target, *, files: bool = False, key: str, button=None):
         entries = gr.Dropdown(label=t("browse.entries_files" if files else "browse.entries"), choices=[], elem_id=f"browse-{key}-entries")
         error = gr.Markdown()
 
-    def roots_of(named) -> list[Path] | None:
-        return browse_roots(list(named)) if ui.browse_limited else None
+    def roots_of() -> list[Path] | None:
+        return browse_roots(ui.browse_folders) if ui.browse_limited else None  # the server's, never the request's
 
-    def show(path: str, *named: str) -> dict:
-        roots = roots_of(named)
+    def show(path: str) -> dict:
+        roots = roots_of()
         start = start_folder(path)
         if roots is not None and not within(start, roots):
             start = roots[0]  # begin at home rather than at a refusal
         listing = list_folder(start, files, t, roots)
         return {folder: listing.folder, entries: gr.update(choices=listing.choices, value=None), error: listing.error}
 
-    def toggle(opened: bool, path: str, *named: str) -> dict:
+    def toggle(opened: bool, path: str) -> dict:
         if opened:
             return {panel: gr.update(visible=False), is_open: False, folder: gr.skip(), entries: gr.skip(), error: gr.skip()}
-        return {**show(path, *named), panel: gr.update(visible=True), is_open: True}
+        return {**show(path), panel: gr.update(visible=True), is_open: True}
 
-    def pick(chosen: str | None, current: str, *named: str) -> dict:
+    def pick(chosen: str | None, current: str) -> dict:
         if not chosen or not usable_path(chosen):
             return {folder: gr.skip(), entries: gr.skip(), error: gr.skip(), target: gr.skip()}
         if Path(chosen).is_dir():
-            return {**show(chosen, *named), target: gr.skip()}
-        roots = roots_of(named)
+            return {**show(chosen), target: gr.skip()}
+        roots = roots_of()
         if roots is not None and not within(Path(chosen), roots):
             return {folder: gr.skip(), entries: gr.skip(), error: t("browse.outside_roots"), target: gr.skip()}
         return {target: chosen, folder: gr.skip(), entries: gr.skip(), error: gr.skip()}
 
-    def wire() -> None:  # after every tab is built, so that the settings naming folders exist
-        named = [ui.fields[p] for p in ROOT_SETTINGS if p in ui.fields and ui.fields[p] is not target]
-        entries.input(pick, inputs=[entries, folder, *named], outputs=[folder, entries, error, target], api_visibility="private")
-        folder.submit(show, inputs=[folder, *named], outputs=[folder, entries, error], api_visibility="private")
+    def wire() -> None:  # after every tab is built
+        entries.input(pick, inputs=[entries, folder], outputs=[folder, entries, error, target], api_visibility="private")
+        folder.submit(show, inputs=[folder], outputs=[folder, entries, error], api_visibility="private")
         use.click(lambda f: f, inputs=[folder], outputs=[target], api_visibility="private")
-        button.click(toggle, inputs=[is_open, target, *named], outputs=[folder, entries, error, panel, is_open], api_visibility="private")
+        button.click(toggle, inputs=[is_open, target], outputs=[folder, entries, error, panel, is_open], api_visibility="private")
 
     ui.after_build(wire)
     return folder, entries

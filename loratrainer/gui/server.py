@@ -42,6 +42,8 @@ class ServeOptions:
     # with --listen: the names the browser uses for this machine that it does not know itself (a rented box's
     # public address behind NAT, a container's host, a provider's proxy name); docs/remote.md
     public_names: tuple[str, ...] = ()
+    browse_roots: tuple[str, ...] = ()  # --browse-root: folders the file browser may show under --listen (with home)
+    forwarded_allow_ips: str | None = None  # --forwarded-allow-ips: proxies whose X-Forwarded-For is believed
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -50,6 +52,8 @@ class ServeOptions:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        if ":" in host:  # an IPv6 address is bracketed in a URL (RFC 3986): http://[::1]:7860/
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/"
 
 
@@ -163,7 +167,10 @@ def _serve(options: ServeOptions, temp: Path, create_app: Callable[..., Any]) ->
 
     stopping = _Stopping(create_app(options, temp_dir=temp))
     # A browser tab or a gradio_client keeps a stream open: _Stopping ends those at Ctrl+C, the timeout is the backstop.
-    config = uvicorn.Config(stopping, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a local client rotating that header was never
+    # throttled at login (docs/reliability.md row 50): forwarded headers count only from proxies named at start
+    config = uvicorn.Config(stopping, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                            proxy_headers=bool(options.forwarded_allow_ips), forwarded_allow_ips=options.forwarded_allow_ips or "")
     server = _Server(config, stopping)
     try:
         sock = _bind(options)

@@ -9,7 +9,6 @@ Metadata comes from the safetensors header (no torch in the GUI)."""
 from __future__ import annotations
 
 import json
-import struct
 from datetime import datetime
 from pathlib import Path
 
@@ -25,17 +24,11 @@ RESULTS_OUTPUTS = ("results_files", "results_samples", "results_paths", "results
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `__metadata__` of a .safetensors file: an 8-byte header length, then a JSON header."""
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100 * 1024 * 1024:
-                return {}
-            header = json.loads(fh.read(length))
-    except (OSError, ValueError, struct.error):
-        return {}
-    meta = header.get("__metadata__", {})
-    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    """The `__metadata__` of a .safetensors file ({} when there is none to read). Through the LoRA tools' bounded
+    reader: a header that is a JSON list gave an AttributeError and a FIFO hung the page's handler."""
+    from loratrainer.compare.runs import file_metadata
+
+    return file_metadata(path)
 
 
 def readable_metadata(meta: dict[str, str]) -> dict:
@@ -251,7 +244,7 @@ class ResultsHandlers:
         lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
         if not lines:
             return {n["grid_message"]: t("results.grid_no_prompt", label=t("results.grid_prompts")), **timer_off}
-        from loratrainer.compare.inputs import parse_weights
+        from loratrainer.compare.inputs import check_numbers, parse_weights
         from loratrainer.errors import UserError
 
         try:
@@ -263,6 +256,10 @@ class ResultsHandlers:
             if value is None or value < (0 if key == "grid_seed" else 1) or (key in ("grid_width", "grid_height") and int(value) % 8):
                 return {n["grid_message"]: t("results.grid_bad_number", label=t(f"results.{key}")), **timer_off}
             numbers[key] = str(int(value))
+        try:  # the bounds `loratrainer compare` holds to (a sample image's): said here before a process starts
+            check_numbers(steps=int(numbers["grid_steps"]), width=int(numbers["grid_width"]), height=int(numbers["grid_height"]))
+        except UserError as exc:
+            return {n["grid_message"]: t.message(exc.msg), **timer_off}
         target = Path(run_dir) / "grids" / f"weights-{datetime.now():%Y%m%d-%H%M%S}.png"
         # the run's base model, VAE, clip skip and sampler: `--run`
         args = [*files, "--weights", weights, "--seed", numbers["grid_seed"], "--steps", numbers["grid_steps"], "--width", numbers["grid_width"],

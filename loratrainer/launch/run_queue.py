@@ -9,9 +9,12 @@ status its run folder's `ended` event says). No torch, no gradio: the CLI, the G
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
+import stat
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -32,7 +35,10 @@ define({
     "queue.no_item": "no queued run with id {id}",
     "queue.item_running": "queued run {id} is running: stop it first",
     "queue.unreadable": "the queue file {path} cannot be read ({detail}); it was left as it is",
+    "queue.set_aside": "the queue file {path} was damaged ({detail}) and has been kept as {kept}; the queue starts empty",
 })
+log = logging.getLogger("loratrainer.queue")
+MAX_QUEUE_BYTES = 64 * 2**20  # a queued item holds a whole config (a few KB): thousands fit
 
 
 class QueueError(UserError):
@@ -75,6 +81,7 @@ class RunQueue:
     def __init__(self, folder: str | Path | None = None):
         self.folder = Path(folder) if folder is not None else queue_dir()
         self.path = self.folder / QUEUE_FILE
+        self.notices: list[Msg] = []  # what to tell once (a damaged queue file set aside)
 
     # -- the lock and the file -----------------------------------------------------------------------------
 
@@ -90,14 +97,48 @@ class RunQueue:
                 atomic_write(self.path, json.dumps({"items": [asdict(i) for i in items]}, indent=1, ensure_ascii=False) + "\n")
 
     def _read(self) -> list[QueueItem]:
+        """The items, from a regular file of the shape we write. Anything else (null, 42, "x", {"runs": 5},
+        broken JSON, a FIFO, a folder) is set aside as `queue.json.damaged-<stamp>` and said (`notices`), as the
+        GUI's runs file is: an AttributeError traceback, a hang on a FIFO and a silent overwrite were the old ways.
+        Broken JSON (a hand edit gone wrong) is reported and left in place to be fixed."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as exc:
-            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=str(exc))) from None
-        known = set(QueueItem.__dataclass_fields__)
-        return [QueueItem(**{k: v for k, v in item.items() if k in known}) for item in data.get("items", [])]
+        except OSError as exc:
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=exc.strerror or str(exc))) from None
+        problem, raw = "", b""
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                problem = "not a regular file"
+            elif st.st_size > MAX_QUEUE_BYTES:
+                problem = f"larger than {MAX_QUEUE_BYTES // 2**20} MB"
+            else:
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    raw = fh.read(MAX_QUEUE_BYTES + 1)
+        except OSError as exc:
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=exc.strerror or str(exc))) from None
+        finally:
+            os.close(fd)
+        try:
+            items = None if problem else _items_of(raw)
+        except (ValueError, RecursionError) as exc:  # broken JSON: a hand edit to fix; reported, left as it is
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=str(exc)[:200])) from None
+        if items is None:
+            self._set_aside(problem or "not a queue this program wrote")
+            return []
+        return items
+
+    def _set_aside(self, detail: str) -> None:
+        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(self.path, kept)
+        except OSError as exc:
+            raise QueueError(Msg.of("queue.unreadable", path=str(self.path), detail=exc.strerror or str(exc))) from None
+        notice = Msg.of("queue.set_aside", path=str(self.path), detail=detail, kept=str(kept))
+        self.notices.append(notice)
+        log.warning("%s", notice)
 
     # -- what the CLI and the GUI do -------------------------------------------------------------------------
 
@@ -121,7 +162,7 @@ class RunQueue:
     def remove(self, item_id: str) -> QueueItem:
         with self._locked() as items:
             item = _find(items, item_id)
-            if item.status == RUNNING and runner_alive(item.runner):
+            if item.status == RUNNING and _still_running(item):
                 raise QueueError(Msg.of("queue.item_running", id=item_id))
             items.remove(item)
             return item
@@ -137,7 +178,7 @@ class RunQueue:
     def clear(self) -> int:
         """Remove every item that is not running; returns how many."""
         with self._locked() as items:
-            keep = [i for i in items if i.status == RUNNING and runner_alive(i.runner)]
+            keep = [i for i in items if i.status == RUNNING and _still_running(i)]
             removed = len(items) - len(keep)
             items[:] = keep
             return removed
@@ -177,6 +218,22 @@ class RunQueue:
                 setattr(item, key, value)
 
 
+def _items_of(raw: bytes) -> list[QueueItem] | None:
+    """The items of a queue file's bytes; None when they are not `{"items": [{...}, ...]}` as we write it."""
+    data = json.loads(raw.decode("utf-8"))  # broken JSON: the caller reports it and leaves the file as it is
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        return None
+    known = set(QueueItem.__dataclass_fields__)
+    try:
+        items = [QueueItem(**{k: v for k, v in item.items() if k in known}) for item in data["items"]]
+    except (AttributeError, TypeError):  # an item that is not an object, or lacks a field
+        return None
+    if not all(isinstance(i.id, str) and isinstance(i.status, str) and isinstance(i.config, dict)
+               and isinstance(i.runner, dict) for i in items):
+        return None
+    return items
+
+
 def _find(items: list[QueueItem], item_id: str) -> QueueItem:
     for item in items:
         if item.id == item_id:
@@ -196,6 +253,12 @@ def runner_alive(runner: dict[str, Any]) -> bool:
     if not runner or not runner.get("pid"):
         return False
     return is_alive(ProcessRecord("runner", int(runner["pid"]), 0, runner.get("start"), runner.get("host", "")))
+
+
+def _still_running(item: QueueItem) -> bool:
+    """Its runner lives, or its run does: a trainer whose runner was killed is still running (removing it let a
+    second run start beside it)."""
+    return runner_alive(item.runner) or bool(item.run_dir and _run_alive(item.run_dir))
 
 
 def _run_alive(run_dir: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from loratrainer.errors import UserError
+from loratrainer.files import current_umask
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15
 from loratrainer.model.errors import ModelFileMissing, OutputExists
 from loratrainer.tools.lorafile import LoraFile, weight_shape
@@ -84,8 +86,10 @@ def bake_into_diffusers(model: str | Path, loras: list[tuple[Path, float]], outp
             changed = _folder_to_folder(weights, files, tmp, progress)
         else:
             changed = _single_to_folder(weights, files, tmp, progress)
-        if output_dir.exists():
+        if os.path.lexists(output_dir):
             raise OutputExists(tool_error("output_appeared", path=str(output_dir)))
+        # mkdtemp made the folder 0700; the finished folder gets what any new folder gets under the umask
+        os.chmod(tmp, 0o777 & ~current_umask())
         tmp.rename(output_dir)
     finally:
         if tmp.exists():
@@ -118,7 +122,7 @@ def _folder_to_folder(weights: ModelWeights, files, out: Path, progress: Progres
         names_out = _shard_names(part, shards)
         for f, name in zip(shards, names_out):
             (out / part).mkdir(parents=True, exist_ok=True)
-            with StreamingSafetensorsWriter(out / part / name, check_finite=False) as writer:
+            with StreamingSafetensorsWriter(out / part / name) as writer:
                 for key in f.keys:
                     progress.step(done, total, key)
                     done += 1
@@ -165,7 +169,7 @@ def _single_to_folder(weights: ModelWeights, files, out: Path, progress: Progres
     for part in ("unet", "vae", "text_encoder"):
         (out / part).mkdir(parents=True, exist_ok=True)
         name = f"{(WEIGHT_NAMES[part])[0]}.safetensors"
-        with StreamingSafetensorsWriter(out / part / name, check_finite=False) as writer:
+        with StreamingSafetensorsWriter(out / part / name) as writer:
             for diffusers_key, key in placed[part].items():
                 progress.step(done, total, key)
                 done += 1

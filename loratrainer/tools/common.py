@@ -54,20 +54,29 @@ def write_lora_then_meta(path: str | Path, modules: Iterator[tuple[str, torch.Te
 
 
 def lora_metadata(base: dict[str, str], *, title: str, dims: Iterable[int], alphas: Iterable[float],
-                  conv_dims: Iterable[int] = (), comment: str = "", extra: dict[str, str] | None = None) -> dict[str, str]:
+                  conv_dims: Iterable[int] = (), conv_alphas: Iterable[float] = (), comment: str = "",
+                  extra: dict[str, str] | None = None, dynamic: bool = False) -> dict[str, str]:
     """ss_*/modelspec.* for a LoRA made by a tool. `base` is kept (a resized file keeps its training record)
     except its sshs_* hashes, which belong to the old tensors; ranks and alphas say what the file now holds."""
     meta = {k: v for k, v in base.items() if not k.startswith("sshs_")}
     dims, alphas, conv_dims = sorted(set(dims)), sorted(set(alphas)), sorted(set(conv_dims))
+    conv_alphas = sorted(set(float(a) for a in conv_alphas))
+    # "Dynamic": Kohya's word for ranks that differ per module (`dynamic`: chosen per module, as resize_lora.py
+    # says for any dynamic resize and merge_lora.py for modules of differing ranks, convolutions included)
     meta.update({
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(dims[0]) if len(dims) == 1 else "Dynamic",  # Kohya's word for mixed ranks
-        "ss_network_alpha": _number(alphas[0]) if len(alphas) == 1 else "Dynamic",
+        "ss_network_dim": str(dims[0]) if len(dims) == 1 and not dynamic else "Dynamic",
+        "ss_network_alpha": _number(alphas[0]) if len(alphas) == 1 and not dynamic else "Dynamic",
         "ss_base_model_version": meta.get("ss_base_model_version", "sd_v1"),
         "ss_v2": meta.get("ss_v2", "False"),
     })
     if conv_dims:
-        meta["ss_network_args"] = json.dumps({"conv_dim": str(conv_dims[0]) if len(conv_dims) == 1 else "Dynamic"})
+        # as sd-scripts extract_lora_from_models.py writes it: conv_dim and conv_alpha (alpha = rank for a tool's
+        # output), alpha as Python writes a float ("8.0")
+        one = len(conv_dims) == 1
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(conv_dims[0]) if one else "Dynamic",
+                                              "conv_alpha": _number(conv_alphas[0] if conv_alphas else conv_dims[0])
+                                              if one and len(set(conv_alphas)) <= 1 else "Dynamic"})
     if comment:
         meta["ss_training_comment"] = comment
     meta.setdefault("modelspec.sai_model_spec", MODELSPEC_VERSION)
@@ -80,4 +89,5 @@ def lora_metadata(base: dict[str, str], *, title: str, dims: Iterable[int], alph
 
 
 def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    """An alpha as sd-scripts writes it: str() of a Python float ("2.0", "0.5"), not "2"."""
+    return str(float(x))

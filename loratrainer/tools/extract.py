@@ -75,11 +75,12 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
                 unet_diff = max(unet_diff, float(diff.abs().max()))
             u, s, vh = torch.linalg.svd(diff.reshape(diff.shape[0], -1), full_matrices=False)
             k = min(r, len(s))
-            if clamp_quantile < 1.0:  # Kohya's outlier clamp of the factor values
-                dist = torch.cat([u[:, :k].flatten(), vh[:k].flatten()])
-                hi = torch.quantile(dist, clamp_quantile)
-                u, vh = u.clamp(-hi, hi), vh.clamp(-hi, hi)
-            up, down = split_factors(u, s, vh, k)
+            up, down = split_factors(u, s, vh, k)  # up = U diag(S), down = Vh
+            if clamp_quantile < 1.0:
+                # Kohya's outlier clamp, as sd-scripts networks/extract_lora_from_models.py does it: U is multiplied
+                # by the singular values first, then one quantile is taken over both factors' values together
+                hi = torch.quantile(torch.cat([up.flatten(), down.flatten()]), clamp_quantile)
+                up, down = up.clamp(-hi, hi), down.clamp(-hi, hi)
             up, down = up.contiguous(), down.contiguous()  # not views of the full U / Vh, which are freed here
             del u, vh
             total, kept = float(s.pow(2).sum()), float(s[:k].pow(2).sum())

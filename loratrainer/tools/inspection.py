@@ -10,6 +10,7 @@ a name the loaders ignore (without the `text_model` level, or SDXL's lora_te1_/l
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -94,7 +95,7 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     modules = Counter(m.part for m in f.modules.values())
     kinds = Counter(m.kind for m in f.modules.values())
     ranks, alphas, problems = {}, {}, []
-    non_finite, mismatched, lacking = [], [], []
+    non_finite, mismatched, lacking, empty, bad_alpha = [], [], [], [], []
     total = len(f.modules)
     for i, (name, m) in enumerate(sorted(f.modules.items())):
         progress.step(i, total, name)
@@ -104,10 +105,15 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
                 non_finite.append(name)
                 break
         rank = _rank(f, m, mismatched, lacking)
-        if rank is not None:
+        if rank == 0:  # a module with no factors: the other tools divided by zero on it
+            empty.append(name)
+        elif rank is not None:
             ranks[name] = rank
-            alphas[name] = f.alpha(name, rank) if m.kind == "lora" else (
-                float(f.tensor(m.keys["alpha"], torch.float64)) if "alpha" in m.keys else float(rank))
+            if "alpha" in m.keys and math.prod(f.shape(m.keys["alpha"])) != 1:
+                bad_alpha.append(name)  # an alpha stored as a vector: one number is what every loader reads
+            else:
+                alphas[name] = f.alpha(name, rank) if m.kind == "lora" else (
+                    float(f.tensor(m.keys["alpha"], torch.float64).reshape(())) if "alpha" in m.keys else float(rank))
     progress.step(total, total, "")
     family = _family(f)
     if f.format == "unknown":
@@ -121,6 +127,12 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     if mismatched:
         problems.append(Problem("rank_mismatch", f"{len(mismatched)} modules have a different rank in their down and up "
                                 f"weights ({mismatched[0]}): the file is damaged and will not load.", len(mismatched), mismatched[0]))
+    if empty:
+        problems.append(Problem("empty_module", f"{len(empty)} modules have rank 0 ({empty[0]}): the file is damaged.",
+                                len(empty), empty[0]))
+    if bad_alpha:
+        problems.append(Problem("bad_alpha", f"{len(bad_alpha)} modules store alpha as a vector instead of one number "
+                                f"({bad_alpha[0]}): the file is damaged.", len(bad_alpha), bad_alpha[0]))
     if lacking:
         problems.append(Problem("missing_factor", f"{len(lacking)} modules lack one of their weights ({lacking[0]}): "
                                 "loaders skip them or fail.", len(lacking), lacking[0]))
@@ -143,7 +155,12 @@ def _rank(f: LoraFile, m, mismatched: list[str], lacking: list[str]) -> int | No
             lacking.append(m.name)
             return None
         down, up = f.shape(k["down"]), f.shape(k["up"])
-        if len(up) < 2 or down[0] != up[1]:
+        if len(down) < 2 or len(up) < 2:
+            mismatched.append(m.name)
+            return None
+        if down[0] == 0 or up[1] == 0:
+            return 0
+        if down[0] != up[1]:
             mismatched.append(m.name)
         return down[0]
     if m.kind == "loha":

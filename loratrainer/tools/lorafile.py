@@ -15,6 +15,8 @@ one module's tensors at a time. A .pt/.ckpt LoRA (rare) is loaded whole.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, read_checkpoint
-from loratrainer.model.errors import CorruptModelFile, ModelFileMissing
+from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NonFiniteLoraError
+from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
 from loratrainer.tools.messages import LYCORIS_KINDS, tool_error
 
 UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_"
@@ -54,13 +57,17 @@ class LoraFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             raise ModelFileMissing(tool_error("lora_missing", path=str(self.path)))
         if self.path.is_dir():
             found = sorted(self.path.glob("*.safetensors"))
             if len(found) != 1:
                 raise CorruptModelFile(tool_error("lora_folder", path=str(self.path)))
             self.path = found[0]  # a diffusers LoRA folder (pytorch_lora_weights.safetensors)
+        # only a regular file is opened: a FIFO blocked the open for ever, /dev/zero was read without end
+        # (docs/reliability.md "LoRA tools and compare")
+        if not is_regular_file(self.path):
+            raise CorruptModelFile(tool_error("lora_not_regular", path=str(self.path)))
         self._handle = None
         self._tensors: dict[str, torch.Tensor] | None = None
         self.metadata: dict[str, str] = {}
@@ -78,6 +85,10 @@ class LoraFile:
         from safetensors import SafetensorError, safe_open
 
         if self.path.suffix.lower() in SAFETENSORS_SUFFIXES or _starts_like_safetensors(self.path):
+            try:  # the header checked within its stated, bounded size before safetensors maps the file
+                read_header(self.path)
+            except HeaderError as exc:
+                raise CorruptModelFile(tool_error("lora_unreadable", path=str(self.path), detail=exc.detail or exc.reason)) from exc
             try:
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             except (SafetensorError, OSError, ValueError) as exc:
@@ -119,16 +130,27 @@ class LoraFile:
                                                factor="lora_up" if "down" in m.keys else "lora_down"))
         down = self.tensor(m.keys["down"], torch.float64)
         up = self.tensor(m.keys["up"], torch.float64)
-        rank = down.shape[0]
+        rank = down.shape[0] if down.ndim else 0
+        if rank == 0 or down.ndim < 2 or up.ndim < 2 or 0 in down.shape or 0 in up.shape:
+            # a rank-0 module divided by zero in every tool (docs/reliability.md "LoRA tools and compare")
+            raise UnsupportedModule(tool_error("module_empty", name=self.path.name, module=name))
         if up.shape[1] != rank:
             raise UnsupportedModule(tool_error("module_rank_mismatch", name=self.path.name, module=name, down=rank,
                                                up=up.shape[1]))
-        return down, up, self.alpha(name, rank) / rank
+        alpha = self.alpha(name, rank)
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(alpha)):
+            # every tool refuses a non-finite input: merge-into used to bake NaN into the model without a word
+            raise NonFiniteLoraError(tool_error("lora_non_finite", name=self.path.name, module=name))
+        return down, up, alpha / rank
 
     def alpha(self, name: str, rank: int) -> float:
+        """The module's alpha; one number (an alpha stored as a vector is a damaged file, said as such)."""
         m = self.modules[name]
         if "alpha" in m.keys:
-            return float(self.tensor(m.keys["alpha"], torch.float64))
+            if math.prod(self.shape(m.keys["alpha"])) != 1:
+                raise UnsupportedModule(tool_error("module_alpha_shape", name=self.path.name, module=name,
+                                                   shape=str(list(self.shape(m.keys["alpha"])))))
+            return float(self.tensor(m.keys["alpha"], torch.float64).reshape(()))
         if self.format == "diffusers-peft":
             return self._peft_alphas(m, rank)
         return float(rank)  # no alpha: Kohya and diffusers both use scale 1

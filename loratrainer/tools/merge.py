@@ -74,6 +74,9 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
             conv = len(shape) == 4 and shape[2] > 1
             target = (conv_rank or rank) if conv else rank
             if target:
+                # never more ranks than the weight has (sd-scripts svd_merge_lora.py: min(rank, in_dim, out_dim)):
+                # `--rank 100000000` padded every module with zeros up to 51 GB
+                target = min(target, shape[0], shape[1])
                 u, s, vh = svd_of_product(up2, down2)
                 up2, down2 = split_factors(u, s, vh, target)
                 total, kept = float(s.pow(2).sum()), float(s[:target].pow(2).sum())
@@ -96,6 +99,7 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
             title=output.stem, dims=linear or [1], alphas=[float(r) for r in linear] or [1.0],
             conv_dims=[r for n, r in report.ranks.items() if n in convs], comment=comment,
             extra={"ss_merged_from": json.dumps(merged_from), "modelspec.merged_from": ", ".join(p.name for p, _ in inputs)},
+            dynamic=len(set(report.ranks.values())) > 1,  # merge_lora.py: modules of differing ranks, LoCon's too
         )
 
     write_lora_then_meta(output, modules(), len(names), metadata, dtype, progress)

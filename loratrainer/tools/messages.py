@@ -12,6 +12,11 @@ from loratrainer.messages import Msg, define
 define({
     # inputs
     "lora_tools.lora_missing": "The LoRA file {path} does not exist.",
+    "lora_tools.lora_not_regular": "{path} is not a regular file (a pipe, a device or a socket); choose the LoRA .safetensors file itself.",
+    "lora_tools.lora_non_finite": "{name}: module {module} holds NaN or infinite values (a diverged training); nothing was written. Use an earlier file of that run.",
+    "lora_tools.module_empty": "{name}: module {module} has rank 0 (no factors); the file is damaged.",
+    "lora_tools.module_alpha_shape": "{name}: the alpha of module {module} has shape {shape} instead of one number; the file is damaged.",
+    "lora_tools.model_non_finite": "The model {path} holds NaN or infinite values in {key}; nothing was written.",
     "lora_tools.lora_folder": "{path} is a folder; choose the LoRA .safetensors file inside it.",
     "lora_tools.lora_unreadable": "The LoRA file {path} cannot be read ({detail}); it may be incomplete. Download or save it again.",
     "lora_tools.model_missing": "The model {path} does not exist.",

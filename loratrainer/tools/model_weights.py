@@ -18,7 +18,8 @@ import torch
 
 from loratrainer.model.assets import SD15_CONFIG_DIR
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15, read_checkpoint
-from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NotSD15Checkpoint
+from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NonFiniteLoraError, NotSD15Checkpoint
+from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
 from loratrainer.tools.messages import tool_error
 
 PARTS = ("unet", "text_encoder")
@@ -36,7 +37,13 @@ class TensorFile:
         self.path = path
         self.metadata: dict[str, str] = {}
         self._state: dict[str, torch.Tensor] | None = None
+        if not is_regular_file(path):  # a FIFO or a device is never opened (docs/reliability.md)
+            raise CorruptModelFile(tool_error("unreadable_model", path=str(path), detail="not a regular file"))
         if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            try:
+                read_header(path)
+            except HeaderError as exc:
+                raise CorruptModelFile(tool_error("unreadable_model", path=str(path), detail=exc.detail or exc.reason)) from exc
             try:
                 self._handle = safe_open(str(path), framework="pt", device="cpu")
             except (SafetensorError, OSError, ValueError) as exc:
@@ -57,7 +64,11 @@ class TensorFile:
         return {k: torch.empty(self.shape(k), device="meta") for k in self.keys}
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self._state[key] if self._state is not None else self._handle.get_tensor(key)
+        """The tensor as stored; a non-finite one is refused (merge-into and extract never build on NaN)."""
+        t = self._state[key] if self._state is not None else self._handle.get_tensor(key)
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NonFiniteLoraError(tool_error("model_non_finite", path=str(self.path), key=key))
+        return t
 
 
 def component_files(folder: Path, part: str) -> list[Path]:

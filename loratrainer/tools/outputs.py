@@ -5,6 +5,7 @@ No torch here: the GUI process uses this to choose names before it starts a tool
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from loratrainer.model.errors import OutputExists
@@ -14,7 +15,7 @@ from loratrainer.tools.messages import tool_error
 def refuse_existing(path: str | Path) -> Path:
     """`path` when nothing is there; OutputExists (a UserError) otherwise. Tools never replace a file."""
     path = Path(path)
-    if path.exists():
+    if os.path.lexists(path):  # a dangling link is there too: it used to pass here and fail as "appeared while writing"
         raise OutputExists(tool_error("output_exists", path=str(path)))
     return path
 

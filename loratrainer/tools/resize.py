@@ -70,7 +70,9 @@ def resize_lora(path: str | Path, output: str | Path, *, rank: int, conv_rank: i
         for name in names:
             down, up, scale = source.factors(name)
             shape = weight_shape(down, up)
-            conv = len(shape) == 4 and shape[2] > 1
+            # every convolution, 1x1 included, takes the conv rank: sd-scripts networks/resize_lora.py tests
+            # `len(lora_down_weight.size()) == 4` (its help says 3x3; its code is what a Kohya user's files got)
+            conv = len(shape) == 4
             u, s, vh = svd_of_product(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1))
             # Kohya's rules see all min(out, in) singular values of the full matrix; the ones beyond the LoRA's
             # rank are zero
@@ -96,8 +98,11 @@ def resize_lora(path: str | Path, output: str | Path, *, rank: int, conv_rank: i
         conv = [m.new_rank for n, m in report.modules.items() if _is_conv(source, n)]
         alphas = [float(source.alpha(n, m.old_rank)) / m.old_rank * m.new_rank for n, m in report.modules.items()
                   if not _is_conv(source, n)]
+        conv_alphas = [float(source.alpha(n, m.old_rank)) / m.old_rank * m.new_rank
+                       for n, m in report.modules.items() if _is_conv(source, n)]
         return lora_metadata(meta_base, title=output.stem, dims=ranks or [rank], alphas=alphas or [float(rank)],
-                             conv_dims=conv, comment=comment)
+                             conv_dims=conv, conv_alphas=conv_alphas, comment=comment,
+                             dynamic=dynamic is not None)
 
     write_lora_then_meta(output, modules(), len(names), metadata, dtype, progress)
     report.overall_fro_retained = (kept_sq / total_sq) ** 0.5 if total_sq > 0 else 1.0
@@ -105,5 +110,4 @@ def resize_lora(path: str | Path, output: str | Path, *, rank: int, conv_rank: i
 
 
 def _is_conv(f: LoraFile, name: str) -> bool:
-    shape = f.shape(f.modules[name].keys["down"])
-    return len(shape) == 4 and shape[2] > 1
+    return len(f.shape(f.modules[name].keys["down"])) == 4  # as resize_lora.py: 1x1 convolutions too

@@ -48,7 +48,7 @@ class StreamingSafetensorsWriter:
 
     def __init__(self, path: str | Path, *, check_finite: bool = True):
         self.path = Path(path)
-        if self.path.exists():
+        if os.path.lexists(self.path):
             raise OutputExists(tool_error("output_exists", path=str(self.path)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.check_finite = check_finite

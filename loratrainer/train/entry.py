@@ -22,8 +22,11 @@ from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
 from loratrainer.launch.eight_bit import keep_unloaded_unless_needed
+from loratrainer.messages import Msg, define
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.runtime import library_versions, random_seed
+
+define({"train.folder_not_writable": "cannot write to {folder}: it became read-only or not writable during the run; the files saved before it are kept"})
 
 log = logging.getLogger("loratrainer.train")
 
@@ -34,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = parser.parse_args(argv).run_dir
     stop_on_signals(run_dir)  # first: a Ctrl-C while torch loads must not end the run without its `ended` line
     record_process(run_dir)
+    from loratrainer.train.launcher_watch import watch_owner
+
+    watch_owner(run_dir)  # `loratrainer train` / the queue runner killed: stop as on Stop (launch/owner.py)
     try:
         config = load_config(run_dir / run_files.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -180,6 +186,10 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
         if full is not None:
             where = full or config.folders.output_dir
             return "disk_full", f"disk full: {where}", run.step, run.epoch
+        refused = not_writable(exc)
+        if refused is not None:  # a folder made read-only during the run (the TensorBoard writer's error too)
+            folder = str(Path(refused).parent) if refused else config.folders.output_dir
+            return "error", str(Msg.of("train.folder_not_writable", folder=folder)), run.step, run.epoch
         if isinstance(exc, UserError):
             return "error", str(exc), run.step, run.epoch
         return "error", f"{type(exc).__name__}: {exc}", run.step, run.epoch
@@ -209,6 +219,27 @@ def disk_full(exc: BaseException) -> str | None:
             return str(exc.filename or "")
         text = str(exc).lower()
         if any(marker in text for marker in _FULL_TEXTS):
+            return ""
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_REFUSED_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+# the same refusal as other libraries word it (safetensors' Rust io::Error, TensorBoard's writer, torch.save)
+_REFUSED_TEXTS = ("read-only file system", "permission denied", "os error 30", "os error 13", "readonlyfilesystem",
+                  "permissiondenied")
+
+
+def not_writable(exc: BaseException) -> str | None:
+    """None unless `exc` or its chain says a file could not be written because its folder is read-only or not
+    writable; then that file's name, or "" (docs/reliability.md "Paths and faults": a raw `OSError [Errno 30]`
+    from the TensorBoard writer was the run's last word)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _REFUSED_ERRNOS:
+            return str(exc.filename or "")
+        if any(marker in str(exc).lower() for marker in _REFUSED_TEXTS):
             return ""
         exc = exc.__cause__ or exc.__context__
     return None
