@@ -68,13 +68,13 @@ def _act(queue, args: argparse.Namespace) -> int:
 
 def _add(queue, args: argparse.Namespace) -> int:
     from loratrainer.cli.train import _load
-    from loratrainer.config import apply_overrides
+    from loratrainer.config.fields import parse_assignments
 
-    config = _load(args.config)
     try:
-        config = apply_overrides(config, args.assignments)
+        overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
         raise UserError(f"--set: {exc}") from None
+    config = _load(args.config, overrides)  # the overrides first, then the checks, as `train --set` does
     item = queue.add(config, source=args.config, overrides=args.assignments)
     position = [i.id for i in queue.items()].index(item.id) + 1
     print(f"added {item.id} ({item.name}) at position {position}: {queue.path}")
