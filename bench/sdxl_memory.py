@@ -92,6 +92,93 @@ def count() -> dict:
     }
 
 
+class _FlashSDPA(torch.autograd.Function):
+    """What a GPU's flash / memory-efficient attention keeps for backward: q, k, v, the output and the row
+    log-sum-exp (B x H x L floats), not the L x L attention matrix the math kernel would save."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: the activations are only counted
+        q, k, v, *_ = ctx.saved_tensors
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+
+def activations(pixels: int, rank: int, dtype=torch.bfloat16) -> dict:
+    """The tensors autograd keeps for backward in one SDXL UNet training step at `pixels` (batch 1), counted on the
+    meta device (no memory, no compute): without gradient checkpointing all of them; with it (diffusers checkpoints
+    every ResnetBlock2D and Transformer2DModel) the checkpoints' inputs plus the largest single unit recomputed
+    in backward. Attention is counted as the GPU's flash/memory-efficient kernel keeps it (_FlashSDPA)."""
+    import torch.nn.functional as F
+    from peft import LoraConfig, inject_adapter_in_model
+
+    unet, *_ = build("meta", dtype)
+    unet.requires_grad_(False)
+    names = [name for name, _ in lora_linears(unet, UNET_TARGETS)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), unet)
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+    units = [m for m in unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
+    stack: list[int] = []
+    per_unit: dict[int, int] = {}
+    seen: set = set()
+    total = [0]
+
+    params = {id(p) for p in unet.parameters()}
+
+    def pack(t):
+        base = t
+        while base._base is not None:  # a view (a weight's transpose in linear) shares the weight's memory
+            base = base._base
+        if id(base) in params or isinstance(base, torch.nn.Parameter):
+            return t  # a weight kept for backward is the model's own memory, counted with the weights
+        key = (t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t), t.shape, t.dtype)
+        if key not in seen:
+            seen.add(key)
+            size = t.numel() * t.element_size()
+            total[0] += size
+            if stack:
+                per_unit[stack[-1]] = per_unit.get(stack[-1], 0) + size
+        return t
+
+    unit_inputs_bytes: dict[int, int] = {}
+
+    def enter(mod, args, kwargs):
+        stack.append(id(mod))
+        x = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        unit_inputs_bytes[id(mod)] = x.numel() * x.element_size()  # what a checkpoint keeps of this unit
+
+    for m in units:
+        m.register_forward_pre_hook(enter, with_kwargs=True)
+        m.register_forward_hook(lambda mod, args, out: (stack.pop(), None)[1])  # a hook that returns a value replaces the output
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda q, k, v, *a, **kw: _FlashSDPA.apply(q, k, v)
+    try:
+        latent = pixels // 8
+        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            sample = torch.randn(1, 4, latent, latent, dtype=dtype)
+            context = torch.randn(1, 77, 2048, dtype=dtype)
+            added = {"text_embeds": torch.randn(1, 1280, dtype=dtype), "time_ids": torch.randn(1, 6, dtype=dtype)}
+            unet(sample, torch.tensor([500]), context, added_cond_kwargs=added)
+    finally:
+        F.scaled_dot_product_attention = original
+    inside = sum(per_unit.values())
+    # checkpointed: each unit keeps only its input; outside the units everything is kept as without checkpointing
+    unit_inputs = sum(unit_inputs_bytes.values())
+    return {"pixels": pixels, "rank": rank, "dtype": str(dtype).removeprefix("torch."),
+            "saved_no_checkpointing_gb": round(total[0] / 1e9, 2),
+            "saved_outside_units_gb": round((total[0] - inside) / 1e9, 2),
+            "checkpoint_inputs_gb": round(unit_inputs / 1e9, 2),
+            "largest_unit_gb": round(max(per_unit.values()) / 1e9, 2),
+            "saved_with_checkpointing_gb": round((total[0] - inside + unit_inputs + max(per_unit.values())) / 1e9, 2)}
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -101,7 +188,11 @@ def measure(latent: int, checkpointing: bool, rank: int) -> dict:
 
     torch.manual_seed(0)
     t0 = time.time()
-    unet, *_ = build("cpu", torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: an fp32 build would set the peak (10 GB)
+    try:
+        unet, *_ = build("cpu", torch.bfloat16)
+    finally:
+        torch.set_default_dtype(torch.float32)
     unet.requires_grad_(False)
     names = [name for name, _ in lora_linears(unet, UNET_TARGETS)]
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), unet)
@@ -131,12 +222,16 @@ def measure(latent: int, checkpointing: bool, rank: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("count", "measure"))
+    parser.add_argument("what", choices=("count", "measure", "activations"))
+    parser.add_argument("--pixels", type=int, default=1024)
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--rank", type=int, default=32)
     args = parser.parse_args()
-    result = count() if args.what == "count" else measure(args.latent, args.checkpointing, args.rank)
+    if args.what == "activations":
+        result = activations(args.pixels, args.rank)
+    else:
+        result = count() if args.what == "count" else measure(args.latent, args.checkpointing, args.rank)
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0

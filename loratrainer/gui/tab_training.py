@@ -395,7 +395,7 @@ def _settings(ui: UiContext, gr):
         basic = basic_paths()
         ui.field(basic[0])
         ui.named["model_note"] = gr.Markdown(elem_id="check-model")
-        ui.named["family_defaults"] = gr.Button(visible=False, size="sm", elem_id="family-defaults")
+        ui.named["family_defaults"] = gr.Button(t("training.use_family_defaults", family="SDXL"), visible=False, size="sm", elem_id="family-defaults")
         _rows(ui, gr, basic[1:-1])
         ui.field(basic[-1])
     specs = specs_by_path()
