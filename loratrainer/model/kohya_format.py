@@ -10,6 +10,7 @@ LoHa / LoKr modules are saved in LyCORIS's layout instead (model.lycoris): `<nam
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -159,16 +160,36 @@ def _lora_layers(handle: LoraHandle, info: LoraModule) -> tuple[nn.Module, nn.Mo
 
 
 def _why_unknown(handle: LoraHandle, name: str) -> str:
+    if handle.family == "sdxl":
+        return _why_unknown_sdxl(handle, name)
     if name.startswith("lora_te_") and not handle.train_text_encoder:
         return (f"the file adapts the text encoder ({name}) but the text encoder is not trained (its learning "
                 "rate is 0); set text_encoder_lr above 0, or its part of the file would be lost.")
     if name.startswith("lora_unet_") and not handle.train_unet:
         return f"the file adapts the UNet ({name}) but the UNet is not trained (unet_lr is 0)."
-    if name.startswith(("lora_te1_", "lora_te2_")):
-        return "this is an SDXL LoRA (lora_te1_/lora_te2_ keys); it cannot continue on SD1.5."
+    if name.startswith(("lora_te1_", "lora_te2_")) or "input_blocks" in name or "output_blocks" in name:
+        return "this is an SDXL LoRA (lora_te1_/lora_te2_ keys or input_blocks/output_blocks names); it cannot continue on SD1.5."
     if handle.network.lora_type == "Standard" and name.startswith("lora_unet_") and ("resnets" in name or "samplers" in name):
         return f"the file is a LoCon LoRA ({name}); set the LoRA type to LoCon."
     return f"module {name} is not part of this LoRA (an SD1.5 Kohya LoRA has lora_unet_/lora_te_ modules)."
+
+
+_SDXL_LOCON = re.compile(r"_(in_layers_2|out_layers_3|emb_layers_1|skip_connection|op|conv)$")  # resnets, samplers
+
+
+def _why_unknown_sdxl(handle: LoraHandle, name: str) -> str:
+    for prefix, on, what, setting in (("lora_te1_", handle.train_text_encoder, "text encoder 1", "text_encoder_lr"),
+                                      ("lora_te2_", handle.train_text_encoder_2, "text encoder 2", "text_encoder_2_lr")):
+        if name.startswith(prefix) and not on:
+            return (f"the file adapts {what} ({name}) but {what} is not trained (its learning rate is 0); set "
+                    f"{setting} above 0, or its part of the file would be lost.")
+    if name.startswith("lora_unet_") and not handle.train_unet:
+        return f"the file adapts the UNet ({name}) but the UNet is not trained (unet_lr is 0)."
+    if name.startswith("lora_te_") or "down_blocks" in name or "up_blocks" in name:
+        return "this is an SD1.5 LoRA (lora_te_ keys or down_blocks/up_blocks names); it cannot continue on SDXL."
+    if handle.network.lora_type == "Standard" and name.startswith("lora_unet_") and _SDXL_LOCON.search(name):
+        return f"the file is a LoCon LoRA ({name}); set the LoRA type to LoCon."
+    return f"module {name} is not part of this LoRA (an SDXL Kohya LoRA has lora_unet_/lora_te1_/lora_te2_ modules)."
 
 
 def _is_conv3x3(layer: nn.Module) -> bool:

@@ -25,6 +25,7 @@ from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, check_sd15, detect
 from loratrainer.model.errors import ModelFileMissing, ModelNotAvailableOffline, NotSD15Checkpoint
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_ID = _HUB_ID  # shared with model.sdxl
 # Hub repositories that were removed, and their maintained copies (same files): older configs keep working.
 HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 
@@ -39,6 +40,8 @@ class SD15Components:
     source: str  # how it was loaded, for the log: "diffusers folder /x", "single file /x.safetensors", "hub id a/b"
     model_name: str  # Kohya's ss_sd_model_name: the file or folder name, or the hub id
     model_hash: str  # A1111's legacy 8-hex hash of a single file (Kohya's ss_sd_model_hash); "" otherwise
+
+    family = "sd15"  # class attribute: model.lora and model.metadata read it (SDXLComponents has "sdxl")
 
 
 def load_sd15(settings: ModelSettings, *, dtype: torch.dtype = torch.float32, config_dir: Path | None = None) -> SD15Components:
@@ -91,20 +94,23 @@ def noise_scheduler(*, v_prediction: bool = False) -> DDPMScheduler:
     )
 
 
-def load_vae(source: str, *, dtype: torch.dtype = torch.float32, config_dir: Path = SD15_CONFIG_DIR) -> AutoencoderKL:
-    """A separate VAE: a .safetensors/.ckpt file (LDM or diffusers keys), a diffusers folder, or a hub id."""
+def load_vae(source: str, *, dtype: torch.dtype = torch.float32, config_dir: Path = SD15_CONFIG_DIR,
+             family: str = "sd15") -> AutoencoderKL:
+    """A separate VAE: a .safetensors/.ckpt file (LDM or diffusers keys), a diffusers folder, or a hub id.
+    `family` "sdxl": a whole SDXL checkpoint may serve as the VAE too (its first_stage_model), with SDXL's config."""
     path = Path(os.path.expanduser(source))
     if path.is_dir():
         sub = "vae" if (path / "vae" / "config.json").exists() else None
         return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, local_files_only=True)
     if not path.is_file():
         if _HUB_ID.fullmatch(source) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            return _from_hub(lambda: AutoencoderKL.from_pretrained(source, torch_dtype=dtype), source)
+            return from_hub(lambda: AutoencoderKL.from_pretrained(source, torch_dtype=dtype), source)
         raise ModelFileMissing(f"The VAE file {source} does not exist.")
     state = read_checkpoint(path, what="VAE")
-    family = detect_family(state)
-    if family not in ("vae", "sd1"):
-        raise NotSD15Checkpoint(f"{path} is not an SD1.5 VAE (it looks like: {family}).")
+    found = detect_family(state)
+    if found not in ("vae", "sdxl" if family == "sdxl" else "sd1"):
+        what = "an SDXL" if family == "sdxl" else "an SD1.5"
+        raise NotSD15Checkpoint(f"{path} is not {what} VAE (it looks like: {found}).")
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in state:  # already in diffusers' naming
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir, subfolder="vae"))
         _load_strict(vae, state, path)
@@ -157,7 +163,7 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
         check_tokenizer_fits(tokenizer, text_encoder, own if has_tokenizer else Path("the shipped SD1.5 tokenizer"), source)
         return tokenizer, text_encoder, vae, unet
 
-    parts = load() if local_only else _from_hub(load, source)
+    parts = load() if local_only else from_hub(load, source)
     width = parts[3].config.cross_attention_dim
     if width in (1024, 2048):  # SD1.5 has 768 (tiny test models less); these two are SD2 and SDXL
         family = "an SD2" if width == 1024 else "an SDXL"
@@ -185,7 +191,8 @@ def check_tokenizer_fits(tokenizer, text_encoder, where: Path, source: str) -> N
         )
 
 
-def _from_hub(load, source: str):
+def from_hub(load, source: str):
+    """`load()` for a hub id, with offline and hub failures said as one sentence."""
     try:
         return load()
     except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these

@@ -8,6 +8,13 @@ kaiming-uniform(a=sqrt(5)), up (lora_B) zeros; scale = alpha / rank, as in Kohya
 
 LoHa and LoKr (LyCORIS) go through peft's LoHaConfig / LoKrConfig on the same module set: the linears, and the 3x3
 convolutions with conv_dim / conv_alpha (model.lycoris builds those configs).
+
+SDXL (components.family == "sdxl"): the same containers in the UNet and in both text encoders, as sd-scripts'
+create_modules builds them for SDXL, and its names (model.sdxl_names: the original-layout UNet paths,
+lora_te1_/lora_te2_). With conv_dim (LoCon, and LoHa/LoKr) sd-scripts adapts every Linear and Conv2d of
+ResnetBlock2D/Downsample2D/Upsample2D: the 3x3 convolutions with conv_dim/conv_alpha, the time-embedding linear
+(emb_layers.1) and the 1x1 skip_connection with network_dim/network_alpha (networks/lora.py: "is_linear or
+is_conv2d_1x1 -> lora_dim"); tests/test_model_sdxl_full_size.py compares the set with sd-scripts' own.
 """
 
 from __future__ import annotations
@@ -26,18 +33,18 @@ from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP
 
 from loratrainer.config import LYCORIS_TYPES, NetworkSettings
 from loratrainer.errors import UserError
-from loratrainer.model import lycoris
+from loratrainer.model import lycoris, sdxl_names
 
 ADAPTER = "default"  # peft's adapter name; one adapter per model
-Part = Literal["unet", "text_encoder"]
-KOHYA_PREFIX: dict[Part, str] = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+Part = Literal["unet", "text_encoder", "text_encoder_2"]  # text_encoder_2: SDXL only
+KOHYA_PREFIX: dict[str, str] = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # SD1.5 (SDXL: sdxl_names.PREFIX)
 
 
 @dataclass(frozen=True)
 class LoraModule:
     part: Part
     path: str  # module path in our model (peft's key)
-    kohya_name: str  # lora_unet_... / lora_te_...
+    kohya_name: str  # lora_unet_... / lora_te_... (SDXL: lora_te1_... / lora_te2_...)
     rank: int
     alpha: float
 
@@ -49,12 +56,18 @@ class LoraHandle:
     The models themselves stay where they were loaded (`components.unet`, `components.text_encoder`): the handle
     reads them from there rather than keeping a second reference of its own."""
 
-    components: Any  # SD15Components, or anything with .unet and .text_encoder
+    components: Any  # SD15Components / SDXLComponents, or anything with .unet and .text_encoder (and .text_encoder_2)
     train_unet: bool
     train_text_encoder: bool
     network: NetworkSettings
     modules: dict[str, LoraModule] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)  # part -> the peft config injected (LoraConfig, LoHaConfig, ...)
+    train_text_encoder_2: bool = False  # SDXL's second text encoder (OpenCLIP ViT-bigG)
+
+    @property
+    def family(self) -> str:
+        """"sd15" or "sdxl": the components' family (anything without one, e.g. a test's namespace, is SD1.5)."""
+        return family_of(self.components)
 
     @property
     def unet(self) -> nn.Module:
@@ -64,17 +77,37 @@ class LoraHandle:
     def text_encoder(self) -> nn.Module:
         return self.components.text_encoder
 
+    @property
+    def text_encoder_2(self) -> nn.Module | None:
+        return getattr(self.components, "text_encoder_2", None)
+
     def model(self, part: Part) -> nn.Module:
-        return self.unet if part == "unet" else self.text_encoder
+        return {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2}[part]
 
     def parts(self) -> list[Part]:
-        return [p for p, on in (("unet", self.train_unet), ("text_encoder", self.train_text_encoder)) if on]
+        trained = (("unet", self.train_unet), ("text_encoder", self.train_text_encoder),
+                   ("text_encoder_2", self.train_text_encoder_2))
+        return [p for p, on in trained if on]
+
+    def kohya_name(self, part: Part, path: str) -> str:
+        return kohya_name(part, path, family=self.family, unet=self.unet)
 
     def unet_parameters(self) -> list[nn.Parameter]:
         return _lora_parameters(self.unet) if self.train_unet else []
 
     def text_encoder_parameters(self) -> list[nn.Parameter]:
         return _lora_parameters(self.text_encoder) if self.train_text_encoder else []
+
+    def text_encoder_2_parameters(self) -> list[nn.Parameter]:
+        return _lora_parameters(self.text_encoder_2) if self.train_text_encoder_2 else []
+
+
+def family_of(components) -> str:
+    """The components' `family`; without one, SDXL when they have a second text encoder, else SD1.5."""
+    family = getattr(components, "family", None)
+    if family:
+        return family
+    return "sdxl" if getattr(components, "text_encoder_2", None) is not None else "sd15"
 
 
 def inject_lora(
@@ -83,21 +116,29 @@ def inject_lora(
     *,
     train_unet: bool,
     train_text_encoder: bool,
+    train_text_encoder_2: bool | None = None,
     lora_dtype: torch.dtype | None = torch.float32,
 ) -> LoraHandle:
     """Add LoRA adapters to the parts that are trained (a part with learning rate 0 gets none and is not saved).
 
-    `components` is anything with .unet and .text_encoder (SD15Components). The LoRA weights are kept in
-    `lora_dtype` (float32 as Kohya does unless full_fp16/full_bf16; None = the base model's dtype).
+    `components` is anything with .unet and .text_encoder (SD15Components), or SDXLComponents (also
+    .text_encoder_2; `train_text_encoder_2` None = as `train_text_encoder`, ignored for SD1.5). The LoRA weights
+    are kept in `lora_dtype` (float32 as Kohya does unless full_fp16/full_bf16; None = the base model's dtype).
     """
-    if not (train_unet or train_text_encoder):
+    family = family_of(components)
+    if family != "sdxl" or train_text_encoder_2 is None:
+        train_text_encoder_2 = train_text_encoder and family == "sdxl"
+    if not (train_unet or train_text_encoder or train_text_encoder_2):
         raise UserError("Both the UNet and the text encoder learning rates are 0: there is nothing to train.")
-    handle = LoraHandle(components, train_unet, train_text_encoder, network)
+    handle = LoraHandle(components, train_unet, train_text_encoder, network, train_text_encoder_2=train_text_encoder_2)
     for part in handle.parts():
         model = handle.model(part)
         linear = target_modules(model, part, conv=False)
         with_conv = network.lora_type != "Standard" and part == "unet"
         conv = target_modules(model, part, conv=True) if with_conv else []
+        if with_conv and family == "sdxl":
+            # sd-scripts' SDXL LoCon: the resnets' time-embedding linear and 1x1 skip convs at network_dim
+            linear += resnet_linears(model)
         model.requires_grad_(False)
         if network.lora_type in LYCORIS_TYPES:
             config = lycoris.peft_config(network, model, linear, conv)
@@ -119,7 +160,7 @@ def inject_lora(
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
         handle.configs[part] = config
         for path in linear + conv:
-            name = kohya_name(part, path)
+            name = handle.kohya_name(part, path)
             if network.lora_type in LYCORIS_TYPES:  # peft's own rank and alpha (LoKr full matrices: alpha = rank)
                 layer = model.get_submodule(path)
                 rank, alpha = lycoris.module_rank(layer), lycoris.module_alpha(layer)
@@ -137,7 +178,7 @@ def inject_lora(
 
 def target_modules(model: nn.Module, part: Part, *, conv: bool) -> list[str]:
     """Exact module paths Kohya adapts: conv=False the Standard set, conv=True LoCon's extra 3x3 convolutions."""
-    if part == "text_encoder":
+    if part in ("text_encoder", "text_encoder_2"):
         containers: tuple[type, ...] = (CLIPAttention, CLIPMLP)
     elif conv:
         containers = (ResnetBlock2D, Downsample2D, Upsample2D)
@@ -157,7 +198,25 @@ def target_modules(model: nn.Module, part: Part, *, conv: bool) -> list[str]:
     return found
 
 
-def kohya_name(part: Part, path: str) -> str:
+def resnet_linears(model: nn.Module) -> list[str]:
+    """The Linear and 1x1 Conv2d children of the UNet's ResnetBlock2D/Downsample2D/Upsample2D (SDXL LoCon's extra
+    network_dim modules: time_emb_proj, conv_shortcut)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (ResnetBlock2D, Downsample2D, Upsample2D)):
+            for child_name, child in module.named_modules():
+                one = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
+                if child_name and (isinstance(child, nn.Linear) or one):
+                    found.append(f"{name}.{child_name}")
+    return found
+
+
+def kohya_name(part: Part, path: str, *, family: str = "sd15", unet: nn.Module | None = None) -> str:
+    """The Kohya module name of our module `path` in `part`; SDXL names come from model.sdxl_names (`unet`: the
+    UNet whose config gives the block layout; None = SDXL base's)."""
+    if family == "sdxl":
+        layout = sdxl_names.UNetLayout.of(unet.config) if unet is not None else sdxl_names.SDXL_BASE
+        return sdxl_names.kohya_name(part, path, layout)
     if part == "text_encoder" and not path.startswith("text_model."):
         # transformers >= 5.6 flattened CLIPTextModel; Kohya's names keep the text_model level
         path = "text_model." + path

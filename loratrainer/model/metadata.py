@@ -2,6 +2,13 @@
 
 A1111's and ComfyUI's LoRA browsers read these (tag frequency especially); names and value formats follow
 Kohya's train_network.py (every value a string: str() of Python values, JSON for nested ones).
+
+SDXL (ModelInfo.family "sdxl") as sd-scripts' sdxl_train_network.py writes it: ss_base_model_version
+"sdxl_base_v1-0" (library/sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0), modelspec.architecture
+"stable-diffusion-xl-v1-base/lora" and modelspec.implementation Stability AI's generative-models
+(library/sai_model_spec.py: determine_architecture / determine_implementation for lora and sdxl), plus the keys
+train_network.py writes that only SDXL training sets here (ss_zero_terminal_snr, ss_fp8_base); a separate text
+encoder 2 rate makes ss_text_encoder_lr the list sd-scripts records for --text_encoder_lr A B.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from loratrainer.config import LYCORIS_TYPES, TrainingConfig
 from loratrainer.model.lycoris import network_args
 
 MODELSPEC_VERSION = "1.0.1"
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}  # ss_base_model_version
+ARCHITECTURE = {"sd15": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}  # modelspec.architecture + "/lora"
+IMPLEMENTATION = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class ModelInfo:
     hash: str = ""  # ss_sd_model_hash: A1111's legacy hash of the file (SD15Components.model_hash)
     new_hash: str = ""  # ss_new_sd_model_hash: sha256 of the whole file, when someone computed it
     vae_name: str = ""
+    family: str = "sd15"  # the loaded components' family (components.family): "sd15" or "sdxl"
 
 
 def build_metadata(
@@ -69,7 +80,8 @@ def build_metadata(
     session_id: int | None = None,
 ) -> dict[str, str]:
     """All metadata of one saved file (the sshs_* hashes are added by saving.save_lora)."""
-    return {**_kohya_keys(config, progress, dataset, model, optimizer_name, session_id), **_modelspec(config, progress)}
+    return {**_kohya_keys(config, progress, dataset, model, optimizer_name, session_id),
+            **_modelspec(config, progress, model.family)}
 
 
 def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) -> dict[str, str]:
@@ -105,7 +117,7 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_full_fp16": prec.full_fp16,
         "ss_full_bf16": prec.full_bf16,
         "ss_v2": False,
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": BASE_MODEL_VERSION[model.family],
         "ss_v_parameterization": config.model.v_parameterization,
         "ss_clip_skip": config.model.clip_skip,
         "ss_max_token_length": config.model.max_token_length,
@@ -147,6 +159,11 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         meta["ss_network_args"] = json.dumps({"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)})
     elif net.lora_type in LYCORIS_TYPES:  # what sd-scripts records for --network_module lycoris.kohya
         meta["ss_network_args"] = json.dumps(network_args(net))
+    if model.family == "sdxl":
+        meta["ss_zero_terminal_snr"] = config.noise.zero_terminal_snr
+        meta["ss_fp8_base"] = prec.fp8_base
+        if opt.text_encoder_2_lr is not None:  # sd-scripts records --text_encoder_lr A B as the list
+            meta["ss_text_encoder_lr"] = [config.effective_text_encoder_lr, opt.text_encoder_2_lr]
     if model.hash:
         meta["ss_sd_model_hash"] = model.hash
     if model.new_hash:
@@ -156,14 +173,14 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
     return {k: str(v) for k, v in meta.items()}
 
 
-def _modelspec(config: TrainingConfig, progress: TrainingProgress) -> dict[str, str]:
-    """SAI ModelSpec (github.com/Stability-AI/ModelSpec) as Kohya writes it for an SD1 LoRA."""
+def _modelspec(config: TrainingConfig, progress: TrainingProgress, family: str = "sd15") -> dict[str, str]:
+    """SAI ModelSpec (github.com/Stability-AI/ModelSpec) as Kohya writes it for an SD1 or SDXL LoRA."""
     md = config.metadata
     w, h = config.buckets.resolution
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": ARCHITECTURE[family] + "/lora",
+        "modelspec.implementation": IMPLEMENTATION[family],
         "modelspec.title": md.metadata_title or config.folders.output_name,
         "modelspec.resolution": f"{w}x{h}",
         "modelspec.date": datetime.fromtimestamp(progress.started_at, timezone.utc).isoformat(timespec="seconds"),

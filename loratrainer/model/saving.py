@@ -43,15 +43,16 @@ def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
 def _module_name(key: str) -> str:
     # Kohya keys (lora_unet_x.lora_down.weight, lora_unet_x.hada_w1_a, lora_unet_x.alpha) -> lora_unet_x;
     # peft keys (down_blocks.0...to_q.lora_A.weight) -> the module path
-    if key.startswith(("lora_unet_", "lora_te_")):
+    if key.startswith(("lora_unet_", "lora_te")):  # lora_te_ (SD1.5), lora_te1_/lora_te2_ (SDXL)
         return key.split(".", 1)[0]
     return key.rsplit(".lora_", 1)[0]
 
 
 def save_diffusers_lora(folder: str | Path, handle, *, save_dtype: torch.dtype = torch.float32) -> Path:
     """The same adapters in diffusers/peft format (folder/pytorch_lora_weights.safetensors, with the LoRA config
-    as adapter metadata so ranks and alphas survive), for pipe.load_lora_weights(folder)."""
-    from diffusers import StableDiffusionPipeline
+    as adapter metadata so ranks and alphas survive), for pipe.load_lora_weights(folder); SDXL handles are saved
+    with StableDiffusionXLPipeline (text_encoder_2_lora_layers too)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs = {}
     for part in handle.parts():
@@ -60,7 +61,8 @@ def save_diffusers_lora(folder: str | Path, handle, *, save_dtype: torch.dtype =
         kwargs[f"{part}_lora_layers"] = {k: v.to(save_dtype) for k, v in state.items()}
         kwargs[f"{part}_lora_adapter_metadata"] = handle.configs[part].to_dict()
     folder = Path(folder)
-    StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
+    pipeline = StableDiffusionXLPipeline if handle.family == "sdxl" else StableDiffusionPipeline
+    pipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
     return folder
 
 
@@ -76,7 +78,7 @@ def _peft_state(handle, part) -> dict[str, torch.Tensor]:
             continue
         module = model.get_submodule(info.path)
         path = info.path
-        if part == "text_encoder" and not path.startswith("text_model."):
+        if part in ("text_encoder", "text_encoder_2") and not path.startswith("text_model."):
             path = "text_model." + path
         out[f"{path}.lora_A.weight"] = module.lora_A[ADAPTER].weight.detach().cpu()
         out[f"{path}.lora_B.weight"] = module.lora_B[ADAPTER].weight.detach().cpu()
