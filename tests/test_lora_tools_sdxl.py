@@ -236,3 +236,41 @@ def test_merge_and_resize_keep_sdxl_names_and_metadata(files, tmp_path):
         report = inspect_lora(path)
         assert report.family == "sdxl" and report.problems == []
         assert report.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+# -- the tiny SDXL of tests/tiny_sdxl.py: the same weights as a single file and as a diffusers folder -------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.tiny_sdxl import save_tiny_sdxl_diffusers, save_tiny_sdxl_single_file
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    return save_tiny_sdxl_single_file(root / "tiny-xl.safetensors", seed=3), save_tiny_sdxl_diffusers(root / "tiny-xl", seed=3)
+
+
+def test_a_single_file_and_its_diffusers_folder_name_the_same_weights_alike(tiny):
+    # the single file's names (original layout, te2's fused q/k/v cut in three) and the folder's (the trainer's own
+    # model.sdxl_names) must pick the same tensor for every module a LoRA adapts
+    from loratrainer.tools.model_weights import ModelWeights
+
+    single, folder = ModelWeights(tiny[0]), ModelWeights(tiny[1])
+    targets = single.targets(conv=False)
+    assert {n for _, n, _ in targets} == {n for _, n, _ in folder.targets(conv=False)}
+    assert any(n.startswith("lora_te2_") and n.endswith("_k_proj") for _, n, _ in targets)
+    for _, name, shape in targets:
+        assert torch.equal(single.weight(name, shape), folder.weight(name, shape)), name
+
+
+def test_the_trainers_module_set_is_what_the_tools_find(tiny):
+    # Standard LoRA's targets the tools find in the single file are exactly the modules the trainer injects into
+    # (model.lora.target_modules on the tiny SDXL, named by model.lora.kohya_name)
+    from loratrainer.model.lora import kohya_name, target_modules
+    from loratrainer.tools.model_weights import ModelWeights
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    c = build_tiny_sdxl(seed=3)
+    trainer = {kohya_name(part, path, family="sdxl", unet=c.unet)
+               for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder), ("text_encoder_2", c.text_encoder_2))
+               for path in target_modules(model, part, conv=False)}
+    assert {n for _, n, _ in ModelWeights(tiny[0]).targets(conv=False)} == trainer

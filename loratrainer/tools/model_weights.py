@@ -91,6 +91,14 @@ def meta_models(config_dir: Path):
     return {"unet": unet, "text_encoder": te}
 
 
+def _read_config(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "layers_per_block" in data and "up_block_types" in data else None
+
+
 class ModelWeights:
     """An SD1.5 or SDXL model (single file or diffusers folder): `weight(kohya_name)` reads one module's weight.
     SDXL's names and its second text encoder's fused q/k/v are tools/sdxl_names'."""
@@ -109,6 +117,7 @@ class ModelWeights:
             self.config_dir = self.path
             self.family = "sdxl" if (self.path / "text_encoder_2").is_dir() else "sd1"
             self.parts = SDXL_PARTS if self.family == "sdxl" else PARTS
+            self._unet_config = _read_config(self.path / "unet" / "config.json") if self.family == "sdxl" else None
             self.files: dict[str, list[TensorFile]] = {}
             for part in self.parts:
                 self.files[part] = [TensorFile(p) for p in component_files(self.path / part, part)]
@@ -137,7 +146,7 @@ class ModelWeights:
         if self.family == "sdxl":
             from loratrainer.tools.sdxl_names import kohya_name_of_folder_key
 
-            return kohya_name_of_folder_key(part, key)
+            return kohya_name_of_folder_key(part, key, self._unet_config)
         from loratrainer.model.lora import kohya_name
 
         return kohya_name(part, key[: -len(".weight")]) if key.endswith(".weight") else None

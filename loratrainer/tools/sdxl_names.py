@@ -9,9 +9,9 @@ fused `attn.in_proj_weight` [3 x 1280, 1280] and whose MLP is `mlp.c_fc` / `mlp.
 library/sdxl_model_util.py (convert_sdxl_text_encoder_2_checkpoint) maps them to transformers' q_proj, k_proj,
 v_proj (rows 0-1279, 1280-2559, 2560-3839), out_proj, fc1 and fc2, the names the LoRA uses.
 
-A diffusers SDXL folder names the UNet diffusers' way (`down_blocks.1.attentions.0...`): its attention blocks are
-renamed to the original ones as sd-scripts' make_unet_conversion_map does (library/sdxl_model_util.py); inside a
-transformer block the names are the same. text_encoder/ and text_encoder_2/ are transformers' CLIP layout.
+A diffusers SDXL folder names the UNet diffusers' way (`down_blocks.1.attentions.0...` is `input_blocks.4.1...`):
+its keys are named by the trainer's own mapping (model.sdxl_names, the one place our diffusers paths become
+sd-scripts' names); text_encoder/ and text_encoder_2/ are transformers' CLIP layout.
 """
 
 from __future__ import annotations
@@ -81,39 +81,18 @@ def lora_targets_of_single_file(keys) -> list[str]:
     return names
 
 
-def _attention_prefixes() -> list[tuple[str, str]]:
-    """(diffusers prefix, original prefix) of SDXL's attention blocks (sd-scripts make_unet_conversion_map)."""
-    out = [("mid_block.attentions.0.", "middle_block.1.")]
-    for i in range(3):
-        for j in range(2):
-            out.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{3 * i + j + 1}.1."))
-        for j in range(3):
-            out.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{3 * i + j}.1."))
-    return out
+def kohya_name_of_folder_key(part: str, key: str, unet_config: dict | None = None) -> str | None:
+    """A diffusers SDXL folder's weight key (unet/, text_encoder/, text_encoder_2/) -> its Kohya SDXL name, by the
+    trainer's own mapping (model.sdxl_names, diffusers' conversion in reverse) with the folder's UNet layout."""
+    from loratrainer.model.sdxl_names import SDXL_BASE, UNetLayout, kohya_name
 
-
-_ATTENTION_PREFIXES = _attention_prefixes()
-
-
-def original_unet_path(diffusers_path: str) -> str | None:
-    """A diffusers SDXL UNet module path inside an attention block -> the original (sd-scripts) path, else None."""
-    for hf, sd in _ATTENTION_PREFIXES:
-        if diffusers_path.startswith(hf):
-            return sd + diffusers_path[len(hf):]
-    return None
-
-
-def kohya_name_of_folder_key(part: str, key: str) -> str | None:
-    """A diffusers SDXL folder's weight key (unet/, text_encoder/, text_encoder_2/) -> its Kohya SDXL name."""
     if not key.endswith(".weight"):
         return None
-    path = key[: -len(".weight")]
-    if part == "unet":
-        original = original_unet_path(path)
-        return None if original is None else "lora_unet_" + original.replace(".", "_")
-    prefix = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[part]
-    path = path if path.startswith("text_model.") else "text_model." + path
-    return prefix + path.replace(".", "_")
+    layout = UNetLayout.of(unet_config) if unet_config else SDXL_BASE
+    try:
+        return kohya_name(part, key[: -len(".weight")], layout)
+    except KeyError:
+        return None  # a UNet key with no place in the original layout: not a module a LoRA names
 
 
 def is_lora_target(name: str) -> bool:
