@@ -101,3 +101,14 @@ def test_the_bucket_step_rule_follows_the_family(tmp_path, family, steps, refuse
                                             "max_resolution": "64,64", "min_bucket_reso": 64})
     errors = [p for p in check_dataset(config).problems if p.severity == "error"]
     assert any("bucket_reso_steps" in str(p.message) for p in errors) == refused
+
+
+@pytest.mark.parametrize("model, code", [("sdxl", 0), ("sd15", 1)])
+def test_loratrainer_check_applies_the_bucket_rule_of_the_models_family(tmp_path, models, model, code, capsys):
+    from loratrainer.cli import main
+
+    data = make_dataset(tmp_path / "img", {"2_thing": 1})
+    argv = ["check", str(data), "--set", f"pretrained_model_name_or_path={models[model]}", "--set", "bucket_reso_steps=32",
+            "--set", "max_resolution=64,64", "--set", "min_bucket_reso=64"]
+    assert main(argv) == code
+    assert ("multiple of 64" in capsys.readouterr().out) == (code != 0)  # exit 1: the dataset check refused
