@@ -5,7 +5,8 @@ choosing a model: the SDXL defaults are a button the user presses, and the note 
 
 from __future__ import annotations
 
-# sd-scripts trains SD1.5 at 512 and SDXL at 1024 (docs/train_SDXL-en.md: "1024x1024 is recommended"); the bucket
+# sd-scripts trains SD1.5 at 512 and SDXL at 1024 (kohya-ss/sd-scripts, its SDXL training notes: "The default
+# resolution of SDXL is 1024x1024"); the bucket
 # range is the Kohya GUI's on-screen one (min 256, max 2048) for both, which its SDXL presets keep too
 FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "sd15": {"buckets.max_resolution": "512,512", "buckets.min_bucket_reso": 256, "buckets.max_bucket_reso": 2048},
