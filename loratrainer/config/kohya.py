@@ -5,8 +5,8 @@ keys they change. docs/kohya-compat.md section 3 says what the Kohya GUI (kohya_
 kohya_gui/common_gui.py) and sd-scripts (train_network.py, library/train_util.py) do with each key; this module
 does the same, or refuses the file in one sentence:
 
-- refused first, naming the key that says so: another model family (sdxl, *_checkbox, v2, a Flux/Lumina/Anima/
-  HunyuanImage LoRA_type), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
+- refused first, naming the key that says so: another model family (sd3/flux1/... *_checkbox, v2, a Flux/Lumina/
+  Anima/HunyuanImage LoRA_type; `sdxl` is ours: config/kohya_sdxl.py), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
   LoRA_type we do not train (table LORA_TYPES: LyCORIS and other network kinds; LoCon, LoHa and LoKr are trained);
 - learning rates by the Kohya GUI's rules (`_learning_rates`), argument strings split as the Kohya GUI splits
   them, additional_parameters mapped flag by flag, empty values as the Kohya GUI reads them (table EMPTY_VALUES);
@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
