@@ -38,10 +38,10 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Inside config/ each module imports only those before it here; the package's __init__ re-exports schema, fields
 # and files, so `from loratrainer.config import X` is the schema's surface and the modules inside never use it.
-CONFIG_ORDER = ["optimizer_table", "foreign_paths", "schema", "fields", "files", "kohya_gui_keys", "kohya", "presets"]
+CONFIG_ORDER = ["optimizer_table", "foreign_paths", "schema", "fields", "files", "kohya_gui_keys", "kohya_report", "kohya_sdxl", "kohya", "presets"]
 CONFIG_REEXPORTED = {"schema", "fields", "files"}
 # The Kohya GUI import/export and presets: what the user loads from the GUI or the CLI, nothing else needs them.
-CONFIG_FRONT = {"kohya", "kohya_gui_keys", "presets"}
+CONFIG_FRONT = {"kohya", "kohya_gui_keys", "kohya_report", "kohya_sdxl", "presets"}
 CONFIG_FRONT_USERS = {"config", "gui", "cli"}
 # What of model/ the launcher and the GUI may use: error types and the model-family check from a file's header
 # (launch.input_checks, tools.outputs); no torch at import.

@@ -218,12 +218,22 @@ def test_import_kohya_config_reports_what_was_ignored(page):
 
 def test_load_dialog_refuses_another_model_family_naming_family_and_key(page):
     h = page.handlers["training"]
-    fixture = Path(__file__).parent / "fixtures" / "kohya_ss" / "presets" / "lora" / "SDXL - LoRA AI_Now ADamW v1.0.json"
+    fixture = Path(__file__).parent / "fixtures" / "kohya_ss" / "presets" / "lora" / "flux1D - adamw8bit fp8.json"
     before = form(page, config_path=str(fixture), config_upload=None)
     out = h.load_file(before)
     message = out[page.named["config_message"]]
-    assert "Stable Diffusion XL" in message and "sdxl = true" in message
+    assert "FLUX.1" in message and "flux1_checkbox = true" in message
     assert set(out) == {page.named["config_message"]}  # the form keeps what it had
+
+
+def test_load_dialog_takes_a_kohya_sdxl_config_as_sdxl(page):
+    h = page.handlers["training"]
+    fixture = Path(__file__).parent / "fixtures" / "kohya_ss" / "presets" / "lora" / "SDXL - LoRA AI_Now ADamW v1.0.json"
+    out = h.load_file(form(page, config_path=str(fixture), config_upload=None))
+    assert "model family 'sdxl'" in out[page.named["config_message"]]
+    values = by_path(page, out)
+    assert values["model.model_family"] == "sdxl" and values["precision.no_half_vae"] is True
+    assert values["buckets.max_resolution"] == "1024,1024"
 
 
 def test_save_and_load_our_json_with_backup(page, tmp_path):

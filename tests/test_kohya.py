@@ -18,7 +18,7 @@ FIXTURES = [ROOT / rel for rel in IMPORTED] + [
     Path(__file__).parent / "fixtures" / "kohya-presets" / name for name in ("saved-locon-AdamW8bit.json", "sd15-EDG_LoraOptiSettings.json")
 ]
 DEFAULTS = TrainingConfig()
-KOHYA_NAMES = {"LoRA_type": "lora_type", "xformers": "attention"}  # Kohya keys we spell differently
+KOHYA_NAMES = {"LoRA_type": "lora_type", "xformers": "attention", "sdxl_no_half_vae": "no_half_vae", "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs"}  # Kohya keys we spell differently
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def test_reliability_row_15_older_preset() -> None:
 @pytest.mark.parametrize(
     "key, value, kind",
     [
-        ("sdxl_cache_text_encoder_outputs", True, "ignored"),
+        ("sdxl_cache_text_encoder_outputs", True, "migrated"),  # kept; applies when the model is SDXL
         ("t5xxl", "/m/t5.safetensors", "ignored"),
         ("flux1_checkbox", False, "ignored"),
         ("sd3_text_encoder_batch_size", 1, "ignored"),

@@ -34,9 +34,6 @@ def refusal(data: dict[str, Any], source: str = "x.json") -> str:
 @pytest.mark.parametrize(
     "data, family, key",
     [
-        ({"sdxl": True, **LORA}, "Stable Diffusion XL", "sdxl"),
-        ({"sdxl": "true", **LORA}, "Stable Diffusion XL", "sdxl"),
-        ({"sdxl_checkbox": True, "learning_rate": 1e-5}, "Stable Diffusion XL", "sdxl_checkbox"),
         ({"sd3_checkbox": True, **LORA}, "Stable Diffusion 3", "sd3_checkbox"),
         ({"flux1_checkbox": True, **LORA}, "FLUX.1", "flux1_checkbox"),
         ({"v2": True, "v_parameterization": True, **LORA}, "Stable Diffusion 2", "v2"),
@@ -51,13 +48,50 @@ def refusal(data: dict[str, Any], source: str = "x.json") -> str:
 )
 def test_another_model_family_is_refused_naming_family_and_key(data, family: str, key: str, tmp_path, capsys) -> None:
     message = refusal(data)
-    assert family in message and f"({key} = " in message and "1.5" in message
+    assert family in message and f"({key} = " in message and "1.5 and SDXL" in message
     source = tmp_path / "file.json"
     source.write_text(json.dumps(data))
     assert main(["preset", "import-kohya", str(source), "-o", str(tmp_path / "out.json")]) == 2
     first = capsys.readouterr().err.splitlines()[0]
     assert family in first and key in first
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("value", [True, "true"])
+def test_sdxl_true_is_an_sdxl_config(value) -> None:
+    # kohya_gui/lora_gui.py train_model: sdxl -> sdxl_train_network.py, no_half_vae and cache_text_encoder_outputs
+    config, report = import_kohya({"sdxl": value, "sdxl_no_half_vae": True, "sdxl_cache_text_encoder_outputs": True, "fp8_base": True, **LORA})
+    assert config.model.model_family == "sdxl"
+    assert config.precision.no_half_vae and config.precision.cache_text_encoder_outputs and config.precision.fp8_base
+    assert "sdxl" in report.keys("migrated")
+
+
+def test_sdxl_false_leaves_the_family_to_the_model_and_keeps_sdxl_options_with_a_note() -> None:
+    config, report = import_kohya({"sdxl": False, "sdxl_no_half_vae": True, **LORA})
+    assert config.model.model_family == "auto" and config.precision.no_half_vae
+    assert "sdxl_no_half_vae" in report.keys("migrated") and "sdxl" in report.keys("ignored")
+
+
+def test_the_fine_tune_tabs_sdxl_checkbox_is_refused_as_that_tab() -> None:
+    assert "fine-tune or DreamBooth config (sdxl_checkbox is set)" in refusal({"sdxl_checkbox": True, "learning_rate": 1e-5})
+
+
+def test_two_text_encoder_rates_in_additional_parameters_and_back() -> None:
+    config, report = import_kohya({"sdxl": True, **LORA, "learning_rate": 1e-4, "additional_parameters": "--text_encoder_lr 5e-5 1e-5 --zero_terminal_snr"})
+    assert config.optimizer.text_encoder_lr == 5e-5 and config.optimizer.text_encoder_2_lr == 1e-5
+    assert config.noise.zero_terminal_snr is True and report.unsupported == []
+    exported, export_report = export_kohya(config)
+    assert exported["sdxl"] is True and "--text_encoder_lr 5e-05 1e-05" in exported["additional_parameters"]
+    assert "--zero_terminal_snr" in exported["additional_parameters"] and export_report.unsupported == []
+    again, _ = import_kohya(json.loads(kohya_to_json(exported)))
+    assert again.optimizer.text_encoder_2_lr == 1e-5 and again.noise.zero_terminal_snr and again.model.model_family == "sdxl"
+
+
+def test_one_text_encoder_rate_trains_both_sdxl_encoders() -> None:
+    # train_model: text_encoder_lr_list = [text_encoder_lr, text_encoder_lr]
+    config, _ = import_kohya({"sdxl": True, **LORA, "text_encoder_lr": 3e-5, "unet_lr": 1e-4})
+    assert config.optimizer.text_encoder_lr == 3e-5 and config.optimizer.text_encoder_2_lr is None
+    assert "--text_encoder_lr" not in export_kohya(config)[0]["additional_parameters"]
 
 
 def test_sd15_v_prediction_stays_supported() -> None:
@@ -371,6 +405,13 @@ def test_bucket_steps_sd_scripts_refuses_are_reported_at_import(steps: int, buck
     assert ("bucket_reso_steps" in report.keys("problems")) == reported
 
 
+@pytest.mark.parametrize("steps, reported", [(1, True), (16, True), (32, False), (64, False)])
+def test_sdxl_bucket_steps_follow_sdxl_train_network(steps: int, reported: bool) -> None:
+    # sdxl_train_network.py: verify_bucket_reso_steps(32)
+    _, report = import_kohya({**LORA, "sdxl": True, "bucket_reso_steps": steps, "enable_bucket": True})
+    assert ("bucket_reso_steps" in report.keys("problems")) == reported
+
+
 # -- export --------------------------------------------------------------------------------------------------
 
 
@@ -431,10 +472,10 @@ def test_refusals_are_said_in_korean_too() -> None:
     from loratrainer.gui.i18n import Translator
 
     with pytest.raises(KohyaRefused) as info:
-        import_kohya({"sdxl": True, **LORA}, "x.json")
+        import_kohya({"sd3_checkbox": True, **LORA}, "x.json")
     assert isinstance(info.value.msg, Msg)
     korean = Translator("ko").error_text(info.value)
-    assert "Stable Diffusion XL" in korean and "sdxl" in korean and "1.5 LoRA만" in korean
+    assert "Stable Diffusion 3" in korean and "sd3_checkbox" in korean and "SDXL LoRA만" in korean
 
 
 def test_train_set_applies_before_the_file_is_checked(tmp_path, capsys) -> None:

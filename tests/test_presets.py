@@ -61,6 +61,46 @@ def test_presets_do_what_their_description_promises(name: str, promises: dict) -
     assert {k: get_value(config, k) for k in promises} == promises
 
 
+def test_the_three_sdxl_presets_are_shipped_for_sdxl() -> None:
+    stems = {p.stem for p in SHIPPED}
+    assert {"sdxl-character", "sdxl-style", "sdxl-low-vram"} <= stems
+    for stem in ("sdxl-character", "sdxl-style", "sdxl-low-vram"):
+        config = load_preset(stem)
+        # the model must be SDXL (the launcher refuses another family) and it trains at SDXL's size
+        assert config.model.model_family == "sdxl" and config.buckets.resolution == (1024, 1024)
+        assert (config.buckets.min_bucket_reso, config.buckets.max_bucket_reso) == (256, 2048)
+        assert config.buckets.bucket_reso_steps % 32 == 0  # sdxl_train_network.py verify_bucket_reso_steps(32)
+        # the savings every SDXL preset relies on (sd-scripts' SDXL LoRA recipes)
+        assert config.precision.gradient_checkpointing and config.caches_latents
+        assert config.precision.no_half_vae  # SDXL's own VAE overflows in fp16 (black latents)
+    for stem in ("sd15-character", "sd15-style", "sd15-low-vram"):
+        assert load_preset(stem).model.model_family == "auto"  # the SD1.5 presets are unchanged
+
+
+@pytest.mark.parametrize(
+    "name, promises",
+    [
+        ("sdxl-low-vram", {"train_batch_size": 1, "fp8_base": True, "text_encoder_lr": 0.0, "cache_text_encoder_outputs": True,
+                           "optimizer": "Adafactor", "mixed_precision": "fp16", "network_dim": 16}),
+        ("sdxl-style", {"mixed_precision": "bf16", "full_bf16": True, "text_encoder_lr": 0.0, "cache_text_encoder_outputs": True,
+                        "flip_aug": True, "shuffle_caption": False}),
+        ("sdxl-character", {"mixed_precision": "bf16", "optimizer": "AdamW8bit", "flip_aug": False, "keep_tokens": 1, "cache_text_encoder_outputs": False}),
+    ],
+)
+def test_sdxl_presets_do_what_their_description_promises(name: str, promises: dict) -> None:
+    config = load_preset(name)
+    assert {k: get_value(config, k) for k in promises} == promises
+
+
+@pytest.mark.parametrize("stem", ["sdxl-style", "sdxl-low-vram"])
+def test_cached_text_encoder_outputs_only_where_sd_scripts_allows_them(stem: str) -> None:
+    # sdxl_train_network.py assert_extra_args: cached TE outputs need network_train_unet_only, and captions that do
+    # not change between epochs (no shuffle, no dropout)
+    config = load_preset(stem)
+    assert not config.trains_text_encoder
+    assert not config.dataset.shuffle_caption and config.dataset.caption_dropout_rate == 0
+
+
 def test_character_preset_trains_the_text_encoder_slower_than_the_unet() -> None:
     config = load_preset("SD1.5 character or face")  # by display name
     assert 0 < config.effective_text_encoder_lr < config.effective_unet_lr

@@ -90,8 +90,8 @@ def files(tmp_path_factory):
 @pytest.mark.parametrize("values,code,words", [
     ({"model.vae": "{text}"}, "inputs.not_a_model", "VAE: {text} is not a model file"),
     ({"model.vae": "{root}/missing.safetensors"}, "inputs.missing", "does not exist"),
-    ({"model.vae": "{lora}"}, "inputs.wrong_family", "is a LoRA file, not an SD1.5 VAE"),
-    ({"model.pretrained_model_name_or_path": "{lora}"}, "inputs.wrong_family", "is a LoRA file, not an SD1.5 model"),
+    ({"model.vae": "{lora}"}, "inputs.wrong_family", "is a LoRA file, not a VAE"),
+    ({"model.pretrained_model_name_or_path": "{lora}"}, "inputs.wrong_family", "is a LoRA file, not an SD1.5 or SDXL model"),
     ({"model.pretrained_model_name_or_path": "{root}/nowhere.ckpt"}, "inputs.missing", "does not exist"),
     ({"model.pretrained_model_name_or_path": "{root}"}, "inputs.not_diffusers", "not a diffusers model"),
     ({"network.network_weights": "{single}"}, "inputs.wrong_family", "is an SD1.5 model, not a LoRA file"),

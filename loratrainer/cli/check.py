@@ -39,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from loratrainer.data.check import check_dataset
+    from loratrainer.launch.input_checks import resolve_model_family
 
-    config = _config(args)
+    config = resolve_model_family(_config(args))[0]  # the bucket rule of the model's family, as Start applies it
     report = check_dataset(config, args.num_processes)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))

@@ -5,8 +5,8 @@ keys they change. docs/kohya-compat.md section 3 says what the Kohya GUI (kohya_
 kohya_gui/common_gui.py) and sd-scripts (train_network.py, library/train_util.py) do with each key; this module
 does the same, or refuses the file in one sentence:
 
-- refused first, naming the key that says so: another model family (sdxl, *_checkbox, v2, a Flux/Lumina/Anima/
-  HunyuanImage LoRA_type), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
+- refused first, naming the key that says so: another model family (sd3/flux1/... *_checkbox, v2, a Flux/Lumina/
+  Anima/HunyuanImage LoRA_type; `sdxl` is ours: config/kohya_sdxl.py), not a LoRA config (DreamBooth, fine-tune, textual inversion, no settings at all), a
   LoRA_type we do not train (table LORA_TYPES: LyCORIS and other network kinds; LoCon, LoHa and LoKr are trained);
 - learning rates by the Kohya GUI's rules (`_learning_rates`), argument strings split as the Kohya GUI splits
   them, additional_parameters mapped flag by flag, empty values as the Kohya GUI reads them (table EMPTY_VALUES);
@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,6 +29,8 @@ from loratrainer.config.fields import FieldSpec, field_specs, get_value
 from loratrainer.config.files import ConfigError
 from loratrainer.config.foreign_paths import foreign_paths
 from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
+from loratrainer.config.kohya_sdxl import SDXL_RENAMED, FLAG_ONLY, export_sdxl_keys, import_sdxl_keys, import_te_rates_flag
+from loratrainer.config.kohya_report import _MAX_STEPS_NOTE, SECTIONS, ImportReport, ReportItem  # noqa: F401  (re-exported)
 from loratrainer.config.schema import GROUPS, TrainingConfig
 from loratrainer.messages import Msg, define
 
@@ -40,10 +41,10 @@ _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 EXTRA_LAUNCH_FLAGS = {"machine_rank": "--machine_rank", "main_process_ip": "--main_process_ip", "rdzv_backend": "--rdzv_backend"}
 _EXTRA_ARGS_KEY = "extra_accelerate_launch_args"
 # Our settings Kohya spells differently (handled by migrations) or does not have at all.
-_RENAMED = {"lora_type": "LoRA_type", "attention": "xformers", **{name: _EXTRA_ARGS_KEY for name in EXTRA_LAUNCH_FLAGS}}
+_RENAMED = {"lora_type": "LoRA_type", "attention": "xformers", **{name: _EXTRA_ARGS_KEY for name in EXTRA_LAUNCH_FLAGS}, **SDXL_RENAMED}
 OURS_ONLY = frozenset(
     {"undersized_images", "alpha_background", "existing_output", "save_diffusers_format", "sample_at_first", "metadata_trigger_phrase",
-     "channels_last"}
+     "channels_last", "text_encoder_2_lr"}  # text_encoder_2_lr: sd-scripts' --text_encoder_lr A B (kohya_sdxl)
 )
 # Leaf names that are read straight from a Kohya key of the same name.
 DIRECT_KEYS = frozenset(set(_SPECS) - set(_RENAMED))
@@ -75,10 +76,9 @@ _LYCORIS_KEYS = ("factor", "decompose_both", "use_tucker", "rank_dropout", "modu
 _LYCORIS_REFUSED = ("use_scalar", "train_norm", "dora_wd", "bypass_mode", "rank_dropout_scale")
 # LoRA_types that exist only for another model family (kohya_gui/lora_gui.py train_model).
 _FAMILY_LORA_TYPES = {"Flux1": "FLUX.1", "Flux1 OFT": "FLUX.1", "Anima": "Anima", "Lumina": "Lumina Image 2.0", "HunyuanImage-2.1": "HunyuanImage-2.1"}
-# Keys that switch the Kohya GUI to another trainer script (train_model: sdxl_train_network.py, flux_..., ...).
+# Keys that switch the Kohya GUI to another trainer script (train_model: flux_..., sd3_..., ...); `sdxl` is ours
+# (kohya_sdxl), `sdxl_checkbox` is the fine-tune and DreamBooth tabs' name for it (refused as those tabs).
 _FAMILY_FLAGS = (
-    ("sdxl", "Stable Diffusion XL"),
-    ("sdxl_checkbox", "Stable Diffusion XL"),  # the fine-tune tab's name for it
     ("sd3_checkbox", "Stable Diffusion 3"),
     ("flux1_checkbox", "FLUX.1"),
     ("hunyuan_image_checkbox", "HunyuanImage-2.1"),
@@ -133,7 +133,6 @@ _INERT_DEFAULTS: dict[str, tuple[Any, ...] | None] = {
 }
 # Keys that could carry secrets: never echoed into a report.
 _SECRET_KEYS = frozenset({"huggingface_token", "wandb_api_key"})
-_MAX_STEPS_NOTE = "max_train_steps (0 = use epochs; the Kohya GUI's on-screen default is 1600)"
 
 _REFUSE = object()
 # What an empty string ("") means per key, as the Kohya GUI at HEAD turns it into a run (docs/kohya-compat.md
@@ -222,17 +221,6 @@ EMPTY_VALUES: dict[str, Any] = {
 
 
 define({
-    "kohya.read_as_kohya": "Read {source} as a Kohya GUI config.",
-    "kohya.read_as_ours": "Read {source} as a loratrainer config.",
-    "kohya.section.problems": "MUST BE CHANGED BEFORE TRAINING (Start refuses these)",
-    "kohya.section.unsupported": "NOT SUPPORTED (imported differently or left out; check these)",
-    "kohya.section.migrated": "Migrated",
-    "kohya.section.coerced": "Coerced",
-    "kohya.section.defaulted": "Empty, null or not set: replaced",
-    "kohya.section.ignored": "Ignored (no effect)",
-    "kohya.missing": "Not in the file, our defaults used: {keys}",
-    "kohya.max_steps_default": _MAX_STEPS_NOTE,
-    "kohya.hidden": "(hidden)",
     "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
     "kohya.lycoris_refused": "{value}: peft's LoHa/LoKr have no {option} option; trained without it",
     "kohya.lokr_tucker": "{value}: LoKr's Tucker form (lokr_t2) is not supported (ComfyUI cannot apply it); trained without it",
@@ -241,6 +229,8 @@ define({
     "kohya.adam8bit_ignored": "{flag} ignored: optimizer {optimizer} is set",
     "kohya.old_weights_name": "old name of network_weights; empty or superseded",
     "kohya.max_epochs": "{value} -> epoch {epochs} (it overrides epoch in Kohya)",
+    "kohya.epoch_overridden": "{value}: not used, max_train_epochs overrides it",
+    "kohya.rate_flag_override": "{value} -> 0: {flag} in additional_parameters wins (that part is not trained)",
     "kohya.max_epochs_unset": "{value}: not set, epoch is used",
     "kohya.model_format": "{value} is not supported; the LoRA is saved as safetensors",
     "kohya.folder_name_captions": "'.none-use-foldername' kept: no caption files, so each image's caption is its folder name (as in Kohya)",
@@ -260,7 +250,7 @@ define({
         "{value}: Kohya uses either the noise offset or multires noise; exported as Multires, so Kohya will not apply the noise offset"
     ),
     # refusals: the first line of the CLI's error and the GUI's load message
-    "kohya.refused.family": "{source} is a {family} config ({key} = {value}): loratrainer trains Stable Diffusion 1.5 LoRAs only",
+    "kohya.refused.family": "{source} is a {family} config ({key} = {value}): loratrainer trains Stable Diffusion 1.5 and SDXL LoRAs only",
     "kohya.refused.other_tab": "{source} is a Kohya GUI {kind} config ({key} is set), not a LoRA config: loratrainer trains LoRAs only",
     "kohya.refused.empty": "{source} holds no settings at all (an empty JSON object), so it is not a Kohya GUI LoRA config",
     "kohya.refused.nested": "{source} is not a Kohya GUI config: {key} holds an object, and a Kohya GUI config is a flat list of settings ({looks_like})",
@@ -294,65 +284,8 @@ define({
     "kohya.foreign_path": "{value} is a {kind} path, written on another computer: training will not start until it is changed",
     "kohya.alpha_zero": "0 -> 1.0: the Kohya GUI leaves a 0 out of the TOML it gives sd-scripts, which then uses its default alpha 1 (in loratrainer 0 means alpha = rank)",
     "kohya.alpha_zero_export": "0 (alpha = rank) -> {value}: the Kohya GUI would leave a 0 out, and sd-scripts would train at alpha 1",
-    "kohya.reso_steps": "{value} with buckets on: sd-scripts refuses it for SD1.5 (it must be a multiple of 64), and so does Start",
+    "kohya.reso_steps": "{value} with buckets on: sd-scripts refuses it for {family} (it must be a multiple of {step}), and so does Start",
 })
-
-
-@dataclass(frozen=True)
-class ReportItem:
-    key: str
-    message: str  # English
-    msg: Msg | None = field(default=None, compare=False, hash=False)  # the same, coded, for the GUI's languages
-
-    @classmethod
-    def of(cls, key: str, code: str, **params: Any) -> "ReportItem":
-        msg = Msg.of(code, **params)
-        return cls(key, str(msg), msg)
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
-
-    def render(self, say: Callable[[Msg], str] = str) -> str:
-        return f"{self.key}: {say(self.msg) if self.msg is not None else self.message}"
-
-
-SECTIONS = ("problems", "unsupported", "migrated", "coerced", "defaulted", "ignored")
-
-
-@dataclass
-class ImportReport:
-    """What a conversion did with each key that was not taken over unchanged."""
-
-    source: str = ""
-    format: str = "loratrainer"  # "loratrainer" | "kohya"
-    problems: list[ReportItem] = field(default_factory=list)  # imported, but Start refuses them until changed
-    coerced: list[ReportItem] = field(default_factory=list)
-    migrated: list[ReportItem] = field(default_factory=list)
-    defaulted: list[ReportItem] = field(default_factory=list)
-    unsupported: list[ReportItem] = field(default_factory=list)
-    ignored: list[ReportItem] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # our settings the file did not mention: they take our defaults
-
-    def keys(self, kind: str) -> list[str]:
-        return [item.key for item in getattr(self, kind)]
-
-    def mentions(self, key: str) -> bool:
-        return any(item.key == key for kind in SECTIONS for item in getattr(self, kind))
-
-    def lines(self, say: Callable[[Msg], str] = str) -> list[str]:
-        """Human-readable report, loud items first; `say` renders each coded message (the GUI: in its language)."""
-        out = []
-        if self.source:
-            out.append(say(Msg.of("kohya.read_as_kohya" if self.format == "kohya" else "kohya.read_as_ours", source=self.source)))
-        for kind in SECTIONS:
-            items = getattr(self, kind)
-            if items:
-                out.append(say(Msg.of(f"kohya.section.{kind}")) + ":")
-                out.extend(f"  {item.render(say)}" for item in items)
-        if self.missing:
-            keys = [say(Msg.of("kohya.max_steps_default")) if k == _MAX_STEPS_NOTE else k for k in self.missing]
-            out.append(say(Msg.of("kohya.missing", keys=", ".join(keys))))
-        return out
 
 
 class KohyaRefused(ConfigError):
@@ -427,6 +360,8 @@ def refuse_unless_sd15_lora(data: dict[str, Any], source: str) -> None:
         marker = next((k for k in keys if k in data), None)
         if marker and (tab == "textual inversion" or not has_lora_marker):
             raise KohyaRefused(Msg.of("kohya.refused.other_tab", source=source, kind=tab, key=marker))
+    if _truthy(data.get("sdxl_checkbox")) and not has_lora_marker:
+        raise KohyaRefused(Msg.of("kohya.refused.other_tab", source=source, kind="fine-tune or DreamBooth", key="sdxl_checkbox"))
     if kind not in (None, "") and kind not in LORA_TYPES:
         raise KohyaRefused(Msg.of("kohya.refused.lora_type_unknown", source=source, value=json.dumps(kind)))
     if kind in LORA_TYPES and LORA_TYPES[kind] is None:
@@ -473,8 +408,12 @@ def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str
             report.defaulted.append(ReportItem.of(key, "kohya.rate_missing", value=repr(lr)))
     unet, te = rates.get("unet_lr"), rates.get("text_encoder_lr")
     if "network_train_unet_only" in flags:
+        if te != 0 and "text_encoder_lr" in data:
+            report.migrated.append(ReportItem.of("text_encoder_lr", "kohya.rate_flag_override", value=repr(data["text_encoder_lr"]), flag="--network_train_unet_only"))
         te, unet = 0.0, (None if unet == 0 else unet)
     elif "network_train_text_encoder_only" in flags:
+        if unet != 0 and "unet_lr" in data:
+            report.migrated.append(ReportItem.of("unet_lr", "kohya.rate_flag_override", value=repr(data["unet_lr"]), flag="--network_train_text_encoder_only"))
         unet, te = 0.0, (None if te == 0 else te)
     elif unet == 0 and te == 0:
         unet = te = None
@@ -587,14 +526,17 @@ def _problems(config: TrainingConfig, origin: dict[str, str], report: ImportRepo
         leaf = path.split(".")[1]
         report.problems.append(ReportItem.of(origin.get(leaf, leaf), "kohya.foreign_path", value=repr(paths[path]), kind=kind))
     b = config.buckets
-    if b.enable_bucket and b.bucket_reso_steps % 64:  # train_network.py: verify_bucket_reso_steps(64)
-        report.problems.append(ReportItem.of("bucket_reso_steps", "kohya.reso_steps", value=b.bucket_reso_steps))
+    # train_network.py: verify_bucket_reso_steps(64); sdxl_train_network.py: verify_bucket_reso_steps(32)
+    step, family = (32, "SDXL") if config.model.model_family == "sdxl" else (64, "SD1.5")
+    if b.enable_bucket and b.bucket_reso_steps % step:
+        report.problems.append(ReportItem.of("bucket_reso_steps", "kohya.reso_steps", value=b.bucket_reso_steps, family=family, step=step))
 
 
 def _migrate(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> set[str]:
     """Kohya keys whose name or meaning differs from ours; consumed keys are removed from `raw`. Returns the
     train-mode flags found in additional_parameters."""
     _lora_type(raw, values, origin, report)
+    import_sdxl_keys(raw, values, origin, report)
     attention = _attention(raw, report)
     if attention is not None:
         values["attention"], origin["attention"] = attention, "xformers"
@@ -709,6 +651,8 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
         except ValueError as exc:
             raise ValueError(f"max_train_epochs: {exc} (got {epochs!r})") from None
         if epochs_n > 0:
+            if raw.get("epoch") not in (None, "", epochs_n):
+                report.ignored.append(ReportItem.of("epoch", "kohya.epoch_overridden", value=repr(raw["epoch"])))
             raw["epoch"] = epochs_n
             report.migrated.append(ReportItem.of("max_train_epochs", "kohya.max_epochs", value=repr(epochs), epochs=epochs_n))
         else:
@@ -823,7 +767,9 @@ def _additional_parameters(raw: dict[str, Any], values: dict[str, Any], origin: 
         elif name == "optimizer_args" and args:
             values["optimizer_args"], origin["optimizer_args"] = " ".join(kohya_split_args(" ".join(args))), "additional_parameters"
             report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting="optimizer_args", value=repr(values["optimizer_args"])))
-        elif leaf in DIRECT_KEYS and leaf not in OURS_ONLY and (len(args) == 1 or (not args and _SPECS[leaf].kind == "bool")):
+        elif name == "text_encoder_lr" and import_te_rates_flag(args, shown, values, origin, report):
+            pass
+        elif (leaf in DIRECT_KEYS or leaf in ("no_half_vae", "cache_text_encoder_outputs")) and leaf not in OURS_ONLY and (len(args) == 1 or (not args and _SPECS[leaf].kind == "bool")):
             value = args[0] if args else True
             values[leaf], origin[leaf] = value, "additional_parameters"
             report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting=leaf, value=repr(value)))
@@ -928,19 +874,25 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
     defaults = TrainingConfig()
     out: dict[str, Any] = {k: v for k, v in KOHYA_LORA_TAB.items()}
     out.update(_EXPORT_NEUTRAL)
-    out.update({"v2": False, "sdxl": False, "LoRA_type": _KOHYA_LORA_TYPE[config.network.lora_type]})
+    out.update({"v2": False, "LoRA_type": _KOHYA_LORA_TYPE[config.network.lora_type]})
+    flags = export_sdxl_keys(config, out, report)
     out["xformers"] = config.precision.attention
     for name in sorted(DIRECT_KEYS - OURS_ONLY):
         value = get_value(config, name)
         if value is None:  # an empty per-module rate means "the learning rate", which Kohya writes out explicitly
             value = config.optimizer.learning_rate
             report.migrated.append(ReportItem.of(name, "kohya.export_rate", value=repr(value)))
+        if name in FLAG_ONLY:
+            continue  # written as sd-scripts flags in additional_parameters (export_sdxl_keys)
         if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
             if value != get_value(defaults, name):
                 report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
             continue
         out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
+    out["additional_parameters"] = " ".join(flags)
     for name in sorted(OURS_ONLY):
+        if name == "text_encoder_2_lr" and any(f.startswith("--text_encoder_lr") for f in flags) or name == "text_encoder_2_lr" and get_value(config, name) in (None, config.effective_text_encoder_lr):
+            continue
         if get_value(config, name) != get_value(defaults, name):
             report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(get_value(config, name))))
     if not config.network.network_alpha:  # ours means alpha = rank; the Kohya GUI would drop the 0

@@ -24,7 +24,7 @@ from loratrainer.messages import Label, Msg, define
 define({
     "check.no_folder": "no image folder chosen: set it to the parent of your <repeats>_<name> folders",
     "check.no_usable_images": "no usable training images: fix or add images (see the lines above)",
-    "check.reso_steps": "bucket_reso_steps is {steps}: SD1.5 needs a multiple of 64 (Kohya's trainer refuses it too); set it to 64",
+    "check.reso_steps": "bucket_reso_steps is {steps}: {family} needs a multiple of {multiple} (Kohya's trainer refuses it too); set it to {multiple}",
     "check.max_bucket": "max_bucket_reso ({value}) is smaller than the resolution {w}x{h}: raise it to at least {need}",
     "check.min_bucket": "min_bucket_reso ({value}) is larger than the resolution {w}x{h}: lower it to at most {need}",
     "check.resolution_below_min": (
@@ -107,8 +107,11 @@ def _settings_problems(config: TrainingConfig) -> list[Problem]:
     w, h = b.resolution
     plan = BucketPlan.from_settings(b)
     problems = []
-    if b.enable_bucket and b.bucket_reso_steps % 64:
-        problems.append(Problem.at("buckets.bucket_reso_steps", "error", Msg.of("check.reso_steps", steps=b.bucket_reso_steps)))
+    # train_network.py verify_bucket_reso_steps(64), sdxl_train_network.py (32); model_family is the model's own
+    # once the launcher has read it (launch.input_checks.resolve_model_family), "auto" = SD1.5's rule
+    family, multiple = ("SDXL", 32) if config.model.model_family == "sdxl" else ("SD1.5", 64)
+    if b.enable_bucket and b.bucket_reso_steps % multiple:
+        problems.append(Problem.at("buckets.bucket_reso_steps", "error", Msg.of("check.reso_steps", steps=b.bucket_reso_steps, family=family, multiple=multiple)))
     if b.enable_bucket and not b.bucket_no_upscale and plan.max_size < max(w, h):
         problems.append(Problem.at("buckets.max_bucket_reso", "error", Msg.of("check.max_bucket", value=b.max_bucket_reso, w=w, h=h, need=max(w, h))))
     if b.enable_bucket and not b.bucket_no_upscale and plan.min_size > min(w, h):

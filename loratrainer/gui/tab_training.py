@@ -20,6 +20,9 @@ from loratrainer.gui.form import basic_paths, specs_by_path
 # What a loaded config file keeps from the page unless it sets it (issue 22: a Kohya file emptied them).
 PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
               "model.pretrained_model_name_or_path", "model.vae")
+# the base model and the settings its family decides (gui/model_family.FAMILY_DEFAULTS)
+FAMILY_FIELDS = ("model.pretrained_model_name_or_path", "buckets.max_resolution", "buckets.min_bucket_reso", "buckets.max_bucket_reso")
+_FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
 
 class TrainingHandlers:
@@ -220,7 +223,10 @@ class TrainingHandlers:
         from loratrainer.data.check import check_dataset
         from loratrainer.gui.start_checks import start_warnings
 
+        from loratrainer.launch.input_checks import resolve_model_family
+
         try:
+            config = resolve_model_family(config)[0]  # the bucket rule of the model's family, as Start applies it
             report = check_dataset(config, num_processes=config.launch.num_processes)
         except (UserError, OSError):
             report = None  # Start's own check says what is wrong
@@ -349,6 +355,39 @@ class TrainingHandlers:
             info += " " + self.t("form.rate_unreadable", text=str(value).strip())
         return gr.update(info=info)
 
+    # -- the model's family --------------------------------------------------------------------------------
+
+    def model_changed(self, data: dict) -> dict:
+        """The model box's note (what the path holds, and its family with the resolution it trains at) and the
+        family-defaults button, shown only when pressing it would change something."""
+        import gradio as gr
+
+        from loratrainer.gui.model_family import defaults_differ, family_note, family_of
+
+        fields, n = self.ui.fields, self.ui.named
+        path, resolution = data[fields[FAMILY_FIELDS[0]]], data[fields["buckets.max_resolution"]]
+        family = family_of(path)
+        note = filebrowser.check_path(path, "model", self.t)
+        extra = family_note(family, resolution, self.t)
+        show = defaults_differ(family, {p: data[fields[p]] for p in FAMILY_FIELDS[1:]})
+        label = self.t("training.use_family_defaults", family=_FAMILY_NAMES.get(family or "", ""))
+        return {n["model_note"]: note + (" " + extra if extra else ""), n["family_defaults"]: gr.update(visible=show, value=label)}
+
+    def use_family_defaults(self, data: dict) -> dict:
+        """The chosen model's family defaults for resolution and buckets, said in the note (pressed by the user)."""
+        import gradio as gr
+
+        from loratrainer.gui.model_family import FAMILY_DEFAULTS, family_of
+
+        fields, n = self.ui.fields, self.ui.named
+        family = family_of(data[fields[FAMILY_FIELDS[0]]])
+        if family not in FAMILY_DEFAULTS:
+            return {n["family_defaults"]: gr.update(visible=False)}
+        wanted = FAMILY_DEFAULTS[family]
+        said = self.t("training.family_defaults_applied", family=_FAMILY_NAMES[family], resolution=wanted["buckets.max_resolution"],
+                      min_reso=wanted["buckets.min_bucket_reso"], max_reso=wanted["buckets.max_bucket_reso"])
+        return {**{fields[p]: v for p, v in wanted.items()}, n["model_note"]: said, n["family_defaults"]: gr.update(visible=False)}
+
     def folders_summary(self, data: dict) -> str:
         values = self.ui.paths_of(data)
         rows = [f"- **{self.t.label(p)}**: `{values.get(p) or '—'}`" for p in ("folders.train_data_dir", "folders.output_dir")]
@@ -397,6 +436,16 @@ def build(ui: UiContext) -> TrainingHandlers:
     optimizer.change(h.optimizer_note, inputs=[optimizer], outputs=note_outputs, show_progress="hidden", api_visibility="private")
     ui.on_load(h.optimizer_note, inputs=[optimizer], outputs=note_outputs)
     n["optimizer_fix"].click(h.use_instead, inputs=[optimizer], outputs=[optimizer], api_visibility="private")
+
+    # the model's family (read from its weights) and the resolution: the note under the model box and the
+    # family-defaults button; the button is the only thing that changes settings here
+    family_inputs = {ui.fields[p] for p in FAMILY_FIELDS}
+    family_outputs = [n["model_note"], n["family_defaults"]]
+    gr.on([ui.fields[p].change for p in FAMILY_FIELDS], h.model_changed, inputs=family_inputs, outputs=family_outputs,
+          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+    ui.on_load(h.model_changed, inputs=family_inputs, outputs=family_outputs)
+    n["family_defaults"].click(h.use_family_defaults, inputs=family_inputs,
+                               outputs=[ui.fields[p] for p in FAMILY_FIELDS[1:]] + family_outputs, api_visibility="private")
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
@@ -431,11 +480,9 @@ def _settings(ui: UiContext, gr):
     with gr.Accordion(t("training.basic"), open=True, elem_id="section-basic"):
         folders_md = gr.Markdown(TrainingHandlers(ui).folders_summary({}), elem_id="training-folders")
         basic = basic_paths()
-        model = ui.field(basic[0])
-        model_note = gr.Markdown(elem_id="check-model")
-        model.change(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note], trigger_mode="always_last",
-                     show_progress="hidden", api_visibility="private")
-        ui.on_load(lambda p: filebrowser.check_path(p, "model", t), inputs=[model], outputs=[model_note])
+        ui.field(basic[0])
+        ui.named["model_note"] = gr.Markdown(elem_id="check-model")
+        ui.named["family_defaults"] = gr.Button(t("training.use_family_defaults", family="SDXL"), visible=False, size="sm", elem_id="family-defaults")
         _rows(ui, gr, basic[1:-1])
         ui.field(basic[-1])
     specs = specs_by_path()

@@ -25,7 +25,8 @@ define({
     "inputs.not_a_model": "{setting}: {path} is not a model file ({detail}): choose a .safetensors or .ckpt file",
     "inputs.wrong_family": "{setting}: {path} is {found}, not {wanted}",
     "inputs.not_diffusers": "{setting}: {path} is a folder but not a diffusers model (no model_index.json or unet/ inside): choose the model's file or the folder that holds model_index.json",
-    "inputs.wrong_width": "{setting}: {path} is {family} model (cross-attention width {width}); choose an SD1.5 model",
+    "inputs.wrong_width": "{setting}: {path} is {family} model (cross-attention width {width}); choose an SD1.5 or SDXL model",
+    "inputs.family_mismatch": "{setting} is {wanted}, but {path} is {found} model: set {setting} to auto (read from the model) or choose {wanted} model",
     "inputs.tokenizer_mismatch": (
         "{setting}: the tokenizer ({tokenizer}) has {tokens} tokens but the model's text encoder has only {embeddings} "
         "embeddings, so training would fail at its first step: use the tokenizer files that came with the model"
@@ -134,8 +135,8 @@ def optimizer_refusal(name: str) -> Msg | None:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 _WANTED = {
-    "model.pretrained_model_name_or_path": ({"sd1"}, "an SD1.5 model"),
-    "model.vae": ({"vae", "sd1"}, "an SD1.5 VAE"),
+    "model.pretrained_model_name_or_path": ({"sd1", "sdxl"}, "an SD1.5 or SDXL model"),
+    "model.vae": ({"vae", "sd1", "sdxl"}, "a VAE"),  # sd-scripts also takes the VAE of a whole checkpoint
     "network.network_weights": ({"lora"}, "a LoRA file"),
 }
 _FAMILY_WORDS = {
@@ -211,8 +212,8 @@ def _check_diffusers_folder(setting: str, folder: Path) -> Msg | None:
         width = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")).get("cross_attention_dim")
     except (OSError, ValueError, AttributeError):
         return None  # the loader names a damaged folder
-    if width in (1024, 2048):  # SD1.5 has 768 (tiny test models less); these two are SD2 and SDXL
-        return Msg.of("inputs.wrong_width", setting=label, path=str(folder), family="an SD2" if width == 1024 else "an SDXL", width=width)
+    if width == 1024 and folder_family(folder) is None:  # SD1.5 has 768 (tiny test models less), SDXL 2048, SD2 1024
+        return Msg.of("inputs.wrong_width", setting=label, path=str(folder), family="an SD2", width=width)
     return _check_tokenizer(label, folder)
 
 
@@ -271,6 +272,63 @@ def _family_of_header(header: dict) -> str:
 
     shapes = {k: _Shape(tuple(v.get("shape", ()))) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     return detect_family(shapes)
+
+
+# -- the model family ---------------------------------------------------------------------------------------------
+
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+
+
+def model_family_of(value: str) -> str | None:
+    """'sd15' or 'sdxl', read from the model's own weights (a safetensors header: model.families.detect_family) or
+    its diffusers config, never from its name; None where that cannot be told without loading it (a hub id, a
+    pickle checkpoint) or the model is neither (check_model_files names what it is)."""
+    path = Path(os.path.expanduser(value.strip()))
+    if not value.strip():
+        return None
+    if path.is_dir():
+        return folder_family(path)
+    if path.is_file():
+        kind, header = _file_kind(path)
+        if kind == "safetensors":
+            return {"sd1": "sd15", "sdxl": "sdxl"}.get(_family_of_header(header))
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def folder_family(folder: Path) -> str | None:
+    """A diffusers folder's family: SDXL's UNet takes the size conditioning (unet/config.json
+    `addition_embed_type: "text_time"`, diffusers' UNet2DConditionModel for SDXL) and its pipeline is
+    StableDiffusionXLPipeline with a second text encoder; SD2's 1024-wide cross-attention is neither family."""
+    unet = _read_json(folder / "unet" / "config.json")
+    index = _read_json(folder / "model_index.json")
+    if unet.get("addition_embed_type") == "text_time" or "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
+        return "sdxl"
+    if not unet or unet.get("cross_attention_dim") in (1024, 2048):
+        return None
+    return "sd15"
+
+
+def resolve_model_family(config: TrainingConfig) -> tuple[TrainingConfig, Msg | None]:
+    """The config with model.model_family set to what the model is (when it can be read), or the one sentence
+    that refuses a config whose Model family says another family than the model's own weights."""
+    found = model_family_of(config.model.pretrained_model_name_or_path)
+    wanted = config.model.model_family
+    if found is None:
+        return config, None
+    if wanted not in ("auto", found):
+        return config, Msg.of("inputs.family_mismatch", setting=Label("model.model_family"), wanted=FAMILY_NAMES[wanted],
+                              path=config.model.pretrained_model_name_or_path, found=FAMILY_NAMES[found])
+    if wanted == found:
+        return config, None
+    return config.model_copy(update={"model": config.model.model_copy(update={"model_family": found})}), None
 
 
 # -- leftovers of a killed save ------------------------------------------------------------------------------

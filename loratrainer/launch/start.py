@@ -25,7 +25,7 @@ from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
 from loratrainer.launch import child_processes, processes, run_files
 from loratrainer.launch.eight_bit import refusal
-from loratrainer.launch.input_checks import check_inputs, remove_stale_partials
+from loratrainer.launch.input_checks import check_inputs, remove_stale_partials, resolve_model_family
 from loratrainer.launch.path_checks import check_paths
 from loratrainer.launch.sample_prompts import load_prompts
 from loratrainer.launch.run_files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
@@ -291,6 +291,10 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     if problem is not None:
         raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
     check_num_processes(config)
+    # the family follows the model (its own weights or config): the bucket rules and the trainer read it from here
+    config, problem = resolve_model_family(config)
+    if problem is not None:
+        raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)

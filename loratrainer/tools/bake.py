@@ -29,12 +29,14 @@ from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, check_sd15
 from loratrainer.model.errors import ModelFileMissing, OutputExists
 from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.messages import refuse_lycoris, tool_error
-from loratrainer.tools.model_weights import PARTS, WEIGHT_NAMES, ModelWeights, TensorFile, meta_models
+from loratrainer.tools.model_weights import WEIGHT_NAMES, ModelWeights, TensorFile, meta_models
 from loratrainer.tools.outputs import refuse_existing
 from loratrainer.tools.progress import NO_PROGRESS, Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 
-Deltas = dict[str, list[tuple[LoraFile, str, float]]]  # weight key -> (file, module, weight) to add to it
+# weight key -> (file, module, weight, rows) to add to it; rows: the module's slice of a fused weight (SDXL's
+# second text encoder keeps q, k and v in one in_proj_weight: tools/sdxl_names), None for the whole weight
+Deltas = dict[str, list[tuple[LoraFile, str, float, "tuple[int, int] | None"]]]
 
 
 @dataclass
@@ -51,6 +53,7 @@ def bake_into_checkpoint(model: str | Path, loras: list[tuple[Path, float]], out
                          config_dir: Path | None = None, progress: Progress = NO_PROGRESS) -> BakeReport:
     from loratrainer.model.assets import SD15_CONFIG_DIR
     from loratrainer.tools.ldm_names import kohya_to_ldm
+    from loratrainer.tools.sdxl_names import is_sdxl_single_file, kohya_names_of_single_file
 
     model, output = Path(model), refuse_existing(output)
     if model.is_dir():
@@ -61,8 +64,12 @@ def bake_into_checkpoint(model: str | Path, loras: list[tuple[Path, float]], out
     if not model.exists():
         raise ModelFileMissing(tool_error("model_missing", path=str(model)))
     source = TensorFile(model)
-    check_sd15(source.shape_dict(), model)
-    by_key = _deltas_by_key(files, kohya_to_ldm(source.keys, Path(config_dir) if config_dir else SD15_CONFIG_DIR), model)
+    if is_sdxl_single_file(source.keys):  # the original SDXL layout: sd-scripts' own names (tools/sdxl_names)
+        by_key = _deltas_by_key(files, kohya_names_of_single_file(source.keys, source.shape), model)
+    else:
+        check_sd15(source.shape_dict(), model)
+        names = kohya_to_ldm(source.keys, Path(config_dir) if config_dir else SD15_CONFIG_DIR)
+        by_key = _deltas_by_key(files, {n: (k, None) for n, k in names.items()}, model)
     total = len(source.keys)
     with StreamingSafetensorsWriter(output) as writer:
         for i, key in enumerate(source.keys):
@@ -84,6 +91,8 @@ def bake_into_diffusers(model: str | Path, loras: list[tuple[Path, float]], outp
     try:
         if weights.path.is_dir():
             changed = _folder_to_folder(weights, files, tmp, progress)
+        elif weights.family == "sdxl":
+            raise UserError(tool_error("sdxl_to_diffusers", path=str(weights.path)))
         else:
             changed = _single_to_folder(weights, files, tmp, progress)
         if os.path.lexists(output_dir):
@@ -98,26 +107,25 @@ def bake_into_diffusers(model: str | Path, loras: list[tuple[Path, float]], outp
 
 
 def _folder_to_folder(weights: ModelWeights, files, out: Path, progress: Progress) -> int:
-    """Copy a diffusers folder; the unet/ and text_encoder/ weights are rewritten with the deltas added."""
-    from loratrainer.model.lora import kohya_name
-
+    """Copy a diffusers folder; the unet/ and text_encoder/ (and SDXL's text_encoder_2/) weights are rewritten
+    with the deltas added."""
     missing = [n for n in _adapted(files) if not weights.has(n)]
     if missing:
         _other_family(files, missing, weights.path)
     by_key: Deltas = {}
     for f, w in files:
         for n in f.modules:
-            by_key.setdefault(n, []).append((f, n, w))
+            by_key.setdefault(n, []).append((f, n, w, None))
     src = weights.path
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if path.is_dir() or (rel.parts[0] in PARTS and _is_weights(path)):
+        if path.is_dir() or (rel.parts[0] in weights.parts and _is_weights(path)):
             continue  # the component's weights (and other variants of them) are written below
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out / rel)
-    total = sum(len(f.keys) for part in PARTS for f in weights.files[part])
+    total = sum(len(f.keys) for part in weights.parts for f in weights.files[part])
     done = 0
-    for part in PARTS:
+    for part in weights.parts:
         shards = weights.files[part]
         names_out = _shard_names(part, shards)
         for f, name in zip(shards, names_out):
@@ -127,7 +135,7 @@ def _folder_to_folder(weights: ModelWeights, files, out: Path, progress: Progres
                     progress.step(done, total, key)
                     done += 1
                     tensor = f.tensor(key)
-                    module = kohya_name(part, key[: -len(".weight")]) if key.endswith(".weight") else None
+                    module = weights.name_of(part, key)
                     writer.add(key, _with_deltas(tensor, by_key[module]) if module in by_key else tensor)
                 writer.finish(f.metadata or {"format": "pt"})
         if len(shards) > 1:
@@ -145,7 +153,8 @@ def _single_to_folder(weights: ModelWeights, files, out: Path, progress: Progres
     from loratrainer.tools.ldm_names import kohya_to_ldm, ldm_to_diffusers
 
     source = weights.single
-    by_key = _deltas_by_key(files, kohya_to_ldm(source.keys, weights.config_dir), weights.path)
+    names = kohya_to_ldm(source.keys, weights.config_dir)
+    by_key = _deltas_by_key(files, {n: (k, None) for n, k in names.items()}, weights.path)
     models = meta_models(weights.config_dir)
     with torch.device("meta"):
         models["vae"] = AutoencoderKL.from_config(AutoencoderKL.load_config(weights.config_dir, subfolder="vae"))
@@ -194,15 +203,16 @@ def _other_family(files, missing: list[str], model: Path) -> None:
                                        module=lacking[0]))
 
 
-def _deltas_by_key(files, names: dict[str, str], model: Path) -> Deltas:
-    """{checkpoint key: the LoRA modules to add to it} from {Kohya name: checkpoint key}."""
+def _deltas_by_key(files, names: dict[str, tuple[str, tuple[int, int] | None]], model: Path) -> Deltas:
+    """{checkpoint key: the LoRA modules to add to it} from {Kohya name: (checkpoint key, rows)}."""
     missing = [n for n in _adapted(files) if n not in names]
     if missing:
         _other_family(files, missing, model)
     by_key: Deltas = {}
     for f, weight in files:
         for n in f.modules:
-            by_key.setdefault(names[n], []).append((f, n, weight))
+            key, rows = names[n]
+            by_key.setdefault(key, []).append((f, n, weight, rows))
     return by_key
 
 
@@ -231,12 +241,14 @@ def _with_deltas(weight: torch.Tensor, deltas: list[tuple[LoraFile, str, float]]
     # float32 and in place: the largest SD1.5 weight (10240 x 1280) then costs two float32 copies, not a chain of
     # float64 temporaries; diffusers' fuse_lora adds in float32 as well
     out = weight.to(torch.float32, copy=True)
-    for f, name, w in deltas:
+    for f, name, w, rows in deltas:
         down, up, scale = f.factors(name)
-        if up.shape[0] * math.prod(down.shape[1:]) != out.numel():
+        target = out if rows is None else out[rows[0]:rows[1]]  # a view: adding to it adds to the fused weight
+        if up.shape[0] * math.prod(down.shape[1:]) != target.numel():
+            expected = list(target.shape)
             raise UserError(tool_error("lora_shape", lora=f.path.name, module=name,
-                                       shape=str(list(weight_shape(down, up))), expected=str(list(weight.shape))))
+                                       shape=str(list(weight_shape(down, up))), expected=str(expected)))
         matrix = (up.reshape(up.shape[0], -1) * (w * scale)).float() @ down.reshape(down.shape[0], -1).float()
-        out.add_(matrix.reshape(out.shape))
+        target.add_(matrix.reshape(target.shape))
         del matrix
     return out.to(weight.dtype)

@@ -92,8 +92,11 @@ def extract_lora(base: str | Path, tuned: str | Path, output: str | Path, *, ran
             del diff
             yield name, down, up, float(k)
 
+    # sd-scripts' names for an SDXL LoRA (library/train_util.py model_version_str, library/sai_model_spec.py)
+    family = {"ss_base_model_version": "sdxl_base_v1-0", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"} if a.family == "sdxl" else {}
+
     def metadata():
-        return lora_metadata({}, title=output.stem, dims=[rank], alphas=[float(rank)],
+        return lora_metadata(family, title=output.stem, dims=[rank], alphas=[float(rank)],
                              conv_dims=[conv_rank] if conv_rank else [],
                              comment=f"extracted by loratrainer from {Path(base).name} and {Path(tuned).name}",
                              extra={"ss_sd_model_name": Path(base).name})

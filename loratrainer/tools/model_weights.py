@@ -23,8 +23,9 @@ from loratrainer.model.safetensors_header import HeaderError, is_regular_file, r
 from loratrainer.tools.messages import tool_error
 
 PARTS = ("unet", "text_encoder")
+SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2")
 # the weight file names diffusers and transformers save, preferred in this order (a variant such as .fp16 last)
-WEIGHT_NAMES = {"unet": ("diffusion_pytorch_model",), "text_encoder": ("model", "pytorch_model"),
+WEIGHT_NAMES = {"unet": ("diffusion_pytorch_model",), "text_encoder": ("model", "pytorch_model"), "text_encoder_2": ("model", "pytorch_model"),
                 "vae": ("diffusion_pytorch_model",)}
 
 
@@ -101,41 +102,69 @@ def meta_models(config_dir: Path):
     return {"unet": unet, "text_encoder": te}
 
 
+def _read_config(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "layers_per_block" in data and "up_block_types" in data else None
+
+
 class ModelWeights:
-    """An SD1.5 model (single file or diffusers folder): `weight(kohya_name)` reads one module's weight."""
+    """An SD1.5 or SDXL model (single file or diffusers folder): `weight(kohya_name)` reads one module's weight.
+    SDXL's names and its second text encoder's fused q/k/v are tools/sdxl_names'."""
 
     def __init__(self, path: str | Path, *, config_dir: Path | None = None):
-        from loratrainer.model.lora import kohya_name
+        from loratrainer.tools import sdxl_names
 
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileMissing(tool_error("model_missing", path=str(self.path)))
-        # module name -> (file, key)
-        self._where: dict[str, tuple[TensorFile, str]] = {}
+        # module name -> (file, key, rows of a fused weight or None)
+        self._where: dict[str, tuple[TensorFile, str, tuple[int, int] | None]] = {}
+        self.family = "sd1"
         if self.path.is_dir():
             self._check_folder()
             self.config_dir = self.path
+            self.family = "sdxl" if (self.path / "text_encoder_2").is_dir() else "sd1"
+            self.parts = SDXL_PARTS if self.family == "sdxl" else PARTS
+            self._unet_config = _read_config(self.path / "unet" / "config.json") if self.family == "sdxl" else None
             self.files: dict[str, list[TensorFile]] = {}
-            for part in PARTS:
+            for part in self.parts:
                 self.files[part] = [TensorFile(p) for p in component_files(self.path / part, part)]
                 for f in self.files[part]:
                     for key in f.keys:
-                        if key.endswith(".weight"):
-                            self._where[kohya_name(part, key[: -len(".weight")])] = (f, key)
+                        name = self.name_of(part, key)
+                        if name is not None:
+                            self._where[name] = (f, key, None)
         else:
-            from loratrainer.tools.ldm_names import kohya_to_ldm
-
             self.config_dir = Path(config_dir) if config_dir else SD15_CONFIG_DIR
             self.single = TensorFile(self.path)
+            if sdxl_names.is_sdxl_single_file(self.single.keys):
+                self.family = "sdxl"
+                names = sdxl_names.kohya_names_of_single_file(self.single.keys, self.single.shape)
+                for name, (key, rows) in names.items():
+                    self._where[name] = (self.single, key, rows)
+                return
+            from loratrainer.tools.ldm_names import kohya_to_ldm
+
             check_sd15(self.single.shape_dict(), self.path)
             for name, key in kohya_to_ldm(self.single.keys, self.config_dir).items():
-                self._where[name] = (self.single, key)
+                self._where[name] = (self.single, key, None)
+
+    def name_of(self, part: str, key: str) -> str | None:
+        """The Kohya name of a diffusers folder's weight key (None: not a module weight)."""
+        if self.family == "sdxl":
+            from loratrainer.tools.sdxl_names import kohya_name_of_folder_key
+
+            return kohya_name_of_folder_key(part, key, self._unet_config)
+        from loratrainer.model.lora import kohya_name
+
+        return kohya_name(part, key[: -len(".weight")]) if key.endswith(".weight") else None
 
     def _check_folder(self) -> None:
         if not (self.path / "unet").is_dir() or not (self.path / "text_encoder").is_dir():
             raise NotSD15Checkpoint(tool_error("not_a_model_folder", path=str(self.path)))
-        if (self.path / "text_encoder_2").is_dir():
-            raise NotSD15Checkpoint(tool_error("sdxl_folder", path=str(self.path)))
 
     @cached_property
     def meta(self) -> dict[str, torch.nn.Module]:
@@ -143,6 +172,8 @@ class ModelWeights:
 
     def targets(self, *, conv: bool) -> list[tuple[str, str, torch.Size]]:
         """(part, Kohya name, weight shape) of the modules Kohya's LoRA adapts (conv: LoCon's 3x3 convolutions)."""
+        if self.family == "sdxl":
+            return self._sdxl_targets(conv)
         from loratrainer.model.lora import kohya_name, target_modules
 
         out = []
@@ -154,6 +185,21 @@ class ModelWeights:
                 out.append((part, kohya_name(part, path), model.get_submodule(path).weight.shape))
         return out
 
+    def _sdxl_targets(self, conv: bool) -> list[tuple[str, str, torch.Size]]:
+        from loratrainer.errors import UserError
+        from loratrainer.tools.sdxl_names import is_lora_target
+
+        if conv:
+            raise UserError(tool_error("sdxl_conv", path=str(self.path)))
+        out = []
+        for name, (f, key, rows) in self._where.items():
+            if is_lora_target(name):
+                shape = list(f.shape(key))
+                if rows is not None:
+                    shape[0] = rows[1] - rows[0]
+                out.append(("unet" if name.startswith("lora_unet_") else "text_encoder", name, torch.Size(shape)))
+        return out
+
     def has(self, name: str) -> bool:
         return name in self._where
 
@@ -161,8 +207,10 @@ class ModelWeights:
         """The module's weight as stored (its dtype), reshaped to `shape` (LDM's 1x1 convs vs Linear)."""
         if name not in self._where:
             raise NotSD15Checkpoint(tool_error("module_missing", path=str(self.path), module=name))
-        f, key = self._where[name]
+        f, key, rows = self._where[name]
         t = f.tensor(key)
+        if rows is not None:  # q, k or v of SDXL's second text encoder's fused in_proj_weight
+            t = t[rows[0]:rows[1]]
         if shape is not None and tuple(t.shape) != tuple(shape):
             if t.numel() != torch.Size(shape).numel():
                 raise NotSD15Checkpoint(tool_error("module_shape", path=str(self.path), module=name,
