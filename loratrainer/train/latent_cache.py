@@ -53,14 +53,21 @@ def latent_seed(seed: int, index: int, flip: bool) -> int:
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
-                  rank: int = 0, world: int = 1, seed: int = 0) -> dict[int, Latents]:
+                  rank: int = 0, world: int = 1, seed: int = 0, run=None) -> dict[int, Latents]:
     """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
-    from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins."""
+    from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins.
+
+    `run` (a RunContext): a stop is checked before each image (StoppedBeforeTraining) and the count goes out
+    as `caching_latents` phase events (the main process's share, scaled to the whole dataset)."""
     out: dict[int, Latents] = {}
     reused = 0
+    total = len(samples)
     for i, sample in enumerate(samples):
         if i % world != rank:
             continue
+        if run is not None:
+            run.check_stop()
+            run.phase_progress("caching_latents", min(total, len(out) * world), total)
         fp = fingerprint(sample, background, vae_id) if to_disk else ""
         cached = _read(npz_path(sample), fp, flip) if to_disk else None
         if cached is not None:
@@ -72,6 +79,8 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
         out[i] = (plain, flipped)
         if to_disk:
             _write(npz_path(sample), sample, plain, flipped, fp)
+    if run is not None:
+        run.phase_progress("caching_latents", total, total)
     log.info("latents cached for %d images (%d reused from disk)", len(out), reused)
     return out
 

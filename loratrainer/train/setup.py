@@ -149,14 +149,15 @@ def param_groups(handle, config: TrainingConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype):
+def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype,
+               run: RunContext | None = None):
     latents = None
     if config.caches_latents:
         share = cache_latents(
             report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
             background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
             device=accelerator.device, dtype=weight_dtype, rank=accelerator.process_index, world=accelerator.num_processes,
-            seed=seed,
+            seed=seed, run=run,
         )
         latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents)
@@ -167,12 +168,17 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
 def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int, run: RunContext | None = None) -> Trainer:
     check_optimizer_available(config)
     report = plan_dataset(config, accelerator.num_processes)
+    if run is not None:  # a stop asked while the process started (torch's import) ends here, before the model loads
+        run.check_stop()
+        run.phase_progress("loading_model")
     components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
+    if run is not None:
+        run.check_stop()
     groups = param_groups(handle, config)
     optimizer = build_optimizer(config, groups)
     lr_scheduler = build_lr_scheduler(config, optimizer, report.steps.total_steps)
     unet, text_encoder, optimizer = prepare_models(accelerator, components, config, optimizer)
-    loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype)
+    loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype, run=run)
     static_text = not config.trains_text_encoder and CaptionRules.from_settings(config.dataset).is_static
     return Trainer(
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
