@@ -84,3 +84,52 @@ def test_phase_events_fold_into_the_words_the_page_and_the_cli_show():
     assert str(phase_message(state)) == "making sample image 1 of 4"
     events.summarize([{"event": "ended", "status": "stopped", "reason": STOPPED_BEFORE_TRAINING}], state)
     assert phase_message(state) is None
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filling_fs(tmp_path):
+    """A real tmpfs large enough for the launcher's free-space check, filled once the run has started."""
+    from tests.tmpfs import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "out", "400m") as mount:
+        yield mount
+
+
+def test_the_cli_says_a_full_disk_once_with_the_log_path_and_no_traceback(tmp_path, tiny_model, filling_fs):
+    import io
+
+    from loratrainer.launch.follow import follow
+
+    config = small_config(tmp_path, tiny_model, epoch=1, logging_dir=str(tmp_path / "log"))
+    run = start_with_env(config)
+    st = os.statvfs(filling_fs)
+    with open(filling_fs / "filler.bin", "wb") as fh:  # the model is still loading: the first save finds the disk full
+        os.posix_fallocate(fh.fileno(), 0, st.f_bavail * st.f_frsize - 8 * 1024)
+    out = io.StringIO()
+    code = follow(run, stream=out, poll_s=0.2)
+    text = out.getvalue()
+    assert code == events.EXIT_CODES["disk_full"], text
+    assert text.count("disk full") == 1 and f"disk full: {filling_fs}" in text, text
+    assert "Traceback" not in text and "last lines of the log" not in text, text
+    assert f"log: {run.run_dir / run_files.LOG_FILE}" in text
+    assert "Traceback" in (run.run_dir / run_files.LOG_FILE).read_text()  # the developer's copy is kept in the log
+
+
+def test_the_cli_shows_the_caching_count_and_says_nothing_was_saved(tmp_path, tiny_model):
+    import io
+
+    from loratrainer.launch.follow import follow
+
+    run = start_with_env(caching_config(tmp_path, tiny_model))
+    wait_for_phase(run.run_dir, "caching_latents", 1)
+    run.request_stop()
+    out = io.StringIO()
+    code = follow(run, stream=out, poll_s=0.2)
+    text = out.getvalue()
+    assert code == events.EXIT_CODES["stopped"]
+    assert "loading the model" in text and f"caching latents 0/{CACHING_IMAGES}" in text, text
+    assert "Stopped before the first training step: nothing was trained, so nothing was saved." in text
+    assert "step 0/" not in text and "Traceback" not in text
