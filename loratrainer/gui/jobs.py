@@ -214,17 +214,24 @@ class Jobs:
 
     def queue_run(self) -> Path | None:
         """The run folder of the queue's running item while its run lives (the Training tab follows it)."""
+        for item in self._queue_running():
+            if item.run_dir and _is_dir(item.run_dir) and self.view(item.run_dir).alive:
+                return Path(item.run_dir)
+        return None
+
+    def queue_busy(self) -> bool:
+        """Whether the queue has a run going or about to start (the Training tab keeps looking for it)."""
+        return bool(self._queue_running())
+
+    @staticmethod
+    def _queue_running() -> list:
         from loratrainer.errors import UserError
         from loratrainer.launch.run_queue import RUNNING, RunQueue
 
         try:
-            items = RunQueue().items()
+            return [item for item in RunQueue().items() if item.status == RUNNING]
         except (UserError, OSError):
-            return None
-        for item in items:
-            if item.status == RUNNING and item.run_dir and _is_dir(item.run_dir) and self.view(item.run_dir).alive:
-                return Path(item.run_dir)
-        return None
+            return []
 
 
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:

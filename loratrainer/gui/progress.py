@@ -41,6 +41,8 @@ def status_line(view: JobView | None, t: Translator) -> str:
         running = t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
         return running + (" " + t("status.phase_now", phase=t.message(phase)) if phase is not None else "")
     outcome = view.outcome
+    if not s.done and (view.run_dir / STOP_NOW_FILE).exists():  # killed by the page's Stop now, as asked
+        return t("run.stopped_now")
     reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
     if outcome == "finished":
         return t("status.finished")
@@ -51,8 +53,6 @@ def status_line(view: JobView | None, t: Translator) -> str:
     if outcome in FAILED:
         return t(f"status.{outcome}", reason=reason)
     signal = re.search(r"signal (\d+)", outcome)
-    if (view.run_dir / STOP_NOW_FILE).exists() and not s.done:
-        return t("run.stopped_now")
     if outcome.startswith("killed"):
         return t("status.killed", detail=outcome if t.lang == "en" or not signal else t("reason.signal", n=signal.group(1)))
     code = re.search(r"exit code (-?\d+)", outcome)

@@ -292,7 +292,8 @@ class TrainingHandlers:
             n["loss_plot"]: progress.loss_frame(view),
             n["log"]: view.log_tail if view else "",
             n["run_notes"]: run_notes(view, self.t) if view else "",
-            n["timer"]: gr.Timer(active=bool(view and view.alive)),
+            # on while the run goes, and while the queue has a run: the tab moves to the queue's next run by itself
+            n["timer"]: gr.Timer(active=bool(view and view.alive) or self.ui.jobs.queue_busy()),
             n["samples_seen"]: len(view.samples) if view else 0,
             # Stop is red and pressable only while a run goes
             n["stop_button"]: gr.update(interactive=bool(view and view.alive), variant="stop" if view and view.alive else "secondary"),
