@@ -194,3 +194,24 @@ def test_a_queued_run_shows_its_progress_is_followed_by_the_training_tab_and_sto
     assert [i.status for i in queue.items()] == ["stopped", "pending"]  # the next run stays pending
     out = h.refresh(str(run_dir), -1)
     assert "first-interrupted.safetensors" in out[n["status"]] and out[n["resume_button"]]["visible"] is True
+
+
+# -- Results ---------------------------------------------------------------------------------------------------
+
+
+def test_results_moves_to_a_new_run_by_itself_and_a_resumed_run_names_the_run_it_continued(page, tmp_path):
+    r, n = page.handlers["results"], page.named
+    first, state = _stopped_run(tmp_path / "one", "first", with_state=True)
+    page.jobs._remember(first)
+    shown = r.keep_run(None, None)
+    assert shown[n["results_run"]]["value"] == str(first)
+    newest_seen = shown[n["results_newest"]]
+    # a second run starts (Start, or Resume then Start); the user opens the Results tab again: it shows the new run
+    second = run_folder(tmp_path / "two", "first", ("started", {"total_steps": 8, "epochs": 2, "pid": 999999, "resumed_from": str(state),
+                                                                 "resumed_step": 3}))
+    page.jobs._remember(second)
+    shown = r.keep_run(str(first), newest_seen)
+    assert shown[n["results_run"]]["value"] == str(second)
+    assert f"This run continued run `{first.name}` from its saved state `{state}`." in shown[n["results_summary"]]
+    # the user chose the older run again: it stays chosen while no newer run starts
+    assert r.keep_run(str(first), shown[n["results_newest"]])[n["results_run"]]["value"] == str(first)

@@ -137,6 +137,29 @@ class Jobs:
             return []
         return [Path(p) for p in names if isinstance(p, str) and "\0" not in p and _is_dir(p)]
 
+    def all_runs(self) -> list[Path]:
+        """The page's runs and the queue's (whose run folders only the queue file knows), newest first."""
+        from loratrainer.errors import UserError
+        from loratrainer.launch.run_queue import RunQueue
+
+        runs = self.runs()
+        try:
+            queued = [Path(i.run_dir) for i in RunQueue().items() if i.run_dir and _is_dir(i.run_dir)]
+        except (UserError, OSError):
+            queued = []
+        extra = [p for p in queued if p not in runs]
+        if not extra:
+            return runs
+        return sorted(runs + extra, key=_started_at, reverse=True)
+
+    def run_that_saved(self, state_folder: str | Path) -> Path | None:
+        """The run whose `state_saved` event wrote this state folder (what a resumed run continued)."""
+        target = Path(state_folder)
+        for run_dir in self.all_runs():
+            if any(Path(str(e.get("path", ""))) == target for e in self._follow(run_dir).states):
+                return run_dir
+        return None
+
     def _set_aside(self, path: Path) -> None:
         with self._lock:
             kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -288,6 +311,13 @@ def _tracebacks(text: str) -> list[list[str]]:
             if line.strip() and not line.startswith((" ", "\t")):
                 current = None  # the exception line ends the block
     return blocks
+
+
+def _started_at(run_dir: Path) -> float:
+    try:
+        return (run_dir / run_files.CONFIG_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _is_dir(path: str) -> bool:
