@@ -133,3 +133,19 @@ def test_the_cli_shows_the_caching_count_and_says_nothing_was_saved(tmp_path, ti
     assert "loading the model" in text and f"caching latents 0/{CACHING_IMAGES}" in text, text
     assert "Stopped before the first training step: nothing was trained, so nothing was saved." in text
     assert "step 0/" not in text and "Traceback" not in text
+
+
+def test_fp16_asked_on_a_cpu_is_recorded_as_the_precision_used_and_sampling_reports_its_images(tmp_path, tiny_model):
+    from loratrainer.gui.tab_results import read_metadata
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a house --w 64 --h 64 --s 2\na tree --w 64 --h 64 --s 2\n")
+    config = small_config(tmp_path, tiny_model, epoch=1, mixed_precision="fp16", sample_prompts=str(prompts), sample_every_n_epochs=1)
+    run = start_with_env(config, {"CUDA_VISIBLE_DEVICES": ""})
+    assert run.wait(timeout=300) == 0
+    evs = _events(run.run_dir)
+    assert next(e for e in evs if e["event"] == "started")["mixed_precision"] == "no"
+    meta = read_metadata(tmp_path / "out" / "last.safetensors")
+    assert meta["ss_mixed_precision"] == "no"  # it trained in fp32; the file said fp16
+    sampling = [(e["done"], e["total"]) for e in evs if e["event"] == "phase" and e["phase"] == "sampling"]
+    assert sampling[:2] == [(0, 2), (1, 2)]
