@@ -41,7 +41,8 @@ def status_line(view: JobView | None, t: Translator) -> str:
         running = t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
         return running + (" " + t("status.phase_now", phase=t.message(phase)) if phase is not None else "")
     outcome = view.outcome
-    if not s.done and (view.run_dir / STOP_NOW_FILE).exists():  # killed by the page's Stop now, as asked
+    if outcome not in ("finished", "stopped", "nan", "oom", "disk_full") and (view.run_dir / STOP_NOW_FILE).exists():
+        # killed by the page's Stop now, as asked (no `ended` event: the outcome reads killed or error)
         return t("run.stopped_now")
     reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
     if outcome == "finished":
@@ -149,12 +150,13 @@ def progress_html(view: JobView | None, t: Translator) -> str:
     s = view.state
     percent = 100.0 * s.fraction
     phase = phase_message(s) if view.alive else None
-    if phase is not None and not s.total_steps:  # loading or caching: its count, not "step 0/?"
+    if not s.total_steps:  # loading or caching: its count, never "step 0/?" (nor after a run stopped before step 1)
         percent = 100.0 * (phase_fraction(s) or 0.0)
+        text = t.message(phase) if phase is not None else ""
         return (
             f'<div id="lt-progress-text" data-status="{html.escape(status_kind(view))}" data-phase="{html.escape(s.phase)}" '
-            f'data-step="0">{html.escape(t.message(phase))}</div>'
-            f'<div class="lt-progress"><div style="width:{percent:.1f}%"></div></div>'
+            f'data-step="0">{html.escape(text)}</div>'
+            + (f'<div class="lt-progress"><div style="width:{percent:.1f}%"></div></div>' if phase is not None else "")
         )
     parts = [t("progress.step", step=s.step, total=s.total_steps or "?"), t("progress.epoch", epoch=s.epoch, epochs=s.epochs or "?")]
     if s.it_per_s:
