@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return events.read_events(run_dir / run_files.EVENTS_FILE)[0]
+    """The run's events without its `phase` events (loading, caching, saving: tests/test_run_lifecycle.py)."""
+    return [e for e in events.read_events(run_dir / run_files.EVENTS_FILE)[0] if e["event"] != "phase"]
 
 
 def _run_dir(out: Path) -> Path:
