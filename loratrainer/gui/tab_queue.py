@@ -51,6 +51,8 @@ class QueueHandlers:
         running = runner_running(self.queue())
         line = self.t("queue.runner_on" if running else "queue.runner_off", count=sum(1 for i in items if i.status == "pending"))
         live, view = self.live(items)
+        if message is None and view is not None and progress.stop_waited(view) > 0:  # until it has stopped, not one tick
+            message = self.t("queue.stopping", name=md(next(i.name for i in items if i.status == "running" and i.run_dir)))
         return {
             n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, it.reason] for k, it in enumerate(items, 1)],
             n["queue_item"]: gr.update(choices=choices, value=value),
