@@ -151,7 +151,7 @@ def _wait(what, timeout: float = 240, step: float = 0.3):
 
 
 def test_a_queued_run_shows_its_progress_is_followed_by_the_training_tab_and_stops_from_the_queue_tab(page, tmp_path, monkeypatch):
-    from tests.test_train_support import small_config, tiny_model as _tiny  # noqa: F401
+    from tests.test_train_support import small_config
     from tests.tiny_sd import save_tiny_diffusers
     from loratrainer.launch.run_queue import RunQueue
 

@@ -41,6 +41,8 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
                 time.sleep(poll_s)
         except KeyboardInterrupt:
             run.request_stop()  # first: after SIGHUP (the terminal closed) the line below may fail to print
+            new, offset = events.read_events(run.events_path, offset)  # what the trainer did up to now, not at the last poll
+            state = events.summarize(new, state)
             try:
                 stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n" if state.status != "starting" else
                              "stopping: nothing is trained yet, so nothing will be saved (press Ctrl+C again to kill)\n")
