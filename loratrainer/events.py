@@ -19,7 +19,9 @@ from typing import Any
 
 EXIT_CODES: dict[str, int] = {"finished": 0, "stopped": 10, "nan": 11, "oom": 12, "disk_full": 13, "error": 1}
 STATUS_OF_EXIT_CODE: dict[int, str] = {code: status for status, code in EXIT_CODES.items()}
-EVENT_KINDS = ("started", "progress", "checkpoint", "sample", "state_saved", "ended")
+EVENT_KINDS = ("started", "phase", "progress", "checkpoint", "sample", "state_saved", "ended")
+# What a `phase` event names: before training (a count of items where there are items), and between steps.
+PHASES = ("loading_model", "caching_latents", "caching_text", "sampling", "saving", "training")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "interrupted")
 
 
@@ -97,6 +99,11 @@ class RunState:
     eta_s: float | None = None
     seed: int | None = None
     mixed_precision: str | None = None  # what the trainer used (the started event), which a CPU may force to "no"
+    phase: str = ""  # the last `phase` event's phase ("caching_latents", ...); "training" from `started` on
+    phase_done: int | None = None
+    phase_total: int | None = None
+    phase_eta_s: float | None = None
+    resumed_from: str = ""  # the state folder a resumed run continued from (the started event)
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     last_files: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
@@ -127,6 +134,19 @@ def _started(s: RunState, e: dict[str, Any]) -> None:
     s.epochs = int(e.get("epochs", 0))
     s.seed = e.get("seed")
     s.mixed_precision = e.get("mixed_precision")
+    s.resumed_from = str(e.get("resumed_from") or "")
+    _set_phase(s, "training")
+
+
+def _phase(s: RunState, e: dict[str, Any]) -> None:
+    _set_phase(s, str(e.get("phase", "")), e.get("done"), e.get("total"), e.get("eta_s"))
+
+
+def _set_phase(s: RunState, phase: str, done: Any = None, total: Any = None, eta: Any = None) -> None:
+    s.phase = phase
+    s.phase_done = int(done) if isinstance(done, (int, float)) else None
+    s.phase_total = int(total) if isinstance(total, (int, float)) else None
+    s.phase_eta_s = float(eta) if isinstance(eta, (int, float)) else None
 
 
 def _progress(s: RunState, e: dict[str, Any]) -> None:
@@ -156,13 +176,14 @@ def _ended(s: RunState, e: dict[str, Any]) -> None:
     s.step = int(e.get("step", s.step))
     s.epoch = int(e.get("epoch", s.epoch))
     s.exit_code = e.get("exit_code", EXIT_CODES.get(s.status))
+    _set_phase(s, "")
 
 
 def _ignore(s: RunState, e: dict[str, Any]) -> None:
     pass
 
 
-_APPLY = {"started": _started, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample, "ended": _ended}
+_APPLY = {"started": _started, "phase": _phase, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample, "ended": _ended}
 
 
 _HEADLINES = {"nan": "NaN at step {step}", "oom": "out of memory", "disk_full": "disk full"}

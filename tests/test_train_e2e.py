@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return events.read_events(run_dir / run_files.EVENTS_FILE)[0]
+    """The run's events without its `phase` events (loading, caching, saving: tests/test_run_lifecycle.py)."""
+    return [e for e in events.read_events(run_dir / run_files.EVENTS_FILE)[0] if e["event"] != "phase"]
 
 
 def _run_dir(out: Path) -> Path:
@@ -106,8 +107,9 @@ def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path,
 
 def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, epoch=200)
-    run = start_with_env(config)
-    run.request_stop()  # before the first step: the trainer must stop at its first check
+    # STOP written once training has started (stop@1), so the first step's check sees it; a STOP written before
+    # the first step ends the run with nothing to save (tests/test_run_lifecycle.py)
+    run = start_with_env(config, {"LORATRAINER_FAULT": "stop@1"})
     assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
     ended = _events(run.run_dir)[-1]
@@ -187,8 +189,7 @@ def test_two_processes_stop_together(tmp_path, tiny_model):
     # the STOP check is agreed between processes in the step's one collective: neither may hang waiting
     config = small_config(tmp_path, tiny_model, images=4, num_processes=2, main_process_port=29733, epoch=100,
                           gradient_accumulation_steps=2)
-    run = start_with_env(config)
-    run.request_stop()
+    run = start_with_env(config, {"LORATRAINER_FAULT": "stop@1"})  # STOP from the main process once training started
     assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
     assert _events(run.run_dir)[-1]["step"] == 1

@@ -227,7 +227,7 @@ def test_sampling_writes_kohya_files_and_events_and_leaves_training_untouched(tm
     for f, m in zip(files, names):
         assert Image.open(f).size == ((64, 64) if m.group(2) == "00" else (128, 64))
     stream = [json.loads(line) for line in (tmp_path / "steps" / "events.jsonl").read_text().splitlines()]
-    assert {e["event"] for e in stream} == {"sample", "checkpoint"}  # the run's one stream: the saver's files too
+    assert {e["event"] for e in stream} == {"sample", "checkpoint", "phase"}  # the run's one stream: the saver's files, the phases too
     events = [e for e in stream if e["event"] == "sample"]
     assert sorted(e["path"] for e in events) == [str(f) for f in files]
     assert {(e["step"], e["index"], e["prompt"]) for e in events} == {
@@ -293,7 +293,7 @@ def test_two_processes_through_accelerate_launch_sample_once_on_the_main_process
     assert run.wait(timeout=300) == 0, "\n".join(p.read_text()[-3000:] for p in run.run_dir.glob("*.log"))
     evs = events.read_events(run.run_dir / run_files.EVENTS_FILE)[0]
     samples = [e for e in evs if e["event"] == "sample"]
-    assert evs[0]["event"] == "started" and evs[-1]["event"] == "ended" and evs[-1]["step"] == 2
+    assert next(e for e in evs if e["event"] != "phase")["event"] == "started" and evs[-1]["event"] == "ended" and evs[-1]["step"] == 2
     assert [(e["step"], e["index"]) for e in samples] == [(0, 0), (2, 0)]  # each round once, not once per process
     assert sorted(NAME.match(f.name).group(1) for f in _samples(tmp_path)) == ["000000", "000002"]
     assert list((run.run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_command:
         run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         print(format_command(build_command(config, run_dir)))
+        from loratrainer.launch.precision import precision_here
+
+        if precision_here(config) != config.precision.mixed_precision:
+            print(f"note: mixed precision {config.precision.mixed_precision} asked, no CUDA GPU on this machine: "
+                  "the run will train in fp32", file=sys.stderr)
         return 0
     from loratrainer.launch.owner import own_runs_started_here
 

@@ -55,7 +55,7 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
             gr.Markdown(f"## loratrainer · {t('app.subtitle')}")
             if other_language_url:
                 gr.HTML(f'<div style="text-align:right"><a href="{other_language_url}">{t("app.other_language")}</a></div>')
-        with gr.Tabs():
+        with gr.Tabs() as ui.named["tabs"]:  # the Queue tab's "Show live view" selects the Training tab
             for name, module in (("dataset", tab_dataset), ("training", tab_training), ("results", tab_results), ("queue", tab_queue),
                                  ("utilities", tab_utilities)):
                 with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}") as ui.named[f"tab_{name}"]:

@@ -45,6 +45,7 @@ class JobView:
     log_tail: str
     samples: list[dict[str, Any]] = field(default_factory=list)  # sample events, oldest first
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)  # state_saved events: the folders Resume can use
 
     @property
     def done(self) -> bool:
@@ -57,6 +58,7 @@ class _Followed:
     state: events.RunState = field(default_factory=events.RunState)
     samples: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
     pid: int | None = None
 
 
@@ -96,6 +98,15 @@ class Jobs:
         else:
             atomic_write(run_dir / run_files.STOP_FILE, f"stop requested at {events.now_iso()}\n")
 
+    def stop_now(self, run_dir: str | Path) -> None:
+        """End the run at once without saving (the page's Stop now, offered when a stop takes too long): the
+        STOP_NOW mark says so afterwards, then every process of the run is killed."""
+        try:
+            atomic_write(Path(run_dir) / run_files.STOP_NOW_FILE, f"stop now at {events.now_iso()}\n")
+        except OSError:
+            pass  # the run folder is gone or full: killing matters more than the note
+        self.kill(run_dir)
+
     def kill(self, run_dir: str | Path) -> None:
         process = self._processes.get(Path(run_dir))
         if process is not None:
@@ -125,6 +136,29 @@ class Jobs:
             return []
         return [Path(p) for p in names if isinstance(p, str) and "\0" not in p and _is_dir(p)]
 
+    def all_runs(self) -> list[Path]:
+        """The page's runs and the queue's (whose run folders only the queue file knows), newest first."""
+        from loratrainer.errors import UserError
+        from loratrainer.launch.run_queue import RunQueue
+
+        runs = self.runs()
+        try:
+            queued = [Path(i.run_dir) for i in RunQueue().items() if i.run_dir and _is_dir(i.run_dir)]
+        except (UserError, OSError):
+            queued = []
+        extra = [p for p in queued if p not in runs]
+        if not extra:
+            return runs
+        return sorted(runs + extra, key=_started_at, reverse=True)
+
+    def run_that_saved(self, state_folder: str | Path) -> Path | None:
+        """The run whose `state_saved` event wrote this state folder (what a resumed run continued)."""
+        target = Path(state_folder)
+        for run_dir in self.all_runs():
+            if any(Path(str(e.get("path", ""))) == target for e in self._follow(run_dir).states):
+                return run_dir
+        return None
+
     def _set_aside(self, path: Path) -> None:
         with self._lock:
             kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -146,8 +180,8 @@ class Jobs:
         return None
 
     def current(self) -> Path | None:
-        """What a freshly loaded page shows: the running job, else the newest run."""
-        active = self.active()
+        """What a freshly loaded page shows: the running job (the page's, else the queue's), else the newest run."""
+        active = self.active() or self.queue_run()
         if active is not None:
             return active
         runs = self.runs()
@@ -171,6 +205,8 @@ class Jobs:
                     f.samples.append(e)
                 elif kind == "checkpoint":
                     f.checkpoints.append(e)
+                elif kind == "state_saved":
+                    f.states.append(e)
             events.summarize(new, f.state)
             return f
 
@@ -184,7 +220,9 @@ class Jobs:
             alive = returncode is None
         else:
             returncode = None
-            alive = not state.done and f.pid is not None and _alive(f.pid)
+            # before its `started` event (loading, caching) a run this GUI did not start (the queue's, or one from
+            # before a GUI restart) has no pid in its events: its process records say whether it lives
+            alive = not state.done and (_alive(f.pid) if f.pid is not None else _run_alive(run_dir))
         if alive:
             outcome = "running"
         elif state.done:
@@ -194,7 +232,28 @@ class Jobs:
             outcome = f.state.status if f.state.done else events.describe_exit(returncode)
         else:
             outcome = "killed" if f.pid is not None else "error"
-        return JobView(run_dir, f.state, alive, outcome, log_tail(run_dir), list(f.samples), list(f.checkpoints))
+        return JobView(run_dir, f.state, alive, outcome, log_tail(run_dir), list(f.samples), list(f.checkpoints), list(f.states))
+
+    def queue_run(self) -> Path | None:
+        """The run folder of the queue's running item while its run lives (the Training tab follows it)."""
+        for item in self._queue_running():
+            if item.run_dir and _is_dir(item.run_dir) and self.view(item.run_dir).alive:
+                return Path(item.run_dir)
+        return None
+
+    def queue_busy(self) -> bool:
+        """Whether the queue has a run going or about to start (the Training tab keeps looking for it)."""
+        return bool(self._queue_running())
+
+    @staticmethod
+    def _queue_running() -> list:
+        from loratrainer.errors import UserError
+        from loratrainer.launch.run_queue import RUNNING, RunQueue
+
+        try:
+            return [item for item in RunQueue().items() if item.status == RUNNING]
+        except (UserError, OSError):
+            return []
 
 
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -253,10 +312,26 @@ def _tracebacks(text: str) -> list[list[str]]:
     return blocks
 
 
+def _started_at(run_dir: Path) -> float:
+    try:
+        return (run_dir / run_files.CONFIG_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _is_dir(path: str) -> bool:
     try:
         return Path(path).is_dir()
     except (OSError, ValueError):  # a name too long for the file system
+        return False
+
+
+def _run_alive(run_dir: Path) -> bool:
+    from loratrainer.launch.processes import alive
+
+    try:
+        return alive(run_dir)
+    except OSError:
         return False
 
 

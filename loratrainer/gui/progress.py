@@ -12,6 +12,9 @@ from pathlib import Path
 from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
 from loratrainer.launch import outcomes
+from loratrainer.launch.run_files import STOP_FILE, STOP_NOW_FILE
+from loratrainer.launch.run_phases import phase_fraction, phase_message, stopped_before_training
+from loratrainer.messages import Msg
 
 FAILED = ("nan", "oom", "disk_full", "error")
 MAX_CHART_POINTS = 500
@@ -26,19 +29,32 @@ def status_line(view: JobView | None, t: Translator) -> str:
         from loratrainer.launch.run_files import stop_requested
 
         if stop_requested(view.run_dir):  # until the trainer has saved and ended, however long that takes
-            return t("status.stopping", file=interrupted_file(view))
+            if s.status == "starting":  # nothing trained yet: nothing is saved
+                text = t("status.stopping_early")
+            else:
+                text = t("status.stopping", file=interrupted_file(view))
+            if stop_waited(view) >= STOP_NOW_AFTER_S:
+                text += " " + t("status.stop_slow", seconds=int(stop_waited(view)))
+            return text
+        phase = phase_message(s)
         if s.status == "starting" or not s.total_steps:
-            return t("status.starting")
-        return t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
+            return t("status.preparing", phase=t.message(phase)) if phase is not None else t("status.starting")
+        running = t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
+        return running + (" " + t("status.phase_now", phase=t.message(phase)) if phase is not None else "")
     outcome = view.outcome
     said = outcomes.from_event(s.msg) if outcome == "nan" else None
     if said is not None:  # the weights, not the loss, became non-finite: the trainer's coded message says so
         return t("status.nan_weights", message=md(t.message(said)))
+    if outcome not in ("finished", "stopped", "nan", "oom", "disk_full") and (view.run_dir / STOP_NOW_FILE).exists():
+        # killed by the page's Stop now, as asked (no `ended` event: the outcome reads killed or error)
+        return t("run.stopped_now")
     reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
     if outcome == "finished":
         return t("status.finished")
     if outcome == "stopped":
-        return t("status.stopped", step=s.step, reason=reason, file=interrupted_file(view))
+        if stopped_before_training(s):
+            return t.message(Msg.of("run.stopped_before_training"))
+        return t("status.stopped", step=s.step, reason=reason, file=interrupted_path(view)) + resume_hint(view, t)
     if outcome in FAILED:
         return t(f"status.{outcome}", reason=reason)
     signal = re.search(r"signal (\d+)", outcome)
@@ -65,6 +81,50 @@ def translated_reason(outcome: str, reason: str, step: int, t: Translator) -> st
     if not reason:
         return ""
     return t("reason.detail", detail=md(reason).replace("`", "'"))
+
+
+# Stop now (end the run without saving) is offered once a stop has waited this long: a save takes seconds, a stop
+# checked between images or sampling steps comes within seconds, so longer means the trainer is stuck somewhere.
+STOP_NOW_AFTER_S = 15.0
+
+
+def stop_waited(view: JobView) -> float:
+    """Seconds since the STOP file was written (0 when there is none)."""
+    import time
+
+    try:
+        return max(0.0, time.time() - (view.run_dir / STOP_FILE).stat().st_mtime)
+    except OSError:
+        return 0.0
+
+
+def offers_stop_now(view: JobView | None) -> bool:
+    return bool(view and view.alive and stop_waited(view) >= STOP_NOW_AFTER_S)
+
+
+def resume_state(view: JobView | None) -> str:
+    """The state folder saved with the run's interrupted file (save_state on), which Resume fills in."""
+    if view is None or view.alive or view.outcome != "stopped":
+        return ""
+    interrupted = {str(e.get("path", "")) for e in view.checkpoints if e.get("kind") == "interrupted"}
+    for e in reversed(view.states):
+        path = str(e.get("path", ""))
+        if any(path == str(Path(f).with_name(Path(f).stem + "-state")) for f in interrupted) and Path(path).is_dir():
+            return path
+    return ""
+
+
+def resume_hint(view: JobView, t: Translator) -> str:
+    state = resume_state(view)
+    return " " + (t("status.resume_offer", state=state) if state else t("status.resume_no_state"))
+
+
+def interrupted_path(view: JobView) -> str:
+    """The interrupted file with its folder (where to find it), from the checkpoint event."""
+    for e in reversed(view.checkpoints):
+        if e.get("kind") == "interrupted":
+            return str(e.get("path", ""))
+    return interrupted_file(view)
 
 
 def interrupted_file(view: JobView) -> str:
@@ -94,6 +154,15 @@ def progress_html(view: JobView | None, t: Translator) -> str:
         return ""
     s = view.state
     percent = 100.0 * s.fraction
+    phase = phase_message(s) if view.alive else None
+    if not s.total_steps:  # loading or caching: its count, never "step 0/?" (nor after a run stopped before step 1)
+        percent = 100.0 * (phase_fraction(s) or 0.0)
+        text = t.message(phase) if phase is not None else ""
+        return (
+            f'<div id="lt-progress-text" data-status="{html.escape(status_kind(view))}" data-phase="{html.escape(s.phase)}" '
+            f'data-step="0">{html.escape(text)}</div>'
+            + (f'<div class="lt-progress"><div style="width:{percent:.1f}%"></div></div>' if phase is not None else "")
+        )
     parts = [t("progress.step", step=s.step, total=s.total_steps or "?"), t("progress.epoch", epoch=s.epoch, epochs=s.epochs or "?")]
     if s.it_per_s:
         parts.append(t("progress.speed", speed=f"{s.it_per_s:.2f}"))

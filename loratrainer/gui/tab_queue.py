@@ -9,8 +9,10 @@ queue state of its own, so the CLI and the page can both change the queue.
 from __future__ import annotations
 
 from loratrainer.errors import UserError
+from loratrainer.gui import progress
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
+from loratrainer.launch.run_phases import phase_message
 
 REFRESH_S = 2.0
 
@@ -48,11 +50,39 @@ class QueueHandlers:
         value = chosen if chosen in ids else (ids[0] if ids else None)
         running = runner_running(self.queue())
         line = self.t("queue.runner_on" if running else "queue.runner_off", count=sum(1 for i in items if i.status == "pending"))
+        live, view = self.live(items)
+        if message is None and view is not None and progress.stop_waited(view) > 0:  # until it has stopped, not one tick
+            message = self.t("queue.stopping", name=md(next(i.name for i in items if i.status == "running" and i.run_dir)))
         return {
             n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, it.reason] for k, it in enumerate(items, 1)],
             n["queue_item"]: gr.update(choices=choices, value=value),
             n["queue_message"]: message if message is not None else line,
+            n["queue_live"]: live,
+            n["queue_stop"]: gr.update(visible=view is not None),
+            n["queue_stop_now"]: gr.update(visible=progress.offers_stop_now(view)),
+            n["queue_show_live"]: gr.update(visible=view is not None),
         }
+
+    def live(self, items) -> tuple[str, object]:
+        """The running item's progress in one line (step, epoch, time left; or its phase while it loads and
+        caches), and its JobView (None when no queued run goes)."""
+        for item in items:
+            if item.status == "running" and item.run_dir:
+                view = self.ui.jobs.view(item.run_dir)
+                if not view.alive:
+                    return "", None
+                s = view.state
+                if progress.stop_waited(view) > 0:
+                    what = self.t("queue.live_stopping")
+                elif s.total_steps:
+                    what = self.t("queue.live_steps", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
+                    if s.eta_s is not None:
+                        what += ", " + self.t("progress.eta", eta=progress.format_duration(s.eta_s))
+                else:
+                    phase = phase_message(s)
+                    what = self.t.message(phase) if phase is not None else self.t("queue.live_starting")
+                return self.t("queue.live", name=md(item.name), what=what), view
+        return "", None
 
     # -- what the buttons do ----------------------------------------------------------------------------------
 
@@ -78,7 +108,42 @@ class QueueHandlers:
         return self.refresh(chosen, message)
 
     def remove(self, chosen: str | None) -> dict:
-        return self._act(chosen, lambda q, i: self.t("queue.removed", name=md(q.remove(i).name)))
+        def remove(q, i):
+            item = next((it for it in q.items() if it.id == i), None)
+            if item is not None and item.status == "running":  # Remove does not stop a run: it says what does
+                return self.t("queue.remove_running", name=md(item.name))
+            return self.t("queue.removed", name=md(q.remove(i).name))
+
+        return self._act(chosen, remove)
+
+    def stop(self) -> dict:
+        """Stop the running queued run (its LoRA saved) and the queue after it; the runs after it stay pending."""
+        from loratrainer.launch.queue_runner import stop_running
+
+        item = stop_running(self.queue())
+        if item is None:
+            return self.refresh(None, self.t("queue.nothing_running"))
+        return self.refresh(None, self.t("queue.stopping", name=md(item.name)))
+
+    def stop_now(self) -> dict:
+        from loratrainer.launch.queue_runner import stop_now
+
+        item = stop_now(self.queue())
+        if item is None:
+            return self.refresh(None, self.t("queue.nothing_running"))
+        return self.refresh(None, self.t("queue.stopped_now", name=md(item.name)))
+
+    def show_live(self) -> dict:
+        """The Training tab, following the queue's running run (its Stop works there too)."""
+        import gradio as gr
+
+        n = self.ui.named
+        items = self.queue().items()
+        run_dir = next((it.run_dir for it in items if it.status == "running" and it.run_dir), None)
+        out = self.ui.handlers["training"].refresh(run_dir, -1) if run_dir else {}
+        if "tabs" in n:
+            out[n["tabs"]] = gr.Tabs(selected="training")
+        return out
 
     def up(self, chosen: str | None) -> dict:
         return self._act(chosen, lambda q, i: q.move(i, -1))
@@ -107,6 +172,11 @@ def build(ui: UiContext) -> QueueHandlers:
 
     t, n, h = ui.t, ui.named, QueueHandlers(ui)
     n["queue_message"] = gr.Markdown(elem_id="queue-message")
+    with gr.Row():
+        n["queue_live"] = gr.Markdown(elem_id="queue-live")
+        n["queue_show_live"] = gr.Button(t("queue.show_live"), visible=False, scale=0, elem_id="queue-show-live")
+        n["queue_stop"] = gr.Button(t("run.stop"), variant="stop", visible=False, scale=0, elem_id="queue-stop")
+        n["queue_stop_now"] = gr.Button(t("run.stop_now"), variant="stop", visible=False, scale=0, elem_id="queue-stop-now")
     n["queue_table"] = gr.Dataframe(
         headers=[t("queue.col_position"), t("queue.col_id"), t("queue.col_name"), t("queue.col_status"), t("queue.col_run"), t("queue.col_reason")],
         datatype=["number", "str", "str", "str", "str", "str"], interactive=False, wrap=True, label=t("queue.title"), elem_id="queue-table",
@@ -121,7 +191,7 @@ def build(ui: UiContext) -> QueueHandlers:
         run = gr.Button(t("queue.run"), variant="primary", elem_id="queue-run")
         clear = gr.Button(t("queue.clear"), elem_id="queue-clear")
     timer = gr.Timer(REFRESH_S)
-    outputs = [n["queue_table"], n["queue_item"], n["queue_message"]]
+    outputs = [n["queue_table"], n["queue_item"], n["queue_message"], n["queue_live"], n["queue_stop"], n["queue_stop_now"], n["queue_show_live"]]
     item = [n["queue_item"]]
     up.click(h.up, inputs=item, outputs=outputs, api_name="queue_up")
     down.click(h.down, inputs=item, outputs=outputs, api_name="queue_down")
@@ -129,6 +199,15 @@ def build(ui: UiContext) -> QueueHandlers:
     retry.click(h.retry, inputs=item, outputs=outputs, api_name="queue_retry")
     clear.click(h.clear, outputs=outputs, api_name="queue_clear")
     run.click(h.run, outputs=outputs, api_name="queue_run")
+    n["queue_stop"].click(h.stop, outputs=outputs, api_name="queue_stop")
+    n["queue_stop_now"].click(h.stop_now, outputs=outputs, api_name="queue_stop_now")
+
+    def wire_show_live() -> None:  # the Training tab's live view is built by then
+        live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button",
+                               "run_notes", "stop_now_button", "resume_button") if k in n]
+        n["queue_show_live"].click(h.show_live, outputs=live + ([n["tabs"]] if "tabs" in n else []), api_name="queue_show_live")
+
+    ui.after_build(wire_show_live)
     timer.tick(h.refresh, inputs=item, outputs=outputs, api_visibility="private", show_progress="hidden")
     ui.on_load(h.refresh, inputs=item, outputs=outputs)
 

@@ -70,7 +70,7 @@ class ResultsHandlers:
         return self.t("results.outcome." + ("running" if view.alive else view.outcome.split(" ")[0]))
 
     def run_choices(self) -> list[tuple[str, str]]:
-        return [(f"{run_dir.name} ({self.outcome(self.ui.jobs.view(run_dir))})", str(run_dir)) for run_dir in self.ui.jobs.runs()]
+        return [(f"{run_dir.name} ({self.outcome(self.ui.jobs.view(run_dir))})", str(run_dir)) for run_dir in self.ui.jobs.all_runs()]
 
     def refresh_runs(self, chosen: str | None = None) -> dict:
         """The run list, newest first, with the newest run selected (Refresh is how a new run is found)."""
@@ -80,14 +80,17 @@ class ResultsHandlers:
         value = choices[0][1] if choices else None
         return {self.ui.named["results_run"]: gr.update(choices=choices, value=value), **self.show_run(value)}
 
-    def keep_run(self, chosen: str | None) -> dict:
-        """Opening the tab: the chosen run stays chosen (the list may have grown)."""
+    def keep_run(self, chosen: str | None, newest_seen: str | None = None) -> dict:
+        """Opening the tab: the chosen run stays chosen, unless a run started since the tab last listed them: then
+        that new run is shown (it used to take Refresh to find it)."""
         import gradio as gr
 
         choices = self.run_choices()
         values = [v for _, v in choices]
-        value = chosen if chosen in values else (values[0] if values else None)
-        return {self.ui.named["results_run"]: gr.update(choices=choices, value=value), **self.show_run(value)}
+        newest = values[0] if values else None
+        value = chosen if chosen in values and newest == newest_seen else newest
+        return {self.ui.named["results_run"]: gr.update(choices=choices, value=value), self.ui.named["results_newest"]: newest,
+                **self.show_run(value)}
 
     def show_run(self, run_dir: str | None) -> dict:
         import gradio as gr
@@ -114,6 +117,10 @@ class ResultsHandlers:
                     outcome=self.outcome(view), run=str(run))
         if len(kept) < len(record.files):
             summary += " " + t("results.removed", count=len(record.files) - len(kept))
+        if view.state.resumed_from:  # the run it continued, so a resumed run is not an unrelated one
+            before = self.ui.jobs.run_that_saved(view.state.resumed_from)
+            summary += "\n\n" + (t("results.resumed_from_run", run=before.name, state=view.state.resumed_from) if before is not None
+                                  else t("results.resumed_from", state=view.state.resumed_from))
         summary += "\n\n" + self.rates(config)
         choices = [(self.file_label(f), str(f.path)) for f in kept]
         sample_grid = record.run_dir / "sample-grid.png"
@@ -323,6 +330,7 @@ def build(ui: UiContext) -> ResultsHandlers:
         refresh = gr.Button(t("results.refresh"), scale=1, elem_id="results-refresh")
     n["results_summary"] = gr.Markdown(t("results.none"), elem_id="results-summary")
     n["results_records"] = gr.State([])
+    n["results_newest"] = gr.State(None)  # the newest run when the list was last shown: a newer one is shown by itself
     n["results_files"] = gr.Dataframe(
         headers=[t("results.col_file"), t("results.col_epoch"), t("results.col_step"), t("results.col_loss"), t("results.col_time"),
                  t("results.col_size")],
@@ -367,6 +375,7 @@ def build(ui: UiContext) -> ResultsHandlers:
         n["grid_timer"] = gr.Timer(1.0, active=False)
     outputs = [n["results_run"]] + [n[k] for k in RESULTS_OUTPUTS]
     refresh.click(h.refresh_runs, inputs=[n["results_run"]], outputs=outputs, api_name="results")
+    keep_outputs = outputs + [n["results_newest"]]
     n["results_run"].input(h.show_run, inputs=[n["results_run"]], outputs=outputs[1:], api_visibility="private")
     def on_select(records, evt):
         return h.select_file(records, evt)
@@ -383,6 +392,7 @@ def build(ui: UiContext) -> ResultsHandlers:
     render.click(h.start_weight_grid, inputs=grid_inputs, outputs=grid_status, api_visibility="private")
     n["grid_cancel"].click(h.cancel_weight_grid, outputs=grid_status, api_visibility="private")
     n["grid_timer"].tick(h.poll_weight_grid, outputs=grid_status, api_visibility="private", show_progress="hidden")
-    ui.on_load(h.keep_run, inputs=[n["results_run"]], outputs=outputs)
-    ui.after_build(lambda: n["tab_results"].select(h.keep_run, inputs=[n["results_run"]], outputs=outputs, api_visibility="private"))
+    ui.on_load(h.keep_run, inputs=[n["results_run"], n["results_newest"]], outputs=keep_outputs)
+    ui.after_build(lambda: n["tab_results"].select(h.keep_run, inputs=[n["results_run"], n["results_newest"]], outputs=keep_outputs,
+                                                   api_visibility="private"))
     return h

@@ -188,6 +188,11 @@ class TrainingHandlers:
         run_dir = run_folder(resolved, "<YYYYmmdd-HHMMSS>")
         lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
                  self.t("command.becomes"), format_command(build_command(resolved, run_dir))]
+        from loratrainer.launch.precision import precision_here
+
+        used = precision_here(resolved)
+        if used != resolved.precision.mixed_precision:  # what will run on this machine, not only what was asked
+            lines += ["", self.t("command.precision_cpu", asked=resolved.precision.mixed_precision)]
         return {box: "\n".join(lines), message: ""}
 
     def start(self, data: dict, confirmed: bool = False) -> dict:
@@ -280,6 +285,28 @@ class TrainingHandlers:
         self.ui.jobs.stop(run_dir)
         return {n["run_message"]: "", n["status"]: progress.status_line(self.ui.jobs.view(run_dir), self.t)}
 
+    def stop_now(self, run_dir: str | None) -> dict:
+        """End the run at once, without saving (offered when a stop has waited STOP_NOW_AFTER_S): every process of
+        the run's tree is killed through launch/processes.py."""
+        n = self.ui.named
+        if not run_dir or not self.ui.jobs.view(run_dir).alive:
+            return {n["run_message"]: self.t("stop.nothing")}
+        self.ui.jobs.stop_now(run_dir)
+        return {n["run_message"]: "", **self.refresh(run_dir, -1)}
+
+    def resume(self, run_dir: str | None) -> dict:
+        """Fill Resume from saved state with the state folder saved at the stop, and open its section."""
+        import gradio as gr
+
+        n = self.ui.named
+        state = progress.resume_state(self.ui.jobs.view(run_dir)) if run_dir else ""
+        if not state:
+            return {n["run_message"]: self.t("run.resume_none")}
+        out = {self.ui.fields["saving.resume"]: state, n["run_message"]: self.t("run.resume_filled", state=state)}
+        if "advanced_saving" in n:
+            out[n["advanced_saving"]] = gr.update(open=True)
+        return out
+
     def attach(self) -> dict:
         """On page load: the running job (or the newest run) comes back, with the timer on when it runs, and
         with its settings (the run folder's config.json): the form shows what is training, or, after a run
@@ -301,6 +328,10 @@ class TrainingHandlers:
 
         n = self.ui.named
         view = self.ui.jobs.view(run_dir) if run_dir else None
+        if view is None or not view.alive:  # the queue's running run, when nothing of the page's runs
+            queued = self.ui.jobs.queue_run()
+            if queued is not None and str(queued) != run_dir:
+                run_dir, view, samples_seen = str(queued), self.ui.jobs.view(queued), -1
         out = {
             n["run_dir"]: run_dir,
             n["status"]: progress.status_line(view, self.t),
@@ -308,10 +339,13 @@ class TrainingHandlers:
             n["loss_plot"]: progress.loss_frame(view),
             n["log"]: view.log_tail if view else "",
             n["run_notes"]: run_notes(view, self.t) if view else "",
-            n["timer"]: gr.Timer(active=bool(view and view.alive)),
+            # on while the run goes, and while the queue has a run: the tab moves to the queue's next run by itself
+            n["timer"]: gr.Timer(active=bool(view and view.alive) or self.ui.jobs.queue_busy()),
             n["samples_seen"]: len(view.samples) if view else 0,
             # Stop is red and pressable only while a run goes
             n["stop_button"]: gr.update(interactive=bool(view and view.alive), variant="stop" if view and view.alive else "secondary"),
+            n["stop_now_button"]: gr.update(visible=progress.offers_stop_now(view)),
+            n["resume_button"]: gr.update(visible=bool(progress.resume_state(view))),
         }
         if view is None or len(view.samples) != samples_seen:
             out[n["gallery"]] = progress.sample_gallery(view, self.ui.display, self.t)
@@ -404,7 +438,8 @@ def build(ui: UiContext) -> TrainingHandlers:
 
     cfg = ui.config_inputs
     config_outputs = list(ui.fields.values()) + [n["config_message"]]
-    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button", "run_notes")]
+    live = [n[k] for k in ("run_dir", "status", "progress", "loss_plot", "log", "timer", "samples_seen", "gallery", "stop_button", "run_notes",
+                           "stop_now_button", "resume_button")]
     buttons["load_preset"].click(h.load_preset, inputs=cfg() | {n["preset"]}, outputs=config_outputs, api_name="load_preset")
     buttons["save_preset"].click(h.save_preset, inputs=cfg() | {n["preset_name"]}, outputs=[n["config_message"], n["preset"]], api_name="save_preset")
     buttons["load_file"].click(h.load_file, inputs=cfg() | {n["config_path"], n["config_upload"]}, outputs=config_outputs, api_name="load_config")
@@ -447,6 +482,9 @@ def build(ui: UiContext) -> TrainingHandlers:
     n["family_defaults"].click(h.use_family_defaults, inputs=family_inputs,
                                outputs=[ui.fields[p] for p in FAMILY_FIELDS[1:]] + family_outputs, api_visibility="private")
     buttons["stop"].click(h.stop, inputs=[n["run_dir"]], outputs=[n["run_message"], n["status"]], api_name="stop")
+    buttons["stop_now"].click(h.stop_now, inputs=[n["run_dir"]], outputs=live + [n["run_message"]], api_name="stop_now")
+    resume_outputs = [ui.fields["saving.resume"], n["run_message"]] + ([n["advanced_saving"]] if "advanced_saving" in n else [])
+    buttons["resume"].click(h.resume, inputs=[n["run_dir"]], outputs=resume_outputs, api_name="resume")
     n["timer"].tick(h.refresh, inputs=[n["run_dir"], n["samples_seen"]], outputs=live, api_visibility="private", show_progress="hidden")
     ui.on_load(h.attach, outputs=live + list(ui.fields.values()))
     folder_fields = [ui.fields[p] for p in ("folders.train_data_dir", "folders.output_dir") if p in ui.fields]
@@ -489,7 +527,7 @@ def _settings(ui: UiContext, gr):
     for group in GROUPS:
         rest = [p for p, s in specs.items() if s.group == group and p not in ui.fields and p not in basic]
         if rest:
-            with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}"):
+            with gr.Accordion(t(f"group.{group}"), open=False, elem_id=f"advanced-{group}") as ui.named[f"advanced_{group}"]:
                 _rows(ui, gr, rest)
     return folders_md
 
@@ -508,6 +546,9 @@ def _run_panel(ui: UiContext, gr) -> dict:
         start = gr.Button(t("run.start"), variant="primary", elem_id="run-start")
         n["add_to_queue"] = gr.Button(t("queue.add"), elem_id="run-add-to-queue")  # wired by tab_queue
         stop = n["stop_button"] = gr.Button(t("run.stop"), variant="secondary", interactive=False, elem_id="run-stop")
+        # offered when a stop has waited too long (gui/progress.STOP_NOW_AFTER_S): ends the run without saving
+        stop_now = n["stop_now_button"] = gr.Button(t("run.stop_now"), variant="stop", visible=False, elem_id="run-stop-now")
+        resume = n["resume_button"] = gr.Button(t("run.resume"), visible=False, elem_id="run-resume")
         show_command = gr.Button(t("run.show_command"), elem_id="run-show-command")
     n["run_summary"] = gr.Markdown(t("training.summary_unchecked"), elem_id="run-summary")
     with gr.Row(equal_height=True):
@@ -537,7 +578,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["run_dir"] = gr.State(None)
     n["samples_seen"] = gr.State(-1)
     n["timer"] = gr.Timer(1.0, active=False)
-    return {"start": start, "stop": stop, "show_command": show_command, "start_anyway": start_anyway, "cancel_start": cancel_start}
+    return {"start": start, "stop": stop, "stop_now": stop_now, "resume": resume, "show_command": show_command, "start_anyway": start_anyway, "cancel_start": cancel_start}
 
 
 def _visible(shown: bool):

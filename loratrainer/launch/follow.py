@@ -13,7 +13,9 @@ from typing import Iterator, TextIO
 from loratrainer import events
 from loratrainer.launch import run_files
 from loratrainer.launch.run_files import CONSOLE_FILE
+from loratrainer.launch.run_phases import phase_message, stopped_before_training
 from loratrainer.launch.start import RunProcess
+from loratrainer.messages import Msg
 
 
 def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
@@ -39,8 +41,11 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
                 time.sleep(poll_s)
         except KeyboardInterrupt:
             run.request_stop()  # first: after SIGHUP (the terminal closed) the line below may fail to print
+            new, offset = events.read_events(run.events_path, offset)  # what the trainer did up to now, not at the last poll
+            state = events.summarize(new, state)
             try:
-                stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n")
+                stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n" if state.status != "starting" else
+                             "stopping: nothing is trained yet, so nothing will be saved (press Ctrl+C again to kill)\n")
                 stream.flush()
             except OSError:
                 pass
@@ -124,16 +129,28 @@ def _signals_as_keyboard_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+# Ends whose `ended` reason is the whole story: the sentence and the log's path, never the log's traceback
+# (a full disk printed "disk full: disk full: PATH" and then a Python traceback under "last lines of the log").
+_SAID_IN_FULL = ("stopped", "disk_full", "nan", "oom")
+
+
 def _report_end(run: RunProcess, state: events.RunState, code: int, stream: TextIO) -> None:
-    if state.done:
-        stream.write(f"{events.headline(state)}{': ' + state.reason if state.reason else ''}\n")
+    if stopped_before_training(state):
+        stream.write(str(Msg.of("run.stopped_before_training")) + "\n")
+    elif state.done:
+        head, reason = events.headline(state), state.reason
+        # the reason may already start with the headline ("disk full: PATH"): say it once
+        stream.write((reason if reason.lower().startswith(head.lower()) else f"{head}{': ' + reason if reason else ''}") + "\n")
     else:
         stream.write(f"the training process ended without a result: {events.describe_exit(code)}\n")
         code = code or events.EXIT_CODES["error"]
     for path in state.last_files[-3:]:
         stream.write(f"  saved {path}\n")
-    if code != 0:
-        tail = _tail(run.run_dir / run_files.LOG_FILE) or _tail(run.run_dir / CONSOLE_FILE)
+    log_file = run.run_dir / run_files.LOG_FILE
+    if code != 0 and state.done and state.status in _SAID_IN_FULL:
+        stream.write(f"log: {log_file if log_file.exists() else run.run_dir / CONSOLE_FILE}\n")
+    elif code != 0:
+        tail = _tail(log_file) or _tail(run.run_dir / CONSOLE_FILE)
         if tail:
             stream.write("last lines of the log:\n" + tail)
     stream.write(f"run folder: {run.run_dir}\n")
@@ -154,9 +171,20 @@ class _Bar:
         self._tqdm = tqdm
         self.stream = stream
         self.bar = None
+        self._shown = 0  # the width of the phase line shown before the bar
 
     def update(self, state: events.RunState, new: list[dict]) -> None:
+        phase = phase_message(state)
+        if self.bar is None and not state.total_steps:  # loading, caching: one line rewritten in place
+            if phase is not None:
+                text = str(phase)
+                self.stream.write("\r" + text + " " * max(0, self._shown - len(text)))
+                self.stream.flush()
+                self._shown = len(text)
+            return
         if state.total_steps and self.bar is None:
+            if self._shown:
+                self.stream.write("\n")
             self.bar = self._tqdm(total=state.total_steps, unit="step", file=self.stream, dynamic_ncols=True)
         if self.bar is not None:
             self.bar.n = state.step
@@ -173,18 +201,33 @@ class _Bar:
 
 
 class _Lines:
+    PHASE_EVERY_S = 5.0  # a log of plain lines: a counted phase at most every 5 s, plus its first and last line
+
     def __init__(self, stream: TextIO):
         self.stream = stream
+        self._phase_said = ("", 0.0)
 
     def update(self, state: events.RunState, new: list[dict]) -> None:
         for e in new:
-            if e["event"] == "started":
+            if e["event"] == "phase" and e.get("phase") not in ("training", None):
+                self._say_phase(e)
+            elif e["event"] == "started":
                 self.stream.write(f"started: {e.get('total_steps')} steps, {e.get('epochs')} epochs, seed {e.get('seed')}\n")
             elif e["event"] == "progress":
                 self.stream.write(f"step {e['step']}/{e['total_steps']} epoch {e['epoch']}/{e['epochs']} loss {e['loss']:.4f} lr {e['lr']:.3g}\n")
             elif e["event"] == "checkpoint":
                 self.stream.write(f"saved {e['path']}\n")
         self.stream.flush()
+
+    def _say_phase(self, e: dict) -> None:
+        phase, now = str(e["phase"]), time.monotonic()
+        edge = e.get("done") in (None, 0) or e.get("done") == e.get("total") or phase != self._phase_said[0]
+        if not edge and now - self._phase_said[1] < self.PHASE_EVERY_S:
+            return
+        text = phase_message(events.summarize([e], events.RunState()))
+        if text is not None:
+            self._phase_said = (phase, now)
+            self.stream.write(f"{text}\n")
 
     def close(self) -> None:
         pass

@@ -22,7 +22,10 @@ from loratrainer.launch.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, Ru
 
 RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the queue folder
 
-define({"queue.runner_busy": "the queue is already being run by another process"})
+define({
+    "queue.runner_busy": "the queue is already being run by another process",
+    "queue.stopped_now": "ended at once with Stop now: nothing more was saved",
+})
 
 
 def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
@@ -104,6 +107,8 @@ def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, s
     state = events.summarize(events.read_events(run_dir / run_files.EVENTS_FILE)[0])
     if state.done:
         status, reason = state.status, state.reason or ""
+    elif (run_dir / run_files.STOP_NOW_FILE).exists():  # the page's Stop now killed it, as the user asked
+        status, reason = "stopped", str(Msg.of("queue.stopped_now"))
     else:
         status, reason = FAILED, ("ended without a result: " + events.describe_exit(code)) if code is not None else "ended without a result"
     queue.update(item.id, status=status, reason=reason, exit_code=code, ended=events.now_iso(), runner={})
@@ -135,6 +140,55 @@ def start_detached(queue: RunQueue) -> int:
     finally:
         log.close()
     return proc.pid
+
+
+def running_item(queue: RunQueue) -> QueueItem | None:
+    for item in queue.items():
+        if item.status == RUNNING:
+            return item
+    return None
+
+
+def stop_running(queue: RunQueue) -> QueueItem | None:
+    """Stop the queue's running run (its LoRA saved as `<name>-interrupted`) and the runner after it; the items
+    after it stay pending. The runner is sent SIGTERM, its own stop path (STOP, wait, escalate), once: a second
+    SIGTERM would make it kill the run. Returns the item, or None when nothing runs."""
+    import signal
+    import socket
+
+    from loratrainer.launch.run_queue import runner_alive
+
+    item = running_item(queue)
+    if item is None:
+        return None
+    if item.run_dir and run_files.stop_requested(item.run_dir):
+        return item  # asked already: the runner is saving and stopping
+    if item.run_dir:
+        try:
+            (Path(item.run_dir) / run_files.STOP_FILE).write_text(f"queue stop at {events.now_iso()}\n")
+        except OSError:
+            pass
+    if runner_alive(item.runner) and item.runner.get("host") == socket.gethostname() and os.name == "posix":
+        try:
+            os.kill(int(item.runner["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return item
+
+
+def stop_now(queue: RunQueue) -> QueueItem | None:
+    """End the queue's running run at once without saving (every process of it killed) and stop the runner."""
+    from loratrainer.launch import processes
+
+    item = stop_running(queue)
+    if item is None or not item.run_dir:
+        return item
+    try:
+        (Path(item.run_dir) / run_files.STOP_NOW_FILE).write_text(f"stop now at {events.now_iso()}\n")
+    except OSError:
+        pass
+    processes.kill_all(item.run_dir)
+    return item
 
 
 def runner_running(queue: RunQueue) -> bool:

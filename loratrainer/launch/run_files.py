@@ -22,6 +22,7 @@ LOG_FILE = "train.log"
 VERSIONS_FILE = "versions.json"
 TENSORBOARD_DIR = "tensorboard"
 STOP_FILE = "STOP"  # its appearance asks the trainer to save <name>-interrupted and stop
+STOP_NOW_FILE = "STOP_NOW"  # the page's Stop now wrote it before killing the run: "ended without saving", not "killed"
 PROCESSES_DIR = "processes"  # launcher-m<machine rank>.json, rank-<global rank>.json
 RUN_STAMP = "%Y%m%d-%H%M%S"  # the run folder's time stamp (datetime.strftime)
 

@@ -59,6 +59,7 @@ class TrainingProgress:
     started_at: float  # unix time
     finished_at: float | None = None  # unix time of this save; None = now
     num_processes: int = 1
+    mixed_precision: str | None = None  # what the trainer used (a CPU runs fp16 asked as "no"); None: the config's
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_network_dim": net.network_dim,
         "ss_network_alpha": net.network_alpha,
         "ss_network_dropout": net.network_dropout,
-        "ss_mixed_precision": prec.mixed_precision,
+        "ss_mixed_precision": progress.mixed_precision or prec.mixed_precision,
         "ss_full_fp16": prec.full_fp16,
         "ss_full_bf16": prec.full_bf16,
         "ss_v2": False,

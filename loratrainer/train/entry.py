@@ -166,6 +166,8 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
 
     from loratrainer.model.errors import NonFiniteLoraError
     from loratrainer.train.loop import NonFiniteLoss, NonFiniteWeights
+    from loratrainer.launch.run_phases import STOPPED_BEFORE_TRAINING
+    from loratrainer.train.run_context import StoppedBeforeTraining
 
     try:
         outcome = train_run(config, run, accelerator)
@@ -173,6 +175,9 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
     except NonFiniteWeights as exc:  # the loss was finite, the update was not: not "the loss became NaN"
         run.ended_msg = outcomes.weights_nonfinite(exc.step, exc.epoch, exc.lr, config.precision.full_fp16, run.last_file)
         return "nan", str(run.ended_msg), exc.step, exc.epoch
+    except StoppedBeforeTraining as exc:
+        log.info("stop requested while %s: ended before the first step, nothing to save", exc.phase)
+        return "stopped", STOPPED_BEFORE_TRAINING, run.step, run.epoch
     except NonFiniteLoss as exc:
         return "nan", nan_reason(exc, run), exc.step, exc.epoch
     except NonFiniteLoraError as exc:
@@ -287,7 +292,8 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
              num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
              seed=seed, pid=os.getpid(), pgid=child_processes.own_group(),
-             mixed_precision=accelerator.mixed_precision)  # the precision used: the GUI notes when it is not the config's
+             mixed_precision=accelerator.mixed_precision,  # the precision used: the GUI notes when it is not the config's
+             resumed_from=str(config.saving.resume) if resume else "", resumed_step=t.step if resume else None)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
     run.phase = "training"
     reporter = ProgressReporter(run.events, run.tensorboard, s.total_steps, s.epochs)

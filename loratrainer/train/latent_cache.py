@@ -59,14 +59,21 @@ def latent_seed(seed: int, index: int, flip: bool) -> int:
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
-                  rank: int = 0, world: int = 1, seed: int = 0, bucketed: bool = True) -> dict[int, Latents]:
+                  rank: int = 0, world: int = 1, seed: int = 0, bucketed: bool = True, run=None) -> dict[int, Latents]:
     """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
-    from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins."""
+    from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins.
+
+    `run` (a RunContext): a stop is checked before each image (StoppedBeforeTraining) and the count goes out
+    as `caching_latents` phase events (the main process's share, scaled to the whole dataset)."""
     out: dict[int, Latents] = {}
     reused = 0
+    total = len(samples)
     for i, sample in enumerate(samples):
         if i % world != rank:
             continue
+        if run is not None:
+            run.check_stop()
+            run.phase_progress("caching_latents", min(total, len(out) * world), total)
         fp = fingerprint(sample, background, vae_id) if to_disk else ""
         cached = _read(npz_path(sample), fp, flip) if to_disk else None
         if cached is not None:
@@ -78,6 +85,8 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
         out[i] = (plain, flipped, *image_conditioning(sample.size, sample.bucket, bucketed=bucketed))
         if to_disk:
             _write(npz_path(sample), out[i], fp)
+    if run is not None:
+        run.phase_progress("caching_latents", total, total)
     log.info("latents cached for %d images (%d reused from disk)", len(out), reused)
     return out
 

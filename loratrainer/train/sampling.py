@@ -116,6 +116,7 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
         if run_files.stop_requested(t.run_dir):  # a stop comes within seconds, not after the whole round
             log.info("stop requested: the remaining sample images of this round are skipped")
             break
+        t.run.phase_progress("sampling", index, len(run.prompts))
         fail_sampling()  # LORATRAINER_FAULT=oom@sample
         image = render(t, prompt, run.sampler)
         if image is None:  # stopped between denoising steps: no half-denoised image is written
@@ -127,6 +128,7 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
         paths.append(path)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # give the pipeline's activations back to training
+    t.run.phase_progress("training")
     return paths
 
 

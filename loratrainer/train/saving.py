@@ -54,6 +54,7 @@ class Saver:
         t, run = self.t, self.t.run
         p = p or self.progress()
         run.phase = f"saving ({kind})"
+        run.phase_progress("saving")
         t.accelerator.wait_for_everyone()
         if t.accelerator.is_main_process:
             path = self.keeper.save(kind, p)
@@ -66,6 +67,7 @@ class Saver:
             self.save_training_state()
         t.accelerator.wait_for_everyone()
         run.phase = "training"
+        run.phase_progress("training")
 
     def save_training_state(self) -> None:
         from accelerate.utils import broadcast_object_list
@@ -91,6 +93,7 @@ class Saver:
         meta = file_metadata(
             t.config, self._info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
             seed=t.seed, started_at=self._started, num_processes=t.accelerator.num_processes,
+            mixed_precision=t.accelerator.mixed_precision,
         )
         with during_save(self._saves, path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
             save_lora(path, tensors, meta, overwrite=False)
@@ -127,9 +130,10 @@ def dataset_info(report: DatasetReport) -> DatasetInfo:
 
 
 def file_metadata(config: TrainingConfig, info: DatasetInfo, components, *, epoch: int, step: int, total_steps: int,
-                  epochs: int, seed: int, started_at: float, num_processes: int) -> dict[str, str]:
+                  epochs: int, seed: int, started_at: float, num_processes: int, mixed_precision: str | None = None) -> dict[str, str]:
     progress = TrainingProgress(epoch=epoch, step=step, num_epochs=epochs, max_train_steps=total_steps, seed=seed,
-                                started_at=started_at, finished_at=time.time(), num_processes=num_processes)
+                                started_at=started_at, finished_at=time.time(), num_processes=num_processes,
+                                mixed_precision=mixed_precision)  # the precision used, not the one asked
     model = ModelInfo(name=components.model_name, hash=components.model_hash, vae_name=Path(config.model.vae).name if config.model.vae else "",
                       family=getattr(components, "family", "sd15"))  # SDXL: sd-scripts' SDXL base version and modelspec
     return build_metadata(config, progress, info, model)

@@ -188,14 +188,15 @@ def param_groups(handle, config: TrainingConfig, family: Family | None = None) -
     return [g for g in groups if g["params"]]
 
 
-def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype):
+def build_data(config: TrainingConfig, report: DatasetReport, components, accelerator: Accelerator, seed: int, weight_dtype,
+               run: RunContext | None = None):
     latents = None
     if config.caches_latents:
         share = cache_latents(
             report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
             background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
             device=accelerator.device, dtype=components.vae.dtype, rank=accelerator.process_index, world=accelerator.num_processes,
-            seed=seed, bucketed=config.buckets.enable_bucket,
+            seed=seed, bucketed=config.buckets.enable_bucket, run=run,
         )
         latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents, size_conditioning=family_for(components).size_conditioning)
@@ -207,13 +208,18 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
     check_optimizer_available(config)
     check_text_cache_allowed(config)
     report = plan_dataset(config, accelerator.num_processes)
+    if run is not None:  # a stop asked while the process started (torch's import) ends here, before the model loads
+        run.check_stop()
+        run.phase_progress("loading_model")
     components, handle, weight_dtype = load_and_adapt_models(config, accelerator)
+    if run is not None:
+        run.check_stop()
     family = family_for(components)
     groups = param_groups(handle, config, family)
     optimizer = build_optimizer(config, groups)
     lr_scheduler = build_lr_scheduler(config, optimizer, report.steps.total_steps)
     views, optimizer = prepare_models(accelerator, components, config, optimizer, family)
-    loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype)
+    loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype, run=run)
     static_text = not family.trains_text(config) and CaptionRules.from_settings(config.dataset).is_static
     t = Trainer(
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
