@@ -199,7 +199,7 @@ def test_a_value_our_settings_refuse_names_the_key(tmp_path):
 # -- real files ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, code, named", [
-    # sd-scripts docs/config_README-en.md
+    # sd-scripts docs/config_README-en (.md)
     ("example.toml", "dataset_config.fine_tuning", "[[datasets]] 2, [[datasets.subsets]] 1"),
     ("duplicate-subsets.toml", "dataset_config.differs", "resolution"),
     ("secondary-separator.toml", "dataset_config.unsupported", "keep_tokens_separator"),

@@ -1,6 +1,6 @@
 """Kohya's dataset config (`dataset_config`): sd-scripts' .toml with [general], [[datasets]], [[datasets.subsets]].
 
-Read as *kohya-ss/sd-scripts library/config_util.py* reads it (docs/kohya-compat.md section 10): which key may
+Read as *kohya-ss/sd-scripts library/config_util.py* reads it (docs/kohya-compat.md section 1, docs/dataset.md): which key may
 stand at which level (ConfigSanitizer's schemas: an unknown key is refused, as voluptuous refuses it), the
 types it accepts, and inheritance subset -> dataset -> [general] -> the command line (here: our settings) ->
 the dataclass default (BlueprintGenerator.generate_params_by_fallbacks). As in sd-scripts, train_data_dir and
@@ -20,7 +20,7 @@ the caption syntax extensions are refused by key when set to anything but sd-scr
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +30,11 @@ from pydantic import ValidationError
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pyproject.toml installs tomli on 3.10: the same parser, before it joined the standard library
+    import tomli as tomllib
 
 define({
     "dataset_config.not_found": "the dataset config file does not exist: choose an existing .toml file",
@@ -354,6 +359,6 @@ def _show(value: Any) -> str:
 
 def _resolve(image_dir: str, toml_path: Path) -> Path:
     """sd-scripts resolves a relative image_dir against its working directory; a desktop app has none the user
-    chose, so **we** resolve it against the TOML's own folder (docs/kohya-compat.md section 10)."""
+    chose, so **we** resolve it against the TOML's own folder (docs/kohya-compat.md section 1, docs/dataset.md)."""
     p = Path(image_dir).expanduser()
     return p if p.is_absolute() else (toml_path.parent / p)
