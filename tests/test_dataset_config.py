@@ -307,3 +307,12 @@ caption_extension = '.txt'
     per_subset = {name: sum(1 for p in trained if p.parent.name == name) for name in ("one", "two")}
     assert per_subset == {"one": 2, "two": 3}
     assert {p.name for p in trained if p.parent.name == "two"} == {"img_000.png"}
+
+
+def test_a_refusal_reads_in_korean_with_no_english_left(tmp_path):
+    from loratrainer.gui.i18n import Translator
+
+    error = _refusal(_write(tmp_path, "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'x'\nflip_aug = 'yes'\n"))
+    assert str(error.reason) == "`flip_aug` in [[datasets]] 1, [[datasets.subsets]] 1 must be true or false, not 'yes'"
+    korean = Translator("ko").message(error.msg)
+    assert "true 또는 false" in korean and "must" not in korean and "flip_aug" in korean, korean

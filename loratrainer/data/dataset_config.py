@@ -80,14 +80,27 @@ def _is_resolution(v: Any) -> bool:
 
 # Key -> (type test, the words for its type), from ConfigSanitizer's schemas (voluptuous: `bool` and `int` are
 # exact, `float` alone takes no int, Any(float, int) takes both).
-_BOOL, _INT, _STR, _NUM = (lambda v: isinstance(v, bool), "true or false"), (_is_int, "a whole number"), (lambda v: isinstance(v, str), "text"), (_is_number, "a number")
+define({
+    "dataset_config.kind.bool": "true or false",
+    "dataset_config.kind.int": "a whole number",
+    "dataset_config.kind.text": "text",
+    "dataset_config.kind.number": "a number",
+    "dataset_config.kind.decimal": "a decimal number",
+    "dataset_config.kind.pair": "two decimal numbers",
+    "dataset_config.kind.table": "a table",
+    "dataset_config.kind.resolution": "a number or [width, height]",
+    "dataset_config.kind.tables": "a list of [[{name}]] tables",
+    "dataset_config.the_file": "the file",
+})
+_BOOL, _INT = (lambda v: isinstance(v, bool), "dataset_config.kind.bool"), (_is_int, "dataset_config.kind.int")
+_STR, _NUM = (lambda v: isinstance(v, str), "dataset_config.kind.text"), (_is_number, "dataset_config.kind.number")
 _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # SUBSET_ASCENDABLE_SCHEMA
-    "color_aug": _BOOL, "face_crop_aug_range": (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v), "two decimal numbers"),
+    "color_aug": _BOOL, "face_crop_aug_range": (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v), "dataset_config.kind.pair"),
     "flip_aug": _BOOL, "num_repeats": _INT, "random_crop": _BOOL, "shuffle_caption": _BOOL, "keep_tokens": _INT,
     "keep_tokens_separator": _STR, "secondary_separator": _STR, "caption_separator": _STR, "enable_wildcard": _BOOL,
     "token_warmup_min": _INT, "token_warmup_step": _NUM, "caption_prefix": _STR, "caption_suffix": _STR,
-    "custom_attributes": (lambda v: isinstance(v, dict), "a table"), "resize_interpolation": _STR,
+    "custom_attributes": (lambda v: isinstance(v, dict), "dataset_config.kind.table"), "resize_interpolation": _STR,
     # DO_SUBSET_ASCENDABLE_SCHEMA (train_network supports caption dropout)
     "caption_dropout_every_n_epochs": _INT, "caption_dropout_rate": _NUM, "caption_tag_dropout_rate": _NUM,
     # DB_SUBSET_ASCENDABLE_SCHEMA
@@ -96,8 +109,8 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "image_dir": _STR, "is_reg": _BOOL, "alpha_mask": _BOOL, "metadata_file": _STR, "conditioning_data_dir": _STR,
     # DATASET_ASCENDABLE_SCHEMA
     "batch_size": _INT, "bucket_no_upscale": _BOOL, "bucket_reso_steps": _INT, "enable_bucket": _BOOL,
-    "max_bucket_reso": _INT, "min_bucket_reso": _INT, "validation_seed": _INT, "validation_split": (lambda v: isinstance(v, float), "a decimal number"),
-    "resolution": (_is_resolution, "a number or [width, height]"), "network_multiplier": (lambda v: isinstance(v, float), "a decimal number"),
+    "max_bucket_reso": _INT, "min_bucket_reso": _INT, "validation_seed": _INT, "validation_split": (lambda v: isinstance(v, float), "dataset_config.kind.decimal"),
+    "resolution": (_is_resolution, "dataset_config.kind.resolution"), "network_multiplier": (lambda v: isinstance(v, float), "dataset_config.kind.decimal"),
 }
 _SUBSET_ASCENDABLE = {
     "color_aug", "face_crop_aug_range", "flip_aug", "num_repeats", "random_crop", "shuffle_caption", "keep_tokens",
@@ -184,7 +197,7 @@ def load_user_config(path: Path) -> dict:
     except (tomllib.TOMLDecodeError, ValueError, UnicodeDecodeError) as exc:
         raise _fail("dataset_config.unreadable", path, kind="TOML" if name.endswith(".toml") else "JSON", reason=str(exc)) from None
     except OSError as exc:
-        raise _fail("dataset_config.unreadable", path, kind="a file", reason=exc.strerror or str(exc)) from None
+        raise _fail("dataset_config.unreadable", path, kind=path.suffix.lstrip(".").upper(), reason=exc.strerror or str(exc)) from None
     raise _fail("dataset_config.extension", path)
 
 
@@ -197,11 +210,11 @@ def read_dataset_config(path: str | Path, config: TrainingConfig) -> DatasetConf
             raise _fail("dataset_config.top_level", path, key=key)
     general = raw.get("general", {})
     if not isinstance(general, dict):
-        raise _fail("dataset_config.bad_type", path, key="general", where="the file", kind="a table", value=general)
+        raise _fail("dataset_config.bad_type", path, key="general", where=Msg.of("dataset_config.the_file"), kind=Msg.of("dataset_config.kind.table"), value=_show(general))
     _check_keys(general, GENERAL_KEYS, _where(), path)
     datasets = raw.get("datasets", [])
     if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
-        raise _fail("dataset_config.bad_type", path, key="datasets", where="the file", kind="[[datasets]] tables", value=type(datasets).__name__)
+        raise _fail("dataset_config.bad_type", path, key="datasets", where=Msg.of("dataset_config.the_file"), kind=Msg.of("dataset_config.kind.tables", name="datasets"), value=_show(datasets))
     if not datasets:
         raise _fail("dataset_config.no_datasets", path)
     ours = _our_values(config)
@@ -213,7 +226,7 @@ def read_dataset_config(path: str | Path, config: TrainingConfig) -> DatasetConf
         _check_keys(dataset, DATASET_KEYS, _where(d), path)
         entries = dataset.get("subsets", [])
         if not isinstance(entries, list) or not all(isinstance(s, dict) for s in entries):
-            raise _fail("dataset_config.bad_type", path, key="subsets", where=_where(d), kind="[[datasets.subsets]] tables", value=type(entries).__name__)
+            raise _fail("dataset_config.bad_type", path, key="subsets", where=_where(d), kind=Msg.of("dataset_config.kind.tables", name="datasets.subsets"), value=_show(entries))
         if not entries:
             raise _fail("dataset_config.no_subsets", path, where=_where(d))
         dataset_fallbacks = [dataset, general, ours]
@@ -280,7 +293,7 @@ def apply_settings(config: TrainingConfig, plan: DatasetConfig) -> TrainingConfi
         err = exc.errors()[0]
         dotted = ".".join(str(p) for p in err["loc"][:2])
         key = next((k for k, v in {**RUN_WIDE_DATASET_KEYS, **RUN_WIDE_SUBSET_KEYS}.items() if v == dotted), dotted)
-        raise _fail("dataset_config.bad_value", plan.path, key=key, value=_show(err.get("input")), where="the dataset config", reason=err["msg"]) from None
+        raise _fail("dataset_config.bad_value", plan.path, key=key, value=_show(err.get("input")), where=Msg.of("dataset_config.the_file"), reason=err["msg"]) from None
 
 
 def _our_values(config: TrainingConfig) -> dict[str, Any]:
@@ -321,7 +334,7 @@ def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
         if key in _TYPES:
             test, kind = _TYPES[key]
             if not test(value):
-                raise _fail("dataset_config.bad_type", path, key=key, where=where, kind=kind, value=_show(value))
+                raise _fail("dataset_config.bad_type", path, key=key, where=where, kind=Msg.of(kind), value=_show(value))
 
 
 def _refuse_dataset_level(fallbacks: list[dict], where: str, path: Path) -> None:
