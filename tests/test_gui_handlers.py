@@ -375,6 +375,29 @@ def test_training_tab_counts_images_and_steps_live(page, tmp_path):
     assert "30 steps" in h.run_summary(data)
 
 
+def test_dataset_and_training_tabs_show_a_dataset_configs_subsets(page, tmp_path):
+    """Issue 23: with a Kohya dataset TOML the check lists its subsets with their repeats, the Training summary names
+    them, and the live recount keeps the TOML's batch size (what the trainer uses) whatever the form says."""
+    h, d, n = page.handlers["training"], page.handlers["dataset"], page.named
+    make_dataset(tmp_path / "data", {"one": 2, "two": 1}, captions=False)
+    toml = tmp_path / "set.toml"
+    toml.write_text("[general]\nresolution = 64\nmin_bucket_reso = 64\nbatch_size = 2\n[[datasets]]\n"
+                    "[[datasets.subsets]]\nimage_dir = 'data/one'\nnum_repeats = 1\n"
+                    "[[datasets.subsets]]\nimage_dir = 'data/two'\nnum_repeats = 3\n", encoding="utf-8")
+    data = form(page)
+    data[page.fields["folders.dataset_config"]] = str(toml)
+    data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
+    checked = d.check(data)
+    report = checked[n["report"]]
+    assert report.ok and checked[n["concepts"]] == [["one", 1, 2, 2], ["two", 3, 1, 3]]
+    data[n["report"]] = report
+    data[page.fields["training.epoch"]] = 1
+    data[page.fields["training.train_batch_size"]] = 1  # the TOML's 2 wins, as in sd-scripts
+    text = h.run_summary(data)
+    assert "3 images, 0 skipped, 3 steps" in text and "`one` × 1, `two` × 3" in text and "batch size 2" in text, text
+    assert "batches of up to 2" in d.live_steps(data)
+
+
 def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, tmp_path, monkeypatch):
     h, n = page.handlers["training"], page.named
     started = []

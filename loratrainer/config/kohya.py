@@ -209,7 +209,7 @@ EMPTY_VALUES: dict[str, Any] = {
     "pretrained_model_name_or_path": _REFUSE,
     # text that may be empty: empty here too
     **{name: "" for name in (
-        "vae", "train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "network_weights", "resume", "gpu_ids",
+        "vae", "train_data_dir", "reg_data_dir", "dataset_config", "output_dir", "logging_dir", "network_weights", "resume", "gpu_ids",
         "sample_prompts", "optimizer_args", "metadata_title", "metadata_author", "metadata_description",
         "metadata_license", "metadata_tags", "training_comment",
     )},
@@ -279,7 +279,6 @@ define({
     "kohya.flag_left_out": "{flag} is not supported and was left out",
     "kohya.flag_no_effect": "{flag}: no effect at this value",
     "kohya.network_args_mapped": "{value}: conv_dim/conv_alpha taken over; the rest is listed separately",
-    "kohya.dataset_config": "{value}: a dataset TOML is not read; the folders and settings of this file are used",
     # problems: imported, but Start refuses them
     "kohya.foreign_path": "{value} is a {kind} path, written on another computer: training will not start until it is changed",
     "kohya.alpha_zero": "0 -> 1.0: the Kohya GUI leaves a 0 out of the TOML it gives sd-scripts, which then uses its default alpha 1 (in loratrainer 0 means alpha = rank)",
@@ -674,10 +673,6 @@ def _values_we_replace(raw: dict[str, Any], report: ImportReport) -> None:
     if _truthy(raw.get("use_wandb")) or raw.get("log_with") in ("wandb", "all"):
         key = "use_wandb" if _truthy(raw.get("use_wandb")) else "log_with"
         report.unsupported.append(ReportItem.of(key, "kohya.wandb", value=repr(raw.pop(key))))
-    config_file = raw.get("dataset_config")
-    if isinstance(config_file, str) and config_file.strip():
-        raw.pop("dataset_config")
-        report.unsupported.append(ReportItem.of("dataset_config", "kohya.dataset_config", value=repr(config_file)))
 
 
 def kohya_split_args(text: str) -> list[str]:

@@ -124,6 +124,10 @@ class ModelSettings(_Group):
 class FolderSettings(_Group):
     train_data_dir: str = Field("", title="Image folder", json_schema_extra=ui(browse="dir", check="train"), description="The image folder: the PARENT of concept folders named <repeats>_<name>.")
     reg_data_dir: str = Field("", title="Regularisation folder", json_schema_extra=ui(browse="dir", check="reg"), description="Optional regularisation images folder, same <repeats>_<name> layout.")
+    dataset_config: str = Field("", title="Dataset config (.toml)", json_schema_extra=ui(browse="file"), description=(
+        "Optional: a Kohya/sd-scripts dataset config (.toml with [[datasets]] and [[datasets.subsets]]). When set, it names "
+        "the image folders, repeats and class tokens instead of the image and regularisation folders, and its resolution, "
+        "batch size, bucket and caption settings replace these settings (docs/dataset.md)."))
     output_dir: str = Field("", title="Output folder (model)", json_schema_extra=ui(browse="dir", check="output"), description="Where LoRA files, sample images and the run's config are written (Kohya's 'model' folder).")
     logging_dir: str = Field("", title="Logging folder (log)", json_schema_extra=ui(browse="dir", check="log"), description="Where logs and TensorBoard files are written (Kohya's 'log' folder); empty = <output>/log.")
     output_name: str = Field("last", min_length=1, max_length=200, title="Output name", json_schema_extra=ui(basic=2), description="File name of the LoRA, without extension.")

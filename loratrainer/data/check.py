@@ -13,7 +13,9 @@ from pathlib import Path
 from loratrainer.config import TrainingConfig
 from loratrainer.data.buckets import BucketPlan
 from loratrainer.data.captions import CaptionError, CaptionText, fallback_caption, read_caption_file
-from loratrainer.data.folders import Concept, scan_data_dir, shown_names
+from loratrainer.data.dataset_config import DatasetConfig, apply_settings, read_dataset_config
+from loratrainer.data.folders import Concept, list_concept, scan_data_dir, shown_names
+from loratrainer.errors import UserError
 from loratrainer.data.images import ImageError, probe_image
 from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
@@ -62,22 +64,34 @@ define({
     "check.uncaptioned": "{n} image(s) have no caption ({ext} file missing or empty) and train with {uses}: {names}{hint}",
     "check.uses_folder_name": 'the folder name "{caption}" as caption',
     "check.uses_empty": "an EMPTY caption (the folder has no name part)",
+    "dataset_config.no_folder": "the image_dir of {where} does not exist or is not a folder: check the path (a relative path is read from the .toml's folder)",
     "check.other_captions": "; this folder has {suffix} files: set dataset.caption_extension to {suffix} if those are the captions",
 })
 
 
 def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> DatasetReport:
     """Everything about the dataset that can be known before training; `report.ok` says whether to start."""
+    plan: DatasetConfig | None = None
+    if config.folders.dataset_config.strip():
+        try:
+            plan = read_dataset_config(config.folders.dataset_config, config)
+            config = apply_settings(config, plan)  # its resolution, batch size, buckets: what the trainer applies too
+        except UserError as exc:
+            problem = Problem.at(exc.path or "folders.dataset_config", "error", exc.reason)
+            return DatasetReport([problem], [], count_steps([], 1), {})
     problems = _settings_problems(config)
     concepts: list[Concept] = []
     folders = config.folders
-    if not folders.train_data_dir.strip():
+    if plan is not None:
+        concepts, more = _subset_concepts(plan, folders)
+        problems += more
+    elif not folders.train_data_dir.strip():
         problems.append(Problem.at("folders.train_data_dir", "error", Msg.of("check.no_folder")))
     else:
         scan = scan_data_dir(folders.train_data_dir, config.dataset.caption_extension)
         concepts += scan.concepts
         problems += scan.problems
-    if folders.reg_data_dir.strip():
+    if folders.reg_data_dir.strip() and plan is None:
         scan = scan_data_dir(folders.reg_data_dir, config.dataset.caption_extension, is_reg=True)
         concepts += scan.concepts
         problems += scan.problems
@@ -86,7 +100,8 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     for concept in concepts:
         _check_concept(concept, config, plan, report)
     if any(not c.is_reg for c in concepts) and report.images == 0:
-        problems.append(Problem.at(folders.train_data_dir, "error", Msg.of("check.no_usable_images")))
+        where = folders.dataset_config if plan is not None else folders.train_data_dir
+        problems.append(Problem.at(where, "error", Msg.of("check.no_usable_images")))
     o = config.training
     report.steps = count_steps(
         report.samples,
@@ -98,6 +113,24 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     )
     report.buckets = bucket_sizes(report.samples)
     return report
+
+
+def _subset_concepts(plan: DatasetConfig, folders) -> tuple[list[Concept], list[Problem]]:
+    """A dataset config's subsets as concepts: image_dir holds the images itself (no <repeats>_<name> folders)."""
+    problems: list[Problem] = []
+    if folders.train_data_dir.strip() or folders.reg_data_dir.strip():
+        problems.append(Problem.at(plan.path, "info", Msg.of("dataset_config.ignored_folders")))
+    problems += [Problem.at(plan.path, "warning", Msg.of("dataset_config.duplicate", where=w)) for w in plan.duplicates]
+    concepts = []
+    for subset in plan.subsets:
+        concept = Concept(subset.image_dir, subset.num_repeats, subset.class_tokens or "", subset.is_reg,
+                          caption_extension=subset.caption_extension, group=subset.dataset)
+        if not subset.image_dir.is_dir():
+            problems.append(Problem.at(subset.image_dir, "error", Msg.of("dataset_config.no_folder", where=subset.where)))
+            continue
+        problems += list_concept(concept, subset.caption_extension)
+        concepts.append(concept)
+    return concepts, problems
 
 
 def _settings_problems(config: TrainingConfig) -> list[Problem]:
@@ -137,7 +170,7 @@ def _settings_problems(config: TrainingConfig) -> list[Problem]:
 
 
 def _check_concept(concept: Concept, config: TrainingConfig, plan: BucketPlan, report: DatasetReport) -> None:
-    ext = config.dataset.caption_extension
+    ext = concept.caption_extension or config.dataset.caption_extension
     uncaptioned: list[Path] = []
     multiline: list[Path] = []
     for image in concept.images:
@@ -188,7 +221,7 @@ def _check_image(
     rw, rh = plan.resolution
     if 4 * w * h <= rw * rh:  # named, not skipped: it trains, enlarged (or at its own size with bucket_no_upscale)
         problems.append(Problem.at(image, "info", Msg.of("check.far_smaller", w=w, h=h, rw=rw, rh=rh)))
-    ext = config.dataset.caption_extension
+    ext = concept.caption_extension or config.dataset.caption_extension
     try:
         text = read_caption_file(image, ext)
     except CaptionError as exc:
@@ -205,6 +238,7 @@ def _check_image(
         size=(w, h),
         bucket=choice.bucket,
         resized=choice.resized,
+        group=concept.group,
     )
     return sample, text.extra_lines
 

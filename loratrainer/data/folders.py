@@ -34,6 +34,8 @@ class Concept:
     is_reg: bool
     images: list[Path] = field(default_factory=list)  # sorted by name
     other_suffixes: set[str] = field(default_factory=set)  # lower-case suffixes of non-image files (captions...)
+    caption_extension: str | None = None  # a dataset config subset's own; None: the setting's
+    group: int = 0  # its [[datasets]] in a dataset config (loratrainer/data/dataset_config.py)
 
 
 @dataclass
@@ -133,6 +135,11 @@ def _root_problems(root: Path, role: str, concepts: list[Concept], loose_images:
     if not concepts:
         problems.append(Problem.at(root, "error", Msg.of("folder.no_concepts_reg" if is_reg else "folder.no_concepts", role=role)))
     return problems
+
+
+def list_concept(concept: Concept, caption_extension: str) -> list[Problem]:
+    """Fill `concept.images` from its folder (a dataset config's image_dir), with the folder's notes."""
+    return _list_concept(concept, caption_extension)
 
 
 def _list_concept(concept: Concept, caption_extension: str) -> list[Problem]:

@@ -21,6 +21,7 @@ class TrainSample:
     size: Size  # upright (width, height) from the header
     bucket: Size  # (width, height) it is cropped to
     resized: Size  # (width, height) it is resized to before the crop (covers the bucket)
+    group: int = 0  # its [[datasets]] in a dataset config: batches and reg balancing are per group, as in sd-scripts
 
 
 @dataclass(frozen=True)

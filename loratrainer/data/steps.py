@@ -30,8 +30,12 @@ def effective_repeats(samples: Sequence[TrainSample]) -> list[tuple[TrainSample,
     """(sample, repeats this epoch), with Kohya's regularisation balancing applied to the reg samples.
 
     Reg samples are taken in the given order (the check sorts by folder, then file name); a reg image that
-    is not needed to reach the training count is left out, exactly as Kohya does.
+    is not needed to reach the training count is left out, exactly as Kohya does. Each dataset of a dataset
+    config (`TrainSample.group`) balances its own, as each sd-scripts DreamBoothDataset does.
     """
+    groups = sorted({s.group for s in samples})
+    if len(groups) > 1:
+        return [pair for g in groups for pair in effective_repeats([s for s in samples if s.group == g])]
     train = [s for s in samples if not s.is_reg]
     reg = [s for s in samples if s.is_reg]
     out = [(s, s.repeats) for s in train]
@@ -61,14 +65,22 @@ def bucket_sizes(samples: Sequence[TrainSample]) -> dict[Size, int]:
     return dict(sorted(counts.items()))
 
 
+def _group_bucket_sizes(samples: Sequence[TrainSample]) -> dict[tuple[int, Size], int]:
+    """Samples per (dataset, bucket): sd-scripts' DatasetGroup batches each dataset's buckets on their own."""
+    counts: Counter[tuple[int, Size]] = Counter()
+    for sample, repeats in effective_repeats(samples):
+        counts[(sample.group, sample.bucket)] += repeats
+    return dict(counts)
+
+
 def epoch_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int) -> list[list[TrainSample]]:
     """The exact batches of one epoch, in training order; the same seed and epoch give the same batches."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     rng = random.Random(f"loratrainer:{seed}:{epoch}")  # str seeds are stable across runs and platforms
-    per_bucket: dict[Size, list[TrainSample]] = {}
+    per_bucket: dict[tuple[int, Size], list[TrainSample]] = {}
     for sample, repeats in effective_repeats(samples):
-        per_bucket.setdefault(sample.bucket, []).extend([sample] * repeats)
+        per_bucket.setdefault((sample.group, sample.bucket), []).extend([sample] * repeats)
     batches: list[list[TrainSample]] = []
     for bucket in sorted(per_bucket):
         items = per_bucket[bucket]
@@ -92,7 +104,7 @@ def count_steps(
     reps = effective_repeats(samples)
     train = sum(r for s, r in reps if not s.is_reg)
     reg = sum(r for s, r in reps if s.is_reg)
-    batches = sum(_ceil_div(n, batch_size) for n in bucket_sizes(samples).values())
+    batches = sum(_ceil_div(n, batch_size) for n in _group_bucket_sizes(samples).values())
     steps_per_epoch = _ceil_div(_ceil_div(batches, num_processes), gradient_accumulation_steps)
     if max_train_steps > 0:
         epochs = _ceil_div(max_train_steps, steps_per_epoch) if steps_per_epoch else 0

@@ -132,7 +132,7 @@ class DatasetHandlers:
             return self.t("steps.no_check")
         values = self.ui.paths_of(data)
         try:
-            nums = {p: int(values[p]) for p in STEP_FIELDS}
+            nums = step_numbers(values, report)
             steps = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
                                 nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
         except (TypeError, ValueError, ZeroDivisionError):
@@ -200,6 +200,14 @@ def skip_reasons(report) -> dict[str, int]:
     if sum(counts.values()) < len(skipped):
         counts["other"] = len(skipped) - sum(counts.values())
     return counts
+
+
+def step_numbers(values: dict, report) -> dict[str, int]:
+    """The form's step settings; with a dataset config its batch_size is the run's (the check applied it)."""
+    nums = {p: int(values[p]) for p in STEP_FIELDS}
+    if str(values.get("folders.dataset_config") or "").strip():
+        nums["training.train_batch_size"] = report.steps.batch_size
+    return nums
 
 
 def concept_rows(report) -> list[list]:
@@ -273,7 +281,7 @@ def build(ui: UiContext) -> DatasetHandlers:
         gr.on([c.change for c in image_folders + bucket_fields], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
               show_progress="hidden", api_visibility="private")
         live = [ui.fields[p] for p in STEP_FIELDS]
-        gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"]}, outputs=[n["steps"]],
+        gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"], ui.fields["folders.dataset_config"]}, outputs=[n["steps"]],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         buttons["apply"].click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],
                                outputs=[n["rename_text"], n["rename_panel"], n["rename_buttons"], n["pending"]], api_visibility="private")

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 
 from loratrainer.config import TrainingConfig
 from loratrainer.data.check import check_dataset
+from loratrainer.data.dataset_config import with_dataset_config
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
 from loratrainer.model.kohya_format import load_network_weights
@@ -205,6 +206,8 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
 
 
 def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerator, seed: int, run: RunContext | None = None) -> Trainer:
+    # a dataset config's resolution, batch size, bucket and caption settings are the run's (the check applies the same)
+    config = with_dataset_config(config)
     check_optimizer_available(config)
     check_text_cache_allowed(config)
     report = plan_dataset(config, accelerator.num_processes)
