@@ -107,6 +107,33 @@ def test_every_saved_module_gives_comfyui_the_delta_peft_merges(tmp_path, lora_t
     assert worst > 1e-2
 
 
+def test_sdxl_dora_file_gives_comfyui_the_delta_peft_merges(tmp_path):
+    """SDXL: the same layout under sd-scripts' SDXL names, both text encoders included."""
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    net = NetworkSettings(lora_type="LoCon", dora_wd=True, network_dim=4, network_alpha=2, conv_dim=2, conv_alpha=1)
+    handle = inject_lora(build_tiny_sdxl(), net, train_unet=True, train_text_encoder=True)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for part in handle.parts():
+            for name, p in handle.model(part).named_parameters():
+                if "lora_" in name:
+                    p.add_(torch.randn_like(p) * (0.05 * p.abs().mean() + 0.05))
+    sd = load_file(str(save_lora(tmp_path / "xl.safetensors", lora_state_dict(handle, "float"), {})))
+    prefixes = set()
+    for name, info in handle.modules.items():
+        layer = handle.model(info.part).get_submodule(info.path)
+        base = layer.get_base_layer()
+        original = base.weight.detach().clone()
+        with torch.no_grad():
+            theirs = comfy_delta(sd, name, original)
+            layer.merge()
+            ours = (base.weight.detach() - original).double()
+        torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5 * float(original.abs().max()), msg=name)
+        prefixes.add(name.split("_")[1])
+    assert prefixes == {"unet", "te1", "te2"}
+
+
 def test_current_comfyui_norm_differs(tmp_path):
     """ComfyUI's current output-axis code divides by the base weight's norm: it applies a trained DoRA slightly
     differently (measured here, fixed by Comfy-Org/ComfyUI PR 15458); with an untrained one both agree."""

@@ -15,6 +15,7 @@ from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.saving import save_lora
 from loratrainer.launch.sample_prompts import SamplePrompt
 from loratrainer.train.loop import train
+from loratrainer.train.state import load_state, save_state
 from tests.test_model_dora import comfy_delta
 from tests.test_train_loop import _Quiet
 from tests.test_train_lycoris import RATES, _adapters, _image, _trainer
@@ -32,6 +33,7 @@ def test_a_tiny_dora_run_trains_saves_and_applies_its_magnitudes(tmp_path, tiny_
     trained = lora_state_dict(first.handle, "float")
     path = save_lora(tmp_path / "run.safetensors", trained, {})
     file = load_file(str(path))
+    save_state(first, tmp_path / "state")
 
     # 1. one dora_scale per module, in LyCORIS's [out, 1(, 1, 1)] layout, moved away from the weight's own norms
     moved = 0.0
@@ -61,6 +63,16 @@ def test_a_tiny_dora_run_trains_saves_and_applies_its_magnitudes(tmp_path, tiny_
     again = _trainer(tmp_path / "c", tiny_model, epoch=1, network_weights=str(path), **NETWORK, **RATES)
     loaded = lora_state_dict(again.handle, "float")
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+    # 4. a saved training state resumes the magnitudes and their optimizer moments
+    resumed = _trainer(tmp_path / "d", tiny_model, epoch=1, **NETWORK, **RATES)
+    load_state(resumed, tmp_path / "state")
+    restored = lora_state_dict(resumed.handle, "float")
+    assert all(torch.equal(restored[k], trained[k]) for k in trained)
+    magnitudes = {id(p) for n, p in resumed.handle.unet.named_parameters() if "lora_magnitude_vector" in n}
+    moments = resumed.optimizer.state_dict()["state"]
+    params = [p for g in resumed.optimizer.param_groups for p in g["params"]]
+    assert magnitudes and any(id(params[i]) in magnitudes for i in moments)  # the magnitudes are optimised
 
 
 def test_a_launched_dora_run_writes_dora_scale_and_lycoris_metadata(tmp_path, tiny_model):
