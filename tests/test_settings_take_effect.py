@@ -45,6 +45,7 @@ ROWS: dict[str, Callable] = {}
 # Fields that change training but whose effect needs a whole run of another kind; the named test must exist.
 COVERED_ELSEWHERE = {
     "saving.resume": "tests/test_train_e2e.py::test_resume_from_a_saved_state_matches_the_uninterrupted_run",
+    "network.dora_wd": "tests/test_train_dora.py::test_a_tiny_dora_run_trains_saves_and_applies_its_magnitudes",
 }
 
 # Fields that do not change what is trained (the LoRA's weights), with the reason.

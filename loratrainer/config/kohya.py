@@ -221,7 +221,10 @@ EMPTY_VALUES: dict[str, Any] = {
 
 
 define({
-    "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options are not used)",
+    "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options other than dora_wd are not used)",
+    "kohya.dora_from_args": "{value} -> dora_wd True (DoRA)",
+    "kohya.dora_no_effect": "{value}: the Kohya GUI trains {kind} with sd-scripts' networks.lora, which has no DoRA (only LyCORIS/LoCon passes dora_wd); trained without it",
+    "kohya.dora_export_standard": "Standard with DoRA -> LyCORIS/LoCon with LyCORIS_preset 'attn-mlp' (the Kohya GUI offers DoRA only through LyCORIS; attn-mlp adapts Standard's layers); it imports back as LoCon",
     "kohya.lycoris_refused": "{value}: peft's LoHa/LoKr have no {option} option; trained without it",
     "kohya.lokr_tucker": "{value}: LoKr's Tucker form (lokr_t2) is not supported (ComfyUI cannot apply it); trained without it",
     "kohya.lycoris_dropout": "{value} -> 0: LyCORIS does not use network_dropout for LoHa/LoKr (rank_dropout and module_dropout apply)",
@@ -577,6 +580,7 @@ def _extra_launch_args(raw: dict[str, Any], values: dict[str, Any], origin: dict
 
 def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, str], report: ImportReport) -> None:
     kind = raw.get("LoRA_type")
+    _dora(raw, report, kind)
     _lycoris_options(raw, report, LORA_TYPES.get(kind) if isinstance(kind, str) else None)
     if "LoRA_type" in raw:
         kind = raw.pop("LoRA_type")
@@ -588,6 +592,29 @@ def _lora_type(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
                 report.migrated.append(ReportItem.of("LoRA_type", "kohya.lycoris_as_locon", kind=repr(kind)))
             elif kind != LORA_TYPES[kind]:
                 report.migrated.append(ReportItem("LoRA_type", f"{kind!r} -> lora_type {LORA_TYPES[kind]!r}"))
+
+
+# The LoRA_types whose run passes dora_wd to LyCORIS (kohya_gui/lora_gui.py train_model: `if LoRA_type == "LoCon" or
+# LoRA_type == "LyCORIS/LoCon"`: network_module lycoris.kohya, network_args "... dora_wd={dora_wd} ... algo=locon");
+# Standard and Kohya LoCon run sd-scripts' networks.lora, which has no DoRA. LoHa/LoKr: refused (_LYCORIS_REFUSED).
+_DORA_LORA_TYPES = ("LoCon", "LyCORIS/LoCon")
+
+
+def _dora(raw: dict[str, Any], report: ImportReport, kind: Any) -> None:
+    """dora_wd: the Kohya GUI key, or `dora_wd=True` in network_args (as sd-scripts users pass it to lycoris.kohya)."""
+    text = raw.get("network_args")
+    if isinstance(text, str):
+        items = kohya_split_args(text)
+        found = [item for item in items if item.partition("=")[0] == "dora_wd"]
+        if found:
+            raw["network_args"] = " ".join(item for item in items if item not in found)
+            if any(_truthy(item.partition("=")[2]) for item in found) and not _truthy(raw.get("dora_wd")):
+                raw["dora_wd"] = True
+                report.migrated.append(ReportItem.of("network_args dora_wd", "kohya.dora_from_args", value=repr(found[-1])))
+    if kind in ("LyCORIS/LoHa", "LyCORIS/LoKr") or kind in _DORA_LORA_TYPES or "dora_wd" not in raw:
+        return
+    if _truthy(raw["dora_wd"]):
+        report.ignored.append(ReportItem.of("dora_wd", "kohya.dora_no_effect", value=repr(raw.pop("dora_wd")), kind=repr(kind or "Standard")))
 
 
 def _lycoris_options(raw: dict[str, Any], report: ImportReport, ours: str | None) -> None:
@@ -894,6 +921,11 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         out["network_alpha"] = config.network.network_dim
         report.migrated.append(ReportItem.of("network_alpha", "kohya.alpha_zero_export", value=config.network.network_dim))
     _export_noise_type(config, out, report)
+    if config.network.dora_wd:  # the Kohya GUI passes dora_wd only with LyCORIS/LoCon (see _DORA_LORA_TYPES)
+        out["LoRA_type"] = "LyCORIS/LoCon"
+        if config.network.lora_type == "Standard":
+            out["LyCORIS_preset"] = "attn-mlp"
+            report.migrated.append(ReportItem.of("lora_type", "kohya.dora_export_standard"))
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
     return out, report
 

@@ -71,6 +71,8 @@ define({
     "config.adafactor_scheduler": "{scheduler} 'adafactor' works only with optimizer Adafactor (not {optimizer})",
     "config.lokr_factor": "must be -1 (near the square root) or a positive number",
     "config.rank_over_1024": "{setting} above 1024 is only allowed when {lora_type} is LoKr (where it means full matrices); set 1024 or less",
+    "config.dora_not_lycoris": "{setting} works with Standard and LoCon only (peft has no DoRA for {kind}); turn it off or choose LoCon",
+    "config.dora_diffusers": "{setting} cannot hold {dora}'s magnitude vectors (diffusers' LoRA layout has none); turn one of them off",
     "config.lycoris_only": "{setting} works only when {lora_type} is LoHa or LoKr; set it back to its default for {kind}",
     "config.lokr_tucker": "{setting} is not available for LoKr: ComfyUI cannot apply LoKr's Tucker tensors (lokr_t2) and would skip those modules; turn it off",
     "config.not_for_lycoris": "{setting} is not available for {kind} (peft's LoHa/LoKr have no such option); set it to {default}",
@@ -229,6 +231,9 @@ class NetworkSettings(_Group):
     rank_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Rank dropout", description="LoHa, LoKr: probability of dropping each output row of the update during training.")
     module_dropout: float = Field(0.0, ge=0.0, le=1.0, title="Module dropout", description="LoHa, LoKr: probability of skipping a whole module's update for a step.")
     network_weights: str = Field("", title="Start from LoRA weights", json_schema_extra=ui(browse="file"), description="Start from this existing LoRA .safetensors file (continues its training).")
+    # LyCORIS's dora_wd (lycoris/modules/locon.py weight_decompose), trained with peft's use_dora: a magnitude per
+    # output channel (LyCORIS's default wd_on_output), saved as LyCORIS's `dora_scale` tensors
+    dora_wd: bool = Field(False, title="DoRA (weight-decomposed)", description="Standard, LoCon: DoRA, which also learns each output channel's magnitude (saved as LyCORIS dora_scale; slower steps).")
     scale_weight_norms: float = Field(0.0, ge=0.0, le=100.0, title="Scale weight norms", description="Max-norm regularisation: scale down any module whose LoRA update norm exceeds this (0 = off, 1 typical).")
 
     @field_validator("factor")
@@ -587,9 +592,13 @@ def _rule_lycoris_settings(c: TrainingConfig) -> Msg | None:
             # ComfyUI's lokr.py calls torch.kron on the einsum result, which torch refuses (non-contiguous); its
             # loader logs an error and leaves the module out
             return Msg.of("config.lokr_tucker", setting=Label("network.use_tucker"))
+        if n.dora_wd:  # peft's LoHa/LoKr have no DoRA (use_dora is LoRA's)
+            return Msg.of("config.dora_not_lycoris", setting=Label("network.dora_wd"), kind=n.lora_type)
         if c.saving.save_diffusers_format:  # diffusers' loader reads LoRA, not LoHa/LoKr
             return Msg.of("config.not_for_lycoris", setting=Label("saving.save_diffusers_format"), kind=n.lora_type, default="off")
         return None
+    if n.dora_wd and c.saving.save_diffusers_format:  # diffusers' LoRA layout has no magnitude vector
+        return Msg.of("config.dora_diffusers", setting=Label("saving.save_diffusers_format"), dora=Label("network.dora_wd"))
     defaults = NetworkSettings()
     for name in ("factor", "decompose_both", "use_tucker", "rank_dropout", "module_dropout"):
         if getattr(n, name) != getattr(defaults, name):

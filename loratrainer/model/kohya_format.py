@@ -24,6 +24,7 @@ from loratrainer.model.lora import ADAPTER, LoraHandle, LoraModule
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+DORA = ".dora_scale"  # DoRA's magnitude, as LyCORIS names it (lycoris/modules/locon.py custom_state_dict)
 
 
 def lora_state_dict(handle: LoraHandle, save_dtype: torch.dtype | str = torch.float16) -> dict[str, torch.Tensor]:
@@ -47,7 +48,23 @@ def lora_state_dict(handle: LoraHandle, save_dtype: torch.dtype | str = torch.fl
         out[name + DOWN] = _to_cpu(down.weight, dtype)
         out[name + UP] = _to_cpu(up.weight, dtype)
         out[name + ALPHA] = torch.tensor(float(info.alpha), dtype=dtype)
+        if handle.network.dora_wd:
+            out[name + DORA] = _to_cpu(dora_scale(handle, info), dtype)
     return out
+
+
+def _magnitude(handle: LoraHandle, info: LoraModule) -> tuple[nn.Parameter, torch.Size]:
+    """peft's DoRA magnitude of a module and the base weight's shape."""
+    module = handle.model(info.part).get_submodule(info.path)
+    return module.lora_magnitude_vector[ADAPTER].weight, module.get_base_layer().weight.shape
+
+
+def dora_scale(handle: LoraHandle, info: LoraModule) -> torch.Tensor:
+    """peft's magnitude ([out] for a Linear, [1, out, 1, 1] for a Conv2d: one per output channel) in LyCORIS's
+    wd_on_output layout, [out, 1] / [out, 1, 1, 1] (lycoris/modules/locon.py: norm of org_weight.reshape(out, -1),
+    reshaped to (out, *[1] * (dim - 1))); the same numbers, only the shape differs."""
+    magnitude, shape = _magnitude(handle, info)
+    return magnitude.reshape(shape[0], *[1] * (len(shape) - 1))
 
 
 def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
@@ -64,7 +81,7 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
         return _load_lycoris(handle, path, state, kind)
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        for suffix in (DOWN, UP, ALPHA):
+        for suffix in (DOWN, UP, ALPHA, DORA):
             if key.endswith(suffix):
                 by_module.setdefault(key[: -len(suffix)], {})[suffix] = value
                 break
@@ -73,7 +90,15 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
                 f"{path} is not a Kohya-format LoRA (unexpected key {key}); only lora_down/lora_up/alpha files "
                 "(Kohya's Standard or LoCon LoRA) can be continued."
             )
+    has_dora = any(DORA in tensors for tensors in by_module.values())
+    if has_dora != handle.network.dora_wd:
+        raise NetworkWeightsMismatch(
+            f"{path} is {'a DoRA file (dora_scale tensors)' if has_dora else 'a LoRA file without DoRA'} but DoRA "
+            f"is {'off' if has_dora else 'on'}; set DoRA (weight-decomposed) to {'on' if has_dora else 'off'} to "
+            "continue it."
+        )
     pending = []
+    magnitudes = []
     for name, tensors in by_module.items():
         info = handle.modules.get(name)
         if info is None:
@@ -95,10 +120,22 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
                 "set it to the file's value so the weights keep their strength."
             )
         pending.append((down, up, tensors[DOWN], tensors[UP]))
+        if has_dora:
+            magnitude, shape = _magnitude(handle, info)
+            wanted = [shape[0], *[1] * (len(shape) - 1)]
+            if DORA not in tensors or list(tensors[DORA].shape) != wanted:
+                got = list(tensors[DORA].shape) if DORA in tensors else "nothing"
+                raise NetworkWeightsMismatch(
+                    f"{path}: {name}{DORA} is {got} but this module needs {wanted} (one magnitude per output "
+                    "channel, LyCORIS's wd_on_output layout); only such DoRA files can be continued."
+                )
+            magnitudes.append((magnitude, tensors[DORA]))
     with torch.no_grad():  # only after every module was checked: all or nothing
         for down, up, down_w, up_w in pending:
             down.weight.copy_(down_w.to(down.weight.dtype))
             up.weight.copy_(up_w.to(up.weight.dtype))
+        for magnitude, value in magnitudes:
+            magnitude.copy_(value.reshape(magnitude.shape).to(magnitude.dtype))
     return sorted(set(handle.modules) - set(by_module))
 
 

@@ -153,6 +153,8 @@ def inject_lora(
                 # Both regularise the same path; the rate means the same thing to the user.
                 lora_dropout=network.network_dropout,
                 init_lora_weights=True,  # kaiming-uniform down, zero up: Kohya's init
+                # DoRA (LyCORIS dora_wd): peft's magnitude per output channel, LyCORIS's default wd_on_output
+                use_dora=network.dora_wd,
                 target_modules=linear + conv,
                 # the 3x3 convolutions get their own rank and alpha (LoCon's conv_dim/conv_alpha)
                 rank_pattern={re.escape(p): network.conv_dim for p in conv},
@@ -226,7 +228,8 @@ def kohya_name(part: Part, path: str, *, family: str = "sd15", unet: nn.Module |
     return KOHYA_PREFIX[part] + path.replace(".", "_")
 
 
-_ADAPTER_PARAM = re.compile(r"\.(lora_A|lora_B|hada_\w+|lokr_\w+)\.")  # peft's LoRA, LoHa and LoKr parameter names
+# peft's LoRA (+ DoRA's lora_magnitude_vector), LoHa and LoKr parameter names
+_ADAPTER_PARAM = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|hada_\w+|lokr_\w+)\.")
 
 
 def _lora_parameters(model: nn.Module) -> list[nn.Parameter]:

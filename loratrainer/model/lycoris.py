@@ -109,3 +109,16 @@ def network_args(network: NetworkSettings) -> dict[str, str]:
         args["factor"] = str(network.factor)
         args["decompose_both"] = str(network.decompose_both)
     return args
+
+
+def dora_network_args(network: NetworkSettings) -> dict[str, str]:
+    """ss_network_args of a DoRA file (Standard or LoCon with dora_wd), as sd-scripts writes them for
+    `--network_module lycoris.kohya --network_args algo=locon dora_wd=True ...` (the Kohya GUI's LyCORIS/LoCon,
+    kohya_gui/lora_gui.py). Standard adapts LyCORIS's `attn-mlp` preset's layers (no convolutions; LyCORIS reads a
+    conv_dim of 0 as network_dim, so the preset says it). wd_on_output True is LyCORIS's default (lycoris/kohya.py),
+    said out loud: one magnitude per output channel."""
+    if network.lora_type == "LoCon":
+        args = {"conv_dim": str(network.conv_dim), "conv_alpha": str(network.conv_alpha)}
+    else:
+        args = {"preset": "attn-mlp"}
+    return {**args, "algo": "locon", "dora_wd": "True", "wd_on_output": "True"}

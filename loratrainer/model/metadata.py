@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from loratrainer.config import LYCORIS_TYPES, TrainingConfig
-from loratrainer.model.lycoris import network_args
+from loratrainer.model.lycoris import dora_network_args, network_args
 
 MODELSPEC_VERSION = "1.0.1"
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}  # ss_base_model_version
@@ -110,7 +110,8 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_gradient_accumulation_steps": config.training.gradient_accumulation_steps,
         "ss_lr_warmup_steps": warmup,
         "ss_lr_scheduler": opt.lr_scheduler,
-        "ss_network_module": "lycoris.kohya" if net.lora_type in LYCORIS_TYPES else "networks.lora",
+        # DoRA exists only in LyCORIS (sd-scripts' networks/lora.py has none)
+        "ss_network_module": "lycoris.kohya" if net.lora_type in LYCORIS_TYPES or net.dora_wd else "networks.lora",
         "ss_network_dim": net.network_dim,
         "ss_network_alpha": net.network_alpha,
         "ss_network_dropout": net.network_dropout,
@@ -156,7 +157,9 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         "ss_bucket_info": json.dumps(dataset.bucket_info),
         "ss_sd_model_name": model.name,
     }
-    if net.lora_type == "LoCon":  # Kohya passes conv settings as network_args, values as strings
+    if net.dora_wd:  # what sd-scripts records for --network_module lycoris.kohya with dora_wd (model.lycoris)
+        meta["ss_network_args"] = json.dumps(dora_network_args(net))
+    elif net.lora_type == "LoCon":  # Kohya passes conv settings as network_args, values as strings
         meta["ss_network_args"] = json.dumps({"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)})
     elif net.lora_type in LYCORIS_TYPES:  # what sd-scripts records for --network_module lycoris.kohya
         meta["ss_network_args"] = json.dumps(network_args(net))
