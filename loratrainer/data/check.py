@@ -15,6 +15,7 @@ from loratrainer.data.buckets import BucketPlan
 from loratrainer.data.captions import CaptionError, CaptionText, fallback_caption, read_caption_file
 from loratrainer.data.folders import Concept, scan_data_dir, shown_names
 from loratrainer.data.images import ImageError, probe_image
+from loratrainer.data.masks import mask_problems
 from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
@@ -97,6 +98,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
         o.max_train_steps,
     )
     report.buckets = bucket_sizes(report.samples)
+    problems += mask_problems(config, report.samples)  # masked_loss: every image's mask, at its image's size
     return report
 
 
