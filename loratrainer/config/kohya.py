@@ -212,7 +212,7 @@ EMPTY_VALUES: dict[str, Any] = {
     **{name: "" for name in (
         "vae", "train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "network_weights", "resume", "gpu_ids",
         "sample_prompts", "optimizer_args", "metadata_title", "metadata_author", "metadata_description",
-        "metadata_license", "metadata_tags", "training_comment",
+        "metadata_license", "metadata_tags", "training_comment", "conditioning_data_dir",
     )},
     # learning rates: update_my_data float("") fails -> 0.0, then the rate rules (_learning_rates)
     "learning_rate": 0.0,
