@@ -130,6 +130,8 @@ def test_the_dataset_check_names_missing_and_mismatched_masks(tmp_path):
     no_folder = check_dataset(cfg(train_data_dir=str(tmp_path / "img"), masked_loss=True))
     assert [p.message for p in no_folder.problems if p.code == "mask.no_folder"] == [
         "dataset.masked_loss is on but no dataset.conditioning_data_dir is set: choose the folder with one mask image per training image"]
+    # with alpha_mask the folder is not needed (sd-scripts weights by the alpha then)
+    assert check_dataset(cfg(train_data_dir=str(tmp_path / "img"), masked_loss=True, alpha_mask=True)).ok
 
 
 def test_kohya_gui_masked_loss_key_imports_and_exports():

@@ -45,13 +45,15 @@ def find_mask(folder: str | Path, image: Path) -> Path | None:
 
 
 def mask_problems(config: TrainingConfig, samples: Sequence[TrainSample]) -> list[Problem]:
-    """Errors for masked_loss: no mask folder, images without a mask, masks of another size (sd-scripts' asserts).
-    alpha_mask needs nothing: an image without alpha trains fully (sd-scripts: ones)."""
+    """Errors for masked_loss: no mask folder (unless alpha_mask), images without a mask, masks of another size
+    (sd-scripts' asserts). alpha_mask needs nothing: an image without alpha trains fully (sd-scripts: ones)."""
     d = config.dataset
     if not d.masked_loss:
         return []
     labels = {"masked": Label("dataset.masked_loss"), "folder": Label("dataset.conditioning_data_dir")}
     if not d.conditioning_data_dir.strip():
+        if d.alpha_mask:  # sd-scripts: --masked_loss --alpha_mask without a conditioning folder weights by the alpha
+            return []
         return [Problem.at("dataset.conditioning_data_dir", "error", Msg.of("mask.no_folder", **labels))]
     folder = Path(d.conditioning_data_dir)
     if not folder.is_dir():
