@@ -119,11 +119,13 @@ def test_the_dataset_check_names_missing_and_mismatched_masks(tmp_path):
     _pair(tmp_path / "img", tmp_path / "masks", mask_size=(48, 32))
     extra = tmp_path / "img" / "2_thing" / "b.png"
     Image.new("RGB", (64, 64)).save(extra)
+    Image.new("RGB", (64, 64)).save(tmp_path / "masks" / "stray.png")
     config = cfg(train_data_dir=str(tmp_path / "img"), masked_loss=True, conditioning_data_dir=str(tmp_path / "masks"))
     report = check_dataset(config)
     assert not report.ok
     by_code = {p.code: p for p in report.problems if p.code.startswith("mask.")}
-    assert set(by_code) == {"mask.size", "mask.missing"}
+    assert set(by_code) == {"mask.size", "mask.missing", "mask.extra"}
+    assert by_code["mask.extra"].severity == "warning" and by_code["mask.extra"].message.endswith(": stray.png")
     assert "a.jpg is 48x32 but the image is 96x64" in by_code["mask.size"].message
     assert by_code["mask.size"].path.endswith("a.png")
     assert by_code["mask.missing"].message.startswith("1 image(s) have no mask in the dataset.conditioning_data_dir") and "b.png" in by_code["mask.missing"].message

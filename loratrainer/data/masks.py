@@ -27,6 +27,7 @@ define({
     "mask.missing": "{n} image(s) have no mask in the {folder} (a mask has the image's name, e.g. {example}): {names}",
     "mask.size": "its mask {mask} is {mw}x{mh} but the image is {w}x{h}: a mask must have its image's size",
     "mask.unreadable": "its mask {mask} cannot be used: {reason}",
+    "mask.extra": "{n} mask(s) in the {folder} belong to no training image and are not used: {names}",
 })
 
 
@@ -72,6 +73,11 @@ def mask_problems(config: TrainingConfig, samples: Sequence[TrainSample]) -> lis
         if info.size != sample.size:
             (mw, mh), (w, h) = info.size, sample.size
             problems.append(Problem.at(sample.image_path, "error", Msg.of("mask.size", mask=mask.name, mw=mw, mh=mh, w=w, h=h)))
+    # sd-scripts refuses extra masks too; here they change nothing, so they are named, not refused
+    stems = {s.image_path.stem for s in samples}
+    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.stem not in stems)
+    if extra:
+        problems.append(Problem.at(folder, "warning", Msg.of("mask.extra", n=len(extra), folder=labels["folder"], names=shown_names(extra, 10))))
     if missing:
         names = shown_names([p.name for p in missing], 10)
         problems.append(Problem.at(folder, "error", Msg.of("mask.missing", n=len(missing), folder=labels["folder"],
