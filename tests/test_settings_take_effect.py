@@ -46,6 +46,9 @@ ROWS: dict[str, Callable] = {}
 COVERED_ELSEWHERE = {
     "saving.resume": "tests/test_train_e2e.py::test_resume_from_a_saved_state_matches_the_uninterrupted_run",
     "network.dora_wd": "tests/test_train_dora.py::test_a_tiny_dora_run_trains_saves_and_applies_its_magnitudes",
+    "dataset.masked_loss": "tests/test_masked_loss.py::test_a_tiny_sd15_run_trains_only_through_the_mask",
+    "dataset.conditioning_data_dir": "tests/test_masked_loss.py::test_the_mask_follows_its_image_through_bucket_resize_random_crop_and_flip",
+    "dataset.alpha_mask": "tests/test_masked_loss.py::test_alpha_mask_is_the_images_own_alpha",
 }
 
 # Fields that do not change what is trained (the LoRA's weights), with the reason.

@@ -19,6 +19,7 @@ PATH_SETTINGS = (
     "folders.train_data_dir",
     "folders.reg_data_dir",
     "folders.dataset_config",
+    "dataset.conditioning_data_dir",
     "folders.output_dir",
     "folders.logging_dir",
     "network.network_weights",

@@ -211,7 +211,7 @@ EMPTY_VALUES: dict[str, Any] = {
     **{name: "" for name in (
         "vae", "train_data_dir", "reg_data_dir", "dataset_config", "output_dir", "logging_dir", "network_weights", "resume", "gpu_ids",
         "sample_prompts", "optimizer_args", "metadata_title", "metadata_author", "metadata_description",
-        "metadata_license", "metadata_tags", "training_comment",
+        "metadata_license", "metadata_tags", "training_comment", "conditioning_data_dir",
     )},
     # learning rates: update_my_data float("") fails -> 0.0, then the rate rules (_learning_rates)
     "learning_rate": 0.0,
@@ -907,6 +907,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         if name in FLAG_ONLY:
             continue  # written as sd-scripts flags in additional_parameters (export_sdxl_keys)
         if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
+            if name in _EXPORT_AS_FLAGS and _export_flag(out, name, value, get_value(defaults, name)):
+                continue
             if value != get_value(defaults, name):
                 report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
             continue
@@ -928,6 +930,26 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
             report.migrated.append(ReportItem.of("lora_type", "kohya.dora_export_standard"))
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
     return out, report
+
+
+# sd-scripts flags the Kohya GUI LoRA tab has no field for: written into its additional_parameters (which it appends
+# to train_network.py's command line, common_gui.py) and read back from there by _additional_parameters.
+_EXPORT_AS_FLAGS = ("alpha_mask", "conditioning_data_dir")
+
+
+def _export_flag(out: dict[str, Any], name: str, value: Any, default: Any) -> bool:
+    """Append `--name [value]` to additional_parameters; False when it cannot be said there (a path with a space,
+    which the Kohya GUI would split), so the caller reports it."""
+    if value == default:
+        return True
+    if isinstance(value, bool):
+        flag = f"--{name}"
+    elif any(c.isspace() for c in str(value)):
+        return False
+    else:
+        flag = f"--{name} {value}"
+    out["additional_parameters"] = " ".join(x for x in (str(out.get("additional_parameters") or "").strip(), flag) if x)
+    return True
 
 
 def _export_launch_flags(config: TrainingConfig) -> str:

@@ -157,6 +157,11 @@ class DatasetSettings(_Group):
     undersized_images: Literal["skip", "refuse"] = Field(
         "skip", title="Undersized images", description="Images smaller than the bucket step: skip them with a warning, or refuse to train."
     )
+    # sd-scripts' --masked_loss / --conditioning_data_dir / --alpha_mask (library/train_util.py, train_network.py):
+    # the loss of each latent pixel is weighted by a mask (train/masks.py)
+    masked_loss: bool = Field(False, title="Masked loss", description="Weight the loss by a mask per image (white = trained, black = ignored), read from the mask folder.")
+    conditioning_data_dir: str = Field("", title="Mask folder", json_schema_extra=ui(browse="dir"), description="Folder with one mask image per training image, named like the image (a.png -> a.png or a.jpg); needed by masked loss unless the alpha channel is the mask.")
+    alpha_mask: bool = Field(False, title="Alpha channel as mask", description="Weight the loss by each image's own transparency (opaque = trained, transparent = ignored); images without alpha train fully.")
     alpha_background: str = Field("#ffffff", title="Transparent background colour", description="Colour that transparent pixels are composited onto (hex).")
     max_data_loader_n_workers: int = Field(0, ge=0, le=64, title="Data loader workers", description="Worker processes loading images (0 = in the training process).")
     persistent_data_loader_workers: bool = Field(False, title="Persistent data loader workers", description="Keep data loader workers alive between epochs.")

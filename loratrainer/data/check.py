@@ -17,6 +17,7 @@ from loratrainer.data.dataset_config import DatasetConfig, apply_settings, read_
 from loratrainer.data.folders import Concept, list_concept, scan_data_dir, shown_names
 from loratrainer.errors import UserError
 from loratrainer.data.images import ImageError, probe_image
+from loratrainer.data.masks import mask_problems
 from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
@@ -112,6 +113,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
         o.max_train_steps,
     )
     report.buckets = bucket_sizes(report.samples)
+    problems += mask_problems(config, report.samples)  # masked_loss: every image's mask, at its image's size
     return report
 
 

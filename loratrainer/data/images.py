@@ -116,6 +116,23 @@ def load_image(path: str | Path, background: str | tuple[int, int, int] = "#ffff
     return rgb
 
 
+def load_alpha(path: str | Path) -> Image.Image:
+    """The image's own transparency, upright, as an 8-bit "L" image (255 everywhere when it has none): sd-scripts'
+    alpha_mask (library/train_util.py: img[:, :, 3] of the RGBA image, ones without an alpha channel)."""
+    path = Path(path)
+    with _open(path) as im:
+        orientation = _orientation(im)
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise ImageError(path, Msg.of("image.truncated")) from None
+        has_alpha = "A" in im.getbands() or im.mode.endswith("a") or "transparency" in im.info
+        alpha = im.convert("RGBA").getchannel("A") if has_alpha else Image.new("L", im.size, 255)
+    if orientation in _TRANSPOSE:
+        alpha = alpha.transpose(_TRANSPOSE[orientation])
+    return alpha
+
+
 def to_rgb(im: Image.Image, background: str | tuple[int, int, int] = "#ffffff") -> Image.Image:
     """Any Pillow mode -> 8-bit RGB. Alpha (including palette transparency) is composited, never dropped."""
     if im.mode in _HIGH_BIT_MODES:

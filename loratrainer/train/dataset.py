@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from loratrainer.config import TrainingConfig
 from loratrainer.data.buckets import fit_to_bucket
 from loratrainer.data.images import load_image
+from loratrainer.data.masks import load_mask, uses_masks
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import count_steps, epoch_batches
 from loratrainer.train.captions import CaptionRules, process_caption
+from loratrainer.train.masks import fit_mask
 from loratrainer.train.size_conditioning import image_conditioning, time_ids
 
 Key = tuple[int, int, int, int, int]  # (sample index, epoch, batch index, slot in batch, k-th use of the image this epoch)
@@ -101,9 +103,11 @@ class TrainDataset(Dataset):
         self.augment = Augment(d.flip_aug, d.color_aug, d.random_crop)
         self.background = d.alpha_background
         self.seed = seed
-        self.latents = latents  # sample index -> latent_cache.Latents: (latents, flipped or None, original size, crop)
+        self.latents = latents  # sample index -> latent_cache.Latents: (latents, flipped or None, original size, crop, mask or None)
         self.size_conditioning = size_conditioning
         self.bucketed = config.buckets.enable_bucket
+        self.config = config
+        self.masked = uses_masks(config)  # items carry `mask`: (H, W) loss weights (train/masks.py)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -118,8 +122,14 @@ class TrainDataset(Dataset):
         if self.latents is not None:
             entry = self.latents[index]
             item["latents"] = entry[1] if flip else entry[0]
+            if self.masked:  # cached unflipped at the bucket size (sd-scripts' npz alpha_mask), mirrored here
+                item["mask"] = torch.flip(entry[4], [1]) if flip else entry[4]
         else:
+            crop_rng = random.Random()
+            crop_rng.setstate(rng.getstate())  # the mask draws the same crop as its image
             item["pixels"] = image_tensor(load_training_image(sample, self.background, self.augment, rng, flip))
+            if self.masked:
+                item["mask"] = fit_mask(load_mask(sample, self.config), sample, self.augment.random_crop, crop_rng, flip)
         if self.size_conditioning:
             # where the image is resized and cropped: the cache's values (as sd-scripts reads them back), else the image's
             original, ltrb = entry[2:4] if self.latents is not None else image_conditioning(sample.size, sample.bucket, bucketed=self.bucketed)
@@ -155,6 +165,8 @@ def collate(items: list[dict]) -> dict:
         "is_reg": torch.tensor([it["is_reg"] for it in items], dtype=torch.bool),
         "noise_seeds": [it["noise_seed"] for it in items],
     }
+    if "mask" in items[0]:
+        batch["masks"] = torch.stack([it["mask"] for it in items])
     if "time_ids" in items[0]:
         batch["time_ids"] = torch.stack([it["time_ids"] for it in items])
     return batch

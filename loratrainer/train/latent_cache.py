@@ -17,16 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loratrainer.data.masks import find_mask, load_mask
 from loratrainer.data.samples import TrainSample
 from loratrainer.files import atomic_write_with
 from loratrainer.train.dataset import Augment, image_tensor, load_training_image
+from loratrainer.train.masks import fit_mask
 from loratrainer.train.size_conditioning import image_conditioning
 
 log = logging.getLogger("loratrainer.train")
 FINGERPRINT_KEY = "loratrainer_fingerprint"
-# A cached image: (latents, flipped latents or None, original size (w, h), crop rectangle (l, t, r, b)); the last two
-# are sd-scripts' values for SDXL's size conditioning, so a cached latent carries them in memory as on disk.
-Latents = tuple[torch.Tensor, torch.Tensor | None, tuple, tuple]
+# A cached image: (latents, flipped latents or None, original size (w, h), crop rectangle (l, t, r, b), loss mask or
+# None); the size and crop are sd-scripts' values for SDXL's size conditioning, so a cached latent carries them in
+# memory as on disk. The mask ((H, W) weights at the bucket size, unflipped) is sd-scripts' npz `alpha_mask`.
+Latents = tuple[torch.Tensor, torch.Tensor | None, tuple, tuple, torch.Tensor | None]
 # Part of the fingerprint: files of ours written before crop_ltrb followed sd-scripts are rewritten once.
 CACHE_VERSION = "2"
 
@@ -36,9 +39,13 @@ def npz_path(sample: TrainSample) -> Path:
     return sample.image_path.with_name(f"{sample.image_path.stem}_{w:04d}x{h:04d}_sd.npz")
 
 
-def fingerprint(sample: TrainSample, background: str, vae_id: str) -> str:
+def fingerprint(sample: TrainSample, background: str, vae_id: str, masks=None) -> str:
     digest = hashlib.sha256(Path(sample.image_path).read_bytes())
     digest.update(f"|{sample.bucket}|{sample.resized}|{background}|{vae_id}|v{CACHE_VERSION}".encode())
+    if masks is not None:  # a file cached with a mask is reused only with the same mask (its file's bytes, or alpha)
+        d = masks.dataset
+        mask_file = find_mask(d.conditioning_data_dir, sample.image_path) if d.masked_loss and d.conditioning_data_dir.strip() else None
+        digest.update(b"|mask:" + (hashlib.sha256(mask_file.read_bytes()).digest() if mask_file else b"alpha"))
     return digest.hexdigest()
 
 
@@ -59,9 +66,10 @@ def latent_seed(seed: int, index: int, flip: bool) -> int:
 
 
 def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool, background: str, vae_id: str, device, dtype,
-                  rank: int = 0, world: int = 1, seed: int = 0, bucketed: bool = True, run=None) -> dict[int, Latents]:
+                  rank: int = 0, world: int = 1, seed: int = 0, bucketed: bool = True, masks=None, run=None) -> dict[int, Latents]:
     """Latents (index -> (latents, flipped latents or None)) of this process's share: every `world`-th sample
     from `rank`, so several processes encode (and write) the dataset once between them; `join_shares` joins.
+    `masks`: the run's config when it uses masked_loss or alpha_mask (data/masks.py); each entry then carries its mask.
 
     `run` (a RunContext): a stop is checked before each image (StoppedBeforeTraining) and the count goes out
     as `caching_latents` phase events (the main process's share, scaled to the whole dataset)."""
@@ -74,15 +82,17 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
         if run is not None:
             run.check_stop()
             run.phase_progress("caching_latents", min(total, len(out) * world), total)
-        fp = fingerprint(sample, background, vae_id) if to_disk else ""
-        cached = _read(npz_path(sample), fp, flip) if to_disk else None
+        fp = fingerprint(sample, background, vae_id, masks) if to_disk else ""
+        cached = _read(npz_path(sample), fp, flip, masks is not None) if to_disk else None
         if cached is not None:
             out[i] = cached
             reused += 1
             continue
         plain = encode_image(vae, sample, background, False, device, dtype, latent_seed(seed, i, False))
         flipped = encode_image(vae, sample, background, True, device, dtype, latent_seed(seed, i, True)) if flip else None
-        out[i] = (plain, flipped, *image_conditioning(sample.size, sample.bucket, bucketed=bucketed))
+        # latents are cached only without random crop (the schema's rule): the mask takes the same centre crop
+        mask = fit_mask(load_mask(sample, masks), sample, False, None, False) if masks is not None else None
+        out[i] = (plain, flipped, *image_conditioning(sample.size, sample.bucket, bucketed=bucketed), mask)
         if to_disk:
             _write(npz_path(sample), out[i], fp)
     if run is not None:
@@ -103,16 +113,19 @@ def join_shares(share: dict[int, Latents], accelerator) -> dict[int, Latents]:
     return joined
 
 
-def _read(path: Path, fp: str, flip: bool) -> Latents | None:
+def _read(path: Path, fp: str, flip: bool, masked: bool = False) -> Latents | None:
     if not path.exists():
         return None
     try:
         with np.load(path) as npz:
             if FINGERPRINT_KEY not in npz or str(npz[FINGERPRINT_KEY]) != fp or (flip and "latents_flipped" not in npz):
                 return None
+            if masked and "alpha_mask" not in npz:
+                return None
             flipped = torch.from_numpy(npz["latents_flipped"]) if flip else None
+            mask = torch.from_numpy(npz["alpha_mask"]) if masked else None
             return (torch.from_numpy(npz["latents"]), flipped, tuple(npz["original_size"].tolist()),
-                    tuple(npz["crop_ltrb"].tolist()))
+                    tuple(npz["crop_ltrb"].tolist()), mask)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -121,7 +134,7 @@ def _write(path: Path, entry: Latents, fp: str) -> None:
     if path.exists() and not _is_ours(path):
         log.warning("%s was not written by loratrainer: left untouched, latents kept in memory", path)
         return
-    plain, flipped, original, ltrb = entry
+    plain, flipped, original, ltrb, mask = entry
     arrays = {
         "latents": plain.numpy(),
         "original_size": np.array(original),
@@ -130,6 +143,8 @@ def _write(path: Path, entry: Latents, fp: str) -> None:
     }
     if flipped is not None:
         arrays["latents_flipped"] = flipped.numpy()
+    if mask is not None:
+        arrays["alpha_mask"] = mask.numpy()  # sd-scripts' key: (H, W) float32 in [0, 1] at the bucket size
 
     def writer(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -135,7 +135,7 @@ def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
     target = training_target(scheduler, latents, noise, timesteps)
     weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
     huber_c = huber_threshold(scheduler, timesteps, t.loss) if t.loss.loss_type != "l2" else None
-    return diffusion_loss(pred, target, weights, t.loss, huber_c)
+    return diffusion_loss(pred, target, weights, t.loss, huber_c, batch.get("masks"))
 
 
 def batch_latents(t: Trainer, batch: dict, generators=None) -> torch.Tensor:

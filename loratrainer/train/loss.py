@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
 from loratrainer.config import TrainingConfig
+from loratrainer.train.masks import apply_masked_loss
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: 
     return weights
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None) -> torch.Tensor:
-    per_sample = elementwise_loss(pred, target, s, huber_c).mean(dim=(1, 2, 3))
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None,
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
+    """`masks` (B, H, W) in [0, 1]: masked_loss / alpha_mask, applied before the per-sample mean as in sd-scripts."""
+    loss = elementwise_loss(pred, target, s, huber_c)
+    if masks is not None:
+        loss = apply_masked_loss(loss, masks)
+    per_sample = loss.mean(dim=(1, 2, 3))
     return (per_sample * weights.to(per_sample.device)).mean()

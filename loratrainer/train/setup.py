@@ -23,6 +23,7 @@ from loratrainer.train.captions import CaptionRules
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.family import FAMILIES, Family, family_for, store_unet_in_fp8
 from loratrainer.train.family import notes as family_notes
+from loratrainer.data.masks import uses_masks
 from loratrainer.train.latent_cache import cache_latents, join_shares
 from loratrainer.train.loss import LossRecipe
 from loratrainer.train.noise import NoiseRecipe
@@ -197,7 +198,7 @@ def build_data(config: TrainingConfig, report: DatasetReport, components, accele
             report.samples, components.vae, flip=config.dataset.flip_aug, to_disk=config.precision.cache_latents_to_disk,
             background=config.dataset.alpha_background, vae_id=f"{components.model_name}|{components.model_hash}|{config.model.vae}",
             device=accelerator.device, dtype=components.vae.dtype, rank=accelerator.process_index, world=accelerator.num_processes,
-            seed=seed, bucketed=config.buckets.enable_bucket, run=run,
+            seed=seed, bucketed=config.buckets.enable_bucket, masks=config if uses_masks(config) else None, run=run,
         )
         latents = join_shares(share, accelerator)
     dataset = TrainDataset(report.samples, config, seed, latents, size_conditioning=family_for(components).size_conditioning)
