@@ -137,11 +137,11 @@ def test_the_dataset_check_names_missing_and_mismatched_masks(tmp_path):
 
 
 def test_kohya_gui_masked_loss_key_imports_and_exports():
-    # the Kohya GUI's own test config: masked_loss comes over; its masks are named in the dataset TOML, which is not
-    # read here, so the dataset check asks for the mask folder (test above)
+    # the Kohya GUI's own test config: masked_loss and its dataset TOML come over; the masks are named in that TOML
+    # (conditioning_data_dir per subset), which the dataset TOML reader refuses by key (tests/test_dataset_config.py)
     config, report = import_kohya(json.loads((KOHYA_TESTS / "locon-AdamW8bit-masked_loss-toml.json").read_text("utf-8-sig")))
     assert config.dataset.masked_loss is True and config.dataset.conditioning_data_dir == ""
-    assert report.keys("unsupported") == ["dataset_config"]
+    assert report.keys("unsupported") == [] and config.folders.dataset_config.endswith("dataset-masked_loss.toml")
     with pytest.raises(Exception, match="DreamBooth config"):
         import_kohya(json.loads((KOHYA_TESTS / "dreambooth-AdamW8bit-masked_loss-toml.json").read_text("utf-8-sig")))
     # sd-scripts' flags with no Kohya GUI field travel in additional_parameters, both ways

@@ -45,6 +45,7 @@ ROWS: dict[str, Callable] = {}
 # Fields that change training but whose effect needs a whole run of another kind; the named test must exist.
 COVERED_ELSEWHERE = {
     "saving.resume": "tests/test_train_e2e.py::test_resume_from_a_saved_state_matches_the_uninterrupted_run",
+    "folders.dataset_config": "tests/test_dataset_config.py::test_a_tiny_run_from_a_toml_trains_both_subsets_with_their_repeats",
     "network.dora_wd": "tests/test_train_dora.py::test_a_tiny_dora_run_trains_saves_and_applies_its_magnitudes",
     "dataset.masked_loss": "tests/test_masked_loss.py::test_a_tiny_sd15_run_trains_only_through_the_mask",
     "dataset.conditioning_data_dir": "tests/test_masked_loss.py::test_the_mask_follows_its_image_through_bucket_resize_random_crop_and_flip",

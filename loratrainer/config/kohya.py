@@ -913,7 +913,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
                 report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
             continue
         out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
-    out["additional_parameters"] = " ".join(flags)
+    # the SDXL flags first, then the mask flags _export_flag appended above (the one additional_parameters string)
+    out["additional_parameters"] = " ".join(x for x in (" ".join(flags), str(out.get("additional_parameters") or "").strip()) if x)
     for name in sorted(OURS_ONLY):
         if name == "text_encoder_2_lr" and any(f.startswith("--text_encoder_lr") for f in flags) or name == "text_encoder_2_lr" and get_value(config, name) in (None, config.effective_text_encoder_lr):
             continue
