@@ -935,6 +935,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         if value is None:  # an empty per-module rate means "the learning rate", which Kohya writes out explicitly
             value = config.optimizer.learning_rate
             report.migrated.append(ReportItem.of(name, "kohya.export_rate", value=repr(value)))
+        if name in VALIDATION_FLAGS:  # written as sd-scripts flags into additional_parameters (below)
+            continue
         if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
             if value != get_value(defaults, name):
                 report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
@@ -948,7 +950,21 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         report.migrated.append(ReportItem.of("network_alpha", "kohya.alpha_zero_export", value=config.network.network_dim))
     _export_noise_type(config, out, report)
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
+    out["additional_parameters"] = _export_validation_flags(config)
     return out, report
+
+
+# Validation loss (sd-scripts train_network.py's flags, same names as ours): the Kohya GUI (kohya_ss 45088f0) has
+# no field for them, so its users pass them in additional_parameters, which the import maps flag by flag.
+VALIDATION_FLAGS = ("validation_split", "validation_seed", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
+
+
+def _export_validation_flags(config: TrainingConfig) -> str:
+    """The validation settings that differ from ours by default, as sd-scripts flags. Our 0s mean sd-scripts'
+    'not given' (None), so they are left out."""
+    o = config.training
+    return " ".join(f"--{name} {getattr(o, name)}" for name in VALIDATION_FLAGS
+                    if getattr(o, name) and getattr(o, name) != getattr(TrainingConfig().training, name))
 
 
 def _export_launch_flags(config: TrainingConfig) -> str:

@@ -19,6 +19,7 @@ from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import bucket_sizes, count_steps
+from loratrainer.data.validation import split_validation, validation_seed
 from loratrainer.messages import Label, Msg, define
 
 define({
@@ -85,6 +86,7 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     report = DatasetReport(problems, [], count_steps([], 1), {})
     for concept in concepts:
         _check_concept(concept, config, plan, report)
+    _hold_out_validation(config, plan, report)
     if any(not c.is_reg for c in concepts) and report.images == 0:
         problems.append(Problem.at(folders.train_data_dir, "error", Msg.of("check.no_usable_images")))
     o = config.training
@@ -98,6 +100,21 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
     )
     report.buckets = bucket_sizes(report.samples)
     return report
+
+
+def _hold_out_validation(config: TrainingConfig, plan: BucketPlan, report: DatasetReport) -> None:
+    """validation_split's share of each training folder, and the validation folder's images, leave the training
+    samples (so the step count counts only training images) for report.validation (data/validation.py)."""
+    report.samples, report.validation = split_validation(report.samples, config.training.validation_split, validation_seed(config))
+    folder = config.folders.validation_data_dir
+    if folder.strip():
+        scan = scan_data_dir(folder, config.dataset.caption_extension)
+        report.problems += scan.problems
+        held = DatasetReport(report.problems, [], count_steps([], 1), {})
+        for concept in scan.concepts:
+            _check_concept(concept, config, plan, held)
+        report.validation += held.samples
+        report.skipped += held.skipped
 
 
 def _settings_problems(config: TrainingConfig) -> list[Problem]:

@@ -299,7 +299,7 @@ class TrainingHandlers:
             n["run_dir"]: run_dir,
             n["status"]: progress.status_line(view, self.t),
             n["progress"]: progress.progress_html(view, self.t),
-            n["loss_plot"]: progress.loss_frame(view),
+            n["loss_plot"]: progress.loss_frame(view, self.t),
             n["log"]: view.log_tail if view else "",
             n["run_notes"]: run_notes(view, self.t) if view else "",
             n["timer"]: gr.Timer(active=bool(view and view.alive)),
@@ -478,7 +478,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["progress"] = gr.HTML(elem_id="run-progress", elem_classes=["lt-live"])
     n["run_notes"] = gr.Markdown(elem_id="run-notes", elem_classes=["lt-live"])
     with gr.Row():
-        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), x_title=t("run.chart_step"),
+        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None, t), x="step", y="loss", color="series", title=t("run.loss_chart"), x_title=t("run.chart_step"),
                                    y_title=t("run.chart_loss"), height=260, elem_id="run-loss",
                                    elem_classes=["lt-live"])
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples", elem_classes=["lt-live"])

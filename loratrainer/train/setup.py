@@ -67,6 +67,7 @@ class Trainer:
     epoch: int = 0
     text_encoder_2: torch.nn.Module | None = None  # SDXL: the prepared view of components.text_encoder_2
     family: Family | None = None  # what differs between model families (train/family.py), from the components
+    validation: Any = None  # train.validation.ValidationSet: the held-out images (None without validation)
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -222,6 +223,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         noise=NoiseRecipe.from_settings(config.noise), loss=LossRecipe.from_config(config),
         text_cache=TextCache() if static_text else None, run=run, text_encoder_2=views.get("text_encoder_2"), family=family,
     )
+    t.validation = build_validation(config, report.validation, family.size_conditioning)
     fill_text_cache(t)  # precision.cache_text_encoder_outputs: every caption encoded now (and kept on disk)
     return t
 
