@@ -158,7 +158,7 @@ def test_an_evaluation_is_deterministic_leaves_training_alone_and_uses_no_gradie
     from loratrainer.train.setup import build_trainer
     from loratrainer.train.validation import evaluate
 
-    config = small_config(tmp_path, tiny_model, images=3, validation_split=0.34, lora_dropout=0.5)
+    config = small_config(tmp_path, tiny_model, images=3, validation_split=0.34, network_dropout=0.5)
     t = build_trainer(config, tmp_path, Accelerator(cpu=True), seed=7)
     assert t.validation.images == 1
     t.unet.train()

@@ -30,6 +30,7 @@ from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache
 from loratrainer.train.text_cache import check_text_cache_allowed, fill_text_cache
+from loratrainer.train.validation import build_validation
 
 log = logging.getLogger("loratrainer.train")
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
