@@ -218,6 +218,9 @@ EMPTY_VALUES: dict[str, Any] = {
     "learning_rate": 0.0,
     "unet_lr": 0.0,
     "text_encoder_lr": 0.0,
+    # validation (only as sd-scripts flags or gui-v2 keys): "" is not passed, sd-scripts' None/0.0 = our 0 (or 1)
+    "validation_split": 0.0, "validation_seed": 0, "validate_every_n_steps": 0, "validate_every_n_epochs": 1,
+    "max_validation_steps": 0, "validation_data_dir": "",
 }
 
 
