@@ -42,6 +42,13 @@ def test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_trainin
     assert whole.images == 9 and split.images == 7 and split.to_json()["validation_images"] == 2
     assert whole.steps.samples_per_epoch == 5 * 2 + 4 * 3 and split.steps.samples_per_epoch == 4 * 2 + 3 * 3
     assert "validation images: 2" in split.format_text()
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.tab_dataset import DatasetHandlers
+
+    page = DatasetHandlers.__new__(DatasetHandlers)  # only its translator: steps_text reads the report
+    for lang, words in (("en", "2 validation image(s) held out"), ("ko", "검증 이미지 2장")):
+        page.t = Translator(lang)
+        assert words in page.steps_text(split, split.steps)
     other_seed = {tuple(sorted(str(s.image_path) for s in check_dataset(_config(tmp_path, validation_split=0.25, validation_seed=k)).validation))
                   for k in range(1, 8)}
     assert len(other_seed) > 1  # the seed chooses which images
@@ -138,12 +145,10 @@ def test_results_and_compare_show_each_files_validation_loss_and_mark_the_lowest
     assert extra["lowest_validation_loss"] == ("epoch 1" if by_step[2] <= by_step[4] else "epoch 2")
     from loratrainer.gui.tab_results import ResultsHandlers
 
-    class _T:
-        def __call__(self, key, **kw):
-            return "lowest" if key == "results.lowest_validation" else key
+    from loratrainer.gui.i18n import Translator
 
-    handlers = ResultsHandlers.__new__(ResultsHandlers)
-    handlers.t = _T()
+    handlers = ResultsHandlers.__new__(ResultsHandlers)  # only its translator: the cell reads the file record
+    handlers.t = Translator("en")
     cells = [handlers.validation_cell(f) for f in record.files]
     assert [c.split()[0] for c in cells] == [f"{f.validation_loss:.4f}" for f in record.files]
     assert [("★" in c) for c in cells] == [f.lowest_validation for f in record.files]

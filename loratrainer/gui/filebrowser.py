@@ -20,7 +20,7 @@ MAX_ENTRIES = 500
 UP = ".."
 # In --listen mode (others on the network may use the page) browsing stays within the home folder and the folders
 # these settings name; on loopback the page's user is this machine's user and may browse anywhere.
-ROOT_SETTINGS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir",
+ROOT_SETTINGS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.validation_data_dir", "folders.output_dir", "folders.logging_dir",
                  "model.pretrained_model_name_or_path", "model.vae", "network.network_weights", "saving.resume")
 
 

@@ -18,7 +18,7 @@ from loratrainer.gui.i18n import md
 from loratrainer.gui.form import basic_paths, specs_by_path
 
 # What a loaded config file keeps from the page unless it sets it (issue 22: a Kohya file emptied them).
-PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
+PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.validation_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
               "model.pretrained_model_name_or_path", "model.vae")
 
 
