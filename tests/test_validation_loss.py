@@ -140,6 +140,12 @@ def test_results_and_compare_show_each_files_validation_loss_and_mark_the_lowest
     assert [f.validation_loss for f in record.files] == [by_step[2], by_step[4], by_step[4]]
     best = min(record.files, key=lambda f: (f.validation_loss, f.step))
     assert [f.lowest_validation for f in record.files] == [f is best for f in record.files]
+    from loratrainer.gui.tab_results import read_metadata
+
+    meta = read_metadata(record.files[0].path)  # sd-scripts' ss_ keys for it
+    assert meta["ss_num_validation_images"] == "1" and meta["ss_validation_split"] == "0.34"
+    assert meta["ss_validate_every_n_steps"] == "2" and meta["ss_validation_seed"] == "None"
+    assert meta["ss_num_train_images"] == "4"  # 2 training images x 2 repeats: the held-out one is not counted
     extra = resolve([str(run_dir)]).validation()  # what `loratrainer compare` writes into its JSON sidecar
     assert extra["validation_loss"] == {"epoch 1": by_step[2], "epoch 2": by_step[4], "final (step 4)": by_step[4]}
     assert extra["lowest_validation_loss"] == ("epoch 1" if by_step[2] <= by_step[4] else "epoch 2")
