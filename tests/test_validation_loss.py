@@ -179,3 +179,22 @@ def test_an_evaluation_is_deterministic_leaves_training_alone_and_uses_no_gradie
     assert evaluate(t, t.validation, compute_loss) == first  # dropout is off in eval mode, the noise is fixed
     assert t.unet.training  # back to training mode
     assert all(p.grad is None for p in t.params)
+
+
+def test_the_terminal_says_each_validation_loss_and_the_lowest(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from loratrainer.launch.follow import _Lines, _report_end
+
+    evs = [{"event": "validation", "step": s, "epoch": s // 2, "loss": loss, "kind": "epoch", "images": 3}
+           for s, loss in ((2, 0.25), (4, 0.125), (6, 0.5))]
+    state = events.summarize(evs + [{"event": "ended", "status": "finished", "step": 6, "epoch": 3, "exit_code": 0}])
+    out = io.StringIO()
+    _Lines(out).update(state, evs)
+    assert out.getvalue().splitlines() == ["validation loss 0.2500 at step 2 (epoch 1, 3 images)",
+                                           "validation loss 0.1250 at step 4 (epoch 2, 3 images)",
+                                           "validation loss 0.5000 at step 6 (epoch 3, 3 images)"]
+    end = io.StringIO()
+    _report_end(SimpleNamespace(run_dir=tmp_path), state, 0, end)
+    assert "lowest validation loss 0.1250 at step 4 (epoch 2)" in end.getvalue()
