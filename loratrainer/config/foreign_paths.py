@@ -18,6 +18,7 @@ PATH_SETTINGS = (
     "model.vae",
     "folders.train_data_dir",
     "folders.reg_data_dir",
+    "folders.validation_data_dir",
     "folders.output_dir",
     "folders.logging_dir",
     "network.network_weights",
