@@ -45,6 +45,8 @@ ROWS: dict[str, Callable] = {}
 # Fields that change training but whose effect needs a whole run of another kind; the named test must exist.
 COVERED_ELSEWHERE = {
     "saving.resume": "tests/test_train_e2e.py::test_resume_from_a_saved_state_matches_the_uninterrupted_run",
+    "training.validation_split": "tests/test_validation_loss.py::test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_training_images",
+    "training.validation_seed": "tests/test_validation_loss.py::test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_training_images",
 }
 
 # Fields that do not change what is trained (the LoRA's weights), with the reason.
@@ -73,6 +75,11 @@ NO_TRAINING_EFFECT = {
     "metadata.metadata_tags": "text stored in the file's metadata",
     "metadata.metadata_trigger_phrase": "text stored in the file's metadata",
     "metadata.training_comment": "text stored in the file's metadata",
+    "folders.validation_data_dir": "validation images only, never trained on (test_validation_loss.py)",
+    # an evaluation takes no gradients and draws from its own generators, not the training RNG (test_validation_loss.py)
+    "training.validate_every_n_steps": "when the validation loss is computed",
+    "training.validate_every_n_epochs": "when the validation loss is computed",
+    "training.max_validation_steps": "how many validation batches are evaluated",
 }
 
 

@@ -42,6 +42,11 @@ def test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_trainin
     assert whole.images == 9 and split.images == 7 and split.to_json()["validation_images"] == 2
     assert whole.steps.samples_per_epoch == 5 * 2 + 4 * 3 and split.steps.samples_per_epoch == 4 * 2 + 3 * 3
     assert "validation images: 2" in split.format_text()
+    from loratrainer.train.validation import build_validation
+
+    cfg = _config(tmp_path, validation_split=0.25)
+    assert build_validation(cfg, split.validation, False).images == 2  # batch size 1: two batches
+    assert len(build_validation(with_values(cfg, {"max_validation_steps": 1}), split.validation, False).batches) == 1
     from loratrainer.gui.i18n import Translator
     from loratrainer.gui.tab_dataset import DatasetHandlers
 
