@@ -19,7 +19,7 @@ from typing import Any
 
 EXIT_CODES: dict[str, int] = {"finished": 0, "stopped": 10, "nan": 11, "oom": 12, "disk_full": 13, "error": 1}
 STATUS_OF_EXIT_CODE: dict[int, str] = {code: status for status, code in EXIT_CODES.items()}
-EVENT_KINDS = ("started", "phase", "progress", "checkpoint", "sample", "state_saved", "ended")
+EVENT_KINDS = ("started", "phase", "progress", "checkpoint", "sample", "state_saved", "validation", "ended")
 # What a `phase` event names: before training (a count of items where there are items), and between steps.
 PHASES = ("loading_model", "caching_latents", "caching_text", "sampling", "saving", "training")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "interrupted")
@@ -105,6 +105,8 @@ class RunState:
     phase_eta_s: float | None = None
     resumed_from: str = ""  # the state folder a resumed run continued from (the started event)
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    # (step, epoch, loss) of each `validation` event (train/validation.py): the same noise every time, so comparable
+    validation_history: list[tuple[int, int, float]] = field(default_factory=list)
     last_files: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     reason: str = ""
@@ -165,6 +167,16 @@ def _checkpoint(s: RunState, e: dict[str, Any]) -> None:
     s.last_files.append(str(e.get("path", "")))
 
 
+def _validation(s: RunState, e: dict[str, Any]) -> None:
+    if e.get("loss") is not None:
+        s.validation_history.append((int(e.get("step", 0)), int(e.get("epoch", 0)), float(e["loss"])))
+
+
+def lowest_validation(history: list[tuple[int, int, float]]) -> tuple[int, int, float] | None:
+    """The (step, epoch, loss) of the lowest validation loss (the earliest on a tie), or None."""
+    return min(history, key=lambda v: (v[2], v[0])) if history else None
+
+
 def _sample(s: RunState, e: dict[str, Any]) -> None:
     s.samples.append(str(e.get("path", "")))
 
@@ -183,7 +195,8 @@ def _ignore(s: RunState, e: dict[str, Any]) -> None:
     pass
 
 
-_APPLY = {"started": _started, "phase": _phase, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample, "ended": _ended}
+_APPLY = {"started": _started, "phase": _phase, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample,
+          "validation": _validation, "ended": _ended}
 
 
 _HEADLINES = {"nan": "NaN at step {step}", "oom": "out of memory", "disk_full": "disk full"}

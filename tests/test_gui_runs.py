@@ -150,8 +150,9 @@ def test_results_lists_files_per_epoch_with_metadata(page, tmp_path):
     assert out[n["results_run"]]["value"] == str(run_dir)
     rows = out[n["results_files"]]
     assert [row[0] for row in rows] == ["house-000001.safetensors", "house.safetensors"]
-    # file, saved at, step, average loss over the epoch, time, size
-    assert rows[0][1] == "epoch 1" and rows[0][2] == 4 and rows[0][3] == f"{(0.5 + 0.25 + 0.5 / 3) / 3:.4f}" and float(rows[0][5]) >= 0
+    # file, saved at, step, average loss over the epoch, validation loss (none: this run had no validation), time, size
+    assert rows[0][1] == "epoch 1" and rows[0][2] == 4 and rows[0][3] == f"{(0.5 + 0.25 + 0.5 / 3) / 3:.4f}" and float(rows[0][6]) >= 0
+    assert rows[0][4] == ""
     assert rows[1][1] == "final (epoch 2)" and rows[1][3] == "0.1250"
     assert out[n["results_paths"]].splitlines() == [str(tmp_path / "model" / "house-000001.safetensors"), str(final)]
     assert len(out[n["results_samples"]]) == 1 and "epoch 1" in out[n["results_samples"]][0][1]

@@ -50,6 +50,8 @@ COVERED_ELSEWHERE = {
     "dataset.masked_loss": "tests/test_masked_loss.py::test_a_tiny_sd15_run_trains_only_through_the_mask",
     "dataset.conditioning_data_dir": "tests/test_masked_loss.py::test_the_mask_follows_its_image_through_bucket_resize_random_crop_and_flip",
     "dataset.alpha_mask": "tests/test_masked_loss.py::test_alpha_mask_is_the_images_own_alpha",
+    "training.validation_split": "tests/test_validation_loss.py::test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_training_images",
+    "training.validation_seed": "tests/test_validation_loss.py::test_split_holds_out_a_share_of_each_folder_and_the_steps_count_only_training_images",
 }
 
 # Fields that do not change what is trained (the LoRA's weights), with the reason.
@@ -78,6 +80,11 @@ NO_TRAINING_EFFECT = {
     "metadata.metadata_tags": "text stored in the file's metadata",
     "metadata.metadata_trigger_phrase": "text stored in the file's metadata",
     "metadata.training_comment": "text stored in the file's metadata",
+    "folders.validation_data_dir": "validation images only, never trained on (test_validation_loss.py)",
+    # an evaluation takes no gradients and draws from its own generators, not the training RNG (test_validation_loss.py)
+    "training.validate_every_n_steps": "when the validation loss is computed",
+    "training.validate_every_n_epochs": "when the validation loss is computed",
+    "training.max_validation_steps": "how many validation batches are evaluated",
 }
 
 

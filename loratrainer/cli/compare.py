@@ -72,6 +72,7 @@ def build_request(args: argparse.Namespace):
         seed=args.seed, steps=args.steps, width=args.width, height=args.height, cfg_scale=args.cfg, sampler=sampler,
         negative_prompt=args.negative, vae=config.model.vae if config and not args.model else "",
         clip_skip=config.model.clip_skip if config else 1, v_parameterization=bool(config and config.model.v_parameterization),
+        extra=inputs.validation(),
     )
 
 

@@ -54,6 +54,14 @@ class Inputs:
     files: list[Path] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     config: object | None = None  # the TrainingConfig of the (first) run found
+    saved: list[SavedFile | None] = field(default_factory=list)  # what the run said of each file (None: no run found)
+
+    def validation(self) -> dict:
+        """For the grid's JSON: each row's validation loss (train/validation.py) and the row with the lowest."""
+        losses = {label: f.validation_loss for label, f in zip(self.labels, self.saved) if f is not None and f.validation_loss is not None}
+        if not losses:
+            return {}
+        return {"validation_loss": losses, "lowest_validation_loss": min(losses, key=lambda k: losses[k])}
 
 
 def is_run_dir(path: Path) -> bool:
@@ -94,6 +102,7 @@ def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
                 raise UserError(f"the run {path.name} saved no LoRA file that still exists")
             out.files += [f.path for f in saved]
             out.labels += [epoch_label(f) for f in saved]
+            out.saved += saved
             out.config = out.config or run_config(path)
         elif os.path.lexists(path):
             if path.suffix.lower() != ".safetensors":
@@ -102,6 +111,7 @@ def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
             found = find_writer(path, run_dir)
             out.files.append(path)
             out.labels.append(epoch_label(found[1]) if found else path.stem)
+            out.saved.append(found[1] if found else None)
             if found and out.config is None:
                 out.config = run_config(found[0])
         else:

@@ -21,6 +21,8 @@ class SavedFile:
     step: int
     time: str  # the checkpoint event's ISO time
     epoch_loss: float | None  # the mean loss over the epoch the file was saved in, up to its step
+    validation_loss: float | None = None  # the validation loss of these weights (a `validation` event at its step)
+    lowest_validation: bool = False  # the file with the run's lowest validation loss
 
     @property
     def exists(self) -> bool:
@@ -59,6 +61,7 @@ class RunRecord:
     steps_per_epoch: int = 0
     started: dict[str, Any] = field(default_factory=dict)
     ended: dict[str, Any] | None = None
+    validations: list[tuple[int, int, float]] = field(default_factory=list)  # (step, epoch, loss), events.RunState's
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
@@ -81,9 +84,23 @@ def read_run(run_dir: str | Path) -> RunRecord:
         elif kind == "sample":
             record.samples.append(Sample(Path(str(e.get("path", ""))), int(e.get("step", 0)), int(e.get("epoch", 0)), int(e.get("index", 0)),
                                          str(e.get("prompt", "")), e.get("seed")))
+        elif kind == "validation" and e.get("loss") is not None:
+            record.validations.append((int(e.get("step", 0)), int(e.get("epoch", 0)), float(e["loss"])))
         elif kind == "ended":
             record.ended = e
+    mark_validation(record)
     return record
+
+
+def mark_validation(record: RunRecord) -> None:
+    """Each file's validation loss (the trainer validates before it saves at the same step, so the weights are
+    the file's), and the file with the lowest one marked."""
+    by_step = {step: loss for step, _, loss in record.validations}
+    for f in record.files:
+        f.validation_loss = by_step.get(f.step)
+    scored = [f for f in record.files if f.validation_loss is not None]
+    if scored:
+        min(scored, key=lambda f: (f.validation_loss, f.step)).lowest_validation = True
 
 
 def epoch_loss(progress: list[dict[str, Any]], epoch: int, step: int) -> float | None:

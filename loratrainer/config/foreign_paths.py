@@ -20,6 +20,7 @@ PATH_SETTINGS = (
     "folders.reg_data_dir",
     "folders.dataset_config",
     "dataset.conditioning_data_dir",
+    "folders.validation_data_dir",
     "folders.output_dir",
     "folders.logging_dir",
     "network.network_weights",

@@ -217,6 +217,9 @@ EMPTY_VALUES: dict[str, Any] = {
     "learning_rate": 0.0,
     "unet_lr": 0.0,
     "text_encoder_lr": 0.0,
+    # validation (only as sd-scripts flags or gui-v2 keys): "" is not passed, sd-scripts' None/0.0 = our 0 (or 1)
+    "validation_split": 0.0, "validation_seed": 0, "validate_every_n_steps": 0, "validate_every_n_epochs": 1,
+    "max_validation_steps": 0, "validation_data_dir": "",
 }
 
 
@@ -906,6 +909,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
             report.migrated.append(ReportItem.of(name, "kohya.export_rate", value=repr(value)))
         if name in FLAG_ONLY:
             continue  # written as sd-scripts flags in additional_parameters (export_sdxl_keys)
+        if name in VALIDATION_FLAGS:  # written as sd-scripts flags into additional_parameters (below)
+            continue
         if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
             if name in _EXPORT_AS_FLAGS and _export_flag(out, name, value, get_value(defaults, name)):
                 continue
@@ -930,6 +935,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
             out["LyCORIS_preset"] = "attn-mlp"
             report.migrated.append(ReportItem.of("lora_type", "kohya.dora_export_standard"))
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
+    # validation's sd-scripts flags join the SDXL and mask flags already there (one additional_parameters string)
+    out["additional_parameters"] = " ".join(x for x in (str(out.get("additional_parameters") or "").strip(), _export_validation_flags(config)) if x)
     return out, report
 
 
@@ -951,6 +958,19 @@ def _export_flag(out: dict[str, Any], name: str, value: Any, default: Any) -> bo
         flag = f"--{name} {value}"
     out["additional_parameters"] = " ".join(x for x in (str(out.get("additional_parameters") or "").strip(), flag) if x)
     return True
+
+
+# Validation loss (sd-scripts train_network.py's flags, same names as ours): the Kohya GUI (kohya_ss 45088f0) has
+# no field for them, so its users pass them in additional_parameters, which the import maps flag by flag.
+VALIDATION_FLAGS = ("validation_split", "validation_seed", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
+
+
+def _export_validation_flags(config: TrainingConfig) -> str:
+    """The validation settings that differ from ours by default, as sd-scripts flags. Our 0s mean sd-scripts'
+    'not given' (None), so they are left out."""
+    o = config.training
+    return " ".join(f"--{name} {getattr(o, name)}" for name in VALIDATION_FLAGS
+                    if getattr(o, name) and getattr(o, name) != getattr(TrainingConfig().training, name))
 
 
 def _export_launch_flags(config: TrainingConfig) -> str:

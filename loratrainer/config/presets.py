@@ -63,6 +63,7 @@ __all__ = [
 USER_FIELDS = (
     "folders.train_data_dir",
     "folders.reg_data_dir",
+    "folders.validation_data_dir",
     "folders.output_dir",
     "folders.logging_dir",
     "folders.output_name",

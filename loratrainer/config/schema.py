@@ -130,6 +130,7 @@ class FolderSettings(_Group):
         "Optional: a Kohya/sd-scripts dataset config (.toml with [[datasets]] and [[datasets.subsets]]). When set, it names "
         "the image folders, repeats and class tokens instead of the image and regularisation folders, and its resolution, "
         "batch size, bucket and caption settings replace these settings (docs/dataset.md)."))
+    validation_data_dir: str = Field("", title="Validation folder", json_schema_extra=ui(browse="dir"), description="Optional folder of validation images (same <repeats>_<name> layout): used only for validation loss, never trained on.")
     output_dir: str = Field("", title="Output folder (model)", json_schema_extra=ui(browse="dir", check="output"), description="Where LoRA files, sample images and the run's config are written (Kohya's 'model' folder).")
     logging_dir: str = Field("", title="Logging folder (log)", json_schema_extra=ui(browse="dir", check="log"), description="Where logs and TensorBoard files are written (Kohya's 'log' folder); empty = <output>/log.")
     output_name: str = Field("last", min_length=1, max_length=200, title="Output name", json_schema_extra=ui(basic=2), description="File name of the LoRA, without extension.")
@@ -294,6 +295,13 @@ class TrainingSettings(_Group):
     max_train_steps: int = Field(0, ge=0, title="Max train steps", description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, title="Gradient accumulation steps", description="Add up gradients over n batches before each optimizer step.")
     seed: int = Field(0, ge=0, le=2**32 - 1, title="Seed", description="Random seed; 0 = pick one and record it with the run.")
+    # Validation loss as sd-scripts defines it (docs/validation.md, train_network.py; the flags keep its names, so
+    # a Kohya GUI file's additional_parameters import them): the held-out images are never trained on.
+    validation_split: float = Field(0.0, ge=0.0, le=1.0, title="Validation split", description="Share of each training concept folder held out for validation loss (0.1 = 10%); never trained on. 0 = none.")
+    validation_seed: int = Field(0, ge=0, le=2**32 - 1, title="Validation seed", description="Seed of the validation split and of the validation noise; 0 = the training seed.")
+    validate_every_n_steps: int = Field(0, ge=0, title="Validate every N steps", description="Also compute the validation loss every N steps; 0 = only at epoch ends.")
+    validate_every_n_epochs: int = Field(1, ge=1, title="Validate every N epochs", description="Compute the validation loss at the end of every N-th epoch (1 = every epoch).")
+    max_validation_steps: int = Field(0, ge=0, title="Max validation steps", description="Validate on at most this many batches; 0 = all validation images.")
 
 
 class NoiseSettings(_Group):

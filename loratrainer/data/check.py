@@ -22,6 +22,7 @@ from loratrainer.data.problems import Problem
 from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import bucket_sizes, count_steps
+from loratrainer.data.validation import split_validation, validation_seed
 from loratrainer.messages import Label, Msg, define
 
 define({
@@ -96,10 +97,11 @@ def check_dataset(config: TrainingConfig, num_processes: int | None = None) -> D
         scan = scan_data_dir(folders.reg_data_dir, config.dataset.caption_extension, is_reg=True)
         concepts += scan.concepts
         problems += scan.problems
-    plan = BucketPlan.from_settings(config.buckets)
+    buckets = BucketPlan.from_settings(config.buckets)
     report = DatasetReport(problems, [], count_steps([], 1), {})
     for concept in concepts:
-        _check_concept(concept, config, plan, report)
+        _check_concept(concept, config, buckets, report)
+    _hold_out_validation(config, buckets, report)
     if any(not c.is_reg for c in concepts) and report.images == 0:
         where = folders.dataset_config if plan is not None else folders.train_data_dir
         problems.append(Problem.at(where, "error", Msg.of("check.no_usable_images")))
@@ -133,6 +135,21 @@ def _subset_concepts(plan: DatasetConfig, folders) -> tuple[list[Concept], list[
         problems += list_concept(concept, subset.caption_extension)
         concepts.append(concept)
     return concepts, problems
+
+
+def _hold_out_validation(config: TrainingConfig, plan: BucketPlan, report: DatasetReport) -> None:
+    """validation_split's share of each training folder, and the validation folder's images, leave the training
+    samples (so the step count counts only training images) for report.validation (data/validation.py)."""
+    report.samples, report.validation = split_validation(report.samples, config.training.validation_split, validation_seed(config))
+    folder = config.folders.validation_data_dir
+    if folder.strip():
+        scan = scan_data_dir(folder, config.dataset.caption_extension)
+        report.problems += scan.problems
+        held = DatasetReport(report.problems, [], count_steps([], 1), {})
+        for concept in scan.concepts:
+            _check_concept(concept, config, plan, held)
+        report.validation += held.samples
+        report.skipped += held.skipped
 
 
 def _settings_problems(config: TrainingConfig) -> list[Problem]:

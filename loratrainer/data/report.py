@@ -22,6 +22,7 @@ class DatasetReport:
     buckets: dict[Size, int]  # bucket -> samples per epoch (repeats and reg balancing included)
     skipped: list[Path] = field(default_factory=list)  # images found but not usable (damaged, too small)
     uncaptioned: list[Path] = field(default_factory=list)  # usable images training on the folder-name caption
+    validation: list[TrainSample] = field(default_factory=list)  # held out for validation loss, never trained on
 
     @property
     def ok(self) -> bool:
@@ -48,6 +49,7 @@ class DatasetReport:
             "reg_images": self.reg_images,
             "skipped_images": len(self.skipped),
             "uncaptioned_images": len(self.uncaptioned),
+            "validation_images": len(self.validation),
             "samples_per_epoch": s.samples_per_epoch,
             "train_samples_per_epoch": s.train_samples_per_epoch,
             "reg_samples_per_epoch": s.reg_samples_per_epoch,
@@ -74,6 +76,8 @@ class DatasetReport:
         s = self.steps
         reg = f" + {self.reg_images} regularisation" if self.reg_images else ""
         lines.append(f"images: {self.images}{reg} usable, {len(self.skipped)} skipped, {len(self.uncaptioned)} without caption")
+        if self.validation:
+            lines.append(f"validation images: {len(self.validation)} (held out, not trained on; not in the counts below)")
         lines.append(f"samples per epoch: {s.samples_per_epoch}" + (f" ({s.train_samples_per_epoch} training + {s.reg_samples_per_epoch} regularisation)" if s.reg_samples_per_epoch else ""))
         accum = f", accumulation {s.gradient_accumulation_steps}" if s.gradient_accumulation_steps > 1 else ""
         procs = f", {s.num_processes} processes" if s.num_processes > 1 else ""

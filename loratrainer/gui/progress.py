@@ -184,14 +184,20 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def loss_frame(view: JobView | None):
+def loss_frame(view: JobView | None, t: Translator | None = None):
+    """The chart's points: the training loss, then the validation loss (train/validation.py) as a second line
+    (`series` picks the line's colour)."""
     import pandas as pd
 
     points = view.state.loss_history if view else []
     if len(points) > MAX_CHART_POINTS:  # a long run: every k-th point keeps the chart light to resend each second
         k = -(-len(points) // MAX_CHART_POINTS)
         points = points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
-    return pd.DataFrame({"step": [p[0] for p in points], "loss": [p[1] for p in points]})
+    validation = [(step, loss) for step, _, loss in view.state.validation_history] if view else []
+    train_name, val_name = (t("run.chart_train"), t("run.chart_validation")) if t else ("training", "validation")
+    return pd.DataFrame({"step": [p[0] for p in points] + [v[0] for v in validation],
+                         "loss": [p[1] for p in points] + [v[1] for v in validation],
+                         "series": [train_name] * len(points) + [val_name] * len(validation)})
 
 
 def sample_gallery(view: JobView | None, display, t: Translator) -> list[tuple[str, str]]:

@@ -120,6 +120,8 @@ class DatasetHandlers:
         lines.append(self.t("steps.per_epoch", samples=s.samples_per_epoch, batch=s.batch_size, batches=s.batches_per_epoch, steps=s.steps_per_epoch))
         if s.reg_samples_per_epoch:
             lines.append(self.t("steps.reg", reg=s.reg_samples_per_epoch))
+        if getattr(report, "validation", None):  # validation_split / validation folder (data/validation.py)
+            lines.append(self.t("steps.validation", n=len(report.validation)))
         lines.append(self.t("steps.total", steps_per_epoch=s.steps_per_epoch, epochs=s.epochs, total=s.total_steps))
         return "\n".join(f"- {line}" for line in lines[:-1]) + "\n\n" + lines[-1]
 

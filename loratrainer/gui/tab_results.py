@@ -151,8 +151,14 @@ class ResultsHandlers:
 
     def file_row(self, f: SavedFile) -> list:
         size = f.size
-        return [f.path.name, self.file_label(f), f.step, f"{f.epoch_loss:.4f}" if f.epoch_loss is not None else "",
+        return [f.path.name, self.file_label(f), f.step, f"{f.epoch_loss:.4f}" if f.epoch_loss is not None else "", self.validation_cell(f),
                 f.local_time, f"{size / 1024 / 1024:.2f}" if size is not None else self.t("results.deleted")]
+
+    def validation_cell(self, f: SavedFile) -> str:
+        """The file's validation loss (train/validation.py), the run's lowest marked: the number to choose an epoch by."""
+        if f.validation_loss is None:
+            return ""
+        return f"{f.validation_loss:.4f}" + (f" ★ {self.t('results.lowest_validation')}" if f.lowest_validation else "")
 
     def select_file(self, records: list[str], evt) -> dict:
         """A click on a row: that file's full metadata and its path."""
@@ -332,10 +338,10 @@ def build(ui: UiContext) -> ResultsHandlers:
     n["results_records"] = gr.State([])
     n["results_newest"] = gr.State(None)  # the newest run when the list was last shown: a newer one is shown by itself
     n["results_files"] = gr.Dataframe(
-        headers=[t("results.col_file"), t("results.col_epoch"), t("results.col_step"), t("results.col_loss"), t("results.col_time"),
-                 t("results.col_size")],
-        datatype=["str", "str", "number", "str", "str", "str"], interactive=False, wrap=False, label=t("results.files"),
-        elem_id="results-files", column_widths=["34%", "16%", "8%", "14%", "18%", "10%"],
+        headers=[t("results.col_file"), t("results.col_epoch"), t("results.col_step"), t("results.col_loss"), t("results.col_val_loss"),
+                 t("results.col_time"), t("results.col_size")],
+        datatype=["str", "str", "number", "str", "str", "str", "str"], interactive=False, wrap=False, label=t("results.files"),
+        elem_id="results-files", column_widths=["28%", "14%", "7%", "12%", "14%", "16%", "9%"],
     )
     with gr.Row(equal_height=False):
         n["results_file_path"] = gr.Textbox(label=t("results.file_path"), info=t("results.file_path_help"), interactive=False, buttons=["copy"],

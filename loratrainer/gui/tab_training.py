@@ -18,7 +18,7 @@ from loratrainer.gui.i18n import md
 from loratrainer.gui.form import basic_paths, specs_by_path
 
 # What a loaded config file keeps from the page unless it sets it (issue 22: a Kohya file emptied them).
-PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
+PAGE_PATHS = ("folders.train_data_dir", "folders.reg_data_dir", "folders.validation_data_dir", "folders.output_dir", "folders.logging_dir", "folders.output_name",
               "model.pretrained_model_name_or_path", "model.vae")
 # the base model and the settings its family decides (gui/model_family.FAMILY_DEFAULTS)
 FAMILY_FIELDS = ("model.pretrained_model_name_or_path", "buckets.max_resolution", "buckets.min_bucket_reso", "buckets.max_bucket_reso")
@@ -339,7 +339,7 @@ class TrainingHandlers:
             n["run_dir"]: run_dir,
             n["status"]: progress.status_line(view, self.t),
             n["progress"]: progress.progress_html(view, self.t),
-            n["loss_plot"]: progress.loss_frame(view),
+            n["loss_plot"]: progress.loss_frame(view, self.t),
             n["log"]: view.log_tail if view else "",
             n["run_notes"]: run_notes(view, self.t) if view else "",
             # on while the run goes, and while the queue has a run: the tab moves to the queue's next run by itself
@@ -569,7 +569,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["progress"] = gr.HTML(elem_id="run-progress", elem_classes=["lt-live"])
     n["run_notes"] = gr.Markdown(elem_id="run-notes", elem_classes=["lt-live"])
     with gr.Row():
-        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None), x="step", y="loss", title=t("run.loss_chart"), x_title=t("run.chart_step"),
+        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None, t), x="step", y="loss", color="series", title=t("run.loss_chart"), x_title=t("run.chart_step"),
                                    y_title=t("run.chart_loss"), height=260, elem_id="run-loss",
                                    elem_classes=["lt-live"])
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples", elem_classes=["lt-live"])

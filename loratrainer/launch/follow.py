@@ -146,6 +146,9 @@ def _report_end(run: RunProcess, state: events.RunState, code: int, stream: Text
         code = code or events.EXIT_CODES["error"]
     for path in state.last_files[-3:]:
         stream.write(f"  saved {path}\n")
+    lowest = events.lowest_validation(state.validation_history)
+    if lowest:
+        stream.write(f"  lowest validation loss {lowest[2]:.4f} at step {lowest[0]} (epoch {lowest[1]})\n")
     log_file = run.run_dir / run_files.LOG_FILE
     if code != 0 and state.done and state.status in _SAID_IN_FULL:
         stream.write(f"log: {log_file if log_file.exists() else run.run_dir / CONSOLE_FILE}\n")
@@ -154,6 +157,10 @@ def _report_end(run: RunProcess, state: events.RunState, code: int, stream: Text
         if tail:
             stream.write("last lines of the log:\n" + tail)
     stream.write(f"run folder: {run.run_dir}\n")
+
+
+def validation_line(e: dict) -> str:
+    return f"validation loss {e['loss']:.4f} at step {e['step']} (epoch {e['epoch']}, {e.get('images', '?')} images)"
 
 
 def _tail(path, lines: int = 15) -> str:
@@ -194,6 +201,8 @@ class _Bar:
         for e in new:
             if e["event"] == "checkpoint":
                 (self.bar.write if self.bar else self.stream.write)(f"saved {e['path']}")
+            elif e["event"] == "validation":
+                (self.bar.write if self.bar else self.stream.write)(validation_line(e))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -217,6 +226,8 @@ class _Lines:
                 self.stream.write(f"step {e['step']}/{e['total_steps']} epoch {e['epoch']}/{e['epochs']} loss {e['loss']:.4f} lr {e['lr']:.3g}\n")
             elif e["event"] == "checkpoint":
                 self.stream.write(f"saved {e['path']}\n")
+            elif e["event"] == "validation":
+                self.stream.write(validation_line(e) + "\n")
         self.stream.flush()
 
     def _say_phase(self, e: dict) -> None:

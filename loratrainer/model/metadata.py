@@ -47,6 +47,7 @@ class DatasetInfo:
     num_reg_images: int = 0
     reg_dataset_dirs: dict[str, DirInfo] = field(default_factory=dict)
     num_batches_per_epoch: int = 0
+    num_validation_images: int = 0  # held out for validation loss (data/validation.py)
 
 
 @dataclass
@@ -174,7 +175,16 @@ def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) ->
         meta["ss_new_sd_model_hash"] = model.new_hash
     if model.vae_name:
         meta["ss_vae_name"] = model.vae_name
+    meta.update(_validation_keys(config.training, dataset))
     return {k: str(v) for k, v in meta.items()}
+
+
+def _validation_keys(o, dataset: DatasetInfo) -> dict:
+    """sd-scripts train_network.py's validation metadata; our 'not set' values (0, every epoch) are its None."""
+    return {"ss_num_validation_images": dataset.num_validation_images, "ss_validation_seed": o.validation_seed or None,
+            "ss_validation_split": o.validation_split, "ss_max_validation_steps": o.max_validation_steps or None,
+            "ss_validate_every_n_epochs": o.validate_every_n_epochs if o.validate_every_n_epochs != 1 else None,
+            "ss_validate_every_n_steps": o.validate_every_n_steps or None}
 
 
 def _modelspec(config: TrainingConfig, progress: TrainingProgress, family: str = "sd15") -> dict[str, str]:

@@ -18,6 +18,7 @@ from loratrainer.train.sampling import maybe_sample
 from loratrainer.train.schedulers import current_lr
 from loratrainer.train.family import text_states  # noqa: F401  (SD1.5's hidden states; tests call it from here)
 from loratrainer.train.setup import Trainer
+from loratrainer.train.validation import maybe_validate
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,6 +54,7 @@ def train(t: Trainer, reporter) -> Outcome:
             t.saver.save("interrupted")
             return Outcome("stopped", t.step, epoch)
         reporter.epoch_end(epoch, t.step)
+        maybe_validate(t, compute_loss, epoch_end=True)  # before the save, so the file's validation loss is known when it is listed
         t.saver.maybe_save(epoch_done=t.step == epoch * t.report.steps.steps_per_epoch)
         if t.step >= t.total_steps:
             break
@@ -71,6 +73,7 @@ def train_epoch(t: Trainer, epoch: int, reporter) -> bool:
         reporter.step(t.step, epoch, loss, current_lr(t.lr_scheduler))
         if stop:
             return False
+        maybe_validate(t, compute_loss)
         if t.step >= t.total_steps:
             return True
         t.saver.maybe_save()
@@ -121,7 +124,8 @@ def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
     return loss, stop
 
 
-def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
+def compute_loss(t: Trainer, batch: dict, timestep: int | None = None) -> torch.Tensor:
+    """The batch's loss; `timestep` fixes every item's timestep (validation, train/validation.py)."""
     scheduler = t.components.noise_scheduler
     # per-item generators (train.dataset.noise_seed): the same image gets the same noise on any process
     generators = item_generators(batch.get("noise_seeds"), t.accelerator.device)
@@ -129,7 +133,10 @@ def compute_loss(t: Trainer, batch: dict) -> torch.Tensor:
         latents = batch_latents(t, batch, generators)
         hidden, extra = t.family.condition(t, batch)  # the text conditioning, and SDXL's size conditioning
         noise = sample_noise(latents, t.noise, generators)
-        timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device, generators)
+        if timestep is None:
+            timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device, generators)
+        else:
+            timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
         noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise, generators)
         pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype), **extra).sample
     target = training_target(scheduler, latents, noise, timesteps)

@@ -126,6 +126,7 @@ def dataset_info(report: DatasetReport) -> DatasetInfo:
         num_reg_images=report.steps.reg_samples_per_epoch,
         reg_dataset_dirs=dirs["reg"],
         num_batches_per_epoch=report.steps.batches_per_epoch,
+        num_validation_images=len(getattr(report, "validation", [])),
     )
 
 

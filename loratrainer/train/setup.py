@@ -32,6 +32,7 @@ from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache
 from loratrainer.train.text_cache import check_text_cache_allowed, fill_text_cache
+from loratrainer.train.validation import build_validation
 
 log = logging.getLogger("loratrainer.train")
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,6 +70,7 @@ class Trainer:
     epoch: int = 0
     text_encoder_2: torch.nn.Module | None = None  # SDXL: the prepared view of components.text_encoder_2
     family: Family | None = None  # what differs between model families (train/family.py), from the components
+    validation: Any = None  # train.validation.ValidationSet: the held-out images (None without validation)
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -232,6 +234,7 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         noise=NoiseRecipe.from_settings(config.noise), loss=LossRecipe.from_config(config),
         text_cache=TextCache() if static_text else None, run=run, text_encoder_2=views.get("text_encoder_2"), family=family,
     )
+    t.validation = build_validation(config, report.validation, family.size_conditioning)
     fill_text_cache(t)  # precision.cache_text_encoder_outputs: every caption encoded now (and kept on disk)
     return t
 

@@ -84,7 +84,7 @@ def fill_text_cache(t) -> None:
     if t.text_cache is None:
         t.text_cache = TextCache()
     keys, to_disk = t.family.cache_keys, t.config.precision.cache_text_encoder_outputs_to_disk
-    samples = t.report.samples
+    samples = t.report.samples + t.report.validation  # the validation captions too: the encoders leave the GPU below
     if to_disk:
         for sample in samples:
             state = _read(npz_path(sample.image_path), fingerprint(t, sample.caption), keys)
