@@ -19,13 +19,12 @@ import torch
 
 from loratrainer.data.masks import find_mask, load_mask
 from loratrainer.data.samples import TrainSample
-from loratrainer.files import atomic_write_with
 from loratrainer.train.dataset import Augment, image_tensor, load_training_image
 from loratrainer.train.masks import fit_mask
+from loratrainer.train.npz_cache import FINGERPRINT_KEY, write_cache
 from loratrainer.train.size_conditioning import image_conditioning
 
 log = logging.getLogger("loratrainer.train")
-FINGERPRINT_KEY = "loratrainer_fingerprint"
 # A cached image: (latents, flipped latents or None, original size (w, h), crop rectangle (l, t, r, b), loss mask or
 # None); the size and crop are sd-scripts' values for SDXL's size conditioning, so a cached latent carries them in
 # memory as on disk. The mask ((H, W) weights at the bucket size, unflipped) is sd-scripts' npz `alpha_mask`.
@@ -131,34 +130,14 @@ def _read(path: Path, fp: str, flip: bool, masked: bool = False) -> Latents | No
 
 
 def _write(path: Path, entry: Latents, fp: str) -> None:
-    if path.exists() and not _is_ours(path):
-        log.warning("%s was not written by loratrainer: left untouched, latents kept in memory", path)
-        return
     plain, flipped, original, ltrb, mask = entry
     arrays = {
         "latents": plain.numpy(),
         "original_size": np.array(original),
         "crop_ltrb": np.array(ltrb),  # sd-scripts' get_crop_ltrb (floats when it computes floats)
-        FINGERPRINT_KEY: np.array(fp),
     }
     if flipped is not None:
         arrays["latents_flipped"] = flipped.numpy()
     if mask is not None:
         arrays["alpha_mask"] = mask.numpy()  # sd-scripts' key: (H, W) float32 in [0, 1] at the bucket size
-
-    def writer(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    try:
-        atomic_write_with(path, writer)
-    except OSError as exc:  # a read-only image folder: the run goes on with the latents in memory
-        log.warning("could not write the latent cache %s: %s", path, exc)
-
-
-def _is_ours(path: Path) -> bool:
-    try:
-        with np.load(path) as npz:
-            return FINGERPRINT_KEY in npz
-    except (OSError, ValueError):
-        return False
+    write_cache(path, arrays, fp, "latents")

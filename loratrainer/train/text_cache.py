@@ -21,13 +21,12 @@ import torch
 
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
-from loratrainer.files import atomic_write_with
 from loratrainer.messages import Label, Msg, define
 from loratrainer.train.captions import CaptionRules
+from loratrainer.train.npz_cache import FINGERPRINT_KEY, write_cache
 
 log = logging.getLogger("loratrainer.train")
 SUFFIX = "_te_outputs.npz"  # sd-scripts' TEXT_ENCODER_OUTPUTS_NPZ_SUFFIX
-FINGERPRINT_KEY = "loratrainer_fingerprint"
 
 define({
     "train.text_cache_needs_frozen_text_encoder": "{cache} works only when no text encoder trains: set {te_lr} (and {te2_lr}) to 0, or turn {cache} off.",
@@ -129,26 +128,6 @@ def _read(path: Path, fp: str, keys: tuple[str, ...]):
 
 
 def _write(path: Path, state, fp: str, keys: tuple[str, ...]) -> None:
-    if path.exists() and not _is_ours(path):
-        log.warning("%s was not written by loratrainer: left untouched, text encoder outputs kept in memory", path)
-        return
     rows = state if isinstance(state, tuple) else (state,)
     arrays = {k: r[0].float().cpu().numpy() for k, r in zip(keys, rows)}  # get() stacked a batch of one
-    arrays[FINGERPRINT_KEY] = np.array(fp)
-
-    def writer(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    try:
-        atomic_write_with(path, writer)
-    except OSError as exc:  # a read-only image folder: the run goes on with the outputs in memory
-        log.warning("could not write the text encoder output cache %s: %s", path, exc)
-
-
-def _is_ours(path: Path) -> bool:
-    try:
-        with np.load(path) as npz:
-            return FINGERPRINT_KEY in npz
-    except (OSError, ValueError):
-        return False
+    write_cache(path, arrays, fp, "text encoder output")
