@@ -215,3 +215,37 @@ def test_results_moves_to_a_new_run_by_itself_and_a_resumed_run_names_the_run_it
     assert f"This run continued run `{first.name}` from its saved state `{state}`." in shown[n["results_summary"]]
     # the user chose the older run again: it stays chosen while no newer run starts
     assert r.keep_run(str(first), shown[n["results_newest"]])[n["results_run"]]["value"] == str(first)
+
+
+def test_results_follows_a_run_started_while_the_tab_is_open_unless_an_older_run_was_chosen(page, tmp_path):
+    """Issue 22 item 14: with the Results tab open (no Refresh, no reopening), its timer lists a newly started run
+    and shows it when the newest run was shown; a user who chose an older run keeps it (the list still grows)."""
+    import gradio as gr
+
+    r, n = page.handlers["results"], page.named
+    older, _ = _stopped_run(tmp_path / "a", "older", with_state=False)
+    page.jobs._remember(older)
+    newest, _ = _stopped_run(tmp_path / "b", "newest", with_state=False)
+    page.jobs._remember(newest)
+    shown = r.keep_run(None, None)  # the tab is open, showing the newest run
+    seen = shown[n["results_newest"]]
+    assert shown[n["results_run"]]["value"] == seen == str(newest)
+    assert r.follow_newest(str(newest), seen) == gr.skip()  # no new run: nothing is sent, nothing is read
+    # a run starts (Start, the queue or the CLI) while the tab stays open: the next tick shows it
+    started = run_folder(tmp_path / "c", "started", ("started", {"total_steps": 8, "epochs": 2, "pid": 999999}))
+    page.jobs._remember(started)
+    tick = r.follow_newest(str(newest), seen)
+    assert tick[n["results_run"]]["value"] == str(started) and tick[n["results_newest"]] == str(started)
+    assert str(started) in [v for _, v in tick[n["results_run"]]["choices"]]
+    assert n["results_summary"] in tick  # the run itself is shown, not only listed
+    # the user had chosen an older run on purpose: a new run is listed, the choice stays and nothing is redrawn
+    again = run_folder(tmp_path / "d", "again", ("started", {"total_steps": 8, "epochs": 2, "pid": 999999}))
+    page.jobs._remember(again)
+    tick = r.follow_newest(str(older), str(started))
+    assert tick[n["results_run"]]["value"] == str(older) and tick[n["results_newest"]] == str(again)
+    assert str(again) in [v for _, v in tick[n["results_run"]]["choices"]] and n["results_summary"] not in tick
+    assert r.follow_newest(str(older), str(again)) == gr.skip()
+    # Refresh moved to the newest run (without telling the timer): a run started after that is followed
+    third = run_folder(tmp_path / "e", "third", ("started", {"total_steps": 8, "epochs": 2, "pid": 999999}))
+    page.jobs._remember(third)
+    assert r.follow_newest(str(again), str(started))[n["results_run"]]["value"] == str(third)

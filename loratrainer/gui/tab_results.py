@@ -18,6 +18,7 @@ from loratrainer.config import ConfigError, load_config
 from loratrainer.gui.context import UiContext
 
 DEFAULT_WEIGHTS = "0, 0.5, 0.75, 1"
+FOLLOW_S = 3.0  # how often the Results tab looks for a newly started run (listing folders only)
 RESULTS_OUTPUTS = ("results_files", "results_samples", "results_paths", "results_summary", "results_meta", "results_file_path",
                    "results_records", "grid_files", "grid_prompts", "sample_grid", "weight_grid", "grid_message", "sample_grid_message",
                    "results_download", "results_zip")
@@ -91,6 +92,25 @@ class ResultsHandlers:
         value = chosen if chosen in values and newest == newest_seen else newest
         return {self.ui.named["results_run"]: gr.update(choices=choices, value=value), self.ui.named["results_newest"]: newest,
                 **self.show_run(value)}
+
+    def follow_newest(self, chosen: str | None, newest_seen: str | None) -> dict:
+        """The Results tab's timer: a run started since the list was last shown (from Start, the queue or the CLI)
+        is listed, and shown when the user was looking at the newest run (or none); a user who chose an older run
+        keeps it. Nothing is sent while no new run appears (the run folders are listed, no run is read)."""
+        import gradio as gr
+
+        values = [str(p) for p in self.ui.jobs.all_runs()]
+        newest = values[0] if values else None
+        if newest is None or newest == newest_seen:
+            return gr.skip()  # every output left as it is
+        n = self.ui.named
+        # "was the newest": the newest the tab knew, or one newer than it (Refresh moves to the newest too)
+        was_newest = chosen in (None, "", newest_seen) or chosen not in values or (
+            newest_seen in values and values.index(chosen) < values.index(newest_seen))
+        choices = self.run_choices()
+        if not was_newest:
+            return {n["results_run"]: gr.update(choices=choices, value=chosen), n["results_newest"]: newest}
+        return {n["results_run"]: gr.update(choices=choices, value=newest), n["results_newest"]: newest, **self.show_run(newest)}
 
     def show_run(self, run_dir: str | None) -> dict:
         import gradio as gr
@@ -398,6 +418,10 @@ def build(ui: UiContext) -> ResultsHandlers:
     render.click(h.start_weight_grid, inputs=grid_inputs, outputs=grid_status, api_visibility="private")
     n["grid_cancel"].click(h.cancel_weight_grid, outputs=grid_status, api_visibility="private")
     n["grid_timer"].tick(h.poll_weight_grid, outputs=grid_status, api_visibility="private", show_progress="hidden")
+    # a run started while the tab is open is shown without Refresh (issue 22), when the newest run was shown
+    n["results_timer"] = gr.Timer(FOLLOW_S)
+    n["results_timer"].tick(h.follow_newest, inputs=[n["results_run"], n["results_newest"]], outputs=keep_outputs,
+                            api_visibility="private", show_progress="hidden")
     ui.on_load(h.keep_run, inputs=[n["results_run"], n["results_newest"]], outputs=keep_outputs)
     ui.after_build(lambda: n["tab_results"].select(h.keep_run, inputs=[n["results_run"], n["results_newest"]], outputs=keep_outputs,
                                                    api_visibility="private"))
