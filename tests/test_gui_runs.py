@@ -461,6 +461,28 @@ def test_captioning_adds_the_prefix_to_existing_captions_when_asked(page, tmp_pa
     assert (folder / "img_002.txt").read_text().strip() == "my own words"
 
 
+def test_caption_preview_shows_an_existing_caption_as_add_to_existing_will_write_it(page, tmp_path):
+    """Issue 22 item 11: with images both to caption and already captioned, the preview shows one example of each:
+    the new caption, and an existing caption with the trigger word added (as Kohya's add_pre_postfix writes it,
+    kohya_gui/common_gui.py); without the option, or with no prefix/postfix, no existing caption is shown changed."""
+    u = page.handlers["utilities"]
+    folder = make_concept(tmp_path, "10_house", 3, captions=False)
+    make_caption(folder / "img_000.png", "hand written\nsecond line")
+    before = (folder / "img_000.txt").read_text()
+    plan = u.plan(_caption_form(page, cap_folder=str(folder), cap_prefix="mystyle", cap_postfix="v2", cap_add_existing=True))
+    assert "Example: img_001.png: mystyle a house v2" in plan, plan
+    assert "Example for an image that already has a caption: img_000.txt: mystyle hand written v2" in plan, plan
+    assert (folder / "img_000.txt").read_text() == before  # a preview writes nothing
+    for off in (_caption_form(page, cap_folder=str(folder), cap_prefix="mystyle"),
+                _caption_form(page, cap_folder=str(folder), cap_add_existing=True)):
+        assert "already has a caption:" not in u.plan(off)
+    # every image has a caption: only the existing example, once
+    make_caption(folder / "img_001.png", "a")
+    make_caption(folder / "img_002.png", "b")
+    plan = u.plan(_caption_form(page, cap_folder=str(folder), cap_prefix="mystyle", cap_add_existing=True))
+    assert plan.count("img_000.txt: mystyle hand written") == 1 and "Example: img_0" not in plan, plan
+
+
 def test_offline_model_error_is_one_sentence_naming_the_box(page):
     from loratrainer.errors import UserError
     from loratrainer.messages import Msg

@@ -69,33 +69,43 @@ class UtilitiesHandlers:
         add_existing = bool(v.get("cap_add_existing")) and bool(run.prefix.strip() or run.postfix.strip())
         if not run.overwrite and plan.existing:
             text += " " + self.t("caption.plan_added" if add_existing else "caption.plan_kept")
-        example = self._example(v, run, plan, add_existing)
+        example = self._example(v, run, plan)
         if example:
             text += "\n\n" + self.t("caption.example", example=md(example))
+        existing = self._existing_example(v, run, plan) if add_existing and not run.overwrite else ""
+        if existing:  # beside the new one: what the option does to a caption the user wrote (issue 22)
+            text += "\n\n" + self.t("caption.example_existing", example=md(existing))
         if plan.duplicates:
             pairs = "; ".join(" + ".join(p.name for p in group) for group in plan.duplicates[:5])
             text += "\n\n" + self.t("caption.duplicates", pairs=pairs)
         return text
 
-    def _example(self, v: dict, run, plan, add_existing: bool) -> str:
-        """One caption as it would be written: the fixed text with prefix and postfix, a model's with a
-        placeholder for what it generates, or an existing caption with the prefix added."""
+    def _example(self, v: dict, run, plan) -> str:
+        """One caption as it would be written for an image still to be captioned: the fixed text with prefix and
+        postfix, or a model's with a placeholder for what it generates."""
+        from loratrainer.caption import writer
+
+        if not plan.images:
+            return ""
+        if v["cap_method"] == "fixed":
+            middle = v.get(option_key("fixed", "text")) or ""
+        else:
+            middle = self.t("caption.generated")
+        return f"{plan.images[0].name}: " + writer.compose(run.prefix, middle, run.postfix, self._separator(v))
+
+    def _existing_example(self, v: dict, run, plan) -> str:
+        """The first existing caption as "add to existing captions" will write it (its first line; unchanged when
+        it already has the prefix/postfix)."""
         from loratrainer.caption import basic, writer
 
-        if plan.images:
-            if v["cap_method"] == "fixed":
-                middle = v.get(option_key("fixed", "text")) or ""
-            else:
-                middle = self.t("caption.generated")
-            return f"{plan.images[0].name}: " + writer.compose(run.prefix, middle, run.postfix, self._separator(v))
-        if add_existing and plan.existing:
-            image, caption_file = next(iter(sorted(plan.existing.items())))
-            try:
-                old = writer.read_text(caption_file)
-            except Exception:  # an unreadable caption: the run reports it
-                return ""
-            return f"{caption_file.name}: " + basic.prefix_postfix_edit(run.prefix, run.postfix, self._separator(v))(old).partition("\n")[0]
-        return ""
+        if not plan.existing:
+            return ""
+        image, caption_file = next(iter(sorted(plan.existing.items())))
+        try:
+            old = writer.read_text(caption_file)
+        except Exception:  # an unreadable caption: the run reports it
+            return ""
+        return f"{caption_file.name}: " + basic.prefix_postfix_edit(run.prefix, run.postfix, self._separator(v))(old).partition("\n")[0]
 
     def _separator(self, v: dict) -> str:
         """A tagger's tag separator (the prefix becomes the first tag), else a space (Kohya's add_pre_postfix)."""
