@@ -57,6 +57,37 @@ def test_queue_panel_orders_moves_removes_and_clears(page, queue_home):
     assert out[n["queue_table"]] == [] and "Removed 2 run(s)" in out[n["queue_message"]]
 
 
+def test_a_damaged_queue_file_set_aside_is_said_on_the_queue_tab_in_both_languages(page, queue_home):
+    """Issue 26: a queue file of a shape this program never writes is set aside (launch/run_queue.py); the CLI warns,
+    and the Queue tab says it in one sentence naming both files, also when another tab's read set it aside, and
+    keeps saying it across the timer's refreshes until the user next acts on the queue."""
+    from loratrainer.gui.i18n import Translator
+
+    h, n = page.handlers["queue"], page.named
+    queue_home.path.parent.mkdir(parents=True, exist_ok=True)
+    queue_home.path.write_text('{"runs": 5}')
+    out = h.refresh()
+    kept = next(queue_home.path.parent.glob("queue.json.damaged-*"))
+    said = out[n["queue_message"]]
+    assert f"⚠ The queue file {queue_home.path} was damaged (not a queue this program wrote) and has been kept as {kept}" in said, said
+    assert said.split("\n\n")[0].count(". ") == 0 and "not running (0 pending)" in said and "Traceback" not in said
+    assert kept.read_text() == '{"runs": 5}'  # the user's file is kept as it was
+    assert "was damaged" in h.refresh()[n["queue_message"]]  # the next tick still says it
+    h.clear()  # the user acts on the queue: that answer is the last to carry it
+    assert "was damaged" not in h.refresh()[n["queue_message"]]  # said, and the user went on
+    # the Results tab read it first (its run list includes the queue's runs): the Queue tab still says it
+    queue_home.path.write_text("42")
+    page.jobs.all_runs()
+    assert "was damaged (not a queue this program wrote)" in h.refresh()[n["queue_message"]]
+    page.jobs.queue_notices.clear()
+    # in Korean, as one sentence
+    from loratrainer.launch.run_queue import RunQueue  # noqa: F401  (defines the message)
+    from loratrainer.messages import Msg
+
+    ko = Translator("ko").message(Msg.of("queue.set_aside", path="/q/queue.json", detail="x", kept="/q/k"))
+    assert "대기열 파일 /q/queue.json" in ko and "/q/k" in ko and ". " not in ko, ko
+
+
 @pytest.mark.skipif(os.name != "posix", reason="sessions")
 def test_run_queue_starts_a_runner_that_outlives_the_page(page, queue_home, tmp_path):
     # an item that fails at once (no dataset): the detached runner records it and ends; no training needed

@@ -71,6 +71,7 @@ class Jobs:
         self._processes: dict[Path, Any] = {}  # run_dir -> launch.RunProcess started by this GUI process
         self._followed: dict[Path, _Followed] = {}
         self.notices: list[Msg] = []  # what the page should tell once (a damaged runs file set aside)
+        self.queue_notices: list[Msg] = []  # a damaged queue file set aside, whichever tab read it (the Queue tab says it)
 
     # -- starting and stopping -------------------------------------------------------------------------
 
@@ -139,11 +140,10 @@ class Jobs:
     def all_runs(self) -> list[Path]:
         """The page's runs and the queue's (whose run folders only the queue file knows), newest first."""
         from loratrainer.errors import UserError
-        from loratrainer.launch.run_queue import RunQueue
 
         runs = self.runs()
         try:
-            queued = [Path(i.run_dir) for i in RunQueue().items() if i.run_dir and _is_dir(i.run_dir)]
+            queued = [Path(i.run_dir) for i in self.queue().items() if i.run_dir and _is_dir(i.run_dir)]
         except (UserError, OSError):
             queued = []
         extra = [p for p in queued if p not in runs]
@@ -245,13 +245,21 @@ class Jobs:
         """Whether the queue has a run going or about to start (the Training tab keeps looking for it)."""
         return bool(self._queue_running())
 
-    @staticmethod
-    def _queue_running() -> list:
+    def queue(self):
+        """The queue file (read anew on each call); what it sets aside as damaged is kept in queue_notices, so the
+        Queue tab says it even when another tab's read found it (RunQueue's own notices last one call)."""
+        from loratrainer.launch.run_queue import RunQueue
+
+        queue = RunQueue()
+        queue.notices = self.queue_notices
+        return queue
+
+    def _queue_running(self) -> list:
         from loratrainer.errors import UserError
-        from loratrainer.launch.run_queue import RUNNING, RunQueue
+        from loratrainer.launch.run_queue import RUNNING
 
         try:
-            return [item for item in RunQueue().items() if item.status == RUNNING]
+            return [item for item in self.queue().items() if item.status == RUNNING]
         except (UserError, OSError):
             return []
 

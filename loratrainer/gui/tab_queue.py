@@ -11,7 +11,7 @@ from __future__ import annotations
 from loratrainer.errors import UserError
 from loratrainer.gui import progress
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.i18n import md
+from loratrainer.gui.i18n import md, sentence
 from loratrainer.launch.run_phases import phase_message
 
 REFRESH_S = 2.0
@@ -22,11 +22,8 @@ class QueueHandlers:
         self.ui = ui
         self.t = ui.t
 
-    @staticmethod
-    def queue():
-        from loratrainer.launch.run_queue import RunQueue
-
-        return RunQueue()  # the user's config folder (LORATRAINER_CONFIG_DIR), read on every call
+    def queue(self):
+        return self.ui.jobs.queue()  # the user's config folder (LORATRAINER_CONFIG_DIR), read on every call
 
     # -- what the page shows -----------------------------------------------------------------------------------
 
@@ -44,7 +41,8 @@ class QueueHandlers:
         try:
             items = self.queue().items()
         except UserError as exc:
-            return {n["queue_table"]: [], n["queue_item"]: gr.update(choices=[], value=None), n["queue_message"]: self.t.error(exc)}
+            return {n["queue_table"]: [], n["queue_item"]: gr.update(choices=[], value=None),
+                    n["queue_message"]: self.notices(clear=False) + self.t.error(exc)}
         choices = [(f"{i}. {item.name} ({self.status_text(item.status)})", item.id) for i, item in enumerate(items, 1)]
         ids = [item.id for item in items]
         value = chosen if chosen in ids else (ids[0] if ids else None)
@@ -53,15 +51,25 @@ class QueueHandlers:
         live, view = self.live(items)
         if message is None and view is not None and progress.stop_waited(view) > 0:  # until it has stopped, not one tick
             message = self.t("queue.stopping", name=md(next(i.name for i in items if i.status == "running" and i.run_dir)))
+        notices = self.notices(clear=message is not None)
         return {
             n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, it.reason] for k, it in enumerate(items, 1)],
             n["queue_item"]: gr.update(choices=choices, value=value),
-            n["queue_message"]: message if message is not None else line,
+            n["queue_message"]: notices + (message if message is not None else line),
             n["queue_live"]: live,
             n["queue_stop"]: gr.update(visible=view is not None),
             n["queue_stop_now"]: gr.update(visible=progress.offers_stop_now(view)),
             n["queue_show_live"]: gr.update(visible=view is not None),
         }
+
+    def notices(self, clear: bool) -> str:
+        """A damaged queue file that was set aside (launch/run_queue.py), in one sentence above the status line, as
+        the CLI says it. The page refreshes every few seconds, so it stays until the user next acts on the queue
+        (`clear`: that action's answer is the last one to carry it)."""
+        said = "".join(f"⚠ {md(sentence(self.t.message(notice)))}.\n\n" for notice in dict.fromkeys(self.ui.jobs.queue_notices))
+        if clear:
+            self.ui.jobs.queue_notices.clear()
+        return said
 
     def live(self, items) -> tuple[str, object]:
         """The running item's progress in one line (step, epoch, time left; or its phase while it loads and
