@@ -167,3 +167,15 @@ def test_the_limits_are_said_on_the_page(page):
 
     text = page.t("prepare.upload_help", file_mb=MAX_CONFIG_BYTES // 2**20, total_mb=MAX_UPLOAD_BYTES // 2**20)
     assert f"at most {MAX_CONFIG_BYTES // 2**20} MB" in text and f"at most {MAX_UPLOAD_BYTES // 2**20} MB per upload" in text
+
+
+def test_with_listen_an_upload_lands_only_where_the_file_browser_reaches(page, tmp_path, scratch, monkeypatch):
+    h, n = page.handlers["dataset"], page.named
+    z = image_zip(tmp_path / "houses.zip", photos(tmp_path / "photos", 1))
+    monkeypatch.setattr(page, "browse_limited", True)
+    monkeypatch.setattr(page, "browse_folders", (str(tmp_path / "allowed"),))
+    out = h.prepare(form(page, prep_upload=[str(z)], prep_dest=str(tmp_path / "elsewhere"), prep_name="house"))
+    assert "uploads go only into a Project folder inside your home folder or a folder given with --browse-root" in out[n["prep_message"]]
+    assert not (tmp_path / "elsewhere").exists()
+    out = h.prepare(form(page, prep_upload=[str(z)], prep_dest=str(tmp_path / "allowed" / "project"), prep_name="house"))
+    assert "Created" in out[n["prep_message"]] and (tmp_path / "allowed" / "project" / "image" / "150_house" / "house 0.png").is_file()

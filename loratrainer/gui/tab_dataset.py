@@ -51,6 +51,9 @@ class DatasetHandlers:
         repeats = parse_repeats(data[n["prep_repeats"]])
         if repeats == 0:
             return {n["prep_message"]: self.t("prepare.bad_repeats", label=self.t("prepare.repeats"))}
+        if uploaded and self.ui.browse_limited and not filebrowser.within(Path(dest).expanduser(), filebrowser.browse_roots(self.ui.browse_folders)):
+            # --listen: an upload lands only where the page's file browser reaches (home, --browse-root folders)
+            return {n["prep_message"]: self.t("prepare.upload_outside", label=self.t("prepare.dest"))}
         staging = None
         try:
             if uploaded:  # from the page (a remote server, docs/remote.md): unpacked in a fresh temporary folder
