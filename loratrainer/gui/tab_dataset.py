@@ -5,15 +5,20 @@ assignment (loratrainer.data.check, the same code the trainer uses)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
+from loratrainer.config.files import MAX_CONFIG_BYTES
 from loratrainer.data.folders import parse_concept_name
+from loratrainer.data.upload import gather_upload
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
 from loratrainer.gui.i18n import md
+from loratrainer.gui.web_guards import MAX_UPLOAD_BYTES
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
 STEP_FIELDS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps", "launch.num_processes")
@@ -38,15 +43,28 @@ class DatasetHandlers:
         n = self.ui.named
         src, dest, name = ((data[n[k]] or "").strip() for k in ("prep_src", "prep_dest", "prep_name"))
         reg = (data[n["prep_reg"]] or "").strip() or None
-        if not (src and dest and name):
+        uploaded = uploaded_paths(data.get(n["prep_upload"]) if "prep_upload" in n else None)
+        if src and uploaded:
+            return {n["prep_message"]: self.t("prepare.both")}
+        if not ((src or uploaded) and dest and name):
             return {n["prep_message"]: self.t("prepare.missing")}
         repeats = parse_repeats(data[n["prep_repeats"]])
         if repeats == 0:
             return {n["prep_message"]: self.t("prepare.bad_repeats", label=self.t("prepare.repeats"))}
+        if uploaded and self.ui.browse_limited and not filebrowser.within(Path(dest).expanduser(), filebrowser.browse_roots(self.ui.browse_folders)):
+            # --listen: an upload lands only where the page's file browser reaches (home, --browse-root folders)
+            return {n["prep_message"]: self.t("prepare.upload_outside", label=self.t("prepare.dest"))}
+        staging = None
         try:
+            if uploaded:  # from the page (a remote server, docs/remote.md): unpacked in a fresh temporary folder
+                staging = Path(tempfile.mkdtemp(prefix="loratrainer-upload-"))
+                src = str(gather_upload(uploaded, staging))
             r = prepare_project(src, dest, name, repeats, reg)
         except (UserError, OSError) as exc:
             return {n["prep_message"]: self.t.error(exc)}
+        finally:
+            if staging is not None:  # prepare copied what it kept; the unpacked upload is never left behind
+                shutil.rmtree(staging, ignore_errors=True)
         f = self.ui.fields
         out = {
             f["folders.train_data_dir"]: str(r.project / "image"),
@@ -174,6 +192,14 @@ class DatasetHandlers:
         return result
 
 
+def uploaded_paths(value) -> list[str]:
+    """gr.File's value: None, one path, or a list of paths (or of objects with `.name`, as older Gradio sent)."""
+    if not value:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [str(getattr(v, "name", None) or getattr(v, "path", None) or v) for v in items if v]
+
+
 def parse_repeats(value) -> int | None:
     """The Repeats box: empty means "suggested" (None); a whole number of at least 1; anything else 0 (refused).
     A text box, not a Number: Gradio's Number shows 0 when empty and refuses it against its minimum with a
@@ -265,7 +291,7 @@ def build(ui: UiContext) -> DatasetHandlers:
     buttons = _report_panel(ui, gr)
 
     check_outputs = [n[k] for k in ("report", "check_summary", "problems", "problem_images", "concepts", "steps", "buckets", "rename_panel")]
-    prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg")}
+    prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg", "prep_upload")}
     folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"]]
 
     def wire() -> None:  # after every tab is built: the check reads all settings, the steps follow the Training tab
@@ -302,6 +328,11 @@ def _prepare_panel(ui: UiContext, gr):
         with gr.Row():
             n["prep_src"] = gr.Textbox(label=t("prepare.src"), info=t("prepare.src_help"), elem_id="prep-src")
             n["prep_dest"] = gr.Textbox(label=t("prepare.dest"), info=t("prepare.dest_help"), elem_id="prep-dest")
+        # Pictures from the user's own computer when the server is another machine (docs/remote.md); the request
+        # limits are the web guards' (gui/web_guards.py UploadLimit) and Gradio's per-file max_file_size (app.py).
+        n["prep_upload"] = gr.File(label=t("prepare.upload"), file_count="multiple", type="filepath", elem_id="prep-upload")
+        gr.Markdown(t("prepare.upload_help", file_mb=MAX_CONFIG_BYTES // (1024 * 1024), total_mb=MAX_UPLOAD_BYTES // (1024 * 1024)),
+                    elem_id="prep-upload-help")
         with gr.Row():
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
             n["prep_repeats"] = gr.Textbox(value="", label=t("prepare.repeats"), info=t("prepare.repeats_help"), placeholder=t("prepare.repeats_placeholder"),
