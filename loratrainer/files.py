@@ -77,3 +77,15 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def free_name_beside(path: Path, tag: str) -> Path:
+    """`<name>.<tag>-<YYYYmmdd-HHMMSS>` beside `path`, with -2, -3, ... when that name is taken: a file set aside
+    never replaces one set aside before it in the same second (it is the user's file, kept for them to look at)."""
+    import time
+
+    base = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    candidate, n = base, 2
+    while os.path.lexists(candidate):
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate

@@ -39,3 +39,14 @@ def test_a_damaged_queue_file_is_set_aside_and_said(content, tmp_path, monkeypat
     assert main(["queue", "add", str(tmp_path / "a.json")]) == 0
     assert [i.name for i in RunQueue(home).items()] == ["after"]
     assert "warning" not in capsys.readouterr().err  # said once
+
+
+def test_two_damaged_queue_files_set_aside_in_the_same_second_are_both_kept(tmp_path):
+    """The set-aside name carries the second; a second damaged file within it gets -2, never replacing the first."""
+    home = tmp_path / "config"
+    home.mkdir()
+    for content in ("null", "42"):
+        (home / "queue.json").write_text(content)
+        assert RunQueue(home).items() == []
+    kept = sorted(p for p in home.iterdir() if p.name.startswith("queue.json.damaged-"))
+    assert len(kept) == 2 and sorted(p.read_text() for p in kept) == ["42", "null"]

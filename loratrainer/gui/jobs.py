@@ -20,7 +20,7 @@ from typing import Any
 
 from loratrainer import events
 from loratrainer.launch import run_files
-from loratrainer.files import atomic_write
+from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
 
 define({
@@ -161,7 +161,7 @@ class Jobs:
 
     def _set_aside(self, path: Path) -> None:
         with self._lock:
-            kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            kept = free_name_beside(path, "damaged")  # never over an earlier set-aside copy
             try:
                 os.replace(path, kept)
             except FileNotFoundError:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from loratrainer import events
 from loratrainer.launch import run_files
 from loratrainer.errors import UserError
-from loratrainer.files import atomic_write
+from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
 
 QUEUE_FILE = "queue.json"
@@ -131,7 +131,7 @@ class RunQueue:
         return items
 
     def _set_aside(self, detail: str) -> None:
-        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept = free_name_beside(self.path, "damaged")  # never over an earlier set-aside copy
         try:
             os.replace(self.path, kept)
         except OSError as exc:
