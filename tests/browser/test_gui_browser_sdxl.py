@@ -161,7 +161,10 @@ def test_a_newcomer_trains_an_sdxl_lora_from_a_single_file(server, browser, work
     shot(page, "results-sdxl")
     lora = workspace / "project" / "model" / "cube-xl.safetensors"
     header = safetensors_header(lora)
-    assert header["__metadata__"]["ss_base_model_version"] == "sdxl_base_v1-0"  # as sdxl_train_network.py writes it
+    meta = header["__metadata__"]
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"  # as sdxl_train_network.py writes it
+    assert meta["ss_sd_model_name"] == "my-pony-model.safetensors"  # trained from the single file typed in the box
+    assert meta["ss_resolution"] == "(64, 64)"
     names = {k.split(".")[0] for k in header if k != "__metadata__"}
     assert {n.split("_")[1] for n in names} == {"unet", "te1", "te2"}, sorted(names)[:5]
     # SDXL's original-layout UNet names (sd-scripts' sdxl_original_unet), not diffusers' down_blocks
