@@ -1,8 +1,9 @@
 """An SDXL LoRA in the real GUI in headless Chromium, as a newcomer trains one (issue 21: "tiny SDXL-architecture
 models ... train end to end on CPU ... in the browser test").
 
-The walk: a folder of captioned images; on the Training tab the tiny SDXL single file (original layout, as model
-sites distribute them) typed into the model box; the page says "SDXL model ... training at 1024 px" and, with the
+The walk: a folder of captioned images; on the Training tab the tiny SDXL model (a diffusers folder as
+save_pretrained writes it; the single file in the original layout is loaded by tests/test_model_sdxl.py and
+trained at full size by bench/sdxl_full_size_step.py) typed into the model box; the page says "SDXL model ... training at 1024 px" and, with the
 SD1.5 default of 512 px still in the box, that SDXL trains best at 1024 and offers the SDXL defaults; pressing the
 button sets 1024 px and its buckets; the newcomer then sets 64 px (what the tiny model trains on a CPU in seconds,
 the note says it differs), plain AdamW, Start; the live view shows the steps, the run finishes; Results lists the
@@ -10,10 +11,8 @@ run's LoRA, and the file holds Kohya's SDXL names (lora_unet_input_blocks_*, lor
 safetensors header. Screenshots: training-sdxl.png (and results-sdxl.png) under test-artifacts/screenshots/, and
 docs/img/ with LORATRAINER_DOCS_SCREENSHOTS=1.
 
-The tiny single file has tiny shapes, so the loader needs the tiny configs where it would read the shipped SDXL
-ones: a sitecustomize.py on the GUI's PYTHONPATH (inherited by the trainer it starts) points
-loratrainer.model.assets.SDXL_CONFIG_DIR at them before loratrainer.model.sdxl imports it. Nothing else differs
-from a user's run. Needs Debian's chromium (/usr/bin/chromium).
+A diffusers folder carries its own configs, so nothing in the product is patched for the tiny shapes: the run is a
+user's run. Needs Debian's chromium (/usr/bin/chromium).
 """
 
 from __future__ import annotations
@@ -46,16 +45,10 @@ def workspace(tmp_path_factory) -> Path:
 
     hide_broken_torchvision()
     from tests.datasets import make_caption, make_image
-    from tests.tiny_sdxl import save_tiny_sdxl_single_file, tiny_sdxl_config_dir
+    from tests.tiny_sdxl import save_tiny_sdxl_diffusers
 
     root = tmp_path_factory.mktemp("gui-sdxl")
-    save_tiny_sdxl_single_file(root / "models" / "my-pony-model.safetensors")
-    configs = tiny_sdxl_config_dir(root / "tiny-sdxl-configs")
-    site = root / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "from pathlib import Path\nimport loratrainer.model.assets as assets\n"
-        f"assets.SDXL_CONFIG_DIR = Path({str(configs)!r})  # the tiny model's shapes (tests/browser/test_gui_browser_sdxl.py)\n")
+    save_tiny_sdxl_diffusers(root / "models" / "my-pony-model")
     for i in range(3):
         image = make_image(root / "project" / "image" / "2_red cube" / f"cube {i}.png", (64, 64), color=(200, 40 * i, 60))
         make_caption(image, f"a red cube, view {i}")
@@ -64,12 +57,10 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workspace):
-    """`loratrainer gui` as users start it, with its own HOME; the tiny configs via sitecustomize (see above)."""
+    """`loratrainer gui` as users start it, with its own HOME."""
     home = workspace / "home"
     home.mkdir()
-    path = os.pathsep.join(p for p in (str(workspace / "site"), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "HOME": str(home), "LORATRAINER_PRESET_DIR": str(workspace / "user-presets"), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": path}
+    env = {**os.environ, "HOME": str(home), "LORATRAINER_PRESET_DIR": str(workspace / "user-presets"), "PYTHONUNBUFFERED": "1"}
     proc, url = start_gui(env=env, log=workspace / "gui.log")
     yield url
     stop_gui(proc)
@@ -105,13 +96,13 @@ def test_a_newcomer_trains_an_sdxl_lora_from_a_single_file(server, browser, work
     set_value(field(page, "folders.output_dir"), workspace / "project" / "model")
     tab(page, "2. Training")
 
-    # The SDXL single file typed into the model box: the family is read from its weights (its name says Pony, and
+    # The SDXL model folder typed into the model box: the family is read from its weights (its name says Pony, and
     # is not what decides). The box still holds the SD1.5 default 512 px: the note says so and the button offers SDXL's.
     assert field(page, "buckets.max_resolution").input_value() == "512,512"
-    set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "models" / "my-pony-model.safetensors")
+    set_value(field(page, "model.pretrained_model_name_or_path"), workspace / "models" / "my-pony-model")
     expect_text(page, "#check-model", "SDXL model (read from its weights")
     note = page.locator("#check-model").inner_text()
-    assert "training at 1024 px" in note and "A checkpoint file" in note, note
+    assert "training at 1024 px" in note and "A diffusers model folder" in note, note
     assert "Max resolution is 512,512; SDXL trains best at 1024,1024" in note, note
     button = page.locator("#family-defaults")
     button.wait_for()
@@ -163,7 +154,7 @@ def test_a_newcomer_trains_an_sdxl_lora_from_a_single_file(server, browser, work
     header = safetensors_header(lora)
     meta = header["__metadata__"]
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"  # as sdxl_train_network.py writes it
-    assert meta["ss_sd_model_name"] == "my-pony-model.safetensors"  # trained from the single file typed in the box
+    assert meta["ss_sd_model_name"] == "my-pony-model"  # trained from the folder typed in the box
     assert meta["ss_resolution"] == "(64, 64)"
     names = {k.split(".")[0] for k in header if k != "__metadata__"}
     assert {n.split("_")[1] for n in names} == {"unet", "te1", "te2"}, sorted(names)[:5]
