@@ -495,3 +495,16 @@ def test_offline_model_error_is_one_sentence_naming_the_box(page):
     assert text.startswith("**Error:** The model") and text.endswith("put a local model folder in Model."), text
     sentence = text.removeprefix("**Error:** ")
     assert "--model" not in sentence and sentence.count(". ") == 0 and sentence.count(":") == 1, text
+
+
+def test_weight_grid_size_starts_at_the_runs_resolution(page, tmp_path):
+    """An SDXL run trained at 1024x768: the weight grid renders there unless the user changes it (not at SD1.5's 512)."""
+    run = tmp_path / "model" / "log" / "xl_20260101-000000"
+    run.mkdir(parents=True)
+    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "folders.output_name": "xl",
+                                               "buckets.max_resolution": "1024,768"}), run / run_files.CONFIG_FILE)
+    with events.EventWriter(run / run_files.EVENTS_FILE) as w:
+        w.emit("ended", status="finished", reason="", step=0, epoch=0, exit_code=0)
+    r, n = page.handlers["results"], page.named
+    out = r.show_run(str(run))
+    assert (out[n["grid_width"]], out[n["grid_height"]]) == (1024, 768)

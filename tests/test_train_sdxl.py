@@ -312,3 +312,51 @@ def test_out_of_memory_advice_names_the_text_encoder_cache_when_it_would_help():
     assert "cache_text_encoder_outputs" not in oom_advice(with_values(unet_only, {"cache_text_encoder_outputs": True}), "training")
     assert "cache_text_encoder_outputs" not in oom_advice(with_values(unet_only, {"shuffle_caption": True}), "training")
     assert "cache_text_encoder_outputs" not in oom_advice(TrainingConfig(), "training")  # the text encoder trains
+
+
+# -- Results on an SDXL run: `loratrainer compare` and the sample grid ---------------------------------------------
+
+
+def test_cli_compare_renders_an_sdxl_run_at_each_weight(cli_run, tmp_path):
+    """The epoch x weight grid of the SDXL run above through the CLI: loaded as an SDXL model, rendered with the
+    SDXL pipeline at the run's resolution (64 px; no --width), the run's Kohya SDXL files applied by diffusers."""
+    grid = tmp_path / "grid.png"
+    saved = [e["path"] for e in cli_run.events if e["event"] == "checkpoint"]
+    # the first and the last file (rows found by their run, as the run folder would give them; 2 rows keep it fast)
+    argv = [sys.executable, "-m", "loratrainer", "compare", saved[0], saved[-1], "--weights", "0,1", "--prompt", "a red square",
+            "--seed", "3", "--steps", "2", "-o", str(grid)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert grid.is_file() and "Traceback" not in done.stderr
+    import json
+
+    sidecar = json.loads(grid.with_suffix(".json").read_text())
+    assert sidecar["rows"] == ["epoch 1", "final (step 4)"] and sidecar["weights"] == [0.0, 1.0]
+    assert (sidecar["width"], sidecar["height"]) == (64, 64)
+    image = np.asarray(Image.open(grid).convert("RGB"))
+    cells = [[image[y:y + h, x:x + w] for x, y, w, h in row] for row in sidecar["cells"]]
+    assert [len(row) for row in cells] == [2, 2] and all(c.shape == (64, 64, 3) for row in cells for c in row)
+    base = cells[0][0]
+    assert all(np.array_equal(row[0], base) for row in cells)  # weight 0 is the base model: one image down the column
+    assert base.std() > 1  # a real image, not an empty cell
+    assert not np.array_equal(cells[-1][1], base)  # the trained LoRA changes the base image
+
+
+def test_sample_grid_of_an_sdxl_run(cli_run):
+    """The prompt x epoch grid only reads the samples the run's events name: the SDXL run's one sample is its cell."""
+    from loratrainer.compare.runs import read_run
+    from loratrainer.compare.sample_grid import sample_grid
+
+    grid = sample_grid(read_run(cli_run.run_dir))
+    assert grid is not None and grid.is_file()
+    import json
+
+    sidecar = json.loads(grid.with_suffix(".json").read_text())
+    assert sidecar["rows"] == ["1. a red square"] and len(sidecar["columns"]) == 1
+    (x, y, w, h), = sidecar["cells"][0]
+    (sample,) = [e["path"] for e in cli_run.events if e["event"] == "sample"]
+    with Image.open(sample) as s:
+        expected = np.asarray(s.convert("RGB"))
+    cell = np.asarray(Image.open(grid).convert("RGB"))[y:y + h, x:x + w]
+    assert cell.shape == expected.shape and np.abs(cell.astype(int) - expected.astype(int)).mean() < 3

@@ -25,8 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--seed", type=int, default=1234, help="the seed of every cell (default 1234)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=None, help="default: the run's resolution, else 512")
+    p.add_argument("--height", type=int, default=None, help="default: the run's resolution, else 512")
     p.add_argument("--cfg", type=float, default=7.0, help="guidance scale (default 7)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's sample sampler, else euler_a)")
     p.add_argument("--model", default=None, help="base model (default: the run's)")
@@ -61,7 +61,10 @@ def build_request(args: argparse.Namespace):
     prompts = [p for p in args.prompt if p.strip()] or first_sample_prompt(config)
     if not prompts:
         raise UserError("give a prompt with --prompt TEXT")
-    check_numbers(steps=args.steps, width=args.width, height=args.height, cfg=args.cfg)
+    # the run's resolution by default: an SDXL LoRA trained at 1024 says little at SD1.5's 512
+    width, height = config.buckets.resolution if config else (512, 512)
+    width, height = (width if args.width is None else args.width), (height if args.height is None else args.height)
+    check_numbers(steps=args.steps, width=width, height=height, cfg=args.cfg)
     sampler = args.sampler or (config.sampling.sample_sampler if config else "euler_a")
     try:
         sampler = canonical_sampler(sampler)
@@ -69,9 +72,10 @@ def build_request(args: argparse.Namespace):
         raise UserError(f"--sampler: {exc}") from None
     return GridRequest(
         files=inputs.files, labels=inputs.labels, weights=parse_weights(args.weights), prompts=prompts, model=model,
-        seed=args.seed, steps=args.steps, width=args.width, height=args.height, cfg_scale=args.cfg, sampler=sampler,
+        seed=args.seed, steps=args.steps, width=width, height=height, cfg_scale=args.cfg, sampler=sampler,
         negative_prompt=args.negative, vae=config.model.vae if config and not args.model else "",
         clip_skip=config.model.clip_skip if config else 1, v_parameterization=bool(config and config.model.v_parameterization),
+        model_family=config.model.model_family if config and not args.model else "auto",
         extra=inputs.validation(),
     )
 

@@ -2,8 +2,10 @@
 the run's base model. Weight 0 renders with the LoRA switched off (the base model), so that column must be the
 same image in every row: it shows that the seed is fixed and the rows differ only by the LoRA.
 
-diffusers does the work: the base model loaded as the trainer loads it (model.loading.load_sd15), a
-StableDiffusionPipeline, `load_lora_weights(file, adapter_name=...)` per file, `set_adapters([name], [weight])`
+diffusers does the work: the base model loaded as the trainer loads it (model.components.load_components: SD1.5
+or SDXL, told from the model's own files), the pipeline the trainer samples that family with
+(train/family.py: StableDiffusionPipeline or StableDiffusionXLPipeline), `load_lora_weights(file, adapter_name=...)`
+per file (it reads our Kohya SD1.5 and SDXL files), `set_adapters([name], [weight])`
 per cell and `disable_lora()` for weight 0. Run by `loratrainer compare` (the GUI starts that in a process of its
 own, so a long render never blocks the page)."""
 
@@ -35,6 +37,7 @@ class GridRequest:
     vae: str = ""
     clip_skip: int = 1  # as in the training config: 1 = the last layer
     v_parameterization: bool = False
+    model_family: str = "auto"  # the run's Model family setting: "auto" tells it from the model's files
     extra: dict = field(default_factory=dict)
 
     @property
@@ -48,20 +51,21 @@ def weight_label(weight: float) -> str:
 
 def load_pipeline(request: GridRequest):
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from loratrainer.config import ModelSettings
-    from loratrainer.model.loading import load_sd15
+    from loratrainer.model.components import load_components
+    from loratrainer.train.family import family_for
     from loratrainer.train.samplers import build_scheduler
 
-    settings = ModelSettings(pretrained_model_name_or_path=request.model, vae=request.vae, v_parameterization=request.v_parameterization)
-    c = load_sd15(settings, dtype=torch.float32)
-    pipe = StableDiffusionPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        scheduler=build_scheduler(request.sampler, c.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    settings = ModelSettings(pretrained_model_name_or_path=request.model, vae=request.vae, v_parameterization=request.v_parameterization,
+                             model_family=request.model_family)
+    c = load_components(settings, dtype=torch.float32)
+    family = family_for(c)
+    pipe = family.pipeline_of(c, c.unet, {name: getattr(c, name) for name in family.text_encoders},
+                              build_scheduler(request.sampler, c.noise_scheduler.config))
     pipe.set_progress_bar_config(disable=True)
+    # SDXL's pipeline always takes the penultimate layer, as its training does (train/family.py: uses_clip_skip)
+    pipe.loratrainer_clip_skip = request.clip_skip if family.uses_clip_skip else 1
     if torch.cuda.is_available():
         pipe.to("cuda")
     return pipe
@@ -70,12 +74,13 @@ def load_pipeline(request: GridRequest):
 def render_cell(pipe, request: GridRequest, prompt: str):
     import torch
 
+    clip_skip = getattr(pipe, "loratrainer_clip_skip", request.clip_skip)
     generator = torch.Generator("cpu").manual_seed(request.seed)  # on the CPU: the same noise on any device
     with torch.no_grad():
         return pipe(
             prompt=prompt, negative_prompt=request.negative_prompt or None, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.cfg_scale, generator=generator,
-            clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,  # diffusers counts the layers skipped
+            clip_skip=clip_skip - 1 if clip_skip > 1 else None,  # diffusers counts the layers skipped
         ).images[0]
 
 

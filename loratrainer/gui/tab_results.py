@@ -21,7 +21,7 @@ DEFAULT_WEIGHTS = "0, 0.5, 0.75, 1"
 FOLLOW_S = 3.0  # how often the Results tab looks for a newly started run (listing folders only)
 RESULTS_OUTPUTS = ("results_files", "results_samples", "results_paths", "results_summary", "results_meta", "results_file_path",
                    "results_records", "grid_files", "grid_prompts", "sample_grid", "weight_grid", "grid_message", "sample_grid_message",
-                   "results_download", "results_zip")
+                   "results_download", "results_zip", "grid_width", "grid_height")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -153,7 +153,9 @@ class ResultsHandlers:
                 n["grid_files"]: gr.update(choices=choices, value=[v for _, v in choices]),
                 n["grid_prompts"]: "\n".join(list(dict.fromkeys(s.prompt for s in record.samples))[:2] or first_prompt(config)),
                 n["sample_grid"]: self.ui.display.copy(sample_grid) if sample_grid.is_file() else None,
-                n["weight_grid"]: self.latest_weight_grid(run)}
+                n["weight_grid"]: self.latest_weight_grid(run),
+                # the weight grid at the run's resolution (an SDXL run's 1024, not SD1.5's 512); the user may change it
+                n["grid_width"]: config.buckets.resolution[0], n["grid_height"]: config.buckets.resolution[1]}
 
     def rates(self, config) -> str:
         """The learning rates the run used (a typo such as 1.0 shows here, next to its result)."""

@@ -9,7 +9,7 @@ loop, the entry point, saving and the launcher never ask which one it is. A fami
   hidden states and any extra UNet arguments for a batch);
 - whether the dataset computes size conditioning (`size_conditioning`) and the UNet takes it;
 - its native resolution and whether clip skip applies (`notes`: what the log says about a run's settings);
-- how a sample image is rendered (`pipeline`, `prompt_arguments`).
+- how a sample image is rendered (`pipeline`, `prompt_arguments`; `pipeline_of` also builds compare's weight grid).
 
 SD1.5: one CLIP text encoder, clip skip, no extras (train/text.py). SDXL: sd-scripts' sdxl_train_network.py
 (train/sdxl_text.py, train/size_conditioning.py). The next family (Flux) is one more class here.
@@ -62,6 +62,10 @@ class Family:
         raise NotImplementedError
 
     def pipeline(self, t, unet, text_encoders: dict[str, torch.nn.Module], scheduler):
+        return self.pipeline_of(t.components, unet, text_encoders, scheduler)
+
+    def pipeline_of(self, components, unet, text_encoders: dict[str, torch.nn.Module], scheduler):
+        """The family's diffusers pipeline on these models (training's samples and compare's weight grid)."""
         raise NotImplementedError
 
     def prompt_arguments(self, t, text_encoders: dict[str, torch.nn.Module], prompt: str, negative: str) -> dict[str, Any]:
@@ -121,10 +125,9 @@ class SD15(Family):
     def condition(self, t, batch: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         return text_states(t, batch["captions"]), {}
 
-    def pipeline(self, t, unet, text_encoders, scheduler):
+    def pipeline_of(self, c, unet, text_encoders, scheduler):
         from diffusers import StableDiffusionPipeline
 
-        c = t.components
         return StableDiffusionPipeline(
             vae=c.vae, text_encoder=text_encoders["text_encoder"], tokenizer=c.tokenizer, unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -161,10 +164,9 @@ class SDXL(Family):
         hidden1, hidden2, pooled = text_outputs(t, batch["captions"])
         return torch.cat([hidden1, hidden2], dim=2), added_cond_kwargs(pooled, batch["time_ids"], t.accelerator.device, t.weight_dtype)
 
-    def pipeline(self, t, unet, text_encoders, scheduler):
+    def pipeline_of(self, c, unet, text_encoders, scheduler):
         from diffusers import StableDiffusionXLPipeline
 
-        c = t.components
         return StableDiffusionXLPipeline(
             vae=c.vae, text_encoder=text_encoders["text_encoder"], text_encoder_2=text_encoders["text_encoder_2"],
             tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=unet, scheduler=scheduler,
