@@ -126,7 +126,7 @@ def test_inspect_report_is_shown_as_a_table(pages, tmp_path):
     a = make_lora(tmp_path / "a.safetensors", 1, dim=4, alpha=2)
     done = SimpleNamespace(stdout=json.dumps(inspect_lora(a).to_json()), message=None, error_line=lambda: "")
     report = h.result("inspect", 0, done, None)
-    assert "| Format | Kohya (lora_down/lora_up) |" in report and "| Rank | 2 ×18, 4 ×60 |" in report
+    assert "| Format | Kohya (lora_down/lora_up) |" in report and "| Rank | 2 ×18, 4 ×73 |" in report  # 3x3 convs at conv_dim; time_emb_proj, conv_shortcut at network_dim
     assert "No problems found." in report and "cat (4)" in report
 
 

@@ -147,8 +147,11 @@ def test_extract_from_two_sdxl_single_files_recovers_the_lora(files, tmp_path):
     bake_into_checkpoint(files["model"], [(files["lora"], 1.0)], tuned)
     out = tmp_path / "extracted.safetensors"
     report = extract_lora(files["model"], tuned, out, rank=2, min_diff=1e-3)
-    assert set(report.extracted) == set(MODULES)  # exactly the adapted modules, by their Kohya SDXL names
     got, lora = load_file(str(out)), load_file(str(files["lora"]))
+    # every UNet module is extracted, as sd-scripts does (min_diff decides only about the text encoders); the ones
+    # that changed are exactly the adapted modules, by their Kohya SDXL names
+    assert set(MODULES) <= set(report.extracted)
+    assert {n for n in report.extracted if float(delta(got, n).abs().max()) > 1e-6} == set(MODULES)
     for name in MODULES:
         torch.testing.assert_close(delta(got, name), delta(lora, name), atol=3e-2, rtol=3e-2)
     with safe_open(str(out), "pt") as f:
@@ -206,7 +209,8 @@ def test_merge_into_an_sdxl_diffusers_folder_and_extract_from_folders(files, tmp
                                delta(lora, "lora_te2_text_model_encoder_layers_0_self_attn_k_proj"), atol=2e-2, rtol=2e-2)
     assert (out / "model_index.json").is_file()
     extracted = extract_lora(folder, out, tmp_path / "from-folders.safetensors", rank=2, min_diff=1e-3)
-    assert set(extracted.extracted) == set(MODULES)
+    got = load_file(str(tmp_path / "from-folders.safetensors"))
+    assert {n for n in extracted.extracted if float(delta(got, n).abs().max()) > 1e-6} == set(MODULES)
 
 
 def test_merge_into_diffusers_from_an_sdxl_single_file_is_refused_in_one_sentence(files, tmp_path, capsys):
