@@ -98,3 +98,16 @@ def test_kill_9_of_the_queue_runner_stops_its_run_and_the_queue_keeps_it_running
     assert ended["status"] == "stopped", ended
     assert (tmp_path / "a" / "out" / "last-interrupted.safetensors").is_file()
     assert [i.status for i in queue.items()] == ["stopped"]
+
+
+def test_the_owner_mark_this_process_writes_names_this_process(monkeypatch):
+    """The mark carries the process helper's start time (a float since psutil): reading it back must give this
+    process, or the trainer never watches its launcher (the merge of the two changes broke exactly this)."""
+    from loratrainer.launch import owner
+    from loratrainer.launch.processes import start_ticks
+
+    monkeypatch.delenv(owner.OWNER_ENV, raising=False)
+    owner.own_runs_started_here()
+    record = owner.owner_record(os.environ[owner.OWNER_ENV])
+    assert record is not None and record.pid == os.getpid() and record.start == start_ticks(os.getpid())
+    assert owner.owner_record("12:abc:host") is None and owner.owner_record("x:1.5:host") is None
