@@ -963,7 +963,7 @@ def _save_precision(tmp_path):
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("float", torch.float32)):
         config = cfg(train_data_dir=str(root), max_resolution="64,64", save_precision=precision)
         t = SimpleNamespace(config=config, report=check_dataset(config), handle=_inject()[0], seed=1,
-                            components=SimpleNamespace(model_name="m", model_hash=""), accelerator=SimpleNamespace(num_processes=1))
+                            components=SimpleNamespace(model_name="m", model_hash=""), accelerator=SimpleNamespace(num_processes=1, mixed_precision="no"))
         path = tmp_path / f"{precision}.safetensors"
         Saver(t).write_lora(path, Progress(1, 1, 1, 1, True))
         assert {v.dtype for v in load_file(str(path)).values()} == {dtype}

@@ -1,4 +1,4 @@
-"""Validation loss (issue 23), as sd-scripts defines it (docs/validation.md, train_network.py, train_util.py's
+"""Validation loss (issue 23), as sd-scripts defines it (its validation doc, train_network.py, train_util.py's
 split_train_val): held-out images never trained on, the same noise and timesteps every evaluation, reported in
 the events, TensorBoard, Results and `loratrainer compare`'s JSON, with the lowest marked."""
 

@@ -295,7 +295,7 @@ class TrainingSettings(_Group):
     max_train_steps: int = Field(0, ge=0, title="Max train steps", description="Stop after this many steps; 0 = use the epochs (overrides them when above 0).")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, title="Gradient accumulation steps", description="Add up gradients over n batches before each optimizer step.")
     seed: int = Field(0, ge=0, le=2**32 - 1, title="Seed", description="Random seed; 0 = pick one and record it with the run.")
-    # Validation loss as sd-scripts defines it (docs/validation.md, train_network.py; the flags keep its names, so
+    # Validation loss as sd-scripts defines it (its validation doc, train_network.py; the flags keep its names, so
     # a Kohya GUI file's additional_parameters import them): the held-out images are never trained on.
     validation_split: float = Field(0.0, ge=0.0, le=1.0, title="Validation split", description="Share of each training concept folder held out for validation loss (0.1 = 10%); never trained on. 0 = none.")
     validation_seed: int = Field(0, ge=0, le=2**32 - 1, title="Validation seed", description="Seed of the validation split and of the validation noise; 0 = the training seed.")

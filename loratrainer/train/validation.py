@@ -1,4 +1,4 @@
-"""Validation loss, as sd-scripts computes it (train_network.py, PR 1903; docs/validation.md): the held-out images
+"""Validation loss, as sd-scripts computes it (train_network.py, PR 1903 and its validation doc): the held-out images
 (data/validation.py) are evaluated with no gradients and the LoRA in eval mode, each batch at the same four
 timesteps (np.linspace(0, 1000, 6)[1:-1] = 200, 400, 600, 800) with noise from the validation seed, and the
 mean over batches x timesteps is the number. Every evaluation draws the same noise for the same image and
