@@ -146,7 +146,7 @@ def test_stop_on_failure_stops_the_queue(tmp_path):
 def test_a_killed_runner_restarted_waits_for_its_run_then_goes_on_with_the_next(tmp_path, tiny_model):
     home = tmp_path / "config"
     queue = RunQueue(home)
-    queue.add(small_config(tmp_path / "a", tiny_model, epoch=3))
+    queue.add(small_config(tmp_path / "a", tiny_model, epoch=500, save_every_n_epochs=0))  # long enough that only the watch can end it
     queue.add(small_config(tmp_path / "b", tiny_model, epoch=1))
     env = {**os.environ, "LORATRAINER_CONFIG_DIR": str(home)}
     runner = subprocess.Popen([sys.executable, "-m", "loratrainer", "queue", "run"], cwd=ROOT, env=env,
