@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_gui_browser import (CHROMIUM, CHROMIUM_ARGS, choose, expect_text, field, open_accordion,
-                                            progress_status, progress_step, results_files, set_value, shot, tab,
-                                            wait_until)
-from tests.gui_server import start_gui, stop_gui
+from tests.browser.test_gui_browser import (  # noqa: F401  (server and browser are fixtures, built per module)
+    CHROMIUM, browser, choose, expect_text, field, open_accordion, progress_status, progress_step, results_files, server,
+    set_value, shot, tab, wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,27 +53,6 @@ def workspace(tmp_path_factory) -> Path:
         image = make_image(root / "project" / "image" / "2_red cube" / f"cube {i}.png", (64, 64), color=(200, 40 * i, 60))
         make_caption(image, f"a red cube, view {i}")
     return root
-
-
-@pytest.fixture(scope="module")
-def server(workspace):
-    """`loratrainer gui` as users start it, with its own HOME."""
-    home = workspace / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "LORATRAINER_PRESET_DIR": str(workspace / "user-presets"), "PYTHONUNBUFFERED": "1"}
-    proc, url = start_gui(env=env, log=workspace / "gui.log")
-    yield url
-    stop_gui(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def safetensors_header(path: Path) -> dict:
