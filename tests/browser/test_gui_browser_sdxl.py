@@ -64,7 +64,7 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def test_a_newcomer_trains_an_sdxl_lora_from_a_single_file(server, browser, workspace):
+def test_a_newcomer_trains_an_sdxl_lora_from_a_model_folder(server, browser, workspace):
     context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
