@@ -24,6 +24,7 @@ from loratrainer.config import NetworkSettings
 from loratrainer.model.assets import SD15_CONFIG_DIR
 from loratrainer.model.kohya_format import load_network_weights, lora_state_dict
 from loratrainer.model.lora import inject_lora
+from tests.full_size_modules import assert_modules_equal_sd_scripts, injector
 from tests.tiny_sd import build_tiny_components
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "sd_scripts_sd15_lora_modules.json").read_text())
@@ -64,28 +65,12 @@ def test_fixture_is_sd_scripts_own_output():
 @pytest.fixture(scope="module")
 def handles():
     """One full-size injection per LoRA type, shared by the tests of this module."""
-    cache = {}
-
-    def get(lora_type):
-        if lora_type not in cache:
-            net = NetworkSettings(lora_type=lora_type, network_dim=FIXTURE["network_dim"], network_alpha=1,
-                                  conv_dim=FIXTURE["conv_dim"], conv_alpha=1)
-            cache[lora_type] = inject_lora(full_sd15_on_meta(), net, train_unet=True, train_text_encoder=True)
-        return cache[lora_type]
-
-    return get
+    return injector(full_sd15_on_meta, FIXTURE)
 
 
 @pytest.mark.parametrize("lora_type", ["Standard", "LoCon"])
 def test_full_size_sd15_module_set_and_ranks_equal_sd_scripts(lora_type, handles):
-    handle = handles(lora_type)
-    expected = FIXTURE["modules"][lora_type]
-    ours = {name: info.rank for name, info in handle.modules.items()}
-    assert sorted(set(ours) - set(expected)) == [] and sorted(set(expected) - set(ours)) == []
-    assert ours == expected  # the same rank for every module (conv_dim only on the 3x3 convolutions)
-    saved = lora_state_dict(handle, "fp16")  # meta tensors: names and shapes only
-    assert {k.split(".", 1)[0] for k in saved} == set(expected)
-    assert len(saved) == 3 * len(expected)  # lora_down, lora_up, alpha per module
+    assert_modules_equal_sd_scripts(handles(lora_type), FIXTURE["modules"][lora_type])
 
 
 @pytest.mark.parametrize("lora_type", ["LoHa", "LoKr"])
