@@ -912,14 +912,12 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
         if name in VALIDATION_FLAGS:  # written as sd-scripts flags into additional_parameters (below)
             continue
         if name not in KOHYA_LORA_TAB:  # caption_tag_dropout_rate: only sd-scripts' dataset TOML has it
-            if name in _EXPORT_AS_FLAGS and _export_flag(out, name, value, get_value(defaults, name)):
+            if name in _EXPORT_AS_FLAGS and _export_flag(flags, name, value, get_value(defaults, name)):
                 continue
             if value != get_value(defaults, name):
                 report.unsupported.append(ReportItem.of(name, "kohya.not_exported", value=repr(value)))
             continue
         out[name] = int(value) if name in _KOHYA_INTS and float(value).is_integer() else value
-    # the SDXL flags first, then the mask flags _export_flag appended above (the one additional_parameters string)
-    out["additional_parameters"] = " ".join(x for x in (" ".join(flags), str(out.get("additional_parameters") or "").strip()) if x)
     for name in sorted(OURS_ONLY):
         if name == "text_encoder_2_lr" and any(f.startswith("--text_encoder_lr") for f in flags) or name == "text_encoder_2_lr" and get_value(config, name) in (None, config.effective_text_encoder_lr):
             continue
@@ -935,8 +933,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
             out["LyCORIS_preset"] = "attn-mlp"
             report.migrated.append(ReportItem.of("lora_type", "kohya.dora_export_standard"))
     out[_EXTRA_ARGS_KEY] = _export_launch_flags(config)
-    # validation's sd-scripts flags join the SDXL and mask flags already there (one additional_parameters string)
-    out["additional_parameters"] = " ".join(x for x in (str(out.get("additional_parameters") or "").strip(), _export_validation_flags(config)) if x)
+    # every sd-scripts flag goes into the one additional_parameters string: SDXL's, the masks', validation's
+    out["additional_parameters"] = " ".join(flags + _export_validation_flags(config))
     return out, report
 
 
@@ -945,8 +943,8 @@ def export_kohya(config: TrainingConfig) -> tuple[dict[str, Any], ImportReport]:
 _EXPORT_AS_FLAGS = ("alpha_mask", "conditioning_data_dir")
 
 
-def _export_flag(out: dict[str, Any], name: str, value: Any, default: Any) -> bool:
-    """Append `--name [value]` to additional_parameters; False when it cannot be said there (a path with a space,
+def _export_flag(flags: list[str], name: str, value: Any, default: Any) -> bool:
+    """Append `--name [value]` to the additional_parameters flags; False when it cannot be said there (a path with a space,
     which the Kohya GUI would split), so the caller reports it."""
     if value == default:
         return True
@@ -956,7 +954,7 @@ def _export_flag(out: dict[str, Any], name: str, value: Any, default: Any) -> bo
         return False
     else:
         flag = f"--{name} {value}"
-    out["additional_parameters"] = " ".join(x for x in (str(out.get("additional_parameters") or "").strip(), flag) if x)
+    flags.append(flag)
     return True
 
 
@@ -965,12 +963,12 @@ def _export_flag(out: dict[str, Any], name: str, value: Any, default: Any) -> bo
 VALIDATION_FLAGS = ("validation_split", "validation_seed", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
 
 
-def _export_validation_flags(config: TrainingConfig) -> str:
+def _export_validation_flags(config: TrainingConfig) -> list[str]:
     """The validation settings that differ from ours by default, as sd-scripts flags. Our 0s mean sd-scripts'
     'not given' (None), so they are left out."""
     o = config.training
-    return " ".join(f"--{name} {getattr(o, name)}" for name in VALIDATION_FLAGS
-                    if getattr(o, name) and getattr(o, name) != getattr(TrainingConfig().training, name))
+    return [f"--{name} {getattr(o, name)}" for name in VALIDATION_FLAGS
+            if getattr(o, name) and getattr(o, name) != getattr(TrainingConfig().training, name)]
 
 
 def _export_launch_flags(config: TrainingConfig) -> str:
