@@ -37,10 +37,10 @@ from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from loratrainer.config import TrainingConfig, with_values  # noqa: E402
-from loratrainer.events import EventWriter  # noqa: E402
+from loratrainer.run.events import EventWriter  # noqa: E402
 from loratrainer.model.lora import target_modules  # noqa: E402
 from loratrainer.train.loop import current_lr, step_groups, training_step  # noqa: E402
-from loratrainer.train.progress import ProgressReporter  # noqa: E402
+from loratrainer.train.reporting import ProgressReporter  # noqa: E402
 from loratrainer.train.setup import build_trainer  # noqa: E402
 from tests.datasets import make_dataset  # noqa: E402
 from tests.tiny_sd import build_tiny_components, save_tiny_diffusers  # noqa: E402

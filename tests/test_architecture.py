@@ -18,27 +18,31 @@ ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "compat": set(),
     "errors": {"messages"},
-    "events": set(),
     "config": {"messages", "errors", "files"},
+    # machine/: child processes on every OS (psutil) and whether the 8-bit optimizers can run here
+    "machine": {"config", "messages", "errors"},
+    # run/: the contract between launcher and trainer (run folder names, events, STOP, process records, outcomes);
+    # both sides import it, it imports neither
+    "run": {"machine", "messages", "errors", "files"},
     "data": {"config", "errors", "messages"},
     "model": {"config", "errors", "files", "messages"},
     "caption": {"data", "errors", "files", "messages", "compat"},
-    # launch/: the GUI/CLI side of a run (start, follow, stop, queue, checks) and the names and prompt syntax the
-    # trainer shares with it; it never imports train/
-    "launch": {"config", "data", "model", "events", "errors", "files", "messages"},
-    "train": {"config", "data", "model", "launch", "events", "errors", "files", "messages", "compat"},
+    # launch/: the GUI/CLI side of a run (start, follow, stop, queue, checks); it never imports train/
+    "launch": {"config", "data", "model", "run", "machine", "errors", "files", "messages"},
+    # train/: the trainer; it never imports launch/ (what the two share is in run/, config/ and machine/)
+    "train": {"config", "data", "model", "run", "machine", "errors", "files", "messages", "compat"},
     "tools": {"config", "model", "errors", "files", "messages"},
-    "compare": {"config", "events", "model", "launch", "train", "errors", "files", "messages"},
-    "gui": {"config", "data", "caption", "events", "launch", "tools", "compare", "errors", "files", "messages"},
+    "compare": {"config", "run", "machine", "model", "train", "errors", "files", "messages"},
+    "gui": {"config", "data", "caption", "run", "machine", "launch", "tools", "compare", "errors", "files", "messages"},
     # compat: the torchvision guard, which `loratrainer compare` needs before it imports diffusers
-    "cli": {"config", "data", "caption", "events", "launch", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
+    "cli": {"config", "data", "caption", "run", "machine", "launch", "tools", "compare", "gui", "errors", "files", "messages", "compat"},
     "__main__": {"cli"},
     "i18n": set(),
     "assets": set(),
 }
 # Inside config/ each module imports only those before it here; the package's __init__ re-exports schema, fields
 # and files, so `from loratrainer.config import X` is the schema's surface and the modules inside never use it.
-CONFIG_ORDER = ["optimizer_table", "foreign_paths", "schema", "fields", "files", "kohya_gui_keys", "kohya_report", "kohya_sdxl", "kohya", "presets"]
+CONFIG_ORDER = ["optimizer_table", "foreign_paths", "samplers", "sample_prompts", "schema", "fields", "files", "kohya_gui_keys", "kohya_report", "kohya_sdxl", "kohya", "presets"]
 CONFIG_REEXPORTED = {"schema", "fields", "files"}
 # The Kohya GUI import/export and presets: what the user loads from the GUI or the CLI, nothing else needs them.
 CONFIG_FRONT = {"kohya", "kohya_gui_keys", "kohya_report", "kohya_sdxl", "presets"}
@@ -96,6 +100,15 @@ def test_every_part_imports_only_what_it_may() -> None:
     assert not wrong, "imports against the direction in docs/architecture.md:\n" + "\n".join(wrong)
 
 
+def test_the_trainer_imports_nothing_from_the_launcher() -> None:
+    """The trainer and the launcher share only the contract (run/), the settings (config/) and the machine helpers
+    (machine/): train/ imports no module of launch/, lazily or not."""
+    known = modules()
+    wrong = [f"{name} imports {t}" for name, path in sorted(known.items()) if part(name) == "train"
+             for t in sorted(imports(path, known)) if part(t) == "launch"]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_settings_modules_import_one_way() -> None:
     """No circle inside config/: each module imports only the modules before it in CONFIG_ORDER, the package's
     __init__ only what it re-exports, and only the GUI and the CLI reach the Kohya import/export and presets."""
@@ -134,7 +147,7 @@ def test_gui_and_cli_never_import_the_trainer() -> None:
 
 
 def test_the_launcher_side_does_not_import_torch_at_import_time() -> None:
-    files = [("launch", p.stem) for p in (PACKAGE / "launch").glob("*.py")]
+    files = [(folder, p.stem) for folder in ("launch", "run", "machine") for p in (PACKAGE / folder).glob("*.py")]
     files += [("model", n) for n in MODEL_TORCH_FREE] + [("tools", n) for n in TOOLS_GUI_SIDE] + [("compare", n) for n in COMPARE_GUI_SIDE]
     for folder, name in sorted(files):
         tree = ast.parse((PACKAGE / folder / f"{name}.py").read_text(encoding="utf-8"))

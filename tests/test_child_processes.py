@@ -1,4 +1,4 @@
-"""launch/child_processes.py: every child process of the product starts and ends through it (a test per caller),
+"""machine/child_processes.py: every child process of the product starts and ends through it (a test per caller),
 and on this machine real process trees end with real signals (a grandchild in a session of its own, as torchrun
 starts workers; a child that ignores SIGTERM)."""
 
@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import socket
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from loratrainer.launch import child_processes, processes
+from loratrainer.launch import processes
+from loratrainer.machine import child_processes
+from loratrainer.run import records
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -73,9 +75,9 @@ def test_a_reused_pid_is_not_ours_and_is_never_signalled():
         assert start is not None and child_processes.alive(other.pid, start)
         assert child_processes.same_start(start, child_processes.start_time(other.pid))  # stable across reads
         assert not child_processes.alive(other.pid, start + 0.5)  # same pid, another start: another program
-        record = processes.ProcessRecord("worker", other.pid, other.pid, start + 0.5, processes.socket.gethostname())
-        assert not processes.is_alive(record)
-        assert processes.is_alive(processes.ProcessRecord(**{**record.__dict__, "start": start}))
+        record = records.ProcessRecord("worker", other.pid, other.pid, start + 0.5, socket.gethostname())
+        assert not records.is_alive(record)
+        assert records.is_alive(records.ProcessRecord(**{**record.__dict__, "start": start}))
     finally:
         other.kill()
         other.wait()
@@ -83,7 +85,7 @@ def test_a_reused_pid_is_not_ours_and_is_never_signalled():
 
 
 def test_kill_self_ends_the_process_as_a_kill_would():
-    code = "from loratrainer.launch import child_processes; child_processes.kill_self(); print('survived')"
+    code = "from loratrainer.machine import child_processes; child_processes.kill_self(); print('survived')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert "survived" not in done.stdout
@@ -194,7 +196,7 @@ def test_lora_tools_start_and_cancel_through_the_helper(spy):
 
 
 def test_tensorboard_and_the_file_manager_start_through_the_helper(spy, tmp_path, monkeypatch):
-    from loratrainer.gui import tools
+    from loratrainer.gui import external_programs as tools
 
     boards = tools.TensorBoards()
     with pytest.raises(RuntimeError):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from tests.datasets import make_image
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from loratrainer import events
+from loratrainer.run import events
 
 
 def test_read_events_is_incremental_and_leaves_a_partial_last_line(tmp_path):

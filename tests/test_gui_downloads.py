@@ -6,8 +6,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from tests.test_gui_runs import _Select, fake_run, page, write_lora  # noqa: F401  (the page fixture)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -482,7 +481,7 @@ def test_loading_a_kohya_config_keeps_the_page_folders_and_model_unless_it_sets_
 def test_an_8bit_optimizer_without_cuda_is_refused_before_any_question(page, tmp_path, monkeypatch):
     """Issue 22: without a CUDA GPU, AdamW8bit (every shipped preset's) is refused at Start before "Start
     anyway?" is asked, and the page says so beforehand with a one-click plain AdamW."""
-    from loratrainer.launch import eight_bit
+    from loratrainer.machine import eight_bit
 
     monkeypatch.setattr(eight_bit, "refusal", lambda name: eight_bit.unavailable_hint(name) if eight_bit.needs_bitsandbytes(name) else None)
     monkeypatch.setattr(eight_bit, "page_refusal", eight_bit.refusal)

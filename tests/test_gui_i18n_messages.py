@@ -164,10 +164,10 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     ],
 )
 def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
-    from loratrainer import events
-    from loratrainer.launch import run_files
+    from loratrainer.run import events
+    from loratrainer.run import files as run_files
     from loratrainer.gui.jobs import Jobs
-    from loratrainer.gui.progress import status_line
+    from loratrainer.gui.run_view import status_line
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -289,7 +289,7 @@ def test_korean_form_errors_name_the_field_in_korean(pages, tmp_path):
 
 
 def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
-    from loratrainer.launch.eight_bit import refusal
+    from loratrainer.machine.eight_bit import refusal
 
     if refusal("AdamW8bit") is None:
         pytest.skip("this machine can run AdamW8bit")
@@ -304,7 +304,7 @@ def test_korean_refusal_of_an_8bit_optimizer_without_cuda(pages, tmp_path):
 @pytest.mark.parametrize("outcome,expected", [("killed (signal 9)", "시그널 9"), ("error (exit code 3)", "종료 코드 3")])
 def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
     from loratrainer.gui.jobs import JobView
-    from loratrainer.gui.progress import status_line
+    from loratrainer.gui.run_view import status_line
 
     class State:
         status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
@@ -434,7 +434,7 @@ def test_korean_captioner_errors_and_skip_reasons_are_korean(pages, tmp_path, mo
 def test_killed_is_said_once(tmp_path):
     """Issue 22: the status read "killed (killed (signal 9))"."""
     from loratrainer.gui.jobs import JobView
-    from loratrainer.gui.progress import status_line
+    from loratrainer.gui.run_view import status_line
 
     class State:
         status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2

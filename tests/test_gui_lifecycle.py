@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.gui.i18n import Translator
-from loratrainer.launch import run_files
-from loratrainer.launch.run_phases import STOPPED_BEFORE_TRAINING
+from loratrainer.run import files as run_files
+from loratrainer.run.phases import STOPPED_BEFORE_TRAINING
 from tests.datasets import make_dataset
 from tests.test_gui_handlers import form, page  # noqa: F401  (the page fixture)
 
@@ -59,7 +59,7 @@ def test_caching_shows_its_count_a_stop_says_nothing_is_saved_and_stop_now_ends_
         assert out[n["timer"]].active is True and out[n["stop_button"]]["interactive"] is True
         assert out[n["stop_now_button"]]["visible"] is False
         ko = Translator("ko")
-        from loratrainer.gui import progress
+        from loratrainer.gui import run_view as progress
 
         assert "latent 캐시 240/1,870, 남은 시간 3분" in progress.status_line(page.jobs.view(run_dir), ko)
         stopped = h.stop(str(run_dir))
@@ -86,7 +86,7 @@ def test_a_run_stopped_before_its_first_step_says_nothing_was_saved(page, tmp_pa
     out = h.refresh(str(run_dir), -1)
     assert out[n["status"]] == "Stopped before the first training step: nothing was trained, so nothing was saved."
     assert out[n["resume_button"]]["visible"] is False
-    from loratrainer.gui import progress
+    from loratrainer.gui import run_view as progress
 
     assert "학습한 것이 없으므로" in progress.status_line(page.jobs.view(run_dir), Translator("ko"))
 

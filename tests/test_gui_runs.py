@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from tests.datasets import make_caption, make_concept, make_image
 
@@ -277,7 +277,7 @@ def test_caption_editor_gallery_shows_the_saved_caption(page, tmp_path):
 
 
 def test_loss_chart_stays_small_on_long_runs(page, tmp_path):
-    from loratrainer.gui import progress
+    from loratrainer.gui import run_view as progress
     from loratrainer.gui.jobs import JobView
 
     state = events.RunState(loss_history=[(i, 1.0 / i) for i in range(1, 20001)])

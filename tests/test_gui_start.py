@@ -4,7 +4,6 @@ building the app loads no torch and no trainer: tests/test_architecture.py)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
 from tests.gui_server import start_gui, stop_gui

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import save_config
-from loratrainer.launch import processes, run_files
+from loratrainer.launch import processes
+from loratrainer.run import files as run_files
 from loratrainer.launch.run_queue import RUNNING, QueueError, RunQueue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +104,8 @@ def test_kill_9_of_the_queue_runner_stops_its_run_and_the_queue_keeps_it_running
 def test_the_owner_mark_this_process_writes_names_this_process(monkeypatch):
     """The mark carries the process helper's start time (a float since psutil): reading it back must give this
     process, or the trainer never watches its launcher (the merge of the two changes broke exactly this)."""
-    from loratrainer.launch import owner
-    from loratrainer.launch.processes import start_ticks
+    from loratrainer.run import owner
+    from loratrainer.run.records import start_ticks
 
     monkeypatch.delenv(owner.OWNER_ENV, raising=False)
     owner.own_runs_started_here()

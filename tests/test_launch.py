@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
-from loratrainer.launch import processes, run_files
+from loratrainer.run import events
+from loratrainer.launch import processes
+from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, load_config, with_values
 from loratrainer.launch import start as launch
 from tests.datasets import make_dataset

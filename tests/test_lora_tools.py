@@ -24,7 +24,7 @@ from loratrainer.tools.extract import extract_lora
 from loratrainer.tools.lorafile import LoraFile
 from loratrainer.tools.merge import merge_loras
 from loratrainer.tools.weighted import parse_weighted
-from loratrainer.tools.progress import Cancelled, Progress
+from loratrainer.tools.callbacks import Cancelled, Progress
 from loratrainer.tools.resize import resize_lora
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 from tests.test_model_saving import _Collect

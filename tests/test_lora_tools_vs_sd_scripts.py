@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from loratrainer.tools.extract import extract_lora
 from loratrainer.tools.resize import resize_lora

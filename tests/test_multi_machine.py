@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import save_config
 from loratrainer.data.check import check_dataset
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import save_config, with_values
 from loratrainer.launch import processes, start as launch
+from loratrainer.run import records
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="scans /proc")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,14 +77,14 @@ def test_killing_accelerate_leaves_workers_that_block_a_new_run_until_stopped(tm
     run = start_with_env(config)
     try:
         run_dir = _wait_for_workers_and_a_step(tmp_path / "out")
-        records = processes.read_records(run_dir)
-        workers = [r for r in records if r.role == "worker"]
+        recorded = records.read_records(run_dir)
+        workers = [r for r in recorded if r.role == "worker"]
         assert sorted(r.rank for r in workers) == [0, 1] and all(r.pgid == r.pid for r in workers)  # own sessions
-        assert [r.pid for r in records if r.role == "launcher"] == [run.pid]
+        assert [r.pid for r in recorded if r.role == "launcher"] == [run.pid]
         os.killpg(run.pid, signal.SIGKILL)  # accelerate launch and its process group: not the workers
         run.popen.wait(timeout=30)
         time.sleep(1)
-        orphans = [r for r in workers if processes.is_alive(r)]
+        orphans = [r for r in workers if records.is_alive(r)]
         assert len(orphans) == 2  # what the issue saw: they train on
         assert run.poll() is None  # so the run is not over ...
         with pytest.raises(launch.LaunchRefused, match="still going"):  # ... and no second run may write there
@@ -102,7 +103,7 @@ def test_killing_the_run_kills_every_worker_and_its_data_loaders(tmp_path, tiny_
     run = start_with_env(config)
     try:
         run_dir = _wait_for_workers_and_a_step(tmp_path / "out")
-        groups = {r.pgid for r in processes.read_records(run_dir) if r.role == "worker"}
+        groups = {r.pgid for r in records.read_records(run_dir) if r.role == "worker"}
         loaders = [pid for g in groups for pid in processes.group_members(g) if pid not in groups]
         assert loaders  # the test sees the data loader processes it must not leave behind
         killed = time.monotonic()
@@ -155,10 +156,10 @@ def test_stop_escalates_from_stop_file_to_sigterm_to_sigkill(tmp_path):
 def test_a_recorded_pid_now_used_by_another_program_is_not_ours(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
-        record = processes.ProcessRecord("worker", other.pid, other.pid, (processes.start_ticks(other.pid) or 0) + 1,
+        record = records.ProcessRecord("worker", other.pid, other.pid, (records.start_ticks(other.pid) or 0) + 1,
                                          __import__("socket").gethostname())
-        assert not processes.is_alive(record)  # same pid, other start time: never signalled
-        assert processes.is_alive(processes.ProcessRecord(**{**record.__dict__, "start": processes.start_ticks(other.pid)}))
+        assert not records.is_alive(record)  # same pid, other start time: never signalled
+        assert records.is_alive(records.ProcessRecord(**{**record.__dict__, "start": records.start_ticks(other.pid)}))
     finally:
         other.kill()
         other.wait()

@@ -1,5 +1,5 @@
 """The Windows check that runs without Windows: mypy with `--platform win32` over the launcher, the GUI, the CLI,
-the LoRA tools, the process helper (launch/child_processes.py) and scripts/bootstrap.py. typeshed declares os.killpg, os.getpgid, signal.SIGKILL, signal.SIGHUP,
+the LoRA tools, the process helper (machine/child_processes.py) and scripts/bootstrap.py. typeshed declares os.killpg, os.getpgid, signal.SIGKILL, signal.SIGHUP,
 fcntl, os.pathconf, os.sched_getaffinity... for POSIX only, and mypy narrows on `sys.platform` checks (not on
 `os.name`), so a POSIX-only call outside a `sys.platform` branch is an error on win32 and not on linux.
 

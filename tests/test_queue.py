@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.launch.run_queue import INTERRUPTED, PENDING, RUNNING, QueueError, RunQueue
 

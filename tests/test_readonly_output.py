@@ -11,8 +11,8 @@ import json
 import subprocess
 import time
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from tests.tmpfs import mounted_tmpfs
 
 

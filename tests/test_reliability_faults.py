@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, with_values
 from loratrainer.train.entry import disk_full
 from loratrainer.launch.input_checks import PARTIAL_GRACE_S, remove_stale_partials

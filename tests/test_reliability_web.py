@@ -210,7 +210,6 @@ def _call(blocks, fn, values: dict):
 
 @pytest.mark.parametrize("bad,problem", [("/tmp/a\0b", "NUL"), ("/" + "x" * (1024 * 1024), "4096")])
 def test_every_handler_refuses_a_nul_or_a_megabyte_path_with_one_sentence(page, bad, problem):
-    import gradio as gr
 
     blocks, ui = page
     box = ui.fields["folders.train_data_dir"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import with_values
-from loratrainer.launch import run_files
-from loratrainer.launch.run_phases import STOPPED_BEFORE_TRAINING
+from loratrainer.run import files as run_files
+from loratrainer.run.phases import STOPPED_BEFORE_TRAINING
 from tests.datasets import make_dataset
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups")
@@ -72,7 +72,7 @@ def test_stop_while_latents_are_cached_ends_stopped_within_seconds_with_nothing_
 
 
 def test_phase_events_fold_into_the_words_the_page_and_the_cli_show():
-    from loratrainer.launch.run_phases import phase_message
+    from loratrainer.run.phases import phase_message
 
     state = events.summarize([{"event": "phase", "phase": "loading_model"}])
     assert state.status == "starting" and str(phase_message(state)) == "loading the model"

@@ -37,7 +37,7 @@ from loratrainer.train.setup import add_lora
 from loratrainer.train.dataset import TrainDataset
 from loratrainer.train.loss import LossRecipe, elementwise_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.noise import NoiseRecipe, noisy_latents, sample_noise
-from tests.datasets import make_caption, make_dataset, make_image
+from tests.datasets import make_caption, make_dataset
 from tests.tiny_sd import build_tiny_components, save_tiny_diffusers
 
 ROWS: dict[str, Callable] = {}

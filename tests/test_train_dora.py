@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.saving import save_lora
-from loratrainer.launch.sample_prompts import SamplePrompt
+from loratrainer.config.sample_prompts import SamplePrompt
 from loratrainer.train.loop import train
 from loratrainer.train.state import load_state, save_state
 from tests.test_model_dora import comfy_delta

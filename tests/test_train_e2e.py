@@ -5,7 +5,6 @@ from __future__ import annotations
 from tests.test_train_support import small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.config import save_config, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.launch.start import start_run

@@ -142,8 +142,8 @@ def test_a_learning_rate_too_high_makes_the_weights_non_finite_and_the_run_stops
 
     monkeypatch.setattr(loop, "agree_across_processes", recording)
     spy: list = []
-    from loratrainer import events
-    from loratrainer.launch import run_files
+    from loratrainer.run import events
+    from loratrainer.run import files as run_files
     from loratrainer.train import entry
     from loratrainer.train.run_context import RunContext
 
@@ -171,7 +171,7 @@ def test_a_learning_rate_too_high_makes_the_weights_non_finite_and_the_run_stops
     # the GUI's status says what happened (the weights, not the loss), in either language, naming the file
     from loratrainer.gui.i18n import Translator
     from loratrainer.gui.jobs import Jobs
-    from loratrainer.gui.progress import status_line
+    from loratrainer.gui.run_view import status_line
     from tests.test_gui_i18n_messages import HANGUL, english_phrases
 
     view = Jobs(tmp_path / "state").view(run_dir)

@@ -16,7 +16,7 @@ from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.saving import save_lora
 from loratrainer.train.setup import add_lora
 from loratrainer.train.loop import train
-from loratrainer.launch.sample_prompts import SamplePrompt
+from loratrainer.config.sample_prompts import SamplePrompt
 from loratrainer.train.sampling import render, untouched_training_state
 from loratrainer.train.setup import build_trainer
 from loratrainer.train.state import BrokenState, load_state, save_state

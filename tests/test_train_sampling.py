@@ -20,11 +20,11 @@ from PIL import Image
 
 from loratrainer.config import Sampler
 from loratrainer.errors import UserError
-from loratrainer.events import EventWriter
-from loratrainer.launch.run_files import EVENTS_FILE, sample_name
+from loratrainer.run.events import EventWriter
+from loratrainer.run.files import EVENTS_FILE, sample_name
 from loratrainer.model.loading import noise_scheduler
-from loratrainer.launch.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
-from loratrainer.launch.samplers import SAMPLER_NAMES
+from loratrainer.config.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
+from loratrainer.config.samplers import SAMPLER_NAMES
 from loratrainer.train.samplers import build_scheduler
 from loratrainer.train.sampling import SampleSchedule, maybe_sample
 from loratrainer.train.saving import Saver
@@ -282,8 +282,8 @@ def test_bad_prompts_stop_the_run_before_training_and_no_prompts_means_no_sample
 
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch_sample_once_on_the_main_process(tmp_path, tiny_model):
-    from loratrainer import events
-    from loratrainer.launch import run_files
+    from loratrainer.run import events
+    from loratrainer.run import files as run_files
     from loratrainer.launch.start import start_run
 
     config = small_config(tmp_path, tiny_model, images=4, repeats=2, num_processes=2, main_process_port=29747, epoch=1,

@@ -19,10 +19,10 @@ from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import load_file
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
-from loratrainer.launch import run_files
+from loratrainer.run import files as run_files
 from loratrainer.train.dataset import TrainDataset
 from loratrainer.train.sdxl_text import encode_sdxl
 from loratrainer.train.size_conditioning import crop_ltrb

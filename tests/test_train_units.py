@@ -16,7 +16,7 @@ from loratrainer.config import TrainingConfig, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.train import latent_cache, optimizers
 from loratrainer.train.captions import CaptionRules, process_caption
-from loratrainer.launch.run_files import checkpoint_name
+from loratrainer.run.files import checkpoint_name
 from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
 from loratrainer.train.dataset import process_batches
 from loratrainer.train.loss import LossRecipe, diffusion_loss, elementwise_loss, huber_threshold, sample_weights
@@ -498,7 +498,6 @@ def test_train_dataset_noise_seed_is_a_63_bit_hash_of_seed_epoch_image_and_use()
 
 
 def test_train_dataset_items_and_batches_carry_what_the_loop_reads():
-    from types import SimpleNamespace
 
     from loratrainer.train.dataset import TrainDataset, collate, noise_seed
 

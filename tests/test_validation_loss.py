@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import TrainingConfig, with_values
 from loratrainer.config.kohya import export_kohya, import_kohya
 from loratrainer.data.check import check_dataset
-from loratrainer.launch import run_files
+from loratrainer.run import files as run_files
 from tests.datasets import make_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya_ss"

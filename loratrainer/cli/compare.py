@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 def build_request(args: argparse.Namespace):
     from loratrainer.compare.inputs import check_numbers, first_sample_prompt, parse_weights, resolve
     from loratrainer.compare.weight_grid import GridRequest
-    from loratrainer.launch.samplers import canonical_sampler
+    from loratrainer.config.samplers import canonical_sampler
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None:

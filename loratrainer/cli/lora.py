@@ -114,7 +114,7 @@ def _coded(run):
 
 def _progress(args):
     """Progress to stderr (JSON lines for the GUI, a counter for people) and SIGTERM/SIGINT as a cancel request."""
-    from loratrainer.tools.progress import Progress
+    from loratrainer.tools.callbacks import Progress
 
     state = {"cancel": False}
 

@@ -58,7 +58,7 @@ def _act(queue, args: argparse.Namespace) -> int:
     if action == "clear":
         print(f"removed {queue.clear()} run(s)")
         return 0
-    from loratrainer.launch.owner import own_runs_started_here
+    from loratrainer.run.owner import own_runs_started_here
     from loratrainer.launch.queue_runner import run_queue
 
     own_runs_started_here()  # a killed runner takes its run with it (the trainer watches for it)

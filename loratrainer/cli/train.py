@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from loratrainer.config.fields import parse_assignments
     from loratrainer.launch.follow import follow
-    from loratrainer.launch.run_files import run_folder
+    from loratrainer.run.files import run_folder
     from loratrainer.launch.start import build_command, format_command, preflight, start_run
 
     try:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: mixed precision {config.precision.mixed_precision} asked, no CUDA GPU on this machine: "
                   "the run will train in fp32", file=sys.stderr)
         return 0
-    from loratrainer.launch.owner import own_runs_started_here
+    from loratrainer.run.owner import own_runs_started_here
 
     own_runs_started_here()  # killed (kill -9), this command takes its run with it: the trainer watches for it
     process = start_run(config, check=False)

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loratrainer.launch import run_files
-from loratrainer.launch.sample_prompts import MAX_SIZE
+from loratrainer.run import files as run_files
+from loratrainer.config.sample_prompts import MAX_SIZE
 from loratrainer.compare.runs import SavedFile, epoch_label, read_run
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
@@ -24,11 +24,11 @@ define({
     "compare.lora_not_regular": "{path} is not a regular file (a pipe, a device or a socket); give a LoRA .safetensors file.",
     "compare.lora_unreadable": "{path} cannot be read as a LoRA file ({detail}).",
 })
-MAX_STEPS = 1000  # launch/sample_prompts.py clamps a sample's steps to 1-1000, as sd-scripts does
+MAX_STEPS = 1000  # config/sample_prompts.py clamps a sample's steps to 1-1000, as sd-scripts does
 
 
 def check_numbers(*, steps: int, width: int, height: int, cfg: float | None = None) -> None:
-    """The grid's numbers within what a sample image may have (launch/sample_prompts.py): 100000 pixels a side
+    """The grid's numbers within what a sample image may have (config/sample_prompts.py): 100000 pixels a side
     asked for a 40 GB allocation and ended in a traceback; NaN as the guidance scale rendered noise."""
     for option, value in (("--width", width), ("--height", height)):
         if not 8 <= value <= MAX_SIZE or value % 8:
@@ -136,7 +136,7 @@ def first_sample_prompt(config) -> list[str]:
     """The text of the run's first sample prompt (none when it has none or they do not parse)."""
     if config is None or not config.sampling.sample_prompts.strip():
         return []
-    from loratrainer.launch.sample_prompts import load_prompts
+    from loratrainer.config.sample_prompts import load_prompts
 
     try:
         prompts = load_prompts(config.sampling.sample_prompts)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loratrainer.launch import child_processes
+from loratrainer.machine import child_processes
 
 
 @dataclass

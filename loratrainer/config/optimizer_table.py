@@ -11,6 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from loratrainer.messages import Label, Msg, define
+
+define({
+    "inputs.optimizer_package": (
+        "{setting}: {name} is not from a known optimizer package; only {packages} are imported (a module.Class "
+        "path from elsewhere could run any code)"
+    ),
+})
+
 
 @dataclass(frozen=True)
 class OptimizerEntry:
@@ -56,3 +65,26 @@ KNOWN_OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZERS)
 ADAPTIVE: frozenset[str] = frozenset(n for n, e in OPTIMIZERS.items() if e.adaptive)
 # 8-bit optimizer -> what to use instead without a CUDA GPU
 EIGHT_BIT: dict[str, str] = {n: e.instead for n, e in OPTIMIZERS.items() if e.instead}
+
+
+# The packages an optimizer may be imported from by `module.Class` (Kohya accepts any path; importing an
+# arbitrary module from a config file is running code from a config file).
+OPTIMIZER_PACKAGES = (
+    "torch.optim", "bitsandbytes", "prodigyopt", "pytorch_optimizer", "transformers.optimization", "dadaptation",
+    "lion_pytorch", "schedulefree", "came_pytorch", "prodigyplus", "lycoris.optimizers",
+)
+
+
+def optimizer_source_allowed(name: str) -> bool:
+    """A known optimizer name (no dot), or `module.Class` from one of OPTIMIZER_PACKAGES."""
+    if "." not in name:
+        return True
+    module = name.rpartition(".")[0]
+    return any(module == p or module.startswith(p + ".") for p in OPTIMIZER_PACKAGES)
+
+
+def optimizer_refusal(name: str) -> Msg | None:
+    if optimizer_source_allowed(name):
+        return None
+    return Msg.of("inputs.optimizer_package", setting=Label("optimizer.optimizer"), name=name,
+                  packages=", ".join(OPTIMIZER_PACKAGES))

@@ -13,13 +13,12 @@ import logging
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
 
@@ -113,7 +112,7 @@ class Jobs:
         if process is not None:
             process.kill()
             return
-        from loratrainer.launch import child_processes
+        from loratrainer.machine import child_processes
         from loratrainer.launch.processes import kill_all
 
         pid = self._follow(Path(run_dir)).pid
@@ -271,7 +270,7 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
     console.log also holds a copy of every train.log line and the libraries' noise (progress bars such as
     transformers' "Loading weights", warnings), so it is shown whole only when there is no train.log at all,
     and then without progress bars."""
-    from loratrainer.launch.run_files import CONSOLE_FILE
+    from loratrainer.run.files import CONSOLE_FILE
 
     ours = _read_tail(run_dir / run_files.LOG_FILE)
     console = _read_tail(run_dir / CONSOLE_FILE)
@@ -345,6 +344,6 @@ def _run_alive(run_dir: Path) -> bool:
 
 def _alive(pid: int) -> bool:
     # not os.kill(pid, 0): on Windows that is TerminateProcess, not a question
-    from loratrainer.launch import child_processes
+    from loratrainer.machine import child_processes
 
     return child_processes.alive(pid)

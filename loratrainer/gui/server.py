@@ -171,7 +171,7 @@ def _serve(options: ServeOptions, temp: Path, create_app: Callable[..., Any]) ->
     # throttled at login (docs/reliability.md row 50): forwarded headers count only from proxies named at start
     config = uvicorn.Config(stopping, host=options.host, port=options.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
                             proxy_headers=bool(options.forwarded_allow_ips), forwarded_allow_ips=options.forwarded_allow_ips or "")
-    server = _Server(config, stopping)
+    server = _new_server(config, stopping)
     try:
         sock = _bind(options)
     except OSError as exc:
@@ -237,7 +237,7 @@ def _server_class():
     return Server
 
 
-def _Server(config, stopping: _Stopping):
+def _new_server(config, stopping: _Stopping):
     return _server_class()(config, stopping)
 
 

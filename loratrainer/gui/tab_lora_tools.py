@@ -20,7 +20,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
-from loratrainer.launch import child_processes
+from loratrainer.machine import child_processes
 from loratrainer.tools.messages import message_from_json
 from loratrainer.tools.outputs import free_name
 

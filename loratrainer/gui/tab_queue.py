@@ -9,10 +9,10 @@ queue state of its own, so the CLI and the page can both change the queue.
 from __future__ import annotations
 
 from loratrainer.errors import UserError
-from loratrainer.gui import progress
+from loratrainer.gui import run_view
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md, sentence
-from loratrainer.launch.run_phases import phase_message
+from loratrainer.run.phases import phase_message
 
 REFRESH_S = 2.0
 
@@ -49,7 +49,7 @@ class QueueHandlers:
         running = runner_running(self.queue())
         line = self.t("queue.runner_on" if running else "queue.runner_off", count=sum(1 for i in items if i.status == "pending"))
         live, view = self.live(items)
-        if message is None and view is not None and progress.stop_waited(view) > 0:  # until it has stopped, not one tick
+        if message is None and view is not None and run_view.stop_waited(view) > 0:  # until it has stopped, not one tick
             message = self.t("queue.stopping", name=md(next(i.name for i in items if i.status == "running" and i.run_dir)))
         notices = self.notices(clear=message is not None)
         return {
@@ -58,7 +58,7 @@ class QueueHandlers:
             n["queue_message"]: notices + (message if message is not None else line),
             n["queue_live"]: live,
             n["queue_stop"]: gr.update(visible=view is not None),
-            n["queue_stop_now"]: gr.update(visible=progress.offers_stop_now(view)),
+            n["queue_stop_now"]: gr.update(visible=run_view.offers_stop_now(view)),
             n["queue_show_live"]: gr.update(visible=view is not None),
         }
 
@@ -80,12 +80,12 @@ class QueueHandlers:
                 if not view.alive:
                     return "", None
                 s = view.state
-                if progress.stop_waited(view) > 0:
+                if run_view.stop_waited(view) > 0:
                     what = self.t("queue.live_stopping")
                 elif s.total_steps:
                     what = self.t("queue.live_steps", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
                     if s.eta_s is not None:
-                        what += ", " + self.t("progress.eta", eta=progress.format_duration(s.eta_s))
+                        what += ", " + self.t("progress.eta", eta=run_view.format_duration(s.eta_s))
                 else:
                     phase = phase_message(s)
                     what = self.t.message(phase) if phase is not None else self.t("queue.live_starting")

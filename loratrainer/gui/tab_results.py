@@ -12,8 +12,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from loratrainer.launch import run_files
-from loratrainer.compare.runs import RunRecord, SavedFile, read_run
+from loratrainer.run import files as run_files
+from loratrainer.compare.runs import SavedFile, read_run
 from loratrainer.config import ConfigError, load_config
 from loratrainer.gui.context import UiContext
 
@@ -59,7 +59,7 @@ class ResultsHandlers:
 
         import atexit
 
-        from loratrainer.gui.tools import TensorBoards
+        from loratrainer.gui.external_programs import TensorBoards
 
         self.ui = ui
         self.t = ui.t
@@ -218,7 +218,7 @@ class ResultsHandlers:
 
     def open_output(self, run_dir: str | None) -> str:
         from loratrainer.gui.i18n import md
-        from loratrainer.gui.tools import open_folder
+        from loratrainer.gui.external_programs import open_folder
 
         if not run_dir:
             return self.t("results.choose_run")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
 from loratrainer.errors import UserError
-from loratrainer.gui import filebrowser, progress
+from loratrainer.gui import filebrowser, run_view
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 from loratrainer.gui.form import basic_paths, specs_by_path
@@ -169,7 +169,7 @@ class TrainingHandlers:
         import re
         from datetime import datetime
 
-        from loratrainer.launch.run_files import run_folder
+        from loratrainer.run.files import run_folder
         from loratrainer.launch.start import build_command, format_command, preflight
 
         n = self.ui.named
@@ -286,7 +286,7 @@ class TrainingHandlers:
         if not run_dir or not self.ui.jobs.view(run_dir).alive:
             return {n["run_message"]: self.t("stop.nothing")}
         self.ui.jobs.stop(run_dir)
-        return {n["run_message"]: "", n["status"]: progress.status_line(self.ui.jobs.view(run_dir), self.t)}
+        return {n["run_message"]: "", n["status"]: run_view.status_line(self.ui.jobs.view(run_dir), self.t)}
 
     def stop_now(self, run_dir: str | None) -> dict:
         """End the run at once, without saving (offered when a stop has waited STOP_NOW_AFTER_S): every process of
@@ -302,7 +302,7 @@ class TrainingHandlers:
         import gradio as gr
 
         n = self.ui.named
-        state = progress.resume_state(self.ui.jobs.view(run_dir)) if run_dir else ""
+        state = run_view.resume_state(self.ui.jobs.view(run_dir)) if run_dir else ""
         if not state:
             return {n["run_message"]: self.t("run.resume_none")}
         out = {self.ui.fields["saving.resume"]: state, n["run_message"]: self.t("run.resume_filled", state=state)}
@@ -315,7 +315,7 @@ class TrainingHandlers:
         with its settings (the run folder's config.json): the form shows what is training, or, after a run
         ended, what was run last, so a reload does not fall back to the defaults."""
         from loratrainer.config import ConfigError, load_config
-        from loratrainer.launch.run_files import CONFIG_FILE
+        from loratrainer.run.files import CONFIG_FILE
 
         run_dir = self.ui.jobs.current()
         out = self.refresh(str(run_dir) if run_dir else None, -1)
@@ -337,9 +337,9 @@ class TrainingHandlers:
                 run_dir, view, samples_seen = str(queued), self.ui.jobs.view(queued), -1
         out = {
             n["run_dir"]: run_dir,
-            n["status"]: progress.status_line(view, self.t),
-            n["progress"]: progress.progress_html(view, self.t),
-            n["loss_plot"]: progress.loss_frame(view, self.t),
+            n["status"]: run_view.status_line(view, self.t),
+            n["progress"]: run_view.progress_html(view, self.t),
+            n["loss_plot"]: run_view.loss_frame(view, self.t),
             n["log"]: view.log_tail if view else "",
             n["run_notes"]: run_notes(view, self.t) if view else "",
             # on while the run goes, and while the queue has a run: the tab moves to the queue's next run by itself
@@ -347,22 +347,22 @@ class TrainingHandlers:
             n["samples_seen"]: len(view.samples) if view else 0,
             # Stop is red and pressable only while a run goes
             n["stop_button"]: gr.update(interactive=bool(view and view.alive), variant="stop" if view and view.alive else "secondary"),
-            n["stop_now_button"]: gr.update(visible=progress.offers_stop_now(view)),
-            n["resume_button"]: gr.update(visible=bool(progress.resume_state(view))),
+            n["stop_now_button"]: gr.update(visible=run_view.offers_stop_now(view)),
+            n["resume_button"]: gr.update(visible=bool(run_view.resume_state(view))),
         }
         if view is None or len(view.samples) != samples_seen:
-            out[n["gallery"]] = progress.sample_gallery(view, self.ui.display, self.t)
+            out[n["gallery"]] = run_view.sample_gallery(view, self.ui.display, self.t)
         else:
             out[n["gallery"]] = gr.skip()
         return out
 
     def optimizer_note(self, optimizer: str) -> dict:
         """Before Start: an 8-bit optimizer that cannot run here (no CUDA GPU) is said beside the buttons, with a
-        button that picks the plain equivalent (launch/eight_bit.py; Start refuses it the same way)."""
+        button that picks the plain equivalent (machine/eight_bit.py; Start refuses it the same way)."""
         import gradio as gr
 
         from loratrainer.config.optimizer_table import EIGHT_BIT
-        from loratrainer.launch.eight_bit import page_refusal
+        from loratrainer.machine.eight_bit import page_refusal
 
         n = self.ui.named
         instead = EIGHT_BIT.get(optimizer or "")
@@ -569,7 +569,7 @@ def _run_panel(ui: UiContext, gr) -> dict:
     n["progress"] = gr.HTML(elem_id="run-progress", elem_classes=["lt-live"])
     n["run_notes"] = gr.Markdown(elem_id="run-notes", elem_classes=["lt-live"])
     with gr.Row():
-        n["loss_plot"] = gr.LinePlot(progress.loss_frame(None, t), x="step", y="loss", color="series", title=t("run.loss_chart"), x_title=t("run.chart_step"),
+        n["loss_plot"] = gr.LinePlot(run_view.loss_frame(None, t), x="step", y="loss", color="series", title=t("run.loss_chart"), x_title=t("run.chart_step"),
                                    y_title=t("run.chart_loss"), height=260, elem_id="run-loss",
                                    elem_classes=["lt-live"])
         n["gallery"] = gr.Gallery(label=t("run.samples"), columns=3, height=260, object_fit="contain", elem_id="run-samples", elem_classes=["lt-live"])
@@ -609,8 +609,8 @@ def run_notes(view, t) -> str:
     actually used (coded: the page's language and labels), then any other warning the trainer wrote to train.log
     (or console.log before train.log existed), which stays in the trainer's English."""
     from loratrainer.config import ConfigError, load_config
-    from loratrainer.launch import run_files
-    from loratrainer.launch.run_files import CONSOLE_FILE
+    from loratrainer.run import files as run_files
+    from loratrainer.run.files import CONSOLE_FILE
 
     try:
         config = load_config(view.run_dir / run_files.CONFIG_FILE)

@@ -10,10 +10,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
-from loratrainer import events
-from loratrainer.launch import run_files
-from loratrainer.launch.run_files import CONSOLE_FILE
-from loratrainer.launch.run_phases import phase_message, stopped_before_training
+from loratrainer.run import events
+from loratrainer.run import files as run_files
+from loratrainer.run.files import CONSOLE_FILE
+from loratrainer.run.phases import phase_message, stopped_before_training
 from loratrainer.launch.start import RunProcess
 from loratrainer.messages import Msg
 

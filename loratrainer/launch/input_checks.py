@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratrainer.config import TrainingConfig
+from loratrainer.config.optimizer_table import optimizer_refusal
 from loratrainer.messages import Label, Msg, define
 
 define({
@@ -38,18 +39,8 @@ define({
     "inputs.name_reserved": "{setting}: {name} is a reserved device name on Windows, where the files may be copied: choose another name",
     "inputs.name_trailing": "{setting}: a name ending in a dot or a space cannot be used on Windows: remove it",
     "inputs.name_control": "{setting}: the name holds a control character (such as a tab or a line break): remove it",
-    "inputs.optimizer_package": (
-        "{setting}: {name} is not from a known optimizer package; only {packages} are imported (a module.Class "
-        "path from elsewhere could run any code)"
-    ),
 })
 
-# The packages an optimizer may be imported from by `module.Class` (Kohya accepts any path; importing an
-# arbitrary module from a config file is running code from a config file).
-OPTIMIZER_PACKAGES = (
-    "torch.optim", "bitsandbytes", "prodigyopt", "pytorch_optimizer", "transformers.optimization", "dadaptation",
-    "lion_pytorch", "schedulefree", "came_pytorch", "prodigyplus", "lycoris.optimizers",
-)
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 # The longest names the run writes, by suffix: epoch/step/interrupted LoRA files (Kohya's names, launch.run_files),
 # their "-state" folders and "_diffusers" copy, and the hidden temporary file of an atomic write, which wraps the
@@ -83,7 +74,7 @@ def check_output_name(config: TrainingConfig) -> Msg | None:
         return Msg.of("inputs.name_reserved", setting=setting, name=name)
     longest = max((name + s for s in _SUFFIXES), key=lambda n: len(os.fsencode(n)))
     written = [(Path(config.folders.output_dir or "."), longest, _PARTIAL_WRAP + _RENAME_ROOM)]
-    from loratrainer.launch.run_files import logging_root
+    from loratrainer.run.files import logging_root
 
     written.append((logging_root(config), name + _RUN_FOLDER_SUFFIX, _RENAME_ROOM))
     for folder, example, extra in written:
@@ -111,23 +102,8 @@ def _name_max(folder: Path) -> int:
 # -- the optimizer -------------------------------------------------------------------------------------------
 
 
-def optimizer_source_allowed(name: str) -> bool:
-    """A known optimizer name (no dot), or `module.Class` from one of OPTIMIZER_PACKAGES."""
-    if "." not in name:
-        return True
-    module = name.rpartition(".")[0]
-    return any(module == p or module.startswith(p + ".") for p in OPTIMIZER_PACKAGES)
-
-
 def check_optimizer_source(config: TrainingConfig) -> Msg | None:
     return optimizer_refusal(config.optimizer.optimizer)
-
-
-def optimizer_refusal(name: str) -> Msg | None:
-    if optimizer_source_allowed(name):
-        return None
-    return Msg.of("inputs.optimizer_package", setting=Label("optimizer.optimizer"), name=name,
-                  packages=", ".join(OPTIMIZER_PACKAGES))
 
 
 # -- model files -----------------------------------------------------------------------------------------------

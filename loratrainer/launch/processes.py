@@ -7,7 +7,7 @@ worker by itself as its first act) with its pid, process group and start time (a
 program since is not taken for ours), and the process table is also searched for command lines naming the run
 folder (a worker killed before it could write its record). Stopping goes STOP file -> SIGTERM -> SIGKILL, each to
 every process group found (Windows: STOP file -> terminate every process tree -> kill). Finding and signalling
-go through launch/child_processes.py (psutil), the same on every OS. No torch here: the GUI and the CLI import this.
+go through machine/child_processes.py (psutil), the same on every OS. No torch here: the GUI and the CLI import this.
 """
 
 from __future__ import annotations
@@ -19,77 +19,21 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
-from loratrainer import events
-from loratrainer.launch import child_processes, run_files
+from loratrainer.machine import child_processes
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.files import atomic_write
-from loratrainer.launch.run_files import PROCESSES_DIR, launcher_record_name, worker_record_name
+from loratrainer.run.files import PROCESSES_DIR
+from loratrainer.run.records import is_alive, read_records
 
 ENTRY_MODULE = "loratrainer.train.entry"
 STOP_GRACE_S = 60.0  # after the STOP file: time to save `<name>-interrupted` (and a state) before SIGTERM
 TERM_GRACE_S = 15.0  # after SIGTERM: before SIGKILL
 KILL = -9  # signal_all's "kill at once" (SIGKILL on POSIX, a name Windows lacks; TerminateProcess there)
-
-
-@dataclass(frozen=True)
-class ProcessRecord:
-    role: str  # "launcher" (accelerate launch) or "worker" (the trainer)
-    pid: int
-    pgid: int  # the process group (POSIX); the pid itself on Windows
-    start: float | None  # child_processes.start_time: seconds since boot (Linux) or the epoch (elsewhere)
-    host: str
-    rank: int = 0  # global rank of a worker; the machine rank of a launcher
-    local_rank: int = 0
-    machine_rank: int = 0
-
-
-def start_ticks(pid: int) -> float | None:
-    """The process's start time as recorded (`child_processes.start_time`; the name is kept from when it was
-    read from /proc in clock ticks). Records written that way (an int) are compared by pid alone."""
-    return child_processes.start_time(pid)
-
-
-def _record(run_dir: Path, name: str, record: ProcessRecord) -> None:
-    atomic_write(Path(run_dir) / PROCESSES_DIR / name, json.dumps(asdict(record), indent=1) + "\n")
-
-
-def record_launcher(run_dir: str | Path, pid: int, machine_rank: int = 0) -> None:
-    _record(Path(run_dir), launcher_record_name(machine_rank),
-            ProcessRecord("launcher", pid, child_processes.process_group(pid), start_ticks(pid), socket.gethostname(),
-                          machine_rank, 0, machine_rank))
-
-
-def record_this_worker(run_dir: str | Path) -> ProcessRecord:
-    """Called by the trainer first thing; torchrun sets RANK/LOCAL_RANK/GROUP_RANK (absent: one process)."""
-    env = os.environ
-    pid = os.getpid()
-    record = ProcessRecord("worker", pid, child_processes.process_group(pid), start_ticks(pid), socket.gethostname(),
-                           int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("GROUP_RANK", 0)))
-    _record(Path(run_dir), worker_record_name(record.rank), record)
-    return record
-
-
-def read_records(run_dir: str | Path) -> list[ProcessRecord]:
-    out = []
-    for path in sorted((Path(run_dir) / PROCESSES_DIR).glob("*.json")):
-        try:
-            out.append(ProcessRecord(**json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, TypeError):
-            continue  # half a record cannot be: they are written atomically; a foreign file is not ours
-    return out
-
-
-def is_alive(record: ProcessRecord) -> bool:
-    """The recorded process still runs (not a zombie) and is the same process (same start time)."""
-    if record.host != socket.gethostname():
-        return False  # another machine's worker: its own launcher stops it
-    # an int is a start in clock ticks from /proc (a record written before child_processes): pid alone
-    start = record.start if isinstance(record.start, float) else None
-    return child_processes.alive(record.pid, start)
 
 
 def _names_run(run_dir: Path) -> Callable[[list[str]], bool]:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 from loratrainer.launch.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
@@ -129,7 +129,7 @@ def start_detached(queue: RunQueue) -> int:
     page or the GUI is closed. Returns its pid. A second runner exits at once (the lock)."""
     import subprocess
 
-    from loratrainer.launch import child_processes
+    from loratrainer.machine import child_processes
 
     queue.folder.mkdir(parents=True, exist_ok=True)
     log = open(queue.folder / RUNNER_LOG, "ab")

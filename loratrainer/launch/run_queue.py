@@ -14,15 +14,14 @@ import os
 import socket
 import sys
 import stat
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from loratrainer import events
-from loratrainer.launch import run_files
+from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
@@ -242,13 +241,13 @@ def _find(items: list[QueueItem], item_id: str) -> QueueItem:
 
 
 def this_runner() -> dict[str, Any]:
-    from loratrainer.launch.processes import start_ticks
+    from loratrainer.run.records import start_ticks
 
     return {"pid": os.getpid(), "start": start_ticks(os.getpid()), "host": socket.gethostname()}
 
 
 def runner_alive(runner: dict[str, Any]) -> bool:
-    from loratrainer.launch.processes import ProcessRecord, is_alive
+    from loratrainer.run.records import ProcessRecord, is_alive
 
     if not runner or not runner.get("pid"):
         return False

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from loratrainer import events
+from loratrainer.run import events
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
 from loratrainer.messages import Label, Msg, define
-from loratrainer.launch import child_processes, processes, run_files
-from loratrainer.launch.eight_bit import refusal
+from loratrainer.launch import processes
+from loratrainer.machine import child_processes
+from loratrainer.run import files as run_files
+from loratrainer.run import records
+from loratrainer.machine.eight_bit import refusal
 from loratrainer.launch.input_checks import check_inputs, remove_stale_partials, resolve_model_family
 from loratrainer.launch.path_checks import check_paths
-from loratrainer.launch.sample_prompts import load_prompts
-from loratrainer.launch.run_files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
+from loratrainer.config.sample_prompts import load_prompts
+from loratrainer.run.files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
 
 _MB = 1024 * 1024
 
@@ -420,7 +423,7 @@ def start_run(config: TrainingConfig, *, check: bool = True) -> RunProcess:
     finally:
         console.close()  # the child holds its own descriptor
     try:
-        processes.record_launcher(run_dir, popen.pid, config.launch.machine_rank)
+        records.record_launcher(run_dir, popen.pid, config.launch.machine_rank)
     except OSError:
         pass  # it may have ended already; the workers record themselves
     return RunProcess(run_dir=run_dir, popen=popen, argv=argv)

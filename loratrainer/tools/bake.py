@@ -31,7 +31,7 @@ from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.messages import refuse_lycoris, tool_error
 from loratrainer.tools.model_weights import WEIGHT_NAMES, ModelWeights, TensorFile, meta_models
 from loratrainer.tools.outputs import refuse_existing
-from loratrainer.tools.progress import NO_PROGRESS, Progress
+from loratrainer.tools.callbacks import NO_PROGRESS, Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 
 # weight key -> (file, module, weight, rows) to add to it; rows: the module's slice of a fused weight (SDXL's

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from loratrainer.tools.progress import Progress
+from loratrainer.tools.callbacks import Progress
 from loratrainer.tools.writer import StreamingSafetensorsWriter
 
 # model/kohya_format's key suffixes and save_precision names and model/metadata's modelspec version, repeated here

@@ -22,7 +22,7 @@ from loratrainer.tools.lowrank import split_factors
 from loratrainer.tools.messages import tool_error
 from loratrainer.tools.model_weights import ModelWeights
 from loratrainer.tools.outputs import refuse_existing
-from loratrainer.tools.progress import NO_PROGRESS, Progress
+from loratrainer.tools.callbacks import NO_PROGRESS, Progress
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from loratrainer.tools.lorafile import LoraFile
-from loratrainer.tools.progress import NO_PROGRESS, Progress
+from loratrainer.tools.callbacks import NO_PROGRESS, Progress
 
 CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 FAMILY_FROM_METADATA = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}

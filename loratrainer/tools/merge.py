@@ -22,7 +22,7 @@ from loratrainer.tools.lorafile import LoraFile, weight_shape
 from loratrainer.tools.lowrank import split_factors, svd_of_product
 from loratrainer.tools.messages import refuse_lycoris, tool_error
 from loratrainer.tools.outputs import refuse_existing
-from loratrainer.tools.progress import NO_PROGRESS, Progress
+from loratrainer.tools.callbacks import NO_PROGRESS, Progress
 
 
 @dataclass

@@ -19,7 +19,7 @@ from loratrainer.tools.lowrank import DYNAMIC_METHODS, choose_rank, split_factor
 from loratrainer.tools.merge import _as_down, _as_up, _file_dtype
 from loratrainer.tools.messages import refuse_lycoris, tool_error
 from loratrainer.tools.outputs import refuse_existing
-from loratrainer.tools.progress import NO_PROGRESS, Progress
+from loratrainer.tools.callbacks import NO_PROGRESS, Progress
 
 
 @dataclass

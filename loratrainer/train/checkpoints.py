@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from loratrainer.config import SavingSettings
-from loratrainer.launch.run_files import STATE_FILE, checkpoint_name, interrupted_name, state_folder_name
+from loratrainer.run.files import STATE_FILE, checkpoint_name, interrupted_name, state_folder_name
 
 
 @dataclass(frozen=True)

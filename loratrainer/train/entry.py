@@ -1,7 +1,7 @@
 """The training process: `accelerate launch -m loratrainer.train.entry --run-dir DIR`.
 
 It reads DIR/config.json, trains, and reports through DIR/events.jsonl, DIR/train.log, DIR/tensorboard and
-DIR/versions.json. Every way a run can end maps to one status and exit code (loratrainer.events.EXIT_CODES).
+DIR/versions.json. Every way a run can end maps to one status and exit code (loratrainer.run.events.EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import sys
 import traceback
 from pathlib import Path
 
-from loratrainer import events
-from loratrainer.launch import child_processes, outcomes, run_files
+from loratrainer.run import events
+from loratrainer.machine import child_processes
+from loratrainer.run import outcomes
+from loratrainer.run import files as run_files
 from loratrainer.train.device import choose as choose_device, probe as probe_device
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
-from loratrainer.launch.eight_bit import keep_unloaded_unless_needed
+from loratrainer.machine.eight_bit import keep_unloaded_unless_needed
 from loratrainer.messages import Msg, define
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.runtime import library_versions, random_seed
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     record_process(run_dir)
     from loratrainer.train.launcher_watch import watch_owner
 
-    watch_owner(run_dir)  # `loratrainer train` / the queue runner killed: stop as on Stop (launch/owner.py)
+    watch_owner(run_dir)  # `loratrainer train` / the queue runner killed: stop as on Stop (run/owner.py)
     try:
         config = load_config(run_dir / run_files.CONFIG_FILE)
         keep_unloaded_unless_needed(config.optimizer.optimizer)  # before anything imports peft or diffusers
@@ -85,7 +87,7 @@ def _ended_early(run_dir: Path, reason: str) -> int:
 def record_process(run_dir: Path) -> None:
     """processes/rank-N.json: this worker's pid and process group, so a stop finds it even when accelerate launch
     (which torchrun runs it under, in a session of its own) is gone."""
-    from loratrainer.launch.processes import record_this_worker
+    from loratrainer.run.records import record_this_worker
 
     try:
         record_this_worker(run_dir)
@@ -166,7 +168,7 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
 
     from loratrainer.model.errors import NonFiniteLoraError
     from loratrainer.train.loop import NonFiniteLoss, NonFiniteWeights
-    from loratrainer.launch.run_phases import STOPPED_BEFORE_TRAINING
+    from loratrainer.run.phases import STOPPED_BEFORE_TRAINING
     from loratrainer.train.run_context import StoppedBeforeTraining
 
     try:
@@ -269,7 +271,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     from accelerate.utils import broadcast_object_list, set_seed
 
     from loratrainer.train.loop import train
-    from loratrainer.train.progress import ProgressReporter
+    from loratrainer.train.reporting import ProgressReporter
     from loratrainer.train.saving import Saver
     from loratrainer.train.setup import build_trainer
     from loratrainer.train.state import load_state, read_state_info

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from loratrainer.launch import child_processes
+from loratrainer.machine import child_processes
 
 
 FAULT_ENV = "LORATRAINER_FAULT"

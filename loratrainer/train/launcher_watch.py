@@ -1,4 +1,4 @@
-"""The trainer's watch on the process that started its run (launch/owner.py): when `loratrainer train` or the
+"""The trainer's watch on the process that started its run (run/owner.py): when `loratrainer train` or the
 queue runner is gone (kill -9, a closed terminal that took it), the STOP file is written, so the run saves
 `<name>-interrupted` and ends as on Stop. A poll every few seconds in a daemon thread: the step loop is not touched."""
 
@@ -9,9 +9,9 @@ import os
 import threading
 from pathlib import Path
 
-from loratrainer.launch import run_files
-from loratrainer.launch.owner import OWNER_ENV, owner_record
-from loratrainer.launch.processes import is_alive
+from loratrainer.run import files as run_files
+from loratrainer.run.owner import OWNER_ENV, owner_record
+from loratrainer.run.records import is_alive
 
 log = logging.getLogger("loratrainer.train")
 POLL_S = 2.0

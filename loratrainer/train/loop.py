@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loratrainer.launch.run_files import stop_requested
+from loratrainer.run.files import stop_requested
 from loratrainer.train.faults import fail_step, inject_fault
 from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.max_norm import apply_max_norm

@@ -13,7 +13,7 @@ import torch
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
 from loratrainer.config.optimizer_table import OPTIMIZERS
-from loratrainer.launch.eight_bit import refusal
+from loratrainer.machine.eight_bit import refusal
 
 OptimizerSpec = tuple[type, dict[str, Any]]
 
@@ -47,7 +47,7 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     """The class and defaults for a known name or a `module.Class` path; raises OptimizerUnavailable."""
     if name in OPTIMIZERS:
         return _from_table(name)
-    from loratrainer.launch.input_checks import optimizer_refusal
+    from loratrainer.config.optimizer_table import optimizer_refusal
 
     refused = optimizer_refusal(name)  # the launcher refuses it first; a hand-made run folder ends here
     if refused is not None:

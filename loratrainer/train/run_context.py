@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from loratrainer import events
-from loratrainer.launch.run_files import stop_requested
+from loratrainer.run import events
+from loratrainer.run.files import stop_requested
 
 
 class StoppedBeforeTraining(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from loratrainer.errors import UserError
-from loratrainer.launch.samplers import SAMPLERS, canonical_sampler
+from loratrainer.config.samplers import SAMPLERS, canonical_sampler
 
 
 def build_scheduler(name: str, training_scheduler_config: Any):

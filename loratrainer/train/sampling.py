@@ -28,10 +28,10 @@ import torch
 from loratrainer.config import SamplingSettings
 from loratrainer.files import atomic_write_with
 from loratrainer.train.faults import fail_sampling
-from loratrainer.launch import run_files
-from loratrainer.launch.run_files import SAMPLE_DIR, sample_name
-from loratrainer.launch.sample_prompts import SamplePrompt, load_prompts
-from loratrainer.launch.samplers import canonical_sampler
+from loratrainer.run import files as run_files
+from loratrainer.run.files import SAMPLE_DIR, sample_name
+from loratrainer.config.sample_prompts import SamplePrompt, load_prompts
+from loratrainer.config.samplers import canonical_sampler
 from loratrainer.train.samplers import build_scheduler
 from loratrainer.train.setup import Trainer
 

@@ -72,7 +72,7 @@ class Saver:
     def save_training_state(self) -> None:
         from accelerate.utils import broadcast_object_list
 
-        from loratrainer.launch.run_files import state_folder_name
+        from loratrainer.run.files import state_folder_name
         from loratrainer.train.state import save_state
 
         t = self.t

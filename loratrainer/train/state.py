@@ -19,7 +19,7 @@ import torch
 
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write
-from loratrainer.launch.run_files import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
+from loratrainer.run.files import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
 
 @dataclass(frozen=True)

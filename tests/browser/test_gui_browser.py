@@ -524,7 +524,7 @@ def test_first_steps_say_what_they_do(server, browser, workspace):
     """Issue 22, before any run: Prepare's source box is not another "Image folder" and names the GIF it leaves
     out; a Windows path is explained under its box as Start explains it; without a CUDA GPU the default AdamW8bit
     is said before Start with a one-click AdamW; a rate typed "0,0001" is read and said back."""
-    from loratrainer.launch.eight_bit import cuda_available
+    from loratrainer.machine.eight_bit import cuda_available
 
     src = workspace / "first-photos"
     for i in range(2):

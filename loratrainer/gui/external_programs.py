@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loratrainer.launch import child_processes
+from loratrainer.machine import child_processes
 
 
 def _free_port() -> int:

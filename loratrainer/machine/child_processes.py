@@ -1,7 +1,7 @@
 """Every child process the product starts, found and stopped in one place, on every OS (psutil, no /proc parsing).
 
 Training runs (launch/start.py), the queue runner (launch/queue_runner.py), the epoch x weight grid
-(compare/process.py), the LoRA tools and TensorBoard started by the GUI (gui/tab_lora_tools.py, gui/tools.py) and
+(compare/process.py), the LoRA tools and TensorBoard started by the GUI (gui/tab_lora_tools.py, gui/external_programs.py) and
 the trainer's own test faults (train/faults.py) all start, find and end their processes through this module, so the
 difference between the systems lives here only:
 

@@ -1,13 +1,13 @@
 """What a run is doing before and between its steps, in words: "caching latents 240/1,870, 3 min left".
 
-The trainer sends `phase` events (loratrainer/events.py folds them into RunState.phase, phase_done, phase_total,
-phase_eta_s); the page (gui/progress.py) and `loratrainer train` (launch/follow.py) say them with these coded
+The trainer sends `phase` events (loratrainer/run/events.py folds them into RunState.phase, phase_done, phase_total,
+phase_eta_s); the page (gui/run_view.py) and `loratrainer train` (launch/follow.py) say them with these coded
 messages, so a long model load or latent cache no longer reads "step 0/?". Torch-free, for both sides.
 """
 
 from __future__ import annotations
 
-from loratrainer.events import RunState
+from loratrainer.run.events import RunState
 from loratrainer.messages import Msg, define
 
 define({

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from loratrainer.errors import UserError
-from loratrainer.launch.samplers import SAMPLER_NAMES, canonical_sampler
+from loratrainer.config.samplers import SAMPLER_NAMES, canonical_sampler
 
 MAX_SIZE = 8192  # the largest side the config accepts for training images
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range

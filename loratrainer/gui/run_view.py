@@ -11,9 +11,9 @@ from pathlib import Path
 
 from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
-from loratrainer.launch import outcomes
-from loratrainer.launch.run_files import STOP_FILE, STOP_NOW_FILE
-from loratrainer.launch.run_phases import phase_fraction, phase_message, stopped_before_training
+from loratrainer.run import outcomes
+from loratrainer.run.files import STOP_FILE, STOP_NOW_FILE
+from loratrainer.run.phases import phase_fraction, phase_message, stopped_before_training
 from loratrainer.messages import Msg
 
 FAILED = ("nan", "oom", "disk_full", "error")
@@ -26,7 +26,7 @@ def status_line(view: JobView | None, t: Translator) -> str:
         return t("status.idle")
     s = view.state
     if view.alive:
-        from loratrainer.launch.run_files import stop_requested
+        from loratrainer.run.files import stop_requested
 
         if stop_requested(view.run_dir):  # until the trainer has saved and ended, however long that takes
             if s.status == "starting":  # nothing trained yet: nothing is saved
@@ -134,7 +134,7 @@ def interrupted_file(view: JobView) -> str:
             return Path(str(e.get("path", ""))).name
     try:
         from loratrainer.config import load_config
-        from loratrainer.launch.run_files import CONFIG_FILE
+        from loratrainer.run.files import CONFIG_FILE
 
         return f"{load_config(view.run_dir / CONFIG_FILE).folders.output_name}-interrupted.safetensors"
     except Exception:

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from loratrainer.events import EventWriter
+from loratrainer.run.events import EventWriter
 
 log = logging.getLogger("loratrainer.train")
 

@@ -3,7 +3,7 @@ the trainer inherits, and the trainer (train/launcher_watch.py) stops as on Stop
 
 After `kill -9` of `loratrainer train` or of the queue runner, accelerate and the trainer live on in their own
 session: the run trained and saved for hours with nobody to stop it, and the queue let a second run start beside
-it. The mark is `pid:start:host` (start: launch/processes.start_ticks, psutil's start time as a float), so a pid
+it. The mark is `pid:start:host` (start: run/records.start_ticks, psutil's start time as a float), so a pid
 reused by another program is never taken for the owner. The GUI marks nothing: its runs outlive a GUI restart
 (docs/reliability.md rule 6). No torch.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 
-from loratrainer.launch.processes import ProcessRecord, start_ticks
+from loratrainer.run.records import ProcessRecord, start_ticks
 
 OWNER_ENV = "LORATRAINER_OWNER"
 
@@ -30,7 +30,7 @@ def owner_record(value: str | None) -> ProcessRecord | None:
         return None
     pid, _, rest = value.partition(":")
     start, _, host = rest.partition(":")
-    try:  # the start time is a float since the process helper moved to psutil (launch/child_processes.py)
+    try:  # the start time is a float since the process helper moved to psutil (machine/child_processes.py)
         started = float(start) if start else None
     except ValueError:
         return None
