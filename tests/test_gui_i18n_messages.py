@@ -153,17 +153,51 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     assert ui.jobs.runs() == []
 
 
+def _coded_reason(name: str):
+    """The coded reasons train/entry.py writes into the `ended` event (run/outcomes.py), by outcome."""
+    from loratrainer.messages import Msg
+    from loratrainer.run import outcomes
+
+    return {"nan_file": outcomes.nan_at(3, 1, "/m/lora-000001.safetensors"), "nan_nothing": outcomes.nan_at(3, 1, None),
+            "oom": outcomes.oom_at("sampling", 3, 4, 512), "disk_full": Msg.of("run.disk_full_at", path="/x/a.safetensors"),
+            "error": Msg.of("run.error_detail", detail="ValueError: bad thing happened")}[name]
+
+
 @pytest.mark.parametrize(
-    "ended,expected",
+    "status,coded,expected,english",
     [
-        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. The last good file is /m/lora-000001.safetensors.", "step": 3}, "lora-000001"),
-        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. No file was saved.", "step": 3}, "저장된 파일이 없습니다"),
-        ({"status": "oom", "reason": "out of GPU memory during training at batch size 4, resolution 512,512: lower train_batch_size", "step": 3}, "3 스텝"),
-        ({"status": "disk_full", "reason": "disk full: /x/a.safetensors", "step": 3}, "/x/a.safetensors"),
-        ({"status": "error", "reason": "ValueError: bad thing happened", "step": 3}, "`ValueError: bad thing happened`"),
+        ("nan", "nan_file", "lora-000001", "The last good file is /m/lora-000001.safetensors"),
+        ("nan", "nan_nothing", "저장된 파일이 없습니다", "No file was saved"),
+        ("oom", "oom", "3 스텝", "while sample images were made at step 3 (batch size 4, resolution 512)"),
+        ("disk_full", "disk_full", "/x/a.safetensors", "Could not write /x/a.safetensors"),
+        ("error", "error", "`ValueError: bad thing happened`", "ValueError: bad thing happened"),
     ],
 )
-def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
+def test_korean_run_end_reasons_are_korean(tmp_path, status, coded, expected, english):
+    """The trainer's `ended` event carries its reason coded: the Korean page says it in Korean, the English page in
+    English (the event's English `reason`, which the CLI prints, is not what the page shows)."""
+    from loratrainer.run import events, outcomes
+    from loratrainer.run import files as run_files
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.run_view import status_line
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    msg = _coded_reason(coded)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
+        w.emit("ended", status=status, reason="the trainer's English words", step=3, epoch=1, exit_code=1, msg=outcomes.to_event(msg))
+    view = Jobs(tmp_path / "state").view(run_dir)
+    ko = status_line(view, Translator("ko"))
+    assert expected in ko and HANGUL.search(ko)
+    assert english_phrases(ko) == [], ko
+    en = status_line(view, Translator("en"))
+    assert english in en and "English words" not in en
+
+
+def test_a_run_ended_before_reasons_were_coded_still_says_how_it_ended(tmp_path):
+    """An events.jsonl of an older trainer (an English `reason`, no `msg`): the Korean page says the outcome in Korean
+    and quotes the trainer's English reason as the detail; the English page says the reason as it is."""
     from loratrainer.run import events
     from loratrainer.run import files as run_files
     from loratrainer.gui.jobs import Jobs
@@ -171,15 +205,15 @@ def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
-        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
-        w.emit("ended", epoch=1, exit_code=1, **ended)
+    reason = "out of GPU memory during training at batch size 4, resolution 512,512: lower train_batch_size"
+    (run_dir / run_files.EVENTS_FILE).write_text(
+        '{"event": "started", "time": "2026-01-01T00:00:00.000+00:00", "total_steps": 8, "steps_per_epoch": 4, "epochs": 2, "seed": 1, "pid": 999999}\n'
+        '{"event": "ended", "time": "2026-01-01T00:01:00.000+00:00", "status": "oom", "reason": "' + reason + '", "step": 3, "epoch": 1, "exit_code": 12}\n')
     view = Jobs(tmp_path / "state").view(run_dir)
+    assert view.outcome == "oom" and not view.alive
     ko = status_line(view, Translator("ko"))
-    assert expected in ko and HANGUL.search(ko)
-    assert english_phrases(ko) == [], ko
-    en = status_line(view, Translator("en"))
-    assert ended["reason"].split(" at ")[0] in en  # the English page keeps the trainer's own words
+    assert ko.startswith("GPU 메모리가 부족합니다.") and f"`{reason}`" in ko and english_phrases(ko) == [], ko
+    assert reason in status_line(view, Translator("en"))
 
 
 def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):

@@ -27,7 +27,7 @@ define({
     "run.during.validation": "while the validation loss was computed",
     "run.during.saving": "while the LoRA was saved",
     "run.disk_full_at": "Could not write {path}.",
-    "run.error_detail": "The error: {detail}",
+    "run.error_detail": "The error: `{detail}`",
     "train.folder_not_writable": "cannot write to {folder}: it became read-only or not writable during the run; the files saved before it are kept",
 })
 

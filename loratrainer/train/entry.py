@@ -314,7 +314,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     s = t.report.steps
     run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
              num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(),
+             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(), output_name=config.folders.output_name,
              mixed_precision=accelerator.mixed_precision,  # the precision used: the GUI notes when it is not the config's
              resumed_from=str(config.saving.resume) if resume else "", resumed_step=t.step if resume else None)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)
