@@ -195,6 +195,37 @@ def test_korean_run_end_reasons_are_korean(tmp_path, status, coded, expected, en
     assert english in en and "English words" not in en
 
 
+def test_the_queue_says_why_each_run_ended_in_the_page_language(pages, tmp_path, monkeypatch):
+    """The Queue table's Reason comes from each run's events (the page's one reader): after Stop it says where the run
+    stopped and what it saved (the queue file's reason is empty then), an out-of-memory run says it in Korean."""
+    from loratrainer.config import TrainingConfig, with_values
+    from loratrainer.launch.run_queue import RunQueue
+    from loratrainer.run import events, outcomes
+    from loratrainer.run import files as run_files
+
+    monkeypatch.setenv("LORATRAINER_CONFIG_DIR", str(tmp_path / "config"))
+    queue = RunQueue(tmp_path / "config")
+    rows = {}
+    for name, status, ended, saved in (("stopped", "stopped", {"reason": ""}, "stopped-interrupted.safetensors"),
+                                       ("oom", "oom", {"reason": "out of GPU memory ...", "msg": outcomes.to_event(outcomes.oom_at("training", 5, 2, 512))}, None)):
+        run_dir = tmp_path / "log" / f"{name}_20260101-000000"
+        run_dir.mkdir(parents=True)
+        with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+            w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, seed=1, pid=999999)
+            if saved:
+                w.emit("checkpoint", path=str(tmp_path / "model" / saved), kind="interrupted", epoch=2, step=5)
+            w.emit("ended", status=status, step=5, epoch=2, exit_code=events.EXIT_CODES[status], **ended)
+        item = queue.add(with_values(TrainingConfig(), {"output_name": name}))
+        queue.update(item.id, status=status, run_dir=str(run_dir), reason="")  # what the runner records after Stop
+        rows[name] = item.id
+    ko = {row[1]: row[5] for row in pages["ko"].handlers["queue"].refresh()[pages["ko"].named["queue_table"]]}
+    en = {row[1]: row[5] for row in pages["en"].handlers["queue"].refresh()[pages["en"].named["queue_table"]]}
+    assert en[rows["stopped"]] == "Stopped at step 5; saved stopped-interrupted.safetensors."
+    assert "5 스텝에서 중지했습니다" in ko[rows["stopped"]] and "stopped-interrupted.safetensors" in ko[rows["stopped"]]
+    assert en[rows["oom"]] == "It happened in a training step at step 5 (batch size 2, resolution 512)."
+    assert "학습 스텝 중" in ko[rows["oom"]] and english_phrases(ko[rows["oom"]]) == []
+
+
 def test_a_run_ended_before_reasons_were_coded_still_says_how_it_ended(tmp_path):
     """An events.jsonl of an older trainer (an English `reason`, no `msg`): the Korean page says the outcome in Korean
     and quotes the trainer's English reason as the detail; the English page says the reason as it is."""
