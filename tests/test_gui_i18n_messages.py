@@ -371,10 +371,10 @@ def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
     from loratrainer.gui.jobs import JobView
     from loratrainer.gui.run_view import status_line
 
-    class State:
-        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+    from loratrainer.run.events import RunState
 
-    view = JobView(tmp_path, State(), False, outcome, "", [], [])
+    state = RunState(status="running", step=3, total_steps=8, epoch=1, epochs=2)  # no `ended` event: the process says
+    view = JobView(tmp_path, state, False, outcome, "")
     ko = status_line(view, Translator("ko"))
     assert expected in ko and english_phrases(ko) == [] and "signal" not in ko and "exit code" not in ko, ko
     assert outcome in status_line(view, Translator("en"))
@@ -501,9 +501,9 @@ def test_killed_is_said_once(tmp_path):
     from loratrainer.gui.jobs import JobView
     from loratrainer.gui.run_view import status_line
 
-    class State:
-        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+    from loratrainer.run.events import RunState
 
-    view = JobView(tmp_path, State(), False, "killed (signal 9)", "", [], [])
+    state = RunState(status="running", step=3, total_steps=8, epoch=1, epochs=2)  # no `ended` event: the process says
+    view = JobView(tmp_path, state, False, "killed (signal 9)", "")
     text = status_line(view, Translator("en"))
     assert text.count("killed") == 1 and "(signal 9)" in text, text

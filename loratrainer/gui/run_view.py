@@ -84,8 +84,10 @@ def ended_reason(state: RunState, t: Translator) -> str:
 def queue_reason(state: RunState, t: Translator) -> str | None:
     """The Queue table's Reason for a run that ended, from its events in the page's language (a plain stop: where and
     what it saved); None when its events say nothing (no `ended` event), so the queue file's own reason stays."""
-    if not state.done or state.status == "finished":
-        return None if not state.done else ""
+    if not state.done:
+        return None
+    if state.status == "finished":
+        return ""
     said = outcomes.from_event(state.msg)
     if said is not None:
         return t.message(said)  # a table cell: plain text, no Markdown

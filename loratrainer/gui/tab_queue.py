@@ -14,6 +14,7 @@ from loratrainer.errors import UserError
 from loratrainer.gui import run_view
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md, sentence
+from loratrainer.run.files import STOP_NOW_FILE
 from loratrainer.run.phases import phase_message
 
 REFRESH_S = 2.0
@@ -72,6 +73,8 @@ class QueueHandlers:
             said = run_view.queue_reason(self.ui.jobs.run_state(item.run_dir), self.t)
             if said is not None:
                 return said
+            if (Path(item.run_dir) / STOP_NOW_FILE).exists():  # killed by Stop now, as asked: no `ended` event
+                return self.t("run.stopped_now")
         return item.reason
 
     def notices(self, clear: bool) -> str:

@@ -154,10 +154,11 @@ class RunReader:
         self.path = Path(run_dir) / EVENTS_FILE
         self.offset = 0
         self.state = RunState()
+        self.new: list[dict[str, Any]] = []  # the events the last read() found (`loratrainer train` prints them)
 
     def read(self) -> RunState:
-        new, self.offset = read_events(self.path, self.offset)
-        return summarize(new, self.state)
+        self.new, self.offset = read_events(self.path, self.offset)
+        return summarize(self.new, self.state)
 
 
 def read_run_state(run_dir: str | Path) -> RunState:
