@@ -168,7 +168,7 @@ def _coded_reason(name: str):
     [
         ("nan", "nan_file", "lora-000001", "The last good file is /m/lora-000001.safetensors"),
         ("nan", "nan_nothing", "저장된 파일이 없습니다", "No file was saved"),
-        ("oom", "oom", "3 스텝", "while sample images were made at step 3 (batch size 4, resolution 512)"),
+        ("oom", "oom", "3 스텝 후", "while sample images were made after 3 steps (batch size 4, resolution 512)"),
         ("disk_full", "disk_full", "/x/a.safetensors", "Could not write /x/a.safetensors"),
         ("error", "error", "`ValueError: bad thing happened`", "ValueError: bad thing happened"),
     ],
@@ -222,7 +222,7 @@ def test_the_queue_says_why_each_run_ended_in_the_page_language(pages, tmp_path,
     en = {row[1]: row[5] for row in pages["en"].handlers["queue"].refresh()[pages["en"].named["queue_table"]]}
     assert en[rows["stopped"]] == "Stopped at step 5; saved stopped-interrupted.safetensors."
     assert "5 스텝에서 중지했습니다" in ko[rows["stopped"]] and "stopped-interrupted.safetensors" in ko[rows["stopped"]]
-    assert en[rows["oom"]] == "It happened in a training step at step 5 (batch size 2, resolution 512)."
+    assert en[rows["oom"]] == "It happened in a training step after 5 steps (batch size 2, resolution 512)."
     assert "학습 스텝 중" in ko[rows["oom"]] and english_phrases(ko[rows["oom"]]) == []
 
 

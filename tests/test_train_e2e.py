@@ -200,7 +200,7 @@ def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
     from loratrainer.run.outcomes import from_event
 
     ko = Translator("ko").message(from_event(ended["msg"]))
-    assert ko == "학습 스텝 중 2 스텝에서 일어났습니다(배치 크기 2, 해상도 64).", ko
+    assert ko == "학습 스텝 중 일어났습니다(1 스텝 후, 배치 크기 2, 해상도 64,64).", ko  # step 2 ran out: 1 step was done
 
 
 def test_two_processes_stop_together(tmp_path, tiny_model):

@@ -7,7 +7,6 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config

@@ -20,7 +20,7 @@ define({
     "run.last_good_file": "The last good file is {file}.",
     "run.no_file": "No file was saved.",
     "run.nan_at": "It happened at step {step} (epoch {epoch}). {file}",
-    "run.oom_at": "It happened {during} at step {step} (batch size {batch}, resolution {resolution}).",
+    "run.oom_at": "It happened {during} after {step} steps (batch size {batch}, resolution {resolution}).",
     "run.during.loading": "while the model loaded and latents were cached",
     "run.during.training": "in a training step",
     "run.during.sampling": "while sample images were made",
@@ -42,7 +42,8 @@ def nan_at(step: int, epoch: int, last_file: Path | str | None) -> Msg:
                   file=Msg.of("run.last_good_file", file=str(last_file)) if last_file else Msg.of("run.no_file"))
 
 
-def oom_at(phase: str, step: int, batch: int, resolution: int) -> Msg:
+def oom_at(phase: str, step: int, batch: int, resolution: object) -> Msg:
+    """Out of memory: in which part of the run (the trainer's RunContext.phase), after how many finished steps."""
     during = next((code for start, code in _DURING.items() if phase.startswith(start)), "run.during.training")
     return Msg.of("run.oom_at", during=Msg.of(during), step=step, batch=batch, resolution=resolution)
 
