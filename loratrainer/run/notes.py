@@ -14,6 +14,7 @@ from loratrainer.messages import Label, Msg, define
 from loratrainer.run.outcomes import to_event
 
 define({
+    "train.precision_off": "{mixed} {precision} is off on this machine: training in {used}.",
     "train.precision_off_cpu": "No CUDA GPU: {mixed} {precision} is off, training in fp32 on the CPU (fp16 autocast needs a GPU).",
     "train.precision_off_mps_fp16": "No CUDA GPU: {mixed} {precision} is off, training in fp32 on the Apple GPU (mps): this PyTorch has no float16 autocast there (PyTorch 2.5 or newer has).",
     "train.precision_off_mps_bf16": "No CUDA GPU: {mixed} {precision} is off, training in fp32 on the Apple GPU (mps): bfloat16 there needs macOS 14 or newer.",
@@ -36,6 +37,11 @@ LEVELS = ("note", "warning")  # a note: the run does otherwise than asked, as it
 def precision_off(asked: str, why: str) -> Msg:
     """The mixed precision asked is off on this machine (train/device.py); `why` is "cpu", "mps_fp16" or "mps_bf16"."""
     return Msg.of(f"train.precision_off_{why}", mixed=Label("precision.mixed_precision"), precision=asked)
+
+
+def precision_changed(asked: str, used: str) -> Msg:
+    """accelerate runs another precision than asked for a reason train/device.py did not foresee."""
+    return Msg.of("train.precision_off", mixed=Label("precision.mixed_precision"), precision=asked, used="fp32" if used == "no" else used)
 
 
 def note_event(msg: Msg | None, text: str, level: str = "warning") -> dict[str, Any]:

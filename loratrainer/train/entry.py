@@ -18,7 +18,7 @@ from pathlib import Path
 from loratrainer.run import events
 from loratrainer.machine import child_processes
 from loratrainer.run import outcomes
-from loratrainer.run.notes import precision_off
+from loratrainer.run.notes import precision_changed
 from loratrainer.run import files as run_files
 from loratrainer.train.device import choose as choose_device, probe as probe_device
 from loratrainer.compat import hide_broken_torchvision
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.mixed_precision != config.precision.mixed_precision:
         # said after setup_logging and report_warnings: train.log has the English line, the page the coded note
         note = choose_device(config.precision.mixed_precision, probe_device()).note
-        log.warning("%s", note or precision_off(config.precision.mixed_precision, "cpu"))
+        log.warning("%s", note or precision_changed(config.precision.mixed_precision, accelerator.mixed_precision))
     if not accelerator.is_main_process:
         say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run, accelerator)
