@@ -71,3 +71,41 @@ def test_headline_says_how_a_run_ended_in_a_few_words():
     assert events.headline(events.RunState(status="running"), 137) == "killed (signal 9)"
     assert events.headline(events.RunState(status="running"), -9) == "killed (signal 9)"
     assert events.headline(events.RunState(status="running")) == "running"
+
+
+def test_one_reader_follows_a_run_folder_and_keeps_what_the_page_and_results_show(tmp_path):
+    """RunReader reads what was appended since its last read (a partial line waits) into one RunState, which keeps
+    the events the page, Results and the queue show: checkpoints, samples, saved states, notes (a repeated warning
+    once) and the ended event with its coded reason, a setting inside it named by its label on a page."""
+    from loratrainer.messages import Label, Msg
+    from loratrainer.run import files as run_files
+    from loratrainer.run.notes import note_event
+    from loratrainer.run.outcomes import from_event, to_event
+
+    reader = events.RunReader(tmp_path)
+    assert reader.read().status == "starting" and reader.new == []  # no events.jsonl yet
+    cache = Msg.of("train.cache_not_ours", path="/x/a.npz", what=Msg.of("train.cache.latents"))
+    with events.EventWriter(tmp_path / run_files.EVENTS_FILE) as w:
+        w.emit("started", total_steps=4, steps_per_epoch=2, epochs=2, seed=1, pid=4321, output_name="house")
+        w.emit("note", **note_event(cache, str(cache)))
+        w.emit("note", **note_event(cache, str(cache)))
+        w.emit("note", **note_event(None, "a library's line"))
+    state = reader.read()
+    assert (state.status, state.pid, state.steps_per_epoch, state.started["output_name"]) == ("running", 4321, 2, "house")
+    assert [n.get("text") for n in state.notes] == [str(cache), "a library's line"]
+    assert from_event(state.notes[0]["msg"]) == cache
+    with open(tmp_path / run_files.EVENTS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"event": "checkpoint", "path": "/o/house-interrupted.safetensors", "kind": "interrupted", "step": 3}) + "\n")
+        fh.write(json.dumps({"event": "state_saved", "path": "/o/house-interrupted-state", "step": 3}) + "\n")
+        fh.write('{"event": "ended", "status": "stop')  # the writer is mid-line
+    assert reader.read() is state and reader.new[-1]["event"] == "state_saved" and state.ended is None
+    msg = Msg.of("train.no_sample_prompts", prompts=Label("sampling.sample_prompts"))  # not an ended code: any message will do
+    with open(tmp_path / run_files.EVENTS_FILE, "a", encoding="utf-8") as fh:
+        fh.write('ped", "reason": "", "step": 3, "epoch": 2, "exit_code": 10, "msg": ' + json.dumps(to_event(msg)) + "}\n")
+    state = reader.read()
+    assert state.done and state.exit_code == 10 and state.last_files == ["/o/house-interrupted.safetensors"]
+    assert [e["path"] for e in state.saved_states] == ["/o/house-interrupted-state"]
+    assert to_event(msg)["params"]["prompts"] == {"label": "sampling.sample_prompts"}
+    said = from_event(state.msg)
+    assert said == msg and "but sampling.sample_prompts holds no prompt" in str(said)
+    assert events.read_run_state(tmp_path).ended == state.ended  # a whole run read once: the same

@@ -153,17 +153,82 @@ def test_korean_start_refusals_are_korean(pages, tmp_path):
     assert ui.jobs.runs() == []
 
 
+def _coded_reason(name: str):
+    """The coded reasons train/entry.py writes into the `ended` event (run/outcomes.py), by outcome."""
+    from loratrainer.messages import Msg
+    from loratrainer.run import outcomes
+
+    return {"nan_file": outcomes.nan_at(3, 1, "/m/lora-000001.safetensors"), "nan_nothing": outcomes.nan_at(3, 1, None),
+            "oom": outcomes.oom_at("sampling", 3, 4, 512), "disk_full": Msg.of("run.disk_full_at", path="/x/a.safetensors"),
+            "error": Msg.of("run.error_detail", detail="ValueError: bad thing happened")}[name]
+
+
 @pytest.mark.parametrize(
-    "ended,expected",
+    "status,coded,expected,english",
     [
-        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. The last good file is /m/lora-000001.safetensors.", "step": 3}, "lora-000001"),
-        ({"status": "nan", "reason": "loss is nan at step 3, epoch 1. No file was saved.", "step": 3}, "저장된 파일이 없습니다"),
-        ({"status": "oom", "reason": "out of GPU memory during training at batch size 4, resolution 512,512: lower train_batch_size", "step": 3}, "3 스텝"),
-        ({"status": "disk_full", "reason": "disk full: /x/a.safetensors", "step": 3}, "/x/a.safetensors"),
-        ({"status": "error", "reason": "ValueError: bad thing happened", "step": 3}, "`ValueError: bad thing happened`"),
+        ("nan", "nan_file", "lora-000001", "The last good file is /m/lora-000001.safetensors"),
+        ("nan", "nan_nothing", "저장된 파일이 없습니다", "No file was saved"),
+        ("oom", "oom", "3 스텝 후", "while sample images were made after 3 steps (batch size 4, resolution 512)"),
+        ("disk_full", "disk_full", "/x/a.safetensors", "Could not write /x/a.safetensors"),
+        ("error", "error", "`ValueError: bad thing happened`", "ValueError: bad thing happened"),
     ],
 )
-def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
+def test_korean_run_end_reasons_are_korean(tmp_path, status, coded, expected, english):
+    """The trainer's `ended` event carries its reason coded: the Korean page says it in Korean, the English page in
+    English (the event's English `reason`, which the CLI prints, is not what the page shows)."""
+    from loratrainer.run import events, outcomes
+    from loratrainer.run import files as run_files
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.run_view import status_line
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    msg = _coded_reason(coded)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
+        w.emit("ended", status=status, reason="the trainer's English words", step=3, epoch=1, exit_code=1, msg=outcomes.to_event(msg))
+    view = Jobs(tmp_path / "state").view(run_dir)
+    ko = status_line(view, Translator("ko"))
+    assert expected in ko and HANGUL.search(ko)
+    assert english_phrases(ko) == [], ko
+    en = status_line(view, Translator("en"))
+    assert english in en and "English words" not in en
+
+
+def test_the_queue_says_why_each_run_ended_in_the_page_language(pages, tmp_path, monkeypatch):
+    """The Queue table's Reason comes from each run's events (the page's one reader): after Stop it says where the run
+    stopped and what it saved (the queue file's reason is empty then), an out-of-memory run says it in Korean."""
+    from loratrainer.config import TrainingConfig, with_values
+    from loratrainer.launch.run_queue import RunQueue
+    from loratrainer.run import events, outcomes
+    from loratrainer.run import files as run_files
+
+    monkeypatch.setenv("LORATRAINER_CONFIG_DIR", str(tmp_path / "config"))
+    queue = RunQueue(tmp_path / "config")
+    rows = {}
+    for name, status, ended, saved in (("stopped", "stopped", {"reason": ""}, "stopped-interrupted.safetensors"),
+                                       ("oom", "oom", {"reason": "out of GPU memory ...", "msg": outcomes.to_event(outcomes.oom_at("training", 5, 2, 512))}, None)):
+        run_dir = tmp_path / "log" / f"{name}_20260101-000000"
+        run_dir.mkdir(parents=True)
+        with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+            w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, seed=1, pid=999999)
+            if saved:
+                w.emit("checkpoint", path=str(tmp_path / "model" / saved), kind="interrupted", epoch=2, step=5)
+            w.emit("ended", status=status, step=5, epoch=2, exit_code=events.EXIT_CODES[status], **ended)
+        item = queue.add(with_values(TrainingConfig(), {"output_name": name}))
+        queue.update(item.id, status=status, run_dir=str(run_dir), reason="")  # what the runner records after Stop
+        rows[name] = item.id
+    ko = {row[1]: row[5] for row in pages["ko"].handlers["queue"].refresh()[pages["ko"].named["queue_table"]]}
+    en = {row[1]: row[5] for row in pages["en"].handlers["queue"].refresh()[pages["en"].named["queue_table"]]}
+    assert en[rows["stopped"]] == "Stopped at step 5; saved stopped-interrupted.safetensors."
+    assert "5 스텝에서 중지했습니다" in ko[rows["stopped"]] and "stopped-interrupted.safetensors" in ko[rows["stopped"]]
+    assert en[rows["oom"]] == "It happened in a training step after 5 steps (batch size 2, resolution 512)."
+    assert "학습 스텝 중" in ko[rows["oom"]] and english_phrases(ko[rows["oom"]]) == []
+
+
+def test_a_run_ended_before_reasons_were_coded_still_says_how_it_ended(tmp_path):
+    """An events.jsonl of an older trainer (an English `reason`, no `msg`): the Korean page says the outcome in Korean
+    and quotes the trainer's English reason as the detail; the English page says the reason as it is."""
     from loratrainer.run import events
     from loratrainer.run import files as run_files
     from loratrainer.gui.jobs import Jobs
@@ -171,15 +236,15 @@ def test_korean_run_end_reasons_are_korean(tmp_path, ended, expected):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
-        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, samples_per_epoch=4, seed=1, pid=999999)
-        w.emit("ended", epoch=1, exit_code=1, **ended)
+    reason = "out of GPU memory during training at batch size 4, resolution 512,512: lower train_batch_size"
+    (run_dir / run_files.EVENTS_FILE).write_text(
+        '{"event": "started", "time": "2026-01-01T00:00:00.000+00:00", "total_steps": 8, "steps_per_epoch": 4, "epochs": 2, "seed": 1, "pid": 999999}\n'
+        '{"event": "ended", "time": "2026-01-01T00:01:00.000+00:00", "status": "oom", "reason": "' + reason + '", "step": 3, "epoch": 1, "exit_code": 12}\n')
     view = Jobs(tmp_path / "state").view(run_dir)
+    assert view.outcome == "oom" and not view.alive
     ko = status_line(view, Translator("ko"))
-    assert expected in ko and HANGUL.search(ko)
-    assert english_phrases(ko) == [], ko
-    en = status_line(view, Translator("en"))
-    assert ended["reason"].split(" at ")[0] in en  # the English page keeps the trainer's own words
+    assert ko.startswith("GPU 메모리가 부족합니다.") and f"`{reason}`" in ko and english_phrases(ko) == [], ko
+    assert reason in status_line(view, Translator("en"))
 
 
 def test_korean_kohya_import_and_export_reports_are_korean(pages, tmp_path):
@@ -306,10 +371,10 @@ def test_korean_killed_and_exit_code_are_korean(tmp_path, outcome, expected):
     from loratrainer.gui.jobs import JobView
     from loratrainer.gui.run_view import status_line
 
-    class State:
-        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+    from loratrainer.run.events import RunState
 
-    view = JobView(tmp_path, State(), False, outcome, "", [], [])
+    state = RunState(status="running", step=3, total_steps=8, epoch=1, epochs=2)  # no `ended` event: the process says
+    view = JobView(tmp_path, state, False, outcome, "")
     ko = status_line(view, Translator("ko"))
     assert expected in ko and english_phrases(ko) == [] and "signal" not in ko and "exit code" not in ko, ko
     assert outcome in status_line(view, Translator("en"))
@@ -436,9 +501,9 @@ def test_killed_is_said_once(tmp_path):
     from loratrainer.gui.jobs import JobView
     from loratrainer.gui.run_view import status_line
 
-    class State:
-        status, reason, step, total_steps, epoch, epochs = "running", "", 3, 8, 1, 2
+    from loratrainer.run.events import RunState
 
-    view = JobView(tmp_path, State(), False, "killed (signal 9)", "", [], [])
+    state = RunState(status="running", step=3, total_steps=8, epoch=1, epochs=2)  # no `ended` event: the process says
+    view = JobView(tmp_path, state, False, "killed (signal 9)", "")
     text = status_line(view, Translator("en"))
     assert text.count("killed") == 1 and "(signal 9)" in text, text

@@ -373,40 +373,72 @@ def test_an_idle_page_does_not_spin(page):
 
 
 def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, tmp_path):
-    """The precision the trainer used (its `started` event) and the config's notes are sentences in the page's
-    language naming settings by their labels; other trainer warnings come from train.log as they are."""
+    """The precision the trainer used, the config's notes and the trainer's warnings arrive as `note` events, written
+    by the trainer's own reporting code (train/reporting.py): the page says the coded ones in its language naming
+    settings by their labels, and reads neither config.json nor train.log for them."""
+    import logging
+
     from loratrainer.gui.i18n import Translator
-    from loratrainer.gui.tab_training import run_notes
-    from loratrainer.gui.jobs import JobView
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.run_view import run_notes
+    from loratrainer.messages import Msg
+    from loratrainer.run.notes import precision_off
+    from loratrainer.train.reporting import report_config_notes, report_warnings
 
     run_dir = tmp_path / "log" / "notes_20260101-000000"
     run_dir.mkdir(parents=True)
+    config = with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "training.max_train_steps": 8,
+                                            "optimizer.optimizer": "Prodigy", "optimizer.learning_rate": 1e-4,
+                                            "optimizer.unet_lr": None, "optimizer.text_encoder_lr": None})
+    log = logging.getLogger("loratrainer.train")
     with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
-        w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, seed=1, pid=999999, mixed_precision="no")
-    (run_dir / run_files.LOG_FILE).write_text("2026-01-01 00:00:00,000 INFO loading\n"
-                                           "2026-01-01 00:00:01,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n"
-                                           "2026-01-01 00:00:02,000 WARNING /x/cache.npz was not written by loratrainer: left untouched\n")
-    save_config(with_values(TrainingConfig(), {"folders.output_dir": str(tmp_path / "model"), "training.max_train_steps": 8,
-                                               "optimizer.optimizer": "Prodigy", "optimizer.learning_rate": 1e-4,
-                                               "optimizer.unet_lr": None, "optimizer.text_encoder_lr": None}),
-                run_dir / run_files.CONFIG_FILE)
-    state = events.summarize(events.read_events(run_dir / run_files.EVENTS_FILE)[0])  # as the page's follower reads it
-    view = JobView(run_dir=run_dir, state=state, alive=False, outcome="finished", log_tail="")
+        handler = report_warnings(w)  # as train/entry.py does once the event stream is open
+        try:
+            report_config_notes(w, config.summary_messages())
+            log.warning("%s", precision_off("fp16", "cpu"))
+            w.emit("started", total_steps=8, steps_per_epoch=4, epochs=2, num_processes=1, images=4, seed=1, pid=999999, mixed_precision="no")
+            for _ in range(2):  # a warning for each cached image is one note
+                log.warning("%s", Msg.of("train.cache_not_ours", path="/x/cache.npz", what=Msg.of("train.cache.latents")))
+            log.warning("a library said %s", "something")  # no code: the trainer's English line
+            log.info("not a note")
+        finally:
+            logging.getLogger("loratrainer").removeHandler(handler)
+    view = Jobs(tmp_path / "state").view(run_dir)  # the page's one reader of the run
     en = run_notes(view, Translator("en"))
     assert "No CUDA GPU: Mixed precision fp16 is off" in en
     assert "Max train steps = 8 overrides the epoch count (Epochs)" in en
     assert "Prodigy adapts the step size itself and expects Learning rate near 1.0" in en
-    assert "cache.npz was not written" in en  # a warning without a code: the trainer's own line
-    assert en.count("fp16 is off") == 1  # said once, not again from train.log
+    assert en.count("cache.npz was not written by loratrainer") == 1 and en.count("fp16 is off") == 1
+    assert "a library said something" in en.split("Warnings in train.log")[1] and "not a note" not in en
     assert "max_train_steps" not in en and "optimizer.learning_rate" not in en
     ko = run_notes(view, Translator("ko"))
     t = Translator("ko")
     for label in ("precision.mixed_precision", "training.max_train_steps", "training.epoch", "optimizer.learning_rate"):
         assert t.label(label) in ko, label
-    assert "CUDA GPU가 없어" in ko and "에포크 수" in ko and "스텝 크기를 스스로" in ko
-    assert "fp16 is off" not in ko and "overrides" not in ko and "(영어)" not in ko.split("train.log")[0]
-    # the page's refresh shows them
+    assert "CUDA GPU가 없어" in ko and "에포크 수" in ko and "스텝 크기를 스스로" in ko and "loratrainer가 쓴 파일이 아니라" in ko
+    korean_part = ko.split(t("run.notes_log"))[0]
+    assert "fp16 is off" not in ko and "overrides" not in ko and "was not written" not in ko and "library" not in korean_part
+    # the page's refresh shows them: this run folder has no config.json and no train.log (the page reads neither)
+    page.jobs._remember(run_dir)
     assert "No CUDA GPU" in page.handlers["training"].refresh(str(run_dir), -1)[page.named["run_notes"]]
+
+
+def test_a_run_of_an_older_trainer_still_shows_its_status_without_notes(page, tmp_path):
+    """An events.jsonl written before notes and coded reasons (no `note` events, an English `reason`): the page
+    still says how it ended and shows its log; it shows no notes (the old train.log warnings are not scraped)."""
+    run_dir = tmp_path / "log" / "old_20250101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / run_files.EVENTS_FILE).write_text(
+        '{"event": "started", "time": "2025-01-01T00:00:00.000+00:00", "total_steps": 4, "steps_per_epoch": 2, "epochs": 2, "seed": 1, "pid": 999999, "mixed_precision": "no"}\n'
+        '{"event": "progress", "time": "2025-01-01T00:00:01.000+00:00", "step": 2, "total_steps": 4, "epoch": 1, "epochs": 2, "loss": 0.3}\n'
+        '{"event": "checkpoint", "time": "2025-01-01T00:00:02.000+00:00", "path": "/o/old-interrupted.safetensors", "kind": "interrupted", "epoch": 1, "step": 2}\n'
+        '{"event": "ended", "time": "2025-01-01T00:00:03.000+00:00", "status": "stopped", "reason": "", "step": 2, "epoch": 1, "exit_code": 10}\n')
+    (run_dir / run_files.LOG_FILE).write_text("2025-01-01 00:00:00,000 WARNING no CUDA GPU: mixed precision fp16 is off, training in fp32\n")
+    page.jobs._remember(run_dir)
+    out = page.handlers["training"].refresh(str(run_dir), -1)
+    n = page.named
+    assert out[n["status"]].startswith("Stopped at step 2") and "old-interrupted.safetensors" in out[n["status"]]
+    assert out[n["run_notes"]] == "" and "fp16 is off" in out[n["log"]]
 
 
 def test_caption_editor_selects_by_file_past_an_unreadable_image(page, tmp_path):

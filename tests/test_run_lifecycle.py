@@ -145,6 +145,16 @@ def test_fp16_asked_on_a_cpu_is_recorded_as_the_precision_used_and_sampling_repo
     assert run.wait(timeout=300) == 0
     evs = _events(run.run_dir)
     assert next(e for e in evs if e["event"] == "started")["mixed_precision"] == "no"
+    # the page says it from the trainer's `note` event, in its language; every note of the package is coded
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.jobs import Jobs
+    from loratrainer.gui.run_view import run_notes
+
+    notes = events.read_run_state(run.run_dir).notes
+    assert [n["msg"]["code"] for n in notes if "precision_off" in n.get("msg", {}).get("code", "")] == ["train.precision_off_cpu"]
+    assert all("msg" in n for n in notes), notes
+    ko = run_notes(Jobs(tmp_path / "gui-state").view(run.run_dir), Translator("ko"))
+    assert "CUDA GPU가 없어 혼합 정밀도 fp16 설정을 끄고 CPU에서 fp32로 학습합니다" in ko, ko
     meta = read_metadata(tmp_path / "out" / "last.safetensors")
     assert meta["ss_mixed_precision"] == "no"  # it trained in fp32; the file said fp16
     sampling = [(e["done"], e["total"]) for e in evs if e["event"] == "phase" and e["phase"] == "sampling"]

@@ -1,5 +1,5 @@
 """train/device.py: a Mac trains on its GPU (mps) in a precision accelerate accepts there; a machine without a GPU
-on the CPU; the note says what changed in the words the GUI recognises."""
+on the CPU; the note says what changed as a coded message (run/notes.py), which the page says in its language."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from loratrainer.gui.tab_training import _CODED_WARNINGS
 from loratrainer.train.device import Support, choose, probe
 
 MAC_NEW = Support(cuda=False, mps=True, mps_fp16=True, mps_bf16=True)  # torch >= 2.5 on macOS 14
@@ -30,7 +29,9 @@ def test_a_mac_with_a_new_torch_trains_on_mps_in_the_configured_precision(precis
 def test_a_mac_that_cannot_keeps_mps_in_fp32_and_says_why(precision, words):
     device = choose(precision, MAC_OLD)
     assert device.kind == "mps" and device.precision == "no"
-    assert words in device.note and "Apple GPU (mps)" in device.note and _CODED_WARNINGS.match(device.note)
+    english = str(device.note)
+    assert words in english and "Apple GPU (mps)" in english and device.note.code.startswith("train.precision_off_mps")
+    assert device.note.params["precision"] == precision
 
 
 def test_no_gpu_trains_on_the_cpu_and_fp16_turns_off():
@@ -38,7 +39,7 @@ def test_no_gpu_trains_on_the_cpu_and_fp16_turns_off():
     assert choose("no", cpu) == choose("no", cpu) and choose("no", cpu).kind == "cpu" and choose("no", cpu).note is None
     assert choose("bf16", cpu).precision == "bf16"  # bf16 autocast works on the CPU (accelerate: native on cpu)
     fp16 = choose("fp16", cpu)
-    assert (fp16.kind, fp16.precision) == ("cpu", "no") and _CODED_WARNINGS.match(fp16.note) and "CPU" in fp16.note
+    assert (fp16.kind, fp16.precision) == ("cpu", "no") and fp16.note.code == "train.precision_off_cpu" and "CPU" in str(fp16.note)
 
 
 def test_this_machine_is_probed_without_error():

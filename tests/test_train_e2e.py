@@ -113,6 +113,13 @@ def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "stopped" and ended["step"] == 1
+    # the Queue table's Reason, from the run's events (gui/run_view.queue_reason)
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.run_view import queue_reason
+
+    state = events.read_run_state(run.run_dir)
+    assert queue_reason(state, Translator("en")) == "Stopped at step 1; saved last-interrupted.safetensors."
+    assert queue_reason(state, Translator("ko")).startswith("1 스텝에서 중지했습니다.")
 
 
 def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model):
@@ -123,6 +130,12 @@ def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model)
     assert ended["status"] == "nan" and ended["step"] == 5 and ended["epoch"] == 2
     assert "step 5" in ended["reason"] and "epoch 2" in ended["reason"] and "learning rate" in ended["reason"]
     assert "last-000001.safetensors" in ended["reason"]  # the last good file is named
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.run.outcomes import from_event
+
+    said = from_event(ended["msg"])  # the page's sentence, coded: said in Korean on a Korean page
+    assert said.code == "run.nan_at" and Translator("ko").message(said).startswith("5 스텝(에포크 2)에서 일어났습니다.")
+    assert "last-000001.safetensors" in Translator("ko").message(said)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-000001.safetensors"]
     with safe_open(str(tmp_path / "out" / "last-000001.safetensors"), "pt") as f:  # the last good file: intact, finite
         assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys())
@@ -170,6 +183,7 @@ def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_pa
     assert run.wait(timeout=300) == events.EXIT_CODES["disk_full"]
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "disk_full" and ended["reason"] == f"disk full: {tmp_path / 'out' / 'last-000002.safetensors'}"
+    assert ended["msg"] == {"code": "run.disk_full_at", "params": {"path": str(tmp_path / "out" / "last-000002.safetensors")}}
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["last-000001.safetensors"]  # no partial file
     assert load_file(str(out / "last-000001.safetensors"))
@@ -182,6 +196,11 @@ def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
     ended = _events(run.run_dir)[-1]
     assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]
     assert "during training" in ended["reason"] and "resolution 64" in ended["reason"] and "\n" not in ended["reason"]
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.run.outcomes import from_event
+
+    ko = Translator("ko").message(from_event(ended["msg"]))
+    assert ko == "학습 스텝 중 일어났습니다(1 스텝 후, 배치 크기 2, 해상도 64,64).", ko  # step 2 ran out: 1 step was done
 
 
 def test_two_processes_stop_together(tmp_path, tiny_model):

@@ -1,6 +1,7 @@
-"""What one run wrote, from its own event stream: the LoRA files (checkpoint events), the average loss over the
-epoch each was saved in, the sample images. Nothing is matched by file name, so a run named `house` never lists
-the files of `house-long`, and a run that saved nothing lists nothing. Standard library only."""
+"""What one run wrote, from its own event stream (read by run/events.RunReader, as the page reads it): the LoRA files
+(checkpoint events), the average loss over the epoch each was saved in, the sample images. Nothing is matched by file
+name, so a run named `house` never lists the files of `house-long`, and a run that saved nothing lists nothing.
+Standard library only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from loratrainer.run import events
-from loratrainer.run import files as run_files
 
 
 @dataclass
@@ -66,28 +66,17 @@ class RunRecord:
 
 def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
-    record = RunRecord(run_dir)
-    all_events, _ = events.read_events(run_dir / run_files.EVENTS_FILE)
-    progress: list[dict[str, Any]] = []
-    for e in all_events:
-        kind = e.get("event")
-        if kind == "started":
-            record.started = e
-            record.steps_per_epoch = int(e.get("steps_per_epoch") or 0)
-        elif kind == "progress":
-            progress.append(e)
-        elif kind == "checkpoint":
-            step, epoch = int(e.get("step", 0)), int(e.get("epoch", 0))
-            loss = e.get("epoch_loss")
-            record.files.append(SavedFile(Path(str(e.get("path", ""))), str(e.get("kind", "")), epoch, step, str(e.get("time", "")),
-                                          float(loss) if loss is not None else epoch_loss(progress, epoch, step)))
-        elif kind == "sample":
-            record.samples.append(Sample(Path(str(e.get("path", ""))), int(e.get("step", 0)), int(e.get("epoch", 0)), int(e.get("index", 0)),
-                                         str(e.get("prompt", "")), e.get("seed")))
-        elif kind == "validation" and e.get("loss") is not None:
-            record.validations.append((int(e.get("step", 0)), int(e.get("epoch", 0)), float(e["loss"])))
-        elif kind == "ended":
-            record.ended = e
+    state = events.read_run_state(run_dir)
+    record = RunRecord(run_dir, steps_per_epoch=state.steps_per_epoch, started=state.started, ended=state.ended,
+                       validations=list(state.validation_history))
+    for e in state.checkpoints:
+        step, epoch = int(e.get("step", 0)), int(e.get("epoch", 0))
+        loss = e.get("epoch_loss")
+        record.files.append(SavedFile(Path(str(e.get("path", ""))), str(e.get("kind", "")), epoch, step, str(e.get("time", "")),
+                                      float(loss) if loss is not None else epoch_loss(state.loss_history, epoch, step, state.steps_per_epoch)))
+    for e in state.samples:
+        record.samples.append(Sample(Path(str(e.get("path", ""))), int(e.get("step", 0)), int(e.get("epoch", 0)), int(e.get("index", 0)),
+                                     str(e.get("prompt", "")), e.get("seed")))
     mark_validation(record)
     return record
 
@@ -103,11 +92,14 @@ def mark_validation(record: RunRecord) -> None:
         min(scored, key=lambda f: (f.validation_loss, f.step)).lowest_validation = True
 
 
-def epoch_loss(progress: list[dict[str, Any]], epoch: int, step: int) -> float | None:
+def epoch_loss(history: list[tuple[int, float]], epoch: int, step: int, steps_per_epoch: int) -> float | None:
     """For checkpoint events without the trainer's exact `epoch_loss` (runs of older versions): the mean of the
-    step losses the (throttled) progress events reported in that epoch up to `step`."""
-    same = [e for e in progress if int(e.get("epoch", -1)) == epoch and int(e.get("step", 0)) <= step]
-    losses = [float(e["loss"]) for e in same if e.get("loss") is not None]
+    step losses the (throttled) progress events reported in that epoch (its steps, by the started event's
+    steps_per_epoch) up to `step`."""
+    if steps_per_epoch <= 0:
+        return None
+    first = (epoch - 1) * steps_per_epoch + 1
+    losses = [loss for s, loss in history if first <= s <= step]
     return sum(losses) / len(losses) if losses else None
 
 

@@ -1,7 +1,7 @@
 """The GUI's handle on training processes: start, follow, stop, and find again after a page reload.
 
-The GUI never trains: `start` goes through launch.start.start_run like the CLI, and everything shown comes
-from the run folder (events.jsonl, train.log, console.log). Run folders started from the GUI are remembered
+The GUI never trains: `start` goes through launch.start.start_run like the CLI, and everything shown about a run
+comes from its event stream (one run/events.RunReader per run), plus the log's tail for the log box. Run folders started from the GUI are remembered
 in `<state_dir>/gui-runs.json`, so a reloaded page (or a restarted GUI) re-attaches to the newest run whose
 process is alive, or shows how the last one ended.
 """
@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +42,22 @@ class JobView:
     alive: bool
     outcome: str  # "running", an ended status, or "killed (signal 9)" / "error (exit code 3)"
     log_tail: str
-    samples: list[dict[str, Any]] = field(default_factory=list)  # sample events, oldest first
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    states: list[dict[str, Any]] = field(default_factory=list)  # state_saved events: the folders Resume can use
 
     @property
     def done(self) -> bool:
         return not self.alive
 
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        return list(self.state.samples)  # sample events, oldest first
 
-@dataclass
-class _Followed:
-    offset: int = 0
-    state: events.RunState = field(default_factory=events.RunState)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    states: list[dict[str, Any]] = field(default_factory=list)
-    pid: int | None = None
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return list(self.state.checkpoints)
+
+    @property
+    def states(self) -> list[dict[str, Any]]:
+        return list(self.state.saved_states)  # state_saved events: the folders Resume can use
 
 
 class Jobs:
@@ -68,7 +67,7 @@ class Jobs:
         self.state_dir = Path(state_dir)
         self._lock = threading.RLock()
         self._processes: dict[Path, Any] = {}  # run_dir -> launch.RunProcess started by this GUI process
-        self._followed: dict[Path, _Followed] = {}
+        self._followed: dict[Path, events.RunReader] = {}
         self.notices: list[Msg] = []  # what the page should tell once (a damaged runs file set aside)
         self.queue_notices: list[Msg] = []  # a damaged queue file set aside, whichever tab read it (the Queue tab says it)
 
@@ -154,7 +153,7 @@ class Jobs:
         """The run whose `state_saved` event wrote this state folder (what a resumed run continued)."""
         target = Path(state_folder)
         for run_dir in self.all_runs():
-            if any(Path(str(e.get("path", ""))) == target for e in self._follow(run_dir).states):
+            if any(Path(str(e.get("path", ""))) == target for e in self._follow(run_dir).saved_states):
                 return run_dir
         return None
 
@@ -192,27 +191,18 @@ class Jobs:
 
     # -- following a run -----------------------------------------------------------------------------------
 
-    def _follow(self, run_dir: Path) -> _Followed:
+    def _follow(self, run_dir: Path) -> events.RunState:
+        """The run as its events say it so far (what was appended since the last call is read and folded in)."""
         with self._lock:
-            f = self._followed.setdefault(run_dir, _Followed())
-            new, f.offset = events.read_events(run_dir / run_files.EVENTS_FILE, f.offset)
-            for e in new:
-                kind = e.get("event")
-                if kind == "started" and e.get("pid"):
-                    f.pid = int(e["pid"])
-                elif kind == "sample":
-                    f.samples.append(e)
-                elif kind == "checkpoint":
-                    f.checkpoints.append(e)
-                elif kind == "state_saved":
-                    f.states.append(e)
-            events.summarize(new, f.state)
-            return f
+            return self._followed.setdefault(run_dir, events.RunReader(run_dir)).read()
+
+    def run_state(self, run_dir: str | Path) -> events.RunState:
+        """What a run's events say so far (no process is looked at): the Queue table's reasons."""
+        return self._follow(Path(run_dir))
 
     def view(self, run_dir: str | Path) -> JobView:
         run_dir = Path(run_dir)
-        f = self._follow(run_dir)
-        state = f.state
+        state = self._follow(run_dir)
         process = self._processes.get(run_dir)
         if process is not None:
             returncode = process.poll()  # the whole run, and "killed (signal N)" when accelerate outlived its child
@@ -221,17 +211,17 @@ class Jobs:
             returncode = None
             # before its `started` event (loading, caching) a run this GUI did not start (the queue's, or one from
             # before a GUI restart) has no pid in its events: its process records say whether it lives
-            alive = not state.done and (_alive(f.pid) if f.pid is not None else _run_alive(run_dir))
+            alive = not state.done and (_alive(state.pid) if state.pid is not None else _run_alive(run_dir))
         if alive:
             outcome = "running"
         elif state.done:
             outcome = state.status
         elif returncode is not None:
-            f = self._follow(run_dir)  # the last events may have landed after the poll above
-            outcome = f.state.status if f.state.done else events.describe_exit(returncode)
+            state = self._follow(run_dir)  # the last events may have landed after the poll above
+            outcome = state.status if state.done else events.describe_exit(returncode)
         else:
-            outcome = "killed" if f.pid is not None else "error"
-        return JobView(run_dir, f.state, alive, outcome, log_tail(run_dir), list(f.samples), list(f.checkpoints), list(f.states))
+            outcome = "killed" if state.pid is not None else "error"
+        return JobView(run_dir, state, alive, outcome, log_tail(run_dir))
 
     def queue_run(self) -> Path | None:
         """The run folder of the queue's running item while its run lives (the Training tab follows it)."""

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the trainer's notes, which run_notes says
 from loratrainer.run import outcomes
-from loratrainer.run.files import STOP_FILE, STOP_NOW_FILE
+from loratrainer.run.events import RunState
+from loratrainer.run.files import STOP_FILE, STOP_NOW_FILE, checkpoint_name
 from loratrainer.run.phases import phase_fraction, phase_message, stopped_before_training
 from loratrainer.messages import Msg
 
@@ -42,13 +44,13 @@ def status_line(view: JobView | None, t: Translator) -> str:
         running = t("status.running", step=s.step, total=s.total_steps, epoch=s.epoch, epochs=s.epochs)
         return running + (" " + t("status.phase_now", phase=t.message(phase)) if phase is not None else "")
     outcome = view.outcome
-    said = outcomes.from_event(s.msg) if outcome == "nan" else None
-    if said is not None:  # the weights, not the loss, became non-finite: the trainer's coded message says so
+    said = outcomes.from_event(s.msg) if s.done else None
+    if said is not None and said.code == "run.weights_nonfinite":  # the weights, not the loss: its own whole sentence
         return t("status.nan_weights", message=md(t.message(said)))
     if outcome not in ("finished", "stopped", "nan", "oom", "disk_full") and (view.run_dir / STOP_NOW_FILE).exists():
         # killed by the page's Stop now, as asked (no `ended` event: the outcome reads killed or error)
         return t("run.stopped_now")
-    reason = md(s.reason or "") if t.lang == "en" else translated_reason(outcome, s.reason or "", s.step, t)
+    reason = ended_reason(s, t)
     if outcome == "finished":
         return t("status.finished")
     if outcome == "stopped":
@@ -67,20 +69,32 @@ def status_line(view: JobView | None, t: Translator) -> str:
     return t("status.error", reason=md(outcome))
 
 
-def translated_reason(outcome: str, reason: str, step: int, t: Translator) -> str:
-    """The trainer writes its `ended` reason in English (the CLI and train.log show it as is). On a page in another
-    language the facts are taken out of it and said in that language; the status template already gives the advice.
-    A failure's own error text (an exception, a library message) is quoted as a detail, not translated."""
-    if outcome == "nan":
-        last = re.search(r"The last good file is (.+?)\.?$", reason)
-        return t("reason.nan_last_file", step=step, file=md(last.group(1))) if last else t("reason.nan_no_file", step=step)
-    if outcome == "oom":
-        return t("reason.at_step", step=step)
-    if outcome == "disk_full":
-        return t("reason.disk_full", path=md(reason.removeprefix("disk full: ")))
-    if not reason:
+def ended_reason(state: RunState, t: Translator) -> str:
+    """Why the run ended, in the page's language: the `ended` event's coded reason (run/outcomes.py; the status
+    sentence around it gives the advice). A run written before reasons were coded (or one whose code this GUI does not
+    know) has only the trainer's English reason: the English page says it as it is, another quotes it as a detail."""
+    said = outcomes.from_event(state.msg)
+    if said is not None:
+        return md(t.message(said))
+    if not state.reason:
         return ""
-    return t("reason.detail", detail=md(reason).replace("`", "'"))
+    return md(state.reason) if t.lang == "en" else t("reason.detail", detail=md(state.reason).replace("`", "'"))
+
+
+def queue_reason(state: RunState, t: Translator) -> str | None:
+    """The Queue table's Reason for a run that ended, from its events in the page's language (a plain stop: where and
+    what it saved); None when its events say nothing (no `ended` event), so the queue file's own reason stays."""
+    if not state.done:
+        return None
+    if state.status == "finished":
+        return ""
+    said = outcomes.from_event(state.msg)
+    if said is not None:
+        return t.message(said)  # a table cell: plain text, no Markdown
+    if state.status == "stopped":
+        saved = [Path(str(e.get("path", ""))).name for e in state.checkpoints if e.get("kind") == "interrupted"]
+        return t("queue.reason_stopped", step=state.step, file=saved[-1]) if saved else t("queue.reason_stopped_nothing", step=state.step)
+    return state.reason or None
 
 
 # Stop now (end the run without saving) is offered once a stop has waited this long: a save takes seconds, a stop
@@ -128,17 +142,13 @@ def interrupted_path(view: JobView) -> str:
 
 
 def interrupted_file(view: JobView) -> str:
-    """The name of the file Stop saves: from the checkpoint event, else from the run's output name."""
+    """The name of the file Stop saves: from the checkpoint event, else from the run's output name (the started
+    event's; a run of an older trainer: its run folder's name, `<output_name>_<YYYYmmdd-HHMMSS>[-N]`)."""
     for e in reversed(view.checkpoints):
         if e.get("kind") == "interrupted":
             return Path(str(e.get("path", ""))).name
-    try:
-        from loratrainer.config import load_config
-        from loratrainer.run.files import CONFIG_FILE
-
-        return f"{load_config(view.run_dir / CONFIG_FILE).folders.output_name}-interrupted.safetensors"
-    except Exception:
-        return "-interrupted.safetensors"
+    name = str(view.state.started.get("output_name") or view.run_dir.name.rpartition("_")[0] or view.run_dir.name)
+    return checkpoint_name(name, "interrupted", None)
 
 
 def status_kind(view: JobView | None) -> str:
@@ -215,3 +225,26 @@ def sample_gallery(view: JobView | None, display, t: Translator) -> list[tuple[s
 
 def sample_name(path: str) -> str:
     return Path(path).name
+
+
+def run_notes(view: JobView | None, t: Translator) -> str:
+    """What the run does otherwise than asked and what the trainer warned about, from its `note` events: the precision
+    used, the config's notes and the trainer's warnings, coded (the page's language and labels). A warning without a
+    code (a library's, logged through ours) is the trainer's English line, listed apart. A run of an older trainer
+    wrote no notes: the page shows none for it (its status and log still show)."""
+    if view is None:
+        return ""
+    coded: list[str] = []
+    plain: list[str] = []
+    for e in view.state.notes:
+        said = outcomes.from_event(e.get("msg"))
+        if said is not None:
+            coded.append(t.message(said))
+        elif e.get("text"):
+            plain.append(str(e["text"]))
+    if not coded and not plain:
+        return ""
+    text = t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in coded[:8]) if coded else ""
+    if plain:
+        text += ("\n\n" if text else "") + t("run.notes_log") + "\n" + "\n".join(f"- {md(line)}" for line in plain[:8])
+    return text

@@ -8,10 +8,13 @@ queue state of its own, so the CLI and the page can both change the queue.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from loratrainer.errors import UserError
 from loratrainer.gui import run_view
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md, sentence
+from loratrainer.run.files import STOP_NOW_FILE
 from loratrainer.run.phases import phase_message
 
 REFRESH_S = 2.0
@@ -53,7 +56,7 @@ class QueueHandlers:
             message = self.t("queue.stopping", name=md(next(i.name for i in items if i.status == "running" and i.run_dir)))
         notices = self.notices(clear=message is not None)
         return {
-            n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, it.reason] for k, it in enumerate(items, 1)],
+            n["queue_table"]: [[k, it.id, it.name, self.status_text(it.status), it.run_dir, self.reason(it)] for k, it in enumerate(items, 1)],
             n["queue_item"]: gr.update(choices=choices, value=value),
             n["queue_message"]: notices + (message if message is not None else line),
             n["queue_live"]: live,
@@ -61,6 +64,18 @@ class QueueHandlers:
             n["queue_stop_now"]: gr.update(visible=run_view.offers_stop_now(view)),
             n["queue_show_live"]: gr.update(visible=view is not None),
         }
+
+    def reason(self, item) -> str:
+        """Why an item ended, from its run's events in the page's language (run_view.queue_reason: a stop says where
+        and what it saved); the queue file's own reason where the run wrote no `ended` event (it never started, or
+        Stop now killed it)."""
+        if item.run_dir and item.status not in ("pending", "running") and "\0" not in item.run_dir and Path(item.run_dir).is_dir():
+            said = run_view.queue_reason(self.ui.jobs.run_state(item.run_dir), self.t)
+            if said is not None:
+                return said
+            if (Path(item.run_dir) / STOP_NOW_FILE).exists():  # killed by Stop now, as asked: no `ended` event
+                return self.t("run.stopped_now")
+        return item.reason
 
     def notices(self, clear: bool) -> str:
         """A damaged queue file that was set aside (launch/run_queue.py), in one sentence above the status line, as

@@ -7,7 +7,6 @@ UiContext; the folder fields live on the Dataset tab and are part of the same se
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from loratrainer.config import GROUPS, save_config
@@ -341,7 +340,7 @@ class TrainingHandlers:
             n["progress"]: run_view.progress_html(view, self.t),
             n["loss_plot"]: run_view.loss_frame(view, self.t),
             n["log"]: view.log_tail if view else "",
-            n["run_notes"]: run_notes(view, self.t) if view else "",
+            n["run_notes"]: run_view.run_notes(view, self.t),
             # on while the run goes, and while the queue has a run: the tab moves to the queue's next run by itself
             n["timer"]: gr.Timer(active=bool(view and view.alive) or self.ui.jobs.queue_busy()),
             n["samples_seen"]: len(view.samples) if view else 0,
@@ -597,45 +596,3 @@ def loratrainer_command() -> list[str]:
 
     script = shutil.which("loratrainer")
     return [script] if script else [sys.executable, "-m", "loratrainer"]
-
-
-# The trainer's warning that the GUI says itself, in the page's language (from the `started` event): not repeated
-# from train.log.
-_CODED_WARNINGS = re.compile(r"^no CUDA GPU: mixed precision \S+ is off")
-
-
-def run_notes(view, t) -> str:
-    """What the run will do differently from what was asked, in the page: the config's own notes and the precision
-    actually used (coded: the page's language and labels), then any other warning the trainer wrote to train.log
-    (or console.log before train.log existed), which stays in the trainer's English."""
-    from loratrainer.config import ConfigError, load_config
-    from loratrainer.run import files as run_files
-    from loratrainer.run.files import CONSOLE_FILE
-
-    try:
-        config = load_config(view.run_dir / run_files.CONFIG_FILE)
-    except (ConfigError, OSError):  # a damaged config.json: the status says what matters
-        config = None
-    notes: list[str] = []
-    used = view.state.mixed_precision
-    if config is not None and used and used != config.precision.mixed_precision:
-        notes.append(t("run.note_precision_off", mixed=t.label("precision.mixed_precision"), value=config.precision.mixed_precision))
-    if config is not None:
-        notes += [t.message(m) for m in config.summary_messages()]
-    logged: list[str] = []
-    for name in (run_files.LOG_FILE, CONSOLE_FILE):
-        try:
-            with open(view.run_dir / name, "rb") as fh:
-                head = fh.read(64 * 1024).decode("utf-8", errors="replace")
-        except OSError:
-            continue
-        for m in re.finditer(r"^\S+ \S+ WARNING (.+)$", head, re.MULTILINE):
-            line = m.group(1).strip()
-            if line not in logged and not (used and _CODED_WARNINGS.match(line)):
-                logged.append(line)
-    if not notes and not logged:
-        return ""
-    text = t("run.notes") + "\n" + "\n".join(f"- {md(note)}" for note in notes[:8])
-    if logged:
-        text += "\n\n" + t("run.notes_log") + "\n" + "\n".join(f"- {md(line)}" for line in logged[:8])
-    return text

@@ -28,21 +28,20 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
     """
     other_machine = _say_rank(run, stream)
     view = _Bar(stream) if stream.isatty() else _Lines(stream)
-    state, offset = events.RunState(), 0
+    reader = events.RunReader(run.run_dir)
+    state = reader.state
     with _signals_as_keyboard_interrupt():
         try:
             while True:
                 done = run.poll() is not None
-                new, offset = events.read_events(run.events_path, offset)
-                state = events.summarize(new, state)
-                view.update(state, new)
+                state = reader.read()
+                view.update(state, reader.new)
                 if done:
                     break
                 time.sleep(poll_s)
         except KeyboardInterrupt:
             run.request_stop()  # first: after SIGHUP (the terminal closed) the line below may fail to print
-            new, offset = events.read_events(run.events_path, offset)  # what the trainer did up to now, not at the last poll
-            state = events.summarize(new, state)
+            state = reader.read()  # what the trainer did up to now, not at the last poll
             try:
                 stream.write("stopping: saving the current LoRA (press Ctrl+C again to kill)\n" if state.status != "starting" else
                              "stopping: nothing is trained yet, so nothing will be saved (press Ctrl+C again to kill)\n")
@@ -54,8 +53,7 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
             except KeyboardInterrupt:
                 run.kill()
                 run.wait()
-            new, offset = events.read_events(run.events_path, offset)
-            state = events.summarize(new, state)
+            state = reader.read()
     view.close()
     code = run.exit_code(run.popen.returncode)
     if other_machine:  # no events here: accelerate's own exit code says how this machine's part ended

@@ -104,7 +104,7 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
 
 
 def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
-    state = events.summarize(events.read_events(run_dir / run_files.EVENTS_FILE)[0])
+    state = events.read_run_state(run_dir)
     if state.done:
         status, reason = state.status, state.reason or ""
     elif (run_dir / run_files.STOP_NOW_FILE).exists():  # the page's Stop now killed it, as the user asked

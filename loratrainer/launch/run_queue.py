@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from loratrainer.run import events
-from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
@@ -268,7 +267,7 @@ def _run_alive(run_dir: str) -> bool:
 
 def settle_orphan(item: QueueItem) -> None:
     """A running item whose runner and run are gone: the run's own `ended` status if it wrote one, else interrupted."""
-    state = events.summarize(events.read_events(Path(item.run_dir) / run_files.EVENTS_FILE)[0]) if item.run_dir else None
+    state = events.read_run_state(item.run_dir) if item.run_dir else None
     if state is not None and state.done:
         item.status, item.reason = state.status, state.reason or ""
     else:

@@ -361,9 +361,9 @@ class RunProcess:
 
     def exit_code(self, raw: int) -> int:
         # accelerate launch turns any failing child into exit code 1, so the trainer's own code comes from events.
-        ended = [e for e in events.read_events(self.events_path)[0] if e["event"] == "ended"]
-        if ended:
-            return int(ended[-1].get("exit_code", raw))
+        state = events.read_run_state(self.run_dir)
+        if state.ended is not None:
+            return int(state.exit_code if state.exit_code is not None else raw)
         if raw < 0:  # accelerate launch itself was killed (the whole group): report it as a shell does, 128 + N,
             return 128 - raw  # not as the negative number that became 247 as a process exit status
         signum = child_signal(self.run_dir / CONSOLE_FILE) if raw > 0 else None

@@ -1,25 +1,29 @@
-"""The trainer -> GUI/CLI event stream (JSON lines; docs/architecture.md). Its file names are launch.run_files.
+"""The trainer -> GUI/CLI event stream (JSON lines; docs/architecture.md). Its file names are run/files.py.
 
-The trainer's main process appends one JSON object a line to `<run_dir>/events.jsonl`; the GUI and the CLI
-read it incrementally with `read_events` and fold it into a `RunState` with `summarize`. Programs read
-events, people read train.log: nobody scrapes a progress bar.
+The trainer's main process appends one JSON object a line to `<run_dir>/events.jsonl`. Everything that reads a run
+(the page, `loratrainer train`, the queue, Results and compare, `RunProcess`' exit code) reads it through one
+`RunReader`: `read_events` from an offset, folded into one `RunState` by `summarize`. Programs read events, people
+read train.log: nobody scrapes a progress bar or a log line.
 
-A leaf module: it imports only the standard library, so the GUI can use it without torch.
+It imports only the standard library and run/files.py (names), so the GUI can use it without torch.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loratrainer.run.files import EVENTS_FILE
+
 # -- statuses and exit codes ------------------------------------------------------------------------------------
 
 EXIT_CODES: dict[str, int] = {"finished": 0, "stopped": 10, "nan": 11, "oom": 12, "disk_full": 13, "error": 1}
 STATUS_OF_EXIT_CODE: dict[int, str] = {code: status for status, code in EXIT_CODES.items()}
-EVENT_KINDS = ("started", "phase", "progress", "checkpoint", "sample", "state_saved", "validation", "ended")
+EVENT_KINDS = ("started", "phase", "progress", "checkpoint", "sample", "state_saved", "validation", "note", "ended")
 # What a `phase` event names: before training (a count of items where there are items), and between steps.
 PHASES = ("loading_model", "caching_latents", "caching_text", "sampling", "saving", "training")
 CHECKPOINT_KINDS = ("epoch", "step", "final", "interrupted")
@@ -36,18 +40,24 @@ class EventWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()  # a warning logged by another thread (train/launcher_watch.py) is a `note` too
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         if event not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {event!r}")
         record = {"event": event, "time": now_iso(), **fields}
-        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()  # a reader polling the file sees whole lines as soon as they happen
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            if self._fh.closed:
+                return record
+            self._fh.write(line)
+            self._fh.flush()  # a reader polling the file sees whole lines as soon as they happen
         return record
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.close()
 
     def __enter__(self) -> "EventWriter":
         return self
@@ -104,13 +114,21 @@ class RunState:
     phase_total: int | None = None
     phase_eta_s: float | None = None
     resumed_from: str = ""  # the state folder a resumed run continued from (the started event)
+    pid: int | None = None  # the trainer's main process (the started event)
+    steps_per_epoch: int = 0
+    started: dict[str, Any] = field(default_factory=dict)  # the `started` event as written
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     # (step, epoch, loss) of each `validation` event (train/validation.py): the same noise every time, so comparable
     validation_history: list[tuple[int, int, float]] = field(default_factory=list)
-    last_files: list[str] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
-    reason: str = ""
-    msg: dict[str, Any] | None = None  # the `ended` event's coded message (launch.outcomes), where it has one
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # the `checkpoint` events, oldest first
+    samples: list[dict[str, Any]] = field(default_factory=list)  # the `sample` events
+    saved_states: list[dict[str, Any]] = field(default_factory=list)  # the `state_saved` events: what Resume can use
+    # the `note` events: what the run does otherwise than asked and the trainer's warnings, each with its coded
+    # message (`msg`, run/outcomes.to_event) where it has one and always its English `text`
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""  # the `ended` event's English reason (the CLI's and train.log's words)
+    msg: dict[str, Any] | None = None  # the `ended` event's coded reason (run/outcomes.py), said by the page
+    ended: dict[str, Any] | None = None  # the `ended` event as written
     exit_code: int | None = None
 
     @property
@@ -120,6 +138,32 @@ class RunState:
     @property
     def fraction(self) -> float:
         return self.step / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def last_files(self) -> list[str]:
+        """The LoRA files the run saved (checkpoint events), oldest first."""
+        return [str(e.get("path", "")) for e in self.checkpoints]
+
+
+class RunReader:
+    """The one reader of a run folder's event stream: each `read()` reads what was appended since the last one and
+    folds it into the same RunState (a partial last line waits for the next read). The page keeps one per run it
+    follows, `loratrainer train` one for its run; `read_run_state(run_dir)` reads a whole run once."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.offset = 0
+        self.state = RunState()
+        self.new: list[dict[str, Any]] = []  # the events the last read() found (`loratrainer train` prints them)
+
+    def read(self) -> RunState:
+        self.new, self.offset = read_events(self.path, self.offset)
+        return summarize(self.new, self.state)
+
+
+def read_run_state(run_dir: str | Path) -> RunState:
+    """A run as its events say it, read from the start."""
+    return RunReader(run_dir).read()
 
 
 def summarize(events: list[dict[str, Any]], state: RunState | None = None) -> RunState:
@@ -132,6 +176,9 @@ def summarize(events: list[dict[str, Any]], state: RunState | None = None) -> Ru
 
 def _started(s: RunState, e: dict[str, Any]) -> None:
     s.status = "running"
+    s.started = e
+    s.pid = int(e["pid"]) if isinstance(e.get("pid"), int) and e["pid"] > 0 else None
+    s.steps_per_epoch = int(e.get("steps_per_epoch") or 0)
     s.total_steps = int(e.get("total_steps", 0))
     s.epochs = int(e.get("epochs", 0))
     s.seed = e.get("seed")
@@ -164,7 +211,17 @@ def _progress(s: RunState, e: dict[str, Any]) -> None:
 
 
 def _checkpoint(s: RunState, e: dict[str, Any]) -> None:
-    s.last_files.append(str(e.get("path", "")))
+    s.checkpoints.append(e)
+
+
+def _state_saved(s: RunState, e: dict[str, Any]) -> None:
+    s.saved_states.append(e)
+
+
+def _note(s: RunState, e: dict[str, Any]) -> None:
+    said = (e.get("text"), json.dumps(e.get("msg"), sort_keys=True, default=str))
+    if all((n.get("text"), json.dumps(n.get("msg"), sort_keys=True, default=str)) != said for n in s.notes):
+        s.notes.append(e)  # a warning logged again (for each cached image) is one note
 
 
 def _validation(s: RunState, e: dict[str, Any]) -> None:
@@ -178,13 +235,14 @@ def lowest_validation(history: list[tuple[int, int, float]]) -> tuple[int, int, 
 
 
 def _sample(s: RunState, e: dict[str, Any]) -> None:
-    s.samples.append(str(e.get("path", "")))
+    s.samples.append(e)
 
 
 def _ended(s: RunState, e: dict[str, Any]) -> None:
     s.status = str(e.get("status", "error"))
     s.reason = str(e.get("reason", ""))
     s.msg = e["msg"] if isinstance(e.get("msg"), dict) else None
+    s.ended = e
     s.step = int(e.get("step", s.step))
     s.epoch = int(e.get("epoch", s.epoch))
     s.exit_code = e.get("exit_code", EXIT_CODES.get(s.status))
@@ -196,7 +254,7 @@ def _ignore(s: RunState, e: dict[str, Any]) -> None:
 
 
 _APPLY = {"started": _started, "phase": _phase, "progress": _progress, "checkpoint": _checkpoint, "sample": _sample,
-          "validation": _validation, "ended": _ended}
+          "state_saved": _state_saved, "validation": _validation, "note": _note, "ended": _ended}
 
 
 _HEADLINES = {"nan": "NaN at step {step}", "oom": "out of memory", "disk_full": "disk full"}

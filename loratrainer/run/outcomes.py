@@ -1,5 +1,9 @@
 """How a run ended, as coded messages: the trainer puts one into its `ended` event (`msg`, beside the English
 `reason` the CLI prints) and the GUI says it in the page's language. Torch-free: both sides import it.
+
+`msg` is the sentence the page puts after its status sentence ("Out of GPU memory. {reason} Lower the batch
+size..."): the facts of this run (step, file, where), not the advice, which the page's status sentence gives. The
+codes are defined here (not in train/) because the GUI, which never imports the trainer, must know them.
 """
 
 from __future__ import annotations
@@ -8,14 +12,40 @@ from pathlib import Path
 from string import Formatter
 from typing import Any
 
-from loratrainer.messages import ENGLISH, Msg, define
+from loratrainer.messages import ENGLISH, Label, Msg, define
 
 define({
     "run.weights_nonfinite": "The LoRA weights became non-finite (NaN or infinite) in the update of step {step} (epoch {epoch}, learning rate {lr}), although the loss was finite: lower the learning rate or the network alpha{hint}. {file}",
     "run.weights_nonfinite.fp16_hint": ", or turn off full fp16 training (fp16 weights overflow above 65504)",
     "run.last_good_file": "The last good file is {file}.",
     "run.no_file": "No file was saved.",
+    "run.nan_at": "It happened at step {step} (epoch {epoch}). {file}",
+    "run.oom_at": "It happened {during} after {step} steps (batch size {batch}, resolution {resolution}).",
+    "run.during.loading": "while the model loaded and latents were cached",
+    "run.during.training": "in a training step",
+    "run.during.sampling": "while sample images were made",
+    "run.during.validation": "while the validation loss was computed",
+    "run.during.saving": "while the LoRA was saved",
+    "run.disk_full_at": "Could not write {path}.",
+    "run.error_detail": "The error: `{detail}`",
+    "train.folder_not_writable": "cannot write to {folder}: it became read-only or not writable during the run; the files saved before it are kept",
 })
+
+# what the trainer's RunContext.phase says (train/entry.py, saving.py, sampling.py, validation.py) -> run.during.*
+_DURING = {"loading": "run.during.loading", "training": "run.during.training", "sampling": "run.during.sampling",
+           "validation": "run.during.validation", "saving": "run.during.saving"}
+
+
+def nan_at(step: int, epoch: int, last_file: Path | str | None) -> Msg:
+    """The loss (or a tensor being saved) became non-finite: where, and the last good file."""
+    return Msg.of("run.nan_at", step=step, epoch=epoch,
+                  file=Msg.of("run.last_good_file", file=str(last_file)) if last_file else Msg.of("run.no_file"))
+
+
+def oom_at(phase: str, step: int, batch: int, resolution: object) -> Msg:
+    """Out of memory: in which part of the run (the trainer's RunContext.phase), after how many finished steps."""
+    during = next((code for start, code in _DURING.items() if phase.startswith(start)), "run.during.training")
+    return Msg.of("run.oom_at", during=Msg.of(during), step=step, batch=batch, resolution=resolution)
 
 
 def weights_nonfinite(step: int, epoch: int, lr: float, fp16: bool, last_file: Path | str | None) -> Msg:
@@ -26,19 +56,31 @@ def weights_nonfinite(step: int, epoch: int, lr: float, fp16: bool, last_file: P
 
 
 def to_event(msg: Msg) -> dict[str, Any]:
-    """A message as JSON for the event stream (parameters that are messages nest)."""
-    return {"code": msg.code, "params": {k: to_event(v) if isinstance(v, Msg) else v for k, v in msg.params.items()}}
+    """A message as JSON for the event stream (parameters that are messages nest; a setting named by a Label is
+    `{"label": path}`, so the page names it by its on-screen label; anything else is said as text)."""
+    return {"code": msg.code, "params": {k: _param(v) for k, v in msg.params.items()}}
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, Msg):
+        return to_event(value)
+    if isinstance(value, Label):
+        return {"label": value.path}
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 def from_event(data: object) -> Msg | None:
-    """The message an `ended` event carries; None when there is none or it is not one of ours (an older or newer
-    trainer's), so the page falls back to the status and the English reason."""
+    """The message an event carries (`ended`, `note`); None when there is none or it is not one of ours (an older or
+    newer trainer's, or a code this process does not know), so the page falls back to the English text."""
     if not isinstance(data, dict) or data.get("code") not in ENGLISH or not isinstance(data.get("params"), dict):
         return None
     if {name for _, name, _, _ in Formatter().parse(ENGLISH[data["code"]]) if name} - set(data["params"]):
         return None  # a parameter is missing: the template could not be filled
-    params = {}
+    params: dict[str, Any] = {}
     for k, v in data["params"].items():
+        if isinstance(v, dict) and set(v) == {"label"} and isinstance(v["label"], str):
+            params[k] = Label(v["label"])
+            continue
         params[k] = from_event(v) if isinstance(v, dict) else v
         if params[k] is None:
             return None

@@ -4,23 +4,22 @@ accelerate picks mps by itself when the Accelerator is not told `cpu=True`; what
 first, so a run on a Mac trains on its GPU in a precision that works there instead of stopping with accelerate's
 ValueError (accelerate/accelerator.py: fp16 needs `torch.amp.is_autocast_available("mps")`, which torch has from
 2.5 on; bf16 on mps needs macOS 14, accelerate/utils/imports.py `is_bf16_available`). What changed is said in
-train.log (and the `started` event's mixed_precision, which the GUI notes when it differs from the setting).
+train.log, and in a `note` event that the GUI says in its language (run/notes.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-# the GUI says this line itself, in the page's language (gui/tab_training.py `_CODED_WARNINGS`): keep its start
-_OFF = "no CUDA GPU: mixed precision {precision} is off"
+from loratrainer.messages import Msg
+from loratrainer.run.notes import precision_off
 
 
 @dataclass(frozen=True)
 class Device:
     kind: str  # "cuda", "mps" or "cpu"
     precision: str  # the mixed precision accelerate is given: "no", "fp16" or "bf16"
-    note: str | None = None  # why the precision is not the configured one (train.log)
+    note: Msg | None = None  # why the precision is not the configured one (train.log, and a `note` event the page says)
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,9 @@ def choose(precision: str, support: Support) -> Device:
         works = {"no": True, "fp16": support.mps_fp16, "bf16": support.mps_bf16}.get(precision, False)
         if works:
             return Device("mps", precision)
-        why = "this PyTorch has no float16 autocast there (PyTorch 2.5 or newer has)" if precision == "fp16" \
-            else "bfloat16 there needs macOS 14 or newer"
-        return Device("mps", "no", f"{_OFF.format(precision=precision)}, training in fp32 on the Apple GPU (mps): {why}")
+        return Device("mps", "no", precision_off(precision, "mps_fp16" if precision == "fp16" else "mps_bf16"))
     if precision == "fp16":
-        return Device("cpu", "no", f"{_OFF.format(precision='fp16')}, training in fp32 on the CPU (fp16 autocast needs a GPU)")
+        return Device("cpu", "no", precision_off("fp16", "cpu"))
     return Device("cpu", precision)
 
 

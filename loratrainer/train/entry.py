@@ -18,17 +18,17 @@ from pathlib import Path
 from loratrainer.run import events
 from loratrainer.machine import child_processes
 from loratrainer.run import outcomes
+from loratrainer.run.notes import precision_changed
 from loratrainer.run import files as run_files
 from loratrainer.train.device import choose as choose_device, probe as probe_device
 from loratrainer.compat import hide_broken_torchvision
 from loratrainer.config import TrainingConfig, load_config
 from loratrainer.errors import UserError
 from loratrainer.machine.eight_bit import keep_unloaded_unless_needed
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.runtime import library_versions, random_seed
 
-define({"train.folder_not_writable": "cannot write to {folder}: it became read-only or not writable during the run; the files saved before it are kept"})
 
 log = logging.getLogger("loratrainer.train")
 
@@ -49,14 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = make_accelerator(config)
     except Exception as exc:  # before training could start: still end the stream with a reason
         traceback.print_exc()
-        return _ended_early(run_dir, f"{type(exc).__name__}: {exc}")
+        return _ended_early(run_dir, f"{type(exc).__name__}: {exc}", error_msg(exc))
     writer = events.EventWriter(run_dir / run_files.EVENTS_FILE) if accelerator.is_main_process else None
     run = RunContext(run_dir, events=writer)
     setup_logging(run_dir, accelerator.is_main_process)
+    if writer is not None:  # what the page shows about the run besides its progress arrives as `note` events
+        from loratrainer.train.reporting import report_config_notes, report_warnings
+
+        report_warnings(writer)
+        report_config_notes(writer, config.summary_messages())
     if accelerator.mixed_precision != config.precision.mixed_precision:
-        # said after setup_logging, so it reaches train.log and the GUI's notes (before, it went to console.log only)
-        log.warning("%s", choose_device(config.precision.mixed_precision, probe_device()).note
-                    or f"mixed precision {config.precision.mixed_precision} is off, training in fp32")
+        # said after setup_logging and report_warnings: train.log has the English line, the page the coded note
+        note = choose_device(config.precision.mixed_precision, probe_device()).note
+        log.warning("%s", note or precision_changed(config.precision.mixed_precision, accelerator.mixed_precision))
     if not accelerator.is_main_process:
         say_which_rank(config, accelerator)
     status, reason, step, epoch = run_and_classify(config, run, accelerator)
@@ -69,18 +74,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def emit_ended(run: RunContext, status: str, reason: str, step: int, epoch: int) -> int:
-    """The `ended` event (the English reason, and the coded message where the outcome has one, which the GUI says
-    in the page's language); returns the exit code."""
+    """The `ended` event (the English reason, and the coded reason the GUI says in the page's language: every outcome
+    but finished and a plain stop has one, run/outcomes.py); returns the exit code."""
     code = events.EXIT_CODES[status]
     said = {"msg": outcomes.to_event(run.ended_msg)} if run.ended_msg is not None else {}
     run.emit("ended", status=status, reason=reason, step=step, epoch=epoch, exit_code=code, **said)
     return code
 
 
-def _ended_early(run_dir: Path, reason: str) -> int:
+def _ended_early(run_dir: Path, reason: str, msg: Msg) -> int:
     if os.environ.get("RANK", "0") == "0":
         with events.EventWriter(run_dir / run_files.EVENTS_FILE) as writer:
-            writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"])
+            writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"],
+                        msg=outcomes.to_event(msg))
+
+
+def error_msg(exc: Exception) -> Msg:
+    """A failure as the page says it: the error's own coded message, else its text quoted as the detail."""
+    own = getattr(exc, "msg", None)
+    if isinstance(exc, UserError) and isinstance(own, Msg):
+        return own
+    return Msg.of("run.error_detail", detail=str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
     return events.EXIT_CODES["error"]
 
 
@@ -179,24 +193,31 @@ def run_and_classify(config: TrainingConfig, run: RunContext, accelerator) -> tu
         return "nan", str(run.ended_msg), exc.step, exc.epoch
     except StoppedBeforeTraining as exc:
         log.info("stop requested while %s: ended before the first step, nothing to save", exc.phase)
+        run.ended_msg = Msg.of("run.stopped_before_training")
         return "stopped", STOPPED_BEFORE_TRAINING, run.step, run.epoch
     except NonFiniteLoss as exc:
+        run.ended_msg = outcomes.nan_at(exc.step, exc.epoch, run.last_file)
         return "nan", nan_reason(exc, run), exc.step, exc.epoch
     except NonFiniteLoraError as exc:
+        run.ended_msg = outcomes.nan_at(run.step, run.epoch, run.last_file)
         return "nan", nan_reason(exc, run), run.step, run.epoch
     except torch.OutOfMemoryError:
         log.error("out of memory:\n%s", traceback.format_exc())
+        run.ended_msg = outcomes.oom_at(run.phase, run.step, config.training.train_batch_size, config.buckets.max_resolution)
         return "oom", oom_advice(config, run.phase), run.step, run.epoch
     except Exception as exc:  # the log keeps the traceback; the event carries one line
         log.error("%s", str(exc) if isinstance(exc, UserError) else traceback.format_exc())
         full = disk_full(exc)
         if full is not None:
             where = full or config.folders.output_dir
+            run.ended_msg = Msg.of("run.disk_full_at", path=where)
             return "disk_full", f"disk full: {where}", run.step, run.epoch
         refused = not_writable(exc)
         if refused is not None:  # a folder made read-only during the run (the TensorBoard writer's error too)
             folder = str(Path(refused).parent) if refused else config.folders.output_dir
-            return "error", str(Msg.of("train.folder_not_writable", folder=folder)), run.step, run.epoch
+            run.ended_msg = Msg.of("train.folder_not_writable", folder=folder)
+            return "error", str(run.ended_msg), run.step, run.epoch
+        run.ended_msg = error_msg(exc)
         if isinstance(exc, UserError):
             return "error", str(exc), run.step, run.epoch
         return "error", f"{type(exc).__name__}: {exc}", run.step, run.epoch
@@ -293,7 +314,7 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     s = t.report.steps
     run.emit("started", total_steps=s.total_steps, steps_per_epoch=s.steps_per_epoch, epochs=s.epochs,
              num_processes=accelerator.num_processes, images=t.report.images, samples_per_epoch=s.samples_per_epoch,
-             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(),
+             seed=seed, pid=os.getpid(), pgid=child_processes.own_group(), output_name=config.folders.output_name,
              mixed_precision=accelerator.mixed_precision,  # the precision used: the GUI notes when it is not the config's
              resumed_from=str(config.saving.resume) if resume else "", resumed_step=t.step if resume else None)
     log.info("training %d steps (%d epochs x %d steps) on %d process(es), seed %d", s.total_steps, s.epochs, s.steps_per_epoch, accelerator.num_processes, seed)

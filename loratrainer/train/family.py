@@ -28,6 +28,7 @@ import torch
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
 from loratrainer.messages import Label, Msg, define
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.train.sdxl_text import encode_sdxl
 from loratrainer.train.text import encode, final_layer_norm, tokenize
 
@@ -72,14 +73,15 @@ class Family:
         raise NotImplementedError
 
 
-def notes(family: Family, config: TrainingConfig) -> list[str]:
-    """What the trainer's log says about settings that do not fit the family (training goes on, as sd-scripts')."""
+def notes(family: Family, config: TrainingConfig) -> list[Msg]:
+    """What the trainer's log (and the page, run/notes.py) says about settings that do not fit the family (training
+    goes on, as sd-scripts')."""
     out = []
     if not family.uses_clip_skip and config.model.clip_skip > 1:
-        out.append(f"clip_skip {config.model.clip_skip} does not apply to {family.name}: both text encoders give their penultimate layer")
+        out.append(Msg.of("train.clip_skip_not_used", clip_skip=Label("model.clip_skip"), value=config.model.clip_skip, family=family.name))
     side = max(config.buckets.resolution)
     if family.native_resolution and side < family.native_resolution * 3 // 4:
-        out.append(f"training {family.name} at {side} px, well below the {family.native_resolution} px it was trained at")
+        out.append(Msg.of("train.low_resolution", family=family.name, side=side, native=family.native_resolution))
     return out
 
 

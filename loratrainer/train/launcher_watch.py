@@ -9,7 +9,9 @@ import os
 import threading
 from pathlib import Path
 
+from loratrainer.messages import Msg
 from loratrainer.run import files as run_files
+from loratrainer.run import notes as _notes  # noqa: F401  the code of the warning below
 from loratrainer.run.owner import OWNER_ENV, owner_record
 from loratrainer.run.records import is_alive
 
@@ -27,7 +29,7 @@ def watch_owner(run_dir: Path, poll_s: float = POLL_S) -> threading.Thread | Non
         stop = threading.Event()
         while not stop.wait(poll_s):
             if not is_alive(owner):
-                log.warning("the process that started this run (pid %d) is gone: stopping as on Stop", owner.pid)
+                log.warning("%s", Msg.of("train.owner_gone", pid=owner.pid))
                 try:
                     (Path(run_dir) / run_files.STOP_FILE).write_text(f"the launcher (pid {owner.pid}) is gone\n")
                 except OSError:

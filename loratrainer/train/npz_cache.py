@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from loratrainer.files import atomic_write_with
+from loratrainer.messages import Msg
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 
 log = logging.getLogger("loratrainer.train")
 FINGERPRINT_KEY = "loratrainer_fingerprint"
 
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray], fp: str, what: str) -> None:
-    """Write `arrays` plus the fingerprint `fp` to `path`. A file there that we did not write is left untouched, and
+    """Write `arrays` plus the fingerprint `fp` to `path` (`what`: "latents" or "text", run/notes.py's train.cache.*). A file there that we did not write is left untouched, and
     a folder we cannot write to (a read-only image folder) only costs the cache: the run goes on with it in memory."""
     if path.exists() and not is_ours(path):
-        log.warning("%s was not written by loratrainer: left untouched, %s kept in memory", path, what)
+        log.warning("%s", Msg.of("train.cache_not_ours", path=str(path), what=Msg.of(f"train.cache.{what}")))
         return
     arrays = {**arrays, FINGERPRINT_KEY: np.array(fp)}
 
@@ -29,7 +31,7 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], fp: str, what: str) -
     try:
         atomic_write_with(path, writer)
     except OSError as exc:
-        log.warning("could not write the %s cache %s: %s", what, path, exc)
+        log.warning("%s", Msg.of("train.cache_not_written", what=Msg.of(f"train.cache.{what}"), path=str(path), error=str(exc)))
 
 
 def is_ours(path: Path) -> bool:

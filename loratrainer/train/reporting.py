@@ -1,4 +1,5 @@
-"""Reporting progress: events (throttled), TensorBoard scalars, train.log lines. Main process only."""
+"""Reporting progress: events (throttled), TensorBoard scalars, train.log lines; and the trainer's warnings as `note`
+events. Main process only."""
 
 from __future__ import annotations
 
@@ -7,9 +8,44 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from loratrainer.messages import Msg
 from loratrainer.run.events import EventWriter
+from loratrainer.run.notes import note_event
 
 log = logging.getLogger("loratrainer.train")
+
+
+class NoteEvents(logging.Handler):
+    """Every warning the package logs in the trainer (`log.warning("%s", msg)` with a coded message, or a plain line)
+    is also a `note` event, so the page shows it (in its language where it is coded) without reading train.log."""
+
+    def __init__(self, writer: EventWriter):
+        super().__init__(logging.WARNING)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno != logging.WARNING:
+            return  # errors end the run: the `ended` event says them
+        args = record.args if isinstance(record.args, tuple) else ()
+        msg = args[0] if record.msg == "%s" and len(args) == 1 and isinstance(args[0], Msg) else None
+        try:
+            self.writer.emit("note", **note_event(msg, record.getMessage()))
+        except (OSError, ValueError):
+            self.handleError(record)
+
+
+def report_warnings(writer: EventWriter) -> NoteEvents:
+    """Start turning the package's warnings into `note` events (the `loratrainer` logger and every one below it)."""
+    handler = NoteEvents(writer)
+    logging.getLogger("loratrainer").addHandler(handler)
+    return handler
+
+
+def report_config_notes(writer: EventWriter, notes: list[Msg]) -> None:
+    """The config's own notes (TrainingConfig.summary_messages: a UNet-only LoRA, max steps over epochs, ...), which
+    the CLI prints before a run, as `note` events for the page."""
+    for note in notes:
+        writer.emit("note", **note_event(note, str(note), level="note"))
 
 
 @dataclass

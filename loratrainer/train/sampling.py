@@ -27,6 +27,8 @@ import torch
 
 from loratrainer.config import SamplingSettings
 from loratrainer.files import atomic_write_with
+from loratrainer.messages import Label, Msg
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.train.faults import fail_sampling
 from loratrainer.run import files as run_files
 from loratrainer.run.files import SAMPLE_DIR, sample_name
@@ -98,7 +100,7 @@ def plan(s: SamplingSettings, scheduler_config: Any) -> SampleRun | None:
         return None
     prompts = load_prompts(s.sample_prompts)
     if not prompts:
-        log.warning("sample images are switched on but sample_prompts holds no prompt: no samples will be made")
+        log.warning("%s", Msg.of("train.no_sample_prompts", prompts=Label("sampling.sample_prompts")))
         return None
     default = canonical_sampler(s.sample_sampler)
     for name in {p.sampler or default for p in prompts}:  # e.g. lms without scipy: say so now, not at step 500

@@ -18,6 +18,8 @@ from typing import Callable
 
 from loratrainer.config import TrainingConfig
 from loratrainer.data.report import DatasetReport
+from loratrainer.messages import Msg
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.model.kohya_format import SAVE_DTYPES, lora_state_dict
 from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
 from loratrainer.model.saving import save_diffusers_lora, save_lora
@@ -100,7 +102,7 @@ class Saver:
         if t.config.saving.save_diffusers_format and path.stem == t.config.folders.output_name:
             folder = path.with_name(path.stem + "_diffusers")
             if folder.exists():
-                log.warning("%s exists: the diffusers-format copy was not written", folder)
+                log.warning("%s", Msg.of("train.diffusers_copy_exists", folder=str(folder)))
             else:
                 save_diffusers_lora(folder, t.handle, save_dtype=SAVE_DTYPES[t.config.precision.save_precision])
                 log.info("saved diffusers-format LoRA to %s", folder)

@@ -15,6 +15,8 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.dataset_config import with_dataset_config
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
+from loratrainer.messages import Label, Msg
+from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.model.kohya_format import load_network_weights
 from loratrainer.model.components import load_components
 from loratrainer.model.loading import SD15Components
@@ -113,8 +115,8 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
     if config.precision.no_half_vae:
         components.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; the pixels are passed in its dtype
     if getattr(components, "declared_prediction", "") and (components.declared_prediction == "v_prediction") != config.model.v_parameterization:
-        log.warning("the model says it predicts %s but V-parameterization is %s: sd-scripts trains as the setting says, and so do we",
-                    components.declared_prediction, "on" if config.model.v_parameterization else "off")
+        log.warning("%s", Msg.of("train.prediction_mismatch_" + ("on" if config.model.v_parameterization else "off"),
+                                 declared=components.declared_prediction, v_param=Label("model.v_parameterization")))
     handle = add_lora(components, config, family)
     if config.network.network_weights:
         fresh = load_network_weights(handle, config.network.network_weights)

@@ -130,4 +130,4 @@ def _read(path: Path, fp: str, keys: tuple[str, ...]):
 def _write(path: Path, state, fp: str, keys: tuple[str, ...]) -> None:
     rows = state if isinstance(state, tuple) else (state,)
     arrays = {k: r[0].float().cpu().numpy() for k, r in zip(keys, rows)}  # get() stacked a batch of one
-    write_cache(path, arrays, fp, "text encoder output")
+    write_cache(path, arrays, fp, "text")
