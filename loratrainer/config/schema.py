@@ -9,7 +9,7 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
 (`field_specs`, `resolve_key`, `with_values`, ...) is in `config.fields`, our JSON files (`load_config`,
 `save_config`, migrations) in `config.files`; the package re-exports all three (`from loratrainer.config import
-TrainingConfig, load_config`). This module imports only the leaf modules `messages` and `optimizer_table`, so
+TrainingConfig, load_config`). This module imports only the leaf modules `messages`, `optimizer_table` and `samplers`, so
 dependencies point one way (schema <- fields <- files <- kohya <- presets).
 """
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from loratrainer.messages import Label, Msg, MsgError, define
 from loratrainer.config.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
+from loratrainer.config.samplers import SAMPLER_NAMES
 
 
 SCHEMA_VERSION = 2
@@ -31,10 +32,8 @@ Scheduler = Literal[
 ]
 Precision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["float", "fp16", "bf16"]
-Sampler = Literal[
-    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
-    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
-]
+# The sampler names are config/samplers.py's (with the scheduler each one means), not a second list here.
+Sampler = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 
 # Notes about what a config will do (TrainingConfig.summary_messages): the CLI prints them, the GUI shows them.
 define({
