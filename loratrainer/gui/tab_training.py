@@ -207,10 +207,10 @@ class TrainingHandlers:
             if not confirmed and self.ui.jobs.active() is None:
                 from loratrainer.launch.start import preflight
 
-                preflight(config)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
-                questions = self.questions(config)
+                questions: list = []  # launch.start.start_warnings: the same `loratrainer train` prints
+                preflight(config, questions)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
                 if questions:
-                    listing = "\n".join(f"- {q}" for q in questions)
+                    listing = "\n".join(f"- {md(self.t.message(q))}" for q in questions)
                     return {n["confirm_text"]: self.t("start_check.ask", listing=listing), n["confirm_panel"]: _visible(True), n["run_message"]: ""}
             run_dir = self.ui.jobs.start(config)
         except UserError as exc:
@@ -223,19 +223,6 @@ class TrainingHandlers:
 
     def start_anyway(self, data: dict) -> dict:
         return self.start(data, confirmed=True)
-
-    def questions(self, config) -> list[str]:
-        from loratrainer.data.check import check_dataset
-        from loratrainer.gui.start_checks import start_warnings
-
-        from loratrainer.launch.input_checks import resolve_model_family
-
-        try:
-            config = resolve_model_family(config)[0]  # the bucket rule of the model's family, as Start applies it
-            report = check_dataset(config, num_processes=config.launch.num_processes)
-        except (UserError, OSError):
-            report = None  # Start's own check says what is wrong
-        return start_warnings(config, report if report is not None and report.ok else None, self.t)
 
     def run_summary(self, data: dict) -> str:
         """ "N images, M skipped, S steps" from the Dataset tab's last check, recounted as the settings change."""
