@@ -226,18 +226,16 @@ class TrainingHandlers:
 
     def run_summary(self, data: dict) -> str:
         """ "N images, M skipped, S steps" from the Dataset tab's last check, recounted as the settings change."""
-        from loratrainer.data.steps import count_steps
-        from loratrainer.gui.tab_dataset import concept_rows, step_numbers
+        from loratrainer.data.steps import recount_steps
+        from loratrainer.gui.tab_dataset import concept_rows
 
         report = data.get(self.ui.named.get("report"))
         if report is None:
             return self.t("training.summary_unchecked")
         values = self.ui.paths_of(data)
         try:
-            nums = step_numbers(values, report)
-            s = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
-                            nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
-        except (TypeError, ValueError, ZeroDivisionError, KeyError):
+            s = recount_steps(report, values)
+        except ValueError:
             return self.t("steps.invalid")
         text = self.t("training.summary", images=report.images, skipped=len(report.skipped), steps=s.total_steps, epochs=s.epochs,
                       per_epoch=s.steps_per_epoch)
@@ -443,10 +441,10 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["cancel_start"].click(lambda: _visible(False), outputs=[n["confirm_panel"]], api_visibility="private")
 
     def wire_summary() -> None:  # the Dataset tab's check result is known after every tab is built
-        from loratrainer.gui.tab_dataset import STEP_FIELDS
+        from loratrainer.data.steps import STEP_SETTINGS
 
-        inputs = {ui.fields[p] for p in STEP_FIELDS} | {n["report"], ui.fields["folders.dataset_config"]}
-        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_FIELDS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
+        inputs = {ui.fields[p] for p in STEP_SETTINGS} | {n["report"], ui.fields["folders.dataset_config"]}
+        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_SETTINGS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     ui.after_build(wire_summary)
