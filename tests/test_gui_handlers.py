@@ -408,7 +408,6 @@ def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, t
     data[page.fields["folders.output_dir"]] = str(tmp_path / "model")
     data[page.fields["optimizer.optimizer"]] = "AdamW"
     data[page.fields["optimizer.learning_rate"]] = 1.0  # "0,0001" as a browser with a decimal comma sent it
-    data[page.fields["optimizer.unet_lr"]] = data[page.fields["optimizer.text_encoder_lr"]] = ""  # both parts use it
     out = h.start(data)
     assert out[n["confirm_panel"]]["visible"] is True and started == []
     question = out[n["confirm_text"]]

@@ -526,25 +526,30 @@ class TrainingConfig(BaseModel):
         scheduler ignores. The GUI asks about them before Start; `loratrainer train` prints them and starts."""
         o = self.optimizer
         out: list[Msg] = []
-        for path, value in self.used_rates():
-            if o.optimizer in ADAPTIVE:
+        if o.lr_scheduler == "adafactor":
+            pass  # Adafactor finds its own step size and uses no rate (train/optimizers.py; Kohya's presets give it 1.0)
+        elif o.optimizer in ADAPTIVE:
+            # judged on the rates the run uses: Kohya files keep learning_rate at 0.0001 beside part rates of 1.0
+            for path, value in self._used_rates():
                 if value < MIN_ADAPTIVE_LR:
                     out.append(Msg.of("config.warn.lr_low", setting=Label(path), value=f"{value:g}", optimizer=o.optimizer))
-            elif value > max_learning_rate(o.optimizer):
-                out.append(Msg.of("config.warn.lr_high", setting=Label(path), value=f"{value:g}", optimizer=o.optimizer,
-                                  limit=f"{max_learning_rate(o.optimizer):g}"))
+        else:
+            # every rate typed, used or not: a "0,0001" read as 1.0 is a typo in whichever box it was typed
+            limit = max_learning_rate(o.optimizer)
+            for name in ("learning_rate", "unet_lr", "text_encoder_lr", "text_encoder_2_lr"):
+                value = getattr(o, name)
+                if value is not None and value > limit:
+                    out.append(Msg.of("config.warn.lr_high", setting=Label(f"optimizer.{name}"), value=f"{value:g}", optimizer=o.optimizer,
+                                      limit=f"{limit:g}"))
         if o.lr_scheduler == "constant" and (o.lr_warmup > 0 or o.lr_warmup_steps > 0):
             warmup = Label("optimizer.lr_warmup_steps" if o.lr_warmup_steps > 0 else "optimizer.lr_warmup")
             out.append(Msg.of("config.warn.warmup_ignored", scheduler=Label("optimizer.lr_scheduler"), warmup=warmup))
         return out
 
-    def used_rates(self) -> list[tuple[str, float]]:
+    def _used_rates(self) -> list[tuple[str, float]]:
         """(setting, rate) for each learning rate the run will use, naming the setting it comes from (a part's own
-        rate, else learning_rate; once each); a part switched off (0) uses none, and none is used with the
-        adafactor scheduler (Adafactor then finds its own step size: train/optimizers.py)."""
+        rate, else learning_rate; once each); a part switched off (0) uses none."""
         o = self.optimizer
-        if o.lr_scheduler == "adafactor":
-            return []
         used: dict[str, float] = {}
         parts = [("unet_lr", self.trains_unet), ("text_encoder_lr", self.trains_text_encoder),
                  ("text_encoder_2_lr", self.trains_text_encoder and o.text_encoder_2_lr is not None)]  # SDXL's own, when set
