@@ -221,3 +221,47 @@ def test_warmup_percentage_gives_the_kohya_guis_step_count(total: int, percent: 
     c = config_from_dict({"optimizer": {"lr_warmup": percent}})
     assert c.warmup_steps(total) == expected
     assert config_from_dict({"optimizer": {"lr_warmup": percent, "lr_warmup_steps": 5}}).warmup_steps(total) == 5
+
+
+def test_the_form_and_a_kohya_file_read_a_loose_value_the_same_way() -> None:
+    """Issue 25: one coerce (FieldSpec.coerce) for the page and the Kohya import: a dropdown's "150" and a file's
+    "150" are the same 150, a number box's 32.0 and a file's "32" the same 32, an emptied text box is empty text."""
+    from loratrainer.config.kohya import import_kohya
+    from loratrainer.gui.form import values_to_config
+
+    loose = {"max_token_length": "150", "network_dim": "32", "training_comment": ""}
+    imported, _ = import_kohya(loose)
+    page = values_to_config({"model.max_token_length": "150", "network.network_dim": 32.0, "metadata.training_comment": None})
+    for path in ("model.max_token_length", "network.network_dim", "metadata.training_comment"):
+        assert cfg.get_value(page, path) == cfg.get_value(imported, path) and type(cfg.get_value(page, path)) is type(cfg.get_value(imported, path))
+    assert (page.model.max_token_length, page.network.network_dim, page.metadata.training_comment) == (150, 32, "")
+    # what is no number stays as it was given, so the schema's error names the box ("enter a number"), and the
+    # import says what is wrong in words
+    with pytest.raises(cfg.ConfigError, match="network_dim: expected a whole number"):
+        import_kohya({"network_dim": "3.5"})
+    with pytest.raises(Exception) as page_error:
+        values_to_config({"network.network_dim": 3.5})
+    assert [f["path"] for f in page_error.value.fields] == ["network.network_dim"]
+
+
+def test_rate_warnings_follow_the_optimizer_table() -> None:
+    """Issue 25: the warnings before a run read the optimizer table (its max_lr, its adaptive flag), not a list of
+    their own; which rate box is named is the one that holds the suspicious value."""
+    from loratrainer.config.optimizer_table import OPTIMIZERS
+
+    def warned(**optimizer) -> list[str]:
+        return [str(m) for m in config_from_dict({"optimizer": optimizer}).warning_messages()]
+
+    assert warned(optimizer="AdamW") == []
+    assert warned(optimizer="AdamW", learning_rate=1.0) == [  # typed in a box the parts do not use: still a typo
+        "optimizer.learning_rate is 1: far above what AdamW usually takes (at most about 0.01). Was a decimal comma typed (0,0001)?"]
+    assert warned(optimizer="AdamW", unet_lr=5e-3) == [] and len(warned(optimizer="Lion", unet_lr=5e-3)) == 1  # Lion's limit is lower
+    assert len(warned(optimizer="torch.optim.RAdam", text_encoder_lr=0.5)) == 1  # a module.Class path: AdamW's limit
+    assert warned(optimizer="Adafactor", learning_rate=1.0, unet_lr=1.0, lr_scheduler="adafactor") == []  # it finds its own step
+    adaptive = [name for name, entry in OPTIMIZERS.items() if entry.adaptive]
+    assert set(adaptive) == {"Prodigy", "DAdaptAdam", "DAdaptLion"}
+    for name in adaptive:
+        assert warned(optimizer=name, learning_rate=1e-4, unet_lr=1.0, text_encoder_lr=1.0) == []  # Kohya's untouched base rate
+        assert [m.split(" is ")[0] for m in warned(optimizer=name, learning_rate=1.0, unet_lr=1e-4, text_encoder_lr=None)] == ["optimizer.unet_lr"]
+    assert warned(optimizer="AdamW", lr_scheduler="constant", lr_warmup_steps=10) == [
+        "optimizer.lr_scheduler is constant, which has no warm-up: optimizer.lr_warmup_steps is ignored (choose constant_with_warmup)."]

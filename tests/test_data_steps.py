@@ -11,7 +11,7 @@ import pytest
 from loratrainer.config import TrainingConfig
 from loratrainer.data.check import check_dataset
 from loratrainer.data.samples import TrainSample
-from loratrainer.data.steps import count_steps, effective_repeats, epoch_batches
+from loratrainer.data.steps import count_steps, effective_repeats, epoch_batches, recount_steps
 from tests import datasets as ds
 
 # Sizes under 512*512 pixels, so with bucket_no_upscale each bucket is simply the size rounded down to 64:
@@ -90,6 +90,21 @@ def test_max_train_steps_overrides_epochs(dataset, max_steps):
     spe, total = _brute_force_steps(False, 2, 1, 1, 1, max_steps)
     assert steps.total_steps == total == max_steps
     assert steps.epochs == math.ceil(max_steps / spe)
+
+
+def test_recount_from_the_form_equals_a_new_check(dataset):
+    """What the Dataset and Training tabs show as the step settings change (one recount, no disk access) is what a
+    new check, and so the run, would count with those settings."""
+    config = TrainingConfig()
+    config.folders.train_data_dir, config.folders.reg_data_dir = str(dataset[0]), str(dataset[1])
+    report = check_dataset(config)
+    form = {"training.train_batch_size": 3.0, "training.epoch": 4, "training.gradient_accumulation_steps": 2,
+            "training.max_train_steps": 0, "launch.num_processes": 2, "folders.dataset_config": ""}  # Number boxes give floats
+    config.training.train_batch_size, config.training.epoch, config.training.gradient_accumulation_steps = 3, 4, 2
+    config.launch.num_processes = 2
+    assert recount_steps(report, form) == check_dataset(config, num_processes=2).steps
+    with pytest.raises(ValueError):
+        recount_steps(report, {**form, "training.epoch": None})  # an emptied box: the tabs say "enter whole numbers"
 
 
 def _samples(spec: list[tuple[int, bool, tuple[int, int]]]) -> list[TrainSample]:

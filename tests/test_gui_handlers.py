@@ -422,6 +422,49 @@ def test_start_asks_first_about_skipped_images_and_absurd_learning_rates(page, t
     assert len(started) == 1 and started[0].optimizer.optimizer == "Prodigy" and out[n["confirm_panel"]]["visible"] is False
 
 
+def test_the_cli_says_the_warnings_the_page_asks_about_in_either_language(page, tmp_path, monkeypatch, capsys):
+    """Issue 25: the questions before Start come from the config and the dataset check, not from the GUI: `loratrainer
+    train` prints the same ones (naming settings by path) and goes on; the Korean page asks them in Korean."""
+    import copy
+
+    from loratrainer.cli import main
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.tab_training import TrainingHandlers
+
+    n = page.named
+    monkeypatch.setattr(page.jobs, "start", lambda config: pytest.fail("started without asking"))
+    root = make_dataset(tmp_path / "img", {"5_house": 3})
+    make_zero_byte(root / "5_house" / "empty.png")
+    data = form(page)
+    values = {"folders.train_data_dir": str(root), "folders.output_dir": str(tmp_path / "model"), "optimizer.optimizer": "Lion",
+              "optimizer.learning_rate": "1e-4", "optimizer.unet_lr": "0.01", "optimizer.text_encoder_lr": "",
+              "optimizer.lr_scheduler": "constant", "optimizer.lr_warmup_steps": 20}
+    for path, value in values.items():
+        data[page.fields[path]] = value
+    english = page.handlers["training"].start(data)[n["confirm_text"]]
+    korean_page = copy.copy(page)
+    korean_page.t = Translator("ko")
+    korean = TrainingHandlers(korean_page).start(data)[n["confirm_text"]]
+    # Lion's rates: the UNet's own 0.01 is far too high, the text encoder's (learning_rate, 1e-4) is fine
+    assert "UNet learning rate is 0.01: far above what Lion usually takes (at most about 0.001)" in english, english
+    assert "1 image(s) would be skipped" in english and "LR warm-up steps is ignored" in english
+    assert "Learning rate is" not in english
+    ko = Translator("ko")
+    assert f"{ko.label('optimizer.unet_lr')} 값이 0.01입니다" in korean and "건너뜁니다" in korean and ko.label("optimizer.lr_warmup_steps") in korean
+    assert "far above" not in korean, korean
+    config = page.read_config(data)
+    (tmp_path / "c.json").write_text(config.model_dump_json())
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--print-command"]) == 0  # said, not a refusal
+    err = capsys.readouterr().err
+    said = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: ")]
+    assert said == [
+        "1 image(s) would be skipped (damaged or too small); 3 would be used. The dataset check lists them.",
+        "optimizer.unet_lr is 0.01: far above what Lion usually takes (at most about 0.001). Was a decimal comma typed (0,0001)?",
+        "optimizer.lr_scheduler is constant, which has no warm-up: optimizer.lr_warmup_steps is ignored (choose constant_with_warmup).",
+    ], err
+    assert len(said) == english.count("\n- ") == korean.count("\n- ")  # the page asks the same three
+
+
 def test_errors_name_the_labels_on_screen_as_sentences(page, tmp_path):
     """Refusals and form errors name settings as the page labels them, never by config key, and read as sentences."""
     h, n = page.handlers["training"], page.named

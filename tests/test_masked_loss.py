@@ -20,7 +20,8 @@ from loratrainer.config import TrainingConfig, with_values
 from loratrainer.config.kohya import export_kohya, import_kohya
 from loratrainer.data.check import check_dataset
 from loratrainer.train.dataset import TrainDataset, collate
-from loratrainer.train.loss import LossRecipe, diffusion_loss
+from loratrainer.config import LossSettings
+from loratrainer.train.loss import diffusion_loss
 from tests.datasets import make_caption
 
 KOHYA_TESTS = Path(__file__).parent / "fixtures" / "kohya_ss" / "test" / "config"
@@ -36,7 +37,7 @@ def test_loss_is_the_mean_of_the_loss_times_the_area_resized_mask_computed_by_ha
     pred, target = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     mask = torch.zeros(1, 64, 64)
     mask[0, :, :36] = 1.0  # latent columns 0-3 fully white, column 4 half (pixels 32-35 of 32-39), the rest black
-    loss = diffusion_loss(pred, target, torch.ones(1), LossRecipe(), masks=mask)
+    loss = diffusion_loss(pred, target, torch.ones(1), LossSettings(), masks=mask)
     total = 0.0
     for c in range(4):
         for y in range(8):
@@ -45,9 +46,9 @@ def test_loss_is_the_mean_of_the_loss_times_the_area_resized_mask_computed_by_ha
                 total += weight * float(pred[0, c, y, x] - target[0, c, y, x]) ** 2
     # sd-scripts divides by every element (loss.mean), not by the mask's sum
     assert float(loss) == pytest.approx(total / (4 * 8 * 8), rel=1e-6)
-    assert float(diffusion_loss(pred, target, torch.ones(1), LossRecipe(), masks=torch.ones(1, 64, 64))) == pytest.approx(
+    assert float(diffusion_loss(pred, target, torch.ones(1), LossSettings(), masks=torch.ones(1, 64, 64))) == pytest.approx(
         float(((pred - target) ** 2).mean()), rel=1e-6)
-    assert float(diffusion_loss(pred, target, torch.ones(1), LossRecipe(), masks=torch.zeros(1, 64, 64))) == 0.0
+    assert float(diffusion_loss(pred, target, torch.ones(1), LossSettings(), masks=torch.zeros(1, 64, 64))) == 0.0
 
 
 def _pair(root: Path, masks: Path | None, size=(96, 64), mask_size=None) -> Path:

@@ -28,15 +28,15 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from loratrainer.config import TrainingConfig, field_specs, with_values
+from loratrainer.config import NoiseSettings, TrainingConfig, field_specs, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.model.loading import noise_scheduler
 from loratrainer.model.kohya_format import lora_state_dict
 from loratrainer.model.saving import save_lora
 from loratrainer.train.setup import add_lora
 from loratrainer.train.dataset import TrainDataset
-from loratrainer.train.loss import LossRecipe, elementwise_loss, huber_threshold, sample_weights, training_target
-from loratrainer.train.noise import NoiseRecipe, noisy_latents, sample_noise
+from loratrainer.train.loss import elementwise_loss, huber_threshold, sample_weights, training_target
+from loratrainer.train.noise import noisy_latents, sample_noise
 from tests.datasets import make_caption, make_dataset
 from tests.tiny_sd import build_tiny_components, save_tiny_diffusers
 
@@ -475,7 +475,7 @@ def _noise(config: TrainingConfig, seed: int = 0) -> tuple[torch.Tensor, torch.T
     latents = torch.zeros(4, 4, 32, 32)
     torch.manual_seed(seed)
     random.seed(seed)
-    noise = sample_noise(latents, NoiseRecipe.from_settings(config.noise))
+    noise = sample_noise(latents, config.noise)
     torch.manual_seed(seed)
     return noise, torch.randn_like(latents)
 
@@ -523,11 +523,11 @@ def _ip_noise(tmp_path):
     latents, noise = torch.zeros(2, 4, 8, 8), torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999, 999])
     torch.manual_seed(1)
-    plain = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg().noise))
+    plain = noisy_latents(sched, latents, noise, t, cfg().noise)
     sigma = float((1 - sched.alphas_cumprod[999]) ** 0.5)
     assert torch.allclose(plain, sigma * noise, atol=1e-5)  # zero latents: add_noise is sigma x noise
     torch.manual_seed(1)
-    perturbed = noisy_latents(sched, latents, noise, t, NoiseRecipe.from_settings(cfg(ip_noise_gamma=0.5).noise))
+    perturbed = noisy_latents(sched, latents, noise, t, cfg(ip_noise_gamma=0.5).noise)
     torch.manual_seed(1)
     extra = torch.randn_like(noise)
     assert torch.allclose(perturbed, sigma * (noise + 0.5 * extra), atol=1e-5)
@@ -540,7 +540,7 @@ def _weights(config: TrainingConfig, timesteps, is_reg=None, v: bool = False) ->
     sched = noise_scheduler(v_prediction=v)
     t = torch.tensor(timesteps)
     reg = torch.tensor(is_reg if is_reg is not None else [False] * len(timesteps))
-    return sample_weights(sched, t, reg, LossRecipe.from_config(config))
+    return sample_weights(sched, t, reg, config.loss, config.dataset.prior_loss_weight)
 
 
 def _snr(timesteps) -> torch.Tensor:
@@ -555,7 +555,7 @@ def _prior_weight(tmp_path):
     assert _weights(cfg(), [10, 10], [False, True]).tolist() == [1.0, 1.0]
     assert _weights(cfg(prior_loss_weight=0.25), [10, 10, 500], [False, True, True]).tolist() == [1.0, 0.25, 0.25]
     # the weight multiplies the reg sample's loss: batch loss = mean(l_train, 0.25 l_reg)
-    s = LossRecipe.from_config(cfg(prior_loss_weight=0.25))
+    s = cfg(prior_loss_weight=0.25).loss
     pred, target = torch.zeros(2, 1, 1, 1), torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1)
     from loratrainer.train.loss import diffusion_loss
 
@@ -575,7 +575,7 @@ def _min_snr(tmp_path):
 
 def _loss(config: TrainingConfig, error: float, timestep: int = 500) -> float:
     """The loop's per-element loss for a prediction `error` away from the target."""
-    s = LossRecipe.from_config(config)
+    s = config.loss
     sched = noise_scheduler()
     t = torch.tensor([timestep])
     c = huber_threshold(sched, t, s) if s.loss_type != "l2" else None
@@ -601,7 +601,7 @@ def _huber_c(tmp_path):
 @row("loss.huber_schedule")
 def _huber_schedule(tmp_path):
     steps = [0, 250, 999]
-    s = lambda **v: LossRecipe.from_config(cfg(loss_type="huber", huber_c=0.1, **v))  # noqa: E731
+    s = lambda **v: cfg(loss_type="huber", huber_c=0.1, **v).loss  # noqa: E731
     sched, t = noise_scheduler(), torch.tensor(steps)
     constant = huber_threshold(sched, t, s(huber_schedule="constant")).flatten()
     assert torch.allclose(constant, torch.full((3,), 0.1))
@@ -610,18 +610,6 @@ def _huber_schedule(tmp_path):
     snr = huber_threshold(sched, t, s()).flatten()  # Kohya's default: (1 - c) / (1 + sigma)^2 + c
     sigma = (1 / _snr(steps)) ** 0.5
     assert torch.allclose(snr, 0.9 / (1 + sigma) ** 2 + 0.1, rtol=1e-4)
-
-
-def test_the_settings_objects_default_to_the_schema_defaults():
-    """LossRecipe(), NoiseRecipe(), CaptionRules() and Augment() mean the same as a default config."""
-    from loratrainer.train.captions import CaptionRules
-    from loratrainer.train.dataset import Augment
-
-    c = TrainingConfig()
-    assert LossRecipe() == LossRecipe.from_config(c)
-    assert NoiseRecipe() == NoiseRecipe.from_settings(c.noise)
-    assert CaptionRules() == CaptionRules.from_settings(c.dataset)
-    assert Augment() == TrainDataset([], c, seed=0).augment
 
 
 def test_the_training_target_is_the_noise_or_the_velocity():
@@ -652,7 +640,7 @@ def test_multires_noise_equals_kohyas_draw_for_draw(seed, size):
     latents = torch.zeros(2, 4, *size)  # non-square and square, small enough that the levels reach one row or column
     torch.manual_seed(seed)
     random.seed(seed)
-    ours = sample_noise(latents, NoiseRecipe.from_settings(cfg(multires_noise_iterations=10, multires_noise_discount=0.5).noise))
+    ours = sample_noise(latents, cfg(multires_noise_iterations=10, multires_noise_discount=0.5).noise)
     torch.manual_seed(seed)
     random.seed(seed)
     reference = _kohya_pyramid_noise_like(torch.randn_like(latents), 10, 0.5)
@@ -1255,7 +1243,7 @@ def _zero_terminal_snr(tmp_path, tiny_model):
     assert float(sched.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-9)  # the last step is pure noise
     assert sched.config.prediction_type == "v_prediction"
     latents, noise = torch.ones(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
-    assert torch.allclose(noisy_latents(sched, latents, noise, torch.tensor([999]), NoiseRecipe()), noise, atol=1e-5)
+    assert torch.allclose(noisy_latents(sched, latents, noise, torch.tensor([999]), NoiseSettings()), noise, atol=1e-5)
 
 
 # -- seed: through entry.train_run, the trainer's own run function (below) ------------------------------------------
@@ -1329,8 +1317,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# A representative set, one or more from each of the settings objects the loop is built from (NoiseRecipe,
-# LossRecipe, CaptionRules, Augment) plus the text encoder; the rows above cover every field at a lower level.
+# A representative set, one or more from each settings group the loop reads (noise, loss, the dataset's captions
+# and augmentation) plus the text encoder; the rows above cover every field at a lower level.
 E2E_CHANGES = {
     "noise_offset": {"noise_offset": 0.1},
     "multires_noise": {"multires_noise_iterations": 4},

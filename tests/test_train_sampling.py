@@ -26,7 +26,8 @@ from loratrainer.model.loading import noise_scheduler
 from loratrainer.config.sample_prompts import SamplePrompt, SamplePromptError, load_prompts, parse_line, parse_prompts
 from loratrainer.config.samplers import SAMPLER_NAMES
 from loratrainer.train.samplers import build_scheduler
-from loratrainer.train.sampling import SampleSchedule, maybe_sample
+from loratrainer.config import SamplingSettings
+from loratrainer.train.sampling import maybe_sample, sample_due
 from loratrainer.train.saving import Saver
 from loratrainer.train.setup import build_trainer
 
@@ -143,19 +144,19 @@ def test_sampler_builds_its_scheduler_from_the_training_schedule(name):
 
 
 @pytest.mark.parametrize("schedule, call, due", [
-    (SampleSchedule(every_n_steps=2), dict(step=2, epoch=1), True),
-    (SampleSchedule(every_n_steps=2), dict(step=3, epoch=1), False),
-    (SampleSchedule(every_n_steps=2), dict(step=4, epoch=1, epoch_end=True), False),  # steps: not at epoch ends
-    (SampleSchedule(every_n_steps=1, every_n_epochs=2), dict(step=4, epoch=1), False),  # epochs win over steps
-    (SampleSchedule(every_n_steps=1, every_n_epochs=2), dict(step=4, epoch=1, epoch_end=True), False),
-    (SampleSchedule(every_n_steps=1, every_n_epochs=2), dict(step=8, epoch=2, epoch_end=True), True),
-    (SampleSchedule(at_first=True), dict(step=0, epoch=0, first=True), True),
-    (SampleSchedule(at_first=True), dict(step=500, epoch=3, first=True), False),  # resumed past step 0
-    (SampleSchedule(every_n_steps=1), dict(step=0, epoch=0, first=True), False),
-    (SampleSchedule(at_first=True), dict(step=2, epoch=1), False),
+    (SamplingSettings(sample_every_n_steps=2), dict(step=2, epoch=1), True),
+    (SamplingSettings(sample_every_n_steps=2), dict(step=3, epoch=1), False),
+    (SamplingSettings(sample_every_n_steps=2), dict(step=4, epoch=1, epoch_end=True), False),  # steps: not at epoch ends
+    (SamplingSettings(sample_every_n_steps=1, sample_every_n_epochs=2), dict(step=4, epoch=1), False),  # epochs win over steps
+    (SamplingSettings(sample_every_n_steps=1, sample_every_n_epochs=2), dict(step=4, epoch=1, epoch_end=True), False),
+    (SamplingSettings(sample_every_n_steps=1, sample_every_n_epochs=2), dict(step=8, epoch=2, epoch_end=True), True),
+    (SamplingSettings(sample_at_first=True), dict(step=0, epoch=0, first=True), True),
+    (SamplingSettings(sample_at_first=True), dict(step=500, epoch=3, first=True), False),  # resumed past step 0
+    (SamplingSettings(sample_every_n_steps=1), dict(step=0, epoch=0, first=True), False),
+    (SamplingSettings(sample_at_first=True), dict(step=2, epoch=1), False),
 ])
 def test_when_a_sample_is_due(schedule, call, due):
-    assert schedule.due(**call) is due
+    assert sample_due(schedule, **call) is due
 
 
 def test_kohya_file_names():

@@ -12,15 +12,15 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from loratrainer.config import TrainingConfig, with_values
+from loratrainer.config import DatasetSettings, LossSettings, NoiseSettings, SavingSettings, TrainingConfig, with_values
 from loratrainer.data.check import check_dataset
 from loratrainer.train import latent_cache, optimizers
-from loratrainer.train.captions import CaptionRules, process_caption
+from loratrainer.train.captions import captions_static, process_caption
 from loratrainer.run.files import checkpoint_name
-from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
+from loratrainer.train.checkpoints import CheckpointKeeper, Progress, save_due
 from loratrainer.train.dataset import process_batches
-from loratrainer.train.loss import LossRecipe, diffusion_loss, elementwise_loss, huber_threshold, sample_weights
-from loratrainer.train.noise import NoiseRecipe, pyramid_noise_like, sample_noise
+from loratrainer.train.loss import diffusion_loss, elementwise_loss, huber_threshold, sample_weights
+from loratrainer.train.noise import pyramid_noise_like, sample_noise
 from loratrainer.train.schedulers import build_lr_scheduler
 from loratrainer.train.text import TextCache, encode, tokenize
 from tests.datasets import make_image
@@ -31,16 +31,16 @@ from tests.tiny_sd import build_tiny_components
 
 def test_caption_rules_keep_tokens_shuffle_and_dropout():
     caption = "sks person, red hat, smiling, outdoors, blue sky"
-    rules = CaptionRules(shuffle=True, keep_tokens=1)
+    rules = DatasetSettings(shuffle_caption=True, keep_tokens=1)
     shuffled = {process_caption(caption, rules, 1, random.Random(i)) for i in range(20)}
     assert len(shuffled) > 1 and all(c.startswith("sks person, ") for c in shuffled)
     assert all(sorted(c.split(", ")) == sorted(caption.split(", ")) for c in shuffled)
-    assert process_caption(caption, CaptionRules(dropout_every_n_epochs=2), 4, random.Random(0)) == ""
-    assert process_caption(caption, CaptionRules(dropout_every_n_epochs=2), 3, random.Random(0)) == caption
-    assert process_caption(caption, CaptionRules(dropout_rate=1.0), 1, random.Random(0)) == ""
-    dropped = process_caption(caption, CaptionRules(keep_tokens=1, tag_dropout_rate=1.0), 1, random.Random(0))
+    assert process_caption(caption, DatasetSettings(caption_dropout_every_n_epochs=2), 4, random.Random(0)) == ""
+    assert process_caption(caption, DatasetSettings(caption_dropout_every_n_epochs=2), 3, random.Random(0)) == caption
+    assert process_caption(caption, DatasetSettings(caption_dropout_rate=1.0), 1, random.Random(0)) == ""
+    dropped = process_caption(caption, DatasetSettings(keep_tokens=1, caption_tag_dropout_rate=1.0), 1, random.Random(0))
     assert dropped == "sks person"
-    assert CaptionRules().is_static and not CaptionRules(shuffle=True).is_static
+    assert captions_static(DatasetSettings()) and not captions_static(DatasetSettings(shuffle_caption=True))
 
 
 # -- text encoder: Kohya's chunking and clip skip ----------------------------------------------------------------
@@ -84,8 +84,8 @@ def test_clip_skip_uses_an_earlier_layer_and_the_cache_encodes_once(tiny):
 def test_noise_offset_and_pyramid_noise():
     torch.manual_seed(0)
     latents = torch.zeros(64, 4, 8, 8)
-    plain = sample_noise(latents, NoiseRecipe())
-    offset = sample_noise(latents, NoiseRecipe(offset=1.0))
+    plain = sample_noise(latents, NoiseSettings())
+    offset = sample_noise(latents, NoiseSettings(noise_offset=1.0))
     # the offset adds one value per image and channel: the per-channel means spread out
     assert offset.mean(dim=(2, 3)).std() > 3 * plain.mean(dim=(2, 3)).std()
     pyramid = pyramid_noise_like(torch.randn(2, 4, 32, 32), iterations=4, discount=0.5)
@@ -106,28 +106,28 @@ def test_pyramid_noise_levels_start_at_full_resolution_as_kohya():
 def test_loss_types_weights_and_v_prediction():
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pred, target = torch.zeros(2, 4, 2, 2), torch.full((2, 4, 2, 2), 3.0)
-    l2 = elementwise_loss(pred, target, LossRecipe("l2")).mean()
-    huber = elementwise_loss(pred, target, LossRecipe("huber", 0.1)).mean()
+    l2 = elementwise_loss(pred, target, LossSettings(loss_type="l2")).mean()
+    huber = elementwise_loss(pred, target, LossSettings(loss_type="huber", huber_c=0.1)).mean()
     assert l2 == 9.0 and huber < 1.0  # Huber grows linearly for big errors
     t = torch.tensor([10, 900])
-    c = huber_threshold(sched, t, LossRecipe("huber", 0.1, "snr"))
+    c = huber_threshold(sched, t, LossSettings(loss_type="huber", huber_c=0.1, huber_schedule="snr"))
     assert c.shape == (2, 1, 1, 1) and c[0] > c[1] >= 0.1  # the snr schedule: a large c at low noise
-    assert torch.allclose(huber_threshold(sched, t, LossRecipe("huber", 0.1, "constant")).flatten(), torch.tensor([0.1, 0.1]))
-    w = sample_weights(sched, t, torch.tensor([False, True]), LossRecipe(min_snr_gamma=5.0, prior_loss_weight=0.5))
+    assert torch.allclose(huber_threshold(sched, t, LossSettings(loss_type="huber", huber_c=0.1, huber_schedule="constant")).flatten(), torch.tensor([0.1, 0.1]))
+    w = sample_weights(sched, t, torch.tensor([False, True]), LossSettings(min_snr_gamma=5.0), prior_loss_weight=0.5)
     assert w[0] < 1.0 and w[1] <= 0.5  # min-SNR damps the low-noise step; the reg sample carries the prior weight
-    assert diffusion_loss(pred, target, torch.tensor([1.0, 0.0]), LossRecipe()) == 4.5
+    assert diffusion_loss(pred, target, torch.tensor([1.0, 0.0]), LossSettings()) == 4.5
 
 
 # -- saving policy ----------------------------------------------------------------------------------------------------
 
 def test_needs_save_follows_kohya():
-    policy = SavePolicy(every_n_epochs=2, every_n_steps=5)
-    assert policy.needs_save(Progress(10, 2, 100, 10, epoch_done=True)) == "epoch"
-    assert policy.needs_save(Progress(10, 3, 100, 10, epoch_done=True)) is None
-    assert policy.needs_save(Progress(15, 2, 100, 10)) == "step"
-    assert policy.needs_save(Progress(16, 2, 100, 10)) is None
-    assert policy.needs_save(Progress(100, 10, 100, 10, epoch_done=True)) == "epoch"  # the last epoch too, then the final file
-    assert policy.needs_save(Progress(100, 9, 100, 10)) is None  # the last step: only the final file
+    saving = SavingSettings(save_every_n_epochs=2, save_every_n_steps=5)
+    assert save_due(saving, Progress(10, 2, 100, 10, epoch_done=True)) == "epoch"
+    assert save_due(saving, Progress(10, 3, 100, 10, epoch_done=True)) is None
+    assert save_due(saving, Progress(15, 2, 100, 10)) == "step"
+    assert save_due(saving, Progress(16, 2, 100, 10)) is None
+    assert save_due(saving, Progress(100, 10, 100, 10, epoch_done=True)) == "epoch"  # the last epoch too, then the final file
+    assert save_due(saving, Progress(100, 9, 100, 10)) is None  # the last step: only the final file
     p = Progress(500, 3, 1000, 10)
     assert checkpoint_name("x", "epoch", p) == "x-000003.safetensors"
     assert checkpoint_name("x", "step", p) == "x-step00000500.safetensors"
@@ -136,7 +136,7 @@ def test_needs_save_follows_kohya():
 
 def test_keep_last_n_removes_only_this_runs_files(tmp_path):
     (tmp_path / "x-000001.safetensors").write_bytes(b"from an earlier run")
-    keeper = CheckpointKeeper(tmp_path, "x", SavePolicy(1, 2, last_n_epochs=2, last_n_steps=4), lambda path, p: path.write_bytes(b"new"))
+    keeper = CheckpointKeeper(tmp_path, "x", SavingSettings(save_every_n_epochs=1, save_every_n_steps=2, save_last_n_epochs=2, save_last_n_steps=4), lambda path, p: path.write_bytes(b"new"))
     for epoch in (2, 3, 4):
         keeper.save("epoch", Progress(epoch * 10, epoch, 100, 10, True))
     for step in (2, 4, 6, 8):
@@ -396,7 +396,7 @@ def test_optimizer_args_override_the_tables_defaults():
 
 def test_random_crop_and_colour_augmentation(tmp_path):
     from loratrainer.data.samples import TrainSample
-    from loratrainer.train.dataset import Augment, load_training_image
+    from loratrainer.train.dataset import load_training_image
 
     from PIL import Image
 
@@ -405,12 +405,12 @@ def test_random_crop_and_colour_augmentation(tmp_path):
     ramp.putdata([(x * 2, 40, 40) for y in range(64) for x in range(96)])
     ramp.save(path)
     sample = TrainSample(path, "c", False, tmp_path, 1, False, (96, 64), (64, 64), (96, 64))
-    crops = {load_training_image(sample, "#ffffff", Augment(random_crop=True), random.Random(i), False).getpixel((0, 0))[0]
+    crops = {load_training_image(sample, "#ffffff", random.Random(i), False, random_crop=True).getpixel((0, 0))[0]
              for i in range(12)}
     assert len(crops) > 3  # different offsets
-    centre = load_training_image(sample, "#ffffff", Augment(), random.Random(0), False).getpixel((0, 0))[0]
+    centre = load_training_image(sample, "#ffffff", random.Random(0), False).getpixel((0, 0))[0]
     assert centre == 32  # (96 - 64) / 2 = 16 px in, ramp value 2 x 16
-    shifted = {load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False).getpixel((10, 10))
+    shifted = {load_training_image(sample, "#ffffff", random.Random(i), False, color_aug=True).getpixel((10, 10))
                for i in range(8)}
     assert len(shifted) > 1
 
@@ -544,14 +544,14 @@ def test_train_dataset_colour_augmentation_shifts_hue_by_at_most_sd_scripts_8_of
     from PIL import Image
 
     from loratrainer.data.samples import TrainSample
-    from loratrainer.train.dataset import Augment, load_training_image
+    from loratrainer.train.dataset import load_training_image
 
     path = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (255, 0, 0)).save(path)
     sample = TrainSample(path, "c", False, tmp_path, 1, False, (64, 64), (64, 64), (64, 64))
     hues = []
     for i in range(300):
-        image = load_training_image(sample, "#ffffff", Augment(color=True), random.Random(i), False)
+        image = load_training_image(sample, "#ffffff", random.Random(i), False, color_aug=True)
         h = image.convert("HSV").getpixel((5, 5))[0]
         hues.append(h - 256 if h > 128 else h)  # red is hue 0: the shift, signed
     # 11 steps either way; PIL's HSV -> RGB -> HSV round trip of pure red reads a shift of -k as -k and +k as k - 1

@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         raise UserError(f"--set: {exc}") from None
     config = _load(args.config, overrides)  # the overrides first, then the checks: a --set value can mend the file
-    for note in config.summary():
+    for note in config.note_messages():
         print(f"note: {note}", file=sys.stderr)
-    config = preflight(config)  # --print-command too: the same checks as a real start, so it shows a command that would run
+    warnings: list = []  # launch.start.start_warnings: what the GUI asks about before Start
+    config = preflight(config, warnings)  # --print-command too: the same checks as a real start, so it shows a command that would run
+    for warning in warnings:  # said, not asked: a terminal run (a script, a queue) has no one to answer; refusals stop it above
+        print(f"warning: {warning}", file=sys.stderr)
     if args.print_command:
         run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         print(format_command(build_command(config, run_dir)))

@@ -8,11 +8,22 @@ Kohya import reads the types from it. Re-exported by the package: import these n
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal, get_args, get_origin
 
 from loratrainer.config.schema import GROUPS, TrainingConfig
+from loratrainer.messages import Msg, MsgError, define
+
+# A loose value that is not of its field's type (FieldSpec.coerce; the Kohya import names the key and the value).
+define({
+    "value.expected_bool": "expected true or false",
+    "value.expected_number": "expected a number",
+    "value.expected_finite": "expected a finite number",
+    "value.expected_whole": "expected a whole number",
+    "value.expected_text": "expected text",
+})
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,46 @@ class FieldSpec:
         base = [a for a in get_args(self.annotation) if a is not type(None)] or [self.annotation]
         t = base[0]
         return {bool: "bool", int: "int", float: "float"}.get(t, "text")
+
+    def coerce(self, value: Any) -> Any:
+        """A loose value (a Kohya GUI file's "0.0001", 64.0 or "true"; a form's 3.0 from a number box, a
+        dropdown's "150" for a choice of numbers, None from an emptied text box) as this field's Python type; the
+        schema then checks the range. MsgError (a ValueError) says what is wrong."""
+        kind = self.kind
+        if kind == "choice":
+            sample = self.choices[0] if self.choices else ""
+            kind = "bool" if isinstance(sample, bool) else "int" if isinstance(sample, int) else "text"
+        if value is None:
+            if self.kind == "text":
+                return ""
+            raise MsgError(Msg.of({"bool": "value.expected_bool", "text": "value.expected_text"}.get(kind, "value.expected_number")))
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+                return value.strip().lower() == "true"
+            raise MsgError(Msg.of("value.expected_bool"))
+        if kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise MsgError(Msg.of("value.expected_number"))
+            try:
+                number = float(value.strip()) if isinstance(value, str) else value
+            except ValueError:
+                raise MsgError(Msg.of("value.expected_number")) from None
+            if not math.isfinite(number):
+                raise MsgError(Msg.of("value.expected_finite"))
+            if kind == "float":
+                return float(number) if isinstance(value, str) else value
+            if isinstance(number, int):  # exact, however large (the range check names it)
+                return number
+            if float(number) != int(number):
+                raise MsgError(Msg.of("value.expected_whole"))
+            return int(number)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise MsgError(Msg.of("value.expected_text"))
+        return value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
 
 
 def field_specs() -> list[FieldSpec]:

@@ -20,7 +20,6 @@ make the Kohya GUI train what we would.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -398,7 +397,7 @@ def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str
             report.defaulted.append(ReportItem.of(key, "kohya.rate_empty", value="''"))
             continue
         try:
-            rates[key] = coerce(value, _SPECS[key])
+            rates[key] = _SPECS[key].coerce(value)
         except ValueError as exc:
             errors.append(f"{key}: {exc} (got {value!r})")
             continue
@@ -458,7 +457,7 @@ def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportRe
             resolved[spec.path] = replacement
             continue
         try:
-            coerced = coerce(value, spec)
+            coerced = spec.coerce(value)
         except ValueError as exc:
             errors.append(f"{key}: {exc} (got {value!r})")
             continue
@@ -469,41 +468,6 @@ def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportRe
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
     return resolved
-
-
-def coerce(value: Any, spec: FieldSpec) -> Any:
-    """A loose Kohya value -> the Python type of our field; ValueError says what is wrong."""
-    kind = spec.kind
-    if kind == "choice":
-        sample = spec.choices[0] if spec.choices else ""
-        kind = "bool" if isinstance(sample, bool) else "int" if isinstance(sample, int) else "text"
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
-            return value.strip().lower() == "true"
-        raise ValueError("expected true or false")
-    if kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError("expected a number")
-        try:
-            number = float(value.strip()) if isinstance(value, str) else value
-        except ValueError:
-            raise ValueError("expected a number") from None
-        if not math.isfinite(number):
-            raise ValueError("expected a finite number")
-        if kind == "float":
-            return float(number) if isinstance(value, str) else value
-        if isinstance(number, int):  # exact, however large (the range check names it)
-            return number
-        if float(number) != int(number):
-            raise ValueError("expected a whole number")
-        return int(number)
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError("expected text")
-    return value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
 
 
 def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> TrainingConfig:
@@ -676,7 +640,7 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
     if "max_train_epochs" in raw:
         epochs = raw.pop("max_train_epochs")
         try:
-            epochs_n = coerce(epochs, _SPECS["epoch"]) if epochs not in (None, "") else 0
+            epochs_n = _SPECS["epoch"].coerce(epochs) if epochs not in (None, "") else 0
         except ValueError as exc:
             raise ValueError(f"max_train_epochs: {exc} (got {epochs!r})") from None
         if epochs_n > 0:

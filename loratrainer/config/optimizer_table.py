@@ -29,6 +29,9 @@ class OptimizerEntry:
     adaptive: bool = False  # Prodigy, D-Adaptation: the learning rate is a multiplier, about 1.0
     instead: str | None = None  # an 8-bit bitsandbytes optimizer: what to use without a CUDA GPU
     package: str | None = None  # the pip package to install when the import fails
+    # A learning rate above this is almost surely a typo for this optimizer (Kohya GUI presets and the optimizers'
+    # own documentation: Adam-type 1e-5..1e-3, Lion about 3-10x lower, SGD up to about 1); asked before a run.
+    max_lr: float = 1e-2
 
     def unavailable_hint(self, name: str) -> str:
         """What to do when the class cannot be imported (or, for 8-bit, cannot run here)."""
@@ -39,20 +42,20 @@ class OptimizerEntry:
         return f"{name} needs {self.module.split('.')[0]}"
 
 
-def _eight_bit(attr: str, instead: str, **defaults: Any) -> OptimizerEntry:
-    return OptimizerEntry("bitsandbytes.optim", attr, defaults, instead=instead)
+def _eight_bit(attr: str, instead: str, max_lr: float = 1e-2, **defaults: Any) -> OptimizerEntry:
+    return OptimizerEntry("bitsandbytes.optim", attr, defaults, instead=instead, max_lr=max_lr)
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
     "AdamW": OptimizerEntry("torch.optim", "AdamW"),
     "AdamW8bit": _eight_bit("AdamW8bit", "AdamW"),
     "PagedAdamW8bit": _eight_bit("PagedAdamW8bit", "AdamW"),
-    "Lion": OptimizerEntry("lion_pytorch", "Lion"),  # the trainer has the same update rule built in
-    "Lion8bit": _eight_bit("Lion8bit", "Lion"),
-    "PagedLion8bit": _eight_bit("PagedLion8bit", "Lion"),
-    "SGD": OptimizerEntry("torch.optim", "SGD"),
-    "SGDNesterov": OptimizerEntry("torch.optim", "SGD", {"momentum": 0.9, "nesterov": True}),
-    "SGDNesterov8bit": _eight_bit("SGD8bit", "SGDNesterov", momentum=0.9, nesterov=True),
+    "Lion": OptimizerEntry("lion_pytorch", "Lion", max_lr=1e-3),  # the trainer has the same update rule built in
+    "Lion8bit": _eight_bit("Lion8bit", "Lion", max_lr=1e-3),
+    "PagedLion8bit": _eight_bit("PagedLion8bit", "Lion", max_lr=1e-3),
+    "SGD": OptimizerEntry("torch.optim", "SGD", max_lr=1.0),
+    "SGDNesterov": OptimizerEntry("torch.optim", "SGD", {"momentum": 0.9, "nesterov": True}, max_lr=1.0),
+    "SGDNesterov8bit": _eight_bit("SGD8bit", "SGDNesterov", max_lr=1.0, momentum=0.9, nesterov=True),
     # With an explicit learning rate (Kohya's default use): no relative step, no parameter scaling.
     "Adafactor": OptimizerEntry("transformers.optimization", "Adafactor",
                                 {"scale_parameter": False, "relative_step": False, "warmup_init": False}),
@@ -65,6 +68,14 @@ KNOWN_OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZERS)
 ADAPTIVE: frozenset[str] = frozenset(n for n, e in OPTIMIZERS.items() if e.adaptive)
 # 8-bit optimizer -> what to use instead without a CUDA GPU
 EIGHT_BIT: dict[str, str] = {n: e.instead for n, e in OPTIMIZERS.items() if e.instead}
+# An adaptive optimizer's learning rate is a multiplier of the step it finds, about 1.0: below this, a typo.
+MIN_ADAPTIVE_LR = 0.1
+
+
+def max_learning_rate(name: str) -> float:
+    """The highest learning rate that is plausibly meant for optimizer `name` (a module.Class path: AdamW's)."""
+    entry = OPTIMIZERS.get(name)
+    return entry.max_lr if entry is not None else OptimizerEntry.max_lr
 
 
 # The packages an optimizer may be imported from by `module.Class` (Kohya accepts any path; importing an

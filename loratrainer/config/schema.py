@@ -9,7 +9,7 @@ where Kohya has the setting, so that users recognise them (and a field's leaf na
 Here: the settings groups, `TrainingConfig`, its cross-field rules and derived values. The field catalogue
 (`field_specs`, `resolve_key`, `with_values`, ...) is in `config.fields`, our JSON files (`load_config`,
 `save_config`, migrations) in `config.files`; the package re-exports all three (`from loratrainer.config import
-TrainingConfig, load_config`). This module imports only the leaf modules `messages` and `optimizer_table`, so
+TrainingConfig, load_config`). This module imports only the leaf modules `messages`, `optimizer_table` and `samplers`, so
 dependencies point one way (schema <- fields <- files <- kohya <- presets).
 """
 
@@ -21,7 +21,8 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loratrainer.messages import Label, Msg, MsgError, define
-from loratrainer.config.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
+from loratrainer.config.optimizer_table import ADAPTIVE, KNOWN_OPTIMIZERS, MIN_ADAPTIVE_LR, max_learning_rate  # noqa: F401  (KNOWN_OPTIMIZERS: the form's choices)
+from loratrainer.config.samplers import SAMPLER_NAMES
 
 
 SCHEMA_VERSION = 2
@@ -31,19 +32,22 @@ Scheduler = Literal[
 ]
 Precision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["float", "fp16", "bf16"]
-Sampler = Literal[
-    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
-    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
-]
+# The sampler names are config/samplers.py's (with the scheduler each one means), not a second list here.
+Sampler = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 
-# Notes about what a config will do (TrainingConfig.summary_messages): the CLI prints them, the GUI shows them.
+# Notes about what a config will do (TrainingConfig.note_messages): the CLI prints them, the GUI shows them.
 define({
     "config.note.unet_only": "{text_encoder_lr} is 0: this is a UNet-only LoRA (no lora_te_ weights are trained or saved).",
     "config.note.text_encoder_only": "{unet_lr} is 0: only the text encoder is trained.",
-    "config.note.warmup_ignored": "The constant {scheduler} has no warm-up: {warmup} is ignored (use constant_with_warmup).",
     "config.note.max_steps": "{max_steps} = {value} overrides the epoch count ({epochs}).",
-    "config.note.adaptive_lr": "{optimizer} adapts the step size itself and expects {learning_rate} near 1.0.",
     "config.note.fp16_saved_bf16": "{mixed} fp16 with {save} bf16: fine, but fp16 is the more widely loadable file.",
+})
+# Settings that are allowed but probably not meant (TrainingConfig.warning_messages): the GUI asks before Start
+# ("Start anyway"), `loratrainer train` prints them and starts.
+define({
+    "config.warn.lr_high": "{setting} is {value}: far above what {optimizer} usually takes (at most about {limit}). Was a decimal comma typed (0,0001)?",
+    "config.warn.lr_low": "{setting} is {value}: {optimizer} adapts the step size itself and expects about 1.0.",
+    "config.warn.warmup_ignored": "{scheduler} is constant, which has no warm-up: {warmup} is ignored (choose constant_with_warmup).",
 })
 
 # What the validators and cross-field rules say: English here (the CLI's text), Korean in i18n/ko.json.
@@ -494,31 +498,67 @@ class TrainingConfig(BaseModel):
         return round(total_steps * o.lr_warmup / 100.0)
 
     def summary(self) -> list[str]:
-        """Plain-language notes about what this configuration will do, shown before a run starts (English, naming
-        settings by path: the CLI's text)."""
+        """Plain-language notes and warnings about what this configuration will do, shown before a run starts
+        (English, naming settings by path: the CLI's text)."""
         return [str(note) for note in self.summary_messages()]
 
     def summary_messages(self) -> list[Msg]:
-        """The same notes as coded messages: the GUI says them in the page's language with the on-screen labels."""
-        o = self.optimizer
+        """The same as coded messages: the GUI says them in the page's language with the on-screen labels."""
+        return self.note_messages() + self.warning_messages()
+
+    def note_messages(self) -> list[Msg]:
+        """What this configuration will do that is worth knowing, though it is surely meant."""
         notes: list[Msg] = []
         if not self.trains_text_encoder:
             notes.append(Msg.of("config.note.unet_only", text_encoder_lr=Label("optimizer.text_encoder_lr")))
         if not self.trains_unet:
             notes.append(Msg.of("config.note.text_encoder_only", unet_lr=Label("optimizer.unet_lr")))
-        if o.lr_scheduler == "constant" and (o.lr_warmup > 0 or o.lr_warmup_steps > 0):
-            warmup = Label("optimizer.lr_warmup_steps" if o.lr_warmup_steps > 0 else "optimizer.lr_warmup")
-            notes.append(Msg.of("config.note.warmup_ignored", scheduler=Label("optimizer.lr_scheduler"), warmup=warmup))
         if self.training.max_train_steps > 0:
             notes.append(Msg.of("config.note.max_steps", max_steps=Label("training.max_train_steps"), value=self.training.max_train_steps,
                                 epochs=Label("training.epoch")))
-        # judged on the rates that will be used (a part's own rate, else learning_rate), not on learning_rate alone
-        used = [r for r, on in ((self.effective_unet_lr, self.trains_unet), (self.effective_text_encoder_lr, self.trains_text_encoder)) if on]
-        if o.optimizer in ADAPTIVE and used and min(used) < 0.1:
-            notes.append(Msg.of("config.note.adaptive_lr", optimizer=o.optimizer, learning_rate=Label("optimizer.learning_rate")))
         if self.precision.mixed_precision == "fp16" and self.precision.save_precision == "bf16":
             notes.append(Msg.of("config.note.fp16_saved_bf16", mixed=Label("precision.mixed_precision"), save=Label("precision.save_precision")))
         return notes
+
+    def warning_messages(self) -> list[Msg]:
+        """Settings that are allowed but probably not what the user meant: a learning rate far outside what the
+        optimizer expects (a "0,0001" typed where a decimal comma is not read arrives as 1.0), a warm-up the
+        scheduler ignores. The GUI asks about them before Start; `loratrainer train` prints them and starts."""
+        o = self.optimizer
+        out: list[Msg] = []
+        if o.lr_scheduler == "adafactor":
+            pass  # Adafactor finds its own step size and uses no rate (train/optimizers.py; Kohya's presets give it 1.0)
+        elif o.optimizer in ADAPTIVE:
+            # judged on the rates the run uses: Kohya files keep learning_rate at 0.0001 beside part rates of 1.0
+            for path, value in self._used_rates():
+                if value < MIN_ADAPTIVE_LR:
+                    out.append(Msg.of("config.warn.lr_low", setting=Label(path), value=f"{value:g}", optimizer=o.optimizer))
+        else:
+            # every rate typed, used or not: a "0,0001" read as 1.0 is a typo in whichever box it was typed
+            limit = max_learning_rate(o.optimizer)
+            for name in ("learning_rate", "unet_lr", "text_encoder_lr", "text_encoder_2_lr"):
+                value = getattr(o, name)
+                if value is not None and value > limit:
+                    out.append(Msg.of("config.warn.lr_high", setting=Label(f"optimizer.{name}"), value=f"{value:g}", optimizer=o.optimizer,
+                                      limit=f"{limit:g}"))
+        if o.lr_scheduler == "constant" and (o.lr_warmup > 0 or o.lr_warmup_steps > 0):
+            warmup = Label("optimizer.lr_warmup_steps" if o.lr_warmup_steps > 0 else "optimizer.lr_warmup")
+            out.append(Msg.of("config.warn.warmup_ignored", scheduler=Label("optimizer.lr_scheduler"), warmup=warmup))
+        return out
+
+    def _used_rates(self) -> list[tuple[str, float]]:
+        """(setting, rate) for each learning rate the run will use, naming the setting it comes from (a part's own
+        rate, else learning_rate; once each); a part switched off (0) uses none."""
+        o = self.optimizer
+        used: dict[str, float] = {}
+        parts = [("unet_lr", self.trains_unet), ("text_encoder_lr", self.trains_text_encoder),
+                 ("text_encoder_2_lr", self.trains_text_encoder and o.text_encoder_2_lr is not None)]  # SDXL's own, when set
+        for name, trains in parts:
+            own = getattr(o, name)
+            if trains and own != 0:
+                path = f"optimizer.{name}" if own is not None else "optimizer.learning_rate"
+                used[path] = o.learning_rate if own is None else own
+        return list(used.items())
 
 
 # -- cross-field rules: each returns an error message (coded, naming the settings by Label) or None -----------

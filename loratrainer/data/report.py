@@ -8,6 +8,12 @@ from typing import Any
 
 from loratrainer.data.problems import SEVERITY_ORDER, Problem
 from loratrainer.data.samples import Size, StepCount, TrainSample
+from loratrainer.messages import Msg, define
+
+# Said before a run starts (with the config's warnings: launch.start.start_warnings), not a reason to refuse it.
+define({
+    "report.images_skipped": "{count} image(s) would be skipped (damaged or too small); {images} would be used. The dataset check lists them.",
+})
 
 
 def bucket_key(bucket: Size) -> str:
@@ -36,6 +42,12 @@ class DatasetReport:
     @property
     def reg_images(self) -> int:
         return sum(1 for s in self.samples if s.is_reg)
+
+    def warning_messages(self) -> list[Msg]:
+        """What a run of this dataset would do that is probably not meant: images it would skip."""
+        if not self.skipped:
+            return []
+        return [Msg.of("report.images_skipped", count=len(self.skipped), images=self.images)]
 
     def sorted_problems(self) -> list[Problem]:
         return sorted(self.problems, key=lambda p: SEVERITY_ORDER[p.severity])

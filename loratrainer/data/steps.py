@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+from loratrainer.data.report import DatasetReport
 from loratrainer.data.samples import Size, StepCount, TrainSample
+
+# The settings a run's length depends on besides the images: the Dataset and Training tabs recount when one changes.
+STEP_SETTINGS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps",
+                 "launch.num_processes")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -122,3 +127,17 @@ def count_steps(
         gradient_accumulation_steps=gradient_accumulation_steps,
         num_processes=num_processes,
     )
+
+
+def recount_steps(report: DatasetReport, settings: Mapping[str, Any]) -> StepCount:
+    """The run's length for a checked dataset under other step settings ({path: value}, as a form holds them:
+    STEP_SETTINGS and folders.dataset_config), without reading the images again. With a Kohya dataset config its
+    batch size is the run's (the check applied it, as the trainer does), whatever the form says. ValueError when
+    a setting is not a count."""
+    try:
+        n = {path: int(settings[path]) for path in STEP_SETTINGS}
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # an emptied box (None), text, inf
+        raise ValueError(f"not a step count: {exc}") from None
+    batch_size = report.steps.batch_size if str(settings.get("folders.dataset_config") or "").strip() else n["training.train_batch_size"]
+    return count_steps(report.samples, batch_size, n["training.gradient_accumulation_steps"], n["launch.num_processes"],
+                       n["training.epoch"], n["training.max_train_steps"])

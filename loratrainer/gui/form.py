@@ -87,19 +87,16 @@ def specs_by_path() -> dict[str, FieldSpec]:
     return {s.path: s for s in field_specs()}
 
 
-def coerce(spec: FieldSpec, value: Any) -> Any:
-    """A component's value as the schema expects it (Number gives floats, cleared boxes give None)."""
+def form_value(spec: FieldSpec, value: Any) -> Any:
+    """A component's value as the schema expects it: a rate box's text read (a decimal comma too), anything else
+    by the field's one coerce (Number gives floats, Dropdowns strings, cleared boxes None). A value that is no
+    such thing goes to the schema as it is, whose error names the box in the page's language."""
     if is_rate(spec):
         return read_rate(value)
-    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if spec.kind == "text" and value is None:
-        return ""
-    if spec.kind == "choice" and spec.choices and value not in spec.choices:
-        for choice in spec.choices:  # Dropdowns hand back strings; Literal[75, 150, 225] wants the int
-            if str(choice) == str(value):
-                return choice
-    return value
+    try:
+        return spec.coerce(value)
+    except ValueError:
+        return value
 
 
 class FormError(UserError):
@@ -112,7 +109,7 @@ class FormError(UserError):
 def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None) -> TrainingConfig:
     """{path: value} from the page -> a validated config; a UserError names every bad field."""
     specs = specs_by_path()
-    data = {path: coerce(specs[path], v) for path, v in values.items() if path in specs}
+    data = {path: form_value(specs[path], v) for path, v in values.items() if path in specs}
     try:
         return with_values(base or TrainingConfig(), data)
     except Exception as exc:  # pydantic.ValidationError: shown as one line per field

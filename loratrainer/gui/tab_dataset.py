@@ -21,7 +21,6 @@ from loratrainer.gui.i18n import md
 from loratrainer.gui.web_guards import MAX_UPLOAD_BYTES
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
-STEP_FIELDS = ("training.train_batch_size", "training.epoch", "training.gradient_accumulation_steps", "training.max_train_steps", "launch.num_processes")
 MAX_PROBLEM_THUMBS = 24
 
 
@@ -145,17 +144,14 @@ class DatasetHandlers:
 
     def live_steps(self, data: dict) -> str:
         """Recount steps from the last check's samples when batch size, epochs, ... change (no disk access)."""
-        from loratrainer.data.steps import count_steps
+        from loratrainer.data.steps import recount_steps
 
         report = data.get(self.ui.named["report"])
         if report is None:
             return self.t("steps.no_check")
-        values = self.ui.paths_of(data)
         try:
-            nums = step_numbers(values, report)
-            steps = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
-                                nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
-        except (TypeError, ValueError, ZeroDivisionError):
+            steps = recount_steps(report, self.ui.paths_of(data))
+        except ValueError:
             return self.t("steps.invalid")
         return self.steps_text(report, steps)
 
@@ -230,14 +226,6 @@ def skip_reasons(report) -> dict[str, int]:
     return counts
 
 
-def step_numbers(values: dict, report) -> dict[str, int]:
-    """The form's step settings; with a dataset config its batch_size is the run's (the check applied it)."""
-    nums = {p: int(values[p]) for p in STEP_FIELDS}
-    if str(values.get("folders.dataset_config") or "").strip():
-        nums["training.train_batch_size"] = report.steps.batch_size
-    return nums
-
-
 def concept_rows(report) -> list[list]:
     """[folder name, repeats, images, samples per epoch] per training and reg concept folder."""
     rows: dict[Path, list] = {}
@@ -308,7 +296,9 @@ def build(ui: UiContext) -> DatasetHandlers:
         bucket_fields = [ui.fields[p] for p, spec in specs_by_path().items() if spec.group == "buckets"]
         gr.on([c.change for c in image_folders + bucket_fields], h.check, inputs=cfg, outputs=check_outputs, trigger_mode="always_last",
               show_progress="hidden", api_visibility="private")
-        live = [ui.fields[p] for p in STEP_FIELDS]
+        from loratrainer.data.steps import STEP_SETTINGS
+
+        live = [ui.fields[p] for p in STEP_SETTINGS]
         gr.on([c.change for c in live], h.live_steps, inputs=set(live) | {n["report"], ui.fields["folders.dataset_config"]}, outputs=[n["steps"]],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         buttons["apply"].click(h.propose_renames, inputs=[n["concepts"], ui.fields["folders.train_data_dir"]],

@@ -206,10 +206,10 @@ class TrainingHandlers:
             if not confirmed and self.ui.jobs.active() is None:
                 from loratrainer.launch.start import preflight
 
-                preflight(config)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
-                questions = self.questions(config)
+                questions: list = []  # launch.start.start_warnings: the same `loratrainer train` prints
+                preflight(config, questions)  # what Start would refuse (an 8-bit optimizer without CUDA, ...) before any question
                 if questions:
-                    listing = "\n".join(f"- {q}" for q in questions)
+                    listing = "\n".join(f"- {md(self.t.message(q))}" for q in questions)
                     return {n["confirm_text"]: self.t("start_check.ask", listing=listing), n["confirm_panel"]: _visible(True), n["run_message"]: ""}
             run_dir = self.ui.jobs.start(config)
         except UserError as exc:
@@ -223,33 +223,18 @@ class TrainingHandlers:
     def start_anyway(self, data: dict) -> dict:
         return self.start(data, confirmed=True)
 
-    def questions(self, config) -> list[str]:
-        from loratrainer.data.check import check_dataset
-        from loratrainer.gui.start_checks import start_warnings
-
-        from loratrainer.launch.input_checks import resolve_model_family
-
-        try:
-            config = resolve_model_family(config)[0]  # the bucket rule of the model's family, as Start applies it
-            report = check_dataset(config, num_processes=config.launch.num_processes)
-        except (UserError, OSError):
-            report = None  # Start's own check says what is wrong
-        return start_warnings(config, report if report is not None and report.ok else None, self.t)
-
     def run_summary(self, data: dict) -> str:
         """ "N images, M skipped, S steps" from the Dataset tab's last check, recounted as the settings change."""
-        from loratrainer.data.steps import count_steps
-        from loratrainer.gui.tab_dataset import concept_rows, step_numbers
+        from loratrainer.data.steps import recount_steps
+        from loratrainer.gui.tab_dataset import concept_rows
 
         report = data.get(self.ui.named.get("report"))
         if report is None:
             return self.t("training.summary_unchecked")
         values = self.ui.paths_of(data)
         try:
-            nums = step_numbers(values, report)
-            s = count_steps(report.samples, nums["training.train_batch_size"], nums["training.gradient_accumulation_steps"],
-                            nums["launch.num_processes"], nums["training.epoch"], nums["training.max_train_steps"])
-        except (TypeError, ValueError, ZeroDivisionError, KeyError):
+            s = recount_steps(report, values)
+        except ValueError:
             return self.t("steps.invalid")
         text = self.t("training.summary", images=report.images, skipped=len(report.skipped), steps=s.total_steps, epochs=s.epochs,
                       per_epoch=s.steps_per_epoch)
@@ -455,10 +440,10 @@ def build(ui: UiContext) -> TrainingHandlers:
     buttons["cancel_start"].click(lambda: _visible(False), outputs=[n["confirm_panel"]], api_visibility="private")
 
     def wire_summary() -> None:  # the Dataset tab's check result is known after every tab is built
-        from loratrainer.gui.tab_dataset import STEP_FIELDS
+        from loratrainer.data.steps import STEP_SETTINGS
 
-        inputs = {ui.fields[p] for p in STEP_FIELDS} | {n["report"], ui.fields["folders.dataset_config"]}
-        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_FIELDS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
+        inputs = {ui.fields[p] for p in STEP_SETTINGS} | {n["report"], ui.fields["folders.dataset_config"]}
+        gr.on([n["report"].change] + [ui.fields[p].change for p in STEP_SETTINGS], h.run_summary, inputs=inputs, outputs=[n["run_summary"]],
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     ui.after_build(wire_summary)

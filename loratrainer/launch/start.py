@@ -283,10 +283,20 @@ def check_run_inputs(config: TrainingConfig) -> None:
         raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
 
 
-def preflight(config: TrainingConfig) -> TrainingConfig:
+def start_warnings(config: TrainingConfig, report) -> list[Msg]:
+    """What would not stop a run but is probably not meant, as coded messages: images the trainer would skip
+    (`report`: the config's dataset check), a learning rate far outside what the optimizer expects, a warm-up the
+    scheduler ignores (the schema's rules). The GUI asks about them before Start (Start anyway / Cancel);
+    `loratrainer train` prints them and starts, since a terminal run has no one to ask (the refusals are
+    preflight's: those stop it everywhere)."""
+    return report.warning_messages() + config.warning_messages()
+
+
+def preflight(config: TrainingConfig, warnings: list[Msg] | None = None) -> TrainingConfig:
     """Everything that can be found before training: dataset, output folder, space, file names.
 
-    Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report.
+    Returns the config to run (output_name possibly renamed); raises LaunchRefused with the report. `warnings`,
+    when given, receives `start_warnings` (found with the same dataset check, so it is read once).
     """
     from loratrainer.data.check import check_dataset
 
@@ -301,6 +311,8 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
         raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
+    if warnings is not None:
+        warnings += start_warnings(config, report)
     check_resume(config)
     check_optimizer(config)
     check_run_inputs(config)

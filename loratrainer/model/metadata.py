@@ -89,7 +89,7 @@ def build_metadata(
 def _kohya_keys(config, progress, dataset, model, optimizer_name, session_id) -> dict[str, str]:
     net, opt, prec, ds, bk = config.network, config.optimizer, config.precision, config.dataset, config.buckets
     total_steps = progress.max_train_steps
-    warmup = opt.lr_warmup_steps or round(opt.lr_warmup * total_steps / 100)  # Kohya GUI: percentage of all steps
+    warmup = config.warmup_steps(total_steps)  # the schema's one formula (the Kohya GUI's percentage of all steps)
     optimizer = optimizer_name or opt.optimizer
     meta = {
         # one id per run (Kohya: "which group of epochs the model came from"), so derived from the start time

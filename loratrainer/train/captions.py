@@ -1,43 +1,34 @@
-"""Caption handling per step, as Kohya does it: dropout, tag dropout, shuffle after the kept tokens."""
+"""Caption handling per step, as Kohya does it: dropout, tag dropout, shuffle after the kept tokens. The settings are
+the config's own `dataset` group (DatasetSettings), read by their names."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from loratrainer.config import DatasetSettings
 
 
-@dataclass(frozen=True)
-class CaptionRules:
-    shuffle: bool = False
-    keep_tokens: int = 0
-    dropout_rate: float = 0.0
-    dropout_every_n_epochs: int = 0
-    tag_dropout_rate: float = 0.0
-
-    @classmethod
-    def from_settings(cls, d: DatasetSettings) -> "CaptionRules":
-        return cls(d.shuffle_caption, d.keep_tokens, d.caption_dropout_rate, d.caption_dropout_every_n_epochs, d.caption_tag_dropout_rate)
-
-    @property
-    def is_static(self) -> bool:
-        """The same caption text every step: its text-encoder output can be cached."""
-        return not (self.shuffle or self.dropout_rate or self.dropout_every_n_epochs or self.tag_dropout_rate)
+# The dataset settings that change a caption from step to step.
+CHANGING = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate")
 
 
-def process_caption(caption: str, rules: CaptionRules, epoch: int, rng: random.Random) -> str:
+def captions_static(d: DatasetSettings) -> bool:
+    """The same caption text every step: its text-encoder output can be cached."""
+    return not any(getattr(d, name) for name in CHANGING)
+
+
+def process_caption(caption: str, d: DatasetSettings, epoch: int, rng: random.Random) -> str:
     """The caption a sample is trained with this step (sd-scripts' BaseDataset.process_caption)."""
-    if rules.dropout_every_n_epochs and epoch % rules.dropout_every_n_epochs == 0:
+    if d.caption_dropout_every_n_epochs and epoch % d.caption_dropout_every_n_epochs == 0:
         return ""
-    if rules.dropout_rate and rng.random() < rules.dropout_rate:
+    if d.caption_dropout_rate and rng.random() < d.caption_dropout_rate:
         return ""
-    if not (rules.shuffle or rules.tag_dropout_rate):
+    if not (d.shuffle_caption or d.caption_tag_dropout_rate):
         return caption
     tags = [t.strip() for t in caption.strip().split(",")]
-    fixed, flex = tags[: rules.keep_tokens], tags[rules.keep_tokens :]
-    if rules.tag_dropout_rate:
-        flex = [t for t in flex if rng.random() >= rules.tag_dropout_rate]
-    if rules.shuffle:
+    fixed, flex = tags[: d.keep_tokens], tags[d.keep_tokens :]
+    if d.caption_tag_dropout_rate:
+        flex = [t for t in flex if rng.random() >= d.caption_tag_dropout_rate]
+    if d.shuffle_caption:
         rng.shuffle(flex)
     return ", ".join(t for t in fixed + flex if t)

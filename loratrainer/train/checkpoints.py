@@ -25,25 +25,14 @@ class Progress:
     epoch_done: bool = False  # the epoch ran to its end (not cut short by max_train_steps)
 
 
-@dataclass(frozen=True)
-class SavePolicy:
-    every_n_epochs: int = 1
-    every_n_steps: int = 0
-    last_n_epochs: int = 0
-    last_n_steps: int = 0
-
-    @classmethod
-    def from_settings(cls, s: SavingSettings) -> "SavePolicy":
-        return cls(s.save_every_n_epochs, s.save_every_n_steps, s.save_last_n_epochs, s.save_last_n_steps)
-
-    def needs_save(self, p: Progress) -> str | None:
-        """'epoch', 'step' or None. Every selected epoch gets its numbered file, the last one too (Kohya skips
-        it, so a 2-epoch run had no `-000002` to compare with); the last step gets only the final file."""
-        if p.epoch_done:
-            return "epoch" if self.every_n_epochs and p.epoch % self.every_n_epochs == 0 else None
-        if p.step >= p.total_steps:
-            return None
-        return "step" if self.every_n_steps and p.step % self.every_n_steps == 0 else None
+def save_due(s: SavingSettings, p: Progress) -> str | None:
+    """'epoch', 'step' or None by the config's save_every_n_*. Every selected epoch gets its numbered file, the last
+    one too (Kohya skips it, so a 2-epoch run had no `-000002` to compare with); the last step gets only the final file."""
+    if p.epoch_done:
+        return "epoch" if s.save_every_n_epochs and p.epoch % s.save_every_n_epochs == 0 else None
+    if p.step >= p.total_steps:
+        return None
+    return "step" if s.save_every_n_steps and p.step % s.save_every_n_steps == 0 else None
 
 
 @dataclass
@@ -52,7 +41,7 @@ class CheckpointKeeper:
 
     output_dir: Path
     output_name: str
-    policy: SavePolicy
+    saving: SavingSettings  # the config's own group: save_last_n_epochs, save_last_n_steps
     write: Callable[[Path, Progress], None]
     written: dict[str, list[tuple[int, Path]]] = field(default_factory=lambda: {"epoch": [], "step": []})
 
@@ -69,10 +58,11 @@ class CheckpointKeeper:
         return path
 
     def _rotate(self, kind: str, p: Progress) -> None:
-        if kind == "epoch" and self.policy.last_n_epochs:
-            stale = self.written["epoch"][: -self.policy.last_n_epochs]
-        elif kind == "step" and self.policy.last_n_steps:
-            stale = [(s, f) for s, f in self.written["step"] if s <= p.step - self.policy.last_n_steps]
+        keep = self.saving
+        if kind == "epoch" and keep.save_last_n_epochs:
+            stale = self.written["epoch"][: -keep.save_last_n_epochs]
+        elif kind == "step" and keep.save_last_n_steps:
+            stale = [(s, f) for s, f in self.written["step"] if s <= p.step - keep.save_last_n_steps]
         else:
             return
         for entry in stale:

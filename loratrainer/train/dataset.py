@@ -12,7 +12,6 @@ so two processes at batch 1 train what one process at batch 2 trains when their 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from loratrainer.data.images import load_image
 from loratrainer.data.masks import load_mask, uses_masks
 from loratrainer.data.samples import TrainSample
 from loratrainer.data.steps import count_steps, epoch_batches
-from loratrainer.train.captions import CaptionRules, process_caption
+from loratrainer.train.captions import process_caption
 from loratrainer.train.masks import fit_mask
 from loratrainer.train.size_conditioning import image_conditioning, time_ids
 
@@ -84,13 +83,6 @@ class EpochBatchSampler(Sampler[list[Key]]):
         return self.per_process - self.skip
 
 
-@dataclass(frozen=True)
-class Augment:
-    flip: bool = False
-    color: bool = False
-    random_crop: bool = False
-
-
 class TrainDataset(Dataset):
     """Items are dicts: `latents` (from the cache) or `pixels` in [-1, 1], `caption`, `is_reg`; with
     `size_conditioning` (SDXL) also `time_ids`, sd-scripts' six size and crop numbers (train/size_conditioning.py)."""
@@ -98,10 +90,7 @@ class TrainDataset(Dataset):
     def __init__(self, samples: Sequence[TrainSample], config: TrainingConfig, seed: int, latents: dict | None = None,
                  size_conditioning: bool = False):
         self.samples = list(samples)
-        self.rules = CaptionRules.from_settings(config.dataset)
-        d = config.dataset
-        self.augment = Augment(d.flip_aug, d.color_aug, d.random_crop)
-        self.background = d.alpha_background
+        self.background = config.dataset.alpha_background
         self.seed = seed
         self.latents = latents  # sample index -> latent_cache.Latents: (latents, flipped or None, original size, crop, mask or None)
         self.size_conditioning = size_conditioning
@@ -116,8 +105,9 @@ class TrainDataset(Dataset):
         index, epoch, batch, slot, use = key
         sample = self.samples[index]
         rng = random.Random(f"{self.seed}:{epoch}:{batch}:{slot}")
-        flip = self.augment.flip and rng.random() < 0.5
-        item = {"caption": process_caption(sample.caption, self.rules, epoch, rng), "is_reg": sample.is_reg,
+        d = self.config.dataset  # captions and augmentation, read by the settings' own names
+        flip = d.flip_aug and rng.random() < 0.5
+        item = {"caption": process_caption(sample.caption, d, epoch, rng), "is_reg": sample.is_reg,
                 "noise_seed": noise_seed(self.seed, epoch, index, use)}
         if self.latents is not None:
             entry = self.latents[index]
@@ -127,9 +117,9 @@ class TrainDataset(Dataset):
         else:
             crop_rng = random.Random()
             crop_rng.setstate(rng.getstate())  # the mask draws the same crop as its image
-            item["pixels"] = image_tensor(load_training_image(sample, self.background, self.augment, rng, flip))
+            item["pixels"] = image_tensor(load_training_image(sample, self.background, rng, flip, random_crop=d.random_crop, color_aug=d.color_aug))
             if self.masked:
-                item["mask"] = fit_mask(load_mask(sample, self.config), sample, self.augment.random_crop, crop_rng, flip)
+                item["mask"] = fit_mask(load_mask(sample, self.config), sample, d.random_crop, crop_rng, flip)
         if self.size_conditioning:
             # where the image is resized and cropped: the cache's values (as sd-scripts reads them back), else the image's
             original, ltrb = entry[2:4] if self.latents is not None else image_conditioning(sample.size, sample.bucket, bucketed=self.bucketed)
@@ -137,10 +127,12 @@ class TrainDataset(Dataset):
         return item
 
 
-def load_training_image(sample: TrainSample, background: str, augment: Augment, rng: random.Random, flip: bool) -> Image.Image:
+def load_training_image(sample: TrainSample, background: str, rng: random.Random, flip: bool, *, random_crop: bool = False,
+                        color_aug: bool = False) -> Image.Image:
+    """The image as a step trains it; `random_crop` and `color_aug` are dataset.random_crop and dataset.color_aug."""
     image = load_image(sample.image_path, background)
-    image, _ = fit_to_bucket(image, sample.bucket, augment.random_crop, rng, resized=sample.resized)
-    if augment.color:
+    image, _ = fit_to_bucket(image, sample.bucket, random_crop, rng, resized=sample.resized)
+    if color_aug:
         image = shift_hue(image, rng.uniform(-8 / 180, 8 / 180))  # sd-scripts: HueSaturationValue(hue_shift_limit=8)
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
 

@@ -19,7 +19,7 @@ import torch
 
 from loratrainer.data.masks import find_mask, load_mask
 from loratrainer.data.samples import TrainSample
-from loratrainer.train.dataset import Augment, image_tensor, load_training_image
+from loratrainer.train.dataset import image_tensor, load_training_image
 from loratrainer.train.masks import fit_mask
 from loratrainer.train.npz_cache import FINGERPRINT_KEY, write_cache
 from loratrainer.train.size_conditioning import image_conditioning
@@ -52,7 +52,7 @@ def fingerprint(sample: TrainSample, background: str, vae_id: str, masks=None) -
 def encode_image(vae, sample: TrainSample, background: str, flip: bool, device, dtype, seed: int | None = None) -> torch.Tensor:
     """Unscaled latents (C, h, w) as Kohya stores them; the trainer multiplies by the VAE's scaling factor.
     `seed`: the VAE sample's own generator (else the global RNG)."""
-    image = load_training_image(sample, background, Augment(), random.Random(0), flip)
+    image = load_training_image(sample, background, random.Random(0), flip)  # no crop or colour: those forbid caching
     pixels = image_tensor(image)[None].to(device, dtype)
     generator = None if seed is None else torch.Generator(device=pixels.device).manual_seed(seed)
     return vae.encode(pixels).latent_dist.sample(generator=generator)[0].float().cpu()

@@ -132,17 +132,18 @@ def compute_loss(t: Trainer, batch: dict, timestep: int | None = None) -> torch.
     with t.accelerator.autocast():
         latents = batch_latents(t, batch, generators)
         hidden, extra = t.family.condition(t, batch)  # the text conditioning, and SDXL's size conditioning
-        noise = sample_noise(latents, t.noise, generators)
+        noise = sample_noise(latents, t.config.noise, generators)
         if timestep is None:
             timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, latents.device, generators)
         else:
             timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
-        noisy = noisy_latents(scheduler, latents, noise, timesteps, t.noise, generators)
+        noisy = noisy_latents(scheduler, latents, noise, timesteps, t.config.noise, generators)
         pred = t.unet(noisy.to(t.weight_dtype), timesteps, hidden.to(t.weight_dtype), **extra).sample
     target = training_target(scheduler, latents, noise, timesteps)
-    weights = sample_weights(scheduler, timesteps, batch["is_reg"], t.loss)
-    huber_c = huber_threshold(scheduler, timesteps, t.loss) if t.loss.loss_type != "l2" else None
-    return diffusion_loss(pred, target, weights, t.loss, huber_c, batch.get("masks"))
+    loss = t.config.loss
+    weights = sample_weights(scheduler, timesteps, batch["is_reg"], loss, t.config.dataset.prior_loss_weight)
+    huber_c = huber_threshold(scheduler, timesteps, loss) if loss.loss_type != "l2" else None
+    return diffusion_loss(pred, target, weights, loss, huber_c, batch.get("masks"))
 
 
 def batch_latents(t: Trainer, batch: dict, generators=None) -> torch.Tensor:

@@ -1,30 +1,16 @@
-"""The training loss: target by prediction type, l2/huber/smooth-L1, min-SNR and prior-loss weights."""
+"""The training loss: target by prediction type, l2/huber/smooth-L1, min-SNR and prior-loss weights. The settings are
+the config's own `loss` group (LossSettings) and `dataset.prior_loss_weight`, read by their names."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
-from loratrainer.config import TrainingConfig
+from loratrainer.config import LossSettings
 from loratrainer.train.masks import apply_masked_loss
-
-
-@dataclass(frozen=True)
-class LossRecipe:
-    loss_type: str = "l2"
-    huber_c: float = 0.1
-    huber_schedule: str = "snr"
-    min_snr_gamma: float = 0.0
-    prior_loss_weight: float = 1.0
-
-    @classmethod
-    def from_config(cls, c: TrainingConfig) -> "LossRecipe":
-        o = c.loss
-        return cls(o.loss_type, o.huber_c, o.huber_schedule, o.min_snr_gamma, c.dataset.prior_loss_weight)
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -33,7 +19,7 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
     return noise
 
 
-def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossRecipe) -> torch.Tensor:
+def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossSettings) -> torch.Tensor:
     """Per-sample Huber c, shaped (batch, 1, 1, 1), by sd-scripts' schedules (constant, exponential, snr)."""
     c = torch.full(timesteps.shape, s.huber_c, dtype=torch.float32, device=timesteps.device)
     if s.huber_schedule == "exponential":
@@ -46,7 +32,7 @@ def huber_threshold(scheduler, timesteps: torch.Tensor, s: LossRecipe) -> torch.
     return c[:, None, None, None]
 
 
-def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None) -> torch.Tensor:
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None) -> torch.Tensor:
     pred, target = pred.float(), target.float()
     if s.loss_type == "l2":
         return F.mse_loss(pred, target, reduction="none")
@@ -55,10 +41,11 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, s: LossRecipe, hu
     return scale * (torch.sqrt((pred - target) ** 2 + c**2) - c)
 
 
-def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: LossRecipe) -> torch.Tensor:
-    """Per-sample weights: prior_loss_weight for regularisation images, min-SNR (https://arxiv.org/abs/2303.09556)."""
+def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: LossSettings, prior_loss_weight: float = 1.0) -> torch.Tensor:
+    """Per-sample weights: prior_loss_weight (dataset.prior_loss_weight) for regularisation images, min-SNR
+    (https://arxiv.org/abs/2303.09556)."""
     weights = torch.ones(timesteps.shape[0], device=timesteps.device)
-    weights[is_reg.to(timesteps.device)] = s.prior_loss_weight
+    weights[is_reg.to(timesteps.device)] = prior_loss_weight
     if s.min_snr_gamma:
         snr = compute_snr(scheduler, timesteps)
         clipped = torch.clamp(snr, max=s.min_snr_gamma)
@@ -69,7 +56,7 @@ def sample_weights(scheduler, timesteps: torch.Tensor, is_reg: torch.Tensor, s: 
     return weights
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossRecipe, huber_c: torch.Tensor | None = None,
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, s: LossSettings, huber_c: torch.Tensor | None = None,
                    masks: torch.Tensor | None = None) -> torch.Tensor:
     """`masks` (B, H, W) in [0, 1]: masked_loss / alpha_mask, applied before the per-sample mean as in sd-scripts."""
     loss = elementwise_loss(pred, target, s, huber_c)

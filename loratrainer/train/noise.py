@@ -1,26 +1,14 @@
-"""The noise added to latents: offset noise, multi-resolution (pyramid) noise, input perturbation."""
+"""The noise added to latents: offset noise, multi-resolution (pyramid) noise, input perturbation. The settings are
+the config's own `noise` group (NoiseSettings), read by their names."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from loratrainer.config import NoiseSettings
-
-
-@dataclass(frozen=True)
-class NoiseRecipe:
-    offset: float = 0.0
-    multires_iterations: int = 0
-    multires_discount: float = 0.3
-    ip_gamma: float = 0.0
-
-    @classmethod
-    def from_settings(cls, o: NoiseSettings) -> "NoiseRecipe":
-        return cls(o.noise_offset, o.multires_noise_iterations, o.multires_noise_discount, o.ip_noise_gamma)
 
 
 def item_generators(seeds: list[int] | None, device: torch.device) -> list[torch.Generator] | None:
@@ -38,20 +26,20 @@ def _randn(shape: tuple[int, ...], like: torch.Tensor, generators) -> torch.Tens
     return torch.stack([torch.randn(shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generators])
 
 
-def sample_noise(latents: torch.Tensor, s: NoiseRecipe, generators=None) -> torch.Tensor:
+def sample_noise(latents: torch.Tensor, s: NoiseSettings, generators=None) -> torch.Tensor:
     """The noise the UNet learns to predict (Kohya applies the offset first, then the pyramid)."""
     if generators is not None:  # item by item, each from its own generator, in the same order of draws
         return torch.cat([_sample_noise(latents[i : i + 1], s, [g]) for i, g in enumerate(generators)])
     return _sample_noise(latents, s, None)
 
 
-def _sample_noise(latents: torch.Tensor, s: NoiseRecipe, generators) -> torch.Tensor:
+def _sample_noise(latents: torch.Tensor, s: NoiseSettings, generators) -> torch.Tensor:
     noise = _randn(tuple(latents.shape), latents, generators)
-    if s.offset:
+    if s.noise_offset:
         # https://www.crosslabs.org//blog/diffusion-with-offset-noise
-        noise = noise + s.offset * _randn((latents.shape[0], latents.shape[1], 1, 1), latents, generators)
-    if s.multires_iterations:
-        noise = pyramid_noise_like(noise, s.multires_iterations, s.multires_discount, generators[0] if generators else None)
+        noise = noise + s.noise_offset * _randn((latents.shape[0], latents.shape[1], 1, 1), latents, generators)
+    if s.multires_noise_iterations:
+        noise = pyramid_noise_like(noise, s.multires_noise_iterations, s.multires_noise_discount, generators[0] if generators else None)
     return noise
 
 
@@ -75,9 +63,9 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, device: torch.de
     return torch.randint(0, num_train_timesteps, (batch_size,), device=device).long()
 
 
-def noisy_latents(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, s: NoiseRecipe,
+def noisy_latents(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, s: NoiseSettings,
                   generators=None) -> torch.Tensor:
     """Input perturbation (https://arxiv.org/abs/2301.11706) noises the input more than the target says."""
-    if s.ip_gamma:
-        noise = noise + s.ip_gamma * _randn(tuple(noise.shape), noise, generators)
+    if s.ip_noise_gamma:
+        noise = noise + s.ip_noise_gamma * _randn(tuple(noise.shape), noise, generators)
     return scheduler.add_noise(latents, noise, timesteps)

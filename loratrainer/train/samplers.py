@@ -1,6 +1,6 @@
 """Kohya's sample-image sampler names -> diffusers schedulers, built from the training noise schedule.
 
-The names and options are launch.samplers (sd-scripts' `get_my_scheduler`, library/train_util.py). The betas,
+The names and options are config.samplers (sd-scripts' `get_my_scheduler`, library/train_util.py). The betas,
 timestep count and prediction type (epsilon or v) come from the training noise scheduler's config, so samples
 of a v-prediction model are denoised as such. Kohya also forces `clip_sample=True` as a workaround for an old
 diffusers bug; we keep SD1.5's `clip_sample=False`.

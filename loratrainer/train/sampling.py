@@ -40,35 +40,24 @@ from loratrainer.train.setup import Trainer
 log = logging.getLogger("loratrainer.train")
 
 
-@dataclass(frozen=True)
-class SampleSchedule:
-    every_n_steps: int = 0
-    every_n_epochs: int = 0
-    at_first: bool = False
+def sampling_on(s: SamplingSettings) -> bool:
+    return bool(s.sample_every_n_steps or s.sample_every_n_epochs or s.sample_at_first)
 
-    @classmethod
-    def from_settings(cls, s: SamplingSettings) -> "SampleSchedule":
-        return cls(s.sample_every_n_steps, s.sample_every_n_epochs, s.sample_at_first)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.every_n_steps or self.every_n_epochs or self.at_first)
-
-    def due(self, step: int, epoch: int, *, epoch_end: bool = False, first: bool = False) -> bool:
-        """sd-scripts' sample_images_common: the epoch setting wins over the step setting; step 0 is the
-        sample before training, which a resumed run (already past step 0) does not repeat."""
-        if first:
-            return self.at_first and step == 0
-        if self.every_n_epochs:
-            return epoch_end and epoch % self.every_n_epochs == 0
-        return not epoch_end and self.every_n_steps > 0 and step % self.every_n_steps == 0
+def sample_due(s: SamplingSettings, step: int, epoch: int, *, epoch_end: bool = False, first: bool = False) -> bool:
+    """sd-scripts' sample_images_common: the epoch setting wins over the step setting; step 0 is the
+    sample before training, which a resumed run (already past step 0) does not repeat."""
+    if first:
+        return s.sample_at_first and step == 0
+    if s.sample_every_n_epochs:
+        return epoch_end and epoch % s.sample_every_n_epochs == 0
+    return not epoch_end and s.sample_every_n_steps > 0 and step % s.sample_every_n_steps == 0
 
 
 @dataclass
 class SampleRun:
     """What one run samples: the prompts (random seeds drawn once, so every round shows the same noise)."""
 
-    schedule: SampleSchedule
     prompts: list[SamplePrompt]
     sampler: str  # the run's default, canonical
 
@@ -76,7 +65,7 @@ class SampleRun:
 def maybe_sample(t: Trainer, *, epoch_end: bool = False, first: bool = False) -> list[Path]:
     """Render the sample images when they are due (call it on every process); returns the files written."""
     run = sample_run(t)
-    if run is None or not run.schedule.due(t.step, t.epoch, epoch_end=epoch_end, first=first):
+    if run is None or not sample_due(t.config.sampling, t.step, t.epoch, epoch_end=epoch_end, first=first):
         return []
     t.accelerator.wait_for_everyone()
     paths: list[Path] = []
@@ -95,8 +84,7 @@ def sample_run(t: Trainer) -> SampleRun | None:
 
 
 def plan(s: SamplingSettings, scheduler_config: Any) -> SampleRun | None:
-    schedule = SampleSchedule.from_settings(s)
-    if not schedule.enabled:
+    if not sampling_on(s):
         return None
     prompts = load_prompts(s.sample_prompts)
     if not prompts:
@@ -107,7 +95,7 @@ def plan(s: SamplingSettings, scheduler_config: Any) -> SampleRun | None:
         build_scheduler(name, scheduler_config)
     entropy = random.SystemRandom()  # the OS's randomness: leaves the training RNGs alone
     prompts = [p if p.seed is not None else replace(p, seed=entropy.randint(1, 2**32 - 1)) for p in prompts]
-    return SampleRun(schedule, prompts, default)
+    return SampleRun(prompts, default)
 
 
 def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:

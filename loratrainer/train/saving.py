@@ -23,7 +23,7 @@ from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warn
 from loratrainer.model.kohya_format import SAVE_DTYPES, lora_state_dict
 from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
 from loratrainer.model.saving import save_diffusers_lora, save_lora
-from loratrainer.train.checkpoints import CheckpointKeeper, Progress, SavePolicy
+from loratrainer.train.checkpoints import CheckpointKeeper, Progress, save_due
 from loratrainer.train.faults import during_save
 
 log = logging.getLogger("loratrainer.train")
@@ -34,7 +34,7 @@ class Saver:
         """`write(path, progress)` writes one file; by default the LoRA with its metadata (tests pass their own)."""
         self.t = t
         f = t.config.folders
-        self.keeper = CheckpointKeeper(Path(f.output_dir), f.output_name, SavePolicy.from_settings(t.config.saving), write or self.write_lora)
+        self.keeper = CheckpointKeeper(Path(f.output_dir), f.output_name, t.config.saving, write or self.write_lora)
         self._started = time.time()
         self._info = None  # the dataset's metadata, built on the first save
         self._saves = 0
@@ -46,7 +46,7 @@ class Saver:
     def maybe_save(self, epoch_done: bool = False) -> None:
         """Save when save_every_n_epochs / save_every_n_steps say so."""
         p = self.progress(epoch_done)
-        kind = self.keeper.policy.needs_save(p)
+        kind = save_due(self.t.config.saving, p)
         if kind:
             self.save(kind, p)
 

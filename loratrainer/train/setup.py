@@ -21,14 +21,12 @@ from loratrainer.model.kohya_format import load_network_weights
 from loratrainer.model.components import load_components
 from loratrainer.model.loading import SD15Components
 from loratrainer.model.lora import LoraHandle, inject_lora
-from loratrainer.train.captions import CaptionRules
+from loratrainer.train.captions import captions_static
 from loratrainer.train.dataset import EpochBatchSampler, TrainDataset, build_loader
 from loratrainer.train.family import FAMILIES, Family, family_for, store_unet_in_fp8
 from loratrainer.train.family import notes as family_notes
 from loratrainer.data.masks import uses_masks
 from loratrainer.train.latent_cache import cache_latents, join_shares
-from loratrainer.train.loss import LossRecipe
-from loratrainer.train.noise import NoiseRecipe
 from loratrainer.train.optimizers import build_optimizer
 from loratrainer.train.run_context import RunContext
 from loratrainer.train.schedulers import build_lr_scheduler
@@ -62,8 +60,6 @@ class Trainer:
     loader: Any
     sampler: EpochBatchSampler
     weight_dtype: torch.dtype
-    noise: NoiseRecipe
-    loss: LossRecipe
     text_cache: TextCache | None
     run: RunContext | None = None  # where the run reports; a bare one (no event stream) when not given
     saver: Any = None  # saving.Saver, set by the entry point (or a test) before training
@@ -228,12 +224,11 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
     lr_scheduler = build_lr_scheduler(config, optimizer, report.steps.total_steps)
     views, optimizer = prepare_models(accelerator, components, config, optimizer, family)
     loader, sampler = build_data(config, report, components, accelerator, seed, weight_dtype, run=run)
-    static_text = not family.trains_text(config) and CaptionRules.from_settings(config.dataset).is_static
+    static_text = not family.trains_text(config) and captions_static(config.dataset)
     t = Trainer(
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
         handle=handle, unet=views["unet"], text_encoder=views["text_encoder"], params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
-        noise=NoiseRecipe.from_settings(config.noise), loss=LossRecipe.from_config(config),
         text_cache=TextCache() if static_text else None, run=run, text_encoder_2=views.get("text_encoder_2"), family=family,
     )
     t.validation = build_validation(config, report.validation, family.size_conditioning)

@@ -22,7 +22,7 @@ import torch
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
 from loratrainer.messages import Label, Msg, define
-from loratrainer.train.captions import CaptionRules
+from loratrainer.train.captions import CHANGING, captions_static
 from loratrainer.train.npz_cache import FINGERPRINT_KEY, write_cache
 
 log = logging.getLogger("loratrainer.train")
@@ -33,10 +33,6 @@ define({
     "train.text_cache_needs_static_captions": "{cache} needs the same caption every step: turn off {setting}, or turn {cache} off.",
 })
 
-_CHANGING = (("shuffle_caption", "shuffle"), ("caption_dropout_rate", "dropout_rate"),
-             ("caption_dropout_every_n_epochs", "dropout_every_n_epochs"), ("caption_tag_dropout_rate", "tag_dropout_rate"))
-
-
 def wanted(config: TrainingConfig) -> bool:
     p = config.precision
     return p.cache_text_encoder_outputs or p.cache_text_encoder_outputs_to_disk  # sd-scripts: to_disk implies caching
@@ -46,7 +42,7 @@ def cacheable(config: TrainingConfig) -> bool:
     """No text encoder trains and every caption is the same each step: what caching needs."""
     te2 = config.optimizer.text_encoder_2_lr
     trains = config.trains_text_encoder or (te2 is not None and te2 > 0)
-    return not trains and CaptionRules.from_settings(config.dataset).is_static
+    return not trains and captions_static(config.dataset)
 
 
 def check_text_cache_allowed(config: TrainingConfig) -> None:
@@ -58,9 +54,8 @@ def check_text_cache_allowed(config: TrainingConfig) -> None:
     if config.trains_text_encoder or (te2 is not None and te2 > 0):
         raise UserError(Msg.of("train.text_cache_needs_frozen_text_encoder", cache=cache, te_lr=Label("optimizer.text_encoder_lr"),
                                te2_lr=Label("optimizer.text_encoder_2_lr")))
-    rules = CaptionRules.from_settings(config.dataset)
-    for setting, attr in _CHANGING:
-        if getattr(rules, attr):
+    for setting in CHANGING:
+        if getattr(config.dataset, setting):
             raise UserError(Msg.of("train.text_cache_needs_static_captions", cache=cache, setting=Label(f"dataset.{setting}")))
 
 
