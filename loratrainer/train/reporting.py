@@ -6,8 +6,12 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from loratrainer.run.events import EventWriter
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("loratrainer.train")
 
@@ -15,7 +19,7 @@ log = logging.getLogger("loratrainer.train")
 @dataclass
 class ProgressReporter:
     events: EventWriter | None
-    tensorboard: object | None  # torch.utils.tensorboard.SummaryWriter
+    tensorboard: SummaryWriter | None
     total_steps: int
     epochs: int
     min_interval_s: float = 0.5  # an event at most twice a second, plus the first and the last step
