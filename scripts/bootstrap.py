@@ -139,7 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra", action="append", default=[], help="optional dependency group, e.g. test")
     args = parser.parse_args()
-    problem = python_problem(tuple(sys.version_info), sys.executable)
+    problem = python_problem(tuple(sys.version_info[:3]), sys.executable)
     if problem is None and os.name == "nt" and not venv_python().exists():
         problem = path_too_long(str(VENV), windows_long_paths_enabled())
     if problem:

@@ -179,3 +179,18 @@ def test_stop_pressed_while_a_sample_renders_is_seen_between_denoising_steps(tmp
         hook.remove()
     assert len(calls) <= 4, len(calls)  # before: all 200 steps of the image, then the check
     assert not list((tmp_path / "out" / "sample").glob("*.png")) if (tmp_path / "out" / "sample").exists() else True
+
+
+def test_a_run_folder_whose_config_cannot_be_read_ends_as_an_error_with_exit_code_1(tmp_path, monkeypatch):
+    """The trainer's early failure (config unreadable, before accelerate starts) ends the event stream with the
+    reason and exits 1, so the launcher and the queue count it as failed, not finished (a merge once dropped the
+    return and the process exited 0)."""
+    from loratrainer.run import events
+    from loratrainer.run import files as run_files
+    from loratrainer.train import entry
+
+    monkeypatch.setattr(entry, "watch_owner", lambda run_dir: None, raising=False)
+    (tmp_path / run_files.CONFIG_FILE).write_text("{ not json", encoding="utf-8")
+    assert entry.main(["--run-dir", str(tmp_path)]) == events.EXIT_CODES["error"] == 1
+    ended = [e for e in events.read_events(tmp_path / run_files.EVENTS_FILE, 0)[0] if e["event"] == "ended"]
+    assert [e["status"] for e in ended] == ["error"] and ended[0]["exit_code"] == 1

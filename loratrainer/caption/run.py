@@ -121,7 +121,8 @@ def caption_folder(
     `loading(options)` is called just before a model is loaded (not when there is nothing to caption), so a
     caller can say that this may take a while."""
     fixed = isinstance(captioner_options, FixedTextOptions) and captioner is None
-    if fixed and not writer.compose(options.prefix, captioner_options.text, options.postfix):
+    if fixed and isinstance(captioner_options, FixedTextOptions) and not writer.compose(
+            options.prefix, captioner_options.text, options.postfix):  # (the second isinstance tells mypy)
         raise UserError(Msg.of("captioning.fixed_empty"))
     plan = plan_captions(options)
     if plan.duplicates:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loratrainer.caption.base import METHODS, MODEL_METHODS, option_specs, options_from_values
+from loratrainer.caption.base import METHODS, MODEL_METHODS, OptionSpec, option_specs, options_from_values
 from loratrainer.errors import UserError
 
 
@@ -47,7 +47,7 @@ def _add_captioner_flags(p: argparse.ArgumentParser) -> None:
     """One flag per declared captioner option (caption/base.py); an option several captioners have (--model,
     --max-length) is one flag whose default is each captioner's own. Every flag defaults to None: not given."""
     seen: dict[str, list[tuple[str, object]]] = {}
-    specs = {}
+    specs: dict[str, tuple[str, OptionSpec]] = {}
     for method in MODEL_METHODS:
         for spec in option_specs(METHODS[method]):
             if spec.cli is not None:
@@ -58,7 +58,7 @@ def _add_captioner_flags(p: argparse.ArgumentParser) -> None:
         owners = seen[flag]
         shared = len(owners) == len(MODEL_METHODS)  # --model, --device: on the command itself
         target = p if shared else groups.setdefault(_GROUPS[method], p.add_argument_group(_GROUPS[method]))
-        text = spec.cli
+        text = spec.cli or ""  # (never empty: `specs` holds only the options with a CLI help)
         if spec.kind in ("int", "float"):
             defaults = {d for _, d in owners}
             text += f" (default {owners[0][1]})" if len(defaults) == 1 else " (" + ", ".join(f"{_NAMES[m]} {d}" for m, d in owners) + ")"

@@ -7,6 +7,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loratrainer.run import files as run_files
 from loratrainer.config.sample_prompts import MAX_SIZE
@@ -14,6 +15,9 @@ from loratrainer.compare.runs import SavedFile, epoch_label, read_run
 from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
+
+if TYPE_CHECKING:
+    from loratrainer.config import TrainingConfig
 
 define({
     "compare.size_range": "{option} must be a multiple of 8 from 8 to {max} pixels, as a sample image's size (got {value}).",
@@ -53,7 +57,7 @@ def _check_lora(path: Path) -> None:
 class Inputs:
     files: list[Path] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
-    config: object | None = None  # the TrainingConfig of the (first) run found
+    config: TrainingConfig | None = None  # of the (first) run found
     saved: list[SavedFile | None] = field(default_factory=list)  # what the run said of each file (None: no run found)
 
     def validation(self) -> dict:
@@ -68,7 +72,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / run_files.EVENTS_FILE).is_file() and (path / run_files.CONFIG_FILE).is_file()
 
 
-def run_config(run_dir: Path):
+def run_config(run_dir: Path) -> TrainingConfig | None:
     from loratrainer.config import ConfigError, load_config
 
     try:

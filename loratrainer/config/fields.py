@@ -103,7 +103,9 @@ def field_specs() -> list[FieldSpec]:
             for m in info.metadata:
                 lo = getattr(m, "ge", getattr(m, "gt", lo)) if lo is None else lo
                 hi = getattr(m, "le", getattr(m, "lt", hi)) if hi is None else hi
-            hints = (info.json_schema_extra or {}).get("ui", {}) if isinstance(info.json_schema_extra, dict) else {}
+            extra = info.json_schema_extra
+            ui = extra.get("ui") if isinstance(extra, dict) else None
+            hints: dict[str, Any] = ui if isinstance(ui, dict) else {}
             specs.append(FieldSpec(f"{group}.{name}", group, name, ann, info.default, info.description or "", choices, lo, hi,
                                    label=info.title or name.replace("_", " ").capitalize(), basic=hints.get("basic"),
                                    lines=hints.get("lines", 1), browse=hints.get("browse"), check=hints.get("check")))

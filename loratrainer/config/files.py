@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from loratrainer.config import schema
 from loratrainer.config.schema import TrainingConfig
@@ -94,7 +94,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config", overrides: di
     data = migrate(dict(data))  # first, so that a moved setting is checked in its new group
     for path, value in (overrides or {}).items():
         group, name = path.split(".")
-        data[group] = {**(data.get(group) if isinstance(data.get(group), dict) else {}), name: value}
+        current = data.get(group)
+        data[group] = {**(current if isinstance(current, dict) else {}), name: value}
     _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)
     if header is not None and not isinstance(header, dict):
@@ -142,11 +143,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _refuse_booleans_as_numbers(data: dict[str, Any], model: type, source: str) -> None:
+def _refuse_booleans_as_numbers(data: dict[str, Any], model: type[BaseModel], source: str) -> None:
     """`"epoch": true` would validate as 1 (pydantic's lax mode): a boolean where a number belongs is an error."""
     for section, values in data.items():
         group = getattr(model.model_fields.get(section), "annotation", None)
-        if not isinstance(values, dict) or not hasattr(group, "model_fields"):
+        if not isinstance(values, dict) or not (isinstance(group, type) and issubclass(group, BaseModel)):
             continue
         for name, value in values.items():
             field = group.model_fields.get(name)

@@ -759,9 +759,9 @@ def _additional_parameters(raw: dict[str, Any], values: dict[str, Any], origin: 
         elif name == "text_encoder_lr" and import_te_rates_flag(args, shown, values, origin, report):
             pass
         elif (leaf in DIRECT_KEYS or leaf in ("no_half_vae", "cache_text_encoder_outputs")) and leaf not in OURS_ONLY and (len(args) == 1 or (not args and _SPECS[leaf].kind == "bool")):
-            value = args[0] if args else True
-            values[leaf], origin[leaf] = value, "additional_parameters"
-            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting=leaf, value=repr(value)))
+            given: str | bool = args[0] if args else True
+            values[leaf], origin[leaf] = given, "additional_parameters"
+            report.migrated.append(ReportItem.of("additional_parameters", "kohya.flag_mapped", flag=shown, setting=leaf, value=repr(given)))
         elif name in _NEUTRAL_FLAGS and args and args[0] in _NEUTRAL_FLAGS[name]:
             report.ignored.append(ReportItem.of("additional_parameters", "kohya.flag_no_effect", flag=shown))
         else:

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from loratrainer.errors import UserError
 from loratrainer.config.samplers import SAMPLER_NAMES, canonical_sampler
@@ -84,7 +84,8 @@ def _sampler(value: str) -> str:
 
 
 # option -> (SamplePrompt field, value parser, what it is for messages)
-OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
+# option letter -> (SamplePrompt field, parser returning that field's type, what the option is)
+OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "n": ("negative_prompt", str, "negative prompt"),
     "w": ("width", _size, "width"),
     "h": ("height", _size, "height"),
@@ -103,7 +104,7 @@ def parse_line(text: str, line: int = 1, source: str = "sample_prompts") -> Samp
     for part in parts[1:]:
         m = _OPTION.fullmatch(part.strip())
         name = m.group(1).lower() if m else ""
-        if name not in OPTIONS:
+        if m is None or name not in OPTIONS:
             known = " ".join(f"--{o}" for o in OPTIONS)
             raise SamplePromptError(line, f"unknown option --{part.strip().split(' ')[0]} (known: {known})", source)
         field, parse, what = OPTIONS[name]

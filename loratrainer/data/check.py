@@ -244,7 +244,7 @@ def _check_image(
     try:
         text = read_caption_file(image, ext)
     except CaptionError as exc:
-        problems.append(Problem.at(exc.path, "error", exc.reason))
+        problems.append(Problem.at(exc.path or image, "error", exc.reason))
         text = CaptionText(None, None, False)
     caption = text.text
     sample = TrainSample(

@@ -168,7 +168,9 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:  # None only when converting in place (inPlace=True), which we never ask
+                return converted
         except Exception:  # a broken profile must not make the image unusable
             pass
     return im.convert("RGB")

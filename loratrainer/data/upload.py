@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import stat
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from loratrainer.errors import UserError
@@ -34,7 +35,7 @@ MAX_RATIO = 200  # images barely compress (PNG/JPEG: about 1x); text captions re
 _CHUNK = 1024 * 1024
 
 
-def gather_upload(files: list[str | Path], into: Path) -> Path:
+def gather_upload(files: Sequence[str | Path], into: Path) -> Path:
     """Copy uploaded files (and unpack uploaded zips) into the empty folder `into`; return the folder prepare
     should read: `into`, or the single top folder a zip made of a folder ("houses/a.png", ...) holds."""
     for f in files:

@@ -116,6 +116,7 @@ def guard_text_inputs(blocks, t: Translator) -> None:
                 # Start's refusal clears the last run's view as any other refusal does
                 processed_input[i] = value.value
                 continue
+            text: str | None
             if isinstance(value, OutOfRange):
                 text = value.sentence(t, label)
             else:
@@ -158,7 +159,7 @@ def keep_out_of_range(number_class) -> None:
             return OutOfRange(payload, lo, hi)
         return preprocess(self, payload)
 
-    lenient.keeps_out_of_range = True
+    setattr(lenient, "keeps_out_of_range", True)  # (a function attribute mypy's Callable type does not have)
     number_class.preprocess = lenient
 
 

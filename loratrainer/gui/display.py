@@ -36,8 +36,8 @@ class Display:
 
             from loratrainer.data.images import to_rgb
 
-            with Image.open(source) as im:
-                im = ImageOps.exif_transpose(im)
+            with Image.open(source) as opened:
+                im = ImageOps.exif_transpose(opened)
                 im.thumbnail((max_side, max_side))
                 im = to_rgb(im)  # as training sees it: alpha on white, 16-bit scaled (not clipped to white)
                 tmp = target.with_suffix(".tmp.jpg")

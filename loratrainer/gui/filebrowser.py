@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from loratrainer.data.folders import parse_concept_name
 from loratrainer.data.images import is_image_name
@@ -31,9 +32,9 @@ class Listing:
     error: str = ""
 
 
-def usable_path(path: str | None) -> bool:
+def usable_path(path: str | None) -> TypeGuard[str]:
     """A path the file system can be asked about: no NUL, not over PATH_MAX (4096 bytes)."""
-    return bool(path) and "\0" not in path and len(path.encode("utf-8", "surrogatepass")) <= 4096
+    return path is not None and bool(path) and "\0" not in path and len(path.encode("utf-8", "surrogatepass")) <= 4096
 
 
 def start_folder(path: str | None) -> Path:

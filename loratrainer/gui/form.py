@@ -16,7 +16,7 @@ from loratrainer.gui.i18n import Translator
 
 def basic_paths() -> list[str]:
     """The Basic settings (the schema's `ui(basic=n)`), in their order; everything else is Advanced."""
-    return [s.path for s in sorted((s for s in field_specs() if s.basic is not None), key=lambda s: s.basic)]
+    return [s.path for s in sorted((s for s in field_specs() if s.basic is not None), key=lambda s: s.basic or 0)]
 
 
 def path_checks(group: str) -> dict[str, str]:

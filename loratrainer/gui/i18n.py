@@ -28,7 +28,7 @@ DEFAULT_LANGUAGE = "en"
 
 @lru_cache(maxsize=None)
 def table(lang: str) -> dict[str, str]:
-    text = resources.files("loratrainer").joinpath("i18n", f"{lang}.json").read_text(encoding="utf-8")
+    text = resources.files("loratrainer").joinpath("i18n").joinpath(f"{lang}.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

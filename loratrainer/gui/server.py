@@ -107,7 +107,7 @@ def allowed_hosts(options: ServeOptions) -> list[str]:
         hosts |= set(options.public_names)
     if options.host in ("0.0.0.0", "::"):  # every address of this machine
         try:
-            hosts |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+            hosts |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}  # (an int only for AF_CAN)
         except OSError:
             pass
         hosts |= _primary_addresses()

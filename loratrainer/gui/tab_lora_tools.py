@@ -21,6 +21,7 @@ from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md
 from loratrainer.machine import child_processes
+from loratrainer.messages import Msg
 from loratrainer.tools.messages import message_from_json
 from loratrainer.tools.outputs import free_name
 
@@ -38,14 +39,16 @@ class ToolProcess:
         self.proc = child_processes.start([sys.executable, "-m", "loratrainer", "lora", *args, "--json", "--progress-json"],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                           encoding="utf-8", errors="replace", env=env)
-        self.done, self.total, self.errors, self.stdout = 0, 0, [], ""
-        self.message = None  # the tool's coded error (loratrainer.messages.Msg), when it sent one
+        self.done, self.total, self.stdout = 0, 0, ""
+        self.errors: list[str] = []
+        self.message: Msg | None = None  # the tool's coded error, when it sent one
         self._threads = [threading.Thread(target=self._read_progress, daemon=True),
                          threading.Thread(target=self._read_report, daemon=True)]
         for t in self._threads:
             t.start()
 
     def _read_progress(self) -> None:
+        assert self.proc.stderr is not None and self.proc.stdout is not None  # both started as PIPE
         for line in self.proc.stderr:
             if line.startswith("{"):
                 try:
@@ -60,6 +63,7 @@ class ToolProcess:
             self.errors.append(line.rstrip("\n"))
 
     def _read_report(self) -> None:
+        assert self.proc.stdout is not None  # started as PIPE
         self.stdout = self.proc.stdout.read()
 
     def wait(self, timeout: float) -> int | None:

@@ -86,7 +86,7 @@ class QueueHandlers:
             self.ui.jobs.queue_notices.clear()
         return said
 
-    def live(self, items) -> tuple[str, object]:
+    def live(self, items) -> tuple[str, run_view.JobView | None]:
         """The running item's progress in one line (step, epoch, time left; or its phase while it loads and
         caches), and its JobView (None when no queued run goes)."""
         for item in items:

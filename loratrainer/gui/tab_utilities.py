@@ -6,6 +6,7 @@ when a run starts."""
 # No `from __future__ import annotations` here: Gradio finds gr.Request / gr.SelectData parameters by their
 # evaluated annotations, and gradio is imported inside build() to keep the CLI light.
 import threading
+from typing import Any
 from pathlib import Path
 
 from loratrainer.errors import UserError
@@ -44,7 +45,9 @@ class UtilitiesHandlers:
         from loratrainer.caption.base import METHODS, option_specs, options_from_values
 
         run = CaptionRunOptions(
-            folder=(v["cap_folder"] or "").strip(), caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
+            # the box's text: __post_init__ refuses an empty one (Path("") would be ".") and makes it a Path
+            folder=(v["cap_folder"] or "").strip(),  # type: ignore[arg-type]
+            caption_extension=v["cap_extension"] or ".txt", prefix=v["cap_prefix"] or "",
             postfix=v["cap_postfix"] or "", overwrite=bool(v["cap_overwrite"]), recursive=bool(v["cap_recursive"]), batch_size=int(v["cap_batch"] or 1),
         )
         method = v["cap_method"]
@@ -128,7 +131,7 @@ class UtilitiesHandlers:
         # thread below before anything is loaded or written, in the page's language.
         session = getattr(request, "session_hash", None) or "direct"
         cancel = self._cancel[session] = threading.Event()
-        state = {"done": 0, "total": None, "report": None, "error": None}
+        state: dict[str, Any] = {"done": 0, "total": None, "report": None, "error": None}
 
         def work() -> None:
             try:
@@ -320,7 +323,8 @@ def _gallery_file(value) -> str:
     Gradio keeps the name when it copies the file into its cache."""
     if not isinstance(value, dict):
         return ""
-    image = value.get("image") if isinstance(value.get("image"), dict) else value
+    inner = value.get("image")
+    image = inner if isinstance(inner, dict) else value
     for key in ("path", "url", "orig_name"):
         if isinstance(image.get(key), str) and image[key]:
             return Path(image[key].split("?")[0]).name

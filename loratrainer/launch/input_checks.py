@@ -317,7 +317,7 @@ def remove_stale_partials(config: TrainingConfig) -> list[Path]:
     """Remove the hidden `.<output_name>....partial` files a kill during a save left in the output folder (only
     this run's names, and only ones not written to for a minute); returns what was removed."""
     folder = Path(config.folders.output_dir or ".")
-    removed = []
+    removed: list[Path] = []
     prefix = "." + config.folders.output_name
     try:
         entries = list(os.scandir(folder))

@@ -358,7 +358,7 @@ class RunProcess:
         raw = self.popen.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.group_alive():
-            if deadline is not None and time.monotonic() > deadline:
+            if timeout is not None and deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(self.argv, timeout)
             time.sleep(0.1)
         return self.exit_code(raw)

@@ -154,7 +154,7 @@ def _load_lycoris(handle: LoraHandle, path: Path, state: dict[str, torch.Tensor]
         if suffix not in lycoris.KEYS[kind] and suffix != "alpha":
             raise NetworkWeightsMismatch(f"{path}: unexpected key {key} in a {kind} file.")
         by_module.setdefault(module, {})[suffix] = value
-    pending = []
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (our parameter, the file's value)
     for name, tensors in by_module.items():
         info = handle.modules.get(name)
         if info is None:

@@ -86,7 +86,7 @@ class LoraHandle:
         return {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2}[part]
 
     def parts(self) -> list[Part]:
-        trained = (("unet", self.train_unet), ("text_encoder", self.train_text_encoder),
+        trained: tuple[tuple[Part, bool], ...] = (("unet", self.train_unet), ("text_encoder", self.train_text_encoder),
                    ("text_encoder_2", self.train_text_encoder_2))
         return [p for p, on in trained if on]
 
@@ -184,7 +184,7 @@ def inject_lora(
 def target_modules(model: nn.Module, part: Part, *, conv: bool) -> list[str]:
     """Exact module paths Kohya adapts: conv=False the Standard set, conv=True LoCon's extra 3x3 convolutions."""
     if part in ("text_encoder", "text_encoder_2"):
-        containers: tuple[type, ...] = (CLIPAttention, CLIPMLP)
+        containers: tuple[type[nn.Module], ...] = (CLIPAttention, CLIPMLP)
     elif conv:
         containers = (ResnetBlock2D, Downsample2D, Upsample2D)
     else:

@@ -48,18 +48,32 @@ def is_regular_file(path: str | Path) -> bool:
         return False
 
 
+def _read_at(fd: int, count: int, offset: int) -> bytes:
+    """Up to `count` bytes from `offset` (fewer only at the end of the file). os.pread is POSIX-only (Windows has
+    no such function: an AttributeError for every LoRA there), so: seek, then read until `count` or the end."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks: list[bytes] = []
+    while count > 0:
+        chunk = os.read(fd, count)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_header(path: str | Path) -> dict:
     """The header object (tensor entries and "__metadata__") of a regular .safetensors file, or HeaderError."""
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size
-        head = os.pread(fd, 8, 0)
+        head = _read_at(fd, 8, 0)
         if len(head) < 8:
             raise HeaderError("damaged", "shorter than a safetensors header")
         length = int.from_bytes(head, "little")
         if length < 2 or length > MAX_HEADER_BYTES or length + 8 > size:
             raise HeaderError("damaged", f"its header length {length} does not fit a file of {size} bytes")
-        raw = os.pread(fd, length, 8)
+        raw = _read_at(fd, length, 8)
     finally:
         os.close(fd)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Callable
 
 PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
@@ -31,7 +32,7 @@ class UNetLayout:
     @classmethod
     def of(cls, config) -> "UNetLayout":
         """From a UNet config (diffusers' FrozenDict or a dict)."""
-        get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+        get: Callable[[str], Any] = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
         return cls(int(get("layers_per_block")), tuple("CrossAttn" in t for t in get("up_block_types")))
 
 

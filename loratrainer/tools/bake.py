@@ -237,7 +237,7 @@ def _open_loras(loras: list[tuple[Path, float]]) -> list[tuple[LoraFile, float]]
     return files
 
 
-def _with_deltas(weight: torch.Tensor, deltas: list[tuple[LoraFile, str, float]]) -> torch.Tensor:
+def _with_deltas(weight: torch.Tensor, deltas: list[tuple[LoraFile, str, float, tuple[int, int] | None]]) -> torch.Tensor:
     # float32 and in place: the largest SD1.5 weight (10240 x 1280) then costs two float32 copies, not a chain of
     # float64 temporaries; diffusers' fuse_lora adds in float32 as well
     out = weight.to(torch.float32, copy=True)

@@ -15,11 +15,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from loratrainer.tools.lorafile import LoraFile
 from loratrainer.tools.callbacks import NO_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from loratrainer.model.lora import Part
 
 CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 FAMILY_FROM_METADATA = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}
@@ -95,7 +99,11 @@ def inspect_lora(path: str | Path, progress: Progress = NO_PROGRESS) -> InspectR
     modules = Counter(m.part for m in f.modules.values())
     kinds = Counter(m.kind for m in f.modules.values())
     ranks, alphas, problems = {}, {}, []
-    non_finite, mismatched, lacking, empty, bad_alpha = [], [], [], [], []
+    non_finite: list[str] = []
+    mismatched: list[str] = []
+    lacking: list[str] = []
+    empty: list[str] = []
+    bad_alpha: list[str] = []
     total = len(f.modules)
     for i, (name, m) in enumerate(sorted(f.modules.items())):
         progress.step(i, total, name)
@@ -238,7 +246,8 @@ def sd15_module_names() -> frozenset[str]:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG_DIR, subfolder="unet"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15_CONFIG_DIR / "text_encoder"))
     names = set()
-    for part, model in (("unet", unet), ("text_encoder", te)):
+    parts: tuple[tuple[Part, torch.nn.Module], ...] = (("unet", unet), ("text_encoder", te))
+    for part, model in parts:
         for path, module in model.named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 names.add(kohya_name(part, path))

@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, read_checkpoint
 from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NonFiniteLoraError
 from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
 from loratrainer.tools.messages import LYCORIS_KINDS, tool_error
+
+if TYPE_CHECKING:
+    from safetensors import safe_open
 
 UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_"
 KOHYA_ROLES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_mid.weight": "mid", ".alpha": "alpha",
@@ -68,7 +72,7 @@ class LoraFile:
         # (docs/reliability.md "LoRA tools and compare")
         if not is_regular_file(self.path):
             raise CorruptModelFile(tool_error("lora_not_regular", path=str(self.path)))
-        self._handle = None
+        self._handle: safe_open | None = None  # a .safetensors file, read tensor by tensor
         self._tensors: dict[str, torch.Tensor] | None = None
         self.metadata: dict[str, str] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -90,12 +94,12 @@ class LoraFile:
             except HeaderError as exc:
                 raise CorruptModelFile(tool_error("lora_unreadable", path=str(self.path), detail=exc.detail or exc.reason)) from exc
             try:
-                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+                handle = self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             except (SafetensorError, OSError, ValueError) as exc:
                 raise CorruptModelFile(tool_error("lora_unreadable", path=str(self.path), detail=str(exc)[:200])) from exc
-            self.metadata = dict(self._handle.metadata() or {})
-            for key in self._handle.keys():
-                sl = self._handle.get_slice(key)
+            self.metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                sl = handle.get_slice(key)
                 self._shapes[key] = tuple(sl.get_shape())
                 self._dtypes[key] = sl.get_dtype()
         else:
@@ -114,7 +118,11 @@ class LoraFile:
         return self._dtypes[key]
 
     def tensor(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-        t = self._tensors[key] if self._tensors is not None else self._handle.get_tensor(key)
+        if self._tensors is not None:
+            t = self._tensors[key]
+        else:  # _open() set one of the two
+            assert self._handle is not None
+            t = self._handle.get_tensor(key)
         return t.to(dtype) if dtype is not None else t
 
     # -- LoRA factors -------------------------------------------------------------------------------------

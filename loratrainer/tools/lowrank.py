@@ -40,6 +40,8 @@ def choose_rank(s: torch.Tensor, max_rank: int, method: str | None = None, param
     n = len(s)
     if method is None:
         rank = max_rank
+    elif param is None:  # the CLI and the page always pass a dynamic method with its parameter
+        raise ValueError(f"dynamic method {method} needs its parameter")
     elif method == "sv_ratio":
         rank = _clamp(int(torch.sum(s > s[0] / param).item()), n) + 1
     elif method == "sv_cumulative":

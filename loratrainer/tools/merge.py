@@ -56,7 +56,8 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
     def modules():
         nonlocal kept_sq, total_sq
         for name in names:
-            downs, ups, shape = [], [], None
+            downs, ups = [], []
+            shape: tuple[int, ...] | None = None
             for f, weight in files:
                 if name not in f.modules:
                     continue
@@ -70,6 +71,7 @@ def merge_loras(inputs: list[tuple[Path, float]], output: str | Path, *, rank: i
                 root = abs(c) ** 0.5
                 downs.append(down.reshape(down.shape[0], -1) * root)
                 ups.append(up.reshape(up.shape[0], -1) * (root if c >= 0 else -root))
+            assert shape is not None  # `names` are the files' own modules: at least one file has this one
             down2, up2 = torch.cat(downs, 0), torch.cat(ups, 1)
             conv = len(shape) == 4 and shape[2] > 1
             target = (conv_rank or rank) if conv else rank
@@ -111,7 +113,7 @@ def _convs(files) -> set[str]:
     out = set()
     for f, _ in files:
         for name, m in f.modules.items():
-            shape = f.shape(m.keys["down"]) if "down" in m.keys else ()
+            shape: tuple[int, ...] = f.shape(m.keys["down"]) if "down" in m.keys else ()
             if len(shape) == 4 and shape[2] > 1:
                 out.add(name)
     return out

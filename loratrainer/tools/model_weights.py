@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,8 +23,11 @@ from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NonFini
 from loratrainer.model.safetensors_header import HeaderError, is_regular_file, read_header
 from loratrainer.tools.messages import tool_error
 
-PARTS = ("unet", "text_encoder")
-SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2")
+if TYPE_CHECKING:
+    from loratrainer.model.lora import Part
+
+PARTS: tuple[Part, ...] = ("unet", "text_encoder")
+SDXL_PARTS: tuple[Part, ...] = ("unet", "text_encoder", "text_encoder_2")
 # the weight file names diffusers and transformers save, preferred in this order (a variant such as .fp16 last)
 WEIGHT_NAMES = {"unet": ("diffusion_pytorch_model",), "text_encoder": ("model", "pytorch_model"), "text_encoder_2": ("model", "pytorch_model"),
                 "vae": ("diffusion_pytorch_model",)}
@@ -152,7 +156,7 @@ class ModelWeights:
             for name, key in kohya_to_ldm(self.single.keys, self.config_dir).items():
                 self._where[name] = (self.single, key, None)
 
-    def name_of(self, part: str, key: str) -> str | None:
+    def name_of(self, part: Part, key: str) -> str | None:
         """The Kohya name of a diffusers folder's weight key (None: not a module weight)."""
         if self.family == "sdxl":
             from loratrainer.tools.sdxl_names import kohya_name_of_folder_key
@@ -176,7 +180,7 @@ class ModelWeights:
             return self._sdxl_targets(conv)
         from loratrainer.model.lora import kohya_name, target_modules
 
-        out = []
+        out: list[tuple[str, str, torch.Size]] = []
         for part in PARTS:
             if conv and part != "unet":
                 continue

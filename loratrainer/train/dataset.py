@@ -119,7 +119,9 @@ class TrainDataset(Dataset):
             crop_rng.setstate(rng.getstate())  # the mask draws the same crop as its image
             item["pixels"] = image_tensor(load_training_image(sample, self.background, rng, flip, random_crop=d.random_crop, color_aug=d.color_aug))
             if self.masked:
-                item["mask"] = fit_mask(load_mask(sample, self.config), sample, d.random_crop, crop_rng, flip)
+                mask = load_mask(sample, self.config)
+                assert mask is not None  # masks are on (self.masked): load_mask gives one or raises
+                item["mask"] = fit_mask(mask, sample, d.random_crop, crop_rng, flip)
         if self.size_conditioning:
             # where the image is resized and cropped: the cache's values (as sd-scripts reads them back), else the image's
             original, ltrb = entry[2:4] if self.latents is not None else image_conditioning(sample.size, sample.bucket, bucketed=self.bucketed)

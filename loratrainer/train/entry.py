@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from loratrainer.run import events
 from loratrainer.machine import child_processes
@@ -87,6 +88,7 @@ def _ended_early(run_dir: Path, reason: str, msg: Msg) -> int:
         with events.EventWriter(run_dir / run_files.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"],
                         msg=outcomes.to_event(msg))
+    return events.EXIT_CODES["error"]
 
 
 def error_msg(exc: Exception) -> Msg:
@@ -95,7 +97,6 @@ def error_msg(exc: Exception) -> Msg:
     if isinstance(exc, UserError) and isinstance(own, Msg):
         return own
     return Msg.of("run.error_detail", detail=str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
-    return events.EXIT_CODES["error"]
 
 
 def record_process(run_dir: Path) -> None:
@@ -236,7 +237,7 @@ _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _FULL_TEXTS = ("no space left on device", "disk quota exceeded", "storagefull", "quotaexceeded", "os error 28", "os error 122")
 
 
-def disk_full(exc: BaseException) -> str | None:
+def disk_full(exc: BaseException | None) -> str | None:
     """None unless `exc` or anything in its chain (cause, context) says the disk or quota is full; then the file
     name it names, or "". A real full disk arrives as safetensors' SafetensorError or torch's RuntimeError as
     often as an OSError (docs/reliability.md, "Faults")."""
@@ -258,7 +259,7 @@ _REFUSED_TEXTS = ("read-only file system", "permission denied", "os error 30", "
                   "permissiondenied")
 
 
-def not_writable(exc: BaseException) -> str | None:
+def not_writable(exc: BaseException | None) -> str | None:
     """None unless `exc` or its chain says a file could not be written because its folder is read-only or not
     writable; then that file's name, or "" (docs/reliability.md "Paths and faults": a raw `OSError [Errno 30]`
     from the TensorBoard writer was the run's last word)."""
@@ -336,7 +337,7 @@ def trace_batches(t) -> None:
     `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
     if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
         return
-    sampler_class = type(t.sampler)
+    sampler_class: Any = type(t.sampler)
     path = Path(t.run_dir) / run_files.batches_trace_name(t.accelerator.process_index)
 
     class Traced(sampler_class):

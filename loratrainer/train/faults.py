@@ -74,7 +74,7 @@ def during_save(save_number: int, path) -> Iterator[None]:
         return
     real_fsync = os.fsync
 
-    def fsync(fd: int) -> None:
+    def fsync(fd: object) -> None:  # os.fsync takes a descriptor or anything with fileno()
         if kill:
             child_processes.kill_self()
         raise OSError(errno.ENOSPC, "No space left on device (injected by LORATRAINER_FAULT)", str(path))

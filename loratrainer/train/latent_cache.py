@@ -90,7 +90,8 @@ def cache_latents(samples: list[TrainSample], vae, *, flip: bool, to_disk: bool,
         plain = encode_image(vae, sample, background, False, device, dtype, latent_seed(seed, i, False))
         flipped = encode_image(vae, sample, background, True, device, dtype, latent_seed(seed, i, True)) if flip else None
         # latents are cached only without random crop (the schema's rule): the mask takes the same centre crop
-        mask = fit_mask(load_mask(sample, masks), sample, False, None, False) if masks is not None else None
+        full_mask = load_mask(sample, masks) if masks is not None else None  # masks: the config, given when they are on
+        mask = fit_mask(full_mask, sample, False, None, False) if full_mask is not None else None
         out[i] = (plain, flipped, *image_conditioning(sample.size, sample.bucket, bucketed=bucketed), mask)
         if to_disk:
             _write(npz_path(sample), out[i], fp)

@@ -26,7 +26,7 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], fp: str, what: str) -
 
     def writer(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # mypy takes a key for savez's allow_pickle flag
 
     try:
         atomic_write_with(path, writer)

@@ -7,10 +7,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from loratrainer.messages import Msg
 from loratrainer.run.events import EventWriter
 from loratrainer.run.notes import note_event
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("loratrainer.train")
 
@@ -51,7 +55,7 @@ def report_config_notes(writer: EventWriter, notes: list[Msg]) -> None:
 @dataclass
 class ProgressReporter:
     events: EventWriter | None
-    tensorboard: object | None  # torch.utils.tensorboard.SummaryWriter
+    tensorboard: SummaryWriter | None
     total_steps: int
     epochs: int
     min_interval_s: float = 0.5  # an event at most twice a second, plus the first and the last step

@@ -112,6 +112,7 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
         if image is None:  # stopped between denoising steps: no half-denoised image is written
             log.info("stop requested while a sample image rendered: it and the rest of this round are skipped")
             break
+        assert prompt.seed is not None  # the plan drew a seed for every prompt without one
         path = folder / sample_name(t.config.folders.output_name, t.step, t.epoch, index, stamp, prompt.seed, by_epoch)
         atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"))
         announce(t, run, path, index, prompt, image)

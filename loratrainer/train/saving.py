@@ -36,7 +36,7 @@ class Saver:
         f = t.config.folders
         self.keeper = CheckpointKeeper(Path(f.output_dir), f.output_name, t.config.saving, write or self.write_lora)
         self._started = time.time()
-        self._info = None  # the dataset's metadata, built on the first save
+        self._info: DatasetInfo | None = None  # the dataset's metadata, built on the first save
         self._saves = 0
 
     def progress(self, epoch_done: bool = False) -> Progress:
@@ -91,9 +91,10 @@ class Saver:
         self._saves += 1
         if self._info is None:
             self._info = dataset_info(t.report)
+        info = self._info
         tensors = lora_state_dict(t.handle, t.config.precision.save_precision)
         meta = file_metadata(
-            t.config, self._info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
+            t.config, info, t.components, epoch=p.epoch, step=p.step, total_steps=p.total_steps, epochs=p.epochs,
             seed=t.seed, started_at=self._started, num_processes=t.accelerator.num_processes,
             mixed_precision=t.accelerator.mixed_precision,
         )

@@ -61,21 +61,17 @@ class Trainer:
     sampler: EpochBatchSampler
     weight_dtype: torch.dtype
     text_cache: TextCache | None
-    run: RunContext | None = None  # where the run reports; a bare one (no event stream) when not given
+    run: RunContext  # where the run reports (build_trainer makes a bare one, no event stream, when not given)
+    family: Family  # what differs between model families (train/family.py), from the components
     saver: Any = None  # saving.Saver, set by the entry point (or a test) before training
     sampling: Any = "unplanned"  # sampling.SampleRun, or None for no sampling, once the first round asks
     step: int = 0
     epoch: int = 0
     text_encoder_2: torch.nn.Module | None = None  # SDXL: the prepared view of components.text_encoder_2
-    family: Family | None = None  # what differs between model families (train/family.py), from the components
     validation: Any = None  # train.validation.ValidationSet: the held-out images (None without validation)
 
     def __post_init__(self) -> None:
-        if self.run is None:
-            self.run = RunContext(Path(self.run_dir))
         self.run.trainer = self
-        if self.family is None:
-            self.family = family_for(self.components)
 
     def text_encoder_views(self) -> dict[str, torch.nn.Module]:
         """The family's text encoders as the loop calls them (accelerate's prepared views), by attribute name."""
@@ -110,9 +106,10 @@ def load_and_adapt_models(config: TrainingConfig, accelerator: Accelerator):
         components.noise_scheduler = zero_terminal_snr(components.noise_scheduler)
     if config.precision.no_half_vae:
         components.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; the pixels are passed in its dtype
-    if getattr(components, "declared_prediction", "") and (components.declared_prediction == "v_prediction") != config.model.v_parameterization:
+    declared = getattr(components, "declared_prediction", "")  # SD1.5/2 single files and folders say it
+    if declared and (declared == "v_prediction") != config.model.v_parameterization:
         log.warning("%s", Msg.of("train.prediction_mismatch_" + ("on" if config.model.v_parameterization else "off"),
-                                 declared=components.declared_prediction, v_param=Label("model.v_parameterization")))
+                                 declared=declared, v_param=Label("model.v_parameterization")))
     handle = add_lora(components, config, family)
     if config.network.network_weights:
         fresh = load_network_weights(handle, config.network.network_weights)
@@ -229,7 +226,8 @@ def build_trainer(config: TrainingConfig, run_dir: Path, accelerator: Accelerato
         config=config, run_dir=run_dir, accelerator=accelerator, report=report, seed=seed, components=components,
         handle=handle, unet=views["unet"], text_encoder=views["text_encoder"], params=[p for g in groups for p in g["params"]],
         optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader, sampler=sampler, weight_dtype=weight_dtype,
-        text_cache=TextCache() if static_text else None, run=run, text_encoder_2=views.get("text_encoder_2"), family=family,
+        text_cache=TextCache() if static_text else None, run=run if run is not None else RunContext(Path(run_dir)),
+        text_encoder_2=views.get("text_encoder_2"), family=family,
     )
     t.validation = build_validation(config, report.validation, family.size_conditioning)
     fill_text_cache(t)  # precision.cache_text_encoder_outputs: every caption encoded now (and kept on disk)

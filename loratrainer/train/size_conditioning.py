@@ -19,6 +19,8 @@ def crop_ltrb(bucket: Size, original: Size) -> tuple[float, float, float, float]
     """BucketManager.get_crop_ltrb: where the image, scaled to fit inside the bucket, sits centred (floats)."""
     bucket_ar = bucket[0] / bucket[1]
     image_ar = original[0] / original[1]
+    resized_w: float
+    resized_h: float
     if bucket_ar > image_ar:  # the bucket is wider: fit the height
         resized_w, resized_h = bucket[1] * image_ar, bucket[1]
     else:
@@ -31,8 +33,8 @@ def crop_ltrb(bucket: Size, original: Size) -> tuple[float, float, float, float]
 def image_conditioning(original: Size, bucket: Size, *, bucketed: bool = True) -> tuple[Size, tuple[float, float, float, float]]:
     """(original size, crop rectangle) as sd-scripts stores them for an image (also in its latent cache files)."""
     if not bucketed:
-        return tuple(bucket), (0, 0, 0, 0)
-    return tuple(original), crop_ltrb(bucket, original)
+        return (bucket[0], bucket[1]), (0, 0, 0, 0)
+    return (original[0], original[1]), crop_ltrb(bucket, original)
 
 
 def time_ids(original: Size, ltrb, target: Size, flipped: bool) -> list[int]:

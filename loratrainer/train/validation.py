@@ -42,7 +42,8 @@ def build_validation(config, samples: list[TrainSample], size_conditioning: bool
     seed = validation_seed(config)
     size = config.training.train_batch_size
     order = sorted(range(len(samples)), key=lambda i: (samples[i].bucket, str(samples[i].image_path)))
-    batches, current = [], []
+    batches: list[list[int]] = []
+    current: list[int] = []
     for i in order:
         if current and (len(current) == size or samples[current[0]].bucket != samples[i].bucket):
             batches.append(current)
