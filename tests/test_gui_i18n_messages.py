@@ -43,7 +43,8 @@ def test_every_coded_message_has_a_korean_template_with_the_same_placeholders():
     assert missing == []
     differ = [code for code, text in templates.items() if _fields(text) != _fields(ko[f"msg.{code}"])]
     assert differ == []
-    assert not [code for code in templates if not HANGUL.search(ko[f"msg.{code}"])]
+    names = {"model.part.unet", "model.part.vae"}  # a model part's name, the same in Korean
+    assert not [code for code in templates if code not in names and not HANGUL.search(ko[f"msg.{code}"])]
     # English lives beside the code, not in en.json (one source, no drift).
     assert not [k for k in table("en") if k.startswith("msg.")]
 

@@ -107,8 +107,8 @@ def load_vae(source: str, *, dtype: torch.dtype = torch.float32, config_dir: Pat
     state = read_checkpoint(path, what="VAE")
     found = detect_family(state)
     if found not in ("vae", "sdxl" if family == "sdxl" else "sd1"):
-        what = Msg.of("model.vae_what.sdxl" if family == "sdxl" else "model.vae_what.sd15")
-        raise NotSD15Checkpoint(Msg.of("model.vae_other_family", path=str(path), what=what, found=found))
+        code = "model.vae_other_family.sdxl" if family == "sdxl" else "model.vae_other_family.sd15"
+        raise NotSD15Checkpoint(Msg.of(code, path=str(path), found=found))
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in state:  # already in diffusers' naming
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir, subfolder="vae"))
         _load_strict(vae, state, path)
@@ -161,8 +161,8 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
     parts = load() if local_only else from_hub(load, source)
     width = parts[3].config.cross_attention_dim
     if width in (1024, 2048):  # SD1.5 has 768 (tiny test models less); these two are SD2 and SDXL
-        family = Msg.of("model.wide_family.sd2" if width == 1024 else "model.wide_family.sdxl")
-        raise NotSD15Checkpoint(Msg.of("model.wide_family", source=source, family=family, width=width))
+        code = "model.wide_family.sd2" if width == 1024 else "model.wide_family.sdxl"
+        raise NotSD15Checkpoint(Msg.of(code, source=source, width=width))
     return parts
 
 
