@@ -300,7 +300,7 @@ def preflight(config: TrainingConfig) -> TrainingConfig:
         raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
-        raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
+        raise LaunchRefused(Msg.of("check.failed", report=report.format_text()), report=report)
     check_resume(config)
     check_optimizer(config)
     check_run_inputs(config)
