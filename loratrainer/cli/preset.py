@@ -6,6 +6,15 @@ import argparse
 from pathlib import Path
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.preset.exists": "{path} exists; use --force to replace it",
+    "cli.preset.is_folder": "{path} is a folder; give a file name",
+    "cli.preset.appeared": "{path} appeared meanwhile and was kept; use --force to replace it",
+    "cli.preset.cannot_write": "cannot write {path}: {reason}",
+    "cli.preset.blocked": "{blocker} is a file, not a folder",
+})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _refuse_existing(output: str, force: bool) -> Path:
     path = Path(output)
     if path.exists() and not force:
-        raise UserError(f"{path} exists; use --force to replace it")
+        raise UserError(Msg.of("cli.preset.exists", path=str(path)))
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a file name")
+        raise UserError(Msg.of("cli.preset.is_folder", path=str(path)))
     return path
 
 
@@ -54,10 +63,10 @@ def _write(output: Path, text: str, force: bool) -> None:
         atomic_write(output, text, overwrite=force)
     except OSError as exc:
         if isinstance(exc, FileExistsError) and output.is_file():
-            raise UserError(f"{output} appeared meanwhile and was kept; use --force to replace it") from None
+            raise UserError(Msg.of("cli.preset.appeared", path=str(output))) from None
         blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
-        raise UserError(f"cannot write {output}: {reason}") from None
+        reason = Msg.of("cli.preset.blocked", blocker=str(blocker)) if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
+        raise UserError(Msg.of("cli.preset.cannot_write", path=str(output), reason=reason)) from None
     if backup:
         print(f"Kept the old {output} as {backup}")
     print(f"Wrote {output}", end="")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg
 
 
 def add_parser(subparsers) -> None:
@@ -73,7 +74,7 @@ def _add(queue, args: argparse.Namespace) -> int:
     try:
         overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--set: {exc}") from None
+        raise UserError(Msg.of("cli.bad_option", option="--set", detail=str(exc))) from None
     config = _load(args.config, overrides)  # the overrides first, then the checks, as `train --set` does
     item = queue.add(config, source=args.config, overrides=args.assignments)
     position = [i.id for i in queue.items()].index(item.id) + 1

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--set: {exc}") from None
+        raise UserError(Msg.of("cli.bad_option", option="--set", detail=str(exc))) from None
     config = _load(args.config, overrides)  # the overrides first, then the checks: a --set value can mend the file
     for note in config.summary():
         print(f"note: {note}", file=sys.stderr)
