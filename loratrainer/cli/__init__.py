@@ -17,6 +17,10 @@ from loratrainer.messages import Msg, define
 define({
     "cli.bad_option": "{option}: {detail}",
     "cli.interrupted": "interrupted",
+    "cli.note": "note: {text}",
+    "cli.warning": "warning: {text}",
+    "cli.import": "import: {text}",
+    "cli.run_folder": "run folder: {path}",
 })
 
 # The order in which commands are listed by --help: the order of the work.

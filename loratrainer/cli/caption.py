@@ -17,6 +17,7 @@ define({
     "cli.caption.replace_needs_find": "--replace needs --find",
     "cli.caption.find_needs_replace": "--find needs --replace (use --replace '' to delete the text)",
     "cli.caption.add_needs_text": "--add-to-existing needs --prefix and/or --postfix",
+    "cli.caption.loading": "loading {model} ...",
 })
 
 
@@ -111,7 +112,7 @@ def _caption(args: argparse.Namespace) -> int:
     def loading(model) -> None:
         # Loading a large model takes a while (and a download on first use): say so before the bar appears.
         if not isinstance(model, FixedTextOptions):
-            print(f"loading {model.model} ...", file=sys.stderr)
+            print(Msg.of("cli.caption.loading", model=model.model), file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if not bar:

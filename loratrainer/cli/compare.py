@@ -19,6 +19,7 @@ define({
     "cli.compare.not_png": "-o must name a .png file",
     "cli.compare.exists": "{path} exists: choose another name or pass --overwrite",
     "cli.compare.cannot_write": "cannot write {path}: {detail}",
+    "cli.compare.wrote": "wrote {path} and {json} ({count} images in {seconds} s)",
 })
 
 
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(Msg.of("cli.compare.cannot_write", path=str(target), detail=str(exc.strerror or exc))) from None
     report({"phase": "done", "done": request.cells, "total": request.cells, "path": str(target)})
-    print(f"wrote {target} and {target.with_suffix('.json').name} ({request.cells} images in {time.monotonic() - started:.0f} s)")
+    print(Msg.of("cli.compare.wrote", path=str(target), json=target.with_suffix(".json").name, count=request.cells,
+                 seconds=f"{time.monotonic() - started:.0f}"))
     return 0
 
 
