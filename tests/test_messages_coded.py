@@ -194,3 +194,32 @@ def test_the_cli_prints_the_same_messages_in_english(capsys, tmp_path):
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "dest"), "--name", "a/b"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "use a plain name without" in err and not HANGUL.search(err)
+
+
+PLACEHOLDER = re.compile(r"\{[^}]*\}")
+TWO_WORDS = re.compile(r"\b[A-Za-z]{2,}[,:;]?\s+[A-Za-z]{2,}\b")
+
+
+def _literal_text(node: ast.AST) -> str | None:
+    """The literal words of a string, f-string or + of them (placeholders left out); None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return " ".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp):
+        return " ".join(t for t in (_literal_text(node.left), _literal_text(node.right)) if t)
+    return None
+
+
+def test_the_cli_prints_no_sentence_of_its_own():
+    """`loratrainer ...` prints coded messages (print(Msg.of(...))): a literal sentence of two English words or
+    more in a print() of cli/ is refused. Data (JSON, a report's own lines, a command line) passes."""
+    found = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print" and call.args:
+                text = _literal_text(call.args[0])
+                if text and TWO_WORDS.search(PLACEHOLDER.sub(" ", text)):
+                    found.append(f"{path.name}:{call.lineno}: {ast.unparse(call)[:100]}")
+    assert found == []
+    assert TWO_WORDS.search(PLACEHOLDER.sub(" ", _literal_text(ast.parse('f"removed {n} run(s)"').body[0].value)))
