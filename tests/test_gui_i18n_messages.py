@@ -450,6 +450,7 @@ def test_korean_refusal_of_a_bad_sample_prompt_says_the_line_in_korean(pages, tm
     ui = pages["ko"]
     make_concept(tmp_path / "img", "10_dog", 2)
     status = ui.handlers["training"].start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "img"), "folders.output_dir": str(tmp_path / "model"),
-                                                         "sampling.sample_every_n_epochs": 1, "sampling.sample_prompts": "a dog --w"}))[ui.named["run_message"]]
+                                                         "sampling.sample_every_n_epochs": 1, "sampling.sample_prompts": "a dog --w",
+                                                         "optimizer.optimizer": "AdamW"}))[ui.named["run_message"]]
     assert "1번째 줄" in status and "--w에 값(너비)이 필요합니다" in status and english_phrases(status) == [], status
     assert ui.jobs.runs() == []
