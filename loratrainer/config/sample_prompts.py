@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from loratrainer.errors import UserError
-from loratrainer.config.samplers import SAMPLER_NAMES, canonical_sampler
+from loratrainer.config.samplers import canonical_sampler
 from loratrainer.messages import Msg, MsgError, define
 
 define({
