@@ -43,7 +43,8 @@ def test_every_coded_message_has_a_korean_template_with_the_same_placeholders():
     assert missing == []
     differ = [code for code, text in templates.items() if _fields(text) != _fields(ko[f"msg.{code}"])]
     assert differ == []
-    assert not [code for code in templates if not HANGUL.search(ko[f"msg.{code}"])]
+    names = {"model.part.unet", "model.part.vae"}  # a model part's name, the same in Korean
+    assert not [code for code in templates if code not in names and not HANGUL.search(ko[f"msg.{code}"])]
     # English lives beside the code, not in en.json (one source, no drift).
     assert not [k for k in table("en") if k.startswith("msg.")]
 
@@ -507,3 +508,14 @@ def test_killed_is_said_once(tmp_path):
     view = JobView(tmp_path, state, False, "killed (signal 9)", "")
     text = status_line(view, Translator("en"))
     assert text.count("killed") == 1 and "(signal 9)" in text, text
+
+
+def test_korean_refusal_of_a_bad_sample_prompt_says_the_line_in_korean(pages, tmp_path):
+    """The prompt parser's reason (naming the option and the line) was English inside the Korean refusal."""
+    ui = pages["ko"]
+    make_concept(tmp_path / "img", "10_dog", 2)
+    status = ui.handlers["training"].start(_form(ui, **{"folders.train_data_dir": str(tmp_path / "img"), "folders.output_dir": str(tmp_path / "model"),
+                                                         "sampling.sample_every_n_epochs": 1, "sampling.sample_prompts": "a dog --w",
+                                                         "optimizer.optimizer": "AdamW"}))[ui.named["run_message"]]
+    assert "1번째 줄" in status and "--w에 값(너비)이 필요합니다" in status and english_phrases(status) == [], status
+    assert ui.jobs.runs() == []

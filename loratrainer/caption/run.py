@@ -22,6 +22,11 @@ from loratrainer.errors import UserError
 from loratrainer.messages import Msg, define
 
 define({
+    "captioning.summary.written": "{count} captions written",
+    "captioning.summary.skipped_existing": "{count} skipped: caption exists (overwrite to replace them)",
+    "captioning.summary.backed_up": "old captions backed up to {folder}",
+    "captioning.summary.failed": "{count} skipped: not captioned",
+    "captioning.summary.cancelled": "cancelled: the remaining images were not captioned",
     "captioning.folder_missing": "choose the image folder first",
     "captioning.batch_size": "batch size must be at least 1",
     "captioning.fixed_empty": "the fixed text is empty: type the caption to write",
@@ -83,16 +88,16 @@ class CaptionReport:
 
     def summary(self) -> list[str]:
         """Lines for people: counts first, then every image that was not captioned and why."""
-        lines = [f"{len(self.written)} captions written"]
+        said = [Msg.of("captioning.summary.written", count=len(self.written))]
         if self.skipped_existing:
-            lines.append(f"{len(self.skipped_existing)} skipped: caption exists (overwrite to replace them)")
+            said.append(Msg.of("captioning.summary.skipped_existing", count=len(self.skipped_existing)))
         if self.backup_dir:
-            lines.append(f"old captions backed up to {self.backup_dir}")
+            said.append(Msg.of("captioning.summary.backed_up", folder=str(self.backup_dir)))
         if self.failed:
-            lines.append(f"{len(self.failed)} skipped: not captioned")
-            lines += [f"  {s.path}: {s.reason}" for s in self.failed]
+            said.append(Msg.of("captioning.summary.failed", count=len(self.failed)))
+        lines = [str(m) for m in said] + [f"  {s.path}: {s.reason}" for s in self.failed]  # English: the CLI's
         if self.cancelled:
-            lines.append("cancelled: the remaining images were not captioned")
+            lines.append(str(Msg.of("captioning.summary.cancelled")))
         return lines
 
 

@@ -12,6 +12,16 @@ import pkgutil
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.bad_option": "{option}: {detail}",
+    "cli.interrupted": "interrupted",
+    "cli.note": "note: {text}",
+    "cli.warning": "warning: {text}",
+    "cli.import": "import: {text}",
+    "cli.run_folder": "run folder: {path}",
+})
 
 # The order in which commands are listed by --help: the order of the work.
 ORDER = ["gui", "prepare", "check", "caption", "train", "compare", "preset"]
@@ -37,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(Msg.of("cli.interrupted"), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `loratrainer check --json | head`: the reader left, which is not an error
         sys.stderr.close()

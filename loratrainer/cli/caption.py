@@ -11,6 +11,14 @@ import sys
 
 from loratrainer.caption.base import METHODS, MODEL_METHODS, OptionSpec, option_specs, options_from_values
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.caption.replace_needs_find": "--replace needs --find",
+    "cli.caption.find_needs_replace": "--find needs --replace (use --replace '' to delete the text)",
+    "cli.caption.add_needs_text": "--add-to-existing needs --prefix and/or --postfix",
+    "cli.caption.loading": "loading {model} ...",
+})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +81,7 @@ def _add_captioner_flags(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.replace is not None and args.find is None:
-        raise UserError("--replace needs --find")
+        raise UserError(Msg.of("cli.caption.replace_needs_find"))
     if args.find is not None:
         return _edit_existing(args)
     if args.add_to_existing:
@@ -104,7 +112,7 @@ def _caption(args: argparse.Namespace) -> int:
     def loading(model) -> None:
         # Loading a large model takes a while (and a download on first use): say so before the bar appears.
         if not isinstance(model, FixedTextOptions):
-            print(f"loading {model.model} ...", file=sys.stderr)
+            print(Msg.of("cli.caption.loading", model=model.model), file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if not bar:
@@ -126,11 +134,11 @@ def _edit_existing(args: argparse.Namespace) -> int:
     common = {"caption_extension": args.caption_extension, "recursive": args.recursive}
     if args.find is not None:
         if args.replace is None:
-            raise UserError("--find needs --replace (use --replace '' to delete the text)")
+            raise UserError(Msg.of("cli.caption.find_needs_replace"))
         report = basic.find_replace(args.folder, args.find, args.replace, regex=args.regex, **common)
     else:
         if not (args.prefix or args.postfix):
-            raise UserError("--add-to-existing needs --prefix and/or --postfix")
+            raise UserError(Msg.of("cli.caption.add_needs_text"))
         report = basic.add_prefix_postfix(args.folder, args.prefix, args.postfix, **common)
     print("\n".join(report.summary()))
     return 0

@@ -11,6 +11,13 @@ import sys
 from typing import Any
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.check.processes": "--num-processes must be at least 1",
+    "cli.check.invalid_setting": "invalid setting: {detail}",
+    "cli.check.no_folder": "no dataset folder: give DIR or a --config that sets train_data_dir",
+})
 
 EXIT_REFUSED = 1
 
@@ -66,13 +73,13 @@ def _config(args: argparse.Namespace):
         if value is not None:
             values[key] = value
     if args.num_processes is not None and args.num_processes < 1:
-        raise UserError("--num-processes must be at least 1")
+        raise UserError(Msg.of("cli.check.processes"))
     try:
         config = apply_overrides(with_values(config, values), args.set)
     except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
-        raise UserError(f"invalid setting: {_one_line(exc)}") from None
+        raise UserError(Msg.of("cli.check.invalid_setting", detail=_one_line(exc))) from None
     if not config.folders.train_data_dir:
-        raise UserError("no dataset folder: give DIR or a --config that sets train_data_dir")
+        raise UserError(Msg.of("cli.check.no_folder"))
     return config
 
 

@@ -10,6 +10,17 @@ import time
 from pathlib import Path
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.compare.not_run_folder": "--run: {path} is not a run folder",
+    "cli.compare.no_model": "no base model: give --model (the files' run folder was not found)",
+    "cli.compare.no_prompt": "give a prompt with --prompt TEXT",
+    "cli.compare.not_png": "-o must name a .png file",
+    "cli.compare.exists": "{path} exists: choose another name or pass --overwrite",
+    "cli.compare.cannot_write": "cannot write {path}: {detail}",
+    "cli.compare.wrote": "wrote {path} and {json} ({count} images in {seconds} s)",
+})
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +59,7 @@ def build_request(args: argparse.Namespace):
         from loratrainer.compare.inputs import is_run_dir
 
         if not is_run_dir(run_dir):
-            raise UserError(f"--run: {run_dir} is not a run folder")
+            raise UserError(Msg.of("cli.compare.not_run_folder", path=str(run_dir)))
     inputs = resolve(args.inputs, run_dir)
     config = inputs.config
     if run_dir is not None:
@@ -57,10 +68,10 @@ def build_request(args: argparse.Namespace):
         config = run_config(run_dir)
     model = args.model or (config.model.pretrained_model_name_or_path if config else "")
     if not model:
-        raise UserError("no base model: give --model (the files' run folder was not found)")
+        raise UserError(Msg.of("cli.compare.no_model"))
     prompts = [p for p in args.prompt if p.strip()] or first_sample_prompt(config)
     if not prompts:
-        raise UserError("give a prompt with --prompt TEXT")
+        raise UserError(Msg.of("cli.compare.no_prompt"))
     # the run's resolution by default: an SDXL LoRA trained at 1024 says little at SD1.5's 512
     width, height = config.buckets.resolution if config else (512, 512)
     width, height = (width if args.width is None else args.width), (height if args.height is None else args.height)
@@ -69,7 +80,7 @@ def build_request(args: argparse.Namespace):
     try:
         sampler = canonical_sampler(sampler)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--sampler: {exc}") from None
+        raise UserError(Msg.of("cli.bad_option", option="--sampler", detail=str(exc))) from None
     return GridRequest(
         files=inputs.files, labels=inputs.labels, weights=parse_weights(args.weights), prompts=prompts, model=model,
         seed=args.seed, steps=args.steps, width=width, height=height, cfg_scale=args.cfg, sampler=sampler,
@@ -83,9 +94,9 @@ def build_request(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     target = Path(args.output).expanduser()
     if target.suffix.lower() != ".png":
-        raise UserError("-o must name a .png file")
+        raise UserError(Msg.of("cli.compare.not_png"))
     if target.exists() and not args.overwrite:
-        raise UserError(f"{target} exists: choose another name or pass --overwrite")
+        raise UserError(Msg.of("cli.compare.exists", path=str(target)))
     request = build_request(args)
     report = _reporter(args.progress)
     report({"phase": "loading", "done": 0, "total": request.cells})
@@ -103,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         render_grid(request, target, progress)
     except OSError as exc:
-        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise UserError(Msg.of("cli.compare.cannot_write", path=str(target), detail=str(exc.strerror or exc))) from None
     report({"phase": "done", "done": request.cells, "total": request.cells, "path": str(target)})
-    print(f"wrote {target} and {target.with_suffix('.json').name} ({request.cells} images in {time.monotonic() - started:.0f} s)")
+    print(Msg.of("cli.compare.wrote", path=str(target), json=target.with_suffix(".json").name, count=request.cells,
+                 seconds=f"{time.monotonic() - started:.0f}"))
     return 0
 
 

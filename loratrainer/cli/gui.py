@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from loratrainer.messages import Msg, define
+
+define({"cli.gui.stopped": "stopped"})
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         # Ctrl+C: the server has shut down and removed its temporary folder. The interpreter's own teardown of
         # gradio's objects would add 1-2 s of garbage collection with nothing left to save, so leave now.
-        print("stopped", file=sys.stderr, flush=True)
+        print(Msg.of("cli.gui.stopped"), file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)
 

@@ -5,6 +5,19 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.prepare.created": "created {path}  ({images} images, {captions} captions copied, {repeats} repeats)",
+    "cli.prepare.left_out": "left out {name}: {why}",
+    "cli.prepare.folder_created": "created {path}",
+    "cli.prepare.folder_kept": "kept    {path}",
+    "cli.prepare.suggested": "repeats {repeats} suggested for {images} images (pass --repeats to choose; see docs/dataset.md)",
+    "cli.prepare.uncaptioned": "{count} image(s) have no caption: caption them with `{command}` or they train with the caption {caption!r}",
+    "cli.prepare.reg_caption": "note: uncaptioned regularisation images train with the caption {name!r}; give --class (e.g. --class dog) so they train as the class instead of your concept",
+    "cli.prepare.next": "next: {command}",
+})
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -33,22 +46,21 @@ def run(args: argparse.Namespace) -> int:
 
     r = prepare_project(args.src, args.dest, args.name, args.repeats, args.reg, args.reg_repeats, class_name=args.class_name)
     for folder in [r.train] + ([r.reg] if r.reg else []):
-        print(f"created {folder.path}  ({folder.images} images, {folder.captions} captions copied, {folder.repeats} repeats)")
+        print(Msg.of("cli.prepare.created", path=str(folder.path), images=folder.images, captions=folder.captions, repeats=folder.repeats))
     for folder in [r.train] + ([r.reg] if r.reg else []):
         for path, why in folder.left_out:
-            print(f"left out {path.name}: {why}")
+            print(Msg.of("cli.prepare.left_out", name=path.name, why=why))
     for sub in ("log", "model"):
-        print(f"{'created' if r.project / sub in r.created else 'kept   '} {r.project / sub}")
+        print(Msg.of("cli.prepare.folder_created" if r.project / sub in r.created else "cli.prepare.folder_kept", path=str(r.project / sub)))
     if r.repeats_suggested:
-        print(f"repeats {r.train.repeats} suggested for {r.train.images} images (pass --repeats to choose; see docs/dataset.md)")
+        print(Msg.of("cli.prepare.suggested", repeats=r.train.repeats, images=r.train.images))
     if r.train.captions < r.train.images:
-        print(f"{r.train.images - r.train.captions} image(s) have no caption: caption them with "
-              f"`loratrainer caption {shlex.quote(str(r.train.path))}` or they train with the caption {r.train.path.name.split('_', 1)[1]!r}")
+        print(Msg.of("cli.prepare.uncaptioned", count=r.train.images - r.train.captions, caption=r.train.path.name.split("_", 1)[1],
+                     command=f"loratrainer caption {shlex.quote(str(r.train.path))}"))
     if r.reg and not args.class_name:
-        print(f"note: uncaptioned regularisation images train with the caption {args.name.strip()!r}; give --class "
-              "(e.g. --class dog) so they train as the class instead of your concept")
+        print(Msg.of("cli.prepare.reg_caption", name=args.name.strip()))
     check = f"loratrainer check {shlex.quote(str(r.project / 'image'))}"
     if r.reg:
         check += f" --reg {shlex.quote(str(r.project / 'reg'))}"
-    print(f"next: {check}")
+    print(Msg.of("cli.prepare.next", command=check))
     return 0

@@ -6,6 +6,24 @@ import argparse
 from pathlib import Path
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.preset.exists": "{path} exists; use --force to replace it",
+    "cli.preset.is_folder": "{path} is a folder; give a file name",
+    "cli.preset.appeared": "{path} appeared meanwhile and was kept; use --force to replace it",
+    "cli.preset.cannot_write": "cannot write {path}: {reason}",
+    "cli.preset.blocked": "{blocker} is a file, not a folder",
+    "cli.preset.kept_old": "Kept the old {path} as {backup}",
+    "cli.preset.wrote": "Wrote {path}",
+    "cli.preset.note": "Note: {text}",
+    "cli.preset.written_out": "Written out: {item}",
+    "cli.preset.not_exported": "NOT EXPORTED: {item}",
+    "cli.preset.kohya_keys": " ({count} Kohya keys)",
+    "cli.preset.shipped": "shipped", "cli.preset.user": "user",
+    "cli.preset.folder": "User presets folder: {path}",
+    "cli.preset.differs": "Settings that differ from the defaults:",
+})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _refuse_existing(output: str, force: bool) -> Path:
     path = Path(output)
     if path.exists() and not force:
-        raise UserError(f"{path} exists; use --force to replace it")
+        raise UserError(Msg.of("cli.preset.exists", path=str(path)))
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a file name")
+        raise UserError(Msg.of("cli.preset.is_folder", path=str(path)))
     return path
 
 
@@ -54,13 +72,13 @@ def _write(output: Path, text: str, force: bool) -> None:
         atomic_write(output, text, overwrite=force)
     except OSError as exc:
         if isinstance(exc, FileExistsError) and output.is_file():
-            raise UserError(f"{output} appeared meanwhile and was kept; use --force to replace it") from None
+            raise UserError(Msg.of("cli.preset.appeared", path=str(output))) from None
         blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
-        raise UserError(f"cannot write {output}: {reason}") from None
+        reason = Msg.of("cli.preset.blocked", blocker=str(blocker)) if blocker else f"{exc.strerror or exc} ({exc.filename or output})"
+        raise UserError(Msg.of("cli.preset.cannot_write", path=str(output), reason=reason)) from None
     if backup:
-        print(f"Kept the old {output} as {backup}")
-    print(f"Wrote {output}", end="")
+        print(Msg.of("cli.preset.kept_old", path=str(output), backup=str(backup)))
+    print(Msg.of("cli.preset.wrote", path=str(output)), end="")
 
 
 def _print_report(lines: list[str]) -> None:
@@ -76,7 +94,7 @@ def run_import(args: argparse.Namespace) -> int:
     config, report = load_any_config(args.source)  # raises before anything is written
     _print_report(report.lines())
     for note in config.summary():
-        print(f"Note: {note}")
+        print(Msg.of("cli.preset.note", text=note))
     _write(output, config_to_json(config), args.force)
     print()
     return 0
@@ -91,11 +109,11 @@ def run_export(args: argparse.Namespace) -> int:
     _print_report(report.lines())
     data, export_report = export_kohya(config)
     for item in export_report.migrated:
-        print(f"Written out: {item}")
+        print(Msg.of("cli.preset.written_out", item=item))
     for item in export_report.unsupported:
-        print(f"NOT EXPORTED: {item}")
+        print(Msg.of("cli.preset.not_exported", item=item))
     _write(output, kohya_to_json(data), args.force)
-    print(f" ({len(data)} Kohya keys)")
+    print(Msg.of("cli.preset.kohya_keys", count=len(data)))
     return 0
 
 
@@ -104,11 +122,11 @@ def run_list(args: argparse.Namespace) -> int:
 
     presets = list_presets()
     for info in presets:
-        origin = "shipped" if info.shipped else "user"
+        origin = Msg.of("cli.preset.shipped" if info.shipped else "cli.preset.user")
         print(f"{info.path.stem:<24} {info.name} [{origin}]")
         if info.description:
             print(f"{'':<24} {info.description}")
-    print(f"User presets folder: {user_preset_dir()}")
+    print(Msg.of("cli.preset.folder", path=str(user_preset_dir())))
     return 0
 
 
@@ -126,7 +144,7 @@ def run_show(args: argparse.Namespace) -> int:
     if report.format == "kohya":
         _print_report(report.lines())
     defaults = TrainingConfig()
-    print("Settings that differ from the defaults:")
+    print(Msg.of("cli.preset.differs"))
     for spec in field_specs():
         value = get_value(config, spec.path)
         if value != get_value(defaults, spec.path):

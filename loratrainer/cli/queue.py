@@ -6,6 +6,15 @@ import argparse
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({
+    "cli.queue.removed": "removed {id} ({name})",
+    "cli.queue.cleared": "removed {count} run(s)",
+    "cli.queue.added": "added {id} ({name}) at position {position}: {path}",
+    "cli.queue.empty": "the queue is empty ({path})",
+    "cli.queue.from_gui": "(from the GUI)",
+})
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +43,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _act(queue, args)
     finally:
         for notice in queue.notices:  # a damaged queue file that was set aside: said once
-            print(f"warning: {notice}", file=sys.stderr)
+            print(Msg.of("cli.warning", text=notice), file=sys.stderr)
 
 
 def _act(queue, args: argparse.Namespace) -> int:
@@ -46,7 +55,7 @@ def _act(queue, args: argparse.Namespace) -> int:
         return 0
     if action == "remove":
         item = queue.remove(args.id)
-        print(f"removed {item.id} ({item.name})")
+        print(Msg.of("cli.queue.removed", id=item.id, name=item.name))
         return 0
     if action in ("up", "down"):
         queue.move(args.id, -1 if action == "up" else 1)
@@ -56,7 +65,7 @@ def _act(queue, args: argparse.Namespace) -> int:
         queue.retry(args.id)
         return 0
     if action == "clear":
-        print(f"removed {queue.clear()} run(s)")
+        print(Msg.of("cli.queue.cleared", count=queue.clear()))
         return 0
     from loratrainer.run.owner import own_runs_started_here
     from loratrainer.launch.queue_runner import run_queue
@@ -73,20 +82,20 @@ def _add(queue, args: argparse.Namespace) -> int:
     try:
         overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--set: {exc}") from None
+        raise UserError(Msg.of("cli.bad_option", option="--set", detail=str(exc))) from None
     config = _load(args.config, overrides)  # the overrides first, then the checks, as `train --set` does
     item = queue.add(config, source=args.config, overrides=args.assignments)
     position = [i.id for i in queue.items()].index(item.id) + 1
-    print(f"added {item.id} ({item.name}) at position {position}: {queue.path}")
+    print(Msg.of("cli.queue.added", id=item.id, name=item.name, position=position, path=str(queue.path)))
     return 0
 
 
 def _list(queue) -> None:
     items = queue.items()
     if not items:
-        print(f"the queue is empty ({queue.path})")
+        print(Msg.of("cli.queue.empty", path=str(queue.path)))
         return
     for n, item in enumerate(items, 1):
         extra = f"  {item.reason}" if item.reason else ""
         where = f"  {item.run_dir}" if item.run_dir else ""
-        print(f"{n:>3}  {item.id}  {item.status:<11}  {item.name}  {item.source or '(from the GUI)'}{where}{extra}", file=sys.stdout)
+        print(f"{n:>3}  {item.id}  {item.status:<11}  {item.name}  {item.source or Msg.of('cli.queue.from_gui')}{where}{extra}", file=sys.stdout)

@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({"cli.train.fp32_here": "note: mixed precision {precision} asked, no CUDA GPU on this machine: the run will train in fp32"})
 
 
 def add_parser(subparsers) -> None:
@@ -26,28 +29,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         overrides = parse_assignments(args.assignments)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--set: {exc}") from None
+        raise UserError(Msg.of("cli.bad_option", option="--set", detail=str(exc))) from None
     config = _load(args.config, overrides)  # the overrides first, then the checks: a --set value can mend the file
     for note in config.note_messages():
-        print(f"note: {note}", file=sys.stderr)
+        print(Msg.of("cli.note", text=note), file=sys.stderr)
     warnings: list = []  # launch.start.start_warnings: what the GUI asks about before Start
     config = preflight(config, warnings)  # --print-command too: the same checks as a real start, so it shows a command that would run
     for warning in warnings:  # said, not asked: a terminal run (a script, a queue) has no one to answer; refusals stop it above
-        print(f"warning: {warning}", file=sys.stderr)
+        print(Msg.of("cli.warning", text=warning), file=sys.stderr)
     if args.print_command:
         run_dir = run_folder(config, "<YYYYmmdd-HHMMSS>")
         print(format_command(build_command(config, run_dir)))
         from loratrainer.launch.precision import precision_here
 
         if precision_here(config) != config.precision.mixed_precision:
-            print(f"note: mixed precision {config.precision.mixed_precision} asked, no CUDA GPU on this machine: "
-                  "the run will train in fp32", file=sys.stderr)
+            print(Msg.of("cli.train.fp32_here", precision=config.precision.mixed_precision), file=sys.stderr)
         return 0
     from loratrainer.run.owner import own_runs_started_here
 
     own_runs_started_here()  # killed (kill -9), this command takes its run with it: the trainer watches for it
     process = start_run(config, check=False)
-    print(f"run folder: {process.run_dir}", file=sys.stderr)
+    print(Msg.of("cli.run_folder", path=str(process.run_dir)), file=sys.stderr)
     return follow(process)
 
 
@@ -57,5 +59,5 @@ def _load(path: str, overrides: dict):
     config, report = load_any_config(path, overrides)
     if report.format != "loratrainer":  # a foreign file: say what was converted, coerced or left out
         for line in report.lines():
-            print(f"import: {line}", file=sys.stderr)
+            print(Msg.of("cli.import", text=line), file=sys.stderr)
     return config

@@ -27,6 +27,11 @@ define({
     "compare.lora_missing": "{path} does not exist.",
     "compare.lora_not_regular": "{path} is not a regular file (a pipe, a device or a socket); give a LoRA .safetensors file.",
     "compare.lora_unreadable": "{path} cannot be read as a LoRA file ({detail}).",
+    "compare.not_run_folder": "{path} is not a run folder (no {events} and {config}): give a run folder or .safetensors files",
+    "compare.run_without_files": "the run {name} saved no LoRA file that still exists",
+    "compare.not_safetensors": "{path} is not a .safetensors LoRA file",
+    "compare.weights_not_numbers": "--weights: {text!r} is not a comma-separated list of numbers such as 0,0.5,1",
+    "compare.no_weights": "--weights: give at least one weight, e.g. 0,0.5,1",
 })
 MAX_STEPS = 1000  # config/sample_prompts.py clamps a sample's steps to 1-1000, as sd-scripts does
 
@@ -100,17 +105,17 @@ def resolve(paths: list[str], run_dir: Path | None = None) -> Inputs:
         path = Path(text).expanduser()
         if path.is_dir():
             if not is_run_dir(path):
-                raise UserError(f"{path} is not a run folder (no {run_files.EVENTS_FILE} and {run_files.CONFIG_FILE}): give a run folder or .safetensors files")
+                raise UserError(Msg.of("compare.not_run_folder", path=str(path), events=run_files.EVENTS_FILE, config=run_files.CONFIG_FILE))
             saved = [f for f in read_run(path).files if f.exists]
             if not saved:
-                raise UserError(f"the run {path.name} saved no LoRA file that still exists")
+                raise UserError(Msg.of("compare.run_without_files", name=path.name))
             out.files += [f.path for f in saved]
             out.labels += [epoch_label(f) for f in saved]
             out.saved += saved
             out.config = out.config or run_config(path)
         elif os.path.lexists(path):
             if path.suffix.lower() != ".safetensors":
-                raise UserError(f"{path} is not a .safetensors LoRA file")
+                raise UserError(Msg.of("compare.not_safetensors", path=str(path)))
             _check_lora(path)
             found = find_writer(path, run_dir)
             out.files.append(path)
@@ -127,9 +132,9 @@ def parse_weights(text: str) -> list[float]:
     try:
         weights = [float(w) for w in text.replace(" ", "").split(",") if w]
     except ValueError:
-        raise UserError(f"--weights: {text!r} is not a comma-separated list of numbers such as 0,0.5,1") from None
+        raise UserError(Msg.of("compare.weights_not_numbers", text=text)) from None
     if not weights:
-        raise UserError("--weights: give at least one weight, e.g. 0,0.5,1")
+        raise UserError(Msg.of("compare.no_weights"))
     for w in weights:
         if not math.isfinite(w):
             raise UserError(Msg.of("compare.not_finite", option="--weights", value=w))

@@ -61,6 +61,15 @@ define({
     "config_file.nul_in_setting": "{setting}: the text holds a NUL character, which no path or setting may hold",
     "config_file.path_too_long": "{setting}: the path is {size} bytes long; no path may be longer than {limit} bytes",
     "config_file.not_a_number": "{setting}: expected a number, not true/false (got {value})",
+    "config_file.bad_version": "schema_version {version!r} is not a valid version number",
+    "config_file.newer": "this file was written by a newer loratrainer (schema {version}; this one reads up to {current}): update loratrainer",
+    "config_file.bad_preset_header": "{source}: {header}: expected an object with name and description",
+    "config_file.invalid_settings": "{source}: {detail}",
+    "config_file.not_found": "{path}: file not found",
+    "config_file.not_text": "{path}: not a text file",
+    "config_file.bad_json": "{path}: not valid JSON (line {line}, column {column}: {detail})",
+    "config_file.not_object": "{path}: expected a JSON object of settings",
+    "config_file.detail.bad_path": "not a valid path", "config_file.detail.too_deep": "nested too deeply",
 })
 
 
@@ -76,11 +85,9 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = split_optimizer_group(dict(data))
     version = data.get("schema_version", current)
     if not isinstance(version, int) or version < 1:
-        raise ConfigError(f"schema_version {version!r} is not a valid version number")
+        raise ConfigError(Msg.of("config_file.bad_version", version=version))
     if version > current:
-        raise ConfigError(
-            f"this file was written by a newer loratrainer (schema {version}; this one reads up to {current}): update loratrainer"
-        )
+        raise ConfigError(Msg.of("config_file.newer", version=version, current=current))
     while version < current:
         data = MIGRATIONS[version](dict(data))
         version += 1
@@ -99,11 +106,13 @@ def config_from_dict(data: dict[str, Any], source: str = "config", overrides: di
     _refuse_booleans_as_numbers(data, TrainingConfig, source)
     header = data.pop(PRESET_HEADER, None)
     if header is not None and not isinstance(header, dict):
-        raise ConfigError(f"{source}: {PRESET_HEADER}: expected an object with name and description")
+        raise ConfigError(Msg.of("config_file.bad_preset_header", source=source, header=PRESET_HEADER))
     try:
         config = TrainingConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + describe_validation_error(exc)) from None
+        # pydantic's English for the CLI; `fields` lets the page say each bad setting in its language
+        raise ConfigError(Msg.of("config_file.invalid_settings", source=source, detail=describe_validation_error(exc)),
+                          fields=validation_fields(exc)) from None
     refuse_unusable_text(config, source)
     return config
 
@@ -130,6 +139,12 @@ def refuse_unusable_text(config: TrainingConfig, source: str) -> None:
             else:
                 continue
             raise ConfigError(Msg.of("config_file.not_valid", path=source, detail=msg))
+
+
+def validation_fields(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as UserError.fields: one per bad setting (path, type, ctx, input, msg)."""
+    return [{"path": ".".join(str(p) for p in e["loc"]), "type": e["type"], "ctx": dict(e.get("ctx") or {}),
+             "input": e.get("input"), "msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -162,7 +177,7 @@ def _read_limited(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except (FileNotFoundError, NotADirectoryError):
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(Msg.of("config_file.not_found", path=str(path))) from None
     except IsADirectoryError:
         raise ConfigError(Msg.of("config_file.not_regular", path=str(path))) from None
     except OSError as exc:
@@ -181,20 +196,20 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     """A JSON object from a regular file of at most MAX_CONFIG_BYTES; anything else raises ConfigError."""
     path = Path(path)
     if "\0" in str(path) or len(os.fsencode(path)) > 4096:
-        raise ConfigError(Msg.of("config_file.not_valid", path=str(path)[:200], detail="not a valid path"))
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path)[:200], detail=Msg.of("config_file.detail.bad_path")))
     raw = _read_limited(path)
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
+        raise ConfigError(Msg.of("config_file.not_text", path=str(path))) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise ConfigError(Msg.of("config_file.bad_json", path=str(path), line=exc.lineno, column=exc.colno, detail=exc.msg)) from None
     except RecursionError:  # a 100,000-deep nest of [ or {
-        raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail="nested too deeply")) from None
+        raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail=Msg.of("config_file.detail.too_deep"))) from None
     except ValueError as exc:  # an integer of more than 4300 digits (Python's int-from-text limit)
         raise ConfigError(Msg.of("config_file.not_valid", path=str(path), detail=str(exc)[:100])) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of settings")
+        raise ConfigError(Msg.of("config_file.not_object", path=str(path)))
     return data
 
 

@@ -31,7 +31,7 @@ from loratrainer.config.kohya_gui_keys import KOHYA_LORA_TAB
 from loratrainer.config.kohya_sdxl import SDXL_RENAMED, FLAG_ONLY, export_sdxl_keys, import_sdxl_keys, import_te_rates_flag
 from loratrainer.config.kohya_report import _MAX_STEPS_NOTE, SECTIONS, ImportReport, ReportItem  # noqa: F401  (re-exported)
 from loratrainer.config.schema import GROUPS, TrainingConfig
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg, MsgError, define
 
 _SPECS: dict[str, FieldSpec] = {s.name: s for s in field_specs()}
 
@@ -222,6 +222,28 @@ EMPTY_VALUES: dict[str, Any] = {
 }
 
 
+define({  # a file that cannot be imported: what is wrong with which key
+    "kohya.not_object": "{source}: expected a JSON object of settings",
+    "kohya.invalid": "{source}: {errors}",
+    "kohya.bad_value": "{key}: {reason} (got {value})",
+    "kohya.key_reason": "{key}: {reason}",
+    "kohya.errors_join": "{first}; {rest}",
+    "kohya.expected.xformers": "expected 'xformers', 'sdpa', 'none' or true/false",
+})
+
+
+def _joined(errors: list[Msg]) -> Msg:
+    """Several keys' errors as one message ("a: ...; b: ..."), each said in the page's language."""
+    said = errors[-1]
+    for error in reversed(errors[:-1]):
+        said = Msg.of("kohya.errors_join", first=error, rest=said)
+    return said
+
+
+def _reason(exc: ValueError) -> Msg | str:
+    return exc.msg if isinstance(exc, MsgError) else str(exc)
+
+
 define({
     "kohya.lycoris_as_locon": "{kind} -> lora_type 'LoCon' (LyCORIS-specific options other than dora_wd are not used)",
     "kohya.dora_from_args": "{value} -> dora_wd True (DoRA)",
@@ -304,7 +326,7 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config",
     """A Kohya GUI config dict -> our config and a report. Unusable files or values raise ConfigError naming the keys.
     `overrides` ({setting path: value}, the CLI's --set) win over the file and are applied before validating."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object of settings")
+        raise ConfigError(Msg.of("kohya.not_object", source=source))
     refuse_unless_sd15_lora(data, source)
     report = ImportReport(source=source, format="kohya")
     raw = dict(data)
@@ -313,7 +335,7 @@ def import_kohya(data: dict[str, Any], source: str = "Kohya config",
     try:
         flags = _migrate(raw, values, origin, report)
     except ValueError as exc:  # a migrated key's value cannot be used
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(Msg.of("kohya.invalid", source=source, errors=_reason(exc))) from None
 
     for key, value in raw.items():
         if key in DIRECT_KEYS:
@@ -399,12 +421,12 @@ def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str
         try:
             rates[key] = _SPECS[key].coerce(value)
         except ValueError as exc:
-            errors.append(f"{key}: {exc} (got {value!r})")
+            errors.append(Msg.of("kohya.bad_value", key=key, reason=_reason(exc), value=repr(value)))
             continue
         if isinstance(value, str):
             report.coerced.append(ReportItem(key, f"{value!r} -> {rates[key]!r}"))
     if errors:
-        raise ConfigError(f"{source}: " + "; ".join(errors))
+        raise ConfigError(Msg.of("kohya.invalid", source=source, errors=_joined(errors)))
     lr = rates.get("learning_rate", _SPECS["learning_rate"].default)
     for key in ("unet_lr", "text_encoder_lr"):
         if key not in rates:
@@ -459,14 +481,14 @@ def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportRe
         try:
             coerced = spec.coerce(value)
         except ValueError as exc:
-            errors.append(f"{key}: {exc} (got {value!r})")
+            errors.append(Msg.of("kohya.bad_value", key=key, reason=_reason(exc), value=repr(value)))
             continue
         widened = isinstance(value, int) and not isinstance(value, bool) and isinstance(coerced, float)  # 1 -> 1.0: not news
         if type(coerced) is not type(value) and not widened:
             report.coerced.append(ReportItem(key, f"{value!r} -> {coerced!r}"))
         resolved[spec.path] = coerced
     if errors:
-        raise ConfigError(f"{source}: " + "; ".join(errors))
+        raise ConfigError(Msg.of("kohya.invalid", source=source, errors=_joined(errors)))
     return resolved
 
 
@@ -482,10 +504,11 @@ def _validate(resolved: dict[str, Any], origin: dict[str, str], source: str) -> 
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
             key = origin.get(loc[-1], loc[-1] if loc[-1] in _RATE_KEYS else ".".join(loc)) if len(loc) == 2 else "config"
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if len(loc) == 2 else ""
-            messages.append(f"{key}: {msg}{got}")
-        raise ConfigError(f"{source}: " + "; ".join(messages)) from None
+            # our validators' coded reason; pydantic's own (a range, a type) is its English, kept as the detail
+            msg = getattr((err.get("ctx") or {}).get("error"), "msg", None) or err["msg"].removeprefix("Value error, ")
+            got = Msg.of("kohya.bad_value", key=key, reason=msg, value=repr(err["input"])) if len(loc) == 2 else None
+            messages.append(got or Msg.of("kohya.key_reason", key=key, reason=msg))
+        raise ConfigError(Msg.of("kohya.invalid", source=source, errors=_joined(messages))) from None
 
 
 def _problems(config: TrainingConfig, origin: dict[str, str], report: ImportReport) -> None:
@@ -642,7 +665,7 @@ def _old_names(raw: dict[str, Any], values: dict[str, Any], origin: dict[str, st
         try:
             epochs_n = _SPECS["epoch"].coerce(epochs) if epochs not in (None, "") else 0
         except ValueError as exc:
-            raise ValueError(f"max_train_epochs: {exc} (got {epochs!r})") from None
+            raise MsgError(Msg.of("kohya.bad_value", key="max_train_epochs", reason=_reason(exc), value=repr(epochs))) from None
         if epochs_n > 0:
             if raw.get("epoch") not in (None, "", epochs_n):
                 report.ignored.append(ReportItem.of("epoch", "kohya.epoch_overridden", value=repr(raw["epoch"])))
@@ -783,7 +806,7 @@ def _attention(raw: dict[str, Any], report: ImportReport) -> str | None:
         result = "none"
         report.defaulted.append(ReportItem.of("xformers", "kohya.empty_as_kohya", value="attention 'none'"))
     elif xformers is not None:
-        raise ValueError(f"xformers: expected 'xformers', 'sdpa', 'none' or true/false (got {xformers!r})")
+        raise MsgError(Msg.of("kohya.bad_value", key="xformers", reason=Msg.of("kohya.expected.xformers"), value=repr(xformers)))
     if _truthy(mem_eff):
         # sd-scripts gives mem_eff_attn precedence over xformers; PyTorch's sdpa is the memory-efficient kernel now.
         result = "sdpa"

@@ -18,6 +18,13 @@ define({
         "{setting}: {name} is not from a known optimizer package; only {packages} are imported (a module.Class "
         "path from elsewhere could run any code)"
     ),
+    "optimizer.needs_cuda": "{name} needs bitsandbytes with a CUDA GPU; use {instead}",
+    "optimizer.needs_package": "{name} needs the {package} package: pip install {package}; or use AdamW",
+    "optimizer.needs_module": "{name} needs {module}",
+    "optimizer.no_bitsandbytes": "{hint} (bitsandbytes is not installed)",
+    "optimizer.import_failed": "{hint} ({error})",
+    "optimizer.not_importable": "optimizer {name!r} could not be imported",
+    "optimizer.rejected_args": "optimizer {name} rejected the optimizer_args: {detail}",
 })
 
 
@@ -33,13 +40,13 @@ class OptimizerEntry:
     # own documentation: Adam-type 1e-5..1e-3, Lion about 3-10x lower, SGD up to about 1); asked before a run.
     max_lr: float = 1e-2
 
-    def unavailable_hint(self, name: str) -> str:
+    def unavailable_hint(self, name: str) -> Msg:
         """What to do when the class cannot be imported (or, for 8-bit, cannot run here)."""
         if self.instead:
-            return f"{name} needs bitsandbytes with a CUDA GPU; use {self.instead}"
+            return Msg.of("optimizer.needs_cuda", name=name, instead=self.instead)
         if self.package:
-            return f"{name} needs the {self.package} package: pip install {self.package}; or use AdamW"
-        return f"{name} needs {self.module.split('.')[0]}"
+            return Msg.of("optimizer.needs_package", name=name, package=self.package)
+        return Msg.of("optimizer.needs_module", name=name, module=self.module.split(".")[0])
 
 
 def _eight_bit(attr: str, instead: str, max_lr: float = 1e-2, **defaults: Any) -> OptimizerEntry:

@@ -38,9 +38,16 @@ from loratrainer.config.foreign_paths import foreign_kind
 from loratrainer.config.kohya import ImportReport, ReportItem, import_kohya, looks_like_kohya
 from loratrainer.config.schema import GROUPS, SCHEMA_VERSION, TrainingConfig
 from loratrainer.files import atomic_write
-from loratrainer.messages import define
+from loratrainer.messages import Msg, define
 
 define({"kohya.relative_folder": "{value} was relative to the Kohya file's folder: {path}"})
+define({
+    "preset.unknown": "no preset named {name!r}; available: {names}",
+    "preset.none": "none",
+    "preset.unusable_name": "preset name {name!r} has no usable characters",
+    "preset.shipped_name": "{name!r} is the name of a shipped preset; choose another name",
+    "preset.exists": "a preset named {name!r} exists ({path}); choose another name or confirm replacing it",
+})
 
 __all__ = [
     "ImportReport",
@@ -155,8 +162,8 @@ def find_preset(name_or_path: str | Path) -> Path:
     for info in list_presets():
         if wanted in (info.path.stem.lower(), info.name.lower()):
             return info.path
-    names = ", ".join(f"{i.path.stem} ({i.name})" for i in list_presets()) or "none"
-    raise ConfigError(f"no preset named {str(name_or_path)!r}; available: {names}")
+    names = ", ".join(f"{i.path.stem} ({i.name})" for i in list_presets()) or Msg.of("preset.none")
+    raise ConfigError(Msg.of("preset.unknown", name=str(name_or_path), names=names))
 
 
 def load_preset(name_or_path: str | Path) -> TrainingConfig:
@@ -189,16 +196,16 @@ def save_user_preset(config: TrainingConfig, name: str, description: str = "", *
     """Write `config` as a user preset named `name`; an existing preset is replaced only with overwrite=True."""
     stem = re.sub(r"[^\w.-]+", "-", name.strip()).strip("-.")
     if not stem:
-        raise ConfigError(f"preset name {name!r} has no usable characters")
+        raise ConfigError(Msg.of("preset.unusable_name", name=name))
     if any(info.shipped and stem.lower() == info.path.stem.lower() for info in list_presets()):
-        raise ConfigError(f"{name!r} is the name of a shipped preset; choose another name")
+        raise ConfigError(Msg.of("preset.shipped_name", name=name))
     path = user_preset_dir() / f"{stem}.json"
     if overwrite:
         backup_file(path)
     try:
         return atomic_write(path, preset_to_json(config, name.strip(), description), overwrite=overwrite)
     except FileExistsError:
-        raise ConfigError(f"a preset named {name!r} exists ({path}); choose another name or confirm replacing it") from None
+        raise ConfigError(Msg.of("preset.exists", name=name, path=str(path))) from None
 
 
 def backup_file(path: str | Path) -> Path | None:

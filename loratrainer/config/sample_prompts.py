@@ -17,7 +17,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loratrainer.errors import UserError
-from loratrainer.config.samplers import SAMPLER_NAMES, canonical_sampler
+from loratrainer.config.samplers import canonical_sampler
+from loratrainer.messages import Msg, MsgError, define
+
+define({
+    "prompts.at_line": "{source}, line {line}: {reason}",
+    "prompts.size": "must be between 1 and {max} pixels, got {value}",
+    "prompts.whole": "must be a whole number, got {value!r}",
+    "prompts.cfg_number": "must be a number such as 7.5, got {value!r}",
+    "prompts.cfg_negative": "must be a number of 0 or more, got {value!r}",
+    "prompts.seed": "must be between 0 and {max}, got {value}",
+    "prompts.unknown_option": "unknown option --{option} (known: {known})",
+    "prompts.needs_value": "--{option} needs a value ({what})",
+    "prompts.bad_value": "--{option} ({what}) {reason}",
+    "prompts.file_missing": "the prompt file {path} does not exist (write the prompts here, or fix the path)",
+    "prompts.what.n": "negative prompt", "prompts.what.w": "width", "prompts.what.h": "height",
+    "prompts.what.s": "steps", "prompts.what.l": "CFG scale", "prompts.what.d": "seed", "prompts.what.ss": "sampler",
+})
 
 MAX_SIZE = 8192  # the largest side the config accepts for training images
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
@@ -37,21 +53,21 @@ class SamplePrompt:
 
 
 class SamplePromptError(UserError):
-    def __init__(self, line: int, message: str, source: str = "sample_prompts"):
-        super().__init__(f"{source}, line {line}: {message}")
+    def __init__(self, line: int, message: Msg, source: str = "sample_prompts"):
+        super().__init__(Msg.of("prompts.at_line", source=source, line=line, reason=message))
         self.line = line
 
 
 def _size(value: str) -> int:
     pixels = _whole(value)
     if not 1 <= pixels <= MAX_SIZE:
-        raise ValueError(f"must be between 1 and {MAX_SIZE} pixels, got {value}")
+        raise MsgError(Msg.of("prompts.size", max=MAX_SIZE, value=value))
     return max(64, pixels - pixels % 8)  # the VAE works in 8-pixel cells
 
 
 def _whole(value: str) -> int:
     if not re.fullmatch(r"[+-]?\d+", value):
-        raise ValueError(f"must be a whole number, got {value!r}")
+        raise MsgError(Msg.of("prompts.whole", value=value))
     return int(value)
 
 
@@ -63,24 +79,24 @@ def _cfg(value: str) -> float:
     try:
         scale = float(value)
     except ValueError:
-        raise ValueError(f"must be a number such as 7.5, got {value!r}") from None
+        raise MsgError(Msg.of("prompts.cfg_number", value=value)) from None
     if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"must be a number of 0 or more, got {value!r}")
+        raise MsgError(Msg.of("prompts.cfg_negative", value=value))
     return scale
 
 
 def _seed(value: str) -> int:
     seed = _whole(value)
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"must be between 0 and {MAX_SEED}, got {value}")
+        raise MsgError(Msg.of("prompts.seed", max=MAX_SEED, value=value))
     return seed
 
 
 def _sampler(value: str) -> str:
     try:
         return canonical_sampler(value)
-    except UserError:
-        raise ValueError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLER_NAMES)}") from None
+    except UserError as exc:
+        raise MsgError(exc.msg) from None
 
 
 # option -> (SamplePrompt field, value parser, what it is for messages)
@@ -106,15 +122,17 @@ def parse_line(text: str, line: int = 1, source: str = "sample_prompts") -> Samp
         name = m.group(1).lower() if m else ""
         if m is None or name not in OPTIONS:
             known = " ".join(f"--{o}" for o in OPTIONS)
-            raise SamplePromptError(line, f"unknown option --{part.strip().split(' ')[0]} (known: {known})", source)
-        field, parse, what = OPTIONS[name]
+            raise SamplePromptError(line, Msg.of("prompts.unknown_option", option=part.strip().split(" ")[0], known=known), source)
+        field, parse, _ = OPTIONS[name]
         value = (m.group(2) or "").strip()
+        what = Msg.of(f"prompts.what.{name}")
         if not value:
-            raise SamplePromptError(line, f"--{name} needs a value ({what})", source)
+            raise SamplePromptError(line, Msg.of("prompts.needs_value", option=name, what=what), source)
         try:
             prompt = replace(prompt, **{field: parse(value)})
         except ValueError as exc:
-            raise SamplePromptError(line, f"--{name} ({what}) {exc}", source) from None
+            reason = exc.msg if isinstance(exc, MsgError) else str(exc)
+            raise SamplePromptError(line, Msg.of("prompts.bad_value", option=name, what=what, reason=reason), source) from None
     return prompt
 
 
@@ -136,5 +154,5 @@ def load_prompts(setting: str) -> list[SamplePrompt]:
         if path.suffix.lower() == ".txt" and path.is_file():
             return parse_prompts(path.read_text(encoding="utf-8-sig"), source=str(path))
         if path.suffix.lower() == ".txt":  # a Kohya config's prompt file missing here: never sample its path as a prompt
-            raise SamplePromptError(1, f"the prompt file {path} does not exist (write the prompts here, or fix the path)")
+            raise SamplePromptError(1, Msg.of("prompts.file_missing", path=str(path)))
     return parse_prompts(setting)

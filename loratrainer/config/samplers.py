@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
+
+define({"sampler.unknown": "unknown sampler {name!r}; choose one of {names}"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,6 @@ def canonical_sampler(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+        raise UserError(Msg.of("sampler.unknown", name=name, names=", ".join(SAMPLER_NAMES)))
     return key
 

@@ -26,6 +26,7 @@ from loratrainer.data.validation import split_validation, validation_seed
 from loratrainer.messages import Label, Msg, define
 
 define({
+    "check.failed": "the dataset check failed:\n{report}",
     "check.no_folder": "no image folder chosen: set it to the parent of your <repeats>_<name> folders",
     "check.no_usable_images": "no usable training images: fix or add images (see the lines above)",
     "check.reso_steps": "bucket_reso_steps is {steps}: {family} needs a multiple of {multiple} (Kohya's trainer refuses it too); set it to {multiple}",

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg, MsgError, define
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,6 +40,7 @@ define({
     "dataset_config.not_found": "the dataset config file does not exist: choose an existing .toml file",
     "dataset_config.extension": "a dataset config must be a .toml (or .json) file, as in sd-scripts",
     "dataset_config.unreadable": "this dataset config cannot be read as {kind}: {reason}",
+    "dataset_config.not_object": "the file is not a JSON object",
     "dataset_config.top_level": "`{key}` is not a section of a dataset config: only [general] and [[datasets]] are (sd-scripts refuses it too)",
     "dataset_config.unknown_key": "`{key}` in {where} is not a key sd-scripts knows at that level (it refuses the file too): remove it or move it",
     "dataset_config.bad_type": "`{key}` in {where} must be {kind}, not {value}",
@@ -192,10 +193,11 @@ def load_user_config(path: Path) -> dict:
         if name.endswith(".json"):
             data = json.loads(path.read_text(encoding="utf-8-sig"))
             if not isinstance(data, dict):
-                raise ValueError("the file is not a JSON object")
+                raise MsgError(Msg.of("dataset_config.not_object"))
             return data
     except (tomllib.TOMLDecodeError, ValueError, UnicodeDecodeError) as exc:
-        raise _fail("dataset_config.unreadable", path, kind="TOML" if name.endswith(".toml") else "JSON", reason=str(exc)) from None
+        reason = exc.msg if isinstance(exc, MsgError) else str(exc)  # the parser's own words only as the detail
+        raise _fail("dataset_config.unreadable", path, kind="TOML" if name.endswith(".toml") else "JSON", reason=reason) from None
     except OSError as exc:
         raise _fail("dataset_config.unreadable", path, kind=path.suffix.lstrip(".").upper(), reason=exc.strerror or str(exc)) from None
     raise _fail("dataset_config.extension", path)

@@ -23,6 +23,20 @@ define({
     "prepare.left_out.animated": "an animation (GIF): training reads still images only (png, jpg, jpeg, webp, bmp); save a frame as PNG to use it",
     "prepare.left_out.orphan_caption": "a caption file without an image of the same name",
     "prepare.left_out.folder": "a folder: only the files directly in the chosen folder are copied",
+    "prepare.bad_name": "{option} {name!r}: use a plain name without / \\ : * ? \" < > | (e.g. \"mydog\" or \"zoë dog\")",
+    "prepare.hidden_name": "{option} {name!r}: must not start with '.' (such folders are hidden and skipped)",
+    "prepare.repeats": "--repeats and --reg-repeats must be at least 1",
+    "prepare.cannot_create": "cannot create {path}: {reason}",
+    "prepare.not_a_folder": "{label} {path}: not an existing folder",
+    "prepare.same_folder": "{label} and DEST are the same folder ({src}): choose a new, separate project folder",
+    "prepare.dest_inside": "DEST {dest} is inside {label} {src}: choose a project folder outside the image folder",
+    "prepare.src_inside": "{label} {src} is inside DEST {dest}: choose a project folder that does not contain the images",
+    "prepare.exists": "{target} already exists: nothing was changed (choose another --name, or remove that folder yourself)",
+    "prepare.concept_exists": "{entry} already holds the concept {name!r}: nothing was changed (choose another --name)",
+    "prepare.file_in_the_way": "{path} is a file, but the project needs a folder there: nothing was changed (choose another DEST)",
+    "prepare.no_images": "{folder}: no images (png, jpg, jpeg, webp, bmp) directly in this folder",
+    "prepare.appeared": "{target} appeared while copying: nothing was changed",
+    "prepare.copy_failed": "copying failed ({detail}); nothing was created",
 })
 
 _FORBIDDEN_NAME_CHARS = '/\\:*?"<>|\0'
@@ -66,9 +80,9 @@ def check_name(name: str, option: str = "--name") -> str:
     """A concept name becomes a folder name: no separators, no '..', not empty (spaces and any script are fine)."""
     stripped = name.strip()
     if not stripped or stripped in {".", ".."} or any(c in stripped for c in _FORBIDDEN_NAME_CHARS):
-        raise UserError(f'{option} {name!r}: use a plain name without / \\ : * ? " < > | (e.g. "mydog" or "zoë dog")')
+        raise UserError(Msg.of("prepare.bad_name", option=option, name=name))
     if stripped.startswith("."):
-        raise UserError(f"{option} {name!r}: must not start with '.' (such folders are hidden and skipped)")
+        raise UserError(Msg.of("prepare.hidden_name", option=option, name=name))
     return stripped
 
 
@@ -101,7 +115,7 @@ def prepare_project(
     suggested = repeats is None
     repeats = suggest_repeats(len(train_files[0])) if repeats is None else repeats
     if repeats < 1 or reg_repeats < 1:
-        raise UserError("--repeats and --reg-repeats must be at least 1")
+        raise UserError(Msg.of("prepare.repeats"))
     concept = f"{name} {class_name}" if class_name else name
     targets = [(dest_dir / "image" / f"{repeats}_{concept}", train_files)]
     if reg_files is not None:
@@ -115,7 +129,7 @@ def prepare_project(
         for folder in folders[1:3]:
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create {exc.filename}: {exc.strerror}") from None
+        raise UserError(Msg.of("prepare.cannot_create", path=exc.filename, reason=exc.strerror)) from None
     prepared = _copy_all(targets)
     prepared[0].left_out = train_left
     if reg_sorted is not None:
@@ -127,27 +141,27 @@ def prepare_project(
 def _existing_dir(path: str | Path, label: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise UserError(f"{label} {p}: not an existing folder")
+        raise UserError(Msg.of("prepare.not_a_folder", label=label, path=str(p)))
     return p.resolve()
 
 
 def _refuse_overlap(src: Path, dest: Path, label: str) -> None:
     if src == dest:
-        raise UserError(f"{label} and DEST are the same folder ({src}): choose a new, separate project folder")
+        raise UserError(Msg.of("prepare.same_folder", label=label, src=str(src)))
     if dest.is_relative_to(src):
-        raise UserError(f"DEST {dest} is inside {label} {src}: choose a project folder outside the image folder")
+        raise UserError(Msg.of("prepare.dest_inside", dest=str(dest), label=label, src=str(src)))
     if src.is_relative_to(dest):
-        raise UserError(f"{label} {src} is inside DEST {dest}: choose a project folder that does not contain the images")
+        raise UserError(Msg.of("prepare.src_inside", label=label, src=str(src), dest=str(dest)))
 
 
 def _refuse_existing(target: Path, name: str) -> None:
     if target.exists():
-        raise UserError(f"{target} already exists: nothing was changed (choose another --name, or remove that folder yourself)")
+        raise UserError(Msg.of("prepare.exists", target=str(target)))
     if target.parent.is_dir():
         for entry in target.parent.iterdir():
             parsed = parse_concept_name(entry.name)
             if entry.is_dir() and parsed and parsed[1] == name:
-                raise UserError(f"{entry} already holds the concept {name!r}: nothing was changed (choose another --name)")
+                raise UserError(Msg.of("prepare.concept_exists", entry=str(entry), name=name))
 
 
 def _refuse_files_in_the_way(folders: list[Path]) -> None:
@@ -155,7 +169,7 @@ def _refuse_files_in_the_way(folders: list[Path]) -> None:
     for folder in folders:
         for p in [folder, *folder.parents]:
             if p.exists() and not p.is_dir():
-                raise UserError(f"{p} is a file, but the project needs a folder there: nothing was changed (choose another DEST)")
+                raise UserError(Msg.of("prepare.file_in_the_way", path=str(p)))
 
 
 def _dataset_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -171,7 +185,7 @@ def _sorted_files(folder: Path) -> tuple[list[Path], list[Path], list[tuple[Path
     entries = [p for p in everything if p.is_file()]
     images = [p for p in entries if is_image_name(p.name)]
     if not images:
-        raise UserError(f"{folder}: no images (png, jpg, jpeg, webp, bmp) directly in this folder")
+        raise UserError(Msg.of("prepare.no_images", folder=str(folder)))
     stems = {p.stem for p in images}
     captions = [p for p in entries if p.suffix.lower() in _CAPTION_SUFFIXES and p.stem in stems]
     left_out: list[tuple[Path, Msg]] = []
@@ -204,7 +218,7 @@ def _copy_all(targets: list[tuple[Path, tuple[list[Path], list[Path]]]]) -> list
                 shutil.copy2(f, staging / f.name)
         for staging, target in staged:
             if target.exists():  # appeared meanwhile: never merge into it
-                raise UserError(f"{target} appeared while copying: nothing was changed")
+                raise UserError(Msg.of("prepare.appeared", target=str(target)))
             os.rename(staging, target)
             done.append(target)
     except BaseException as exc:
@@ -213,6 +227,6 @@ def _copy_all(targets: list[tuple[Path, tuple[list[Path], list[Path]]]]) -> list
         for staging, _ in staged:
             shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise UserError(f"copying failed ({exc}); nothing was created") from exc
+            raise UserError(Msg.of("prepare.copy_failed", detail=str(exc))) from exc
         raise
     return [PreparedFolder(t, int(t.name.split("_", 1)[0]), len(i), len(c)) for t, (i, c) in targets]

@@ -13,6 +13,20 @@ import urllib.request
 from pathlib import Path
 
 from loratrainer.machine import child_processes
+from loratrainer.messages import Msg, define
+
+define({
+    "tensorboard.exited": "TensorBoard exited with code {code}",
+    "tensorboard.no_answer": "TensorBoard did not answer",
+})
+
+
+class TensorBoardFailed(RuntimeError):
+    """TensorBoard did not start; `msg` says why in the page's language."""
+
+    def __init__(self, msg: Msg):
+        super().__init__(str(msg))
+        self.msg = msg
 
 
 def _free_port() -> int:
@@ -52,13 +66,13 @@ class TensorBoards:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if popen.poll() is not None:
-                raise RuntimeError(f"TensorBoard exited with code {popen.returncode}")
+                raise TensorBoardFailed(Msg.of("tensorboard.exited", code=popen.returncode))
             try:
                 with urllib.request.urlopen(url, timeout=2):
                     return url
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError("TensorBoard did not answer")
+        raise TensorBoardFailed(Msg.of("tensorboard.no_answer"))
 
     def close(self) -> None:
         with self._lock:

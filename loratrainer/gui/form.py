@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from loratrainer.config import KNOWN_OPTIMIZERS, FieldSpec, TrainingConfig, describe_validation_error, field_specs, get_value, with_values
+from loratrainer.config.files import validation_fields
 from loratrainer.errors import UserError
 from loratrainer.gui.i18n import Translator
+from loratrainer.messages import Msg, define
+
+define({"form.not_applied": "The form's values could not be applied: {detail}"})
 
 
 def basic_paths() -> list[str]:
@@ -116,13 +120,8 @@ def values_to_config(values: dict[str, Any], base: TrainingConfig | None = None)
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            fields = [
-                {"path": ".".join(str(p) for p in e["loc"]), "type": e["type"], "ctx": dict(e.get("ctx") or {}),
-                 "input": e.get("input"), "msg": e["msg"].removeprefix("Value error, ")}
-                for e in exc.errors()
-            ]
-            raise FormError(describe_validation_error(exc), fields) from None
-        raise UserError(str(exc)) from None
+            raise FormError(describe_validation_error(exc), validation_fields(exc)) from None
+        raise UserError(Msg.of("form.not_applied", detail=str(exc))) from None
 
 
 def config_values(config: TrainingConfig) -> dict[str, Any]:

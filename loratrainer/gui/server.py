@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -74,22 +75,29 @@ def _is_ip(name: str) -> bool:
         return False
 
 
+define({
+    "serve.listen_needs_login": "--listen {host} makes the GUI reachable from other machines: give --username and --password as well (or leave out --listen to stay on 127.0.0.1)",
+    "serve.login_pair": "give both --username and --password, or neither",
+    "serve.port": "--port {port}: choose a port between 1 and 65535",
+    "serve.public_name_loopback": "--public-name is for --listen: on 127.0.0.1 the page is reached as 127.0.0.1 or localhost",
+    "serve.public_name": "--public-name {name!r}: give a host name or an address, without a port or a scheme",
+    "serve.cannot_listen": "cannot listen on {host}:{port} ({reason}): is another GUI running? Try --port {next_port}",
+})
+
+
 def validate(options: ServeOptions) -> None:
     """Anything but loopback is reachable by others: it needs a user name and password."""
     if not is_loopback(options.host) and not options.auth:
-        raise UserError(
-            f"--listen {options.host} makes the GUI reachable from other machines: "
-            "give --username and --password as well (or leave out --listen to stay on 127.0.0.1)"
-        )
+        raise UserError(Msg.of("serve.listen_needs_login", host=options.host))
     if (options.username is None) != (options.password is None):
-        raise UserError("give both --username and --password, or neither")
+        raise UserError(Msg.of("serve.login_pair"))
     if not 0 < options.port < 65536:
-        raise UserError(f"--port {options.port}: choose a port between 1 and 65535")
+        raise UserError(Msg.of("serve.port", port=options.port))
     if options.public_names and is_loopback(options.host):
-        raise UserError("--public-name is for --listen: on 127.0.0.1 the page is reached as 127.0.0.1 or localhost")
+        raise UserError(Msg.of("serve.public_name_loopback"))
     for name in options.public_names:
         if not name or any(c in name for c in "/*:@ ") and not _is_ip(name):
-            raise UserError(f"--public-name {name!r}: give a host name or an address, without a port or a scheme")
+            raise UserError(Msg.of("serve.public_name", name=name))
 
 
 def allowed_hosts(options: ServeOptions) -> list[str]:
@@ -175,7 +183,8 @@ def _serve(options: ServeOptions, temp: Path, create_app: Callable[..., Any]) ->
     try:
         sock = _bind(options)
     except OSError as exc:
-        raise UserError(f"cannot listen on {options.host}:{options.port} ({exc.strerror}): is another GUI running? Try --port {options.port + 1}") from None
+        raise UserError(Msg.of("serve.cannot_listen", host=options.host, port=options.port, reason=exc.strerror,
+                               next_port=options.port + 1)) from None
     print(f"loratrainer GUI: {options.url}  (Ctrl+C to quit)", flush=True)
     if options.open_browser:
         threading.Thread(target=_open_when_ready, args=(server, options.url), daemon=True).start()

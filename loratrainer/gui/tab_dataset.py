@@ -19,6 +19,12 @@ from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
 from loratrainer.gui.i18n import md
 from loratrainer.gui.web_guards import MAX_UPLOAD_BYTES
+from loratrainer.messages import Msg, define
+
+define({
+    "dataset.repeats_not_whole": "{name}: repeats must be a whole number",
+    "dataset.repeats_below_one": "{name}: repeats must be at least 1",
+})
 
 FOLDERS = path_checks("folders")  # {path: check role}: the four folder fields, each with its as-you-type check
 MAX_PROBLEM_THUMBS = 24
@@ -248,9 +254,9 @@ def rename_plan(rows, train_dir: str) -> list[tuple[str, str]]:
         try:
             new_repeats = int(float(repeats))
         except (TypeError, ValueError):
-            raise UserError(f"{name}: repeats must be a whole number") from None
+            raise UserError(Msg.of("dataset.repeats_not_whole", name=name)) from None
         if new_repeats < 1:
-            raise UserError(f"{name}: repeats must be at least 1")
+            raise UserError(Msg.of("dataset.repeats_below_one", name=name))
         if new_repeats != parsed[0]:
             plan.append((str(root / name), str(root / f"{new_repeats}_{parsed[1]}")))
     return plan

@@ -244,7 +244,10 @@ class ResultsHandlers:
         try:
             url = self.tensorboards.url_for(logdir)
         except RuntimeError as exc:
-            return self.t("results.tensorboard_failed", detail=md(str(exc)), command=md(command))
+            from loratrainer.gui.external_programs import TensorBoardFailed
+
+            said = self.t.message(exc.msg) if isinstance(exc, TensorBoardFailed) else str(exc)
+            return self.t("results.tensorboard_failed", detail=md(said), command=md(command))
         return self.t("results.tensorboard_running", url=url)
 
     # -- the grids ---------------------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ from collections import defaultdict, deque
 from typing import Callable
 
 from loratrainer.gui.html_body import send_rewritten_html
+from loratrainer.messages import Msg, define
+
+define({
+    "web.cross_origin": "Cross-origin request refused.",
+    "web.upload_too_large": "Upload larger than {mb} MB refused.",
+})
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest config file (config.files.MAX_CONFIG_BYTES) plus multipart overhead
@@ -27,7 +33,13 @@ LOGIN_FAILURES = 5  # wrong passwords per address ...
 LOGIN_WINDOW_S = 60.0  # ... within this time, before its logins wait
 
 
-async def _refuse(send, status: int, text: str) -> None:
+async def _refuse(send, status: int, text: str | Msg, scope=None) -> None:
+    if isinstance(text, Msg):  # said in the language of the page that asked (its /ko/ path, else Accept-Language)
+        from loratrainer.gui.i18n import Translator, pick_language
+
+        path = scope.get("path", "") if scope else ""
+        lang = next((lang for lang in ("en", "ko") if path.startswith(f"/{lang}/")), None)
+        text = Translator(lang or pick_language(_headers(scope).get("accept-language") if scope else None)).message(text)
     body = json.dumps({"detail": text}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -61,7 +73,7 @@ class OriginGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await _refuse(send, 403, "Cross-origin request refused.")
+            await _refuse(send, 403, Msg.of("web.cross_origin"), scope)
             return
         await self.app(scope, receive, send)
 
@@ -79,7 +91,7 @@ class UploadLimit:
             return
         length = _headers(scope).get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _refuse(send, 413, f"Upload larger than {self.limit // (1024 * 1024)} MB refused.")
+            await _refuse(send, 413, Msg.of("web.upload_too_large", mb=self.limit // (1024 * 1024)), scope)
             return
         seen = 0
 
@@ -95,7 +107,7 @@ class UploadLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await _refuse(send, 413, f"Upload larger than {self.limit // (1024 * 1024)} MB refused.")
+            await _refuse(send, 413, Msg.of("web.upload_too_large", mb=self.limit // (1024 * 1024)), scope)
 
 
 class _TooLarge(Exception):

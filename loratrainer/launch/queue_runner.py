@@ -33,7 +33,7 @@ def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO 
     130 when interrupted."""
     with runner_lock(queue.folder) as mine:
         if not mine:
-            raise UserError(str(Msg.of("queue.runner_busy")))
+            raise UserError(Msg.of("queue.runner_busy"))
         from loratrainer.launch.follow import _signals_as_keyboard_interrupt
 
         failures = 0

@@ -41,8 +41,7 @@ MAX_QUEUE_BYTES = 64 * 2**20  # a queued item holds a whole config (a few KB): t
 
 class QueueError(UserError):
     def __init__(self, message: str | Msg):
-        super().__init__(str(message))
-        self.msg = message if isinstance(message, Msg) else None
+        super().__init__(message)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from loratrainer.run import records
 from loratrainer.machine.eight_bit import refusal
 from loratrainer.launch.input_checks import check_inputs, remove_stale_partials, resolve_model_family
 from loratrainer.launch.path_checks import check_paths
-from loratrainer.config.sample_prompts import load_prompts
+from loratrainer.config.sample_prompts import SamplePromptError, load_prompts
 from loratrainer.run.files import CONSOLE_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, logging_root, rng_file_name
 
 _MB = 1024 * 1024
@@ -215,7 +215,8 @@ def check_sample_prompts(config: TrainingConfig) -> None:
         try:
             load_prompts(s.sample_prompts)
         except (UserError, OSError, UnicodeDecodeError) as exc:
-            raise LaunchRefused(Msg.of("launch.bad_sample_prompts", detail=str(exc))) from None
+            detail = exc.msg if isinstance(exc, SamplePromptError) else str(exc)  # the line's coded reason
+            raise LaunchRefused(Msg.of("launch.bad_sample_prompts", detail=detail)) from None
 
 
 def check_optimizer(config: TrainingConfig) -> None:
@@ -310,7 +311,7 @@ def preflight(config: TrainingConfig, warnings: list[Msg] | None = None) -> Trai
         raise LaunchRefused(Msg.of("launch.inputs_refused", problem=problem))
     report = check_dataset(config, num_processes=config.launch.num_processes)
     if not report.ok:
-        raise LaunchRefused(str(Msg.of("launch.dataset_failed")) + "\n" + report.format_text(), report=report)
+        raise LaunchRefused(Msg.of("check.failed", report=report.format_text()), report=report)
     if warnings is not None:
         warnings += start_warnings(config, report)
     check_resume(config)

@@ -13,24 +13,25 @@ import subprocess
 import sys
 
 from loratrainer.config.optimizer_table import EIGHT_BIT, OPTIMIZERS
+from loratrainer.messages import Msg
 
 
 def needs_bitsandbytes(optimizer: str) -> bool:
     return optimizer in EIGHT_BIT or optimizer.split(".")[0] == "bitsandbytes"
 
 
-def unavailable_hint(optimizer: str) -> str:
+def unavailable_hint(optimizer: str) -> Msg:
     if optimizer in EIGHT_BIT:
         return OPTIMIZERS[optimizer].unavailable_hint(optimizer)
-    return f"{optimizer} needs bitsandbytes with a CUDA GPU; use AdamW"  # a bitsandbytes.optim.X path
+    return Msg.of("optimizer.needs_cuda", name=optimizer, instead="AdamW")  # a bitsandbytes.optim.X path
 
 
-def refusal(optimizer: str) -> str | None:
+def refusal(optimizer: str) -> Msg | None:
     """Why this optimizer cannot run on this machine, or None. Imports torch only for an 8-bit optimizer."""
     if not needs_bitsandbytes(optimizer):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
-        return unavailable_hint(optimizer) + " (bitsandbytes is not installed)"
+        return Msg.of("optimizer.no_bitsandbytes", hint=unavailable_hint(optimizer))
     import torch
 
     return None if torch.cuda.is_available() else unavailable_hint(optimizer)
@@ -48,12 +49,12 @@ def cuda_available() -> bool:
         return False
 
 
-def page_refusal(optimizer: str) -> str | None:
+def page_refusal(optimizer: str) -> Msg | None:
     """`refusal` without loading torch in this process (the GUI's note beside the optimizer)."""
     if not needs_bitsandbytes(optimizer):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
-        return unavailable_hint(optimizer) + " (bitsandbytes is not installed)"
+        return Msg.of("optimizer.no_bitsandbytes", hint=unavailable_hint(optimizer))
     return None if cuda_available() else unavailable_hint(optimizer)
 
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from loratrainer.messages import ENGLISH, Msg
-from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NotSD15Checkpoint
+from loratrainer.model.errors import CorruptModelFile, ModelFileMissing, NotSD15Checkpoint, parts_msg
 from loratrainer.model.families import CLIP_L, OPEN_CLIP, SD2_CROSS_ATTN_K, SD15_CROSS_ATTN_K, SDXL, UNET, detect_family  # noqa: F401  (re-exported)
 
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
@@ -55,10 +55,10 @@ def check_sd15(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Raise NotSD15Checkpoint naming the family when `state` is not a full SD1.x checkpoint."""
     family = detect_family(state)
     if family == "sd1":
-        missing = [part for prefix, part in ((UNET, "UNet"), (CLIP_L, "text encoder"), ("first_stage_model.", "VAE"))
+        missing = [part for prefix, part in ((UNET, "unet"), (CLIP_L, "text_encoder"), ("first_stage_model.", "vae"))
                    if not any(k.startswith(prefix) for k in state)]
         if missing:
-            raise NotSD15Checkpoint(Msg.of("model.sd1_incomplete", path=str(path), missing=" and ".join(missing)))
+            raise NotSD15Checkpoint(Msg.of("model.sd1_incomplete", path=str(path), missing=parts_msg(missing)))
         return
     code = f"model.family.{family}"
     raise NotSD15Checkpoint(Msg.of(code if code in ENGLISH else "model.family.unknown", path=str(path)))

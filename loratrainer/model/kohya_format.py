@@ -19,6 +19,7 @@ from torch import nn
 from loratrainer.config import LYCORIS_TYPES
 from loratrainer.model import lycoris
 from loratrainer.model.checkpoint import read_checkpoint
+from loratrainer.messages import Msg
 from loratrainer.model.errors import NetworkWeightsMismatch
 from loratrainer.model.lora import ADAPTER, LoraHandle, LoraModule
 
@@ -86,49 +87,36 @@ def load_network_weights(handle: LoraHandle, path: str | Path) -> list[str]:
                 by_module.setdefault(key[: -len(suffix)], {})[suffix] = value
                 break
         else:
-            raise NetworkWeightsMismatch(
-                f"{path} is not a Kohya-format LoRA (unexpected key {key}); only lora_down/lora_up/alpha files "
-                "(Kohya's Standard or LoCon LoRA) can be continued."
-            )
+            raise NetworkWeightsMismatch(Msg.of("weights.not_kohya", path=str(path), key=key))
     has_dora = any(DORA in tensors for tensors in by_module.values())
     if has_dora != handle.network.dora_wd:
-        raise NetworkWeightsMismatch(
-            f"{path} is {'a DoRA file (dora_scale tensors)' if has_dora else 'a LoRA file without DoRA'} but DoRA "
-            f"is {'off' if has_dora else 'on'}; set DoRA (weight-decomposed) to {'on' if has_dora else 'off'} to "
-            "continue it."
-        )
+        raise NetworkWeightsMismatch(Msg.of("weights.dora_file" if has_dora else "weights.not_dora_file", path=str(path)))
     pending = []
     magnitudes = []
     for name, tensors in by_module.items():
         info = handle.modules.get(name)
         if info is None:
-            raise NetworkWeightsMismatch(f"{path}: {_why_unknown(handle, name)}")
+            raise NetworkWeightsMismatch(Msg.of("weights.unknown_module", path=str(path), why=_why_unknown(handle, name)))
         if DOWN not in tensors or UP not in tensors:
-            raise NetworkWeightsMismatch(f"{path}: module {name} lacks its lora_down or lora_up weight.")
+            raise NetworkWeightsMismatch(Msg.of("weights.lacks_factor", path=str(path), name=name))
         down, up = _lora_layers(handle, info)
         for suffix, layer in ((DOWN, down), (UP, up)):
             if tuple(tensors[suffix].shape) != tuple(layer.weight.shape):
-                raise NetworkWeightsMismatch(
-                    f"{path}: {name}{suffix} has shape {list(tensors[suffix].shape)} but the LoRA being trained "
-                    f"needs {list(layer.weight.shape)} (rank {info.rank}). Set the rank "
-                    f"({'conv_dim' if _is_conv3x3(layer) else 'network_dim'}) to the file's, "
-                    f"{_file_rank(tensors[DOWN])}."
-                )
+                raise NetworkWeightsMismatch(Msg.of(
+                    "weights.shape", path=str(path), name=f"{name}{suffix}", shape=str(list(tensors[suffix].shape)),
+                    wanted=str(list(layer.weight.shape)), rank=info.rank,
+                    setting="conv_dim" if _is_conv3x3(layer) else "network_dim", file_rank=_file_rank(tensors[DOWN])))
         if ALPHA in tensors and abs(float(tensors[ALPHA]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
-            raise NetworkWeightsMismatch(
-                f"{path}: {name} was trained with alpha {float(tensors[ALPHA]):g} but alpha is set to {info.alpha:g}; "
-                "set it to the file's value so the weights keep their strength."
-            )
+            raise NetworkWeightsMismatch(Msg.of("weights.alpha", path=str(path), name=name,
+                                                file_alpha=f"{float(tensors[ALPHA]):g}", alpha=f"{info.alpha:g}"))
         pending.append((down, up, tensors[DOWN], tensors[UP]))
         if has_dora:
             magnitude, shape = _magnitude(handle, info)
             wanted = [shape[0], *[1] * (len(shape) - 1)]
             if DORA not in tensors or list(tensors[DORA].shape) != wanted:
                 got = list(tensors[DORA].shape) if DORA in tensors else "nothing"
-                raise NetworkWeightsMismatch(
-                    f"{path}: {name}{DORA} is {got} but this module needs {wanted} (one magnitude per output "
-                    "channel, LyCORIS's wd_on_output layout); only such DoRA files can be continued."
-                )
+                raise NetworkWeightsMismatch(Msg.of("weights.dora_shape", path=str(path), name=f"{name}{DORA}",
+                                                    got=str(got), wanted=str(wanted)))
             magnitudes.append((magnitude, tensors[DORA]))
     with torch.no_grad():  # only after every module was checked: all or nothing
         for down, up, down_w, up_w in pending:
@@ -143,22 +131,20 @@ def _load_lycoris(handle: LoraHandle, path: Path, state: dict[str, torch.Tensor]
     """network_weights for LoHa / LoKr: the file must be the same algorithm with the same tensors and shapes."""
     lora_type = handle.network.lora_type
     if kind != lora_type:
-        what = f"a LyCORIS {kind} file" if kind else "a LoRA file (lora_down/lora_up)"
-        raise NetworkWeightsMismatch(
-            f"{path} is {what} but the LoRA type is {lora_type}; set the LoRA type to {kind or 'Standard or LoCon'} "
-            "to continue it."
-        )
+        what = Msg.of("weights.what.lycoris", kind=kind) if kind else Msg.of("weights.what.lora")
+        raise NetworkWeightsMismatch(Msg.of("weights.other_type", path=str(path), what=what, lora_type=lora_type,
+                                            kind=kind or Msg.of("weights.kind.standard")))
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, _, suffix = key.rpartition(".")
         if suffix not in lycoris.KEYS[kind] and suffix != "alpha":
-            raise NetworkWeightsMismatch(f"{path}: unexpected key {key} in a {kind} file.")
+            raise NetworkWeightsMismatch(Msg.of("weights.unexpected_key", path=str(path), key=key, kind=kind))
         by_module.setdefault(module, {})[suffix] = value
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (our parameter, the file's value)
     for name, tensors in by_module.items():
         info = handle.modules.get(name)
         if info is None:
-            raise NetworkWeightsMismatch(f"{path}: {_why_unknown(handle, name)}")
+            raise NetworkWeightsMismatch(Msg.of("weights.unknown_module", path=str(path), why=_why_unknown(handle, name)))
         layer = handle.model(info.part).get_submodule(info.path)
         ours = lycoris.module_tensors(layer, kind)
         theirs = {k: v for k, v in tensors.items() if k != "alpha"}
@@ -167,17 +153,13 @@ def _load_lycoris(handle: LoraHandle, path: Path, state: dict[str, torch.Tensor]
         if shapes != wanted:
             setting = "conv_dim" if _is_conv3x3(getattr(layer, "base_layer", layer)) else "network_dim"
             extra = ", factor, decompose_both" if kind == "LoKr" else ""
-            raise NetworkWeightsMismatch(
-                f"{path}: {name} holds {shapes} but the {kind} being trained has {wanted}; set the rank ({setting}"
-                f"{extra}, use_tucker) to the file's."
-            )
+            raise NetworkWeightsMismatch(Msg.of("weights.lycoris_shape", path=str(path), name=name, shapes=str(shapes),
+                                                kind=kind, wanted=str(wanted), setting=setting, extra=extra))
         full_factors = kind == "LoKr" and set(ours) == {"lokr_w1", "lokr_w2"}  # scale 1 whatever the alpha (inf in
         # an fp16 file of sd-scripts/LyCORIS, whose alpha = rank 100000 overflows)
         if "alpha" in tensors and not full_factors and abs(float(tensors["alpha"]) - info.alpha) > 1e-3 * max(1.0, info.alpha):
-            raise NetworkWeightsMismatch(
-                f"{path}: {name} was trained with alpha {float(tensors['alpha']):g} but alpha is set to {info.alpha:g}; "
-                "set it to the file's value so the weights keep their strength."
-            )
+            raise NetworkWeightsMismatch(Msg.of("weights.alpha", path=str(path), name=name,
+                                                file_alpha=f"{float(tensors['alpha']):g}", alpha=f"{info.alpha:g}"))
         pending.extend((ours[k], theirs[k]) for k in ours)
     with torch.no_grad():  # all or nothing, as for LoRA files
         for param, value in pending:
@@ -196,37 +178,35 @@ def _lora_layers(handle: LoraHandle, info: LoraModule) -> tuple[nn.Module, nn.Mo
     return module.lora_A[ADAPTER], module.lora_B[ADAPTER]
 
 
-def _why_unknown(handle: LoraHandle, name: str) -> str:
+def _why_unknown(handle: LoraHandle, name: str) -> Msg:
     if handle.family == "sdxl":
         return _why_unknown_sdxl(handle, name)
     if name.startswith("lora_te_") and not handle.train_text_encoder:
-        return (f"the file adapts the text encoder ({name}) but the text encoder is not trained (its learning "
-                "rate is 0); set text_encoder_lr above 0, or its part of the file would be lost.")
+        return Msg.of("weights.why.te_not_trained", name=name)
     if name.startswith("lora_unet_") and not handle.train_unet:
-        return f"the file adapts the UNet ({name}) but the UNet is not trained (unet_lr is 0)."
+        return Msg.of("weights.why.unet_not_trained", name=name)
     if name.startswith(("lora_te1_", "lora_te2_")) or "input_blocks" in name or "output_blocks" in name:
-        return "this is an SDXL LoRA (lora_te1_/lora_te2_ keys or input_blocks/output_blocks names); it cannot continue on SD1.5."
+        return Msg.of("weights.why.sdxl_lora")
     if handle.network.lora_type == "Standard" and name.startswith("lora_unet_") and ("resnets" in name or "samplers" in name):
-        return f"the file is a LoCon LoRA ({name}); set the LoRA type to LoCon."
-    return f"module {name} is not part of this LoRA (an SD1.5 Kohya LoRA has lora_unet_/lora_te_ modules)."
+        return Msg.of("weights.why.locon", name=name)
+    return Msg.of("weights.why.not_part_sd15", name=name)
 
 
 _SDXL_LOCON = re.compile(r"_(in_layers_2|out_layers_3|emb_layers_1|skip_connection|op|conv)$")  # resnets, samplers
 
 
-def _why_unknown_sdxl(handle: LoraHandle, name: str) -> str:
-    for prefix, on, what, setting in (("lora_te1_", handle.train_text_encoder, "text encoder 1", "text_encoder_lr"),
-                                      ("lora_te2_", handle.train_text_encoder_2, "text encoder 2", "text_encoder_2_lr")):
+def _why_unknown_sdxl(handle: LoraHandle, name: str) -> Msg:
+    for prefix, on, what, setting in (("lora_te1_", handle.train_text_encoder, "1", "text_encoder_lr"),
+                                      ("lora_te2_", handle.train_text_encoder_2, "2", "text_encoder_2_lr")):
         if name.startswith(prefix) and not on:
-            return (f"the file adapts {what} ({name}) but {what} is not trained (its learning rate is 0); set "
-                    f"{setting} above 0, or its part of the file would be lost.")
+            return Msg.of("weights.why.te_n_not_trained", n=what, name=name, setting=setting)
     if name.startswith("lora_unet_") and not handle.train_unet:
-        return f"the file adapts the UNet ({name}) but the UNet is not trained (unet_lr is 0)."
+        return Msg.of("weights.why.unet_not_trained", name=name)
     if name.startswith("lora_te_") or "down_blocks" in name or "up_blocks" in name:
-        return "this is an SD1.5 LoRA (lora_te_ keys or down_blocks/up_blocks names); it cannot continue on SDXL."
+        return Msg.of("weights.why.sd15_lora")
     if handle.network.lora_type == "Standard" and name.startswith("lora_unet_") and _SDXL_LOCON.search(name):
-        return f"the file is a LoCon LoRA ({name}); set the LoRA type to LoCon."
-    return f"module {name} is not part of this LoRA (an SDXL Kohya LoRA has lora_unet_/lora_te1_/lora_te2_ modules)."
+        return Msg.of("weights.why.locon", name=name)
+    return Msg.of("weights.why.not_part_sdxl", name=name)
 
 
 def _is_conv3x3(layer: nn.Module) -> bool:

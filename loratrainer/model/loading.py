@@ -20,6 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from loratrainer.config import ModelSettings
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg
 from loratrainer.model.assets import SD15_CONFIG_DIR
 from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, check_sd15, detect_family, read_checkpoint
 from loratrainer.model.errors import ModelFileMissing, ModelNotAvailableOffline, NotSD15Checkpoint
@@ -61,10 +62,7 @@ def load_sd15(settings: ModelSettings, *, dtype: torch.dtype = torch.float32, co
         parts = _load_diffusers(source, dtype, local_only=False)
         how, name, model_hash = f"hub id {source}", source, ""
     else:
-        raise ModelFileMissing(
-            f"The base model {source!r} does not exist. Choose an SD1.5 .safetensors/.ckpt file, a diffusers "
-            "folder (the one holding model_index.json) or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5."
-        )
+        raise ModelFileMissing(Msg.of("model.base_missing", source=source))
     tokenizer, text_encoder, vae, unet = parts
     if settings.vae.strip():
         vae = load_vae(settings.vae.strip(), dtype=dtype, config_dir=config_dir)
@@ -105,12 +103,12 @@ def load_vae(source: str, *, dtype: torch.dtype = torch.float32, config_dir: Pat
     if not path.is_file():
         if _HUB_ID.fullmatch(source) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             return from_hub(lambda: AutoencoderKL.from_pretrained(source, torch_dtype=dtype), source)
-        raise ModelFileMissing(f"The VAE file {source} does not exist.")
+        raise ModelFileMissing(Msg.of("model.vae_missing", source=source))
     state = read_checkpoint(path, what="VAE")
     found = detect_family(state)
     if found not in ("vae", "sdxl" if family == "sdxl" else "sd1"):
-        what = "an SDXL" if family == "sdxl" else "an SD1.5"
-        raise NotSD15Checkpoint(f"{path} is not {what} VAE (it looks like: {found}).")
+        code = "model.vae_other_family.sdxl" if family == "sdxl" else "model.vae_other_family.sd15"
+        raise NotSD15Checkpoint(Msg.of(code, path=str(path), found=found))
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in state:  # already in diffusers' naming
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir, subfolder="vae"))
         _load_strict(vae, state, path)
@@ -136,7 +134,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path):
         vae = AutoencoderKL.from_single_file(state, subfolder="vae", **kwargs)
         text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder", **kwargs)
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes that do not fit SD1.5's configuration
-        raise NotSD15Checkpoint(f"{path} does not fit the SD1.5 architecture ({str(exc)[:300]}).") from exc
+        raise NotSD15Checkpoint(Msg.of("model.not_sd15_architecture", path=str(path), detail=str(exc)[:300])) from exc
     tokenizer = CLIPTokenizer.from_pretrained(config_dir / "tokenizer")
     # checkpoints are often fp16; the caller's dtype wins whatever the file holds
     return tokenizer, text_encoder.to(dtype), vae.to(dtype), unet.to(dtype)
@@ -145,10 +143,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path):
 def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
     folder = Path(source)
     if local_only and not ((folder / "model_index.json").exists() or (folder / "unet").is_dir()):
-        raise NotSD15Checkpoint(
-            f"{folder} is a folder but not a diffusers model (no model_index.json or unet/ inside). "
-            "Choose the model's .safetensors/.ckpt file, or the folder that holds model_index.json."
-        )
+        raise NotSD15Checkpoint(Msg.of("model.not_diffusers_folder", folder=str(folder)))
 
     def load():
         kw = dict(torch_dtype=dtype, local_files_only=local_only)
@@ -166,8 +161,8 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
     parts = load() if local_only else from_hub(load, source)
     width = parts[3].config.cross_attention_dim
     if width in (1024, 2048):  # SD1.5 has 768 (tiny test models less); these two are SD2 and SDXL
-        family = "an SD2" if width == 1024 else "an SDXL"
-        raise NotSD15Checkpoint(f"{source} is {family} model (cross-attention width {width}); choose an SD1.5 model.")
+        code = "model.wide_family.sd2" if width == 1024 else "model.wide_family.sdxl"
+        raise NotSD15Checkpoint(Msg.of(code, source=source, width=width))
     return parts
 
 
@@ -184,11 +179,8 @@ def check_tokenizer_fits(tokenizer, text_encoder, where: Path, source: str) -> N
     tokens = len(tokenizer)
     embeddings = text_encoder.get_input_embeddings().num_embeddings
     if tokens > embeddings:
-        raise TokenizerMismatch(
-            f"The tokenizer ({where}) has {tokens} tokens but the text encoder of {source} has only {embeddings} "
-            "embeddings: the model's tokenizer/ folder does not belong to its text_encoder/. Use the tokenizer "
-            "files that came with the model."
-        )
+        raise TokenizerMismatch(Msg.of("model.tokenizer_mismatch", where=str(where), tokens=tokens, source=source,
+                                       embeddings=embeddings))
 
 
 def from_hub(load, source: str):
@@ -197,15 +189,12 @@ def from_hub(load, source: str):
         return load()
     except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or "offline" in str(exc).lower():
-            raise ModelNotAvailableOffline(
-                f"{source!r} is not a local file or folder, and as a hub id it cannot be loaded: the hub cannot be "
-                "reached and it is not in the local cache. Check the path, or download the model's .safetensors "
-                "file and choose it (local files need no network)."
-            ) from exc
-        raise UserError(f"Could not load {source!r} from the hub: {str(exc)[:300]}") from exc
+            raise ModelNotAvailableOffline(Msg.of("model.hub_offline", source=source)) from exc
+        raise UserError(Msg.of("model.hub_failed", source=source, detail=str(exc)[:300])) from exc
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
-        raise NotSD15Checkpoint(f"{path} lacks {len(result.missing_keys)} weights, e.g. {result.missing_keys[0]}.")
+        raise NotSD15Checkpoint(Msg.of("model.lacks_weights", path=str(path), count=len(result.missing_keys),
+                                       key=result.missing_keys[0]))

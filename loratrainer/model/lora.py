@@ -34,6 +34,7 @@ from transformers.models.clip.modeling_clip import CLIPAttention, CLIPMLP
 
 from loratrainer.config import LYCORIS_TYPES, NetworkSettings
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg
 from loratrainer.model import lycoris, sdxl_names
 
 ADAPTER = "default"  # peft's adapter name; one adapter per model
@@ -130,7 +131,7 @@ def inject_lora(
     if family != "sdxl" or train_text_encoder_2 is None:
         train_text_encoder_2 = train_text_encoder and family == "sdxl"
     if not (train_unet or train_text_encoder or train_text_encoder_2):
-        raise UserError("Both the UNet and the text encoder learning rates are 0: there is nothing to train.")
+        raise UserError(Msg.of("model.nothing_to_train"))
     network = network.alphas_resolved()  # an alpha of 0 is the rank (sd-scripts networks/lora.py): in the file too
     handle = LoraHandle(components, train_unet, train_text_encoder, network, train_text_encoder_2=train_text_encoder_2)
     for part in handle.parts():

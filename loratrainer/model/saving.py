@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from loratrainer.files import atomic_write_with
+from loratrainer.messages import Msg
 from loratrainer.model.errors import NonFiniteLoraError, OutputExists
 from loratrainer.model.metadata import with_safetensors_hashes
 
@@ -21,23 +22,20 @@ def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: d
     path = Path(path)
     check_finite(state_dict)
     if not overwrite and path.exists():
-        raise OutputExists(f"{path} exists; not overwriting it (choose another output name or allow overwriting).")
+        raise OutputExists(Msg.of("model.output_exists", path=str(path)))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = with_safetensors_hashes(tensors, {k: str(v) for k, v in metadata.items()})
     try:
         return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
     except FileExistsError as exc:  # appeared between the check and the rename
-        raise OutputExists(f"{path} exists; not overwriting it.") from exc
+        raise OutputExists(Msg.of("model.output_appeared", path=str(path))) from exc
 
 
 def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
     bad = sorted({_module_name(key) for key, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()})
     if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise NonFiniteLoraError(
-            f"The LoRA holds NaN or infinite values in {bad[0]}{more}; the file was not written. Training diverged: "
-            "lower the learning rate, or use bf16 / no mixed precision instead of fp16."
-        )
+        more = Msg.of("model.and_more", count=len(bad) - 1) if len(bad) > 1 else ""
+        raise NonFiniteLoraError(Msg.of("model.lora_non_finite", module=bad[0], more=more))
 
 
 def _module_name(key: str) -> str:

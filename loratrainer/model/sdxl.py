@@ -23,7 +23,7 @@ from loratrainer.config import ModelSettings
 from loratrainer.messages import Msg, define
 from loratrainer.model.assets import SDXL_CONFIG_DIR
 from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, read_checkpoint
-from loratrainer.model.errors import ModelFileMissing, NotSD15Checkpoint
+from loratrainer.model.errors import ModelFileMissing, NotSD15Checkpoint, parts_msg
 from loratrainer.model.families import SDXL, UNET, detect_family
 from loratrainer.model.loading import (
     HUB_ID, TOKENIZER_FILES, check_tokenizer_fits, from_hub, legacy_file_hash, load_vae, noise_scheduler,
@@ -119,11 +119,10 @@ def check_sdxl(state, path: str | Path) -> None:
     family = detect_family(state)
     if family != "sdxl":
         raise NotSDXLCheckpoint(Msg.of("model.sdxl.not_sdxl", path=str(path), family=family))
-    parts = ((UNET, "UNet"), (TEXT_ENCODER_1, "text encoder 1 (CLIP ViT-L)"),
-             (TEXT_ENCODER_2, "text encoder 2 (OpenCLIP ViT-bigG)"), (VAE, "VAE"))
+    parts = ((UNET, "unet"), (TEXT_ENCODER_1, "text_encoder_1"), (TEXT_ENCODER_2, "text_encoder_2"), (VAE, "vae"))
     missing = [what for prefix, what in parts if not any(k.startswith(prefix) for k in state)]
     if missing:
-        raise NotSDXLCheckpoint(Msg.of("model.sdxl.incomplete", path=str(path), missing=" and ".join(missing)))
+        raise NotSDXLCheckpoint(Msg.of("model.sdxl.incomplete", path=str(path), missing=parts_msg(missing)))
 
 
 def _load_single_file(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, config_dir: Path):

@@ -12,6 +12,7 @@ import torch
 
 from loratrainer.config import TrainingConfig, parse_optimizer_args
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg
 from loratrainer.config.optimizer_table import OPTIMIZERS
 from loratrainer.machine.eight_bit import refusal
 
@@ -22,11 +23,11 @@ class OptimizerUnavailable(UserError):
     pass
 
 
-def _import(module: str, attr: str, hint: str) -> type:
+def _import(module: str, attr: str, hint: Msg) -> type:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, RuntimeError) as exc:
-        raise OptimizerUnavailable(f"{hint} ({type(exc).__name__}: {exc})") from None
+        raise OptimizerUnavailable(Msg.of("optimizer.import_failed", hint=hint, error=f"{type(exc).__name__}: {exc}")) from None
 
 
 def _from_table(name: str) -> OptimizerSpec:
@@ -53,7 +54,7 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     if refused is not None:
         raise OptimizerUnavailable(refused)
     module, _, attr = name.rpartition(".")
-    return _import(module, attr, f"optimizer {name!r} could not be imported"), {}
+    return _import(module, attr, Msg.of("optimizer.not_importable", name=name)), {}
 
 
 def build_optimizer(config: TrainingConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -73,7 +74,7 @@ def _build(config: TrainingConfig, param_groups: list[dict[str, Any]]) -> torch.
     try:
         return cls(param_groups, lr=config.optimizer.learning_rate, **kwargs)
     except TypeError as exc:
-        raise UserError(f"optimizer {config.optimizer.optimizer} rejected the optimizer_args: {exc}") from None
+        raise UserError(Msg.of("optimizer.rejected_args", name=config.optimizer.optimizer, detail=str(exc))) from None
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)

@@ -12,6 +12,9 @@ from typing import Any
 
 from loratrainer.errors import UserError
 from loratrainer.config.samplers import SAMPLERS, canonical_sampler
+from loratrainer.messages import Msg, define
+
+define({"sampler.unavailable": "the {name} sampler is not available here ({detail}); install what it names or choose another sampler, e.g. euler_a"})
 
 
 def build_scheduler(name: str, training_scheduler_config: Any):
@@ -27,5 +30,4 @@ def build_scheduler(name: str, training_scheduler_config: Any):
     try:
         return cls.from_config(config)
     except ImportError as exc:  # a diffusers placeholder class: e.g. LMSDiscreteScheduler needs scipy
-        raise UserError(f"the {name} sampler is not available here ({' '.join(str(exc).split())}); "
-                        "install what it names or choose another sampler, e.g. euler_a") from None
+        raise UserError(Msg.of("sampler.unavailable", name=name, detail=" ".join(str(exc).split()))) from None

@@ -15,7 +15,7 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.dataset_config import with_dataset_config
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
-from loratrainer.messages import Label, Msg
+from loratrainer.messages import Label, Msg, define
 from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.model.kohya_format import load_network_weights
 from loratrainer.model.components import load_components
@@ -86,10 +86,13 @@ class Trainer:
         return self.report.steps.epochs
 
 
+define({"train.xformers_unavailable": "xformers attention is not available here ({detail}): choose precision.attention = sdpa"})
+
+
 def plan_dataset(config: TrainingConfig, num_processes: int) -> DatasetReport:
     report = check_dataset(config, num_processes=num_processes)
     if not report.ok:
-        raise UserError("the dataset check failed:\n" + report.format_text())
+        raise UserError(Msg.of("check.failed", report=report.format_text()))
     return report
 
 
@@ -163,7 +166,7 @@ def set_attention(unet, attention: str) -> None:
         try:
             unet.enable_xformers_memory_efficient_attention()
         except Exception as exc:  # not installed, or no CUDA
-            raise UserError(f"xformers attention is not available here ({exc}): choose precision.attention = sdpa") from None
+            raise UserError(Msg.of("train.xformers_unavailable", detail=str(exc))) from None
     else:
         unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from loratrainer.errors import UserError
+from loratrainer.messages import Msg, define
 from loratrainer.files import atomic_write
 from loratrainer.run.files import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
@@ -34,6 +35,15 @@ class StateInfo:
 
 class BrokenState(UserError):
     pass
+
+
+define({
+    "state.not_a_state": "saving.resume: {folder} is not a saved training state (no {file}); choose a '-state' folder",
+    "state.damaged": "saving.resume: {path} is damaged ({detail})",
+    "state.steps_changed": "saving.resume: the state was saved with {saved} steps per epoch, this run has {now}: the dataset, batch size or processes changed",
+    "state.incomplete": "saving.resume: {folder} is incomplete or damaged ({detail})",
+    "state.other_network": "saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)",
+})
 
 
 def _trained_params(t) -> dict[str, torch.nn.Parameter]:
@@ -64,9 +74,9 @@ def read_state_info(folder: str | Path) -> StateInfo:
     try:
         return StateInfo(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise BrokenState(f"saving.resume: {folder} is not a saved training state (no {STATE_FILE}); choose a '-state' folder") from None
+        raise BrokenState(Msg.of("state.not_a_state", folder=str(folder), file=STATE_FILE)) from None
     except (ValueError, TypeError) as exc:
-        raise BrokenState(f"saving.resume: {folder / STATE_FILE} is damaged ({exc})") from None
+        raise BrokenState(Msg.of("state.damaged", path=str(folder / STATE_FILE), detail=str(exc))) from None
 
 
 def load_state(t, folder: str | Path) -> StateInfo:
@@ -74,19 +84,18 @@ def load_state(t, folder: str | Path) -> StateInfo:
     folder = Path(folder)
     info = read_state_info(folder)
     if info.steps_per_epoch != t.report.steps.steps_per_epoch:
-        raise BrokenState(f"saving.resume: the state was saved with {info.steps_per_epoch} steps per epoch, this run has "
-                          f"{t.report.steps.steps_per_epoch}: the dataset, batch size or processes changed")
+        raise BrokenState(Msg.of("state.steps_changed", saved=info.steps_per_epoch, now=t.report.steps.steps_per_epoch))
     try:
         weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu")
         opt = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
         rng_file = folder / rng_file_name(t.accelerator.process_index)
         rng = torch.load(rng_file if rng_file.exists() else folder / rng_file_name(0), weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
-        raise BrokenState(f"saving.resume: {folder} is incomplete or damaged ({exc})") from None
+        raise BrokenState(Msg.of("state.incomplete", folder=str(folder), detail=str(exc))) from None
     params = _trained_params(t)
     # same names and shapes (a changed rank, LoKr factor or Tucker setting keeps LyCORIS's names, not the shapes)
     if set(params) != set(weights) or any(p.shape != weights[n].shape for n, p in params.items()):
-        raise BrokenState("saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)")
+        raise BrokenState(Msg.of("state.other_network"))
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name])
