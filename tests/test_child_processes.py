@@ -260,3 +260,17 @@ def test_stopping_a_run_escalates_through_the_helper(spy, tmp_path):
         assert (run_dir / "STOP").exists() and stubborn.wait(timeout=10) == -9
     finally:
         stubborn.kill()
+
+
+def test_a_tensorboard_that_exits_at_once_is_said_in_one_sentence_with_its_exit_code(tmp_path, monkeypatch):
+    """TensorBoard started from Results and ended at once (a broken install): the page gets the coded sentence with
+    the exit code, not a TypeError (its parameter was once named `code`, which Msg.of takes itself)."""
+    from loratrainer.gui import external_programs
+
+    real_start = child_processes.start
+    monkeypatch.setattr(external_programs.child_processes, "start",
+                        lambda argv, **kw: real_start([sys.executable, "-c", "import sys; sys.exit(3)"], **kw))
+    boards = external_programs.TensorBoards()
+    with pytest.raises(external_programs.TensorBoardFailed) as failed:
+        boards.url_for(tmp_path, timeout=20)
+    assert str(failed.value.msg) == "TensorBoard exited with code 3"

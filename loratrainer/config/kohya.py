@@ -461,7 +461,7 @@ def _learning_rates(data: dict[str, Any], values: dict[str, Any], flags: set[str
 def _coerce_all(values: dict[str, Any], origin: dict[str, str], report: ImportReport, source: str) -> dict[str, Any]:
     """{leaf: loose value} -> {path: typed value}; "" as the Kohya GUI reads it, null = not set; all bad values at once."""
     resolved: dict[str, Any] = {}
-    errors: list[str] = []
+    errors: list[Msg] = []
     locon = values.get("lora_type") == "LoCon"
     for leaf, value in values.items():
         key, spec = origin[leaf], _SPECS[leaf]

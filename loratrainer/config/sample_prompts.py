@@ -96,6 +96,8 @@ def _sampler(value: str) -> str:
     try:
         return canonical_sampler(value)
     except UserError as exc:
+        if exc.msg is None:  # canonical_sampler's refusals are coded; anything else goes up as it came
+            raise
         raise MsgError(exc.msg) from None
 
 

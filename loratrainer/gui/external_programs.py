@@ -16,7 +16,7 @@ from loratrainer.machine import child_processes
 from loratrainer.messages import Msg, define
 
 define({
-    "tensorboard.exited": "TensorBoard exited with code {code}",
+    "tensorboard.exited": "TensorBoard exited with code {exit_code}",
     "tensorboard.no_answer": "TensorBoard did not answer",
 })
 
@@ -66,7 +66,7 @@ class TensorBoards:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if popen.poll() is not None:
-                raise TensorBoardFailed(Msg.of("tensorboard.exited", code=popen.returncode))
+                raise TensorBoardFailed(Msg.of("tensorboard.exited", exit_code=popen.returncode))
             try:
                 with urllib.request.urlopen(url, timeout=2):
                     return url
