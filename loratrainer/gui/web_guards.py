@@ -20,6 +20,9 @@ from collections import defaultdict, deque
 from typing import Callable
 
 from loratrainer.gui.html_body import send_rewritten_html
+from loratrainer.messages import define
+
+define({"web.cross_origin": "Cross-origin request refused."})
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest config file (config.files.MAX_CONFIG_BYTES) plus multipart overhead
@@ -27,8 +30,8 @@ LOGIN_FAILURES = 5  # wrong passwords per address ...
 LOGIN_WINDOW_S = 60.0  # ... within this time, before its logins wait
 
 
-async def _refuse(send, status: int, text: str) -> None:
-    body = json.dumps({"detail": text}).encode()
+async def _refuse(send, status: int, text: str, code: str | None = None) -> None:
+    body = json.dumps({"detail": text, **({"code": code} if code else {})}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -61,7 +64,7 @@ class OriginGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await _refuse(send, 403, "Cross-origin request refused.")
+            await _refuse(send, 403, "Cross-origin request refused.", "web.cross_origin")  # not our page: said in English
             return
         await self.app(scope, receive, send)
 
