@@ -98,7 +98,7 @@ def test_without_the_page_login_or_from_another_site_nothing_is_received(served,
     client.cookies.clear()
     r = post(client, {"houses.zip": photos_zip(tmp_path)})
     assert r.status_code == 403 and r.json()["code"] == "upload.route.login", r.text
-    assert r.json()["detail"] == "log in to the page first: an upload without the page's login is refused"
+    assert r.json()["detail"] == "Log in to the page first: an upload without the page's login is refused."
     r = post(client, {"houses.zip": photos_zip(tmp_path)}, lang="ko")
     assert r.status_code == 403 and "로그인" in r.json()["detail"]
     login(client)
@@ -230,7 +230,7 @@ def test_over_the_limit_is_one_sentence_before_anything_is_read(served, route, t
     route.limit = 1024 * 1024
     r = post(client, {"big.png": bytes(2 * 1024 * 1024)})
     assert r.status_code == 413 and r.json()["code"] == "upload.route.too_large"
-    assert r.json()["detail"] == "the upload is 2 MB, more than the 1 MB this server accepts (start the GUI with --max-upload-mb to raise it); nothing was kept"
+    assert r.json()["detail"] == "The upload is 2 MB, more than the 1 MB this server accepts (start the GUI with --max-upload-mb to raise it); nothing was kept."
     assert uploads(served["state"]) == []
     # a body longer than it announced is cut off at the announced size
     body, ctype = multipart({"a.png": bytes(1000)})

@@ -322,6 +322,7 @@ def _prepare_panel(ui: UiContext, gr):
         # Pictures from the user's own computer when the server is another machine (docs/remote.md): sent to the
         # upload route (gui/upload_route.py, its own limits), whose answer, an upload id, is this component's value
         n["prep_upload"] = uploader(t, gr)
+        gr.Markdown(t("prepare.upload_help"), elem_id="prep-upload-help")
         with gr.Row():
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
             n["prep_repeats"] = gr.Textbox(value="", label=t("prepare.repeats"), info=t("prepare.repeats_help"), placeholder=t("prepare.repeats_placeholder"),

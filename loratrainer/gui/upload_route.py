@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from loratrainer.data.upload import dataset_root, free_name, gather_upload, plain_name, unpacked_size
 from loratrainer.errors import UserError
-from loratrainer.gui.i18n import LANGUAGES, Translator
+from loratrainer.gui.i18n import LANGUAGES, Translator, sentence
 from loratrainer.gui.web_guards import foreign_origin
 from loratrainer.messages import Msg, define
 
@@ -120,9 +120,9 @@ class UploadRoute:
                 with self._lock:
                     self._active -= 1
         except Refused as exc:
-            return JSONResponse({"detail": t.message(exc.msg), "code": exc.msg.code}, status_code=exc.status)
+            return JSONResponse({"detail": sentence(t.message(exc.msg)) + ".", "code": exc.msg.code}, status_code=exc.status)
         except UserError as exc:  # data/upload.py's refusal of a zip or a file name
-            return JSONResponse({"detail": t.error_text(exc), "code": exc.code}, status_code=400)
+            return JSONResponse({"detail": sentence(t.error_text(exc)) + ".", "code": exc.code}, status_code=400)
 
     async def _check_who(self, request) -> None:
         if foreign_origin(request.scope):
