@@ -366,3 +366,26 @@ def test_an_upload_never_prepared_is_removed_after_a_day(served, route, tmp_path
     assert upload_route.uploaded_dataset(served["state"], "../" + r.json()["id"]) is None  # an id, never a path
     upload_route.discard(served["state"], r.json()["id"])
     assert uploads(served["state"]) == []
+
+
+def test_with_both_page_languages_either_page_s_login_lets_an_upload_in(tmp_path):
+    """As `loratrainer gui --username me` serves it by default: /en/ and /ko/, each its own login."""
+    from fastapi.testclient import TestClient
+
+    from loratrainer.gui.app import create_app
+    from loratrainer.gui.server import ServeOptions, neutralise_gradio_env
+
+    temp = neutralise_gradio_env()
+    try:
+        app = create_app(ServeOptions(username="me", password="right-pw", state_dir=tmp_path / "state"), temp_dir=temp)
+        with TestClient(app, base_url=HOST) as client:
+            assert post(client, {"a.txt": b"x"}, lang="ko").json()["code"] == "upload.route.login"
+            assert client.get("/lt-upload/dataset", headers=PAGE).status_code == 403  # the limits too
+            r = client.post("/ko/login", data={"username": "me", "password": "right-pw"}, headers=PAGE)
+            assert r.status_code == 200, r.text
+            r = post(client, {"a.txt": b"x"}, lang="ko")
+            assert r.status_code == 200 and "받음" in r.json()["message"], r.text
+            limits = client.get("/lt-upload/dataset", headers=PAGE).json()
+            assert limits["limit_mb"] == 2048 and limits["free_mb"] > 0
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
