@@ -352,6 +352,16 @@ def test_a_full_disk_is_one_sentence_and_nothing_is_kept(served, route, small_di
     assert list((small_disk / "upload").iterdir()) == []
 
 
+def test_a_state_folder_that_cannot_be_written_is_one_sentence(served, route, tmp_path):
+    client = served["client"]
+    login(client)
+    (tmp_path / "a-file").write_text("not a folder")
+    route.root = tmp_path / "a-file" / "upload"
+    r = post(client, {"a.txt": b"x"})
+    assert r.status_code == 500 and r.json()["code"] == "upload.route.failed", r.text
+    assert r.json()["detail"].startswith(f"The upload could not be written to {route.root} (") and "Traceback" not in r.text
+
+
 def test_an_upload_never_prepared_is_removed_after_a_day(served, route, tmp_path):
     from loratrainer.gui import upload_route
 

@@ -45,6 +45,7 @@ define({
     "upload.route.too_large": "the upload is {size} MB, more than the {limit} MB this server accepts (start the GUI with --max-upload-mb to raise it); nothing was kept",
     "upload.route.disk_full": "the server has {free} MB free in {folder}, not enough for the {need} MB this upload needs; free some space there and try again, nothing was kept",
     "upload.route.disk_filled": "the server's disk filled up while the upload arrived ({folder}); free some space there and try again, nothing was kept",
+    "upload.route.failed": "the upload could not be written to {folder} ({reason}); nothing was kept",
     "upload.route.longer": "the upload sent more than the {size} MB it announced and was refused; nothing was kept",
     "upload.route.cut_off": "the upload was cut off before it was complete; nothing was kept",
     "upload.route.empty": "the upload holds no files",
@@ -123,6 +124,9 @@ class UploadRoute:
             return JSONResponse({"detail": sentence(t.message(exc.msg)) + ".", "code": exc.msg.code}, status_code=exc.status)
         except UserError as exc:  # data/upload.py's refusal of a zip or a file name
             return JSONResponse({"detail": sentence(t.error_text(exc)) + ".", "code": exc.code}, status_code=400)
+        except OSError as exc:  # a state folder that cannot be written, a disk error: said, not a traceback
+            msg = Msg.of("upload.route.failed", folder=str(self.root), reason=exc.strerror or str(exc))
+            return JSONResponse({"detail": sentence(t.message(msg)) + ".", "code": msg.code}, status_code=500)
 
     async def _check_who(self, request) -> None:
         if foreign_origin(request.scope):
@@ -223,6 +227,7 @@ async def _stream_parts(request, into: Path, length: int) -> list[Path]:
     """Write each file part of the multipart body to its own file in `into` as the body arrives; form fields
     without a file name are dropped. At most `length` bytes (the announced size, already within the limit)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 
     _, params = parse_options_header(request.headers.get("content-type", ""))
@@ -275,7 +280,8 @@ async def _stream_parts(request, into: Path, length: int) -> list[Path]:
             seen += len(chunk)
             if seen > length:
                 raise Refused(413, Msg.of("upload.route.longer", size=_mb(length)))
-            parser.write(chunk)
+            # in a worker thread: a slow disk must not hold up the page's other requests (a run's live view)
+            await run_in_threadpool(parser.write, chunk)
         parser.finalize()
     except ClientDisconnect:
         raise Refused(400, Msg.of("upload.route.cut_off")) from None
