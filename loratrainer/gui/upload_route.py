@@ -121,12 +121,12 @@ class UploadRoute:
                 with self._lock:
                     self._active -= 1
         except Refused as exc:
-            return JSONResponse({"detail": sentence(t.message(exc.msg)) + ".", "code": exc.msg.code}, status_code=exc.status)
+            return JSONResponse({"detail": _said(t, t.message(exc.msg)), "code": exc.msg.code}, status_code=exc.status)
         except UserError as exc:  # data/upload.py's refusal of a zip or a file name
-            return JSONResponse({"detail": sentence(t.error_text(exc)) + ".", "code": exc.code}, status_code=400)
+            return JSONResponse({"detail": _said(t, t.error_text(exc)), "code": exc.code}, status_code=400)
         except OSError as exc:  # a state folder that cannot be written, a disk error: said, not a traceback
             msg = Msg.of("upload.route.failed", folder=str(self.root), reason=exc.strerror or str(exc))
-            return JSONResponse({"detail": sentence(t.message(msg)) + ".", "code": msg.code}, status_code=500)
+            return JSONResponse({"detail": _said(t, t.message(msg)), "code": msg.code}, status_code=500)
 
     async def _check_who(self, request) -> None:
         if foreign_origin(request.scope):
@@ -313,6 +313,12 @@ def _count(folder: Path) -> tuple[int, int]:
             images += is_image_name(p.name)
             captions += p.suffix.lower() in (".txt", ".caption")
     return images, captions
+
+
+def _said(t: Translator, text: str) -> str:
+    """A message shown on its own, as a sentence: English capitalised (its messages begin with a word, "the zip
+    ..."); Korean ones may begin with a file name, which keeps its case."""
+    return (sentence(text) if t.lang == "en" else text) + "."
 
 
 def _mb(n: int) -> int:

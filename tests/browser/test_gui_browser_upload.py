@@ -81,3 +81,15 @@ def test_upload_a_zip_into_a_new_project_and_a_hostile_zip_is_refused(server, br
     assert not (workspace / "evil-project").exists() and not (workspace.parent / "escaped.png").exists()
     assert list(received.iterdir()) == []
     context.close()
+
+    # the Korean page says the limit, the progress and the refusal in Korean
+    context = browser.new_context(locale="ko-KR", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server, wait_until="domcontentloaded")
+    open_accordion(page, "prepare")
+    wait_until(lambda: "업로드 한 번에 최대 2048 MB" in page.locator("#prep-upload").inner_text(), 30, "the upload limit said in Korean", page)
+    text = upload(page, workspace / "evil.zip", "업로드 거부")
+    assert "evil.zip" in text and "../../escaped.png" in text, text
+    assert list(received.iterdir()) == []
+    context.close()
