@@ -221,7 +221,11 @@ def test_loose_images_and_captions_arrive_as_they_are(served, route, tmp_path):
     assert r.status_code == 200, r.text
     dataset = served["state"] / "upload" / r.json()["id"] / "dataset"
     assert sorted(p.name for p in dataset.iterdir()) == ["cat.png", "dog.png", "dog.txt"]
-    shutil.rmtree(dataset.parent)
+    # chosen again on the page before Prepare folders: the first upload is removed, the second kept
+    body, ctype = multipart({"dog.png": img})
+    again = client.post(f"/lt-upload/dataset?lang=en&replaces={r.json()['id']}", content=body, headers={**PAGE, "Content-Type": ctype})
+    assert again.status_code == 200 and uploads(served["state"]) == [again.json()["id"]]
+    shutil.rmtree(served["state"] / "upload" / again.json()["id"])
 
 
 def test_over_the_limit_is_one_sentence_before_anything_is_read(served, route, tmp_path):

@@ -409,9 +409,10 @@ element.addEventListener('change', event => {
   if (!input.matches || !input.matches('input.lt-upload-input') || !input.files.length) return;
   const form = new FormData();
   for (const f of input.files) form.append('files', f, f.name);
+  const replaces = props.value || '';
   props.value = '';
   const xhr = new XMLHttpRequest();
-  xhr.open('POST', url);
+  xhr.open('POST', url + (replaces ? '&replaces=' + encodeURIComponent(replaces) : ''));
   const bar = () => element.querySelector('.lt-upload-progress');
   bar().hidden = false; bar().value = 0;
   say(T.starting);

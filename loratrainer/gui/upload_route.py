@@ -115,6 +115,9 @@ class UploadRoute:
             await self._check(request)
             client = (request.client.host if request.client else "?")
             self._enter(client)
+            replaced = request.query_params.get("replaces", "")
+            if _ID.fullmatch(replaced):  # the page's earlier upload, never prepared: chosen again, it goes now
+                shutil.rmtree(self.root / replaced, ignore_errors=True)
             try:
                 return JSONResponse(await self._receive(request, t))
             finally:
