@@ -67,7 +67,8 @@ def request(server, method: str, path: str, body: bytes = b"", headers: dict | N
 def test_a_foreign_origin_cannot_call_the_app_on_any_bind_address(server):
     join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x1"}).encode()
     for method, path, body in (("POST", "/gradio_api/queue/join", join), ("POST", "/gradio_api/call/start", b'{"data": []}'),
-                               ("POST", "/gradio_api/upload", b"x"), ("GET", "/gradio_api/info", b""), ("GET", "/config", b"")):
+                               ("POST", "/gradio_api/upload", b"x"), ("GET", "/gradio_api/info", b""), ("GET", "/config", b""),
+                               ("POST", "/lt-upload/dataset", b"x")):  # the Dataset tab's own upload route too
         status, headers, _ = request(server, method, path, body, {"Origin": EVIL, "Content-Type": "application/json"})
         assert status == 403, (server["name"], method, path, status)
         assert "access-control-allow-origin" not in headers
@@ -93,6 +94,10 @@ def _multipart(size: int) -> tuple[bytes, str]:
 
 def test_uploads_are_limited_in_size_and_origin(server):
     if server["name"] == "--listen":
+        # the Dataset tab's upload route asks for the page's login as well (gui/upload_route.py)
+        small, kind = _multipart(2000)
+        status, _, body = request(server, "POST", "/lt-upload/dataset", small, {"Content-Type": kind})
+        assert status == 403 and json.loads(body)["code"] == "upload.route.login"
         pytest.skip("uploads need a login there; the 127.0.0.1 and ::1 servers show the limit")
     big, kind = _multipart(6 * 1024 * 1024)
     status, _, _ = request(server, "POST", "/gradio_api/upload", big, {"Content-Type": kind})

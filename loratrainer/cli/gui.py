@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
                    help="with --listen: a folder the in-page file browser may show besides your home folder (repeatable)")
     p.add_argument("--forwarded-allow-ips", metavar="IPS",
                    help="behind a reverse proxy: the proxy addresses whose X-Forwarded-For header is believed (default: none)")
+    p.add_argument("--max-upload-mb", type=int, metavar="MB",
+                   help="the largest dataset (images or one zip) Dataset > Prepare folders accepts from the page, in MB "
+                   "(default 2048); the server also needs that much free space in its state folder (docs/remote.md)")
     p.set_defaults(run=run)
 
 
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         public_names=tuple(args.public_name or public_names_from_env()),
         browse_roots=tuple(args.browse_roots),
         forwarded_allow_ips=args.forwarded_allow_ips,
+        max_upload_mb=args.max_upload_mb,
     )
     try:
         return serve(options, create_app)

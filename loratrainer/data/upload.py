@@ -30,25 +30,51 @@ define({
 })
 
 MAX_MEMBERS = 5000  # far above any LoRA dataset (tens to hundreds of images, each with a caption)
-MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # 1 GB: the upload itself is limited to a few MB (gui/web_guards.py)
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # 1 GB; the page's upload route passes twice its own limit (gui/upload_route.py)
 MAX_RATIO = 200  # images barely compress (PNG/JPEG: about 1x); text captions reach 5-20x; zeros reach 1000x
 _CHUNK = 1024 * 1024
 
 
-def gather_upload(files: Sequence[str | Path], into: Path) -> Path:
-    """Copy uploaded files (and unpack uploaded zips) into the empty folder `into`; return the folder prepare
-    should read: `into`, or the single top folder a zip made of a folder ("houses/a.png", ...) holds."""
+def gather_upload(files: Sequence[str | Path], into: Path, *, move: bool = False, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Copy (with `move`: move) uploaded files and unpack uploaded zips into the empty folder `into`; return the
+    folder prepare should read (dataset_root)."""
     for f in files:
         src = Path(f)
-        if zipfile.is_zipfile(src) and src.suffix.lower() == ".zip":
-            unpack_zip(src, into)
+        if _is_zip(src):
+            unpack_zip(src, into, max_bytes=max_bytes)
         else:
-            name = _plain_name(src.name)
-            shutil.copyfile(src, _free(into / name))
+            target = free_name(into / plain_name(src.name))
+            if move:
+                src.rename(target)  # the route's received/ folder is beside `into`: same disk, no second copy
+            else:
+                shutil.copyfile(src, target)
+    return dataset_root(into)
+
+
+def dataset_root(into: Path) -> Path:
+    """`into`, or the single top folder a zip made of a folder ("houses/a.png", ...) holds."""
     entries = [p for p in into.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return into
+
+
+def unpacked_size(files: list[str | Path]) -> int:
+    """The bytes gather_upload(move=True) writes: what the zips' entries declare (unpack_zip holds each entry to
+    its declared size); loose files are moved, not copied. A broken zip counts 0 (gather_upload refuses it)."""
+    total = 0
+    for f in files:
+        if _is_zip(Path(f)):
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    total += sum(max(i.file_size, 0) for i in zf.infolist())
+            except (zipfile.BadZipFile, OSError):
+                continue
+    return total
+
+
+def _is_zip(path: Path) -> bool:
+    return path.suffix.lower() == ".zip" and zipfile.is_zipfile(path)
 
 
 def unpack_zip(zip_path: Path, into: Path, *, max_members: int = MAX_MEMBERS, max_bytes: int = MAX_UNPACKED_BYTES,
@@ -84,7 +110,7 @@ def unpack_zip(zip_path: Path, into: Path, *, max_members: int = MAX_MEMBERS, ma
                 if not target.resolve().is_relative_to(root):  # belt and braces: _safe_parts already refused these
                     raise UserError(Msg.of("upload.zip.unsafe_path", zip=label, member=info.filename))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _copy_member(zf, info, _free(target), max(info.file_size, 0))
+                _copy_member(zf, info, free_name(target), max(info.file_size, 0))
                 written.append(target)
             return written
     except zipfile.BadZipFile as exc:
@@ -114,13 +140,13 @@ def _safe_parts(name: str) -> tuple[str, ...] | None:
     return parts
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise UserError(Msg.of("upload.bad_name", name=name))
     return name
 
 
-def _free(target: Path) -> Path:
+def free_name(target: Path) -> Path:
     """Never overwrite inside the temporary folder either: two uploads with one name keep both ("a (2).png")."""
     if not target.exists():
         return target

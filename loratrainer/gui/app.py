@@ -194,11 +194,13 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from loratrainer.gui.display import Display
     from loratrainer.gui.jobs import Jobs
     from loratrainer.gui.page_language import PageLanguage
+    from loratrainer.gui.upload_route import add_upload_route
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
     display = Display(temp_dir / "display")
+    add_upload_route(app, jobs.state_dir, options.max_upload_mb)  # Dataset > Prepare folders' uploads (its own limits), before the pages
     languages = [options.language] if options.language else list(LANGUAGES)
     for lang in languages:
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"

@@ -45,6 +45,7 @@ class ServeOptions:
     public_names: tuple[str, ...] = ()
     browse_roots: tuple[str, ...] = ()  # --browse-root: folders the file browser may show under --listen (with home)
     forwarded_allow_ips: str | None = None  # --forwarded-allow-ips: proxies whose X-Forwarded-For is believed
+    max_upload_mb: int | None = None  # --max-upload-mb: Dataset > Prepare folders' upload limit (None: upload_route's default)
 
     @property
     def auth(self) -> tuple[str, str] | None:

@@ -5,20 +5,16 @@ assignment (loratrainer.data.check, the same code the trainer uses)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import json
 import warnings
 from pathlib import Path
 
-from loratrainer.config.files import MAX_CONFIG_BYTES
 from loratrainer.data.folders import parse_concept_name
-from loratrainer.data.upload import gather_upload
 from loratrainer.errors import UserError
-from loratrainer.gui import filebrowser
+from loratrainer.gui import filebrowser, upload_route
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.form import path_checks
 from loratrainer.gui.i18n import md
-from loratrainer.gui.web_guards import MAX_UPLOAD_BYTES
 from loratrainer.messages import Msg, define
 
 define({
@@ -48,28 +44,28 @@ class DatasetHandlers:
         n = self.ui.named
         src, dest, name = ((data[n[k]] or "").strip() for k in ("prep_src", "prep_dest", "prep_name"))
         reg = (data[n["prep_reg"]] or "").strip() or None
-        uploaded = uploaded_paths(data.get(n["prep_upload"]) if "prep_upload" in n else None)
-        if src and uploaded:
+        upload_id = str(data.get(n["prep_upload"]) or "").strip() if "prep_upload" in n else ""
+        if src and upload_id:
             return {n["prep_message"]: self.t("prepare.both")}
-        if not ((src or uploaded) and dest and name):
+        if not ((src or upload_id) and dest and name):
             return {n["prep_message"]: self.t("prepare.missing")}
         repeats = parse_repeats(data[n["prep_repeats"]])
         if repeats == 0:
             return {n["prep_message"]: self.t("prepare.bad_repeats", label=self.t("prepare.repeats"))}
-        if uploaded and self.ui.browse_limited and not filebrowser.within(Path(dest).expanduser(), filebrowser.browse_roots(self.ui.browse_folders)):
+        if upload_id and self.ui.browse_limited and not filebrowser.within(Path(dest).expanduser(), filebrowser.browse_roots(self.ui.browse_folders)):
             # --listen: an upload lands only where the page's file browser reaches (home, --browse-root folders)
             return {n["prep_message"]: self.t("prepare.upload_outside", label=self.t("prepare.dest"))}
-        staging = None
+        if upload_id:  # received and unpacked by the upload route (gui/upload_route.py, docs/remote.md)
+            uploaded = upload_route.uploaded_dataset(self.ui.jobs.state_dir, upload_id)
+            if uploaded is None:
+                return {n["prep_message"]: self.t.error(UserError(Msg.of("upload.route.gone")))}
+            src = str(uploaded)
         try:
-            if uploaded:  # from the page (a remote server, docs/remote.md): unpacked in a fresh temporary folder
-                staging = Path(tempfile.mkdtemp(prefix="loratrainer-upload-"))
-                src = str(gather_upload(uploaded, staging))
             r = prepare_project(src, dest, name, repeats, reg)
-        except (UserError, OSError) as exc:
+        except (UserError, OSError) as exc:  # the upload stays: a fixed project folder or name can use it
             return {n["prep_message"]: self.t.error(exc)}
-        finally:
-            if staging is not None:  # prepare copied what it kept; the unpacked upload is never left behind
-                shutil.rmtree(staging, ignore_errors=True)
+        if upload_id:  # prepare copied what it kept; the unpacked upload is never left behind
+            upload_route.discard(self.ui.jobs.state_dir, upload_id)
         f = self.ui.fields
         out = {
             f["folders.train_data_dir"]: str(r.project / "image"),
@@ -85,6 +81,8 @@ class DatasetHandlers:
             out[n["prep_message"]] += "\n\n" + self.t("prepare.left_out", count=len(left_out)) + "\n" + "\n".join(lines)
         if r.reg:
             out[f["folders.reg_data_dir"]] = str(r.project / "reg")
+        if upload_id:
+            out[n["prep_upload"]] = ""  # used: the uploader is empty again
         return out
 
     # -- the check -------------------------------------------------------------------------------------------
@@ -194,14 +192,6 @@ class DatasetHandlers:
         return result
 
 
-def uploaded_paths(value) -> list[str]:
-    """gr.File's value: None, one path, or a list of paths (or of objects with `.name`, as older Gradio sent)."""
-    if not value:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [str(getattr(v, "name", None) or getattr(v, "path", None) or v) for v in items if v]
-
-
 def parse_repeats(value) -> int | None:
     """The Repeats box: empty means "suggested" (None); a whole number of at least 1; anything else 0 (refused).
     A text box, not a Number: Gradio's Number shows 0 when empty and refuses it against its minimum with a
@@ -286,7 +276,7 @@ def build(ui: UiContext) -> DatasetHandlers:
 
     check_outputs = [n[k] for k in ("report", "check_summary", "problems", "problem_images", "concepts", "steps", "buckets", "rename_panel")]
     prep_inputs = {n[k] for k in ("prep_src", "prep_dest", "prep_name", "prep_repeats", "prep_reg", "prep_upload")}
-    folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"]]
+    folder_outputs = [ui.fields[p] for p in FOLDERS] + [n["prep_message"], n["prep_upload"]]
 
     def wire() -> None:  # after every tab is built: the check reads all settings, the steps follow the Training tab
         cfg = ui.config_inputs()
@@ -324,11 +314,10 @@ def _prepare_panel(ui: UiContext, gr):
         with gr.Row():
             n["prep_src"] = gr.Textbox(label=t("prepare.src"), info=t("prepare.src_help"), elem_id="prep-src")
             n["prep_dest"] = gr.Textbox(label=t("prepare.dest"), info=t("prepare.dest_help"), elem_id="prep-dest")
-        # Pictures from the user's own computer when the server is another machine (docs/remote.md); the request
-        # limits are the web guards' (gui/web_guards.py UploadLimit) and Gradio's per-file max_file_size (app.py).
-        n["prep_upload"] = gr.File(label=t("prepare.upload"), file_count="multiple", type="filepath", elem_id="prep-upload")
-        gr.Markdown(t("prepare.upload_help", file_mb=MAX_CONFIG_BYTES // (1024 * 1024), total_mb=MAX_UPLOAD_BYTES // (1024 * 1024)),
-                    elem_id="prep-upload-help")
+        # Pictures from the user's own computer when the server is another machine (docs/remote.md): sent to the
+        # upload route (gui/upload_route.py, its own limits), whose answer, an upload id, is this component's value
+        n["prep_upload"] = uploader(t, gr)
+        gr.Markdown(t("prepare.upload_help"), elem_id="prep-upload-help")
         with gr.Row():
             n["prep_name"] = gr.Textbox(label=t("prepare.name"), info=t("prepare.name_help"), elem_id="prep-name")
             n["prep_repeats"] = gr.Textbox(value="", label=t("prepare.repeats"), info=t("prepare.repeats_help"), placeholder=t("prepare.repeats_placeholder"),
@@ -384,3 +373,72 @@ def _report_panel(ui: UiContext, gr) -> dict:
             n["buckets"] = gr.Dataframe(headers=[t("buckets.col_bucket"), t("buckets.col_ratio"), t("buckets.col_samples")], datatype=["str", "str", "number"],
                                         interactive=False, label=t("buckets.label"), elem_id="buckets")
     return {"apply": apply, "confirm": confirm, "cancel": cancel}
+
+
+_UPLOADER_HTML = """<div class="lt-upload">
+<label class="lt-upload-label">{label}</label>
+<input type="file" multiple accept="image/*,.txt,.caption,.zip,application/zip" class="lt-upload-input" />
+<progress class="lt-upload-progress" max="100" value="0" hidden></progress>
+<div class="lt-upload-status" aria-live="polite"></div>
+</div>"""
+
+# Sends the chosen files to the upload route in one multipart request (progress from the browser's own upload
+# events), says each step in the page's language, and on success makes the route's upload id this component's
+# value (Prepare folders reads it). The status is kept in `shown` and written again after Gradio re-renders.
+_UPLOADER_JS = """
+const T = __TEXTS__;
+const url = '__ROUTE__?lang=' + T.lang;
+let shown = {text: '', bad: false};
+const say = (text, bad) => {
+  shown = {text: text, bad: !!bad};
+  const status = element.querySelector('.lt-upload-status');
+  if (status) { status.textContent = text; status.classList.toggle('lt-bad', !!bad); status.classList.toggle('lt-ok', !bad && !!props.value); }
+};
+const mb = n => Math.max(1, Math.round(n / 1048576));
+const fill = (template, values) => Object.keys(values).reduce((s, k) => s.split('{' + k + '}').join(values[k]), template);
+fetch(url, {credentials: 'same-origin'}).then(r => r.ok ? r.json() : null).then(j => {
+  if (j && !shown.text) say(fill(T.limits, j));
+}).catch(() => {});
+element.addEventListener('change', event => {
+  const input = event.target;
+  if (!input.matches || !input.matches('input.lt-upload-input') || !input.files.length) return;
+  const form = new FormData();
+  for (const f of input.files) form.append('files', f, f.name);
+  const replaces = props.value || '';
+  props.value = '';
+  const xhr = new XMLHttpRequest();
+  xhr.open('POST', url + (replaces ? '&replaces=' + encodeURIComponent(replaces) : ''));
+  const bar = () => element.querySelector('.lt-upload-progress');
+  bar().hidden = false; bar().value = 0;
+  say(T.starting);
+  xhr.upload.onprogress = e => {
+    if (!e.lengthComputable) return;
+    bar().value = 100 * e.loaded / e.total;
+    say(e.loaded >= e.total ? T.unpacking : fill(T.progress, {done: mb(e.loaded), total: mb(e.total)}));
+  };
+  xhr.onload = () => {
+    bar().hidden = true;
+    input.value = '';
+    let answer = {};
+    try { answer = JSON.parse(xhr.responseText); } catch (e) {}
+    if (xhr.status === 200 && answer.id) {
+      props.value = answer.id;
+      say(answer.message);
+    } else {
+      say(fill(T.refused, {reason: answer.detail || ('HTTP ' + xhr.status)}), true);
+    }
+  };
+  xhr.onerror = () => { bar().hidden = true; say(T.failed, true); };
+  xhr.send(form);
+});
+watch('value', () => { if (!props.value && shown.text && !shown.bad) say(''); else say(shown.text, shown.bad); });
+"""
+
+
+def uploader(t, gr):
+    """The Dataset tab's upload box: a file input sending to gui/upload_route.py; its value is the upload id."""
+    texts = {"lang": t.lang, **{k: t(f"prepare.upload_{k}") for k in ("limits", "starting", "progress", "unpacking", "refused", "failed")}}
+    js = _UPLOADER_JS.replace("__TEXTS__", json.dumps(texts)).replace("__ROUTE__", upload_route.ROUTE)
+    html = _UPLOADER_HTML.format(label=t("prepare.upload"))
+    return gr.HTML(value="", html_template=html, js_on_load=js, elem_id="prep-upload", padding=True, container=True,
+                   css_template=".lt-upload-status {margin-top: 6px;} .lt-upload progress {width: 100%;} .lt-upload-label {display: block; margin-bottom: 6px;}")

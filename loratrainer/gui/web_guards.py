@@ -34,13 +34,14 @@ LOGIN_WINDOW_S = 60.0  # ... within this time, before its logins wait
 
 
 async def _refuse(send, status: int, text: str | Msg, scope=None) -> None:
+    code = text.code if isinstance(text, Msg) else None  # the upload page's script says a refusal by its code
     if isinstance(text, Msg):  # said in the language of the page that asked (its /ko/ path, else Accept-Language)
         from loratrainer.gui.i18n import Translator, pick_language
 
         path = scope.get("path", "") if scope else ""
         lang = next((lang for lang in ("en", "ko") if path.startswith(f"/{lang}/")), None)
         text = Translator(lang or pick_language(_headers(scope).get("accept-language") if scope else None)).message(text)
-    body = json.dumps({"detail": text}).encode()
+    body = json.dumps({"detail": text, **({"code": code} if code else {})}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
