@@ -36,6 +36,7 @@ from loratrainer.gui.web_guards import foreign_origin
 from loratrainer.messages import Msg, define
 
 define({
+    "upload.route.limit_too_small": "--max-upload-mb {value}: give at least 1 (MB)",
     "upload.route.origin": "this upload came from another web site and was refused",
     "upload.route.login": "log in to the page first: an upload without the page's login is refused",
     "upload.route.busy": "{active} uploads are already arriving: try again when one of them is done",
@@ -84,7 +85,7 @@ def add_upload_route(app, state_dir: str | Path, max_upload_mb: int | None = Non
     """Register the route on the FastAPI app that mounts the pages (before the pages: a page mounted at `/` would
     take every path)."""
     if max_upload_mb is not None and max_upload_mb < 1:
-        raise UserError(f"--max-upload-mb {max_upload_mb}: give at least 1 (MB)")
+        raise UserError(Msg.of("upload.route.limit_too_small", value=max_upload_mb))
     app.add_route(ROUTE, UploadRoute(upload_root(state_dir), (max_upload_mb or DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024).handle, methods=["GET", "POST"],
                   include_in_schema=False)
 
