@@ -48,12 +48,18 @@ def upload(page, path: Path, expect: str) -> str:
     return status.inner_text()
 
 
-def test_upload_a_zip_into_a_new_project_and_a_hostile_zip_is_refused(server, browser, workspace):
-    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+def open_prepare(browser, server: str, locale: str):
+    """A new browser context in `locale` on the page, with Dataset's "Prepare folders" open."""
+    context = browser.new_context(locale=locale, viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(server, wait_until="domcontentloaded")
     open_accordion(page, "prepare")
+    return context, page
+
+
+def test_upload_a_zip_into_a_new_project_and_a_hostile_zip_is_refused(server, browser, workspace):
+    context, page = open_prepare(browser, server, "en-US")
     # the route's limit and the server's free space are said before anything is chosen
     wait_until(lambda: "At most 2048 MB per upload" in page.locator("#prep-upload").inner_text(), 30, "the upload limit said", page)
     text = upload(page, workspace / "houses.zip", "Received")
@@ -83,11 +89,7 @@ def test_upload_a_zip_into_a_new_project_and_a_hostile_zip_is_refused(server, br
     context.close()
 
     # the Korean page says the limit, the progress and the refusal in Korean
-    context = browser.new_context(locale="ko-KR", viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(server, wait_until="domcontentloaded")
-    open_accordion(page, "prepare")
+    context, page = open_prepare(browser, server, "ko-KR")
     wait_until(lambda: "업로드 한 번에 최대 2048 MB" in page.locator("#prep-upload").inner_text(), 30, "the upload limit said in Korean", page)
     text = upload(page, workspace / "evil.zip", "업로드 거부")
     assert "evil.zip" in text and "../../escaped.png" in text, text
