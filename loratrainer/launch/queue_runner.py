@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from loratrainer.launch import run_messages
 from loratrainer.run import events
 from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
@@ -24,7 +25,6 @@ RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the
 
 define({
     "queue.runner_busy": "the queue is already being run by another process",
-    "queue.stopped_now": "ended at once with Stop now: nothing more was saved",
 })
 
 
@@ -106,7 +106,7 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
 def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
     state = events.read_run_state(run_dir)
     if state.done:
-        status, reason = state.status, state.reason or ""
+        status, reason = state.status, str(run_messages.queue_reason(state) or "")  # as the Queue column says it
     elif (run_dir / run_files.STOP_NOW_FILE).exists():  # the page's Stop now killed it, as the user asked
         status, reason = "stopped", str(Msg.of("queue.stopped_now"))
     else:

@@ -18,9 +18,11 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from loratrainer.launch import run_messages
 from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
@@ -34,6 +36,7 @@ define({
     "queue.item_running": "queued run {id} is running: stop it first",
     "queue.unreadable": "the queue file {path} cannot be read ({detail}); it was left as it is",
     "queue.set_aside": "the queue file {path} was damaged ({detail}) and has been kept as {kept}; the queue starts empty",
+    "queue.stopped_now": "ended at once with Stop now: nothing more was saved",
 })
 log = logging.getLogger("loratrainer.queue")
 MAX_QUEUE_BYTES = 64 * 2**20  # a queued item holds a whole config (a few KB): thousands fit
@@ -269,10 +272,24 @@ def settle_orphan(item: QueueItem) -> None:
     """A running item whose runner and run are gone: the run's own `ended` status if it wrote one, else interrupted."""
     state = events.read_run_state(item.run_dir) if item.run_dir else None
     if state is not None and state.done:
-        item.status, item.reason = state.status, state.reason or ""
+        item.status, item.reason = state.status, str(run_messages.queue_reason(state) or "")
     else:
         item.status, item.reason = INTERRUPTED, item.reason or "the queue runner ended while this run was going"
     item.ended, item.runner = item.ended or events.now_iso(), {}
+
+
+def item_reason(item: QueueItem, read_state: Callable[[str], events.RunState] = events.read_run_state) -> Msg | str:
+    """Why an item ended, in one sentence, for the GUI's Queue column and `loratrainer queue list` alike (the GUI says it
+    in the page's language, the CLI in English): what its run's events say (outcomes.queue_reason: the coded end
+    reason; a plain stop, where and what it saved), Stop now where that killed it (no `ended` event), else the reason
+    the queue file recorded (a run that never started). `read_state`: the GUI passes its own followers' reader."""
+    if item.run_dir and item.status not in (PENDING, RUNNING) and "\0" not in item.run_dir and Path(item.run_dir).is_dir():
+        said = run_messages.queue_reason(read_state(item.run_dir))
+        if said is not None:
+            return said
+        if (Path(item.run_dir) / run_files.STOP_NOW_FILE).exists():  # killed by Stop now, as asked: no `ended` event
+            return Msg.of("queue.stopped_now")
+    return item.reason
 
 
 # -- the lock ---------------------------------------------------------------------------------------------------
