@@ -8,7 +8,6 @@ queue state of its own, so the CLI and the page can both change the queue.
 
 from __future__ import annotations
 
-
 from loratrainer.errors import UserError
 from loratrainer.gui import run_view
 from loratrainer.gui.context import UiContext
