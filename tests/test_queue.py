@@ -110,6 +110,37 @@ def test_an_unreadable_queue_file_is_reported_and_kept(tmp_path):
     assert (tmp_path / "queue.json").read_text() == "{not json"  # nothing lost
 
 
+def test_a_runner_starting_while_the_page_asks_whether_one_runs_still_runs(tmp_path):
+    """`runner_running` (the page asks it every refresh) holds the runner lock for an instant: a runner starting in that
+    instant waits it out instead of taking it for another runner and quitting; a real runner still makes it give up."""
+    import threading
+
+    from loratrainer.launch.queue_runner import RUNNER_LOCK_WAIT_S
+    from loratrainer.launch.run_queue import runner_lock
+
+    with runner_lock(tmp_path) as probe:  # the page's probe, held here longer than it ever is
+        assert probe
+        with runner_lock(tmp_path) as mine:
+            assert not mine  # without waiting: taken for another runner (what happened before)
+        got: list[bool] = []
+
+        def runner() -> None:
+            with runner_lock(tmp_path, wait_s=RUNNER_LOCK_WAIT_S) as mine:
+                got.append(mine)
+
+        started = time.monotonic()
+        t = threading.Thread(target=runner)
+        t.start()  # the runner starts while the probe holds the lock
+        time.sleep(0.3)
+    t.join(10)  # the probe was released on leaving the block above
+    assert got == [True] and time.monotonic() - started < RUNNER_LOCK_WAIT_S + 1
+    with runner_lock(tmp_path) as held:  # a live runner holds it for its life: a second one gives up after the wait
+        assert held
+        started = time.monotonic()
+        with runner_lock(tmp_path, wait_s=0.3) as second:
+            assert not second and time.monotonic() - started >= 0.3
+
+
 def test_a_stopped_run_s_reason_is_the_same_in_queue_list_and_the_gui_queue_column(tmp_path, monkeypatch, capsys):
     """One reason for both (run_queue.item_reason), from the run's events: a plain stop's `ended` event has no reason, so
     the queue said nothing after Stop; it says where the run stopped and what it saved, as the page's Queue column."""

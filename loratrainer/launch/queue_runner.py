@@ -22,6 +22,7 @@ from loratrainer.messages import Msg, define
 from loratrainer.launch.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
 
 RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the queue folder
+RUNNER_LOCK_WAIT_S = 2.0  # longer than anyone but a runner holds the lock (runner_running's probe): then it is busy
 
 define({
     "queue.runner_busy": "the queue is already being run by another process",
@@ -31,7 +32,7 @@ define({
 def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
     """Run pending items until none is left; 0 when every run finished or was stopped, 1 when one failed,
     130 when interrupted."""
-    with runner_lock(queue.folder) as mine:
+    with runner_lock(queue.folder, wait_s=RUNNER_LOCK_WAIT_S) as mine:
         if not mine:
             raise UserError(str(Msg.of("queue.runner_busy")))
         from loratrainer.launch.follow import _signals_as_keyboard_interrupt

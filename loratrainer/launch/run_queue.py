@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import stat
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -326,19 +327,26 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def runner_lock(folder: Path) -> Iterator[bool]:
-    """Held by the one queue runner for its whole life; yields False when another runner holds it."""
+def runner_lock(folder: Path, wait_s: float = 0.0) -> Iterator[bool]:
+    """Held by the one queue runner for its whole life; yields False when another runner holds it. `wait_s`: how long
+    to keep trying (the runner): `runner_running`, which the page asks every refresh, takes the lock for an instant, and
+    a runner starting in that instant took it for another runner's and quit."""
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(folder / (QUEUE_FILE + ".runner"), "a+b") as fh:
         if sys.platform == "win32":  # pragma: no cover  (a region lock, also dropped when its holder dies)
             import msvcrt
 
             fh.seek(0)
-            try:
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            except OSError:
-                yield False
-                return
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
             try:
                 yield True
             finally:
@@ -347,11 +355,15 @@ def runner_lock(folder: Path) -> Iterator[bool]:
             return
         import fcntl
 
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         try:
             yield True
         finally:
