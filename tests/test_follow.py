@@ -134,3 +134,35 @@ def test_follow_says_the_notes_and_the_coded_end_of_a_real_process(tmp_path, mon
     text = out.getvalue()
     assert text.count("warning: No CUDA GPU: precision.mixed_precision fp16 is off") == 1, text
     assert "NaN at step 3: It happened at step 3 (epoch 1). No file was saved.\n" in text, text
+
+
+def test_the_queue_runner_says_each_run_s_notes_once_and_its_coded_end(tmp_path, monkeypatch):
+    """`loratrainer queue run` (launch/queue_runner.py) says the running item's notes as they arrive and records and says
+    how it ended with the same sentence `queue list` and the page's Queue column show."""
+    import json
+
+    from loratrainer.config import TrainingConfig, with_values
+    from loratrainer.launch import start as launch
+    from loratrainer.launch.queue_runner import run_queue
+    from loratrainer.launch.run_queue import RunQueue
+
+    note = json.dumps({"event": "note", **_precision_note()})
+    late = json.dumps({"event": "note", **notes.note_event(Msg.of("train.owner_gone", pid=7), "gone", level="warning")})
+    ended = json.dumps({"event": "ended", "status": "nan", "reason": "Loss is NaN at step 3. No file was saved.", "step": 3,
+                        "epoch": 1, "exit_code": 11, "msg": outcomes.to_event(outcomes.nan_at(3, 1, None))})
+    script = ("import sys, time; p = sys.argv[1] + '/events.jsonl'\n"
+              "def emit(*lines):\n    open(p, 'a').write(''.join(line + '\\n' for line in lines))\n"
+              f"emit({note!r}, {note!r})\ntime.sleep(0.3)\nemit({note!r}, {late!r}, {ended!r})\nsys.exit(11)\n")
+    monkeypatch.setattr(launch, "build_command", lambda config, run_dir: [sys.executable, "-c", script, str(run_dir)])
+    start_run = launch.start_run
+    monkeypatch.setattr(launch, "start_run", lambda config: start_run(config, check=False))
+    queue = RunQueue(tmp_path / "config")
+    item = queue.add(with_values(TrainingConfig(), {"output_dir": str(tmp_path / "out"), "train_data_dir": str(tmp_path),
+                                                    "output_name": "alpha"}))
+    out = io.StringIO()
+    assert run_queue(queue, stream=out, poll_s=0.05) == 1  # a NaN is a failure
+    text = out.getvalue()
+    assert text.count(f"queue: {item.id} warning: No CUDA GPU: precision.mixed_precision fp16 is off") == 1, text
+    assert text.count(f"queue: {item.id} warning: The process that started this run (pid 7) is gone") == 1, text
+    end = "It happened at step 3 (epoch 1). No file was saved."
+    assert f"queue: {item.id} (alpha) nan: {end}" in text and queue.items()[0].reason == end, text

@@ -75,9 +75,12 @@ def _run_item(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -
         return FAILED
     queue.update(item.id, run_dir=str(run.run_dir))
     _say(stream, f"queue: {item.id} run folder: {run.run_dir}")
+    notes = _Notes(item, Path(run.run_dir), stream)
     try:
         while run.poll() is None:
+            notes.say_new()
             time.sleep(poll_s)
+        notes.say_new()
     except KeyboardInterrupt:
         _say(stream, f"queue: stopping {item.id}: saving the current LoRA")
         try:
@@ -94,14 +97,35 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
     from loratrainer.launch import processes
 
     run_dir = Path(item.run_dir)
+    notes = _Notes(item, run_dir, stream)
+    notes.said = len(notes.reader.read().notes)  # said by the runner that started it (or not: it is in the log)
     try:
         while processes.alive(run_dir):
+            notes.say_new()
             time.sleep(poll_s)
+        notes.say_new()
     except KeyboardInterrupt:
         processes.stop_all(run_dir)
         _finish(queue, item, run_dir, None, stream)
         raise
     return _finish(queue, item, run_dir, None, stream)
+
+
+class _Notes:
+    """The running item's notes (its events' `note`s), said once each as they arrive, as `loratrainer train` says them."""
+
+    def __init__(self, item: QueueItem, run_dir: Path, stream: TextIO):
+        self.item, self.stream = item, stream
+        self.reader = events.RunReader(run_dir)
+        self.said = 0
+
+    def say_new(self) -> None:
+        from loratrainer.launch.follow import note_line
+
+        state = self.reader.read()
+        for note in state.notes[self.said:]:
+            _say(self.stream, f"queue: {self.item.id} {note_line(note)}")
+        self.said = len(state.notes)
 
 
 def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
