@@ -73,6 +73,26 @@ def test_on_a_terminal_a_note_is_said_above_the_phase_line_and_the_bar(tmp_path)
     assert "\rwarning: No CUDA GPU" in text  # over the phase line rewritten in place, not after it on its line
 
 
+def test_the_config_s_notes_printed_before_the_run_are_not_said_again(tmp_path):
+    """`loratrainer train` prints the config's notes before it starts the run; the trainer sends them as `note` events for
+    the page (train/reporting.report_config_notes): the terminal says them once."""
+    from loratrainer.config import TrainingConfig, with_values
+
+    config = with_values(TrainingConfig(), {"text_encoder_lr": 0})  # a UNet-only LoRA: one of the config's notes
+    assert config.summary()
+    writer = events.EventWriter(tmp_path / "events.jsonl")
+    for note in config.summary_messages():
+        writer.emit("note", **notes.note_event(note, str(note), level="note"))
+    writer.emit("note", **_precision_note())
+    writer.close()
+    reader = events.RunReader(tmp_path)
+    state = reader.read()
+    for view in (_Lines(io.StringIO(), set(config.summary())), _Bar(Tty(), set(config.summary()))):
+        view.update(state, reader.new)
+        text = view.stream.getvalue()
+        assert "No CUDA GPU" in text and not any(line in text for line in config.summary()), text
+
+
 def _ended(status: str, reason: str, msg: Msg | None, **extra) -> events.RunState:
     e = {"event": "ended", "status": status, "reason": reason, "step": 3, "epoch": 1, "exit_code": events.EXIT_CODES[status], **extra}
     if msg is not None:

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import Iterable, Iterator, TextIO
 
 from loratrainer.launch import run_messages
 from loratrainer.run import events
@@ -19,8 +19,11 @@ from loratrainer.launch.start import RunProcess
 from loratrainer.messages import Msg
 
 
-def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
+def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5, said: Iterable[str] = ()) -> int:
     """Show progress until the run ends; returns the trainer's exit code (EXIT_CODES) or the raw one.
+
+    The run's notes are said once each as they arrive, but those in `said`: the config's own notes, which
+    `loratrainer train` printed before the run and the trainer sends again as `note` events for the page.
 
     Ctrl-C, SIGTERM and SIGHUP (the terminal closed) ask the trainer to save `<name>-interrupted` and stop,
     and we wait for it (SIGTERM to every process of the run after STOP_GRACE_S, SIGKILL after TERM_GRACE_S more:
@@ -28,7 +31,7 @@ def follow(run: RunProcess, stream: TextIO = sys.stderr, poll_s: float = 0.5) ->
     trainer runs in its own session, so without this a killed `loratrainer train` left it training on, unseen.
     """
     other_machine = _say_rank(run, stream)
-    view = _Bar(stream) if stream.isatty() else _Lines(stream)
+    view = _Bar(stream, set(said)) if stream.isatty() else _Lines(stream, set(said))
     reader = events.RunReader(run.run_dir)
     state = reader.state
     with _signals_as_keyboard_interrupt():
@@ -76,18 +79,22 @@ def _catch_up(reader: events.RunReader, view: "_Bar | _Lines") -> events.RunStat
     return state
 
 
-def note_line(note: dict) -> str:
-    """A `note` event as the terminal says it: its coded message (run/notes.py; the CLI's language is English, so the
-    message is rendered in English, as the page renders it in the page's), else the trainer's English line."""
+def note_text(note: dict) -> str:
+    """A `note` event's message: its coded message (run/notes.py; the CLI's language is English, so the message is
+    rendered in English, as the page renders it in the page's), else the trainer's English line."""
     said = run_messages.from_event(note.get("msg"))
-    level = "warning" if note.get("level") == "warning" else "note"
-    return f"{level}: {said if said is not None else note.get('text', '')}"
+    return str(said) if said is not None else str(note.get("text", ""))
 
 
-def _new_notes(state: events.RunState, said: int) -> list[str]:
+def note_line(note: dict) -> str:
+    """A `note` event as the terminal says it: `warning: ...` or `note: ...`."""
+    return f"{'warning' if note.get('level') == 'warning' else 'note'}: {note_text(note)}"
+
+
+def _new_notes(state: events.RunState, said: int, skip: set[str]) -> list[str]:
     """The notes the run's events hold beyond the first `said` (RunState keeps each note once, however often the
-    trainer logged it), as lines."""
-    return [note_line(n) for n in state.notes[said:]]
+    trainer logged it), as lines, but those whose text is in `skip` (said before the run)."""
+    return [note_line(n) for n in state.notes[said:] if note_text(n) not in skip]
 
 
 def _wait_then_escalate(run: RunProcess) -> None:
@@ -210,7 +217,7 @@ def _tail(path, lines: int = 15) -> str:
 
 
 class _Bar:
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, skip: set[str] | None = None):
         from tqdm import tqdm
 
         self._tqdm = tqdm
@@ -218,9 +225,10 @@ class _Bar:
         self.bar = None
         self._shown = 0  # the width of the phase line shown before the bar
         self._notes = 0  # the run's notes said so far
+        self._skip = skip or set()  # notes said before the run
 
     def update(self, state: events.RunState, new: list[dict]) -> None:
-        for line in _new_notes(state, self._notes):
+        for line in _new_notes(state, self._notes, self._skip):
             self._say(line)
         self._notes = len(state.notes)
         phase = phase_message(state)
@@ -263,17 +271,19 @@ class _Bar:
 class _Lines:
     PHASE_EVERY_S = 5.0  # a log of plain lines: a counted phase at most every 5 s, plus its first and last line
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, skip: set[str] | None = None):
         self.stream = stream
         self._phase_said = ("", 0.0)
         self._notes = 0  # the run's notes said so far
+        self._skip = skip or set()  # notes said before the run
 
     def update(self, state: events.RunState, new: list[dict]) -> None:
         fresh = {id(n) for n in state.notes[self._notes:]}  # the notes kept from `new` (a repeated one is not)
         self._notes = len(state.notes)
         for e in new:
             if id(e) in fresh:  # in the order the run wrote it, between its steps
-                self.stream.write(note_line(e) + "\n")
+                if note_text(e) not in self._skip:
+                    self.stream.write(note_line(e) + "\n")
             elif e["event"] == "phase" and e.get("phase") not in ("training", None):
                 self._say_phase(e)
             elif e["event"] == "started":
