@@ -87,6 +87,7 @@ def _ended_early(run_dir: Path, reason: str, msg: Msg) -> int:
         with events.EventWriter(run_dir / run_files.EVENTS_FILE) as writer:
             writer.emit("ended", status="error", reason=reason, step=0, epoch=0, exit_code=events.EXIT_CODES["error"],
                         msg=outcomes.to_event(msg))
+    return events.EXIT_CODES["error"]
 
 
 def error_msg(exc: Exception) -> Msg:
@@ -95,7 +96,6 @@ def error_msg(exc: Exception) -> Msg:
     if isinstance(exc, UserError) and isinstance(own, Msg):
         return own
     return Msg.of("run.error_detail", detail=str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
-    return events.EXIT_CODES["error"]
 
 
 def record_process(run_dir: Path) -> None:
