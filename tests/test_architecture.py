@@ -205,3 +205,51 @@ def test_no_module_imports_itself_back() -> None:
                 seen.add(m)
                 todo += graph[m]
     assert not circles, f"modules that import themselves back: {circles}"
+
+
+def trainer_codes() -> dict[str, str]:
+    """Every message code defined in a module the trainer can reach (train.entry and what it imports, lazily too),
+    read from the source: any of them can end up in an event (a UserError raised in the trainer is the `ended`
+    event's msg, a coded warning a `note`). code -> the module that defines it."""
+    known = modules()
+    todo, seen = ["loratrainer.train.entry"], set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imports(known[module], known)
+    codes: dict[str, str] = {}
+    for module in sorted(seen):
+        for node in ast.walk(ast.parse(known[module].read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "define":
+                (table,) = node.args
+                assert isinstance(table, ast.Dict), f"{module}: define() with a table that is not a literal"
+                for key in table.keys:
+                    assert isinstance(key, ast.Constant) and isinstance(key.value, str), f"{module}: a code that is not a string"
+                    codes[key.value] = module
+    return codes
+
+
+def test_every_code_the_trainer_can_put_in_an_event_is_known_where_runs_are_said_without_torch() -> None:
+    """A run's `ended` msg or `note` is said by the page and by `loratrainer train`/`queue`, which never import torch:
+    each code must be defined in a module they import (not in a torch module of model/ or train/), or they fall back
+    to the trainer's English text. Checked in real processes: the page's run and queue views, the CLI's followers."""
+    codes = trainer_codes()
+    assert {"run.oom_at", "train.precision_off_cpu", "model.sdxl.not_sdxl", "check.no_usable_images"} <= set(codes)
+    show = ("import json, sys\nfrom loratrainer.messages import ENGLISH\n"
+            "heavy = ('torch', 'diffusers', 'transformers', 'peft', 'accelerate')\n"
+            "print(json.dumps([sorted(ENGLISH), sorted(m for m in sys.modules if m.split('.')[0] in heavy)]))\n")
+    # the page's modules that say a run (its status and notes, the Queue column): the app the GUI builds imports them,
+    # so what they know the GUI process knows, whatever else it imported first
+    gui = "import loratrainer.gui.run_view, loratrainer.gui.tab_queue\n"
+    # what `loratrainer train` and `loratrainer queue list|run` import to say a run, and nothing of the GUI
+    cli = "import loratrainer.launch.follow, loratrainer.launch.queue_runner, loratrainer.cli.queue\n"
+    import json
+
+    for who, code in (("the GUI", gui), ("the CLI", cli)):
+        r = subprocess.run([sys.executable, "-c", code + show], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        registry, heavy = json.loads(r.stdout.strip().splitlines()[-1])
+        assert heavy == [], (who, heavy)
+        unknown = {code: module for code, module in codes.items() if code not in set(registry)}
+        assert not unknown, f"{who} does not know these codes the trainer can send (define them torch-free, imported by launch/run_messages.py): {unknown}"

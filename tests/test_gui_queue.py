@@ -93,11 +93,18 @@ def test_run_queue_starts_a_runner_that_outlives_the_page(page, queue_home, tmp_
     # an item that fails at once (no dataset): the detached runner records it and ends; no training needed
     h, n = page.handlers["queue"], page.named
     queue_home.add(with_values(TrainingConfig(), {"train_data_dir": str(tmp_path / "missing"), "output_dir": str(tmp_path / "out")}))
+    from loratrainer.launch.queue_runner import runner_running
+
     out = h.run()
     assert "running in the background" in out[n["queue_message"]]
-    deadline = time.monotonic() + 120
-    while queue_home.items()[0].status in ("pending", "running") and time.monotonic() < deadline:
+    # Wait for the runner to end, not only for the item's record: it records the item first and writes its log lines
+    # after, so under load the record was seen before "queue: done" was written. The runner holds queue.json.runner
+    # for its life (released after its last line); the item is pending until the runner, a new Python process that
+    # may take long to start on a loaded machine, claims it. A generous deadline: the loop ends as soon as both hold.
+    deadline = time.monotonic() + 300
+    while (queue_home.items()[0].status in ("pending", "running") or runner_running(queue_home)) and time.monotonic() < deadline:
         time.sleep(0.3)
+    assert not runner_running(queue_home), "the queue runner did not end within 300 s"
     item = queue_home.items()[0]
     assert item.status == "failed" and "dataset check failed" in item.reason
     log = (queue_home.folder / "queue-runner.log").read_text()

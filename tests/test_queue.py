@@ -18,6 +18,8 @@ from loratrainer.run import events
 from loratrainer.run import files as run_files
 from loratrainer.config import TrainingConfig, save_config, with_values
 from loratrainer.launch.run_queue import INTERRUPTED, PENDING, RUNNING, QueueError, RunQueue
+from loratrainer.messages import Msg
+from loratrainer.run import outcomes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,6 +108,89 @@ def test_an_unreadable_queue_file_is_reported_and_kept(tmp_path):
     with pytest.raises(QueueError, match="cannot be read"):
         RunQueue(tmp_path).items()
     assert (tmp_path / "queue.json").read_text() == "{not json"  # nothing lost
+
+
+def test_a_runner_starting_while_the_page_asks_whether_one_runs_still_runs(tmp_path):
+    """`runner_running` (the page asks it every refresh) holds the runner lock for an instant: a runner starting in that
+    instant waits it out instead of taking it for another runner and quitting; a real runner still makes it give up."""
+    import threading
+
+    from loratrainer.launch.queue_runner import RUNNER_LOCK_WAIT_S
+    from loratrainer.launch.run_queue import runner_lock
+
+    with runner_lock(tmp_path) as probe:  # the page's probe, held here longer than it ever is
+        assert probe
+        with runner_lock(tmp_path) as mine:
+            assert not mine  # without waiting: taken for another runner (what happened before)
+        got: list[bool] = []
+
+        def runner() -> None:
+            with runner_lock(tmp_path, wait_s=RUNNER_LOCK_WAIT_S) as mine:
+                got.append(mine)
+
+        started = time.monotonic()
+        t = threading.Thread(target=runner)
+        t.start()  # the runner starts while the probe holds the lock
+        time.sleep(0.3)
+    t.join(10)  # the probe was released on leaving the block above
+    assert got == [True] and time.monotonic() - started < RUNNER_LOCK_WAIT_S + 1
+    with runner_lock(tmp_path) as held:  # a live runner holds it for its life: a second one gives up after the wait
+        assert held
+        started = time.monotonic()
+        with runner_lock(tmp_path, wait_s=0.3) as second:
+            assert not second and time.monotonic() - started >= 0.3
+
+
+def test_a_stopped_run_s_reason_is_the_same_in_queue_list_and_the_gui_queue_column(tmp_path, monkeypatch, capsys):
+    """One reason for both (run_queue.item_reason), from the run's events: a plain stop's `ended` event has no reason, so
+    the queue said nothing after Stop; it says where the run stopped and what it saved, as the page's Queue column."""
+    import io
+
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.launch.queue_runner import _finish
+    from loratrainer.launch.run_queue import item_reason, this_runner
+
+    from loratrainer.cli import main
+
+    home, run_dir = tmp_path / "config", tmp_path / "run"
+    monkeypatch.setenv("LORATRAINER_CONFIG_DIR", str(home))
+
+    def listed() -> str:  # `loratrainer queue list`, in this process
+        capsys.readouterr()
+        assert main(["queue", "list"]) == 0
+        return capsys.readouterr().out
+
+    queue = RunQueue(home)
+    queue.add(_named("alpha"))
+    item = queue.claim_next(this_runner())
+    queue.update(item.id, run_dir=str(run_dir))
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+        w.emit("started", total_steps=9, epochs=3, seed=1)
+        w.emit("checkpoint", path=str(tmp_path / "out" / "alpha-interrupted.safetensors"), kind="interrupted", epoch=1, step=3)
+        w.emit("ended", status="stopped", reason="", step=3, epoch=1, exit_code=10)
+    said = io.StringIO()
+    assert _finish(queue, queue.items()[0], run_dir, 10, said) == "stopped"
+    sentence = "Stopped at step 3; saved alpha-interrupted.safetensors."
+    assert queue.items()[0].reason == sentence and sentence in said.getvalue()  # recorded, and said by the runner
+    item = queue.items()[0]
+    assert Translator("en").message(item_reason(item)) == sentence  # the page's Queue column
+    assert Translator("ko").message(item_reason(item)) == "3 스텝에서 중지했습니다. alpha-interrupted.safetensors 로 저장했습니다."
+    queue.update(item.id, reason="")  # as an older runner recorded it: the list still says it, from the events
+    assert sentence in listed()
+
+    # a coded end reason (out of memory): the same sentence the page says after its status sentence, in English
+    oom = Msg.of("run.oom_at", during=Msg.of("run.during.training"), step=3, batch=2, resolution=512)
+    with events.EventWriter(run_dir / run_files.EVENTS_FILE) as w:
+        w.emit("ended", status="oom", reason="out of GPU memory during training ...: lower train_batch_size", step=3,
+               epoch=1, exit_code=12, msg=outcomes.to_event(oom))
+    queue.update(item.id, status="oom")
+    assert "It happened in a training step after 3 steps (batch size 2, resolution 512)." in listed()
+    # Stop now kills the run: no `ended` event, the STOP_NOW file says it was asked
+    run_dir2 = tmp_path / "run2"
+    run_dir2.mkdir()
+    (run_dir2 / run_files.STOP_NOW_FILE).write_text("stop now\n")
+    queue.update(item.id, run_dir=str(run_dir2), status="stopped", reason="")
+    assert "ended at once with Stop now: nothing more was saved" in listed()
 
 
 # -- real runs ------------------------------------------------------------------------------------------------

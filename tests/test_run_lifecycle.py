@@ -112,7 +112,8 @@ def test_the_cli_says_a_full_disk_once_with_the_log_path_and_no_traceback(tmp_pa
     code = follow(run, stream=out, poll_s=0.2)
     text = out.getvalue()
     assert code == events.EXIT_CODES["disk_full"], text
-    assert text.count("disk full") == 1 and f"disk full: {filling_fs}" in text, text
+    # the coded reason (run/outcomes.py), in English: the file it could not write, in the full output folder
+    assert text.count("disk full") == 1 and f"disk full: Could not write {filling_fs}" in text, text
     assert "Traceback" not in text and "last lines of the log" not in text, text
     assert f"log: {run.run_dir / run_files.LOG_FILE}" in text
     assert "Traceback" in (run.run_dir / run_files.LOG_FILE).read_text()  # the developer's copy is kept in the log

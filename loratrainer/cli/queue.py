@@ -95,7 +95,10 @@ def _list(queue) -> None:
     if not items:
         print(Msg.of("cli.queue.empty", path=str(queue.path)))
         return
+    from loratrainer.launch.run_queue import item_reason
+
     for n, item in enumerate(items, 1):
-        extra = f"  {item.reason}" if item.reason else ""
+        reason = str(item_reason(item))  # what the GUI's Queue column says (from the run's events), in English
+        extra = f"  {reason}" if reason else ""
         where = f"  {item.run_dir}" if item.run_dir else ""
         print(f"{n:>3}  {item.id}  {item.status:<11}  {item.name}  {item.source or Msg.of('cli.queue.from_gui')}{where}{extra}", file=sys.stdout)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     own_runs_started_here()  # killed (kill -9), this command takes its run with it: the trainer watches for it
     process = start_run(config, check=False)
     print(Msg.of("cli.run_folder", path=str(process.run_dir)), file=sys.stderr)
-    return follow(process)
+    return follow(process, said=config.summary())  # its notes and warnings were said above: the trainer sends them again
 
 
 def _load(path: str, overrides: dict):

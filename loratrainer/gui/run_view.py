@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loratrainer.gui.i18n import Translator, md
 from loratrainer.gui.jobs import JobView
-from loratrainer.run import notes as _notes  # noqa: F401  the codes of the trainer's notes, which run_notes says
+from loratrainer.launch import run_messages as _run_messages  # noqa: F401  every code a run's events carry
 from loratrainer.run import outcomes
 from loratrainer.run.events import RunState
 from loratrainer.run.files import STOP_FILE, STOP_NOW_FILE, checkpoint_name
@@ -82,19 +82,10 @@ def ended_reason(state: RunState, t: Translator) -> str:
 
 
 def queue_reason(state: RunState, t: Translator) -> str | None:
-    """The Queue table's Reason for a run that ended, from its events in the page's language (a plain stop: where and
-    what it saved); None when its events say nothing (no `ended` event), so the queue file's own reason stays."""
-    if not state.done:
-        return None
-    if state.status == "finished":
-        return ""
-    said = outcomes.from_event(state.msg)
-    if said is not None:
-        return t.message(said)  # a table cell: plain text, no Markdown
-    if state.status == "stopped":
-        saved = [Path(str(e.get("path", ""))).name for e in state.checkpoints if e.get("kind") == "interrupted"]
-        return t("queue.reason_stopped", step=state.step, file=saved[-1]) if saved else t("queue.reason_stopped_nothing", step=state.step)
-    return state.reason or None
+    """The Queue table's Reason for a run that ended, from its events in the page's language (run/outcomes.queue_reason,
+    which `loratrainer queue list` says in English); None when its events say nothing (no `ended` event)."""
+    said = outcomes.queue_reason(state)
+    return None if said is None else t.message(said)  # a table cell: plain text, no Markdown
 
 
 # Stop now (end the run without saving) is offered once a stop has waited this long: a save takes seconds, a stop

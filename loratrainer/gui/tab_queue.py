@@ -8,13 +8,10 @@ queue state of its own, so the CLI and the page can both change the queue.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from loratrainer.errors import UserError
 from loratrainer.gui import run_view
 from loratrainer.gui.context import UiContext
 from loratrainer.gui.i18n import md, sentence
-from loratrainer.run.files import STOP_NOW_FILE
 from loratrainer.run.phases import phase_message
 
 REFRESH_S = 2.0
@@ -66,16 +63,11 @@ class QueueHandlers:
         }
 
     def reason(self, item) -> str:
-        """Why an item ended, from its run's events in the page's language (run_view.queue_reason: a stop says where
-        and what it saved); the queue file's own reason where the run wrote no `ended` event (it never started, or
-        Stop now killed it)."""
-        if item.run_dir and item.status not in ("pending", "running") and "\0" not in item.run_dir and Path(item.run_dir).is_dir():
-            said = run_view.queue_reason(self.ui.jobs.run_state(item.run_dir), self.t)
-            if said is not None:
-                return said
-            if (Path(item.run_dir) / STOP_NOW_FILE).exists():  # killed by Stop now, as asked: no `ended` event
-                return self.t("run.stopped_now")
-        return item.reason
+        """Why an item ended, in the page's language: run_queue.item_reason, which `loratrainer queue list` says too
+        (its run's events: a stop says where and what it saved; Stop now; else the queue file's own reason)."""
+        from loratrainer.launch.run_queue import item_reason
+
+        return self.t.message(item_reason(item, self.ui.jobs.run_state))
 
     def notices(self, clear: bool) -> str:
         """A damaged queue file that was set aside (launch/run_queue.py), in one sentence above the status line, as

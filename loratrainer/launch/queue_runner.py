@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from loratrainer.launch import run_messages
 from loratrainer.run import events
 from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
@@ -21,17 +22,17 @@ from loratrainer.messages import Msg, define
 from loratrainer.launch.run_queue import DONE_OK, FAILED, RUNNING, QueueItem, RunQueue, runner_lock, this_runner
 
 RUNNER_LOG = "queue-runner.log"  # the GUI's detached runner writes here, in the queue folder
+RUNNER_LOCK_WAIT_S = 2.0  # longer than anyone but a runner holds the lock (runner_running's probe): then it is busy
 
 define({
     "queue.runner_busy": "the queue is already being run by another process",
-    "queue.stopped_now": "ended at once with Stop now: nothing more was saved",
 })
 
 
 def run_queue(queue: RunQueue, *, stop_on_failure: bool = False, stream: TextIO = sys.stderr, poll_s: float = 0.5) -> int:
     """Run pending items until none is left; 0 when every run finished or was stopped, 1 when one failed,
     130 when interrupted."""
-    with runner_lock(queue.folder) as mine:
+    with runner_lock(queue.folder, wait_s=RUNNER_LOCK_WAIT_S) as mine:
         if not mine:
             raise UserError(Msg.of("queue.runner_busy"))
         from loratrainer.launch.follow import _signals_as_keyboard_interrupt
@@ -74,9 +75,12 @@ def _run_item(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -
         return FAILED
     queue.update(item.id, run_dir=str(run.run_dir))
     _say(stream, f"queue: {item.id} run folder: {run.run_dir}")
+    notes = _Notes(item, Path(run.run_dir), stream)
     try:
         while run.poll() is None:
+            notes.say_new()
             time.sleep(poll_s)
+        notes.say_new()
     except KeyboardInterrupt:
         _say(stream, f"queue: stopping {item.id}: saving the current LoRA")
         try:
@@ -93,9 +97,13 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
     from loratrainer.launch import processes
 
     run_dir = Path(item.run_dir)
+    notes = _Notes(item, run_dir, stream)
+    notes.said = len(notes.reader.read().notes)  # said by the runner that started it (or not: it is in the log)
     try:
         while processes.alive(run_dir):
+            notes.say_new()
             time.sleep(poll_s)
+        notes.say_new()
     except KeyboardInterrupt:
         processes.stop_all(run_dir)
         _finish(queue, item, run_dir, None, stream)
@@ -103,10 +111,27 @@ def _adopt(queue: RunQueue, item: QueueItem, stream: TextIO, poll_s: float) -> s
     return _finish(queue, item, run_dir, None, stream)
 
 
+class _Notes:
+    """The running item's notes (its events' `note`s), said once each as they arrive, as `loratrainer train` says them."""
+
+    def __init__(self, item: QueueItem, run_dir: Path, stream: TextIO):
+        self.item, self.stream = item, stream
+        self.reader = events.RunReader(run_dir)
+        self.said = 0
+
+    def say_new(self) -> None:
+        from loratrainer.launch.follow import note_line
+
+        state = self.reader.read()
+        for note in state.notes[self.said:]:
+            _say(self.stream, f"queue: {self.item.id} {note_line(note)}")
+        self.said = len(state.notes)
+
+
 def _finish(queue: RunQueue, item: QueueItem, run_dir: Path, code: int | None, stream: TextIO) -> str:
     state = events.read_run_state(run_dir)
     if state.done:
-        status, reason = state.status, state.reason or ""
+        status, reason = state.status, str(run_messages.queue_reason(state) or "")  # as the Queue column says it
     elif (run_dir / run_files.STOP_NOW_FILE).exists():  # the page's Stop now killed it, as the user asked
         status, reason = "stopped", str(Msg.of("queue.stopped_now"))
     else:

@@ -14,13 +14,16 @@ import os
 import socket
 import sys
 import stat
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from loratrainer.launch import run_messages
 from loratrainer.run import events
+from loratrainer.run import files as run_files
 from loratrainer.errors import UserError
 from loratrainer.files import atomic_write, free_name_beside
 from loratrainer.messages import Msg, define
@@ -34,6 +37,7 @@ define({
     "queue.item_running": "queued run {id} is running: stop it first",
     "queue.unreadable": "the queue file {path} cannot be read ({detail}); it was left as it is",
     "queue.set_aside": "the queue file {path} was damaged ({detail}) and has been kept as {kept}; the queue starts empty",
+    "queue.stopped_now": "ended at once with Stop now: nothing more was saved",
 })
 log = logging.getLogger("loratrainer.queue")
 MAX_QUEUE_BYTES = 64 * 2**20  # a queued item holds a whole config (a few KB): thousands fit
@@ -268,10 +272,24 @@ def settle_orphan(item: QueueItem) -> None:
     """A running item whose runner and run are gone: the run's own `ended` status if it wrote one, else interrupted."""
     state = events.read_run_state(item.run_dir) if item.run_dir else None
     if state is not None and state.done:
-        item.status, item.reason = state.status, state.reason or ""
+        item.status, item.reason = state.status, str(run_messages.queue_reason(state) or "")
     else:
         item.status, item.reason = INTERRUPTED, item.reason or "the queue runner ended while this run was going"
     item.ended, item.runner = item.ended or events.now_iso(), {}
+
+
+def item_reason(item: QueueItem, read_state: Callable[[str], events.RunState] = events.read_run_state) -> Msg | str:
+    """Why an item ended, in one sentence, for the GUI's Queue column and `loratrainer queue list` alike (the GUI says it
+    in the page's language, the CLI in English): what its run's events say (outcomes.queue_reason: the coded end
+    reason; a plain stop, where and what it saved), Stop now where that killed it (no `ended` event), else the reason
+    the queue file recorded (a run that never started). `read_state`: the GUI passes its own followers' reader."""
+    if item.run_dir and item.status not in (PENDING, RUNNING) and "\0" not in item.run_dir and Path(item.run_dir).is_dir():
+        said = run_messages.queue_reason(read_state(item.run_dir))
+        if said is not None:
+            return said
+        if (Path(item.run_dir) / run_files.STOP_NOW_FILE).exists():  # killed by Stop now, as asked: no `ended` event
+            return Msg.of("queue.stopped_now")
+    return item.reason
 
 
 # -- the lock ---------------------------------------------------------------------------------------------------
@@ -308,19 +326,26 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def runner_lock(folder: Path) -> Iterator[bool]:
-    """Held by the one queue runner for its whole life; yields False when another runner holds it."""
+def runner_lock(folder: Path, wait_s: float = 0.0) -> Iterator[bool]:
+    """Held by the one queue runner for its whole life; yields False when another runner holds it. `wait_s`: how long
+    to keep trying (the runner): `runner_running`, which the page asks every refresh, takes the lock for an instant, and
+    a runner starting in that instant took it for another runner's and quit."""
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(folder / (QUEUE_FILE + ".runner"), "a+b") as fh:
         if sys.platform == "win32":  # pragma: no cover  (a region lock, also dropped when its holder dies)
             import msvcrt
 
             fh.seek(0)
-            try:
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            except OSError:
-                yield False
-                return
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
             try:
                 yield True
             finally:
@@ -329,11 +354,15 @@ def runner_lock(folder: Path) -> Iterator[bool]:
             return
         import fcntl
 
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         try:
             yield True
         finally:

@@ -16,16 +16,14 @@ from typing import Union
 import torch
 
 from loratrainer.config import ModelSettings
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg
 from loratrainer.errors import UserError
 from loratrainer.model.checkpoint import SAFETENSORS_SUFFIXES, read_checkpoint
+from loratrainer.model import errors as _errors  # noqa: F401  model.family_mismatch, said below
 from loratrainer.model.families import detect_family
 from loratrainer.model.loading import SD15Components, load_sd15
 from loratrainer.model.sdxl import SDXLComponents, load_sdxl
 
-define({
-    "model.family_mismatch": "Model family is set to {wanted}, but {path} is {found_a} model. Set Model family to auto or {found}, or choose {wanted_a} model.",
-})
 
 Components = Union[SD15Components, SDXLComponents]
 FAMILY_NAMES = {"sd15": "an SD1.5", "sdxl": "an SDXL"}

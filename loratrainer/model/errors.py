@@ -84,6 +84,17 @@ def parts_msg(parts: list[str]) -> Msg:
     return said
 
 
+# model/sdxl.py's and model/components.py's messages, here (torch-free) because a trainer that refuses a base model
+# ends its run with one of them (the `ended` event's msg), which the GUI and the CLI, never importing torch, must say
+define({
+    "model.sdxl.not_sdxl": "{path} is not an SDXL checkpoint (it looks like: {family}); choose an SDXL model or set Model family to auto.",
+    "model.sdxl.incomplete": "{path} is an SDXL checkpoint without its {missing} weights; use a full model file.",
+    "model.sdxl.shapes": "{path} does not fit the SDXL base architecture ({detail}). SDXL refiners and other variants cannot be trained.",
+    "model.sdxl.not_a_folder_model": "{path} is a folder but not a diffusers model (no model_index.json or unet/ inside). Choose the model's .safetensors file, or the folder that holds model_index.json.",
+    "model.sdxl.missing": "The base model {path} does not exist. Choose an SDXL .safetensors file, a diffusers folder (the one holding model_index.json) or a hub id such as stabilityai/stable-diffusion-xl-base-1.0.",
+    "model.family_mismatch": "Model family is set to {wanted}, but {path} is {found_a} model. Set Model family to auto or {found}, or choose {wanted_a} model.",
+})
+
 class ModelFileMissing(UserError):
     """A model, VAE or LoRA path that does not exist."""
 

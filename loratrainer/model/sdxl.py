@@ -20,7 +20,7 @@ from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from loratrainer.config import ModelSettings
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg
 from loratrainer.model.assets import SDXL_CONFIG_DIR
 from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, read_checkpoint
 from loratrainer.model.errors import ModelFileMissing, NotSD15Checkpoint, parts_msg
@@ -29,13 +29,7 @@ from loratrainer.model.loading import (
     HUB_ID, TOKENIZER_FILES, check_tokenizer_fits, from_hub, legacy_file_hash, load_vae, noise_scheduler,
 )
 
-define({
-    "model.sdxl.not_sdxl": "{path} is not an SDXL checkpoint (it looks like: {family}); choose an SDXL model or set Model family to auto.",
-    "model.sdxl.incomplete": "{path} is an SDXL checkpoint without its {missing} weights; use a full model file.",
-    "model.sdxl.shapes": "{path} does not fit the SDXL base architecture ({detail}). SDXL refiners and other variants cannot be trained.",
-    "model.sdxl.not_a_folder_model": "{path} is a folder but not a diffusers model (no model_index.json or unet/ inside). Choose the model's .safetensors file, or the folder that holds model_index.json.",
-    "model.sdxl.missing": "The base model {path} does not exist. Choose an SDXL .safetensors file, a diffusers folder (the one holding model_index.json) or a hub id such as stabilityai/stable-diffusion-xl-base-1.0.",
-})
+# its messages (model.sdxl.*) are defined in model/errors.py, torch-free: a run that ends with one, the GUI says
 
 # the original layout's parts (sd-scripts sdxl_model_util: conditioner.embedders.0 = CLIP ViT-L, .1 = OpenCLIP bigG)
 TEXT_ENCODER_1 = SDXL + "0.transformer."

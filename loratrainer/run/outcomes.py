@@ -13,6 +13,7 @@ from string import Formatter
 from typing import Any
 
 from loratrainer.messages import ENGLISH, Label, Msg, define
+from loratrainer.run.events import RunState
 
 define({
     "run.weights_nonfinite": "The LoRA weights became non-finite (NaN or infinite) in the update of step {step} (epoch {epoch}, learning rate {lr}), although the loss was finite: lower the learning rate or the network alpha{hint}. {file}",
@@ -29,6 +30,17 @@ define({
     "run.disk_full_at": "Could not write {path}.",
     "run.error_detail": "The error: `{detail}`",
     "train.folder_not_writable": "cannot write to {folder}: it became read-only or not writable during the run; the files saved before it are kept",
+    # a plain stop has no coded reason in its `ended` event: the queue says where it stopped and what it saved
+    "run.stopped_saved": "Stopped at step {step}; saved {file}.",
+    "run.stopped_nothing_saved": "Stopped at step {step}; nothing was saved.",
+})
+# Settings the trainer refuses once the model is loaded (train/family.py, train/text_cache.py): defined here, not in
+# the trainer's torch modules, because they end the run with their code in its `ended` event.
+define({
+    "train.fp8_needs_gpu": "{fp8} needs a CUDA GPU and {mixed} fp16 or bf16: turn {fp8} off here.",
+    "train.fp8_unsupported": "{fp8} needs torch 2.1 or later with float8 support; this torch ({version}) has none: turn {fp8} off.",
+    "train.text_cache_needs_frozen_text_encoder": "{cache} works only when no text encoder trains: set {te_lr} (and {te2_lr}) to 0, or turn {cache} off.",
+    "train.text_cache_needs_static_captions": "{cache} needs the same caption every step: turn off {setting}, or turn {cache} off.",
 })
 
 # what the trainer's RunContext.phase says (train/entry.py, saving.py, sampling.py, validation.py) -> run.during.*
@@ -85,3 +97,21 @@ def from_event(data: object) -> Msg | None:
         if params[k] is None:
             return None
     return Msg(data["code"], params)
+
+
+def queue_reason(state: RunState) -> Msg | str | None:
+    """Why a run ended, in one sentence, as the queue says it (the GUI's Queue column, `loratrainer queue list`, the
+    reason the runner records): the `ended` event's coded reason, where a plain stop stopped and what it saved, or the
+    English reason of a trainer older than coded reasons (or one whose code this process does not know); "" for a
+    finished run; None while the events hold no `ended` event."""
+    if not state.done:
+        return None
+    if state.status == "finished":
+        return ""
+    said = from_event(state.msg)
+    if said is not None:
+        return said
+    if state.status == "stopped":
+        saved = [Path(str(e.get("path", ""))).name for e in state.checkpoints if e.get("kind") == "interrupted"]
+        return Msg.of("run.stopped_saved", step=state.step, file=saved[-1]) if saved else Msg.of("run.stopped_nothing_saved", step=state.step)
+    return state.reason or None

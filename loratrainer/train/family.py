@@ -27,15 +27,11 @@ import torch
 
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
-from loratrainer.messages import Label, Msg, define
+from loratrainer.messages import Label, Msg
 from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
+from loratrainer.run import outcomes as _outcomes  # noqa: F401  train.fp8_*, the errors below (the page must know them)
 from loratrainer.train.sdxl_text import encode_sdxl
 from loratrainer.train.text import encode, final_layer_norm, tokenize
-
-define({
-    "train.fp8_needs_gpu": "{fp8} needs a CUDA GPU and {mixed} fp16 or bf16: turn {fp8} off here.",
-    "train.fp8_unsupported": "{fp8} needs torch 2.1 or later with float8 support; this torch ({version}) has none: turn {fp8} off.",
-})
 
 
 class Family:

@@ -21,17 +21,14 @@ import torch
 
 from loratrainer.config import TrainingConfig
 from loratrainer.errors import UserError
-from loratrainer.messages import Label, Msg, define
+from loratrainer.messages import Label, Msg
+from loratrainer.run import outcomes as _outcomes  # noqa: F401  train.text_cache_*, the errors below (the page must know them)
 from loratrainer.train.captions import CHANGING, captions_static
 from loratrainer.train.npz_cache import FINGERPRINT_KEY, write_cache
 
 log = logging.getLogger("loratrainer.train")
 SUFFIX = "_te_outputs.npz"  # sd-scripts' TEXT_ENCODER_OUTPUTS_NPZ_SUFFIX
 
-define({
-    "train.text_cache_needs_frozen_text_encoder": "{cache} works only when no text encoder trains: set {te_lr} (and {te2_lr}) to 0, or turn {cache} off.",
-    "train.text_cache_needs_static_captions": "{cache} needs the same caption every step: turn off {setting}, or turn {cache} off.",
-})
 
 def wanted(config: TrainingConfig) -> bool:
     p = config.precision
