@@ -8,6 +8,7 @@ definitions of such codes (tests/test_architecture.py walks every code the train
 
 from __future__ import annotations
 
+from loratrainer.config import sample_prompts as _sample_prompts  # noqa: F401  a prompt file refused at the first sample (prompts.*)
 from loratrainer.data import check as _check  # noqa: F401  a dataset the trainer refuses (check.*)
 from loratrainer.data import dataset_config as _dataset_config  # noqa: F401  dataset_config.*
 from loratrainer.data import masks as _masks  # noqa: F401  mask.*

@@ -34,6 +34,19 @@ define({
     "run.stopped_saved": "Stopped at step {step}; saved {file}.",
     "run.stopped_nothing_saved": "Stopped at step {step}; nothing was saved.",
 })
+
+
+# Refusals raised inside the trainer's torch modules (train/setup.py, train/state.py, train/samplers.py), defined here
+# so the page and the terminal, which never import those modules, say them in their language when a run ends on one.
+define({
+    "sampler.unavailable": "the {name} sampler is not available here ({detail}); install what it names or choose another sampler, e.g. euler_a",
+    "train.xformers_unavailable": "xformers attention is not available here ({detail}): choose precision.attention = sdpa",
+    "state.not_a_state": "saving.resume: {folder} is not a saved training state (no {file}); choose a '-state' folder",
+    "state.damaged": "saving.resume: {path} is damaged ({detail})",
+    "state.steps_changed": "saving.resume: the state was saved with {saved} steps per epoch, this run has {now}: the dataset, batch size or processes changed",
+    "state.incomplete": "saving.resume: {folder} is incomplete or damaged ({detail})",
+    "state.other_network": "saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)",
+})
 # Settings the trainer refuses once the model is loaded (train/family.py, train/text_cache.py): defined here, not in
 # the trainer's torch modules, because they end the run with their code in its `ended` event.
 define({

@@ -12,10 +12,8 @@ from typing import Any
 
 from loratrainer.errors import UserError
 from loratrainer.config.samplers import SAMPLERS, canonical_sampler
-from loratrainer.messages import Msg, define
-
-define({"sampler.unavailable": "the {name} sampler is not available here ({detail}); install what it names or choose another sampler, e.g. euler_a"})
-
+from loratrainer.messages import Msg
+from loratrainer.run import outcomes as _outcomes  # noqa: F401  the codes of the refusals below (run/outcomes.py defines them torch-free)
 
 def build_scheduler(name: str, training_scheduler_config: Any):
     """A fresh inference scheduler for sampler `name` from the training noise scheduler's config (never that

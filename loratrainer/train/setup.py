@@ -15,7 +15,8 @@ from loratrainer.data.check import check_dataset
 from loratrainer.data.dataset_config import with_dataset_config
 from loratrainer.data.report import DatasetReport
 from loratrainer.errors import UserError
-from loratrainer.messages import Label, Msg, define
+from loratrainer.messages import Label, Msg
+from loratrainer.run import outcomes as _outcomes  # noqa: F401  the codes of the refusals below (run/outcomes.py defines them torch-free)
 from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
 from loratrainer.model.kohya_format import load_network_weights
 from loratrainer.model.components import load_components
@@ -84,9 +85,6 @@ class Trainer:
     @property
     def epochs(self) -> int:
         return self.report.steps.epochs
-
-
-define({"train.xformers_unavailable": "xformers attention is not available here ({detail}): choose precision.attention = sdpa"})
 
 
 def plan_dataset(config: TrainingConfig, num_processes: int) -> DatasetReport:

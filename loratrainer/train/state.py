@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from loratrainer.errors import UserError
-from loratrainer.messages import Msg, define
+from loratrainer.messages import Msg
+from loratrainer.run import outcomes as _outcomes  # noqa: F401  the codes of the refusals below (run/outcomes.py defines them torch-free)
 from loratrainer.files import atomic_write
 from loratrainer.run.files import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, rng_file_name
 
@@ -35,15 +36,6 @@ class StateInfo:
 
 class BrokenState(UserError):
     pass
-
-
-define({
-    "state.not_a_state": "saving.resume: {folder} is not a saved training state (no {file}); choose a '-state' folder",
-    "state.damaged": "saving.resume: {path} is damaged ({detail})",
-    "state.steps_changed": "saving.resume: the state was saved with {saved} steps per epoch, this run has {now}: the dataset, batch size or processes changed",
-    "state.incomplete": "saving.resume: {folder} is incomplete or damaged ({detail})",
-    "state.other_network": "saving.resume: the saved LoRA does not match this network (rank, type or trained parts changed)",
-})
 
 
 def _trained_params(t) -> dict[str, torch.nn.Parameter]:
