@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from loratrainer.gui.i18n import Translator, message_templates, table
+from loratrainer.gui.i18n import Translator, table
 from tests.datasets import make_caption, make_concept, make_image, make_junk, make_truncated_jpeg, make_zero_byte
+from tests.i18n_audit import message_templates
 
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 # Two English words in a row, once file names, paths, `code`, setting names and severity columns are taken out.

@@ -439,8 +439,9 @@ def _threads(tmp_path):
     assert argv[argv.index("--num_cpu_threads_per_process") + 1] == "3"
     old = torch.get_num_threads()
     try:
-        make_accelerator(cfg(num_cpu_threads_per_process=1, mixed_precision="no"))
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)  # the suite's own count (tests/conftest.py): the setting must change it
+        make_accelerator(cfg(num_cpu_threads_per_process=2, mixed_precision="no"))
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
 

@@ -1,8 +1,14 @@
-"""Real runs through `accelerate launch` on the tiny model: files, events, logs, single file, 2 processes, stop, NaN."""
+"""Real runs through `accelerate launch` on the tiny model: files, events, logs, single file, 2 processes, stop, NaN.
+
+The ends that need no second process (a STOP, a NaN loss, a full disk, out of memory on one process) train in this
+process through the trainer's own `entry.run_and_classify` (tests/test_train_support.py `run_in_process`): the
+trainer's outcome, events, files and exit code are the same; the launch, the exit code through `accelerate launch`
+and two processes are tested by the runs that start one (and tests/test_gui_faults.py shows these faults from a
+real trainer process)."""
 
 from __future__ import annotations
 
-from tests.test_train_support import small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+from tests.test_train_support import run_in_process, small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import json
 import subprocess
@@ -104,14 +110,21 @@ def test_two_processes_split_the_data_and_only_the_main_process_writes(tmp_path,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last-000001.safetensors", "last-000002.safetensors", "last.safetensors", "log"]
 
 
-def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
+def _in_process(config, monkeypatch, fault: str) -> tuple[int, Path]:
+    """The run in this process with LORATRAINER_FAULT set: (exit code, run folder)."""
+    monkeypatch.setenv("LORATRAINER_FAULT", fault)
+    run_dir = Path(config.folders.output_dir) / "log" / "run"
+    return run_in_process(config, run_dir), run_dir
+
+
+def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model, monkeypatch):
     config = small_config(tmp_path, tiny_model, epoch=200)
     # STOP written once training has started (stop@1), so the first step's check sees it; a STOP written before
     # the first step ends the run with nothing to save (tests/test_run_lifecycle.py)
-    run = start_with_env(config, {"LORATRAINER_FAULT": "stop@1"})
-    assert run.wait(timeout=300) == events.EXIT_CODES["stopped"], _log(config)
+    code, run_dir = _in_process(config, monkeypatch, "stop@1")
+    assert code == events.EXIT_CODES["stopped"], _log(config)
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
-    ended = _events(run.run_dir)[-1]
+    ended = _events(run_dir)[-1]
     assert ended["status"] == "stopped" and ended["step"] == 1
     # the Queue table's Reason, from the run's events (gui/run_view.queue_reason)
     from loratrainer.gui.i18n import Translator
@@ -122,11 +135,11 @@ def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model):
     assert queue_reason(state, Translator("ko")).startswith("1 스텝에서 중지했습니다.")
 
 
-def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model):
+def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model, monkeypatch):
     config = small_config(tmp_path, tiny_model, epoch=3)
-    run = start_with_env(config, {"LORATRAINER_FAULT": "nan@5"})
-    assert run.wait(timeout=300) == events.EXIT_CODES["nan"]
-    ended = _events(run.run_dir)[-1]
+    code, run_dir = _in_process(config, monkeypatch, "nan@5")
+    assert code == events.EXIT_CODES["nan"]
+    ended = _events(run_dir)[-1]
     assert ended["status"] == "nan" and ended["step"] == 5 and ended["epoch"] == 2
     assert "step 5" in ended["reason"] and "epoch 2" in ended["reason"] and "learning rate" in ended["reason"]
     assert "last-000001.safetensors" in ended["reason"]  # the last good file is named
@@ -175,13 +188,13 @@ def test_resume_from_a_missing_state_is_refused(tmp_path, tiny_model):
         start_run(config)
 
 
-def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_path, tiny_model):
+def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_path, tiny_model, monkeypatch):
     from safetensors.torch import load_file
 
     config = small_config(tmp_path, tiny_model, epoch=3)
-    run = start_with_env(config, {"LORATRAINER_FAULT": "disk_full@save2"})
-    assert run.wait(timeout=300) == events.EXIT_CODES["disk_full"]
-    ended = _events(run.run_dir)[-1]
+    code, run_dir = _in_process(config, monkeypatch, "disk_full@save2")
+    assert code == events.EXIT_CODES["disk_full"]
+    ended = _events(run_dir)[-1]
     assert ended["status"] == "disk_full" and ended["reason"] == f"disk full: {tmp_path / 'out' / 'last-000002.safetensors'}"
     assert ended["msg"] == {"code": "run.disk_full_at", "params": {"path": str(tmp_path / "out" / "last-000002.safetensors")}}
     out = tmp_path / "out"
@@ -189,11 +202,11 @@ def test_disk_full_while_saving_keeps_the_earlier_file_and_ends_disk_full(tmp_pa
     assert load_file(str(out / "last-000001.safetensors"))
 
 
-def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model):
+def test_out_of_memory_ends_oom_with_advice(tmp_path, tiny_model, monkeypatch):
     config = small_config(tmp_path, tiny_model)
-    run = start_with_env(config, {"LORATRAINER_FAULT": "oom@2"})
-    assert run.wait(timeout=300) == events.EXIT_CODES["oom"]
-    ended = _events(run.run_dir)[-1]
+    code, run_dir = _in_process(config, monkeypatch, "oom@2")
+    assert code == events.EXIT_CODES["oom"]
+    ended = _events(run_dir)[-1]
     assert ended["status"] == "oom" and "batch size 2" in ended["reason"] and "gradient_checkpointing" in ended["reason"]
     assert "during training" in ended["reason"] and "resolution 64" in ended["reason"] and "\n" not in ended["reason"]
     from loratrainer.gui.i18n import Translator

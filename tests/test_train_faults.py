@@ -14,6 +14,7 @@ from tests.test_train_support import small_config, tiny_model  # noqa: F401  (fi
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,88 @@ def test_in_test_mode_the_faults_fire(monkeypatch, tmp_path):
     monkeypatch.setenv("LORATRAINER_FAULT", "oom@sample")  # one value per kind: the first oom@ wins
     with pytest.raises(torch.OutOfMemoryError):
         faults.fail_sampling()
+
+
+def _seam_targets(monkeypatch) -> dict:
+    """The product functions the seam wraps, replaced by fresh unwrapped recorders for this test."""
+    from loratrainer.train import loop, sampling, saving
+
+    calls: list = []
+
+    def saved(path, *args, **kwargs):
+        calls.append(("save", path))
+        with open(path, "wb") as fh:
+            fh.write(b"x")
+            os.fsync(fh.fileno())  # where a real save's atomic write syncs its temporary file
+
+    targets = {(loop, "training_step"): lambda t, group: calls.append(("step", t.step)) or (0.5, False),
+               (loop, "agree_across_processes"): lambda t, loss: (float(loss), False),
+               (sampling, "render"): lambda *a: calls.append(("render",)),
+               (saving, "save_lora"): saved}
+    for (module, name), fn in targets.items():
+        monkeypatch.setattr(module, name, fn)
+    return {"calls": calls, "targets": targets}
+
+
+def _fake_trainer(tmp_path: Path):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(step=0, run_dir=tmp_path, loader=[], sampler=None,
+                           accelerator=SimpleNamespace(process_index=0, is_main_process=True))
+
+
+def test_the_trainer_enters_the_fault_seam_at_one_point():
+    import loratrainer
+
+    root = Path(loratrainer.__file__).parent
+    importers = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if p.name != "faults.py"
+                       and re.search(r"^\s*(from|import) .*\bfaults\b", p.read_text(encoding="utf-8"), re.MULTILINE))
+    assert importers == ["train/entry.py"]  # the loop, sampling and saving carry no test code
+
+
+@pytest.mark.parametrize("mode, fault", [(None, ALL_FAULTS), ("0", ALL_FAULTS), ("1", None)])
+def test_outside_test_mode_or_without_a_fault_the_seam_changes_nothing(monkeypatch, tmp_path, mode, fault):
+    seam = _seam_targets(monkeypatch)
+    monkeypatch.setattr(faults, "_warned", [])
+    for name, value in (("LORATRAINER_TEST_MODE", mode), ("LORATRAINER_FAULT", fault), ("LORATRAINER_TRACE_BATCHES", "1" if mode != "1" else None)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    reporter, t = object(), _fake_trainer(tmp_path)
+    assert faults.install(t, reporter) is reporter and t.loader == []
+    assert all(getattr(module, name) is fn for (module, name), fn in seam["targets"].items())
+    assert not (tmp_path / "STOP").exists()
+
+
+def test_in_test_mode_the_seam_wraps_the_step_the_loss_sampling_and_saving(monkeypatch, tmp_path):
+    from loratrainer.train import loop, sampling, saving
+
+    seam = _seam_targets(monkeypatch)
+    monkeypatch.setenv("LORATRAINER_TEST_MODE", "1")
+    monkeypatch.setenv("LORATRAINER_FAULT", "oom@2,nan@3,disk_full@save2,stop@1")
+    steps: list = []
+    reporter = type("R", (), {"step": lambda self, *a: steps.append(a), "epoch_end": lambda self, *a: None})()
+    t = _fake_trainer(tmp_path)
+    wrapped = faults.install(t, reporter)
+    assert (tmp_path / "STOP").exists()  # stop@1: asked before the first step, so step 1 is the last
+    assert loop.training_step(t, []) == (0.5, False)  # step 1 runs
+    t.step = 1
+    with pytest.raises(torch.OutOfMemoryError):
+        loop.training_step(t, [])  # oom@2: before step 2 trains
+    assert seam["calls"] == [("step", 0)]
+    t.step = 3
+    assert math.isnan(loop.agree_across_processes(t, torch.tensor(0.5))[0])  # nan@3: step 3's loss
+    t.step = 4
+    assert loop.agree_across_processes(t, torch.tensor(0.5))[0] == 0.5
+    sampling.render(t)
+    saving.save_lora(tmp_path / "a.safetensors")
+    with pytest.raises(OSError, match="No space left"):
+        saving.save_lora(tmp_path / "b.safetensors")  # disk_full@save2: the second save
+    wrapped.step(1, 1, 0.5, 1e-4)
+    assert steps == [(1, 1, 0.5, 1e-4)]  # the real reporter still hears every step
+    assert faults.install(t, reporter) is not reporter and getattr(loop.training_step, "_fault_seam")  # wrapped once
+    assert loop.training_step(t, []) == (0.5, False)
 
 
 def test_a_users_shell_cannot_fail_a_real_run(monkeypatch, tmp_path, tiny_model):

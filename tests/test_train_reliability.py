@@ -3,7 +3,7 @@ resume equivalence with one and two resumes, and the injected faults a user must
 
 from __future__ import annotations
 
-from tests.test_train_support import small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
+from tests.test_train_support import run_in_process, small_config, start_with_env, tiny_model  # noqa: F401  (first: hides a broken torchvision)
 
 import os
 import signal
@@ -120,11 +120,21 @@ def _checkpoints(run_dir: Path) -> list[tuple[str, int, str]]:
     return [(e["kind"], e["step"], Path(e["path"]).name) for e in _events(run_dir) if e["event"] == "checkpoint"]
 
 
-def _run(config, fault: str = "") -> Path:
-    run = start_with_env(config, {**EVERY_STEP, "LORATRAINER_FAULT": fault})
-    code = run.wait(timeout=300)
-    assert code == (events.EXIT_CODES["stopped"] if fault else 0), _log(run.run_dir)
-    return run.run_dir
+def _run(config, fault: str = "", monkeypatch=None) -> Path:
+    """One run through accelerate launch; with `monkeypatch`, in this process (what is trained is the same; the
+    launch and the process ending are tested above and in tests/test_train_e2e.py)."""
+    if monkeypatch is None:
+        run = start_with_env(config, {**EVERY_STEP, "LORATRAINER_FAULT": fault})
+        code, run_dir = run.wait(timeout=300), run.run_dir
+    else:
+        monkeypatch.setenv("LORATRAINER_FAULT", fault)
+        for name, value in EVERY_STEP.items():
+            monkeypatch.setenv(name, value)
+        out = Path(config.folders.output_dir) / "log"
+        run_dir = out / f"run-{len(list(out.glob('run-*'))) + 1}"
+        code = run_in_process(config, run_dir)
+    assert code == (events.EXIT_CODES["stopped"] if fault else 0), _log(run_dir)
+    return run_dir
 
 
 def _assert_same_lora(a: Path, b: Path) -> None:
@@ -133,43 +143,45 @@ def _assert_same_lora(a: Path, b: Path) -> None:
     assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x), max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
-def test_resume_once_and_twice_matches_the_straight_run(tmp_path, tiny_model):
-    # 2 images x 2 repeats, batch 2: 2 steps per epoch, 4 steps; cosine so that every step has its own lr
+def test_resume_once_and_twice_matches_the_straight_run(tmp_path, tiny_model, monkeypatch):
+    # 2 images x 2 repeats, batch 2: 2 steps per epoch, 4 steps; cosine so that every step has its own lr.
+    # The five runs train in this process (the trainer's own entry.run_and_classify; stop@N through the test seam).
     config = small_config(tmp_path, tiny_model, images=2, lr_scheduler="cosine", save_precision="float",
                           save_state=True)
-    straight = _run(with_values(config, {"output_dir": str(tmp_path / "straight")}))
+    straight = _run(with_values(config, {"output_dir": str(tmp_path / "straight")}), monkeypatch=monkeypatch)
     want = _trail(straight)
     assert [s for s, _, _ in want] == [1, 2, 3, 4] and len({lr for _, _, lr in want}) == 4
 
     # 2 + stop + resume + 2 (the stop at an epoch's end)
     out = tmp_path / "out"
-    first = _run(config, "stop@2")
+    first = _run(config, "stop@2", monkeypatch)
     assert _checkpoints(first) == [("interrupted", 2, "last-interrupted.safetensors")]
     assert _events(first)[-1]["status"] == "stopped"
-    resumed = _run(with_values(config, {"resume": str(out / "last-interrupted-state"), "output_dir": str(tmp_path / "once")}))
+    resumed = _run(with_values(config, {"resume": str(out / "last-interrupted-state"), "output_dir": str(tmp_path / "once")}), monkeypatch=monkeypatch)
     assert _trail(first) + _trail(resumed) == want
     _assert_same_lora(straight.parent.parent / "last.safetensors", tmp_path / "once" / "last.safetensors")
 
     # 2 + stop + resume + 1 + stop + resume + 1 (the second stop mid-epoch), in one output folder
-    second = _run(with_values(config, {"resume": str(out / "last-interrupted-state")}), "stop@3")
+    second = _run(with_values(config, {"resume": str(out / "last-interrupted-state")}), "stop@3", monkeypatch)
     assert _checkpoints(second) == [("interrupted", 3, "last-interrupted-2.safetensors")]  # numbering continues
-    third = _run(with_values(config, {"resume": str(out / "last-interrupted-2-state")}))
+    third = _run(with_values(config, {"resume": str(out / "last-interrupted-2-state")}), monkeypatch=monkeypatch)
     assert _trail(first) + _trail(second) + _trail(third) == want
     assert _checkpoints(third)[-1] == ("final", 4, "last.safetensors") and _events(third)[-1]["epoch"] == 2
     _assert_same_lora(straight.parent.parent / "last.safetensors", out / "last.safetensors")
 
 
-def test_a_state_with_a_truncated_optimizer_file_is_an_error_not_a_freshstart_with_env(tmp_path, tiny_model):
+def test_a_state_with_a_truncated_optimizer_file_is_an_error_not_a_freshstart_with_env(tmp_path, tiny_model, monkeypatch):
+    # both runs in this process: what is tested is how the trainer reads a state, not the launch
     config = small_config(tmp_path, tiny_model, images=2, epoch=1, save_state=True)
-    _run(config)
+    _run(config, monkeypatch=monkeypatch)
     state = tmp_path / "out" / "last-state"
     optimizer = state / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    run = start_with_env(with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "again")}))
-    assert run.wait(timeout=300) == events.EXIT_CODES["error"]
-    ended = _events(run.run_dir)[-1]
+    run_dir = tmp_path / "again" / "log" / "run"
+    assert run_in_process(with_values(config, {"resume": str(state), "output_dir": str(tmp_path / "again")}), run_dir) == events.EXIT_CODES["error"]
+    ended = _events(run_dir)[-1]
     assert ended["status"] == "error" and "damaged" in ended["reason"] and str(state) in ended["reason"]
-    assert not [e for e in _events(run.run_dir) if e["event"] == "progress"]  # not one step trained
+    assert not [e for e in _events(run_dir) if e["event"] == "progress"]  # not one step trained
     assert not list((tmp_path / "again").glob("*.safetensors"))
 
 

@@ -43,3 +43,28 @@ def start_with_env(config, env: dict | None = None):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def run_in_process(config, run_dir: Path) -> int:
+    """What the trainer process does with a run folder (train, classify the outcome, write events.jsonl and its
+    `ended` line), in this process on the CPU; returns the exit code the process would exit with. For tests of what
+    is trained (resume, faults' outcomes): starting `accelerate launch` costs a fresh interpreter, torch and the
+    model per run, and the tests of the launch itself (tests/test_train_e2e.py, the stop and kill tests) keep it."""
+    import torch
+    from accelerate import Accelerator
+
+    from loratrainer.run import events
+    from loratrainer.run import files as run_files
+    from loratrainer.train import entry
+    from loratrainer.train.run_context import RunContext
+
+    run_dir.mkdir(parents=True)
+    writer = events.EventWriter(run_dir / run_files.EVENTS_FILE)
+    run = RunContext(run_dir, events=writer)
+    threads = torch.get_num_threads()
+    try:
+        status, reason, step, epoch = entry.run_and_classify(config, run, Accelerator(cpu=True))
+        return entry.emit_ended(run, status, reason, step, epoch)
+    finally:
+        writer.close()
+        torch.set_num_threads(threads)

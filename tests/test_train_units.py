@@ -18,7 +18,7 @@ from loratrainer.train import latent_cache, optimizers
 from loratrainer.train.captions import captions_static, process_caption
 from loratrainer.run.files import checkpoint_name
 from loratrainer.train.checkpoints import CheckpointKeeper, Progress, save_due
-from loratrainer.train.dataset import process_batches
+from loratrainer.train.dataset import EpochBatchSampler
 from loratrainer.train.loss import diffusion_loss, elementwise_loss, huber_threshold, sample_weights
 from loratrainer.train.noise import pyramid_noise_like, sample_noise
 from loratrainer.train.schedulers import build_lr_scheduler
@@ -291,6 +291,13 @@ def test_warmup_as_ratio_or_steps(values, at_0, at_10):
 
 
 # -- batches across processes -------------------------------------------------------------------------------------------
+
+def process_batches(samples, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """One process's batches of an epoch as sample indices, as the trainer's sampler yields them."""
+    sampler = EpochBatchSampler(samples, batch_size, seed, rank, world)
+    sampler.set_epoch(epoch)
+    return [[key[0] for key in batch] for batch in sampler]
+
 
 def test_processes_split_the_batches_evenly_and_cover_them(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, images=5, repeats=1, train_batch_size=1)

@@ -32,11 +32,6 @@ from loratrainer.train.size_conditioning import image_conditioning, time_ids
 Key = tuple[int, int, int, int, int]  # (sample index, epoch, batch index, slot in batch, k-th use of the image this epoch)
 
 
-def process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """This process's batches of an epoch, as sample indices."""
-    return [[i for i, _ in b] for b in _process_batches(samples, batch_size, seed, epoch, rank, world)]
-
-
 def _process_batches(samples: Sequence[TrainSample], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
     """This process's batches as (sample index, k-th use of it in the epoch), k counted over the whole batch list."""
     index = {id(s): i for i, s in enumerate(samples)}

@@ -14,7 +14,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from loratrainer.run import events
 from loratrainer.machine import child_processes
@@ -292,6 +291,7 @@ def oom_advice(config: TrainingConfig, phase: str) -> str:
 def train_run(config: TrainingConfig, run: RunContext, accelerator):
     from accelerate.utils import broadcast_object_list, set_seed
 
+    from loratrainer.train import faults
     from loratrainer.train.loop import train
     from loratrainer.train.reporting import ProgressReporter
     from loratrainer.train.saving import Saver
@@ -306,7 +306,6 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
         (run_dir / run_files.VERSIONS_FILE).write_text(json.dumps({**library_versions(), "seed": seed}, indent=2) + "\n")
     run.phase = "loading the model and caching latents"
     t = build_trainer(config, run_dir, accelerator, seed, run=run)
-    trace_batches(t)
     t.saver = Saver(t)
     if resume:
         load_state(t, config.saving.resume)
@@ -324,58 +323,17 @@ def train_run(config: TrainingConfig, run: RunContext, accelerator):
     # LORATRAINER_PROGRESS_INTERVAL_S=0: an event for every step (tests compare whole step/lr sequences)
     reporter.min_interval_s = float(os.environ.get("LORATRAINER_PROGRESS_INTERVAL_S", reporter.min_interval_s))
     run.reporter = reporter  # the Saver's checkpoint events carry the epoch's mean loss from it
-    injected_stop(t, t.step)
     try:
-        return train(t, _StopInjected(reporter, t))
+        return train(t, faults.install(t, reporter))  # the test suite's one seam (LORATRAINER_TEST_MODE=1 only)
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
-
-
-def trace_batches(t) -> None:
-    """LORATRAINER_TRACE_BATCHES=1: each process appends the images of every batch it yields to
-    `batches-rank-N.jsonl` in its run folder, so a test can see how the data was split between processes."""
-    if not os.environ.get("LORATRAINER_TRACE_BATCHES"):
-        return
-    sampler_class: Any = type(t.sampler)
-    path = Path(t.run_dir) / run_files.batches_trace_name(t.accelerator.process_index)
-
-    class Traced(sampler_class):
-        def __iter__(self):
-            for batch in super().__iter__():
-                with open(path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"epoch": batch[0][1], "images": [str(self.samples[key[0]].image_path) for key in batch]}) + "\n")
-                yield batch
-
-    t.sampler.__class__ = Traced
 
 
 def open_tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(run_dir / run_files.TENSORBOARD_DIR))
-
-
-class _StopInjected:
-    """The reporter, and LORATRAINER_FAULT's stop@N after each step (test-only; see faults.py)."""
-
-    def __init__(self, reporter, t):
-        self.reporter, self.t = reporter, t
-
-    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self.reporter.step(step, epoch, loss, lr)
-        injected_stop(self.t, step)
-
-    def epoch_end(self, epoch: int, step: int) -> None:
-        self.reporter.epoch_end(epoch, step)
-
-
-def injected_stop(t, step: int) -> None:
-    """LORATRAINER_FAULT=stop@N: the STOP file after step N-1 (or at the start), so step N is the last."""
-    from loratrainer.train.faults import stop_after
-
-    if stop_after(step) and t.accelerator.is_main_process:
-        (Path(t.run_dir) / run_files.STOP_FILE).write_text("LORATRAINER_FAULT\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from loratrainer.run.files import stop_requested
-from loratrainer.train.faults import fail_step, inject_fault
 from loratrainer.train.loss import diffusion_loss, huber_threshold, sample_weights, training_target
 from loratrainer.train.max_norm import apply_max_norm
 from loratrainer.train.noise import item_generators, noisy_latents, sample_noise, sample_timesteps
@@ -105,7 +104,6 @@ def step_groups(loader, accumulation: int):
 def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
     """One optimizer step over the group's micro-batches; returns (mean loss across processes, stop asked)."""
     losses = []
-    fail_step(t.step + 1)
     for i, batch in enumerate(group):
         with ExitStack() as stack:
             if i < len(group) - 1:  # synchronise gradients between processes only on the last micro-batch
@@ -115,7 +113,7 @@ def training_step(t: Trainer, group: list[dict]) -> tuple[float, bool]:
             t.accelerator.backward(loss / len(group))
         losses.append(loss.detach())
     t.step += 1
-    loss, stop = agree_across_processes(t, inject_fault("nan", t.step, torch.stack(losses).mean()))
+    loss, stop = agree_across_processes(t, torch.stack(losses).mean())
     lr = current_lr(t.lr_scheduler)  # the rate of this step's update (the scheduler steps after it)
     if not math.isfinite(loss):
         raise NonFiniteLoss(t.step, t.epoch, lr)

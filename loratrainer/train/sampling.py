@@ -29,7 +29,6 @@ from loratrainer.config import SamplingSettings
 from loratrainer.files import atomic_write_with
 from loratrainer.messages import Label, Msg
 from loratrainer.run import notes as _notes  # noqa: F401  the codes of the warnings below (the page must know them)
-from loratrainer.train.faults import fail_sampling
 from loratrainer.run import files as run_files
 from loratrainer.run.files import SAMPLE_DIR, sample_name
 from loratrainer.config.sample_prompts import SamplePrompt, load_prompts
@@ -107,7 +106,6 @@ def render_round(t: Trainer, run: SampleRun, *, by_epoch: bool) -> list[Path]:
             log.info("stop requested: the remaining sample images of this round are skipped")
             break
         t.run.phase_progress("sampling", index, len(run.prompts))
-        fail_sampling()  # LORATRAINER_FAULT=oom@sample
         image = render(t, prompt, run.sampler)
         if image is None:  # stopped between denoising steps: no half-denoised image is written
             log.info("stop requested while a sample image rendered: it and the rest of this round are skipped")

@@ -24,7 +24,6 @@ from loratrainer.model.kohya_format import SAVE_DTYPES, lora_state_dict
 from loratrainer.model.metadata import DatasetInfo, DirInfo, ModelInfo, TrainingProgress, build_metadata
 from loratrainer.model.saving import save_diffusers_lora, save_lora
 from loratrainer.train.checkpoints import CheckpointKeeper, Progress, save_due
-from loratrainer.train.faults import during_save
 
 log = logging.getLogger("loratrainer.train")
 
@@ -37,7 +36,6 @@ class Saver:
         self.keeper = CheckpointKeeper(Path(f.output_dir), f.output_name, t.config.saving, write or self.write_lora)
         self._started = time.time()
         self._info: DatasetInfo | None = None  # the dataset's metadata, built on the first save
-        self._saves = 0
 
     def progress(self, epoch_done: bool = False) -> Progress:
         t = self.t
@@ -88,7 +86,6 @@ class Saver:
     def write_lora(self, path: Path, p: Progress) -> None:
         """One LoRA file; the final file also goes out in diffusers format when asked."""
         t = self.t
-        self._saves += 1
         if self._info is None:
             self._info = dataset_info(t.report)
         info = self._info
@@ -98,8 +95,7 @@ class Saver:
             seed=t.seed, started_at=self._started, num_processes=t.accelerator.num_processes,
             mixed_precision=t.accelerator.mixed_precision,
         )
-        with during_save(self._saves, path):  # LORATRAINER_FAULT's disk_full@saveN / kill@saveN, else nothing
-            save_lora(path, tensors, meta, overwrite=False)
+        save_lora(path, tensors, meta, overwrite=False)
         if t.config.saving.save_diffusers_format and path.stem == t.config.folders.output_name:
             folder = path.with_name(path.stem + "_diffusers")
             if folder.exists():
