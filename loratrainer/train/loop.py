@@ -194,7 +194,7 @@ def check_weights(t: Trainer, lr: float) -> None:
 def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """On the CPU, hundreds of small reductions (one per LoRA weight) on one thread. With more, each is a parallel
     region whose threads wait for each other at its end; on a machine with other work those waits made the weight
-    check cost 1-3 s a step where one thread takes 35 ms (docs/performance.md, per-step comparison). min and max
+    check cost 1-3 s a step where one thread takes tens of milliseconds (docs/performance.md, per-step comparison). min and max
     are exact, so the verdict is the same on any number of threads."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
