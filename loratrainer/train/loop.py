@@ -4,8 +4,9 @@ report, save when the policy says so, stop when asked."""
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -179,15 +180,30 @@ def agree_across_processes(t: Trainer, loss: torch.Tensor) -> tuple[float, bool]
 
 def check_weights(t: Trainer, lr: float) -> None:
     """A finite loss can still give an update that overflows (fp16 weights end at 65504), and a non-finite weight
-    would otherwise reach the next file or sample image. The largest magnitude over all trained weights is one
-    reduction and one sync per step; NaN propagates through it."""
-    with torch.no_grad():
-        if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one fused reduction per device and dtype
-            largest = torch.nn.utils.get_total_norm(t.params, norm_type=math.inf)
-        else:
-            largest = torch.stack([p.abs().amax().float() for p in t.params]).amax()
-    if not math.isfinite(float(largest)):
+    would otherwise reach the next file or sample image. Each trained weight's min and max (NaN and +-inf show in
+    one of them; one pass, no copy), one read per step."""
+    with torch.no_grad(), one_cpu_thread(t.params[0].device):
+        mins, maxs = zip(*(torch.aminmax(p) for p in t.params))
+        finite = bool(torch.isfinite(torch.stack(mins + maxs)).all())
+    if not finite:
         raise NonFiniteWeights(t.step, t.epoch, lr, fp16=t.params[0].dtype == torch.float16)
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, hundreds of small reductions (one per LoRA weight) on one thread. With more, each is a parallel
+    region whose threads wait for each other at its end; on a machine with other work those waits made the weight
+    check cost 1-3 s a step where one thread takes tens of milliseconds (docs/performance.md, per-step comparison). min and max
+    are exact, so the verdict is the same on any number of threads."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def apply_gradients(t: Trainer) -> None:
