@@ -106,7 +106,10 @@ def test_shipped_sdxl_tokenizers_are_built_from_the_sd15_vocabulary(tiny, no_net
     # what the removed copies (assets/sdxl/tokenizer*/vocab.json + merges.txt) encoded it to, recorded before removal
     before = [49406, 320, 1125, 539, 320, 2368, 267, 12066, 267, 263, 949, 3027, 281, 272, 269, 273, 264, 49407]
     pad = 32 - len(before)
-    encode = lambda tokenizer: tokenizer(caption, padding="max_length", max_length=32).input_ids  # noqa: E731
+
+    def encode(tokenizer):
+        return tokenizer(caption, padding="max_length", max_length=32).input_ids
+
     assert encode(CLIPTokenizer.from_pretrained(SD15_CONFIG_DIR / "tokenizer")) == before + [49407] * pad  # the same vocabulary
     one, two = shipped_tokenizer("tokenizer"), shipped_tokenizer("tokenizer_2")
     assert encode(one) == before + [49407] * pad and one.pad_token == "<|endoftext|>"
