@@ -356,6 +356,41 @@ def test_show_command_runs_starts_checks_and_shows_the_refusal(page, tmp_path):
     assert page.jobs.runs() == []
 
 
+def test_show_command_says_what_start_would_ask_about_above_the_command(page, tmp_path):
+    """Show command runs Start's checks: the warnings Start would ask about (a learning rate far above what the
+    optimizer takes, a warm-up the scheduler ignores) come above the command, in the page's language, as shell
+    comments (the box stays runnable as copied); settings with nothing to ask about show none."""
+    import copy
+    import shlex
+
+    from loratrainer.gui.i18n import Translator
+    from loratrainer.gui.tab_training import TrainingHandlers
+
+    data = form(page)
+    values = {"folders.train_data_dir": str(make_dataset(tmp_path / "img", {"2_x": 2})), "folders.output_dir": str(tmp_path / "model"),
+              "optimizer.optimizer": "AdamW", "folders.output_name": "warned"}
+    for path, value in values.items():
+        data[page.fields[path]] = value
+    quiet = page.handlers["training"].show_command(data)[page.named["command"]]
+    assert quiet.startswith("# The settings on this page") and "Start would ask" not in quiet
+    data[page.fields["optimizer.learning_rate"]] = "1.0"  # "0,0001" typed where a decimal comma is not read
+    data[page.fields["optimizer.lr_scheduler"]] = "constant"
+    data[page.fields["optimizer.lr_warmup_steps"]] = 20
+    english = page.handlers["training"].show_command(data)[page.named["command"]]
+    korean_page = copy.copy(page)
+    korean_page.t = Translator("ko")
+    korean = TrainingHandlers(korean_page).show_command(data)[page.named["command"]]
+    for text in (english, korean):
+        head, _, command = text.partition("\n\n")
+        assert head.count("\n# - ") == 2 and "loratrainer.train.entry" in command and "# - " not in command, text
+        assert all(shlex.split(line, comments=True) == [] for line in head.splitlines())  # comments only: runnable as copied
+    assert "# - Learning rate is 1: far above what AdamW usually takes" in english, english
+    assert "# - LR scheduler is constant, which has no warm-up: LR warm-up steps is ignored" in english, english
+    ko = Translator("ko")
+    assert f"# - {ko.label('optimizer.learning_rate')} 값이 1입니다" in korean and "far above" not in korean, korean
+    assert page.jobs.runs() == []
+
+
 def test_training_tab_counts_images_and_steps_live(page, tmp_path):
     h, d, n = page.handlers["training"], page.handlers["dataset"], page.named
     root = make_dataset(tmp_path / "img", {"5_house": 4})

@@ -60,6 +60,26 @@ def test_translator_formats_and_falls_back():
     assert Translator("en").label("network.network_dim") == "Network rank (dimension)"
 
 
+def test_an_error_that_begins_with_a_name_keeps_its_case():
+    """Only a plain English first word is capitalised: a Korean page's error that begins with the user's file
+    name shows the name as it is ("evil.zip", not "Evil.zip"), and so does an English one that begins with a
+    path or a setting key."""
+    import loratrainer.data.upload  # noqa: F401  (defines the upload messages)
+    from loratrainer.errors import UserError
+    from loratrainer.messages import Msg
+
+    broken = UserError(Msg.of("upload.zip.broken", zip="evil.zip", reason="File is not a zip file"))
+    korean = Translator("ko").error(broken)
+    assert "evil.zip은(는)" in korean and "Evil.zip" not in korean
+    english = Translator("en").error(broken)
+    assert "The upload evil.zip is not a readable zip file" in english  # English still begins with a capital
+    # a message about a file, the file's path first
+    assert "/home/me/evil.zip: " in Translator("en").error(UserError(Msg.of("upload.zip.broken", zip="x", reason="r"), path="/home/me/evil.zip"))
+    assert "evil.zip: " in Translator("ko").error(UserError(Msg.of("upload.zip.broken", zip="x", reason="r"), path="evil.zip"))
+    assert "lr_warmup_steps is" in Translator("en").error(ValueError("lr_warmup_steps is more than the run's steps"))
+    assert "'data' is" in Translator("en").error(ValueError("'data' is not a folder"))
+
+
 @pytest.mark.parametrize(
     "header,forced,expected",
     [

@@ -89,6 +89,39 @@ def test_single_file_in_the_original_layout_loads_offline_as_sdxl(tiny, no_netwo
     assert c.declared_prediction == "" and not c.declared_zero_terminal_snr
 
 
+def test_shipped_sdxl_tokenizers_are_built_from_the_sd15_vocabulary(tiny, no_network, tmp_path):
+    """assets/sdxl ships only the two tokenizer configs, not a second and third copy of CLIP's vocabulary (3 MB;
+    it is assets/sd15's): both SDXL tokenizers still encode a caption to the ids the copies gave, tokenizer_2
+    padding with "!" (id 0) as SDXL's does, and a single file loaded with configs that hold no tokenizer of
+    their own (the shipped configs' case) gets them."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from loratrainer.model.assets import SD15_CONFIG_DIR, SDXL_CONFIG_DIR
+    from loratrainer.model.sdxl import shipped_tokenizer
+
+    assert not [p.name for p in SDXL_CONFIG_DIR.glob("tokenizer*/*") if p.name in ("vocab.json", "merges.txt")]
+    caption = "a photo of a cat, masterpiece, (best quality:1.2)"
+    # what the removed copies (assets/sdxl/tokenizer*/vocab.json + merges.txt) encoded it to, recorded before removal
+    before = [49406, 320, 1125, 539, 320, 2368, 267, 12066, 267, 263, 949, 3027, 281, 272, 269, 273, 264, 49407]
+    pad = 32 - len(before)
+
+    def encode(tokenizer):
+        return tokenizer(caption, padding="max_length", max_length=32).input_ids
+
+    assert encode(CLIPTokenizer.from_pretrained(SD15_CONFIG_DIR / "tokenizer")) == before + [49407] * pad  # the same vocabulary
+    one, two = shipped_tokenizer("tokenizer"), shipped_tokenizer("tokenizer_2")
+    assert encode(one) == before + [49407] * pad and one.pad_token == "<|endoftext|>"
+    assert encode(two) == before + [0] * pad and two.pad_token == "!" and two.pad_token_id == 0
+    assert one.model_max_length == two.model_max_length == 77
+    configs = shutil.copytree(tiny["config"], tmp_path / "config")
+    for sub in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(configs / sub)
+    c = load(tiny["file"], config_dir=configs)
+    assert encode(c.tokenizer) == before + [49407] * pad and encode(c.tokenizer_2) == before + [0] * pad
+
+
 def test_diffusers_folder_loads_with_its_own_tokenizers(tiny, no_network):
     c = load(tiny["folder"], dtype=torch.float16)
     assert c.family == "sdxl" and c.source.startswith("diffusers folder") and c.model_hash == ""

@@ -30,6 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, Stab
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from loratrainer.model.assets import SDXL_CONFIG_DIR
+from loratrainer.model.sdxl import shipped_tokenizer
 from tests.tiny_sd import unet_key_to_ldm, vae_key_to_ldm
 
 IMAGE_SIZE = 64  # pixels; latents are IMAGE_SIZE // 8
@@ -126,8 +127,8 @@ def build_tiny_sdxl(seed: int = 0, *, v_prediction: bool = False) -> TinySDXL:
     prediction = "v_prediction" if v_prediction else "epsilon"
     scheduler = EulerDiscreteScheduler.from_pretrained(SDXL_CONFIG_DIR, subfolder="scheduler", prediction_type=prediction)
     return TinySDXL(
-        tokenizer=CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer_2"),
+        tokenizer=shipped_tokenizer("tokenizer"),
+        tokenizer_2=shipped_tokenizer("tokenizer_2"),
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
         vae=vae.eval(),

@@ -14,6 +14,7 @@ tests/i18n_audit.py: `python -m tests.i18n_audit` lists the keys a language stil
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 
@@ -54,7 +55,7 @@ class Translator:
 
     def error(self, exc: BaseException) -> str:
         """An error as the page shows it ("**Error:** ..."), as a sentence (messages are written to follow "error: ")."""
-        return self("error.generic", error=md(sentence(self.error_text(exc))))
+        return self("error.generic", error=md(sentence(self.error_text(exc), self.lang)))
 
     def error_text(self, exc: BaseException) -> str:
         """The error in this language where it says what it is: bad form values by pydantic's error type, coded
@@ -119,8 +120,18 @@ def _specs() -> dict:
     return {s.path: s for s in field_specs()}
 
 
-def sentence(text: str) -> str:
-    """`text` with its first letter capitalised (a message shown on its own or after "Not started.")."""
+# A plain lower-case English word and what may follow it ("the zip ...", "cannot read ...", "no images,"): a
+# file name ("evil.zip"), a path ("/home/...", "data: ..."), a setting key ("lr_warmup_steps") or a quoted
+# name never matches, so it keeps its case.
+_PLAIN_WORD = re.compile(r"[a-z]+(?=[ ,;]|$)")
+
+
+def sentence(text: str, lang: str = DEFAULT_LANGUAGE) -> str:
+    """`text` as a sentence shown on its own or after "Not started.": its first letter capitalised where it
+    begins with a plain English word. Only English has case to fix: another language's text (Korean) and a
+    sentence that begins with a name (file, path, setting key, quoted) stay as they are."""
+    if lang != "en" or not _PLAIN_WORD.match(text):
+        return text
     return text[:1].upper() + text[1:]
 
 

@@ -73,7 +73,7 @@ class QueueHandlers:
         """A damaged queue file that was set aside (launch/run_queue.py), in one sentence above the status line, as
         the CLI says it. The page refreshes every few seconds, so it stays until the user next acts on the queue
         (`clear`: that action's answer is the last one to carry it)."""
-        said = "".join(f"⚠ {md(sentence(self.t.message(notice)))}.\n\n" for notice in dict.fromkeys(self.ui.jobs.queue_notices))
+        said = "".join(f"⚠ {md(sentence(self.t.message(notice), self.t.lang))}.\n\n" for notice in dict.fromkeys(self.ui.jobs.queue_notices))
         if clear:
             self.ui.jobs.queue_notices.clear()
         return said

@@ -164,7 +164,8 @@ class TrainingHandlers:
         """What can be run: the page's settings written to a config file, `loratrainer train --config FILE`, and
         the accelerate command that becomes (its run folder is named when the run starts). It runs Start's checks
         first, as `loratrainer train --print-command` does: settings Start would refuse get the refusal, in the
-        message under the buttons, and no command."""
+        message under the buttons, and no command. What Start would ask about (launch.start.start_warnings) is said
+        above the command, in the page's language, as `loratrainer train` prints it before it starts."""
         import re
         from datetime import datetime
 
@@ -175,7 +176,8 @@ class TrainingHandlers:
         box, message = n["command"], n["run_message"]
         try:
             config = self.ui.read_config(data)
-            resolved = preflight(config)  # the output name as the run would get it (renamed when the file exists)
+            warnings: list = []
+            resolved = preflight(config, warnings)  # the output name as the run would get it (renamed when the file exists)
         except UserError as exc:
             return {box: "", message: self.refusal(exc, "command.refused")}
         name = re.sub(r"[^\w.-]+", "_", config.folders.output_name) or "config"
@@ -185,7 +187,9 @@ class TrainingHandlers:
         except OSError as exc:
             return {box: "", message: self.t.error(exc)}
         run_dir = run_folder(resolved, "<YYYYmmdd-HHMMSS>")
-        lines = [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
+        # shell comments, so the box stays runnable as copied
+        said = [self.t("command.warnings")] + [f"# - {self.t.message(w)}" for w in warnings] + [""] if warnings else []
+        lines = said + [self.t("command.saved", path=str(target)), format_command(loratrainer_command() + ["train", "--config", str(target)]), "",
                  self.t("command.becomes"), format_command(build_command(resolved, run_dir))]
         from loratrainer.launch.precision import precision_here
 

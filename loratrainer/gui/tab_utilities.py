@@ -190,7 +190,7 @@ class UtilitiesHandlers:
         if msg is not None and msg.code == "hub.offline":  # one sentence naming the page's box, not the CLI's --model
             text = self.t("caption.offline", model=msg.params.get("model", ""), why=self.t.message(msg.params.get("why", "")),
                           label=self.t("caption.model"))
-            return self.t("error.generic", error=md(sentence(text)))
+            return self.t("error.generic", error=md(sentence(text, self.t.lang)))
         return self.t.error(exc)
 
     def cancel(self, request=None) -> str:

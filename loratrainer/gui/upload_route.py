@@ -320,9 +320,8 @@ def _count(folder: Path) -> tuple[int, int]:
 
 
 def _said(t: Translator, text: str) -> str:
-    """A message shown on its own, as a sentence: English capitalised (its messages begin with a word, "the zip
-    ..."); Korean ones may begin with a file name, which keeps its case."""
-    return (sentence(text) if t.lang == "en" else text) + "."
+    """A message shown on its own, as a sentence (gui/i18n.sentence: a file name first keeps its case)."""
+    return sentence(text, t.lang) + "."
 
 
 def _mb(n: int) -> int:

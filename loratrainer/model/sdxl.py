@@ -2,9 +2,10 @@
 single-file checkpoint in the original (SGM) layout, or a hub id.
 
 As for SD1.5 (model.loading), local models never touch the network: a single file is converted by diffusers'
-own converters with our shipped SDXL base 1.0 configs and both CLIP tokenizers (loratrainer/assets/sdxl) passed
-as `config=`. sd-scripts' sdxl_model_util.load_models_from_sdxl_checkpoint builds the same four models from the
-same keys (its text encoder 2 is transformers' CLIPTextModelWithProjection, converted from OpenCLIP like here).
+own converters with our shipped SDXL base 1.0 configs (loratrainer/assets/sdxl) passed as `config=`, and both
+CLIP tokenizers are built from the SD1.5 asset's vocabulary with SDXL's tokenizer configs (shipped_tokenizer).
+sd-scripts' sdxl_model_util.load_models_from_sdxl_checkpoint builds the same four models from the same keys (its
+text encoder 2 is transformers' CLIPTextModelWithProjection, converted from OpenCLIP like here).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from tokenizers.models import BPE
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from loratrainer.config import ModelSettings
 from loratrainer.messages import Msg
-from loratrainer.model.assets import SDXL_CONFIG_DIR
+from loratrainer.model.assets import SD15_CONFIG_DIR, SDXL_CONFIG_DIR
 from loratrainer.model.checkpoint import CHECKPOINT_SUFFIXES, read_checkpoint
 from loratrainer.model.errors import ModelFileMissing, NotSD15Checkpoint, parts_msg
 from loratrainer.model.families import SDXL, UNET, detect_family
@@ -130,8 +132,7 @@ def _load_single_file(state: dict[str, torch.Tensor], path: Path, dtype: torch.d
             CLIPTextModelWithProjection, state, subfolder="text_encoder_2", **kwargs)
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes that do not fit SDXL base's configuration
         raise NotSDXLCheckpoint(Msg.of("model.sdxl.shapes", path=str(path), detail=str(exc)[:300])) from exc
-    tokenizer = CLIPTokenizer.from_pretrained(config_dir / "tokenizer")
-    tokenizer_2 = CLIPTokenizer.from_pretrained(config_dir / "tokenizer_2")
+    tokenizer, tokenizer_2 = (_folder_tokenizer(config_dir / sub, sub) for sub in ("tokenizer", "tokenizer_2"))
     # checkpoints are usually fp16; the caller's dtype wins whatever the file holds
     return (tokenizer, tokenizer_2, text_encoder.to(dtype), text_encoder_2.to(dtype), vae.to(dtype), unet.to(dtype))
 
@@ -151,10 +152,28 @@ def _load_diffusers(source: str, dtype: torch.dtype, *, local_only: bool):
         # a folder without any gets the shipped one (the shipped tokenizer_2 pads with "!" as SDXL's does)
         own = folder / sub
         has_own = local_only and any((own / name).is_file() for name in TOKENIZER_FILES)
-        tokenizer = CLIPTokenizer.from_pretrained(own if has_own else SDXL_CONFIG_DIR / sub)
+        tokenizer = CLIPTokenizer.from_pretrained(own) if has_own else shipped_tokenizer(sub)
         check_tokenizer_fits(tokenizer, encoder, own if has_own else Path(f"the shipped SDXL {sub}"), source)
         tokenizers.append(tokenizer)
     return (*tokenizers, text_encoder, text_encoder_2, vae, unet)
+
+
+def shipped_tokenizer(sub: str) -> CLIPTokenizer:
+    """The shipped SDXL `tokenizer` or `tokenizer_2`. Both use CLIP's BPE vocabulary, which the SD1.5 asset
+    already ships (assets/sd15/tokenizer: vocab.json, merges.txt), so assets/sdxl holds only each one's
+    tokenizer_config.json (tokenizer_2 pads with "!", id 0) and the tokenizer is built from the two."""
+    config = json.loads((SDXL_CONFIG_DIR / sub / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("tokenizer_class", None)  # what to build, not an argument of it
+    vocab, merges = BPE.read_file(str(SD15_CONFIG_DIR / "tokenizer" / "vocab.json"), str(SD15_CONFIG_DIR / "tokenizer" / "merges.txt"))
+    return CLIPTokenizer(vocab=vocab, merges=merges, **config)
+
+
+def _folder_tokenizer(folder: Path, sub: str) -> CLIPTokenizer:
+    """A config folder's own tokenizer where it has one (tests' tiny configs, saved by save_pretrained), else the
+    shipped one (the shipped configs' folder holds no vocabulary of its own: shipped_tokenizer)."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return CLIPTokenizer.from_pretrained(folder)
+    return shipped_tokenizer(sub)
 
 
 def _folder_prediction(folder: Path) -> str:
