@@ -15,6 +15,7 @@ from pathlib import Path
 from loratrainer.gui import gradio_adapter
 from loratrainer.gui.form import bounds_problem
 from loratrainer.gui.i18n import LANGUAGES, Translator, pick_language
+from loratrainer.gui.later_language import PAGE_BUILDS, LaterLanguageRoute, LaterLanguages, locale_language
 from loratrainer.gui.server import ServeOptions, allowed_hosts, is_loopback
 
 CSS = """
@@ -106,7 +107,7 @@ def guard_text_inputs(blocks, t: Translator) -> None:
                 return refusal_prediction(blocks, outputs, text, event_id)
         return gradio_adapter.NOT_REFUSED
 
-    gradio_adapter.check_before_handlers(blocks, check)
+    gradio_adapter.check_before_handlers(blocks, check, around=PAGE_BUILDS.handler)
 
 
 def refusal_prediction(blocks, outputs: list, text: str, event_id: str | None):
@@ -139,16 +140,15 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from loratrainer.gui.page_language import PageLanguage
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
     display = Display(temp_dir / "display")
-    languages = [options.language] if options.language else list(LANGUAGES)
-    for lang in languages:
+
+    def mount(target, lang: str):
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
         blocks = build_blocks(lang, jobs, display, other_language_url=other, browse_limited=not is_loopback(options.host),
                               browse_folders=options.browse_roots)
         gr.mount_gradio_app(
-            app,
+            target,
             blocks,
             path="/" if options.language else f"/{lang}",
             server_name=options.host,
@@ -164,6 +164,14 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             css=CSS,
             theme=_theme(),
         )
+        return target
+
+    # the language the user most likely reads is built now, the other at its first request (later_language.py)
+    first = options.language or locale_language()
+    later = LaterLanguages(lambda lang: mount(FastAPI(docs_url=None, redoc_url=None, openapi_url=None), lang),
+                           [] if options.language else [lang for lang in LANGUAGES if lang != first])
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=later.lifespan)
+    mount(app, first)
     if not options.language:
 
         async def redirect(request):
@@ -171,7 +179,9 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             return RedirectResponse(f"/{lang}/", status_code=307)
 
         app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
-    # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route
+    # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route,
+    # the later language's page
+    app.add_middleware(LaterLanguageRoute, later=later)
     app.add_middleware(FileRouteGuard)
     app.add_middleware(PageLanguage, language_of=lambda path: options.language or next(
         (lang for lang in LANGUAGES if path == f"/{lang}/" or path == f"/{lang}"), None))

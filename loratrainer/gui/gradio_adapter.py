@@ -54,12 +54,13 @@ Check = Callable[[list, list, list, "str | None"], Any]
 NOT_REFUSED = object()
 
 
-def check_before_handlers(blocks, check: Check) -> None:
+def check_before_handlers(blocks, check: Check, around: Callable[[], Any] | None = None) -> None:
     """Run `check` before the handler of every event of `blocks`: what it returns (unless NOT_REFUSED) is the
     event's answer and the handler does not run. Why private: `Blocks.call_function` is where every event's
     preprocessed values arrive, with no public hook around it. The public `validator=` of each event listener is no
     replacement: it must be given to every listener of every tab, it can only put a badge on an input (not the
-    sentence in the event's message area), and Gradio's own preprocessing runs before it."""
+    sentence in the event's message area), and Gradio's own preprocessing runs before it. `around()`, an async
+    context manager, is entered for the handler's run (later_language.PageBuilds.handler)."""
     call = blocks.call_function
 
     async def call_function(block_fn, processed_input, *args, **kwargs):
@@ -68,7 +69,10 @@ def check_before_handlers(blocks, check: Check) -> None:
         answer = check(list(fn.inputs), values, list(fn.outputs), kwargs.get("event_id"))
         if answer is not NOT_REFUSED:
             return {"prediction": answer, "duration": 0.0, "is_generating": False, "iterator": None}
-        return await call(block_fn, values, *args, **kwargs)
+        if around is None:
+            return await call(block_fn, values, *args, **kwargs)
+        async with around():
+            return await call(block_fn, values, *args, **kwargs)
 
     blocks.call_function = call_function
 
