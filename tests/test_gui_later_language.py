@@ -25,6 +25,8 @@ def served(tmp_path_factory):
     later = next(m.kwargs["later"] for m in app.user_middleware if "later" in m.kwargs)
     with TestClient(app, base_url="http://127.0.0.1:7860") as client:
         yield client, later
+    # the server's shutdown ended the later page too (its lifespan: Gradio's queue and startup events)
+    assert later.tasks and all(task.done() and not task.exception() for task in later.tasks)
 
 
 def _result(client, lang: str, api_name: str, data: list) -> list:

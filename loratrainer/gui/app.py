@@ -140,6 +140,7 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     from loratrainer.gui.page_language import PageLanguage
     from loratrainer.gui.web_guards import LoginPageScrub, LoginThrottle, OriginGuard, UploadLimit
 
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
     display = Display(temp_dir / "display")
 
@@ -170,7 +171,6 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     first = options.language or locale_language()
     later = LaterLanguages(lambda lang: mount(FastAPI(docs_url=None, redoc_url=None, openapi_url=None), lang),
                            [] if options.language else [lang for lang in LANGUAGES if lang != first])
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=later.lifespan)
     mount(app, first)
     if not options.language:
 

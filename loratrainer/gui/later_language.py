@@ -1,7 +1,7 @@
 """The second page language, built when it is first asked for instead of before the GUI answers.
 
 Building a page in one language takes about half of the time between `loratrainer gui` and the first answer
-after importing Gradio (docs/performance.md); a user reads one language and may never open the other. So the
+after importing Gradio (bench/bench_gui_start.py); a user reads one language and may never open the other. So the
 language the user most likely reads (the machine's locale) is built at start, and the other at its first request:
 that request waits for it once (about half a second), and every later one is served as usual.
 
@@ -62,7 +62,7 @@ def locale_language(environ: dict | None = None) -> str:
 
 class LaterLanguages:
     """The pages of the languages not built at start: `make(lang)` returns an ASGI app (with a lifespan) serving
-    `/<lang>/`, called at the first request under that path. `lifespan` ends the pages started meanwhile."""
+    `/<lang>/`, called at the first request under that path. `shutdown()` ends the pages started meanwhile."""
 
     def __init__(self, make: Callable[[str], Any], languages: list[str], builds: PageBuilds = PAGE_BUILDS):
         self.make, self.languages, self.builds = make, list(languages), builds
@@ -97,21 +97,30 @@ class LaterLanguages:
                 raise
             started.set_exception(exc)  # the request that asked for the page says it; the next one tries again
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app):
-        yield
+    async def shutdown(self) -> None:
         if self.stop is not None:
             self.stop.set()
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class LaterLanguageRoute:
-    """ASGI middleware: a request under a later language's path goes to its page, built at the first one."""
+    """ASGI middleware: a request under a later language's path goes to its page, built at the first one; at the
+    server's shutdown those pages shut down first."""
 
     def __init__(self, app, later: LaterLanguages):
         self.app, self.later = app, later
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+
+            async def shutting_down():
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    await self.later.shutdown()
+                return message
+
+            await self.app(scope, shutting_down, send)
+            return
         lang = self.later.language_of(scope.get("path", "")) if scope["type"] in ("http", "websocket") else None
         if lang is None:
             await self.app(scope, receive, send)
