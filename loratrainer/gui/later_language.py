@@ -75,23 +75,23 @@ class LaterLanguages:
         return next((lang for lang in self.languages if path == f"/{lang}" or path.startswith(f"/{lang}/")), None)
 
     async def app_for(self, lang: str):
-        if self.lock is None:
+        if self.lock is None or self.stop is None:
             self.lock, self.stop = asyncio.Lock(), asyncio.Event()
         async with self.lock:
             if lang not in self.apps:
                 app = await self.builds.build(lambda: self.make(lang))
                 started = asyncio.get_running_loop().create_future()
-                self.tasks.append(asyncio.create_task(self._run(app, started)))
+                self.tasks.append(asyncio.create_task(self._run(app, started, self.stop)))
                 await started
                 self.apps[lang] = app
         return self.apps[lang]
 
-    async def _run(self, app, started: asyncio.Future) -> None:
+    async def _run(self, app, started: asyncio.Future, stop: asyncio.Event) -> None:
         """The page app's startup (Gradio starts its queue there) and, at the GUI's shutdown, its shutdown."""
         try:
             async with app.router.lifespan_context(app):
                 started.set_result(None)
-                await self.stop.wait()
+                await stop.wait()
         except BaseException as exc:
             if started.done():
                 raise
