@@ -3,8 +3,9 @@
 Tabs follow the order of the work (Dataset, Training, Results, Utilities), one module each. This module only
 assembles them; it starts processes through jobs.py and never trains.
 
-Languages: with `--language` one Blocks in that language is served at `/`. Otherwise both are built, served at
-`/en/` and `/ko/`, and `/` redirects by the browser's Accept-Language (the browser derives it from
+Languages: with `--language` one Blocks in that language is served at `/`. Otherwise both are served, at
+`/en/` and `/ko/` (the machine's locale language built at start, the other at its first request: later_language.py),
+and `/` redirects by the browser's Accept-Language (the browser derives it from
 navigator.language), so every label, help text and message of a page is in one language, server-side.
 """
 
