@@ -102,14 +102,9 @@ def bounds_problem(component: Any, value: Any, t: Translator, label: str) -> str
     return None
 
 
-@cache
-def _specs_by_path() -> dict[str, FieldSpec]:
-    return {s.path: s for s in field_specs()}
-
-
+@cache  # the page asks for it for each of its ~250 boxes; read-only
 def specs_by_path() -> dict[str, FieldSpec]:
-    """{path: spec} of every field (built once: the page asks for it for each of its ~250 boxes)."""
-    return dict(_specs_by_path())
+    return {s.path: s for s in field_specs()}
 
 
 def coerce(spec: FieldSpec, value: Any) -> Any:

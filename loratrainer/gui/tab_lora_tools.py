@@ -19,7 +19,6 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
-from loratrainer.gui.form import number_box
 from loratrainer.gui.i18n import md
 from loratrainer.machine import child_processes
 from loratrainer.tools.messages import message_from_json
@@ -316,6 +315,8 @@ def _count(values) -> dict:
 
 def build(ui: UiContext) -> LoraToolsHandlers:
     import gradio as gr
+
+    from loratrainer.gui.form import number_box
 
     t, n, h = ui.t, ui.named, LoraToolsHandlers(ui)
     gr.Markdown(t("lora.intro"))
