@@ -253,3 +253,69 @@ def test_every_code_the_trainer_can_put_in_an_event_is_known_where_runs_are_said
         assert heavy == [], (who, heavy)
         unknown = {code: module for code, module in codes.items() if code not in set(registry)}
         assert not unknown, f"{who} does not know these codes the trainer can send (define them torch-free, imported by launch/run_messages.py): {unknown}"
+
+
+# -- Gradio behind one door ---------------------------------------------------------------------------------------
+
+GRADIO_ADAPTER = PACKAGE / "gui" / "gradio_adapter.py"
+# words of Gradio's page, front end and routes: a string of ours holding one relies on Gradio's internals
+GRADIO_INTERNAL_TEXT = ("gradio_api", "navigator.", "auth_required", "sleep_when_free")
+
+
+def gradio_methods() -> set[str]:
+    """The methods of Gradio's Blocks and components (read from its source, without importing it): replacing one on
+    an object or a class is a hook into Gradio."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("gradio").origin).parent
+    names: set[str] = set()
+    for file, classes in ((root / "blocks.py", {"Block", "BlockContext", "Blocks"}),
+                          (root / "components" / "base.py", {"Component", "FormComponent"})):
+        for node in ast.parse(file.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and node.name in classes:
+                names |= {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return {n for n in names if not n.startswith("__")}
+
+
+def gradio_private_uses(path: Path, methods: set[str]) -> list[str]:
+    """Where a module touches Gradio's internals: a private or internal gradio module imported, a private name
+    (`x._queue`, `getattr(x, "_queue")`) read in a module that works with Gradio objects, a Gradio method
+    replaced (`blocks.call_function = ...`), or a string naming Gradio's page or route internals."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    uses_gradio = path.parent.name == "gui" or any(
+        isinstance(n, (ast.Import, ast.ImportFrom)) and "gradio" in ast.unparse(n) for n in ast.walk(tree))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gradio":
+            if node.module != "gradio" or any(a.name.startswith("_") for a in node.names):
+                found.append(f"{where} imports {node.module}")
+        elif isinstance(node, ast.Import):
+            found += [f"{where} imports {a.name}" for a in node.names if a.name.startswith("gradio.")]
+        elif isinstance(node, ast.Attribute) and uses_gradio and node.attr.startswith("_") and not node.attr.startswith("__") \
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            found.append(f"{where} reads {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and uses_gradio and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr") \
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_"):
+            found.append(f"{where} {ast.unparse(node)}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Attribute) and target.attr in methods and not (
+                        isinstance(target.value, ast.Name) and target.value.id in ("self", "cls")):
+                    found.append(f"{where} replaces {ast.unparse(target)}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and id(node) not in docstrings:
+            text = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+            found += [f"{where} names {word!r}" for word in GRADIO_INTERNAL_TEXT if word in text]
+    return found
+
+
+def test_nothing_but_the_adapter_touches_gradio_internals() -> None:
+    """Every hook into Gradio's internals lives in gui/gradio_adapter.py, each tested against the installed Gradio
+    (tests/test_gradio_adapter.py) and covered by the pin in pyproject.toml."""
+    methods = gradio_methods()
+    assert {"call_function", "preprocess", "process_api"} <= methods  # read from Gradio's source, as relied on
+    found = [use for path in sorted(PACKAGE.rglob("*.py")) if path != GRADIO_ADAPTER for use in gradio_private_uses(path, methods)]
+    assert not found, "Gradio internals outside gui/gradio_adapter.py:\n" + "\n".join(found)
+    assert gradio_private_uses(GRADIO_ADAPTER, methods)  # the adapter itself is seen doing it: the check can see

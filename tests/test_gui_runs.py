@@ -365,7 +365,8 @@ def test_tensorboard_and_output_folder_buttons(page, tmp_path, monkeypatch):
 def test_an_idle_page_does_not_spin(page):
     """Gradio's queue would look for work every 1 ms (measured: 3.8 % of a core for an idle GUI with no browser);
     the page's queue waits 50 ms between looks, and the run timer is off while nothing runs."""
-    from loratrainer.gui.app import IDLE_POLL_S, build_page
+    from loratrainer.gui.app import build_page
+    from loratrainer.gui.gradio_adapter import IDLE_POLL_S
 
     blocks, ui = build_page("en", page.jobs, page.display)
     assert blocks._queue.sleep_when_free >= IDLE_POLL_S >= 0.05

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 
 from tests.gui_server import start_gui, stop_gui
 
@@ -25,6 +27,23 @@ def test_forced_language_is_served_at_root(tmp_path):
         labels = [c.get("props", {}).get("label") for c in config["components"]]
         assert "배치 크기" in labels and "Train batch size" not in labels
         assert client.get("/en/", follow_redirects=False).status_code in (404, 405) or "배치 크기" in client.get("/en/config").text
+
+
+def test_the_app_is_built_with_the_collector_paused_and_it_runs_again_after():
+    import gc
+
+    from loratrainer.gui.server import without_gc
+
+    seen = []
+    assert without_gc(lambda: seen.append(gc.isenabled()) or "app") == "app"
+    assert seen == [False] and gc.isenabled()
+
+    def failing():
+        raise RuntimeError("no page")
+
+    with pytest.raises(RuntimeError):
+        without_gc(failing)
+    assert gc.isenabled()
 
 
 def test_gradio_client_calls_the_api(tmp_path):

@@ -3,8 +3,9 @@
 Tabs follow the order of the work (Dataset, Training, Results, Utilities), one module each. This module only
 assembles them; it starts processes through jobs.py and never trains.
 
-Languages: with `--language` one Blocks in that language is served at `/`. Otherwise both are built, served at
-`/en/` and `/ko/`, and `/` redirects by the browser's Accept-Language (the browser derives it from
+Languages: with `--language` one Blocks in that language is served at `/`. Otherwise both are served, at
+`/en/` and `/ko/` (the machine's locale language built at start, the other at its first request: later_language.py),
+and `/` redirects by the browser's Accept-Language (the browser derives it from
 navigator.language), so every label, help text and message of a page is in one language, server-side.
 """
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loratrainer.gui import gradio_adapter
+from loratrainer.gui.form import bounds_problem
 from loratrainer.gui.i18n import LANGUAGES, Translator, pick_language
+from loratrainer.gui.later_language import PAGE_BUILDS, LaterLanguageRoute, LaterLanguages, locale_language
 from loratrainer.gui.server import ServeOptions, allowed_hosts, is_loopback
 
 CSS = """
@@ -61,21 +65,9 @@ def build_page(lang: str, jobs, display, *, other_language_url: str | None = Non
                 with gr.Tab(t(f"tab.{name}"), id=name, elem_id=f"tab-{name}") as ui.named[f"tab_{name}"]:
                     ui.handlers[name] = module.build(ui)
         ui.finish(blocks)
-    quiet_queue(blocks)
+    gradio_adapter.quiet_queue(blocks)
     guard_text_inputs(blocks, t)
     return blocks, ui
-
-
-# Gradio's queue loop checks for work every 1 ms when idle (gradio/queueing.py, sleep_when_free): 3-4 % of a core
-# per page language with no browser connected. 50 ms is still instant for a click and idles near zero.
-IDLE_POLL_S = 0.05
-
-
-def quiet_queue(blocks) -> None:
-    queue = getattr(blocks, "_queue", None)
-    if queue is not None and getattr(queue, "sleep_when_free", 0) < IDLE_POLL_S:
-        queue.sleep_when_free = IDLE_POLL_S
-        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), IDLE_POLL_S)
 
 
 MAX_LINE_BYTES = 4096  # PATH_MAX on Linux: no file or folder path is longer, and no one-line setting needs more
@@ -95,88 +87,41 @@ def text_problem(value: object, one_line: bool) -> str | None:
 
 def guard_text_inputs(blocks, t: Translator) -> None:
     """Before any handler runs, refuse a NUL character in any text, a one-line box (every path box is one) over
-    MAX_LINE_BYTES, or a number outside its box's minimum/maximum, with one sentence naming the box as the page
-    labels it. Without this, eight handlers showed
+    MAX_LINE_BYTES, or a number outside its box's minimum/maximum (form.number_box), with one sentence naming the
+    box as the page labels it. Without this, eight handlers showed
     `embedded null byte` or `[Errno 36] File name too long` tracebacks (docs/reliability.md, "Paths").
+    A setting's number box has no bounds here: the handler reads it through the schema, which names it.
 
     The sentence goes where the event's own answers go (its message area, see refusal_prediction) and nothing else
     changes. Raising gr.Error instead would put a bare red "Error" badge on every output of the event."""
     import gradio as gr
 
-    keep_out_of_range(gr.Number)
-    call = blocks.call_function
-
-    async def call_function(block_fn, processed_input, *args, **kwargs):
-        fn = blocks.fns[block_fn] if isinstance(block_fn, int) else block_fn
-        processed_input = list(processed_input or [])
-        for i, (component, value) in enumerate(zip(fn.inputs, processed_input)):
+    def check(inputs, values, outputs, event_id):
+        for component, value in zip(inputs, values):
             label = getattr(component, "label", None) or getattr(component, "elem_id", None) or "?"
-            if isinstance(value, OutOfRange) and "lt-field" in (component.elem_classes or []):
-                # a setting: the handler reads it through the schema, which refuses it naming the setting, and
-                # Start's refusal clears the last run's view as any other refusal does
-                processed_input[i] = value.value
-                continue
-            text: str | None
-            if isinstance(value, OutOfRange):
-                text = value.sentence(t, label)
-            else:
+            text = bounds_problem(component, value, t, label)
+            if text is None:
                 one_line = isinstance(component, gr.Textbox) and (component.max_lines or component.lines or 1) <= 1
                 problem = text_problem(value, one_line)
                 text = t(f"error.text_{problem}", label=label, limit=MAX_LINE_BYTES) if problem else None
             if text:
-                return {"prediction": refusal_prediction(blocks, fn, text, kwargs.get("event_id")), "duration": 0.0,
-                        "is_generating": False, "iterator": None}
-        return await call(block_fn, processed_input, *args, **kwargs)
+                return refusal_prediction(blocks, outputs, text, event_id)
+        return gradio_adapter.NOT_REFUSED
 
-    blocks.call_function = call_function
-
-
-class OutOfRange:
-    """A Number box's value outside its bounds, handed on by keep_out_of_range for the guard to refuse."""
-
-    def __init__(self, value, minimum, maximum):
-        self.value, self.minimum, self.maximum = value, minimum, maximum
-
-    def sentence(self, t: Translator, label: str) -> str:
-        if self.minimum is not None and self.value < self.minimum:
-            return t("form.greater_than_equal", label=label, ge=self.minimum, got=self.value)
-        return t("form.less_than_equal", label=label, le=self.maximum, got=self.value)
+    gradio_adapter.check_before_handlers(blocks, check, around=PAGE_BUILDS.handler)
 
 
-def keep_out_of_range(number_class) -> None:
-    """Gradio's Number refuses an out-of-range value while preprocessing, before any handler (or the guard) runs:
-    "Value 0 is less than minimum value 1." naming no box, and a bare "Error" badge on every output of the event.
-    Number boxes hand such a value on as OutOfRange instead; their minimum and maximum still steer the page's
-    spinner. Patched on the class, not per box: Gradio makes a session's own copy of a box whose properties an
-    event changed (visible=...), and the copy would refuse again. This process serves only this app."""
-    if getattr(number_class.preprocess, "keeps_out_of_range", False):
-        return
-    preprocess = number_class.preprocess
-
-    def lenient(self, payload):
-        lo, hi = self.minimum, self.maximum
-        if isinstance(payload, (int, float)) and ((lo is not None and payload < lo) or (hi is not None and payload > hi)):
-            return OutOfRange(payload, lo, hi)
-        return preprocess(self, payload)
-
-    setattr(lenient, "keeps_out_of_range", True)  # (a function attribute mypy's Callable type does not have)
-    number_class.preprocess = lenient
-
-
-def refusal_prediction(blocks, fn, text: str, event_id: str | None):
-    """The outputs of event `fn` when it is refused before its handler runs: `text` in its message area (the
+def refusal_prediction(blocks, outputs: list, text: str, event_id: str | None):
+    """The `outputs` of an event when it is refused before its handler runs: `text` in its message area (the
     Markdown output whose elem_id says message, else its first Markdown), every other output unchanged. An event
     without a Markdown output shows `text` as a warning notice (no output changes); called outside the queue (no
     page to show a notice on) it raises gr.Error."""
     import gradio as gr
 
-    outputs = list(fn.outputs)
     markdowns = [c for c in outputs if isinstance(c, gr.Markdown)]
     target = next((c for c in markdowns if "message" in (c.elem_id or "")), markdowns[0] if markdowns else None)
-    if target is None:
-        if event_id is None or blocks._queue is None:
-            raise gr.Error(text, print_exception=False)
-        blocks._queue.log_message(event_id=event_id, log=text, title="", level="warning", duration=None, visible=True)
+    if target is None and not gradio_adapter.show_warning(blocks, event_id, text):
+        raise gr.Error(text, print_exception=False)
     values = [f"✗ {text}" if c is target else gr.skip() for c in outputs]
     if not values:
         return None
@@ -201,13 +146,13 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
     display = Display(temp_dir / "display")
     add_upload_route(app, jobs.state_dir, options.max_upload_mb)  # Dataset > Prepare folders' uploads (its own limits), before the pages
-    languages = [options.language] if options.language else list(LANGUAGES)
-    for lang in languages:
+
+    def mount(target, lang: str):
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
         blocks = build_blocks(lang, jobs, display, other_language_url=other, browse_limited=not is_loopback(options.host),
                               browse_folders=options.browse_roots)
         gr.mount_gradio_app(
-            app,
+            target,
             blocks,
             path="/" if options.language else f"/{lang}",
             server_name=options.host,
@@ -223,6 +168,13 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             css=CSS,
             theme=_theme(),
         )
+        return target
+
+    # the language the user most likely reads is built now, the other at its first request (later_language.py)
+    first = options.language or locale_language()
+    later = LaterLanguages(lambda lang: mount(FastAPI(docs_url=None, redoc_url=None, openapi_url=None), lang),
+                           [] if options.language else [lang for lang in LANGUAGES if lang != first])
+    mount(app, first)
     if not options.language:
 
         async def redirect(request):
@@ -230,7 +182,9 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
             return RedirectResponse(f"/{lang}/", status_code=307)
 
         app.add_route("/", redirect, methods=["GET", "HEAD"], include_in_schema=False)
-    # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route
+    # the last added runs first: Host check, Origin check, upload size, login throttle, login page, file route,
+    # the later language's page
+    app.add_middleware(LaterLanguageRoute, later=later)
     app.add_middleware(FileRouteGuard)
     app.add_middleware(PageLanguage, language_of=lambda path: options.language or next(
         (lang for lang in LANGUAGES if path == f"/{lang}/" or path == f"/{lang}"), None))
@@ -253,7 +207,7 @@ def _theme():
 
 
 class FileRouteGuard:
-    """Refuse `/gradio_api/file=<http(s) URL>` and its legacy twin `/gradio_api/file/<URL>`: Gradio would fetch the
+    """Refuse a URL asked of Gradio's file route (gradio_adapter.file_route_fetches_url): Gradio would fetch the
     URL server-side; we serve only files we made."""
 
     def __init__(self, app):
@@ -261,12 +215,7 @@ class FileRouteGuard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            path = scope.get("path", "")
-            target = None
-            for marker in ("/file=", "/gradio_api/file/"):
-                if marker in path:
-                    target = path.split(marker, 1)[1].lower()
-            if target is not None and target.startswith(("http:", "https:", "//")):
+            if gradio_adapter.file_route_fetches_url(scope.get("path", "")):
                 await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]})
                 await send({"type": "http.response.body", "body": b"File not allowed."})
                 return

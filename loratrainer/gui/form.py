@@ -7,6 +7,7 @@ set-of-inputs form), which `values_to_config` turns into `{path: value}` through
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from loratrainer.config import KNOWN_OPTIMIZERS, FieldSpec, TrainingConfig, describe_validation_error, field_specs, get_value, with_values
@@ -76,17 +77,36 @@ def make_field(spec: FieldSpec, t: Translator, **extra: Any):
     if is_rate(spec):
         return gr.Textbox(value=rate_text(spec.default), max_lines=1, **common)
     if kind in ("int", "float"):
-        return gr.Number(
-            value=spec.default,
-            precision=0 if kind == "int" else None,
-            minimum=spec.minimum,
-            maximum=spec.maximum,
-            **common,
-        )
+        # no Gradio bounds: Gradio would refuse an out-of-range value before any handler, naming no box; the
+        # handler reads the value through the schema, which refuses it naming the setting
+        return gr.Number(value=spec.default, precision=0 if kind == "int" else None, **common)
     lines = spec.lines
     return gr.Textbox(value=spec.default, lines=lines, max_lines=max(lines, 20) if lines > 1 else 1, **common)
 
 
+def number_box(value: Any = None, *, minimum: float | None = None, maximum: float | None = None, **kwargs: Any):
+    """A Number box that is not a setting, with bounds the page's guard checks before any handler runs
+    (bounds_problem), naming the box. Gradio gets no bounds: it would refuse first, naming no box."""
+    import gradio as gr
+
+    box = gr.Number(value, **kwargs)
+    box.lt_bounds = (minimum, maximum)
+    return box
+
+
+def bounds_problem(component: Any, value: Any, t: Translator, label: str) -> str | None:
+    """The sentence refusing a number_box's value outside its bounds, or None."""
+    minimum, maximum = getattr(component, "lt_bounds", (None, None))
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if minimum is not None and value < minimum:
+        return t("form.greater_than_equal", label=label, ge=minimum, got=value)
+    if maximum is not None and value > maximum:
+        return t("form.less_than_equal", label=label, le=maximum, got=value)
+    return None
+
+
+@cache  # the page asks for it for each of its ~250 boxes; read-only
 def specs_by_path() -> dict[str, FieldSpec]:
     return {s.path: s for s in field_specs()}
 

@@ -171,10 +171,25 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def without_gc(build: Callable[[], Any]) -> Any:
+    """`build()` with Python's cycle collector paused: importing Gradio and building the pages makes about two
+    million objects, few of them garbage, and the collector kept scanning them (about a tenth of the GUI's start,
+    bench/bench_gui_start.py). It runs again afterwards, also when the build fails."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return build()
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _serve(options: ServeOptions, temp: Path, create_app: Callable[..., Any]) -> int:
     import uvicorn
 
-    stopping = _Stopping(create_app(options, temp_dir=temp))
+    stopping = _Stopping(without_gc(lambda: create_app(options, temp_dir=temp)))
     # A browser tab or a gradio_client keeps a stream open: _Stopping ends those at Ctrl+C, the timeout is the backstop.
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a local client rotating that header was never
     # throttled at login (docs/reliability.md row 50): forwarded headers count only from proxies named at start

@@ -320,6 +320,8 @@ def _count(values) -> dict:
 def build(ui: UiContext) -> LoraToolsHandlers:
     import gradio as gr
 
+    from loratrainer.gui.form import number_box
+
     t, n, h = ui.t, ui.named, LoraToolsHandlers(ui)
     gr.Markdown(t("lora.intro"))
     n["lt_tool"] = gr.Radio([(t(f"lora.tool.{x}"), x) for x in TOOLS], value="inspect", label=t("lora.tool"), elem_id="lt-tool")
@@ -331,11 +333,11 @@ def build(ui: UiContext) -> LoraToolsHandlers:
         n["lt_base"] = gr.Textbox(label=t("lora.base"), visible=False, elem_id="lt-base")
         n["lt_tuned"] = gr.Textbox(label=t("lora.tuned"), visible=False, elem_id="lt-tuned")
     with gr.Row():
-        n["lt_rank"] = gr.Number(None, label=t("lora.rank"), info=t("lora.rank_help.resize"), precision=0, minimum=0, visible=False, elem_id="lt-rank")
-        n["lt_conv_rank"] = gr.Number(None, label=t("lora.conv_rank"), precision=0, minimum=0, visible=False, elem_id="lt-conv-rank")
+        n["lt_rank"] = number_box(None, label=t("lora.rank"), info=t("lora.rank_help.resize"), precision=0, minimum=0, visible=False, elem_id="lt-rank")
+        n["lt_conv_rank"] = number_box(None, label=t("lora.conv_rank"), precision=0, minimum=0, visible=False, elem_id="lt-conv-rank")
         n["lt_dynamic"] = gr.Dropdown([(t(f"lora.dynamic.{d}"), d) for d in DYNAMIC], value="none", label=t("lora.dynamic"), visible=False)
         n["lt_param"] = gr.Number(0.9, label=t("lora.param"), info=t("lora.param_help"), visible=False, elem_id="lt-param")
-        n["lt_min_diff"] = gr.Number(0.01, label=t("lora.min_diff"), minimum=0, visible=False, elem_id="lt-min-diff")
+        n["lt_min_diff"] = number_box(0.01, label=t("lora.min_diff"), minimum=0, visible=False, elem_id="lt-min-diff")
         n["lt_precision"] = gr.Dropdown(["auto", "float", "fp16", "bf16"], value="auto", label=t("lora.precision"), visible=False)
         n["lt_diffusers"] = gr.Checkbox(False, label=t("lora.diffusers"), visible=False)
     with gr.Row():

@@ -12,6 +12,7 @@ from pathlib import Path
 from loratrainer.errors import UserError
 from loratrainer.gui import filebrowser
 from loratrainer.gui.context import UiContext
+from loratrainer.gui.form import number_box
 from loratrainer.gui.i18n import md, sentence
 from loratrainer.messages import Msg
 
@@ -360,7 +361,7 @@ def _captioning(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
         n["cap_prefix"] = gr.Textbox(label=t("caption.prefix"), info=t("caption.prefix_help"), elem_id="cap-prefix")
         n["cap_postfix"] = gr.Textbox(label=t("caption.postfix"), elem_id="cap-postfix")
     with gr.Row():
-        n["cap_batch"] = gr.Number(1, label=t("caption.batch"), precision=0, minimum=1)
+        n["cap_batch"] = number_box(1, label=t("caption.batch"), precision=0, minimum=1)
         n["cap_overwrite"] = gr.Checkbox(False, label=t("caption.overwrite"), info=t("caption.overwrite_help"))
         n["cap_recursive"] = gr.Checkbox(False, label=t("caption.recursive"))
         n["cap_add_existing"] = gr.Checkbox(False, label=t("caption.add_existing"), info=t("caption.add_existing_help"), elem_id="cap-add-existing")
@@ -411,7 +412,7 @@ def _option_component(gr, t, method: str, spec):
     if spec.kind == "bool":
         return gr.Checkbox(spec.default, **common)
     if spec.kind in ("int", "float"):
-        return gr.Number(spec.default, precision=0 if spec.kind == "int" else None, minimum=spec.minimum, maximum=spec.maximum, **common)
+        return number_box(spec.default, precision=0 if spec.kind == "int" else None, minimum=spec.minimum, maximum=spec.maximum, **common)
     if spec.kind == "tags":
         return gr.Textbox(", ".join(spec.default), **common)
     return gr.Textbox(spec.default, **common)
@@ -427,7 +428,7 @@ def _editor(ui: UiContext, h: UtilitiesHandlers, gr) -> None:
     filebrowser.build(ui, n["ed_folder"], key="editor", button=browse)
     with gr.Row():
         n["ed_query"] = gr.Textbox(label=t("editor.search"), scale=3)
-        n["ed_page"] = gr.Number(1, label=t("editor.page_number"), precision=0, minimum=1, scale=1)
+        n["ed_page"] = number_box(1, label=t("editor.page_number"), precision=0, minimum=1, scale=1)
         load = gr.Button(t("editor.load"), scale=1, elem_id="ed-load")
     n["ed_message"] = gr.Markdown(elem_id="ed-message")
     n["ed_items"] = gr.State([])

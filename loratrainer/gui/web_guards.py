@@ -13,12 +13,12 @@ otherwise do (docs/reliability.md, "The web interface"):
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import defaultdict, deque
 from typing import Callable
 
+from loratrainer.gui.gradio_adapter import scrub_login_page
 from loratrainer.gui.html_body import send_rewritten_html
 from loratrainer.messages import Msg, define
 
@@ -152,12 +152,8 @@ class LoginThrottle:
                 self._recent(client).append(self.clock())
 
 
-_API_INFO = re.compile(rb"(window\.gradio_api_info\s*=\s*)(.*?)(;?\s*</script>)", re.S)
-_EMPTY_API_INFO = b'{"named_endpoints":{},"unnamed_endpoints":{}}'
-
-
 class LoginPageScrub:
-    """On a page that asks for a login ("auth_required":true in its config), replace the embedded API description."""
+    """On a page that asks for a login, replace the embedded API description (gradio_adapter.scrub_login_page)."""
 
     def __init__(self, app):
         self.app = app
@@ -166,9 +162,4 @@ class LoginPageScrub:
         if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        def scrub(body: bytes) -> bytes:
-            if b'"auth_required":true' in body:
-                return _API_INFO.sub(lambda m: m.group(1) + _EMPTY_API_INFO + m.group(3), body)
-            return body
-
-        await send_rewritten_html(self.app, scope, receive, send, scrub)
+        await send_rewritten_html(self.app, scope, receive, send, scrub_login_page)
