@@ -161,3 +161,28 @@ def test_file_route_markers_are_gradios_file_routes(gr):
     for path in ("/en/gradio_api/file=http://169.254.169.254/x", "/en/gradio_api/file/https://example.com/x", "/gradio_api/file=//h/x"):
         assert gradio_adapter.file_route_fetches_url(path)
     assert not gradio_adapter.file_route_fetches_url("/en/gradio_api/file=/tmp/loratrainer-gui-x/display/a.jpg")
+
+
+def test_a_pages_login_is_asked_in_process_through_gradios_login_check_route(gr):
+    """Hook 7: the upload route lets in only a request that passed a page's login. The page is found among the
+    app's mounts (Gradio's App), and its login answered by `<page>/gradio_api/login_check` with the request's cookie."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    def request_with(client_cookies: dict) -> Request:
+        cookie = "; ".join(f"{k}={v}" for k, v in client_cookies.items()).encode()
+        return Request({"type": "http", "method": "POST", "path": "/lt-upload/dataset", "scheme": "http", "query_string": b"",
+                        "headers": [(b"host", b"127.0.0.1:7860"), (b"cookie", cookie)], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 7860)})
+
+    app, client = _served(gr, auth=("me", "secret"))
+    with client:
+        assert [prefix for prefix, _ in gradio_adapter.mounted_pages(app)] == ["/en"]
+        (prefix, page), = gradio_adapter.mounted_pages(app)
+        assert not asyncio.run(gradio_adapter.page_lets_in(page, prefix, request_with({})))
+        assert client.post("/en/login", data={"username": "me", "password": "secret"}).status_code == 200
+        assert asyncio.run(gradio_adapter.page_lets_in(page, prefix, request_with(dict(client.cookies))))
+    app, client = _served(gr)  # a page without a login lets everyone in
+    with client:
+        (prefix, page), = gradio_adapter.mounted_pages(app)
+        assert asyncio.run(gradio_adapter.page_lets_in(page, prefix, request_with({})))

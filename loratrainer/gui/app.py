@@ -145,7 +145,6 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     jobs = Jobs(options.state_dir or Path.home() / ".cache" / "loratrainer")
     display = Display(temp_dir / "display")
-    add_upload_route(app, jobs.state_dir, options.max_upload_mb)  # Dataset > Prepare folders' uploads (its own limits), before the pages
 
     def mount(target, lang: str):
         other = None if options.language else f"/{'ko' if lang == 'en' else 'en'}/"
@@ -174,6 +173,10 @@ def create_app(options: ServeOptions, *, temp_dir: Path):
     first = options.language or locale_language()
     later = LaterLanguages(lambda lang: mount(FastAPI(docs_url=None, redoc_url=None, openapi_url=None), lang),
                            [] if options.language else [lang for lang in LANGUAGES if lang != first])
+    # Dataset > Prepare folders' uploads (their own limits), registered before the pages (one at `/` takes every
+    # path); an upload needs the login of a page built so far (the first language's, or a later one once opened)
+    built = lambda: gradio_adapter.mounted_pages(app) + [(f"/{lang}", page) for lang, page in later.apps.items()]
+    add_upload_route(app, jobs.state_dir, options.max_upload_mb, pages=built)
     mount(app, first)
     if not options.language:
 

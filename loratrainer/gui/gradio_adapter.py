@@ -128,3 +128,36 @@ def file_route_fetches_url(path: str) -> bool:
         if marker in path:
             target = path.split(marker, 1)[1].lower()
     return target is not None and target.startswith(("http:", "https:", "//"))
+
+
+# -- 7. a page's login, asked by another route --------------------------------------------------------------------
+
+
+def mounted_pages(app) -> list[tuple[str, Any]]:
+    """The Gradio pages mounted on `app`: (path prefix, `app`). Why private: a mounted page is a Starlette Mount whose
+    app is Gradio's App (it has `get_blocks`); Gradio has no public list of mounted pages."""
+    from starlette.routing import Mount
+
+    return [(r.path, app) for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "get_blocks")]
+
+
+async def page_lets_in(page_app, prefix: str, request) -> bool:
+    """Whether the Gradio page at `prefix` of `page_app` lets `request` in (its login cookie; a page without a login
+    lets everyone in). Why private: Gradio's login is its own route, `<page>/gradio_api/login_check` (200 when in,
+    401 when not), with no public Python API; asked in-process with only the request's Host and cookies."""
+    path = f"{prefix.rstrip('/')}/gradio_api/login_check"
+    headers = [(k, v) for k, v in request.scope.get("headers", []) if k in (b"host", b"cookie")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": request.url.scheme,
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+             "client": request.scope.get("client"), "server": request.scope.get("server")}
+    status = [0]
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+
+    await page_app.router(scope, receive, send)
+    return status[0] == 200

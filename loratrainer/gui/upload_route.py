@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from loratrainer.data.upload import dataset_root, free_name, gather_upload, plain_name, unpacked_size
 from loratrainer.errors import UserError
+from loratrainer.gui import gradio_adapter
 from loratrainer.gui.i18n import LANGUAGES, Translator, sentence
 from loratrainer.gui.web_guards import foreign_origin
 from loratrainer.messages import Msg, define
@@ -81,13 +82,16 @@ def discard(state_dir: str | Path, upload_id: object) -> None:
         shutil.rmtree(upload_root(state_dir) / upload_id.strip(), ignore_errors=True)
 
 
-def add_upload_route(app, state_dir: str | Path, max_upload_mb: int | None = None) -> None:
+def add_upload_route(app, state_dir: str | Path, max_upload_mb: int | None = None,
+                     pages: Callable[[], list[tuple[str, Any]]] | None = None) -> None:
     """Register the route on the FastAPI app that mounts the pages (before the pages: a page mounted at `/` would
-    take every path)."""
+    take every path). `pages()`: the pages built so far, (path prefix, the ASGI app serving it), whose login an
+    upload must have passed; by default the pages mounted on `app` itself."""
     if max_upload_mb is not None and max_upload_mb < 1:
         raise UserError(Msg.of("upload.route.limit_too_small", value=max_upload_mb))
-    app.add_route(ROUTE, UploadRoute(upload_root(state_dir), (max_upload_mb or DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024).handle, methods=["GET", "POST"],
-                  include_in_schema=False)
+    route = UploadRoute(upload_root(state_dir), (max_upload_mb or DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024,
+                        pages=pages or (lambda: gradio_adapter.mounted_pages(app)))
+    app.add_route(ROUTE, route.handle, methods=["GET", "POST"], include_in_schema=False)
 
 
 class Refused(Exception):
@@ -97,8 +101,9 @@ class Refused(Exception):
 
 
 class UploadRoute:
-    def __init__(self, root: Path, limit: int, clock: Callable[[], float] = time.monotonic):
-        self.root, self.limit, self.clock = root, limit, clock
+    def __init__(self, root: Path, limit: int, clock: Callable[[], float] = time.monotonic,
+                 pages: Callable[[], list[tuple[str, Any]]] = lambda: []):
+        self.root, self.limit, self.clock, self.pages = root, limit, clock, pages
         self._active = 0
         self._started: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -135,7 +140,7 @@ class UploadRoute:
     async def _check_who(self, request) -> None:
         if foreign_origin(request.scope):
             raise Refused(403, Msg.of("upload.route.origin"))
-        if not await _logged_in(request):
+        if not await _logged_in(request, self.pages):
             raise Refused(403, Msg.of("upload.route.login"))
 
     async def _check(self, request) -> None:
@@ -196,35 +201,12 @@ class UploadRoute:
             raise Refused(507, Msg.of("upload.route.disk_full", free=_mb(free), folder=str(self.root), need=_mb(size + MARGIN_BYTES)))
 
 
-async def _logged_in(request) -> bool:
-    """Whether one of the pages mounted on this app lets this request in: Gradio's own `login_check` of that page,
-    asked in-process with the request's cookies (it answers 200 where the page needs no login)."""
-    from starlette.routing import Mount
-
-    pages = [r.path for r in request.app.routes if isinstance(r, Mount) and hasattr(r.app, "get_blocks")]
-    for prefix in pages:
-        status = await _get_status(request, f"{prefix}/gradio_api/login_check")
-        if status == 200:
+async def _logged_in(request, pages: Callable[[], list[tuple[str, Any]]]) -> bool:
+    """Whether one of the pages built so far lets this request in (their own login; a page without one does)."""
+    for prefix, page_app in pages():
+        if await gradio_adapter.page_lets_in(page_app, prefix, request):
             return True
     return False
-
-
-async def _get_status(request, path: str) -> int:
-    headers = [(k, v) for k, v in request.scope.get("headers", []) if k in (b"host", b"cookie")]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": request.url.scheme,
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": request.scope.get("client"), "server": request.scope.get("server")}
-    status = [0]
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-
-    await request.app.router(scope, receive, send)
-    return status[0]
 
 
 async def _stream_parts(request, into: Path, length: int) -> list[Path]:
