@@ -408,7 +408,7 @@ def test_trainer_notes_are_shown_in_the_page_with_labels_in_its_language(page, t
     en = run_notes(view, Translator("en"))
     assert "No CUDA GPU: Mixed precision fp16 is off" in en
     assert "Max train steps = 8 overrides the epoch count (Epochs)" in en
-    assert "Prodigy adapts the step size itself and expects Learning rate near 1.0" in en
+    assert "Learning rate is 0.0001: Prodigy adapts the step size itself and expects about 1.0." in en
     assert en.count("cache.npz was not written by loratrainer") == 1 and en.count("fp16 is off") == 1
     assert "a library said something" in en.split("Warnings in train.log")[1] and "not a note" not in en
     assert "max_train_steps" not in en and "optimizer.learning_rate" not in en

@@ -115,8 +115,8 @@ def test_regularisation_images_double_the_steps_and_carry_the_prior_weight(tmp_p
     weighted = []
     from loratrainer.train import loop
 
-    def recording_weights(scheduler, timesteps, is_reg, s):
-        w = loop_sample_weights(scheduler, timesteps, is_reg, s)
+    def recording_weights(scheduler, timesteps, is_reg, s, prior_loss_weight=1.0):
+        w = loop_sample_weights(scheduler, timesteps, is_reg, s, prior_loss_weight)
         weighted.append((is_reg.clone(), w.detach().clone()))
         return w
 

@@ -288,7 +288,7 @@ def test_the_log_notes_clip_skip_and_a_low_resolution_for_sdxl_only():
 
     config = with_values(TrainingConfig(), {"clip_skip": 2, "max_resolution": "512,512"})
     said = notes(FAMILIES["sdxl"], config)
-    assert len(said) == 2 and "clip_skip 2" in said[0] and "512 px" in said[1]
+    assert len(said) == 2 and "clip_skip 2" in str(said[0]) and "512 px" in str(said[1])
     assert notes(FAMILIES["sdxl"], with_values(TrainingConfig(), {"max_resolution": "1024,1024"})) == []
     assert notes(FAMILIES["sd15"], config) == []  # clip skip is SD1.5's own setting
 
