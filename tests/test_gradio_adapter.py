@@ -163,6 +163,18 @@ def test_file_route_markers_are_gradios_file_routes(gr):
     assert not gradio_adapter.file_route_fetches_url("/en/gradio_api/file=/tmp/loratrainer-gui-x/display/a.jpg")
 
 
+def test_the_upload_and_login_routes_the_guards_watch_are_gradios(gr):
+    """Hook 6b: the request limit watches Gradio's upload route and the login throttle its login route; both must be
+    among the installed Gradio's routes of a mounted page (and nothing else of ours ends so)."""
+    app, _ = _served(gr, auth=("me", "secret"))
+    paths = list(_route_paths(app))
+    uploads = [p for p in paths if gradio_adapter.is_upload_route(p)]
+    logins = [p for p in paths if gradio_adapter.is_login_route(p)]
+    assert "/en/gradio_api/upload" in uploads, paths
+    assert "/en/login" in logins, paths
+    assert not gradio_adapter.is_upload_route("/lt-upload/dataset") and not gradio_adapter.is_login_route("/en/logout")
+
+
 def test_a_pages_login_is_asked_in_process_through_gradios_login_check_route(gr):
     """Hook 7: the upload route lets in only a request that passed a page's login. The page is found among the
     app's mounts (Gradio's App), and its login answered by `<page>/gradio_api/login_check` with the request's cookie."""

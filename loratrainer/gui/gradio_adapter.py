@@ -130,6 +130,21 @@ def file_route_fetches_url(path: str) -> bool:
     return target is not None and target.startswith(("http:", "https:", "//"))
 
 
+# -- 6b. the upload and login routes ----------------------------------------------------------------------------
+
+
+def is_upload_route(path: str) -> bool:
+    """Gradio's file upload: `<page>/gradio_api/upload` (gradio/routes.py), where the request limit applies. Why
+    Gradio's routes: its own `max_file_size` limits each file, not a whole request of many files."""
+    return path.rstrip("/").endswith("/upload")
+
+
+def is_login_route(path: str) -> bool:
+    """Gradio's login form posts to `<page>/login` (gradio/routes.py); the login throttle counts those. Why Gradio's
+    routes: Gradio has no limit on wrong passwords."""
+    return path.rstrip("/").endswith("/login")
+
+
 # -- 7. a page's login, asked by another route --------------------------------------------------------------------
 
 

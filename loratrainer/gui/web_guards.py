@@ -18,7 +18,7 @@ import time
 from collections import defaultdict, deque
 from typing import Callable
 
-from loratrainer.gui.gradio_adapter import scrub_login_page
+from loratrainer.gui.gradio_adapter import is_login_route, is_upload_route, scrub_login_page
 from loratrainer.gui.html_body import send_rewritten_html
 from loratrainer.messages import Msg, define
 
@@ -87,7 +87,7 @@ class UploadLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").rstrip("/").endswith("/upload"):
+        if scope["type"] != "http" or not is_upload_route(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         length = _headers(scope).get("content-length")
@@ -131,7 +131,7 @@ class LoginThrottle:
         return failures
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").rstrip("/").endswith("/login"):
+        if scope["type"] != "http" or scope.get("method") != "POST" or not is_login_route(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("?", 0))[0]
