@@ -48,12 +48,23 @@ def comfy_delta(sd: dict[str, torch.Tensor], name: str, weight: torch.Tensor, *,
 def _randomise(handle, seed=1):
     torch.manual_seed(seed)
     with torch.no_grad():  # lora_B starts at zero and the magnitude at the weight's norm: make every tensor count
-        for name, p in handle.unet.named_parameters():
-            if "lora_" in name:
-                p.add_(torch.randn_like(p) * (0.05 * p.abs().mean() + 0.05))
-        for name, p in handle.text_encoder.named_parameters():
-            if "lora_" in name:
-                p.add_(torch.randn_like(p) * (0.05 * p.abs().mean() + 0.05))
+        for part in handle.parts():
+            for name, p in handle.model(part).named_parameters():
+                if "lora_" in name:
+                    p.add_(torch.randn_like(p) * (0.05 * p.abs().mean() + 0.05))
+
+
+def _comfy_and_peft_delta(handle, sd, name, info):
+    """One module's weight change as ComfyUI computes it from the file, and as peft's own DoRA merge makes it
+    (magnitude / ||W + BA|| * (W + BA)); the base layer, and its weight before the merge."""
+    layer = handle.model(info.part).get_submodule(info.path)
+    base = layer.get_base_layer()
+    original = base.weight.detach().clone()
+    with torch.no_grad():
+        theirs = comfy_delta(sd, name, original)
+        layer.merge()
+        ours = (base.weight.detach() - original).double()
+    return theirs, ours, base, original
 
 
 def _handle(lora_type="LoCon", **kw):
@@ -89,13 +100,7 @@ def test_every_saved_module_gives_comfyui_the_delta_peft_merges(tmp_path, lora_t
     assert len([k for k in sd if k.endswith(".dora_scale")]) == len(handle.modules)
     kinds, worst = set(), 0.0
     for name, info in handle.modules.items():
-        layer = handle.model(info.part).get_submodule(info.path)
-        base = layer.get_base_layer()
-        original = base.weight.detach().clone()
-        with torch.no_grad():
-            theirs = comfy_delta(sd, name, original)
-            layer.merge()  # peft's own merge of DoRA: magnitude / ||W + BA|| * (W + BA)
-            ours = (base.weight.detach() - original).double()
+        theirs, ours, base, original = _comfy_and_peft_delta(handle, sd, name, info)
         assert ours.abs().max() > 1e-3, name  # the module changes the weight
         torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5 * float(original.abs().max()), msg=name)
         kinds.add(_kind(base))
@@ -113,22 +118,11 @@ def test_sdxl_dora_file_gives_comfyui_the_delta_peft_merges(tmp_path):
 
     net = NetworkSettings(lora_type="LoCon", dora_wd=True, network_dim=4, network_alpha=2, conv_dim=2, conv_alpha=1)
     handle = inject_lora(build_tiny_sdxl(), net, train_unet=True, train_text_encoder=True)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for part in handle.parts():
-            for name, p in handle.model(part).named_parameters():
-                if "lora_" in name:
-                    p.add_(torch.randn_like(p) * (0.05 * p.abs().mean() + 0.05))
+    _randomise(handle, seed=2)
     sd = load_file(str(save_lora(tmp_path / "xl.safetensors", lora_state_dict(handle, "float"), {})))
     prefixes = set()
     for name, info in handle.modules.items():
-        layer = handle.model(info.part).get_submodule(info.path)
-        base = layer.get_base_layer()
-        original = base.weight.detach().clone()
-        with torch.no_grad():
-            theirs = comfy_delta(sd, name, original)
-            layer.merge()
-            ours = (base.weight.detach() - original).double()
+        theirs, ours, _, original = _comfy_and_peft_delta(handle, sd, name, info)
         torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5 * float(original.abs().max()), msg=name)
         prefixes.add(name.split("_")[1])
     assert prefixes == {"unet", "te1", "te2"}
