@@ -46,6 +46,14 @@ def _ended(run_dir: Path, timeout: float = 120) -> dict:
     raise AssertionError(f"the run did not end after its launcher was killed: {processes.live_processes(run_dir)}")
 
 
+def _leave_nothing(owner: subprocess.Popen, run_dir) -> None:
+    """Whatever the test saw: the killed owner gone and every process of its run ended."""
+    if owner.poll() is None:
+        owner.kill()
+    if run_dir is not None:
+        processes.kill_all(run_dir)
+
+
 def test_kill_9_of_the_cli_stops_its_run_as_stop_does(tmp_path, tiny_model):
     config = small_config(tmp_path, tiny_model, epoch=500, save_every_n_epochs=0)
     save_config(config, tmp_path / "config.json")
@@ -58,10 +66,7 @@ def test_kill_9_of_the_cli_stops_its_run_as_stop_does(tmp_path, tiny_model):
         cli.wait(timeout=30)
         ended = _ended(run_dir)
     finally:
-        if cli.poll() is None:
-            cli.kill()
-        if run_dir is not None:
-            processes.kill_all(run_dir)
+        _leave_nothing(cli, run_dir)
     assert ended["status"] == "stopped", ended
     assert (tmp_path / "out" / f"{config.folders.output_name}-interrupted.safetensors").is_file()
     assert "is gone" in (run_dir / run_files.STOP_FILE).read_text()
@@ -92,10 +97,7 @@ def test_kill_9_of_the_queue_runner_stops_its_run_and_the_queue_keeps_it_running
         holder.wait()
         ended = _ended(run_dir)
     finally:
-        if runner.poll() is None:
-            runner.kill()
-        if run_dir is not None:
-            processes.kill_all(run_dir)
+        _leave_nothing(runner, run_dir)
     assert ended["status"] == "stopped", ended
     assert (tmp_path / "a" / "out" / "last-interrupted.safetensors").is_file()
     assert [i.status for i in queue.items()] == ["stopped"]
