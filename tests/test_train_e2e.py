@@ -129,13 +129,13 @@ def test_stop_file_saves_interrupted_and_ends_stopped(tmp_path, tiny_model, monk
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["last-interrupted.safetensors"]
     ended = _events(run_dir)[-1]
     assert ended["status"] == "stopped" and ended["step"] == 1
-    # the Queue table's Reason, from the run's events (gui/run_view.queue_reason)
+    # the Queue table's Reason, from the run's events (run/outcomes.queue_reason, said in the page's language)
     from loratrainer.gui.i18n import Translator
-    from loratrainer.gui.run_view import queue_reason
+    from loratrainer.launch import run_messages
 
-    state = events.read_run_state(run_dir)
-    assert queue_reason(state, Translator("en")) == "Stopped at step 1; saved last-interrupted.safetensors."
-    assert queue_reason(state, Translator("ko")).startswith("1 스텝에서 중지했습니다.")
+    said = run_messages.queue_reason(events.read_run_state(run_dir))
+    assert Translator("en").message(said) == "Stopped at step 1; saved last-interrupted.safetensors."
+    assert Translator("ko").message(said).startswith("1 스텝에서 중지했습니다.")
 
 
 def test_nan_loss_stops_with_status_nan_and_writes_no_file(tmp_path, tiny_model, monkeypatch):

@@ -81,13 +81,6 @@ def ended_reason(state: RunState, t: Translator) -> str:
     return md(state.reason) if t.lang == "en" else t("reason.detail", detail=md(state.reason).replace("`", "'"))
 
 
-def queue_reason(state: RunState, t: Translator) -> str | None:
-    """The Queue table's Reason for a run that ended, from its events in the page's language (run/outcomes.queue_reason,
-    which `loratrainer queue list` says in English); None when its events say nothing (no `ended` event)."""
-    said = outcomes.queue_reason(state)
-    return None if said is None else t.message(said)  # a table cell: plain text, no Markdown
-
-
 # Stop now (end the run without saving) is offered once a stop has waited this long: a save takes seconds, a stop
 # checked between images or sampling steps comes within seconds, so longer means the trainer is stuck somewhere.
 STOP_NOW_AFTER_S = 15.0
