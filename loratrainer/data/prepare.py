@@ -172,12 +172,6 @@ def _refuse_files_in_the_way(folders: list[Path]) -> None:
                 raise UserError(Msg.of("prepare.file_in_the_way", path=str(p)))
 
 
-def _dataset_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(images, their caption files) directly in `folder`, junk left out."""
-    images, captions, _ = _sorted_files(folder)
-    return images, captions
-
-
 def _sorted_files(folder: Path) -> tuple[list[Path], list[Path], list[tuple[Path, Msg]]]:
     """(images, their caption files, what is left out and why) directly in `folder`; junk (hidden files,
     Thumbs.db) is left out silently (issue 22: a GIF used to vanish without a word)."""
